@@ -1,0 +1,43 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "harmonylite",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "harmonylite", targets: ["harmonylite"]),
+        .executable(name: "harmonybench", targets: ["harmonybench"]),
+        .library(name: "HarmonyCore", targets: ["HarmonyCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries: one tiny system-library target each, wrapped once by a Swift module.
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+
+        // SQLite from Swift: connections, statements, typed values, errors that name the SQL.
+        .target(name: "HarmonySQLite", dependencies: ["CSQLite"]),
+        // Change records and their wire form: CBOR envelope, optional zstd.
+        .target(name: "HarmonyCodec", dependencies: ["HarmonySQLite", "CZstd"]),
+        // The deterministic replication core: CDC install, scan/publish, LWW apply, checkpoints.
+        .target(name: "HarmonyCore", dependencies: ["HarmonySQLite", "HarmonyCodec"]),
+
+        .executableTarget(name: "harmonylite", dependencies: [
+            "HarmonyCore", "HarmonySQLite",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "harmonybench", dependencies: [
+            "HarmonyCore", "HarmonySQLite",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
+        .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite"]),
+        .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

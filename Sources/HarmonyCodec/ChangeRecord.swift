@@ -1,0 +1,66 @@
+import HarmonySQLite
+
+/// A row's version: hybrid-logical timestamp, then the writing node's id; a total order for last-writer-wins.
+public struct RowVersion: Sendable, Hashable, Comparable, CustomStringConvertible {
+    /// Physical milliseconds in the upper 48 bits, a logical counter in the lower 16.
+    public var hlc: Int64
+    public var node: Int64
+
+    public init(hlc: Int64, node: Int64) {
+        self.hlc = hlc
+        self.node = node
+    }
+
+    public static func < (a: RowVersion, b: RowVersion) -> Bool {
+        a.hlc != b.hlc ? a.hlc < b.hlc : a.node < b.node
+    }
+
+    public static let logicalBits: Int64 = 16
+    public var physicalMs: Int64 { hlc >> Self.logicalBits }
+    public var logical: Int64 { hlc & ((1 << Self.logicalBits) - 1) }
+    public var description: String { "\(physicalMs).\(logical)@\(node)" }
+}
+
+public enum ChangeOperation: String, Sendable, Hashable {
+    /// Insert or update: carries the full row, so it can recreate a row another node deleted earlier.
+    case upsert
+    /// Carries only the primary key; leaves a tombstone on the receiver.
+    case delete
+}
+
+/// One captured change to one row, as it travels between nodes.
+public struct ChangeRecord: Sendable, Hashable {
+    public var originNode: Int64
+    public var table: String
+    public var operation: ChangeOperation
+    /// Primary-key columns in key order, with their values.
+    public var primaryKey: [Column]
+    /// Every column of the row (empty for delete), in the table's column order.
+    public var row: [Column]
+    public var version: RowVersion
+    /// The sender's schema hash for this table at write time.
+    public var schemaHash: String
+
+    public struct Column: Sendable, Hashable {
+        public var name: String
+        public var value: DatabaseValue
+        public init(_ name: String, _ value: DatabaseValue) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    public init(originNode: Int64, table: String, operation: ChangeOperation, primaryKey: [Column],
+                row: [Column], version: RowVersion, schemaHash: String) {
+        self.originNode = originNode
+        self.table = table
+        self.operation = operation
+        self.primaryKey = primaryKey
+        self.row = row
+        self.version = version
+        self.schemaHash = schemaHash
+    }
+
+    /// The id JetStream deduplicates on: stable across republishing, unique per node and change.
+    public var messageID: String { "\(version.node)-\(version.hlc)-\(operation == .delete ? "d" : "u")" }
+}

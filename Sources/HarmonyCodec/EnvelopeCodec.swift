@@ -1,0 +1,134 @@
+import HarmonySQLite
+
+public enum EnvelopeError: Error, CustomStringConvertible, Equatable {
+    case empty
+    case unknownFormat(UInt8)
+    case malformed(String)
+
+    public var description: String {
+        switch self {
+        case .empty: return "change message is empty"
+        case .unknownFormat(let b): return "change message has unknown format byte 0x\(String(b, radix: 16))"
+        case .malformed(let why): return "change message is malformed: \(why)"
+        }
+    }
+}
+
+/// The wire form of a `ChangeRecord`: one format byte, then a CBOR map with small integer keys.
+///
+/// Format byte 0x01 is plain CBOR, 0x02 is CBOR compressed with zstd. The map carries an
+/// envelope version (key 0) so later versions can add keys; unknown keys are ignored.
+public enum EnvelopeCodec {
+    public static let formatPlain: UInt8 = 0x01
+    public static let formatZstd: UInt8 = 0x02
+    public static let envelopeVersion: UInt64 = 1
+    /// A decompressed message larger than this is refused (zip-bomb guard).
+    public static let decompressedBytesMax = 64 << 20
+
+    enum Key: UInt64 {
+        case version = 0, origin = 1, table = 2, operation = 3, primaryKey = 4, row = 5, hlc = 6, versionNode = 7, schema = 8
+    }
+
+    public static func encode(_ record: ChangeRecord, compress: Bool = false) throws -> [UInt8] {
+        let map: CBOR = .map([
+            (.unsigned(Key.version.rawValue), .unsigned(envelopeVersion)),
+            (.unsigned(Key.origin.rawValue), CBOR(record.originNode)),
+            (.unsigned(Key.table.rawValue), .text(record.table)),
+            (.unsigned(Key.operation.rawValue), .text(record.operation.rawValue)),
+            (.unsigned(Key.primaryKey.rawValue), columns(record.primaryKey)),
+            (.unsigned(Key.row.rawValue), columns(record.row)),
+            (.unsigned(Key.hlc.rawValue), CBOR(record.version.hlc)),
+            (.unsigned(Key.versionNode.rawValue), CBOR(record.version.node)),
+            (.unsigned(Key.schema.rawValue), .text(record.schemaHash)),
+        ])
+        let body = CBOREncoder.encode(map)
+        if compress { return [formatZstd] + (try Zstd.compress(body)) }
+        return [formatPlain] + body
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> ChangeRecord {
+        guard let format = bytes.first else { throw EnvelopeError.empty }
+        let body: [UInt8]
+        switch format {
+        case formatPlain: body = Array(bytes.dropFirst())
+        case formatZstd: body = try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedBytesMax)
+        default: throw EnvelopeError.unknownFormat(format)
+        }
+        guard case .map(let entries) = try CBORDecoder.decode(body) else {
+            throw EnvelopeError.malformed("top level is not a map")
+        }
+        var fields: [UInt64: CBOR] = [:]
+        for (k, v) in entries {
+            guard case .unsigned(let key) = k else { throw EnvelopeError.malformed("map key is not an unsigned integer") }
+            guard fields.updateValue(v, forKey: key) == nil else { throw EnvelopeError.malformed("duplicate key \(key)") }
+        }
+        func field(_ key: Key) throws -> CBOR {
+            guard let v = fields[key.rawValue] else { throw EnvelopeError.malformed("missing field \(key)") }
+            return v
+        }
+        func int(_ key: Key) throws -> Int64 {
+            guard let v = try field(key).int64 else { throw EnvelopeError.malformed("field \(key) is not a 64-bit integer") }
+            return v
+        }
+        func text(_ key: Key) throws -> String {
+            guard case .text(let s) = try field(key) else { throw EnvelopeError.malformed("field \(key) is not text") }
+            return s
+        }
+        guard case .unsigned(let version) = try field(.version), version == envelopeVersion else {
+            throw EnvelopeError.malformed("unsupported envelope version")
+        }
+        guard let operation = ChangeOperation(rawValue: try text(.operation)) else {
+            throw EnvelopeError.malformed("unknown operation")
+        }
+        let table = try text(.table)
+        guard !table.isEmpty else { throw EnvelopeError.malformed("empty table name") }
+        let primaryKey = try decodeColumns(try field(.primaryKey), what: "primary key")
+        guard !primaryKey.isEmpty else { throw EnvelopeError.malformed("empty primary key") }
+        let row = try decodeColumns(try field(.row), what: "row")
+        if operation == .upsert && row.isEmpty { throw EnvelopeError.malformed("upsert without row values") }
+        return ChangeRecord(originNode: try int(.origin), table: table, operation: operation,
+                            primaryKey: primaryKey, row: row,
+                            version: RowVersion(hlc: try int(.hlc), node: try int(.versionNode)),
+                            schemaHash: try text(.schema))
+    }
+
+    /// Columns travel as an array of [name, value] pairs so their order is kept.
+    static func columns(_ cols: [ChangeRecord.Column]) -> CBOR {
+        .array(cols.map { .array([.text($0.name), value($0.value)]) })
+    }
+
+    static func value(_ v: DatabaseValue) -> CBOR {
+        switch v {
+        case .null: return .null
+        case .integer(let i): return CBOR(i)
+        case .real(let d): return .double(d)
+        case .text(let s): return .text(s)
+        case .blob(let b): return .bytes(b)
+        }
+    }
+
+    static func decodeColumns(_ c: CBOR, what: String) throws -> [ChangeRecord.Column] {
+        guard case .array(let items) = c else { throw EnvelopeError.malformed("\(what) is not an array") }
+        var seen = Set<String>()
+        return try items.map { item in
+            guard case .array(let pair) = item, pair.count == 2, case .text(let name) = pair[0] else {
+                throw EnvelopeError.malformed("\(what) entry is not a [name, value] pair")
+            }
+            guard seen.insert(name).inserted else { throw EnvelopeError.malformed("\(what) repeats column \(name)") }
+            return ChangeRecord.Column(name, try databaseValue(pair[1], column: name))
+        }
+    }
+
+    static func databaseValue(_ c: CBOR, column: String) throws -> DatabaseValue {
+        switch c {
+        case .null: return .null
+        case .unsigned, .negative:
+            guard let i = c.int64 else { throw EnvelopeError.malformed("integer for column \(column) exceeds 64 bits") }
+            return .integer(i)
+        case .double(let d): return .real(d)
+        case .text(let s): return .text(s)
+        case .bytes(let b): return .blob(b)
+        default: throw EnvelopeError.malformed("value for column \(column) has an unsupported type")
+        }
+    }
+}

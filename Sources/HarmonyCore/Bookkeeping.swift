@@ -1,0 +1,22 @@
+import HarmonySQLite
+
+/// Names of everything harmonylite creates inside the user's database; all start with `__harmonylite__`.
+public enum Bookkeeping {
+    public static let prefix = "__harmonylite__"
+    /// One row: the hybrid-logical clock, this node's id, and the flag that silences capture while the sidecar applies.
+    public static let clockTable = "__harmonylite___clock"
+    public static let globalLog = "__harmonylite___change_log_global"
+    /// Per-stream sequence checkpoints, advanced in the same transaction as the apply.
+    public static let checkpointTable = "__harmonylite___checkpoint"
+    /// Every schema epoch of every captured table: its hash, columns and key, so old change-log rows publish with the shape they were written in.
+    public static let schemaTable = "__harmonylite___schema"
+    /// Messages that could not be applied (constraint failures, undecodable payloads), kept for the operator.
+    public static let parkedTable = "__harmonylite___parked"
+
+    public static func changeLog(_ table: String) -> String { "\(prefix)\(table)_change_log" }
+    public static func versionTable(_ table: String) -> String { "\(prefix)\(table)_version" }
+    public static func trigger(_ table: String, _ kind: String) -> String { "\(prefix)\(table)_on_\(kind)" }
+
+    public static func valueColumn(_ column: String) -> String { "val_\(column)" }
+    public static func keyColumn(_ column: String) -> String { "pk_\(column)" }
+}

@@ -1,0 +1,50 @@
+/// The core's settings; names follow HarmonyLite's config.toml keys where one exists.
+public struct NodeConfig: Sendable, Equatable {
+    /// `node_id`: unique per node, the tie-breaker of equal timestamps.
+    public var nodeID: Int64
+    /// `db_path`.
+    public var databasePath: String
+    /// `replication_log.shards`.
+    public var shards: Int = 1
+    /// `replication_log.compress`: zstd-compress message bodies.
+    public var compress: Bool = false
+    /// `scan_max_changes`: change-log rows read per scan.
+    public var scanMaxChanges: Int = 512
+    /// `cleanup_interval` in milliseconds.
+    public var cleanupIntervalMs: Int64 = 5_000
+    /// `publish`: send local changes.
+    public var publish: Bool = true
+    /// `replicate`: apply changes from the log.
+    public var replicate: Bool = true
+    public var tables: TableFilter = TableFilter()
+    public var streamPrefix: String = "harmonylite-changes"
+    /// Fallback scan period when change notifications are missed.
+    public var scanIntervalMs: Int64 = 1_000
+    /// Publishes awaiting acknowledgement, at most.
+    public var publishInFlightMax: Int = 1_024
+    public var publishRetryDelayMsMin: Int64 = 100
+    public var publishRetryDelayMsMax: Int64 = 5_000
+    /// Redelivery delay for a message held back by a schema mismatch.
+    public var schemaPauseDelayMs: Int64 = 5_000
+    /// How often local schemas are re-read while paused.
+    public var schemaCheckIntervalMs: Int64 = 5_000
+    /// Redelivery delay for a message that arrived ahead of a gap, or whose batch failed.
+    public var retryDelayMs: Int64 = 250
+
+    public init(nodeID: Int64, databasePath: String) {
+        self.nodeID = nodeID
+        self.databasePath = databasePath
+    }
+
+    /// Problems that make the configuration unusable, each naming its key.
+    public func validationErrors() -> [String] {
+        var errors: [String] = []
+        if nodeID <= 0 { errors.append("node_id must be a positive integer, got \(nodeID)") }
+        if databasePath.isEmpty { errors.append("db_path must not be empty") }
+        if shards < 1 || shards > 1024 { errors.append("replication_log.shards must be between 1 and 1024, got \(shards)") }
+        if scanMaxChanges < 1 { errors.append("scan_max_changes must be at least 1, got \(scanMaxChanges)") }
+        if cleanupIntervalMs < 1 { errors.append("cleanup_interval must be at least 1 ms, got \(cleanupIntervalMs)") }
+        if publishInFlightMax < 1 { errors.append("publish in-flight limit must be at least 1") }
+        return errors
+    }
+}

@@ -1,0 +1,213 @@
+import HarmonyCodec
+import HarmonySQLite
+
+extension ReplicationNode {
+    enum ApplyOutcome {
+        /// Applied, or lost to a newer version, or parked: the checkpoint moves past it.
+        case consumed
+        /// Schema mismatch: hold it and everything after it on this shard.
+        case paused(table: String, remoteHash: String)
+    }
+
+    /// Applies a batch from one shard in one transaction, strictly in sequence order from checkpoint + 1.
+    ///
+    /// The checkpoint is advanced in that same transaction, so a crash, a lost ack or a redelivery can
+    /// never apply a message twice or skip one. Acks and naks go out only after the commit.
+    public func messagesArrived(shard: Int, _ messages: [IncomingMessage]) throws {
+        guard isRunning, config.replicate, !messages.isEmpty else { return }
+        let db = requireDatabase()
+        try refreshCaptureIfSchemaChanged()
+        let ordered = messages.sorted { $0.sequence < $1.sequence }
+        let start = checkpoint(shard)
+        var next = start + 1
+        var acks: [UInt64] = []
+        var naks: [(UInt64, Int64)] = []
+        var resumed = false
+        var events: [ReplicationEvent] = []
+        do {
+            try db.transaction(.immediate) {
+                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
+                var maxHLC: Int64 = 0
+                var halted = false
+                for message in ordered {
+                    if message.sequence < next {
+                        acks.append(message.sequence)
+                        events.append(.duplicate(shard: shard, sequence: message.sequence))
+                        continue
+                    }
+                    if halted { naks.append((message.sequence, config.retryDelayMs)); continue }
+                    if message.sequence > next {
+                        halted = true
+                        events.append(gapEvent(shard: shard, expected: next, got: message.sequence))
+                        naks.append((message.sequence, config.retryDelayMs))
+                        continue
+                    }
+                    switch try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events) {
+                    case .consumed:
+                        acks.append(message.sequence)
+                        next += 1
+                        if pausedShards[shard] != nil { resumed = true }
+                    case .paused(let table, let remoteHash):
+                        halted = true
+                        naks.append((message.sequence, config.schemaPauseDelayMs))
+                        events.append(.schemaPaused(shard: shard, sequence: message.sequence, table: table, remoteHash: remoteHash))
+                    }
+                }
+                if next - 1 > start {
+                    try db.execute("""
+                        INSERT INTO \(quoteIdentifier(Bookkeeping.checkpointTable)) (stream, seq) VALUES (?, ?)
+                        ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq
+                        """, [.text(router.streamName(shard: shard)), .integer(Int64(next - 1))])
+                }
+                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0, hlc = max(hlc, ?)",
+                               [.integer(maxHLC)])
+            }
+        } catch let error as SQLiteError {
+            // Busy, disk full, I/O: nothing was applied or checkpointed; ask for all of it again later.
+            env.events?.record(.applyBatchFailed(shard: shard, error: error.description))
+            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
+            return
+        }
+        checkpoints[shard] = next - 1
+        if let paused = naks.first(where: { $0.1 == config.schemaPauseDelayMs && pausedShards[shard] == nil }) {
+            pausedShards[shard] = paused.0
+            env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs)
+        } else if resumed {
+            pausedShards[shard] = nil
+            events.append(.schemaResumed(shard: shard))
+        }
+        for e in events { env.events?.record(e) }
+        for seq in acks { env.log.ack(shard: shard, sequence: seq) }
+        for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
+    }
+
+    func gapEvent(shard: Int, expected: UInt64, got: UInt64) -> ReplicationEvent {
+        if let state = env.log.streamState(shard: shard), state.firstSequence > expected {
+            return .behindLogStart(shard: shard, checkpoint: expected - 1, firstSequence: state.firstSequence)
+        }
+        return .gap(shard: shard, expected: expected, got: got)
+    }
+
+    /// Decodes, gates on schema, and applies one message with last-writer-wins inside a savepoint,
+    /// so a constraint failure parks this message without undoing the rest of the batch.
+    func applyOne(_ db: Database, shard: Int, _ message: IncomingMessage, maxHLC: inout Int64,
+                  events: inout [ReplicationEvent]) throws -> ApplyOutcome {
+        let record: ChangeRecord
+        do {
+            record = try EnvelopeCodec.decode(message.payload)
+        } catch {
+            try park(db, shard: shard, message, reason: "undecodable: \(error)", events: &events)
+            return .consumed
+        }
+        maxHLC = max(maxHLC, record.version.hlc)
+        guard let table = captured[record.table] else {
+            if !config.tables.admits(record.table) { return .consumed }  // excluded here on purpose
+            return .paused(table: record.table, remoteHash: record.schemaHash)  // not created here yet
+        }
+        let sameSchema = record.schemaHash == table.schema.hash
+        guard sameSchema || record.schemaHash == table.previousHash else {
+            return .paused(table: record.table, remoteHash: record.schemaHash)
+        }
+        let change: ResolvedChange
+        do {
+            change = try resolve(record, against: table.schema, strict: sameSchema)
+        } catch {
+            try park(db, shard: shard, message, reason: "\(error)", events: &events)
+            return .consumed
+        }
+        try db.execute("SAVEPOINT harmonylite_apply")
+        do {
+            let won = try applyLWW(db, change)
+            try db.execute("RELEASE harmonylite_apply")
+            events.append(.applied(shard: shard, sequence: message.sequence, table: record.table, won: won))
+        } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
+            try db.execute("ROLLBACK TO harmonylite_apply")
+            try db.execute("RELEASE harmonylite_apply")
+            try park(db, shard: shard, message, reason: "cannot apply to \(quoteIdentifier(record.table)): \(error.message)", events: &events)
+        }
+        return .consumed
+    }
+
+    func park(_ db: Database, shard: Int, _ message: IncomingMessage, reason: String, events: inout [ReplicationEvent]) throws {
+        try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.parkedTable)) (stream, seq, payload, error) VALUES (?, ?, ?, ?)",
+                       [.text(router.streamName(shard: shard)), .integer(Int64(message.sequence)), .blob(message.payload), .text(reason)])
+        events.append(.parked(shard: shard, sequence: message.sequence, reason: reason))
+    }
+
+    /// A change checked against the local schema, with its key in local key order.
+    struct ResolvedChange {
+        var table: TableSchema
+        var operation: ChangeOperation
+        var key: [DatabaseValue]
+        var row: [ChangeRecord.Column]
+        var version: RowVersion
+    }
+
+    struct ShapeMismatch: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    func resolve(_ record: ChangeRecord, against schema: TableSchema, strict: Bool) throws -> ResolvedChange {
+        let keyValues = Dictionary(record.primaryKey.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+        guard Set(keyValues.keys) == Set(schema.primaryKey) else {
+            throw ShapeMismatch(description: "primary key columns \(record.primaryKey.map(\.name)) do not match \(schema.primaryKey) of \(quoteIdentifier(schema.name))")
+        }
+        let local = Set(schema.columns)
+        var row = record.row
+        if strict {
+            if let unknown = row.first(where: { !local.contains($0.name) }) {
+                throw ShapeMismatch(description: "column \(quoteIdentifier(unknown.name)) does not exist in \(quoteIdentifier(schema.name))")
+            }
+        } else {
+            row = row.filter { local.contains($0.name) }  // previous schema: drop columns removed since
+        }
+        if record.operation == .upsert {
+            let rowNames = Set(row.map(\.name))
+            guard schema.primaryKey.allSatisfy(rowNames.contains) else {
+                throw ShapeMismatch(description: "upsert row for \(quoteIdentifier(schema.name)) lacks key columns")
+            }
+            // The row's own key values must agree with the key it is filed under.
+            for c in row where keyValues[c.name] != nil && keyValues[c.name] != c.value {
+                throw ShapeMismatch(description: "key column \(quoteIdentifier(c.name)) disagrees between key and row")
+            }
+        }
+        return ResolvedChange(table: schema, operation: record.operation,
+                              key: schema.primaryKey.map { keyValues[$0]! }, row: row, version: record.version)
+    }
+
+    /// Applies the change only if its version is greater than the row's current version (including a
+    /// tombstone or an unpublished local write). Returns whether it won.
+    func applyLWW(_ db: Database, _ change: ResolvedChange) throws -> Bool {
+        let schema = change.table
+        let versionTable = quoteIdentifier(Bookkeeping.versionTable(schema.name))
+        let keyMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
+        if let current = try db.query("SELECT hlc, node FROM \(versionTable) WHERE \(keyMatch)", change.key).first,
+           let hlc = current[0].int64, let node = current[1].int64,
+           RowVersion(hlc: hlc, node: node) >= change.version
+        {
+            return false
+        }
+        let table = quoteIdentifier(schema.name)
+        switch change.operation {
+        case .upsert:
+            let names = change.row.map { quoteIdentifier($0.name) }
+            let placeholders = Array(repeating: "?", count: names.count).joined(separator: ", ")
+            let keyList = schema.primaryKey.map(quoteIdentifier).joined(separator: ", ")
+            let updates = change.row.filter { !schema.primaryKey.contains($0.name) }
+                .map { "\(quoteIdentifier($0.name)) = excluded.\(quoteIdentifier($0.name))" }
+            let onConflict = updates.isEmpty ? "DO NOTHING" : "DO UPDATE SET " + updates.joined(separator: ", ")
+            try db.execute("INSERT INTO \(table) (\(names.joined(separator: ", "))) VALUES (\(placeholders)) ON CONFLICT (\(keyList)) \(onConflict)",
+                           change.row.map(\.value))
+        case .delete:
+            let where_ = schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
+            try db.execute("DELETE FROM \(table) WHERE \(where_)", change.key)
+        }
+        let keyNames = schema.primaryKey.map { quoteIdentifier(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
+        let keyPlaceholders = Array(repeating: "?", count: schema.primaryKey.count).joined(separator: ", ")
+        try db.execute("""
+            INSERT INTO \(versionTable) (\(keyNames), hlc, node, deleted) VALUES (\(keyPlaceholders), ?, ?, ?)
+            ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
+            """, change.key + [.integer(change.version.hlc), .integer(change.version.node), .integer(change.operation == .delete ? 1 : 0)])
+        return true
+    }
+}

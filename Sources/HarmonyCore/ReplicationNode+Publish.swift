@@ -1,0 +1,114 @@
+import HarmonyCodec
+import HarmonySQLite
+
+extension ReplicationNode {
+    /// Reads pending change-log rows in id order and hands them to the log, up to the in-flight limit.
+    /// A row is marked published only when the log acknowledges it (`publishAcknowledged`).
+    public func publishPending() throws {
+        guard isRunning, config.publish else { return }
+        let db = requireDatabase()
+        let scan = try db.cached("""
+            SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
+            WHERE state = 0 AND id > ? ORDER BY id LIMIT ?
+            """)
+        while inFlight.count < config.publishInFlightMax {
+            let limit = min(config.scanMaxChanges, config.publishInFlightMax - inFlight.count)
+            let rows = try scan.query([.integer(scanCursor), .integer(Int64(limit))])
+            if rows.isEmpty { return }
+            var unpublishable: [Int64] = []
+            for row in rows {
+                guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
+                scanCursor = max(scanCursor, id)
+                if inFlight.contains(id) { continue }
+                guard let record = try changeRecord(table: table, changeID: changeID) else {
+                    unpublishable.append(id)
+                    continue
+                }
+                let shard = router.shard(table: table, primaryKey: record.primaryKey.map(\.value))
+                let payload = try EnvelopeCodec.encode(record, compress: config.compress)
+                inFlight.insert(id)
+                env.log.publish(OutgoingMessage(shard: shard, messageID: record.messageID, payload: payload, token: id))
+            }
+            // Rows whose change-log entry or schema epoch vanished (table dropped and cleaned) can never be sent.
+            if !unpublishable.isEmpty { try markPublished(unpublishable) }
+        }
+    }
+
+    /// Builds the record for one change-log row with the columns of the epoch it was written in.
+    func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
+        let db = requireDatabase()
+        let logTable = Bookkeeping.changeLog(table)
+        guard let epochValue = try? db.scalar("SELECT epoch FROM \(quoteIdentifier(logTable)) WHERE id = ?", [.integer(changeID)]),
+              let epoch = epochValue.int64,
+              let shape = try shape(table: table, epoch: epoch)
+        else { return nil }
+        let columns = shape.columns
+        let select = (["type", "hlc", "node"] + columns.map(Bookkeeping.valueColumn)).map(quoteIdentifier).joined(separator: ", ")
+        guard let row = try db.query("SELECT \(select) FROM \(quoteIdentifier(logTable)) WHERE id = ?", [.integer(changeID)]).first,
+              let type = row[0].string, let hlc = row[1].int64, let node = row[2].int64
+        else { return nil }
+        var values: [String: DatabaseValue] = [:]
+        for (i, c) in columns.enumerated() { values[c] = row[3 + i] }
+        let operation: ChangeOperation = type == "delete" ? .delete : .upsert
+        let key = shape.primaryKey.map { ChangeRecord.Column($0, values[$0] ?? .null) }
+        let fullRow = operation == .delete ? [] : columns.map { ChangeRecord.Column($0, values[$0] ?? .null) }
+        return ChangeRecord(originNode: config.nodeID, table: table, operation: operation, primaryKey: key,
+                            row: fullRow, version: RowVersion(hlc: hlc, node: node), schemaHash: shape.hash)
+    }
+
+    /// The log stored these messages: mark their change-log rows published, then keep publishing.
+    public func publishAcknowledged(tokens: [Int64]) throws {
+        guard isRunning else { return }
+        let acked = tokens.filter { inFlight.remove($0) != nil }
+        guard !acked.isEmpty else { return }
+        try markPublished(acked)
+        retryDelayMs = config.publishRetryDelayMsMin
+        env.events?.record(.published(count: acked.count))
+        try publishPending()
+    }
+
+    func markPublished(_ ids: [Int64]) throws {
+        let db = requireDatabase()
+        try db.transaction(.immediate) {
+            let mark = try db.cached("UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 1 WHERE id = ?")
+            for id in ids { try mark.execute([.integer(id)]) }
+        }
+    }
+
+    /// The log refused or timed out: the row stays pending and is sent again after a backoff.
+    /// (If the publish did land, the message id makes the log drop the second copy.)
+    public func publishFailed(token: Int64) {
+        guard isRunning, inFlight.remove(token) != nil else { return }
+        env.events?.record(.publishFailed(token: token))
+        if retryFrom == nil {
+            env.clock.schedule(.publishRetry, afterMs: retryDelayMs)
+            retryDelayMs = min(retryDelayMs * 2, config.publishRetryDelayMsMax)
+        }
+        retryFrom = min(retryFrom ?? token, token)
+    }
+
+    /// Deletes published change-log rows. The newest global row is always kept so row ids are never
+    /// reused (SQLite reuses max(rowid)+1), which would otherwise let a new change hide behind the scan cursor.
+    /// With `publish = false` nothing will ever be sent, so pending rows go too.
+    public func cleanupPublished() throws {
+        let db = requireDatabase()
+        let global = quoteIdentifier(Bookkeeping.globalLog)
+        let condition = config.publish ? "state = 1" : "1"
+        let removed: Int = try db.transaction(.immediate) {
+            guard let maxID = try db.scalar("SELECT max(id) FROM \(global)")?.int64 else { return 0 }
+            let tables = try db.query("SELECT DISTINCT table_name FROM \(global) WHERE \(condition) AND id < ? ORDER BY table_name",
+                                      [.integer(maxID)]).compactMap { $0[0].string }
+            for table in tables {
+                let log = Bookkeeping.changeLog(table)
+                guard try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(log)])?.int64 == 1 else { continue }
+                try db.execute("""
+                    DELETE FROM \(quoteIdentifier(log)) WHERE id IN (
+                        SELECT change_table_id FROM \(global) WHERE \(condition) AND table_name = ? AND id < ?)
+                    """, [.text(table), .integer(maxID)])
+            }
+            try db.execute("DELETE FROM \(global) WHERE \(condition) AND id < ?", [.integer(maxID)])
+            return db.changes
+        }
+        if removed > 0 { env.events?.record(.cleanedUp(rows: removed)) }
+    }
+}

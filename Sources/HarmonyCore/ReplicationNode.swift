@@ -1,0 +1,133 @@
+import HarmonyCodec
+import HarmonySQLite
+
+/// The replication core for one node: a synchronous, single-threaded state machine.
+///
+/// The environment calls it with events (`start`, `databaseChanged`, `timerFired`, `publishAcknowledged`,
+/// `publishFailed`, `messagesArrived`) and it calls the environment back through `NodeEnvironment`.
+/// It never reads the wall clock, sleeps, spawns work or draws random numbers, so the live runtime
+/// and the simulator drive exactly the same code.
+public final class ReplicationNode {
+    public let config: NodeConfig
+    public let router: ShardRouter
+    let env: NodeEnvironment
+
+    /// The sidecar's own connection; nil until `start()`.
+    public private(set) var database: Database?
+    public internal(set) var captured: [String: CapturedTable] = [:]
+    /// Last applied sequence per shard, mirrored from the checkpoint table.
+    public internal(set) var checkpoints: [Int: UInt64] = [:]
+    /// Shards holding back a message because its schema does not match ours, with that message's sequence.
+    public internal(set) var pausedShards: [Int: UInt64] = [:]
+    public private(set) var isRunning = false
+
+    // Publishing state.
+    var inFlight: Set<Int64> = []
+    var scanCursor: Int64 = 0
+    var retryFrom: Int64?
+    var retryDelayMs: Int64
+    var schemaVersion: Int64 = -1
+    var epochShapes: [String: [Int64: EpochShape]] = [:]
+
+    struct EpochShape {
+        var hash: String
+        var columns: [String]
+        var primaryKey: [String]
+    }
+
+    public init(config: NodeConfig, environment: NodeEnvironment) {
+        precondition(config.validationErrors().isEmpty, "invalid config: \(config.validationErrors())")
+        self.config = config
+        self.env = environment
+        self.router = ShardRouter(shardCount: config.shards, streamPrefix: config.streamPrefix)
+        self.retryDelayMs = config.publishRetryDelayMsMin
+    }
+
+    /// Opens the database, installs capture, loads checkpoints, subscribes from checkpoint + 1 and publishes what is pending.
+    public func start() throws {
+        precondition(!isRunning, "node \(config.nodeID) started twice")
+        let db = try env.opener.open(path: config.databasePath)
+        database = db
+        try refreshCapture()
+        for row in try db.query("SELECT stream, seq FROM \(quoteIdentifier(Bookkeeping.checkpointTable))") {
+            guard let stream = row[0].string, let seq = row[1].int64 else { continue }
+            if let shard = router.shards.first(where: { router.streamName(shard: $0) == stream }) {
+                checkpoints[shard] = UInt64(seq)
+            }
+        }
+        isRunning = true
+        if config.replicate {
+            for shard in router.shards {
+                env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1)
+            }
+        }
+        env.clock.schedule(.scan, afterMs: config.scanIntervalMs)
+        env.clock.schedule(.cleanup, afterMs: config.cleanupIntervalMs)
+        try publishPending()
+    }
+
+    /// Stops reacting to events and closes the connection. Unacknowledged publishes stay pending in the change log.
+    public func stop() {
+        isRunning = false
+        inFlight.removeAll()
+        database = nil
+    }
+
+    public func checkpoint(_ shard: Int) -> UInt64 { checkpoints[shard] ?? 0 }
+
+    /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.
+    public func databaseChanged() throws {
+        guard isRunning else { return }
+        try refreshCaptureIfSchemaChanged()
+        try publishPending()
+    }
+
+    public func timerFired(_ timer: NodeTimer) throws {
+        guard isRunning else { return }
+        switch timer {
+        case .scan:
+            env.clock.schedule(.scan, afterMs: config.scanIntervalMs)
+            try databaseChanged()
+        case .cleanup:
+            env.clock.schedule(.cleanup, afterMs: config.cleanupIntervalMs)
+            try cleanupPublished()
+        case .publishRetry:
+            if let from = retryFrom {
+                scanCursor = min(scanCursor, from - 1)
+                retryFrom = nil
+            }
+            try publishPending()
+        case .schemaCheck:
+            try refreshCapture()
+            if !pausedShards.isEmpty { env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs) }
+        }
+    }
+
+    func requireDatabase() -> Database {
+        guard let db = database else { preconditionFailure("node \(config.nodeID) used before start()") }
+        return db
+    }
+
+    /// Installs or refreshes triggers for the current schema and forgets cached shapes.
+    func refreshCapture() throws {
+        let db = requireDatabase()
+        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables)
+        epochShapes.removeAll()
+        schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
+        env.events?.record(.captureInstalled(tables: captured.count))
+    }
+
+    /// One cheap pragma per call; DDL by the application (e.g. ALTER TABLE ADD COLUMN) triggers a re-install.
+    func refreshCaptureIfSchemaChanged() throws {
+        let current = try requireDatabase().scalar("PRAGMA schema_version")?.int64 ?? -1
+        if current != schemaVersion { try refreshCapture() }
+    }
+
+    func shape(table: String, epoch: Int64) throws -> EpochShape? {
+        if let s = epochShapes[table]?[epoch] { return s }
+        for e in try ChangeCapture.epochs(requireDatabase(), table: table) {
+            epochShapes[table, default: [:]][e.epoch] = EpochShape(hash: e.hash, columns: e.columns, primaryKey: e.primaryKey)
+        }
+        return epochShapes[table]?[epoch]
+    }
+}
