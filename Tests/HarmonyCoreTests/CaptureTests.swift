@@ -1,0 +1,153 @@
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+import Testing
+
+/// Runs the stock `sqlite3` shell as the application would: a separate process, default settings.
+func sqliteShell(_ path: String, _ sql: String, extraArguments: [String] = []) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["sqlite3", "-batch", "-bail"] + extraArguments + [path]
+    let input = Pipe(), output = Pipe(), errors = Pipe()
+    p.standardInput = input; p.standardOutput = output; p.standardError = errors
+    try p.run()
+    input.fileHandleForWriting.write(Data(sql.utf8))
+    try input.fileHandleForWriting.close()
+    let out = output.fileHandleForReading.readDataToEndOfFile()
+    let err = errors.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else {
+        throw ShellError(message: String(decoding: err, as: UTF8.self))
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+struct ShellError: Error { var message: String }
+
+func temporaryDatabase(_ schema: String) throws -> (path: String, db: Database) {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("harmony-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    let path = dir.appendingPathComponent("app.db").path
+    let db = try SQLiteOpener().open(path: path)
+    try db.execute(schema)
+    return (path, db)
+}
+
+func count(_ db: Database, _ table: String, where condition: String = "1") throws -> Int64 {
+    try db.scalar("SELECT count(*) FROM \(quoteIdentifier(table)) WHERE \(condition)")?.int64 ?? -1
+}
+
+let oddSchema = """
+    CREATE TABLE "order" ("select" INTEGER PRIMARY KEY, "my column" TEXT, \"\"\"quoted\"\"\" BLOB);
+    CREATE TABLE "my table" (a TEXT, b INTEGER, "c d" REAL, PRIMARY KEY (a, b));
+    """
+
+@Suite("Change capture with triggers")
+struct CaptureTests {
+    @Test func stockShellWritesThroughTriggersWithUntrustedSchema() throws {
+        let (path, db) = try temporaryDatabase(oddSchema)
+        try ChangeCapture.install(db, nodeID: 7, filter: TableFilter())
+        _ = try sqliteShell(path, """
+            INSERT INTO "order" VALUES (1, 'one', x'00ff');
+            UPDATE "order" SET "my column" = 'uno' WHERE "select" = 1;
+            INSERT INTO "my table" VALUES ('k', 1, 2.5);
+            DELETE FROM "my table";
+            """, extraArguments: ["-cmd", "PRAGMA trusted_schema=OFF"])
+        #expect(try count(db, Bookkeeping.globalLog) == 4)
+        let log = try db.query("SELECT type, node, \"val_select\", \"val_my column\", \"val_\"\"quoted\"\"\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
+        #expect(log == [["insert", 7, 1, "one", .blob([0, 255])], ["update", 7, 1, "uno", .blob([0, 255])]])
+        let versions = try db.query("SELECT \"pk_a\", \"pk_b\", deleted, node FROM \"__harmonylite__my table_version\"")
+        #expect(versions == [["k", 1, 1, 7]])
+    }
+
+    @Test func primaryKeyChangeIsDeleteOldPlusWriteNew() throws {
+        let (_, db) = try temporaryDatabase(oddSchema)
+        try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        try db.execute("INSERT INTO \"order\" VALUES (1, 'x', NULL)")
+        try db.execute("UPDATE \"order\" SET \"select\" = 2 WHERE \"select\" = 1")
+        let log = try db.query("SELECT type, \"val_select\", \"val_my column\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
+        #expect(log == [["insert", 1, "x"], ["delete", 1, nil], ["update", 2, "x"]])
+        let versions = try db.query("SELECT \"pk_select\", deleted FROM \"__harmonylite__order_version\" ORDER BY 1")
+        #expect(versions == [[1, 1], [2, 0]])
+        let hlcs = try db.query("SELECT hlc FROM \"__harmonylite__order_change_log\" ORDER BY id").map { $0[0].int64! }
+        #expect(hlcs == hlcs.sorted() && Set(hlcs).count == 3)
+    }
+
+    @Test func tableWithoutPrimaryKeyIsRefusedWithClearMessage() throws {
+        let (_, db) = try temporaryDatabase("CREATE TABLE events (at TEXT, what TEXT); CREATE TABLE ok (id INTEGER PRIMARY KEY);")
+        #expect(throws: SchemaError.noPrimaryKey(["events"])) {
+            try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        }
+        #expect("\(SchemaError.noPrimaryKey(["events"]))".contains("exclude"))
+        // Nothing was half-installed.
+        #expect(try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_\\_harmonylite%' ESCAPE '\\'")?.int64 == 0)
+        let captured = try ChangeCapture.install(db, nodeID: 1, filter: TableFilter(exclude: ["events"]))
+        #expect(captured.keys.sorted() == ["ok"])
+    }
+
+    @Test func virtualShadowAndExcludedTablesAreSkipped() throws {
+        let (_, db) = try temporaryDatabase("""
+            CREATE VIRTUAL TABLE docs USING fts5(body);
+            CREATE TABLE a (id INTEGER PRIMARY KEY); CREATE TABLE b (id INTEGER PRIMARY KEY);
+            """)
+        #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter()).keys.sorted() == ["a", "b"])
+        #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter(exclude: ["b"])).keys.sorted() == ["a"])
+        try db.execute("INSERT INTO b VALUES (1)")
+        #expect(try count(db, Bookkeeping.globalLog) == 0)  // b's triggers were removed when it was excluded
+        #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter(include: ["b"])).keys.sorted() == ["b"])
+    }
+
+    @Test func addColumnRebuildsCaptureAndKeepsPendingRows() throws {
+        let (_, db) = try temporaryDatabase(usersSchema)
+        let first = try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        try db.execute("INSERT INTO users VALUES (1, 'before', 1)")
+        try db.execute("ALTER TABLE users ADD COLUMN email TEXT")
+        let second = try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        #expect(second["users"]!.epoch == 2)
+        #expect(second["users"]!.previousHash == first["users"]!.schema.hash)
+        #expect(second["users"]!.schema.columns == ["id", "name", "score", "email"])
+        try db.execute("INSERT INTO users VALUES (2, 'after', 2, 'a@b')")
+        let log = try db.query("SELECT epoch, val_name, val_email FROM \"__harmonylite__users_change_log\" ORDER BY id")
+        #expect(log == [[1, "before", nil], [2, "after", "a@b"]])
+        // Re-installing an unchanged schema is a no-op for epochs.
+        #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())["users"]!.epoch == 2)
+    }
+
+    @Test func cleanupRemovesEverythingAndKeepsUserData() throws {
+        let (path, db) = try temporaryDatabase(oddSchema)
+        try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        try db.execute("INSERT INTO \"order\" VALUES (1, 'x', NULL); INSERT INTO \"my table\" VALUES ('a', 1, 1.0)")
+        try ChangeCapture.removeAll(db)
+        let leftovers = try sqliteShell(path, "SELECT name FROM sqlite_schema WHERE name LIKE '%harmonylite%';")
+        #expect(leftovers.isEmpty)
+        #expect(try count(db, "order") == 1 && count(db, "my table") == 1)
+        _ = try sqliteShell(path, "INSERT INTO \"order\" VALUES (2, 'y', NULL);")  // writes still work with no triggers
+        #expect(try count(db, "order") == 2)
+    }
+
+    /// Remote applies and bookkeeping go through the sidecar with `applying = 1`: no change-log rows.
+    @Test func sidecarWritesAreNeverCaptured() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
+        try c.apps[0].execute("DELETE FROM users WHERE id = 2")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT id FROM users") == [[1]])
+        #expect(try c.changeLogCount(1) == 0)
+        #expect(try c.rows(1, "SELECT applying FROM \(quoteIdentifier(Bookkeeping.clockTable))") == [[0]])
+    }
+
+    @Test func shellWritePickedUpByCoreAndReplicated() throws {
+        let c = try TestCluster(nodes: 2, schema: oddSchema)
+        _ = try sqliteShell(c.nodes[0].config.databasePath, """
+            BEGIN;
+            INSERT INTO "order" VALUES (10, 'shell', x'cafe');
+            INSERT INTO "my table" VALUES ('z', 9, 0.5);
+            COMMIT;
+            UPDATE "order" SET "select" = 11 WHERE "select" = 10;
+            """)
+        try c.settle()
+        #expect(try c.rows(1, "SELECT * FROM \"order\"") == [[11, "shell", .blob([0xca, 0xfe])]])
+        #expect(try c.rows(1, "SELECT * FROM \"my table\"") == [["z", 9, 0.5]])
+    }
+}

@@ -1,0 +1,209 @@
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+import Testing
+
+let usersSchema = "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, score REAL);"
+
+@Suite("Replication between cores through an in-memory log")
+struct ReplicationTests {
+    @Test func twoNodesExchangeInsertsUpdatesAndDeletes() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob', 2.5)")
+        try c.apps[1].execute("INSERT INTO users VALUES (3, 'cid', 3.5)")
+        try c.settle()
+        try c.apps[1].execute("UPDATE users SET name = 'ANN' WHERE id = 1")
+        try c.apps[0].execute("DELETE FROM users WHERE id = 3")
+        try c.settle()
+        let expected: [[DatabaseValue]] = [[1, "ANN", 1.5], [2, "bob", 2.5]]
+        #expect(try c.rows(0, "SELECT * FROM users ORDER BY id") == expected)
+        #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == expected)
+    }
+
+    @Test func threeNodesWithShardsConverge() throws {
+        let c = try TestCluster(nodes: 3, schema: usersSchema) { $0.shards = 4 }
+        for i in 0..<3 {
+            try c.apps[i].transaction {
+                for k in 0..<50 { try c.apps[i].execute("INSERT INTO users VALUES (?, ?, ?)", [.integer(Int64(i * 100 + k)), .text("n\(i)-\(k)"), .real(Double(k))]) }
+            }
+        }
+        try c.settle()
+        try c.apps[2].execute("UPDATE users SET score = score + 1 WHERE id % 3 = 0")
+        try c.apps[0].execute("DELETE FROM users WHERE id % 7 = 0")
+        try c.settle()
+        let reference = try c.rows(0, "SELECT * FROM users ORDER BY id")
+        #expect(reference.count == 150 - 22)
+        #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == reference)
+        #expect(try c.rows(2, "SELECT * FROM users ORDER BY id") == reference)
+        // Every shard carried traffic: the router spreads rows.
+        #expect(c.streams.streams.keys.sorted() == [1, 2, 3, 4])
+    }
+
+    /// Both nodes update the same row before either hears of the other; the greater version must win
+    /// everywhere, whichever write reaches the stream first.
+    @Test(arguments: [false, true])
+    func concurrentUpdatesResolveToGreaterVersion(secondPublishesFirst: Bool) throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'base', 0)")
+        try c.settle()
+        try c.apps[0].execute("UPDATE users SET name = 'from-1' WHERE id = 1")
+        try c.apps[1].execute("UPDATE users SET name = 'from-2' WHERE id = 1")
+        let v1 = try version(c, node: 0, id: 1), v2 = try version(c, node: 1, id: 1)
+        #expect(v1 != v2)
+        if secondPublishesFirst { try c.publish(1); try c.publish(0) } else { try c.publish(0); try c.publish(1) }
+        try c.deliver(0); try c.deliver(1)
+        let winner = v1 > v2 ? "from-1" : "from-2"
+        #expect(try c.rows(0, "SELECT name FROM users") == [[.text(winner)]])
+        #expect(try c.rows(1, "SELECT name FROM users") == [[.text(winner)]])
+        #expect(try version(c, node: 0, id: 1) == max(v1, v2))
+        #expect(try version(c, node: 1, id: 1) == max(v1, v2))
+    }
+
+    /// A delete with a greater version than a concurrent update must not be undone by that update arriving later.
+    @Test(arguments: [false, true])
+    func deleteBeatsOlderConcurrentUpdate(deleteFirst: Bool) throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'base', 0)")
+        try c.settle()
+        try c.apps[1].execute("UPDATE users SET name = 'late update' WHERE id = 1")
+        let update = try version(c, node: 1, id: 1)
+        // Node 1's clock is ahead of the update (it has not seen it): its delete is the greater version.
+        try c.apps[0].execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)", [.integer(update.hlc)])
+        try c.apps[0].execute("DELETE FROM users WHERE id = 1")
+        #expect(try version(c, node: 0, id: 1) > update)
+        if deleteFirst { try c.publish(0); try c.publish(1) } else { try c.publish(1); try c.publish(0) }
+        try c.deliver(0); try c.deliver(1)
+        #expect(try c.rows(0, "SELECT count(*) FROM users") == [[0]])
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[0]])
+    }
+
+    /// An update with the greater version recreates a row another node deleted concurrently: the full row travels.
+    @Test func newerUpdateRecreatesRowDeletedConcurrently() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'base', 0)")
+        try c.settle()
+        try c.apps[0].execute("DELETE FROM users WHERE id = 1")
+        // Node 2 applies a far-future version first, so its next write is certainly newer than the delete.
+        try c.apps[1].execute("UPDATE users SET name = 'newer' WHERE id = 1")
+        try c.apps[1].execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = hlc + (1000 << 16)")
+        try c.apps[1].execute("UPDATE users SET score = 9 WHERE id = 1")
+        try c.settle()
+        #expect(try c.rows(0, "SELECT * FROM users") == [[1, "newer", 9.0]])
+        #expect(try c.rows(1, "SELECT * FROM users") == [[1, "newer", 9.0]])
+    }
+
+    @Test func tombstoneStopsResurrectionByOlderUpsert() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'x', 0)")
+        try c.publish(0)
+        let insertMessage = try #require(c.streams.streams.values.first?.first)
+        try c.deliver(1)
+        try c.apps[0].execute("DELETE FROM users WHERE id = 1")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[0]])
+        // The old insert arrives again as a new message (outside any dedup window): it must not resurrect the row.
+        c.streams.appendRaw(shard: 1, payload: insertMessage.payload)
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[0]])
+        #expect(try c.rows(1, "SELECT deleted FROM \(quoteIdentifier(Bookkeeping.versionTable("users")))") == [[1]])
+    }
+
+    @Test func duplicateDeliveryAndRedeliveryChangeNothing() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
+        try c.settle()
+        try c.apps[1].execute("UPDATE users SET name = 'local' WHERE id = 2")  // a newer local write on node 2
+        let all = c.streams.messages(shard: 1, from: 1)
+        // Redeliver everything (lost acks), twice, and out of order.
+        try c.nodes[1].messagesArrived(shard: 1, all.reversed())
+        try c.nodes[1].messagesArrived(shard: 1, all + all)
+        #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == [[1, "a", 1.0], [2, "local", 2.0]])
+        #expect(c.nodes[1].checkpoint(1) == 2)
+        let dups = c.events[1].events.filter { if case .duplicate = $0 { return true } else { return false } }
+        #expect(dups.count == 6)
+    }
+
+    /// The checkpoint is stored in the database: a restarted node resumes at checkpoint + 1 and re-applies nothing.
+    @Test func checkpointSurvivesRestart() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.settle()
+        c.nodes[1].stop()
+        let config = c.nodes[1].config
+        let restarted = ReplicationNode(config: config, environment: NodeEnvironment(clock: c.clocks[1], log: c.ports[1], opener: SQLiteOpener()))
+        try restarted.start()
+        #expect(restarted.checkpoint(1) == 1)
+        #expect(c.ports[1].deliverFrom[1] == 2)
+    }
+
+    /// A message arriving ahead of a gap is held back (nak), never applied out of order.
+    @Test func gapIsHeldBackNotSkipped() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.apps[0].execute("INSERT INTO users VALUES (2, 'b', 2)")
+        try c.publish(0)
+        let all = c.streams.messages(shard: 1, from: 1)
+        try c.nodes[1].messagesArrived(shard: 1, [all[1]])
+        #expect(c.nodes[1].checkpoint(1) == 0)
+        #expect(c.ports[1].naks[1] == [2])
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[0]])
+        try c.nodes[1].messagesArrived(shard: 1, all)
+        #expect(try c.rows(1, "SELECT id FROM users ORDER BY id") == [[1], [2]])
+    }
+
+    @Test func truncatedLogIsReportedAsBehindLogStart() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.apps[0].execute("INSERT INTO users VALUES (2, 'b', 2)")
+        try c.publish(0)
+        c.streams.firstSequence[1] = 2
+        try c.nodes[1].messagesArrived(shard: 1, c.streams.messages(shard: 1, from: 2))
+        #expect(c.events[1].events.contains(.behindLogStart(shard: 1, checkpoint: 0, firstSequence: 2)))
+        #expect(c.nodes[1].checkpoint(1) == 0)
+    }
+
+    /// Every SQLite storage class crosses the wire bit for bit.
+    @Test func valueTypesRoundTrip() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE v (id INTEGER PRIMARY KEY, a, b, c, d, e);") { $0.compress = true }
+        let values: [[DatabaseValue]] = [
+            [1, .integer(Int64.max), .integer(Int64.min), .real(-0.0), .real(1e308), .real(Double.leastNonzeroMagnitude)],
+            [2, .text("héllo wörld ✓ 𝄞"), .text("nul\u{0}inside"), .blob([]), .blob([0, 255, 1, 254]), .null],
+            [3, .text(""), .real(3.141592653589793), .integer(0), .integer(-1), .blob(Array(repeating: 7, count: 70_000))],
+        ]
+        for row in values { try c.apps[0].execute("INSERT INTO v VALUES (?, ?, ?, ?, ?, ?)", row) }
+        try c.settle()
+        let got = try c.rows(1, "SELECT * FROM v ORDER BY id")
+        #expect(got == values)
+        // -0.0 == 0.0 under ==; check the sign bit survived too.
+        if case .real(let z) = got[0][3] { #expect(z.sign == .minus) } else { Issue.record("not a real") }
+    }
+
+    /// A write made after applying a version from a node with a fast clock still gets a greater version.
+    @Test func localWriteAfterApplyIsNewerThanWhatWasApplied() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = hlc + (3600000 << 16)")  // an hour ahead
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'future', 0)")
+        try c.settle()
+        let applied = try version(c, node: 1, id: 1)
+        try c.apps[1].execute("UPDATE users SET name = 'after' WHERE id = 1")
+        #expect(try version(c, node: 1, id: 1) > applied)
+        try c.apps[1].execute("INSERT INTO users VALUES (2, 'other row', 0)")
+        #expect(try version(c, node: 1, id: 2) > applied)
+        try c.settle()
+        #expect(try c.rows(0, "SELECT name FROM users ORDER BY id") == [["after"], ["other row"]])
+    }
+
+    @Test func nodeAppliesItsOwnMessagesAsNoOps() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.settle()
+        #expect(c.nodes[0].checkpoint(1) == 1)
+        #expect(c.events[0].events.contains(.applied(shard: 1, sequence: 1, table: "users", won: false)))
+        #expect(try c.rows(0, "SELECT * FROM users") == [[1, "a", 1.0]])
+    }
+
+    func version(_ c: TestCluster, node: Int, id: Int64) throws -> RowVersion {
+        let row = try #require(try c.rows(node, "SELECT hlc, node FROM \(quoteIdentifier(Bookkeeping.versionTable("users"))) WHERE pk_id = \(id)").first)
+        return RowVersion(hlc: row[0].int64!, node: row[1].int64!)
+    }
+}

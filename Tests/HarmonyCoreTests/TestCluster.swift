@@ -1,0 +1,152 @@
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+
+/// A clock whose time moves only when a test says so; records the timers the core asked for.
+final class ManualClock: NodeClock {
+    var nowMs: Int64 = 1_700_000_000_000
+    var scheduled: [NodeTimer: Int64] = [:]
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { scheduled[timer] = nowMs + delayMs }
+}
+
+/// The shared in-memory log: ordered streams per shard with a message-id duplicate window.
+final class MemoryStreams {
+    struct Stored { var sequence: UInt64; var messageID: String; var payload: [UInt8] }
+    var streams: [Int: [Stored]] = [:]
+    var seenIDs: Set<String> = []
+    var firstSequence: [Int: UInt64] = [:]
+
+    /// Appends unless the id was seen (JetStream's duplicate window, here unbounded). Returns whether it was stored.
+    @discardableResult
+    func append(shard: Int, messageID: String, payload: [UInt8]) -> Bool {
+        guard seenIDs.insert(messageID).inserted else { return false }
+        let seq = UInt64((streams[shard]?.last?.sequence ?? 0) + 1)
+        streams[shard, default: []].append(Stored(sequence: seq, messageID: messageID, payload: payload))
+        return true
+    }
+
+    /// Appends raw bytes without dedup, as a hostile or buggy publisher could.
+    func appendRaw(shard: Int, payload: [UInt8]) {
+        let seq = UInt64((streams[shard]?.last?.sequence ?? 0) + 1)
+        streams[shard, default: []].append(Stored(sequence: seq, messageID: "raw-\(seq)", payload: payload))
+    }
+
+    func messages(shard: Int, from: UInt64) -> [IncomingMessage] {
+        (streams[shard] ?? []).filter { $0.sequence >= from }.map { IncomingMessage(sequence: $0.sequence, payload: $0.payload) }
+    }
+}
+
+/// One node's view of the log: publishes wait for the test to acknowledge them; consumption is a cursor per shard.
+final class MemoryLogPort: ReplicationLog {
+    let streams: MemoryStreams
+    var pendingPublishes: [OutgoingMessage] = []
+    var deliverFrom: [Int: UInt64] = [:]
+    var acks: [Int: [UInt64]] = [:]
+    var naks: [Int: [UInt64]] = [:]
+
+    init(streams: MemoryStreams) { self.streams = streams }
+
+    func publish(_ message: OutgoingMessage) { pendingPublishes.append(message) }
+    func subscribe(shard: Int, fromSequence: UInt64) { deliverFrom[shard] = fromSequence }
+    func ack(shard: Int, sequence: UInt64) { acks[shard, default: []].append(sequence) }
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {
+        naks[shard, default: []].append(sequence)
+        // Redelivery restarts at the lowest nak'd message, as a consumer with one outstanding message would.
+        deliverFrom[shard] = min(deliverFrom[shard] ?? sequence, sequence)
+    }
+    func streamState(shard: Int) -> StreamState? {
+        let s = streams.streams[shard] ?? []
+        return StreamState(firstSequence: streams.firstSequence[shard] ?? 1, lastSequence: s.last?.sequence ?? 0)
+    }
+}
+
+final class EventLog: ReplicationEventSink {
+    var events: [ReplicationEvent] = []
+    func record(_ event: ReplicationEvent) { events.append(event) }
+}
+
+/// Several real cores on real SQLite files, exchanging changes through `MemoryStreams` under test control.
+final class TestCluster {
+    let directory: URL
+    let streams = MemoryStreams()
+    var nodes: [ReplicationNode] = []
+    var ports: [MemoryLogPort] = []
+    var clocks: [ManualClock] = []
+    var events: [EventLog] = []
+    /// The application's connections, one per node (a separate connection, as a separate process would be).
+    var apps: [Database] = []
+
+    init(nodes count: Int, schema: String, configure: (inout NodeConfig) -> Void = { _ in }) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("harmony-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        for i in 1...count {
+            let path = directory.appendingPathComponent("node\(i).db").path
+            let app = try SQLiteOpener().open(path: path)
+            try app.execute(schema)
+            apps.append(app)
+            var config = NodeConfig(nodeID: Int64(i), databasePath: path)
+            configure(&config)
+            let clock = ManualClock(), port = MemoryLogPort(streams: streams), sink = EventLog()
+            let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: clock, log: port, opener: SQLiteOpener(), events: sink))
+            try node.start()
+            nodes.append(node); ports.append(port); clocks.append(clock); events.append(sink)
+        }
+    }
+
+    deinit {
+        for n in nodes { n.stop() }
+        apps.removeAll()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// Lets node `i` see its local writes and hands its publishes to the log, acknowledging them.
+    func publish(_ i: Int) throws {
+        try nodes[i].databaseChanged()
+        for _ in 0..<10_000 {
+            let batch = ports[i].pendingPublishes
+            if batch.isEmpty { return }
+            ports[i].pendingPublishes.removeAll()
+            for m in batch { streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+            try nodes[i].publishAcknowledged(tokens: batch.map(\.token))
+        }
+        fatalError("publish loop did not drain")
+    }
+
+    /// Delivers everything node `i` has not consumed yet, shard by shard.
+    func deliver(_ i: Int) throws {
+        for _ in 0..<100 {
+            var progressed = false
+            for shard in nodes[i].router.shards {
+                let from = ports[i].deliverFrom[shard] ?? 1
+                let batch = streams.messages(shard: shard, from: from)
+                guard !batch.isEmpty else { continue }
+                ports[i].deliverFrom[shard] = batch.last!.sequence + 1
+                let before = nodes[i].checkpoint(shard)
+                try nodes[i].messagesArrived(shard: shard, batch)
+                if nodes[i].checkpoint(shard) != before { progressed = true }
+            }
+            if !progressed { return }
+        }
+    }
+
+    /// Publishes from every node, then delivers to every node, until nothing moves.
+    func settle() throws {
+        for _ in 0..<20 {
+            for i in nodes.indices { try publish(i) }
+            for i in nodes.indices { try deliver(i) }
+            let pending = try nodes.indices.reduce(0) { $0 + (try pendingChanges($1)) }
+            if pending == 0 && nodes.indices.allSatisfy({ ports[$0].pendingPublishes.isEmpty }) { return }
+        }
+    }
+
+    func pendingChanges(_ i: Int) throws -> Int {
+        Int(try apps[i].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0)
+    }
+
+    func rows(_ i: Int, _ sql: String) throws -> [[DatabaseValue]] { try apps[i].query(sql) }
+
+    func changeLogCount(_ i: Int) throws -> Int {
+        Int(try apps[i].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog))")?.int64 ?? 0)
+    }
+}
