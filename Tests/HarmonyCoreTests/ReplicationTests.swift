@@ -29,6 +29,7 @@ struct ReplicationTests {
         }
         try c.settle()
         try c.apps[2].execute("UPDATE users SET score = score + 1 WHERE id % 3 = 0")
+        try c.settle()
         try c.apps[0].execute("DELETE FROM users WHERE id % 7 = 0")
         try c.settle()
         let reference = try c.rows(0, "SELECT * FROM users ORDER BY id")

@@ -118,7 +118,7 @@ final class TestCluster {
         for _ in 0..<100 {
             var progressed = false
             for shard in nodes[i].router.shards {
-                let from = ports[i].deliverFrom[shard] ?? 1
+                guard let from = ports[i].deliverFrom[shard] else { continue }  // not subscribed
                 let batch = streams.messages(shard: shard, from: from)
                 guard !batch.isEmpty else { continue }
                 ports[i].deliverFrom[shard] = batch.last!.sequence + 1

@@ -1,0 +1,162 @@
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+import Testing
+
+@Suite("Publishing, cleanup, options, schema gate and hostile input")
+struct PublishAndGateTests {
+    @Test func changeIsMarkedPublishedOnlyAfterAcknowledgement() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
+        try c.nodes[0].databaseChanged()
+        #expect(c.ports[0].pendingPublishes.count == 2)
+        #expect(try c.pendingChanges(0) == 2)
+        // Scanning again while they are in flight sends nothing twice.
+        try c.nodes[0].databaseChanged()
+        #expect(c.ports[0].pendingPublishes.count == 2)
+        try c.nodes[0].publishAcknowledged(tokens: [c.ports[0].pendingPublishes[0].token])
+        #expect(try c.pendingChanges(0) == 1)
+    }
+
+    @Test func failedPublishIsRetriedWithTheSameMessageID() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.nodes[0].databaseChanged()
+        let first = try #require(c.ports[0].pendingPublishes.first)
+        c.ports[0].pendingPublishes.removeAll()
+        c.nodes[0].publishFailed(token: first.token)
+        let retryAt = try #require(c.clocks[0].scheduled[.publishRetry])
+        #expect(retryAt > c.clocks[0].nowMs)
+        try c.nodes[0].databaseChanged()
+        #expect(c.ports[0].pendingPublishes.isEmpty)  // waits for the backoff
+        try c.nodes[0].timerFired(.publishRetry)
+        #expect(c.ports[0].pendingPublishes == [first])
+        #expect(try c.pendingChanges(0) == 1)
+    }
+
+    /// A publish that landed but whose ack was lost is sent again; the message id lets the log drop the copy.
+    @Test func lostAckDoesNotDuplicateInTheLog() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.nodes[0].databaseChanged()
+        let m = c.ports[0].pendingPublishes.removeFirst()
+        #expect(c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload))
+        c.nodes[0].publishFailed(token: m.token)
+        try c.nodes[0].timerFired(.publishRetry)
+        try c.publish(0)
+        #expect(c.streams.streams[m.shard]?.count == 1)
+        #expect(try c.pendingChanges(0) == 0)
+    }
+
+    @Test func cleanupDeletesOnlyPublishedRowsAndNeverReusesIDs() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)")
+        try c.publish(0)
+        try c.apps[0].execute("INSERT INTO users VALUES (4, 'd', 4)")  // pending
+        try c.nodes[0].timerFired(.cleanup)
+        #expect(try c.changeLogCount(0) == 1)
+        #expect(try c.pendingChanges(0) == 1)
+        #expect(try count(c.apps[0], Bookkeeping.changeLog("users")) == 1)
+        try c.publish(0)
+        try c.nodes[0].timerFired(.cleanup)
+        // The newest row stays so the next change gets a fresh id above the scan cursor.
+        #expect(try c.changeLogCount(0) == 1)
+        try c.apps[0].execute("INSERT INTO users VALUES (5, 'e', 5)")
+        try c.publish(0)
+        #expect(try c.pendingChanges(0) == 0)
+        #expect(c.streams.streams[1]?.count == 5)
+        #expect(c.clocks[0].scheduled[.cleanup] != nil)
+    }
+
+    @Test func publishFalseReceivesButDoesNotSend() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { if $0.nodeID == 2 { $0.publish = false } }
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'from-1', 1)")
+        try c.apps[1].execute("INSERT INTO users VALUES (2, 'from-2', 2)")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT id FROM users ORDER BY id") == [[1], [2]])
+        #expect(try c.rows(0, "SELECT id FROM users ORDER BY id") == [[1]])
+        #expect(c.streams.streams.values.joined().count == 1)
+        try c.nodes[1].timerFired(.cleanup)
+        #expect(try c.changeLogCount(1) <= 1)
+    }
+
+    @Test func replicateFalseSendsButDoesNotApply() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { if $0.nodeID == 2 { $0.replicate = false } }
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'from-1', 1)")
+        try c.apps[1].execute("INSERT INTO users VALUES (2, 'from-2', 2)")
+        try c.settle()
+        #expect(try c.rows(0, "SELECT id FROM users ORDER BY id") == [[1], [2]])
+        #expect(try c.rows(1, "SELECT id FROM users ORDER BY id") == [[2]])
+        #expect(c.ports[1].deliverFrom.isEmpty)  // never subscribed
+    }
+
+    /// A message from a node with another schema is not applied, acked or checkpointed; it is nak'd
+    /// with a delay, and the shard resumes by itself once the local schema catches up.
+    @Test func schemaMismatchPausesThenResumesAfterLocalAlter() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("ALTER TABLE users ADD COLUMN email TEXT")
+        try c.nodes[0].databaseChanged()  // the sidecar notices the DDL and rebuilds capture
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1, 'a@x')")
+        try c.publish(0)
+        // The message carries node 0's new schema hash.
+        try c.deliver(1)
+        #expect(c.nodes[1].pausedShards[1] == 1)
+        #expect(c.nodes[1].checkpoint(1) == 0)
+        #expect(c.ports[1].acks[1] == nil)
+        #expect(c.ports[1].naks[1] == [1])
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[0]])
+        #expect(c.clocks[1].scheduled[.schemaCheck] != nil)
+        try c.apps[1].execute("ALTER TABLE users ADD COLUMN email TEXT")
+        try c.nodes[1].timerFired(.schemaCheck)
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT * FROM users") == [[1, "a", 1.0, "a@x"]])
+        #expect(c.nodes[1].pausedShards.isEmpty)
+        #expect(c.events[1].events.contains(.schemaResumed(shard: 1)))
+    }
+
+    /// During a rolling upgrade a node accepts messages written under its previous schema.
+    @Test func previousSchemaHashIsAccepted() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'old shape', 1)")
+        try c.publish(0)
+        try c.apps[1].execute("ALTER TABLE users ADD COLUMN email TEXT DEFAULT 'none'")
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT * FROM users") == [[1, "old shape", 1.0, "none"]])
+    }
+
+    @Test func malformedMessagesAreParkedAndReplicationContinues() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        c.streams.appendRaw(shard: 1, payload: [0x01, 0xff, 0x00])
+        c.streams.appendRaw(shard: 1, payload: [])
+        c.streams.appendRaw(shard: 1, payload: [0x02, 1, 2, 3])
+        c.streams.appendRaw(shard: 1, payload: [0x01] + CBOREncoder.encode(.map([(.unsigned(0), .unsigned(1))])))
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'after garbage', 1)")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT name FROM users") == [["after garbage"]])
+        #expect(try count(c.apps[1], Bookkeeping.parkedTable) == 4)
+        #expect(c.nodes[1].checkpoint(1) == 5)
+    }
+
+    @Test func messageThatViolatesALocalConstraintIsParkedNotLost() throws {
+        let schema = "CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT UNIQUE);"
+        let c = try TestCluster(nodes: 2, schema: schema)
+        try c.apps[0].execute("INSERT INTO accounts VALUES (1, 'same@x')")
+        try c.apps[1].execute("INSERT INTO accounts VALUES (2, 'same@x')")
+        try c.settle()
+        let parked = try c.rows(1, "SELECT error, payload IS NOT NULL FROM \(quoteIdentifier(Bookkeeping.parkedTable))")
+        #expect(parked.count == 1)
+        #expect(parked.first?[0].string?.contains("UNIQUE") == true)
+        #expect(c.nodes[1].checkpoint(1) == 2)
+    }
+
+    @Test func messageWithWrongKeyColumnsIsParked() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        let hash = c.nodes[0].captured["users"]!.schema.hash
+        let bad = ChangeRecord(originNode: 9, table: "users", operation: .upsert, primaryKey: [.init("name", "x")],
+                               row: [.init("id", 1), .init("name", "x")], version: RowVersion(hlc: 1 << 40, node: 9), schemaHash: hash)
+        c.streams.appendRaw(shard: 1, payload: try EnvelopeCodec.encode(bad))
+        try c.deliver(0)
+        #expect(try count(c.apps[0], Bookkeeping.parkedTable) == 1)
+        #expect(try c.rows(0, "SELECT count(*) FROM users") == [[0]])
+    }
+}
