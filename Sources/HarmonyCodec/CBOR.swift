@@ -180,24 +180,28 @@ public struct CBORDecoder {
         case 0: return .unsigned(try argument(info, at: start))
         case 1: return .negative(try argument(info, at: start))
         case 2:
-            let n = try checkedLength(try argument(info, at: start), minBytesEach: 1, at: start)
+            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
+            let n = try checkedLength(declared, minBytesEach: 1, at: start)
             defer { offset += n }
             return .bytes(Array(bytes[offset..<offset + n]))
         case 3:
-            let n = try checkedLength(try argument(info, at: start), minBytesEach: 1, at: start)
+            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
+            let n = try checkedLength(declared, minBytesEach: 1, at: start)
             guard let s = String(validating: bytes[offset..<offset + n], as: UTF8.self) else {
                 throw CBORError.invalidUTF8(offset: start)
             }
             offset += n
             return .text(s)
         case 4:
-            let n = try checkedLength(try argument(info, at: start), minBytesEach: 1, at: start)
+            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
+            let n = try checkedLength(declared, minBytesEach: 1, at: start)
             var a: [CBOR] = []
             a.reserveCapacity(n)
             for _ in 0..<n { a.append(try value(depth: depth + 1)) }
             return .array(a)
         case 5:
-            let n = try checkedLength(try argument(info, at: start), minBytesEach: 2, at: start)
+            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
+            let n = try checkedLength(declared, minBytesEach: 2, at: start)
             var m: [(CBOR, CBOR)] = []
             m.reserveCapacity(n)
             for _ in 0..<n {
