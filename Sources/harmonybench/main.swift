@@ -1,1 +1,111 @@
-print("placeholder")
+import ArgumentParser
+import Foundation
+import HarmonyCore
+import HarmonySQLite
+
+/// Benchmarks whose figures go into issue notes and `reports/`. Ratios are measured against a baseline
+/// in the same run, alternating rounds, because shared machines are noisy.
+struct HarmonyBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "harmonybench",
+        abstract: "harmonylite benchmarks.",
+        subcommands: [TriggerCost.self])
+}
+
+struct TriggerCost: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "triggers",
+        abstract: "Cost of the capture triggers: INSERT time with triggers over INSERT time without.")
+
+    @Option(help: "Single-row autocommit INSERTs per round.") var autocommitRows = 500
+    @Option(help: "INSERTs in the one-transaction case.") var batchRows = 10_000
+    @Option(help: "Rounds; each alternates baseline and triggers, the median is reported.") var rounds = 5
+    @Option(help: "PRAGMA synchronous for both runs (FULL is SQLite's default).") var synchronous = "FULL"
+    @Option(help: "Directory for scratch databases.") var directory = NSTemporaryDirectory()
+    @Option(help: "Write a Markdown and JSON report with this path prefix (e.g. reports/trigger-cost).") var report: String?
+
+    func run() throws {
+        var autoBase: [Double] = [], autoTrig: [Double] = [], batchBase: [Double] = [], batchTrig: [Double] = []
+        for round in 0..<rounds {
+            // Alternate which variant goes first so drift in machine load hits both.
+            let order = round % 2 == 0 ? [false, true] : [true, false]
+            for triggers in order {
+                let a = try measure(triggers: triggers, rows: autocommitRows, oneTransaction: false) / Double(autocommitRows)
+                let b = try measure(triggers: triggers, rows: batchRows, oneTransaction: true)
+                if triggers { autoTrig.append(a); batchTrig.append(b) } else { autoBase.append(a); batchBase.append(b) }
+            }
+        }
+        let autoRatio = median(autoTrig) / median(autoBase)
+        let batchRatio = median(batchTrig) / median(batchBase)
+        let machine = machineDescription()
+        let lines = [
+            "# Trigger cost",
+            "",
+            "Command: `swift run -c release harmonybench triggers --synchronous \(synchronous)`",
+            "Machine: \(machine)",
+            "SQLite \(sqliteVersion()), WAL, synchronous=\(synchronous), \(rounds) alternating rounds, medians.",
+            "",
+            "| case | without triggers | with triggers | ratio | target |",
+            "|---|---|---|---|---|",
+            "| single-row autocommit INSERT | \(us(median(autoBase))) µs/row | \(us(median(autoTrig))) µs/row | \(fmt(autoRatio))x | ≤ 1.5x |",
+            "| \(batchRows) INSERTs in one transaction | \(ms(median(batchBase))) ms | \(ms(median(batchTrig))) ms | \(fmt(batchRatio))x | ≤ 2.5x |",
+        ]
+        let text = lines.joined(separator: "\n") + "\n"
+        print(text)
+        if let report {
+            try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
+            let json = """
+                {"synchronous": "\(synchronous)", "rounds": \(rounds), "autocommit_rows": \(autocommitRows), "batch_rows": \(batchRows),
+                 "autocommit_us_per_row": {"baseline": \(us(median(autoBase))), "triggers": \(us(median(autoTrig))), "ratio": \(fmt(autoRatio))},
+                 "batch_ms": {"baseline": \(ms(median(batchBase))), "triggers": \(ms(median(batchTrig))), "ratio": \(fmt(batchRatio))},
+                 "machine": "\(machine)"}
+                """
+            try json.write(toFile: report + ".json", atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// Seconds to insert `rows` rows into a fresh database, with or without capture installed.
+    func measure(triggers: Bool, rows: Int, oneTransaction: Bool) throws -> Double {
+        let path = (directory as NSString).appendingPathComponent("harmonybench-\(UUID().uuidString).db")
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        let db = try SQLiteOpener().open(path: path)
+        try db.execute("PRAGMA synchronous=\(synchronous)")
+        try db.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, payload BLOB)")
+        if triggers { try ChangeCapture.install(db, nodeID: 1, filter: TableFilter()) }
+        let insert = try db.prepare("INSERT INTO bench (id, name, value, payload) VALUES (?, ?, ?, ?)")
+        let payload = DatabaseValue.blob(Array(repeating: 0xAB, count: 64))
+        let start = DispatchTime.now().uptimeNanoseconds
+        if oneTransaction { try db.execute("BEGIN") }
+        for i in 0..<rows {
+            try insert.execute([.integer(Int64(i)), .text("row-\(i)"), .real(Double(i) * 0.5), payload])
+        }
+        if oneTransaction { try db.execute("COMMIT") }
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        if triggers {
+            let logged = try db.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog))")?.int64 ?? 0
+            precondition(logged == rows, "triggers captured \(logged) of \(rows) rows")
+        }
+        return elapsed
+    }
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.isEmpty ? .nan : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
+}
+func fmt(_ x: Double) -> String { String(format: "%.2f", x) }
+func us(_ seconds: Double) -> String { String(format: "%.1f", seconds * 1e6) }
+func ms(_ seconds: Double) -> String { String(format: "%.1f", seconds * 1e3) }
+
+func sqliteVersion() -> String {
+    (try? Database(path: ":memory:").scalar("SELECT sqlite_version()")?.string) ?? "?"
+}
+
+func machineDescription() -> String {
+    let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
+        .split(separator: "\n").first { $0.hasPrefix("model name") }?
+        .split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
+    return "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpu)"
+}
+
+HarmonyBench.main()
