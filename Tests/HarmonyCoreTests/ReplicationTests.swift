@@ -1,3 +1,4 @@
+import Foundation
 import HarmonyCodec
 import HarmonyCore
 import HarmonySQLite
@@ -182,10 +183,15 @@ struct ReplicationTests {
     /// A write made after applying a version from a node with a fast clock still gets a greater version.
     @Test func localWriteAfterApplyIsNewerThanWhatWasApplied() throws {
         let c = try TestCluster(nodes: 2, schema: usersSchema)
-        try c.apps[0].execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = hlc + (3600000 << 16)")  // an hour ahead
+        // Node 1's clock runs an hour ahead of real time.
+        try c.apps[0].execute("""
+            UPDATE \(quoteIdentifier(Bookkeeping.clockTable))
+            SET hlc = (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) + 3600000) << 16
+            """)
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'future', 0)")
         try c.settle()
         let applied = try version(c, node: 1, id: 1)
+        #expect(applied.physicalMs > Int64(Date().timeIntervalSince1970 * 1000) + 1_800_000)  // really from the future
         try c.apps[1].execute("UPDATE users SET name = 'after' WHERE id = 1")
         #expect(try version(c, node: 1, id: 1) > applied)
         try c.apps[1].execute("INSERT INTO users VALUES (2, 'other row', 0)")
