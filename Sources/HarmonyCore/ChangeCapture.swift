@@ -82,18 +82,28 @@ public enum ChangeCapture {
 
     /// Installs or refreshes capture on every admitted table, in one transaction.
     /// A table whose schema changed gets a new epoch; its change log gains the new columns and keeps pending rows.
+    ///
+    /// Tables without a primary key are refused: with `refuseKeyless` the whole install fails with
+    /// `SchemaError.noPrimaryKey` (what an operator starting the sidecar should see); without it they are
+    /// left uncaptured and reported through `skippedKeyless`, so a keyless table created at run time does
+    /// not stop replication of the others.
     @discardableResult
-    public static func install(_ db: Database, nodeID: Int64, filter: TableFilter) throws -> [String: CapturedTable] {
+    public static func install(_ db: Database, nodeID: Int64, filter: TableFilter, refuseKeyless: Bool = true,
+                               skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
         try db.transaction(.immediate) {
+            let existedBefore = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                                              [.text(Bookkeeping.clockTable)])?.int64 == 1
             try installBookkeeping(db, nodeID: nodeID)
-            let tables = try SchemaReader.userTables(db).filter(filter.admits)
-            let schemas = try tables.map { try SchemaReader.schema(db, table: $0) }
-            let keyless = schemas.filter { $0.primaryKey.isEmpty }.map(\.name)
-            guard keyless.isEmpty else { throw SchemaError.noPrimaryKey(keyless) }
-            try dropTriggers(db, except: Set(tables))
+            let admitted = try SchemaReader.userTables(db).filter(filter.admits)
+            let allSchemas = try admitted.map { try SchemaReader.schema(db, table: $0) }
+            let keyless = allSchemas.filter { $0.primaryKey.isEmpty }.map(\.name)
+            if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
+            if !keyless.isEmpty { skippedKeyless?(Set(keyless)) }
+            let schemas = allSchemas.filter { !$0.primaryKey.isEmpty }
+            try dropTriggers(db, except: Set(schemas.map(\.name)))
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {
-                captured[schema.name] = try installTable(db, schema)
+                captured[schema.name] = try installTable(db, schema, backfillIfNew: existedBefore)
             }
             db.clearStatementCache()
             return captured
@@ -108,7 +118,7 @@ public enum ChangeCapture {
         }
     }
 
-    static func installTable(_ db: Database, _ schema: TableSchema) throws -> CapturedTable {
+    static func installTable(_ db: Database, _ schema: TableSchema, backfillIfNew: Bool) throws -> CapturedTable {
         let known = try epochs(db, table: schema.name)
         let latest = known.first
         var epoch = latest?.epoch ?? 0
@@ -123,7 +133,37 @@ public enum ChangeCapture {
         try ensureChangeLog(db, schema)
         try ensureVersionTable(db, schema)
         try createTriggers(db, schema, epoch: epoch)
+        // A table created while the node runs may have received rows before its triggers existed.
+        if known.isEmpty && backfillIfNew { try backfill(db, schema, epoch: epoch) }
         return CapturedTable(schema: schema, epoch: epoch, previousHash: previousHash)
+    }
+
+    /// Records every row that has no version yet as an insert with a fresh version, exactly as the insert
+    /// trigger would have, so rows written between CREATE TABLE and trigger installation still replicate.
+    static func backfill(_ db: Database, _ schema: TableSchema, epoch: Int64) throws {
+        let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
+        let clock = q(Bookkeeping.clockTable)
+        let firstNew = (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1
+        let unversioned = "NOT EXISTS (SELECT 1 FROM \(versions) v WHERE "
+            + schema.primaryKey.map { "v.\(q(Bookkeeping.keyColumn($0))) IS t.\(q($0))" }.joined(separator: " AND ") + ")"
+        // Key order, not rowid: WITHOUT ROWID tables have no rowid.
+        let keyOrder = schema.primaryKey.map { "t." + q($0) }.joined(separator: ", ")
+        let base = "(SELECT max(hlc, \(nowMsSQL) << \(RowVersion.logicalBits)) FROM \(clock))"
+        try db.execute("""
+            INSERT INTO \(log) (type, hlc, node, epoch\(schema.columns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
+            SELECT 'insert', \(base) + row_number() OVER (ORDER BY \(keyOrder)), (SELECT node_id FROM \(clock)), \(epoch)\(schema.columns.map { ", t." + q($0) }.joined())
+            FROM \(q(schema.name)) t WHERE \(unversioned) ORDER BY \(keyOrder)
+            """)
+        try db.execute("""
+            INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
+            SELECT id, \(quoteLiteral(schema.name)) FROM \(log) WHERE id >= ? ORDER BY id
+            """, [.integer(firstNew)])
+        try db.execute("""
+            INSERT INTO \(versions) (\(schema.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
+            SELECT \(schema.primaryKey.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")), hlc, node, 0 FROM \(log) WHERE id >= ? AND true
+            ON CONFLICT DO NOTHING
+            """, [.integer(firstNew)])
+        try db.execute("UPDATE \(clock) SET hlc = max(hlc, coalesce((SELECT max(hlc) FROM \(log)), 0))", [])
     }
 
     static func encodeNames(_ names: [String]) -> DatabaseValue {

@@ -81,6 +81,7 @@ public enum ReplicationEvent: Sendable, Hashable {
     case applyBatchFailed(shard: Int, error: String)
     case cleanedUp(rows: Int)
     case captureInstalled(tables: Int)
+    case tableSkipped(table: String, reason: String)
 }
 
 public protocol ReplicationEventSink: AnyObject {

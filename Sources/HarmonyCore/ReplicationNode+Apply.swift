@@ -23,6 +23,7 @@ extension ReplicationNode {
         var acks: [UInt64] = []
         var naks: [(UInt64, Int64)] = []
         var resumed = false
+        var pausedAt: UInt64?
         var events: [ReplicationEvent] = []
         do {
             try db.transaction(.immediate) {
@@ -49,6 +50,7 @@ extension ReplicationNode {
                         if pausedShards[shard] != nil { resumed = true }
                     case .paused(let table, let remoteHash):
                         halted = true
+                        pausedAt = message.sequence
                         naks.append((message.sequence, config.schemaPauseDelayMs))
                         events.append(.schemaPaused(shard: shard, sequence: message.sequence, table: table, remoteHash: remoteHash))
                     }
@@ -69,9 +71,9 @@ extension ReplicationNode {
             return
         }
         checkpoints[shard] = next - 1
-        if let paused = naks.first(where: { $0.1 == config.schemaPauseDelayMs && pausedShards[shard] == nil }) {
-            pausedShards[shard] = paused.0
-            env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs)
+        if let pausedAt {
+            if pausedShards[shard] == nil { env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs) }
+            pausedShards[shard] = pausedAt
         } else if resumed {
             pausedShards[shard] = nil
             events.append(.schemaResumed(shard: shard))

@@ -111,7 +111,10 @@ public final class ReplicationNode {
     /// Installs or refreshes triggers for the current schema and forgets cached shapes.
     func refreshCapture() throws {
         let db = requireDatabase()
-        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables)
+        // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
+        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning) { skipped in
+            for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
+        }
         epochShapes.removeAll()
         schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
         env.events?.record(.captureInstalled(tables: captured.count))

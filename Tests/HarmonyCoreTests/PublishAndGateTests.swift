@@ -160,3 +160,37 @@ struct PublishAndGateTests {
         #expect(try c.rows(0, "SELECT count(*) FROM users") == [[0]])
     }
 }
+
+@Suite("Run-time DDL")
+struct RuntimeDDLTests {
+    /// Creating a keyless table while the node runs is reported, and replication of other tables goes on.
+    @Test func keylessTableCreatedAtRunTimeIsSkippedNotFatal() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("CREATE TABLE audit (at TEXT, what TEXT)")
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'still replicated', 1)")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT name FROM users") == [["still replicated"]])
+        #expect(c.events[0].events.contains(.tableSkipped(table: "audit", reason: "no primary key")))
+    }
+
+    /// Existing rows at the very first install are not published: the initial copy is the operator's (or a snapshot's) job.
+    @Test func firstInstallDoesNotPublishExistingRows() throws {
+        let (_, db) = try temporaryDatabase(usersSchema + "INSERT INTO users VALUES (1, 'seed', 0);")
+        try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        #expect(try count(db, Bookkeeping.globalLog) == 0)
+    }
+
+    /// A table created with a key while running is captured without a restart.
+    @Test func tableCreatedAtRunTimeIsCaptured() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        for app in c.apps { try app.execute("CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID") }
+        try c.nodes[1].databaseChanged()
+        // Written before node 0's sidecar noticed the new table: backfilled when capture is installed.
+        try c.apps[0].execute("INSERT INTO tags VALUES ('early-b', 2), ('early-a', 1)")
+        try c.nodes[0].databaseChanged()
+        try c.apps[0].execute("INSERT INTO tags VALUES ('late', 3)")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT name, n FROM tags ORDER BY name") == [["early-a", 1], ["early-b", 2], ["late", 3]])
+        #expect(try c.rows(0, "SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.versionTable("tags")))") == [[3]])
+    }
+}
