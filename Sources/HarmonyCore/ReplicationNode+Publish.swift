@@ -35,23 +35,25 @@ extension ReplicationNode {
     }
 
     /// Builds the record for one change-log row with the columns of the epoch it was written in.
+    /// One read per row: the whole log row, then the epoch's columns are picked from it by name.
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
         let db = requireDatabase()
         let logTable = Bookkeeping.changeLog(table)
-        guard let epochValue = try? db.scalar("SELECT epoch FROM \(quoteIdentifier(logTable)) WHERE id = ?", [.integer(changeID)]),
-              let epoch = epochValue.int64,
-              let shape = try shape(table: table, epoch: epoch)
+        let exists = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(logTable)])
+        guard exists?.int64 == 1 else { return nil }
+        let read = try db.cached("SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
+        try read.bind([.integer(changeID)])
+        guard try read.step() else { return nil }
+        var byName: [String: DatabaseValue] = [:]
+        for i in 0..<read.columnCount { byName[read.columnName(i)] = read.column(i) }
+        try read.bind([])  // resets the statement so it holds no read lock
+        guard let type = byName["type"]?.string, let hlc = byName["hlc"]?.int64, let node = byName["node"]?.int64,
+              let epoch = byName["epoch"]?.int64, let shape = try shape(table: table, epoch: epoch)
         else { return nil }
-        let columns = shape.columns
-        let select = (["type", "hlc", "node"] + columns.map(Bookkeeping.valueColumn)).map(quoteIdentifier).joined(separator: ", ")
-        guard let row = try db.query("SELECT \(select) FROM \(quoteIdentifier(logTable)) WHERE id = ?", [.integer(changeID)]).first,
-              let type = row[0].string, let hlc = row[1].int64, let node = row[2].int64
-        else { return nil }
-        var values: [String: DatabaseValue] = [:]
-        for (i, c) in columns.enumerated() { values[c] = row[3 + i] }
+        func value(_ column: String) -> DatabaseValue { byName[Bookkeeping.valueColumn(column)] ?? .null }
         let operation: ChangeOperation = type == "delete" ? .delete : .upsert
-        let key = shape.primaryKey.map { ChangeRecord.Column($0, values[$0] ?? .null) }
-        let fullRow = operation == .delete ? [] : columns.map { ChangeRecord.Column($0, values[$0] ?? .null) }
+        let key = shape.primaryKey.map { ChangeRecord.Column($0, value($0)) }
+        let fullRow = operation == .delete ? [] : shape.columns.map { ChangeRecord.Column($0, value($0)) }
         return ChangeRecord(originNode: config.nodeID, table: table, operation: operation, primaryKey: key,
                             row: fullRow, version: RowVersion(hlc: hlc, node: node), schemaHash: shape.hash)
     }
