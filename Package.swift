@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "harmonylite", targets: ["harmonylite"]),
         .executable(name: "harmonybench", targets: ["harmonybench"]),
+        .executable(name: "harmonysim", targets: ["harmonysim"]),
         .library(name: "HarmonyCore", targets: ["HarmonyCore"]),
     ],
     dependencies: [
@@ -26,6 +27,17 @@ let package = Package(
         // The deterministic replication core: CDC install, scan/publish, LWW apply, checkpoints.
         .target(name: "HarmonyCore", dependencies: ["HarmonySQLite", "HarmonyCodec"]),
 
+        // A small TOML reader whose errors name the key and line (config.toml, scenario files).
+        .target(name: "HarmonyTOML"),
+
+        // The deterministic simulator: the real core under a seeded event loop with injected faults.
+        .target(name: "HarmonySim", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite", "HarmonyTOML", "CSQLite"],
+                path: "Simulator/HarmonySim"),
+        .executableTarget(name: "harmonysim", dependencies: [
+            "HarmonySim",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Simulator/harmonysim"),
+
         .executableTarget(name: "harmonylite", dependencies: [
             "HarmonyCore", "HarmonySQLite",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -37,6 +49,8 @@ let package = Package(
 
         .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
         .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite"]),
+        .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML"]),
+        .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore"]),
         .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,3 +1,4 @@
+import HarmonyCodec
 import HarmonySQLite
 
 /// Timers the core asks its environment to fire.
@@ -71,7 +72,7 @@ public protocol ReplicationLog: AnyObject {
 public enum ReplicationEvent: Sendable, Hashable {
     case published(count: Int)
     case publishFailed(token: Int64)
-    case applied(shard: Int, sequence: UInt64, table: String, won: Bool)
+    case applied(shard: Int, sequence: UInt64, table: String, version: RowVersion, won: Bool)
     case duplicate(shard: Int, sequence: UInt64)
     case parked(shard: Int, sequence: UInt64, reason: String)
     case schemaPaused(shard: Int, sequence: UInt64, table: String, remoteHash: String)
@@ -94,11 +95,15 @@ public struct NodeEnvironment {
     public var log: ReplicationLog
     public var opener: DatabaseOpener
     public var events: ReplicationEventSink?
+    /// Asked at each `CrashPoint`; returning true makes the core throw `NodeCrashed` there. Live: always nil.
+    public var crashPoint: ((CrashPoint) -> Bool)?
 
-    public init(clock: NodeClock, log: ReplicationLog, opener: DatabaseOpener, events: ReplicationEventSink? = nil) {
+    public init(clock: NodeClock, log: ReplicationLog, opener: DatabaseOpener, events: ReplicationEventSink? = nil,
+                crashPoint: ((CrashPoint) -> Bool)? = nil) {
         self.clock = clock
         self.log = log
         self.opener = opener
         self.events = events
+        self.crashPoint = crashPoint
     }
 }

@@ -25,6 +25,10 @@ extension ReplicationNode {
         var resumed = false
         var pausedAt: UInt64?
         var events: [ReplicationEvent] = []
+        if config.plantedBugs.contains(.checkpointOutsideApplyTransaction), let last = ordered.last, last.sequence > start {
+            try saveCheckpoint(db, shard: shard, sequence: last.sequence)
+            try crashPoint(.afterCheckpointBeforeApply)
+        }
         do {
             try db.transaction(.immediate) {
                 try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
@@ -55,14 +59,10 @@ extension ReplicationNode {
                         events.append(.schemaPaused(shard: shard, sequence: message.sequence, table: table, remoteHash: remoteHash))
                     }
                 }
-                if next - 1 > start {
-                    try db.execute("""
-                        INSERT INTO \(quoteIdentifier(Bookkeeping.checkpointTable)) (stream, seq) VALUES (?, ?)
-                        ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq
-                        """, [.text(router.streamName(shard: shard)), .integer(Int64(next - 1))])
-                }
+                if next - 1 > start { try saveCheckpoint(db, shard: shard, sequence: next - 1) }
+                let observed = config.plantedBugs.contains(.noClockAdvanceOnReceipt) ? 0 : maxHLC
                 try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0, hlc = max(hlc, ?)",
-                               [.integer(maxHLC)])
+                               [.integer(observed)])
             }
         } catch let error as SQLiteError {
             // Busy, disk full, I/O: nothing was applied or checkpointed; ask for all of it again later.
@@ -71,6 +71,7 @@ extension ReplicationNode {
             return
         }
         checkpoints[shard] = next - 1
+        try crashPoint(.afterApplyCommitBeforeAck)
         if let pausedAt {
             if pausedShards[shard] == nil { env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs) }
             pausedShards[shard] = pausedAt
@@ -81,6 +82,13 @@ extension ReplicationNode {
         for e in events { env.events?.record(e) }
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
+    }
+
+    func saveCheckpoint(_ db: Database, shard: Int, sequence: UInt64) throws {
+        try db.execute("""
+            INSERT INTO \(quoteIdentifier(Bookkeeping.checkpointTable)) (stream, seq) VALUES (?, ?)
+            ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq
+            """, [.text(router.streamName(shard: shard)), .integer(Int64(sequence))])
     }
 
     func gapEvent(shard: Int, expected: UInt64, got: UInt64) -> ReplicationEvent {
@@ -102,12 +110,14 @@ extension ReplicationNode {
             return .consumed
         }
         maxHLC = max(maxHLC, record.version.hlc)
+        if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
         guard let table = captured[record.table] else {
             if !config.tables.admits(record.table) { return .consumed }  // excluded here on purpose
             return .paused(table: record.table, remoteHash: record.schemaHash)  // not created here yet
         }
         let sameSchema = record.schemaHash == table.schema.hash
         guard sameSchema || record.schemaHash == table.previousHash else {
+            if config.plantedBugs.contains(.ackSchemaMismatch) { return .consumed }
             return .paused(table: record.table, remoteHash: record.schemaHash)
         }
         let change: ResolvedChange
@@ -121,7 +131,7 @@ extension ReplicationNode {
         do {
             let won = try applyLWW(db, change)
             try db.execute("RELEASE harmonylite_apply")
-            events.append(.applied(shard: shard, sequence: message.sequence, table: record.table, won: won))
+            events.append(.applied(shard: shard, sequence: message.sequence, table: record.table, version: record.version, won: won))
         } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
             try db.execute("ROLLBACK TO harmonylite_apply")
             try db.execute("RELEASE harmonylite_apply")
@@ -142,6 +152,9 @@ extension ReplicationNode {
         var operation: ChangeOperation
         var key: [DatabaseValue]
         var row: [ChangeRecord.Column]
+        /// Local columns the sender's (previous) schema did not have: an upsert sets them to their default,
+        /// as the sender's own row will read once it upgrades.
+        var defaultedColumns: [(name: String, defaultSQL: String)] = []
         var version: RowVersion
     }
 
@@ -173,8 +186,11 @@ extension ReplicationNode {
                 throw ShapeMismatch(description: "key column \(quoteIdentifier(c.name)) disagrees between key and row")
             }
         }
+        let sent = Set(row.map(\.name))
+        let defaulted = strict || record.operation == .delete ? [] : zip(schema.columns, schema.defaults).filter { !sent.contains($0.0) }
         return ResolvedChange(table: schema, operation: record.operation,
-                              key: schema.primaryKey.map { keyValues[$0]! }, row: row, version: record.version)
+                              key: schema.primaryKey.map { keyValues[$0]! }, row: row,
+                              defaultedColumns: defaulted.map { (name: $0.0, defaultSQL: $0.1) }, version: record.version)
     }
 
     /// Applies the change only if its version is greater than the row's current version (including a
@@ -185,24 +201,31 @@ extension ReplicationNode {
         let keyMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
         if let current = try db.query("SELECT hlc, node FROM \(versionTable) WHERE \(keyMatch)", change.key).first,
            let hlc = current[0].int64, let node = current[1].int64,
-           RowVersion(hlc: hlc, node: node) >= change.version
+           RowVersion(hlc: hlc, node: node) >= change.version,
+           !config.plantedBugs.contains(.applyInArrivalOrder)
         {
             return false
         }
         let table = quoteIdentifier(schema.name)
         switch change.operation {
         case .upsert:
-            let names = change.row.map { quoteIdentifier($0.name) }
-            let placeholders = Array(repeating: "?", count: names.count).joined(separator: ", ")
+            let names = change.row.map { quoteIdentifier($0.name) } + change.defaultedColumns.map { quoteIdentifier($0.name) }
+            // Defaults come from the local schema (constants, as ADD COLUMN requires), never from the message.
+            let placeholders = (Array(repeating: "?", count: change.row.count) + change.defaultedColumns.map { "(\($0.defaultSQL))" })
+                .joined(separator: ", ")
             let keyList = schema.primaryKey.map(quoteIdentifier).joined(separator: ", ")
-            let updates = change.row.filter { !schema.primaryKey.contains($0.name) }
-                .map { "\(quoteIdentifier($0.name)) = excluded.\(quoteIdentifier($0.name))" }
+            let updates = (change.row.map(\.name) + change.defaultedColumns.map(\.name)).filter { !schema.primaryKey.contains($0) }
+                .map { "\(quoteIdentifier($0)) = excluded.\(quoteIdentifier($0))" }
             let onConflict = updates.isEmpty ? "DO NOTHING" : "DO UPDATE SET " + updates.joined(separator: ", ")
             try db.execute("INSERT INTO \(table) (\(names.joined(separator: ", "))) VALUES (\(placeholders)) ON CONFLICT (\(keyList)) \(onConflict)",
                            change.row.map(\.value))
         case .delete:
             let where_ = schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
             try db.execute("DELETE FROM \(table) WHERE \(where_)", change.key)
+        }
+        if change.operation == .delete && config.plantedBugs.contains(.dropTombstones) {
+            try db.execute("DELETE FROM \(versionTable) WHERE \(keyMatch)", change.key)
+            return true
         }
         let keyNames = schema.primaryKey.map { quoteIdentifier(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
         let keyPlaceholders = Array(repeating: "?", count: schema.primaryKey.count).joined(separator: ", ")

@@ -27,7 +27,9 @@ extension ReplicationNode {
                 let shard = router.shard(table: table, primaryKey: record.primaryKey.map(\.value))
                 let payload = try EnvelopeCodec.encode(record, compress: config.compress)
                 inFlight.insert(id)
+                if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished([id]) }
                 env.log.publish(OutgoingMessage(shard: shard, messageID: record.messageID, payload: payload, token: id))
+                try crashPoint(.afterPublishHandoff)
             }
             // Rows whose change-log entry or schema epoch vanished (table dropped and cleaned) can never be sent.
             if !unpublishable.isEmpty { try markPublished(unpublishable) }
@@ -64,6 +66,7 @@ extension ReplicationNode {
         let acked = tokens.filter { inFlight.remove($0) != nil }
         guard !acked.isEmpty else { return }
         try markPublished(acked)
+        try crashPoint(.afterMarkPublished)
         retryDelayMs = config.publishRetryDelayMsMin
         env.events?.record(.published(count: acked.count))
         try publishPending()
@@ -81,6 +84,7 @@ extension ReplicationNode {
     /// (If the publish did land, the message id makes the log drop the second copy.)
     public func publishFailed(token: Int64) {
         guard isRunning, inFlight.remove(token) != nil else { return }
+        // The planted bug already marked it published, so the scan will never send it again.
         env.events?.record(.publishFailed(token: token))
         if retryFrom == nil {
             env.clock.schedule(.publishRetry, afterMs: retryDelayMs)

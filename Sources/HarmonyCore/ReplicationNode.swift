@@ -103,6 +103,14 @@ public final class ReplicationNode {
         }
     }
 
+    /// Lets the simulator crash the node between two durable steps.
+    func crashPoint(_ point: CrashPoint) throws {
+        if env.crashPoint?(point) == true {
+            stop()
+            throw NodeCrashed(point: point)
+        }
+    }
+
     func requireDatabase() -> Database {
         guard let db = database else { preconditionFailure("node \(config.nodeID) used before start()") }
         return db

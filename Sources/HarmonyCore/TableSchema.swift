@@ -9,6 +9,8 @@ public struct TableSchema: Sendable, Equatable {
     public var primaryKey: [String]
     /// Collation of each primary-key column, copied onto the version table's key.
     public var primaryKeyCollations: [String]
+    /// Each column's declared DEFAULT as SQL text ("NULL" when none), aligned with `columns`.
+    public var defaults: [String] = []
     /// Hash of columns, declared types, NOT NULL and key positions: two nodes with the same hash can exchange rows.
     public var hash: String
 
@@ -44,9 +46,10 @@ public enum SchemaReader {
     }
 
     public static func schema(_ db: Database, table: String) throws -> TableSchema {
-        let rows = try db.query("SELECT cid, name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?)", [.text(table)])
+        let rows = try db.query("SELECT cid, name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?)", [.text(table)])
         guard !rows.isEmpty else { throw SchemaError.noSuchTable(table) }
         var columns: [String] = []
+        var defaults: [String] = []
         var keyed: [(Int64, String)] = []
         var hash = StableHash()
         hash.combine(table)
@@ -56,6 +59,7 @@ public enum SchemaReader {
             let notNull = row[3].int64 ?? 0
             let pk = row[4].int64 ?? 0
             columns.append(name)
+            defaults.append(row[6].string ?? "NULL")
             if pk > 0 { keyed.append((pk, name)) }
             hash.combine(name)
             hash.combine(type)
@@ -66,6 +70,6 @@ public enum SchemaReader {
         let collations = try primaryKey.map { try db.collation(table: table, column: $0) }
         for c in collations { hash.combine(c) }
         return TableSchema(name: table, columns: columns, primaryKey: primaryKey,
-                           primaryKeyCollations: collations, hash: hash.hex)
+                           primaryKeyCollations: collations, defaults: defaults, hash: hash.hex)
     }
 }

@@ -205,7 +205,7 @@ struct ReplicationTests {
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
         try c.settle()
         #expect(c.nodes[0].checkpoint(1) == 1)
-        #expect(c.events[0].events.contains(.applied(shard: 1, sequence: 1, table: "users", won: false)))
+        #expect(c.events[0].events.contains(.applied(shard: 1, sequence: 1, table: "users", version: try version(c, node: 0, id: 1), won: false)))
         #expect(try c.rows(0, "SELECT * FROM users") == [[1, "a", 1.0]])
     }
 

@@ -1,0 +1,131 @@
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+
+/// The properties every run must end with, checked after the cluster quiesced.
+enum SimulationCheckers {
+    static func run(_ sim: Simulation) -> (passed: [String], failed: [String]) {
+        var passed: [String] = [], failed: [String] = []
+        func check(_ name: String, _ problems: [String]) {
+            if problems.isEmpty { passed.append(name) } else { failed += problems.prefix(5).map { "\(name): \($0)" } }
+        }
+        let tables = sim.nodes.map { node -> [[DatabaseValue]] in
+            (try? node.app?.query("SELECT * FROM kv ORDER BY k")) ?? [[.text("unreadable")]]
+        }
+        check("convergence", convergence(tables))
+        check("lww-oracle", oracle(sim, table: tables[0]))
+        check("causality", sim.violations.filter { $0.hasPrefix("causality") }.isEmpty ? [] : ["see violations"])
+        check("idempotence", idempotence(sim, expected: tables[0]))
+        return (passed, failed)
+    }
+
+    /// Every node's user table is identical, row by row in key order.
+    static func convergence(_ tables: [[[DatabaseValue]]]) -> [String] {
+        var problems: [String] = []
+        for (i, t) in tables.enumerated().dropFirst() where t != tables[0] {
+            let diff = zip(tables[0], t).first { $0 != $1 }
+            problems.append("node \(i + 1) differs from node 1 (\(t.count) vs \(tables[0].count) rows; first difference \(diff.map { "\($0.1) vs \($0.0)" } ?? "in length"))")
+        }
+        return problems
+    }
+
+    /// Each row equals the write with the greatest version among all committed writes to its key;
+    /// a key whose greatest write is a delete is absent (no lost write, no resurrection).
+    static func oracle(_ sim: Simulation, table: [[DatabaseValue]]) -> [String] {
+        var winners: [Int64: WriteRecord] = [:]
+        for w in sim.history where !sim.lostWrites.contains(w.version) {
+            if let cur = winners[w.key], cur.version >= w.version { continue }
+            winners[w.key] = w
+        }
+        var actual: [Int64: [DatabaseValue]] = [:]
+        for row in table { if let k = row.first?.int64 { actual[k] = row } }
+        var problems: [String] = []
+        for key in Set(winners.keys).union(actual.keys).sorted() {
+            let expected = winners[key]
+            let got = actual[key]
+            switch (expected?.row, got) {
+            case (nil, nil): continue
+            case (let want?, let have?) where matches(have, want): continue
+            default:
+                let what = expected.map { "write \($0.version) by node \($0.node) at \($0.atMs) ms: \($0.row.map { "\($0)" } ?? "delete")" } ?? "no write"
+                problems.append("key \(key) is \(got.map { "\($0)" } ?? "absent") but the LWW winner is \(what)")
+            }
+        }
+        return problems
+    }
+
+    /// A row written before `ALTER TABLE ADD COLUMN` has fewer values; the added column must be NULL.
+    static func matches(_ have: [DatabaseValue], _ want: [DatabaseValue]) -> Bool {
+        guard have.count >= want.count else { return false }
+        return Array(have.prefix(want.count)) == want && have.dropFirst(want.count).allSatisfy(\.isNull)
+    }
+
+    /// Re-applying every message in the log to a copy of node 1 (checkpoints reset) changes nothing.
+    static func idempotence(_ sim: Simulation, expected: [[DatabaseValue]]) -> [String] {
+        let node = sim.nodes[0]
+        guard let app = node.app else { return ["node 1 has no database"] }
+        let copy = node.databasePath + ".replay"
+        do {
+            try app.execute("VACUUM INTO \(quoteLiteral(copy))")
+            defer { for s in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: copy + s) } }
+            let db = try SimOpener(vfs: node.vfs).open(path: copy)
+            try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.checkpointTable))")
+            var config = NodeConfig(nodeID: 1, databasePath: copy)
+            config.shards = sim.scenario.shards
+            let replay = ReplicationNode(config: config, environment: NodeEnvironment(clock: ReplayClock(), log: ReplayLog(), opener: SimOpener(vfs: node.vfs)))
+            try replay.start()
+            for shard in 1...sim.scenario.shards {
+                let all = sim.jetStream.allMessages(shard: shard)
+                for chunk in stride(from: 0, to: all.count, by: 256) {
+                    try replay.messagesArrived(shard: shard, Array(all[chunk..<min(chunk + 256, all.count)]))
+                }
+            }
+            replay.stop()
+            let after = try db.query("SELECT * FROM kv ORDER BY k")
+            return after == expected ? [] : ["re-applying the log changed node 1's table (\(after.count) rows vs \(expected.count))"]
+        } catch {
+            return ["replay failed: \(error)"]
+        }
+    }
+}
+
+final class ReplayClock: NodeClock {
+    var nowMs: Int64 { 0 }
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) {}
+}
+
+final class ReplayLog: ReplicationLog {
+    func publish(_ message: OutgoingMessage) {}
+    func subscribe(shard: Int, fromSequence: UInt64) {}
+    func ack(shard: Int, sequence: UInt64) {}
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
+    func streamState(shard: Int) -> StreamState? { nil }
+}
+
+/// Swarm mode: a random fault mix per seed, where each kind may also be switched off entirely.
+enum SwarmMix {
+    static func draw(scenario: Scenario, random: SimRandom) -> [Fault] {
+        var r = random
+        var faults: [Fault] = []
+        let horizon = max(scenario.durationMs * 4 / 5, 1)
+        func node() -> Int { Int(r.int(1...Int64(scenario.nodes))) }
+        let kinds: [Fault.Kind] = [.partition, .partitionToNATS, .partitionFromNATS, .crash, .clockJump, .clockDrift, .serverRestart]
+        for kind in kinds where r.chance(permille: 500) {
+            for _ in 0..<r.int(1...3) {
+                var f = Fault(kind: kind, node: node(), atMs: r.int(0...horizon), durationMs: r.int(200...10_000))
+                if kind == .clockJump { f.offsetMs = r.int(-30_000...30_000); f.durationMs = 0 }
+                if kind == .clockDrift { f.driftPpm = r.int(-200_000...200_000) }
+                if kind == .serverRestart { f.node = 0; f.durationMs = r.int(200...5_000) }
+                faults.append(f)
+            }
+        }
+        if r.chance(permille: 300) {
+            faults.append(Fault(kind: .rollingAlter, node: 0, atMs: r.int(0...horizon), durationMs: r.int(500...5_000)))
+        }
+        if scenario.nodes > 2 && r.chance(permille: 250) {
+            faults.append(Fault(kind: .lateJoin, node: scenario.nodes, atMs: r.int(0...horizon)))
+        }
+        return faults.sorted { ($0.atMs, $0.node, $0.kind.rawValue) < ($1.atMs, $1.node, $1.kind.rawValue) }
+    }
+}

@@ -1,0 +1,94 @@
+/// One simulated run's shape: cluster, workload, network, log limits and the fault schedule.
+public struct Scenario: Sendable, Equatable {
+    public var name = "scenario"
+    public var seed: UInt64 = 1
+    public var nodes = 3
+    public var shards = 2
+    /// Application writes happen in [0, durationMs); faults heal at `healAtMs` (default: durationMs).
+    public var durationMs: Int64 = 60_000
+    public var healAtMs: Int64?
+    /// After healing, the cluster must quiesce within this much simulated time (liveness bound).
+    public var quiesceWithinMs: Int64 = 60_000
+
+    // Workload.
+    public var keys = 40
+    public var writeIntervalMsMin: Int64 = 20
+    public var writeIntervalMsMax: Int64 = 200
+    /// Relative weights of the operation kinds.
+    public var insertWeight = 4, updateWeight = 4, deleteWeight = 1, transactionWeight = 1
+    public var transactionOpsMax = 4
+
+    // Network between nodes and the NATS server.
+    public var delayMsMin: Int64 = 1
+    public var delayMsMax: Int64 = 20
+    public var duplicatePermille = 0
+    public var lostAckPermille = 0
+    public var publishTimeoutMs: Int64 = 2_000
+    /// How long after a write the sidecar notices it (change detection).
+    public var detectDelayMsMax: Int64 = 5
+
+    // JetStream.
+    public var duplicateWindowMs: Int64 = 120_000
+    public var maxEntries = 0
+    public var ackWaitMs: Int64 = 3_000
+
+    // The core's timers, shortened so short runs exercise them.
+    public var scanIntervalMs: Int64 = 1_000
+    public var cleanupIntervalMs: Int64 = 5_000
+
+    /// Chance (per mille) that the sidecar dies at each crash point the core passes (between two durable steps).
+    public var crashPointPermille = 0
+
+    public var faults: [Fault] = []
+    /// Swarm mode: draw a random fault mix per seed (including none of some kinds).
+    public var swarm = false
+    /// Planted bugs switched on in every node's core (the planted-bug suite).
+    public var plantedBugs: [String] = []
+
+    public init() {}
+
+    public var healMs: Int64 { healAtMs ?? durationMs }
+}
+
+/// A scheduled fault. Times are simulated milliseconds from the start of the run.
+public struct Fault: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// Node cannot reach NATS at all.
+        case partition
+        /// Node's publishes and acks do not reach NATS; deliveries still arrive.
+        case partitionToNATS = "partition-to-nats"
+        /// NATS's deliveries and publish acks do not reach the node; its publishes still land.
+        case partitionFromNATS = "partition-from-nats"
+        /// The sidecar process dies and restarts after `durationMs` (the application keeps writing).
+        case crash
+        /// The node loses its disk and rejoins with an empty database after `durationMs`.
+        case wipe
+        /// The node's clock jumps by `offsetMs` (negative: backwards) at `atMs`.
+        case clockJump = "clock-jump"
+        /// The node's clock drifts by `driftPpm` from `atMs`.
+        case clockDrift = "clock-drift"
+        /// The NATS server is down for `durationMs`.
+        case serverRestart = "server-restart"
+        /// `ALTER TABLE kv ADD COLUMN` on every node, one node every `durationMs`, starting at `atMs`.
+        case rollingAlter = "rolling-alter"
+        /// The node starts at `atMs` instead of 0, with an empty database.
+        case lateJoin = "late-join"
+    }
+
+    public var kind: Kind
+    /// 1-based node; 0 means "every node" where that makes sense.
+    public var node: Int
+    public var atMs: Int64
+    public var durationMs: Int64
+    public var offsetMs: Int64 = 0
+    public var driftPpm: Int64 = 0
+
+    public init(kind: Kind, node: Int, atMs: Int64, durationMs: Int64 = 0, offsetMs: Int64 = 0, driftPpm: Int64 = 0) {
+        self.kind = kind
+        self.node = node
+        self.atMs = atMs
+        self.durationMs = durationMs
+        self.offsetMs = offsetMs
+        self.driftPpm = driftPpm
+    }
+}

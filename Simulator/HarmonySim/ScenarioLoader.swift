@@ -1,0 +1,166 @@
+import HarmonyCore
+import HarmonyTOML
+
+/// Reads a scenario TOML file; every error names the key and its line.
+public enum ScenarioLoader {
+    public static func parse(_ text: String) throws -> Scenario {
+        let root = try TOMLReader(parsing: text)
+        try root.rejectUnknownKeys(allowed: ["simulation", "workload", "network", "jetstream", "core", "swarm", "faults"])
+        var s = Scenario()
+        if let t = try root.table("simulation") {
+            try t.rejectUnknownKeys(allowed: ["name", "seed", "nodes", "shards", "duration_ms", "heal_at_ms", "quiesce_within_ms"])
+            s.name = try t.string("name") ?? s.name
+            if let seed = try t.int("seed") {
+                guard seed >= 0 else { throw t.error(at: "seed", "key '\(t.fullKey("seed"))' must not be negative") }
+                s.seed = UInt64(seed)
+            }
+            s.nodes = try bounded(t, "nodes", s.nodes, 1...16)
+            s.shards = try bounded(t, "shards", s.shards, 1...64)
+            s.durationMs = Int64(try bounded(t, "duration_ms", Int(s.durationMs), 1...86_400_000))
+            if t.contains("heal_at_ms") { s.healAtMs = Int64(try bounded(t, "heal_at_ms", 0, 0...86_400_000)) }
+            s.quiesceWithinMs = Int64(try bounded(t, "quiesce_within_ms", Int(s.quiesceWithinMs), 100...86_400_000))
+        }
+        if let t = try root.table("workload") {
+            try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
+                                              "delete_weight", "transaction_weight", "transaction_ops_max"])
+            s.keys = try bounded(t, "keys", s.keys, 1...1_000_000)
+            s.writeIntervalMsMin = Int64(try bounded(t, "write_interval_ms_min", Int(s.writeIntervalMsMin), 1...3_600_000))
+            s.writeIntervalMsMax = Int64(try bounded(t, "write_interval_ms_max", Int(s.writeIntervalMsMax), Int(s.writeIntervalMsMin)...3_600_000))
+            s.insertWeight = try bounded(t, "insert_weight", s.insertWeight, 0...1000)
+            s.updateWeight = try bounded(t, "update_weight", s.updateWeight, 0...1000)
+            s.deleteWeight = try bounded(t, "delete_weight", s.deleteWeight, 0...1000)
+            s.transactionWeight = try bounded(t, "transaction_weight", s.transactionWeight, 0...1000)
+            s.transactionOpsMax = try bounded(t, "transaction_ops_max", s.transactionOpsMax, 2...100)
+            if s.insertWeight + s.updateWeight + s.deleteWeight == 0 {
+                throw t.error(at: "insert_weight", "workload needs a positive insert, update or delete weight")
+            }
+        }
+        if let t = try root.table("network") {
+            try t.rejectUnknownKeys(allowed: ["delay_ms_min", "delay_ms_max", "duplicate_permille", "lost_ack_permille",
+                                              "publish_timeout_ms", "detect_delay_ms_max"])
+            s.delayMsMin = Int64(try bounded(t, "delay_ms_min", Int(s.delayMsMin), 0...60_000))
+            s.delayMsMax = Int64(try bounded(t, "delay_ms_max", Int(s.delayMsMax), Int(s.delayMsMin)...60_000))
+            s.duplicatePermille = try bounded(t, "duplicate_permille", s.duplicatePermille, 0...1000)
+            s.lostAckPermille = try bounded(t, "lost_ack_permille", s.lostAckPermille, 0...1000)
+            s.publishTimeoutMs = Int64(try bounded(t, "publish_timeout_ms", Int(s.publishTimeoutMs), Int(2 * s.delayMsMax + 1)...600_000))
+            s.detectDelayMsMax = Int64(try bounded(t, "detect_delay_ms_max", Int(s.detectDelayMsMax), 0...60_000))
+        }
+        if let t = try root.table("jetstream") {
+            try t.rejectUnknownKeys(allowed: ["duplicate_window_ms", "max_entries", "ack_wait_ms"])
+            s.duplicateWindowMs = Int64(try bounded(t, "duplicate_window_ms", Int(s.duplicateWindowMs), 0...86_400_000))
+            s.maxEntries = try bounded(t, "max_entries", s.maxEntries, 0...100_000_000)
+            s.ackWaitMs = Int64(try bounded(t, "ack_wait_ms", Int(s.ackWaitMs), 10...600_000))
+        }
+        if let t = try root.table("core") {
+            try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "planted_bugs"])
+            s.scanIntervalMs = Int64(try bounded(t, "scan_interval_ms", Int(s.scanIntervalMs), 1...3_600_000))
+            s.cleanupIntervalMs = Int64(try bounded(t, "cleanup_interval_ms", Int(s.cleanupIntervalMs), 1...3_600_000))
+            s.crashPointPermille = try bounded(t, "crash_point_permille", s.crashPointPermille, 0...1000)
+            s.plantedBugs = try t.stringArray("planted_bugs") ?? []
+            let known = Set(PlantedBugsNames.all)
+            if let bad = s.plantedBugs.first(where: { !known.contains($0) }) {
+                throw t.error(at: "planted_bugs", "key '\(t.fullKey("planted_bugs"))' names unknown bug '\(bad)'; known: \(PlantedBugsNames.all.joined(separator: ", "))")
+            }
+        }
+        if let t = try root.table("swarm") {
+            try t.rejectUnknownKeys(allowed: ["enabled"])
+            s.swarm = try t.bool("enabled") ?? false
+        }
+        for f in try root.tableArray("faults") {
+            try f.rejectUnknownKeys(allowed: ["kind", "node", "at_ms", "duration_ms", "offset_ms", "drift_ppm"])
+            let kindName = try f.required("kind", f.string)
+            guard let kind = Fault.Kind(rawValue: kindName) else {
+                throw f.error(at: "kind", "key '\(f.fullKey("kind"))' is '\(kindName)'; expected one of \(Fault.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let node = try bounded(f, "node", 0, 0...s.nodes)
+            var fault = Fault(kind: kind, node: node, atMs: Int64(try bounded(f, "at_ms", 0, 0...86_400_000)),
+                              durationMs: Int64(try bounded(f, "duration_ms", 0, 0...86_400_000)))
+            fault.offsetMs = Int64(try bounded(f, "offset_ms", 0, -86_400_000...86_400_000))
+            fault.driftPpm = Int64(try bounded(f, "drift_ppm", 0, -900_000...900_000))
+            if [.crash, .wipe, .lateJoin].contains(kind) && node == 0 {
+                throw f.error(at: "node", "key '\(f.fullKey("node"))' must name one node (1...\(s.nodes)) for a \(kind.rawValue) fault")
+            }
+            s.faults.append(fault)
+        }
+        return s
+    }
+
+    static func bounded(_ t: TOMLReader, _ key: String, _ defaultValue: Int, _ range: ClosedRange<Int>) throws -> Int {
+        guard let v = try t.int(key) else { return defaultValue }
+        guard range.contains(v) else {
+            throw t.error(at: key, "key '\(t.fullKey(key))' must be between \(range.lowerBound) and \(range.upperBound), got \(v)")
+        }
+        return v
+    }
+}
+
+enum PlantedBugsNames {
+    static let all = PlantedBugs.all.map(\.name)
+}
+
+/// Writes a scenario back as TOML: used by `shrink` to save the smaller failing schedule.
+public enum ScenarioWriter {
+    public static func toml(_ s: Scenario) -> String {
+        var out = """
+            # \(s.name): written by harmonysim
+            [simulation]
+            name = "\(s.name)"
+            seed = \(s.seed)
+            nodes = \(s.nodes)
+            shards = \(s.shards)
+            duration_ms = \(s.durationMs)
+
+            """
+        if let heal = s.healAtMs { out += "heal_at_ms = \(heal)\n" }
+        out += """
+            quiesce_within_ms = \(s.quiesceWithinMs)
+
+            [workload]
+            keys = \(s.keys)
+            write_interval_ms_min = \(s.writeIntervalMsMin)
+            write_interval_ms_max = \(s.writeIntervalMsMax)
+            insert_weight = \(s.insertWeight)
+            update_weight = \(s.updateWeight)
+            delete_weight = \(s.deleteWeight)
+            transaction_weight = \(s.transactionWeight)
+            transaction_ops_max = \(s.transactionOpsMax)
+
+            [network]
+            delay_ms_min = \(s.delayMsMin)
+            delay_ms_max = \(s.delayMsMax)
+            duplicate_permille = \(s.duplicatePermille)
+            lost_ack_permille = \(s.lostAckPermille)
+            publish_timeout_ms = \(s.publishTimeoutMs)
+            detect_delay_ms_max = \(s.detectDelayMsMax)
+
+            [jetstream]
+            duplicate_window_ms = \(s.duplicateWindowMs)
+            max_entries = \(s.maxEntries)
+            ack_wait_ms = \(s.ackWaitMs)
+
+            [core]
+            scan_interval_ms = \(s.scanIntervalMs)
+            cleanup_interval_ms = \(s.cleanupIntervalMs)
+            crash_point_permille = \(s.crashPointPermille)
+            planted_bugs = [\(s.plantedBugs.map { "\"\($0)\"" }.joined(separator: ", "))]
+
+            [swarm]
+            enabled = \(s.swarm)
+
+            """
+        for f in s.faults {
+            out += """
+
+                [[faults]]
+                kind = "\(f.kind.rawValue)"
+                node = \(f.node)
+                at_ms = \(f.atMs)
+                duration_ms = \(f.durationMs)
+
+                """
+            if f.offsetMs != 0 { out += "offset_ms = \(f.offsetMs)\n" }
+            if f.driftPpm != 0 { out += "drift_ppm = \(f.driftPpm)\n" }
+        }
+        return out
+    }
+}

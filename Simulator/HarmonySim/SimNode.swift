@@ -1,0 +1,87 @@
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+
+/// One simulated machine: the application's connection, the sidecar's core, its clock and its links to NATS.
+final class SimNode {
+    let id: Int
+    let vfs: SimVFS
+    let databasePath: String
+    var app: Database?
+    var core: ReplicationNode?
+    /// Bumped at every restart, so events addressed to a dead process are dropped.
+    var incarnation = 0
+    var sidecarUp = false
+    /// False before a late join and while a wiped disk is being replaced.
+    var machineUp = true
+    var canSend = true
+    var canReceive = true
+    var clockOffsetMs: Int64 = 0
+    var driftPpm: Int64 = 0
+    var driftSinceMs: Int64 = 0
+    var timerGenerations: [NodeTimer: UInt64] = [:]
+    /// Highest version this node applied from others (and won); any later local write must exceed it.
+    var maxAppliedHLC: Int64 = 0
+    var writeCounter = 0
+    var hasExtraColumn = false
+    var pendingRestart = false
+
+    init(id: Int, vfs: SimVFS, databasePath: String) {
+        self.id = id
+        self.vfs = vfs
+        self.databasePath = databasePath
+    }
+
+    /// Simulated time 0 is this wall-clock instant, so versions look like real hybrid-logical timestamps.
+    static let epochMs: Int64 = 1_767_225_600_000  // 2026-01-01T00:00:00Z
+
+    func nowMs(simMs: Int64) -> Int64 {
+        var t = Self.epochMs + simMs + clockOffsetMs
+        if driftPpm != 0 { t += (simMs - driftSinceMs) * driftPpm / 1_000_000 }
+        return t
+    }
+
+    var connected: Bool { sidecarUp && canSend && canReceive }
+}
+
+/// The node's clock as its core sees it: skewed, drifting, jumping simulated time.
+final class SimNodeClock: NodeClock {
+    unowned let sim: Simulation
+    let node: Int
+    init(sim: Simulation, node: Int) {
+        self.sim = sim
+        self.node = node
+    }
+    var nowMs: Int64 { sim.nodes[node - 1].nowMs(simMs: sim.nowMs) }
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { sim.scheduleTimer(node: node, timer: timer, afterMs: delayMs) }
+}
+
+/// The node's view of the simulated JetStream; every call travels the simulated network.
+final class SimLogPort: ReplicationLog {
+    unowned let sim: Simulation
+    let node: Int
+    init(sim: Simulation, node: Int) {
+        self.sim = sim
+        self.node = node
+    }
+    func publish(_ message: OutgoingMessage) { sim.publish(from: node, message) }
+    func subscribe(shard: Int, fromSequence: UInt64) { sim.subscribe(node: node, shard: shard, fromSequence: fromSequence) }
+    func ack(shard: Int, sequence: UInt64) { sim.acknowledge(node: node, shard: shard, sequence: sequence, nakDelayMs: nil) }
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {
+        sim.acknowledge(node: node, shard: shard, sequence: sequence, nakDelayMs: delayMs)
+    }
+    func streamState(shard: Int) -> StreamState? {
+        sim.nodes[node - 1].connected && sim.serverUp ? sim.jetStream.state(shard: shard) : nil
+    }
+}
+
+/// Feeds the core's events into the trace and the causality tracking.
+final class SimEventSink: ReplicationEventSink {
+    unowned let sim: Simulation
+    let node: Int
+    init(sim: Simulation, node: Int) {
+        self.sim = sim
+        self.node = node
+    }
+    func record(_ event: ReplicationEvent) { sim.coreEvent(node: node, event) }
+}

@@ -1,0 +1,644 @@
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+
+/// A committed application write as the workload saw it: the row's version and full value afterwards.
+public struct WriteRecord: Sendable {
+    public var node: Int
+    public var key: Int64
+    public var version: RowVersion
+    /// The whole row after the write, or nil when the write deleted it.
+    public var row: [DatabaseValue]?
+    public var atMs: Int64
+}
+
+enum SimEvent {
+    case timer(node: Int, timer: NodeTimer, generation: UInt64, incarnation: Int)
+    case publishArrives(node: Int, message: OutgoingMessage, incarnation: Int, sentMs: Int64)
+    case publishResult(node: Int, token: Int64, ok: Bool, incarnation: Int)
+    case pump(node: Int, shard: Int)
+    case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
+    case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
+    case workload(node: Int)
+    case databaseChanged(node: Int, incarnation: Int)
+    case faultStart(index: Int)
+    case faultEnd(index: Int)
+    case alter(node: Int)
+    case restart(node: Int)
+    case heal
+    case quiesceCheck
+}
+
+/// Runs one scenario with one seed: the real `ReplicationNode` on real SQLite files, driven by a
+/// single-threaded event loop over virtual time, with every random choice drawn from the seed.
+public final class Simulation {
+    public let scenario: Scenario
+    public let seed: UInt64
+    let directory: String
+    var nodes: [SimNode] = []
+    var jetStream: SimJetStream
+    private(set) var nowMs: Int64 = 0
+    var serverUp = true
+    private var queue = EventQueue<SimEvent>()
+    private var tieRandom: SimRandom
+    private var netRandom: SimRandom
+    private var workRandom: SimRandom
+    private var crashRandom: SimRandom
+    private let plantedBugs: PlantedBugs
+    let traceEnabled: Bool
+    public private(set) var traceLines: [String] = []
+    private var traceHash: UInt64 = 0xcbf2_9ce4_8422_2325
+    public private(set) var history: [WriteRecord] = []
+    /// Writes destroyed with a wiped disk before any copy reached the log: not owed to anyone.
+    var lostWrites: Set<RowVersion> = []
+    /// Unpublished versions on a disk when it was wiped; lost unless a publish had landed anyway.
+    private var wipedPending: [RowVersion] = []
+    private(set) var violations: [String] = []
+    private var eventsProcessed = 0
+    private var faultsInjected = 0
+    private var conflictsResolved = 0
+    private var healed = false
+    private var quiescedAtMs: Int64?
+    private var livenessFailure: String?
+    /// The fault schedule this run used (drawn per seed in swarm mode), for `shrink` to start from.
+    public private(set) var faults: [Fault]
+
+    static let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER);"
+
+    public init(scenario: Scenario, seed: UInt64, trace: Bool = false, workDirectory: String? = nil) throws {
+        self.scenario = scenario
+        self.seed = seed
+        self.traceEnabled = trace
+        let root = SimRandom(seed: seed)
+        tieRandom = root.fork("tie-break")
+        netRandom = root.fork("network")
+        workRandom = root.fork("workload")
+        crashRandom = root.fork("crash-points")
+        var bugs: PlantedBugs = []
+        for name in scenario.plantedBugs {
+            guard let bug = PlantedBugs.all.first(where: { $0.name == name })?.bug else {
+                throw SimulationError.invalid("unknown planted bug '\(name)'")
+            }
+            bugs.insert(bug)
+        }
+        plantedBugs = bugs
+        faults = scenario.swarm ? SwarmMix.draw(scenario: scenario, random: root.fork("swarm")) : scenario.faults
+        jetStream = SimJetStream(shards: scenario.shards, duplicateWindowMs: scenario.duplicateWindowMs,
+                                 maxEntries: scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)
+        let base = workDirectory ?? (FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory())
+        directory = (base as NSString).appendingPathComponent("harmonysim-\(ProcessInfo.processInfo.processIdentifier)-\(seed)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for id in 1...scenario.nodes {
+            let vfs = SimVFS(name: "harmonysim-\(UUID().uuidString)-\(id)")
+            nodes.append(SimNode(id: id, vfs: vfs, databasePath: (directory as NSString).appendingPathComponent("node\(id).db")))
+        }
+    }
+
+    deinit {
+        for n in nodes { n.core?.stop(); n.core = nil; n.app = nil }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    // MARK: Running
+
+    public func run() -> SimulationResult {
+        let lateJoiners = Set(faults.filter { $0.kind == .lateJoin }.map(\.node))
+        for node in nodes where !lateJoiners.contains(node.id) { bootMachine(node) }
+        for node in nodes { node.machineUp = !lateJoiners.contains(node.id) }
+        for (i, f) in faults.enumerated() { push(.faultStart(index: i), at: f.atMs) }
+        push(.heal, at: scenario.healMs)
+        var eventsMax = 5_000_000
+        while let entry = queue.pop() {
+            eventsMax -= 1
+            if eventsMax == 0 { livenessFailure = "event budget exhausted at \(nowMs) ms"; break }
+            nowMs = entry.timeMs
+            eventsProcessed += 1
+            handle(entry.event)
+            if quiescedAtMs != nil || livenessFailure != nil { break }
+        }
+        return finish()
+    }
+
+    func push(_ event: SimEvent, at timeMs: Int64) {
+        queue.push(event, at: max(timeMs, nowMs), tieBreak: tieRandom.next())
+    }
+
+    func trace(_ line: @autoclosure () -> String) {
+        let text = "\(nowMs) \(line())"
+        for b in text.utf8 { traceHash = (traceHash ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+        traceHash = (traceHash ^ 0x0A) &* 0x0000_0100_0000_01B3
+        if traceEnabled { traceLines.append(text) }
+    }
+
+    func networkDelay() -> Int64 { netRandom.int(scenario.delayMsMin...max(scenario.delayMsMin, scenario.delayMsMax)) }
+
+    // MARK: Node lifecycle
+
+    func bootMachine(_ node: SimNode) {
+        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        do {
+            let app = try node.vfs.opener.open(path: node.databasePath)
+            try app.execute("PRAGMA synchronous=OFF")
+            try app.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
+            if node.hasExtraColumn, try app.scalar("SELECT count(*) FROM pragma_table_info('kv') WHERE name = 'extra'")?.int64 == 0 {
+                try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
+            }
+            node.app = app
+        } catch {
+            violations.append("node \(node.id): cannot open its database: \(error)")
+            return
+        }
+        node.machineUp = true
+        startSidecar(node)
+        push(.workload(node: node.id), at: nowMs + workRandom.int(0...scenario.writeIntervalMsMax))
+    }
+
+    func startSidecar(_ node: SimNode) {
+        node.incarnation += 1
+        node.timerGenerations.removeAll()
+        var config = NodeConfig(nodeID: Int64(node.id), databasePath: node.databasePath)
+        config.shards = scenario.shards
+        config.scanIntervalMs = scenario.scanIntervalMs
+        config.cleanupIntervalMs = scenario.cleanupIntervalMs
+        config.plantedBugs = plantedBugs
+        let env = NodeEnvironment(clock: SimNodeClock(sim: self, node: node.id), log: SimLogPort(sim: self, node: node.id),
+                                  opener: SimOpener(vfs: node.vfs), events: SimEventSink(sim: self, node: node.id),
+                                  crashPoint: { [unowned self] point in self.crashAt(point, node: node.id) })
+        let core = ReplicationNode(config: config, environment: env)
+        node.core = core
+        node.sidecarUp = true
+        trace("node \(node.id) sidecar start #\(node.incarnation)")
+        callCore(node) { try $0.start() }
+    }
+
+    func crashSidecar(_ node: SimNode, reason: String) {
+        guard node.sidecarUp else { return }
+        trace("node \(node.id) sidecar crash (\(reason))")
+        node.core?.stop()
+        node.core = nil
+        node.sidecarUp = false
+        jetStream.unsubscribeAll(node: node.id)
+        faultsInjected += 1
+    }
+
+    /// The core asks at each crash point; crash faults make some of them fatal.
+    func crashAt(_ point: CrashPoint, node: Int) -> Bool {
+        guard !healed, scenario.crashPointPermille > 0, crashRandom.chance(permille: scenario.crashPointPermille) else { return false }
+        trace("node \(node) crash point \(point.rawValue)")
+        nodes[node - 1].pendingRestart = true
+        push(.restart(node: node), at: nowMs + crashRandom.int(200...2_000))
+        return true
+    }
+
+    /// Calls into a node's core with its clock set; a crash at a crash point is an expected outcome.
+    func callCore(_ node: SimNode, _ body: (ReplicationNode) throws -> Void) {
+        guard node.sidecarUp, let core = node.core else { return }
+        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        do {
+            try body(core)
+        } catch is NodeCrashed {
+            node.core = nil
+            crashSidecar(node, reason: "crash point")
+        } catch {
+            violations.append("node \(node.id) core threw at \(nowMs) ms: \(error)")
+            crashSidecar(node, reason: "error")
+        }
+    }
+
+    func scheduleTimer(node: Int, timer: NodeTimer, afterMs: Int64) {
+        let n = nodes[node - 1]
+        let generation = (n.timerGenerations[timer] ?? 0) + 1
+        n.timerGenerations[timer] = generation
+        push(.timer(node: node, timer: timer, generation: generation, incarnation: n.incarnation), at: nowMs + max(afterMs, 0))
+    }
+
+    // MARK: The log over the network
+
+    func publish(from node: Int, _ message: OutgoingMessage) {
+        let n = nodes[node - 1]
+        if n.canSend && serverUp {
+            push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: nowMs + networkDelay())
+        } else {
+            push(.publishResult(node: node, token: message.token, ok: false, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
+        }
+    }
+
+    func subscribe(node: Int, shard: Int, fromSequence: UInt64) {
+        jetStream.subscribe(node: node, shard: shard, fromSequence: fromSequence)
+        push(.pump(node: node, shard: shard), at: nowMs + networkDelay())
+    }
+
+    func acknowledge(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?) {
+        let n = nodes[node - 1]
+        guard n.canSend && serverUp else { return }  // lost on the way; the ack wait will redeliver
+        if nakDelayMs == nil && netRandom.chance(permille: scenario.lostAckPermille) { return }
+        push(.ackArrives(node: node, shard: shard, sequence: sequence, nakDelayMs: nakDelayMs), at: nowMs + networkDelay())
+    }
+
+    func pumpAll(shard: Int) {
+        for node in nodes where node.sidecarUp { push(.pump(node: node.id, shard: shard), at: nowMs + networkDelay()) }
+    }
+
+    // MARK: Event handling
+
+    func handle(_ event: SimEvent) {
+        switch event {
+        case .timer(let id, let timer, let generation, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation, node.timerGenerations[timer] == generation else { return }
+            trace("node \(id) timer \(timer)")
+            callCore(node) { try $0.timerFired(timer) }
+
+        case .publishArrives(let id, let message, let incarnation, let sentMs):
+            guard serverUp else {
+                push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
+                return
+            }
+            let seq = jetStream.store(shard: message.shard, messageID: message.messageID, payload: message.payload, nowMs: nowMs)
+            trace("store shard \(message.shard) id \(message.messageID) -> \(seq.map(String.init) ?? "duplicate")")
+            if seq != nil { pumpAll(shard: message.shard) }
+            let n = nodes[id - 1]
+            if n.canReceive && !netRandom.chance(permille: scenario.lostAckPermille) {
+                push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: nowMs + networkDelay())
+            } else {
+                push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
+            }
+
+        case .publishResult(let id, let token, let ok, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation else { return }
+            trace("node \(id) publish \(token) \(ok ? "acked" : "failed")")
+            callCore(node) { core in
+                if ok { try core.publishAcknowledged(tokens: [token]) } else { core.publishFailed(token: token) }
+            }
+
+        case .pump(let id, let shard):
+            let node = nodes[id - 1]
+            guard serverUp, node.sidecarUp, node.canReceive else { return }
+            let paused = jetStream.pausedUntil(node: id, shard: shard)
+            if paused > nowMs { push(.pump(node: id, shard: shard), at: paused); return }
+            _ = jetStream.expireAcks(node: id, shard: shard, nowMs: nowMs)
+            let batch = jetStream.takeBatch(node: id, shard: shard, nowMs: nowMs)
+            if !batch.isEmpty {
+                let arrival = nowMs + networkDelay()
+                push(.deliver(node: id, shard: shard, messages: batch, incarnation: node.incarnation), at: arrival)
+                if netRandom.chance(permille: scenario.duplicatePermille) {
+                    push(.deliver(node: id, shard: shard, messages: batch, incarnation: node.incarnation), at: arrival + networkDelay())
+                }
+            }
+            if let deadline = jetStream.nextAckDeadline(node: id, shard: shard) {
+                push(.pump(node: id, shard: shard), at: deadline)
+            }
+
+        case .deliver(let id, let shard, let messages, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation, node.canReceive else { return }
+            trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
+            callCore(node) { try $0.messagesArrived(shard: shard, messages) }
+            if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+
+        case .ackArrives(let id, let shard, let sequence, let nakDelayMs):
+            guard serverUp else { return }
+            if let delay = nakDelayMs {
+                jetStream.nak(node: id, shard: shard, sequence: sequence, delayMs: delay, nowMs: nowMs)
+                push(.pump(node: id, shard: shard), at: nowMs + delay)
+            } else {
+                jetStream.ack(node: id, shard: shard, sequence: sequence)
+            }
+
+        case .workload(let id):
+            let node = nodes[id - 1]
+            guard nowMs < scenario.durationMs, node.machineUp else { return }
+            performWrite(node)
+            push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
+
+        case .databaseChanged(let id, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation else { return }
+            callCore(node) { try $0.databaseChanged() }
+
+        case .faultStart(let index):
+            startFault(faults[index], index: index)
+
+        case .faultEnd(let index):
+            endFault(faults[index])
+
+        case .alter(let id):
+            alterTable(nodes[id - 1])
+
+        case .restart(let id):
+            let node = nodes[id - 1]
+            node.pendingRestart = false
+            if node.machineUp && !node.sidecarUp { startSidecar(node) }
+
+        case .heal:
+            heal()
+
+        case .quiesceCheck:
+            checkQuiescence()
+        }
+    }
+
+    // MARK: Faults
+
+    func startFault(_ f: Fault, index: Int) {
+        let targets = f.node == 0 ? nodes : [nodes[f.node - 1]]
+        faultsInjected += 1
+        trace("fault start \(f.kind.rawValue) node \(f.node)")
+        switch f.kind {
+        case .partition:
+            for n in targets { n.canSend = false; n.canReceive = false }
+        case .partitionToNATS:
+            for n in targets { n.canSend = false }
+        case .partitionFromNATS:
+            for n in targets { n.canReceive = false }
+        case .crash:
+            for n in targets { crashSidecar(n, reason: "fault") }
+        case .wipe:
+            for n in targets {
+                crashSidecar(n, reason: "disk lost")
+                if let app = n.app, let rows = try? app.query("""
+                    SELECT l.hlc, l.node FROM \(quoteIdentifier(Bookkeeping.changeLog("kv"))) l
+                    JOIN \(quoteIdentifier(Bookkeeping.globalLog)) g ON g.change_table_id = l.id AND g.table_name = 'kv' WHERE g.state = 0
+                    """) {
+                    wipedPending += rows.map { RowVersion(hlc: $0[0].int64 ?? 0, node: $0[1].int64 ?? 0) }
+                }
+                n.app = nil
+                n.machineUp = false
+                for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: n.databasePath + suffix) }
+                n.maxAppliedHLC = 0
+            }
+        case .clockJump:
+            for n in targets { n.clockOffsetMs += f.offsetMs }
+        case .clockDrift:
+            for n in targets {
+                n.clockOffsetMs = n.nowMs(simMs: nowMs) - nowMs - SimNode.epochMs
+                n.driftSinceMs = nowMs
+                n.driftPpm = f.driftPpm
+            }
+        case .serverRestart:
+            serverUp = false
+        case .rollingAlter:
+            for (i, n) in nodes.enumerated() { push(.alter(node: n.id), at: nowMs + Int64(i) * f.durationMs) }
+            return
+        case .lateJoin:
+            for n in targets where !n.machineUp { bootMachine(n) }
+            return
+        }
+        if f.durationMs > 0 { push(.faultEnd(index: index), at: nowMs + f.durationMs) }
+    }
+
+    func endFault(_ f: Fault) {
+        let targets = f.node == 0 ? nodes : [nodes[f.node - 1]]
+        trace("fault end \(f.kind.rawValue) node \(f.node)")
+        switch f.kind {
+        case .partition, .partitionToNATS, .partitionFromNATS:
+            for n in targets { n.canSend = true; n.canReceive = true; resume(n) }
+        case .crash:
+            for n in targets where n.machineUp && !n.sidecarUp { startSidecar(n) }
+        case .wipe:
+            for n in targets where !n.machineUp { bootMachine(n) }
+        case .clockDrift:
+            for n in targets {
+                n.clockOffsetMs = n.nowMs(simMs: nowMs) - nowMs - SimNode.epochMs
+                n.driftPpm = 0
+            }
+        case .serverRestart:
+            serverUp = true
+            for n in nodes { resume(n) }
+        case .clockJump, .rollingAlter, .lateJoin:
+            break
+        }
+    }
+
+    /// After connectivity returns: consumers pump again and pending changes get scanned.
+    func resume(_ n: SimNode) {
+        guard n.sidecarUp else { return }
+        for shard in 1...scenario.shards { push(.pump(node: n.id, shard: shard), at: nowMs + networkDelay()) }
+        push(.databaseChanged(node: n.id, incarnation: n.incarnation), at: nowMs + 1)
+    }
+
+    func alterTable(_ node: SimNode) {
+        guard !node.hasExtraColumn else { return }
+        node.hasExtraColumn = true
+        guard node.machineUp, let app = node.app else { return }
+        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        do {
+            try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
+            trace("node \(node.id) ALTER TABLE kv ADD COLUMN extra")
+        } catch {
+            violations.append("node \(node.id): ALTER TABLE failed: \(error)")
+        }
+        callCore(node) { try $0.databaseChanged() }
+    }
+
+    func heal() {
+        healed = true
+        trace("heal")
+        serverUp = true
+        for n in nodes {
+            n.canSend = true
+            n.canReceive = true
+            if !n.machineUp { bootMachine(n) }
+            if n.machineUp && !n.sidecarUp { startSidecar(n) }
+            resume(n)
+        }
+        for f in faults where f.kind == .rollingAlter {
+            for n in nodes where !n.hasExtraColumn { alterTable(n) }
+            _ = f
+        }
+        push(.quiesceCheck, at: nowMs + 100)
+    }
+
+    // MARK: Workload
+
+    func performWrite(_ node: SimNode) {
+        guard let app = node.app else { return }
+        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        let total = scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight + scenario.transactionWeight
+        var pick = Int(workRandom.below(UInt64(max(total, 1))))
+        var ops: [Int] = []
+        func draw() -> Int {
+            var p = Int(workRandom.below(UInt64(max(scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight, 1))))
+            if p < scenario.insertWeight { return 0 }
+            p -= scenario.insertWeight
+            return p < scenario.updateWeight ? 1 : 2
+        }
+        if pick < total - scenario.transactionWeight {
+            ops = [draw()]
+        } else {
+            pick = Int(workRandom.int(2...Int64(max(2, scenario.transactionOpsMax))))
+            ops = (0..<pick).map { _ in draw() }
+        }
+        let keys = ops.map { _ in workRandom.int(1...Int64(scenario.keys)) }
+        do {
+            let before = try Dictionary(keys.map { ($0, try versionOf(app, key: $0)) }, uniquingKeysWith: { a, _ in a })
+            try app.transaction(.immediate) {
+                for (op, key) in zip(ops, keys) {
+                    node.writeCounter += 1
+                    let value = DatabaseValue.text("n\(node.id)w\(node.writeCounter)")
+                    switch op {
+                    case 0:
+                        if node.hasExtraColumn {
+                            try app.execute("INSERT INTO kv (k, v, n, extra) VALUES (?, ?, 1, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1, extra = excluded.extra",
+                                            [.integer(key), value, value])
+                        } else {
+                            try app.execute("INSERT INTO kv (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
+                                            [.integer(key), value])
+                        }
+                    case 1:
+                        if node.hasExtraColumn {
+                            try app.execute("UPDATE kv SET v = ?, n = n + 1, extra = ? WHERE k = ?", [value, value, .integer(key)])
+                        } else {
+                            try app.execute("UPDATE kv SET v = ?, n = n + 1 WHERE k = ?", [value, .integer(key)])
+                        }
+                    default:
+                        try app.execute("DELETE FROM kv WHERE k = ?", [.integer(key)])
+                    }
+                }
+            }
+            for key in Set(keys).sorted() {
+                guard let after = try versionOf(app, key: key), after != before[key] ?? nil else { continue }
+                let row = try app.query("SELECT * FROM kv WHERE k = ?", [.integer(key)]).first
+                history.append(WriteRecord(node: node.id, key: key, version: after.version, row: after.deleted ? nil : row, atMs: nowMs))
+                if after.version.hlc <= node.maxAppliedHLC {
+                    violations.append("causality: node \(node.id) wrote key \(key) at \(nowMs) ms with version \(after.version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")
+                }
+            }
+            trace("node \(node.id) write ops \(ops) keys \(keys)")
+        } catch {
+            violations.append("node \(node.id): application write failed: \(error)")
+        }
+        if node.sidecarUp {
+            push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + workRandom.int(0...scenario.detectDelayMsMax))
+        }
+    }
+
+    struct KeyVersion: Equatable {
+        var version: RowVersion
+        var deleted: Bool
+    }
+
+    func versionOf(_ db: Database, key: Int64) throws -> KeyVersion? {
+        guard try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = ?", [.text(Bookkeeping.versionTable("kv"))])?.int64 == 1,
+              let row = try db.query("SELECT hlc, node, deleted FROM \(quoteIdentifier(Bookkeeping.versionTable("kv"))) WHERE pk_k = ?", [.integer(key)]).first
+        else { return nil }
+        return KeyVersion(version: RowVersion(hlc: row[0].int64 ?? 0, node: row[1].int64 ?? 0), deleted: row[2].int64 == 1)
+    }
+
+    // MARK: Core events
+
+    func coreEvent(node: Int, _ event: ReplicationEvent) {
+        trace("node \(node) \(event)")
+        switch event {
+        case .applied(_, _, _, let version, let won):
+            if won {
+                let n = nodes[node - 1]
+                n.maxAppliedHLC = max(n.maxAppliedHLC, version.hlc)
+            } else {
+                conflictsResolved += 1
+            }
+        case .parked(let shard, let sequence, let reason):
+            violations.append("node \(node) parked shard \(shard) seq \(sequence): \(reason)")
+        default:
+            break
+        }
+    }
+
+    // MARK: Quiescence and checks
+
+    func checkQuiescence() {
+        if isQuiescent() {
+            quiescedAtMs = nowMs
+            trace("quiescent")
+            return
+        }
+        if nowMs - scenario.healMs > scenario.quiesceWithinMs {
+            livenessFailure = "cluster did not quiesce within \(scenario.quiesceWithinMs) ms after healing at \(scenario.healMs) ms: \(quiescenceBlockers().joined(separator: "; "))"
+            return
+        }
+        push(.quiesceCheck, at: nowMs + 100)
+    }
+
+    func isQuiescent() -> Bool { quiescenceBlockers().isEmpty }
+
+    func quiescenceBlockers() -> [String] {
+        var blockers: [String] = []
+        guard nowMs >= scenario.durationMs else { return ["workload still running"] }
+        for n in nodes {
+            guard n.machineUp, n.sidecarUp, let core = n.core, let app = n.app else {
+                blockers.append("node \(n.id) down")
+                continue
+            }
+            let pending = (try? app.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64) ?? -1
+            if pending != 0 { blockers.append("node \(n.id) has \(pending) unpublished changes") }
+            for shard in 1...scenario.shards {
+                let last = jetStream.state(shard: shard).lastSequence
+                if core.checkpoint(shard) != last { blockers.append("node \(n.id) shard \(shard) at \(core.checkpoint(shard)) of \(last)") }
+            }
+            if !core.pausedShards.isEmpty { blockers.append("node \(n.id) paused on schema") }
+        }
+        return blockers
+    }
+
+    func finish() -> SimulationResult {
+        var landed: Set<String> = []
+        for shard in 1...scenario.shards {
+            for m in jetStream.allMessages(shard: shard) {
+                if let r = try? EnvelopeCodec.decode(m.payload) { landed.insert("\(r.version.node)-\(r.version.hlc)") }
+            }
+        }
+        lostWrites = Set(wipedPending.filter { !landed.contains("\($0.node)-\($0.hlc)") })
+        var failures = violations
+        var checks: [String] = []
+        if livenessFailure == nil && quiescedAtMs == nil { livenessFailure = "event queue drained before quiescence" }
+        if livenessFailure == nil {
+            let (passed, failed) = SimulationCheckers.run(self)
+            checks = passed
+            failures += failed
+        }
+        return SimulationResult(
+            scenario: scenario.name, seed: seed, simulatedMs: nowMs, events: eventsProcessed, faultsInjected: faultsInjected,
+            writes: history.count, conflictsResolved: conflictsResolved, traceHash: traceHash,
+            correctnessFailures: failures, livenessFailure: livenessFailure, checksPassed: checks, trace: traceLines)
+    }
+}
+
+public enum SimulationError: Error, CustomStringConvertible {
+    case invalid(String)
+    public var description: String {
+        switch self { case .invalid(let m): return m }
+    }
+}
+
+/// Opens the node's connections through its VFS, without fsync: a sidecar crash loses no OS-buffered data.
+struct SimOpener: DatabaseOpener {
+    let vfs: SimVFS
+    func open(path: String) throws -> Database {
+        let db = try vfs.opener.open(path: path)
+        try db.execute("PRAGMA synchronous=OFF")
+        return db
+    }
+}
+
+public struct SimulationResult: Sendable {
+    public var scenario: String
+    public var seed: UInt64
+    public var simulatedMs: Int64
+    public var events: Int
+    public var faultsInjected: Int
+    public var writes: Int
+    public var conflictsResolved: Int
+    public var traceHash: UInt64
+    public var correctnessFailures: [String]
+    public var livenessFailure: String?
+    public var checksPassed: [String]
+    public var trace: [String]
+
+    public var passed: Bool { correctnessFailures.isEmpty && livenessFailure == nil }
+    public var traceHashHex: String {
+        let s = String(traceHash, radix: 16)
+        return String(repeating: "0", count: 16 - s.count) + s
+    }
+}

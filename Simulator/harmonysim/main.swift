@@ -1,0 +1,303 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import HarmonySim
+import Synchronization
+
+/// Exit codes: distinct for each kind of failure, so CI and scripts can tell them apart.
+enum SimExit: Int32 {
+    case passed = 0
+    case correctness = 1
+    case liveness = 2
+    case simulatorCrash = 3
+    case badScenario = 4
+}
+
+struct HarmonySimCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "harmonysim",
+        abstract: "Deterministic simulation of a harmonylite cluster under injected faults.",
+        discussion: "Exit codes: 0 passed, 1 correctness failure, 2 liveness failure, 3 simulator crash, 4 bad scenario.",
+        subcommands: [Run.self, CheckDeterminism.self, Shrink.self, PlantedBugsCommand.self, Bench.self])
+}
+
+func loadScenario(_ path: String) throws -> Scenario {
+    let text: String
+    do {
+        text = try String(contentsOfFile: path, encoding: .utf8)
+    } catch {
+        throw ExitMessage(code: .badScenario, message: "cannot read scenario \(path): \(error.localizedDescription)")
+    }
+    do {
+        return try ScenarioLoader.parse(text)
+    } catch {
+        throw ExitMessage(code: .badScenario, message: "\(path): \(error)")
+    }
+}
+
+struct ExitMessage: Error, CustomStringConvertible {
+    var code: SimExit
+    var message: String
+    var description: String { message }
+}
+
+func fail(_ e: ExitMessage) -> Never {
+    FileHandle.standardError.write(Data((e.message + "\n").utf8))
+    Foundation.exit(e.code.rawValue)
+}
+
+/// Parses "1..500" or "7".
+func parseSeeds(_ text: String) throws -> ClosedRange<UInt64> {
+    let parts = text.components(separatedBy: "..")
+    guard let lo = UInt64(parts[0]), let hi = UInt64(parts.count == 2 ? parts[1] : parts[0]), lo <= hi, parts.count <= 2 else {
+        throw ValidationError("--seeds takes A..B with A <= B, got '\(text)'")
+    }
+    return lo...hi
+}
+
+func summary(_ r: SimulationResult, file: String, wallSeconds: Double) -> String {
+    var lines = [
+        "scenario \(r.scenario)  seed \(r.seed)",
+        String(format: "simulated %.1f s  events %d  faults %d  writes %d  conflicts resolved %d", Double(r.simulatedMs) / 1000, r.events,
+               r.faultsInjected, r.writes, r.conflictsResolved),
+        "checks passed: \(r.checksPassed.isEmpty ? "none" : r.checksPassed.joined(separator: ", "))",
+        "trace hash \(r.traceHashHex)",
+    ]
+    if let l = r.livenessFailure { lines.append("LIVENESS FAILURE: \(l)") }
+    for f in r.correctnessFailures.prefix(10) { lines.append("CORRECTNESS FAILURE: \(f)") }
+    lines.append(r.passed ? String(format: "PASS (wall %.2f s)", wallSeconds) : "FAIL — reproduce: harmonysim run \(file) --seed \(r.seed) --trace")
+    return lines.joined(separator: "\n")
+}
+
+func simExitCode(_ r: SimulationResult) -> SimExit {
+    r.livenessFailure != nil ? .liveness : (r.correctnessFailures.isEmpty ? .passed : .correctness)
+}
+
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a scenario for one seed, or sweep a range of seeds on every core.")
+
+    @Argument(help: "Scenario TOML file.") var file: String
+    @Option(help: "Seed (default: the file's [simulation] seed).") var seed: UInt64?
+    @Option(help: "Sweep seeds A..B in child processes, reporting every failing seed.") var seeds: String?
+    @Option(help: "Parallel child processes for a sweep.") var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Switch on a planted bug (for the planted-bug suite).") var plant: [String] = []
+    @Flag(help: "Print the readable event log.") var trace = false
+    @Flag(help: "Stop a sweep at the first failing seed.") var stopOnFailure = false
+
+    func run() throws {
+        var scenario: Scenario
+        do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
+        scenario.plantedBugs += plant
+        if let seeds {
+            let range = try parseSeeds(seeds)
+            let code = sweep(file: file, seeds: range, extra: plant.flatMap { ["--plant", $0] }, jobs: jobs, stopOnFailure: stopOnFailure)
+            Foundation.exit(code.rawValue)
+        }
+        let seed = self.seed ?? scenario.seed
+        let start = now()
+        let result: SimulationResult
+        do {
+            result = try Simulation(scenario: scenario, seed: seed, trace: trace).run()
+        } catch {
+            fail(ExitMessage(code: .simulatorCrash, message: "simulator crashed: \(error)"))
+        }
+        if trace { for line in result.trace { print(line) } }
+        print(summary(result, file: file, wallSeconds: now() - start))
+        Foundation.exit(simExitCode(result).rawValue)
+    }
+}
+
+struct SweepOutcome: Sendable {
+    var seed: UInt64
+    var code: Int32
+    var output: String
+}
+
+/// Runs one child process per seed, `jobs` at a time; a crash in one seed cannot take the sweep down.
+func sweep(file: String, seeds: ClosedRange<UInt64>, extra: [String], jobs: Int, stopOnFailure: Bool,
+           report: (([SweepOutcome]) -> Void)? = nil) -> SimExit {
+    let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    let next = Mutex<UInt64>(seeds.lowerBound)
+    let stop = Mutex(false)
+    let outcomes = Mutex<[SweepOutcome]>([])
+    let start = now()
+    DispatchQueue.concurrentPerform(iterations: max(1, jobs)) { _ in
+        while true {
+            let seed: UInt64? = next.withLock { n in
+                guard n <= seeds.upperBound else { return nil }
+                defer { n += 1 }
+                return n
+            }
+            guard let seed, !stop.withLock({ $0 }) else { return }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: executable)
+            p.arguments = ["run", file, "--seed", String(seed)] + extra
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            p.standardError = pipe
+            do { try p.run() } catch {
+                outcomes.withLock { $0.append(SweepOutcome(seed: seed, code: SimExit.simulatorCrash.rawValue, output: "cannot start: \(error)")) }
+                continue
+            }
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            let code = p.terminationReason == .uncaughtSignal ? SimExit.simulatorCrash.rawValue : p.terminationStatus
+            outcomes.withLock { $0.append(SweepOutcome(seed: seed, code: code, output: String(decoding: data, as: UTF8.self))) }
+            if code != 0 && stopOnFailure { stop.withLock { $0 = true } }
+        }
+    }
+    let all = outcomes.withLock { $0 }.sorted { $0.seed < $1.seed }
+    let failed = all.filter { $0.code != 0 }
+    if let report {
+        report(all)
+    } else {
+        printSweep(file: file, seeds: seeds, extra: extra, all: all, elapsed: now() - start)
+    }
+    if failed.contains(where: { $0.code != 1 && $0.code != 2 }) { return .simulatorCrash }
+    if failed.contains(where: { $0.code == 1 }) { return .correctness }
+    return failed.isEmpty ? .passed : .liveness
+}
+
+func printSweep(file: String, seeds: ClosedRange<UInt64>, extra: [String], all: [SweepOutcome], elapsed: Double) {
+    let failed = all.filter { $0.code != 0 }
+    for f in failed {
+        let kind = f.code == 1 ? "correctness failure" : f.code == 2 ? "liveness failure" : "simulator crash (exit \(f.code))"
+        print("seed \(f.seed): \(kind)")
+        for line in f.output.split(separator: "\n").filter({ $0.contains("FAILURE") }).prefix(3) { print("  \(line)") }
+        print("  reproduce: harmonysim run \(file) --seed \(f.seed)\(extra.isEmpty ? "" : " " + extra.joined(separator: " ")) --trace")
+    }
+    print(String(format: "%@ seeds %llu..%llu: %d passed, %d failed (%.1f seeds/min, wall %.1f s)", file, seeds.lowerBound, seeds.upperBound,
+                 all.count - failed.count, failed.count, Double(all.count) / max(elapsed, 0.001) * 60, elapsed))
+}
+
+struct CheckDeterminism: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "check-determinism",
+                                                    abstract: "Run one seed twice and require the same trace hash.")
+    @Argument var file: String
+    @Option var seed: UInt64?
+
+    func run() throws {
+        let scenario: Scenario
+        do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
+        let seed = self.seed ?? scenario.seed
+        let a = try Simulation(scenario: scenario, seed: seed).run()
+        let b = try Simulation(scenario: scenario, seed: seed).run()
+        print("run 1: trace hash \(a.traceHashHex), \(a.events) events")
+        print("run 2: trace hash \(b.traceHashHex), \(b.events) events")
+        guard a.traceHash == b.traceHash else {
+            fail(ExitMessage(code: .correctness, message: "NOT deterministic: seed \(seed) gave two different traces; compare with --trace"))
+        }
+        print("deterministic")
+    }
+}
+
+struct Shrink: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Reduce a failing seed to a smaller fault schedule and save it as a scenario.")
+    @Argument var file: String
+    @Option var seed: UInt64
+    @Option(help: "Where to write the smaller scenario.") var output: String?
+    @Option(help: "Switch on a planted bug.") var plant: [String] = []
+
+    func run() throws {
+        var scenario: Scenario
+        do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
+        scenario.plantedBugs += plant
+        guard let (small, result) = try Shrinker.shrink(scenario, seed: seed, progress: { print($0) }) else {
+            print("seed \(seed) passes; nothing to shrink")
+            return
+        }
+        let path = output ?? file.replacingOccurrences(of: ".toml", with: "") + ".shrunk-seed\(seed).toml"
+        try ScenarioWriter.toml(small).write(toFile: path, atomically: true, encoding: .utf8)
+        print("\(small.faults.count) fault(s), \(small.durationMs) ms; still fails: \(result.livenessFailure ?? result.correctnessFailures.first ?? "")")
+        print("wrote \(path) — reproduce: harmonysim run \(path) --seed \(seed)")
+    }
+}
+
+struct PlantedBugsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "planted-bugs",
+                                                    abstract: "Show that every planted bug is caught within a bounded number of seeds.")
+    @Option(help: "Directory holding the scenarios.") var scenarios = "scenarios"
+    @Option(help: "Seeds to try per bug.") var seeds = "1..20"
+    @Option var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    /// The scenario that exposes each bug.
+    static let targets: [(bug: String, scenario: String)] = [
+        ("apply-in-arrival-order", "partition.toml"),
+        ("skip-own-messages", "late-joiner.toml"),
+        ("mark-published-before-ack", "partition.toml"),
+        ("checkpoint-outside-apply-transaction", "crash.toml"),
+        ("drop-tombstones", "partition.toml"),
+        ("no-clock-advance-on-receipt", "clock-skew.toml"),
+        ("ack-schema-mismatch", "schema-skew.toml"),
+    ]
+
+    func run() throws {
+        let range = try parseSeeds(seeds)
+        var missed: [String] = []
+        for (bug, scenario) in Self.targets {
+            let file = (scenarios as NSString).appendingPathComponent(scenario)
+            let code = sweep(file: file, seeds: range, extra: ["--plant", bug], jobs: jobs, stopOnFailure: true) { all in
+                if let first = all.first(where: { $0.code == 1 || $0.code == 2 }) {
+                    let how = first.output.split(separator: "\n").first { $0.contains("FAILURE") }.map(String.init) ?? ""
+                    print("\(bug): caught on \(scenario) by seed \(first.seed) — \(how.prefix(160))")
+                } else {
+                    print("\(bug): NOT caught on \(scenario) in seeds \(range.lowerBound)..\(range.upperBound)")
+                }
+            }
+            if code == .passed || code == .simulatorCrash { missed.append(bug) }
+        }
+        let caught = Self.targets.count - missed.count
+        print("planted bugs: \(caught) passed, \(missed.count) failed\(missed.isEmpty ? "" : " (not caught: \(missed.joined(separator: ", ")))")")
+        if !missed.isEmpty { Foundation.exit(SimExit.correctness.rawValue) }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Simulator speed per shard count, written to reports/.")
+    @Argument var file: String
+    @Option(help: "Comma-separated shard counts.") var shards = "1,2,4,8"
+    @Option var seeds = "1..3"
+    @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+
+    func run() throws {
+        var scenario: Scenario
+        do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
+        let range = try parseSeeds(seeds)
+        var rows: [String] = [], json: [String] = []
+        for count in shards.split(separator: ",").compactMap({ Int($0) }) {
+            scenario.shards = count
+            var wall = 0.0, events = 0, simMs: Int64 = 0, writes = 0, passed = 0
+            for seed in range {
+                let t = now()
+                let r = try Simulation(scenario: scenario, seed: seed).run()
+                wall += now() - t
+                events += r.events; simMs += r.simulatedMs; writes += r.writes; passed += r.passed ? 1 : 0
+            }
+            let n = Double(range.count)
+            rows.append(String(format: "| %d | %.2f | %.0f | %.1f | %d | %d/%d |", count, wall / n, Double(events) / wall,
+                               Double(simMs) / 1000 / wall, writes / range.count, passed, range.count))
+            json.append(String(format: "{\"shards\": %d, \"wall_s\": %.3f, \"events_per_s\": %.0f, \"sim_s_per_wall_s\": %.2f, \"writes\": %d, \"passed\": %d}",
+                               count, wall / n, Double(events) / wall, Double(simMs) / 1000 / wall, writes / range.count, passed))
+        }
+        let text = """
+            # harmonysim speed by shard count
+
+            Command: `harmonysim bench \(file) --shards \(shards) --seeds \(seeds)` (release build), \(ProcessInfo.processInfo.activeProcessorCount) cores.
+            Scenario: \(scenario.name), \(scenario.nodes) nodes, \(scenario.durationMs / 1000) s of writes, means over seeds.
+
+            | shards | wall s/run | events/s | simulated s per wall s | writes/run | passed |
+            |---|---|---|---|---|---|
+            \(rows.joined(separator: "\n"))
+
+            """
+        print(text)
+        if let report {
+            try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
+            try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
+        }
+    }
+}
+
+HarmonySimCommand.main()

@@ -1,0 +1,44 @@
+/// Known-wrong behaviours the simulator switches on to prove its checkers catch them.
+/// All are off in production; each is tested only through `harmonysim`'s planted-bug suite.
+public struct PlantedBugs: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// Apply every change as it arrives, ignoring versions (last-arrival-wins).
+    public static let applyInArrivalOrder = PlantedBugs(rawValue: 1 << 0)
+    /// Treat changes that originated here as already applied.
+    public static let skipOwnMessages = PlantedBugs(rawValue: 1 << 1)
+    /// Mark a change published as soon as it is handed to the log.
+    public static let markPublishedBeforeAck = PlantedBugs(rawValue: 1 << 2)
+    /// Advance the checkpoint in its own transaction before applying.
+    public static let checkpointOutsideApplyTransaction = PlantedBugs(rawValue: 1 << 3)
+    /// Forget a row's version when a remote delete applies (no tombstone).
+    public static let dropTombstones = PlantedBugs(rawValue: 1 << 4)
+    /// Do not advance the local clock to the versions received.
+    public static let noClockAdvanceOnReceipt = PlantedBugs(rawValue: 1 << 5)
+    /// Ack and checkpoint a message whose schema does not match instead of pausing.
+    public static let ackSchemaMismatch = PlantedBugs(rawValue: 1 << 6)
+
+    public static let all: [(name: String, bug: PlantedBugs)] = [
+        ("apply-in-arrival-order", .applyInArrivalOrder),
+        ("skip-own-messages", .skipOwnMessages),
+        ("mark-published-before-ack", .markPublishedBeforeAck),
+        ("checkpoint-outside-apply-transaction", .checkpointOutsideApplyTransaction),
+        ("drop-tombstones", .dropTombstones),
+        ("no-clock-advance-on-receipt", .noClockAdvanceOnReceipt),
+        ("ack-schema-mismatch", .ackSchemaMismatch),
+    ]
+}
+
+/// Places between two durable steps where the simulator may crash the node.
+public enum CrashPoint: String, Sendable, Hashable, CaseIterable {
+    case afterApplyCommitBeforeAck
+    case afterPublishHandoff
+    case afterCheckpointBeforeApply
+    case afterMarkPublished
+}
+
+/// Thrown out of an event handler when the environment crashed the node at a crash point.
+public struct NodeCrashed: Error, Sendable {
+    public var point: CrashPoint
+}
