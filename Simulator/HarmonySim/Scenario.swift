@@ -61,6 +61,8 @@ public struct Fault: Sendable, Equatable {
         case partitionFromNATS = "partition-from-nats"
         /// The sidecar process dies and restarts after `durationMs` (the application keeps writing).
         case crash
+        /// The machine loses power: both processes die and unsynced writes are lost; back after `durationMs`.
+        case powerLoss = "power-loss"
         /// The node loses its disk and rejoins with an empty database after `durationMs`.
         case wipe
         /// The node's clock jumps by `offsetMs` (negative: backwards) at `atMs`.

@@ -77,7 +77,7 @@ public enum ScenarioLoader {
                               durationMs: Int64(try bounded(f, "duration_ms", 0, 0...86_400_000)))
             fault.offsetMs = Int64(try bounded(f, "offset_ms", 0, -86_400_000...86_400_000))
             fault.driftPpm = Int64(try bounded(f, "drift_ppm", 0, -900_000...900_000))
-            if [.crash, .wipe, .lateJoin].contains(kind) && node == 0 {
+            if [.crash, .wipe, .powerLoss, .lateJoin].contains(kind) && node == 0 {
                 throw f.error(at: "node", "key '\(f.fullKey("node"))' must name one node (1...\(s.nodes)) for a \(kind.rawValue) fault")
             }
             s.faults.append(fault)

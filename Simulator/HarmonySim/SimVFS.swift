@@ -2,14 +2,18 @@ import CSQLite
 import HarmonySQLite
 import Synchronization
 
-/// Where a node's SQLite reads the time: the node's simulated clock, in Unix milliseconds.
+/// Where a node's SQLite reads the time (the node's simulated clock, in Unix milliseconds) and which
+/// writes its files have not synced yet.
 final class SimTimeSource: @unchecked Sendable {
     /// Written only by the simulation thread that owns the node; SQLite reads it on that same thread.
     var nowMs: Int64 = 0
+    let durability = SimDurability()
+    var base: UnsafeMutablePointer<sqlite3_vfs>?
 }
 
 /// A VFS per simulated node: SQLite's own default VFS for files, but `'now'` comes from the node's
-/// simulated clock, so the capture triggers' timestamps are part of the seed-determined run.
+/// simulated clock, so the capture triggers' timestamps are part of the seed-determined run, and every
+/// write since the last fsync is tracked so a simulated power loss can drop it.
 final class SimVFS: @unchecked Sendable {
     let name: String
     let time = SimTimeSource()
@@ -30,6 +34,14 @@ final class SimVFS: @unchecked Sendable {
         vfs.initialize(to: base.pointee)
         vfs.pointee.zName = UnsafePointer(storage)
         vfs.pointee.pNext = nil
+        vfs.pointee.szOsFile = base.pointee.szOsFile + Int32(simFileHeaderBytes)
+        time.base = base
+        vfs.pointee.xOpen = { vfsPointer, name, file, flags, outFlags in
+            guard let vfsPointer, let file,
+                  let context = SimVFS.registry.withLock({ $0[UInt(bitPattern: vfsPointer)] }), let base = context.base
+            else { return SQLITE_ERROR }
+            return simOpen(base: base, durability: context.durability, name: name, file: file, flags: flags, outFlags: outFlags)
+        }
         vfs.pointee.xCurrentTimeInt64 = { vfsPointer, out in
             guard let vfsPointer, let out else { return SQLITE_ERROR }
             let ms = SimVFS.registry.withLock { $0[UInt(bitPattern: vfsPointer)]?.nowMs } ?? 0

@@ -50,10 +50,12 @@ public final class Simulation {
     public private(set) var traceLines: [String] = []
     private var traceHash: UInt64 = 0xcbf2_9ce4_8422_2325
     public private(set) var history: [WriteRecord] = []
-    /// Writes destroyed with a wiped disk before any copy reached the log: not owed to anyone.
+    /// Writes destroyed by a wiped disk or a power loss before any copy reached the log: owed to no one.
     var lostWrites: Set<RowVersion> = []
-    /// Unpublished versions on a disk when it was wiped; lost unless a publish had landed anyway.
-    private var wipedPending: [RowVersion] = []
+    /// Writes made on a node before it lost its disk or its power: lost unless their message landed.
+    private var lossCandidates: [RowVersion] = []
+    /// Writes made before a power loss, checked against the disk when the machine comes back.
+    private var awaitingPowerBack: [Int: [WriteRecord]] = [:]
     private(set) var violations: [String] = []
     private var eventsProcessed = 0
     private var faultsInjected = 0
@@ -139,18 +141,29 @@ public final class Simulation {
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
         do {
             let app = try node.vfs.opener.open(path: node.databasePath)
-            try app.execute("PRAGMA synchronous=OFF")
+            // A typical WAL application: commits are not fsynced until a checkpoint; a power loss can drop them.
+            try app.execute("PRAGMA synchronous=NORMAL")
+            try app.disableCheckpointOnClose()
             try app.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
-            if node.hasExtraColumn, try app.scalar("SELECT count(*) FROM pragma_table_info('kv') WHERE name = 'extra'")?.int64 == 0 {
-                try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
-            }
             node.app = app
+            // A write that survived the power loss on its own disk is owed to everyone; only vanished ones may be lost.
+            for w in awaitingPowerBack.removeValue(forKey: node.id) ?? [] {
+                let current = try versionOf(app, key: w.key)
+                if current == nil || current!.version < w.version { lossCandidates.append(w.version) }
+            }
         } catch {
             violations.append("node \(node.id): cannot open its database: \(error)")
             return
         }
         node.machineUp = true
         startSidecar(node)
+        // A fresh node runs the application's migrations in order while its sidecar watches, so it knows the
+        // previous schema and can replay old messages. (Starting directly at the new schema needs a snapshot.)
+        if node.hasExtraColumn, let app = node.app,
+           (try? app.scalar("SELECT count(*) FROM pragma_table_info('kv') WHERE name = 'extra'")?.int64) == 0 {
+            node.hasExtraColumn = false
+            alterTable(node)
+        }
         push(.workload(node: node.id), at: nowMs + workRandom.int(0...scenario.writeIntervalMsMax))
     }
 
@@ -358,17 +371,15 @@ public final class Simulation {
         case .wipe:
             for n in targets {
                 crashSidecar(n, reason: "disk lost")
-                if let app = n.app, let rows = try? app.query("""
-                    SELECT l.hlc, l.node FROM \(quoteIdentifier(Bookkeeping.changeLog("kv"))) l
-                    JOIN \(quoteIdentifier(Bookkeeping.globalLog)) g ON g.change_table_id = l.id AND g.table_name = 'kv' WHERE g.state = 0
-                    """) {
-                    wipedPending += rows.map { RowVersion(hlc: $0[0].int64 ?? 0, node: $0[1].int64 ?? 0) }
-                }
+                lossCandidates += history.filter { $0.node == n.id }.map(\.version)
                 n.app = nil
                 n.machineUp = false
+                n.vfs.time.durability.forgetAll()
                 for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: n.databasePath + suffix) }
                 n.maxAppliedHLC = 0
             }
+        case .powerLoss:
+            for n in targets where n.machineUp { losePower(n) }
         case .clockJump:
             for n in targets { n.clockOffsetMs += f.offsetMs }
         case .clockDrift:
@@ -397,7 +408,7 @@ public final class Simulation {
             for n in targets { n.canSend = true; n.canReceive = true; resume(n) }
         case .crash:
             for n in targets where n.machineUp && !n.sidecarUp { startSidecar(n) }
-        case .wipe:
+        case .wipe, .powerLoss:
             for n in targets where !n.machineUp { bootMachine(n) }
         case .clockDrift:
             for n in targets {
@@ -417,6 +428,21 @@ public final class Simulation {
         guard n.sidecarUp else { return }
         for shard in 1...scenario.shards { push(.pump(node: n.id, shard: shard), at: nowMs + networkDelay()) }
         push(.databaseChanged(node: n.id, incarnation: n.incarnation), at: nowMs + 1)
+    }
+
+    /// The machine loses power: processes die without closing cleanly, and every file falls back to what
+    /// its last fsync made durable. Writes that never reached the disk or the log are gone.
+    func losePower(_ n: SimNode) {
+        crashSidecar(n, reason: "power loss")
+        awaitingPowerBack[n.id, default: []] += history.filter { $0.node == n.id }
+        n.app = nil
+        n.machineUp = false
+        do {
+            try n.vfs.time.durability.losePower()
+            try? FileManager.default.removeItem(atPath: n.databasePath + "-shm")  // shared memory does not survive
+        } catch {
+            violations.append("node \(n.id): \(error)")
+        }
     }
 
     func alterTable(_ node: SimNode) {
@@ -589,7 +615,7 @@ public final class Simulation {
                 if let r = try? EnvelopeCodec.decode(m.payload) { landed.insert("\(r.version.node)-\(r.version.hlc)") }
             }
         }
-        lostWrites = Set(wipedPending.filter { !landed.contains("\($0.node)-\($0.hlc)") })
+        lostWrites = Set(lossCandidates.filter { !landed.contains("\($0.node)-\($0.hlc)") })
         var failures = violations
         var checks: [String] = []
         if livenessFailure == nil && quiescedAtMs == nil { livenessFailure = "event queue drained before quiescence" }
@@ -600,7 +626,7 @@ public final class Simulation {
         }
         return SimulationResult(
             scenario: scenario.name, seed: seed, simulatedMs: nowMs, events: eventsProcessed, faultsInjected: faultsInjected,
-            writes: history.count, conflictsResolved: conflictsResolved, traceHash: traceHash,
+            writes: history.count, writesLost: lostWrites.count, conflictsResolved: conflictsResolved, traceHash: traceHash,
             correctnessFailures: failures, livenessFailure: livenessFailure, checksPassed: checks, trace: traceLines)
     }
 }
@@ -612,12 +638,13 @@ public enum SimulationError: Error, CustomStringConvertible {
     }
 }
 
-/// Opens the node's connections through its VFS, without fsync: a sidecar crash loses no OS-buffered data.
+/// Opens the sidecar's connections through the node's VFS, fsyncing every commit as the live sidecar does.
 struct SimOpener: DatabaseOpener {
     let vfs: SimVFS
     func open(path: String) throws -> Database {
         let db = try vfs.opener.open(path: path)
-        try db.execute("PRAGMA synchronous=OFF")
+        try db.execute("PRAGMA synchronous=FULL")
+        try db.disableCheckpointOnClose()
         return db
     }
 }
@@ -629,6 +656,8 @@ public struct SimulationResult: Sendable {
     public var events: Int
     public var faultsInjected: Int
     public var writes: Int
+    /// Writes that died with a disk or a power loss before they were durable or published.
+    public var writesLost: Int
     public var conflictsResolved: Int
     public var traceHash: UInt64
     public var correctnessFailures: [String]

@@ -58,8 +58,8 @@ func parseSeeds(_ text: String) throws -> ClosedRange<UInt64> {
 func summary(_ r: SimulationResult, file: String, wallSeconds: Double) -> String {
     var lines = [
         "scenario \(r.scenario)  seed \(r.seed)",
-        String(format: "simulated %.1f s  events %d  faults %d  writes %d  conflicts resolved %d", Double(r.simulatedMs) / 1000, r.events,
-               r.faultsInjected, r.writes, r.conflictsResolved),
+        String(format: "simulated %.1f s  events %d  faults %d  writes %d (%d lost unsynced)  conflicts resolved %d",
+               Double(r.simulatedMs) / 1000, r.events, r.faultsInjected, r.writes, r.writesLost, r.conflictsResolved),
         "checks passed: \(r.checksPassed.isEmpty ? "none" : r.checksPassed.joined(separator: ", "))",
         "trace hash \(r.traceHashHex)",
     ]

@@ -61,6 +61,12 @@ public struct ChangeRecord: Sendable, Hashable {
         self.schemaHash = schemaHash
     }
 
-    /// The id JetStream deduplicates on: stable across republishing, unique per node and change.
-    public var messageID: String { "\(version.node)-\(version.hlc)-\(operation == .delete ? "d" : "u")" }
+    /// The id JetStream deduplicates on: stable across republishing, unique per change. Version plus a stable
+    /// hash of table and key, because two rows can carry the same version (a completed write, see ChangeCapture).
+    public var messageID: String {
+        var h = StableHash()
+        h.combine(table)
+        for c in primaryKey { h.combine(c.value) }
+        return "\(version.node)-\(version.hlc)-\(operation == .delete ? "d" : "u")-\(h.hex)"
+    }
 }

@@ -135,11 +135,36 @@ public enum ChangeCapture {
         try createTriggers(db, schema, epoch: epoch)
         // A table created while the node runs may have received rows before its triggers existed.
         if known.isEmpty && backfillIfNew { try backfill(db, schema, epoch: epoch) }
+        // Rows written between ALTER TABLE ADD COLUMN and now went through the old triggers, which did not
+        // record the new columns: capture again every row whose new columns are not at their default.
+        if let latest, latest.hash != schema.hash {
+            let added = zip(schema.columns, schema.defaults).filter { !latest.columns.contains($0.0) }
+            if !added.isEmpty { try recaptureAddedColumns(db, schema, epoch: epoch, added: added) }
+        }
         return CapturedTable(schema: schema, epoch: epoch, previousHash: previousHash)
     }
 
-    /// Records every row that has no version yet as an insert with a fresh version, exactly as the insert
-    /// trigger would have, so rows written between CREATE TABLE and trigger installation still replicate.
+    /// Completes writes made through the old triggers after ALTER TABLE ADD COLUMN: a row whose last write was
+    /// local and whose new columns are not at their default is captured again with version (that write's hlc + 1),
+    /// so it supersedes the incomplete message but still loses to any newer write from another node.
+    static func recaptureAddedColumns(_ db: Database, _ schema: TableSchema, epoch: Int64, added: [(String, String)]) throws {
+        let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
+        let firstNew = (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1
+        let join = schema.primaryKey.map { "v.\(q(Bookkeeping.keyColumn($0))) IS t.\(q($0))" }.joined(separator: " AND ")
+        let notDefault = "NOT (" + added.map { "t.\(q($0.0)) IS (\($0.1))" }.joined(separator: " AND ") + ")"
+        let keyOrder = schema.primaryKey.map { "t." + q($0) }.joined(separator: ", ")
+        try db.execute("""
+            INSERT INTO \(log) (type, hlc, node, epoch\(schema.columns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
+            SELECT 'update', v.hlc + 1, v.node, \(epoch)\(schema.columns.map { ", t." + q($0) }.joined())
+            FROM \(q(schema.name)) t JOIN \(versions) v ON \(join)
+            WHERE v.deleted = 0 AND v.node = (SELECT node_id FROM \(q(Bookkeeping.clockTable))) AND \(notDefault)
+            ORDER BY \(keyOrder)
+            """)
+        try linkAndStamp(db, schema, firstNewID: firstNew)
+    }
+
+    /// Records rows as inserts with fresh versions, exactly as the insert trigger would have: every row that
+    /// has no version yet (rows written between CREATE TABLE and trigger installation).
     static func backfill(_ db: Database, _ schema: TableSchema, epoch: Int64) throws {
         let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
         let clock = q(Bookkeeping.clockTable)
@@ -154,6 +179,14 @@ public enum ChangeCapture {
             SELECT 'insert', \(base) + row_number() OVER (ORDER BY \(keyOrder)), (SELECT node_id FROM \(clock)), \(epoch)\(schema.columns.map { ", t." + q($0) }.joined())
             FROM \(q(schema.name)) t WHERE \(unversioned) ORDER BY \(keyOrder)
             """)
+        try linkAndStamp(db, schema, firstNewID: firstNew)
+    }
+
+    /// For change-log rows written directly (not by triggers): link them from the global log, stamp the
+    /// rows' versions, and move the clock past them.
+    static func linkAndStamp(_ db: Database, _ schema: TableSchema, firstNewID firstNew: Int64) throws {
+        let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
+        let clock = q(Bookkeeping.clockTable)
         try db.execute("""
             INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
             SELECT id, \(quoteLiteral(schema.name)) FROM \(log) WHERE id >= ? ORDER BY id
@@ -161,7 +194,7 @@ public enum ChangeCapture {
         try db.execute("""
             INSERT INTO \(versions) (\(schema.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
             SELECT \(schema.primaryKey.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")), hlc, node, 0 FROM \(log) WHERE id >= ? AND true
-            ON CONFLICT DO NOTHING
+            ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = 0
             """, [.integer(firstNew)])
         try db.execute("UPDATE \(clock) SET hlc = max(hlc, coalesce((SELECT max(hlc) FROM \(log)), 0))", [])
     }

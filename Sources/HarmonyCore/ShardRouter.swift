@@ -1,3 +1,4 @@
+import HarmonyCodec
 import HarmonySQLite
 
 /// Picks the shard for a row from its table and primary key, so every change to one row lands in one stream, in order.

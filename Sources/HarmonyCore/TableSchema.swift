@@ -1,3 +1,4 @@
+import HarmonyCodec
 import HarmonySQLite
 
 /// A replicated table's shape as the capture triggers and the apply path see it.

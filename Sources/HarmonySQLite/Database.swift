@@ -154,3 +154,12 @@ func doubling(_ quote: Character, in text: String) -> String {
     }
     return out
 }
+
+extension Database {
+    /// Closing the last connection normally checkpoints the WAL into the database and fsyncs it. The simulator
+    /// turns that off so a simulated power loss finds the files as a real one would.
+    public func disableCheckpointOnClose() throws {
+        let rc = harmony_sqlite_no_checkpoint_on_close(handle)
+        guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE") }
+    }
+}

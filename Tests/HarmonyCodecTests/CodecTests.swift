@@ -120,10 +120,14 @@ struct CodecTests {
         #expect(rejected > 10_000)
     }
 
-    @Test func messageIDIsStableAndDistinguishesDeleteFromWrite() {
+    @Test func messageIDIsStableAndDistinguishesOperationAndRow() {
         var d = sampleRecord
         d.operation = .delete
-        #expect(sampleRecord.messageID == "3-81985529216486895-u")
+        #expect(sampleRecord.messageID == "3-81985529216486895-u-1aa4f7535975c82c")
         #expect(d.messageID != sampleRecord.messageID)
+        // Same version on another row (a completed write can share an hlc): a different id, so no dedup loss.
+        var other = sampleRecord
+        other.primaryKey[0].value = .integer(7)
+        #expect(other.messageID != sampleRecord.messageID)
     }
 }

@@ -1,3 +1,4 @@
+import HarmonyCodec
 import HarmonyCore
 import HarmonySQLite
 import Testing
