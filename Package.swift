@@ -27,6 +27,9 @@ let package = Package(
         // The deterministic replication core: CDC install, scan/publish, LWW apply, checkpoints.
         .target(name: "HarmonyCore", dependencies: ["HarmonySQLite", "HarmonyCodec"]),
 
+        // The live runtime's pieces: config.toml, the embedded nats-server supervisor.
+        .target(name: "HarmonyRuntime", dependencies: ["HarmonyCore", "HarmonyTOML", "HarmonySQLite"]),
+
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).
         .target(name: "HarmonyTOML"),
 
@@ -50,6 +53,7 @@ let package = Package(
         .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
         .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite"]),
         .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML"]),
+        .testTarget(name: "HarmonyRuntimeTests", dependencies: ["HarmonyRuntime", "HarmonyCore"]),
         .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore"]),
         .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite"]),
     ],

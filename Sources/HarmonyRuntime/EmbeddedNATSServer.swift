@@ -1,0 +1,162 @@
+import Foundation
+import Synchronization
+
+public struct EmbeddedServerError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// The default transport when `[nats] urls` is empty: a supervised `nats-server -js` child with its store
+/// in the data directory, bound to loopback unless configured otherwise, restarted if it dies.
+public final class EmbeddedNATSServer: @unchecked Sendable {
+    public let host: String
+    public let port: Int
+    public let storeDirectory: String
+    public let serverName: String
+    public let clusterAddress: String?
+    public let clusterRoutes: [String]
+    public let clusterName: String
+    /// Restarts after an unexpected exit, at most this many times in a row.
+    public let restartsMax: Int
+
+    private let state = Mutex(State())
+    private struct State {
+        var process: Process?
+        var stopping = false
+        var restarts = 0
+    }
+    /// Called (from a Foundation thread) when the server exits unexpectedly and when it was restarted.
+    public var onEvent: (@Sendable (String) -> Void)?
+
+    public init(bindAddress: String, storeDirectory: String, serverName: String, clusterAddress: String? = nil,
+                clusterRoutes: [String] = [], clusterName: String = "harmonylite", restartsMax: Int = 10) throws {
+        let parts = bindAddress.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
+            throw EmbeddedServerError(description: "nats.bind_address must be host:port, got \"\(bindAddress)\"")
+        }
+        self.host = parts[0].isEmpty ? "127.0.0.1" : String(parts[0])
+        self.port = port
+        self.storeDirectory = storeDirectory
+        self.serverName = serverName
+        self.clusterAddress = clusterAddress
+        self.clusterRoutes = clusterRoutes
+        self.clusterName = clusterName
+        self.restartsMax = restartsMax
+    }
+
+    public var url: String { "nats://\(host):\(port)" }
+
+    static func findExecutable() throws -> String {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        for dir in path.split(separator: ":") + ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+            let candidate = "\(dir)/nats-server"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw EmbeddedServerError(description: "nats-server not found on PATH (Debian: apt-get install nats-server), "
+            + "or set [nats] urls to use an external NATS cluster")
+    }
+
+    var arguments: [String] {
+        var args = ["-js", "-a", host, "-p", String(port), "-sd", storeDirectory, "-n", serverName]
+        if let clusterAddress {
+            args += ["--cluster", clusterAddress.contains("://") ? clusterAddress : "nats://\(clusterAddress)", "--cluster_name", clusterName]
+            if !clusterRoutes.isEmpty { args += ["--routes", clusterRoutes.joined(separator: ",")] }
+        }
+        return args
+    }
+
+    /// Starts the server and waits (at most `readyTimeoutMs`) until it accepts connections.
+    public func start(readyTimeoutMs: Int = 10_000) throws {
+        try FileManager.default.createDirectory(atPath: storeDirectory, withIntermediateDirectories: true)
+        try launch()
+        try waitUntilReady(timeoutMs: readyTimeoutMs)
+    }
+
+    private func launch() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try Self.findExecutable())
+        p.arguments = arguments
+        let log = FileHandle(forWritingAtPath: storeDirectory + "/nats-server.log") ?? {
+            FileManager.default.createFile(atPath: storeDirectory + "/nats-server.log", contents: nil)
+            return FileHandle(forWritingAtPath: storeDirectory + "/nats-server.log")
+        }()
+        log?.seekToEndOfFile()
+        p.standardOutput = log
+        p.standardError = log
+        p.terminationHandler = { [weak self] proc in self?.exited(proc) }
+        try p.run()
+        state.withLock { $0.process = p }
+    }
+
+    private func exited(_ proc: Process) {
+        let restart: Bool = state.withLock { s in
+            guard !s.stopping, s.process === proc, s.restarts < restartsMax else { return false }
+            s.restarts += 1
+            return true
+        }
+        guard restart else { return }
+        onEvent?("embedded nats-server exited with status \(proc.terminationStatus); restarting")
+        Thread.sleep(forTimeInterval: 0.5)
+        do {
+            try launch()
+            try waitUntilReady(timeoutMs: 10_000)
+            state.withLock { $0.restarts = 0 }
+            onEvent?("embedded nats-server restarted")
+        } catch {
+            onEvent?("embedded nats-server could not be restarted: \(error)")
+        }
+    }
+
+    /// Polls the client port; bounded by `timeoutMs`.
+    public func waitUntilReady(timeoutMs: Int) throws {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while Date() < deadline {
+            if Self.canConnect(host: host, port: port) { return }
+            if let p = state.withLock({ $0.process }), !p.isRunning {
+                throw EmbeddedServerError(description: "nats-server exited with status \(p.terminationStatus) at start; see \(storeDirectory)/nats-server.log")
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        throw EmbeddedServerError(description: "nats-server did not accept connections on \(host):\(port) within \(timeoutMs) ms; see \(storeDirectory)/nats-server.log")
+    }
+
+    static func canConnect(host: String, port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else { return false }
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after `graceMs`) and does not restart it.
+    public func stop(graceMs: Int = 5_000) {
+        guard let p = state.withLock({ s -> Process? in s.stopping = true; return s.process }) else { return }
+        guard p.isRunning else { return }
+        p.terminate()
+        let deadline = Date().addingTimeInterval(Double(graceMs) / 1000)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+    }
+
+    /// For tests and operators: the running child's pid.
+    public var processIdentifier: Int32? { state.withLock { $0.process?.isRunning == true ? $0.process?.processIdentifier : nil } }
+
+    /// A free TCP port on 127.0.0.1, for tests and for `bind_address = "127.0.0.1:0"`.
+    public static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}

@@ -1,0 +1,154 @@
+import HarmonyCore
+import HarmonyTOML
+
+/// Everything `harmonylite -config config.toml` reads, with HarmonyLite's key names and units.
+public struct RuntimeConfig: Sendable, Equatable {
+    public var node: NodeConfig
+    /// `seq_map_path`: accepted for compatibility; checkpoints live in the database (advanced with each apply).
+    public var seqMapPath: String?
+    /// `replication_log.max_entries`: messages kept per stream (0 = unlimited).
+    public var maxEntries: Int64 = 1024
+    /// `replication_log.replicas`: JetStream replicas per stream.
+    public var replicas = 1
+    public var nats = NATSSettings()
+    public var logging = LoggingSettings()
+    public var prometheus = PrometheusSettings()
+    public var snapshot = SnapshotSettings()
+
+    public struct NATSSettings: Sendable, Equatable {
+        /// Empty: start and supervise an embedded `nats-server -js`.
+        public var urls: [String] = []
+        public var connectRetries = 5
+        public var reconnectWaitSeconds = 2
+        public var userName: String?
+        public var userPassword: String?
+        public var token: String?
+        public var credsFile: String?
+        public var seedFile: String?
+        public var caFile: String?
+        public var certFile: String?
+        public var keyFile: String?
+        /// Embedded server: client address (loopback by default).
+        public var bindAddress = "127.0.0.1:4222"
+        /// Embedded server: cluster listen address and routes, so several nodes form one NATS cluster.
+        public var clusterAddress: String?
+        public var clusterRoutes: [String] = []
+        public var clusterName = "harmonylite"
+        /// Embedded server: JetStream store directory (default: next to the database).
+        public var storeDirectory: String?
+    }
+
+    public struct LoggingSettings: Sendable, Equatable {
+        public var verbose = false
+        public var format = "console"
+    }
+
+    public struct PrometheusSettings: Sendable, Equatable {
+        public var enable = false
+        public var bind = "127.0.0.1:3010"
+    }
+
+    /// Accepted now, used when snapshots land.
+    public struct SnapshotSettings: Sendable, Equatable {
+        public var enabled = false
+        public var store = "nats"
+        public var intervalMs: Int64 = 0
+    }
+
+    public init(node: NodeConfig) { self.node = node }
+
+    /// Parses config.toml text; every error names the key and line.
+    public static func parse(_ text: String) throws -> RuntimeConfig {
+        let root = try TOMLReader(parsing: text)
+        try root.rejectUnknownKeys(allowed: [
+            "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "publish", "replicate",
+            "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot",
+        ])
+        let dbPath = try root.required("db_path", root.string)
+        let nodeID = try root.int("node_id") ?? 1
+        guard nodeID > 0 else { throw root.error(at: "node_id", "key 'node_id' must be a positive integer, got \(nodeID)") }
+        var c = RuntimeConfig(node: NodeConfig(nodeID: Int64(nodeID), databasePath: dbPath))
+        c.seqMapPath = try root.string("seq_map_path")
+        c.node.cleanupIntervalMs = Int64(try positive(root, "cleanup_interval", Int(c.node.cleanupIntervalMs)))
+        c.node.scanMaxChanges = try positive(root, "scan_max_changes", c.node.scanMaxChanges)
+        c.node.publish = try root.bool("publish") ?? true
+        c.node.replicate = try root.bool("replicate") ?? true
+        c.node.tables = TableFilter(include: try root.stringArray("include_tables") ?? [], exclude: try root.stringArray("exclude_tables") ?? [])
+
+        if let r = try root.table("replication_log") {
+            try r.rejectUnknownKeys(allowed: ["shards", "max_entries", "replicas", "compress"])
+            c.node.shards = try positive(r, "shards", c.node.shards)
+            if c.node.shards > 1024 { throw r.error(at: "shards", "key 'replication_log.shards' must be at most 1024") }
+            let maxEntries = try r.int("max_entries") ?? Int(c.maxEntries)
+            guard maxEntries >= 0 else { throw r.error(at: "max_entries", "key 'replication_log.max_entries' must not be negative") }
+            c.maxEntries = Int64(maxEntries)
+            c.replicas = try positive(r, "replicas", c.replicas)
+            c.node.compress = try r.bool("compress") ?? false
+        }
+        if let n = try root.table("nats") {
+            try n.rejectUnknownKeys(allowed: [
+                "urls", "connect_retries", "reconnect_wait_seconds", "user_name", "user_password", "token", "creds_file",
+                "seed_file", "ca_file", "cert_file", "key_file", "bind_address", "cluster_address", "cluster_routes",
+                "cluster_name", "store_dir",
+            ])
+            c.nats.urls = try n.stringArray("urls") ?? []
+            c.nats.connectRetries = try nonNegative(n, "connect_retries", c.nats.connectRetries)
+            c.nats.reconnectWaitSeconds = try nonNegative(n, "reconnect_wait_seconds", c.nats.reconnectWaitSeconds)
+            c.nats.userName = try n.string("user_name")
+            c.nats.userPassword = try n.string("user_password")
+            c.nats.token = try n.string("token")
+            c.nats.credsFile = try n.string("creds_file")
+            c.nats.seedFile = try n.string("seed_file")
+            c.nats.caFile = try n.string("ca_file")
+            c.nats.certFile = try n.string("cert_file")
+            c.nats.keyFile = try n.string("key_file")
+            c.nats.bindAddress = try n.string("bind_address") ?? c.nats.bindAddress
+            c.nats.clusterAddress = try n.string("cluster_address")
+            c.nats.clusterRoutes = try n.stringArray("cluster_routes") ?? []
+            c.nats.clusterName = try n.string("cluster_name") ?? c.nats.clusterName
+            c.nats.storeDirectory = try n.string("store_dir")
+            if (c.nats.certFile == nil) != (c.nats.keyFile == nil) {
+                throw n.error(at: c.nats.certFile == nil ? "key_file" : "cert_file", "keys 'nats.cert_file' and 'nats.key_file' go together")
+            }
+            for (key, url) in zip(Array(repeating: "urls", count: c.nats.urls.count), c.nats.urls) where !url.contains("://") && !url.contains(":") {
+                throw n.error(at: key, "key 'nats.urls' has '\(url)', expected nats://host:port")
+            }
+        }
+        if let l = try root.table("logging") {
+            try l.rejectUnknownKeys(allowed: ["verbose", "format"])
+            c.logging.verbose = try l.bool("verbose") ?? false
+            c.logging.format = try l.string("format") ?? "console"
+            guard ["console", "json"].contains(c.logging.format) else {
+                throw l.error(at: "format", "key 'logging.format' must be \"console\" or \"json\", got \"\(c.logging.format)\"")
+            }
+        }
+        if let p = try root.table("prometheus") {
+            try p.rejectUnknownKeys(allowed: ["enable", "bind"])
+            c.prometheus.enable = try p.bool("enable") ?? false
+            c.prometheus.bind = try p.string("bind") ?? c.prometheus.bind
+        }
+        if let s = try root.table("snapshot") {
+            // Store-specific tables ([snapshot.s3], [snapshot.webdav], ...) are accepted as they are until snapshots land.
+            try s.rejectUnknownKeys(allowed: ["enabled", "store", "interval", "s3", "webdav", "sftp", "nats", "local"])
+            c.snapshot.enabled = try s.bool("enabled") ?? false
+            c.snapshot.store = try s.string("store") ?? "nats"
+            guard ["nats", "s3", "webdav", "sftp", "local"].contains(c.snapshot.store) else {
+                throw s.error(at: "store", "key 'snapshot.store' must be one of nats, s3, webdav, sftp, local; got \"\(c.snapshot.store)\"")
+            }
+            c.snapshot.intervalMs = Int64(try nonNegative(s, "interval", 0))
+        }
+        return c
+    }
+
+    static func positive(_ t: TOMLReader, _ key: String, _ defaultValue: Int) throws -> Int {
+        guard let v = try t.int(key) else { return defaultValue }
+        guard v > 0 else { throw t.error(at: key, "key '\(t.fullKey(key))' must be positive, got \(v)") }
+        return v
+    }
+
+    static func nonNegative(_ t: TOMLReader, _ key: String, _ defaultValue: Int) throws -> Int {
+        guard let v = try t.int(key) else { return defaultValue }
+        guard v >= 0 else { throw t.error(at: key, "key '\(t.fullKey(key))' must not be negative, got \(v)") }
+        return v
+    }
+}

@@ -1,0 +1,75 @@
+import HarmonyCore
+import HarmonyRuntime
+import Testing
+
+@Suite("config.toml")
+struct RuntimeConfigTests {
+    /// The production example from the HarmonyLite guide (seed 003) loads as written.
+    @Test func productionGuideExampleLoads() throws {
+        let c = try RuntimeConfig.parse("""
+            db_path = "/var/lib/harmonylite/data.db"
+            node_id = 1 # Unique per node
+            seq_map_path = "/var/lib/harmonylite/seq-map.cbor"
+            cleanup_interval = 30000 # 30 seconds
+
+            [replication_log]
+            shards = 4
+            max_entries = 2048
+            replicas = 3
+            compress = true
+
+            [snapshot]
+            enabled = true
+            store = "s3"
+            interval = 3600000
+
+            [snapshot.s3]
+            endpoint = "s3.amazonaws.com"
+            bucket = "your-backup-bucket"
+            path = "harmonylite/snapshots"
+            use_ssl = true
+            access_key = "your-access-key"
+            secret = "your-secret-key"
+
+            [nats]
+            urls = ["nats://nats-server-1:4222", "nats://nats-server-2:4222"]
+            connect_retries = 10
+            reconnect_wait_seconds = 5
+
+            [prometheus]
+            enable = true
+            bind = "127.0.0.1:3010"
+
+            [logging]
+            verbose = false
+            format = "json"
+            """)
+        #expect(c.node.databasePath == "/var/lib/harmonylite/data.db" && c.node.nodeID == 1)
+        #expect(c.node.cleanupIntervalMs == 30_000 && c.node.shards == 4 && c.node.compress)
+        #expect(c.maxEntries == 2048 && c.replicas == 3)
+        #expect(c.nats.urls.count == 2 && c.nats.connectRetries == 10 && c.nats.reconnectWaitSeconds == 5)
+        #expect(c.logging.format == "json" && c.prometheus.enable && c.snapshot.store == "s3" && c.snapshot.intervalMs == 3_600_000)
+    }
+
+    @Test func defaultsNeedOnlyTheDatabase() throws {
+        let c = try RuntimeConfig.parse("db_path = \"app.db\"\n")
+        #expect(c.node.nodeID == 1 && c.node.shards == 1 && c.node.publish && c.node.replicate)
+        #expect(c.nats.urls.isEmpty)  // embedded nats-server
+        #expect(c.nats.bindAddress == "127.0.0.1:4222")
+    }
+
+    @Test func brokenConfigsNameTheKeyAndLine() {
+        func message(_ text: String) -> String {
+            do { _ = try RuntimeConfig.parse(text); return "parsed" } catch { return "\(error)" }
+        }
+        #expect(message("node_id = 1\n").contains("db_path"))
+        #expect(message("db_path = \"a\"\nnode_id = 0\n").contains("line 2"))
+        #expect(message("db_path = \"a\"\nnode_idd = 3\n").contains("unknown key 'node_idd'"))
+        #expect(message("db_path = \"a\"\n[replication_log]\nshards = \"four\"\n").contains("replication_log.shards"))
+        #expect(message("db_path = \"a\"\n[replication_log]\nshards = \"four\"\n").contains("line 3"))
+        #expect(message("db_path = \"a\"\n[logging]\nformat = \"xml\"\n").contains("logging.format"))
+        #expect(message("db_path = \"a\"\n[nats]\ncert_file = \"c.pem\"\n").contains("key_file"))
+        #expect(message("db_path = 3\n").contains("db_path"))
+        #expect(message("db_path = \"a\"\npublish = \"yes\"\n").contains("publish"))
+    }
+}
