@@ -19,6 +19,8 @@ let package = Package(
                        providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CNats", path: "Sources/CNats", pkgConfig: "libnats",
+                       providers: [.apt(["libnats-dev"])]),
 
         // SQLite from Swift: connections, statements, typed values, errors that name the SQL.
         .target(name: "HarmonySQLite", dependencies: ["CSQLite"]),
@@ -27,8 +29,11 @@ let package = Package(
         // The deterministic replication core: CDC install, scan/publish, LWW apply, checkpoints.
         .target(name: "HarmonyCore", dependencies: ["HarmonySQLite", "HarmonyCodec"]),
 
+        // NATS and JetStream through libnats (the official C client): connection, streams, async publish, pull consumers, KV.
+        .target(name: "HarmonyNATS", dependencies: ["CNats"]),
+
         // The live runtime's pieces: config.toml, the embedded nats-server supervisor.
-        .target(name: "HarmonyRuntime", dependencies: ["HarmonyCore", "HarmonyTOML", "HarmonySQLite"]),
+        .target(name: "HarmonyRuntime", dependencies: ["HarmonyCore", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS"]),
 
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).
         .target(name: "HarmonyTOML"),
@@ -42,7 +47,7 @@ let package = Package(
         ], path: "Simulator/harmonysim"),
 
         .executableTarget(name: "harmonylite", dependencies: [
-            "HarmonyCore", "HarmonySQLite",
+            "HarmonyCore", "HarmonySQLite", "HarmonyRuntime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
@@ -53,7 +58,10 @@ let package = Package(
         .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
         .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite"]),
         .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML"]),
+        .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS"]),
         .testTarget(name: "HarmonyRuntimeTests", dependencies: ["HarmonyRuntime", "HarmonyCore"]),
+        // Real nats-server, real harmonylite processes, the sqlite3 shell as the application.
+        .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyRuntime", "HarmonySQLite"]),
         .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore"]),
         .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite"]),
     ],

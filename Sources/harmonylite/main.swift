@@ -1,5 +1,8 @@
 import ArgumentParser
+import Dispatch
+import Foundation
 import HarmonyCore
+import HarmonyRuntime
 import HarmonySQLite
 
 /// The harmonylite command line. Flags use HarmonyLite's single-dash spelling (`-cleanup`, `-db`).
@@ -8,17 +11,23 @@ struct HarmonyLiteCommand: ParsableCommand {
         commandName: "harmonylite",
         abstract: "Leaderless replication of SQLite databases over NATS JetStream.",
         discussion: """
-            This build carries the replication core and change capture. Available actions:
-              -install   install or refresh change-capture triggers on every table with a primary key
-              -status    show captured tables, pending changes and checkpoints
-              -cleanup   remove every harmonylite trigger and __harmonylite__ table (user data untouched)
+              -config FILE  run the sidecar (HarmonyLite's config.toml keys); with no [nats] urls it starts
+                            and supervises an embedded nats-server -js on loopback
+              -install      install or refresh change-capture triggers on every table with a primary key
+              -status       show captured tables, pending changes and checkpoints
+              -cleanup      remove every harmonylite trigger and __harmonylite__ table (user data untouched)
             """)
+
+    @Option(name: .customLong("config", withSingleDash: true), help: "config.toml to run the sidecar with.")
+    var configPath: String?
 
     @Option(name: .customLong("db", withSingleDash: true), help: "Path to the SQLite database (db_path).")
     var databasePath: String?
 
-    @Option(name: .customLong("node-id", withSingleDash: true), help: "This node's id (node_id).")
-    var nodeID: Int64 = 1
+    @Option(name: .customLong("node-id", withSingleDash: true), help: "This node's id (node_id); overrides the config file.")
+    var nodeIDOverride: Int64?
+
+    var nodeID: Int64 { nodeIDOverride ?? 1 }
 
     @Option(name: .customLong("exclude", withSingleDash: true), parsing: .upToNextOption, help: "Tables not to capture.")
     var exclude: [String] = []
@@ -43,8 +52,25 @@ struct HarmonyLiteCommand: ParsableCommand {
             print("harmonylite \(harmonyliteVersion)")
             return
         }
+        if let configPath {
+            var config: RuntimeConfig
+            do {
+                config = try RuntimeConfig.parse(try String(contentsOfFile: configPath, encoding: .utf8))
+            } catch {
+                FileHandle.standardError.write(Data("harmonylite: \(configPath): \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+            if let nodeIDOverride { config.node.nodeID = nodeIDOverride }
+            if let databasePath { config.node.databasePath = databasePath }
+            if cleanup {
+                try ChangeCapture.removeAll(try SQLiteOpener().open(path: config.node.databasePath))
+                print("removed harmonylite triggers and tables from \(config.node.databasePath)")
+                return
+            }
+            try Sidecar.run(config)
+        }
         guard let databasePath else {
-            throw ValidationError("-db PATH is required")
+            throw ValidationError("-db PATH or -config FILE is required")
         }
         let db = try SQLiteOpener().open(path: databasePath)
         if cleanup {
@@ -79,6 +105,52 @@ enum CaptureStatus {
         for row in try db.query("SELECT stream, seq FROM \(quoteIdentifier(Bookkeeping.checkpointTable)) ORDER BY stream") {
             Swift.print("checkpoint \(row[0].string ?? "?") = \(row[1])")
         }
+    }
+}
+
+/// The running sidecar: embedded or external NATS, the live node, and a clean stop on SIGINT/SIGTERM.
+enum Sidecar {
+    static func run(_ config: RuntimeConfig) throws -> Never {
+        let log = LogSink(format: config.logging.format == "json" ? .json : .console, verbose: config.logging.verbose, node: config.node.nodeID)
+        var server: EmbeddedNATSServer?
+        var urls = config.nats.urls
+        if urls.isEmpty {
+            let dbDirectory = (config.node.databasePath as NSString).deletingLastPathComponent
+            let store = config.nats.storeDirectory ?? ((dbDirectory.isEmpty ? "." : dbDirectory) as NSString)
+                .appendingPathComponent("harmonylite-nats-\(config.node.nodeID)")
+            let s = try EmbeddedNATSServer(bindAddress: config.nats.bindAddress, storeDirectory: store,
+                                           serverName: "harmonylite-\(config.node.nodeID)", clusterAddress: config.nats.clusterAddress,
+                                           clusterRoutes: config.nats.clusterRoutes, clusterName: config.nats.clusterName)
+            s.onEvent = { log.warning($0) }
+            try s.start()
+            log.info("embedded nats-server on \(s.url), store \(store)")
+            server = s
+            urls = [s.url]
+        }
+        let node = LiveNode(config: config, log: log)
+        do {
+            try node.start(urls: urls)
+        } catch {
+            log.error("cannot start: \(error)")
+            server?.stop()
+            exit(1)
+        }
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let stopQueue = DispatchQueue(label: "harmonylite.signals")
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: stopQueue)
+            source.setEventHandler {
+                log.info("signal \(sig): stopping")
+                node.stop()
+                server?.stop()
+                exit(0)
+            }
+            source.resume()
+            sources.append(source)
+        }
+        withExtendedLifetime(sources) { dispatchMain() }
     }
 }
 

@@ -1,0 +1,71 @@
+import Foundation
+internal import CNats
+
+/// A JetStream key-value bucket (`kvStore`), used for small shared state such as snapshots' metadata.
+public final class KeyValueBucket: @unchecked Sendable {
+    public let bucket: String
+    /// Kept so the JetStream context outlives the bucket on the Swift side too.
+    public let jetStream: JetStream
+    private let guardian: HandleGuard<OpaquePointer>
+
+    init(kv: OpaquePointer, jetStream: JetStream, bucket: String) {
+        self.bucket = bucket
+        self.jetStream = jetStream
+        self.guardian = HandleGuard(kv, what: "key-value bucket \(bucket)")
+    }
+
+    deinit { close() }
+
+    /// Frees the C store handle (the bucket stays on the server). Idempotent.
+    public func close() {
+        if let kv = guardian.take() { kvStore_Destroy(kv) }
+    }
+
+    /// Stores `value` under `key`; returns the new revision.
+    @discardableResult
+    public func put(_ key: String, _ value: [UInt8]) throws -> UInt64 {
+        try guardian.use { kv in
+            var revision: UInt64 = 0
+            let s = value.withUnsafeBytes { buf in
+                kvStore_Put(&revision, kv, key, buf.baseAddress, Int32(buf.count))
+            }
+            try check(s, "putting \(value.count) bytes at key \(key) in bucket \(bucket)")
+            return revision
+        }
+    }
+
+    /// The latest value of `key`; nil when the key does not exist (or was deleted).
+    public func get(_ key: String) throws -> [UInt8]? {
+        try guardian.use { kv in
+            var entry: OpaquePointer? = nil
+            let s = kvStore_Get(&entry, kv, key)
+            if s == NATS_NOT_FOUND { return nil }
+            try check(s, "getting key \(key) from bucket \(bucket)")
+            defer { kvEntry_Destroy(entry) }
+            return bytes(kvEntry_Value(entry), Int(kvEntry_ValueLen(entry)))
+        }
+    }
+
+    /// Deletes `key` (a delete marker; `get` then returns nil).
+    public func delete(_ key: String) throws {
+        try guardian.use { kv in
+            try check(kvStore_Delete(kv, key), "deleting key \(key) from bucket \(bucket)")
+        }
+    }
+
+    /// All keys that currently have a value.
+    public func keys() throws -> [String] {
+        try guardian.use { kv in
+            var list = kvKeysList()
+            let s = kvStore_Keys(&list, kv, nil)
+            if s == NATS_NOT_FOUND { return [] }
+            try check(s, "listing keys of bucket \(bucket)")
+            defer { kvKeysList_Destroy(&list) }
+            var keys: [String] = []
+            for i in 0..<Int(list.Count) {
+                if let k = list.Keys[i] { keys.append(String(cString: k)) }
+            }
+            return keys
+        }
+    }
+}

@@ -1,0 +1,253 @@
+import Dispatch
+import Foundation
+import HarmonyCore
+import HarmonyNATS
+import HarmonySQLite
+import Synchronization
+
+/// Runs the deterministic core live: every core call happens on one serial queue (the node's executor);
+/// NATS callbacks and fetch threads hand their results to that queue. Nothing else touches the core.
+public final class LiveNode: @unchecked Sendable {
+    public let config: RuntimeConfig
+    let queue = DispatchQueue(label: "harmonylite.node")
+    let log: LogSink
+    private var core: ReplicationNode?
+    private var jetStream: JetStream?
+    private var connection: NATSConnection?
+    private var timers: [NodeTimer: DispatchSourceTimer] = [:]
+    private var changePoll: DispatchSourceTimer?
+    private var watcher: Database?
+    private var lastDataVersion: Int64 = -1
+    private var subscriptions: [Int: PullSubscription] = [:]
+    private var fetchThreads: [Thread] = []
+    /// Messages fetched and handed to the core, awaiting its ack or nak. Queue only.
+    private var delivered: [Int: [UInt64: FetchedMessage]] = [:]
+    /// Publishes awaiting JetStream's answer: message id -> change-log token. Queue only.
+    private var inFlight: [String: Int64] = [:]
+    private var ackedTokens: [Int64] = []
+    private var flushScheduled = false
+    private let stopped = Atomic<Bool>(false)
+
+    public static let subjectPrefix = "harmonylite.changes"
+
+    public init(config: RuntimeConfig, log: LogSink) {
+        self.config = config
+        self.log = log
+    }
+
+    /// Connects, makes sure every shard's stream and the schema registry bucket exist, then starts the core.
+    public func start(urls: [String]) throws {
+        var options = NATSConnectOptions(urls: urls, name: "harmonylite-node-\(config.node.nodeID)")
+        options.connectRetries = max(1, config.nats.connectRetries)
+        options.reconnectWaitMs = Int64(config.nats.reconnectWaitSeconds) * 1000
+        options.maxReconnects = -1
+        options.user = config.nats.userName
+        options.password = config.nats.userPassword
+        options.token = config.nats.token
+        options.credentialsFile = config.nats.credsFile
+        options.nkeySeedFile = config.nats.seedFile
+        options.tlsCAFile = config.nats.caFile
+        options.tlsCertFile = config.nats.certFile
+        options.tlsKeyFile = config.nats.keyFile
+        let connection = try NATSConnection(options)
+        self.connection = connection
+        let js = try connection.jetStream(publishAsyncMaxPending: config.node.publishInFlightMax) { [weak self] result in
+            guard let node = self else { return }
+            node.queue.async { node.publishResult(result) }
+        }
+        jetStream = js
+        let router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
+        for shard in router.shards {
+            _ = try js.ensureStream(name: router.streamName(shard: shard), subjects: ["\(Self.subjectPrefix).\(shard)"],
+                                    maxMessages: config.maxEntries, replicas: config.replicas, duplicateWindowMs: 120_000)
+        }
+        _ = try js.keyValue(bucket: "harmonylite-schema-registry")
+        try queue.sync {
+            let core = ReplicationNode(config: config.node, environment: NodeEnvironment(
+                clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(), events: LiveEvents(log: log)))
+            self.core = core
+            try core.start()
+            let watcher = try SQLiteOpener().open(path: config.node.databasePath)
+            self.watcher = watcher
+            lastDataVersion = try watcher.scalar("PRAGMA data_version")?.int64 ?? -1
+            let poll = DispatchSource.makeTimerSource(queue: queue)
+            poll.schedule(deadline: .now() + .milliseconds(5), repeating: .milliseconds(5), leeway: .milliseconds(1))
+            poll.setEventHandler { [weak self] in self?.pollForChanges() }
+            poll.resume()
+            changePoll = poll
+        }
+        log.info("node \(config.node.nodeID) replicating \(config.node.databasePath) over \(urls.joined(separator: ",")) with \(config.node.shards) shard(s)")
+    }
+
+    /// Another connection committed: `PRAGMA data_version` moved. Costs one cheap pragma per poll.
+    private func pollForChanges() {
+        guard let watcher, let core else { return }
+        do {
+            let version = try watcher.scalar("PRAGMA data_version")?.int64 ?? -1
+            if version != lastDataVersion {
+                lastDataVersion = version
+                try core.databaseChanged()
+            }
+        } catch {
+            log.error("change detection: \(error)")
+        }
+    }
+
+    // MARK: Called by the core (on the queue)
+
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) {
+        timers[timer]?.cancel()
+        let t = DispatchSource.makeTimerSource(queue: queue)
+        t.schedule(deadline: .now() + .milliseconds(Int(max(delayMs, 0))))
+        t.setEventHandler { [weak self] in
+            guard let self, let core = self.core else { return }
+            do { try core.timerFired(timer) } catch { self.log.error("timer \(timer): \(error)") }
+        }
+        t.resume()
+        timers[timer] = t
+    }
+
+    func publish(_ message: OutgoingMessage) {
+        guard let js = jetStream else { core?.publishFailed(token: message.token); return }
+        inFlight[message.messageID] = message.token
+        do {
+            try js.publishAsync(subject: "\(Self.subjectPrefix).\(message.shard)", payload: message.payload, messageID: message.messageID)
+        } catch {
+            inFlight[message.messageID] = nil
+            log.warning("publish \(message.messageID): \(error)")
+            core?.publishFailed(token: message.token)
+        }
+    }
+
+    private func publishResult(_ result: PublishResult) {
+        guard let token = inFlight.removeValue(forKey: result.messageID), let core else { return }
+        if result.sequence != nil || result.duplicate {
+            ackedTokens.append(token)
+            if !flushScheduled {
+                flushScheduled = true
+                queue.async { [weak self] in self?.flushAcks() }  // one transaction for every ack that arrived meanwhile
+            }
+        } else {
+            log.warning("publish \(result.messageID) failed: \(result.error ?? "unknown error")")
+            core.publishFailed(token: token)
+        }
+    }
+
+    private func flushAcks() {
+        flushScheduled = false
+        let tokens = ackedTokens
+        ackedTokens.removeAll()
+        do { try core?.publishAcknowledged(tokens: tokens) } catch { log.error("marking published: \(error)") }
+    }
+
+    func subscribe(shard: Int, fromSequence: UInt64) {
+        guard let js = jetStream else { return }
+        let router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
+        do {
+            let sub = try js.pullSubscribe(stream: router.streamName(shard: shard), subject: "\(Self.subjectPrefix).\(shard)",
+                                           durable: "harmonylite-node-\(config.node.nodeID)-shard-\(shard)",
+                                           startSequence: fromSequence, ackWaitMs: 30_000, maxAckPending: 4096)
+            subscriptions[shard] = sub
+            let thread = Thread { [weak self] in self?.fetchLoop(shard: shard, subscription: sub) }
+            thread.name = "harmonylite-fetch-\(shard)"
+            fetchThreads.append(thread)
+            thread.start()
+        } catch {
+            log.error("subscribing to shard \(shard) from \(fromSequence): \(error)")
+        }
+    }
+
+    /// One thread per shard: fetch a batch, hand it to the queue, wait until the core has taken it.
+    private func fetchLoop(shard: Int, subscription: PullSubscription) {
+        while !stopped.load(ordering: .relaxed) {
+            let batch: [FetchedMessage]
+            do {
+                batch = try subscription.fetch(batch: 256, timeoutMs: 250)
+            } catch {
+                if stopped.load(ordering: .relaxed) { return }
+                log.warning("fetch shard \(shard): \(error)")
+                Thread.sleep(forTimeInterval: 0.5)
+                continue
+            }
+            guard !batch.isEmpty else { continue }
+            let done = DispatchSemaphore(value: 0)
+            queue.async { [weak self] in
+                defer { done.signal() }
+                guard let self, let core = self.core else { return }
+                for m in batch { self.delivered[shard, default: [:]][m.streamSequence] = m }
+                do {
+                    try core.messagesArrived(shard: shard, batch.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
+                } catch {
+                    self.log.error("applying shard \(shard): \(error)")
+                }
+            }
+            done.wait()
+        }
+    }
+
+    func ack(shard: Int, sequence: UInt64) {
+        guard let m = delivered[shard]?.removeValue(forKey: sequence) else { return }
+        do { try m.ack() } catch { log.warning("ack shard \(shard) seq \(sequence): \(error)") }
+    }
+
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {
+        guard let m = delivered[shard]?.removeValue(forKey: sequence) else { return }
+        do { try m.nak(delayMs: delayMs) } catch { log.warning("nak shard \(shard) seq \(sequence): \(error)") }
+    }
+
+    func streamState(shard: Int) -> HarmonyCore.StreamState? {
+        let router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
+        guard let s = try? jetStream?.streamState(name: router.streamName(shard: shard)) else { return nil }
+        return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
+    }
+
+    /// Graceful stop: no new fetches, the in-flight batch finishes, publishes get their answers, state is saved.
+    public func stop() {
+        stopped.store(true, ordering: .relaxed)
+        queue.sync {
+            changePoll?.cancel()
+            for t in timers.values { t.cancel() }
+            timers.removeAll()
+        }
+        try? jetStream?.waitForPublishes(timeoutMs: 2_000)
+        queue.sync {
+            flushAcks()
+            core?.stop()
+            core = nil
+            watcher = nil
+            delivered.removeAll()
+        }
+        for s in subscriptions.values { s.close() }
+        connection?.close()
+        log.info("node \(config.node.nodeID) stopped")
+    }
+}
+
+final class LiveClock: NodeClock {
+    unowned let node: LiveNode
+    init(node: LiveNode) { self.node = node }
+    var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { node.schedule(timer, afterMs: delayMs) }
+}
+
+final class LiveLog: ReplicationLog {
+    unowned let node: LiveNode
+    init(node: LiveNode) { self.node = node }
+    func publish(_ message: OutgoingMessage) { node.publish(message) }
+    func subscribe(shard: Int, fromSequence: UInt64) { node.subscribe(shard: shard, fromSequence: fromSequence) }
+    func ack(shard: Int, sequence: UInt64) { node.ack(shard: shard, sequence: sequence) }
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) { node.nak(shard: shard, sequence: sequence, delayMs: delayMs) }
+    func streamState(shard: Int) -> HarmonyCore.StreamState? { node.streamState(shard: shard) }
+}
+
+final class LiveEvents: ReplicationEventSink {
+    let log: LogSink
+    init(log: LogSink) { self.log = log }
+    func record(_ event: ReplicationEvent) {
+        switch event {
+        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped: log.warning("\(event)")
+        case .schemaPaused, .schemaResumed, .captureInstalled: log.info("\(event)")
+        default: log.debug("\(event)")
+        }
+    }
+}

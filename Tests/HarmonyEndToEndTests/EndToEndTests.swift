@@ -1,0 +1,109 @@
+import Foundation
+import HarmonyNATS
+import HarmonyRuntime
+import Testing
+
+let kvSchema = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB);"
+let digestSQL = "SELECT id, quote(name), quote(qty), quote(price), quote(data) FROM items ORDER BY id;"
+
+@Suite("End to end: real nats-server, real harmonylite processes, the sqlite3 shell", .serialized)
+struct EndToEndTests {
+    @Test func writesOnEveryNodeConvergeWithAllValueTypes() throws {
+        let c = try LiveCluster(nodes: 3, schema: kvSchema)
+        // (SQLite itself stores the shell literal -0.0 as 0.0; the sign bit over the wire is covered in HarmonyCoreTests.)
+        try sqlite(c.dbPath(1), "INSERT INTO items VALUES (1, 'héllo ✓', 9223372036854775807, 1.5, x'00ff00'), (2, NULL, -9223372036854775808, -0.0, x'');")
+        try sqlite(c.dbPath(2), "BEGIN; INSERT INTO items VALUES (3, 'two', 2, 2.25, NULL); INSERT INTO items VALUES (4, 'four', 4, 4e300, x'deadbeef'); COMMIT;")
+        try sqlite(c.dbPath(3), "INSERT INTO items VALUES (5, 'to delete', 5, 0, NULL);")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "5\n")
+        try sqlite(c.dbPath(3), "UPDATE items SET qty = qty + 1 WHERE id = 3; DELETE FROM items WHERE id = 5;")
+        try sqlite(c.dbPath(1), "UPDATE items SET id = 40 WHERE id = 4;")  // a primary-key change
+        let digest = try c.waitForConvergence(digestSQL, expected: nil)
+        #expect(digest == """
+            1|'héllo ✓'|9223372036854775807|1.5|X'00FF00'
+            2|NULL|-9223372036854775808|0.0|X''
+            3|'two'|3|2.25|NULL
+            40|'four'|4|4.0e+300|X'DEADBEEF'
+
+            """)
+    }
+
+    /// The same row updated on every node at once ends, everywhere, as the write with the greatest version.
+    @Test func concurrentUpdatesConvergeToTheLWWWinner() throws {
+        let c = try LiveCluster(nodes: 3, schema: kvSchema)
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'start');")
+        _ = try c.waitForConvergence("SELECT name FROM items;", expected: "start\n")
+        for round in 0..<5 {
+            for i in 1...3 { try sqlite(c.dbPath(i), "UPDATE items SET name = 'node \(i) round \(round)' WHERE id = 1;") }
+        }
+        let final = try c.waitForConvergence("SELECT name FROM items;")
+        let version = try c.waitForConvergence("SELECT hlc, node FROM __harmonylite__items_version;")
+        let winnerNode = version.split(separator: "|").last!.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(final == "node \(winnerNode) round 4\n")
+    }
+
+    /// kill -9 in the middle of a write burst, restart: it catches up, nothing duplicated, nothing lost.
+    @Test func killNineDuringBurstLosesNothing() throws {
+        let c = try LiveCluster(nodes: 3, schema: kvSchema)
+        for batch in 0..<20 {
+            if batch == 8 { c.kill9(2) }
+            if batch == 14 { try c.start(2) }
+            for i in 1...3 {
+                let base = batch * 100 + i * 10
+                try sqlite(c.dbPath(i), "INSERT INTO items (id, name) VALUES \((0..<5).map { "(\(base + $0), 'n\(i)')" }.joined(separator: ","));")
+            }
+        }
+        var expectedSum = 0
+        for batch in 0..<20 { for i in 1...3 { for k in 0..<5 { expectedSum += batch * 100 + i * 10 + k } } }
+        _ = try c.waitForConvergence("SELECT count(*), sum(id) FROM items;", expected: "300|\(expectedSum)\n")
+        // Each change was applied once per receiving node: the stream holds exactly one message per change.
+        #expect(try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n")
+    }
+
+    /// NATS is down for 10 s while every node keeps writing; after it comes back every write arrives.
+    @Test func natsOutageWhileWritingLosesNothing() throws {
+        let c = try LiveCluster(nodes: 3, schema: kvSchema)
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'before');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        c.nats.stop()
+        let outageEnds = Date().addingTimeInterval(10)
+        var id = 100
+        while Date() < outageEnds {
+            for i in 1...3 {
+                try sqlite(c.dbPath(i), "INSERT INTO items (id, name) VALUES (\(id), 'during outage on \(i)');")
+                id += 1
+            }
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        c.nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(c.natsPort)", storeDirectory: c.directory + "/nats", serverName: "e2e")
+        try c.nats.start()
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "\(1 + id - 100)\n", timeoutSeconds: 60)
+    }
+
+    @Test func publishFalseReceivesAndReplicateFalseSends() throws {
+        let c = try LiveCluster(nodes: 3, schema: kvSchema) { i in i == 2 ? "publish = false" : i == 3 ? "replicate = false" : "" }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'from 1');")
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (2, 'from 2');")
+        try sqlite(c.dbPath(3), "INSERT INTO items (id, name) VALUES (3, 'from 3');")
+        try waitUntil("node 1 has node 3's row and node 2 has both others", timeoutSeconds: 20) {
+            try c.query(1, "SELECT group_concat(id) FROM items;") == "1,3\n" && c.query(2, "SELECT group_concat(id) FROM items;") == "1,2,3\n"
+        }
+        Thread.sleep(forTimeInterval: 1)
+        #expect(try c.query(1, "SELECT group_concat(id) FROM items;") == "1,3\n")  // node 2 never sent
+        #expect(try c.query(3, "SELECT group_concat(id) FROM items;") == "3\n")    // node 3 never applied
+    }
+
+    /// Garbage on the stream is parked with its reason, and replication goes on.
+    @Test func malformedMessageIsParkedAndReplicationContinues() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1)
+        let conn = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(c.natsPort)"]))
+        defer { conn.close() }
+        let js = try conn.jetStream { _ in }
+        try js.publishAsync(subject: "\(LiveNode.subjectPrefix).1", payload: [0x01, 0xFF, 0x13, 0x37], messageID: "garbage-1")
+        try js.publishAsync(subject: "\(LiveNode.subjectPrefix).1", payload: Array("not cbor at all".utf8), messageID: "garbage-2")
+        try js.waitForPublishes(timeoutMs: 5_000)
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'after the garbage');")
+        _ = try c.waitForConvergence("SELECT name FROM items;", expected: "after the garbage\n")
+        #expect(try c.query(2, "SELECT count(*) FROM __harmonylite___parked;") == "2\n")
+        #expect(c.log(2).contains("parked"))
+    }
+}

@@ -1,0 +1,322 @@
+import Foundation
+import Testing
+import HarmonyNATS
+
+/// Opens a connection + JetStream context to `server`, collecting publish results.
+private func open(_ server: NATSTestServer, results: Collector<PublishResult>? = nil) throws -> (NATSConnection, JetStream) {
+    var options = NATSConnectOptions(urls: [server.url], name: "harmony-nats-tests")
+    options.connectRetries = 3
+    options.reconnectWaitMs = 200
+    let connection = try NATSConnection(options)
+    let sink = results
+    let js = try connection.jetStream { result in sink?.append(result) }
+    return (connection, js)
+}
+
+/// Publishes `count` messages "<prefix>-1"... and waits (bounded) for all acks.
+private func publish(_ js: JetStream, subject: String, count: Int, prefix: String) throws {
+    for i in 1...count {
+        try js.publishAsync(subject: subject, payload: Array("payload \(i)".utf8), messageID: "\(prefix)-\(i)")
+    }
+    try js.waitForPublishes(timeoutMs: 10_000)
+}
+
+@Suite("HarmonyNATS against a real nats-server")
+struct HarmonyNATSTests {
+
+    @Test("ensureStream is idempotent, updates limits, and reports first/last")
+    func ensureStreamIdempotent() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let (connection, js) = try open(server)
+        defer { js.close(); connection.close() }
+        #expect(connection.isConnected)
+
+        let first = try js.ensureStream(name: "harmonylite-changes-1", subjects: ["harmonylite.change.1.>"],
+                                        maxMessages: 0, replicas: 1, duplicateWindowMs: 120_000)
+        #expect(first == StreamState(firstSequence: 0, lastSequence: 0, messages: 0))
+        // Same config again: no error.
+        _ = try js.ensureStream(name: "harmonylite-changes-1", subjects: ["harmonylite.change.1.>"],
+                                maxMessages: 0, replicas: 1, duplicateWindowMs: 120_000)
+
+        try publish(js, subject: "harmonylite.change.1.t", count: 5, prefix: "a")
+        // Different maxMessages: the stream is updated in place and keeps its data.
+        let updated = try js.ensureStream(name: "harmonylite-changes-1", subjects: ["harmonylite.change.1.>"],
+                                          maxMessages: 3, replicas: 1, duplicateWindowMs: 120_000)
+        #expect(updated.lastSequence == 5)
+        let state = try js.streamState(name: "harmonylite-changes-1")
+        #expect(state == StreamState(firstSequence: 3, lastSequence: 5, messages: 3))
+    }
+
+    @Test("1000 async publishes get sequences 1...1000; a repeated id is a duplicate")
+    func publishAsyncAndDedup() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let results = Collector<PublishResult>()
+        let (connection, js) = try open(server, results: results)
+        defer { js.close(); connection.close() }
+
+        _ = try js.ensureStream(name: "pub", subjects: ["pub.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 60_000)
+        try publish(js, subject: "pub.x", count: 1000, prefix: "m")
+
+        let all = results.all
+        #expect(all.count == 1000)
+        #expect(all.allSatisfy { $0.error == nil && !$0.duplicate })
+        #expect(all.compactMap(\.sequence).sorted() == Array(1...1000))
+        // One connection keeps publish order: message m-i is sequence i.
+        #expect(all.allSatisfy { $0.messageID == "m-\($0.sequence ?? 0)" })
+
+        try js.publishAsync(subject: "pub.x", payload: [1, 2, 3], messageID: "m-7")
+        try js.waitForPublishes(timeoutMs: 10_000)
+        #expect(results.count == 1001)
+        let dup = results.all.last
+        #expect(dup?.messageID == "m-7")
+        #expect(dup?.duplicate == true)
+        #expect(dup?.sequence == 7)
+        #expect(try js.streamState(name: "pub") == StreamState(firstSequence: 1, lastSequence: 1000, messages: 1000))
+    }
+
+    @Test("pull consumer starts at the checkpoint, redelivers a nak after its delay, restarts elsewhere")
+    func pullConsumer() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let (connection, js) = try open(server)
+        defer { js.close(); connection.close() }
+        _ = try js.ensureStream(name: "pull", subjects: ["pull.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        try publish(js, subject: "pull.a", count: 1000, prefix: "p")
+
+        let sub = try js.pullSubscribe(stream: "pull", subject: "pull.>", durable: "applier-1",
+                                       startSequence: 500, ackWaitMs: 30_000, maxAckPending: 1000)
+        let batch = try sub.fetch(batch: 10, timeoutMs: 5_000)
+        try #require(batch.count == 10)
+        #expect(batch.map(\.streamSequence) == Array(500...509))
+        #expect(batch.allSatisfy { $0.deliveries == 1 })
+        #expect(batch[0].payload == Array("payload 500".utf8))
+        for m in batch.dropLast() { try m.ack() }
+        try batch[0].ack()  // acking twice is harmless
+        let nakked = batch[9]
+        let nakTime = Date()
+        try nakked.nak(delayMs: 200)
+
+        var redelivered: FetchedMessage? = nil
+        var redeliveredAfter = 0.0
+        var seen: [UInt64] = []
+        let deadline = Date().addingTimeInterval(5)
+        while redelivered == nil && Date() < deadline {
+            for m in try sub.fetch(batch: 50, timeoutMs: 250) {
+                if m.streamSequence == 509 {
+                    redelivered = m
+                    redeliveredAfter = Date().timeIntervalSince(nakTime)
+                } else {
+                    seen.append(m.streamSequence)
+                }
+                try m.ack()
+            }
+        }
+        let again = try #require(redelivered, "sequence 509 was not redelivered within 5 s")
+        #expect(again.deliveries == 2)
+        #expect(again.payload == nakked.payload)
+        #expect(redeliveredAfter >= 0.15, "redelivered after \(redeliveredAfter) s, before the 200 ms delay")
+        #expect(seen.allSatisfy { $0 >= 510 })
+
+        // Restart the same durable at a new checkpoint.
+        sub.close()
+        #expect(throws: NATSError.self) { try sub.fetch(batch: 1, timeoutMs: 100) }
+        let sub2 = try js.pullSubscribe(stream: "pull", subject: "pull.>", durable: "applier-1",
+                                        startSequence: 900, ackWaitMs: 30_000, maxAckPending: 1000)
+        defer { sub2.close() }
+        let restarted = try sub2.fetch(batch: 5, timeoutMs: 5_000)
+        #expect(restarted.first?.streamSequence == 900)
+        #expect(restarted.first?.deliveries == 1)
+        try restarted.first?.ack(waitForServer: true)
+
+        // Fetching past the end times out into an empty batch.
+        let sub3 = try js.pullSubscribe(stream: "pull", subject: "pull.>", durable: "tail",
+                                        startSequence: 1001, ackWaitMs: 30_000, maxAckPending: 10)
+        defer { sub3.close() }
+        let started = Date()
+        #expect(try sub3.fetch(batch: 10, timeoutMs: 300).isEmpty)
+        #expect(Date().timeIntervalSince(started) < 5)
+    }
+
+    @Test("retention: maxMessages 10 keeps the last 10 of 25")
+    func retention() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let results = Collector<PublishResult>()
+        let (connection, js) = try open(server, results: results)
+        defer { js.close(); connection.close() }
+        _ = try js.ensureStream(name: "ret", subjects: ["ret.>"], maxMessages: 10, replicas: 1, duplicateWindowMs: 0)
+        try publish(js, subject: "ret.x", count: 25, prefix: "r")
+        #expect(results.all.allSatisfy { $0.error == nil })
+        #expect(try js.streamState(name: "ret") == StreamState(firstSequence: 16, lastSequence: 25, messages: 10))
+    }
+
+    @Test("key-value: put, get, keys, missing key")
+    func keyValue() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let (connection, js) = try open(server)
+        defer { js.close(); connection.close() }
+
+        #expect(throws: NATSError.self) { try js.keyValue(bucket: "absent", create: false) }
+        let kv = try js.keyValue(bucket: "harmony-state", history: 1)
+        defer { kv.close() }
+        #expect(try kv.keys().isEmpty)
+        #expect(try kv.get("nope") == nil)
+
+        let r1 = try kv.put("node-1", Array("checkpoint 42".utf8))
+        let r2 = try kv.put("node-2", [0, 1, 2, 255])
+        let r3 = try kv.put("node-1", Array("checkpoint 43".utf8))
+        #expect(r1 == 1 && r2 == 2 && r3 == 3)
+        #expect(try kv.get("node-1") == Array("checkpoint 43".utf8))
+        #expect(try kv.get("node-2") == [0, 1, 2, 255])
+        #expect(try kv.get("node-3") == nil)
+        #expect(try kv.keys().sorted() == ["node-1", "node-2"])
+
+        try kv.delete("node-2")
+        #expect(try kv.get("node-2") == nil)
+        #expect(try kv.keys() == ["node-1"])
+
+        // Opening the existing bucket again binds to it.
+        let again = try js.keyValue(bucket: "harmony-state", create: false)
+        #expect(try again.get("node-1") == Array("checkpoint 43".utf8))
+    }
+
+    @Test("connection errors name the URL; bad stream names name the stream")
+    func errors() throws {
+        let port = try NATSTestServer.freePort()
+        var options = NATSConnectOptions(urls: ["nats://127.0.0.1:\(port)"])
+        options.connectRetries = 2
+        options.reconnectWaitMs = 100
+        let started = Date()
+        do {
+            _ = try NATSConnection(options)
+            Issue.record("connecting to a closed port succeeded")
+        } catch let error as NATSError {
+            #expect(error.description.contains("nats://127.0.0.1:\(port)"))
+            #expect(error.description.contains("attempt 2 of 2"))
+            #expect(error.status != 0)
+        }
+        #expect(Date().timeIntervalSince(started) < 10)
+
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let (connection, js) = try open(server)
+        defer { js.close(); connection.close() }
+        for bad in ["bad.name", "bad name", "bad>", ""] {
+            let before = Date()
+            do {
+                _ = try js.ensureStream(name: bad, subjects: ["bad.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+                Issue.record("stream name '\(bad)' was accepted")
+            } catch let error as NATSError {
+                #expect(error.description.contains("stream name '\(bad)'"), "\(error)")
+            }
+            // Caught locally: a space would otherwise make the server drop the request (5 s timeout).
+            #expect(Date().timeIntervalSince(before) < 1)
+        }
+        do {
+            _ = try js.pullSubscribe(stream: "s", subject: "x.>", durable: "bad durable", startSequence: 1,
+                                     ackWaitMs: 1000, maxAckPending: 1)
+            Issue.record("durable name with a space was accepted")
+        } catch let error as NATSError {
+            #expect(error.description.contains("durable name 'bad durable'"), "\(error)")
+        }
+        do {
+            _ = try js.ensureStream(name: "overlap-a", subjects: ["o.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+            _ = try js.ensureStream(name: "overlap-b", subjects: ["o.x"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+            Issue.record("overlapping subjects were accepted")
+        } catch let error as NATSError {
+            #expect(error.description.contains("overlap-b"), "\(error)")
+            #expect(error.jetStreamCode == 10065, "\(error)")  // JSStreamSubjectOverlapErr
+        }
+        do {
+            _ = try js.streamState(name: "missing")
+            Issue.record("state of a missing stream succeeded")
+        } catch let error as NATSError {
+            #expect(error.description.contains("missing"))
+            #expect(error.isNotFound, "\(error)")
+        }
+        do {
+            _ = try js.pullSubscribe(stream: "missing", subject: "x.>", durable: "d", startSequence: 1,
+                                     ackWaitMs: 1000, maxAckPending: 1)
+            Issue.record("subscribing to a missing stream succeeded")
+        } catch let error as NATSError {
+            #expect(error.description.contains("missing"), "\(error)")
+        }
+    }
+
+    @Test("closing in any order stays safe; calls after close fail cleanly")
+    func lifecycle() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let results = Collector<PublishResult>()
+        let (connection, js) = try open(server, results: results)
+        _ = try js.ensureStream(name: "life", subjects: ["life.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        try publish(js, subject: "life.x", count: 3, prefix: "l")
+        let sub = try js.pullSubscribe(stream: "life", subject: "life.>", durable: "d", startSequence: 1,
+                                       ackWaitMs: 30_000, maxAckPending: 10)
+        let msgs = try sub.fetch(batch: 3, timeoutMs: 5_000)
+        #expect(msgs.count == 3)
+        sub.close()
+        try msgs[0].ack()  // the message keeps its subscription alive
+
+        connection.close()
+        connection.close()
+        #expect(!connection.isConnected)
+        #expect(throws: NATSError.self) { try js.publishAsync(subject: "life.x", payload: [1], messageID: "late") }
+        #expect(throws: NATSError.self) { try msgs[1].ack() }
+        js.close()
+        js.close()
+        #expect(throws: NATSError.self) { try js.streamState(name: "life") }
+        #expect(results.count == 3)
+    }
+
+    @Test("the server going away mid-flight reports pending publishes, no hang")
+    func serverGoesAway() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let results = Collector<PublishResult>()
+        var options = NATSConnectOptions(urls: [server.url], name: "harmony-nats-tests")
+        options.reconnectWaitMs = 100
+        options.maxReconnects = 1
+        let connection = try NATSConnection(options)
+        defer { connection.close() }
+        let js = try connection.jetStream(publishAckTimeoutMs: 1_000) { results.append($0) }
+        _ = try js.ensureStream(name: "gone", subjects: ["gone.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        server.stop()
+        #expect(waitUntil(seconds: 5) { !connection.isConnected })
+        // Publishing into a dead connection either fails now or reports an error later; never hangs.
+        var thrown = 0
+        for i in 1...5 {
+            do { try js.publishAsync(subject: "gone.x", payload: [1], messageID: "g-\(i)") } catch { thrown += 1 }
+        }
+        try? js.waitForPublishes(timeoutMs: 3_000)
+        js.close()
+        let reported = results.all
+        #expect(thrown + reported.count == 5, "thrown \(thrown), reported \(reported)")
+        #expect(reported.allSatisfy { $0.error != nil })
+    }
+
+    @Test("close() reports publishes still waiting for an ack as discarded")
+    func closeDiscardsPending() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let results = Collector<PublishResult>()
+        let (connection, js) = try open(server, results: results)
+        defer { connection.close() }
+        _ = try js.ensureStream(name: "held", subjects: ["held.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        server.pause()
+        for i in 1...3 {
+            try js.publishAsync(subject: "held.x", payload: [UInt8(i)], messageID: "h-\(i)")
+        }
+        let started = Date()
+        #expect(throws: NATSError.self) { try js.waitForPublishes(timeoutMs: 300) }
+        #expect(Date().timeIntervalSince(started) < 5)
+        js.close()
+        server.resume()
+        let all = results.all
+        #expect(all.map(\.messageID).sorted() == ["h-1", "h-2", "h-3"])
+        #expect(all.allSatisfy { $0.sequence == nil && ($0.error ?? "").contains("discarded") })
+    }
+}

@@ -1,0 +1,198 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import HarmonyNATS
+
+/// A throwaway `nats-server -js` bound to 127.0.0.1 on a free port, with its own store directory.
+/// Stop it with `stop()` (idempotent; also done in deinit).
+final class NATSTestServer: @unchecked Sendable {
+    let port: Int
+    let storeDir: URL
+    let process: Process
+    private let lock = NSLock()
+    private var stopped = false
+
+    var url: String { "nats://127.0.0.1:\(port)" }
+
+    struct StartError: Error, CustomStringConvertible { let description: String }
+
+    static func executable() throws -> URL {
+        let fm = FileManager.default
+        var candidates = (ProcessInfo.processInfo.environment["PATH"] ?? "")
+            .split(separator: ":").map { String($0) + "/nats-server" }
+        candidates.append("/usr/sbin/nats-server")
+        candidates.append("/usr/bin/nats-server")
+        for c in candidates where fm.isExecutableFile(atPath: c) {
+            return URL(fileURLWithPath: c)
+        }
+        throw StartError(description: "nats-server not found on PATH or in /usr/sbin")
+    }
+
+    /// Asks the kernel for a free port on 127.0.0.1 (bind to port 0, read it back, close).
+    static func freePort() throws -> Int {
+        #if canImport(Glibc)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+        #endif
+        guard fd >= 0 else { throw StartError(description: "socket() failed: errno \(errno)") }
+        defer { close(fd) }
+        var addr = loopback(port: 0)
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0 else { throw StartError(description: "bind(127.0.0.1:0) failed: errno \(errno)") }
+        var out = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let got = withUnsafeMutablePointer(to: &out) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard got == 0 else { throw StartError(description: "getsockname failed: errno \(errno)") }
+        return Int(UInt16(bigEndian: out.sin_port))
+    }
+
+    static func loopback(port: Int) -> sockaddr_in {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian  // 127.0.0.1
+        return addr
+    }
+
+    /// True if something accepts TCP connections on 127.0.0.1:port.
+    static func accepts(port: Int) -> Bool {
+        #if canImport(Glibc)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+        #endif
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = loopback(port: port)
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        return r == 0
+    }
+
+    init(port: Int, storeDir: URL, process: Process) {
+        self.port = port
+        self.storeDir = storeDir
+        self.process = process
+    }
+
+    /// Starts a server and waits (at most 10 s) until it accepts connections.
+    static func start() throws -> NATSTestServer {
+        let exe = try executable()
+        let fm = FileManager.default
+        let dir = fm.temporaryDirectory.appendingPathComponent("harmony-nats-\(UUID().uuidString)")
+        try fm.createDirectory(at: dir, withIntermediateDirectories: true)
+        let logURL = dir.appendingPathComponent("server.log")
+        _ = fm.createFile(atPath: logURL.path, contents: nil)
+
+        var lastError: Error = StartError(description: "nats-server did not start")
+        // A freshly freed port can be grabbed by someone else before the server binds it: retry a few times.
+        for _ in 0..<3 {
+            let port = try freePort()
+            let process = Process()
+            process.executableURL = exe
+            process.arguments = ["-js", "-a", "127.0.0.1", "-p", String(port),
+                                 "-sd", dir.appendingPathComponent("store-\(port)").path]
+            let log = try FileHandle(forWritingTo: logURL)
+            process.standardOutput = log
+            process.standardError = log
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            startWatchdog(serverPID: process.processIdentifier, storeDir: dir)
+            let server = NATSTestServer(port: port, storeDir: dir, process: process)
+
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline && process.isRunning {
+                if accepts(port: port) {
+                    try? log.close()
+                    return server
+                }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            try? log.close()
+            let output = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
+            lastError = StartError(description: "nats-server on 127.0.0.1:\(port) not ready within 10 s; log:\n\(output)")
+            server.stop(removeStore: false)
+        }
+        try? fm.removeItem(at: dir)
+        throw lastError
+    }
+
+    /// If the test process crashes (no defer runs), kill the server anyway: a tiny shell loop polls both
+    /// pids every 0.5 s and exits on its own once either is gone.
+    private static func startWatchdog(serverPID: Int32, storeDir: URL) {
+        let me = ProcessInfo.processInfo.processIdentifier
+        let dog = Process()
+        dog.executableURL = URL(fileURLWithPath: "/bin/sh")
+        // $0 = store directory (removed too when the test process died).
+        dog.arguments = ["-c",
+                         "while kill -0 \(me) 2>/dev/null && kill -0 \(serverPID) 2>/dev/null; do sleep 0.5; done; "
+                         + "if ! kill -0 \(me) 2>/dev/null; then kill -KILL \(serverPID) 2>/dev/null; sleep 0.3; rm -rf \"$0\"; fi; exit 0",
+                         storeDir.path]
+        dog.standardInput = FileHandle.nullDevice
+        dog.standardOutput = FileHandle.nullDevice
+        dog.standardError = FileHandle.nullDevice
+        try? dog.run()
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the server, to hold acks back.
+    func pause() { kill(process.processIdentifier, SIGSTOP) }
+    func resume() { kill(process.processIdentifier, SIGCONT) }
+
+    /// Terminates the server (SIGTERM, then SIGKILL after 5 s) and removes its store. Idempotent.
+    func stop(removeStore: Bool = true) {
+        lock.lock()
+        let already = stopped
+        stopped = true
+        lock.unlock()
+        if !already && process.isRunning {
+            resume()
+            process.terminate()
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                let hardDeadline = Date().addingTimeInterval(2)
+                while process.isRunning && Date() < hardDeadline {
+                    Thread.sleep(forTimeInterval: 0.02)
+                }
+            }
+        }
+        if removeStore { try? FileManager.default.removeItem(at: storeDir) }
+    }
+
+    deinit { stop() }
+}
+
+/// Collects values from libnats threads.
+final class Collector<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [T] = []
+    func append(_ item: T) { lock.lock(); items.append(item); lock.unlock() }
+    var all: [T] { lock.lock(); defer { lock.unlock() }; return items }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return items.count }
+}
+
+/// Polls `condition` every 20 ms for at most `seconds`; returns whether it became true.
+func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        Thread.sleep(forTimeInterval: 0.02)
+    }
+    return condition()
+}
