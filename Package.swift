@@ -51,7 +51,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
-            "HarmonyCore", "HarmonySQLite",
+            "HarmonyCore", "HarmonySQLite", "HarmonyRuntime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -127,14 +127,14 @@ extension ReplicationNode {
             try park(db, shard: shard, message, reason: "\(error)", events: &events)
             return .consumed
         }
-        try db.execute("SAVEPOINT harmonylite_apply")
+        try db.execute("SAVEPOINT harmonylite_apply", [])  // cached statements: this runs once per message
         do {
             let won = try applyLWW(db, change)
-            try db.execute("RELEASE harmonylite_apply")
+            try db.execute("RELEASE harmonylite_apply", [])
             events.append(.applied(shard: shard, sequence: message.sequence, table: record.table, version: record.version, won: won))
         } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
-            try db.execute("ROLLBACK TO harmonylite_apply")
-            try db.execute("RELEASE harmonylite_apply")
+            try db.execute("ROLLBACK TO harmonylite_apply", [])
+            try db.execute("RELEASE harmonylite_apply", [])
             try park(db, shard: shard, message, reason: "cannot apply to \(quoteIdentifier(record.table)): \(error.message)", events: &events)
         }
         return .consumed
@@ -196,17 +196,43 @@ extension ReplicationNode {
     /// Applies the change only if its version is greater than the row's current version (including a
     /// tombstone or an unpublished local write). Returns whether it won.
     func applyLWW(_ db: Database, _ change: ResolvedChange) throws -> Bool {
-        let schema = change.table
-        let versionTable = quoteIdentifier(Bookkeeping.versionTable(schema.name))
-        let keyMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
-        if let current = try db.query("SELECT hlc, node FROM \(versionTable) WHERE \(keyMatch)", change.key).first,
+        let sql = applySQL(change)
+        if let current = try db.query(sql.currentVersion, change.key).first,
            let hlc = current[0].int64, let node = current[1].int64,
            RowVersion(hlc: hlc, node: node) >= change.version,
            !config.plantedBugs.contains(.applyInArrivalOrder)
         {
             return false
         }
+        try db.execute(sql.write, change.operation == .delete ? change.key : change.row.map(\.value))
+        if change.operation == .delete && config.plantedBugs.contains(.dropTombstones) {
+            try db.execute(sql.forgetVersion, change.key)
+            return true
+        }
+        try db.execute(sql.stampVersion, change.key + [.integer(change.version.hlc), .integer(change.version.node),
+                                                      .integer(change.operation == .delete ? 1 : 0)])
+        return true
+    }
+
+    /// The statements one change needs, built once per table and column set (messages of one table
+    /// almost always carry the same columns) instead of once per message.
+    struct ApplySQL {
+        var currentVersion: String
+        var write: String
+        var stampVersion: String
+        var forgetVersion: String
+    }
+
+    func applySQL(_ change: ResolvedChange) -> ApplySQL {
+        let schema = change.table
+        var key = schema.name + "\u{0}" + (change.operation == .delete ? "-" : "+")
+        for c in change.row { key += "\u{0}" + c.name }
+        for c in change.defaultedColumns { key += "\u{0}=" + c.name }
+        if let cached = applySQLCache[key] { return cached }
         let table = quoteIdentifier(schema.name)
+        let versionTable = quoteIdentifier(Bookkeeping.versionTable(schema.name))
+        let keyMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
+        let write: String
         switch change.operation {
         case .upsert:
             let names = change.row.map { quoteIdentifier($0.name) } + change.defaultedColumns.map { quoteIdentifier($0.name) }
@@ -217,22 +243,21 @@ extension ReplicationNode {
             let updates = (change.row.map(\.name) + change.defaultedColumns.map(\.name)).filter { !schema.primaryKey.contains($0) }
                 .map { "\(quoteIdentifier($0)) = excluded.\(quoteIdentifier($0))" }
             let onConflict = updates.isEmpty ? "DO NOTHING" : "DO UPDATE SET " + updates.joined(separator: ", ")
-            try db.execute("INSERT INTO \(table) (\(names.joined(separator: ", "))) VALUES (\(placeholders)) ON CONFLICT (\(keyList)) \(onConflict)",
-                           change.row.map(\.value))
+            write = "INSERT INTO \(table) (\(names.joined(separator: ", "))) VALUES (\(placeholders)) ON CONFLICT (\(keyList)) \(onConflict)"
         case .delete:
-            let where_ = schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
-            try db.execute("DELETE FROM \(table) WHERE \(where_)", change.key)
-        }
-        if change.operation == .delete && config.plantedBugs.contains(.dropTombstones) {
-            try db.execute("DELETE FROM \(versionTable) WHERE \(keyMatch)", change.key)
-            return true
+            write = "DELETE FROM \(table) WHERE " + schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
         }
         let keyNames = schema.primaryKey.map { quoteIdentifier(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
         let keyPlaceholders = Array(repeating: "?", count: schema.primaryKey.count).joined(separator: ", ")
-        try db.execute("""
-            INSERT INTO \(versionTable) (\(keyNames), hlc, node, deleted) VALUES (\(keyPlaceholders), ?, ?, ?)
-            ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
-            """, change.key + [.integer(change.version.hlc), .integer(change.version.node), .integer(change.operation == .delete ? 1 : 0)])
-        return true
+        let sql = ApplySQL(
+            currentVersion: "SELECT hlc, node FROM \(versionTable) WHERE \(keyMatch)",
+            write: write,
+            stampVersion: """
+                INSERT INTO \(versionTable) (\(keyNames), hlc, node, deleted) VALUES (\(keyPlaceholders), ?, ?, ?)
+                ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
+                """,
+            forgetVersion: "DELETE FROM \(versionTable) WHERE \(keyMatch)")
+        applySQLCache[key] = sql
+        return sql
     }
 }

@@ -41,8 +41,11 @@ extension ReplicationNode {
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
         let db = requireDatabase()
         let logTable = Bookkeeping.changeLog(table)
-        let exists = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(logTable)])
-        guard exists?.int64 == 1 else { return nil }
+        if !knownChangeLogs.contains(logTable) {
+            let exists = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(logTable)])
+            guard exists?.int64 == 1 else { return nil }
+            knownChangeLogs.insert(logTable)
+        }
         let read = try db.cached("SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
         try read.bind([.integer(changeID)])
         guard try read.step() else { return nil }

@@ -28,6 +28,10 @@ public final class ReplicationNode {
     var retryDelayMs: Int64
     var schemaVersion: Int64 = -1
     var epochShapes: [String: [Int64: EpochShape]] = [:]
+    /// Apply statements per table shape; cleared whenever capture is re-installed (the schema may have moved).
+    var applySQLCache: [String: ApplySQL] = [:]
+    /// Change-log tables known to exist; cleared with the caches above.
+    var knownChangeLogs: Set<String> = []
 
     struct EpochShape {
         var hash: String
@@ -124,6 +128,8 @@ public final class ReplicationNode {
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         epochShapes.removeAll()
+        applySQLCache.removeAll()
+        knownChangeLogs.removeAll()
         schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
         env.events?.record(.captureInstalled(tables: captured.count))
     }

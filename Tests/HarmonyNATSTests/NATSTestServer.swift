@@ -148,7 +148,16 @@ final class NATSTestServer: @unchecked Sendable {
     }
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) the server, to hold acks back.
-    func pause() { kill(process.processIdentifier, SIGSTOP) }
+    func pause() {
+        kill(process.processIdentifier, SIGSTOP)
+        // SIGSTOP lands when the server's threads next enter the kernel; until /proc says 'T' it may still answer.
+        let deadline = Date().addingTimeInterval(2)
+        while Date() < deadline {
+            let stat = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8)) ?? ""
+            if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T") { return }
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+    }
     func resume() { kill(process.processIdentifier, SIGCONT) }
 
     /// Terminates the server (SIGTERM, then SIGKILL after 5 s) and removes its store. Idempotent.

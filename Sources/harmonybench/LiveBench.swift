@@ -1,0 +1,154 @@
+import ArgumentParser
+import Foundation
+import HarmonyCore
+import HarmonyRuntime
+import HarmonySQLite
+
+/// End-to-end figures for the live sidecar: throughput of a bulk load and commit-to-visible delay.
+struct LiveBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "live",
+        abstract: "3 harmonylite processes on one nats-server: bulk-load throughput and commit-to-visible latency.")
+
+    @Option(help: "Rows inserted on node 1 (in transactions of --batch rows).") var rows = 100_000
+    @Option(help: "Rows per transaction.") var batch = 1_000
+    @Option(help: "Single-row latency samples per phase.") var samples = 200
+    @Option(help: "Shards.") var shards = 4
+    @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
+    @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+
+    func run() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("livebench-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = EmbeddedNATSServer.freePort()
+        let nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(port)", storeDirectory: dir + "/nats", serverName: "bench")
+        try nats.start()
+        defer { nats.stop() }
+        var processes: [Process] = []
+        defer { for p in processes where p.isRunning { p.terminate(); p.waitUntilExit() } }
+        var dbs: [Database] = []
+        for i in 1...3 {
+            let path = "\(dir)/node\(i).db"
+            let db = try SQLiteOpener().open(path: path)
+            try db.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)")
+            dbs.append(db)
+            try """
+                db_path = "\(path)"
+                node_id = \(i)
+                [replication_log]
+                shards = \(shards)
+                max_entries = 0
+                [nats]
+                urls = ["nats://127.0.0.1:\(port)"]
+                """.write(toFile: "\(dir)/node\(i).toml", atomically: true, encoding: .utf8)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = ["-config", "\(dir)/node\(i).toml"]
+            p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+            try p.run()
+            processes.append(p)
+        }
+        for db in dbs {
+            try waitFor(seconds: 30) { try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1 }
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+
+        var nextID: Int64 = 10_000_000
+        let idle = try latencies(dbs, count: samples, nextID: &nextID)
+        print("idle latency: p50 \(msText(percentile(idle, 50))) ms, p99 \(msText(percentile(idle, 99))) ms")
+
+        // Bulk load on node 1 while a second thread samples latency from node 1 to node 2.
+        let start = Date()
+        let loader = Thread {
+            do {
+                let db = try SQLiteOpener().open(path: "\(dir)/node1.db")
+                let insert = try db.prepare("INSERT INTO bench (id, name, value) VALUES (?, ?, ?)")
+                for b in 0..<(rows / batch) {
+                    try db.transaction {
+                        for k in 0..<batch {
+                            let id = Int64(b * batch + k)
+                            try insert.execute([.integer(id), .text("row-\(id)"), .real(Double(id) / 3)])
+                        }
+                    }
+                }
+            } catch { print("loader: \(error)") }
+        }
+        loader.start()
+        var loaded = try latencies(dbs, count: samples, nextID: &nextID, stopWhen: { Date().timeIntervalSince(start) > 60 })
+        for (i, db) in dbs.enumerated() {
+            try waitFor(seconds: 300) { try db.scalar("SELECT count(*) FROM bench WHERE id < 10000000")?.int64 == Int64(rows) }
+            if i == 0 { continue }
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        let rate = Double(rows) / elapsed
+        if loaded.isEmpty { loaded = [0] }
+        print(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
+        print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
+        let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
+        let text = """
+            # Live replication: throughput and visibility delay
+
+            Command: `swift build -c release && .build/release/harmonybench live --rows \(rows) --batch \(batch) --shards \(shards)`
+            Setup: one nats-server (JetStream, file store) and 3 harmonylite processes on this machine (\(machine)), \(shards) shards.
+            Bulk: \(rows) rows inserted on node 1 in \(batch)-row transactions; timed until all 3 nodes have every row.
+            Latency: a single-row commit on node 1 until a reader on node 2 sees it (polling every 0.2 ms), \(samples) samples.
+
+            | figure | value | target |
+            |---|---|---|
+            | end-to-end throughput | \(String(format: "%.0f", rate)) rows/s | ≥ 20,000 rows/s |
+            | latency at idle, p50 | \(msText(percentile(idle, 50))) ms | < 10 ms |
+            | latency at idle, p99 | \(msText(percentile(idle, 99))) ms | < 50 ms |
+            | latency under load, p50 | \(msText(percentile(loaded, 50))) ms | |
+            | latency under load, p99 | \(msText(percentile(loaded, 99))) ms | |
+
+            """
+        print(text)
+        if let report {
+            try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
+            try """
+                {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
+                 "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
+                 "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99)))}}
+                """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// Commit one row on node 1, time until node 2 can read it.
+    func latencies(_ dbs: [Database], count: Int, nextID: inout Int64, stopWhen: () -> Bool = { false }) throws -> [Double] {
+        var out: [Double] = []
+        let reader = try dbs[1].prepare("SELECT 1 FROM bench WHERE id = ?")
+        for _ in 0..<count {
+            if stopWhen() { break }
+            let id = nextID
+            nextID += 1
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try dbs[0].execute("INSERT INTO bench (id, name, at) VALUES (?, 'probe', 0)", [.integer(id)])
+            let deadline = t0 + 10_000_000_000
+            while DispatchTime.now().uptimeNanoseconds < deadline {
+                if try !reader.query([.integer(id)]).isEmpty { break }
+                usleep(200)
+            }
+            out.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            usleep(20_000)
+        }
+        return out
+    }
+
+    func waitFor(seconds: Double, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw ValidationError("timed out after \(seconds) s")
+    }
+}
+
+func percentile(_ xs: [Double], _ p: Double) -> Double {
+    let s = xs.sorted()
+    guard !s.isEmpty else { return .nan }
+    return s[min(s.count - 1, Int(Double(s.count - 1) * p / 100 + 0.5))]
+}
+
+func msText(_ x: Double) -> String { String(format: "%.1f", x) }
