@@ -9,6 +9,7 @@ import Synchronization
 /// NATS callbacks and fetch threads hand their results to that queue. Nothing else touches the core.
 public final class LiveNode: @unchecked Sendable {
     public let config: RuntimeConfig
+    let router: ShardRouter
     let queue = DispatchQueue(label: "harmonylite.node")
     let log: LogSink
     private var core: ReplicationNode?
@@ -33,6 +34,7 @@ public final class LiveNode: @unchecked Sendable {
     public init(config: RuntimeConfig, log: LogSink) {
         self.config = config
         self.log = log
+        self.router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
     }
 
     /// Connects, makes sure every shard's stream and the schema registry bucket exist, then starts the core.
@@ -56,7 +58,6 @@ public final class LiveNode: @unchecked Sendable {
             node.queue.async { node.publishResult(result) }
         }
         jetStream = js
-        let router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
         for shard in router.shards {
             _ = try js.ensureStream(name: router.streamName(shard: shard), subjects: ["\(Self.subjectPrefix).\(shard)"],
                                     maxMessages: config.maxEntries, replicas: config.replicas, duplicateWindowMs: 120_000)
@@ -142,7 +143,6 @@ public final class LiveNode: @unchecked Sendable {
 
     func subscribe(shard: Int, fromSequence: UInt64) {
         guard let js = jetStream else { return }
-        let router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
         do {
             let sub = try js.pullSubscribe(stream: router.streamName(shard: shard), subject: "\(Self.subjectPrefix).\(shard)",
                                            durable: "harmonylite-node-\(config.node.nodeID)-shard-\(shard)",
@@ -196,7 +196,6 @@ public final class LiveNode: @unchecked Sendable {
     }
 
     func streamState(shard: Int) -> HarmonyCore.StreamState? {
-        let router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
         guard let s = try? jetStream?.streamState(name: router.streamName(shard: shard)) else { return nil }
         return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
     }
