@@ -612,7 +612,7 @@ public final class Simulation {
         var landed: Set<String> = []
         for shard in 1...scenario.shards {
             for m in jetStream.allMessages(shard: shard) {
-                if let r = try? EnvelopeCodec.decode(m.payload) { landed.insert("\(r.version.node)-\(r.version.hlc)") }
+                for r in (try? EnvelopeCodec.decodeAll(m.payload)) ?? [] { landed.insert("\(r.version.node)-\(r.version.hlc)") }
             }
         }
         lostWrites = Set(lossCandidates.filter { !landed.contains("\($0.node)-\($0.hlc)") })

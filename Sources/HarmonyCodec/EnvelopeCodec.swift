@@ -21,6 +21,11 @@ public enum EnvelopeError: Error, CustomStringConvertible, Equatable {
 public enum EnvelopeCodec {
     public static let formatPlain: UInt8 = 0x01
     public static let formatZstd: UInt8 = 0x02
+    /// Several records of one shard in one message (a CBOR array of record maps), amortising the log's per-message cost.
+    public static let formatBatchPlain: UInt8 = 0x03
+    public static let formatBatchZstd: UInt8 = 0x04
+    /// A batch larger than this is refused on decode.
+    public static let batchRecordsMax = 100_000
     public static let envelopeVersion: UInt64 = 1
     /// A decompressed message larger than this is refused (zip-bomb guard).
     public static let decompressedBytesMax = 64 << 20
@@ -30,7 +35,32 @@ public enum EnvelopeCodec {
     }
 
     public static func encode(_ record: ChangeRecord, compress: Bool = false) throws -> [UInt8] {
-        let map: CBOR = .map([
+        let body = CBOREncoder.encode(recordMap(record))
+        if compress { return [formatZstd] + (try Zstd.compress(body)) }
+        return [formatPlain] + body
+    }
+
+    /// One message carrying several records, applied in order and atomically by the receiver.
+    public static func encodeBatch(_ records: [ChangeRecord], compress: Bool = false) throws -> [UInt8] {
+        precondition(!records.isEmpty && records.count <= batchRecordsMax, "batch of \(records.count) records")
+        let body = CBOREncoder.encode(.array(records.map(recordMap)))
+        if compress { return [formatBatchZstd] + (try Zstd.compress(body)) }
+        return [formatBatchPlain] + body
+    }
+
+    /// Decodes either format into the records it carries, in order.
+    public static func decodeAll(_ bytes: [UInt8]) throws -> [ChangeRecord] {
+        guard let format = bytes.first else { throw EnvelopeError.empty }
+        guard format == formatBatchPlain || format == formatBatchZstd else { return [try decode(bytes)] }
+        let body = format == formatBatchZstd
+            ? try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedBytesMax) : Array(bytes.dropFirst())
+        guard case .array(let items) = try CBORDecoder.decode(body) else { throw EnvelopeError.malformed("batch is not an array") }
+        guard !items.isEmpty, items.count <= batchRecordsMax else { throw EnvelopeError.malformed("batch has \(items.count) records") }
+        return try items.map(record)
+    }
+
+    static func recordMap(_ record: ChangeRecord) -> CBOR {
+        .map([
             (.unsigned(Key.version.rawValue), .unsigned(envelopeVersion)),
             (.unsigned(Key.origin.rawValue), CBOR(record.originNode)),
             (.unsigned(Key.table.rawValue), .text(record.table)),
@@ -41,9 +71,6 @@ public enum EnvelopeCodec {
             (.unsigned(Key.versionNode.rawValue), CBOR(record.version.node)),
             (.unsigned(Key.schema.rawValue), .text(record.schemaHash)),
         ])
-        let body = CBOREncoder.encode(map)
-        if compress { return [formatZstd] + (try Zstd.compress(body)) }
-        return [formatPlain] + body
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> ChangeRecord {
@@ -54,8 +81,12 @@ public enum EnvelopeCodec {
         case formatZstd: body = try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedBytesMax)
         default: throw EnvelopeError.unknownFormat(format)
         }
-        guard case .map(let entries) = try CBORDecoder.decode(body) else {
-            throw EnvelopeError.malformed("top level is not a map")
+        return try record(try CBORDecoder.decode(body))
+    }
+
+    static func record(_ value: CBOR) throws -> ChangeRecord {
+        guard case .map(let entries) = value else {
+            throw EnvelopeError.malformed("record is not a map")
         }
         var fields: [UInt64: CBOR] = [:]
         for (k, v) in entries {

@@ -20,8 +20,12 @@ public struct NodeConfig: Sendable, Equatable {
     public var streamPrefix: String = "harmonylite-changes"
     /// Fallback scan period when change notifications are missed.
     public var scanIntervalMs: Int64 = 1_000
-    /// Publishes awaiting acknowledgement, at most.
-    public var publishInFlightMax: Int = 1_024
+    /// Changes awaiting acknowledgement, at most.
+    public var publishInFlightMax: Int = 4_096
+    /// Changes of one shard sent together in one message (1 = a message per change).
+    public var publishBatchMax: Int = 128
+    /// A batch is closed before its rows' approximate size passes this (NATS's default max payload is 1 MiB).
+    public var publishBatchBytesMax: Int = 256 * 1024
     public var publishRetryDelayMsMin: Int64 = 100
     public var publishRetryDelayMsMax: Int64 = 5_000
     /// Redelivery delay for a message held back by a schema mismatch.
@@ -47,6 +51,7 @@ public struct NodeConfig: Sendable, Equatable {
         if scanMaxChanges < 1 { errors.append("scan_max_changes must be at least 1, got \(scanMaxChanges)") }
         if cleanupIntervalMs < 1 { errors.append("cleanup_interval must be at least 1 ms, got \(cleanupIntervalMs)") }
         if publishInFlightMax < 1 { errors.append("publish in-flight limit must be at least 1") }
+        if publishBatchMax < 1 { errors.append("publish batch size must be at least 1") }
         return errors
     }
 }

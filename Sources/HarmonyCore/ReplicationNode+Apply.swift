@@ -102,13 +102,33 @@ extension ReplicationNode {
     /// so a constraint failure parks this message without undoing the rest of the batch.
     func applyOne(_ db: Database, shard: Int, _ message: IncomingMessage, maxHLC: inout Int64,
                   events: inout [ReplicationEvent]) throws -> ApplyOutcome {
-        let record: ChangeRecord
+        let records: [ChangeRecord]
         do {
-            record = try EnvelopeCodec.decode(message.payload)
+            records = try EnvelopeCodec.decodeAll(message.payload)
         } catch {
             try park(db, shard: shard, message, reason: "undecodable: \(error)", events: &events)
             return .consumed
         }
+        if records.count == 1 { return try applyRecord(db, shard: shard, message, records[0], maxHLC: &maxHLC, events: &events) }
+        // A batch applies atomically: if one record must wait for a schema, the whole message waits.
+        let eventsBefore = events.count
+        try db.execute("SAVEPOINT harmonylite_message", [])
+        for record in records {
+            let outcome = try applyRecord(db, shard: shard, message, record, maxHLC: &maxHLC, events: &events)
+            if case .paused = outcome {
+                try db.execute("ROLLBACK TO harmonylite_message", [])
+                try db.execute("RELEASE harmonylite_message", [])
+                events.removeSubrange(eventsBefore...)
+                return outcome
+            }
+        }
+        try db.execute("RELEASE harmonylite_message", [])
+        return .consumed
+    }
+
+    /// One record: schema gate, shape check, then last-writer-wins inside its own savepoint.
+    func applyRecord(_ db: Database, shard: Int, _ message: IncomingMessage, _ record: ChangeRecord, maxHLC: inout Int64,
+                     events: inout [ReplicationEvent]) throws -> ApplyOutcome {
         maxHLC = max(maxHLC, record.version.hlc)
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
         guard let table = captured[record.table] else {

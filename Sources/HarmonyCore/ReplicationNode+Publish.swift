@@ -16,6 +16,7 @@ extension ReplicationNode {
             let rows = try scan.query([.integer(scanCursor), .integer(Int64(limit))])
             if rows.isEmpty { return }
             var unpublishable: [Int64] = []
+            var batches: [Int: PendingBatch] = [:]
             for row in rows {
                 guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
                 scanCursor = max(scanCursor, id)
@@ -25,15 +26,61 @@ extension ReplicationNode {
                     continue
                 }
                 let shard = router.shard(table: table, primaryKey: record.primaryKey.map(\.value))
-                let payload = try EnvelopeCodec.encode(record, compress: config.compress)
                 inFlight.insert(id)
-                if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished([id]) }
-                env.log.publish(OutgoingMessage(shard: shard, messageID: record.messageID, payload: payload, token: id))
-                try crashPoint(.afterPublishHandoff)
+                let size = Self.approximateBytes(record)
+                if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > config.publishBatchBytesMax {
+                    try send(open, shard: shard)
+                    batches[shard] = nil
+                }
+                batches[shard, default: PendingBatch()].add(record, id: id, bytes: size)
             }
+            // Shard order, not dictionary order: the simulator must see the same publishes for the same seed.
+            for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard) }
             // Rows whose change-log entry or schema epoch vanished (table dropped and cleaned) can never be sent.
             if !unpublishable.isEmpty { try markPublished(unpublishable) }
         }
+    }
+
+    struct PendingBatch {
+        var records: [ChangeRecord] = []
+        var ids: [Int64] = []
+        var bytes = 0
+        mutating func add(_ r: ChangeRecord, id: Int64, bytes b: Int) { records.append(r); ids.append(id); bytes += b }
+    }
+
+    /// Hands one message to the log: a single change as it is, several as a batch the receiver applies atomically.
+    func send(_ batch: PendingBatch, shard: Int) throws {
+        let token = batch.ids[0]
+        let payload: [UInt8]
+        let messageID: String
+        if batch.records.count == 1 {
+            payload = try EnvelopeCodec.encode(batch.records[0], compress: config.compress)
+            messageID = batch.records[0].messageID
+        } else {
+            batchMembers[token] = batch.ids
+            payload = try EnvelopeCodec.encodeBatch(batch.records, compress: config.compress)
+            // Same content, same id, so a republished batch is deduplicated; any other grouping is a new message,
+            // which is harmless: applying a change twice changes nothing.
+            var h = StableHash()
+            for r in batch.records { h.combine(r.messageID) }
+            messageID = "\(config.nodeID)-b\(batch.records.count)-\(h.hex)"
+        }
+        if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished(batch.ids) }
+        env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token))
+        try crashPoint(.afterPublishHandoff)
+    }
+
+    /// A cheap size estimate for closing batches before they pass the server's payload limit.
+    static func approximateBytes(_ r: ChangeRecord) -> Int {
+        func size(_ v: DatabaseValue) -> Int {
+            switch v {
+            case .null: return 1
+            case .integer, .real: return 9
+            case .text(let s): return s.utf8.count + 5
+            case .blob(let b): return b.count + 5
+            }
+        }
+        return 64 + r.table.utf8.count + (r.row + r.primaryKey).reduce(0) { $0 + $1.name.utf8.count + 4 + size($1.value) }
     }
 
     /// Builds the record for one change-log row with the columns of the epoch it was written in.
@@ -66,7 +113,7 @@ extension ReplicationNode {
     /// The log stored these messages: mark their change-log rows published, then keep publishing.
     public func publishAcknowledged(tokens: [Int64]) throws {
         guard isRunning else { return }
-        let acked = tokens.filter { inFlight.remove($0) != nil }
+        let acked = tokens.flatMap { batchMembers.removeValue(forKey: $0) ?? [$0] }.filter { inFlight.remove($0) != nil }
         guard !acked.isEmpty else { return }
         try markPublished(acked)
         try crashPoint(.afterMarkPublished)
@@ -86,14 +133,15 @@ extension ReplicationNode {
     /// The log refused or timed out: the row stays pending and is sent again after a backoff.
     /// (If the publish did land, the message id makes the log drop the second copy.)
     public func publishFailed(token: Int64) {
-        guard isRunning, inFlight.remove(token) != nil else { return }
-        // The planted bug already marked it published, so the scan will never send it again.
+        let ids = batchMembers.removeValue(forKey: token) ?? [token]
+        guard isRunning, !ids.filter({ inFlight.remove($0) != nil }).isEmpty else { return }
+        // (With the planted bug they are already marked published, so the scan will never send them again.)
         env.events?.record(.publishFailed(token: token))
         if retryFrom == nil {
             env.clock.schedule(.publishRetry, afterMs: retryDelayMs)
             retryDelayMs = min(retryDelayMs * 2, config.publishRetryDelayMsMax)
         }
-        retryFrom = min(retryFrom ?? token, token)
+        retryFrom = min(retryFrom ?? token, ids.min()!)
     }
 
     /// Deletes published change-log rows. The newest global row is always kept so row ids are never

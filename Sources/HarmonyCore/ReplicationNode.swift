@@ -23,6 +23,8 @@ public final class ReplicationNode {
 
     // Publishing state.
     var inFlight: Set<Int64> = []
+    /// Batched publishes: the token a message was sent with -> every change-log row it carries.
+    var batchMembers: [Int64: [Int64]] = [:]
     var scanCursor: Int64 = 0
     var retryFrom: Int64?
     var retryDelayMs: Int64
@@ -74,6 +76,7 @@ public final class ReplicationNode {
     public func stop() {
         isRunning = false
         inFlight.removeAll()
+        batchMembers.removeAll()
         database = nil
     }
 

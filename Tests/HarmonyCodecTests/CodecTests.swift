@@ -131,3 +131,26 @@ struct CodecTests {
         #expect(other.messageID != sampleRecord.messageID)
     }
 }
+
+@Suite("Batched envelopes")
+struct BatchCodecTests {
+    @Test(arguments: [false, true])
+    func batchRoundTripsInOrder(compress: Bool) throws {
+        var second = sampleRecord
+        second.operation = .delete
+        second.row = []
+        let bytes = try EnvelopeCodec.encodeBatch([sampleRecord, second, sampleRecord], compress: compress)
+        #expect(try EnvelopeCodec.decodeAll(bytes) == [sampleRecord, second, sampleRecord])
+    }
+
+    @Test func singleRecordMessagesStillDecode() throws {
+        #expect(try EnvelopeCodec.decodeAll(EnvelopeCodec.encode(sampleRecord)) == [sampleRecord])
+    }
+
+    @Test func malformedBatchesThrow() {
+        #expect(throws: (any Error).self) { try EnvelopeCodec.decodeAll([EnvelopeCodec.formatBatchPlain] + CBOREncoder.encode(.array([]))) }
+        #expect(throws: (any Error).self) { try EnvelopeCodec.decodeAll([EnvelopeCodec.formatBatchPlain] + CBOREncoder.encode(.map([]))) }
+        #expect(throws: (any Error).self) { try EnvelopeCodec.decodeAll([EnvelopeCodec.formatBatchPlain, 0x81, 0x01]) }
+        #expect(throws: (any Error).self) { try EnvelopeCodec.decodeAll([EnvelopeCodec.formatBatchZstd, 1, 2, 3]) }
+    }
+}

@@ -6,7 +6,7 @@ import Testing
 @Suite("Publishing, cleanup, options, schema gate and hostile input")
 struct PublishAndGateTests {
     @Test func changeIsMarkedPublishedOnlyAfterAcknowledgement() throws {
-        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        let c = try TestCluster(nodes: 1, schema: usersSchema) { $0.publishBatchMax = 1 }  // checks one message per change
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
         try c.nodes[0].databaseChanged()
         #expect(c.ports[0].pendingPublishes.count == 2)
@@ -49,7 +49,7 @@ struct PublishAndGateTests {
     }
 
     @Test func cleanupDeletesOnlyPublishedRowsAndNeverReusesIDs() throws {
-        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        let c = try TestCluster(nodes: 1, schema: usersSchema) { $0.publishBatchMax = 1 }  // checks one message per change
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)")
         try c.publish(0)
         try c.apps[0].execute("INSERT INTO users VALUES (4, 'd', 4)")  // pending
@@ -230,5 +230,47 @@ struct AlterWindowTests {
         try c.settle()
         #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == [[1, "a", 1.0, "a@x"], [2, "b", 2.0, nil]])
         #expect(try c.rows(0, "SELECT * FROM users ORDER BY id") == [[1, "a", 1.0, "a@x"], [2, "b", 2.0, nil]])
+    }
+}
+
+@Suite("Batched publishing")
+struct BatchedPublishTests {
+    /// Many changes of one shard travel in few messages; acks and failures cover every change in a message.
+    @Test func batchesCarryManyChangesAndAckThemAll() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.publishBatchMax = 50 }
+        try c.apps[0].transaction { for k in 1...120 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'x', 0)", [.integer(Int64(k))]) } }
+        try c.nodes[0].databaseChanged()
+        #expect(c.ports[0].pendingPublishes.count == 3)  // 50 + 50 + 20
+        let first = c.ports[0].pendingPublishes[0]
+        #expect(try EnvelopeCodec.decodeAll(first.payload).count == 50)
+        c.nodes[0].publishFailed(token: first.token)           // the whole first batch goes back to pending
+        for m in c.ports[0].pendingPublishes.dropFirst() { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+        try c.nodes[0].publishAcknowledged(tokens: c.ports[0].pendingPublishes.dropFirst().map(\.token))
+        #expect(try c.pendingChanges(0) == 50)
+        c.ports[0].pendingPublishes.removeAll()
+        try c.nodes[0].timerFired(.publishRetry)
+        #expect(c.ports[0].pendingPublishes.count == 1)
+        try c.settle()
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[120]])
+    }
+
+    /// A batch holding a change of an unknown schema waits as a whole: nothing of it applies until the schema matches.
+    @Test func batchWithAMismatchedRecordIsHeldWhole() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema + "CREATE TABLE tags (name TEXT PRIMARY KEY);") { $0.shards = 1 }
+        try c.apps[0].execute("ALTER TABLE tags ADD COLUMN color TEXT")
+        try c.nodes[0].databaseChanged()
+        try c.apps[0].transaction {
+            try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)", [])
+            try c.apps[0].execute("INSERT INTO tags VALUES ('t', 'red')", [])
+        }
+        try c.publish(0)
+        #expect(c.streams.streams[1]?.count == 1)
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[0]])  // held with its batch
+        try c.apps[1].execute("ALTER TABLE tags ADD COLUMN color TEXT")
+        try c.nodes[1].timerFired(.schemaCheck)
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[1]])
+        #expect(try c.rows(1, "SELECT * FROM tags") == [["t", "red"]])
     }
 }

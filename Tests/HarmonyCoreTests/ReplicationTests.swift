@@ -111,7 +111,7 @@ struct ReplicationTests {
     }
 
     @Test func duplicateDeliveryAndRedeliveryChangeNothing() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.publishBatchMax = 1 }  // checks one message per change
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
         try c.settle()
         try c.apps[1].execute("UPDATE users SET name = 'local' WHERE id = 2")  // a newer local write on node 2
@@ -140,7 +140,7 @@ struct ReplicationTests {
 
     /// A message arriving ahead of a gap is held back (nak), never applied out of order.
     @Test func gapIsHeldBackNotSkipped() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.publishBatchMax = 1 }  // checks one message per change
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
         try c.apps[0].execute("INSERT INTO users VALUES (2, 'b', 2)")
         try c.publish(0)
@@ -154,7 +154,7 @@ struct ReplicationTests {
     }
 
     @Test func truncatedLogIsReportedAsBehindLogStart() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.publishBatchMax = 1 }  // checks one message per change
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
         try c.apps[0].execute("INSERT INTO users VALUES (2, 'b', 2)")
         try c.publish(0)
