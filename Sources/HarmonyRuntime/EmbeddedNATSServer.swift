@@ -75,10 +75,9 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try Self.findExecutable())
         p.arguments = arguments
-        let log = FileHandle(forWritingAtPath: storeDirectory + "/nats-server.log") ?? {
-            FileManager.default.createFile(atPath: storeDirectory + "/nats-server.log", contents: nil)
-            return FileHandle(forWritingAtPath: storeDirectory + "/nats-server.log")
-        }()
+        let logPath = storeDirectory + "/nats-server.log"
+        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
+        let log = FileHandle(forWritingAtPath: logPath)
         log?.seekToEndOfFile()
         p.standardOutput = log
         p.standardError = log

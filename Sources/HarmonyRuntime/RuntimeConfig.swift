@@ -110,8 +110,8 @@ public struct RuntimeConfig: Sendable, Equatable {
             if (c.nats.certFile == nil) != (c.nats.keyFile == nil) {
                 throw n.error(at: c.nats.certFile == nil ? "key_file" : "cert_file", "keys 'nats.cert_file' and 'nats.key_file' go together")
             }
-            for (key, url) in zip(Array(repeating: "urls", count: c.nats.urls.count), c.nats.urls) where !url.contains("://") && !url.contains(":") {
-                throw n.error(at: key, "key 'nats.urls' has '\(url)', expected nats://host:port")
+            if let url = c.nats.urls.first(where: { !$0.contains(":") }) {
+                throw n.error(at: "urls", "key 'nats.urls' has '\(url)', expected nats://host:port")
             }
         }
         if let l = try root.table("logging") {
