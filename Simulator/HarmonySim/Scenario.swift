@@ -32,6 +32,11 @@ public struct Scenario: Sendable, Equatable {
     public var maxEntries = 0
     public var ackWaitMs: Int64 = 3_000
 
+    // Snapshots in the simulated object store (0 = never taken).
+    public var snapshotIntervalMs: Int64 = 0
+    /// Snapshots kept in the store, newest first.
+    public var snapshotKeep = 3
+
     // The core's timers, shortened so short runs exercise them.
     public var scanIntervalMs: Int64 = 1_000
     public var cleanupIntervalMs: Int64 = 5_000

@@ -5,7 +5,7 @@ import HarmonyTOML
 public enum ScenarioLoader {
     public static func parse(_ text: String) throws -> Scenario {
         let root = try TOMLReader(parsing: text)
-        try root.rejectUnknownKeys(allowed: ["simulation", "workload", "network", "jetstream", "core", "swarm", "faults"])
+        try root.rejectUnknownKeys(allowed: ["simulation", "workload", "network", "jetstream", "snapshot", "core", "swarm", "faults"])
         var s = Scenario()
         if let t = try root.table("simulation") {
             try t.rejectUnknownKeys(allowed: ["name", "seed", "nodes", "shards", "duration_ms", "heal_at_ms", "quiesce_within_ms"])
@@ -50,6 +50,11 @@ public enum ScenarioLoader {
             s.duplicateWindowMs = Int64(try bounded(t, "duplicate_window_ms", Int(s.duplicateWindowMs), 0...86_400_000))
             s.maxEntries = try bounded(t, "max_entries", s.maxEntries, 0...100_000_000)
             s.ackWaitMs = Int64(try bounded(t, "ack_wait_ms", Int(s.ackWaitMs), 10...600_000))
+        }
+        if let t = try root.table("snapshot") {
+            try t.rejectUnknownKeys(allowed: ["interval_ms", "keep"])
+            s.snapshotIntervalMs = Int64(try bounded(t, "interval_ms", Int(s.snapshotIntervalMs), 0...86_400_000))
+            s.snapshotKeep = try bounded(t, "keep", s.snapshotKeep, 1...1000)
         }
         if let t = try root.table("core") {
             try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "planted_bugs"])
@@ -137,6 +142,10 @@ public enum ScenarioWriter {
             duplicate_window_ms = \(s.duplicateWindowMs)
             max_entries = \(s.maxEntries)
             ack_wait_ms = \(s.ackWaitMs)
+
+            [snapshot]
+            interval_ms = \(s.snapshotIntervalMs)
+            keep = \(s.snapshotKeep)
 
             [core]
             scan_interval_ms = \(s.scanIntervalMs)

@@ -46,6 +46,8 @@ final class SimDurability: @unchecked Sendable {
 
     /// The disk was replaced: nothing is remembered about the old files.
     func forgetAll() { files.removeAll() }
+    /// A scratch file was deleted: stop tracking it, so a later file at the same path starts clean.
+    func forget(path: String) { files[path] = nil }
 }
 
 /// Per open file: our header (methods pointer, state pointer) followed by the real VFS's file.

@@ -39,6 +39,8 @@ final class SimJetStream {
     private(set) var consumers: [ConsumerKey: Consumer] = [:]
     private(set) var duplicatesDropped = 0
     private(set) var truncated = 0
+    /// Every message ever stored, including those retention dropped: what the checkers count as landed.
+    private(set) var archive: [Int: [Stored]] = [:]
 
     init(shards: Int, duplicateWindowMs: Int64, maxEntries: Int, ackWaitMs: Int64, deliverBatchMax: Int = 64) {
         self.duplicateWindowMs = duplicateWindowMs
@@ -58,6 +60,7 @@ final class SimJetStream {
         var s = streams[shard]!
         s.lastSequence += 1
         s.messages.append(Stored(sequence: s.lastSequence, messageID: messageID, payload: payload))
+        archive[shard, default: []].append(s.messages[s.messages.count - 1])
         if maxEntries > 0 && s.messages.count > maxEntries {
             let drop = s.messages.count - maxEntries
             s.messages.removeFirst(drop)
@@ -143,6 +146,7 @@ final class SimJetStream {
         consumers[ConsumerKey(node: node, shard: shard)]?.pending.values.min()
     }
 
+    /// What the stream still holds (after retention).
     func allMessages(shard: Int) -> [IncomingMessage] {
         (streams[shard]?.messages ?? []).map { IncomingMessage(sequence: $0.sequence, payload: $0.payload) }
     }

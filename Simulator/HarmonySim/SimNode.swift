@@ -75,6 +75,17 @@ final class SimLogPort: ReplicationLog {
     }
 }
 
+/// The node's way to the simulated snapshot store.
+final class SimSnapshotPort: SnapshotSource {
+    unowned let sim: Simulation
+    let node: Int
+    init(sim: Simulation, node: Int) {
+        self.sim = sim
+        self.node = node
+    }
+    func requestNewestSnapshot() { sim.requestSnapshot(node: node) }
+}
+
 /// Feeds the core's events into the trace and the causality tracking.
 final class SimEventSink: ReplicationEventSink {
     unowned let sim: Simulation

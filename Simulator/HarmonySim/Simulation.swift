@@ -26,8 +26,44 @@ enum SimEvent {
     case faultEnd(index: Int)
     case alter(node: Int)
     case restart(node: Int)
+    case snapshotTick(node: Int, incarnation: Int)
+    case snapshotUploaded(node: Int, info: SnapshotInfo, bytes: [UInt8])
+    case snapshotAnswer(node: Int, incarnation: Int)
     case heal
     case quiesceCheck
+}
+
+/// The simulated object store beside the NATS server: named snapshots, newest N kept, and the lease
+/// that lets only one node take a snapshot at a time.
+struct SimSnapshotStore {
+    var snapshots: [(info: SnapshotInfo, bytes: [UInt8])] = []
+    var leaseHolder: Int?
+    var leaseUntilMs: Int64 = 0
+    var lastStoredMs: Int64?
+    var taken = 0
+    var restored = 0
+
+    /// Newest by name (the taker's clock), as a live store lists them.
+    var newest: (info: SnapshotInfo, bytes: [UInt8])? { snapshots.max { $0.info.name < $1.info.name } }
+
+    mutating func acquireLease(node: Int, nowMs: Int64, forMs: Int64) -> Bool {
+        if let holder = leaseHolder, holder != node, leaseUntilMs > nowMs { return false }
+        leaseHolder = node
+        leaseUntilMs = nowMs + forMs
+        return true
+    }
+
+    mutating func releaseLease(node: Int) {
+        if leaseHolder == node { leaseHolder = nil }
+    }
+
+    mutating func put(_ info: SnapshotInfo, _ bytes: [UInt8], keep: Int, nowMs: Int64) {
+        lastStoredMs = nowMs
+        snapshots.append((info, bytes))
+        snapshots.sort { $0.info.name > $1.info.name }
+        if snapshots.count > keep { snapshots.removeLast(snapshots.count - keep) }
+        taken += 1
+    }
 }
 
 /// Runs one scenario with one seed: the real `ReplicationNode` on real SQLite files, driven by a
@@ -45,6 +81,9 @@ public final class Simulation {
     private var netRandom: SimRandom
     private var workRandom: SimRandom
     private var crashRandom: SimRandom
+    private var snapshotRandom: SimRandom
+    var snapshotStore = SimSnapshotStore()
+    private var scratchCounter = 0
     private let plantedBugs: PlantedBugs
     let traceEnabled: Bool
     public private(set) var traceLines: [String] = []
@@ -77,6 +116,7 @@ public final class Simulation {
         netRandom = root.fork("network")
         workRandom = root.fork("workload")
         crashRandom = root.fork("crash-points")
+        snapshotRandom = root.fork("snapshots")
         var bugs: PlantedBugs = []
         for name in scenario.plantedBugs {
             guard let bug = PlantedBugs.all.first(where: { $0.name == name })?.bug else {
@@ -175,14 +215,20 @@ public final class Simulation {
         config.scanIntervalMs = scenario.scanIntervalMs
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.plantedBugs = plantedBugs
+        config.restoreRetryMs = 2_000
         let env = NodeEnvironment(clock: SimNodeClock(sim: self, node: node.id), log: SimLogPort(sim: self, node: node.id),
                                   opener: SimOpener(vfs: node.vfs), events: SimEventSink(sim: self, node: node.id),
+                                  snapshots: SimSnapshotPort(sim: self, node: node.id),
                                   crashPoint: { [unowned self] point in self.crashAt(point, node: node.id) })
         let core = ReplicationNode(config: config, environment: env)
         node.core = core
         node.sidecarUp = true
         trace("node \(node.id) sidecar start #\(node.incarnation)")
         callCore(node) { try $0.start() }
+        if scenario.snapshotIntervalMs > 0 {
+            push(.snapshotTick(node: node.id, incarnation: node.incarnation),
+                 at: nowMs + snapshotRandom.int(scenario.snapshotIntervalMs / 2...scenario.snapshotIntervalMs))
+        }
     }
 
     func crashSidecar(_ node: SimNode, reason: String) {
@@ -345,12 +391,83 @@ public final class Simulation {
             node.pendingRestart = false
             if node.machineUp && !node.sidecarUp { startSidecar(node) }
 
+        case .snapshotTick(let id, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation, node.sidecarUp else { return }
+            push(.snapshotTick(node: id, incarnation: incarnation), at: nowMs + scenario.snapshotIntervalMs)
+            takeSnapshot(node)
+
+        case .snapshotUploaded(let id, let info, let bytes):
+            guard serverUp else { return }  // lost with the connection; the lease runs out on its own
+            snapshotStore.put(info, bytes, keep: scenario.snapshotKeep, nowMs: nowMs)
+            snapshotStore.releaseLease(node: id)
+            trace("snapshot stored \(info.name) from node \(id) covering \(info.sequences.keys.sorted().map { "\($0)=\(info.sequences[$0]!)" }.joined(separator: " "))")
+
+        case .snapshotAnswer(let id, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation else { return }
+            deliverSnapshot(node)
+
         case .heal:
             heal()
 
         case .quiesceCheck:
             checkQuiescence()
         }
+    }
+
+    // MARK: Snapshots
+
+    func scratchPath(_ node: SimNode, _ what: String) -> String {
+        scratchCounter += 1
+        return node.databasePath + ".\(what)-\(scratchCounter)"
+    }
+
+    func removeScratch(_ node: SimNode, _ path: String) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            try? FileManager.default.removeItem(atPath: path + suffix)
+            node.vfs.time.durability.forget(path: path + suffix)
+        }
+    }
+
+    /// A node's periodic snapshot: only under the lease, only while it can reach the store, and only if no
+    /// other node stored one during most of the interval (every node ticks; the cluster needs one snapshot).
+    func takeSnapshot(_ node: SimNode) {
+        guard serverUp, node.connected,
+              snapshotStore.lastStoredMs.map({ nowMs - $0 >= scenario.snapshotIntervalMs * 2 / 3 }) ?? true,
+              snapshotStore.acquireLease(node: node.id, nowMs: nowMs, forMs: 30_000) else { return }
+        let path = scratchPath(node, "snapshot")
+        defer { removeScratch(node, path) }
+        var outcome: SnapshotOutcome?
+        callCore(node) { outcome = try $0.takeSnapshot(to: path) }
+        guard case .taken(let info)? = outcome, let data = FileManager.default.contents(atPath: path) else {
+            if case .skipped(let reason)? = outcome { trace("node \(node.id) snapshot skipped: \(reason)") }
+            snapshotStore.releaseLease(node: node.id)
+            return
+        }
+        push(.snapshotUploaded(node: node.id, info: info, bytes: [UInt8](data)), at: nowMs + networkDelay() * 4)
+    }
+
+    /// The core asked for the newest snapshot: the answer travels the network, or times out.
+    func requestSnapshot(node id: Int) {
+        let node = nodes[id - 1]
+        let delay = node.connected && serverUp ? networkDelay() * 2 : scenario.publishTimeoutMs
+        push(.snapshotAnswer(node: id, incarnation: node.incarnation), at: nowMs + delay)
+    }
+
+    func deliverSnapshot(_ node: SimNode) {
+        guard serverUp, node.connected, let newest = snapshotStore.newest else {
+            callCore(node) { $0.snapshotUnavailable(reason: serverUp && node.connected ? "no snapshot in the store" : "store unreachable") }
+            return
+        }
+        let path = scratchPath(node, "restore")
+        defer { removeScratch(node, path) }
+        guard FileManager.default.createFile(atPath: path, contents: Data(newest.bytes)) else {
+            violations.append("node \(node.id): cannot write snapshot file \(path)")
+            return
+        }
+        trace("node \(node.id) restores \(newest.info.name)")
+        callCore(node) { try $0.snapshotReady(at: path) }
     }
 
     // MARK: Faults
@@ -565,6 +682,8 @@ public final class Simulation {
             } else {
                 conflictsResolved += 1
             }
+        case .restored:
+            snapshotStore.restored += 1
         case .parked(let shard, let sequence, let reason):
             violations.append("node \(node) parked shard \(shard) seq \(sequence): \(reason)")
         default:
@@ -611,7 +730,7 @@ public final class Simulation {
     func finish() -> SimulationResult {
         var landed: Set<String> = []
         for shard in 1...scenario.shards {
-            for m in jetStream.allMessages(shard: shard) {
+            for m in jetStream.archive[shard] ?? [] {
                 for r in (try? EnvelopeCodec.decodeAll(m.payload)) ?? [] { landed.insert("\(r.version.node)-\(r.version.hlc)") }
             }
         }

@@ -231,6 +231,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("drop-tombstones", "partition.toml"),
         ("no-clock-advance-on-receipt", "clock-skew.toml"),
         ("ack-schema-mismatch", "schema-skew.toml"),
+        ("restore-without-checkpoints", "truncation.toml"),
     ]
 
     func run() throws {

@@ -11,6 +11,8 @@ public enum NodeTimer: Hashable, Sendable, CaseIterable {
     case publishRetry
     /// Re-reads local schemas while a stream is paused on a schema mismatch.
     case schemaCheck
+    /// Asks again for a snapshot after none could be restored.
+    case restoreRetry
 }
 
 /// Time as the node sees it. The live runtime reads the wall clock; the simulator skews and jumps it.
@@ -79,10 +81,22 @@ public enum ReplicationEvent: Sendable, Hashable {
     case schemaResumed(shard: Int)
     case gap(shard: Int, expected: UInt64, got: UInt64)
     case behindLogStart(shard: Int, checkpoint: UInt64, firstSequence: UInt64)
+    case restoreRequested
+    case restoreFailed(reason: String)
+    /// A snapshot replaced the database; replay resumes after these sequences (one per shard, in shard order).
+    case restored(sequences: [UInt64])
+    case snapshotTaken(name: String)
     case applyBatchFailed(shard: Int, error: String)
     case cleanedUp(rows: Int)
     case captureInstalled(tables: Int)
     case tableSkipped(table: String, reason: String)
+}
+
+/// Where a node that fell behind the log's retained range gets a snapshot (NATS object store, S3, a directory...).
+public protocol SnapshotSource: AnyObject {
+    /// Answer later, on the node's executor, with `ReplicationNode.snapshotReady(at:)` (a local copy of the
+    /// newest snapshot) or `snapshotUnavailable(reason:)`.
+    func requestNewestSnapshot()
 }
 
 public protocol ReplicationEventSink: AnyObject {
@@ -95,15 +109,18 @@ public struct NodeEnvironment {
     public var log: ReplicationLog
     public var opener: DatabaseOpener
     public var events: ReplicationEventSink?
+    /// Nil: a node behind the log's start only reports it (`behindLogStart`).
+    public var snapshots: SnapshotSource?
     /// Asked at each `CrashPoint`; returning true makes the core throw `NodeCrashed` there. Live: always nil.
     public var crashPoint: ((CrashPoint) -> Bool)?
 
     public init(clock: NodeClock, log: ReplicationLog, opener: DatabaseOpener, events: ReplicationEventSink? = nil,
-                crashPoint: ((CrashPoint) -> Bool)? = nil) {
+                snapshots: SnapshotSource? = nil, crashPoint: ((CrashPoint) -> Bool)? = nil) {
         self.clock = clock
         self.log = log
         self.opener = opener
         self.events = events
+        self.snapshots = snapshots
         self.crashPoint = crashPoint
     }
 }

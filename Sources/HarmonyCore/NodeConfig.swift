@@ -34,6 +34,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var schemaCheckIntervalMs: Int64 = 5_000
     /// Redelivery delay for a message that arrived ahead of a gap, or whose batch failed.
     public var retryDelayMs: Int64 = 250
+    /// How long a node behind the log's start waits before asking for a snapshot again.
+    public var restoreRetryMs: Int64 = 5_000
     /// Simulator only: deliberately wrong behaviours for the planted-bug suite. Empty in production.
     public var plantedBugs: PlantedBugs = []
 

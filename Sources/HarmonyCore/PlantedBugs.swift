@@ -18,6 +18,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let noClockAdvanceOnReceipt = PlantedBugs(rawValue: 1 << 5)
     /// Ack and checkpoint a message whose schema does not match instead of pausing.
     public static let ackSchemaMismatch = PlantedBugs(rawValue: 1 << 6)
+    /// Restore a snapshot but resume each stream at its head instead of at the snapshot's sequences.
+    public static let restoreWithoutCheckpoints = PlantedBugs(rawValue: 1 << 7)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -27,6 +29,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("drop-tombstones", .dropTombstones),
         ("no-clock-advance-on-receipt", .noClockAdvanceOnReceipt),
         ("ack-schema-mismatch", .ackSchemaMismatch),
+        ("restore-without-checkpoints", .restoreWithoutCheckpoints),
     ]
 }
 
@@ -36,6 +39,9 @@ public enum CrashPoint: String, Sendable, Hashable, CaseIterable {
     case afterPublishHandoff
     case afterCheckpointBeforeApply
     case afterMarkPublished
+    /// Inside the restore transaction, after the tables were replaced: the rollback must leave the old database.
+    case beforeRestoreCommit
+    case afterRestoreCommit
 }
 
 /// Thrown out of an event handler when the environment crashed the node at a crash point.

@@ -19,6 +19,11 @@ extension ReplicationNode {
         try refreshCaptureIfSchemaChanged()
         let ordered = messages.sorted { $0.sequence < $1.sequence }
         let start = checkpoint(shard)
+        if restoreNeeded {
+            // Waiting for a snapshot: nothing may apply over the hole; the restore resubscribes every shard.
+            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.restoreRetryMs) }
+            return
+        }
         var next = start + 1
         var acks: [UInt64] = []
         var naks: [(UInt64, Int64)] = []
@@ -80,6 +85,7 @@ extension ReplicationNode {
             events.append(.schemaResumed(shard: shard))
         }
         for e in events { env.events?.record(e) }
+        if events.contains(where: { if case .behindLogStart = $0 { return true } else { return false } }) { needRestore() }
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
     }

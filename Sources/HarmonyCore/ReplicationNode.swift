@@ -19,6 +19,8 @@ public final class ReplicationNode {
     public internal(set) var checkpoints: [Int: UInt64] = [:]
     /// Shards holding back a message because its schema does not match ours, with that message's sequence.
     public internal(set) var pausedShards: [Int: UInt64] = [:]
+    /// A stream dropped messages this node never applied; nothing applies until a snapshot is restored.
+    public internal(set) var restoreNeeded = false
     public private(set) var isRunning = false
 
     // Publishing state.
@@ -63,6 +65,7 @@ public final class ReplicationNode {
         }
         isRunning = true
         if config.replicate {
+            checkLogStart()
             for shard in router.shards {
                 env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1)
             }
@@ -98,6 +101,7 @@ public final class ReplicationNode {
         case .cleanup:
             env.clock.schedule(.cleanup, afterMs: config.cleanupIntervalMs)
             try cleanupPublished()
+            checkLogStart()
         case .publishRetry:
             if let from = retryFrom {
                 scanCursor = min(scanCursor, from - 1)
@@ -107,6 +111,21 @@ public final class ReplicationNode {
         case .schemaCheck:
             try refreshCapture()
             if !pausedShards.isEmpty { env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs) }
+        case .restoreRetry:
+            if restoreNeeded { requestSnapshot() }
+        }
+    }
+
+    /// A gap shows a hole only once something newer arrives; at start and on the cleanup timer the node also
+    /// compares its checkpoints with what each stream still holds, so an idle stream cannot hide one.
+    func checkLogStart() {
+        guard config.replicate, !restoreNeeded else { return }
+        for shard in router.shards {
+            if let state = env.log.streamState(shard: shard), state.firstSequence > checkpoint(shard) + 1 {
+                env.events?.record(.behindLogStart(shard: shard, checkpoint: checkpoint(shard), firstSequence: state.firstSequence))
+                needRestore()
+                return
+            }
         }
     }
 

@@ -16,25 +16,42 @@ final class MemoryStreams {
     var streams: [Int: [Stored]] = [:]
     var seenIDs: Set<String> = []
     var firstSequence: [Int: UInt64] = [:]
+    /// Last sequence ever assigned per stream; survives truncation, as in JetStream.
+    var lastAssigned: [Int: UInt64] = [:]
+
+    func nextSequence(_ shard: Int) -> UInt64 {
+        let seq = (lastAssigned[shard] ?? 0) + 1
+        lastAssigned[shard] = seq
+        return seq
+    }
 
     /// Appends unless the id was seen (JetStream's duplicate window, here unbounded). Returns whether it was stored.
     @discardableResult
     func append(shard: Int, messageID: String, payload: [UInt8]) -> Bool {
         guard seenIDs.insert(messageID).inserted else { return false }
-        let seq = UInt64((streams[shard]?.last?.sequence ?? 0) + 1)
+        let seq = nextSequence(shard)
         streams[shard, default: []].append(Stored(sequence: seq, messageID: messageID, payload: payload))
         return true
     }
 
     /// Appends raw bytes without dedup, as a hostile or buggy publisher could.
     func appendRaw(shard: Int, payload: [UInt8]) {
-        let seq = UInt64((streams[shard]?.last?.sequence ?? 0) + 1)
+        let seq = nextSequence(shard)
         streams[shard, default: []].append(Stored(sequence: seq, messageID: "raw-\(seq)", payload: payload))
     }
 
     func messages(shard: Int, from: UInt64) -> [IncomingMessage] {
-        (streams[shard] ?? []).filter { $0.sequence >= from }.map { IncomingMessage(sequence: $0.sequence, payload: $0.payload) }
+        let first = firstSequence[shard] ?? 1
+        return (streams[shard] ?? []).filter { $0.sequence >= max(from, first) }.map { IncomingMessage(sequence: $0.sequence, payload: $0.payload) }
     }
+
+    /// Retention: the stream forgets everything before `first`, as JetStream's `max_msgs` limit would.
+    func truncate(shard: Int, before first: UInt64) {
+        streams[shard]?.removeAll { $0.sequence < first }
+        firstSequence[shard] = first
+    }
+
+    func lastSequence(shard: Int) -> UInt64 { lastAssigned[shard] ?? 0 }
 }
 
 /// One node's view of the log: publishes wait for the test to acknowledge them; consumption is a cursor per shard.
@@ -56,9 +73,14 @@ final class MemoryLogPort: ReplicationLog {
         deliverFrom[shard] = min(deliverFrom[shard] ?? sequence, sequence)
     }
     func streamState(shard: Int) -> StreamState? {
-        let s = streams.streams[shard] ?? []
-        return StreamState(firstSequence: streams.firstSequence[shard] ?? 1, lastSequence: s.last?.sequence ?? 0)
+        StreamState(firstSequence: streams.firstSequence[shard] ?? 1, lastSequence: streams.lastSequence(shard: shard))
     }
+}
+
+/// Counts the core's snapshot requests; tests answer them with `snapshotReady` or `snapshotUnavailable`.
+final class SnapshotRequests: SnapshotSource {
+    var count = 0
+    func requestNewestSnapshot() { count += 1 }
 }
 
 final class EventLog: ReplicationEventSink {
@@ -74,24 +96,33 @@ final class TestCluster {
     var ports: [MemoryLogPort] = []
     var clocks: [ManualClock] = []
     var events: [EventLog] = []
+    var snapshotRequests: [SnapshotRequests] = []
     /// The application's connections, one per node (a separate connection, as a separate process would be).
     var apps: [Database] = []
 
     init(nodes count: Int, schema: String, configure: (inout NodeConfig) -> Void = { _ in }) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("harmony-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for i in 1...count {
-            let path = directory.appendingPathComponent("node\(i).db").path
-            let app = try SQLiteOpener().open(path: path)
-            try app.execute(schema)
-            apps.append(app)
-            var config = NodeConfig(nodeID: Int64(i), databasePath: path)
-            configure(&config)
-            let clock = ManualClock(), port = MemoryLogPort(streams: streams), sink = EventLog()
-            let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: clock, log: port, opener: SQLiteOpener(), events: sink))
-            try node.start()
-            nodes.append(node); ports.append(port); clocks.append(clock); events.append(sink)
-        }
+        for _ in 1...count { try addNode(schema: schema, configure: configure) }
+    }
+
+    /// Starts one more node (id = its position + 1) on a new database created with `schema` (may be empty).
+    @discardableResult
+    func addNode(schema: String, configure: (inout NodeConfig) -> Void = { _ in },
+                 crashPoint: ((CrashPoint) -> Bool)? = nil) throws -> Int {
+        let i = nodes.count + 1
+        let path = directory.appendingPathComponent("node\(i).db").path
+        let app = try SQLiteOpener().open(path: path)
+        if !schema.isEmpty { try app.execute(schema) }
+        apps.append(app)
+        var config = NodeConfig(nodeID: Int64(i), databasePath: path)
+        configure(&config)
+        let clock = ManualClock(), port = MemoryLogPort(streams: streams), sink = EventLog(), snapshots = SnapshotRequests()
+        let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: clock, log: port, opener: SQLiteOpener(), events: sink,
+                                                                                snapshots: snapshots, crashPoint: crashPoint))
+        nodes.append(node); ports.append(port); clocks.append(clock); events.append(sink); snapshotRequests.append(snapshots)
+        try node.start()
+        return i - 1
     }
 
     deinit {

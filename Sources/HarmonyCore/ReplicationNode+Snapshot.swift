@@ -1,0 +1,250 @@
+import HarmonyCodec
+import HarmonySQLite
+
+/// What one snapshot covers: for every stream, the last sequence whose effects it contains.
+public struct SnapshotInfo: Sendable, Hashable {
+    /// Sorts by the taker's clock, so the newest snapshot is the greatest name.
+    public var name: String
+    public var sequences: [String: UInt64]
+    public var hlc: Int64
+    public var node: Int64
+
+    /// `harmonylite-snapshot-<hlc as 16 hex digits>-<node>`: fixed-width, so name order is time order.
+    public static func name(hlc: Int64, node: Int64) -> String {
+        let hex = String(UInt64(bitPattern: hlc), radix: 16)
+        return "harmonylite-snapshot-" + String(repeating: "0", count: max(0, 16 - hex.count)) + hex + "-\(node)"
+    }
+}
+
+public enum SnapshotOutcome: Sendable, Hashable {
+    case taken(SnapshotInfo)
+    /// Nothing was produced (the file at the path may exist and should be deleted); try again later.
+    case skipped(reason: String)
+}
+
+/// Why a snapshot could not be restored; the node keeps its database and asks again later.
+public struct RestoreRefused: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}
+
+extension ReplicationNode {
+    static let snapshotSchema = "harmonylite_snapshot"
+
+    /// Writes a consistent copy of the database to `path` (which must not exist) for other nodes to restore.
+    ///
+    /// `VACUUM INTO` reads one transaction-consistent state without blocking the application's writers.
+    /// The copy keeps user tables, row versions (so replay after a restore still resolves conflicts) and the
+    /// checkpoints, which are exactly the sequences it covers. It is only kept if it holds no unpublished local
+    /// change: everything in it is then already durable in the log, so a restore can never resurrect a write
+    /// this node later loses to a crash. Change logs and parked messages are emptied.
+    public func takeSnapshot(to path: String) throws -> SnapshotOutcome {
+        guard isRunning else { return .skipped(reason: "node is not running") }
+        guard config.replicate else { return .skipped(reason: "replicate = false: this node does not hold the others' changes") }
+        // Its tables miss whatever the stream dropped: a snapshot of them would spread the hole.
+        checkLogStart()
+        guard !restoreNeeded else { return .skipped(reason: "node is behind the log's start and waits for a snapshot itself") }
+        let db = requireDatabase()
+        try db.execute("VACUUM INTO \(quoteLiteral(path))")
+        let copy = try env.opener.open(path: path)
+        let pending = try copy.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
+        if pending > 0 { return .skipped(reason: "\(pending) local change(s) not yet acknowledged by the log") }
+        try copy.transaction(.immediate) {
+            let logs = try copy.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE '\(Bookkeeping.prefix)%_change_log' ESCAPE '\\'")
+            for row in logs { if let name = row[0].string { try copy.execute("DELETE FROM \(quoteIdentifier(name))") } }
+            try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.globalLog))")
+            try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.parkedTable))")
+            try copy.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0")
+        }
+        var sequences: [String: UInt64] = [:]
+        for row in try copy.query("SELECT stream, seq FROM \(quoteIdentifier(Bookkeeping.checkpointTable))") {
+            if let stream = row[0].string, let seq = row[1].int64 { sequences[stream] = UInt64(seq) }
+        }
+        let hlc = try copy.scalar("SELECT hlc FROM \(quoteIdentifier(Bookkeeping.clockTable))")?.int64 ?? 0
+        // One self-contained file: fold any WAL back in and leave rollback-journal mode.
+        try copy.execute("PRAGMA journal_mode=DELETE")
+        try copy.execute("VACUUM")
+        let info = SnapshotInfo(name: SnapshotInfo.name(hlc: hlc, node: config.nodeID), sequences: sequences, hlc: hlc, node: config.nodeID)
+        env.events?.record(.snapshotTaken(name: info.name))
+        return .taken(info)
+    }
+
+    /// A stream no longer holds the message after our checkpoint: only a snapshot can bring this node back.
+    /// Until one is restored, deliveries are refused (nothing after the hole may apply).
+    func needRestore() {
+        guard !restoreNeeded else { return }
+        restoreNeeded = true
+        requestSnapshot()
+    }
+
+    func requestSnapshot() {
+        guard let source = env.snapshots else { return }
+        env.events?.record(.restoreRequested)
+        source.requestNewestSnapshot()
+    }
+
+    /// The environment found no usable snapshot (none yet, store unreachable): ask again after a while.
+    public func snapshotUnavailable(reason: String) {
+        guard isRunning, restoreNeeded else { return }
+        env.events?.record(.restoreFailed(reason: reason))
+        env.clock.schedule(.restoreRetry, afterMs: config.restoreRetryMs)
+    }
+
+    /// Restores the snapshot at `path` (a local file the environment downloaded) and replays from its sequences.
+    ///
+    /// Everything happens in one transaction on the node's own database, so a crash at any point leaves either
+    /// the old contents or the restored ones. User tables and row versions are replaced by the snapshot's; then
+    /// every local change still in the change log (in particular those never published) is applied again on
+    /// top with last-writer-wins and stays queued for publishing, so nothing written here is silently dropped.
+    /// The checkpoints become the snapshot's, and every shard resubscribes from there.
+    public func snapshotReady(at path: String) throws {
+        guard isRunning, restoreNeeded else { return }
+        do {
+            try restore(from: path)
+        } catch let refused as RestoreRefused {
+            snapshotUnavailable(reason: refused.description)
+            return
+        } catch let error as SQLiteError {
+            snapshotUnavailable(reason: "restore failed: \(error)")
+            return
+        }
+        restoreNeeded = false
+        pausedShards.removeAll()
+        for shard in router.shards { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
+        try publishPending()
+    }
+
+    func restore(from path: String) throws {
+        let db = requireDatabase()
+        let snap = Self.snapshotSchema
+        try db.execute("ATTACH DATABASE \(quoteLiteral(path)) AS \(snap)")
+        var attached = true
+        defer { if attached { try? db.execute("DETACH DATABASE \(snap)") } }
+        // What the snapshot covers, checked against what the log still holds: an older snapshot cannot help.
+        var sequences: [Int: UInt64] = [:]
+        for row in try db.query("SELECT stream, seq FROM \(snap).\(quoteIdentifier(Bookkeeping.checkpointTable))") {
+            guard let stream = row[0].string, let seq = row[1].int64,
+                  let shard = router.shards.first(where: { router.streamName(shard: $0) == stream }) else { continue }
+            sequences[shard] = UInt64(seq)
+        }
+        for shard in router.shards {
+            guard let state = env.log.streamState(shard: shard) else {
+                throw RestoreRefused(description: "cannot read the range of \(router.streamName(shard: shard)) to check the snapshot against it")
+            }
+            let covered = sequences[shard] ?? 0
+            if covered + 1 < state.firstSequence {
+                throw RestoreRefused(description: "snapshot covers \(router.streamName(shard: shard)) up to \(covered), but the stream starts at \(state.firstSequence)")
+            }
+        }
+        let tables = try snapshotTables(db)
+        // Capture reads table shapes by name: install it on new tables with the snapshot detached.
+        try db.execute("DETACH DATABASE \(snap)")
+        attached = false
+        try createMissingTables(db, tables)
+        try db.execute("ATTACH DATABASE \(quoteLiteral(path)) AS \(snap)")
+        attached = true
+        var restored = sequences
+        if config.plantedBugs.contains(.restoreWithoutCheckpoints) {
+            // Resume at the stream's head, as if the snapshot were current: what came after it is skipped.
+            for shard in router.shards { restored[shard] = env.log.streamState(shard: shard)?.lastSequence ?? 0 }
+        }
+        try db.transaction(.immediate) {
+            try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
+            for table in tables { try copyFromSnapshot(db, table) }
+            try reapplyLocalChanges(db)
+            try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.checkpointTable))", [])
+            for shard in router.shards { try saveCheckpoint(db, shard: shard, sequence: restored[shard] ?? 0) }
+            try db.execute("""
+                UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0,
+                    hlc = max(hlc, coalesce((SELECT max(hlc) FROM \(snap).\(quoteIdentifier(Bookkeeping.clockTable))), 0))
+                """, [])
+            try crashPoint(.beforeRestoreCommit)
+        }
+        checkpoints = restored
+        try crashPoint(.afterRestoreCommit)
+        env.events?.record(.restored(sequences: router.shards.map { sequences[$0] ?? 0 }))
+    }
+
+    /// One user table as the snapshot has it: its columns and key, and the SQL that created it.
+    struct SnapshotTable {
+        var name: String
+        var columns: [String]
+        var primaryKey: [String]
+        var createSQL: [String]
+    }
+
+    /// The snapshot's replicated tables (those with a version table) that this node admits.
+    func snapshotTables(_ db: Database) throws -> [SnapshotTable] {
+        let snap = Self.snapshotSchema
+        let names = try db.query("SELECT name FROM \(snap).sqlite_schema WHERE type = 'table' ORDER BY name").compactMap { $0[0].string }
+        let all = Set(names)
+        var out: [SnapshotTable] = []
+        for name in names where !name.hasPrefix("sqlite_") && !name.hasPrefix(Bookkeeping.prefix) && config.tables.admits(name) {
+            guard all.contains(Bookkeeping.versionTable(name)) else { continue }
+            var columns: [String] = []
+            var keyed: [(Int64, String)] = []
+            for row in try db.query("SELECT name, pk, hidden FROM pragma_table_xinfo(?, '\(snap)')", [.text(name)]) {
+                guard let column = row[0].string, row[2].int64 == 0 else { continue }
+                columns.append(column)
+                if let pk = row[1].int64, pk > 0 { keyed.append((pk, column)) }
+            }
+            let createSQL = try db.query("""
+                SELECT sql FROM \(snap).sqlite_schema
+                WHERE tbl_name = ? AND type IN ('table', 'index') AND sql IS NOT NULL AND substr(name, 1, ?) <> ?
+                ORDER BY type = 'table' DESC, name
+                """, [.text(name), .integer(Int64(Bookkeeping.prefix.utf8.count)), .text(Bookkeeping.prefix)]).compactMap { $0[0].string }
+            out.append(SnapshotTable(name: name, columns: columns, primaryKey: keyed.sorted { $0.0 < $1.0 }.map(\.1), createSQL: createSQL))
+        }
+        return out
+    }
+
+    /// A new node has no tables yet: create them (and their indexes) as the snapshot has them, then capture them.
+    /// A table that exists must be able to hold the snapshot's rows: same key, every snapshot column present
+    /// (extra local columns, from a later ADD COLUMN, take their defaults as they would have on the taker).
+    func createMissingTables(_ db: Database, _ tables: [SnapshotTable]) throws {
+        var created = false
+        for table in tables {
+            if let local = captured[table.name] {
+                guard local.schema.primaryKey == table.primaryKey else {
+                    throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) has primary key \(local.schema.primaryKey) here but \(table.primaryKey) in the snapshot")
+                }
+                let missing = table.columns.filter { !local.schema.columns.contains($0) }
+                if !missing.isEmpty {
+                    throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) lacks column(s) \(missing.map(quoteIdentifier).joined(separator: ", ")) the snapshot has; migrate this node's schema first")
+                }
+                continue
+            }
+            let exists = try db.scalar("SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?", [.text(table.name)])?.int64 == 1
+            if exists { throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) exists here but is not captured") }
+            try db.transaction(.immediate) {
+                for sql in table.createSQL { try db.execute(sql) }
+            }
+            created = true
+        }
+        if created { try refreshCapture() }
+    }
+
+    /// Replaces one table's rows and versions with the snapshot's, inside the restore transaction.
+    func copyFromSnapshot(_ db: Database, _ table: SnapshotTable) throws {
+        let snap = Self.snapshotSchema
+        let columns = table.columns.map(quoteIdentifier).joined(separator: ", ")
+        let versions = quoteIdentifier(Bookkeeping.versionTable(table.name))
+        let versionColumns = (table.primaryKey.map(Bookkeeping.keyColumn) + ["hlc", "node", "deleted"]).map(quoteIdentifier).joined(separator: ", ")
+        try db.execute("DELETE FROM main.\(quoteIdentifier(table.name))", [])
+        try db.execute("INSERT INTO main.\(quoteIdentifier(table.name)) (\(columns)) SELECT \(columns) FROM \(snap).\(quoteIdentifier(table.name))", [])
+        try db.execute("DELETE FROM main.\(versions)", [])
+        try db.execute("INSERT INTO main.\(versions) (\(versionColumns)) SELECT \(versionColumns) FROM \(snap).\(versions)", [])
+    }
+
+    /// Every change still in the local change log goes back on top of the restored rows where it wins.
+    /// Rows stay in the log in their state, so unpublished ones are still published afterwards.
+    func reapplyLocalChanges(_ db: Database) throws {
+        let rows = try db.query("SELECT change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) ORDER BY id")
+        for row in rows {
+            guard let changeID = row[0].int64, let tableName = row[1].string, let table = captured[tableName],
+                  let record = try changeRecord(table: tableName, changeID: changeID) else { continue }
+            let sameSchema = record.schemaHash == table.schema.hash
+            guard let change = try? resolve(record, against: table.schema, strict: sameSchema) else { continue }
+            _ = try applyLWW(db, change)
+        }
+    }
+}

@@ -1,0 +1,194 @@
+import Foundation
+import HarmonyCodec
+@testable import HarmonyCore
+import HarmonySQLite
+import Testing
+
+@Suite("Snapshots and restore")
+struct SnapshotTests {
+    static let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT); CREATE INDEX kv_v ON kv (v);"
+
+    func snapshotPath(_ cluster: TestCluster, _ name: String = "snap") -> String {
+        cluster.directory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).db").path
+    }
+
+    /// Takes a snapshot on node `i`, expecting one.
+    func take(_ cluster: TestCluster, _ i: Int) throws -> (path: String, info: SnapshotInfo) {
+        let path = snapshotPath(cluster)
+        guard case .taken(let info) = try cluster.nodes[i].takeSnapshot(to: path) else {
+            throw SnapshotTestError("node \(i + 1) skipped its snapshot")
+        }
+        return (path, info)
+    }
+
+    /// Drops everything up to and including what the snapshot covers (and `extra` more), per shard.
+    func truncate(_ cluster: TestCluster, after info: SnapshotInfo, extra: UInt64 = 0) {
+        for shard in cluster.nodes[0].router.shards {
+            let covered = info.sequences[cluster.nodes[0].router.streamName(shard: shard)] ?? 0
+            cluster.streams.truncate(shard: shard, before: covered + 1 + extra)
+        }
+    }
+
+    func kv(_ db: Database) throws -> [[DatabaseValue]] { try db.query("SELECT k, v FROM kv ORDER BY k") }
+
+    @Test("a snapshot is refused while local changes are unacknowledged, and holds no change log once taken")
+    func snapshotContents() throws {
+        let cluster = try TestCluster(nodes: 2, schema: Self.schema)
+        try cluster.apps[0].execute("INSERT INTO kv VALUES (1, 'a'), (2, 'b')")
+        try cluster.nodes[0].databaseChanged()  // handed to the log, not yet acknowledged
+        let early = snapshotPath(cluster)
+        guard case .skipped(let reason) = try cluster.nodes[0].takeSnapshot(to: early) else {
+            Issue.record("snapshot taken with unacknowledged changes")
+            return
+        }
+        #expect(reason.contains("not yet acknowledged"))
+        try cluster.settle()
+        let (path, info) = try take(cluster, 0)
+        let snap = try Database(path: path)
+        #expect(try kv(snap) == [[.integer(1), .text("a")], [.integer(2), .text("b")]])
+        #expect(try snap.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.changeLog("kv")))")?.int64 == 0)
+        #expect(try snap.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog))")?.int64 == 0)
+        #expect(try snap.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.versionTable("kv")))")?.int64 == 2)
+        #expect(try snap.scalar("PRAGMA journal_mode")?.string == "delete")
+        for shard in cluster.nodes[0].router.shards {
+            #expect(info.sequences[cluster.nodes[0].router.streamName(shard: shard)] == cluster.nodes[0].checkpoint(shard))
+        }
+        #expect(info.name.hasPrefix("harmonylite-snapshot-") && info.node == 1)
+    }
+
+    @Test("a new node with an empty database joins a truncated log through a snapshot, tables and indexes included")
+    func newNodeRestores() throws {
+        let cluster = try TestCluster(nodes: 2, schema: Self.schema)
+        for k in 1...20 { try cluster.apps[k % 2].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
+        try cluster.settle()
+        let (path, info) = try take(cluster, 0)
+        // Writes after the snapshot: the newcomer must get them by replay.
+        try cluster.apps[1].execute("UPDATE kv SET v = 'later' WHERE k = 3; DELETE FROM kv WHERE k = 4; INSERT INTO kv VALUES (99, 'new')")
+        try cluster.settle()
+        truncate(cluster, after: info)
+
+        let n = try cluster.addNode(schema: "")
+        #expect(cluster.nodes[n].restoreNeeded)
+        #expect(cluster.snapshotRequests[n].count == 1)
+        #expect(cluster.events[n].events.contains { if case .behindLogStart = $0 { return true } else { return false } })
+        try cluster.deliver(n)  // refused until restored
+        #expect(try cluster.apps[n].scalar("SELECT count(*) FROM sqlite_schema WHERE name = 'kv'")?.int64 == 0)
+
+        try cluster.nodes[n].snapshotReady(at: path)
+        #expect(!cluster.nodes[n].restoreNeeded)
+        #expect(try cluster.apps[n].scalar("SELECT count(*) FROM sqlite_schema WHERE name = 'kv_v' AND type = 'index'")?.int64 == 1)
+        try cluster.settle()
+        #expect(try kv(cluster.apps[n]) == kv(cluster.apps[0]))
+        #expect(try kv(cluster.apps[n]).contains([.integer(3), .text("later")]))
+        // The restored node captures its own writes like any other.
+        try cluster.apps[n].execute("INSERT INTO kv VALUES (500, 'from the newcomer')")
+        try cluster.settle()
+        #expect(try kv(cluster.apps[0]).contains([.integer(500), .text("from the newcomer")]))
+    }
+
+    @Test("a node back after retention dropped its messages keeps its unpublished writes through the restore")
+    func unpublishedWritesSurviveRestore() throws {
+        let cluster = try TestCluster(nodes: 3, schema: Self.schema)
+        for k in 1...10 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
+        try cluster.settle()
+        // Node 3 goes offline: it writes locally (one key nobody else touches, one the others overwrite later).
+        try cluster.apps[2].execute("INSERT INTO kv VALUES (300, 'only on node 3'); UPDATE kv SET v = 'node 3 early' WHERE k = 5")
+        usleep(3_000)  // versions carry milliseconds: make node 1's write unambiguously newer
+        try cluster.apps[0].execute("UPDATE kv SET v = 'node 1 later' WHERE k = 5; INSERT INTO kv VALUES (11, 'v11')")
+        for i in 0..<2 { try cluster.publish(i) }
+        for i in 0..<2 { try cluster.deliver(i) }
+        let (path, info) = try take(cluster, 0)
+        truncate(cluster, after: info)
+
+        try cluster.deliver(2)  // nothing newer than the hole: only the periodic check can see it
+        #expect(!cluster.nodes[2].restoreNeeded)
+        try cluster.nodes[2].timerFired(.cleanup)
+        #expect(cluster.nodes[2].restoreNeeded)
+        try cluster.nodes[2].snapshotReady(at: path)
+        #expect(try cluster.apps[2].query("SELECT v FROM kv WHERE k = 300") == [[.text("only on node 3")]])
+        #expect(try cluster.apps[2].query("SELECT v FROM kv WHERE k = 5") == [[.text("node 1 later")]])
+        #expect(try cluster.pendingChanges(2) == 2)  // still queued for the others
+        try cluster.settle()
+        for i in 0..<3 {
+            #expect(try kv(cluster.apps[i]) == kv(cluster.apps[0]))
+            #expect(try cluster.apps[i].query("SELECT v FROM kv WHERE k = 300") == [[.text("only on node 3")]])
+        }
+    }
+
+    @Test("a snapshot older than the log's start, or one the local schema cannot hold, is refused and the database kept")
+    func refusedRestores() throws {
+        let cluster = try TestCluster(nodes: 2, schema: Self.schema)
+        try cluster.apps[0].execute("INSERT INTO kv VALUES (1, 'a')")
+        try cluster.settle()
+        let (old, _) = try take(cluster, 0)
+        try cluster.apps[0].execute("INSERT INTO kv VALUES (2, 'b')")
+        try cluster.settle()
+        try cluster.apps[0].execute("INSERT INTO kv VALUES (3, 'c')")
+        try cluster.publish(0)
+        try cluster.deliver(0)
+        for shard in cluster.nodes[0].router.shards {
+            cluster.streams.truncate(shard: shard, before: cluster.streams.lastSequence(shard: shard) + 1)
+        }
+        let n = try cluster.addNode(schema: "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT); INSERT INTO kv VALUES (7, 'mine');")
+        #expect(cluster.nodes[n].restoreNeeded)
+        try cluster.nodes[n].snapshotReady(at: old)
+        #expect(cluster.nodes[n].restoreNeeded)
+        #expect(cluster.events[n].events.contains { if case .restoreFailed(let r) = $0 { return r.contains("stream starts at") } else { return false } })
+        #expect(cluster.clocks[n].scheduled[.restoreRetry] != nil)
+        #expect(try kv(cluster.apps[n]) == [[.integer(7), .text("mine")]])
+        // The retry asks the source again.
+        try cluster.nodes[n].timerFired(.restoreRetry)
+        #expect(cluster.snapshotRequests[n].count == 2)
+
+        // A snapshot with a column this node does not have yet: refused until the node migrates.
+        try cluster.apps[0].execute("ALTER TABLE kv ADD COLUMN extra TEXT; UPDATE kv SET extra = 'x'")
+        try cluster.settle()
+        let (wide, _) = try take(cluster, 0)
+        try cluster.nodes[n].snapshotReady(at: wide)
+        #expect(cluster.nodes[n].restoreNeeded)
+        #expect(cluster.events[n].events.contains { if case .restoreFailed(let r) = $0 { return r.contains("\"extra\"") } else { return false } })
+        try cluster.apps[n].execute("ALTER TABLE kv ADD COLUMN extra TEXT")
+        try cluster.nodes[n].databaseChanged()
+        try cluster.nodes[n].snapshotReady(at: wide)
+        #expect(!cluster.nodes[n].restoreNeeded)
+        try cluster.settle()
+        #expect(try cluster.apps[n].query("SELECT k, v, extra FROM kv ORDER BY k") == cluster.apps[0].query("SELECT k, v, extra FROM kv ORDER BY k"))
+    }
+
+    @Test("a crash inside the restore leaves the old database; the next start restores again")
+    func crashDuringRestoreIsAtomic() throws {
+        let cluster = try TestCluster(nodes: 1, schema: Self.schema)
+        for k in 1...5 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
+        try cluster.settle()
+        let (path, info) = try take(cluster, 0)
+        truncate(cluster, after: info)
+        var crashes = 1
+        let n = try cluster.addNode(schema: Self.schema, crashPoint: { point in
+            guard point == .beforeRestoreCommit, crashes > 0 else { return false }
+            crashes -= 1
+            return true
+        })
+        try cluster.apps[n].execute("INSERT INTO kv VALUES (42, 'local')")  // a local write, not yet published
+        #expect(throws: NodeCrashed.self) { try cluster.nodes[n].snapshotReady(at: path) }
+        #expect(try kv(cluster.apps[n]) == [[.integer(42), .text("local")]])
+        #expect(try cluster.apps[n].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.checkpointTable))")?.int64 == 0)
+
+        // Restart the sidecar on the same file.
+        var config = cluster.nodes[n].config
+        config.nodeID = Int64(n + 1)
+        let sources = SnapshotRequests()
+        let again = ReplicationNode(config: config, environment: NodeEnvironment(
+            clock: ManualClock(), log: cluster.ports[n], opener: SQLiteOpener(), events: EventLog(), snapshots: sources))
+        try again.start()
+        #expect(again.restoreNeeded && sources.count == 1)
+        try again.snapshotReady(at: path)
+        #expect(try kv(cluster.apps[n]) == [[.integer(1), .text("v1")], [.integer(2), .text("v2")], [.integer(3), .text("v3")],
+                                             [.integer(4), .text("v4")], [.integer(5), .text("v5")], [.integer(42), .text("local")]])
+        again.stop()
+    }
+}
+
+struct SnapshotTestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
