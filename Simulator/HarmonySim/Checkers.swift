@@ -134,4 +134,13 @@ enum SwarmMix {
         }
         return faults.sorted { ($0.atMs, $0.node, $0.kind.rawValue) < ($1.atMs, $1.node, $1.kind.rawValue) }
     }
+
+    /// Sometimes a short retention (so partitioned, crashed or late nodes fall behind the log's start) with
+    /// snapshots to come back from; otherwise the scenario's own settings.
+    static func drawRetention(_ scenario: inout Scenario, random: SimRandom) {
+        var r = random
+        guard r.chance(permille: 300) else { return }
+        scenario.maxEntries = Int(r.int(200...500))
+        scenario.snapshotIntervalMs = r.int(1_000...5_000)
+    }
 }

@@ -13,7 +13,7 @@ public enum Shrinker {
         let first = try Simulation(scenario: scenario, seed: seed)
         let original = first.run()
         guard let target = classify(original) else { return nil }
-        var best = scenario
+        var best = first.scenario  // swarm draws (faults, retention) made concrete
         best.faults = first.faults
         best.swarm = false
         best.seed = seed

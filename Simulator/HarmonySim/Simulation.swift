@@ -69,7 +69,8 @@ struct SimSnapshotStore {
 /// Runs one scenario with one seed: the real `ReplicationNode` on real SQLite files, driven by a
 /// single-threaded event loop over virtual time, with every random choice drawn from the seed.
 public final class Simulation {
-    public let scenario: Scenario
+    /// The scenario as run: in swarm mode with the drawn retention and snapshot settings filled in.
+    public private(set) var scenario: Scenario
     public let seed: UInt64
     let directory: String
     var nodes: [SimNode] = []
@@ -126,8 +127,9 @@ public final class Simulation {
         }
         plantedBugs = bugs
         faults = scenario.swarm ? SwarmMix.draw(scenario: scenario, random: root.fork("swarm")) : scenario.faults
+        if scenario.swarm { SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention")) }
         jetStream = SimJetStream(shards: scenario.shards, duplicateWindowMs: scenario.duplicateWindowMs,
-                                 maxEntries: scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)
+                                 maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)
         let base = workDirectory ?? (FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory())
         directory = (base as NSString).appendingPathComponent("harmonysim-\(ProcessInfo.processInfo.processIdentifier)-\(seed)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
