@@ -12,6 +12,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, wrapped once by a Swift module.
@@ -32,8 +33,11 @@ let package = Package(
         // NATS and JetStream through libnats (the official C client): connection, streams, async publish, pull consumers, KV.
         .target(name: "HarmonyNATS", dependencies: ["CNats"]),
 
-        // The live runtime's pieces: config.toml, the embedded nats-server supervisor.
-        .target(name: "HarmonyRuntime", dependencies: ["HarmonyCore", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS"]),
+        // The live runtime's pieces: config.toml, the embedded nats-server supervisor, log handlers, change detection.
+        .target(name: "HarmonyRuntime", dependencies: [
+            "HarmonyCore", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
 
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).
         .target(name: "HarmonyTOML"),
@@ -49,6 +53,7 @@ let package = Package(
         .executableTarget(name: "harmonylite", dependencies: [
             "HarmonyCore", "HarmonySQLite", "HarmonyRuntime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
             "HarmonyCore", "HarmonySQLite", "HarmonyRuntime",
@@ -59,7 +64,9 @@ let package = Package(
         .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite"]),
         .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML"]),
         .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS"]),
-        .testTarget(name: "HarmonyRuntimeTests", dependencies: ["HarmonyRuntime", "HarmonyCore"]),
+        .testTarget(name: "HarmonyRuntimeTests", dependencies: [
+            "HarmonyRuntime", "HarmonyCore", "HarmonySQLite", .product(name: "Logging", package: "swift-log"),
+        ]),
         // Real nats-server, real harmonylite processes, the sqlite3 shell as the application.
         .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyRuntime", "HarmonySQLite"]),
         .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore"]),

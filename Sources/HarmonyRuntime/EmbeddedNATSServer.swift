@@ -55,8 +55,11 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
             + "or set [nats] urls to use an external NATS cluster")
     }
 
+    /// Written by nats-server itself (`-P`), so a later supervisor can find a server this one left behind.
+    public var pidFile: String { storeDirectory + "/nats-server.pid" }
+
     var arguments: [String] {
-        var args = ["-js", "-a", host, "-p", String(port), "-sd", storeDirectory, "-n", serverName]
+        var args = ["-js", "-a", host, "-p", String(port), "-sd", storeDirectory, "-n", serverName, "-P", pidFile]
         if let clusterAddress {
             args += ["--cluster", clusterAddress.contains("://") ? clusterAddress : "nats://\(clusterAddress)", "--cluster_name", clusterName]
             if !clusterRoutes.isEmpty { args += ["--routes", clusterRoutes.joined(separator: ",")] }
@@ -67,6 +70,7 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
     /// Starts the server and waits (at most `readyTimeoutMs`) until it accepts connections.
     public func start(readyTimeoutMs: Int = 10_000) throws {
         try FileManager.default.createDirectory(atPath: storeDirectory, withIntermediateDirectories: true)
+        try stopOrphan()
         try launch()
         try waitUntilReady(timeoutMs: readyTimeoutMs)
     }
@@ -103,6 +107,48 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
         } catch {
             onEvent?("embedded nats-server could not be restarted: \(error)")
         }
+    }
+
+    /// A supervisor killed with SIGKILL cannot stop its child: that nats-server lives on, holding our ports and
+    /// writing our store. Before starting, stop the one the pid file names, if it is still a nats-server on this store;
+    /// if another running harmonylite still supervises it, the store is in use and starting is refused.
+    func stopOrphan(graceMs: Int = 5_000) throws {
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
+              Self.isNATSServer(pid: pid, storeDirectory: storeDirectory) else { return }
+        if let parent = Self.parentPID(of: pid), parent != getpid(),
+           Self.commandLine(of: parent).first.map({ URL(fileURLWithPath: $0).lastPathComponent == "harmonylite" }) == true {
+            throw EmbeddedServerError(description: "\(storeDirectory) is in use by nats-server pid \(pid), supervised by harmonylite pid \(parent)")
+        }
+        onEvent?("stopping nats-server pid \(pid) left running on \(storeDirectory) by an earlier harmonylite")
+        kill(pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(Double(graceMs) / 1000)
+        while Self.isNATSServer(pid: pid, storeDirectory: storeDirectory) && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        if Self.isNATSServer(pid: pid, storeDirectory: storeDirectory) {
+            kill(pid, SIGKILL)
+            let killDeadline = Date().addingTimeInterval(2)
+            while Self.isNATSServer(pid: pid, storeDirectory: storeDirectory) && Date() < killDeadline { Thread.sleep(forTimeInterval: 0.02) }
+        }
+    }
+
+    /// True while `pid` is a live nats-server whose arguments name `storeDirectory` (a recycled pid is left alone;
+    /// a zombie has an empty command line, so it does not count).
+    static func isNATSServer(pid: Int32, storeDirectory: String) -> Bool {
+        let args = commandLine(of: pid)
+        return args.first?.hasSuffix("nats-server") == true && args.contains(storeDirectory)
+    }
+
+    static func commandLine(of pid: Int32) -> [String] {
+        guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return [] }
+        return raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// From `/proc/<pid>/stat`: the field after the state, which follows the parenthesised command name.
+    static func parentPID(of pid: Int32) -> Int32? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.range(of: ")", options: .backwards) else { return nil }
+        let fields = stat[close.upperBound...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) : nil
     }
 
     /// Polls the client port; bounded by `timeoutMs`.

@@ -3,6 +3,7 @@ import Foundation
 import HarmonyCore
 import HarmonyNATS
 import HarmonySQLite
+import Logging
 import Synchronization
 
 /// Runs the deterministic core live: every core call happens on one serial queue (the node's executor);
@@ -11,15 +12,15 @@ public final class LiveNode: @unchecked Sendable {
     public let config: RuntimeConfig
     let router: ShardRouter
     let queue = DispatchQueue(label: "harmonylite.node")
-    let log: LogSink
+    let log: Logger
     private var core: ReplicationNode?
     private var jetStream: JetStream?
     private var connection: NATSConnection?
     private var timers: [NodeTimer: DispatchSourceTimer] = [:]
-    private var changePoll: DispatchSourceTimer?
-    private var watcher: Database?
-    private var lastDataVersion: Int64 = -1
+    private var changes: DatabaseChangeMonitor?
     private var subscriptions: [Int: PullSubscription] = [:]
+    /// Bumped each time the core asks for a shard's subscription, so a pending retry of an older request gives up. Queue only.
+    private var subscribeGeneration: [Int: Int] = [:]
     private var fetchThreads: [Thread] = []
     /// Messages fetched and handed to the core, awaiting its ack or nak. Queue only.
     private var delivered: [Int: [UInt64: FetchedMessage]] = [:]
@@ -31,14 +32,19 @@ public final class LiveNode: @unchecked Sendable {
 
     public static let subjectPrefix = "harmonylite.changes"
 
-    public init(config: RuntimeConfig, log: LogSink) {
+    /// `logger` gets the node id as `node` metadata if it does not carry it already.
+    public init(config: RuntimeConfig, logger: Logger) {
         self.config = config
-        self.log = log
+        var logger = logger
+        if logger[metadataKey: "node"] == nil { logger[metadataKey: "node"] = .stringConvertible(config.node.nodeID) }
+        self.log = logger
         self.router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
     }
 
     /// Connects, makes sure every shard's stream and the schema registry bucket exist, then starts the core.
-    public func start(urls: [String]) throws {
+    /// A JetStream cluster that is still forming (no meta leader, too few peers for the replicas asked) is
+    /// waited for, retrying with backoff for at most `jetStreamWaitSeconds`.
+    public func start(urls: [String], jetStreamWaitSeconds: Double = 60) throws {
         var options = NATSConnectOptions(urls: urls, name: "harmonylite-node-\(config.node.nodeID)")
         options.connectRetries = max(1, config.nats.connectRetries)
         options.reconnectWaitMs = Int64(config.nats.reconnectWaitSeconds) * 1000
@@ -58,40 +64,58 @@ public final class LiveNode: @unchecked Sendable {
             node.queue.async { node.publishResult(result) }
         }
         jetStream = js
+        let deadline = Date().addingTimeInterval(jetStreamWaitSeconds)
         for shard in router.shards {
-            _ = try js.ensureStream(name: router.streamName(shard: shard), subjects: ["\(Self.subjectPrefix).\(shard)"],
+            let name = router.streamName(shard: shard)
+            _ = try retryWhileJetStreamForms("creating stream \(name)", until: deadline) {
+                try js.ensureStream(name: name, subjects: ["\(Self.subjectPrefix).\(shard)"],
                                     maxMessages: config.maxEntries, replicas: config.replicas, duplicateWindowMs: 120_000)
+            }
         }
-        _ = try js.keyValue(bucket: "harmonylite-schema-registry")
+        _ = try retryWhileJetStreamForms("opening the schema registry bucket", until: deadline) {
+            try js.keyValue(bucket: "harmonylite-schema-registry")
+        }
         try queue.sync {
             let core = ReplicationNode(config: config.node, environment: NodeEnvironment(
                 clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(), events: LiveEvents(log: log)))
             self.core = core
+            // Watch first: a commit made while the core starts still moves data_version past what the monitor read.
+            let changes = DatabaseChangeMonitor(databasePath: config.node.databasePath, queue: queue, logger: log) { [weak self] in
+                try self?.core?.databaseChanged()
+            }
+            try changes.start()
+            self.changes = changes
             try core.start()
-            let watcher = try SQLiteOpener().open(path: config.node.databasePath)
-            self.watcher = watcher
-            lastDataVersion = try watcher.scalar("PRAGMA data_version")?.int64 ?? -1
-            let poll = DispatchSource.makeTimerSource(queue: queue)
-            poll.schedule(deadline: .now() + .milliseconds(5), repeating: .milliseconds(5), leeway: .milliseconds(1))
-            poll.setEventHandler { [weak self] in self?.pollForChanges() }
-            poll.resume()
-            changePoll = poll
         }
         log.info("node \(config.node.nodeID) replicating \(config.node.databasePath) over \(urls.joined(separator: ",")) with \(config.node.shards) shard(s)")
     }
 
-    /// Another connection committed: `PRAGMA data_version` moved. Costs one cheap pragma per poll.
-    private func pollForChanges() {
-        guard let watcher, let core else { return }
-        do {
-            let version = try watcher.scalar("PRAGMA data_version")?.int64 ?? -1
-            if version != lastDataVersion {
-                lastDataVersion = version
-                try core.databaseChanged()
+    /// Runs `body` until it succeeds, retrying (with backoff, each retry logged) only errors a forming JetStream
+    /// cluster gives, and only until `deadline`; other errors and the last one are thrown.
+    private func retryWhileJetStreamForms<T>(_ what: String, until deadline: Date, _ body: () throws -> T) throws -> T {
+        var delayMs = 250
+        var attempt = 1
+        while true {
+            do {
+                return try body()
+            } catch where Self.isTransientJetStreamError(error) && Date().addingTimeInterval(Double(delayMs) / 1000) < deadline {
+                log.warning("\(what) (attempt \(attempt)): \(error); JetStream may still be forming, retrying in \(delayMs) ms")
+                Thread.sleep(forTimeInterval: Double(delayMs) / 1000)
+                delayMs = min(delayMs * 2, 2_000)
+                attempt += 1
             }
-        } catch {
-            log.error("change detection: \(error)")
         }
+    }
+
+    /// Errors JetStream answers while its cluster has no meta leader yet or too few peers for the replicas asked.
+    static func isTransientJetStreamError(_ error: any Error) -> Bool {
+        guard let e = error as? NATSError else { return false }
+        if e.isTimeout { return true }
+        // 10008 temporarily unavailable, 10023 insufficient resources, 10039/10076 not enabled, 10047 insufficient storage
+        if [10008, 10023, 10039, 10047, 10076].contains(e.jetStreamCode) { return true }
+        let text = e.message.lowercased()
+        return ["no responders", "not enabled", "temporarily unavailable", "insufficient resources", "no suitable peers",
+                "timeout", "timed out"].contains { text.contains($0) }
     }
 
     // MARK: Called by the core (on the queue)
@@ -142,7 +166,15 @@ public final class LiveNode: @unchecked Sendable {
     }
 
     func subscribe(shard: Int, fromSequence: UInt64) {
-        guard let js = jetStream else { return }
+        let generation = subscribeGeneration[shard, default: 0] + 1
+        subscribeGeneration[shard] = generation
+        trySubscribe(shard: shard, fromSequence: fromSequence, generation: generation, delayMs: 250)
+    }
+
+    /// Creates the durable consumer and its fetch thread; on failure (a stream whose leader is being elected)
+    /// tries again later with backoff, unless stopped or superseded by a newer request for the shard.
+    private func trySubscribe(shard: Int, fromSequence: UInt64, generation: Int, delayMs: Int) {
+        guard !stopped.load(ordering: .relaxed), subscribeGeneration[shard] == generation, let js = jetStream else { return }
         do {
             let sub = try js.pullSubscribe(stream: router.streamName(shard: shard), subject: "\(Self.subjectPrefix).\(shard)",
                                            durable: "harmonylite-node-\(config.node.nodeID)-shard-\(shard)",
@@ -153,7 +185,10 @@ public final class LiveNode: @unchecked Sendable {
             fetchThreads.append(thread)
             thread.start()
         } catch {
-            log.error("subscribing to shard \(shard) from \(fromSequence): \(error)")
+            log.error("subscribing to shard \(shard) from \(fromSequence): \(error); retrying in \(delayMs) ms")
+            queue.asyncAfter(deadline: .now() + .milliseconds(delayMs)) { [weak self] in
+                self?.trySubscribe(shard: shard, fromSequence: fromSequence, generation: generation, delayMs: min(delayMs * 2, 5_000))
+            }
         }
     }
 
@@ -204,7 +239,8 @@ public final class LiveNode: @unchecked Sendable {
     public func stop() {
         stopped.store(true, ordering: .relaxed)
         queue.sync {
-            changePoll?.cancel()
+            changes?.stop()
+            changes = nil
             for t in timers.values { t.cancel() }
             timers.removeAll()
         }
@@ -213,7 +249,6 @@ public final class LiveNode: @unchecked Sendable {
             flushAcks()
             core?.stop()
             core = nil
-            watcher = nil
             delivered.removeAll()
         }
         for s in subscriptions.values { s.close() }
@@ -240,8 +275,8 @@ final class LiveLog: ReplicationLog {
 }
 
 final class LiveEvents: ReplicationEventSink {
-    let log: LogSink
-    init(log: LogSink) { self.log = log }
+    let log: Logger
+    init(log: Logger) { self.log = log }
     func record(_ event: ReplicationEvent) {
         switch event {
         case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped: log.warning("\(event)")

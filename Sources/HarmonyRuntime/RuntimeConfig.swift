@@ -39,8 +39,15 @@ public struct RuntimeConfig: Sendable, Equatable {
     }
 
     public struct LoggingSettings: Sendable, Equatable {
+        /// Debug records too (swift-log level `.debug` instead of `.info`).
         public var verbose = false
+        /// "console" or "json".
         public var format = "console"
+
+        public init(verbose: Bool = false, format: String = "console") {
+            self.verbose = verbose
+            self.format = format
+        }
     }
 
     public struct PrometheusSettings: Sendable, Equatable {

@@ -4,6 +4,7 @@ import Foundation
 import HarmonyCore
 import HarmonyRuntime
 import HarmonySQLite
+import Logging
 
 /// The harmonylite command line. Flags use HarmonyLite's single-dash spelling (`-cleanup`, `-db`).
 struct HarmonyLiteCommand: ParsableCommand {
@@ -111,7 +112,8 @@ enum CaptureStatus {
 /// The running sidecar: embedded or external NATS, the live node, and a clean stop on SIGINT/SIGTERM.
 enum Sidecar {
     static func run(_ config: RuntimeConfig) throws -> Never {
-        let log = LogSink(format: config.logging.format == "json" ? .json : .console, verbose: config.logging.verbose, node: config.node.nodeID)
+        HarmonyLogging.bootstrap(config.logging)
+        let log = HarmonyLogging.nodeLogger(nodeID: config.node.nodeID)
         var server: EmbeddedNATSServer?
         var urls = config.nats.urls
         if urls.isEmpty {
@@ -121,13 +123,13 @@ enum Sidecar {
             let s = try EmbeddedNATSServer(bindAddress: config.nats.bindAddress, storeDirectory: store,
                                            serverName: "harmonylite-\(config.node.nodeID)", clusterAddress: config.nats.clusterAddress,
                                            clusterRoutes: config.nats.clusterRoutes, clusterName: config.nats.clusterName)
-            s.onEvent = { log.warning($0) }
+            s.onEvent = { log.warning("\($0)") }
             try s.start()
             log.info("embedded nats-server on \(s.url), store \(store)")
             server = s
             urls = [s.url]
         }
-        let node = LiveNode(config: config, log: log)
+        let node = LiveNode(config: config, logger: log)
         do {
             try node.start(urls: urls)
         } catch {

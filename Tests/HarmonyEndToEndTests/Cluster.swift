@@ -39,23 +39,61 @@ func sqlite(_ path: String, _ sql: String) throws -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-/// A nats-server and N harmonylite processes on temporary SQLite files, all on 127.0.0.1.
+/// N harmonylite processes on temporary SQLite files, all on 127.0.0.1, over either one external nats-server
+/// (the test supervises it) or a NATS cluster made of each node's own embedded nats-server.
 final class LiveCluster {
+    enum Transport {
+        /// One nats-server started by the test; every node lists it in `[nats] urls`.
+        case external
+        /// No `urls`: each harmonylite runs its own nats-server, routed to the others' into one JetStream cluster.
+        case embeddedCluster
+    }
+
     let directory: String
+    let transport: Transport
+    /// The external server's client port (`.external` only).
     let natsPort: Int
-    var nats: EmbeddedNATSServer
+    var nats: EmbeddedNATSServer?
     var processes: [Int: Process] = [:]
+    /// How many times each node's log said it was replicating when it was last launched.
+    var startsLogged: [Int: Int] = [:]
     let nodeCount: Int
     let schema: String
+    /// Seconds a node may take from launch until its capture is installed (a forming JetStream cluster is slower).
+    let readyTimeoutSeconds: Double
 
-    init(nodes: Int, schema: String, shards: Int = 2, configure: (Int) -> String = { _ in "" }) throws {
+    init(nodes: Int, schema: String, shards: Int = 2, transport: Transport = .external, replicas: Int = 1,
+         configure: (Int) -> String = { _ in "" }) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        natsPort = EmbeddedNATSServer.freePort()
-        nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(natsPort)", storeDirectory: directory + "/nats", serverName: "e2e")
-        try nats.start()
+        self.transport = transport
         nodeCount = nodes
         self.schema = schema
+        var natsSection: [Int: String] = [:]
+        switch transport {
+        case .external:
+            natsPort = EmbeddedNATSServer.freePort()
+            readyTimeoutSeconds = 20
+            let server = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(natsPort)", storeDirectory: directory + "/nats", serverName: "e2e")
+            try server.start()
+            nats = server
+            for i in 1...nodes { natsSection[i] = "urls = [\"nats://127.0.0.1:\(natsPort)\"]" }
+        case .embeddedCluster:
+            natsPort = 0
+            readyTimeoutSeconds = 60
+            let ports = distinctFreePorts(2 * nodes)
+            let clientPorts = Array(ports[0..<nodes]), clusterPorts = Array(ports[nodes...])
+            for i in 1...nodes {
+                let routes = (1...nodes).filter { $0 != i }.map { "\"nats://127.0.0.1:\(clusterPorts[$0 - 1])\"" }
+                natsSection[i] = """
+                    bind_address = "127.0.0.1:\(clientPorts[i - 1])"
+                    cluster_address = "127.0.0.1:\(clusterPorts[i - 1])"
+                    cluster_routes = [\(routes.joined(separator: ", "))]
+                    cluster_name = "e2e-\(URL(fileURLWithPath: directory).lastPathComponent)"
+                    store_dir = "\(storeDirectory(i))"
+                    """
+            }
+        }
         for i in 1...nodes {
             try sqlite(dbPath(i), schema)
             let config = """
@@ -66,41 +104,91 @@ final class LiveCluster {
                 [replication_log]
                 shards = \(shards)
                 max_entries = 0
+                replicas = \(replicas)
                 [nats]
-                urls = ["nats://127.0.0.1:\(natsPort)"]
+                \(natsSection[i]!)
                 connect_retries = 20
                 reconnect_wait_seconds = 1
                 """
             try config.write(toFile: configPath(i), atomically: true, encoding: .utf8)
-            try start(i)
+        }
+        switch transport {
+        case .external:
+            for i in 1...nodes { try start(i) }
+        case .embeddedCluster:
+            // All at once: none can create its streams until enough of the others' servers have joined.
+            for i in 1...nodes { try launch(i) }
+            for i in 1...nodes { try waitUntilInstalled(i) }
         }
     }
 
     deinit {
-        for (_, p) in processes where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
-        nats.stop()
+        stopAll()
         try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// SIGTERM every node (a clean stop also stops its embedded server), SIGKILL what lingers, then kill any
+    /// nats-server still running on one of this cluster's stores, so no test leaves a process behind.
+    func stopAll() {
+        for (_, p) in processes where p.isRunning { p.terminate() }
+        let deadline = Date().addingTimeInterval(10)
+        for (_, p) in processes {
+            while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+        nats?.stop()
+        for pid in natsServerPIDs() { kill(pid, SIGKILL) }
     }
 
     func dbPath(_ i: Int) -> String { "\(directory)/node\(i).db" }
     func configPath(_ i: Int) -> String { "\(directory)/node\(i).toml" }
+    func storeDirectory(_ i: Int) -> String { "\(directory)/nats\(i)" }
+
+    /// Every live nats-server whose command line names a path under `under` (default: this cluster's directory).
+    func natsServerPIDs(under: String? = nil) -> [Int32] {
+        let prefix = under ?? directory
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { Int32($0) }.filter { pid in
+            guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !raw.isEmpty else { return false }
+            let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return args.first?.hasSuffix("nats-server") == true && args.contains { $0.hasPrefix(prefix) }
+        }
+    }
 
     func start(_ i: Int) throws {
+        try launch(i)
+        try waitUntilInstalled(i)
+    }
+
+    func launch(_ i: Int) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try harmonyliteBinary())
         p.arguments = ["-config", configPath(i)]
-        let log = FileHandle(forWritingAtPath: "\(directory)/node\(i).log") ?? {
-            FileManager.default.createFile(atPath: "\(directory)/node\(i).log", contents: nil)
-            return FileHandle(forWritingAtPath: "\(directory)/node\(i).log")!
-        }()
+        let logPath = "\(directory)/node\(i).log"
+        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
+        guard let log = FileHandle(forWritingAtPath: logPath) else { throw E2EError("cannot open \(logPath)") }
         log.seekToEndOfFile()
         p.standardOutput = log
         p.standardError = log
+        startsLogged[i] = startLines(i)
         try p.run()
         processes[i] = p
-        // Ready when its triggers exist (it installs capture before it subscribes).
-        try waitUntil("node \(i) installed capture", timeoutSeconds: 20) {
-            (try? sqlite(dbPath(i), "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock';"))?.hasPrefix("1") == true
+    }
+
+    func startLines(_ i: Int) -> Int { log(i).components(separatedBy: "node \(i) replicating ").count - 1 }
+
+    /// Ready when this launch logged that it replicates (after its streams exist and capture is installed),
+    /// and its triggers are there.
+    func waitUntilInstalled(_ i: Int) throws {
+        do {
+            try waitUntil("node \(i) started replicating", timeoutSeconds: readyTimeoutSeconds) {
+                if let p = processes[i], !p.isRunning { throw E2EError("node \(i) exited with status \(p.terminationStatus)") }
+                return startLines(i) > startsLogged[i, default: 0]
+                    && (try? sqlite(dbPath(i), "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock';"))?.hasPrefix("1") == true
+            }
+        } catch {
+            throw E2EError("\(error)\n--- node \(i) log ---\n\(log(i).suffix(3000))")
         }
     }
 
@@ -132,6 +220,17 @@ final class LiveCluster {
         throw E2EError("no convergence within \(timeoutSeconds) s for \(sql):\n" + last.enumerated().map { "node \($0.offset + 1): \($0.element)" }.joined(separator: "\n")
                        + "\n--- logs ---\n" + (1...nodeCount).map { "node \($0): \(log($0).suffix(2000))" }.joined(separator: "\n"))
     }
+}
+
+/// `count` different free TCP ports on 127.0.0.1 (asked of the kernel one by one, duplicates skipped; bounded).
+func distinctFreePorts(_ count: Int) -> [Int] {
+    var ports: [Int] = []
+    for _ in 0..<(count * 20) where ports.count < count {
+        let port = EmbeddedNATSServer.freePort()
+        if port > 0 && !ports.contains(port) { ports.append(port) }
+    }
+    precondition(ports.count == count, "could not find \(count) free ports")
+    return ports
 }
 
 func waitUntil(_ what: String, timeoutSeconds: Double, _ condition: () throws -> Bool) throws {

@@ -64,7 +64,7 @@ struct EndToEndTests {
         let c = try LiveCluster(nodes: 3, schema: kvSchema)
         try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'before');")
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
-        c.nats.stop()
+        c.nats?.stop()
         let outageEnds = Date().addingTimeInterval(10)
         var id = 100
         while Date() < outageEnds {
@@ -75,7 +75,7 @@ struct EndToEndTests {
             Thread.sleep(forTimeInterval: 0.5)
         }
         c.nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(c.natsPort)", storeDirectory: c.directory + "/nats", serverName: "e2e")
-        try c.nats.start()
+        try c.nats?.start()
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "\(1 + id - 100)\n", timeoutSeconds: 60)
     }
 
@@ -90,6 +90,37 @@ struct EndToEndTests {
         Thread.sleep(forTimeInterval: 1)
         #expect(try c.query(1, "SELECT group_concat(id) FROM items;") == "1,3\n")  // node 2 never sent
         #expect(try c.query(3, "SELECT group_concat(id) FROM items;") == "3\n")    // node 3 never applied
+    }
+
+    /// No external server: each harmonylite runs its own embedded nats-server, routed to the others' into one
+    /// JetStream cluster holding R3 streams. A node killed with SIGKILL leaves its server orphaned; restarted, it
+    /// stops that orphan, starts its own again and catches up with what the other two wrote meanwhile.
+    @Test func embeddedNATSClusterConvergesAndSurvivesKillNine() throws {
+        let started = Date()
+        let c = try LiveCluster(nodes: 3, schema: kvSchema, transport: .embeddedCluster, replicas: 3)
+        #expect(c.natsServerPIDs().count == 3)
+        for i in 1...3 {
+            try sqlite(c.dbPath(i), "INSERT INTO items (id, name) VALUES (\(i), 'from \(i)'), (\(i + 10), 'also from \(i)');")
+        }
+        _ = try c.waitForConvergence("SELECT count(*), sum(id) FROM items;", expected: "6|42\n")
+
+        c.kill9(2)
+        let orphans = c.natsServerPIDs(under: c.storeDirectory(2))
+        for i in [1, 3] {
+            try sqlite(c.dbPath(i), "INSERT INTO items (id, name) VALUES (\(i + 100), 'while 2 is down');")
+        }
+        try waitUntil("nodes 1 and 3 have each other's rows", timeoutSeconds: 20) {
+            try c.query(1, "SELECT count(*) FROM items;") == "8\n" && c.query(3, "SELECT count(*) FROM items;") == "8\n"
+        }
+        try c.start(2)
+        for pid in orphans { #expect(!c.natsServerPIDs(under: c.storeDirectory(2)).contains(pid), "orphaned nats-server \(pid) still running") }
+        #expect(c.natsServerPIDs(under: c.storeDirectory(2)).count == 1)
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (202, 'after the restart');")
+        _ = try c.waitForConvergence("SELECT count(*), sum(id) FROM items;", expected: "9|\(42 + 101 + 103 + 202)\n")
+
+        c.stopAll()
+        #expect(c.natsServerPIDs().isEmpty, "nats-server processes left behind")
+        #expect(Date().timeIntervalSince(started) < 60)
     }
 
     /// Garbage on the stream is parked with its reason, and replication goes on.
