@@ -232,6 +232,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("no-clock-advance-on-receipt", "clock-skew.toml"),
         ("ack-schema-mismatch", "schema-skew.toml"),
         ("restore-without-checkpoints", "truncation.toml"),
+        ("drop-schema-hash-on-decode", "schema-skew.toml"),
     ]
 
     func run() throws {

@@ -20,6 +20,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let ackSchemaMismatch = PlantedBugs(rawValue: 1 << 6)
     /// Restore a snapshot but resume each stream at its head instead of at the snapshot's sequences.
     public static let restoreWithoutCheckpoints = PlantedBugs(rawValue: 1 << 7)
+    /// Lose the schema hash when decoding, and treat a message without one as matching (as a legacy sender's).
+    public static let dropSchemaHashOnDecode = PlantedBugs(rawValue: 1 << 8)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -30,6 +32,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("no-clock-advance-on-receipt", .noClockAdvanceOnReceipt),
         ("ack-schema-mismatch", .ackSchemaMismatch),
         ("restore-without-checkpoints", .restoreWithoutCheckpoints),
+        ("drop-schema-hash-on-decode", .dropSchemaHashOnDecode),
     ]
 }
 

@@ -133,8 +133,10 @@ extension ReplicationNode {
     }
 
     /// One record: schema gate, shape check, then last-writer-wins inside its own savepoint.
-    func applyRecord(_ db: Database, shard: Int, _ message: IncomingMessage, _ record: ChangeRecord, maxHLC: inout Int64,
+    func applyRecord(_ db: Database, shard: Int, _ message: IncomingMessage, _ decoded: ChangeRecord, maxHLC: inout Int64,
                      events: inout [ReplicationEvent]) throws -> ApplyOutcome {
+        var record = decoded
+        if config.plantedBugs.contains(.dropSchemaHashOnDecode) { record.schemaHash = "" }
         maxHLC = max(maxHLC, record.version.hlc)
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
         guard let table = captured[record.table] else {
@@ -142,6 +144,7 @@ extension ReplicationNode {
             return .paused(table: record.table, remoteHash: record.schemaHash)  // not created here yet
         }
         let sameSchema = record.schemaHash == table.schema.hash
+            || (config.plantedBugs.contains(.dropSchemaHashOnDecode) && record.schemaHash.isEmpty)
         guard sameSchema || record.schemaHash == table.previousHash else {
             if config.plantedBugs.contains(.ackSchemaMismatch) { return .consumed }
             return .paused(table: record.table, remoteHash: record.schemaHash)
