@@ -38,7 +38,6 @@ final class SimJetStream {
     private var recentIDs: [String: Int64] = [:]
     private(set) var consumers: [ConsumerKey: Consumer] = [:]
     private(set) var duplicatesDropped = 0
-    private(set) var truncated = 0
     /// Every message ever stored, including those retention dropped: what the checkers count as landed.
     private(set) var archive: [Int: [Stored]] = [:]
 
@@ -62,9 +61,7 @@ final class SimJetStream {
         s.messages.append(Stored(sequence: s.lastSequence, messageID: messageID, payload: payload))
         archive[shard, default: []].append(s.messages[s.messages.count - 1])
         if maxEntries > 0 && s.messages.count > maxEntries {
-            let drop = s.messages.count - maxEntries
-            s.messages.removeFirst(drop)
-            truncated += drop
+            s.messages.removeFirst(s.messages.count - maxEntries)
         }
         s.firstSequence = s.messages.first?.sequence ?? s.lastSequence + 1
         streams[shard] = s

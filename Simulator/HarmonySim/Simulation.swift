@@ -40,11 +40,9 @@ struct SimSnapshotStore {
     var leaseHolder: Int?
     var leaseUntilMs: Int64 = 0
     var lastStoredMs: Int64?
-    var taken = 0
-    var restored = 0
 
-    /// Newest by name (the taker's clock), as a live store lists them.
-    var newest: (info: SnapshotInfo, bytes: [UInt8])? { snapshots.max { $0.info.name < $1.info.name } }
+    /// Newest by name (the taker's clock), as a live store lists them: `put` keeps them sorted that way.
+    var newest: (info: SnapshotInfo, bytes: [UInt8])? { snapshots.first }
 
     mutating func acquireLease(node: Int, nowMs: Int64, forMs: Int64) -> Bool {
         if let holder = leaseHolder, holder != node, leaseUntilMs > nowMs { return false }
@@ -62,7 +60,6 @@ struct SimSnapshotStore {
         snapshots.append((info, bytes))
         snapshots.sort { $0.info.name > $1.info.name }
         if snapshots.count > keep { snapshots.removeLast(snapshots.count - keep) }
-        taken += 1
     }
 }
 
@@ -684,8 +681,6 @@ public final class Simulation {
             } else {
                 conflictsResolved += 1
             }
-        case .restored:
-            snapshotStore.restored += 1
         case .parked(let shard, let sequence, let reason):
             violations.append("node \(node) parked shard \(shard) seq \(sequence): \(reason)")
         default:

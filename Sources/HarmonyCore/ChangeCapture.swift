@@ -214,7 +214,7 @@ public enum ChangeCapture {
     /// so rows written under an older epoch keep their values until published.
     static func ensureChangeLog(_ db: Database, _ schema: TableSchema) throws {
         let log = Bookkeeping.changeLog(schema.name)
-        let existing = Set(try db.query("SELECT name FROM pragma_table_info(?)", [.text(log)]).compactMap { $0[0].string })
+        let existing = Set(try db.query("SELECT name FROM pragma_table_info(?, 'main')", [.text(log)]).compactMap { $0[0].string })
         if existing.isEmpty {
             let vals = schema.columns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()
             try db.execute("""
@@ -238,7 +238,7 @@ public enum ChangeCapture {
     static func ensureVersionTable(_ db: Database, _ schema: TableSchema) throws {
         let table = Bookkeeping.versionTable(schema.name)
         let wanted = schema.primaryKey.map(Bookkeeping.keyColumn) + ["hlc", "node", "deleted"]
-        let existing = try db.query("SELECT name FROM pragma_table_info(?)", [.text(table)]).compactMap { $0[0].string }
+        let existing = try db.query("SELECT name FROM pragma_table_info(?, 'main')", [.text(table)]).compactMap { $0[0].string }
         if existing == wanted { return }
         if !existing.isEmpty { try db.execute("DROP TABLE \(q(table))") }
         let keyDefs = zip(schema.primaryKey, schema.primaryKeyCollations).map { column, collation in

@@ -117,8 +117,7 @@ extension ReplicationNode {
         let db = requireDatabase()
         let snap = Self.snapshotSchema
         try db.execute("ATTACH DATABASE \(quoteLiteral(path)) AS \(snap)")
-        var attached = true
-        defer { if attached { try? db.execute("DETACH DATABASE \(snap)") } }
+        defer { try? db.execute("DETACH DATABASE \(snap)") }
         // What the snapshot covers, checked against what the log still holds: an older snapshot cannot help.
         var sequences: [Int: UInt64] = [:]
         for row in try db.query("SELECT stream, seq FROM \(snap).\(quoteIdentifier(Bookkeeping.checkpointTable))") {
@@ -136,12 +135,7 @@ extension ReplicationNode {
             }
         }
         let tables = try snapshotTables(db)
-        // Capture reads table shapes by name: install it on new tables with the snapshot detached.
-        try db.execute("DETACH DATABASE \(snap)")
-        attached = false
         try createMissingTables(db, tables)
-        try db.execute("ATTACH DATABASE \(quoteLiteral(path)) AS \(snap)")
-        attached = true
         var restored = sequences
         if config.plantedBugs.contains(.restoreWithoutCheckpoints) {
             // Resume at the stream's head, as if the snapshot were current: what came after it is skipped.
@@ -180,19 +174,13 @@ extension ReplicationNode {
         var out: [SnapshotTable] = []
         for name in names where !name.hasPrefix("sqlite_") && !name.hasPrefix(Bookkeeping.prefix) && config.tables.admits(name) {
             guard all.contains(Bookkeeping.versionTable(name)) else { continue }
-            var columns: [String] = []
-            var keyed: [(Int64, String)] = []
-            for row in try db.query("SELECT name, pk, hidden FROM pragma_table_xinfo(?, '\(snap)')", [.text(name)]) {
-                guard let column = row[0].string, row[2].int64 == 0 else { continue }
-                columns.append(column)
-                if let pk = row[1].int64, pk > 0 { keyed.append((pk, column)) }
-            }
+            let schema = try SchemaReader.schema(db, table: name, schema: snap)
             let createSQL = try db.query("""
                 SELECT sql FROM \(snap).sqlite_schema
                 WHERE tbl_name = ? AND type IN ('table', 'index') AND sql IS NOT NULL AND substr(name, 1, ?) <> ?
                 ORDER BY type = 'table' DESC, name
                 """, [.text(name), .integer(Int64(Bookkeeping.prefix.utf8.count)), .text(Bookkeeping.prefix)]).compactMap { $0[0].string }
-            out.append(SnapshotTable(name: name, columns: columns, primaryKey: keyed.sorted { $0.0 < $1.0 }.map(\.1), createSQL: createSQL))
+            out.append(SnapshotTable(name: name, columns: schema.columns, primaryKey: schema.primaryKey, createSQL: createSQL))
         }
         return out
     }

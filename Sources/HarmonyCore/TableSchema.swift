@@ -46,8 +46,10 @@ public enum SchemaReader {
         }.sorted()
     }
 
-    public static func schema(_ db: Database, table: String) throws -> TableSchema {
-        let rows = try db.query("SELECT cid, name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?)", [.text(table)])
+    /// `schema` names the attached database to read (`main` unless reading a snapshot being restored).
+    public static func schema(_ db: Database, table: String, schema: String = "main") throws -> TableSchema {
+        let rows = try db.query("SELECT cid, name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?, ?)",
+                                [.text(table), .text(schema)])
         guard !rows.isEmpty else { throw SchemaError.noSuchTable(table) }
         var columns: [String] = []
         var defaults: [String] = []
@@ -68,7 +70,7 @@ public enum SchemaReader {
             hash.combine(pk)
         }
         let primaryKey = keyed.sorted { $0.0 < $1.0 }.map(\.1)
-        let collations = try primaryKey.map { try db.collation(table: table, column: $0) }
+        let collations = try primaryKey.map { try db.collation(table: table, column: $0, schema: schema) }
         for c in collations { hash.combine(c) }
         return TableSchema(name: table, columns: columns, primaryKey: primaryKey,
                            primaryKeyCollations: collations, defaults: defaults, hash: hash.hex)

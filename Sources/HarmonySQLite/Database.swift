@@ -133,11 +133,11 @@ public func quoteLiteral(_ text: String) -> String {
 
 extension Database {
     /// The collating sequence declared for a column (BINARY when none), so shadow keys compare like the original.
-    public func collation(table: String, column: String) throws -> String {
+    public func collation(table: String, column: String, schema: String = "main") throws -> String {
         var dataType: UnsafePointer<CChar>?
         var collSeq: UnsafePointer<CChar>?
         var notNull: Int32 = 0, primaryKey: Int32 = 0, autoinc: Int32 = 0
-        let rc = sqlite3_table_column_metadata(handle, "main", table, column, &dataType, &collSeq,
+        let rc = sqlite3_table_column_metadata(handle, schema, table, column, &dataType, &collSeq,
                                                &notNull, &primaryKey, &autoinc)
         guard rc == SQLITE_OK else { throw error(rc, sql: "column metadata for \(table).\(column)") }
         return collSeq.map { String(cString: $0) } ?? "BINARY"
