@@ -1,5 +1,5 @@
 /// The subset of CBOR (RFC 8949) the wire format needs. Definite lengths only; decoding is strict and bounded.
-public indirect enum CBOR: Sendable, Hashable {
+public enum CBOR: Sendable, Hashable {
     case unsigned(UInt64)
     case negative(UInt64)  // the value is -1 - n
     case bytes([UInt8])

@@ -88,13 +88,21 @@ public enum EnvelopeCodec {
         guard case .map(let entries) = value else {
             throw EnvelopeError.malformed("record is not a map")
         }
-        var fields: [UInt64: CBOR] = [:]
+        // Known keys are 0...8: a fixed table instead of a dictionary per record (this runs for every change applied).
+        var fields = [CBOR?](repeating: nil, count: Int(Key.schema.rawValue) + 1)
+        var unknownKeys = Set<UInt64>()
         for (k, v) in entries {
             guard case .unsigned(let key) = k else { throw EnvelopeError.malformed("map key is not an unsigned integer") }
-            guard fields.updateValue(v, forKey: key) == nil else { throw EnvelopeError.malformed("duplicate key \(key)") }
+            if key < UInt64(fields.count) {
+                guard fields[Int(key)] == nil else { throw EnvelopeError.malformed("duplicate key \(key)") }
+                fields[Int(key)] = v
+            } else {
+                // Unknown keys (a later envelope version) are ignored, but still must not repeat.
+                guard unknownKeys.insert(key).inserted else { throw EnvelopeError.malformed("duplicate key \(key)") }
+            }
         }
         func field(_ key: Key) throws -> CBOR {
-            guard let v = fields[key.rawValue] else { throw EnvelopeError.malformed("missing field \(key)") }
+            guard let v = fields[Int(key.rawValue)] else { throw EnvelopeError.malformed("missing field \(key)") }
             return v
         }
         func int(_ key: Key) throws -> Int64 {
@@ -140,14 +148,19 @@ public enum EnvelopeCodec {
 
     static func decodeColumns(_ c: CBOR, what: String) throws -> [ChangeRecord.Column] {
         guard case .array(let items) = c else { throw EnvelopeError.malformed("\(what) is not an array") }
-        var seen = Set<String>()
-        return try items.map { item in
+        var columns: [ChangeRecord.Column] = []
+        columns.reserveCapacity(items.count)
+        // Rows are short: a linear scan finds a repeated name faster than hashing; a set only for wide (or hostile) rows.
+        var seen: Set<String>? = items.count > 32 ? Set(minimumCapacity: items.count) : nil
+        for item in items {
             guard case .array(let pair) = item, pair.count == 2, case .text(let name) = pair[0] else {
                 throw EnvelopeError.malformed("\(what) entry is not a [name, value] pair")
             }
-            guard seen.insert(name).inserted else { throw EnvelopeError.malformed("\(what) repeats column \(name)") }
-            return ChangeRecord.Column(name, try databaseValue(pair[1], column: name))
+            let repeated = seen != nil ? !seen!.insert(name).inserted : columns.contains { $0.name == name }
+            guard !repeated else { throw EnvelopeError.malformed("\(what) repeats column \(name)") }
+            columns.append(ChangeRecord.Column(name, try databaseValue(pair[1], column: name)))
         }
+        return columns
     }
 
     static func databaseValue(_ c: CBOR, column: String) throws -> DatabaseValue {

@@ -185,6 +185,8 @@ extension ReplicationNode {
         /// as the sender's own row will read once it upgrades.
         var defaultedColumns: [(name: String, defaultSQL: String)] = []
         var version: RowVersion
+        /// The row is exactly the local columns in local order, so the table's one shared statement set applies.
+        var exactShape = false
     }
 
     struct ShapeMismatch: Error, CustomStringConvertible {
@@ -192,6 +194,7 @@ extension ReplicationNode {
     }
 
     func resolve(_ record: ChangeRecord, against schema: TableSchema, strict: Bool) throws -> ResolvedChange {
+        if let exact = try resolveExactShape(record, against: schema) { return exact }
         let keyValues = Dictionary(record.primaryKey.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         guard Set(keyValues.keys) == Set(schema.primaryKey) else {
             throw ShapeMismatch(description: "primary key columns \(record.primaryKey.map(\.name)) do not match \(schema.primaryKey) of \(quoteIdentifier(schema.name))")
@@ -222,6 +225,25 @@ extension ReplicationNode {
                               defaultedColumns: defaulted.map { (name: $0.0, defaultSQL: $0.1) }, version: record.version)
     }
 
+    /// The common case, checked without building sets: the record carries exactly the local columns and key,
+    /// in local order (what a sender with the same schema writes). Nil means "take the general path".
+    func resolveExactShape(_ record: ChangeRecord, against schema: TableSchema) throws -> ResolvedChange? {
+        guard record.primaryKey.count == schema.primaryKey.count else { return nil }
+        for (c, name) in zip(record.primaryKey, schema.primaryKey) where c.name != name { return nil }
+        switch record.operation {
+        case .delete:
+            guard record.row.isEmpty else { return nil }
+        case .upsert:
+            guard record.row.count == schema.columns.count else { return nil }
+            for (c, name) in zip(record.row, schema.columns) where c.name != name { return nil }
+            for k in record.primaryKey where !record.row.contains(where: { $0.name == k.name && $0.value == k.value }) {
+                throw ShapeMismatch(description: "key column \(quoteIdentifier(k.name)) disagrees between key and row")
+            }
+        }
+        return ResolvedChange(table: schema, operation: record.operation, key: record.primaryKey.map(\.value), row: record.row,
+                              version: record.version, exactShape: true)
+    }
+
     /// Applies the change only if its version is greater than the row's current version (including a
     /// tombstone or an unpublished local write). Returns whether it won.
     func applyLWW(_ db: Database, _ change: ResolvedChange) throws -> Bool {
@@ -245,6 +267,13 @@ extension ReplicationNode {
 
     /// The statements one change needs, built once per table and column set (messages of one table
     /// almost always carry the same columns) instead of once per message.
+    /// `columns` nil: the exact local shape, the key nearly every message has (no per-message column list to hash).
+    struct ApplySQLKey: Hashable {
+        var table: String
+        var delete: Bool
+        var columns: [String]?
+    }
+
     struct ApplySQL {
         var currentVersion: String
         var write: String
@@ -254,9 +283,10 @@ extension ReplicationNode {
 
     func applySQL(_ change: ResolvedChange) -> ApplySQL {
         let schema = change.table
-        var key = schema.name + "\u{0}" + (change.operation == .delete ? "-" : "+")
-        for c in change.row { key += "\u{0}" + c.name }
-        for c in change.defaultedColumns { key += "\u{0}=" + c.name }
+        var key = ApplySQLKey(table: schema.name, delete: change.operation == .delete, columns: nil)
+        if !change.exactShape {
+            key.columns = change.row.map(\.name) + change.defaultedColumns.map { "=" + $0.name }
+        }
         if let cached = applySQLCache[key] { return cached }
         let table = quoteIdentifier(schema.name)
         let versionTable = quoteIdentifier(Bookkeeping.versionTable(schema.name))

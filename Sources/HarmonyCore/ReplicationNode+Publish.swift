@@ -84,28 +84,40 @@ extension ReplicationNode {
     }
 
     /// Builds the record for one change-log row with the columns of the epoch it was written in.
-    /// One read per row: the whole log row, then the epoch's columns are picked from it by name.
+    /// One read per row; values are picked by positions worked out once per table and epoch.
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
         let db = requireDatabase()
         let logTable = Bookkeeping.changeLog(table)
-        if !knownChangeLogs.contains(logTable) {
+        if changeLogLayouts[logTable] == nil {
             let exists = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(logTable)])
             guard exists?.int64 == 1 else { return nil }
-            knownChangeLogs.insert(logTable)
         }
         let read = try db.cached("SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
         try read.bind([.integer(changeID)])
+        defer { try? read.bind([]) }  // resets the statement so it holds no read lock
         guard try read.step() else { return nil }
-        var byName: [String: DatabaseValue] = [:]
-        for i in 0..<read.columnCount { byName[read.columnName(i)] = read.column(i) }
-        try read.bind([])  // resets the statement so it holds no read lock
-        guard let type = byName["type"]?.string, let hlc = byName["hlc"]?.int64, let node = byName["node"]?.int64,
-              let epoch = byName["epoch"]?.int64, let shape = try shape(table: table, epoch: epoch)
+        if changeLogLayouts[logTable]?.columnCount != read.columnCount {
+            var index: [String: Int] = [:]
+            for i in 0..<read.columnCount { index[read.columnName(i)] = i }
+            changeLogLayouts[logTable] = ChangeLogLayout(columnCount: read.columnCount, index: index)
+        }
+        let layout = changeLogLayouts[logTable]!
+        func at(_ name: String) -> DatabaseValue { layout.index[name].map { read.column($0) } ?? .null }
+        guard let type = at("type").string, let hlc = at("hlc").int64, let node = at("node").int64,
+              let epoch = at("epoch").int64, let shape = try shape(table: table, epoch: epoch)
         else { return nil }
-        func value(_ column: String) -> DatabaseValue { byName[Bookkeeping.valueColumn(column)] ?? .null }
+        let positions: (key: [Int?], row: [Int?])
+        if let known = layout.epochs[epoch] {
+            positions = known
+        } else {
+            positions = (shape.primaryKey.map { layout.index[Bookkeeping.valueColumn($0)] },
+                         shape.columns.map { layout.index[Bookkeeping.valueColumn($0)] })
+            changeLogLayouts[logTable]!.epochs[epoch] = positions
+        }
+        func value(_ position: Int?) -> DatabaseValue { position.map { read.column($0) } ?? .null }
         let operation: ChangeOperation = type == "delete" ? .delete : .upsert
-        let key = shape.primaryKey.map { ChangeRecord.Column($0, value($0)) }
-        let fullRow = operation == .delete ? [] : shape.columns.map { ChangeRecord.Column($0, value($0)) }
+        let key = zip(shape.primaryKey, positions.key).map { ChangeRecord.Column($0, value($1)) }
+        let fullRow = operation == .delete ? [] : zip(shape.columns, positions.row).map { ChangeRecord.Column($0, value($1)) }
         return ChangeRecord(originNode: config.nodeID, table: table, operation: operation, primaryKey: key,
                             row: fullRow, version: RowVersion(hlc: hlc, node: node), schemaHash: shape.hash)
     }

@@ -33,9 +33,17 @@ public final class ReplicationNode {
     var schemaVersion: Int64 = -1
     var epochShapes: [String: [Int64: EpochShape]] = [:]
     /// Apply statements per table shape; cleared whenever capture is re-installed (the schema may have moved).
-    var applySQLCache: [String: ApplySQL] = [:]
-    /// Change-log tables known to exist; cleared with the caches above.
-    var knownChangeLogs: Set<String> = []
+    var applySQLCache: [ApplySQLKey: ApplySQL] = [:]
+    /// Column positions of each existing change-log table's `SELECT *`, per table name; cleared with the caches above.
+    var changeLogLayouts: [String: ChangeLogLayout] = [:]
+
+    /// Where each field sits in a change-log row, so publishing reads values by position instead of by name.
+    struct ChangeLogLayout {
+        var columnCount: Int
+        var index: [String: Int]
+        /// Per epoch: positions of the key columns and of the row columns (nil: the log has no such column).
+        var epochs: [Int64: (key: [Int?], row: [Int?])] = [:]
+    }
 
     struct EpochShape {
         var hash: String
@@ -151,7 +159,7 @@ public final class ReplicationNode {
         }
         epochShapes.removeAll()
         applySQLCache.removeAll()
-        knownChangeLogs.removeAll()
+        changeLogLayouts.removeAll()
         schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
         env.events?.record(.captureInstalled(tables: captured.count))
     }

@@ -87,6 +87,28 @@ struct CodecTests {
         #expect(throws: EnvelopeError.self) { try EnvelopeCodec.decode([0x01] + CBOREncoder.encode(.map(fields))) }
     }
 
+    /// The decoder's checks on the record map and column lists, which user data and hostile senders both reach.
+    @Test func recordMapAndColumnListsAreValidated() throws {
+        guard case .map(let m) = try CBORDecoder.decode(Array(try EnvelopeCodec.encode(sampleRecord).dropFirst())) else {
+            Issue.record("not a map"); return
+        }
+        func decode(_ entries: [(CBOR, CBOR)]) throws -> ChangeRecord { try EnvelopeCodec.decode([0x01] + CBOREncoder.encode(.map(entries))) }
+        // A later envelope version's extra key is ignored; the same key twice (known or not) is refused.
+        #expect(try decode(m + [(.unsigned(40), .text("future"))]) == sampleRecord)
+        #expect(throws: EnvelopeError.malformed("duplicate key 2")) { try decode(m + [(.unsigned(2), .text("other"))]) }
+        #expect(throws: EnvelopeError.malformed("duplicate key 40")) {
+            try decode(m + [(.unsigned(40), .null), (.unsigned(40), .null)])
+        }
+        #expect(throws: EnvelopeError.malformed("missing field table")) { try decode(m.filter { $0.0 != .unsigned(2) }) }
+        // A repeated column name, in a short row (linear check) and in a wide one (set check).
+        for width in [3, 40] {
+            var row = (0..<width).map { CBOR.array([.text("c\($0)"), .unsigned(UInt64($0))]) }
+            row.append(.array([.text("c1"), .null]))
+            let entries = m.map { k, v in k == .unsigned(5) ? (k, CBOR.array(row)) : (k, v) }
+            #expect(throws: EnvelopeError.malformed("row repeats column c1")) { try decode(entries) }
+        }
+    }
+
     /// Random bytes and random mutations of valid messages: decoding must throw or succeed, never crash or hang.
     @Test func fuzzedInputNeverCrashes() throws {
         var rng = SplitMix64(state: 0x5EED)

@@ -159,6 +159,26 @@ struct PublishAndGateTests {
         #expect(try count(c.apps[0], Bookkeeping.parkedTable) == 1)
         #expect(try c.rows(0, "SELECT count(*) FROM users") == [[0]])
     }
+
+    /// A row in exactly the local shape (the fast path) whose key value disagrees with its row value is parked,
+    /// as is the same disagreement in another column order (the general path).
+    @Test func rowWhoseKeyDisagreesWithItsKeyColumnIsParked() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        let table = c.nodes[0].captured["users"]!.schema
+        let row = table.columns.map { name -> ChangeRecord.Column in
+            .init(name, name == "id" ? .integer(2) : name == "name" ? .text("x") : .real(1))
+        }
+        for columns in [row, row.reversed()] {
+            let bad = ChangeRecord(originNode: 9, table: "users", operation: .upsert, primaryKey: [.init("id", 1)],
+                                   row: Array(columns), version: RowVersion(hlc: 1 << 40, node: 9), schemaHash: table.hash)
+            c.streams.appendRaw(shard: 1, payload: try EnvelopeCodec.encode(bad))
+        }
+        try c.deliver(0)
+        let reasons = try c.rows(0, "SELECT error FROM \(quoteIdentifier(Bookkeeping.parkedTable)) ORDER BY seq")
+        #expect(reasons.count == 2)
+        #expect(reasons.allSatisfy { $0[0].string?.contains("disagrees between key and row") == true })
+        #expect(try c.rows(0, "SELECT count(*) FROM users") == [[0]])
+    }
 }
 
 @Suite("Run-time DDL")
