@@ -35,7 +35,7 @@ let package = Package(
 
         // The live runtime's pieces: config.toml, the embedded nats-server supervisor, log handlers, change detection.
         .target(name: "HarmonyRuntime", dependencies: [
-            "HarmonyCore", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS",
+            "HarmonyCore", "HarmonyCodec", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS",
             .product(name: "Logging", package: "swift-log"),
         ]),
 

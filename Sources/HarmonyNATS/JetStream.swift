@@ -307,8 +307,9 @@ public final class JetStream: @unchecked Sendable {
 
     // MARK: Key-value
 
-    /// Opens a KV bucket, creating it (with `history` revisions per key) when missing and `create` is true.
-    public func keyValue(bucket: String, history: Int = 1, create: Bool = true) throws -> KeyValueBucket {
+    /// Opens a KV bucket, creating it (with `history` revisions per key, on `replicas` servers) when missing
+    /// and `create` is true.
+    public func keyValue(bucket: String, history: Int = 1, replicas: Int = 1, create: Bool = true) throws -> KeyValueBucket {
         try withHandle { js in
             var kv: OpaquePointer? = nil
             var s = js_KeyValue(&kv, js, bucket)
@@ -319,6 +320,7 @@ public final class JetStream: @unchecked Sendable {
                     kvConfig_Init(&cfg)
                     cfg.Bucket = cBucket
                     cfg.History = UInt8(clamping: min(64, max(1, history)))
+                    cfg.Replicas = Int32(clamping: max(1, replicas))
                     return js_CreateKeyValue(&kv, js, &cfg)
                 }
                 if s != NATS_OK {

@@ -55,11 +55,56 @@ public struct RuntimeConfig: Sendable, Equatable {
         public var bind = "127.0.0.1:3010"
     }
 
-    /// Accepted now, used when snapshots land.
+    /// `[snapshot]`: where snapshots go, how often one is taken, how many are kept.
     public struct SnapshotSettings: Sendable, Equatable {
         public var enabled = false
+        /// "nats" (JetStream object store, the default), "local", "s3", "webdav" or "sftp".
         public var store = "nats"
+        /// Milliseconds between snapshots (0: only on demand and when a node needs one).
         public var intervalMs: Int64 = 0
+        /// Snapshots kept in the store, newest first.
+        public var keep = 3
+        public var nats = NATSObjectStoreSettings()
+        public var local = LocalStoreSettings()
+        public var s3 = S3StoreSettings()
+        public var webdav = WebDAVStoreSettings()
+        public var sftp = SFTPStoreSettings()
+    }
+
+    /// `[snapshot.nats]`
+    public struct NATSObjectStoreSettings: Sendable, Equatable {
+        public var bucket = "harmonylite-snapshots"
+        /// Nil: as many as `[replication_log] replicas`.
+        public var replicas: Int?
+    }
+
+    /// `[snapshot.local]`: a directory (shared or not); default `<db dir>/snapshots`.
+    public struct LocalStoreSettings: Sendable, Equatable {
+        public var path: String?
+    }
+
+    /// `[snapshot.s3]`: HarmonyLite's keys.
+    public struct S3StoreSettings: Sendable, Equatable {
+        public var endpoint = "s3.amazonaws.com"
+        public var bucket = ""
+        public var path = ""
+        public var useSSL = true
+        public var accessKey: String?
+        public var secret: String?
+        public var sessionToken: String?
+        public var region = "us-east-1"
+    }
+
+    /// `[snapshot.webdav]`: `url` as in HarmonyLite (`https://host/path?dir=/snapshots&login=user&secret=pass`).
+    public struct WebDAVStoreSettings: Sendable, Equatable {
+        public var url = ""
+    }
+
+    /// `[snapshot.sftp]`: `url` as in HarmonyLite (`sftp://user:password@host:port/path`), or key authentication.
+    public struct SFTPStoreSettings: Sendable, Equatable {
+        public var url = ""
+        public var identityFile: String?
+        public var knownHostsFile: String?
     }
 
     public init(node: NodeConfig) { self.node = node }
@@ -135,14 +180,24 @@ public struct RuntimeConfig: Sendable, Equatable {
             c.prometheus.bind = try p.string("bind") ?? c.prometheus.bind
         }
         if let s = try root.table("snapshot") {
-            // Store-specific tables ([snapshot.s3], [snapshot.webdav], ...) are accepted as they are until snapshots land.
-            try s.rejectUnknownKeys(allowed: ["enabled", "store", "interval", "s3", "webdav", "sftp", "nats", "local"])
+            try s.rejectUnknownKeys(allowed: ["enabled", "store", "interval", "keep", "s3", "webdav", "sftp", "nats", "local"])
             c.snapshot.enabled = try s.bool("enabled") ?? false
             c.snapshot.store = try s.string("store") ?? "nats"
             guard ["nats", "s3", "webdav", "sftp", "local"].contains(c.snapshot.store) else {
                 throw s.error(at: "store", "key 'snapshot.store' must be one of nats, s3, webdav, sftp, local; got \"\(c.snapshot.store)\"")
             }
             c.snapshot.intervalMs = Int64(try nonNegative(s, "interval", 0))
+            c.snapshot.keep = try positive(s, "keep", c.snapshot.keep)
+            if let n = try s.table("nats") {
+                try n.rejectUnknownKeys(allowed: ["bucket", "replicas"])
+                c.snapshot.nats.bucket = try n.string("bucket") ?? c.snapshot.nats.bucket
+                if try n.int("replicas") != nil { c.snapshot.nats.replicas = try positive(n, "replicas", 1) }
+            }
+            if let l = try s.table("local") {
+                try l.rejectUnknownKeys(allowed: ["path"])
+                c.snapshot.local.path = try l.string("path")
+            }
+            try parseSnapshotStoreTables(s, into: &c.snapshot)
         }
         return c
     }

@@ -71,5 +71,31 @@ struct RuntimeConfigTests {
         #expect(message("db_path = \"a\"\n[nats]\ncert_file = \"c.pem\"\n").contains("key_file"))
         #expect(message("db_path = 3\n").contains("db_path"))
         #expect(message("db_path = \"a\"\npublish = \"yes\"\n").contains("publish"))
+        #expect(message("db_path = \"a\"\n[snapshot]\nkeep = 0\n").contains("snapshot.keep"))
+        #expect(message("db_path = \"a\"\n[snapshot]\nstore = \"ftp\"\n").contains("snapshot.store"))
+        #expect(message("db_path = \"a\"\n[snapshot.nats]\nbuckett = \"x\"\n").contains("unknown key 'snapshot.nats.buckett'"))
+        #expect(message("db_path = \"a\"\n[snapshot.local]\npath = 5\n").contains("snapshot.local.path"))
+    }
+
+    /// Snapshot settings: defaults, history, the object store's replicas following the streams', a local path.
+    @Test func snapshotSettings() throws {
+        let defaults = try RuntimeConfig.parse("db_path = \"a.db\"\n[replication_log]\nreplicas = 3\n[snapshot]\nenabled = true\n")
+        #expect(defaults.snapshot.store == "nats" && defaults.snapshot.keep == 3 && defaults.snapshot.intervalMs == 0)
+        #expect(defaults.snapshot.nats.bucket == "harmonylite-snapshots" && defaults.snapshot.nats.replicas == nil)
+        let c = try RuntimeConfig.parse("""
+            db_path = "a.db"
+            [snapshot]
+            enabled = true
+            store = "local"
+            interval = 60000
+            keep = 5
+            [snapshot.nats]
+            bucket = "snaps"
+            replicas = 1
+            [snapshot.local]
+            path = "/srv/snapshots"
+            """)
+        #expect(c.snapshot.enabled && c.snapshot.store == "local" && c.snapshot.intervalMs == 60_000 && c.snapshot.keep == 5)
+        #expect(c.snapshot.nats.bucket == "snaps" && c.snapshot.nats.replicas == 1 && c.snapshot.local.path == "/srv/snapshots")
     }
 }
