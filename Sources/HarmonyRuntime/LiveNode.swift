@@ -19,6 +19,10 @@ public final class LiveNode: @unchecked Sendable {
     private var timers: [NodeTimer: DispatchSourceTimer] = [:]
     private var changes: DatabaseChangeMonitor?
     private var subscriptions: [Int: PullSubscription] = [:]
+    /// Per shard: the running fetch thread's stop flag, raised when the core resubscribes (after a restore). Queue only.
+    private var fetchStops: [Int: FetchStop] = [:]
+    private var snapshots: SnapshotService?
+    private var registry: SchemaRegistry?
     /// Bumped each time the core asks for a shard's subscription, so a pending retry of an older request gives up. Queue only.
     private var subscribeGeneration: [Int: Int] = [:]
     private var fetchThreads: [Thread] = []
@@ -45,19 +49,7 @@ public final class LiveNode: @unchecked Sendable {
     /// A JetStream cluster that is still forming (no meta leader, too few peers for the replicas asked) is
     /// waited for, retrying with backoff for at most `jetStreamWaitSeconds`.
     public func start(urls: [String], jetStreamWaitSeconds: Double = 60) throws {
-        var options = NATSConnectOptions(urls: urls, name: "harmonylite-node-\(config.node.nodeID)")
-        options.connectRetries = max(1, config.nats.connectRetries)
-        options.reconnectWaitMs = Int64(config.nats.reconnectWaitSeconds) * 1000
-        options.maxReconnects = -1
-        options.user = config.nats.userName
-        options.password = config.nats.userPassword
-        options.token = config.nats.token
-        options.credentialsFile = config.nats.credsFile
-        options.nkeySeedFile = config.nats.seedFile
-        options.tlsCAFile = config.nats.caFile
-        options.tlsCertFile = config.nats.certFile
-        options.tlsKeyFile = config.nats.keyFile
-        let connection = try NATSConnection(options)
+        let connection = try NATSConnection(Self.connectOptions(config, urls: urls))
         self.connection = connection
         let js = try connection.jetStream(publishAsyncMaxPending: config.node.publishInFlightMax) { [weak self] result in
             guard let node = self else { return }
@@ -72,12 +64,27 @@ public final class LiveNode: @unchecked Sendable {
                                     maxMessages: config.maxEntries, replicas: config.replicas, duplicateWindowMs: 120_000)
             }
         }
-        _ = try retryWhileJetStreamForms("opening the schema registry bucket", until: deadline) {
-            try js.keyValue(bucket: "harmonylite-schema-registry")
+        let registryBucket = try retryWhileJetStreamForms("opening the schema registry bucket", until: deadline) {
+            try js.keyValue(bucket: SchemaRegistryEntry.bucket, replicas: config.replicas)
+        }
+        registry = SchemaRegistry(bucket: registryBucket, nodeID: config.node.nodeID, log: log)
+        if config.snapshot.enabled {
+            let store = try retryWhileJetStreamForms("opening the snapshot store", until: deadline) {
+                try SnapshotStores.make(config, jetStream: js)
+            }
+            let leaseBucket = try retryWhileJetStreamForms("opening the lease bucket", until: deadline) {
+                try js.keyValue(bucket: "harmonylite-leases", replicas: config.replicas)
+            }
+            let directory = (config.node.databasePath as NSString).deletingLastPathComponent
+            snapshots = SnapshotService(store: store, settings: config.snapshot,
+                                        lease: SnapshotLease(bucket: leaseBucket, nodeID: config.node.nodeID, durationMs: 10 * 60_000),
+                                        workDirectory: directory.isEmpty ? "." : directory, log: log)
+            log.info("snapshots: \(store.location), keep \(config.snapshot.keep), interval \(config.snapshot.intervalMs) ms")
         }
         try queue.sync {
             let core = ReplicationNode(config: config.node, environment: NodeEnvironment(
-                clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(), events: LiveEvents(log: log)))
+                clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(),
+                events: LiveEvents(log: log, node: self), snapshots: LiveSnapshotSource(node: self)))
             self.core = core
             // Watch first: a commit made while the core starts still moves data_version past what the monitor read.
             let changes = DatabaseChangeMonitor(databasePath: config.node.databasePath, queue: queue, logger: log) { [weak self] in
@@ -86,7 +93,9 @@ public final class LiveNode: @unchecked Sendable {
             try changes.start()
             self.changes = changes
             try core.start()
+            schemaChanged()
         }
+        snapshots?.startPeriodic(node: self)
         log.info("node \(config.node.nodeID) replicating \(config.node.databasePath) over \(urls.joined(separator: ",")) with \(config.node.shards) shard(s)")
     }
 
@@ -107,6 +116,23 @@ public final class LiveNode: @unchecked Sendable {
         }
     }
 
+    /// How this node connects: `config`'s retries, credentials and TLS, to `urls`.
+    public static func connectOptions(_ config: RuntimeConfig, urls: [String]) -> NATSConnectOptions {
+        var options = NATSConnectOptions(urls: urls, name: "harmonylite-node-\(config.node.nodeID)")
+        options.connectRetries = max(1, config.nats.connectRetries)
+        options.reconnectWaitMs = Int64(config.nats.reconnectWaitSeconds) * 1000
+        options.maxReconnects = -1
+        options.user = config.nats.userName
+        options.password = config.nats.userPassword
+        options.token = config.nats.token
+        options.credentialsFile = config.nats.credsFile
+        options.nkeySeedFile = config.nats.seedFile
+        options.tlsCAFile = config.nats.caFile
+        options.tlsCertFile = config.nats.certFile
+        options.tlsKeyFile = config.nats.keyFile
+        return options
+    }
+
     /// Errors JetStream answers while its cluster has no meta leader yet or too few peers for the replicas asked.
     static func isTransientJetStreamError(_ error: any Error) -> Bool {
         guard let e = error as? NATSError else { return false }
@@ -116,6 +142,66 @@ public final class LiveNode: @unchecked Sendable {
         let text = e.message.lowercased()
         return ["no responders", "not enabled", "temporarily unavailable", "insufficient resources", "no suitable peers",
                 "timeout", "timed out"].contains { text.contains($0) }
+    }
+
+    // MARK: Snapshots and the schema registry
+
+    /// Runs `body` with the core on the node's queue and returns its result; nil once stopped.
+    func onQueue<T>(_ body: (ReplicationNode) throws -> T) throws -> T? {
+        try queue.sync { try core.map(body) }
+    }
+
+    /// Runs `body` with the core on the node's queue later; errors are logged.
+    func enqueue(_ body: @escaping @Sendable (ReplicationNode) throws -> Void) {
+        queue.async { [weak self] in
+            guard let self, let core = self.core else { return }
+            do { try body(core) } catch { self.log.error("\(error)") }
+        }
+    }
+
+    /// Queue only: capture was (re)installed, so the registry entry may be stale.
+    func schemaChanged() {
+        guard let core else { return }
+        registry?.update(tables: core.captured.mapValues { $0.schema.hash })
+    }
+
+    /// The core is behind the log's start and wants the newest snapshot.
+    func requestNewestSnapshot() {
+        guard let snapshots else {
+            let reason = "this node is behind the log's start and needs a snapshot, but [snapshot] enabled = false"
+            queue.async { [weak self] in self?.core?.snapshotUnavailable(reason: reason) }
+            return
+        }
+        snapshots.fetchNewest(node: self)
+    }
+
+    /// `-save-snapshot`: once this node has applied what the streams held when it started (bounded by
+    /// `timeoutSeconds`), takes a snapshot under the lease and uploads it. Returns its name, or nil if skipped.
+    public func saveSnapshot(timeoutSeconds: Double) throws -> String? {
+        guard let snapshots else { throw SnapshotStoreError("[snapshot] enabled = false: there is no store to save to") }
+        let targets = router.shards.map { shard in (shard, streamState(shard: shard)?.lastSequence ?? 0) }
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while true {
+            let caughtUp = try onQueue { core in targets.allSatisfy { core.checkpoint($0.0) >= $0.1 } } ?? false
+            if caughtUp { break }
+            guard Date() < deadline else {
+                throw SnapshotStoreError("not caught up with the streams after \(Int(timeoutSeconds)) s; no snapshot taken")
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        // Local writes still being published make the core skip; give them a moment.
+        for _ in 0..<100 {
+            if let name = try snapshots.takeAndUpload(node: self) { return name }
+            guard Date() < deadline else { return nil }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        return nil
+    }
+
+    /// A snapshot now, for a running sidecar (SIGUSR1); nil when skipped (the reason is logged).
+    public func snapshotNow() throws -> String? {
+        guard let snapshots else { throw SnapshotStoreError("[snapshot] enabled = false: there is no store to save to") }
+        return try snapshots.worker.sync { try snapshots.takeAndUpload(node: self) }
     }
 
     // MARK: Called by the core (on the queue)
@@ -166,6 +252,10 @@ public final class LiveNode: @unchecked Sendable {
     }
 
     func subscribe(shard: Int, fromSequence: UInt64) {
+        // A resubscribe (after a restore) replaces the consumer: stop the old fetch thread and forget what it delivered.
+        fetchStops.removeValue(forKey: shard)?.raise()
+        subscriptions.removeValue(forKey: shard)?.close()
+        delivered[shard] = nil
         let generation = subscribeGeneration[shard, default: 0] + 1
         subscribeGeneration[shard] = generation
         trySubscribe(shard: shard, fromSequence: fromSequence, generation: generation, delayMs: 250)
@@ -180,7 +270,9 @@ public final class LiveNode: @unchecked Sendable {
                                            durable: "harmonylite-node-\(config.node.nodeID)-shard-\(shard)",
                                            startSequence: fromSequence, ackWaitMs: 30_000, maxAckPending: 4096)
             subscriptions[shard] = sub
-            let thread = Thread { [weak self] in self?.fetchLoop(shard: shard, subscription: sub) }
+            let stop = FetchStop()
+            fetchStops[shard] = stop
+            let thread = Thread { [weak self] in self?.fetchLoop(shard: shard, subscription: sub, stop: stop) }
             thread.name = "harmonylite-fetch-\(shard)"
             fetchThreads.append(thread)
             thread.start()
@@ -193,13 +285,13 @@ public final class LiveNode: @unchecked Sendable {
     }
 
     /// One thread per shard: fetch a batch, hand it to the queue, wait until the core has taken it.
-    private func fetchLoop(shard: Int, subscription: PullSubscription) {
-        while !stopped.load(ordering: .relaxed) {
+    private func fetchLoop(shard: Int, subscription: PullSubscription, stop: FetchStop) {
+        while !stopped.load(ordering: .relaxed) && !stop.raised {
             let batch: [FetchedMessage]
             do {
                 batch = try subscription.fetch(batch: 256, timeoutMs: 250)
             } catch {
-                if stopped.load(ordering: .relaxed) { return }
+                if stopped.load(ordering: .relaxed) || stop.raised { return }
                 log.warning("fetch shard \(shard): \(error)")
                 Thread.sleep(forTimeInterval: 0.5)
                 continue
@@ -208,7 +300,7 @@ public final class LiveNode: @unchecked Sendable {
             let done = DispatchSemaphore(value: 0)
             queue.async { [weak self] in
                 defer { done.signal() }
-                guard let self, let core = self.core else { return }
+                guard let self, let core = self.core, !stop.raised else { return }  // a replaced consumer's batch
                 for m in batch { self.delivered[shard, default: [:]][m.streamSequence] = m }
                 do {
                     try core.messagesArrived(shard: shard, batch.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
@@ -244,6 +336,8 @@ public final class LiveNode: @unchecked Sendable {
             for t in timers.values { t.cancel() }
             timers.removeAll()
         }
+        snapshots?.stop()
+        registry?.flush()
         try? jetStream?.waitForPublishes(timeoutMs: 2_000)
         queue.sync {
             flushAcks()
@@ -276,12 +370,32 @@ final class LiveLog: ReplicationLog {
 
 final class LiveEvents: ReplicationEventSink {
     let log: Logger
-    init(log: Logger) { self.log = log }
+    weak var node: LiveNode?
+    init(log: Logger, node: LiveNode) {
+        self.log = log
+        self.node = node
+    }
     func record(_ event: ReplicationEvent) {
         switch event {
-        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped: log.warning("\(event)")
-        case .schemaPaused, .schemaResumed, .captureInstalled: log.info("\(event)")
+        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed: log.warning("\(event)")
+        case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .snapshotTaken: log.info("\(event)")
+        case .captureInstalled:
+            log.info("\(event)")
+            node?.schemaChanged()  // recorded on the node's queue, inside the core
         default: log.debug("\(event)")
         }
     }
+}
+
+final class LiveSnapshotSource: SnapshotSource {
+    unowned let node: LiveNode
+    init(node: LiveNode) { self.node = node }
+    func requestNewestSnapshot() { node.requestNewestSnapshot() }
+}
+
+/// Raised once to stop one fetch thread (its consumer was replaced); read from that thread.
+final class FetchStop: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var raised: Bool { flag.load(ordering: .relaxed) }
+    func raise() { flag.store(true, ordering: .relaxed) }
 }

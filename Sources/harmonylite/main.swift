@@ -17,6 +17,10 @@ struct HarmonyLiteCommand: ParsableCommand {
               -install      install or refresh change-capture triggers on every table with a primary key
               -status       show captured tables, pending changes and checkpoints
               -cleanup      remove every harmonylite trigger and __harmonylite__ table (user data untouched)
+              -save-snapshot          with -config: catch up, save a snapshot to the [snapshot] store, exit
+                                      (a running sidecar takes one on SIGUSR1 instead)
+              -schema-status          with -config: this node's table hashes and its schema registry entry
+              -schema-status-cluster  with -config: every node's registry entry; exit 1 when they disagree
             """)
 
     @Option(name: .customLong("config", withSingleDash: true), help: "config.toml to run the sidecar with.")
@@ -48,6 +52,15 @@ struct HarmonyLiteCommand: ParsableCommand {
     @Flag(name: .customLong("version", withSingleDash: true), help: "Print the version.")
     var version = false
 
+    @Flag(name: .customLong("save-snapshot", withSingleDash: true), help: "Catch up, save a snapshot, exit.")
+    var saveSnapshot = false
+
+    @Flag(name: .customLong("schema-status", withSingleDash: true), help: "Print this node's schema and registry entry.")
+    var schemaStatus = false
+
+    @Flag(name: .customLong("schema-status-cluster", withSingleDash: true), help: "Print every node's schema registry entry.")
+    var schemaStatusCluster = false
+
     func run() throws {
         if version {
             print("harmonylite \(harmonyliteVersion)")
@@ -68,7 +81,21 @@ struct HarmonyLiteCommand: ParsableCommand {
                 print("removed harmonylite triggers and tables from \(config.node.databasePath)")
                 return
             }
-            try Sidecar.run(config)
+            if schemaStatus {
+                print(try SchemaStatus.local(config))
+                return
+            }
+            if schemaStatusCluster {
+                let (report, consistent) = try SchemaStatus.cluster(config)
+                print(report)
+                if !consistent { throw ExitCode(1) }
+                return
+            }
+            if saveSnapshot && !config.snapshot.enabled {
+                FileHandle.standardError.write(Data("harmonylite: -save-snapshot needs [snapshot] enabled = true in \(configPath)\n".utf8))
+                throw ExitCode(2)
+            }
+            try Sidecar.run(config, saveSnapshotAndExit: saveSnapshot)
         }
         guard let databasePath else {
             throw ValidationError("-db PATH or -config FILE is required")
@@ -111,7 +138,7 @@ enum CaptureStatus {
 
 /// The running sidecar: embedded or external NATS, the live node, and a clean stop on SIGINT/SIGTERM.
 enum Sidecar {
-    static func run(_ config: RuntimeConfig) throws -> Never {
+    static func run(_ config: RuntimeConfig, saveSnapshotAndExit: Bool = false) throws -> Never {
         HarmonyLogging.bootstrap(config.logging)
         let log = HarmonyLogging.nodeLogger(nodeID: config.node.nodeID)
         var server: EmbeddedNATSServer?
@@ -137,8 +164,26 @@ enum Sidecar {
             server?.stop()
             exit(1)
         }
+        if saveSnapshotAndExit {
+            var code: Int32 = 0
+            do {
+                if let name = try node.saveSnapshot(timeoutSeconds: 300) {
+                    print(name)
+                } else {
+                    log.error("no snapshot saved (see the reason above)")
+                    code = 1
+                }
+            } catch {
+                log.error("saving a snapshot: \(error)")
+                code = 1
+            }
+            node.stop()
+            server?.stop()
+            exit(code)
+        }
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
+        signal(SIGUSR1, SIG_IGN)
         let stopQueue = DispatchQueue(label: "harmonylite.signals")
         var sources: [DispatchSourceSignal] = []
         for sig in [SIGINT, SIGTERM] {
@@ -152,6 +197,18 @@ enum Sidecar {
             source.resume()
             sources.append(source)
         }
+        // SIGUSR1: take a snapshot now (on demand), without stopping.
+        let usr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: DispatchQueue(label: "harmonylite.snapshot-signal"))
+        usr1.setEventHandler {
+            log.info("signal SIGUSR1: taking a snapshot")
+            do {
+                if let name = try node.snapshotNow() { log.info("snapshot \(name) saved") }
+            } catch {
+                log.error("snapshot on SIGUSR1: \(error)")
+            }
+        }
+        usr1.resume()
+        sources.append(usr1)
         withExtendedLifetime(sources) { dispatchMain() }
     }
 }

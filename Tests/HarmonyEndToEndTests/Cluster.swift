@@ -57,19 +57,30 @@ final class LiveCluster {
     var processes: [Int: Process] = [:]
     /// How many times each node's log said it was replicating when it was last launched.
     var startsLogged: [Int: Int] = [:]
-    let nodeCount: Int
+    var nodeCount: Int
     let schema: String
+    let shards: Int
+    let maxEntries: Int
+    let replicas: Int
+    let configure: (Int) -> String
+    /// Each node's `[nats]` section body.
+    var natsSection: [Int: String] = [:]
     /// Seconds a node may take from launch until its capture is installed (a forming JetStream cluster is slower).
     let readyTimeoutSeconds: Double
 
+    /// `configure(i)` is placed before the first section, so it may set top-level keys and then open its own
+    /// section (e.g. `[snapshot]`).
     init(nodes: Int, schema: String, shards: Int = 2, transport: Transport = .external, replicas: Int = 1,
-         configure: (Int) -> String = { _ in "" }) throws {
+         maxEntries: Int = 0, configure: @escaping (Int) -> String = { _ in "" }) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         self.transport = transport
         nodeCount = nodes
         self.schema = schema
-        var natsSection: [Int: String] = [:]
+        self.shards = shards
+        self.maxEntries = maxEntries
+        self.replicas = replicas
+        self.configure = configure
         switch transport {
         case .external:
             natsPort = EmbeddedNATSServer.freePort()
@@ -96,21 +107,7 @@ final class LiveCluster {
         }
         for i in 1...nodes {
             try sqlite(dbPath(i), schema)
-            let config = """
-                db_path = "\(dbPath(i))"
-                node_id = \(i)
-                cleanup_interval = 1000
-                \(configure(i))
-                [replication_log]
-                shards = \(shards)
-                max_entries = 0
-                replicas = \(replicas)
-                [nats]
-                \(natsSection[i]!)
-                connect_retries = 20
-                reconnect_wait_seconds = 1
-                """
-            try config.write(toFile: configPath(i), atomically: true, encoding: .utf8)
+            try writeConfig(i)
         }
         switch transport {
         case .external:
@@ -120,6 +117,36 @@ final class LiveCluster {
             for i in 1...nodes { try launch(i) }
             for i in 1...nodes { try waitUntilInstalled(i) }
         }
+    }
+
+    func writeConfig(_ i: Int) throws {
+        let config = """
+            db_path = "\(dbPath(i))"
+            node_id = \(i)
+            cleanup_interval = 1000
+            \(configure(i))
+            [replication_log]
+            shards = \(shards)
+            max_entries = \(maxEntries)
+            replicas = \(replicas)
+            [nats]
+            \(natsSection[i]!)
+            connect_retries = 20
+            reconnect_wait_seconds = 1
+            """
+        try config.write(toFile: configPath(i), atomically: true, encoding: .utf8)
+    }
+
+    /// A further node on the external server, started with `sql` as its database (empty: no tables at all).
+    func addNode(sql: String = "") throws -> Int {
+        precondition(transport == .external, "addNode needs the external server")
+        nodeCount += 1
+        let i = nodeCount
+        natsSection[i] = "urls = [\"nats://127.0.0.1:\(natsPort)\"]"
+        try sqlite(dbPath(i), sql.isEmpty ? "PRAGMA user_version = 0;" : sql)
+        try writeConfig(i)
+        try start(i)
+        return i
     }
 
     deinit {
