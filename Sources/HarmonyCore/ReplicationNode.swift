@@ -93,6 +93,11 @@ public final class ReplicationNode {
 
     public func checkpoint(_ shard: Int) -> UInt64 { checkpoints[shard] ?? 0 }
 
+    /// Local changes captured but not yet acknowledged by the log (for metrics and status).
+    public func pendingChangeCount() throws -> Int64 {
+        try requireDatabase().scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
+    }
+
     /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.
     public func databaseChanged() throws {
         guard isRunning else { return }

@@ -23,6 +23,8 @@ public final class LiveNode: @unchecked Sendable {
     private var fetchStops: [Int: FetchStop] = [:]
     private var snapshots: SnapshotService?
     private var registry: SchemaRegistry?
+    let metrics = NodeMetrics()
+    private var metricsServer: MetricsServer?
     /// Bumped each time the core asks for a shard's subscription, so a pending retry of an older request gives up. Queue only.
     private var subscribeGeneration: [Int: Int] = [:]
     private var fetchThreads: [Thread] = []
@@ -96,6 +98,14 @@ public final class LiveNode: @unchecked Sendable {
             schemaChanged()
         }
         snapshots?.startPeriodic(node: self)
+        if config.prometheus.enable {
+            let server = try MetricsServer(bind: config.prometheus.bind) { [weak self] path in
+                self?.respond(path) ?? MetricsServer.Response(status: 503, body: "stopping\n")
+            }
+            try server.start()
+            metricsServer = server
+            log.info("metrics on http://\(server.host):\(server.port)/metrics, health on /health")
+        }
         log.info("node \(config.node.nodeID) replicating \(config.node.databasePath) over \(urls.joined(separator: ",")) with \(config.node.shards) shard(s)")
     }
 
@@ -142,6 +152,35 @@ public final class LiveNode: @unchecked Sendable {
         let text = e.message.lowercased()
         return ["no responders", "not enabled", "temporarily unavailable", "insufficient resources", "no suitable peers",
                 "timeout", "timed out"].contains { text.contains($0) }
+    }
+
+    // MARK: Metrics and health
+
+    /// `/metrics`: counters plus gauges read from the core on its queue; `/health`: 200 while the core runs and
+    /// NATS is connected, 503 otherwise (with the reason).
+    func respond(_ path: String) -> MetricsServer.Response {
+        switch path {
+        case "/metrics":
+            let gauges: [String: Double]? = try? onQueue { core in
+                var g: [String: Double] = [:]
+                for shard in router.shards {
+                    g["harmonylite_checkpoint{shard=\"\(shard)\"}"] = Double(core.checkpoint(shard))
+                    g["harmonylite_schema_paused{shard=\"\(shard)\"}"] = core.pausedShards[shard] == nil ? 0 : 1
+                }
+                g["harmonylite_waiting_for_snapshot"] = core.restoreNeeded ? 1 : 0
+                g["harmonylite_pending_changes"] = Double((try? core.pendingChangeCount()) ?? 0)
+                return g
+            }
+            return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                                          body: metrics.render(gauges: gauges ?? [:]))
+        case "/health":
+            let running = (try? onQueue { $0.isRunning }) ?? nil
+            if running != true { return MetricsServer.Response(status: 503, body: "replication core is not running\n") }
+            if connection?.isConnected != true { return MetricsServer.Response(status: 503, body: "not connected to NATS\n") }
+            return MetricsServer.Response(status: 200, body: "ok\n")
+        default:
+            return MetricsServer.Response(status: 404, body: "try /metrics or /health\n")
+        }
     }
 
     // MARK: Snapshots and the schema registry
@@ -336,6 +375,7 @@ public final class LiveNode: @unchecked Sendable {
             for t in timers.values { t.cancel() }
             timers.removeAll()
         }
+        metricsServer?.stop()
         snapshots?.stop()
         registry?.flush()
         try? jetStream?.waitForPublishes(timeoutMs: 2_000)
@@ -376,6 +416,7 @@ final class LiveEvents: ReplicationEventSink {
         self.node = node
     }
     func record(_ event: ReplicationEvent) {
+        node?.metrics.record(event)
         switch event {
         case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed: log.warning("\(event)")
         case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .snapshotTaken: log.info("\(event)")

@@ -81,9 +81,12 @@ struct SnapshotEndToEndTests {
     }
 
     /// `ALTER TABLE ... ADD COLUMN` node by node while every node keeps writing (the altered ones using the
-    /// new column): no write is lost, the tables end identical, and the registry shows the rollout.
+    /// new column): no write is lost, the tables end identical, and the registry, metrics and logs show the rollout.
     @Test func rollingAddColumnAcrossThreeLiveNodesLosesNoWrite() throws {
-        let c = try LiveCluster(nodes: 3, schema: kvSchema)
+        let metricsPorts = distinctFreePorts(3)
+        let c = try LiveCluster(nodes: 3, schema: kvSchema) { i in
+            "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\""
+        }
         let altered = Mutex(Set<Int>())
         let stop = Atomic<Bool>(false)
         let written = Mutex([Int: [Int]]())
@@ -123,6 +126,12 @@ struct SnapshotEndToEndTests {
                 }
                 let status = try runHarmonylite(["-config", c.configPath(1), "-schema-status-cluster"])
                 #expect(status.code == 1 && status.output.contains("table items differs"), "\(status)")
+                // Node 2 gets rows with the new column before it has it: its stream pauses, visibly.
+                try waitUntil("node 2's metrics show the schema pause", timeoutSeconds: 20) {
+                    try httpGet(port: metricsPorts[1], path: "/metrics").body.split(separator: "\n")
+                        .contains { $0.hasPrefix("harmonylite_schema_paused{") && $0.hasSuffix(" 1") }
+                }
+                #expect(c.log(2).contains("schemaPaused"))
             }
             Thread.sleep(forTimeInterval: 1.5)
         }
@@ -143,6 +152,13 @@ struct SnapshotEndToEndTests {
         }
         let local = try runHarmonylite(["-config", c.configPath(2), "-schema-status"])
         #expect(local.output.contains("matches the database"), "\(local.output)")
+        let metrics = try httpGet(port: metricsPorts[1], path: "/metrics")
+        #expect(metrics.status == 200)
+        #expect(metrics.body.split(separator: "\n").filter { $0.hasPrefix("harmonylite_schema_paused{") }
+            .allSatisfy { $0.hasSuffix(" 0") }, "\(metrics.body)")
+        #expect(metrics.body.split(separator: "\n").contains { $0.hasPrefix("harmonylite_schema_pauses_total ") && !$0.hasSuffix(" 0") })
+        let health = try httpGet(port: metricsPorts[0], path: "/health")
+        #expect(health.status == 200 && health.body == "ok\n", "\(health)")
     }
 }
 
