@@ -5,8 +5,30 @@ import HarmonyCore
 /// core's events (recorded on the node's queue); gauges are read from the core when scraped.
 final class NodeMetrics: @unchecked Sendable {
     private let lock = NSLock()
-    /// Series (name with labels) -> value.
-    private var counters: [String: Double] = [:]
+    /// One slot per counter series: `record` runs for every applied change, so no strings or hashing there.
+    private var counts = [Double](repeating: 0, count: Counter.allCases.count)
+
+    enum Counter: Int, CaseIterable {
+        case published, publishFailures, appliedWon, appliedLost, duplicates, parked, schemaPauses, gaps
+        case applyBatchFailures, restores, restoreFailures, snapshotsTaken
+
+        var series: String {
+            switch self {
+            case .published: return "harmonylite_published_changes_total"
+            case .publishFailures: return "harmonylite_publish_failures_total"
+            case .appliedWon: return "harmonylite_applied_changes_total{result=\"won\"}"
+            case .appliedLost: return "harmonylite_applied_changes_total{result=\"lost\"}"
+            case .duplicates: return "harmonylite_duplicate_messages_total"
+            case .parked: return "harmonylite_parked_messages_total"
+            case .schemaPauses: return "harmonylite_schema_pauses_total"
+            case .gaps: return "harmonylite_gaps_total"
+            case .applyBatchFailures: return "harmonylite_apply_batch_failures_total"
+            case .restores: return "harmonylite_restores_total"
+            case .restoreFailures: return "harmonylite_restore_failures_total"
+            case .snapshotsTaken: return "harmonylite_snapshots_taken_total"
+            }
+        }
+    }
 
     struct Family {
         var name: String
@@ -32,25 +54,25 @@ final class NodeMetrics: @unchecked Sendable {
         Family(name: "harmonylite_pending_changes", type: "gauge", help: "Local changes not yet acknowledged by the log."),
     ]
 
-    func add(_ series: String, _ amount: Double = 1) {
+    func add(_ counter: Counter, _ amount: Double = 1) {
         lock.lock()
-        counters[series, default: 0] += amount
+        counts[counter.rawValue] += amount
         lock.unlock()
     }
 
     func record(_ event: ReplicationEvent) {
         switch event {
-        case .published(let count): add("harmonylite_published_changes_total", Double(count))
-        case .publishFailed: add("harmonylite_publish_failures_total")
-        case .applied(_, _, _, _, let won): add("harmonylite_applied_changes_total{result=\"\(won ? "won" : "lost")\"}")
-        case .duplicate: add("harmonylite_duplicate_messages_total")
-        case .parked: add("harmonylite_parked_messages_total")
-        case .schemaPaused: add("harmonylite_schema_pauses_total")
-        case .gap: add("harmonylite_gaps_total")
-        case .applyBatchFailed: add("harmonylite_apply_batch_failures_total")
-        case .restored: add("harmonylite_restores_total")
-        case .restoreFailed: add("harmonylite_restore_failures_total")
-        case .snapshotTaken: add("harmonylite_snapshots_taken_total")
+        case .published(let count): add(.published, Double(count))
+        case .publishFailed: add(.publishFailures)
+        case .applied(_, _, _, _, let won): add(won ? .appliedWon : .appliedLost)
+        case .duplicate: add(.duplicates)
+        case .parked: add(.parked)
+        case .schemaPaused: add(.schemaPauses)
+        case .gap: add(.gaps)
+        case .applyBatchFailed: add(.applyBatchFailures)
+        case .restored: add(.restores)
+        case .restoreFailed: add(.restoreFailures)
+        case .snapshotTaken: add(.snapshotsTaken)
         default: break
         }
     }
@@ -58,13 +80,13 @@ final class NodeMetrics: @unchecked Sendable {
     /// The exposition text; `gauges` are series read from the core just now.
     func render(gauges: [String: Double]) -> String {
         lock.lock()
-        let all = counters.merging(gauges) { a, _ in a }
+        var all = gauges
+        for c in Counter.allCases { all[c.series] = counts[c.rawValue] }
         lock.unlock()
         var out = ""
         for f in Self.families {
             out += "# HELP \(f.name) \(f.help)\n# TYPE \(f.name) \(f.type)\n"
             let series = all.keys.filter { $0 == f.name || $0.hasPrefix(f.name + "{") }.sorted()
-            if series.isEmpty && f.type == "counter" { out += "\(f.name) 0\n" }
             for s in series { out += "\(s) \(Self.format(all[s]!))\n" }
         }
         return out

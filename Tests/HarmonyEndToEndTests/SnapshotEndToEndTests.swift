@@ -78,6 +78,16 @@ struct SnapshotEndToEndTests {
         let names = try objects.list().map(\.name)
         #expect((1...2).contains(names.count), "store keeps \(names.count) snapshots: \(names)")
         #expect(names.allSatisfy { $0.hasPrefix("harmonylite-snapshot-") })
+
+        // On demand with the sidecar stopped: -save-snapshot catches up, saves, prints the name and exits 0.
+        c.stop(3)
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (2, 'two');")
+        let saved = try runHarmonylite(["-config", c.configPath(3), "-save-snapshot"], timeoutSeconds: 60)
+        #expect(saved.code == 0, "\(saved.output)")
+        let name = try #require(saved.output.split(separator: "\n").first { $0.hasPrefix("harmonylite-snapshot-") }.map(String.init))
+        #expect(name.hasSuffix("-3"))
+        #expect(try objects.list().map(\.name).contains(name))
+        #expect(try c.query(3, "SELECT count(*) FROM items;") == "2\n")  // it caught up before saving
     }
 
     /// `ALTER TABLE ... ADD COLUMN` node by node while every node keeps writing (the altered ones using the
