@@ -60,10 +60,12 @@ public final class ObjectStore: @unchecked Sendable {
         }
     }
 
-    /// base64url with padding, as the Go client encodes object names into meta subjects.
-    static func encodedName(_ name: String) -> String {
-        Data(name.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+    /// base64url with padding: how the standard layout encodes names into meta subjects and digests.
+    public static func base64URL(_ bytes: [UInt8]) -> String {
+        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
     }
+
+    static func encodedName(_ name: String) -> String { base64URL(Array(name.utf8)) }
 
     static func newNUID() -> String {
         let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")

@@ -26,7 +26,7 @@ public final class NATSSnapshotStore: SnapshotStore, @unchecked Sendable {
             var hasher = SHA256()
             while let chunk = try input.read(upToCount: ObjectStore.chunkSize), !chunk.isEmpty { hasher.update(Array(chunk)) }
             try input.seek(toOffset: 0)
-            let digest = "SHA-256=" + Self.base64URL(hasher.finalize())
+            let digest = "SHA-256=" + ObjectStore.base64URL(hasher.finalize())
             try objects.put(name: name, digest: digest) { Array(try input.read(upToCount: ObjectStore.chunkSize) ?? Data()) }
         } catch {
             throw SnapshotStoreError("uploading snapshot \(name) to \(location): \(error)")
@@ -47,7 +47,7 @@ public final class NATSSnapshotStore: SnapshotStore, @unchecked Sendable {
             }
             try output.synchronize()
             try output.close()
-            if let expected = info.digest, expected != "SHA-256=" + Self.base64URL(hasher.finalize()) {
+            if let expected = info.digest, expected != "SHA-256=" + ObjectStore.base64URL(hasher.finalize()) {
                 throw SnapshotStoreError("snapshot \(name) in \(location) does not match its digest \(expected)")
             }
             if FileManager.default.fileExists(atPath: file) { try FileManager.default.removeItem(atPath: file) }
@@ -66,10 +66,5 @@ public final class NATSSnapshotStore: SnapshotStore, @unchecked Sendable {
 
     public func delete(name: String) throws {
         do { try objects.delete(name: name) } catch { throw SnapshotStoreError("deleting snapshot \(name) from \(location): \(error)") }
-    }
-
-    /// base64url with padding, the digest encoding of the standard layout.
-    static func base64URL(_ bytes: [UInt8]) -> String {
-        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
     }
 }
