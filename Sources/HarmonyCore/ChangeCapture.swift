@@ -94,12 +94,9 @@ public enum ChangeCapture {
             let existedBefore = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?",
                                               [.text(Bookkeeping.clockTable)])?.int64 == 1
             try installBookkeeping(db, nodeID: nodeID)
-            let admitted = try SchemaReader.userTables(db).filter(filter.admits)
-            let allSchemas = try admitted.map { try SchemaReader.schema(db, table: $0) }
-            let keyless = allSchemas.filter { $0.primaryKey.isEmpty }.map(\.name)
+            let (schemas, keyless) = try SchemaReader.admittedSchemas(db, filter: filter)
             if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
             if !keyless.isEmpty { skippedKeyless?(Set(keyless)) }
-            let schemas = allSchemas.filter { !$0.primaryKey.isEmpty }
             try dropTriggers(db, except: Set(schemas.map(\.name)))
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {

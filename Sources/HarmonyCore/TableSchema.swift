@@ -46,6 +46,13 @@ public enum SchemaReader {
         }.sorted()
     }
 
+    /// What `filter` admits, read once: the tables with a primary key (the ones that can replicate), sorted by
+    /// name, and the names of the keyless ones.
+    public static func admittedSchemas(_ db: Database, filter: TableFilter) throws -> (keyed: [TableSchema], keyless: [String]) {
+        let all = try userTables(db).filter(filter.admits).map { try schema(db, table: $0) }
+        return (all.filter { !$0.primaryKey.isEmpty }, all.filter { $0.primaryKey.isEmpty }.map(\.name))
+    }
+
     /// `schema` names the attached database to read (`main` unless reading a snapshot being restored).
     public static func schema(_ db: Database, table: String, schema: String = "main") throws -> TableSchema {
         let rows = try db.query("SELECT cid, name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?, ?)",

@@ -75,9 +75,10 @@ public final class ObjectStore: @unchecked Sendable {
     /// Stores the object: chunks first, then the meta message (a rollup, so only the newest meta is kept),
     /// then the previous version's chunks are purged. Readers never see a half-written object: until the
     /// meta message lands they still see the old one (or none).
-    /// `nextChunk` returns up to `chunkSize` bytes, or an empty array at the end.
+    /// `nextChunk` returns up to `chunkSize` bytes, or an empty array at the end; `digest` is asked for after
+    /// the last chunk (the meta message goes last), so the caller can hash what it streamed in the same pass.
     @discardableResult
-    public func put(name: String, digest: String?, nextChunk: () throws -> [UInt8]) throws -> ObjectInfo {
+    public func put(name: String, nextChunk: () throws -> [UInt8], digest: () -> String?) throws -> ObjectInfo {
         guard !name.isEmpty else { throw NATSError.invalidArgument("object name must not be empty") }
         let previous = try info(name: name)
         let nuid = Self.newNUID()
@@ -96,7 +97,7 @@ public final class ObjectStore: @unchecked Sendable {
             throw error
         }
         let info = ObjectInfo(name: name, bucket: bucket, nuid: nuid, size: size, mtime: Self.timestamp(), chunks: chunks,
-                              digest: digest, deleted: nil, options: .init(maxChunkSize: Self.chunkSize))
+                              digest: digest(), deleted: nil, options: .init(maxChunkSize: Self.chunkSize))
         do {
             try publish(subject: metaPrefix + Self.encodedName(name), payload: Array(try JSONEncoder().encode(info)), rollup: true)
         } catch {

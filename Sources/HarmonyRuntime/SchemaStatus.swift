@@ -9,12 +9,8 @@ public enum SchemaStatus {
     /// Table -> schema hash, for the tables this node replicates (keyless ones are left out, as capture does).
     public static func localTables(_ config: RuntimeConfig) throws -> [String: String] {
         let db = try SQLiteOpener().open(path: config.node.databasePath)
-        var tables: [String: String] = [:]
-        for name in try SchemaReader.userTables(db) where config.node.tables.admits(name) {
-            let schema = try SchemaReader.schema(db, table: name)
-            if !schema.primaryKey.isEmpty { tables[name] = schema.hash }
-        }
-        return tables
+        let keyed = try SchemaReader.admittedSchemas(db, filter: config.node.tables).keyed
+        return Dictionary(uniqueKeysWithValues: keyed.map { ($0.name, $0.hash) })
     }
 
     /// Reads the registry with a short connection attempt (the sidecar's embedded server when `urls` is empty).

@@ -85,10 +85,10 @@ struct NATSSnapshotStoreTests {
         let s = try Server()
         let store = try NATSSnapshotStore(jetStream: s.jetStream, bucket: "harmonylite-snapshots", replicas: 1)
         var sent = false
-        try store.objects.put(name: Self.newer, digest: "SHA-256=" + String(repeating: "A", count: 43) + "=") {
+        try store.objects.put(name: Self.newer, nextChunk: {
             defer { sent = true }
             return sent ? [] : Array("not what the digest says".utf8)
-        }
+        }, digest: { "SHA-256=" + String(repeating: "A", count: 43) + "=" })
         let target = s.directory + "/restore.db"
         let error = #expect(throws: SnapshotStoreError.self) { try store.download(name: Self.newer, to: target) }
         #expect(error?.description.contains("does not match its digest") == true)

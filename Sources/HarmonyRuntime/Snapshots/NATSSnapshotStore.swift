@@ -22,12 +22,13 @@ public final class NATSSnapshotStore: SnapshotStore, @unchecked Sendable {
         }
         defer { try? input.close() }
         do {
-            // The digest is known only after the last chunk, so hash the file once before sending it.
+            // One pass over the file: each chunk is hashed as it is sent; the digest goes into the meta message after.
             var hasher = SHA256()
-            while let chunk = try input.read(upToCount: ObjectStore.chunkSize), !chunk.isEmpty { hasher.update(Array(chunk)) }
-            try input.seek(toOffset: 0)
-            let digest = "SHA-256=" + ObjectStore.base64URL(hasher.finalize())
-            try objects.put(name: name, digest: digest) { Array(try input.read(upToCount: ObjectStore.chunkSize) ?? Data()) }
+            try objects.put(name: name, nextChunk: {
+                let chunk = Array(try input.read(upToCount: ObjectStore.chunkSize) ?? Data())
+                hasher.update(chunk)
+                return chunk
+            }, digest: { "SHA-256=" + ObjectStore.base64URL(hasher.finalize()) })
         } catch {
             throw SnapshotStoreError("uploading snapshot \(name) to \(location): \(error)")
         }
