@@ -60,17 +60,19 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // Helpers several test targets share (the sqlite3 shell, loopback ports, a seeded PRNG); tests only.
+        .target(name: "HarmonyTestSupport", path: "Tests/Support"),
         .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
-        .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite"]),
-        .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML"]),
-        .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS"]),
+        .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
+        .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML", "HarmonyTestSupport"]),
+        .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyRuntimeTests", dependencies: [
-            "HarmonyRuntime", "HarmonyCore", "HarmonySQLite", .product(name: "Logging", package: "swift-log"),
+            "HarmonyRuntime", "HarmonyCore", "HarmonySQLite", "HarmonyTestSupport", .product(name: "Logging", package: "swift-log"),
         ]),
         // Real nats-server, real harmonylite processes, the sqlite3 shell as the application.
-        .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyRuntime", "HarmonySQLite"]),
+        .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyRuntime", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore"]),
-        .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite"]),
+        .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

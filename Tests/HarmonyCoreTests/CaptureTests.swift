@@ -1,29 +1,9 @@
 import Foundation
+import HarmonyTestSupport
 import HarmonyCodec
 import HarmonyCore
 import HarmonySQLite
 import Testing
-
-/// Runs the stock `sqlite3` shell as the application would: a separate process, default settings.
-func sqliteShell(_ path: String, _ sql: String, extraArguments: [String] = []) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["sqlite3", "-batch", "-bail"] + extraArguments + [path]
-    let input = Pipe(), output = Pipe(), errors = Pipe()
-    p.standardInput = input; p.standardOutput = output; p.standardError = errors
-    try p.run()
-    input.fileHandleForWriting.write(Data(sql.utf8))
-    try input.fileHandleForWriting.close()
-    let out = output.fileHandleForReading.readDataToEndOfFile()
-    let err = errors.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else {
-        throw ShellError(message: String(decoding: err, as: UTF8.self))
-    }
-    return String(decoding: out, as: UTF8.self)
-}
-
-struct ShellError: Error { var message: String }
 
 func temporaryDatabase(_ schema: String) throws -> (path: String, db: Database) {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("harmony-\(UUID().uuidString)")
@@ -48,12 +28,12 @@ struct CaptureTests {
     @Test func stockShellWritesThroughTriggersWithUntrustedSchema() throws {
         let (path, db) = try temporaryDatabase(oddSchema)
         try ChangeCapture.install(db, nodeID: 7, filter: TableFilter())
-        _ = try sqliteShell(path, """
+        _ = try runSQLiteShell(path, """
             INSERT INTO "order" VALUES (1, 'one', x'00ff');
             UPDATE "order" SET "my column" = 'uno' WHERE "select" = 1;
             INSERT INTO "my table" VALUES ('k', 1, 2.5);
             DELETE FROM "my table";
-            """, extraArguments: ["-cmd", "PRAGMA trusted_schema=OFF"])
+            """, arguments: ["-cmd", "PRAGMA trusted_schema=OFF"])
         #expect(try count(db, Bookkeeping.globalLog) == 4)
         let log = try db.query("SELECT type, node, \"val_select\", \"val_my column\", \"val_\"\"quoted\"\"\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
         #expect(log == [["insert", 7, 1, "one", .blob([0, 255])], ["update", 7, 1, "uno", .blob([0, 255])]])
@@ -119,10 +99,10 @@ struct CaptureTests {
         try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
         try db.execute("INSERT INTO \"order\" VALUES (1, 'x', NULL); INSERT INTO \"my table\" VALUES ('a', 1, 1.0)")
         try ChangeCapture.removeAll(db)
-        let leftovers = try sqliteShell(path, "SELECT name FROM sqlite_schema WHERE name LIKE '%harmonylite%';")
+        let leftovers = try runSQLiteShell(path, "SELECT name FROM sqlite_schema WHERE name LIKE '%harmonylite%';")
         #expect(leftovers.isEmpty)
         #expect(try count(db, "order") == 1 && count(db, "my table") == 1)
-        _ = try sqliteShell(path, "INSERT INTO \"order\" VALUES (2, 'y', NULL);")  // writes still work with no triggers
+        _ = try runSQLiteShell(path, "INSERT INTO \"order\" VALUES (2, 'y', NULL);")  // writes still work with no triggers
         #expect(try count(db, "order") == 2)
     }
 
@@ -139,7 +119,7 @@ struct CaptureTests {
 
     @Test func shellWritePickedUpByCoreAndReplicated() throws {
         let c = try TestCluster(nodes: 2, schema: oddSchema)
-        _ = try sqliteShell(c.nodes[0].config.databasePath, """
+        _ = try runSQLiteShell(c.nodes[0].config.databasePath, """
             BEGIN;
             INSERT INTO "order" VALUES (10, 'shell', x'cafe');
             INSERT INTO "my table" VALUES ('z', 9, 0.5);

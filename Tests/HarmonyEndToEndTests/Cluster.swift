@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyTestSupport
 import HarmonyRuntime
 import HarmonySQLite
 import Testing
@@ -21,22 +22,10 @@ struct E2EError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// Runs the stock sqlite3 shell against a database, as an application would.
+/// The sqlite3 shell as the application, waiting up to 5 s for a lock the sidecar holds.
 @discardableResult
 func sqlite(_ path: String, _ sql: String) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-    p.arguments = ["-batch", "-bail", "-cmd", ".timeout 5000", path]
-    let input = Pipe(), output = Pipe(), errors = Pipe()
-    p.standardInput = input; p.standardOutput = output; p.standardError = errors
-    try p.run()
-    input.fileHandleForWriting.write(Data(sql.utf8))
-    try input.fileHandleForWriting.close()
-    let out = output.fileHandleForReading.readDataToEndOfFile()
-    let err = errors.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw E2EError("sqlite3 \(path): \(String(decoding: err, as: UTF8.self))") }
-    return String(decoding: out, as: UTF8.self)
+    try runSQLiteShell(path, sql, arguments: ["-cmd", ".timeout 5000"])
 }
 
 /// N harmonylite processes on temporary SQLite files, all on 127.0.0.1, over either one external nats-server

@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyTestSupport
 import Testing
 import HarmonyNATS
 
@@ -185,7 +186,7 @@ struct HarmonyNATSTests {
 
     @Test("connection errors name the URL; bad stream names name the stream")
     func errors() throws {
-        let port = try NATSTestServer.freePort()
+        let port = try Loopback.freePort()
         var options = NATSConnectOptions(urls: ["nats://127.0.0.1:\(port)"])
         options.connectRetries = 2
         options.reconnectWaitMs = 100

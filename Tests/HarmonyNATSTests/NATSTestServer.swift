@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyTestSupport
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -31,57 +32,6 @@ final class NATSTestServer: @unchecked Sendable {
         throw StartError(description: "nats-server not found on PATH or in /usr/sbin")
     }
 
-    /// Asks the kernel for a free port on 127.0.0.1 (bind to port 0, read it back, close).
-    static func freePort() throws -> Int {
-        #if canImport(Glibc)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        #else
-        let fd = socket(AF_INET, SOCK_STREAM, 0)
-        #endif
-        guard fd >= 0 else { throw StartError(description: "socket() failed: errno \(errno)") }
-        defer { close(fd) }
-        var addr = loopback(port: 0)
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard bound == 0 else { throw StartError(description: "bind(127.0.0.1:0) failed: errno \(errno)") }
-        var out = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let got = withUnsafeMutablePointer(to: &out) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        guard got == 0 else { throw StartError(description: "getsockname failed: errno \(errno)") }
-        return Int(UInt16(bigEndian: out.sin_port))
-    }
-
-    static func loopback(port: Int) -> sockaddr_in {
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian  // 127.0.0.1
-        return addr
-    }
-
-    /// True if something accepts TCP connections on 127.0.0.1:port.
-    static func accepts(port: Int) -> Bool {
-        #if canImport(Glibc)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        #else
-        let fd = socket(AF_INET, SOCK_STREAM, 0)
-        #endif
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var addr = loopback(port: port)
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        return r == 0
-    }
-
     init(port: Int, storeDir: URL, process: Process) {
         self.port = port
         self.storeDir = storeDir
@@ -100,7 +50,7 @@ final class NATSTestServer: @unchecked Sendable {
         var lastError: Error = StartError(description: "nats-server did not start")
         // A freshly freed port can be grabbed by someone else before the server binds it: retry a few times.
         for _ in 0..<3 {
-            let port = try freePort()
+            let port = try Loopback.freePort()
             let process = Process()
             process.executableURL = exe
             process.arguments = ["-js", "-a", "127.0.0.1", "-p", String(port),
@@ -115,7 +65,7 @@ final class NATSTestServer: @unchecked Sendable {
 
             let deadline = Date().addingTimeInterval(10)
             while Date() < deadline && process.isRunning {
-                if accepts(port: port) {
+                if Loopback.accepts(port: port) {
                     try? log.close()
                     return server
                 }

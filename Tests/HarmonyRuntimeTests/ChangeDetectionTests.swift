@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import HarmonyTestSupport
 import HarmonyRuntime
 import HarmonySQLite
 import Logging
@@ -24,16 +25,6 @@ func scratchDirectory() throws -> String {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("changes-\(UUID().uuidString.prefix(8))").path
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     return dir
-}
-
-/// Writes through the stock sqlite3 shell: another process, as the application would be.
-func sqlite3Shell(_ path: String, _ sql: String) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-    p.arguments = ["-batch", "-bail", "-cmd", ".timeout 5000", path, sql]
-    try p.run()
-    p.waitUntilExit()
-    #expect(p.terminationStatus == 0)
 }
 
 @Suite("Change detection: inotify on the database and its WAL", .serialized)
@@ -65,7 +56,7 @@ struct ChangeDetectionTests {
         // Another process (the sqlite3 shell) committing wakes it too.
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/sqlite3") {
             wakeups.drain()
-            try sqlite3Shell(path, "INSERT INTO t (id, v) VALUES (100, 'from the shell');")
+            try runSQLiteShell(path, "INSERT INTO t (id, v) VALUES (100, 'from the shell');", arguments: ["-cmd", ".timeout 5000"])
             #expect(wakeups.wait(ms: 200), "no wakeup within 200 ms of the shell's commit")
         }
         // Quiet database, quiet monitor: its own reads and the events it drained do not wake it again.

@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyTestSupport
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -88,7 +89,7 @@ final class LocalTestServer: @unchecked Sendable {
             let server = LocalTestServer(name: name, port: port, directory: directory, child: child, watchdog: startWatchdog(serverPID: child.pid))
             let deadline = Date().addingTimeInterval(readySeconds)
             while Date() < deadline && child.isRunning {
-                if accepts(port: port) { return server }
+                if Loopback.accepts(port: port) { return server }
                 Thread.sleep(forTimeInterval: 0.05)
             }
             server.stop()
@@ -106,20 +107,6 @@ final class LocalTestServer: @unchecked Sendable {
     }
 
     deinit { stop() }
-
-    /// True if something accepts TCP connections on 127.0.0.1:port.
-    static func accepts(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
 
     /// If the test process dies without running stop(), a tiny shell loop kills the server (its whole process
     /// group); it exits on its own once either process is gone.

@@ -1,3 +1,4 @@
+import HarmonyTestSupport
 import Testing
 @testable import HarmonyTOML
 
@@ -451,20 +452,6 @@ private let sampleConfig = """
 }
 
 // MARK: - Robustness
-
-/// Small deterministic PRNG (splitmix64) so the fuzz run is reproducible.
-private struct SplitMix64 {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
-}
 
 @Suite struct FuzzTests {
     static let corpus: [String] = [
