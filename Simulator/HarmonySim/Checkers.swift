@@ -106,7 +106,8 @@ final class ReplayLog: ReplicationLog {
     func subscribe(shard: Int, fromSequence: UInt64) {}
     func ack(shard: Int, sequence: UInt64) {}
     func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
-    func streamState(shard: Int) -> StreamState? { nil }
+    /// Never answered: the replay only applies, from each stream's first message, so it never needs a range.
+    func requestStreamState(shard: Int) {}
 }
 
 /// Swarm mode: a random fault mix per seed, where each kind may also be switched off entirely.

@@ -25,6 +25,8 @@ final class SimNode {
     var writeCounter = 0
     var hasExtraColumn = false
     var pendingRestart = false
+    /// The error contract: a core that threw is restarted after this backoff, as `LiveNode` does.
+    var restartBackoff = CoreRestartBackoff(minMs: 250, maxMs: 8_000, healthyAfterMs: 20_000)
 
     init(id: Int, vfs: SimVFS, databasePath: String) {
         self.id = id
@@ -70,9 +72,7 @@ final class SimLogPort: ReplicationLog {
     func nak(shard: Int, sequence: UInt64, delayMs: Int64) {
         sim.acknowledge(node: node, shard: shard, sequence: sequence, nakDelayMs: delayMs)
     }
-    func streamState(shard: Int) -> StreamState? {
-        sim.nodes[node - 1].connected && sim.serverUp ? sim.jetStream.state(shard: shard) : nil
-    }
+    func requestStreamState(shard: Int) { sim.requestStreamState(node: node, shard: shard) }
 }
 
 /// The node's way to the simulated snapshot store.

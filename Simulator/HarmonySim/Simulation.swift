@@ -29,6 +29,9 @@ enum SimEvent {
     case snapshotTick(node: Int, incarnation: Int)
     case snapshotUploaded(node: Int, info: SnapshotInfo, bytes: [UInt8])
     case snapshotAnswer(node: Int, incarnation: Int)
+    /// A stream-state request reaches the server, which reads the range then; the answer travels back.
+    case streamStateRequestArrives(node: Int, shard: Int, incarnation: Int)
+    case streamStateAnswer(node: Int, shard: Int, state: StreamState?, incarnation: Int)
     case heal
     case quiesceCheck
 }
@@ -259,8 +262,12 @@ public final class Simulation {
             node.core = nil
             crashSidecar(node, reason: "crash point")
         } catch {
+            // The error contract (NodeEnvironment): stop this core, start a new one after a backoff. Nothing here
+            // injects errors into the sidecar's database, so a throw is also a bug worth failing the run for.
             violations.append("node \(node.id) core threw at \(nowMs) ms: \(error)")
             crashSidecar(node, reason: "error")
+            node.pendingRestart = true
+            push(.restart(node: node.id), at: nowMs + node.restartBackoff.failed(atMs: nowMs))
         }
     }
 
@@ -285,6 +292,16 @@ public final class Simulation {
     func subscribe(node: Int, shard: Int, fromSequence: UInt64) {
         jetStream.subscribe(node: node, shard: shard, fromSequence: fromSequence)
         push(.pump(node: node, shard: shard), at: nowMs + networkDelay())
+    }
+
+    /// A request that cannot reach the server, or whose answer is lost, is answered with nil after the timeout.
+    func requestStreamState(node: Int, shard: Int) {
+        let n = nodes[node - 1]
+        if n.canSend && serverUp && !netRandom.chance(permille: scenario.lostAckPermille) {
+            push(.streamStateRequestArrives(node: node, shard: shard, incarnation: n.incarnation), at: nowMs + networkDelay())
+        } else {
+            push(.streamStateAnswer(node: node, shard: shard, state: nil, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
+        }
     }
 
     func acknowledge(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?) {
@@ -406,6 +423,18 @@ public final class Simulation {
             let node = nodes[id - 1]
             guard node.incarnation == incarnation else { return }
             deliverSnapshot(node)
+
+        case .streamStateRequestArrives(let id, let shard, let incarnation):
+            let n = nodes[id - 1]
+            let answer = serverUp && n.canReceive ? jetStream.state(shard: shard) : nil
+            push(.streamStateAnswer(node: id, shard: shard, state: answer, incarnation: incarnation),
+                 at: nowMs + (answer == nil ? scenario.publishTimeoutMs : networkDelay()))
+
+        case .streamStateAnswer(let id, let shard, let state, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation else { return }
+            trace("node \(id) stream \(shard) range \(state.map { "\($0.firstSequence)...\($0.lastSequence)" } ?? "unknown")")
+            callCore(node) { $0.streamStateArrived(shard: shard, state) }
 
         case .heal:
             heal()

@@ -57,17 +57,21 @@ public struct StreamState: Sendable, Hashable {
 
 /// The replication log (JetStream live, a simulated one in harmonysim).
 ///
-/// Every call is a request: results come back later as events on the node
-/// (`publishAcknowledged`, `publishFailed`, `messagesArrived`), on the node's own executor.
+/// **Ports never block.** Every call returns at once and does no network or disk round trip on the caller's
+/// thread: the core may be inside a SQLite transaction (holding the database's write lock) when it calls.
+/// Results come back later as events on the node's own executor (`publishAcknowledged`, `publishFailed`,
+/// `messagesArrived`, `streamStateArrived`), never from inside the call that asked for them.
 public protocol ReplicationLog: AnyObject {
+    /// Answered by exactly one `publishAcknowledged` or `publishFailed` carrying the message's token.
     func publish(_ message: OutgoingMessage)
     /// Starts (or restarts) delivery for one shard at `fromSequence`; the durable consumer resumes there.
     func subscribe(shard: Int, fromSequence: UInt64)
     func ack(shard: Int, sequence: UInt64)
     /// Asks for redelivery of this message (and, the core assumes, nothing after it applies first) after `delayMs`.
     func nak(shard: Int, sequence: UInt64, delayMs: Int64)
-    /// The stream's retained range, or nil when the log cannot tell right now.
-    func streamState(shard: Int) -> StreamState?
+    /// Asks for the stream's retained range. Answered by exactly one `ReplicationNode.streamStateArrived(shard:_:)`,
+    /// later, with nil when the log cannot tell (unreachable, timed out). Answers may arrive late and out of order.
+    func requestStreamState(shard: Int)
 }
 
 /// Things the core reports for logs and metrics; never needed for correctness.
@@ -80,6 +84,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case schemaPaused(shard: Int, sequence: UInt64, table: String, remoteHash: String)
     case schemaResumed(shard: Int)
     case gap(shard: Int, expected: UInt64, got: UInt64)
+    /// The log could not tell a stream's range (unreachable, timed out); the core asks again when it next needs it.
+    case streamStateUnknown(shard: Int)
     case behindLogStart(shard: Int, checkpoint: UInt64, firstSequence: UInt64)
     case restoreRequested
     case restoreFailed(reason: String)
@@ -104,6 +110,13 @@ public protocol ReplicationEventSink: AnyObject {
 }
 
 /// Everything outside the core, injected: the same core runs live and in the simulator.
+///
+/// **The error contract.** An error thrown out of any `ReplicationNode` event handler means one thing in
+/// every driver: the core's state may no longer match its database, so the driver stops that core and starts
+/// a new one on the same database after a backoff (`CoreRestartBackoff`). Everything the core needs survives in
+/// the database (checkpoints, the change log, versions), so a restart loses nothing; it resubscribes from
+/// checkpoint + 1 and publishes what is still pending. Errors the core can handle itself (a busy or full
+/// database during an apply, a refused snapshot) it handles and reports as events instead of throwing.
 public struct NodeEnvironment {
     public var clock: NodeClock
     public var log: ReplicationLog
@@ -122,5 +135,33 @@ public struct NodeEnvironment {
         self.events = events
         self.snapshots = snapshots
         self.crashPoint = crashPoint
+    }
+}
+
+/// How long a driver waits before restarting a core that threw (the error contract above): doubling from
+/// `minMs` to `maxMs`, back to `minMs` once a restarted core has run for `healthyAfterMs` without throwing.
+public struct CoreRestartBackoff: Sendable, Hashable {
+    public var minMs: Int64 = 250
+    public var maxMs: Int64 = 30_000
+    public var healthyAfterMs: Int64 = 60_000
+    public private(set) var nextDelayMs: Int64
+    private var lastFailureMs: Int64?
+
+    public init(minMs: Int64 = 250, maxMs: Int64 = 30_000, healthyAfterMs: Int64 = 60_000) {
+        precondition(minMs > 0 && maxMs >= minMs, "backoff bounds must satisfy 0 < min <= max")
+        self.minMs = minMs
+        self.maxMs = maxMs
+        self.healthyAfterMs = healthyAfterMs
+        self.nextDelayMs = minMs
+    }
+
+    /// The core threw at `nowMs`: returns how long to wait before starting the next one.
+    public mutating func failed(atMs nowMs: Int64) -> Int64 {
+        if let last = lastFailureMs, nowMs - last >= healthyAfterMs + nextDelayMs { nextDelayMs = minMs }
+        lastFailureMs = nowMs
+        let delay = nextDelayMs
+        nextDelayMs = min(nextDelayMs * 2, maxMs)
+        precondition(delay >= minMs && delay <= maxMs, "restart delay \(delay) ms outside [\(minMs), \(maxMs)]")
+        return delay
     }
 }

@@ -17,7 +17,10 @@ extension ReplicationNode {
         guard isRunning, config.replicate, !messages.isEmpty else { return }
         let db = requireDatabase()
         try refreshCaptureIfSchemaChanged()
-        let ordered = messages.sorted { $0.sequence < $1.sequence }
+        // Sequence order, each sequence once (a redelivery inside one batch changes nothing).
+        var ordered: [IncomingMessage] = []
+        ordered.reserveCapacity(messages.count)
+        for m in messages.sorted(by: { $0.sequence < $1.sequence }) where m.sequence != ordered.last?.sequence { ordered.append(m) }
         let start = checkpoint(shard)
         if restoreNeeded {
             // Waiting for a snapshot: nothing may apply over the hole; the restore resubscribes every shard.
@@ -29,6 +32,7 @@ extension ReplicationNode {
         var naks: [(UInt64, Int64)] = []
         var resumed = false
         var pausedAt: UInt64?
+        var gapSeen = false
         var events: [ReplicationEvent] = []
         if config.plantedBugs.contains(.checkpointOutsideApplyTransaction), let last = ordered.last, last.sequence > start {
             try saveCheckpoint(db, shard: shard, sequence: last.sequence)
@@ -48,7 +52,8 @@ extension ReplicationNode {
                     if halted { naks.append((message.sequence, config.retryDelayMs)); continue }
                     if message.sequence > next {
                         halted = true
-                        events.append(gapEvent(shard: shard, expected: next, got: message.sequence))
+                        gapSeen = true
+                        events.append(.gap(shard: shard, expected: next, got: message.sequence))
                         naks.append((message.sequence, config.retryDelayMs))
                         continue
                     }
@@ -64,7 +69,10 @@ extension ReplicationNode {
                         events.append(.schemaPaused(shard: shard, sequence: message.sequence, table: table, remoteHash: remoteHash))
                     }
                 }
-                if next - 1 > start { try saveCheckpoint(db, shard: shard, sequence: next - 1) }
+                if next - 1 > start {
+                    precondition(acks.last.map { $0 <= next - 1 } ?? false, "checkpoint \(next - 1) of shard \(shard) moves without an applied message")
+                    try saveCheckpoint(db, shard: shard, sequence: next - 1)
+                }
                 let observed = config.plantedBugs.contains(.noClockAdvanceOnReceipt) ? 0 : maxHLC
                 try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0, hlc = max(hlc, ?)",
                                [.integer(observed)])
@@ -75,6 +83,7 @@ extension ReplicationNode {
             for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
             return
         }
+        precondition(next - 1 >= start, "checkpoint of shard \(shard) moved back from \(start) to \(next - 1)")
         checkpoints[shard] = next - 1
         try crashPoint(.afterApplyCommitBeforeAck)
         if let pausedAt {
@@ -85,23 +94,32 @@ extension ReplicationNode {
             events.append(.schemaResumed(shard: shard))
         }
         for e in events { env.events?.record(e) }
-        if events.contains(where: { if case .behindLogStart = $0 { return true } else { return false } }) { needRestore() }
+        Self.checkDisjointAndOrdered(acks: acks, naks: naks.map(\.0))
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
+        // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides.
+        if gapSeen { requestStreamState(shard) }
     }
 
+    /// One delivery's answers: every message is acked or nak'd at most once, each list in sequence order, and
+    /// every ack precedes every nak (duplicates and applied messages first, then the first one held back onward).
+    static func checkDisjointAndOrdered(acks: [UInt64], naks: [UInt64]) {
+        for list in [acks, naks] {
+            for (a, b) in zip(list, list.dropFirst()) { precondition(a < b, "acks or naks of one delivery out of order: \(a) then \(b)") }
+        }
+        if let lastAck = acks.last, let firstNak = naks.first {
+            precondition(lastAck < firstNak, "ack of \(lastAck) after nak of \(firstNak) in one delivery")
+        }
+    }
+
+    /// Writes the checkpoint row inside the caller's transaction. The apply path only moves it forward (asserted
+    /// there); a restore sets it to the snapshot's sequences.
     func saveCheckpoint(_ db: Database, shard: Int, sequence: UInt64) throws {
+        precondition(sequence <= UInt64(Int64.max), "checkpoint \(sequence) does not fit SQLite's INTEGER")
         try db.execute("""
             INSERT INTO \(quoteIdentifier(Bookkeeping.checkpointTable)) (stream, seq) VALUES (?, ?)
             ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq
             """, [.text(router.streamName(shard: shard)), .integer(Int64(sequence))])
-    }
-
-    func gapEvent(shard: Int, expected: UInt64, got: UInt64) -> ReplicationEvent {
-        if let state = env.log.streamState(shard: shard), state.firstSequence > expected {
-            return .behindLogStart(shard: shard, checkpoint: expected - 1, firstSequence: state.firstSequence)
-        }
-        return .gap(shard: shard, expected: expected, got: got)
     }
 
     /// Decodes, gates on schema, and applies one message with last-writer-wins inside a savepoint,

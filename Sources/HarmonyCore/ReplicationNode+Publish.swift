@@ -4,6 +4,10 @@ import HarmonySQLite
 extension ReplicationNode {
     /// Reads pending change-log rows in id order and hands them to the log, up to the in-flight limit.
     /// A row is marked published only when the log acknowledges it (`publishAcknowledged`).
+    ///
+    /// A row enters `inFlight` only when its message is handed to the log, and the scan cursor moves past a page
+    /// only once all of it was handed over: a throw halfway (a change log that cannot be read) leaves nothing
+    /// counted as in flight that was never sent, and the next call reads the unsent rows again.
     public func publishPending() throws {
         guard isRunning, config.publish else { return }
         let db = requireDatabase()
@@ -15,18 +19,19 @@ extension ReplicationNode {
             let limit = min(config.scanMaxChanges, config.publishInFlightMax - inFlight.count)
             let rows = try scan.query([.integer(scanCursor), .integer(Int64(limit))])
             if rows.isEmpty { return }
+            var pageEnd = scanCursor
             var unpublishable: [Int64] = []
             var batches: [Int: PendingBatch] = [:]
             for row in rows {
                 guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
-                scanCursor = max(scanCursor, id)
+                precondition(id > pageEnd, "change-log ids out of order: \(id) after \(pageEnd)")
+                pageEnd = id
                 if inFlight.contains(id) { continue }
                 guard let record = try changeRecord(table: table, changeID: changeID) else {
                     unpublishable.append(id)
                     continue
                 }
                 let shard = router.shard(table: table, primaryKey: record.primaryKey.map(\.value))
-                inFlight.insert(id)
                 let size = Self.approximateBytes(record)
                 if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > config.publishBatchBytesMax {
                     try send(open, shard: shard)
@@ -38,6 +43,7 @@ extension ReplicationNode {
             for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard) }
             // Rows whose change-log entry or schema epoch vanished (table dropped and cleaned) can never be sent.
             if !unpublishable.isEmpty { try markPublished(unpublishable) }
+            scanCursor = pageEnd
         }
     }
 
@@ -49,7 +55,10 @@ extension ReplicationNode {
     }
 
     /// Hands one message to the log: a single change as it is, several as a batch the receiver applies atomically.
+    /// Its rows count as in flight from here until the log answers.
     func send(_ batch: PendingBatch, shard: Int) throws {
+        precondition(!batch.ids.isEmpty && batch.ids.count <= config.publishBatchMax, "batch of \(batch.ids.count) changes")
+        precondition(batch.ids.count == 1 || batch.bytes <= config.publishBatchBytesMax, "batch of \(batch.bytes) bytes")
         let token = batch.ids[0]
         let payload: [UInt8]
         let messageID: String
@@ -57,14 +66,16 @@ extension ReplicationNode {
             payload = try EnvelopeCodec.encode(batch.records[0], compress: config.compress)
             messageID = batch.records[0].messageID
         } else {
-            batchMembers[token] = batch.ids
             payload = try EnvelopeCodec.encodeBatch(batch.records, compress: config.compress)
             // Same content, same id, so a republished batch is deduplicated; any other grouping is a new message,
             // which is harmless: applying a change twice changes nothing.
             var h = StableHash()
             for r in batch.records { h.combine(r.messageID) }
             messageID = "\(config.nodeID)-b\(batch.records.count)-\(h.hex)"
+            batchMembers[token] = batch.ids
         }
+        for id in batch.ids { precondition(inFlight.insert(id).inserted, "change \(id) sent twice while in flight") }
+        precondition(inFlight.count <= config.publishInFlightMax, "\(inFlight.count) changes in flight, limit \(config.publishInFlightMax)")
         if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished(batch.ids) }
         env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token))
         try crashPoint(.afterPublishHandoff)

@@ -40,9 +40,16 @@ extension ReplicationNode {
     public func takeSnapshot(to path: String) throws -> SnapshotOutcome {
         guard isRunning else { return .skipped(reason: "node is not running") }
         guard config.replicate else { return .skipped(reason: "replicate = false: this node does not hold the others' changes") }
-        // Its tables miss whatever the stream dropped: a snapshot of them would spread the hole.
+        // Its tables miss whatever the stream dropped: a snapshot of them would spread the hole. Decide on the
+        // ranges the log last reported (ask again for the next attempt); a range never reported means wait.
         checkLogStart()
         guard !restoreNeeded else { return .skipped(reason: "node is behind the log's start and waits for a snapshot itself") }
+        for shard in router.shards {
+            guard let state = streamStates[shard] else {
+                return .skipped(reason: "the range of \(router.streamName(shard: shard)) is not known yet")
+            }
+            precondition(state.firstSequence <= checkpoint(shard) + 1, "node takes a snapshot while behind on shard \(shard)")
+        }
         let db = requireDatabase()
         try db.execute("VACUUM INTO \(quoteLiteral(path))")
         let copy = try env.opener.open(path: path)
@@ -76,7 +83,9 @@ extension ReplicationNode {
         requestSnapshot()
     }
 
+    /// Asks for the newest snapshot, and for fresh stream ranges to check it against when it arrives.
     func requestSnapshot() {
+        for shard in router.shards { requestStreamState(shard) }
         guard let source = env.snapshots else { return }
         env.events?.record(.restoreRequested)
         source.requestNewestSnapshot()
@@ -126,8 +135,8 @@ extension ReplicationNode {
             sequences[shard] = UInt64(seq)
         }
         for shard in router.shards {
-            guard let state = env.log.streamState(shard: shard) else {
-                throw RestoreRefused(description: "cannot read the range of \(router.streamName(shard: shard)) to check the snapshot against it")
+            guard let state = streamStates[shard] else {
+                throw RestoreRefused(description: "the range of \(router.streamName(shard: shard)) is not known yet to check the snapshot against it")
             }
             let covered = sequences[shard] ?? 0
             if covered + 1 < state.firstSequence {
@@ -139,7 +148,12 @@ extension ReplicationNode {
         var restored = sequences
         if config.plantedBugs.contains(.restoreWithoutCheckpoints) {
             // Resume at the stream's head, as if the snapshot were current: what came after it is skipped.
-            for shard in router.shards { restored[shard] = env.log.streamState(shard: shard)?.lastSequence ?? 0 }
+            for shard in router.shards { restored[shard] = streamStates[shard]?.lastSequence ?? 0 }
+        }
+        for shard in router.shards {
+            // Paired with the refusal above: replay starts where the stream still holds the next message.
+            precondition((restored[shard] ?? 0) + 1 >= streamStates[shard]!.firstSequence,
+                         "restore of shard \(shard) would resume before the stream's first sequence")
         }
         try db.transaction(.immediate) {
             try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])

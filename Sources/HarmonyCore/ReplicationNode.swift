@@ -21,6 +21,11 @@ public final class ReplicationNode {
     public internal(set) var pausedShards: [Int: UInt64] = [:]
     /// A stream dropped messages this node never applied; nothing applies until a snapshot is restored.
     public internal(set) var restoreNeeded = false
+    /// The latest answer per shard to `requestStreamState`. A stream's first sequence only grows, so an old
+    /// answer is a lower bound: it can hide that a stream moved past us, never invent it (a later gap shows it).
+    public internal(set) var streamStates: [Int: StreamState] = [:]
+    /// Shards with a stream-state request outstanding: at most one each, since the port answers every request once.
+    var streamStateRequested: Set<Int> = []
     public private(set) var isRunning = false
 
     // Publishing state.
@@ -67,6 +72,7 @@ public final class ReplicationNode {
         try refreshCapture()
         for row in try db.query("SELECT stream, seq FROM \(quoteIdentifier(Bookkeeping.checkpointTable))") {
             guard let stream = row[0].string, let seq = row[1].int64 else { continue }
+            guard seq >= 0 else { throw CorruptBookkeeping(description: "checkpoint of stream \(stream) is \(seq); sequences are never negative") }
             if let shard = router.shards.first(where: { router.streamName(shard: $0) == stream }) {
                 checkpoints[shard] = UInt64(seq)
             }
@@ -88,6 +94,7 @@ public final class ReplicationNode {
         isRunning = false
         inFlight.removeAll()
         batchMembers.removeAll()
+        streamStateRequested.removeAll()
         database = nil
     }
 
@@ -130,16 +137,34 @@ public final class ReplicationNode {
     }
 
     /// A gap shows a hole only once something newer arrives; at start and on the cleanup timer the node also
-    /// compares its checkpoints with what each stream still holds, so an idle stream cannot hide one.
+    /// asks what each stream still holds, so an idle stream cannot hide one. The answers decide (`streamStateArrived`).
     func checkLogStart() {
-        guard config.replicate, !restoreNeeded else { return }
-        for shard in router.shards {
-            if let state = env.log.streamState(shard: shard), state.firstSequence > checkpoint(shard) + 1 {
-                env.events?.record(.behindLogStart(shard: shard, checkpoint: checkpoint(shard), firstSequence: state.firstSequence))
-                needRestore()
-                return
-            }
+        guard config.replicate else { return }
+        for shard in router.shards { requestStreamState(shard) }
+    }
+
+    /// Asks the log for one stream's range unless a request for it is already on its way.
+    func requestStreamState(_ shard: Int) {
+        guard isRunning, !streamStateRequested.contains(shard) else { return }
+        streamStateRequested.insert(shard)
+        env.log.requestStreamState(shard: shard)
+    }
+
+    /// The log's answer to `requestStreamState`: nil when it could not tell. A stream that no longer holds the
+    /// message after this node's checkpoint means only a snapshot can bring the node back.
+    public func streamStateArrived(shard: Int, _ state: StreamState?) {
+        precondition(router.shards.contains(shard), "stream state for shard \(shard), which this node does not have")
+        streamStateRequested.remove(shard)
+        guard isRunning else { return }
+        guard let state else {
+            env.events?.record(.streamStateUnknown(shard: shard))
+            return
         }
+        precondition(state.firstSequence <= state.lastSequence + 1, "stream \(shard) reports first \(state.firstSequence) after last \(state.lastSequence) + 1")
+        streamStates[shard] = state
+        guard config.replicate, !restoreNeeded, state.firstSequence > checkpoint(shard) + 1 else { return }
+        env.events?.record(.behindLogStart(shard: shard, checkpoint: checkpoint(shard), firstSequence: state.firstSequence))
+        needRestore()
     }
 
     /// Lets the simulator crash the node between two durable steps.
@@ -182,4 +207,9 @@ public final class ReplicationNode {
         }
         return epochShapes[table]?[epoch]
     }
+}
+
+/// The node's own bookkeeping holds a value the core never writes (edited by hand, or a damaged file).
+public struct CorruptBookkeeping: Error, CustomStringConvertible, Sendable {
+    public var description: String
 }

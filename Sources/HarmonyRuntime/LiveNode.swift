@@ -35,6 +35,12 @@ public final class LiveNode: @unchecked Sendable {
     private var ackedTokens: [Int64] = []
     private var flushScheduled = false
     private let stopped = Atomic<Bool>(false)
+    /// Requests the core must not wait for (stream ranges) run here and answer on `queue`.
+    private let requests = DispatchQueue(label: "harmonylite.requests")
+    /// The error contract: how long to wait before restarting a core that threw. Queue only.
+    private var restartBackoff = CoreRestartBackoff()
+    /// Why the core is down between a throw and its restart, for `/health`. Queue only.
+    private var coreFailure: String?
 
     public static let subjectPrefix = "harmonylite.changes"
 
@@ -84,13 +90,11 @@ public final class LiveNode: @unchecked Sendable {
             log.info("snapshots: \(store.location), keep \(config.snapshot.keep), interval \(config.snapshot.intervalMs) ms")
         }
         try queue.sync {
-            let core = ReplicationNode(config: config.node, environment: NodeEnvironment(
-                clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(),
-                events: LiveEvents(log: log, node: self), snapshots: LiveSnapshotSource(node: self)))
+            let core = makeCore()
             self.core = core
             // Watch first: a commit made while the core starts still moves data_version past what the monitor read.
             let changes = DatabaseChangeMonitor(databasePath: config.node.databasePath, queue: queue, logger: log) { [weak self] in
-                try self?.core?.databaseChanged()
+                self?.withCore("reading local changes") { try $0.databaseChanged() }
             }
             try changes.start()
             self.changes = changes
@@ -107,6 +111,55 @@ public final class LiveNode: @unchecked Sendable {
             log.info("metrics on http://\(server.host):\(server.port)/metrics, health on /health")
         }
         log.info("node \(config.node.nodeID) replicating \(config.node.databasePath) over \(urls.joined(separator: ",")) with \(config.node.shards) shard(s)")
+    }
+
+    /// Queue only: a core wired to this node's ports; not started.
+    private func makeCore() -> ReplicationNode {
+        ReplicationNode(config: config.node, environment: NodeEnvironment(
+            clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(),
+            events: LiveEvents(log: log, node: self), snapshots: LiveSnapshotSource(node: self)))
+    }
+
+    /// Queue only: runs one core event handler. A throw follows the error contract (`NodeEnvironment`): this core
+    /// stops and a new one starts on the same database after a backoff.
+    func withCore(_ what: @autoclosure () -> String, _ body: (ReplicationNode) throws -> Void) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard let core else { return }
+        do { try body(core) } catch { coreFailed(error, while: what()) }
+    }
+
+    /// Queue only: stops the core that threw and schedules its replacement.
+    private func coreFailed(_ error: any Error, while what: String) {
+        guard let failed = core else { return }
+        let delayMs = restartBackoff.failed(atMs: Int64(Date().timeIntervalSince1970 * 1000))
+        coreFailure = "replication stopped while \(what): \(error)"
+        log.error("replication stopped while \(what): \(error). Restarting it in \(delayMs) ms; nothing is lost, it resumes from its checkpoints.")
+        metrics.add(.coreRestarts)
+        failed.stop()
+        core = nil
+        for t in timers.values { t.cancel() }
+        timers.removeAll()
+        // Deliveries and publishes of the stopped core: the new one resubscribes from its checkpoints (which
+        // replaces the consumers) and republishes what is pending under the same message ids.
+        delivered.removeAll()
+        inFlight.removeAll()
+        ackedTokens.removeAll()
+        queue.asyncAfter(deadline: .now() + .milliseconds(Int(delayMs))) { [weak self] in self?.restartCore() }
+    }
+
+    /// Queue only: the replacement core after a throw.
+    private func restartCore() {
+        guard !stopped.load(ordering: .relaxed), core == nil else { return }
+        let core = makeCore()
+        self.core = core
+        do {
+            try core.start()
+            coreFailure = nil
+            schemaChanged()
+            log.info("replication restarted")
+        } catch {
+            coreFailed(error, while: "restarting")
+        }
     }
 
     /// Runs `body` until it succeeds, retrying (with backoff, each retry logged) only errors a forming JetStream
@@ -174,8 +227,8 @@ public final class LiveNode: @unchecked Sendable {
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
                                           body: metrics.render(gauges: gauges ?? [:]))
         case "/health":
-            let running = (try? onQueue { $0.isRunning }) ?? nil
-            if running != true { return MetricsServer.Response(status: 503, body: "replication core is not running\n") }
+            let (running, failure) = queue.sync { (core?.isRunning ?? false, coreFailure) }
+            if !running { return MetricsServer.Response(status: 503, body: (failure ?? "replication core is not running") + "\n") }
             if connection?.isConnected != true { return MetricsServer.Response(status: 503, body: "not connected to NATS\n") }
             return MetricsServer.Response(status: 200, body: "ok\n")
         default:
@@ -190,12 +243,9 @@ public final class LiveNode: @unchecked Sendable {
         try queue.sync { try core.map(body) }
     }
 
-    /// Runs `body` with the core on the node's queue later; errors are logged.
-    func enqueue(_ body: @escaping @Sendable (ReplicationNode) throws -> Void) {
-        queue.async { [weak self] in
-            guard let self, let core = self.core else { return }
-            do { try body(core) } catch { self.log.error("\(error)") }
-        }
+    /// Runs `body` with the core on the node's queue later; a throw follows the error contract.
+    func enqueue(_ what: String, _ body: @escaping @Sendable (ReplicationNode) throws -> Void) {
+        queue.async { [weak self] in self?.withCore(what, body) }
     }
 
     /// Queue only: capture was (re)installed, so the registry entry may be stale.
@@ -208,7 +258,7 @@ public final class LiveNode: @unchecked Sendable {
     func requestNewestSnapshot() {
         guard let snapshots else {
             let reason = "this node is behind the log's start and needs a snapshot, but [snapshot] enabled = false"
-            queue.async { [weak self] in self?.core?.snapshotUnavailable(reason: reason) }
+            enqueue("answering a snapshot request") { $0.snapshotUnavailable(reason: reason) }
             return
         }
         snapshots.fetchNewest(node: self)
@@ -249,10 +299,7 @@ public final class LiveNode: @unchecked Sendable {
         timers[timer]?.cancel()
         let t = DispatchSource.makeTimerSource(queue: queue)
         t.schedule(deadline: .now() + .milliseconds(Int(max(delayMs, 0))))
-        t.setEventHandler { [weak self] in
-            guard let self, let core = self.core else { return }
-            do { try core.timerFired(timer) } catch { self.log.error("timer \(timer): \(error)") }
-        }
+        t.setEventHandler { [weak self] in self?.withCore("handling timer \(timer)") { try $0.timerFired(timer) } }
         t.resume()
         timers[timer] = t
     }
@@ -287,7 +334,8 @@ public final class LiveNode: @unchecked Sendable {
         flushScheduled = false
         let tokens = ackedTokens
         ackedTokens.removeAll()
-        do { try core?.publishAcknowledged(tokens: tokens) } catch { log.error("marking published: \(error)") }
+        guard !tokens.isEmpty else { return }
+        withCore("marking changes published") { try $0.publishAcknowledged(tokens: tokens) }
     }
 
     func subscribe(shard: Int, fromSequence: UInt64) {
@@ -339,12 +387,10 @@ public final class LiveNode: @unchecked Sendable {
             let done = DispatchSemaphore(value: 0)
             queue.async { [weak self] in
                 defer { done.signal() }
-                guard let self, let core = self.core, !stop.raised else { return }  // a replaced consumer's batch
+                guard let self, self.core != nil, !stop.raised else { return }  // a replaced consumer's batch
                 for m in batch { self.delivered[shard, default: [:]][m.streamSequence] = m }
-                do {
-                    try core.messagesArrived(shard: shard, batch.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
-                } catch {
-                    self.log.error("applying shard \(shard): \(error)")
+                self.withCore("applying shard \(shard)") {
+                    try $0.messagesArrived(shard: shard, batch.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
                 }
             }
             done.wait()
@@ -361,9 +407,21 @@ public final class LiveNode: @unchecked Sendable {
         do { try m.nak(delayMs: delayMs) } catch { log.warning("nak shard \(shard) seq \(sequence): \(error)") }
     }
 
+    /// A synchronous JetStream request: never from the queue (the core gets ranges through `requestStreamState`).
     func streamState(shard: Int) -> HarmonyCore.StreamState? {
+        dispatchPrecondition(condition: .notOnQueue(queue))
         guard let s = try? jetStream?.streamState(name: router.streamName(shard: shard)) else { return nil }
         return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
+    }
+
+    /// The core's request for a stream's range: asked off the queue (a JetStream request takes a round trip, up
+    /// to its timeout), answered on the queue; nil when JetStream could not say.
+    func requestStreamState(shard: Int) {
+        requests.async { [weak self] in
+            guard let self else { return }
+            let state = self.streamState(shard: shard)
+            self.queue.async { self.withCore("checking the range of shard \(shard)") { $0.streamStateArrived(shard: shard, state) } }
+        }
     }
 
     /// Graceful stop: no new fetches, the in-flight batch finishes, publishes get their answers, state is saved.
@@ -405,7 +463,7 @@ final class LiveLog: ReplicationLog {
     func subscribe(shard: Int, fromSequence: UInt64) { node.subscribe(shard: shard, fromSequence: fromSequence) }
     func ack(shard: Int, sequence: UInt64) { node.ack(shard: shard, sequence: sequence) }
     func nak(shard: Int, sequence: UInt64, delayMs: Int64) { node.nak(shard: shard, sequence: sequence, delayMs: delayMs) }
-    func streamState(shard: Int) -> HarmonyCore.StreamState? { node.streamState(shard: shard) }
+    func requestStreamState(shard: Int) { node.requestStreamState(shard: shard) }
 }
 
 final class LiveEvents: ReplicationEventSink {
@@ -418,7 +476,7 @@ final class LiveEvents: ReplicationEventSink {
     func record(_ event: ReplicationEvent) {
         node?.metrics.record(event)
         switch event {
-        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed: log.warning("\(event)")
+        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed, .streamStateUnknown: log.warning("\(event)")
         case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .snapshotTaken: log.info("\(event)")
         case .captureInstalled:
             log.info("\(event)")

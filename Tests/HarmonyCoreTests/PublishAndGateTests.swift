@@ -34,6 +34,45 @@ struct PublishAndGateTests {
         #expect(try c.pendingChanges(0) == 1)
     }
 
+    /// A scan that throws halfway (here: a schema row that cannot be decoded) must leave nothing counted as in
+    /// flight that was never handed to the log, and must not move the scan past rows it did not send.
+    @Test func publishThatThrowsHalfwayLeavesNothingStuckInFlight() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema + "; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);")
+        let schemaTable = quoteIdentifier(Bookkeeping.schemaTable)
+        let good = try #require(try c.apps[0].query("SELECT columns FROM \(schemaTable) WHERE table_name = 'notes'").first?[0])
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
+        try c.apps[0].execute("INSERT INTO notes VALUES (1, 'n')")
+        try c.apps[0].execute("UPDATE \(schemaTable) SET columns = x'00' WHERE table_name = 'notes'")
+        #expect(throws: (any Error).self) { try c.nodes[0].databaseChanged() }
+        #expect(c.ports[0].pendingPublishes.isEmpty)
+        try c.apps[0].execute("UPDATE \(schemaTable) SET columns = ? WHERE table_name = 'notes'", [good])
+        try c.publish(0)
+        #expect(try c.pendingChanges(0) == 0)
+        let records = try c.streams.streams.values.flatMap { $0 }.flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        #expect(records.map(\.table).sorted() == ["notes", "users", "users"])
+    }
+
+    /// An apply transaction that cannot start (the application holds the write lock past the busy timeout)
+    /// applies and checkpoints nothing, asks for the whole delivery again, and succeeds once the lock is gone.
+    @Test func failedApplyBatchNaksEverythingAndAppliesOnRedelivery() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema) { $0.publishBatchMax = 1 }
+        c.opener = SQLiteOpener(busyTimeoutMs: 20)
+        let n = try c.addNode(schema: usersSchema) { $0.publishBatchMax = 1 }
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.apps[0].execute("INSERT INTO users VALUES (2, 'b', 2)")
+        try c.publish(0)
+        try c.apps[n].execute("BEGIN IMMEDIATE")
+        try c.deliver(n)
+        #expect(c.nodes[n].checkpoint(1) == 0)
+        #expect(c.ports[n].naks[1] == [1, 2])
+        #expect(c.events[n].events.contains { if case .applyBatchFailed(1, let e) = $0 { return e.contains("locked") } else { return false } })
+        try c.apps[n].execute("COMMIT")
+        #expect(try c.rows(n, "SELECT count(*) FROM users") == [[0]])
+        try c.deliver(n)
+        #expect(c.nodes[n].checkpoint(1) == 2)
+        #expect(try c.rows(n, "SELECT id FROM users ORDER BY id") == [[1], [2]])
+    }
+
     /// A publish that landed but whose ack was lost is sent again; the message id lets the log drop the copy.
     @Test func lostAckDoesNotDuplicateInTheLog() throws {
         let c = try TestCluster(nodes: 2, schema: usersSchema)

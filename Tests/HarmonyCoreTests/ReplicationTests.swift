@@ -121,8 +121,10 @@ struct ReplicationTests {
         try c.nodes[1].messagesArrived(shard: 1, all + all)
         #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == [[1, "a", 1.0], [2, "local", 2.0]])
         #expect(c.nodes[1].checkpoint(1) == 2)
+        // Reversed: both are duplicates (2). Doubled in one batch: each sequence counts once, both duplicates (2).
         let dups = c.events[1].events.filter { if case .duplicate = $0 { return true } else { return false } }
-        #expect(dups.count == 6)
+        #expect(dups.count == 4)
+        #expect(c.ports[1].acks[1]?.suffix(4) == [1, 2, 1, 2])
     }
 
     /// The checkpoint is stored in the database: a restarted node resumes at checkpoint + 1 and re-applies nothing.
@@ -160,8 +162,32 @@ struct ReplicationTests {
         try c.publish(0)
         c.streams.firstSequence[1] = 2
         try c.nodes[1].messagesArrived(shard: 1, c.streams.messages(shard: 1, from: 2))
+        // The gap alone cannot tell a hole from a late message: the node asks the log, inside no transaction.
+        #expect(c.events[1].events.contains(.gap(shard: 1, expected: 1, got: 2)))
+        #expect(c.ports[1].stateRequests == [1])
+        #expect(!c.nodes[1].restoreNeeded)
+        c.answerStreamStates(1)
         #expect(c.events[1].events.contains(.behindLogStart(shard: 1, checkpoint: 0, firstSequence: 2)))
+        #expect(c.nodes[1].restoreNeeded)
         #expect(c.nodes[1].checkpoint(1) == 0)
+    }
+
+    /// A log that cannot tell a stream's range changes nothing; the next periodic check asks again, once per shard.
+    @Test func unknownStreamRangeIsAskedAgainLater() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.shards = 2 }
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.publish(0)
+        for shard in 1...2 { c.streams.truncate(shard: shard, before: c.streams.lastSequence(shard: shard) + 1) }
+        try c.nodes[1].timerFired(.cleanup)
+        try c.nodes[1].timerFired(.cleanup)  // still outstanding: not asked twice
+        #expect(c.ports[1].stateRequests == [1, 2])
+        c.answerStreamStates(1, unknown: true)
+        #expect(!c.nodes[1].restoreNeeded)
+        #expect(c.events[1].events.contains(.streamStateUnknown(shard: 1)))
+        try c.nodes[1].timerFired(.cleanup)
+        #expect(c.ports[1].stateRequests == [1, 2])
+        c.answerStreamStates(1)
+        #expect(c.nodes[1].restoreNeeded == (c.streams.lastSequence(shard: 1) > 0 || c.streams.lastSequence(shard: 2) > 0))
     }
 
     /// Every SQLite storage class crosses the wire bit for bit.

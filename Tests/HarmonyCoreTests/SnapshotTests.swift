@@ -103,6 +103,8 @@ struct SnapshotTests {
         try cluster.deliver(2)  // nothing newer than the hole: only the periodic check can see it
         #expect(!cluster.nodes[2].restoreNeeded)
         try cluster.nodes[2].timerFired(.cleanup)
+        #expect(!cluster.nodes[2].restoreNeeded)  // asked, not answered yet
+        cluster.answerStreamStates(2)
         #expect(cluster.nodes[2].restoreNeeded)
         try cluster.nodes[2].snapshotReady(at: path)
         #expect(try cluster.apps[2].query("SELECT v FROM kv WHERE k = 300") == [[.text("only on node 3")]])
@@ -155,6 +157,28 @@ struct SnapshotTests {
         #expect(try cluster.apps[n].query("SELECT k, v, extra FROM kv ORDER BY k") == cluster.apps[0].query("SELECT k, v, extra FROM kv ORDER BY k"))
     }
 
+    @Test("a restore waits until the log has told the streams' ranges, so an old snapshot cannot slip through")
+    func restoreWaitsForStreamRanges() throws {
+        let cluster = try TestCluster(nodes: 1, schema: Self.schema)
+        for k in 1...5 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
+        try cluster.settle()
+        let (path, info) = try take(cluster, 0)
+        truncate(cluster, after: info)
+        let n = try cluster.addNode(schema: Self.schema)
+        #expect(cluster.nodes[n].restoreNeeded)
+        // A node that restarted knows no range yet; its restore request asked for them again.
+        cluster.nodes[n].streamStates.removeAll()
+        try cluster.nodes[n].snapshotReady(at: path)
+        #expect(cluster.nodes[n].restoreNeeded)
+        #expect(cluster.events[n].events.contains { if case .restoreFailed(let r) = $0 { return r.contains("not known yet") } else { return false } })
+        try cluster.nodes[n].timerFired(.restoreRetry)
+        cluster.answerStreamStates(n)
+        try cluster.nodes[n].snapshotReady(at: path)
+        #expect(!cluster.nodes[n].restoreNeeded)
+        try cluster.settle()
+        #expect(try kv(cluster.apps[n]) == kv(cluster.apps[0]))
+    }
+
     @Test("a crash inside the restore leaves the old database; the next start restores again")
     func crashDuringRestoreIsAtomic() throws {
         let cluster = try TestCluster(nodes: 1, schema: Self.schema)
@@ -180,6 +204,9 @@ struct SnapshotTests {
         let again = ReplicationNode(config: config, environment: NodeEnvironment(
             clock: ManualClock(), log: cluster.ports[n], opener: SQLiteOpener(), events: EventLog(), snapshots: sources))
         try again.start()
+        let asked = cluster.ports[n].stateRequests
+        cluster.ports[n].stateRequests.removeAll()
+        for shard in asked { again.streamStateArrived(shard: shard, cluster.ports[n].streamState(shard: shard)) }
         #expect(again.restoreNeeded && sources.count == 1)
         try again.snapshotReady(at: path)
         #expect(try kv(cluster.apps[n]) == [[.integer(1), .text("v1")], [.integer(2), .text("v2")], [.integer(3), .text("v3")],

@@ -61,6 +61,8 @@ final class MemoryLogPort: ReplicationLog {
     var deliverFrom: [Int: UInt64] = [:]
     var acks: [Int: [UInt64]] = [:]
     var naks: [Int: [UInt64]] = [:]
+    /// Stream-state requests not answered yet, in order; `TestCluster.answerStreamStates` answers them.
+    var stateRequests: [Int] = []
 
     init(streams: MemoryStreams) { self.streams = streams }
 
@@ -72,7 +74,8 @@ final class MemoryLogPort: ReplicationLog {
         // Redelivery restarts at the lowest nak'd message, as a consumer with one outstanding message would.
         deliverFrom[shard] = min(deliverFrom[shard] ?? sequence, sequence)
     }
-    func streamState(shard: Int) -> StreamState? {
+    func requestStreamState(shard: Int) { stateRequests.append(shard) }
+    func streamState(shard: Int) -> StreamState {
         StreamState(firstSequence: streams.firstSequence[shard] ?? 1, lastSequence: streams.lastSequence(shard: shard))
     }
 }
@@ -99,6 +102,8 @@ final class TestCluster {
     var snapshotRequests: [SnapshotRequests] = []
     /// The application's connections, one per node (a separate connection, as a separate process would be).
     var apps: [Database] = []
+    /// How nodes added from now on open their database (a test may shorten the busy timeout).
+    var opener = SQLiteOpener()
 
     init(nodes count: Int, schema: String, configure: (inout NodeConfig) -> Void = { _ in }) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("harmony-\(UUID().uuidString)")
@@ -118,10 +123,11 @@ final class TestCluster {
         var config = NodeConfig(nodeID: Int64(i), databasePath: path)
         configure(&config)
         let clock = ManualClock(), port = MemoryLogPort(streams: streams), sink = EventLog(), snapshots = SnapshotRequests()
-        let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: clock, log: port, opener: SQLiteOpener(), events: sink,
+        let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: clock, log: port, opener: opener, events: sink,
                                                                                 snapshots: snapshots, crashPoint: crashPoint))
         nodes.append(node); ports.append(port); clocks.append(clock); events.append(sink); snapshotRequests.append(snapshots)
         try node.start()
+        answerStreamStates(i - 1)
         return i - 1
     }
 
@@ -144,8 +150,20 @@ final class TestCluster {
         fatalError("publish loop did not drain")
     }
 
-    /// Delivers everything node `i` has not consumed yet, shard by shard.
+    /// Answers node `i`'s stream-state requests with the streams' ranges now (`unknown`: with nil, as an unreachable log).
+    func answerStreamStates(_ i: Int, unknown: Bool = false) {
+        for _ in 0..<100 {
+            let asked = ports[i].stateRequests
+            if asked.isEmpty { return }
+            ports[i].stateRequests.removeAll()
+            for shard in asked { nodes[i].streamStateArrived(shard: shard, unknown ? nil : ports[i].streamState(shard: shard)) }
+        }
+    }
+
+    /// Delivers everything node `i` has not consumed yet, shard by shard, answering its stream-state requests.
     func deliver(_ i: Int) throws {
+        answerStreamStates(i)
+        defer { answerStreamStates(i) }
         for _ in 0..<100 {
             var progressed = false
             for shard in nodes[i].router.shards {

@@ -83,18 +83,18 @@ final class SnapshotService: @unchecked Sendable {
             guard let self, let node else { return }
             do {
                 guard let name = try self.store.newest() else {
-                    node.enqueue { core in core.snapshotUnavailable(reason: "no snapshot in \(self.store.location) yet") }
+                    node.enqueue("answering a snapshot request") { core in core.snapshotUnavailable(reason: "no snapshot in \(self.store.location) yet") }
                     return
                 }
                 let path = (self.workDirectory as NSString).appendingPathComponent(".harmonylite-restore-\(name).db")
                 try self.store.download(name: name, to: path)
                 self.log.info("downloaded snapshot \(name) from \(self.store.location); restoring")
-                node.enqueue { core in
+                node.enqueue("restoring snapshot \(name)") { core in
                     defer { try? FileManager.default.removeItem(atPath: path) }
                     try core.snapshotReady(at: path)
                 }
             } catch {
-                node.enqueue { core in core.snapshotUnavailable(reason: "\(error)") }
+                node.enqueue("answering a snapshot request") { core in core.snapshotUnavailable(reason: "\(error)") }
             }
         }
     }
