@@ -16,6 +16,8 @@ public struct Scenario: Sendable, Equatable {
     public var writeIntervalMsMax: Int64 = 200
     /// Relative weights of the operation kinds.
     public var insertWeight = 4, updateWeight = 4, deleteWeight = 1, transactionWeight = 1
+    /// Writes that move a row to another primary key (`UPDATE kv SET k = ...`), captured as delete + write.
+    public var keyChangeWeight = 0
     public var transactionOpsMax = 4
 
     // Network between nodes and the NATS server.

@@ -22,13 +22,14 @@ public enum ScenarioLoader {
         }
         if let t = try root.table("workload") {
             try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
-                                              "delete_weight", "transaction_weight", "transaction_ops_max"])
+                                              "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max"])
             s.keys = try bounded(t, "keys", s.keys, 1...1_000_000)
             s.writeIntervalMsMin = Int64(try bounded(t, "write_interval_ms_min", Int(s.writeIntervalMsMin), 1...3_600_000))
             s.writeIntervalMsMax = Int64(try bounded(t, "write_interval_ms_max", Int(s.writeIntervalMsMax), Int(s.writeIntervalMsMin)...3_600_000))
             s.insertWeight = try bounded(t, "insert_weight", s.insertWeight, 0...1000)
             s.updateWeight = try bounded(t, "update_weight", s.updateWeight, 0...1000)
             s.deleteWeight = try bounded(t, "delete_weight", s.deleteWeight, 0...1000)
+            s.keyChangeWeight = try bounded(t, "key_change_weight", s.keyChangeWeight, 0...1000)
             s.transactionWeight = try bounded(t, "transaction_weight", s.transactionWeight, 0...1000)
             s.transactionOpsMax = try bounded(t, "transaction_ops_max", s.transactionOpsMax, 2...100)
             if s.insertWeight + s.updateWeight + s.deleteWeight == 0 {
@@ -127,6 +128,7 @@ public enum ScenarioWriter {
             insert_weight = \(s.insertWeight)
             update_weight = \(s.updateWeight)
             delete_weight = \(s.deleteWeight)
+            key_change_weight = \(s.keyChangeWeight)
             transaction_weight = \(s.transactionWeight)
             transaction_ops_max = \(s.transactionOpsMax)
 

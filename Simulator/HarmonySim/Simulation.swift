@@ -627,14 +627,18 @@ public final class Simulation {
     func performWrite(_ node: SimNode) {
         guard let app = node.app else { return }
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
-        let total = scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight + scenario.transactionWeight
+        let opWeights = scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight + scenario.keyChangeWeight
+        let total = opWeights + scenario.transactionWeight
         var pick = Int(workRandom.below(UInt64(max(total, 1))))
         var ops: [Int] = []
+        // 0 insert, 1 update, 2 delete, 3 key change. With no key changes this draws exactly as before.
         func draw() -> Int {
-            var p = Int(workRandom.below(UInt64(max(scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight, 1))))
+            var p = Int(workRandom.below(UInt64(max(opWeights, 1))))
             if p < scenario.insertWeight { return 0 }
             p -= scenario.insertWeight
-            return p < scenario.updateWeight ? 1 : 2
+            if p < scenario.updateWeight { return 1 }
+            p -= scenario.updateWeight
+            return p < scenario.deleteWeight ? 2 : 3
         }
         if pick < total - scenario.transactionWeight {
             ops = [draw()]
@@ -643,10 +647,12 @@ public final class Simulation {
             ops = (0..<pick).map { _ in draw() }
         }
         let keys = ops.map { _ in workRandom.int(1...Int64(scenario.keys)) }
+        let newKeys = ops.map { $0 == 3 ? workRandom.int(1...Int64(scenario.keys)) : 0 }
+        let touched = Set(keys + newKeys.filter { $0 > 0 }).sorted()
         do {
-            let before = try Dictionary(keys.map { ($0, try versionOf(app, key: $0)) }, uniquingKeysWith: { a, _ in a })
+            let before = try Dictionary(touched.map { ($0, try versionOf(app, key: $0)) }, uniquingKeysWith: { a, _ in a })
             try app.transaction(.immediate) {
-                for (op, key) in zip(ops, keys) {
+                for (i, (op, key)) in zip(ops, keys).enumerated() {
                     node.writeCounter += 1
                     let value = DatabaseValue.text("n\(node.id)w\(node.writeCounter)")
                     switch op {
@@ -664,12 +670,16 @@ public final class Simulation {
                         } else {
                             try app.execute("UPDATE kv SET v = ?, n = n + 1 WHERE k = ?", [value, .integer(key)])
                         }
-                    default:
+                    case 2:
                         try app.execute("DELETE FROM kv WHERE k = ?", [.integer(key)])
+                    default:
+                        // Move the row to a free key, as an application renumbering or merging records would.
+                        try app.execute("UPDATE kv SET k = ?1, v = ?2, n = n + 1 WHERE k = ?3 AND NOT EXISTS (SELECT 1 FROM kv WHERE k = ?1)",
+                                        [.integer(newKeys[i]), value, .integer(key)])
                     }
                 }
             }
-            for key in Set(keys).sorted() {
+            for key in touched {
                 guard let after = try versionOf(app, key: key), after != before[key] ?? nil else { continue }
                 let row = try app.query("SELECT * FROM kv WHERE k = ?", [.integer(key)]).first
                 history.append(WriteRecord(node: node.id, key: key, version: after.version, row: after.deleted ? nil : row, atMs: nowMs))
@@ -677,7 +687,7 @@ public final class Simulation {
                     violations.append("causality: node \(node.id) wrote key \(key) at \(nowMs) ms with version \(after.version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")
                 }
             }
-            trace("node \(node.id) write ops \(ops) keys \(keys)")
+            trace("node \(node.id) write ops \(ops) keys \(keys)\(newKeys.contains { $0 > 0 } ? " to \(newKeys)" : "")")
         } catch {
             violations.append("node \(node.id): application write failed: \(error)")
         }
@@ -709,6 +719,12 @@ public final class Simulation {
                 n.maxAppliedHLC = max(n.maxAppliedHLC, version.hlc)
             } else {
                 conflictsResolved += 1
+            }
+        case .restored:
+            // A restore applies every version the snapshot holds: later local writes must be newer (causality).
+            let n = nodes[node - 1]
+            if let app = n.app, let restoredMax = try? app.scalar("SELECT max(hlc) FROM \(quoteIdentifier(Bookkeeping.versionTable("kv")))")?.int64 {
+                n.maxAppliedHLC = max(n.maxAppliedHLC, restoredMax)
             }
         case .parked(let shard, let sequence, let reason):
             violations.append("node \(node) parked shard \(shard) seq \(sequence): \(reason)")

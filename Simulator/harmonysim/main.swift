@@ -233,6 +233,8 @@ struct PlantedBugsCommand: ParsableCommand {
         ("ack-schema-mismatch", "schema-skew.toml"),
         ("restore-without-checkpoints", "truncation.toml"),
         ("drop-schema-hash-on-decode", "schema-skew.toml"),
+        ("restore-without-clock-advance", "snapshot-faults.toml"),
+        ("key-change-without-delete", "partition.toml"),
     ]
 
     func run() throws {

@@ -89,6 +89,7 @@ public enum ChangeCapture {
     /// not stop replication of the others.
     @discardableResult
     public static func install(_ db: Database, nodeID: Int64, filter: TableFilter, refuseKeyless: Bool = true,
+                               plantedBugs: PlantedBugs = [],
                                skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
         try db.transaction(.immediate) {
             let existedBefore = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?",
@@ -100,7 +101,7 @@ public enum ChangeCapture {
             try dropTriggers(db, except: Set(schemas.map(\.name)))
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {
-                captured[schema.name] = try installTable(db, schema, backfillIfNew: existedBefore)
+                captured[schema.name] = try installTable(db, schema, backfillIfNew: existedBefore, plantedBugs: plantedBugs)
             }
             db.clearStatementCache()
             return captured
@@ -115,7 +116,7 @@ public enum ChangeCapture {
         }
     }
 
-    static func installTable(_ db: Database, _ schema: TableSchema, backfillIfNew: Bool) throws -> CapturedTable {
+    static func installTable(_ db: Database, _ schema: TableSchema, backfillIfNew: Bool, plantedBugs: PlantedBugs = []) throws -> CapturedTable {
         let known = try epochs(db, table: schema.name)
         let latest = known.first
         var epoch = latest?.epoch ?? 0
@@ -129,7 +130,7 @@ public enum ChangeCapture {
         }
         try ensureChangeLog(db, schema)
         try ensureVersionTable(db, schema)
-        try createTriggers(db, schema, epoch: epoch)
+        try createTriggers(db, schema, epoch: epoch, plantedBugs: plantedBugs)
         // A table created while the node runs may have received rows before its triggers existed.
         if known.isEmpty && backfillIfNew { try backfill(db, schema, epoch: epoch) }
         // Rows written between ALTER TABLE ADD COLUMN and now went through the old triggers, which did not
@@ -281,7 +282,7 @@ public enum ChangeCapture {
             """
     }
 
-    static func createTriggers(_ db: Database, _ schema: TableSchema, epoch: Int64) throws {
+    static func createTriggers(_ db: Database, _ schema: TableSchema, epoch: Int64, plantedBugs: PlantedBugs = []) throws {
         let t = q(schema.name)
         let notApplying = "(SELECT applying FROM \(q(Bookkeeping.clockTable))) = 0"
         let sameKey = schema.primaryKey.map { "OLD.\(q($0)) IS NEW.\(q($0))" }.joined(separator: " AND ")
@@ -307,7 +308,7 @@ public enum ChangeCapture {
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "update_key"))) AFTER UPDATE ON \(t)
             WHEN \(notApplying) AND NOT (\(sameKey))
             BEGIN
-            \(captureBody(schema, epoch: epoch, type: "delete", source: "OLD", deleted: true))
+            \(plantedBugs.contains(.keyChangeWithoutDelete) ? "" : captureBody(schema, epoch: epoch, type: "delete", source: "OLD", deleted: true))
             \(captureBody(schema, epoch: epoch, type: "update", source: "NEW", deleted: false))
             END
             """)

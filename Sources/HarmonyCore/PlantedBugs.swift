@@ -22,6 +22,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let restoreWithoutCheckpoints = PlantedBugs(rawValue: 1 << 7)
     /// Lose the schema hash when decoding, and treat a message without one as matching (as a legacy sender's).
     public static let dropSchemaHashOnDecode = PlantedBugs(rawValue: 1 << 8)
+    /// Restore a snapshot without moving the node's clock past the versions it brings.
+    public static let restoreWithoutClockAdvance = PlantedBugs(rawValue: 1 << 9)
+    /// Capture a primary-key change as a write of the new key only, leaving the old key's row everywhere else.
+    public static let keyChangeWithoutDelete = PlantedBugs(rawValue: 1 << 10)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -33,6 +37,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("ack-schema-mismatch", .ackSchemaMismatch),
         ("restore-without-checkpoints", .restoreWithoutCheckpoints),
         ("drop-schema-hash-on-decode", .dropSchemaHashOnDecode),
+        ("restore-without-clock-advance", .restoreWithoutClockAdvance),
+        ("key-change-without-delete", .keyChangeWithoutDelete),
     ]
 }
 

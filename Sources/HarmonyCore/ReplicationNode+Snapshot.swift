@@ -161,9 +161,11 @@ extension ReplicationNode {
             try reapplyLocalChanges(db)
             try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.checkpointTable))", [])
             for shard in router.shards { try saveCheckpoint(db, shard: shard, sequence: restored[shard] ?? 0) }
+            // Causality: every write made here from now on must be newer than every version the snapshot brought.
+            let clockSource = config.plantedBugs.contains(.restoreWithoutClockAdvance)
+                ? "0" : "(SELECT max(hlc) FROM \(snap).\(quoteIdentifier(Bookkeeping.clockTable)))"
             try db.execute("""
-                UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0,
-                    hlc = max(hlc, coalesce((SELECT max(hlc) FROM \(snap).\(quoteIdentifier(Bookkeeping.clockTable))), 0))
+                UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0, hlc = max(hlc, coalesce(\(clockSource), 0))
                 """, [])
             try crashPoint(.beforeRestoreCommit)
         }

@@ -184,7 +184,8 @@ public final class ReplicationNode {
     func refreshCapture() throws {
         let db = requireDatabase()
         // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
-        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning) { skipped in
+        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
+                                             plantedBugs: config.plantedBugs) { skipped in
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         epochShapes.removeAll()

@@ -137,4 +137,29 @@ struct EndToEndTests {
         #expect(try c.query(2, "SELECT count(*) FROM __harmonylite___parked;") == "2\n")
         #expect(c.log(2).contains("parked"))
     }
+
+    /// The error contract, live: a core whose database it cannot read throws, is stopped and restarted with backoff,
+    /// `/health` answers 503 with the reason meanwhile, and once the cause is gone the node catches up, losing nothing.
+    @Test func coreThatThrowsIsRestartedAndLosesNothing() throws {
+        let metricsPorts = distinctFreePorts(2)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema) { i in
+            "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\""
+        }
+        let schemaRow = "FROM __harmonylite___schema WHERE table_name = 'items'"
+        let good = try c.query(1, "SELECT hex(columns) \(schemaRow);").trimmingCharacters(in: .whitespacesAndNewlines)
+        // Damage node 1's schema history, then write: publishing that write needs it, so the core throws.
+        try sqlite(c.dbPath(1), "UPDATE __harmonylite___schema SET columns = x'00' WHERE table_name = 'items'; INSERT INTO items (id, name) VALUES (1, 'written while broken');")
+        try waitUntil("node 1's /health reports the failure", timeoutSeconds: 20) {
+            let health = try httpGet(port: metricsPorts[0], path: "/health")
+            return health.status == 503 && health.body.contains("replication stopped while")
+        }
+        #expect(c.log(1).contains("Restarting it in"))
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (2, 'from node 2');")
+        try sqlite(c.dbPath(1), "UPDATE __harmonylite___schema SET columns = x'\(good)' WHERE table_name = 'items';")
+        _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;", expected: "1|written while broken\n2|from node 2\n", timeoutSeconds: 60)
+        try waitUntil("node 1 is healthy again", timeoutSeconds: 20) { try httpGet(port: metricsPorts[0], path: "/health").status == 200 }
+        let restarts = try httpGet(port: metricsPorts[0], path: "/metrics").body.split(separator: "\n")
+            .first { $0.hasPrefix("harmonylite_core_restarts_total ") }.map { Double($0.split(separator: " ")[1]) ?? 0 } ?? 0
+        #expect(restarts >= 1)
+    }
 }
