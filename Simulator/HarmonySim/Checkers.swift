@@ -144,4 +144,14 @@ enum SwarmMix {
         scenario.maxEntries = Int(r.int(200...500))
         scenario.snapshotIntervalMs = r.int(1_000...5_000)
     }
+
+    /// Sometimes a faulty disk under the sidecars (busy locks, I/O errors, disk full, torn writes, failed fsyncs).
+    static func drawStorage(_ scenario: inout Scenario, random: SimRandom) {
+        var r = random
+        guard r.chance(permille: 300) else { return }
+        scenario.storageFaults.busyPermille = Int(r.int(0...6))
+        scenario.storageFaults.readErrorPermille = Int(r.int(0...2))
+        scenario.storageFaults.writeErrorPermille = Int(r.int(0...4))
+        scenario.storageFaults.fsyncErrorPermille = Int(r.int(0...4))
+    }
 }

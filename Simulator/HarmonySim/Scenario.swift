@@ -45,6 +45,8 @@ public struct Scenario: Sendable, Equatable {
 
     /// Chance (per mille) that the sidecar dies at each crash point the core passes (between two durable steps).
     public var crashPointPermille = 0
+    /// Storage faults on the sidecar's connections until the heal (`[storage]`).
+    public var storageFaults = StorageFaultSettings()
 
     public var faults: [Fault] = []
     /// Swarm mode: draw a random fault mix per seed (including none of some kinds).

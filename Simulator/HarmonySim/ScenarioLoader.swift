@@ -5,7 +5,7 @@ import HarmonyTOML
 public enum ScenarioLoader {
     public static func parse(_ text: String) throws -> Scenario {
         let root = try TOMLReader(parsing: text)
-        try root.rejectUnknownKeys(allowed: ["simulation", "workload", "network", "jetstream", "snapshot", "core", "swarm", "faults"])
+        try root.rejectUnknownKeys(allowed: ["simulation", "workload", "network", "jetstream", "snapshot", "core", "storage", "swarm", "faults"])
         var s = Scenario()
         if let t = try root.table("simulation") {
             try t.rejectUnknownKeys(allowed: ["name", "seed", "nodes", "shards", "duration_ms", "heal_at_ms", "quiesce_within_ms"])
@@ -67,6 +67,13 @@ public enum ScenarioLoader {
             if let bad = s.plantedBugs.first(where: { !known.contains($0) }) {
                 throw t.error(at: "planted_bugs", "key '\(t.fullKey("planted_bugs"))' names unknown bug '\(bad)'; known: \(PlantedBugsNames.all.joined(separator: ", "))")
             }
+        }
+        if let t = try root.table("storage") {
+            try t.rejectUnknownKeys(allowed: ["busy_permille", "read_error_permille", "write_error_permille", "fsync_error_permille"])
+            s.storageFaults.busyPermille = try bounded(t, "busy_permille", 0, 0...1000)
+            s.storageFaults.readErrorPermille = try bounded(t, "read_error_permille", 0, 0...1000)
+            s.storageFaults.writeErrorPermille = try bounded(t, "write_error_permille", 0, 0...1000)
+            s.storageFaults.fsyncErrorPermille = try bounded(t, "fsync_error_permille", 0, 0...1000)
         }
         if let t = try root.table("swarm") {
             try t.rejectUnknownKeys(allowed: ["enabled"])
@@ -154,6 +161,12 @@ public enum ScenarioWriter {
             cleanup_interval_ms = \(s.cleanupIntervalMs)
             crash_point_permille = \(s.crashPointPermille)
             planted_bugs = [\(s.plantedBugs.map { "\"\($0)\"" }.joined(separator: ", "))]
+
+            [storage]
+            busy_permille = \(s.storageFaults.busyPermille)
+            read_error_permille = \(s.storageFaults.readErrorPermille)
+            write_error_permille = \(s.storageFaults.writeErrorPermille)
+            fsync_error_permille = \(s.storageFaults.fsyncErrorPermille)
 
             [swarm]
             enabled = \(s.swarm)

@@ -55,7 +55,11 @@ private let headerBytes = 2 * MemoryLayout<UnsafeRawPointer>.stride
 
 final class SimFileState {
     let tracker: UnsyncedWrites?
-    init(tracker: UnsyncedWrites?) { self.tracker = tracker }
+    let faults: SimStorageFaults?
+    init(tracker: UnsyncedWrites?, faults: SimStorageFaults?) {
+        self.tracker = tracker
+        self.faults = faults
+    }
 }
 
 @inline(__always) private func inner(_ file: UnsafeMutablePointer<sqlite3_file>) -> UnsafeMutablePointer<sqlite3_file> {
@@ -96,10 +100,20 @@ nonisolated(unsafe) let simIOMethods: UnsafeMutablePointer<sqlite3_io_methods> =
         Unmanaged<SimFileState>.fromOpaque(raw).release()
         return rc
     }
-    m.pointee.xRead = { f, buf, amt, off in let i = inner(f!); return i.pointee.pMethods.pointee.xRead(i, buf, amt, off) }
+    m.pointee.xRead = { f, buf, amt, off in
+        if let rc = state(f!).faults?.inject(.read) { return rc }
+        let i = inner(f!)
+        return i.pointee.pMethods.pointee.xRead(i, buf, amt, off)
+    }
     m.pointee.xWrite = { f, buf, amt, off in
         let i = inner(f!)
-        if let t = state(f!).tracker { remember(t, i, offset: off, count: Int64(amt)) }
+        let st = state(f!)
+        if let t = st.tracker { remember(t, i, offset: off, count: Int64(amt)) }
+        if let faults = st.faults, let rc = faults.inject(.write) {
+            // A torn write: the first half reaches the file, then the write fails.
+            if amt > 1 && faults.tearWrite() { _ = i.pointee.pMethods.pointee.xWrite(i, buf, amt / 2, off) }
+            return rc
+        }
         return i.pointee.pMethods.pointee.xWrite(i, buf, amt, off)
     }
     m.pointee.xTruncate = { f, size in
@@ -108,6 +122,7 @@ nonisolated(unsafe) let simIOMethods: UnsafeMutablePointer<sqlite3_io_methods> =
         return i.pointee.pMethods.pointee.xTruncate(i, size)
     }
     m.pointee.xSync = { f, flags in
+        if let rc = state(f!).faults?.inject(.fsync) { return rc }
         let i = inner(f!)
         let rc = i.pointee.pMethods.pointee.xSync(i, flags)
         if rc == SQLITE_OK, let t = state(f!).tracker {
@@ -124,14 +139,20 @@ nonisolated(unsafe) let simIOMethods: UnsafeMutablePointer<sqlite3_io_methods> =
     m.pointee.xSectorSize = { f in let i = inner(f!); return i.pointee.pMethods.pointee.xSectorSize(i) }
     m.pointee.xDeviceCharacteristics = { f in let i = inner(f!); return i.pointee.pMethods.pointee.xDeviceCharacteristics(i) }
     m.pointee.xShmMap = { f, pg, sz, extend, pp in let i = inner(f!); return i.pointee.pMethods.pointee.xShmMap(i, pg, sz, extend, pp) }
-    m.pointee.xShmLock = { f, off, n, flags in let i = inner(f!); return i.pointee.pMethods.pointee.xShmLock(i, off, n, flags) }
+    m.pointee.xShmLock = { f, off, n, flags in
+        // Taking a WAL-index lock exclusively (to write, checkpoint or recover) may find another connection there.
+        let takingExclusive = flags & SQLITE_SHM_LOCK != 0 && flags & SQLITE_SHM_EXCLUSIVE != 0
+        if takingExclusive, let rc = state(f!).faults?.inject(.busy) { return rc }
+        let i = inner(f!)
+        return i.pointee.pMethods.pointee.xShmLock(i, off, n, flags)
+    }
     m.pointee.xShmBarrier = { f in let i = inner(f!); i.pointee.pMethods.pointee.xShmBarrier(i) }
     m.pointee.xShmUnmap = { f, del in let i = inner(f!); return i.pointee.pMethods.pointee.xShmUnmap(i, del) }
     return m
 }()
 
 /// xOpen for a node's VFS: opens the real file inside our wrapper and attaches its undo tracker.
-func simOpen(base: UnsafeMutablePointer<sqlite3_vfs>, durability: SimDurability?, name: UnsafePointer<CChar>?,
+func simOpen(base: UnsafeMutablePointer<sqlite3_vfs>, durability: SimDurability?, faults: SimStorageFaults?, name: UnsafePointer<CChar>?,
              file: UnsafeMutablePointer<sqlite3_file>, flags: Int32, outFlags: UnsafeMutablePointer<Int32>?) -> Int32 {
     let i = inner(file)
     file.pointee.pMethods = nil
@@ -141,7 +162,7 @@ func simOpen(base: UnsafeMutablePointer<sqlite3_vfs>, durability: SimDurability?
     if let durability, let name, i.pointee.pMethods != nil {
         tracker = durability.tracker(path: String(cString: name), currentSize: fileSize(i))
     }
-    let st = Unmanaged.passRetained(SimFileState(tracker: tracker)).toOpaque()
+    let st = Unmanaged.passRetained(SimFileState(tracker: tracker, faults: faults)).toOpaque()
     (UnsafeMutableRawPointer(file) + MemoryLayout<UnsafeRawPointer>.stride).storeBytes(of: st, as: UnsafeMutableRawPointer.self)
     file.pointee.pMethods = UnsafePointer(simIOMethods)
     return SQLITE_OK

@@ -5,7 +5,10 @@ import HarmonySQLite
 /// One simulated machine: the application's connection, the sidecar's core, its clock and its links to NATS.
 final class SimNode {
     let id: Int
+    /// The application's VFS (never faulty).
     let vfs: SimVFS
+    /// The sidecar's: same clock and disk, with the node's storage faults.
+    let sidecarVFS: SimVFS
     let databasePath: String
     var app: Database?
     var core: ReplicationNode?
@@ -24,13 +27,16 @@ final class SimNode {
     var maxAppliedHLC: Int64 = 0
     var writeCounter = 0
     var hasExtraColumn = false
+    /// A fresh database still owes the rolling ALTER, to run once its sidecar has captured the table.
+    var migrationPending = false
     var pendingRestart = false
     /// The error contract: a core that threw is restarted after this backoff, as `LiveNode` does.
     var restartBackoff = CoreRestartBackoff(minMs: 250, maxMs: 8_000, healthyAfterMs: 20_000)
 
-    init(id: Int, vfs: SimVFS, databasePath: String) {
+    init(id: Int, vfs: SimVFS, sidecarVFS: SimVFS, databasePath: String) {
         self.id = id
         self.vfs = vfs
+        self.sidecarVFS = sidecarVFS
         self.databasePath = databasePath
     }
 

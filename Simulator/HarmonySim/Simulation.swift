@@ -90,6 +90,8 @@ public final class Simulation {
     public private(set) var traceLines: [String] = []
     private var traceHash: UInt64 = 0xcbf2_9ce4_8422_2325
     public private(set) var history: [WriteRecord] = []
+    /// Every version some message in the log carries (retention does not forget them): what a snapshot may hold.
+    private var landedVersions: Set<RowVersion> = []
     /// Writes destroyed by a wiped disk or a power loss before any copy reached the log: owed to no one.
     var lostWrites: Set<RowVersion> = []
     /// Writes made on a node before it lost its disk or its power: lost unless their message landed.
@@ -100,6 +102,8 @@ public final class Simulation {
     private var eventsProcessed = 0
     private var faultsInjected = 0
     private var conflictsResolved = 0
+    /// Cores restarted under the error contract after a storage fault they could not handle themselves.
+    private(set) var storageFaultRestarts = 0
     private var healed = false
     private var quiescedAtMs: Int64?
     private var livenessFailure: String?
@@ -127,15 +131,23 @@ public final class Simulation {
         }
         plantedBugs = bugs
         faults = scenario.swarm ? SwarmMix.draw(scenario: scenario, random: root.fork("swarm")) : scenario.faults
-        if scenario.swarm { SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention")) }
+        if scenario.swarm {
+            SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention"))
+            SwarmMix.drawStorage(&self.scenario, random: root.fork("swarm-storage"))
+        }
         jetStream = SimJetStream(shards: scenario.shards, duplicateWindowMs: scenario.duplicateWindowMs,
                                  maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)
         let base = workDirectory ?? (FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory())
         directory = (base as NSString).appendingPathComponent("harmonysim-\(ProcessInfo.processInfo.processIdentifier)-\(seed)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let storageRandom = root.fork("storage")
         for id in 1...scenario.nodes {
             let vfs = SimVFS(name: "harmonysim-\(UUID().uuidString)-\(id)")
-            nodes.append(SimNode(id: id, vfs: vfs, databasePath: (directory as NSString).appendingPathComponent("node\(id).db")))
+            let faults = self.scenario.storageFaults.isEnabled
+                ? SimStorageFaults(settings: self.scenario.storageFaults, random: storageRandom.fork("node-\(id)")) : nil
+            let sidecarVFS = SimVFS(name: vfs.name + "-sidecar", sharing: vfs, faults: faults)
+            nodes.append(SimNode(id: id, vfs: vfs, sidecarVFS: sidecarVFS,
+                                 databasePath: (directory as NSString).appendingPathComponent("node\(id).db")))
         }
     }
 
@@ -198,14 +210,15 @@ public final class Simulation {
             return
         }
         node.machineUp = true
-        startSidecar(node)
-        // A fresh node runs the application's migrations in order while its sidecar watches, so it knows the
-        // previous schema and can replay old messages. (Starting directly at the new schema needs a snapshot.)
+        // A fresh node runs the application's migrations in order once its sidecar has captured the table, so it
+        // knows the previous schema and can replay old messages. (Starting directly at the new schema needs a
+        // snapshot.) A sidecar whose first start failed on a storage fault migrates when a restart succeeds.
         if node.hasExtraColumn, let app = node.app,
            (try? app.scalar("SELECT count(*) FROM pragma_table_info('kv') WHERE name = 'extra'")?.int64) == 0 {
             node.hasExtraColumn = false
-            alterTable(node)
+            node.migrationPending = true
         }
+        startSidecar(node)
         push(.workload(node: node.id), at: nowMs + workRandom.int(0...scenario.writeIntervalMsMax))
     }
 
@@ -219,14 +232,19 @@ public final class Simulation {
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
         let env = NodeEnvironment(clock: SimNodeClock(sim: self, node: node.id), log: SimLogPort(sim: self, node: node.id),
-                                  opener: SimOpener(vfs: node.vfs), events: SimEventSink(sim: self, node: node.id),
+                                  opener: SimOpener(vfs: node.sidecarVFS), events: SimEventSink(sim: self, node: node.id),
                                   snapshots: SimSnapshotPort(sim: self, node: node.id),
                                   crashPoint: { [unowned self] point in self.crashAt(point, node: node.id) })
         let core = ReplicationNode(config: config, environment: env)
         node.core = core
+        node.sidecarVFS.faults?.enabled = !healed
         node.sidecarUp = true
         trace("node \(node.id) sidecar start #\(node.incarnation)")
         callCore(node) { try $0.start() }
+        if node.sidecarUp && node.migrationPending {
+            node.migrationPending = false
+            alterTable(node)
+        }
         if scenario.snapshotIntervalMs > 0 {
             push(.snapshotTick(node: node.id, incarnation: node.incarnation),
                  at: nowMs + snapshotRandom.int(scenario.snapshotIntervalMs / 2...scenario.snapshotIntervalMs))
@@ -256,15 +274,22 @@ public final class Simulation {
     func callCore(_ node: SimNode, _ body: (ReplicationNode) throws -> Void) {
         guard node.sidecarUp, let core = node.core else { return }
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        let injectedBefore = node.sidecarVFS.faults?.injected ?? 0
         do {
             try body(core)
         } catch is NodeCrashed {
             node.core = nil
             crashSidecar(node, reason: "crash point")
         } catch {
-            // The error contract (NodeEnvironment): stop this core, start a new one after a backoff. Nothing here
-            // injects errors into the sidecar's database, so a throw is also a bug worth failing the run for.
-            violations.append("node \(node.id) core threw at \(nowMs) ms: \(error)")
+            // The error contract (NodeEnvironment): stop this core, start a new one after a backoff. A throw that
+            // an injected storage fault explains is expected; any other is also a bug worth failing the run for.
+            let injected = (node.sidecarVFS.faults?.injected ?? 0) > injectedBefore
+            if injected, let e = error as? SQLiteError, SimStorageFaults.isInjected(e.code) {
+                storageFaultRestarts += 1
+                trace("node \(node.id) core threw on a storage fault: \(e.message)")
+            } else {
+                violations.append("node \(node.id) core threw at \(nowMs) ms: \(error)")
+            }
             crashSidecar(node, reason: "error")
             node.pendingRestart = true
             push(.restart(node: node.id), at: nowMs + node.restartBackoff.failed(atMs: nowMs))
@@ -332,7 +357,10 @@ public final class Simulation {
             }
             let seq = jetStream.store(shard: message.shard, messageID: message.messageID, payload: message.payload, nowMs: nowMs)
             trace("store shard \(message.shard) id \(message.messageID) -> \(seq.map(String.init) ?? "duplicate")")
-            if seq != nil { pumpAll(shard: message.shard) }
+            if seq != nil {
+                pumpAll(shard: message.shard)
+                for r in (try? EnvelopeCodec.decodeAll(message.payload)) ?? [] { landedVersions.insert(r.version) }
+            }
             let n = nodes[id - 1]
             if n.canReceive && !netRandom.chance(permille: scenario.lostAckPermille) {
                 push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: nowMs + networkDelay())
@@ -473,7 +501,26 @@ public final class Simulation {
             snapshotStore.releaseLease(node: node.id)
             return
         }
+        checkSnapshotHoldsOnlyLanded(path: path, info: info, node: node)
         push(.snapshotUploaded(node: node.id, info: info, bytes: [UInt8](data)), at: nowMs + networkDelay() * 4)
+    }
+
+    /// A snapshot may only hold writes the log already has: a restore elsewhere must never bring back a write
+    /// its own node could still lose (to a crash, a power loss or a wiped disk) before publishing it.
+    func checkSnapshotHoldsOnlyLanded(path: String, info: SnapshotInfo, node: SimNode) {
+        do {
+            let snap = try node.vfs.opener.open(path: path)
+            let versions = try snap.query("SELECT hlc, node FROM \(quoteIdentifier(Bookkeeping.versionTable("kv"))) ORDER BY hlc, node")
+            for row in versions {
+                let v = RowVersion(hlc: row[0].int64 ?? 0, node: row[1].int64 ?? 0)
+                if !landedVersions.contains(v) {
+                    violations.append("snapshot \(info.name) by node \(node.id) at \(nowMs) ms holds version \(v), which the log never received")
+                    return
+                }
+            }
+        } catch {
+            violations.append("snapshot \(info.name) by node \(node.id) cannot be read: \(error)")
+        }
     }
 
     /// The core asked for the newest snapshot: the answer travels the network, or times out.
@@ -591,7 +638,11 @@ public final class Simulation {
     }
 
     func alterTable(_ node: SimNode) {
-        guard !node.hasExtraColumn else { return }
+        guard !node.hasExtraColumn, !node.migrationPending else { return }
+        if let app = node.app, node.machineUp, !isCaptured(app) {
+            node.migrationPending = true  // runs once a sidecar has captured the table (see bootMachine)
+            return
+        }
         node.hasExtraColumn = true
         guard node.machineUp, let app = node.app else { return }
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
@@ -604,9 +655,16 @@ public final class Simulation {
         callCore(node) { try $0.databaseChanged() }
     }
 
+    /// Whether a sidecar has recorded the table's schema in this database yet.
+    func isCaptured(_ app: Database) -> Bool {
+        let sql = "SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.schemaTable)) WHERE table_name = 'kv'"
+        return ((try? app.scalar(sql)?.int64) ?? 0) > 0
+    }
+
     func heal() {
         healed = true
         trace("heal")
+        for n in nodes { n.sidecarVFS.faults?.enabled = false }
         serverUp = true
         for n in nodes {
             n.canSend = true

@@ -235,6 +235,9 @@ struct PlantedBugsCommand: ParsableCommand {
         ("drop-schema-hash-on-decode", "schema-skew.toml"),
         ("restore-without-clock-advance", "snapshot-faults.toml"),
         ("key-change-without-delete", "partition.toml"),
+        ("ack-failed-apply", "storage-faults.toml"),
+        ("drop-changes-when-mark-fails", "storage-faults.toml"),
+        ("snapshot-with-pending-changes", "snapshot-faults.toml"),
     ]
 
     func run() throws {

@@ -78,6 +78,8 @@ public protocol ReplicationLog: AnyObject {
 public enum ReplicationEvent: Sendable, Hashable {
     case published(count: Int)
     case publishFailed(token: Int64)
+    /// The log acknowledged these changes but marking them published failed; they are sent again later.
+    case markPublishedFailed(count: Int, error: String)
     case applied(shard: Int, sequence: UInt64, table: String, version: RowVersion, won: Bool)
     case duplicate(shard: Int, sequence: UInt64)
     case parked(shard: Int, sequence: UInt64, reason: String)

@@ -34,6 +34,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var schemaCheckIntervalMs: Int64 = 5_000
     /// Redelivery delay for a message that arrived ahead of a gap, or whose batch failed.
     public var retryDelayMs: Int64 = 250
+    /// Redelivery delay for a batch whose transaction failed on the disk (full, I/O error) rather than a lock.
+    public var storageRetryDelayMs: Int64 = 1_000
     /// How long a node behind the log's start waits before asking for a snapshot again.
     public var restoreRetryMs: Int64 = 5_000
     /// Simulator only: deliberately wrong behaviours for the planted-bug suite. Empty in production.

@@ -26,6 +26,12 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let restoreWithoutClockAdvance = PlantedBugs(rawValue: 1 << 9)
     /// Capture a primary-key change as a write of the new key only, leaving the old key's row everywhere else.
     public static let keyChangeWithoutDelete = PlantedBugs(rawValue: 1 << 10)
+    /// When an apply transaction fails (busy, disk full), acknowledge the batch as if it had applied.
+    public static let ackFailedApply = PlantedBugs(rawValue: 1 << 11)
+    /// When marking acknowledged changes published fails, forget them instead of sending them again.
+    public static let dropChangesWhenMarkFails = PlantedBugs(rawValue: 1 << 12)
+    /// Take a snapshot even while some of this node's own changes are not yet acknowledged by the log.
+    public static let snapshotWithPendingChanges = PlantedBugs(rawValue: 1 << 13)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -39,6 +45,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("drop-schema-hash-on-decode", .dropSchemaHashOnDecode),
         ("restore-without-clock-advance", .restoreWithoutClockAdvance),
         ("key-change-without-delete", .keyChangeWithoutDelete),
+        ("ack-failed-apply", .ackFailedApply),
+        ("drop-changes-when-mark-fails", .dropChangesWhenMarkFails),
+        ("snapshot-with-pending-changes", .snapshotWithPendingChanges),
     ]
 }
 

@@ -78,9 +78,16 @@ extension ReplicationNode {
                                [.integer(observed)])
             }
         } catch let error as SQLiteError {
-            // Busy, disk full, I/O: nothing was applied or checkpointed; ask for all of it again later.
-            env.events?.record(.applyBatchFailed(shard: shard, error: error.description))
-            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
+            // Busy, disk full, I/O: nothing was applied or checkpointed; ask for all of it again later (soon when
+            // only a lock was in the way, after a longer pause when the disk failed).
+            env.events?.record(.applyBatchFailed(shard: shard, error: "\(error.storageFailureSummary): \(error.description)"))
+            if config.plantedBugs.contains(.ackFailedApply) {
+                checkpoints[shard] = max(start, ordered.last!.sequence)
+                for m in ordered { env.log.ack(shard: shard, sequence: m.sequence) }
+                return
+            }
+            let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs
+            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: delayMs) }
             return
         }
         precondition(next - 1 >= start, "checkpoint of shard \(shard) moved back from \(start) to \(next - 1)")

@@ -138,7 +138,16 @@ extension ReplicationNode {
         guard isRunning else { return }
         let acked = tokens.flatMap { batchMembers.removeValue(forKey: $0) ?? [$0] }.filter { inFlight.remove($0) != nil }
         guard !acked.isEmpty else { return }
-        try markPublished(acked)
+        do {
+            try markPublished(acked)
+        } catch let error as SQLiteError where error.isTransientStorageFailure {
+            // The log has them but they are still pending here: send them again after a backoff (the message ids
+            // make the log drop the copies) rather than restart the core over a busy or full disk.
+            env.events?.record(.markPublishedFailed(count: acked.count, error: "\(error.storageFailureSummary): \(error.description)"))
+            if config.plantedBugs.contains(.dropChangesWhenMarkFails) { return }
+            schedulePublishRetry(from: acked.min()!)
+            return
+        }
         try crashPoint(.afterMarkPublished)
         retryDelayMs = config.publishRetryDelayMsMin
         env.events?.record(.published(count: acked.count))
@@ -160,11 +169,17 @@ extension ReplicationNode {
         guard isRunning, !ids.filter({ inFlight.remove($0) != nil }).isEmpty else { return }
         // (With the planted bug they are already marked published, so the scan will never send them again.)
         env.events?.record(.publishFailed(token: token))
+        schedulePublishRetry(from: min(token, ids.min()!))
+    }
+
+    /// Rows from `id` on are sent again when the retry timer fires; the delay doubles up to its limit.
+    func schedulePublishRetry(from id: Int64) {
         if retryFrom == nil {
             env.clock.schedule(.publishRetry, afterMs: retryDelayMs)
             retryDelayMs = min(retryDelayMs * 2, config.publishRetryDelayMsMax)
         }
-        retryFrom = min(retryFrom ?? token, ids.min()!)
+        retryFrom = min(retryFrom ?? id, id)
+        precondition(retryDelayMs <= config.publishRetryDelayMsMax, "publish retry delay \(retryDelayMs) ms above its limit")
     }
 
     /// Deletes published change-log rows. The newest global row is always kept so row ids are never

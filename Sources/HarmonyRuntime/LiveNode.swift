@@ -304,15 +304,20 @@ public final class LiveNode: @unchecked Sendable {
         timers[timer] = t
     }
 
+    /// Hands a message to libnats. A refusal is answered later on the queue, never from inside the core's call.
     func publish(_ message: OutgoingMessage) {
-        guard let js = jetStream else { core?.publishFailed(token: message.token); return }
-        inFlight[message.messageID] = message.token
+        let token = message.token
+        guard let js = jetStream else {
+            enqueue("answering a publish") { $0.publishFailed(token: token) }
+            return
+        }
+        inFlight[message.messageID] = token
         do {
             try js.publishAsync(subject: "\(Self.subjectPrefix).\(message.shard)", payload: message.payload, messageID: message.messageID)
         } catch {
             inFlight[message.messageID] = nil
             log.warning("publish \(message.messageID): \(error)")
-            core?.publishFailed(token: message.token)
+            enqueue("answering a publish") { $0.publishFailed(token: token) }
         }
     }
 
@@ -476,7 +481,8 @@ final class LiveEvents: ReplicationEventSink {
     func record(_ event: ReplicationEvent) {
         node?.metrics.record(event)
         switch event {
-        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed, .streamStateUnknown: log.warning("\(event)")
+        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
+            log.warning("\(event)")
         case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .snapshotTaken: log.info("\(event)")
         case .captureInstalled:
             log.info("\(event)")

@@ -65,7 +65,7 @@ final class NodeMetrics: @unchecked Sendable {
     func record(_ event: ReplicationEvent) {
         switch event {
         case .published(let count): add(.published, Double(count))
-        case .publishFailed: add(.publishFailures)
+        case .publishFailed, .markPublishedFailed: add(.publishFailures)
         case .applied(_, _, _, _, let won): add(won ? .appliedWon : .appliedLost)
         case .duplicate: add(.duplicates)
         case .parked: add(.parked)

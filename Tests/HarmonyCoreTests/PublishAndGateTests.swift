@@ -73,6 +73,29 @@ struct PublishAndGateTests {
         #expect(try c.rows(n, "SELECT id FROM users ORDER BY id") == [[1], [2]])
     }
 
+    /// The log acknowledged a change but the database was locked when marking it published: it is sent again
+    /// after the backoff (the log drops the copy by its id) and marked then; nothing is lost, the core keeps running.
+    @Test func acknowledgedChangeIsSentAgainWhenMarkingItFails() throws {
+        let c = try TestCluster(nodes: 0, schema: usersSchema)
+        c.opener = SQLiteOpener(busyTimeoutMs: 20)
+        try c.addNode(schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.nodes[0].databaseChanged()
+        let m = c.ports[0].pendingPublishes.removeFirst()
+        #expect(c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload))
+        try c.apps[0].execute("BEGIN IMMEDIATE")
+        try c.nodes[0].publishAcknowledged(tokens: [m.token])
+        try c.apps[0].execute("COMMIT")
+        #expect(c.events[0].events.contains { if case .markPublishedFailed(1, let e) = $0 { return e.contains("busy") } else { return false } })
+        #expect(try c.pendingChanges(0) == 1)
+        #expect(c.clocks[0].scheduled[.publishRetry] != nil)
+        try c.nodes[0].timerFired(.publishRetry)
+        #expect(c.ports[0].pendingPublishes.map(\.messageID) == [m.messageID])
+        try c.publish(0)
+        #expect(try c.pendingChanges(0) == 0)
+        #expect(c.streams.streams[m.shard]?.count == 1)
+    }
+
     /// A publish that landed but whose ack was lost is sent again; the message id lets the log drop the copy.
     @Test func lostAckDoesNotDuplicateInTheLog() throws {
         let c = try TestCluster(nodes: 2, schema: usersSchema)

@@ -108,7 +108,7 @@ final class TestCluster {
     init(nodes count: Int, schema: String, configure: (inout NodeConfig) -> Void = { _ in }) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("harmony-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for _ in 1...count { try addNode(schema: schema, configure: configure) }
+        for _ in 0..<count { try addNode(schema: schema, configure: configure) }
     }
 
     /// Starts one more node (id = its position + 1) on a new database created with `schema` (may be empty).
