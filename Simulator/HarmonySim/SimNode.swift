@@ -81,17 +81,6 @@ final class SimLogPort: ReplicationLog {
     func requestStreamState(shard: Int) { sim.requestStreamState(node: node, shard: shard) }
 }
 
-/// The node's way to the simulated snapshot store.
-final class SimSnapshotPort: SnapshotSource {
-    unowned let sim: Simulation
-    let node: Int
-    init(sim: Simulation, node: Int) {
-        self.sim = sim
-        self.node = node
-    }
-    func requestNewestSnapshot() { sim.requestSnapshot(node: node) }
-}
-
 /// Feeds the core's events into the trace and the causality tracking.
 final class SimEventSink: ReplicationEventSink {
     unowned let sim: Simulation

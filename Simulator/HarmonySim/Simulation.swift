@@ -26,44 +26,15 @@ enum SimEvent {
     case faultEnd(index: Int)
     case alter(node: Int)
     case restart(node: Int)
-    case snapshotTick(node: Int, incarnation: Int)
-    case snapshotUploaded(node: Int, info: SnapshotInfo, bytes: [UInt8])
+    /// A request to the snapshot store reaches the server (or is lost on the way: answered by its timeout).
+    case storeRequestArrives(node: Int, request: SimStoreRequest, incarnation: Int, sentMs: Int64)
+    case storeAnswer(node: Int, answer: SimStoreAnswer, incarnation: Int)
     case snapshotAnswer(node: Int, incarnation: Int)
     /// A stream-state request reaches the server, which reads the range then; the answer travels back.
     case streamStateRequestArrives(node: Int, shard: Int, incarnation: Int)
     case streamStateAnswer(node: Int, shard: Int, state: StreamState?, incarnation: Int)
     case heal
     case quiesceCheck
-}
-
-/// The simulated object store beside the NATS server: named snapshots, newest N kept, and the lease
-/// that lets only one node take a snapshot at a time.
-struct SimSnapshotStore {
-    var snapshots: [(info: SnapshotInfo, bytes: [UInt8])] = []
-    var leaseHolder: Int?
-    var leaseUntilMs: Int64 = 0
-    var lastStoredMs: Int64?
-
-    /// Newest by name (the taker's clock), as a live store lists them: `put` keeps them sorted that way.
-    var newest: (info: SnapshotInfo, bytes: [UInt8])? { snapshots.first }
-
-    mutating func acquireLease(node: Int, nowMs: Int64, forMs: Int64) -> Bool {
-        if let holder = leaseHolder, holder != node, leaseUntilMs > nowMs { return false }
-        leaseHolder = node
-        leaseUntilMs = nowMs + forMs
-        return true
-    }
-
-    mutating func releaseLease(node: Int) {
-        if leaseHolder == node { leaseHolder = nil }
-    }
-
-    mutating func put(_ info: SnapshotInfo, _ bytes: [UInt8], keep: Int, nowMs: Int64) {
-        lastStoredMs = nowMs
-        snapshots.append((info, bytes))
-        snapshots.sort { $0.info.name > $1.info.name }
-        if snapshots.count > keep { snapshots.removeLast(snapshots.count - keep) }
-    }
 }
 
 /// Runs one scenario with one seed: the real `ReplicationNode` on real SQLite files, driven by a
@@ -82,23 +53,22 @@ public final class Simulation {
     private var netRandom: SimRandom
     private var workRandom: SimRandom
     private var crashRandom: SimRandom
-    private var snapshotRandom: SimRandom
     var snapshotStore = SimSnapshotStore()
-    private var scratchCounter = 0
+    var scratchCounter = 0
     private let plantedBugs: PlantedBugs
     let traceEnabled: Bool
     public private(set) var traceLines: [String] = []
     private var traceHash: UInt64 = 0xcbf2_9ce4_8422_2325
     public private(set) var history: [WriteRecord] = []
     /// Every version some message in the log carries (retention does not forget them): what a snapshot may hold.
-    private var landedVersions: Set<RowVersion> = []
+    var landedVersions: Set<RowVersion> = []
     /// Writes destroyed by a wiped disk or a power loss before any copy reached the log: owed to no one.
     var lostWrites: Set<RowVersion> = []
     /// Writes made on a node before it lost its disk or its power: lost unless their message landed.
     private var lossCandidates: [RowVersion] = []
     /// Writes made before a power loss, checked against the disk when the machine comes back.
     private var awaitingPowerBack: [Int: [WriteRecord]] = [:]
-    private(set) var violations: [String] = []
+    var violations: [String] = []
     private var eventsProcessed = 0
     private var faultsInjected = 0
     private var conflictsResolved = 0
@@ -121,7 +91,6 @@ public final class Simulation {
         netRandom = root.fork("network")
         workRandom = root.fork("workload")
         crashRandom = root.fork("crash-points")
-        snapshotRandom = root.fork("snapshots")
         var bugs: PlantedBugs = []
         for name in scenario.plantedBugs {
             guard let bug = PlantedBugs.all.first(where: { $0.name == name })?.bug else {
@@ -231,6 +200,9 @@ public final class Simulation {
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
+        config.snapshotIntervalMs = scenario.snapshotIntervalMs
+        config.snapshotKeep = scenario.snapshotKeep
+        config.snapshotLeaseMs = 30_000
         let env = NodeEnvironment(clock: SimNodeClock(sim: self, node: node.id), log: SimLogPort(sim: self, node: node.id),
                                   opener: SimOpener(vfs: node.sidecarVFS), events: SimEventSink(sim: self, node: node.id),
                                   snapshots: SimSnapshotPort(sim: self, node: node.id),
@@ -244,10 +216,6 @@ public final class Simulation {
         if node.sidecarUp && node.migrationPending {
             node.migrationPending = false
             alterTable(node)
-        }
-        if scenario.snapshotIntervalMs > 0 {
-            push(.snapshotTick(node: node.id, incarnation: node.incarnation),
-                 at: nowMs + snapshotRandom.int(scenario.snapshotIntervalMs / 2...scenario.snapshotIntervalMs))
         }
     }
 
@@ -435,18 +403,6 @@ public final class Simulation {
             node.pendingRestart = false
             if node.machineUp && !node.sidecarUp { startSidecar(node) }
 
-        case .snapshotTick(let id, let incarnation):
-            let node = nodes[id - 1]
-            guard node.incarnation == incarnation, node.sidecarUp else { return }
-            push(.snapshotTick(node: id, incarnation: incarnation), at: nowMs + scenario.snapshotIntervalMs)
-            takeSnapshot(node)
-
-        case .snapshotUploaded(let id, let info, let bytes):
-            guard serverUp else { return }  // lost with the connection; the lease runs out on its own
-            snapshotStore.put(info, bytes, keep: scenario.snapshotKeep, nowMs: nowMs)
-            snapshotStore.releaseLease(node: id)
-            trace("snapshot stored \(info.name) from node \(id) covering \(info.sequences.keys.sorted().map { "\($0)=\(info.sequences[$0]!)" }.joined(separator: " "))")
-
         case .snapshotAnswer(let id, let incarnation):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation else { return }
@@ -464,85 +420,18 @@ public final class Simulation {
             trace("node \(id) stream \(shard) range \(state.map { "\($0.firstSequence)...\($0.lastSequence)" } ?? "unknown")")
             callCore(node) { $0.streamStateArrived(shard: shard, state) }
 
+        case .storeRequestArrives(let id, let request, let incarnation, let sentMs):
+            storeRequestArrives(node: id, request, incarnation: incarnation, sentMs: sentMs)
+
+        case .storeAnswer(let id, let answer, let incarnation):
+            storeAnswerArrives(node: id, answer, incarnation: incarnation)
+
         case .heal:
             heal()
 
         case .quiesceCheck:
             checkQuiescence()
         }
-    }
-
-    // MARK: Snapshots
-
-    func scratchPath(_ node: SimNode, _ what: String) -> String {
-        scratchCounter += 1
-        return node.databasePath + ".\(what)-\(scratchCounter)"
-    }
-
-    func removeScratch(_ node: SimNode, _ path: String) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            try? FileManager.default.removeItem(atPath: path + suffix)
-            node.vfs.time.durability.forget(path: path + suffix)
-        }
-    }
-
-    /// A node's periodic snapshot: only under the lease, only while it can reach the store, and only if no
-    /// other node stored one during most of the interval (every node ticks; the cluster needs one snapshot).
-    func takeSnapshot(_ node: SimNode) {
-        guard serverUp, node.connected,
-              snapshotStore.lastStoredMs.map({ nowMs - $0 >= scenario.snapshotIntervalMs * 2 / 3 }) ?? true,
-              snapshotStore.acquireLease(node: node.id, nowMs: nowMs, forMs: 30_000) else { return }
-        let path = scratchPath(node, "snapshot")
-        defer { removeScratch(node, path) }
-        var outcome: SnapshotOutcome?
-        callCore(node) { outcome = try $0.takeSnapshot(to: path) }
-        guard case .taken(let info)? = outcome, let data = FileManager.default.contents(atPath: path) else {
-            if case .skipped(let reason)? = outcome { trace("node \(node.id) snapshot skipped: \(reason)") }
-            snapshotStore.releaseLease(node: node.id)
-            return
-        }
-        checkSnapshotHoldsOnlyLanded(path: path, info: info, node: node)
-        push(.snapshotUploaded(node: node.id, info: info, bytes: [UInt8](data)), at: nowMs + networkDelay() * 4)
-    }
-
-    /// A snapshot may only hold writes the log already has: a restore elsewhere must never bring back a write
-    /// its own node could still lose (to a crash, a power loss or a wiped disk) before publishing it.
-    func checkSnapshotHoldsOnlyLanded(path: String, info: SnapshotInfo, node: SimNode) {
-        do {
-            let snap = try node.vfs.opener.open(path: path)
-            let versions = try snap.query("SELECT hlc, node FROM \(quoteIdentifier(Bookkeeping.versionTable("kv"))) ORDER BY hlc, node")
-            for row in versions {
-                let v = RowVersion(hlc: row[0].int64 ?? 0, node: row[1].int64 ?? 0)
-                if !landedVersions.contains(v) {
-                    violations.append("snapshot \(info.name) by node \(node.id) at \(nowMs) ms holds version \(v), which the log never received")
-                    return
-                }
-            }
-        } catch {
-            violations.append("snapshot \(info.name) by node \(node.id) cannot be read: \(error)")
-        }
-    }
-
-    /// The core asked for the newest snapshot: the answer travels the network, or times out.
-    func requestSnapshot(node id: Int) {
-        let node = nodes[id - 1]
-        let delay = node.connected && serverUp ? networkDelay() * 2 : scenario.publishTimeoutMs
-        push(.snapshotAnswer(node: id, incarnation: node.incarnation), at: nowMs + delay)
-    }
-
-    func deliverSnapshot(_ node: SimNode) {
-        guard serverUp, node.connected, let newest = snapshotStore.newest else {
-            callCore(node) { $0.snapshotUnavailable(reason: serverUp && node.connected ? "no snapshot in the store" : "store unreachable") }
-            return
-        }
-        let path = scratchPath(node, "restore")
-        defer { removeScratch(node, path) }
-        guard FileManager.default.createFile(atPath: path, contents: Data(newest.bytes)) else {
-            violations.append("node \(node.id): cannot write snapshot file \(path)")
-            return
-        }
-        trace("node \(node.id) restores \(newest.info.name)")
-        callCore(node) { try $0.snapshotReady(at: path) }
     }
 
     // MARK: Faults

@@ -13,6 +13,10 @@ public enum NodeTimer: Hashable, Sendable, CaseIterable {
     case schemaCheck
     /// Asks again for a snapshot after none could be restored.
     case restoreRetry
+    /// The periodic snapshot (`[snapshot] interval`).
+    case snapshot
+    /// The lease holder tries its snapshot again once its own changes may be acknowledged.
+    case snapshotRetry
 }
 
 /// Time as the node sees it. The live runtime reads the wall clock; the simulator skews and jumps it.
@@ -93,17 +97,42 @@ public enum ReplicationEvent: Sendable, Hashable {
     case restoreFailed(reason: String)
     /// A snapshot replaced the database; replay resumes after these sequences (one per shard, in shard order).
     case restored(sequences: [UInt64])
+    /// A snapshot this node took is in the store (logged only once its upload succeeded).
     case snapshotTaken(name: String)
+    /// No snapshot this time, and why (another node holds the lease, a recent one exists, changes pending...).
+    case snapshotSkipped(reason: String)
+    /// A snapshot was taken but could not be stored, or the store could not be asked.
+    case snapshotFailed(reason: String)
     case applyBatchFailed(shard: Int, error: String)
     case cleanedUp(rows: Int)
     case captureInstalled(tables: Int)
     case tableSkipped(table: String, reason: String)
 }
 
-/// Where a node that fell behind the log's retained range gets a snapshot (NATS object store, S3, a directory...).
-public protocol SnapshotSource: AnyObject {
-    /// Answer later, on the node's executor, with `ReplicationNode.snapshotReady(at:)` (a local copy of the
-    /// newest snapshot) or `snapshotUnavailable(reason:)`.
+/// The snapshot store and its cluster-wide lease (NATS object store and KV live, S3, a directory...; an
+/// in-memory store beside the simulated server in harmonysim).
+///
+/// Ports never block: every request returns at once and is answered later on the node's executor, exactly
+/// once, by the `ReplicationNode` method named beside it. The policy (when to take one, under which lease,
+/// how many to keep, when to restore) lives in the core, so both drivers run the same one.
+public protocol SnapshotStorePort: AnyObject {
+    /// A path where the core may write a snapshot file: unique, not existing yet, on the node's own disk. No I/O.
+    func scratchPath() -> String
+    /// The core is done with a file it wrote or was handed (uploaded, skipped, restored): delete it.
+    func discard(path: String)
+    /// Answered by `snapshotNewestNameArrived(_:error:)`: the name of the newest stored snapshot (nil: none).
+    func requestNewestName()
+    /// Answered by `snapshotLeaseAnswered(granted:error:)`. The lease expires by itself after `durationMs`.
+    func acquireLease(durationMs: Int64)
+    /// Gives the lease back early; no answer.
+    func releaseLease()
+    /// Answered by `snapshotUploaded(name:error:)`. A half-written upload must never be listed. The store deletes
+    /// the file once the upload is over, whatever its outcome.
+    func upload(path: String, name: String)
+    /// Deletes all but the newest `keep` snapshots. Answered by `snapshotsPruned(error:)`.
+    func prune(keep: Int)
+    /// For a node behind the log's start: answered by `snapshotReady(at:)` (a local copy of the newest
+    /// snapshot, which the core discards when done) or `snapshotUnavailable(reason:)`.
     func requestNewestSnapshot()
 }
 
@@ -124,13 +153,13 @@ public struct NodeEnvironment {
     public var log: ReplicationLog
     public var opener: DatabaseOpener
     public var events: ReplicationEventSink?
-    /// Nil: a node behind the log's start only reports it (`behindLogStart`).
-    public var snapshots: SnapshotSource?
+    /// Nil: no snapshots; a node behind the log's start only reports it (`behindLogStart`).
+    public var snapshots: SnapshotStorePort?
     /// Asked at each `CrashPoint`; returning true makes the core throw `NodeCrashed` there. Live: always nil.
     public var crashPoint: ((CrashPoint) -> Bool)?
 
     public init(clock: NodeClock, log: ReplicationLog, opener: DatabaseOpener, events: ReplicationEventSink? = nil,
-                snapshots: SnapshotSource? = nil, crashPoint: ((CrashPoint) -> Bool)? = nil) {
+                snapshots: SnapshotStorePort? = nil, crashPoint: ((CrashPoint) -> Bool)? = nil) {
         self.clock = clock
         self.log = log
         self.opener = opener

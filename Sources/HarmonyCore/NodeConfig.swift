@@ -38,6 +38,12 @@ public struct NodeConfig: Sendable, Equatable {
     public var storageRetryDelayMs: Int64 = 1_000
     /// How long a node behind the log's start waits before asking for a snapshot again.
     public var restoreRetryMs: Int64 = 5_000
+    /// `[snapshot] interval` in milliseconds: how often a node tries to take a snapshot (0 = only on demand).
+    public var snapshotIntervalMs: Int64 = 0
+    /// `[snapshot] keep`: snapshots kept in the store, newest first.
+    public var snapshotKeep: Int = 3
+    /// How long a snapshot lease lasts if its holder dies before giving it back.
+    public var snapshotLeaseMs: Int64 = 10 * 60_000
     /// Simulator only: deliberately wrong behaviours for the planted-bug suite. Empty in production.
     public var plantedBugs: PlantedBugs = []
 
@@ -56,6 +62,9 @@ public struct NodeConfig: Sendable, Equatable {
         if cleanupIntervalMs < 1 { errors.append("cleanup_interval must be at least 1 ms, got \(cleanupIntervalMs)") }
         if publishInFlightMax < 1 { errors.append("publish in-flight limit must be at least 1") }
         if publishBatchMax < 1 { errors.append("publish batch size must be at least 1") }
+        if snapshotIntervalMs < 0 { errors.append("snapshot.interval must not be negative, got \(snapshotIntervalMs)") }
+        if snapshotKeep < 1 { errors.append("snapshot.keep must be at least 1, got \(snapshotKeep)") }
+        if snapshotLeaseMs < 1 { errors.append("the snapshot lease must last at least 1 ms") }
         return errors
     }
 }

@@ -152,6 +152,8 @@ extension ReplicationNode {
         retryDelayMs = config.publishRetryDelayMsMin
         env.events?.record(.published(count: acked.count))
         try publishPending()
+        // The last acknowledgement may be the moment a waiting snapshot can be taken.
+        if inFlight.isEmpty { try retrySnapshotIfWaiting() }
     }
 
     func markPublished(_ ids: [Int64]) throws {

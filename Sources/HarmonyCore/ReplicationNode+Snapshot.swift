@@ -18,6 +18,8 @@ public struct SnapshotInfo: Sendable, Hashable {
 
 public enum SnapshotOutcome: Sendable, Hashable {
     case taken(SnapshotInfo)
+    /// Nothing was produced because this node's own changes are not all acknowledged yet: try again once they are.
+    case waitingForAcknowledgements(pending: Int64)
     /// Nothing was produced (the file at the path may exist and should be deleted); try again later.
     case skipped(reason: String)
 }
@@ -50,12 +52,15 @@ extension ReplicationNode {
             }
             precondition(state.firstSequence <= checkpoint(shard) + 1, "node takes a snapshot while behind on shard \(shard)")
         }
+        // Cheap check first: a copy taken now would be thrown away.
+        let pendingNow = try pendingChangeCount()
+        if pendingNow > 0 && !config.plantedBugs.contains(.snapshotWithPendingChanges) { return .waitingForAcknowledgements(pending: pendingNow) }
         let db = requireDatabase()
         try db.execute("VACUUM INTO \(quoteLiteral(path))")
         let copy = try env.opener.open(path: path)
         let pending = try copy.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
         if pending > 0 && !config.plantedBugs.contains(.snapshotWithPendingChanges) {
-            return .skipped(reason: "\(pending) local change(s) not yet acknowledged by the log")
+            return .waitingForAcknowledgements(pending: pending)
         }
         try copy.transaction(.immediate) {
             let logs = try copy.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE '\(Bookkeeping.prefix)%_change_log' ESCAPE '\\'")
@@ -73,7 +78,6 @@ extension ReplicationNode {
         try copy.execute("PRAGMA journal_mode=DELETE")
         try copy.execute("VACUUM")
         let info = SnapshotInfo(name: SnapshotInfo.name(hlc: hlc, node: config.nodeID), sequences: sequences, hlc: hlc, node: config.nodeID)
-        env.events?.record(.snapshotTaken(name: info.name))
         return .taken(info)
     }
 
@@ -108,6 +112,7 @@ extension ReplicationNode {
     /// top with last-writer-wins and stays queued for publishing, so nothing written here is silently dropped.
     /// The checkpoints become the snapshot's, and every shard resubscribes from there.
     public func snapshotReady(at path: String) throws {
+        defer { env.snapshots?.discard(path: path) }
         guard isRunning, restoreNeeded else { return }
         do {
             try restore(from: path)

@@ -26,6 +26,9 @@ public final class ReplicationNode {
     public internal(set) var streamStates: [Int: StreamState] = [:]
     /// Shards with a stream-state request outstanding: at most one each, since the port answers every request once.
     var streamStateRequested: Set<Int> = []
+    /// The snapshot this node is taking, if any, and when (node clock) the attempt began.
+    var snapshotAttempt = SnapshotAttempt.idle
+    var snapshotAttemptStartedMs: Int64 = 0
     public private(set) var isRunning = false
 
     // Publishing state.
@@ -86,6 +89,7 @@ public final class ReplicationNode {
         }
         env.clock.schedule(.scan, afterMs: config.scanIntervalMs)
         env.clock.schedule(.cleanup, afterMs: config.cleanupIntervalMs)
+        if config.snapshotIntervalMs > 0 && env.snapshots != nil { env.clock.schedule(.snapshot, afterMs: config.snapshotIntervalMs) }
         try publishPending()
     }
 
@@ -95,6 +99,7 @@ public final class ReplicationNode {
         inFlight.removeAll()
         batchMembers.removeAll()
         streamStateRequested.removeAll()
+        snapshotAttempt = .idle
         database = nil
     }
 
@@ -133,6 +138,11 @@ public final class ReplicationNode {
             if !pausedShards.isEmpty { env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs) }
         case .restoreRetry:
             if restoreNeeded { requestSnapshot() }
+        case .snapshot:
+            env.clock.schedule(.snapshot, afterMs: config.snapshotIntervalMs)
+            beginSnapshot(forced: false)
+        case .snapshotRetry:
+            try retrySnapshotIfWaiting()
         }
     }
 

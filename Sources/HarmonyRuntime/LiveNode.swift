@@ -22,6 +22,14 @@ public final class LiveNode: @unchecked Sendable {
     /// Per shard: the running fetch thread's stop flag, raised when the core resubscribes (after a restore). Queue only.
     private var fetchStops: [Int: FetchStop] = [:]
     private var snapshots: SnapshotService?
+    /// The core's snapshot port: `snapshots`, or one that answers every request with "disabled".
+    private var snapshotPort: (any SnapshotStorePort)?
+    /// The core's settings: `config.node` with the `[snapshot]` policy filled in.
+    let nodeConfig: NodeConfig
+    /// `-save-snapshot` waits here for the outcome of the snapshot it asked for. Queue only.
+    private var snapshotWaiter: (@Sendable (ReplicationEvent) -> Void)?
+    /// SIGUSR1 asked for the snapshot under way, so its outcome is worth an info line. Queue only.
+    private var snapshotRequestedByOperator = false
     private var registry: SchemaRegistry?
     let metrics = NodeMetrics()
     private var metricsServer: MetricsServer?
@@ -51,6 +59,10 @@ public final class LiveNode: @unchecked Sendable {
         if logger[metadataKey: "node"] == nil { logger[metadataKey: "node"] = .stringConvertible(config.node.nodeID) }
         self.log = logger
         self.router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
+        var nodeConfig = config.node
+        nodeConfig.snapshotIntervalMs = config.snapshot.enabled ? config.snapshot.intervalMs : 0
+        nodeConfig.snapshotKeep = config.snapshot.keep
+        self.nodeConfig = nodeConfig
     }
 
     /// Connects, makes sure every shard's stream and the schema registry bucket exist, then starts the core.
@@ -84,10 +96,17 @@ public final class LiveNode: @unchecked Sendable {
                 try js.keyValue(bucket: "harmonylite-leases", replicas: config.replicas)
             }
             let directory = (config.node.databasePath as NSString).deletingLastPathComponent
-            snapshots = SnapshotService(store: store, settings: config.snapshot,
-                                        lease: SnapshotLease(bucket: leaseBucket, nodeID: config.node.nodeID, durationMs: 10 * 60_000),
-                                        workDirectory: directory.isEmpty ? "." : directory, log: log)
+            let service = SnapshotService(store: store,
+                                          lease: SnapshotLease(bucket: leaseBucket, nodeID: config.node.nodeID, durationMs: nodeConfig.snapshotLeaseMs),
+                                          workDirectory: directory.isEmpty ? "." : directory, log: log)
+            service.node = self
+            snapshots = service
+            snapshotPort = service
             log.info("snapshots: \(store.location), keep \(config.snapshot.keep), interval \(config.snapshot.intervalMs) ms")
+        } else {
+            let disabled = DisabledSnapshotStore()
+            disabled.node = self
+            snapshotPort = disabled
         }
         try queue.sync {
             let core = makeCore()
@@ -101,7 +120,6 @@ public final class LiveNode: @unchecked Sendable {
             try core.start()
             schemaChanged()
         }
-        snapshots?.startPeriodic(node: self)
         if config.prometheus.enable {
             let server = try MetricsServer(bind: config.prometheus.bind) { [weak self] path in
                 self?.respond(path) ?? MetricsServer.Response(status: 503, body: "stopping\n")
@@ -115,9 +133,9 @@ public final class LiveNode: @unchecked Sendable {
 
     /// Queue only: a core wired to this node's ports; not started.
     private func makeCore() -> ReplicationNode {
-        ReplicationNode(config: config.node, environment: NodeEnvironment(
+        ReplicationNode(config: nodeConfig, environment: NodeEnvironment(
             clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(),
-            events: LiveEvents(log: log, node: self), snapshots: LiveSnapshotSource(node: self)))
+            events: LiveEvents(log: log, node: self), snapshots: snapshotPort))
     }
 
     /// Queue only: runs one core event handler. A throw follows the error contract (`NodeEnvironment`): this core
@@ -254,20 +272,11 @@ public final class LiveNode: @unchecked Sendable {
         registry?.update(tables: core.captured.mapValues { $0.schema.hash })
     }
 
-    /// The core is behind the log's start and wants the newest snapshot.
-    func requestNewestSnapshot() {
-        guard let snapshots else {
-            let reason = "this node is behind the log's start and needs a snapshot, but [snapshot] enabled = false"
-            enqueue("answering a snapshot request") { $0.snapshotUnavailable(reason: reason) }
-            return
-        }
-        snapshots.fetchNewest(node: self)
-    }
-
     /// `-save-snapshot`: once this node has applied what the streams held when it started (bounded by
-    /// `timeoutSeconds`), takes a snapshot under the lease and uploads it. Returns its name, or nil if skipped.
+    /// `timeoutSeconds`), asks its core for a snapshot (the core's policy: lease, consistent copy, upload, prune)
+    /// and waits for the outcome. Returns its name, or nil when every try was skipped (the reasons are logged).
     public func saveSnapshot(timeoutSeconds: Double) throws -> String? {
-        guard let snapshots else { throw SnapshotStoreError("[snapshot] enabled = false: there is no store to save to") }
+        guard snapshots != nil else { throw SnapshotStoreError("[snapshot] enabled = false: there is no store to save to") }
         let targets = router.shards.map { shard in (shard, streamState(shard: shard)?.lastSequence ?? 0) }
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         while true {
@@ -278,19 +287,60 @@ public final class LiveNode: @unchecked Sendable {
             }
             Thread.sleep(forTimeInterval: 0.05)
         }
-        // Local writes still being published make the core skip; give them a moment.
+        // Another node's lease or a moment of unacknowledged local writes makes the core skip: try a while longer.
         for _ in 0..<100 {
-            if let name = try snapshots.takeAndUpload(node: self) { return name }
+            switch waitForSnapshot(until: deadline) {
+            case .snapshotTaken(let name)?: return name
+            case .snapshotFailed(let reason)?: throw SnapshotStoreError(reason)
+            default: break
+            }
             guard Date() < deadline else { return nil }
             Thread.sleep(forTimeInterval: 0.1)
         }
         return nil
     }
 
-    /// A snapshot now, for a running sidecar (SIGUSR1); nil when skipped (the reason is logged).
-    public func snapshotNow() throws -> String? {
-        guard let snapshots else { throw SnapshotStoreError("[snapshot] enabled = false: there is no store to save to") }
-        return try snapshots.worker.sync { try snapshots.takeAndUpload(node: self) }
+    /// Asks the core for a snapshot now and waits (not on the queue) for its outcome event, or nil at `deadline`.
+    private func waitForSnapshot(until deadline: Date) -> ReplicationEvent? {
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<ReplicationEvent?>(nil)
+        queue.sync {
+            snapshotWaiter = { event in
+                outcome.withLock { $0 = event }
+                done.signal()
+            }
+            withCore("taking a snapshot") { $0.snapshotNow() }
+        }
+        let seconds = max(0, deadline.timeIntervalSinceNow)
+        if done.wait(timeout: .now() + .milliseconds(Int(seconds * 1000))) == .timedOut {
+            queue.sync { snapshotWaiter = nil }
+        }
+        return outcome.withLock { $0 }
+    }
+
+    /// Queue only: a snapshot attempt ended; hand the outcome to `-save-snapshot` if it waits for one.
+    /// Returns whether an operator had asked for this snapshot (SIGUSR1 or `-save-snapshot`).
+    @discardableResult
+    func snapshotAttemptEnded(_ event: ReplicationEvent) -> Bool {
+        let asked = snapshotRequestedByOperator || snapshotWaiter != nil
+        snapshotRequestedByOperator = false
+        if let waiter = snapshotWaiter {
+            snapshotWaiter = nil
+            waiter(event)
+        }
+        return asked
+    }
+
+    /// For logs: where snapshots go.
+    var snapshotStoreLocation: String? { snapshots?.store.location }
+
+    /// SIGUSR1: a snapshot now, for a running sidecar; the outcome is logged.
+    public func requestSnapshotNow() {
+        queue.async { [weak self] in
+            guard let self else { return }
+            self.snapshotRequestedByOperator = true
+            self.withCore("taking a snapshot") { $0.snapshotNow() }
+        }
     }
 
     // MARK: Called by the core (on the queue)
@@ -483,19 +533,22 @@ final class LiveEvents: ReplicationEventSink {
         switch event {
         case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
             log.warning("\(event)")
-        case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .snapshotTaken: log.info("\(event)")
+        case .snapshotTaken(let name):
+            log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")")
+            node?.snapshotAttemptEnded(event)
+        case .snapshotSkipped(let reason):
+            // Periodic skips are routine (another node's turn, a recent snapshot): debug, unless an operator asked.
+            if node?.snapshotAttemptEnded(event) == true { log.info("snapshot skipped: \(reason)") } else { log.debug("snapshot skipped: \(reason)") }
+        case .snapshotFailed(let reason):
+            log.warning("snapshot failed: \(reason)")
+            node?.snapshotAttemptEnded(event)
+        case .schemaPaused, .schemaResumed, .restoreRequested, .restored: log.info("\(event)")
         case .captureInstalled:
             log.info("\(event)")
             node?.schemaChanged()  // recorded on the node's queue, inside the core
         default: log.debug("\(event)")
         }
     }
-}
-
-final class LiveSnapshotSource: SnapshotSource {
-    unowned let node: LiveNode
-    init(node: LiveNode) { self.node = node }
-    func requestNewestSnapshot() { node.requestNewestSnapshot() }
 }
 
 /// Raised once to stop one fetch thread (its consumer was replaced); read from that thread.

@@ -10,7 +10,7 @@ final class NodeMetrics: @unchecked Sendable {
 
     enum Counter: Int, CaseIterable {
         case published, publishFailures, appliedWon, appliedLost, duplicates, parked, schemaPauses, gaps
-        case applyBatchFailures, restores, restoreFailures, snapshotsTaken, coreRestarts
+        case applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
 
         var series: String {
             switch self {
@@ -26,6 +26,7 @@ final class NodeMetrics: @unchecked Sendable {
             case .restores: return "harmonylite_restores_total"
             case .restoreFailures: return "harmonylite_restore_failures_total"
             case .snapshotsTaken: return "harmonylite_snapshots_taken_total"
+            case .snapshotFailures: return "harmonylite_snapshot_failures_total"
             case .coreRestarts: return "harmonylite_core_restarts_total"
             }
         }
@@ -49,6 +50,7 @@ final class NodeMetrics: @unchecked Sendable {
         Family(name: "harmonylite_restores_total", type: "counter", help: "Snapshots restored."),
         Family(name: "harmonylite_restore_failures_total", type: "counter", help: "Snapshot restores refused or unavailable (retried)."),
         Family(name: "harmonylite_snapshots_taken_total", type: "counter", help: "Snapshots this node took."),
+        Family(name: "harmonylite_snapshot_failures_total", type: "counter", help: "Snapshots taken but not stored, or a store that could not be asked."),
         Family(name: "harmonylite_core_restarts_total", type: "counter", help: "Times the replication core threw and was restarted from its checkpoints."),
         Family(name: "harmonylite_schema_paused", type: "gauge", help: "1 while the shard's stream is paused on a schema this node does not have yet."),
         Family(name: "harmonylite_waiting_for_snapshot", type: "gauge", help: "1 while the node is behind the log's start and waits for a snapshot."),
@@ -75,6 +77,7 @@ final class NodeMetrics: @unchecked Sendable {
         case .restored: add(.restores)
         case .restoreFailed: add(.restoreFailures)
         case .snapshotTaken: add(.snapshotsTaken)
+        case .snapshotFailed: add(.snapshotFailures)
         default: break
         }
     }

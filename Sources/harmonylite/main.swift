@@ -201,11 +201,7 @@ enum Sidecar {
         let usr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: DispatchQueue(label: "harmonylite.snapshot-signal"))
         usr1.setEventHandler {
             log.info("signal SIGUSR1: taking a snapshot")
-            do {
-                if let name = try node.snapshotNow() { log.info("snapshot \(name) saved") }
-            } catch {
-                log.error("snapshot on SIGUSR1: \(error)")
-            }
+            node.requestSnapshotNow()  // the outcome is logged: saved, skipped (why) or failed (why)
         }
         usr1.resume()
         sources.append(usr1)

@@ -80,9 +80,29 @@ final class MemoryLogPort: ReplicationLog {
     }
 }
 
-/// Counts the core's snapshot requests; tests answer them with `snapshotReady` or `snapshotUnavailable`.
-final class SnapshotRequests: SnapshotSource {
+/// Records the core's snapshot-store requests; tests answer them (`snapshotReady`, `snapshotLeaseAnswered`, ...).
+final class SnapshotRequests: SnapshotStorePort {
+    /// Requests for the newest snapshot to restore.
     var count = 0
+    /// Every other request, in order: "newest", "lease", "release", "upload <name>", "prune <keep>", "discard".
+    var log: [String] = []
+    var uploads: [(path: String, name: String)] = []
+    let directory: String
+    private var scratch = 0
+
+    init(directory: String = FileManager.default.temporaryDirectory.path) { self.directory = directory }
+
+    func scratchPath() -> String {
+        scratch += 1
+        return (directory as NSString).appendingPathComponent("scratch-\(UUID().uuidString)-\(scratch).db")
+    }
+    /// Recorded only: tests hand the same snapshot file to several restores; the directory goes at the end.
+    func discard(path: String) { log.append("discard") }
+    func requestNewestName() { log.append("newest") }
+    func acquireLease(durationMs: Int64) { log.append("lease") }
+    func releaseLease() { log.append("release") }
+    func upload(path: String, name: String) { log.append("upload \(name)"); uploads.append((path, name)) }
+    func prune(keep: Int) { log.append("prune \(keep)") }
     func requestNewestSnapshot() { count += 1 }
 }
 
@@ -122,7 +142,7 @@ final class TestCluster {
         apps.append(app)
         var config = NodeConfig(nodeID: Int64(i), databasePath: path)
         configure(&config)
-        let clock = ManualClock(), port = MemoryLogPort(streams: streams), sink = EventLog(), snapshots = SnapshotRequests()
+        let clock = ManualClock(), port = MemoryLogPort(streams: streams), sink = EventLog(), snapshots = SnapshotRequests(directory: directory.path)
         let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: clock, log: port, opener: opener, events: sink,
                                                                                 snapshots: snapshots, crashPoint: crashPoint))
         nodes.append(node); ports.append(port); clocks.append(clock); events.append(sink); snapshotRequests.append(snapshots)

@@ -73,7 +73,7 @@ struct SnapshotEndToEndTests {
         let js = try conn.jetStream { _ in }
         let objects = try ObjectStore(jetStream: js, bucket: "harmonylite-snapshots")
         try waitUntil("three snapshots were uploaded", timeoutSeconds: 30) {
-            (1...3).map { c.log($0).components(separatedBy: " uploaded to ").count - 1 }.reduce(0, +) >= 3
+            (1...3).map { c.log($0).components(separatedBy: " saved to ").count - 1 }.reduce(0, +) >= 3
         }
         let names = try objects.list().map(\.name)
         #expect((1...2).contains(names.count), "store keeps \(names.count) snapshots: \(names)")

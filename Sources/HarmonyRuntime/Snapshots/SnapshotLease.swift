@@ -23,9 +23,10 @@ final class SnapshotLease: @unchecked Sendable {
 
     static var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    /// True when this node now holds the lease (it was free, expired, or already ours).
-    func acquire() throws -> Bool {
-        let mine = try JSONEncoder().encode(Holder(node: nodeID, expiresMs: Self.nowMs + durationMs))
+    /// True when this node now holds the lease (it was free, expired, or already ours) for `durationMs`
+    /// (default: the lease's own duration).
+    func acquire(durationMs requested: Int64? = nil) throws -> Bool {
+        let mine = try JSONEncoder().encode(Holder(node: nodeID, expiresMs: Self.nowMs + (requested ?? durationMs)))
         guard let current = try bucket.entry(Self.key) else {
             return try bucket.compareAndSet(Self.key, Array(mine), lastRevision: nil) != nil
         }
