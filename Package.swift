@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "harmonybench", targets: ["harmonybench"]),
         .executable(name: "harmonysim", targets: ["harmonysim"]),
         .library(name: "HarmonyCore", targets: ["HarmonyCore"]),
+        .library(name: "HarmonyCoreTesting", targets: ["HarmonyCoreTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -29,6 +30,9 @@ let package = Package(
         .target(name: "HarmonyCodec", dependencies: ["HarmonySQLite", "CZstd"]),
         // The deterministic replication core: CDC install, scan/publish, LWW apply, checkpoints.
         .target(name: "HarmonyCore", dependencies: ["HarmonySQLite", "HarmonyCodec"]),
+        // The core's deterministic environment, shipped once for its tests and the simulator: a manual clock
+        // and an in-memory JetStream (streams, dedup window, retention, consumers with ack wait and naks).
+        .target(name: "HarmonyCoreTesting", dependencies: ["HarmonyCore"]),
 
         // NATS and JetStream through libnats (the official C client): connection, streams, async publish, pull consumers, KV.
         .target(name: "HarmonyNATS", dependencies: ["CNats"]),
@@ -43,7 +47,7 @@ let package = Package(
         .target(name: "HarmonyTOML"),
 
         // The deterministic simulator: the real core under a seeded event loop with injected faults.
-        .target(name: "HarmonySim", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite", "HarmonyTOML", "CSQLite"],
+        .target(name: "HarmonySim", dependencies: ["HarmonyCore", "HarmonyCoreTesting", "HarmonyCodec", "HarmonySQLite", "HarmonyTOML", "CSQLite"],
                 path: "Simulator/HarmonySim"),
         .executableTarget(name: "harmonysim", dependencies: [
             "HarmonySim",
@@ -72,7 +76,7 @@ let package = Package(
         // Real nats-server, real harmonylite processes, the sqlite3 shell as the application.
         .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyRuntime", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore"]),
-        .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
+        .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCoreTesting", "HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,6 +1,7 @@
 import Foundation
 import HarmonyCodec
 import HarmonyCore
+import HarmonyCoreTesting
 import HarmonySQLite
 
 /// The properties every run must end with, checked after the cluster quiesced.
@@ -82,7 +83,7 @@ enum SimulationCheckers {
             let replay = ReplicationNode(config: config, environment: NodeEnvironment(clock: ReplayClock(), log: ReplayLog(), opener: SimOpener(vfs: node.vfs)))
             try replay.start()
             for shard in 1...sim.scenario.shards {
-                let all = sim.jetStream.allMessages(shard: shard)
+                let all = sim.jetStream.messages(shard: shard)
                 for chunk in stride(from: 0, to: all.count, by: 256) {
                     try replay.messagesArrived(shard: shard, Array(all[chunk..<min(chunk + 256, all.count)]))
                 }

@@ -23,6 +23,10 @@ final class SimNode {
     var driftPpm: Int64 = 0
     var driftSinceMs: Int64 = 0
     var timerGenerations: [NodeTimer: UInt64] = [:]
+    /// The version of this node's latest application write; the next must be greater (reset by a power loss or wipe).
+    var lastLocalHLC: Int64 = 0
+    /// Per shard, the highest checkpoint this node's cores have shown since its last restore or wiped disk.
+    var highestCheckpoint: [Int: UInt64] = [:]
     /// Highest version this node applied from others (and won); any later local write must exceed it.
     var maxAppliedHLC: Int64 = 0
     var writeCounter = 0

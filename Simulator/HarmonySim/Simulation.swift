@@ -1,6 +1,7 @@
 import Foundation
 import HarmonyCodec
 import HarmonyCore
+import HarmonyCoreTesting
 import HarmonySQLite
 
 /// A committed application write as the workload saw it: the row's version and full value afterwards.
@@ -45,13 +46,13 @@ public final class Simulation {
     public let seed: UInt64
     let directory: String
     var nodes: [SimNode] = []
-    var jetStream: SimJetStream
+    var jetStream: MemoryJetStream
     private(set) var nowMs: Int64 = 0
     var serverUp = true
     private var queue = EventQueue<SimEvent>()
     private var tieRandom: SimRandom
-    private var netRandom: SimRandom
-    private var workRandom: SimRandom
+    var netRandom: SimRandom
+    var workRandom: SimRandom
     private var crashRandom: SimRandom
     var snapshotStore = SimSnapshotStore()
     var scratchCounter = 0
@@ -59,24 +60,24 @@ public final class Simulation {
     let traceEnabled: Bool
     public private(set) var traceLines: [String] = []
     private var traceHash: UInt64 = 0xcbf2_9ce4_8422_2325
-    public private(set) var history: [WriteRecord] = []
+    public internal(set) var history: [WriteRecord] = []
     /// Every version some message in the log carries (retention does not forget them): what a snapshot may hold.
     var landedVersions: Set<RowVersion> = []
     /// Writes destroyed by a wiped disk or a power loss before any copy reached the log: owed to no one.
     var lostWrites: Set<RowVersion> = []
     /// Writes made on a node before it lost its disk or its power: lost unless their message landed.
-    private var lossCandidates: [RowVersion] = []
+    var lossCandidates: [RowVersion] = []
     /// Writes made before a power loss, checked against the disk when the machine comes back.
-    private var awaitingPowerBack: [Int: [WriteRecord]] = [:]
+    var awaitingPowerBack: [Int: [WriteRecord]] = [:]
     var violations: [String] = []
     private var eventsProcessed = 0
-    private var faultsInjected = 0
-    private var conflictsResolved = 0
+    var faultsInjected = 0
+    var conflictsResolved = 0
     /// Cores restarted under the error contract after a storage fault they could not handle themselves.
     private(set) var storageFaultRestarts = 0
-    private var healed = false
-    private var quiescedAtMs: Int64?
-    private var livenessFailure: String?
+    var healed = false
+    var quiescedAtMs: Int64?
+    var livenessFailure: String?
     /// The fault schedule this run used (drawn per seed in swarm mode), for `shrink` to start from.
     public private(set) var faults: [Fault]
 
@@ -104,7 +105,7 @@ public final class Simulation {
             SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention"))
             SwarmMix.drawStorage(&self.scenario, random: root.fork("swarm-storage"))
         }
-        jetStream = SimJetStream(shards: scenario.shards, duplicateWindowMs: scenario.duplicateWindowMs,
+        jetStream = MemoryJetStream(duplicateWindowMs: scenario.duplicateWindowMs,
                                  maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)
         let base = workDirectory ?? (FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory())
         directory = (base as NSString).appendingPathComponent("harmonysim-\(ProcessInfo.processInfo.processIdentifier)-\(seed)-\(UUID().uuidString.prefix(8))")
@@ -140,6 +141,7 @@ public final class Simulation {
             nowMs = entry.timeMs
             eventsProcessed += 1
             handle(entry.event)
+            checkState()
             if quiescedAtMs != nil || livenessFailure != nil { break }
         }
         return finish()
@@ -271,43 +273,6 @@ public final class Simulation {
         push(.timer(node: node, timer: timer, generation: generation, incarnation: n.incarnation), at: nowMs + max(afterMs, 0))
     }
 
-    // MARK: The log over the network
-
-    func publish(from node: Int, _ message: OutgoingMessage) {
-        let n = nodes[node - 1]
-        if n.canSend && serverUp {
-            push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: nowMs + networkDelay())
-        } else {
-            push(.publishResult(node: node, token: message.token, ok: false, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
-        }
-    }
-
-    func subscribe(node: Int, shard: Int, fromSequence: UInt64) {
-        jetStream.subscribe(node: node, shard: shard, fromSequence: fromSequence)
-        push(.pump(node: node, shard: shard), at: nowMs + networkDelay())
-    }
-
-    /// A request that cannot reach the server, or whose answer is lost, is answered with nil after the timeout.
-    func requestStreamState(node: Int, shard: Int) {
-        let n = nodes[node - 1]
-        if n.canSend && serverUp && !netRandom.chance(permille: scenario.lostAckPermille) {
-            push(.streamStateRequestArrives(node: node, shard: shard, incarnation: n.incarnation), at: nowMs + networkDelay())
-        } else {
-            push(.streamStateAnswer(node: node, shard: shard, state: nil, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
-        }
-    }
-
-    func acknowledge(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?) {
-        let n = nodes[node - 1]
-        guard n.canSend && serverUp else { return }  // lost on the way; the ack wait will redeliver
-        if nakDelayMs == nil && netRandom.chance(permille: scenario.lostAckPermille) { return }
-        push(.ackArrives(node: node, shard: shard, sequence: sequence, nakDelayMs: nakDelayMs), at: nowMs + networkDelay())
-    }
-
-    func pumpAll(shard: Int) {
-        for node in nodes where node.sidecarUp { push(.pump(node: node.id, shard: shard), at: nowMs + networkDelay()) }
-    }
-
     // MARK: Event handling
 
     func handle(_ event: SimEvent) {
@@ -432,288 +397,6 @@ public final class Simulation {
         case .quiesceCheck:
             checkQuiescence()
         }
-    }
-
-    // MARK: Faults
-
-    func startFault(_ f: Fault, index: Int) {
-        let targets = f.node == 0 ? nodes : [nodes[f.node - 1]]
-        faultsInjected += 1
-        trace("fault start \(f.kind.rawValue) node \(f.node)")
-        switch f.kind {
-        case .partition:
-            for n in targets { n.canSend = false; n.canReceive = false }
-        case .partitionToNATS:
-            for n in targets { n.canSend = false }
-        case .partitionFromNATS:
-            for n in targets { n.canReceive = false }
-        case .crash:
-            for n in targets { crashSidecar(n, reason: "fault") }
-        case .wipe:
-            for n in targets {
-                crashSidecar(n, reason: "disk lost")
-                lossCandidates += history.filter { $0.node == n.id }.map(\.version)
-                n.app = nil
-                n.machineUp = false
-                n.vfs.time.durability.forgetAll()
-                for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: n.databasePath + suffix) }
-                n.maxAppliedHLC = 0
-            }
-        case .powerLoss:
-            for n in targets where n.machineUp { losePower(n) }
-        case .clockJump:
-            for n in targets { n.clockOffsetMs += f.offsetMs }
-        case .clockDrift:
-            for n in targets {
-                n.clockOffsetMs = n.nowMs(simMs: nowMs) - nowMs - SimNode.epochMs
-                n.driftSinceMs = nowMs
-                n.driftPpm = f.driftPpm
-            }
-        case .serverRestart:
-            serverUp = false
-        case .rollingAlter:
-            for (i, n) in nodes.enumerated() { push(.alter(node: n.id), at: nowMs + Int64(i) * f.durationMs) }
-            return
-        case .lateJoin:
-            for n in targets where !n.machineUp { bootMachine(n) }
-            return
-        }
-        if f.durationMs > 0 { push(.faultEnd(index: index), at: nowMs + f.durationMs) }
-    }
-
-    func endFault(_ f: Fault) {
-        let targets = f.node == 0 ? nodes : [nodes[f.node - 1]]
-        trace("fault end \(f.kind.rawValue) node \(f.node)")
-        switch f.kind {
-        case .partition, .partitionToNATS, .partitionFromNATS:
-            for n in targets { n.canSend = true; n.canReceive = true; resume(n) }
-        case .crash:
-            for n in targets where n.machineUp && !n.sidecarUp { startSidecar(n) }
-        case .wipe, .powerLoss:
-            for n in targets where !n.machineUp { bootMachine(n) }
-        case .clockDrift:
-            for n in targets {
-                n.clockOffsetMs = n.nowMs(simMs: nowMs) - nowMs - SimNode.epochMs
-                n.driftPpm = 0
-            }
-        case .serverRestart:
-            serverUp = true
-            for n in nodes { resume(n) }
-        case .clockJump, .rollingAlter, .lateJoin:
-            break
-        }
-    }
-
-    /// After connectivity returns: consumers pump again and pending changes get scanned.
-    func resume(_ n: SimNode) {
-        guard n.sidecarUp else { return }
-        for shard in 1...scenario.shards { push(.pump(node: n.id, shard: shard), at: nowMs + networkDelay()) }
-        push(.databaseChanged(node: n.id, incarnation: n.incarnation), at: nowMs + 1)
-    }
-
-    /// The machine loses power: processes die without closing cleanly, and every file falls back to what
-    /// its last fsync made durable. Writes that never reached the disk or the log are gone.
-    func losePower(_ n: SimNode) {
-        crashSidecar(n, reason: "power loss")
-        awaitingPowerBack[n.id, default: []] += history.filter { $0.node == n.id }
-        n.app = nil
-        n.machineUp = false
-        do {
-            try n.vfs.time.durability.losePower()
-            try? FileManager.default.removeItem(atPath: n.databasePath + "-shm")  // shared memory does not survive
-        } catch {
-            violations.append("node \(n.id): \(error)")
-        }
-    }
-
-    func alterTable(_ node: SimNode) {
-        guard !node.hasExtraColumn, !node.migrationPending else { return }
-        if let app = node.app, node.machineUp, !isCaptured(app) {
-            node.migrationPending = true  // runs once a sidecar has captured the table (see bootMachine)
-            return
-        }
-        node.hasExtraColumn = true
-        guard node.machineUp, let app = node.app else { return }
-        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
-        do {
-            try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
-            trace("node \(node.id) ALTER TABLE kv ADD COLUMN extra")
-        } catch {
-            violations.append("node \(node.id): ALTER TABLE failed: \(error)")
-        }
-        callCore(node) { try $0.databaseChanged() }
-    }
-
-    /// Whether a sidecar has recorded the table's schema in this database yet.
-    func isCaptured(_ app: Database) -> Bool {
-        let sql = "SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.schemaTable)) WHERE table_name = 'kv'"
-        return ((try? app.scalar(sql)?.int64) ?? 0) > 0
-    }
-
-    func heal() {
-        healed = true
-        trace("heal")
-        for n in nodes { n.sidecarVFS.faults?.enabled = false }
-        serverUp = true
-        for n in nodes {
-            n.canSend = true
-            n.canReceive = true
-            if !n.machineUp { bootMachine(n) }
-            if n.machineUp && !n.sidecarUp { startSidecar(n) }
-            resume(n)
-        }
-        // A rolling ALTER that had not reached every node finishes at heal time.
-        if faults.contains(where: { $0.kind == .rollingAlter }) {
-            for n in nodes where !n.hasExtraColumn { alterTable(n) }
-        }
-        push(.quiesceCheck, at: nowMs + 100)
-    }
-
-    // MARK: Workload
-
-    func performWrite(_ node: SimNode) {
-        guard let app = node.app else { return }
-        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
-        let opWeights = scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight + scenario.keyChangeWeight
-        let total = opWeights + scenario.transactionWeight
-        var pick = Int(workRandom.below(UInt64(max(total, 1))))
-        var ops: [Int] = []
-        // 0 insert, 1 update, 2 delete, 3 key change. With no key changes this draws exactly as before.
-        func draw() -> Int {
-            var p = Int(workRandom.below(UInt64(max(opWeights, 1))))
-            if p < scenario.insertWeight { return 0 }
-            p -= scenario.insertWeight
-            if p < scenario.updateWeight { return 1 }
-            p -= scenario.updateWeight
-            return p < scenario.deleteWeight ? 2 : 3
-        }
-        if pick < total - scenario.transactionWeight {
-            ops = [draw()]
-        } else {
-            pick = Int(workRandom.int(2...Int64(max(2, scenario.transactionOpsMax))))
-            ops = (0..<pick).map { _ in draw() }
-        }
-        let keys = ops.map { _ in workRandom.int(1...Int64(scenario.keys)) }
-        let newKeys = ops.map { $0 == 3 ? workRandom.int(1...Int64(scenario.keys)) : 0 }
-        let touched = Set(keys + newKeys.filter { $0 > 0 }).sorted()
-        do {
-            let before = try Dictionary(touched.map { ($0, try versionOf(app, key: $0)) }, uniquingKeysWith: { a, _ in a })
-            try app.transaction(.immediate) {
-                for (i, (op, key)) in zip(ops, keys).enumerated() {
-                    node.writeCounter += 1
-                    let value = DatabaseValue.text("n\(node.id)w\(node.writeCounter)")
-                    switch op {
-                    case 0:
-                        if node.hasExtraColumn {
-                            try app.execute("INSERT INTO kv (k, v, n, extra) VALUES (?, ?, 1, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1, extra = excluded.extra",
-                                            [.integer(key), value, value])
-                        } else {
-                            try app.execute("INSERT INTO kv (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
-                                            [.integer(key), value])
-                        }
-                    case 1:
-                        if node.hasExtraColumn {
-                            try app.execute("UPDATE kv SET v = ?, n = n + 1, extra = ? WHERE k = ?", [value, value, .integer(key)])
-                        } else {
-                            try app.execute("UPDATE kv SET v = ?, n = n + 1 WHERE k = ?", [value, .integer(key)])
-                        }
-                    case 2:
-                        try app.execute("DELETE FROM kv WHERE k = ?", [.integer(key)])
-                    default:
-                        // Move the row to a free key, as an application renumbering or merging records would.
-                        try app.execute("UPDATE kv SET k = ?1, v = ?2, n = n + 1 WHERE k = ?3 AND NOT EXISTS (SELECT 1 FROM kv WHERE k = ?1)",
-                                        [.integer(newKeys[i]), value, .integer(key)])
-                    }
-                }
-            }
-            for key in touched {
-                guard let after = try versionOf(app, key: key), after != before[key] ?? nil else { continue }
-                let row = try app.query("SELECT * FROM kv WHERE k = ?", [.integer(key)]).first
-                history.append(WriteRecord(node: node.id, key: key, version: after.version, row: after.deleted ? nil : row, atMs: nowMs))
-                if after.version.hlc <= node.maxAppliedHLC {
-                    violations.append("causality: node \(node.id) wrote key \(key) at \(nowMs) ms with version \(after.version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")
-                }
-            }
-            trace("node \(node.id) write ops \(ops) keys \(keys)\(newKeys.contains { $0 > 0 } ? " to \(newKeys)" : "")")
-        } catch {
-            violations.append("node \(node.id): application write failed: \(error)")
-        }
-        if node.sidecarUp {
-            push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + workRandom.int(0...scenario.detectDelayMsMax))
-        }
-    }
-
-    struct KeyVersion: Equatable {
-        var version: RowVersion
-        var deleted: Bool
-    }
-
-    func versionOf(_ db: Database, key: Int64) throws -> KeyVersion? {
-        guard try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = ?", [.text(Bookkeeping.versionTable("kv"))])?.int64 == 1,
-              let row = try db.query("SELECT hlc, node, deleted FROM \(quoteIdentifier(Bookkeeping.versionTable("kv"))) WHERE pk_k = ?", [.integer(key)]).first
-        else { return nil }
-        return KeyVersion(version: RowVersion(hlc: row[0].int64 ?? 0, node: row[1].int64 ?? 0), deleted: row[2].int64 == 1)
-    }
-
-    // MARK: Core events
-
-    func coreEvent(node: Int, _ event: ReplicationEvent) {
-        trace("node \(node) \(event)")
-        switch event {
-        case .applied(_, _, _, let version, let won):
-            if won {
-                let n = nodes[node - 1]
-                n.maxAppliedHLC = max(n.maxAppliedHLC, version.hlc)
-            } else {
-                conflictsResolved += 1
-            }
-        case .restored:
-            // A restore applies every version the snapshot holds: later local writes must be newer (causality).
-            let n = nodes[node - 1]
-            if let app = n.app, let restoredMax = try? app.scalar("SELECT max(hlc) FROM \(quoteIdentifier(Bookkeeping.versionTable("kv")))")?.int64 {
-                n.maxAppliedHLC = max(n.maxAppliedHLC, restoredMax)
-            }
-        case .parked(let shard, let sequence, let reason):
-            violations.append("node \(node) parked shard \(shard) seq \(sequence): \(reason)")
-        default:
-            break
-        }
-    }
-
-    // MARK: Quiescence and checks
-
-    func checkQuiescence() {
-        if isQuiescent() {
-            quiescedAtMs = nowMs
-            trace("quiescent")
-            return
-        }
-        if nowMs - scenario.healMs > scenario.quiesceWithinMs {
-            livenessFailure = "cluster did not quiesce within \(scenario.quiesceWithinMs) ms after healing at \(scenario.healMs) ms: \(quiescenceBlockers().joined(separator: "; "))"
-            return
-        }
-        push(.quiesceCheck, at: nowMs + 100)
-    }
-
-    func isQuiescent() -> Bool { quiescenceBlockers().isEmpty }
-
-    func quiescenceBlockers() -> [String] {
-        var blockers: [String] = []
-        guard nowMs >= scenario.durationMs else { return ["workload still running"] }
-        for n in nodes {
-            guard n.machineUp, n.sidecarUp, let core = n.core, let app = n.app else {
-                blockers.append("node \(n.id) down")
-                continue
-            }
-            let pending = (try? app.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64) ?? -1
-            if pending != 0 { blockers.append("node \(n.id) has \(pending) unpublished changes") }
-            for shard in 1...scenario.shards {
-                let last = jetStream.state(shard: shard).lastSequence
-                if core.checkpoint(shard) != last { blockers.append("node \(n.id) shard \(shard) at \(core.checkpoint(shard)) of \(last)") }
-            }
-            if !core.pausedShards.isEmpty { blockers.append("node \(n.id) paused on schema") }
-        }
-        return blockers
     }
 
     func finish() -> SimulationResult {

@@ -195,6 +195,7 @@ extension ReplicationNode {
     }
 
     func park(_ db: Database, shard: Int, _ message: IncomingMessage, reason: String, events: inout [ReplicationEvent]) throws {
+        precondition(!reason.isEmpty && db.isInTransaction, "a message is parked with its reason, inside the apply transaction")
         try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.parkedTable)) (stream, seq, payload, error) VALUES (?, ?, ?, ?)",
                        [.text(router.streamName(shard: shard)), .integer(Int64(message.sequence)), .blob(message.payload), .text(reason)])
         events.append(.parked(shard: shard, sequence: message.sequence, reason: reason))
@@ -272,6 +273,8 @@ extension ReplicationNode {
     /// Applies the change only if its version is greater than the row's current version (including a
     /// tombstone or an unpublished local write). Returns whether it won.
     func applyLWW(_ db: Database, _ change: ResolvedChange) throws -> Bool {
+        precondition(change.key.count == change.table.primaryKey.count, "change to \(change.table.name) with \(change.key.count) key values")
+        precondition(db.isInTransaction, "a change applies only inside the apply (or restore) transaction")
         let sql = applySQL(change)
         if let current = try db.query(sql.currentVersion, change.key).first,
            let hlc = current[0].int64, let node = current[1].int64,

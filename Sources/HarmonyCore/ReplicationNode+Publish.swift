@@ -157,6 +157,9 @@ extension ReplicationNode {
     }
 
     func markPublished(_ ids: [Int64]) throws {
+        precondition(!ids.isEmpty && ids.allSatisfy { $0 > 0 }, "marking change-log ids \(ids.prefix(3))...")
+        precondition(ids.allSatisfy { !inFlight.contains($0) } || config.plantedBugs.contains(.markPublishedBeforeAck),
+                     "a change is marked published while still in flight")
         let db = requireDatabase()
         try db.transaction(.immediate) {
             let mark = try db.cached("UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 1 WHERE id = ?")
@@ -170,6 +173,7 @@ extension ReplicationNode {
         let ids = batchMembers.removeValue(forKey: token) ?? [token]
         guard isRunning, !ids.filter({ inFlight.remove($0) != nil }).isEmpty else { return }
         // (With the planted bug they are already marked published, so the scan will never send them again.)
+        precondition(ids.allSatisfy { !inFlight.contains($0) }, "a failed publish left its changes in flight")
         env.events?.record(.publishFailed(token: token))
         schedulePublishRetry(from: min(token, ids.min()!))
     }

@@ -84,6 +84,7 @@ extension ReplicationNode {
     /// A stream no longer holds the message after our checkpoint: only a snapshot can bring this node back.
     /// Until one is restored, deliveries are refused (nothing after the hole may apply).
     func needRestore() {
+        precondition(config.replicate, "a node with replicate = false never needs a snapshot")
         guard !restoreNeeded else { return }
         restoreNeeded = true
         requestSnapshot()
@@ -125,11 +126,13 @@ extension ReplicationNode {
         }
         restoreNeeded = false
         pausedShards.removeAll()
+        precondition(router.shards.allSatisfy { checkpoints[$0] != nil }, "a restore left a shard without a checkpoint")
         for shard in router.shards { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
         try publishPending()
     }
 
     func restore(from path: String) throws {
+        precondition(restoreNeeded && isRunning, "restore without need")
         let db = requireDatabase()
         let snap = Self.snapshotSchema
         try db.execute("ATTACH DATABASE \(quoteLiteral(path)) AS \(snap)")
@@ -177,8 +180,9 @@ extension ReplicationNode {
             try crashPoint(.beforeRestoreCommit)
         }
         checkpoints = restored
+        // Reported before the crash point after the commit: the restore happened even if the process dies next.
+        env.events?.record(.restored(sequences: router.shards.map { restored[$0] ?? 0 }))
         try crashPoint(.afterRestoreCommit)
-        env.events?.record(.restored(sequences: router.shards.map { sequences[$0] ?? 0 }))
     }
 
     /// One user table as the snapshot has it: its columns and key, and the SQL that created it.
@@ -236,6 +240,7 @@ extension ReplicationNode {
 
     /// Replaces one table's rows and versions with the snapshot's, inside the restore transaction.
     func copyFromSnapshot(_ db: Database, _ table: SnapshotTable) throws {
+        precondition(db.isInTransaction && !table.primaryKey.isEmpty, "rows are replaced inside the restore transaction, by key")
         let snap = Self.snapshotSchema
         let columns = table.columns.map(quoteIdentifier).joined(separator: ", ")
         let versions = quoteIdentifier(Bookkeeping.versionTable(table.name))

@@ -81,6 +81,7 @@ public final class ReplicationNode {
             }
         }
         isRunning = true
+        precondition(checkpoints.keys.allSatisfy(router.shards.contains), "checkpoints loaded for shards this node does not have")
         if config.replicate {
             checkLogStart()
             for shard in router.shards {
@@ -101,6 +102,7 @@ public final class ReplicationNode {
         streamStateRequested.removeAll()
         snapshotAttempt = .idle
         database = nil
+        precondition(!isRunning && inFlight.isEmpty && batchMembers.isEmpty, "node \(config.nodeID) stopped with work in flight")
     }
 
     public func checkpoint(_ shard: Int) -> UInt64 { checkpoints[shard] ?? 0 }
@@ -198,10 +200,12 @@ public final class ReplicationNode {
                                              plantedBugs: config.plantedBugs) { skipped in
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
+        precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
         epochShapes.removeAll()
         applySQLCache.removeAll()
         changeLogLayouts.removeAll()
         schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
+        precondition(schemaVersion >= 0, "PRAGMA schema_version unreadable on \(config.databasePath)")
         env.events?.record(.captureInstalled(tables: captured.count))
     }
 

@@ -38,7 +38,7 @@ struct ReplicationTests {
         #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == reference)
         #expect(try c.rows(2, "SELECT * FROM users ORDER BY id") == reference)
         // Every shard carried traffic: the router spreads rows.
-        #expect(c.streams.streams.keys.sorted() == [1, 2, 3, 4])
+        #expect(c.streams.archive.keys.sorted() == [1, 2, 3, 4])
     }
 
     /// Both nodes update the same row before either hears of the other; the greater version must win
@@ -98,7 +98,7 @@ struct ReplicationTests {
         let c = try TestCluster(nodes: 2, schema: usersSchema)
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'x', 0)")
         try c.publish(0)
-        let insertMessage = try #require(c.streams.streams.values.first?.first)
+        let insertMessage = try #require(c.streams.messages(shard: 1).first)
         try c.deliver(1)
         try c.apps[0].execute("DELETE FROM users WHERE id = 1")
         try c.settle()
@@ -160,7 +160,7 @@ struct ReplicationTests {
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
         try c.apps[0].execute("INSERT INTO users VALUES (2, 'b', 2)")
         try c.publish(0)
-        c.streams.firstSequence[1] = 2
+        c.streams.truncate(shard: 1, before: 2)
         try c.nodes[1].messagesArrived(shard: 1, c.streams.messages(shard: 1, from: 2))
         // The gap alone cannot tell a hole from a late message: the node asks the log, inside no transaction.
         #expect(c.events[1].events.contains(.gap(shard: 1, expected: 1, got: 2)))

@@ -1,6 +1,7 @@
 import Foundation
 import HarmonyCodec
 @testable import HarmonyCore
+import HarmonyCoreTesting
 import HarmonySQLite
 import Testing
 

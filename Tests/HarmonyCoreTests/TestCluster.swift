@@ -1,62 +1,29 @@
 import Foundation
 import HarmonyCodec
 import HarmonyCore
+import HarmonyCoreTesting
 import HarmonySQLite
 
-/// A clock whose time moves only when a test says so; records the timers the core asked for.
-final class ManualClock: NodeClock {
-    var nowMs: Int64 = 1_700_000_000_000
-    var scheduled: [NodeTimer: Int64] = [:]
-    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { scheduled[timer] = nowMs + delayMs }
-}
+/// The test cluster's log is the shared in-memory JetStream (the simulator's too), with a dedup window
+/// longer than any test and time standing still: tests move messages by hand.
+extension MemoryJetStream {
+    static func forTests() -> MemoryJetStream { MemoryJetStream(duplicateWindowMs: Int64.max / 2) }
 
-/// The shared in-memory log: ordered streams per shard with a message-id duplicate window.
-final class MemoryStreams {
-    struct Stored { var sequence: UInt64; var messageID: String; var payload: [UInt8] }
-    var streams: [Int: [Stored]] = [:]
-    var seenIDs: Set<String> = []
-    var firstSequence: [Int: UInt64] = [:]
-    /// Last sequence ever assigned per stream; survives truncation, as in JetStream.
-    var lastAssigned: [Int: UInt64] = [:]
-
-    func nextSequence(_ shard: Int) -> UInt64 {
-        let seq = (lastAssigned[shard] ?? 0) + 1
-        lastAssigned[shard] = seq
-        return seq
-    }
-
-    /// Appends unless the id was seen (JetStream's duplicate window, here unbounded). Returns whether it was stored.
+    /// Stores unless the id was seen before; returns whether it was stored.
     @discardableResult
     func append(shard: Int, messageID: String, payload: [UInt8]) -> Bool {
-        guard seenIDs.insert(messageID).inserted else { return false }
-        let seq = nextSequence(shard)
-        streams[shard, default: []].append(Stored(sequence: seq, messageID: messageID, payload: payload))
-        return true
+        store(shard: shard, messageID: messageID, payload: payload, nowMs: 0) != nil
     }
 
     /// Appends raw bytes without dedup, as a hostile or buggy publisher could.
-    func appendRaw(shard: Int, payload: [UInt8]) {
-        let seq = nextSequence(shard)
-        streams[shard, default: []].append(Stored(sequence: seq, messageID: "raw-\(seq)", payload: payload))
-    }
+    func appendRaw(shard: Int, payload: [UInt8]) { storeRaw(shard: shard, payload: payload) }
 
-    func messages(shard: Int, from: UInt64) -> [IncomingMessage] {
-        let first = firstSequence[shard] ?? 1
-        return (streams[shard] ?? []).filter { $0.sequence >= max(from, first) }.map { IncomingMessage(sequence: $0.sequence, payload: $0.payload) }
-    }
-
-    /// Retention: the stream forgets everything before `first`, as JetStream's `max_msgs` limit would.
-    func truncate(shard: Int, before first: UInt64) {
-        streams[shard]?.removeAll { $0.sequence < first }
-        firstSequence[shard] = first
-    }
-
-    func lastSequence(shard: Int) -> UInt64 { lastAssigned[shard] ?? 0 }
+    func lastSequence(shard: Int) -> UInt64 { state(shard: shard).lastSequence }
 }
 
 /// One node's view of the log: publishes wait for the test to acknowledge them; consumption is a cursor per shard.
 final class MemoryLogPort: ReplicationLog {
-    let streams: MemoryStreams
+    let streams: MemoryJetStream
     var pendingPublishes: [OutgoingMessage] = []
     var deliverFrom: [Int: UInt64] = [:]
     var acks: [Int: [UInt64]] = [:]
@@ -64,7 +31,7 @@ final class MemoryLogPort: ReplicationLog {
     /// Stream-state requests not answered yet, in order; `TestCluster.answerStreamStates` answers them.
     var stateRequests: [Int] = []
 
-    init(streams: MemoryStreams) { self.streams = streams }
+    init(streams: MemoryJetStream) { self.streams = streams }
 
     func publish(_ message: OutgoingMessage) { pendingPublishes.append(message) }
     func subscribe(shard: Int, fromSequence: UInt64) { deliverFrom[shard] = fromSequence }
@@ -75,9 +42,7 @@ final class MemoryLogPort: ReplicationLog {
         deliverFrom[shard] = min(deliverFrom[shard] ?? sequence, sequence)
     }
     func requestStreamState(shard: Int) { stateRequests.append(shard) }
-    func streamState(shard: Int) -> StreamState {
-        StreamState(firstSequence: streams.firstSequence[shard] ?? 1, lastSequence: streams.lastSequence(shard: shard))
-    }
+    func streamState(shard: Int) -> StreamState { streams.state(shard: shard) }
 }
 
 /// Records the core's snapshot-store requests; tests answer them (`snapshotReady`, `snapshotLeaseAnswered`, ...).
@@ -114,7 +79,7 @@ final class EventLog: ReplicationEventSink {
 /// Several real cores on real SQLite files, exchanging changes through `MemoryStreams` under test control.
 final class TestCluster {
     let directory: URL
-    let streams = MemoryStreams()
+    let streams = MemoryJetStream.forTests()
     var nodes: [ReplicationNode] = []
     var ports: [MemoryLogPort] = []
     var clocks: [ManualClock] = []

@@ -1,17 +1,21 @@
+import Foundation
 import HarmonyCore
 
-/// A simulated JetStream server: one ordered stream per shard, a message-id duplicate window,
-/// `max_entries` retention, and one pull consumer per (node, shard) with ack wait, nak delay and redelivery.
-/// It keeps state only; the `Simulation` moves messages over the simulated network.
-final class SimJetStream {
-    struct Stored {
-        var sequence: UInt64
-        var messageID: String
-        var payload: [UInt8]
+/// An in-memory JetStream server for the core's tests and for harmonysim: one ordered stream per shard, a
+/// message-id duplicate window, `max_entries` retention (or truncation by hand), and one pull consumer per
+/// (node, shard) with ack wait, nak delay and redelivery. It keeps state only: the caller moves messages, so
+/// time passes only when the caller says (`nowMs` arguments), as in swift-nio's `EmbeddedEventLoop`.
+///
+/// Not thread-safe, and checked: every call must come from the thread that created it.
+public final class MemoryJetStream {
+    public struct Stored: Sendable, Hashable {
+        public var sequence: UInt64
+        public var messageID: String
+        public var payload: [UInt8]
     }
 
     struct Stream {
-        var messages: [Stored] = []  // ascending sequences, oldest first
+        var messages: [Stored] = []  // ascending, contiguous sequences, oldest first
         var firstSequence: UInt64 = 1
         var lastSequence: UInt64 = 0
     }
@@ -29,34 +33,53 @@ final class SimJetStream {
         var pausedUntilMs: Int64 = 0
     }
 
-    let duplicateWindowMs: Int64
+    public let duplicateWindowMs: Int64
     /// Oldest messages are dropped beyond this many per stream (0 = unlimited).
-    let maxEntries: Int
-    let ackWaitMs: Int64
-    let deliverBatchMax: Int
-    private(set) var streams: [Int: Stream] = [:]
+    public let maxEntries: Int
+    public let ackWaitMs: Int64
+    public let deliverBatchMax: Int
+    private var streams: [Int: Stream] = [:]
     private var recentIDs: [String: Int64] = [:]
-    private(set) var consumers: [ConsumerKey: Consumer] = [:]
-    private(set) var duplicatesDropped = 0
+    private var consumers: [ConsumerKey: Consumer] = [:]
+    public private(set) var duplicatesDropped = 0
     /// Every message ever stored, including those retention dropped: what the checkers count as landed.
-    private(set) var archive: [Int: [Stored]] = [:]
+    public private(set) var archive: [Int: [Stored]] = [:]
+    private let owner = pthread_self()
 
-    init(shards: Int, duplicateWindowMs: Int64, maxEntries: Int, ackWaitMs: Int64, deliverBatchMax: Int = 64) {
+    /// Streams are created on first use, so `shards` only has to cover what callers name.
+    public init(duplicateWindowMs: Int64 = 120_000, maxEntries: Int = 0, ackWaitMs: Int64 = 30_000, deliverBatchMax: Int = 64) {
+        precondition(duplicateWindowMs >= 0 && maxEntries >= 0 && ackWaitMs > 0 && deliverBatchMax > 0, "invalid MemoryJetStream limits")
         self.duplicateWindowMs = duplicateWindowMs
         self.maxEntries = maxEntries
         self.ackWaitMs = ackWaitMs
         self.deliverBatchMax = deliverBatchMax
-        for shard in 1...shards { streams[shard] = Stream() }
+    }
+
+    @inline(__always) private func checkThread() {
+        precondition(pthread_equal(owner, pthread_self()) != 0, "MemoryJetStream is not thread-safe: used from a second thread")
     }
 
     /// Stores a message unless its id was seen inside the duplicate window. Returns its sequence, or nil for a duplicate.
-    func store(shard: Int, messageID: String, payload: [UInt8], nowMs: Int64) -> UInt64? {
+    @discardableResult
+    public func store(shard: Int, messageID: String, payload: [UInt8], nowMs: Int64) -> UInt64? {
+        checkThread()
         if let seen = recentIDs[messageID], nowMs - seen < duplicateWindowMs {
             duplicatesDropped += 1
             return nil
         }
         recentIDs[messageID] = nowMs
-        var s = streams[shard]!
+        return append(shard: shard, messageID: messageID, payload: payload)
+    }
+
+    /// Stores bytes as they are, without the duplicate check: what a hostile or buggy publisher can do.
+    @discardableResult
+    public func storeRaw(shard: Int, payload: [UInt8]) -> UInt64 {
+        checkThread()
+        return append(shard: shard, messageID: "raw-\(state(shard: shard).lastSequence + 1)", payload: payload)
+    }
+
+    private func append(shard: Int, messageID: String, payload: [UInt8]) -> UInt64 {
+        var s = streams[shard, default: Stream()]
         s.lastSequence += 1
         s.messages.append(Stored(sequence: s.lastSequence, messageID: messageID, payload: payload))
         archive[shard, default: []].append(s.messages[s.messages.count - 1])
@@ -64,31 +87,51 @@ final class SimJetStream {
             s.messages.removeFirst(s.messages.count - maxEntries)
         }
         s.firstSequence = s.messages.first?.sequence ?? s.lastSequence + 1
+        precondition(s.messages.isEmpty || s.messages.last!.sequence - s.messages.first!.sequence + 1 == UInt64(s.messages.count),
+                     "stream \(shard) lost its contiguity")
         streams[shard] = s
         return s.lastSequence
     }
 
+    /// Retention by hand: the stream forgets every message before `first` (JetStream's `max_msgs` or a purge).
+    public func truncate(shard: Int, before first: UInt64) {
+        checkThread()
+        var s = streams[shard, default: Stream()]
+        s.messages.removeAll { $0.sequence < first }
+        s.firstSequence = max(s.firstSequence, min(first, s.lastSequence + 1))
+        streams[shard] = s
+    }
+
     /// Forgets ids older than the window, so memory stays bounded on long runs.
-    func expireIDs(nowMs: Int64) {
+    public func expireIDs(nowMs: Int64) {
+        checkThread()
         recentIDs = recentIDs.filter { nowMs - $0.value < duplicateWindowMs }
     }
 
-    func state(shard: Int) -> StreamState {
-        let s = streams[shard]!
+    public func state(shard: Int) -> StreamState {
+        let s = streams[shard] ?? Stream()
         return StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
     }
 
-    func subscribe(node: Int, shard: Int, fromSequence: UInt64) {
+    /// What the stream still holds from `sequence` on.
+    public func messages(shard: Int, from sequence: UInt64 = 1) -> [IncomingMessage] {
+        (streams[shard]?.messages ?? []).filter { $0.sequence >= sequence }.map { IncomingMessage(sequence: $0.sequence, payload: $0.payload) }
+    }
+
+    public func subscribe(node: Int, shard: Int, fromSequence: UInt64) {
+        checkThread()
         consumers[ConsumerKey(node: node, shard: shard)] = Consumer(cursor: max(fromSequence, 1))
     }
 
-    func unsubscribeAll(node: Int) {
+    public func unsubscribeAll(node: Int) {
+        checkThread()
         for key in consumers.keys.sorted() where key.node == node { consumers[key] = nil }
     }
 
     /// The next batch for a consumer, marked pending until `nowMs + ackWaitMs`; empty when paused or caught up.
-    func takeBatch(node: Int, shard: Int, nowMs: Int64) -> [IncomingMessage] {
+    public func takeBatch(node: Int, shard: Int, nowMs: Int64) -> [IncomingMessage] {
         let key = ConsumerKey(node: node, shard: shard)
+        checkThread()
         guard var c = consumers[key], nowMs >= c.pausedUntilMs, let s = streams[shard] else { return [] }
         // Sequences are contiguous from firstSequence, so the cursor indexes the array directly.
         var out: [IncomingMessage] = []
@@ -104,21 +147,23 @@ final class SimJetStream {
         return out
     }
 
-    func hasWork(node: Int, shard: Int) -> Bool {
+    public func hasWork(node: Int, shard: Int) -> Bool {
         guard let c = consumers[ConsumerKey(node: node, shard: shard)], let s = streams[shard] else { return false }
         return max(c.cursor, s.firstSequence) <= s.lastSequence
     }
 
-    func pausedUntil(node: Int, shard: Int) -> Int64 {
+    public func pausedUntil(node: Int, shard: Int) -> Int64 {
         consumers[ConsumerKey(node: node, shard: shard)]?.pausedUntilMs ?? 0
     }
 
-    func ack(node: Int, shard: Int, sequence: UInt64) {
+    public func ack(node: Int, shard: Int, sequence: UInt64) {
+        checkThread()
         consumers[ConsumerKey(node: node, shard: shard)]?.pending[sequence] = nil
     }
 
     /// Redeliver this message (and what follows) after `delayMs`.
-    func nak(node: Int, shard: Int, sequence: UInt64, delayMs: Int64, nowMs: Int64) {
+    public func nak(node: Int, shard: Int, sequence: UInt64, delayMs: Int64, nowMs: Int64) {
+        checkThread()
         let key = ConsumerKey(node: node, shard: shard)
         guard var c = consumers[key] else { return }
         c.pending = c.pending.filter { $0.key < sequence }
@@ -128,7 +173,8 @@ final class SimJetStream {
     }
 
     /// Messages whose ack wait expired go back to the cursor. Returns whether anything expired.
-    func expireAcks(node: Int, shard: Int, nowMs: Int64) -> Bool {
+    public func expireAcks(node: Int, shard: Int, nowMs: Int64) -> Bool {
+        checkThread()
         let key = ConsumerKey(node: node, shard: shard)
         guard var c = consumers[key] else { return false }
         let expired = c.pending.filter { $0.value <= nowMs }.keys
@@ -139,12 +185,9 @@ final class SimJetStream {
         return true
     }
 
-    func nextAckDeadline(node: Int, shard: Int) -> Int64? {
+    public func nextAckDeadline(node: Int, shard: Int) -> Int64? {
         consumers[ConsumerKey(node: node, shard: shard)]?.pending.values.min()
     }
 
-    /// What the stream still holds (after retention).
-    func allMessages(shard: Int) -> [IncomingMessage] {
-        (streams[shard]?.messages ?? []).map { IncomingMessage(sequence: $0.sequence, payload: $0.payload) }
-    }
+
 }

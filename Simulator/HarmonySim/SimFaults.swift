@@ -1,0 +1,145 @@
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonyCoreTesting
+import HarmonySQLite
+
+/// The fault injector: partitions, crashes, power loss, wiped disks, clock jumps and drift, server restarts,
+/// the rolling ALTER and late joiners; and the heal that lifts them all.
+extension Simulation {
+    func startFault(_ f: Fault, index: Int) {
+        let targets = f.node == 0 ? nodes : [nodes[f.node - 1]]
+        faultsInjected += 1
+        trace("fault start \(f.kind.rawValue) node \(f.node)")
+        switch f.kind {
+        case .partition:
+            for n in targets { n.canSend = false; n.canReceive = false }
+        case .partitionToNATS:
+            for n in targets { n.canSend = false }
+        case .partitionFromNATS:
+            for n in targets { n.canReceive = false }
+        case .crash:
+            for n in targets { crashSidecar(n, reason: "fault") }
+        case .wipe:
+            for n in targets {
+                crashSidecar(n, reason: "disk lost")
+                lossCandidates += history.filter { $0.node == n.id }.map(\.version)
+                n.app = nil
+                n.machineUp = false
+                n.vfs.time.durability.forgetAll()
+                for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: n.databasePath + suffix) }
+                n.maxAppliedHLC = 0
+                n.highestCheckpoint.removeAll()
+                n.lastLocalHLC = 0
+            }
+        case .powerLoss:
+            for n in targets where n.machineUp { losePower(n) }
+        case .clockJump:
+            for n in targets { n.clockOffsetMs += f.offsetMs }
+        case .clockDrift:
+            for n in targets {
+                n.clockOffsetMs = n.nowMs(simMs: nowMs) - nowMs - SimNode.epochMs
+                n.driftSinceMs = nowMs
+                n.driftPpm = f.driftPpm
+            }
+        case .serverRestart:
+            serverUp = false
+        case .rollingAlter:
+            for (i, n) in nodes.enumerated() { push(.alter(node: n.id), at: nowMs + Int64(i) * f.durationMs) }
+            return
+        case .lateJoin:
+            for n in targets where !n.machineUp { bootMachine(n) }
+            return
+        }
+        if f.durationMs > 0 { push(.faultEnd(index: index), at: nowMs + f.durationMs) }
+    }
+
+    func endFault(_ f: Fault) {
+        let targets = f.node == 0 ? nodes : [nodes[f.node - 1]]
+        trace("fault end \(f.kind.rawValue) node \(f.node)")
+        switch f.kind {
+        case .partition, .partitionToNATS, .partitionFromNATS:
+            for n in targets { n.canSend = true; n.canReceive = true; resume(n) }
+        case .crash:
+            for n in targets where n.machineUp && !n.sidecarUp { startSidecar(n) }
+        case .wipe, .powerLoss:
+            for n in targets where !n.machineUp { bootMachine(n) }
+        case .clockDrift:
+            for n in targets {
+                n.clockOffsetMs = n.nowMs(simMs: nowMs) - nowMs - SimNode.epochMs
+                n.driftPpm = 0
+            }
+        case .serverRestart:
+            serverUp = true
+            for n in nodes { resume(n) }
+        case .clockJump, .rollingAlter, .lateJoin:
+            break
+        }
+    }
+
+    /// After connectivity returns: consumers pump again and pending changes get scanned.
+    func resume(_ n: SimNode) {
+        guard n.sidecarUp else { return }
+        for shard in 1...scenario.shards { push(.pump(node: n.id, shard: shard), at: nowMs + networkDelay()) }
+        push(.databaseChanged(node: n.id, incarnation: n.incarnation), at: nowMs + 1)
+    }
+
+    /// The machine loses power: processes die without closing cleanly, and every file falls back to what
+    /// its last fsync made durable. Writes that never reached the disk or the log are gone.
+    func losePower(_ n: SimNode) {
+        crashSidecar(n, reason: "power loss")
+        n.lastLocalHLC = 0  // the clock row may fall back with the writes the power loss undoes
+        awaitingPowerBack[n.id, default: []] += history.filter { $0.node == n.id }
+        n.app = nil
+        n.machineUp = false
+        do {
+            try n.vfs.time.durability.losePower()
+            try? FileManager.default.removeItem(atPath: n.databasePath + "-shm")  // shared memory does not survive
+        } catch {
+            violations.append("node \(n.id): \(error)")
+        }
+    }
+
+    func alterTable(_ node: SimNode) {
+        guard !node.hasExtraColumn, !node.migrationPending else { return }
+        if let app = node.app, node.machineUp, !isCaptured(app) {
+            node.migrationPending = true  // runs once a sidecar has captured the table (see bootMachine)
+            return
+        }
+        node.hasExtraColumn = true
+        guard node.machineUp, let app = node.app else { return }
+        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        do {
+            try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
+            trace("node \(node.id) ALTER TABLE kv ADD COLUMN extra")
+        } catch {
+            violations.append("node \(node.id): ALTER TABLE failed: \(error)")
+        }
+        callCore(node) { try $0.databaseChanged() }
+    }
+
+    /// Whether a sidecar has recorded the table's schema in this database yet.
+    func isCaptured(_ app: Database) -> Bool {
+        let sql = "SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.schemaTable)) WHERE table_name = 'kv'"
+        return ((try? app.scalar(sql)?.int64) ?? 0) > 0
+    }
+
+    func heal() {
+        healed = true
+        trace("heal")
+        for n in nodes { n.sidecarVFS.faults?.enabled = false }
+        serverUp = true
+        for n in nodes {
+            n.canSend = true
+            n.canReceive = true
+            if !n.machineUp { bootMachine(n) }
+            if n.machineUp && !n.sidecarUp { startSidecar(n) }
+            resume(n)
+        }
+        // A rolling ALTER that had not reached every node finishes at heal time.
+        if faults.contains(where: { $0.kind == .rollingAlter }) {
+            for n in nodes where !n.hasExtraColumn { alterTable(n) }
+        }
+        push(.quiesceCheck, at: nowMs + 100)
+    }
+}

@@ -1,0 +1,44 @@
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonyCoreTesting
+import HarmonySQLite
+
+/// The network between the nodes and the simulated JetStream: publishes, subscriptions, acks and naks, and
+/// stream-range questions, each delayed, lost or refused as the current faults say.
+extension Simulation {
+    func publish(from node: Int, _ message: OutgoingMessage) {
+        let n = nodes[node - 1]
+        if n.canSend && serverUp {
+            push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: nowMs + networkDelay())
+        } else {
+            push(.publishResult(node: node, token: message.token, ok: false, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
+        }
+    }
+
+    func subscribe(node: Int, shard: Int, fromSequence: UInt64) {
+        jetStream.subscribe(node: node, shard: shard, fromSequence: fromSequence)
+        push(.pump(node: node, shard: shard), at: nowMs + networkDelay())
+    }
+
+    /// A request that cannot reach the server, or whose answer is lost, is answered with nil after the timeout.
+    func requestStreamState(node: Int, shard: Int) {
+        let n = nodes[node - 1]
+        if n.canSend && serverUp && !netRandom.chance(permille: scenario.lostAckPermille) {
+            push(.streamStateRequestArrives(node: node, shard: shard, incarnation: n.incarnation), at: nowMs + networkDelay())
+        } else {
+            push(.streamStateAnswer(node: node, shard: shard, state: nil, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
+        }
+    }
+
+    func acknowledge(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?) {
+        let n = nodes[node - 1]
+        guard n.canSend && serverUp else { return }  // lost on the way; the ack wait will redeliver
+        if nakDelayMs == nil && netRandom.chance(permille: scenario.lostAckPermille) { return }
+        push(.ackArrives(node: node, shard: shard, sequence: sequence, nakDelayMs: nakDelayMs), at: nowMs + networkDelay())
+    }
+
+    func pumpAll(shard: Int) {
+        for node in nodes where node.sidecarUp { push(.pump(node: node.id, shard: shard), at: nowMs + networkDelay()) }
+    }
+}
