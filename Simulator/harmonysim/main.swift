@@ -18,7 +18,7 @@ struct HarmonySimCommand: ParsableCommand {
         commandName: "harmonysim",
         abstract: "Deterministic simulation of a harmonylite cluster under injected faults.",
         discussion: "Exit codes: 0 passed, 1 correctness failure, 2 liveness failure, 3 simulator crash, 4 bad scenario.",
-        subcommands: [Run.self, CheckDeterminism.self, Shrink.self, PlantedBugsCommand.self, Bench.self])
+        subcommands: [Run.self, CheckDeterminism.self, Shrink.self, PlantedBugsCommand.self, Soak.self, Bench.self])
 }
 
 func loadScenario(_ path: String) throws -> Scenario {
@@ -117,7 +117,7 @@ struct SweepOutcome: Sendable {
 
 /// Runs one child process per seed, `jobs` at a time; a crash in one seed cannot take the sweep down.
 func sweep(file: String, seeds: ClosedRange<UInt64>, extra: [String], jobs: Int, stopOnFailure: Bool,
-           report: (([SweepOutcome]) -> Void)? = nil) -> SimExit {
+           progressEvery: Int = 0, report: (([SweepOutcome]) -> Void)? = nil) -> SimExit {
     let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
     let next = Mutex<UInt64>(seeds.lowerBound)
     let stop = Mutex(false)
@@ -144,7 +144,15 @@ func sweep(file: String, seeds: ClosedRange<UInt64>, extra: [String], jobs: Int,
             let data = pipe.fileHandleForReading.readDataToEndOfFile()
             p.waitUntilExit()
             let code = p.terminationReason == .uncaughtSignal ? SimExit.simulatorCrash.rawValue : p.terminationStatus
-            outcomes.withLock { $0.append(SweepOutcome(seed: seed, code: code, output: String(decoding: data, as: UTF8.self))) }
+            let (done, failures) = outcomes.withLock { all in
+                all.append(SweepOutcome(seed: seed, code: code, output: String(decoding: data, as: UTF8.self)))
+                return (all.count, all.filter { $0.code != 0 }.count)
+            }
+            if progressEvery > 0 && (done % progressEvery == 0 || done == seeds.count) {
+                let elapsed = now() - start
+                FileHandle.standardError.write(Data(String(format: "progress: %d/%d seeds, %d failed, %.0f seeds/min, %.0f s\n",
+                                                           done, seeds.count, failures, Double(done) / max(elapsed, 0.001) * 60, elapsed).utf8))
+            }
             if code != 0 && stopOnFailure { stop.withLock { $0 = true } }
         }
     }
@@ -258,6 +266,61 @@ struct PlantedBugsCommand: ParsableCommand {
         let caught = Self.targets.count - missed.count
         print("planted bugs: \(caught) passed, \(missed.count) failed\(missed.isEmpty ? "" : " (not caught: \(missed.joined(separator: ", ")))")")
         if !missed.isEmpty { Foundation.exit(SimExit.correctness.rawValue) }
+    }
+}
+
+struct Soak: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run many seeds of a scenario on every core with a progress line; write a report of every failure.")
+    @Argument(help: "Scenario TOML file.") var file = "scenarios/swarm.toml"
+    @Option(help: "How many seeds, from --first on.") var count: UInt64 = 10_000
+    @Option(help: "First seed.") var first: UInt64 = 1
+    @Option(help: "Parallel child processes.") var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Report path prefix (Markdown and JSON).") var report = "reports/soak"
+    @Option(help: "Progress line every this many seeds.") var progress = 100
+
+    func run() throws {
+        guard count > 0 else { throw ValidationError("--count must be at least 1") }
+        let range = first...(first + count - 1)
+        let start = now()
+        var all: [SweepOutcome] = []
+        let code = sweep(file: file, seeds: range, extra: [], jobs: jobs, stopOnFailure: false, progressEvery: progress) { all = $0 }
+        let elapsed = now() - start
+        let failed = all.filter { $0.code != 0 }
+        printSweep(file: file, seeds: range, extra: [], all: all, elapsed: elapsed)
+        var failures = failed.map { f -> String in
+            let kind = f.code == 1 ? "correctness" : f.code == 2 ? "liveness" : "simulator crash (exit \(f.code))"
+            let first = f.output.split(separator: "\n").first { $0.contains("FAILURE") }.map(String.init) ?? ""
+            return "| \(f.seed) | \(kind) | `harmonysim run \(file) --seed \(f.seed) --trace` | \(first.replacingOccurrences(of: "|", with: "/").prefix(200)) |"
+        }
+        if failures.isEmpty { failures = ["| – | none | | |"] }
+        let rate = Double(all.count) / max(elapsed, 0.001) * 60
+        let text = """
+            # harmonysim soak
+
+            Command: `scripts/soak \(count)\(first == 1 ? "" : " \(first)")` (`harmonysim soak \(file) --count \(count) --first \(first)`, release build), \(jobs) child
+            processes on a machine with \(ProcessInfo.processInfo.activeProcessorCount) cores. Each seed of a swarm scenario draws its own
+            fault mix (partitions, crashes, power loss, clock jumps and drift, server restarts, a rolling ALTER, late joiners,
+            short retention with snapshots, storage faults) and must converge with every check passing.
+
+            | seeds | passed | failed | seeds/min | wall |
+            |---|---|---|---|---|
+            | \(range.lowerBound)..\(range.upperBound) | \(all.count - failed.count) | \(failed.count) | \(String(format: "%.0f", rate)) | \(String(format: "%.0f s", elapsed)) |
+
+            ## Failures
+
+            | seed | kind | reproduce | first failure line |
+            |---|---|---|---|
+            \(failures.joined(separator: "\n"))
+
+            """
+        try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
+        let failedJSON = failed.map { "{\"seed\": \($0.seed), \"exit\": \($0.code)}" }.joined(separator: ", ")
+        try String(format: "{\"scenario\": \"%@\", \"first\": %llu, \"count\": %llu, \"passed\": %d, \"failed\": [%@], \"seeds_per_min\": %.1f, \"wall_s\": %.1f}\n",
+                   file, first, count, all.count - failed.count, failedJSON, rate, elapsed)
+            .write(toFile: report + ".json", atomically: true, encoding: .utf8)
+        print("report: \(report).md")
+        Foundation.exit(code.rawValue)
     }
 }
 
