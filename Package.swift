@@ -14,6 +14,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // SHA-256 and HMAC for snapshot digests and S3 signatures: CryptoKit's API on Linux.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, wrapped once by a Swift module.
@@ -41,6 +43,7 @@ let package = Package(
         .target(name: "HarmonyRuntime", dependencies: [
             "HarmonyCore", "HarmonyCodec", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
 
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).

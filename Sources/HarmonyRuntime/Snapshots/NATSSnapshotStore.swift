@@ -1,5 +1,5 @@
+import Crypto
 import Foundation
-import HarmonyCodec
 import HarmonyNATS
 
 /// Snapshots in a JetStream object store bucket (the default store: nothing to set up beyond NATS).
@@ -26,9 +26,9 @@ public final class NATSSnapshotStore: SnapshotStore, @unchecked Sendable {
             var hasher = SHA256()
             try objects.put(name: name, nextChunk: {
                 let chunk = Array(try input.read(upToCount: ObjectStore.chunkSize) ?? Data())
-                hasher.update(chunk)
+                hasher.update(data: chunk)
                 return chunk
-            }, digest: { "SHA-256=" + ObjectStore.base64URL(hasher.finalize()) })
+            }, digest: { "SHA-256=" + ObjectStore.base64URL(Array(hasher.finalize())) })
         } catch {
             throw SnapshotStoreError("uploading snapshot \(name) to \(location): \(error)")
         }
@@ -43,12 +43,12 @@ public final class NATSSnapshotStore: SnapshotStore, @unchecked Sendable {
         do {
             var hasher = SHA256()
             let info = try objects.get(name: name) { chunk in
-                hasher.update(chunk)
+                hasher.update(data: chunk)
                 try output.write(contentsOf: chunk)
             }
             try output.synchronize()
             try output.close()
-            if let expected = info.digest, expected != "SHA-256=" + ObjectStore.base64URL(hasher.finalize()) {
+            if let expected = info.digest, expected != "SHA-256=" + ObjectStore.base64URL(Array(hasher.finalize())) {
                 throw SnapshotStoreError("snapshot \(name) in \(location) does not match its digest \(expected)")
             }
             if FileManager.default.fileExists(atPath: file) { try FileManager.default.removeItem(atPath: file) }

@@ -1,5 +1,5 @@
+import Crypto
 import Foundation
-import HarmonyCodec
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -147,7 +147,7 @@ public final class S3SnapshotStore: SnapshotStore {
                 throw SnapshotStoreError("\(what): reading \(file): \(error.localizedDescription)")
             }
             if chunk.isEmpty { break }
-            chunk.withUnsafeBytes { hasher.update($0) }
+            hasher.update(data: chunk)
             size += Int64(chunk.count)
         }
         return (size, lowercaseHex(hasher.finalize()))
@@ -218,7 +218,7 @@ struct AWSSignatureV4: Sendable {
     static let emptyPayloadSHA256 = payloadSHA256([])
 
     /// The hex digest SigV4 puts in x-amz-content-sha256 for a body held in memory.
-    static func payloadSHA256(_ body: [UInt8]) -> String { lowercaseHex(SHA256.hash(body)) }
+    static func payloadSHA256(_ body: [UInt8]) -> String { lowercaseHex(SHA256.hash(data: body)) }
 
     /// The headers to set on the request: `headers` as given, plus host, x-amz-date, x-amz-content-sha256,
     /// x-amz-security-token (with a session token) and Authorization. `path` is already URI-encoded.
@@ -237,11 +237,11 @@ struct AWSSignatureV4: Sendable {
             names.map { "\($0):\(all[$0]!)\n" }.joined(), signedNames, payloadSHA256,
         ].joined(separator: "\n")
         let scope = "\(day)/\(region)/\(service)/aws4_request"
-        let stringToSign = ["AWS4-HMAC-SHA256", amzDate, scope, lowercaseHex(SHA256.hash(Array(canonicalRequest.utf8)))]
+        let stringToSign = ["AWS4-HMAC-SHA256", amzDate, scope, lowercaseHex(SHA256.hash(data: Array(canonicalRequest.utf8)))]
             .joined(separator: "\n")
         var key = Array("AWS4\(secret)".utf8)
-        for part in [day, region, service, "aws4_request"] { key = HMACSHA256.authenticate(key: key, message: Array(part.utf8)) }
-        let signature = lowercaseHex(HMACSHA256.authenticate(key: key, message: Array(stringToSign.utf8)))
+        for part in [day, region, service, "aws4_request"] { key = hmacSHA256(key: key, message: Array(part.utf8)) }
+        let signature = lowercaseHex(hmacSHA256(key: key, message: Array(stringToSign.utf8)))
         all["authorization"] = "AWS4-HMAC-SHA256 Credential=\(accessKey)/\(scope), SignedHeaders=\(signedNames), Signature=\(signature)"
         all["host"] = nil  // URLSession sends Host itself, from the URL, which gives the same value
         return all

@@ -1,6 +1,5 @@
 import Dispatch
 import Foundation
-import HarmonyCodec
 import HarmonyCore
 import HarmonyNATS
 import Logging
