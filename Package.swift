@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         // SHA-256 and HMAC for snapshot digests and S3 signatures: CryptoKit's API on Linux.
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // Metrics: swift-metrics' types in swift-prometheus's registry (text exposition, histograms).
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, wrapped once by a Swift module.
@@ -44,6 +46,7 @@ let package = Package(
             "HarmonyCore", "HarmonyCodec", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
 
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).

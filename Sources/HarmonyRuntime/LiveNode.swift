@@ -31,7 +31,7 @@ public final class LiveNode: @unchecked Sendable {
     /// SIGUSR1 asked for the snapshot under way, so its outcome is worth an info line. Queue only.
     private var snapshotRequestedByOperator = false
     private var registry: SchemaRegistry?
-    let metrics = NodeMetrics()
+    let metrics: NodeMetrics
     private var metricsServer: MetricsServer?
     /// Bumped each time the core asks for a shard's subscription, so a pending retry of an older request gives up. Queue only.
     private var subscribeGeneration: [Int: Int] = [:]
@@ -59,6 +59,7 @@ public final class LiveNode: @unchecked Sendable {
         if logger[metadataKey: "node"] == nil { logger[metadataKey: "node"] = .stringConvertible(config.node.nodeID) }
         self.log = logger
         self.router = ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix)
+        metrics = NodeMetrics(nodeID: config.node.nodeID, shards: Array(ShardRouter(shardCount: config.node.shards, streamPrefix: config.node.streamPrefix).shards))
         var nodeConfig = config.node
         nodeConfig.snapshotIntervalMs = config.snapshot.enabled ? config.snapshot.intervalMs : 0
         nodeConfig.snapshotKeep = config.snapshot.keep
@@ -232,18 +233,13 @@ public final class LiveNode: @unchecked Sendable {
     func respond(_ path: String) -> MetricsServer.Response {
         switch path {
         case "/metrics":
-            let gauges: [String: Double]? = try? onQueue { core in
-                var g: [String: Double] = [:]
-                for shard in router.shards {
-                    g["harmonylite_checkpoint{shard=\"\(shard)\"}"] = Double(core.checkpoint(shard))
-                    g["harmonylite_schema_paused{shard=\"\(shard)\"}"] = core.pausedShards[shard] == nil ? 0 : 1
-                }
-                g["harmonylite_waiting_for_snapshot"] = core.restoreNeeded ? 1 : 0
-                g["harmonylite_pending_changes"] = Double((try? core.pendingChangeCount()) ?? 0)
-                return g
+            let readings: NodeMetrics.Readings? = try? onQueue { core in
+                NodeMetrics.Readings(checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core.checkpoint($0)) }),
+                                     pausedShards: Set(core.pausedShards.keys), waitingForSnapshot: core.restoreNeeded,
+                                     pendingChanges: (try? core.pendingChangeCount()) ?? 0)
             }
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                          body: metrics.render(gauges: gauges ?? [:]))
+                                          body: metrics.render(readings))
         case "/health":
             let (running, failure) = queue.sync { (core?.isRunning ?? false, coreFailure) }
             if !running { return MetricsServer.Response(status: 503, body: (failure ?? "replication core is not running") + "\n") }
@@ -444,9 +440,11 @@ public final class LiveNode: @unchecked Sendable {
                 defer { done.signal() }
                 guard let self, self.core != nil, !stop.raised else { return }  // a replaced consumer's batch
                 for m in batch { self.delivered[shard, default: [:]][m.streamSequence] = m }
+                let started = ContinuousClock.now
                 self.withCore("applying shard \(shard)") {
                     try $0.messagesArrived(shard: shard, batch.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
                 }
+                self.metrics.applyBatchSeconds.record(ContinuousClock.now - started)
             }
             done.wait()
         }
@@ -529,7 +527,7 @@ final class LiveEvents: ReplicationEventSink {
         self.node = node
     }
     func record(_ event: ReplicationEvent) {
-        node?.metrics.record(event)
+        node?.metrics.record(event, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
         switch event {
         case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
             log.warning("\(event)")

@@ -1,74 +1,102 @@
 import Foundation
+import HarmonyCodec
 import HarmonyCore
+import Prometheus
 
-/// What a running node counts, rendered in the Prometheus text format at `/metrics`. Counters come from the
-/// core's events (recorded on the node's queue); gauges are read from the core when scraped.
-final class NodeMetrics: @unchecked Sendable {
-    private let lock = NSLock()
-    /// One slot per counter series: `record` runs for every applied change, so no strings or hashing there.
-    private var counts = [Double](repeating: 0, count: Counter.allCases.count)
+/// What a running node measures, served as Prometheus text at `/metrics` through swift-prometheus's registry
+/// (swift-metrics' types). Counters come from the core's events (on the node's queue); gauges are set from the
+/// core when scraped; histograms time each apply batch and the lag of every change applied from another node.
+final class NodeMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let nodeID: Int64
 
-    enum Counter: Int, CaseIterable {
-        case published, publishFailures, appliedWon, appliedLost, duplicates, parked, schemaPauses, gaps
+    enum Count: Int, CaseIterable {
+        case published, publishFailures, appliedWon, appliedLost, appliedEcho, duplicates, parked, schemaPauses, gaps
         case applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
 
-        var series: String {
+        /// Name (after `harmonylite_`), label, help.
+        var definition: (name: String, label: (String, String)?, help: String) {
             switch self {
-            case .published: return "harmonylite_published_changes_total"
-            case .publishFailures: return "harmonylite_publish_failures_total"
-            case .appliedWon: return "harmonylite_applied_changes_total{result=\"won\"}"
-            case .appliedLost: return "harmonylite_applied_changes_total{result=\"lost\"}"
-            case .duplicates: return "harmonylite_duplicate_messages_total"
-            case .parked: return "harmonylite_parked_messages_total"
-            case .schemaPauses: return "harmonylite_schema_pauses_total"
-            case .gaps: return "harmonylite_gaps_total"
-            case .applyBatchFailures: return "harmonylite_apply_batch_failures_total"
-            case .restores: return "harmonylite_restores_total"
-            case .restoreFailures: return "harmonylite_restore_failures_total"
-            case .snapshotsTaken: return "harmonylite_snapshots_taken_total"
-            case .snapshotFailures: return "harmonylite_snapshot_failures_total"
-            case .coreRestarts: return "harmonylite_core_restarts_total"
+            case .published: return ("published_changes_total", nil, "Local changes the log acknowledged.")
+            case .publishFailures: return ("publish_failures_total", nil, "Publishes refused or timed out, and acknowledged changes not marked (all retried).")
+            case .appliedWon, .appliedLost, .appliedEcho:
+                let result = self == .appliedWon ? "won" : self == .appliedLost ? "lost" : "echo"
+                return ("applied_changes_total", ("result", result),
+                        "Changes received, by outcome: won or lost last-writer-wins against another node's write, or echo (this node's own change coming back).")
+            case .duplicates: return ("duplicate_messages_total", nil, "Messages delivered again and skipped.")
+            case .parked: return ("parked_messages_total", nil, "Messages that could not be applied, kept in __harmonylite___parked.")
+            case .schemaPauses: return ("schema_pauses_total", nil, "Times a stream paused on a schema this node does not have yet.")
+            case .gaps: return ("gaps_total", nil, "Deliveries that skipped ahead of the checkpoint (held back).")
+            case .applyBatchFailures: return ("apply_batch_failures_total", nil, "Apply transactions that failed (busy, disk full, I/O) and were retried.")
+            case .restores: return ("restores_total", nil, "Snapshots restored.")
+            case .restoreFailures: return ("restore_failures_total", nil, "Snapshot restores refused or unavailable (retried).")
+            case .snapshotsTaken: return ("snapshots_taken_total", nil, "Snapshots this node took and stored.")
+            case .snapshotFailures: return ("snapshot_failures_total", nil, "Snapshots taken but not stored, or a store that could not be asked.")
+            case .coreRestarts: return ("core_restarts_total", nil, "Times the replication core threw and was restarted from its checkpoints.")
             }
         }
     }
 
-    struct Family {
-        var name: String
-        var type: String
-        var help: String
+    private let counters: [Prometheus.Counter]
+    let applyBatchSeconds: DurationHistogram
+    let replicationLagSeconds: ValueHistogram
+    private let checkpoint: [Int: Gauge]
+    private let schemaPaused: [Int: Gauge]
+    private let waitingForSnapshot: Gauge
+    private let pendingChanges: Gauge
+
+    /// The gauges' values, read from the core on its queue when `/metrics` is scraped.
+    struct Readings {
+        var checkpoints: [Int: UInt64] = [:]
+        var pausedShards: Set<Int> = []
+        var waitingForSnapshot = false
+        var pendingChanges: Int64 = 0
     }
 
-    static let families: [Family] = [
-        Family(name: "harmonylite_published_changes_total", type: "counter", help: "Local changes the log acknowledged."),
-        Family(name: "harmonylite_publish_failures_total", type: "counter", help: "Publishes refused or timed out (retried)."),
-        Family(name: "harmonylite_applied_changes_total", type: "counter", help: "Changes received and resolved by last-writer-wins (result: won or lost)."),
-        Family(name: "harmonylite_duplicate_messages_total", type: "counter", help: "Messages delivered again and skipped."),
-        Family(name: "harmonylite_parked_messages_total", type: "counter", help: "Messages that could not be applied, kept in __harmonylite___parked."),
-        Family(name: "harmonylite_schema_pauses_total", type: "counter", help: "Times a stream paused on a schema this node does not have yet."),
-        Family(name: "harmonylite_gaps_total", type: "counter", help: "Deliveries that skipped ahead of the checkpoint (held back)."),
-        Family(name: "harmonylite_apply_batch_failures_total", type: "counter", help: "Apply transactions that failed (busy, disk full) and were retried."),
-        Family(name: "harmonylite_restores_total", type: "counter", help: "Snapshots restored."),
-        Family(name: "harmonylite_restore_failures_total", type: "counter", help: "Snapshot restores refused or unavailable (retried)."),
-        Family(name: "harmonylite_snapshots_taken_total", type: "counter", help: "Snapshots this node took."),
-        Family(name: "harmonylite_snapshot_failures_total", type: "counter", help: "Snapshots taken but not stored, or a store that could not be asked."),
-        Family(name: "harmonylite_core_restarts_total", type: "counter", help: "Times the replication core threw and was restarted from its checkpoints."),
-        Family(name: "harmonylite_schema_paused", type: "gauge", help: "1 while the shard's stream is paused on a schema this node does not have yet."),
-        Family(name: "harmonylite_waiting_for_snapshot", type: "gauge", help: "1 while the node is behind the log's start and waits for a snapshot."),
-        Family(name: "harmonylite_checkpoint", type: "gauge", help: "Last stream sequence applied, per shard."),
-        Family(name: "harmonylite_pending_changes", type: "gauge", help: "Local changes not yet acknowledged by the log."),
-    ]
-
-    func add(_ counter: Counter, _ amount: Double = 1) {
-        lock.lock()
-        counts[counter.rawValue] += amount
-        lock.unlock()
+    static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "harmonylite", metricName: name, unitName: "", helpText: help)
     }
 
-    func record(_ event: ReplicationEvent) {
+    init(nodeID: Int64 = 0, shards: [Int] = [1]) {
+        self.nodeID = nodeID
+        let registry = self.registry
+        counters = Count.allCases.map { c in
+            let d = c.definition
+            return registry.makeCounter(descriptor: Self.descriptor(d.name, d.help), labels: d.label.map { [$0] } ?? [])
+        }
+        applyBatchSeconds = registry.makeDurationHistogram(
+            descriptor: Self.descriptor("apply_batch_seconds", "Time to apply one delivered batch in its transaction."),
+            buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000].map { Duration.milliseconds($0) })
+        replicationLagSeconds = registry.makeValueHistogram(
+            descriptor: Self.descriptor("replication_lag_seconds", "From a change's timestamp on its node to its apply here (clocks' skew included)."),
+            buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300])
+        checkpoint = Dictionary(uniqueKeysWithValues: shards.map { shard in
+            (shard, registry.makeGauge(descriptor: Self.descriptor("checkpoint", "Last stream sequence applied, per shard."), labels: [("shard", "\(shard)")]))
+        })
+        schemaPaused = Dictionary(uniqueKeysWithValues: shards.map { shard in
+            (shard, registry.makeGauge(descriptor: Self.descriptor("schema_paused", "1 while the shard's stream is paused on a schema this node does not have yet."),
+                                       labels: [("shard", "\(shard)")]))
+        })
+        waitingForSnapshot = registry.makeGauge(descriptor: Self.descriptor("waiting_for_snapshot", "1 while the node is behind the log's start and waits for a snapshot."))
+        pendingChanges = registry.makeGauge(descriptor: Self.descriptor("pending_changes", "Local changes not yet acknowledged by the log."))
+    }
+
+    func add(_ count: Count, _ amount: Int = 1) {
+        counters[count.rawValue].increment(by: Int64(amount))
+    }
+
+    /// Counts one core event; `nowMs` (wall clock) measures the lag of changes applied from other nodes.
+    func record(_ event: ReplicationEvent, nowMs: Int64 = 0) {
         switch event {
-        case .published(let count): add(.published, Double(count))
+        case .published(let count): add(.published, count)
         case .publishFailed, .markPublishedFailed: add(.publishFailures)
-        case .applied(_, _, _, _, let won): add(won ? .appliedWon : .appliedLost)
+        case .applied(_, _, _, let version, let won):
+            if version.node == nodeID {
+                add(.appliedEcho)  // our own change back from the stream: not a conflict
+            } else {
+                add(won ? .appliedWon : .appliedLost)
+                if nowMs > 0 { replicationLagSeconds.record(Double(max(0, nowMs - version.physicalMs)) / 1000) }
+            }
         case .duplicate: add(.duplicates)
         case .parked: add(.parked)
         case .schemaPaused: add(.schemaPauses)
@@ -82,22 +110,21 @@ final class NodeMetrics: @unchecked Sendable {
         }
     }
 
-    /// The exposition text; `gauges` are series read from the core just now.
-    func render(gauges: [String: Double]) -> String {
-        lock.lock()
-        var all = gauges
-        for c in Counter.allCases { all[c.series] = counts[c.rawValue] }
-        lock.unlock()
-        var out = ""
-        for f in Self.families {
-            out += "# HELP \(f.name) \(f.help)\n# TYPE \(f.name) \(f.type)\n"
-            let series = all.keys.filter { $0 == f.name || $0.hasPrefix(f.name + "{") }.sorted()
-            for s in series { out += "\(s) \(Self.format(all[s]!))\n" }
+    /// The exposition text, with the gauges set from `readings` (nil: the core is not running; gauges keep their values).
+    func render(_ readings: Readings?) -> String {
+        if let r = readings {
+            for (shard, gauge) in checkpoint { gauge.set(Double(r.checkpoints[shard] ?? 0)) }
+            for (shard, gauge) in schemaPaused { gauge.set(r.pausedShards.contains(shard) ? 1.0 : 0.0) }
+            waitingForSnapshot.set(r.waitingForSnapshot ? 1.0 : 0.0)
+            pendingChanges.set(Double(r.pendingChanges))
         }
-        return out
+        return registry.emitToString()
     }
 
-    static func format(_ v: Double) -> String {
-        v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : String(v)
+    /// Every family name this node serves, for docs and tests.
+    static var familyNames: [String] {
+        Set(Count.allCases.map { "harmonylite_" + $0.definition.name }).sorted()
+            + ["harmonylite_apply_batch_seconds", "harmonylite_replication_lag_seconds", "harmonylite_checkpoint",
+               "harmonylite_schema_paused", "harmonylite_waiting_for_snapshot", "harmonylite_pending_changes"]
     }
 }

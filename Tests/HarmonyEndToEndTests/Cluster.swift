@@ -288,3 +288,8 @@ func httpGet(port: Int, path: String) throws -> (status: Int, body: String) {
     }
     return (status, String(text[end.upperBound...]))
 }
+
+/// The values of every series in a Prometheus text body whose line starts with `prefix`.
+func metricValues(_ body: String, _ prefix: String) -> [Double] {
+    body.split(separator: "\n").filter { $0.hasPrefix(prefix) }.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }
+}

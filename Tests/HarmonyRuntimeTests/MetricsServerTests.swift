@@ -40,22 +40,35 @@ struct MetricsServerTests {
         }
     }
 
-    /// Events become counters, gauges are merged in, every family has HELP and TYPE lines.
+    /// Events become counters (a node's own changes coming back count as echoes, not lost conflicts), gauges are
+    /// set from readings, histograms observe, and every family has HELP and TYPE lines.
     @Test func eventsRenderAsPrometheusText() {
-        let m = NodeMetrics()
+        let m = NodeMetrics(nodeID: 1, shards: [1, 2])
         m.record(.published(count: 3))
-        m.record(.applied(shard: 1, sequence: 1, table: "t", version: RowVersion(hlc: 1, node: 1), won: true))
-        m.record(.applied(shard: 1, sequence: 2, table: "t", version: RowVersion(hlc: 1, node: 1), won: false))
+        m.record(.applied(shard: 1, sequence: 1, table: "t", version: RowVersion(hlc: 1 << 16, node: 2), won: true), nowMs: 1_001)
+        m.record(.applied(shard: 1, sequence: 2, table: "t", version: RowVersion(hlc: 1 << 16, node: 2), won: false), nowMs: 2)
+        m.record(.applied(shard: 1, sequence: 3, table: "t", version: RowVersion(hlc: 1 << 16, node: 1), won: false), nowMs: 2)
         m.record(.schemaPaused(shard: 2, sequence: 9, table: "t", remoteHash: "x"))
-        let text = m.render(gauges: ["harmonylite_schema_paused{shard=\"2\"}": 1, "harmonylite_pending_changes": 4])
-        let lines = Set(text.split(separator: "\n").map(String.init))
-        #expect(lines.contains("harmonylite_published_changes_total 3"))
-        #expect(lines.contains("harmonylite_applied_changes_total{result=\"won\"} 1"))
-        #expect(lines.contains("harmonylite_applied_changes_total{result=\"lost\"} 1"))
-        #expect(lines.contains("harmonylite_schema_pauses_total 1"))
-        #expect(lines.contains("harmonylite_schema_paused{shard=\"2\"} 1"))
-        #expect(lines.contains("harmonylite_pending_changes 4"))
-        #expect(lines.contains("harmonylite_parked_messages_total 0"))
-        #expect(NodeMetrics.families.allSatisfy { lines.contains("# TYPE \($0.name) \($0.type)") })
+        let text = m.render(NodeMetrics.Readings(checkpoints: [1: 7], pausedShards: [2], pendingChanges: 4))
+        var values: [String: Double] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            let parts = line.split(separator: " ")
+            values[String(parts[0])] = Double(parts[1])
+        }
+        #expect(values["harmonylite_published_changes_total"] == 3)
+        #expect(values["harmonylite_applied_changes_total{result=\"won\"}"] == 1)
+        #expect(values["harmonylite_applied_changes_total{result=\"lost\"}"] == 1)
+        #expect(values["harmonylite_applied_changes_total{result=\"echo\"}"] == 1)
+        #expect(values["harmonylite_schema_pauses_total"] == 1)
+        #expect(values["harmonylite_schema_paused{shard=\"2\"}"] == 1)
+        #expect(values["harmonylite_schema_paused{shard=\"1\"}"] == 0)
+        #expect(values["harmonylite_checkpoint{shard=\"1\"}"] == 7)
+        #expect(values["harmonylite_pending_changes"] == 4)
+        #expect(values["harmonylite_parked_messages_total"] == 0)
+        // Lag: 1 s for the first change (its timestamp is 1 ms), none recorded for the echo.
+        #expect(values["harmonylite_replication_lag_seconds_count"] == 2)
+        #expect(values["harmonylite_replication_lag_seconds_bucket{le=\"1.0\"}"] == 2)
+        #expect(values["harmonylite_replication_lag_seconds_bucket{le=\"0.5\"}"] == 1)
+        for name in NodeMetrics.familyNames { #expect(text.contains("# TYPE \(name) "), "no TYPE line for \(name)") }
     }
 }
