@@ -160,4 +160,31 @@ struct EndToEndTests {
         try waitUntil("node 1 is healthy again", timeoutSeconds: 20) { try httpGet(port: metricsPorts[0], path: "/health").status == 200 }
         #expect(metricValues(try httpGet(port: metricsPorts[0], path: "/metrics").body, "harmonylite_core_restarts_total ").contains { $0 >= 1 })
     }
+
+    /// A publish that times out and never lands: the server stops answering (SIGSTOP) while a write is sent, the
+    /// publish's ack times out, then the server dies with the message unread (SIGKILL) and comes back. The change
+    /// must not count as published: it is sent again and reaches the other node, once.
+    @Test func publishThatTimesOutAndNeverLandsIsSentAgain() throws {
+        let metricsPort = distinctFreePorts(1)[0]
+        let c = try LiveCluster(nodes: 2, schema: kvSchema) { i in
+            i == 1 ? "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"" : ""
+        }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'before');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        let server = try #require(c.nats)
+        let frozen = try #require(server.processIdentifier)
+        kill(frozen, SIGSTOP)
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (2, 'sent into a frozen server');")
+        // libnats's ack wait is 10 s: the publish must be reported failed, not acknowledged.
+        try waitUntil("node 1 counts the publish as failed", timeoutSeconds: 30) {
+            metricValues(try httpGet(port: metricsPort, path: "/metrics").body, "harmonylite_publish_failures_total ").contains { $0 >= 1 }
+        }
+        #expect(try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") != "0\n")
+        kill(frozen, SIGKILL)  // what the server had not read dies with it; the supervisor starts it again
+        kill(frozen, SIGCONT)
+        _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;", expected: "1|before\n2|sent into a frozen server\n", timeoutSeconds: 60)
+        try waitUntil("node 1 has nothing left to publish", timeoutSeconds: 20) {
+            try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n"
+        }
+    }
 }
