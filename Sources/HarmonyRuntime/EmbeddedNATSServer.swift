@@ -20,11 +20,11 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
 
     private let state = Mutex(State())
     private struct State {
-        var process: Process?
+        var process: ChildProcess?
         var stopping = false
         var restarts = 0
     }
-    /// Called (from a Foundation thread) when the server exits unexpectedly and when it was restarted.
+    /// Called (from the supervising thread) when the server exits unexpectedly and when it was restarted.
     public var onEvent: (@Sendable (String) -> Void)?
 
     public init(bindAddress: String, storeDirectory: String, serverName: String, clusterAddress: String? = nil,
@@ -75,29 +75,28 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
         try waitUntilReady(timeoutMs: readyTimeoutMs)
     }
 
+    /// Starts the child (its output appended to the store's log) and a thread that waits for it to exit.
     private func launch() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try Self.findExecutable())
-        p.arguments = arguments
         let logPath = storeDirectory + "/nats-server.log"
-        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
-        let log = FileHandle(forWritingAtPath: logPath)
-        log?.seekToEndOfFile()
-        p.standardOutput = log
-        p.standardError = log
-        p.terminationHandler = { [weak self] proc in self?.exited(proc) }
-        try p.run()
-        state.withLock { $0.process = p }
+        let child = try ChildProcess.spawn(try Self.findExecutable(), arguments, environment: ProcessInfo.processInfo.environment,
+                                           stdin: nil, stdout: logPath, stderr: logPath, appendOutput: true)
+        state.withLock { $0.process = child }
+        let supervisor = Thread { [weak self] in
+            let status = child.waitForExit()
+            self?.exited(child, status: status)
+        }
+        supervisor.name = "harmonylite-nats-supervisor"
+        supervisor.start()
     }
 
-    private func exited(_ proc: Process) {
+    private func exited(_ proc: ChildProcess, status: Int32) {
         let restart: Bool = state.withLock { s in
             guard !s.stopping, s.process === proc, s.restarts < restartsMax else { return false }
             s.restarts += 1
             return true
         }
         guard restart else { return }
-        onEvent?("embedded nats-server exited with status \(proc.terminationStatus); restarting")
+        onEvent?("embedded nats-server exited with status \(status); restarting")
         Thread.sleep(forTimeInterval: 0.5)
         do {
             try launch()
@@ -156,8 +155,8 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
         while Date() < deadline {
             if Self.canConnect(host: host, port: port) { return }
-            if let p = state.withLock({ $0.process }), !p.isRunning {
-                throw EmbeddedServerError(description: "nats-server exited with status \(p.terminationStatus) at start; see \(storeDirectory)/nats-server.log")
+            if let p = state.withLock({ $0.process }), let status = p.wait(timeoutSeconds: 0) {
+                throw EmbeddedServerError(description: "nats-server exited with status \(status) at start; see \(storeDirectory)/nats-server.log")
             }
             Thread.sleep(forTimeInterval: 0.02)
         }
@@ -179,17 +178,12 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
 
     /// Stops the server (SIGTERM, then SIGKILL after `graceMs`) and does not restart it.
     public func stop(graceMs: Int = 5_000) {
-        guard let p = state.withLock({ s -> Process? in s.stopping = true; return s.process }) else { return }
-        guard p.isRunning else { return }
-        p.terminate()
-        let deadline = Date().addingTimeInterval(Double(graceMs) / 1000)
-        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
+        guard let p = state.withLock({ s -> ChildProcess? in s.stopping = true; return s.process }) else { return }
+        p.terminate(graceSeconds: Double(graceMs) / 1000)
     }
 
     /// For tests and operators: the running child's pid.
-    public var processIdentifier: Int32? { state.withLock { $0.process?.isRunning == true ? $0.process?.processIdentifier : nil } }
+    public var processIdentifier: Int32? { state.withLock { $0.process?.isRunning == true ? $0.process?.pid : nil } }
 
     /// A free TCP port on 127.0.0.1, for tests and for `bind_address = "127.0.0.1:0"`.
     public static func freePort() -> Int {

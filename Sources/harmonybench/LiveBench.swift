@@ -26,8 +26,8 @@ struct LiveBench: ParsableCommand {
         let nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(port)", storeDirectory: dir + "/nats", serverName: "bench")
         try nats.start()
         defer { nats.stop() }
-        var processes: [Process] = []
-        defer { for p in processes where p.isRunning { p.terminate(); p.waitUntilExit() } }
+        var processes: [ChildProcess] = []
+        defer { for p in processes { p.terminate(graceSeconds: 10) } }
         var dbs: [Database] = []
         for i in 1...3 {
             let path = "\(dir)/node\(i).db"
@@ -43,12 +43,8 @@ struct LiveBench: ParsableCommand {
                 [nats]
                 urls = ["nats://127.0.0.1:\(port)"]
                 """.write(toFile: "\(dir)/node\(i).toml", atomically: true, encoding: .utf8)
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binary)
-            p.arguments = ["-config", "\(dir)/node\(i).toml"]
-            p.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            try p.run()
-            processes.append(p)
+            processes.append(try ChildProcess.spawn(binary, ["-config", "\(dir)/node\(i).toml"], environment: ProcessInfo.processInfo.environment,
+                                                    stdin: nil, stdout: nil, stderr: nil))
         }
         for db in dbs {
             try waitFor(seconds: 30) { try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1 }

@@ -1,0 +1,78 @@
+import Dispatch
+import Foundation
+import HarmonyCore
+import HarmonyNATS
+import HarmonySQLite
+import Logging
+import Synchronization
+
+/// One durable pull consumer and one fetch thread per shard; fetched batches go to the core on the queue.
+extension LiveNode {
+    func subscribe(shard: Int, fromSequence: UInt64) {
+        // A resubscribe (after a restore) replaces the consumer: stop the old fetch thread and forget what it queueOnly.value.delivered.
+        queueOnly.value.fetchStops.removeValue(forKey: shard)?.raise()
+        queueOnly.value.subscriptions.removeValue(forKey: shard)?.close()
+        queueOnly.value.delivered[shard] = nil
+        let generation = queueOnly.value.subscribeGeneration[shard, default: 0] + 1
+        queueOnly.value.subscribeGeneration[shard] = generation
+        trySubscribe(shard: shard, fromSequence: fromSequence, generation: generation, delayMs: 250)
+    }
+
+    /// Creates the durable consumer and its fetch thread; on failure (a stream whose leader is being elected)
+    /// tries again later with backoff, unless stopped or superseded by a newer request for the shard.
+    func trySubscribe(shard: Int, fromSequence: UInt64, generation: Int, delayMs: Int) {
+        guard !stopped.load(ordering: .relaxed), queueOnly.value.subscribeGeneration[shard] == generation, let js = jetStream else { return }
+        do {
+            let sub = try js.pullSubscribe(stream: router.streamName(shard: shard), subject: "\(Self.subjectPrefix).\(shard)",
+                                           durable: "harmonylite-node-\(config.node.nodeID)-shard-\(shard)",
+                                           startSequence: fromSequence, ackWaitMs: 30_000, maxAckPending: 4096)
+            queueOnly.value.subscriptions[shard] = sub
+            let stop = FetchStop()
+            queueOnly.value.fetchStops[shard] = stop
+            let thread = Thread { [weak self] in self?.fetchLoop(shard: shard, subscription: sub, stop: stop) }
+            thread.name = "harmonylite-fetch-\(shard)"
+            queueOnly.value.fetchThreads.append(thread)
+            thread.start()
+        } catch {
+            log.error("subscribing to shard \(shard) from \(fromSequence): \(error); retrying in \(delayMs) ms")
+            queue.asyncAfter(deadline: .now() + .milliseconds(delayMs)) { [weak self] in
+                self?.trySubscribe(shard: shard, fromSequence: fromSequence, generation: generation, delayMs: min(delayMs * 2, 5_000))
+            }
+        }
+    }
+
+    /// One thread per shard: fetch a batch, hand it to the queue, wait until the core has taken it.
+    func fetchLoop(shard: Int, subscription: PullSubscription, stop: FetchStop) {
+        while !stopped.load(ordering: .relaxed) && !stop.raised {
+            let batch: [FetchedMessage]
+            do {
+                batch = try subscription.fetch(batch: 256, timeoutMs: 250)
+            } catch {
+                if stopped.load(ordering: .relaxed) || stop.raised { return }
+                log.warning("fetch shard \(shard): \(error)")
+                Thread.sleep(forTimeInterval: 0.5)
+                continue
+            }
+            guard !batch.isEmpty else { continue }
+            let done = DispatchSemaphore(value: 0)
+            queue.async { [weak self] in
+                defer { done.signal() }
+                guard let self, self.core != nil, !stop.raised else { return }  // a replaced consumer's batch
+                for m in batch { self.queueOnly.value.delivered[shard, default: [:]][m.streamSequence] = m }
+                let started = ContinuousClock.now
+                self.withCore("applying shard \(shard)") {
+                    try $0.messagesArrived(shard: shard, batch.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
+                }
+                self.metrics.applyBatchSeconds.record(ContinuousClock.now - started)
+            }
+            done.wait()
+        }
+    }
+}
+
+/// Raised once to stop one fetch thread (its consumer was replaced); read from that thread.
+final class FetchStop: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var raised: Bool { flag.load(ordering: .relaxed) }
+    func raise() { flag.store(true, ordering: .relaxed) }
+}

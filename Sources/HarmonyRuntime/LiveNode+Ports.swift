@@ -1,0 +1,135 @@
+import Dispatch
+import Foundation
+import HarmonyCore
+import HarmonyNATS
+import HarmonySQLite
+import Logging
+import Synchronization
+
+/// The core's ports, live: timers on the queue, publishes through libnats, acks and naks of fetched messages,
+/// stream ranges asked off the queue. Every method here runs on the node's queue (the core calls them).
+extension LiveNode {
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) {
+        queueOnly.value.timers[timer]?.cancel()
+        let t = DispatchSource.makeTimerSource(queue: queue)
+        t.schedule(deadline: .now() + .milliseconds(Int(max(delayMs, 0))))
+        t.setEventHandler { [weak self] in self?.withCore("handling timer \(timer)") { try $0.timerFired(timer) } }
+        t.resume()
+        queueOnly.value.timers[timer] = t
+    }
+
+    /// Hands a message to libnats. A refusal is answered later on the queue, never from inside the core's call.
+    func publish(_ message: OutgoingMessage) {
+        let token = message.token
+        guard let js = jetStream else {
+            enqueue("answering a publish") { $0.publishFailed(token: token) }
+            return
+        }
+        queueOnly.value.inFlight[message.messageID] = token
+        do {
+            try js.publishAsync(subject: "\(Self.subjectPrefix).\(message.shard)", payload: message.payload, messageID: message.messageID)
+        } catch {
+            queueOnly.value.inFlight[message.messageID] = nil
+            log.warning("publish \(message.messageID): \(error)")
+            enqueue("answering a publish") { $0.publishFailed(token: token) }
+        }
+    }
+
+    func publishResult(_ result: PublishResult) {
+        guard let token = queueOnly.value.inFlight.removeValue(forKey: result.messageID), let core else { return }
+        if result.sequence != nil || result.duplicate {
+            queueOnly.value.ackedTokens.append(token)
+            if !queueOnly.value.flushScheduled {
+                queueOnly.value.flushScheduled = true
+                queue.async { [weak self] in self?.flushAcks() }  // one transaction for every ack that arrived meanwhile
+            }
+        } else {
+            log.warning("publish \(result.messageID) failed: \(result.error ?? "unknown error")")
+            core.publishFailed(token: token)
+        }
+    }
+
+    func flushAcks() {
+        queueOnly.value.flushScheduled = false
+        let tokens = queueOnly.value.ackedTokens
+        queueOnly.value.ackedTokens.removeAll()
+        guard !tokens.isEmpty else { return }
+        withCore("marking changes published") { try $0.publishAcknowledged(tokens: tokens) }
+    }
+
+    func ack(shard: Int, sequence: UInt64) {
+        guard let m = queueOnly.value.delivered[shard]?.removeValue(forKey: sequence) else { return }
+        do { try m.ack() } catch { log.warning("ack shard \(shard) seq \(sequence): \(error)") }
+    }
+
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {
+        guard let m = queueOnly.value.delivered[shard]?.removeValue(forKey: sequence) else { return }
+        do { try m.nak(delayMs: delayMs) } catch { log.warning("nak shard \(shard) seq \(sequence): \(error)") }
+    }
+
+    /// A synchronous JetStream request: never from the queue (the core gets ranges through `requestStreamState`).
+    func streamState(shard: Int) -> HarmonyCore.StreamState? {
+        dispatchPrecondition(condition: .notOnQueue(queue))
+        guard let s = try? jetStream?.streamState(name: router.streamName(shard: shard)) else { return nil }
+        return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
+    }
+
+    /// The core's request for a stream's range: asked off the queue (a JetStream request takes a round trip, up
+    /// to its timeout), answered on the queue; nil when JetStream could not say.
+    func requestStreamState(shard: Int) {
+        requests.async { [weak self] in
+            guard let self else { return }
+            let state = self.streamState(shard: shard)
+            self.queue.async { self.withCore("checking the range of shard \(shard)") { $0.streamStateArrived(shard: shard, state) } }
+        }
+    }
+
+    /// Graceful stop: no new fetches, the in-flight batch finishes, publishes get their answers, state is saved.
+}
+
+final class LiveClock: NodeClock {
+    unowned let node: LiveNode
+    init(node: LiveNode) { self.node = node }
+    var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { node.schedule(timer, afterMs: delayMs) }
+}
+
+final class LiveLog: ReplicationLog {
+    unowned let node: LiveNode
+    init(node: LiveNode) { self.node = node }
+    func publish(_ message: OutgoingMessage) { node.publish(message) }
+    func subscribe(shard: Int, fromSequence: UInt64) { node.subscribe(shard: shard, fromSequence: fromSequence) }
+    func ack(shard: Int, sequence: UInt64) { node.ack(shard: shard, sequence: sequence) }
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) { node.nak(shard: shard, sequence: sequence, delayMs: delayMs) }
+    func requestStreamState(shard: Int) { node.requestStreamState(shard: shard) }
+}
+
+final class LiveEvents: ReplicationEventSink {
+    let log: Logger
+    weak var node: LiveNode?
+    init(log: Logger, node: LiveNode) {
+        self.log = log
+        self.node = node
+    }
+    func record(_ event: ReplicationEvent) {
+        node?.metrics.record(event, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
+        switch event {
+        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
+            log.warning("\(event)")
+        case .snapshotTaken(let name):
+            log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")")
+            node?.snapshotAttemptEnded(event)
+        case .snapshotSkipped(let reason):
+            // Periodic skips are routine (another node's turn, a recent snapshot): debug, unless an operator asked.
+            if node?.snapshotAttemptEnded(event) == true { log.info("snapshot skipped: \(reason)") } else { log.debug("snapshot skipped: \(reason)") }
+        case .snapshotFailed(let reason):
+            log.warning("snapshot failed: \(reason)")
+            node?.snapshotAttemptEnded(event)
+        case .schemaPaused, .schemaResumed, .restoreRequested, .restored: log.info("\(event)")
+        case .captureInstalled:
+            log.info("\(event)")
+            node?.schemaChanged()  // recorded on the node's queue, inside the core
+        default: log.debug("\(event)")
+        }
+    }
+}
