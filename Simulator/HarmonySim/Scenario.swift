@@ -18,6 +18,8 @@ public struct Scenario: Sendable, Equatable {
     public var insertWeight = 4, updateWeight = 4, deleteWeight = 1, transactionWeight = 1
     /// Writes that move a row to another primary key (`UPDATE kv SET k = ...`), captured as delete + write.
     public var keyChangeWeight = 0
+    /// Application writes made right after an ALTER, before the sidecar notices it (they race its recapture).
+    public var writesRacingAlter = 0
     public var transactionOpsMax = 4
 
     // Network between nodes and the NATS server.
@@ -42,9 +44,13 @@ public struct Scenario: Sendable, Equatable {
     // The core's timers, shortened so short runs exercise them.
     public var scanIntervalMs: Int64 = 1_000
     public var cleanupIntervalMs: Int64 = 5_000
+    /// Changes per published message (1: every change its own message, the path message ids matter most on).
+    public var publishBatchMax = 128
 
     /// Chance (per mille) that the sidecar dies at each crash point the core passes (between two durable steps).
     public var crashPointPermille = 0
+    /// Chance (per mille) of an application write at each point inside a core call where one can happen.
+    public var interleavePermille = 0
     /// Storage faults on the sidecar's connections until the heal (`[storage]`).
     public var storageFaults = StorageFaultSettings()
 

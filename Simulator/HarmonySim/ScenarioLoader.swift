@@ -22,7 +22,8 @@ public enum ScenarioLoader {
         }
         if let t = try root.table("workload") {
             try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
-                                              "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max"])
+                                              "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max",
+                                              "writes_racing_alter"])
             s.keys = try bounded(t, "keys", s.keys, 1...1_000_000)
             s.writeIntervalMsMin = Int64(try bounded(t, "write_interval_ms_min", Int(s.writeIntervalMsMin), 1...3_600_000))
             s.writeIntervalMsMax = Int64(try bounded(t, "write_interval_ms_max", Int(s.writeIntervalMsMax), Int(s.writeIntervalMsMin)...3_600_000))
@@ -30,6 +31,7 @@ public enum ScenarioLoader {
             s.updateWeight = try bounded(t, "update_weight", s.updateWeight, 0...1000)
             s.deleteWeight = try bounded(t, "delete_weight", s.deleteWeight, 0...1000)
             s.keyChangeWeight = try bounded(t, "key_change_weight", s.keyChangeWeight, 0...1000)
+            s.writesRacingAlter = try bounded(t, "writes_racing_alter", s.writesRacingAlter, 0...10)
             s.transactionWeight = try bounded(t, "transaction_weight", s.transactionWeight, 0...1000)
             s.transactionOpsMax = try bounded(t, "transaction_ops_max", s.transactionOpsMax, 2...100)
             if s.insertWeight + s.updateWeight + s.deleteWeight == 0 {
@@ -58,10 +60,12 @@ public enum ScenarioLoader {
             s.snapshotKeep = try bounded(t, "keep", s.snapshotKeep, 1...1000)
         }
         if let t = try root.table("core") {
-            try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "planted_bugs"])
+            try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "interleave_permille", "publish_batch_max", "planted_bugs"])
             s.scanIntervalMs = Int64(try bounded(t, "scan_interval_ms", Int(s.scanIntervalMs), 1...3_600_000))
             s.cleanupIntervalMs = Int64(try bounded(t, "cleanup_interval_ms", Int(s.cleanupIntervalMs), 1...3_600_000))
             s.crashPointPermille = try bounded(t, "crash_point_permille", s.crashPointPermille, 0...1000)
+            s.interleavePermille = try bounded(t, "interleave_permille", s.interleavePermille, 0...1000)
+            s.publishBatchMax = try bounded(t, "publish_batch_max", s.publishBatchMax, 1...4096)
             s.plantedBugs = try t.stringArray("planted_bugs") ?? []
             let known = Set(PlantedBugsNames.all)
             if let bad = s.plantedBugs.first(where: { !known.contains($0) }) {
@@ -136,6 +140,7 @@ public enum ScenarioWriter {
             update_weight = \(s.updateWeight)
             delete_weight = \(s.deleteWeight)
             key_change_weight = \(s.keyChangeWeight)
+            writes_racing_alter = \(s.writesRacingAlter)
             transaction_weight = \(s.transactionWeight)
             transaction_ops_max = \(s.transactionOpsMax)
 
@@ -160,6 +165,8 @@ public enum ScenarioWriter {
             scan_interval_ms = \(s.scanIntervalMs)
             cleanup_interval_ms = \(s.cleanupIntervalMs)
             crash_point_permille = \(s.crashPointPermille)
+            interleave_permille = \(s.interleavePermille)
+            publish_batch_max = \(s.publishBatchMax)
             planted_bugs = [\(s.plantedBugs.map { "\"\($0)\"" }.joined(separator: ", "))]
 
             [storage]

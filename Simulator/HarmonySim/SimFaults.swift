@@ -115,6 +115,9 @@ extension Simulation {
         } catch {
             violations.append("node \(node.id): ALTER TABLE failed: \(error)")
         }
+        // Writes through the old triggers before the sidecar re-installs: its recapture gives them version
+        // hlc + 1, which a later write in the same millisecond shares (their message ids differ only by key).
+        for _ in 0..<scenario.writesRacingAlter { performWrite(node) }
         callCore(node) { try $0.databaseChanged() }
     }
 

@@ -54,6 +54,7 @@ public final class Simulation {
     var netRandom: SimRandom
     var workRandom: SimRandom
     private var crashRandom: SimRandom
+    private var interleaveRandom: SimRandom
     var snapshotStore = SimSnapshotStore()
     var scratchCounter = 0
     private let plantedBugs: PlantedBugs
@@ -92,6 +93,7 @@ public final class Simulation {
         netRandom = root.fork("network")
         workRandom = root.fork("workload")
         crashRandom = root.fork("crash-points")
+        interleaveRandom = root.fork("interleave")
         var bugs: PlantedBugs = []
         for name in scenario.plantedBugs {
             guard let bug = PlantedBugs.all.first(where: { $0.name == name })?.bug else {
@@ -199,6 +201,7 @@ public final class Simulation {
         var config = NodeConfig(nodeID: Int64(node.id), databasePath: node.databasePath)
         config.shards = scenario.shards
         config.scanIntervalMs = scenario.scanIntervalMs
+        config.publishBatchMax = scenario.publishBatchMax
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
@@ -208,7 +211,8 @@ public final class Simulation {
         let env = NodeEnvironment(clock: SimNodeClock(sim: self, node: node.id), log: SimLogPort(sim: self, node: node.id),
                                   opener: SimOpener(vfs: node.sidecarVFS), events: SimEventSink(sim: self, node: node.id),
                                   snapshots: SimSnapshotPort(sim: self, node: node.id),
-                                  crashPoint: { [unowned self] point in self.crashAt(point, node: node.id) })
+                                  crashPoint: { [unowned self] point in self.crashAt(point, node: node.id) },
+                                  interleave: { [unowned self] point in self.interleaveAt(point, node: node.id) })
         let core = ReplicationNode(config: config, environment: env)
         node.core = core
         node.sidecarVFS.faults?.enabled = !healed
@@ -238,6 +242,14 @@ public final class Simulation {
         nodes[node - 1].pendingRestart = true
         push(.restart(node: node), at: nowMs + crashRandom.int(200...2_000))
         return true
+    }
+
+    /// Inside a core call, the application on the same machine may write at any moment: sometimes it does here.
+    func interleaveAt(_ point: InterleavePoint, node id: Int) {
+        guard !healed, scenario.interleavePermille > 0, interleaveRandom.chance(permille: scenario.interleavePermille),
+              nowMs < scenario.durationMs else { return }
+        trace("node \(id) application write at \(point.rawValue)")
+        performWrite(nodes[id - 1])
     }
 
     /// Calls into a node's core with its clock set; a crash at a crash point is an expected outcome.

@@ -246,6 +246,8 @@ struct PlantedBugsCommand: ParsableCommand {
         ("ack-failed-apply", "storage-faults.toml"),
         ("drop-changes-when-mark-fails", "storage-faults.toml"),
         ("snapshot-with-pending-changes", "snapshot-faults.toml"),
+        ("message-id-without-key", "alter-race.toml"),
+        ("capture-off-outside-apply-transaction", "crash.toml"),
     ]
 
     func run() throws {

@@ -157,15 +157,19 @@ public struct NodeEnvironment {
     public var snapshots: SnapshotStorePort?
     /// Asked at each `CrashPoint`; returning true makes the core throw `NodeCrashed` there. Live: always nil.
     public var crashPoint: ((CrashPoint) -> Bool)?
+    /// Called at each `InterleavePoint`, where the simulator may run an application write. Live: always nil.
+    public var interleave: ((InterleavePoint) -> Void)?
 
     public init(clock: NodeClock, log: ReplicationLog, opener: DatabaseOpener, events: ReplicationEventSink? = nil,
-                snapshots: SnapshotStorePort? = nil, crashPoint: ((CrashPoint) -> Bool)? = nil) {
+                snapshots: SnapshotStorePort? = nil, crashPoint: ((CrashPoint) -> Bool)? = nil,
+                interleave: ((InterleavePoint) -> Void)? = nil) {
         self.clock = clock
         self.log = log
         self.opener = opener
         self.events = events
         self.snapshots = snapshots
         self.crashPoint = crashPoint
+        self.interleave = interleave
     }
 }
 

@@ -32,6 +32,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let dropChangesWhenMarkFails = PlantedBugs(rawValue: 1 << 12)
     /// Take a snapshot even while some of this node's own changes are not yet acknowledged by the log.
     public static let snapshotWithPendingChanges = PlantedBugs(rawValue: 1 << 13)
+    /// Build message ids from the version alone, without the table and key: two changes at one version collide.
+    public static let messageIDWithoutKey = PlantedBugs(rawValue: 1 << 14)
+    /// Switch capture off (`applying = 1`) in its own statement before the apply transaction, not inside it.
+    public static let captureOffOutsideApplyTransaction = PlantedBugs(rawValue: 1 << 15)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -48,6 +52,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("ack-failed-apply", .ackFailedApply),
         ("drop-changes-when-mark-fails", .dropChangesWhenMarkFails),
         ("snapshot-with-pending-changes", .snapshotWithPendingChanges),
+        ("message-id-without-key", .messageIDWithoutKey),
+        ("capture-off-outside-apply-transaction", .captureOffOutsideApplyTransaction),
     ]
 }
 
@@ -60,6 +66,13 @@ public enum CrashPoint: String, Sendable, Hashable, CaseIterable {
     /// Inside the restore transaction, after the tables were replaced: the rollback must leave the old database.
     case beforeRestoreCommit
     case afterRestoreCommit
+}
+
+/// Places between two steps of one core call where the simulator may run an application write on the node's
+/// own database (another connection), as a real application can at any moment.
+public enum InterleavePoint: String, Sendable, Hashable, CaseIterable {
+    /// Deliveries are about to be applied; no transaction of the core's is open.
+    case beforeApplyTransaction
 }
 
 /// Thrown out of an event handler when the environment crashed the node at a crash point.

@@ -38,8 +38,13 @@ extension ReplicationNode {
             try saveCheckpoint(db, shard: shard, sequence: last.sequence)
             try crashPoint(.afterCheckpointBeforeApply)
         }
+        if config.plantedBugs.contains(.captureOffOutsideApplyTransaction) {
+            try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
+        }
+        env.interleave?(.beforeApplyTransaction)
         do {
             try db.transaction(.immediate) {
+                // Inside the transaction: no other connection can ever see capture switched off.
                 try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
                 var maxHLC: Int64 = 0
                 var halted = false

@@ -64,13 +64,13 @@ extension ReplicationNode {
         let messageID: String
         if batch.records.count == 1 {
             payload = try EnvelopeCodec.encode(batch.records[0], compress: config.compress)
-            messageID = batch.records[0].messageID
+            messageID = messageIDOf(batch.records[0])
         } else {
             payload = try EnvelopeCodec.encodeBatch(batch.records, compress: config.compress)
             // Same content, same id, so a republished batch is deduplicated; any other grouping is a new message,
             // which is harmless: applying a change twice changes nothing.
             var h = StableHash()
-            for r in batch.records { h.combine(r.messageID) }
+            for r in batch.records { h.combine(messageIDOf(r)) }
             messageID = "\(config.nodeID)-b\(batch.records.count)-\(h.hex)"
             batchMembers[token] = batch.ids
         }
@@ -79,6 +79,12 @@ extension ReplicationNode {
         if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished(batch.ids) }
         env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token))
         try crashPoint(.afterPublishHandoff)
+    }
+
+    /// The id the log deduplicates on: node, version, operation and a hash of table and key (`ChangeRecord.messageID`).
+    func messageIDOf(_ record: ChangeRecord) -> String {
+        if config.plantedBugs.contains(.messageIDWithoutKey) { return "\(record.version.node)-\(record.version.hlc)" }
+        return record.messageID
     }
 
     /// A cheap size estimate for closing batches before they pass the server's payload limit.
