@@ -268,7 +268,7 @@ public final class Simulation {
             let injected = (node.sidecarVFS.faults?.injected ?? 0) > injectedBefore
             if injected, let e = error as? SQLiteError, SimStorageFaults.isInjected(e.code) {
                 storageFaultRestarts += 1
-                trace("node \(node.id) core threw on a storage fault: \(e.message)")
+                trace("node \(node.id) core threw on a storage fault: \(e.storageFailureSummary) (SQLite error \(e.code))")
             } else {
                 violations.append("node \(node.id) core threw at \(nowMs) ms: \(error)")
             }
