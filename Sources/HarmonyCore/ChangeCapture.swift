@@ -117,6 +117,7 @@ public enum ChangeCapture {
     }
 
     static func installTable(_ db: Database, _ schema: TableSchema, backfillIfNew: Bool, plantedBugs: PlantedBugs = []) throws -> CapturedTable {
+        precondition(!schema.primaryKey.isEmpty && db.isInTransaction, "capture is installed for keyed tables, in one transaction")
         let known = try epochs(db, table: schema.name)
         let latest = known.first
         var epoch = latest?.epoch ?? 0
@@ -139,6 +140,7 @@ public enum ChangeCapture {
             let added = zip(schema.columns, schema.defaults).filter { !latest.columns.contains($0.0) }
             if !added.isEmpty { try recaptureAddedColumns(db, schema, epoch: epoch, added: added) }
         }
+        precondition(epoch >= 1 && epoch >= (latest?.epoch ?? 0), "schema epoch of \(schema.name) went from \(latest?.epoch ?? 0) to \(epoch)")
         return CapturedTable(schema: schema, epoch: epoch, previousHash: previousHash)
     }
 

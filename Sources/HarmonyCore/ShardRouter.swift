@@ -17,7 +17,9 @@ public struct ShardRouter: Sendable {
         var h = StableHash()
         h.combine(table)
         for v in primaryKey { h.combine(v) }
-        return Int(h.value % UInt64(shardCount)) + 1
+        let shard = Int(h.value % UInt64(shardCount)) + 1
+        precondition(shards.contains(shard), "shard \(shard) outside 1...\(shardCount)")
+        return shard
     }
 
     public func streamName(shard: Int) -> String { "\(streamPrefix)-\(shard)" }
