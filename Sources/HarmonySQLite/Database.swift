@@ -45,6 +45,12 @@ public final class Database {
         sqlite3_extended_result_codes(db, 1)
     }
 
+    /// Opens an existing database for reading only: never creates the file, never changes its journal mode.
+    /// - throws: `SQLiteError` (SQLITE_CANTOPEN) when there is no database at `path`.
+    public static func readOnly(path: String) throws -> Database {
+        try Database(path: path, flags: SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX)
+    }
+
     deinit {
         statementCache.removeAll()
         sqlite3_close_v2(handle)

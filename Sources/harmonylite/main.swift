@@ -67,6 +67,10 @@ struct HarmonyLiteCommand: ParsableCommand {
             return
         }
         if let configPath {
+            guard FileManager.default.fileExists(atPath: configPath) else {
+                FileHandle.standardError.write(Data("harmonylite: config file \(configPath) does not exist\n".utf8))
+                throw ExitCode(2)
+            }
             var config: RuntimeConfig
             do {
                 config = try RuntimeConfig.parse(try String(contentsOfFile: configPath, encoding: .utf8))
@@ -76,9 +80,9 @@ struct HarmonyLiteCommand: ParsableCommand {
             }
             if let nodeIDOverride { config.node.nodeID = nodeIDOverride }
             if let databasePath { config.node.databasePath = databasePath }
-            if cleanup {
-                try ChangeCapture.removeAll(try SQLiteOpener().open(path: config.node.databasePath))
-                print("removed harmonylite triggers and tables from \(config.node.databasePath)")
+            if cleanup || install || status {
+                // Work on the file and exit: these never start replication (nor touch NATS), even beside a live node.
+                try localCommand(path: config.node.databasePath, nodeID: config.node.nodeID, filter: config.node.tables)
                 return
             }
             if schemaStatus {
@@ -100,22 +104,32 @@ struct HarmonyLiteCommand: ParsableCommand {
         guard let databasePath else {
             throw ValidationError("-db PATH or -config FILE is required")
         }
-        let db = try SQLiteOpener().open(path: databasePath)
-        if cleanup {
-            try ChangeCapture.removeAll(db)
-            print("removed harmonylite triggers and tables from \(databasePath)")
+        try localCommand(path: databasePath, nodeID: nodeID, filter: TableFilter(include: include, exclude: exclude))
+    }
+
+    /// `-install`, `-status` (the default) and `-cleanup` on one database file. The file must exist: a mistyped
+    /// path is an error, never a new empty database. `-status` opens it read-only.
+    func localCommand(path: String, nodeID: Int64, filter: TableFilter) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            FileHandle.standardError.write(Data("harmonylite: no database at \(path) (check db_path or -db); nothing was created\n".utf8))
+            throw ExitCode(2)
+        }
+        if !cleanup && !install {
+            try CaptureStatus.print(try Database.readOnly(path: path))
             return
         }
-        if install {
-            let captured = try ChangeCapture.install(db, nodeID: nodeID, filter: TableFilter(include: include, exclude: exclude))
-            for name in captured.keys.sorted() {
-                let t = captured[name]!
-                print("captured \(quoteIdentifier(name)) epoch \(t.epoch) schema \(t.schema.hash) key (\(t.schema.primaryKey.joined(separator: ", ")))")
-            }
+        let db = try SQLiteOpener().open(path: path)
+        if cleanup {
+            try ChangeCapture.removeAll(db)
+            print("removed harmonylite triggers and tables from \(path)")
+            return
         }
-        if status || !install {
-            try CaptureStatus.print(db)
+        let captured = try ChangeCapture.install(db, nodeID: nodeID, filter: filter)
+        for name in captured.keys.sorted() {
+            let t = captured[name]!
+            print("captured \(quoteIdentifier(name)) epoch \(t.epoch) schema \(t.schema.hash) key (\(t.schema.primaryKey.joined(separator: ", ")))")
         }
+        if status { try CaptureStatus.print(db) }
     }
 }
 

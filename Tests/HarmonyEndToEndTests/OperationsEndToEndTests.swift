@@ -1,0 +1,48 @@
+import Foundation
+import Testing
+
+/// What operators run beside a live node: commands that must do their job and exit, and mistakes that must be
+/// refused with a message naming the file, never turned into an empty database or a second sidecar.
+@Suite("End to end: operator commands beside live nodes", .serialized)
+struct OperationsEndToEndTests {
+    /// `-config F -status` and `-config F -install` used to start a whole second sidecar, which took over the
+    /// live node's NATS consumers. They must print and exit; the live node keeps replicating both ways.
+    @Test func statusAndInstallWithAConfigExitAndLeaveTheLiveNodeAlone() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema)
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'before');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+
+        let status = try runHarmonylite(["-config", c.configPath(1), "-status"], timeoutSeconds: 10)
+        #expect(status.code == 0, "\(status.output)")
+        #expect(status.output.contains("changes pending: 0"), "\(status.output)")
+        #expect(!status.output.contains("replicating"), "-status started replication:\n\(status.output)")
+        let install = try runHarmonylite(["-config", c.configPath(1), "-install"], timeoutSeconds: 10)
+        #expect(install.code == 0, "\(install.output)")
+        #expect(install.output.contains("captured \"items\""), "\(install.output)")
+
+        // The live node 1 still has its consumers: it receives node 2's write, and node 2 receives its.
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (2, 'from node 2');")
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (3, 'from node 1');")
+        _ = try c.waitForConvergence("SELECT id FROM items ORDER BY id;", expected: "1\n2\n3\n", timeoutSeconds: 20)
+        #expect(c.startLines(1) == 1)
+    }
+
+    /// A mistyped path is an error that names it; nothing is created.
+    @Test func missingDatabaseOrConfigIsRefusedAndNothingIsCreated() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ops-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for flags in [["-status"], ["-install"], ["-cleanup"], []] {
+            let db = "\(dir)/mistyped.db"
+            let run = try runHarmonylite(["-db", db] + flags, timeoutSeconds: 10)
+            #expect(run.code == 2, "\(flags): \(run.output)")
+            #expect(run.output.contains("no database at \(db)"), "\(flags): \(run.output)")
+            #expect(!FileManager.default.fileExists(atPath: db), "\(flags) created \(db)")
+        }
+        let config = "\(dir)/nowhere.toml"
+        let run = try runHarmonylite(["-config", config], timeoutSeconds: 10)
+        #expect(run.code == 2)
+        #expect(run.output.contains("config file \(config) does not exist"), "\(run.output)")
+        #expect(!run.output.contains("NSCocoaErrorDomain"), "\(run.output)")
+    }
+}
