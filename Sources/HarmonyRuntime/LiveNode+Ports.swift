@@ -125,7 +125,7 @@ final class LiveEvents: ReplicationEventSink {
         case .snapshotFailed(let reason):
             log.warning("snapshot failed: \(reason)")
             node?.snapshotAttemptEnded(event)
-        case .schemaPaused, .schemaResumed, .restoreRequested, .restored: log.info("\(event)")
+        case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .gap: log.info("\(event)")
         case .captureInstalled:
             log.info("\(event)")
             node?.schemaChanged()  // recorded on the node's queue, inside the core

@@ -1,0 +1,52 @@
+import HarmonySQLite
+import HarmonyCodec
+
+/// Events as sentences an operator can act on, for logs and traces (never a Swift enum dump).
+extension ReplicationEvent: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .published(let count):
+            return "published \(count) change(s)"
+        case .publishFailed(let token):
+            return "publishing change \(token) failed or timed out; it is sent again after a backoff"
+        case .markPublishedFailed(let count, let error):
+            return "the log acknowledged \(count) change(s) but marking them published failed (\(error)); they are sent again"
+        case .applied(let shard, let sequence, let table, let version, let won):
+            return "shard \(shard) message \(sequence): \(won ? "applied" : "skipped (the row already has a newer version)") change \(version) to \(quoteIdentifier(table))"
+        case .duplicate(let shard, let sequence):
+            return "shard \(shard) message \(sequence) was already applied; acknowledged again"
+        case .parked(let shard, let sequence, let reason):
+            return "shard \(shard) message \(sequence) could not be applied and was parked in \(Bookkeeping.parkedTable): \(reason)"
+        case .schemaPaused(let shard, let sequence, let table, let remoteHash):
+            return "shard \(shard) paused at message \(sequence): its \(quoteIdentifier(table)) has schema \(remoteHash), which this node does not have yet; it resumes once this node's schema matches"
+        case .schemaResumed(let shard):
+            return "shard \(shard) resumed: this node's schema matches again"
+        case .gap(let shard, let expected, let got):
+            return "shard \(shard) delivered message \(got) while \(expected) is next; held back, and the stream's range is checked"
+        case .streamStateUnknown(let shard):
+            return "shard \(shard): the log could not say which messages its stream holds; asked again later"
+        case .behindLogStart(let shard, let checkpoint, let firstSequence):
+            return "shard \(shard): this node applied up to message \(checkpoint) but the stream now starts at \(firstSequence); it needs a snapshot"
+        case .restoreRequested:
+            return "asking the snapshot store for the newest snapshot"
+        case .restoreFailed(let reason):
+            return "no snapshot restored: \(reason); asking again later"
+        case .restored(let sequences):
+            return "restored a snapshot; replaying the streams from after messages \(sequences.map(String.init).joined(separator: ", "))"
+        case .snapshotTaken(let name):
+            return "snapshot \(name) is in the store"
+        case .snapshotSkipped(let reason):
+            return "snapshot skipped: \(reason)"
+        case .snapshotFailed(let reason):
+            return "snapshot failed: \(reason)"
+        case .applyBatchFailed(let shard, let error):
+            return "shard \(shard): applying a batch failed (\(error)); nothing was applied and it is asked for again"
+        case .cleanedUp(let rows):
+            return "deleted \(rows) published change-log row(s)"
+        case .captureInstalled(let tables):
+            return "change capture installed on \(tables) table(s)"
+        case .tableSkipped(let table, let reason):
+            return "table \(quoteIdentifier(table)) is not replicated: \(reason)"
+        }
+    }
+}
