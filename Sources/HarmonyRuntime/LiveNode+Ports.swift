@@ -30,7 +30,7 @@ extension LiveNode {
             try js.publishAsync(subject: "\(Self.subjectPrefix).\(message.shard)", payload: message.payload, messageID: message.messageID)
         } catch {
             queueOnly.value.inFlight[message.messageID] = nil
-            log.warning("publish \(message.messageID): \(error)")
+            queueOnly.value.lastPublishError = "\(error)"
             enqueue("answering a publish") { $0.publishFailed(token: token) }
         }
     }
@@ -44,7 +44,7 @@ extension LiveNode {
                 queue.async { [weak self] in self?.flushAcks() }  // one transaction for every ack that arrived meanwhile
             }
         } else {
-            log.warning("publish \(result.messageID) failed: \(result.error ?? "unknown error")")
+            queueOnly.value.lastPublishError = result.error ?? "unknown error"
             core.publishFailed(token: token)
         }
     }
@@ -107,15 +107,23 @@ final class LiveLog: ReplicationLog {
 final class LiveEvents: ReplicationEventSink {
     let log: Logger
     weak var node: LiveNode?
+    /// A node stuck on something repeats the same warning every few seconds: once a minute is enough.
+    private var repeats = RepeatLimiter()
     init(log: Logger, node: LiveNode) {
         self.log = log
         self.node = node
     }
     func record(_ event: ReplicationEvent) {
-        node?.metrics.record(event, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
+        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        node?.metrics.record(event, nowMs: nowMs)
         switch event {
-        case .parked, .applyBatchFailed, .behindLogStart, .tableSkipped, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
+        case .parked, .tableSkipped:
             log.warning("\(event)")
+        case .publishFailed:
+            let reason = node?.queueOnly.value.lastPublishError ?? "no reason given"
+            if let line = repeats.admit("\(event) (\(reason))", key: "publish failed", nowMs: nowMs) { log.warning("\(line)") }
+        case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
+            if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)") }
         case .snapshotTaken(let name):
             log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")")
             node?.snapshotAttemptEnded(event)

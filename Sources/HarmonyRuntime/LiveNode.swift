@@ -38,6 +38,8 @@ public final class LiveNode: @unchecked Sendable {
         var snapshotWaiter: (@Sendable (ReplicationEvent) -> Void)?
         /// SIGUSR1 asked for the snapshot under way, so its outcome is worth an info line.
         var snapshotRequestedByOperator = false
+        /// What JetStream said about the last publish that failed, for the (rate-limited) warning.
+        var lastPublishError: String?
     }
     let queueOnly: QueueBound<QueueOnly>
     var core: ReplicationNode? {

@@ -71,4 +71,15 @@ struct MetricsServerTests {
         #expect(values["harmonylite_replication_lag_seconds_bucket{le=\"0.5\"}"] == 1)
         for name in NodeMetrics.familyNames { #expect(text.contains("# TYPE \(name) "), "no TYPE line for \(name)") }
     }
+
+    /// A stuck node repeats the same warning every few seconds: it is written once a window, then with the count.
+    @Test func repeatedLinesAreWrittenOncePerWindowWithACount() {
+        var limiter = RepeatLimiter(windowMs: 60_000)
+        #expect(limiter.admit("no snapshot restored", nowMs: 0) == "no snapshot restored")
+        for t in stride(from: Int64(5_000), to: 60_000, by: 5_000) { #expect(limiter.admit("no snapshot restored", nowMs: t) == nil) }
+        #expect(limiter.admit("another line", nowMs: 30_000) == "another line")
+        #expect(limiter.admit("no snapshot restored", nowMs: 60_000) == "no snapshot restored (11 more time(s) since it was last logged)")
+        #expect(limiter.admit("publishing change 7 failed", key: "publish", nowMs: 0) != nil)
+        #expect(limiter.admit("publishing change 8 failed", key: "publish", nowMs: 1) == nil)
+    }
 }
