@@ -8,8 +8,8 @@ import Synchronization
 
 /// `/metrics` and `/health`, served from the node's own state.
 extension LiveNode {
-    /// `/metrics`: counters plus gauges read from the core on its queue; `/health`: 200 while the core runs and
-    /// NATS is connected, 503 otherwise (with the reason).
+    /// `/metrics`: counters plus gauges read from the core on its queue; `/health`: 200 while the node makes
+    /// progress, 503 with the reasons (JSON, shard by shard) once it cannot (`HealthReport`).
     func respond(_ path: String) -> MetricsServer.Response {
         switch path {
         case "/metrics":
@@ -21,12 +21,27 @@ extension LiveNode {
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
                                           body: metrics.render(readings))
         case "/health":
-            let (running, failure) = queue.sync { (core?.isRunning ?? false, queueOnly.value.coreFailure) }
-            if !running { return MetricsServer.Response(status: 503, body: (failure ?? "replication core is not running") + "\n") }
-            if connection?.isConnected != true { return MetricsServer.Response(status: 503, body: "not connected to NATS\n") }
-            return MetricsServer.Response(status: 200, body: "ok\n")
+            let report = healthReport()
+            return MetricsServer.Response(status: report.healthy ? 200 : 503, contentType: "application/json", body: report.json)
         default:
             return MetricsServer.Response(status: 404, body: "try /metrics or /health\n")
+        }
+    }
+
+    /// Reads the core and the progress watch on the queue and judges them.
+    func healthReport() -> HealthReport {
+        queue.sync {
+            let core = self.core
+            let readings = HealthReport.Readings(
+                running: core?.isRunning ?? false, coreFailure: queueOnly.value.coreFailure,
+                natsConnected: connection?.isConnected == true, replicate: nodeConfig.replicate,
+                snapshotsEnabled: config.snapshot.enabled,
+                checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core?.checkpoint($0) ?? 0) }),
+                streamLasts: core?.streamStates.mapValues(\.lastSequence) ?? [:],
+                pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,
+                pendingChanges: (try? core?.pendingChangeCount()) ?? 0)
+            return HealthReport.evaluate(readings, watch: queueOnly.value.progress,
+                                         nowMs: Int64(Date().timeIntervalSince1970 * 1000), stallMs: config.health.stallSeconds * 1000)
         }
     }
 }

@@ -116,6 +116,7 @@ final class LiveEvents: ReplicationEventSink {
     func record(_ event: ReplicationEvent) {
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
         node?.metrics.record(event, nowMs: nowMs)
+        node?.queueOnly.value.progress.record(event, nowMs: nowMs)
         switch event {
         case .parked, .tableSkipped:
             log.warning("\(event)")

@@ -40,6 +40,8 @@ public final class LiveNode: @unchecked Sendable {
         var snapshotRequestedByOperator = false
         /// What JetStream said about the last publish that failed, for the (rate-limited) warning.
         var lastPublishError: String?
+        /// When each kind of progress last happened, for `/health`.
+        var progress = ProgressWatch()
     }
     let queueOnly: QueueBound<QueueOnly>
     var core: ReplicationNode? {
@@ -131,6 +133,8 @@ public final class LiveNode: @unchecked Sendable {
             queueOnly.value.changes = changes
             try core.start()
             schemaChanged()
+            let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+            for shard in router.shards { queueOnly.value.progress.lastProgressMs[shard] = nowMs }
         }
         if config.prometheus.enable {
             let server = try MetricsServer(bind: config.prometheus.bind) { [weak self] path in

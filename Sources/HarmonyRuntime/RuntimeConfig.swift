@@ -14,6 +14,14 @@ public struct RuntimeConfig: Sendable, Equatable {
     public var logging = LoggingSettings()
     public var prometheus = PrometheusSettings()
     public var snapshot = SnapshotSettings()
+    public var health = HealthSettings()
+
+    /// `[health]`: when `/health` turns 503.
+    public struct HealthSettings: Sendable, Equatable {
+        /// `stall_seconds`: how long a shard may stay paused or stalled, publishes keep failing, or a snapshot be
+        /// waited for, before the node counts as unhealthy.
+        public var stallSeconds: Int64 = 60
+    }
 
     public struct NATSSettings: Sendable, Equatable {
         /// Empty: start and supervise an embedded `nats-server -js`.
@@ -114,7 +122,7 @@ public struct RuntimeConfig: Sendable, Equatable {
         let root = try TOMLReader(parsing: text)
         try root.rejectUnknownKeys(allowed: [
             "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "publish", "replicate",
-            "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot",
+            "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot", "health",
         ])
         let dbPath = try root.required("db_path", root.string)
         let nodeID = try root.int("node_id") ?? 1
@@ -172,6 +180,15 @@ public struct RuntimeConfig: Sendable, Equatable {
             c.logging.format = try l.string("format") ?? "console"
             guard ["console", "json"].contains(c.logging.format) else {
                 throw l.error(at: "format", "key 'logging.format' must be \"console\" or \"json\", got \"\(c.logging.format)\"")
+            }
+        }
+        if let h = try root.table("health") {
+            try h.rejectUnknownKeys(allowed: ["stall_seconds"])
+            if let seconds = try h.int("stall_seconds") {
+                guard (1...86_400).contains(seconds) else {
+                    throw h.error(at: "stall_seconds", "key 'health.stall_seconds' must be between 1 and 86400, got \(seconds)")
+                }
+                c.health.stallSeconds = Int64(seconds)
             }
         }
         if let p = try root.table("prometheus") {

@@ -45,4 +45,32 @@ struct OperationsEndToEndTests {
         #expect(run.output.contains("config file \(config) does not exist"), "\(run.output)")
         #expect(!run.output.contains("NSCocoaErrorDomain"), "\(run.output)")
     }
+
+    /// A node that needs a snapshot it cannot get must not look healthy: `/health` turns 503 at once, with a JSON
+    /// body that says why and what to do, and every shard's state.
+    @Test func healthIs503WhileANodeWaitsForASnapshotThatCannotCome() throws {
+        let metricsPorts = distinctFreePorts(2)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1, maxEntries: 20) { i in
+            "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\""
+        }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'one');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        #expect(try httpGet(port: metricsPorts[1], path: "/health").status == 200)
+        c.stop(2)
+        for k in 2...60 { try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (\(k), 'while node 2 is away');") }
+        try c.start(2)
+        var body = ""
+        try waitUntil("node 2's /health says it needs a snapshot", timeoutSeconds: 20) {
+            let health = try httpGet(port: metricsPorts[1], path: "/health")
+            body = health.body
+            return health.status == 503
+        }
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any], "\(body)")
+        #expect(json["status"] as? String == "unhealthy")
+        let reasons = json["reasons"] as? [String] ?? []
+        #expect(reasons.contains { $0.contains("needs a snapshot, but [snapshot] enabled = false") }, "\(reasons)")
+        let shards = json["shards"] as? [[String: Any]] ?? []
+        #expect(shards.first?["state"] as? String == "waiting for a snapshot", "\(shards)")
+        #expect(try httpGet(port: metricsPorts[0], path: "/health").status == 200)
+    }
 }

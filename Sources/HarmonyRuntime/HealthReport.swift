@@ -1,0 +1,135 @@
+import Foundation
+import HarmonyCore
+
+/// When each kind of progress last happened, kept from the core's events on the node's queue, so `/health` can
+/// tell a node that is merely quiet from one that cannot move.
+struct ProgressWatch: Sendable {
+    /// Per shard: when its checkpoint last moved (or the node started).
+    var lastProgressMs: [Int: Int64] = [:]
+    /// Per shard: since when it waits for a schema this node does not have.
+    var pausedSinceMs: [Int: Int64] = [:]
+    /// Since when publishes fail without one succeeding.
+    var publishFailingSinceMs: Int64?
+    /// Since when the node waits for a snapshot, and why the last attempt failed.
+    var restoreNeededSinceMs: Int64?
+    var lastRestoreFailure: String?
+
+    mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
+        switch event {
+        case .applied(let shard, _, _, _, _), .duplicate(let shard, _), .parked(let shard, _, _):
+            lastProgressMs[shard] = nowMs
+        case .schemaPaused(let shard, _, _, _):
+            if pausedSinceMs[shard] == nil { pausedSinceMs[shard] = nowMs }
+        case .schemaResumed(let shard):
+            pausedSinceMs[shard] = nil
+            lastProgressMs[shard] = nowMs
+        case .publishFailed, .markPublishedFailed:
+            if publishFailingSinceMs == nil { publishFailingSinceMs = nowMs }
+        case .published:
+            publishFailingSinceMs = nil
+        case .behindLogStart:
+            if restoreNeededSinceMs == nil { restoreNeededSinceMs = nowMs }
+        case .restoreFailed(let reason):
+            lastRestoreFailure = reason
+        case .restored:
+            restoreNeededSinceMs = nil
+            lastRestoreFailure = nil
+            for shard in lastProgressMs.keys { lastProgressMs[shard] = nowMs }
+        default:
+            break
+        }
+    }
+}
+
+/// `/health`: 200 while the node makes progress; 503, with the reason, once it has stopped for `stallMs` or needs
+/// something it cannot get. A load balancer or a systemd watchdog can trust the status; the JSON body says why,
+/// shard by shard.
+struct HealthReport: Sendable {
+    struct ShardState: Sendable, Equatable {
+        var shard: Int
+        var checkpoint: UInt64
+        /// The stream's last sequence as last reported (nil: not known yet).
+        var streamLast: UInt64?
+        var state: String
+        var seconds: Int64
+    }
+
+    var healthy: Bool
+    var reasons: [String]
+    var shards: [ShardState]
+    var pendingChanges: Int64
+
+    /// What the core shows now, read on its queue.
+    struct Readings: Sendable {
+        var running: Bool
+        var coreFailure: String?
+        var natsConnected: Bool
+        var replicate: Bool
+        var snapshotsEnabled: Bool
+        var checkpoints: [Int: UInt64]
+        var streamLasts: [Int: UInt64]
+        var pausedShards: Set<Int>
+        var restoreNeeded: Bool
+        var pendingChanges: Int64
+    }
+
+    static func evaluate(_ r: Readings, watch: ProgressWatch, nowMs: Int64, stallMs: Int64) -> HealthReport {
+        var reasons: [String] = []
+        if !r.running { reasons.append(r.coreFailure ?? "the replication core is not running") }
+        if !r.natsConnected { reasons.append("not connected to NATS") }
+        if r.restoreNeeded {
+            let waited = watch.restoreNeededSinceMs.map { nowMs - $0 } ?? 0
+            if !r.snapshotsEnabled {
+                reasons.append("this node is behind the log's start and needs a snapshot, but [snapshot] enabled = false: "
+                               + "enable snapshots (on this node and one that can take them), or rebuild this node from a copy")
+            } else if waited >= stallMs {
+                reasons.append("waiting \(waited / 1000) s for a snapshot it can restore: \(watch.lastRestoreFailure ?? "none answered yet")")
+            }
+        }
+        var shards: [ShardState] = []
+        for shard in r.checkpoints.keys.sorted() {
+            let checkpoint = r.checkpoints[shard] ?? 0
+            let last = r.streamLasts[shard]
+            var state = ShardState(shard: shard, checkpoint: checkpoint, streamLast: last, state: "ok", seconds: 0)
+            if !r.replicate {
+                state.state = "not replicating"
+            } else if r.restoreNeeded {
+                state.state = "waiting for a snapshot"
+            } else if let since = watch.pausedSinceMs[shard], r.pausedShards.contains(shard) {
+                state.state = "paused on schema"
+                state.seconds = (nowMs - since) / 1000
+                if nowMs - since >= stallMs {
+                    reasons.append("shard \(shard) has waited \(state.seconds) s at message \(checkpoint + 1) for a schema this node does not have: "
+                                   + "run the same schema change here")
+                }
+            } else if let last, last > checkpoint {
+                let idleMs = nowMs - (watch.lastProgressMs[shard] ?? nowMs)
+                state.state = "catching up"
+                state.seconds = idleMs / 1000
+                if idleMs >= stallMs {
+                    state.state = "stalled"
+                    reasons.append("shard \(shard) has not moved for \(state.seconds) s at message \(checkpoint) of \(last)")
+                }
+            }
+            shards.append(state)
+        }
+        if let since = watch.publishFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
+            reasons.append("publishes have failed for \((nowMs - since) / 1000) s; \(r.pendingChanges) local change(s) wait to be sent")
+        }
+        return HealthReport(healthy: reasons.isEmpty, reasons: reasons, shards: shards, pendingChanges: r.pendingChanges)
+    }
+
+    /// The JSON body: status, reasons, and each shard's state.
+    var json: String {
+        func quoted(_ s: String) -> String {
+            let data = try? JSONSerialization.data(withJSONObject: [s], options: [])
+            return data.map { String(decoding: $0.dropFirst().dropLast(), as: UTF8.self) } ?? "\"\""
+        }
+        let shardObjects = shards.map { s in
+            "{\"shard\": \(s.shard), \"checkpoint\": \(s.checkpoint), \"stream_last\": \(s.streamLast.map(String.init) ?? "null"), "
+                + "\"state\": \(quoted(s.state)), \"seconds\": \(s.seconds)}"
+        }
+        return "{\"status\": \(quoted(healthy ? "ok" : "unhealthy")), \"reasons\": [\(reasons.map(quoted).joined(separator: ", "))], "
+            + "\"pending_changes\": \(pendingChanges), \"shards\": [\(shardObjects.joined(separator: ", "))]}\n"
+    }
+}

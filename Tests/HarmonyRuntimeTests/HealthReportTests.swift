@@ -1,0 +1,79 @@
+@testable import HarmonyCore
+@testable import HarmonyRuntime
+import HarmonyCodec
+import Testing
+
+/// `/health` is what a load balancer or a systemd watchdog trusts: quiet is healthy, stuck is not.
+@Suite("Health: 503 once progress stops for stall_seconds or the node needs what it cannot get")
+struct HealthReportTests {
+    let stallMs: Int64 = 60_000
+
+    func readings(checkpoints: [Int: UInt64] = [1: 10, 2: 10], lasts: [Int: UInt64] = [1: 10, 2: 10], paused: Set<Int> = [],
+                  restoreNeeded: Bool = false, snapshots: Bool = true, pending: Int64 = 0) -> HealthReport.Readings {
+        HealthReport.Readings(running: true, coreFailure: nil, natsConnected: true, replicate: true, snapshotsEnabled: snapshots,
+                              checkpoints: checkpoints, streamLasts: lasts, pausedShards: paused, restoreNeeded: restoreNeeded,
+                              pendingChanges: pending)
+    }
+
+    @Test func aQuietNodeThatIsCaughtUpIsHealthyForever() {
+        let watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        let report = HealthReport.evaluate(readings(), watch: watch, nowMs: 10 * stallMs, stallMs: stallMs)
+        #expect(report.healthy)
+        #expect(report.shards.map(\.state) == ["ok", "ok"])
+    }
+
+    @Test func aShardBehindItsStreamIsStalledOnlyAfterStallSecondsWithoutProgress() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        let behind = readings(checkpoints: [1: 10, 2: 10], lasts: [1: 50, 2: 10])
+        #expect(HealthReport.evaluate(behind, watch: watch, nowMs: stallMs - 1, stallMs: stallMs).healthy)
+        let stuck = HealthReport.evaluate(behind, watch: watch, nowMs: stallMs, stallMs: stallMs)
+        #expect(!stuck.healthy)
+        #expect(stuck.reasons == ["shard 1 has not moved for 60 s at message 10 of 50"])
+        #expect(stuck.shards.first?.state == "stalled")
+        watch.record(.applied(shard: 1, sequence: 11, table: "t", version: RowVersion(hlc: 1, node: 2), won: true), nowMs: stallMs)
+        #expect(HealthReport.evaluate(behind, watch: watch, nowMs: stallMs + 1, stallMs: stallMs).healthy)
+    }
+
+    @Test func aSchemaPauseTurnsUnhealthyAfterStallSecondsAndSaysWhatToDo() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        watch.record(.schemaPaused(shard: 2, sequence: 11, table: "t", remoteHash: "x"), nowMs: 1_000)
+        let r = readings(lasts: [1: 10, 2: 20], paused: [2])
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: 30_000, stallMs: stallMs).healthy)
+        let report = HealthReport.evaluate(r, watch: watch, nowMs: 61_000, stallMs: stallMs)
+        #expect(!report.healthy)
+        #expect(report.reasons.first?.contains("run the same schema change here") == true)
+        watch.record(.schemaResumed(shard: 2), nowMs: 62_000)
+        #expect(HealthReport.evaluate(readings(lasts: [1: 10, 2: 20]), watch: watch, nowMs: 63_000, stallMs: stallMs).healthy)
+    }
+
+    @Test func needingASnapshotWithSnapshotsDisabledIsUnhealthyAtOnce() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        watch.record(.behindLogStart(shard: 1, checkpoint: 0, firstSequence: 90), nowMs: 0)
+        let disabled = HealthReport.evaluate(readings(restoreNeeded: true, snapshots: false), watch: watch, nowMs: 1, stallMs: stallMs)
+        #expect(!disabled.healthy)
+        #expect(disabled.shards.allSatisfy { $0.state == "waiting for a snapshot" })
+        // With snapshots on, a restore gets stall_seconds to happen; then the last failure is the reason.
+        watch.record(.restoreFailed(reason: "no snapshot in the store yet"), nowMs: 5_000)
+        #expect(HealthReport.evaluate(readings(restoreNeeded: true), watch: watch, nowMs: 59_000, stallMs: stallMs).healthy)
+        let late = HealthReport.evaluate(readings(restoreNeeded: true), watch: watch, nowMs: 60_000, stallMs: stallMs)
+        #expect(late.reasons == ["waiting 60 s for a snapshot it can restore: no snapshot in the store yet"])
+    }
+
+    @Test func publishesFailingForStallSecondsWithChangesWaitingIsUnhealthy() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        watch.record(.publishFailed(token: 7), nowMs: 0)
+        #expect(!HealthReport.evaluate(readings(pending: 3), watch: watch, nowMs: stallMs, stallMs: stallMs).healthy)
+        #expect(HealthReport.evaluate(readings(pending: 0), watch: watch, nowMs: stallMs, stallMs: stallMs).healthy)
+        watch.record(.published(count: 3), nowMs: stallMs)
+        #expect(HealthReport.evaluate(readings(pending: 3), watch: watch, nowMs: 2 * stallMs, stallMs: stallMs).healthy)
+    }
+
+    @Test func theBodyIsJSONWithEveryShard() throws {
+        let report = HealthReport.evaluate(readings(lasts: [1: 12, 2: 10]), watch: ProgressWatch(lastProgressMs: [1: 0, 2: 0]),
+                                           nowMs: 1_000, stallMs: stallMs)
+        #expect(report.json == """
+            {"status": "ok", "reasons": [], "pending_changes": 0, "shards": [{"shard": 1, "checkpoint": 10, "stream_last": 12, "state": "catching up", "seconds": 1}, {"shard": 2, "checkpoint": 10, "stream_last": 10, "state": "ok", "seconds": 0}]}
+
+            """)
+    }
+}
