@@ -68,9 +68,18 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
     }
 
     /// Starts the server and waits (at most `readyTimeoutMs`) until it accepts connections.
+    /// - throws: `EmbeddedServerError` at once when the client or cluster port is taken: a node must never join
+    ///   whatever server already listens there (another cluster's) by mistake.
     public func start(readyTimeoutMs: Int = 10_000) throws {
         try FileManager.default.createDirectory(atPath: storeDirectory, withIntermediateDirectories: true)
         try stopOrphan()
+        try Self.requireFree(host: host, port: port, what: "nats.bind_address")
+        if let clusterAddress {
+            let parts = clusterAddress.replacingOccurrences(of: "nats://", with: "").split(separator: ":")
+            if parts.count == 2, let clusterPort = Int(parts[1]) {
+                try Self.requireFree(host: parts[0].isEmpty ? "0.0.0.0" : String(parts[0]), port: clusterPort, what: "nats.cluster_address")
+            }
+        }
         try launch()
         try waitUntilReady(timeoutMs: readyTimeoutMs)
     }
@@ -161,6 +170,28 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
             Thread.sleep(forTimeInterval: 0.02)
         }
         throw EmbeddedServerError(description: "nats-server did not accept connections on \(host):\(port) within \(timeoutMs) ms; see \(storeDirectory)/nats-server.log")
+    }
+
+    /// Binds the address the way nats-server will (SO_REUSEADDR) and lets go; a failure is the server's own reason.
+    static func requireFree(host: String, port: Int, what: String) throws {
+        guard port != 0 else { return }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &addr.sin_addr) == 1 else { return }  // a name: let the server say
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard !bound else { return }
+        let reason = String(cString: strerror(errno))
+        throw EmbeddedServerError(description: "cannot start the embedded nats-server: \(host):\(port) (\(what)): \(reason.lowercased()). "
+            + "Another program (perhaps another harmonylite's server) listens there; choose a free port for \(what), "
+            + "or list that server in [nats] urls if this node should use it")
     }
 
     static func canConnect(host: String, port: Int) -> Bool {

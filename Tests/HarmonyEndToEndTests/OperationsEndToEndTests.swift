@@ -73,4 +73,34 @@ struct OperationsEndToEndTests {
         #expect(shards.first?["state"] as? String == "waiting for a snapshot", "\(shards)")
         #expect(try httpGet(port: metricsPorts[0], path: "/health").status == 200)
     }
+
+    /// The embedded server's port is taken (here by a plain listener; another harmonylite's server is the same
+    /// case): the node must fail at once with the reason, never wait nor join whatever listens there.
+    @Test func embeddedServerPortInUseFailsAtOnceWithTheReason() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ops-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(listen(listener, 4) == 0)
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        try sqlite("\(dir)/app.db", kvSchema)
+        try """
+            db_path = "\(dir)/app.db"
+            node_id = 1
+            [nats]
+            bind_address = "127.0.0.1:\(port)"
+            """.write(toFile: "\(dir)/node.toml", atomically: true, encoding: .utf8)
+        let started = Date()
+        let run = try runHarmonylite(["-config", "\(dir)/node.toml"], timeoutSeconds: 15)
+        #expect(run.code != 0)
+        #expect(run.output.contains("127.0.0.1:\(port)") && run.output.contains("address already in use"), "\(run.output)")
+        #expect(Date().timeIntervalSince(started) < 5, "took \(Date().timeIntervalSince(started)) s")
+    }
 }
