@@ -34,6 +34,15 @@ extension LiveNode {
         while true {
             let caughtUp = try onQueue { core in targets.allSatisfy { core.checkpoint($0.0) >= $0.1 } } ?? false
             if caughtUp { break }
+            // Behind the log's start with no snapshot to restore: it can never catch up, so say so now.
+            let cannotRestore: String? = queue.sync {
+                guard core?.restoreNeeded == true else { return nil }
+                return queueOnly.value.progress.lastRestoreFailure
+            }
+            if let reason = cannotRestore {
+                throw SnapshotStoreError("this node is behind the log's start and needs a snapshot itself, and none can be restored (\(reason)); "
+                                         + "save the snapshot from a node that is caught up, or restore this one first")
+            }
             guard Date() < deadline else {
                 throw SnapshotStoreError("not caught up with the streams after \(Int(timeoutSeconds)) s; no snapshot taken")
             }

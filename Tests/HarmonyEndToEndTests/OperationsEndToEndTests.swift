@@ -103,4 +103,23 @@ struct OperationsEndToEndTests {
         #expect(run.output.contains("127.0.0.1:\(port)") && run.output.contains("address already in use"), "\(run.output)")
         #expect(Date().timeIntervalSince(started) < 5, "took \(Date().timeIntervalSince(started)) s")
     }
+
+    /// `-save-snapshot` on a node that is itself behind the log's start, with no snapshot to restore, used to wait
+    /// silently for 300 s. It must say at once why it cannot, and what to do instead.
+    @Test func saveSnapshotOnANodeThatIsBehindSaysSoAtOnce() throws {
+        let store = FileManager.default.temporaryDirectory.appendingPathComponent("ops-snapshots-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: store) }
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1, maxEntries: 20) { _ in
+            "[snapshot]\nenabled = true\ninterval = 0\nstore = \"local\"\n[snapshot.local]\npath = \"\(store)\""
+        }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'one');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        c.stop(2)
+        for k in 2...60 { try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (\(k), 'while node 2 is away');") }
+        let started = Date()
+        let run = try runHarmonylite(["-config", c.configPath(2), "-save-snapshot"], timeoutSeconds: 60)
+        #expect(run.code == 1, "\(run.output)")
+        #expect(run.output.contains("behind the log's start and needs a snapshot itself"), "\(run.output)")
+        #expect(Date().timeIntervalSince(started) < 20, "took \(Date().timeIntervalSince(started)) s")
+    }
 }
