@@ -56,6 +56,8 @@ public final class LiveNode: @unchecked Sendable {
     /// The core's settings: `config.node` with the `[snapshot]` policy filled in.
     let nodeConfig: NodeConfig
     var registry: SchemaRegistry?
+    /// This process's claim on its node_id.
+    var identity: NodeIdentityClaim?
     let metrics: NodeMetrics
     var metricsServer: MetricsServer?
     let stopped = Atomic<Bool>(false)
@@ -102,6 +104,14 @@ public final class LiveNode: @unchecked Sendable {
             try js.keyValue(bucket: SchemaRegistryEntry.bucket, replicas: config.replicas)
         }
         registry = SchemaRegistry(bucket: registryBucket, nodeID: config.node.nodeID, log: log)
+        // One live process per node_id, checked before this one touches the id's consumers.
+        let nodesBucket = try retryWhileJetStreamForms("opening the node bucket", until: deadline) {
+            try js.keyValue(bucket: NodeIdentityClaim.bucket, replicas: config.replicas)
+        }
+        let identity = NodeIdentityClaim(kv: nodesBucket, nodeID: config.node.nodeID, databasePath: config.node.databasePath, log: log)
+        try retryWhileJetStreamForms("claiming node_id \(config.node.nodeID)", until: deadline) { try identity.claim() }
+        identity.startRenewing()
+        self.identity = identity
         if config.snapshot.enabled {
             let store = try retryWhileJetStreamForms("opening the snapshot store", until: deadline) {
                 try SnapshotStores.make(config, jetStream: js)
@@ -252,6 +262,7 @@ public final class LiveNode: @unchecked Sendable {
         metricsServer?.stop()
         snapshots?.stop()
         registry?.flush()
+        identity?.release()
         try? jetStream?.waitForPublishes(timeoutMs: 2_000)
         queue.sync {
             flushAcks()

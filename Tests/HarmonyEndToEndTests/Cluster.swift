@@ -199,7 +199,9 @@ final class LiveCluster {
     func waitUntilInstalled(_ i: Int) throws {
         do {
             try waitUntil("node \(i) started replicating", timeoutSeconds: readyTimeoutSeconds) {
-                if let p = processes[i], !p.isRunning { throw E2EError("node \(i) exited with status \(p.terminationStatus)") }
+                if let p = processes[i], !p.isRunning {
+                    throw E2EError("node \(i) exited with status \(p.terminationStatus); its log ends:\n\(log(i).suffix(1500))")
+                }
                 return startLines(i) > startsLogged[i, default: 0]
                     && (try? sqlite(dbPath(i), "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock';"))?.hasPrefix("1") == true
             }

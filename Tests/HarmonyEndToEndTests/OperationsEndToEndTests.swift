@@ -122,4 +122,25 @@ struct OperationsEndToEndTests {
         #expect(run.output.contains("behind the log's start and needs a snapshot itself"), "\(run.output)")
         #expect(Date().timeIntervalSince(started) < 20, "took \(Date().timeIntervalSince(started)) s")
     }
+
+    /// A second process started with a node_id a live node already has (on another database) used to split that
+    /// id's deliveries with it, and both stalled. It must be refused at start, naming the live one, which goes on.
+    @Test func aDuplicateNodeIDIsRefusedAndTheLiveNodeGoesOn() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema)
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'before');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        let impostorDB = c.directory + "/impostor.db"
+        try sqlite(impostorDB, kvSchema)
+        let config = try String(contentsOfFile: c.configPath(2), encoding: .utf8)
+            .replacingOccurrences(of: "db_path = \"\(c.dbPath(2))\"", with: "db_path = \"\(impostorDB)\"")
+        try config.write(toFile: c.directory + "/impostor.toml", atomically: true, encoding: .utf8)
+        let started = Date()
+        let run = try runHarmonylite(["-config", c.directory + "/impostor.toml"], timeoutSeconds: 30)
+        #expect(run.code != 0)
+        #expect(run.output.contains("node_id 2 is in use by another harmonylite") && run.output.contains(c.dbPath(2)), "\(run.output)")
+        #expect(Date().timeIntervalSince(started) < 15)
+        for k in 2...30 { try sqlite(c.dbPath(1 + k % 2), "INSERT INTO items (id, name) VALUES (\(k), 'after');") }
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "30\n", timeoutSeconds: 30)
+        #expect(try c.query(2, "SELECT count(*) FROM items;") == "30\n")
+    }
 }
