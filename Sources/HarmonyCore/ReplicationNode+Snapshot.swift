@@ -38,14 +38,14 @@ extension ReplicationNode {
     /// The copy keeps user tables, row versions (so replay after a restore still resolves conflicts) and the
     /// checkpoints, which are exactly the sequences it covers. It is only kept if it holds no unpublished local
     /// change: everything in it is then already durable in the log, so a restore can never resurrect a write
-    /// this node later loses to a crash. Change logs and parked messages are emptied.
+    /// this node later loses to a crash. Change logs and parked messages are emptied, and every table this node
+    /// does not replicate (excluded, keyless, virtual) is dropped: the file goes to a shared store.
     public func takeSnapshot(to path: String) throws -> SnapshotOutcome {
         guard isRunning else { return .skipped(reason: "node is not running") }
-        guard config.replicate else { return .skipped(reason: "replicate = false: this node does not hold the others' changes") }
+        if let reason = snapshotBlocker() { return .skipped(reason: reason) }
         // Its tables miss whatever the stream dropped: a snapshot of them would spread the hole. Decide on the
         // ranges the log last reported (ask again for the next attempt); a range never reported means wait.
         checkLogStart()
-        guard !restoreNeeded else { return .skipped(reason: "node is behind the log's start and waits for a snapshot itself") }
         for shard in router.shards {
             guard let state = streamStates[shard] else {
                 return .skipped(reason: "the range of \(router.streamName(shard: shard)) is not known yet")
@@ -62,6 +62,7 @@ extension ReplicationNode {
         if pending > 0 && !config.plantedBugs.contains(.snapshotWithPendingChanges) {
             return .waitingForAcknowledgements(pending: pending)
         }
+        if let reason = try dropUnreplicatedTables(copy) { return .skipped(reason: reason) }
         try copy.transaction(.immediate) {
             let logs = try copy.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE '\(Bookkeeping.prefix)%_change_log' ESCAPE '\\'")
             for row in logs { if let name = row[0].string { try copy.execute("DELETE FROM \(quoteIdentifier(name))") } }
@@ -79,6 +80,32 @@ extension ReplicationNode {
         try copy.execute("VACUUM")
         let info = SnapshotInfo(name: SnapshotInfo.name(hlc: hlc, node: config.nodeID), sequences: sequences, hlc: hlc, node: config.nodeID)
         return .taken(info)
+    }
+
+    /// Drops from the snapshot copy every user table that is not captured here: virtual tables first (with their
+    /// shadow tables), then the rest. Returns why the copy cannot be cleaned (a virtual table whose module is
+    /// missing), or nil once only replicated tables are left.
+    func dropUnreplicatedTables(_ copy: Database) throws -> String? {
+        let prefix = Bookkeeping.prefix
+        let userTables = try copy.query("""
+            SELECT name, coalesce(sql, '') LIKE 'CREATE VIRTUAL TABLE%' FROM sqlite_schema
+            WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND substr(name, 1, ?) <> ? ORDER BY name
+            """, [.integer(Int64(prefix.utf8.count)), .text(prefix)])
+        let unreplicated = userTables.compactMap { row -> (name: String, virtual: Bool)? in
+            guard let name = row[0].string, captured[name] == nil else { return nil }
+            return (name, row[1].int64 == 1)
+        }
+        for table in unreplicated.filter(\.virtual) {
+            do { try copy.execute("DROP TABLE IF EXISTS \(quoteIdentifier(table.name))") } catch {
+                return "cannot leave the unreplicated virtual table \(quoteIdentifier(table.name)) out of the snapshot: \(error)"
+            }
+        }
+        for table in unreplicated where !table.virtual {
+            try copy.execute("DROP TABLE IF EXISTS \(quoteIdentifier(table.name))")
+        }
+        let left = try copy.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN (\(unreplicated.map { quoteLiteral($0.name) }.joined(separator: ", ")))")
+        precondition(unreplicated.isEmpty || left?.int64 == 0, "an unreplicated table is still in the snapshot copy")
+        return nil
     }
 
     /// A stream no longer holds the message after our checkpoint: only a snapshot can bring this node back.

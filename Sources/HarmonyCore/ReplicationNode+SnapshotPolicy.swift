@@ -48,6 +48,7 @@ extension ReplicationNode {
     /// Reasons not to ask the store at all; `takeSnapshot` checks the rest on the copy itself.
     func snapshotBlocker() -> String? {
         if !config.replicate { return "replicate = false: this node does not hold the others' changes" }
+        if !config.publish { return "publish = false: this node's own writes are not in the log, so its copy must not be restored elsewhere" }
         if restoreNeeded { return "node is behind the log's start and waits for a snapshot itself" }
         return nil
     }

@@ -90,7 +90,11 @@ public final class ReplicationNode {
         }
         env.clock.schedule(.scan, afterMs: config.scanIntervalMs)
         env.clock.schedule(.cleanup, afterMs: config.cleanupIntervalMs)
-        if config.snapshotIntervalMs > 0 && env.snapshots != nil { env.clock.schedule(.snapshot, afterMs: config.snapshotIntervalMs) }
+        // A node that does not apply others' changes, or does not publish its own, never holds a snapshot others
+        // may take (it lacks their writes, or holds writes the log never had): no timer at all.
+        if config.snapshotIntervalMs > 0 && env.snapshots != nil && config.replicate && config.publish {
+            env.clock.schedule(.snapshot, afterMs: config.snapshotIntervalMs)
+        }
         try publishPending()
     }
 
@@ -107,9 +111,11 @@ public final class ReplicationNode {
 
     public func checkpoint(_ shard: Int) -> UInt64 { checkpoints[shard] ?? 0 }
 
-    /// Local changes captured but not yet acknowledged by the log (for metrics and status).
+    /// Local changes captured but not yet acknowledged by the log (for metrics and status). With `publish = false`
+    /// nothing is ever sent, so nothing is pending (the newest change-log row is kept, unsent, for its id).
     public func pendingChangeCount() throws -> Int64 {
-        try requireDatabase().scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
+        guard config.publish else { return 0 }
+        return try requireDatabase().scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
     }
 
     /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.

@@ -154,7 +154,13 @@ public final class LiveNode: @unchecked Sendable {
             metricsServer = server
             log.info("metrics on http://\(server.host):\(server.port)/metrics, health on /health")
         }
-        log.info("node \(config.node.nodeID) replicating \(config.node.databasePath) over \(urls.joined(separator: ",")) with \(config.node.shards) shard(s)")
+        let mode = switch (nodeConfig.publish, nodeConfig.replicate) {
+        case (true, true): "replicating both ways"
+        case (true, false): "publishing its changes only (replicate = false)"
+        case (false, true): "receiving only (publish = false)"
+        case (false, false): "neither publishing nor receiving (publish = false, replicate = false)"
+        }
+        log.info("node \(config.node.nodeID) started on \(config.node.databasePath) over \(urls.joined(separator: ",")) with \(config.node.shards) shard(s), \(mode)")
     }
 
     /// Queue only: a core wired to this node's ports; not started.

@@ -118,4 +118,19 @@ struct SnapshotPolicyTests {
         #expect(c.snapshotRequests[0].log.isEmpty)
         #expect(outcomes(c) == [.snapshotSkipped(reason: "replicate = false: this node does not hold the others' changes")])
     }
+
+    @Test("a node with publish = false or replicate = false runs no snapshot timer, and publish = false has nothing pending")
+    func oneWayNodesRunNoSnapshotTimer() throws {
+        for configure in [{ (c: inout NodeConfig) in c.publish = false }, { (c: inout NodeConfig) in c.replicate = false }] {
+            let c = try TestCluster(nodes: 1, schema: Self.schema) { config in
+                config.snapshotIntervalMs = 1_000
+                configure(&config)
+            }
+            #expect(c.clocks[0].scheduled[.snapshot] == nil)
+            try c.apps[0].execute("INSERT INTO kv VALUES (1, 'a')")
+            try c.nodes[0].databaseChanged()
+            try c.nodes[0].timerFired(.cleanup)
+            #expect(try c.nodes[0].pendingChangeCount() == (c.nodes[0].config.publish ? 1 : 0))
+        }
+    }
 }

@@ -57,6 +57,27 @@ struct SnapshotTests {
         #expect(info.name.hasPrefix("harmonylite-snapshot-") && info.node == 1)
     }
 
+    @Test("a snapshot leaves out every table this node does not replicate: it goes to a shared store")
+    func snapshotLeavesOutUnreplicatedTables() throws {
+        let cluster = try TestCluster(nodes: 1, schema: Self.schema + """
+            CREATE TABLE secrets (id INTEGER PRIMARY KEY, password TEXT);
+            INSERT INTO secrets VALUES (1, 'hunter2');
+            CREATE VIRTUAL TABLE notes USING fts5(body);
+            INSERT INTO notes VALUES ('private note');
+            """) { $0.tables = TableFilter(exclude: ["secrets"]) }
+        try cluster.apps[0].execute("INSERT INTO kv VALUES (1, 'a')")
+        try cluster.settle()
+        let (path, _) = try take(cluster, 0)
+        let snap = try Database(path: path)
+        let tables = try snap.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '__harmonylite__%'").compactMap { $0[0].string }
+        #expect(tables == ["kv"])
+        #expect(try kv(snap) == [[.integer(1), .text("a")]])
+        let bytes = try #require(FileManager.default.contents(atPath: path))
+        #expect(bytes.range(of: Data("hunter2".utf8)) == nil && bytes.range(of: Data("private note".utf8)) == nil)
+        // The node's own database keeps them, of course.
+        #expect(try cluster.apps[0].scalar("SELECT password FROM secrets")?.string == "hunter2")
+    }
+
     @Test("a new node with an empty database joins a truncated log through a snapshot, tables and indexes included")
     func newNodeRestores() throws {
         let cluster = try TestCluster(nodes: 2, schema: Self.schema)

@@ -44,7 +44,7 @@ final class LiveCluster {
     let natsPort: Int
     var nats: EmbeddedNATSServer?
     var processes: [Int: Process] = [:]
-    /// How many times each node's log said it was replicating when it was last launched.
+    /// How many times each node's log said it had started when it was last launched.
     var startsLogged: [Int: Int] = [:]
     var nodeCount: Int
     let schema: String
@@ -192,7 +192,7 @@ final class LiveCluster {
         processes[i] = p
     }
 
-    func startLines(_ i: Int) -> Int { log(i).components(separatedBy: "node \(i) replicating ").count - 1 }
+    func startLines(_ i: Int) -> Int { log(i).components(separatedBy: "node \(i) started on ").count - 1 }
 
     /// Ready when this launch logged that it replicates (after its streams exist and capture is installed),
     /// and its triggers are there.

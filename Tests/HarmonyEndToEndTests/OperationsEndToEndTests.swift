@@ -15,7 +15,7 @@ struct OperationsEndToEndTests {
         let status = try runHarmonylite(["-config", c.configPath(1), "-status"], timeoutSeconds: 10)
         #expect(status.code == 0, "\(status.output)")
         #expect(status.output.contains("changes pending: 0"), "\(status.output)")
-        #expect(!status.output.contains("replicating"), "-status started replication:\n\(status.output)")
+        #expect(!status.output.contains("started on"), "-status started a sidecar:\n\(status.output)")
         let install = try runHarmonylite(["-config", c.configPath(1), "-install"], timeoutSeconds: 10)
         #expect(install.code == 0, "\(install.output)")
         #expect(install.output.contains("captured \"items\""), "\(install.output)")
