@@ -150,7 +150,7 @@ extension ReplicationNode {
         let eventsBefore = events.count
         try db.execute("SAVEPOINT harmonylite_message", [])
         for record in records {
-            let outcome = try applyRecord(db, shard: shard, message, record, maxHLC: &maxHLC, events: &events)
+            let outcome = try applyRecord(db, shard: shard, message, record, inBatch: true, maxHLC: &maxHLC, events: &events)
             if case .paused = outcome {
                 try db.execute("ROLLBACK TO harmonylite_message", [])
                 try db.execute("RELEASE harmonylite_message", [])
@@ -163,7 +163,9 @@ extension ReplicationNode {
     }
 
     /// One record: schema gate, shape check, then last-writer-wins inside its own savepoint.
-    func applyRecord(_ db: Database, shard: Int, _ message: IncomingMessage, _ decoded: ChangeRecord, maxHLC: inout Int64,
+    /// `inBatch`: the message carries other records too; a parked record then keeps only its own payload, so
+    /// each parked row is one change an operator can retry or discard.
+    func applyRecord(_ db: Database, shard: Int, _ message: IncomingMessage, _ decoded: ChangeRecord, inBatch: Bool = false, maxHLC: inout Int64,
                      events: inout [ReplicationEvent]) throws -> ApplyOutcome {
         var record = decoded
         if config.plantedBugs.contains(.dropSchemaHashOnDecode) { record.schemaHash = "" }
@@ -183,7 +185,7 @@ extension ReplicationNode {
         do {
             change = try resolve(record, against: table.schema, strict: sameSchema)
         } catch {
-            try park(db, shard: shard, message, reason: "\(error)", events: &events)
+            try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "\(error)", events: &events)
             return .consumed
         }
         try db.execute("SAVEPOINT harmonylite_apply", [])  // cached statements: this runs once per message
@@ -194,9 +196,16 @@ extension ReplicationNode {
         } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
             try db.execute("ROLLBACK TO harmonylite_apply", [])
             try db.execute("RELEASE harmonylite_apply", [])
-            try park(db, shard: shard, message, reason: "cannot apply to \(quoteIdentifier(record.table)): \(error.message)", events: &events)
+            try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "cannot apply to \(quoteIdentifier(record.table)): \(error.message)", events: &events)
         }
         return .consumed
+    }
+
+    /// The message to park for one failing record: the record alone when it came in a batch (encoded only here,
+    /// off the common path).
+    func parkable(_ message: IncomingMessage, _ record: ChangeRecord, _ inBatch: Bool) -> IncomingMessage {
+        guard inBatch, let alone = try? EnvelopeCodec.encode(record) else { return message }
+        return IncomingMessage(sequence: message.sequence, payload: alone)
     }
 
     func park(_ db: Database, shard: Int, _ message: IncomingMessage, reason: String, events: inout [ReplicationEvent]) throws {

@@ -16,7 +16,7 @@ extension LiveNode {
             let readings: NodeMetrics.Readings? = try? onQueue { core in
                 NodeMetrics.Readings(checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core.checkpoint($0)) }),
                                      pausedShards: Set(core.pausedShards.keys), waitingForSnapshot: core.restoreNeeded,
-                                     pendingChanges: (try? core.pendingChangeCount()) ?? 0)
+                                     pendingChanges: (try? core.pendingChangeCount()) ?? 0, parkedMessages: (try? core.parkedCount()) ?? 0)
             }
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
                                           body: metrics.render(readings))

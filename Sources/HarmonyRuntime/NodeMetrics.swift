@@ -44,6 +44,7 @@ final class NodeMetrics: Sendable {
     private let schemaPaused: [Int: Gauge]
     private let waitingForSnapshot: Gauge
     private let pendingChanges: Gauge
+    private let parkedMessages: Gauge
 
     /// The gauges' values, read from the core on its queue when `/metrics` is scraped.
     struct Readings {
@@ -51,6 +52,7 @@ final class NodeMetrics: Sendable {
         var pausedShards: Set<Int> = []
         var waitingForSnapshot = false
         var pendingChanges: Int64 = 0
+        var parkedMessages: Int64 = 0
     }
 
     static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -79,6 +81,7 @@ final class NodeMetrics: Sendable {
         })
         waitingForSnapshot = registry.makeGauge(descriptor: Self.descriptor("waiting_for_snapshot", "1 while the node is behind the log's start and waits for a snapshot."))
         pendingChanges = registry.makeGauge(descriptor: Self.descriptor("pending_changes", "Local changes not yet acknowledged by the log."))
+        parkedMessages = registry.makeGauge(descriptor: Self.descriptor("parked_messages", "Messages waiting in __harmonylite___parked (harmonylite -parked lists them)."))
     }
 
     func add(_ count: Count, _ amount: Int = 1) {
@@ -117,6 +120,7 @@ final class NodeMetrics: Sendable {
             for (shard, gauge) in schemaPaused { gauge.set(r.pausedShards.contains(shard) ? 1.0 : 0.0) }
             waitingForSnapshot.set(r.waitingForSnapshot ? 1.0 : 0.0)
             pendingChanges.set(Double(r.pendingChanges))
+            parkedMessages.set(Double(r.parkedMessages))
         }
         return registry.emitToString()
     }
@@ -125,6 +129,6 @@ final class NodeMetrics: Sendable {
     static var familyNames: [String] {
         Set(Count.allCases.map { "harmonylite_" + $0.definition.name }).sorted()
             + ["harmonylite_apply_batch_seconds", "harmonylite_replication_lag_seconds", "harmonylite_checkpoint",
-               "harmonylite_schema_paused", "harmonylite_waiting_for_snapshot", "harmonylite_pending_changes"]
+               "harmonylite_schema_paused", "harmonylite_waiting_for_snapshot", "harmonylite_pending_changes", "harmonylite_parked_messages"]
     }
 }

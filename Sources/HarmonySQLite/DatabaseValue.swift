@@ -20,6 +20,7 @@ public enum DatabaseValue: Sendable, Hashable, CustomStringConvertible {
 
     public var int64: Int64? { if case .integer(let v) = self { return v } else { return nil } }
     public var string: String? { if case .text(let v) = self { return v } else { return nil } }
+    public var bytes: [UInt8]? { if case .blob(let v) = self { return v } else { return nil } }
 }
 
 extension DatabaseValue: ExpressibleByIntegerLiteral, ExpressibleByStringLiteral, ExpressibleByNilLiteral,

@@ -21,6 +21,9 @@ struct HarmonyLiteCommand: ParsableCommand {
                                       (a running sidecar takes one on SIGUSR1 instead)
               -schema-status          with -config: this node's table hashes and its schema registry entry
               -schema-status-cluster  with -config: every node's registry entry; exit 1 when they disagree
+              -parked                 messages that could not be applied: id, stream, sequence, table, key, reason
+              -parked-retry [ID...]   apply parked messages again (all, or those IDs); kept if they still fail
+              -parked-discard ID...   remove parked messages for good
             """)
 
     @Option(name: .customLong("config", withSingleDash: true), help: "config.toml to run the sidecar with.")
@@ -52,6 +55,18 @@ struct HarmonyLiteCommand: ParsableCommand {
     @Flag(name: .customLong("version", withSingleDash: true), help: "Print the version.")
     var version = false
 
+    @Flag(name: .customLong("parked", withSingleDash: true), help: "List messages that could not be applied.")
+    var listParked = false
+
+    @Flag(name: .customLong("parked-retry", withSingleDash: true), help: "Apply parked messages again (the IDs given, or all).")
+    var retryParked = false
+
+    @Option(name: .customLong("parked-discard", withSingleDash: true), parsing: .upToNextOption, help: "Remove these parked messages for good.")
+    var discardParked: [Int64] = []
+
+    @Argument(help: "Parked message IDs for -parked-retry.")
+    var parkedIDs: [Int64] = []
+
     @Flag(name: .customLong("save-snapshot", withSingleDash: true), help: "Catch up, save a snapshot, exit.")
     var saveSnapshot = false
 
@@ -80,6 +95,11 @@ struct HarmonyLiteCommand: ParsableCommand {
             }
             if let nodeIDOverride { config.node.nodeID = nodeIDOverride }
             if let databasePath { config.node.databasePath = databasePath }
+            if listParked || retryParked || !discardParked.isEmpty {
+                try parkedCommand(path: config.node.databasePath, nodeID: config.node.nodeID, filter: config.node.tables,
+                                  shards: config.node.shards)
+                return
+            }
             if cleanup || install || status {
                 // Work on the file and exit: these never start replication (nor touch NATS), even beside a live node.
                 try localCommand(path: config.node.databasePath, nodeID: config.node.nodeID, filter: config.node.tables)
@@ -104,16 +124,75 @@ struct HarmonyLiteCommand: ParsableCommand {
         guard let databasePath else {
             throw ValidationError("-db PATH or -config FILE is required")
         }
+        if listParked || retryParked || !discardParked.isEmpty {
+            try parkedCommand(path: databasePath, nodeID: nodeID, filter: TableFilter(include: include, exclude: exclude), shards: 1)
+            return
+        }
         try localCommand(path: databasePath, nodeID: nodeID, filter: TableFilter(include: include, exclude: exclude))
+    }
+
+    /// `-parked`, `-parked-retry [ID...]`, `-parked-discard ID...`: on the database file, beside a running node or not.
+    func parkedCommand(path: String, nodeID: Int64, filter: TableFilter, shards: Int) throws {
+        try requireDatabaseFile(path)
+        let db = try SQLiteOpener().open(path: path)
+        if !discardParked.isEmpty {
+            let removed = try ReplicationNode.discardParked(db, ids: Set(discardParked))
+            print("discarded \(removed) parked message(s)")
+        }
+        if retryParked {
+            // A core that neither publishes nor consumes: it only applies, with last-writer-wins, what was parked.
+            var config = NodeConfig(nodeID: nodeID, databasePath: path)
+            config.publish = false
+            config.replicate = false
+            config.shards = shards
+            config.tables = filter
+            let core = ReplicationNode(config: config, environment: NodeEnvironment(clock: OfflineClock(), log: OfflineLog(), opener: SQLiteOpener()))
+            try core.start()
+            defer { core.stop() }
+            for (id, outcome) in try core.retryParked(ids: parkedIDs.isEmpty ? nil : Set(parkedIDs)) {
+                switch outcome {
+                case .applied: print("parked message \(id): applied")
+                case .stillFails(let reason): print("parked message \(id): still fails, kept: \(reason)")
+                case .waitsForSchema(let table): print("parked message \(id): needs the schema of \(quoteIdentifier(table)) that the sender has; kept")
+                }
+            }
+        }
+        let parked = try ReplicationNode.parkedMessages(db)
+        if parked.isEmpty { print("no parked messages") }
+        for p in parked {
+            print("\(p.id)  \(p.stream) seq \(p.sequence)  \(p.table.map(quoteIdentifier) ?? "(undecodable)")  \(p.key ?? "")  \(p.reason)")
+        }
+    }
+}
+
+/// Time for a core run from the command line: the wall clock, and no timers (the command returns at once).
+final class OfflineClock: NodeClock {
+    var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) {}
+}
+
+/// No log at all: a command-line core with publish = false and replicate = false never sends or consumes.
+final class OfflineLog: ReplicationLog {
+    func publish(_ message: OutgoingMessage) {}
+    func subscribe(shard: Int, fromSequence: UInt64) {}
+    func ack(shard: Int, sequence: UInt64) {}
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
+    func requestStreamState(shard: Int) {}
+}
+
+extension HarmonyLiteCommand {
+    /// A mistyped path is an error that names it, never a new empty database.
+    func requireDatabaseFile(_ path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            FileHandle.standardError.write(Data("harmonylite: no database at \(path) (check db_path or -db); nothing was created\n".utf8))
+            throw ExitCode(2)
+        }
     }
 
     /// `-install`, `-status` (the default) and `-cleanup` on one database file. The file must exist: a mistyped
     /// path is an error, never a new empty database. `-status` opens it read-only.
     func localCommand(path: String, nodeID: Int64, filter: TableFilter) throws {
-        guard FileManager.default.fileExists(atPath: path) else {
-            FileHandle.standardError.write(Data("harmonylite: no database at \(path) (check db_path or -db); nothing was created\n".utf8))
-            throw ExitCode(2)
-        }
+        try requireDatabaseFile(path)
         if !cleanup && !install {
             try CaptureStatus.print(try Database.readOnly(path: path))
             return

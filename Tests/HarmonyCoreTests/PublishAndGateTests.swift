@@ -211,6 +211,35 @@ struct PublishAndGateTests {
         #expect(c.nodes[1].checkpoint(1) == 2)
     }
 
+    /// An operator can list parked messages, apply them again once the cause is gone (checkpoints stay), and
+    /// discard what cannot be saved; a retry that still fails keeps the message with the new reason.
+    @Test func parkedMessagesCanBeListedRetriedAndDiscarded() throws {
+        let schema = "CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT UNIQUE);"
+        let c = try TestCluster(nodes: 2, schema: schema)
+        try c.apps[1].execute("INSERT INTO accounts VALUES (2, 'a@x'), (3, 'b@x')")  // not published yet
+        try c.apps[0].execute("INSERT INTO accounts VALUES (10, 'a@x')")
+        try c.apps[0].execute("INSERT INTO accounts VALUES (11, 'b@x')")
+        try c.publish(0)
+        try c.deliver(1)
+        let listed = try ReplicationNode.parkedMessages(c.apps[1])
+        #expect(listed.count == 2)
+        #expect(listed.allSatisfy { $0.table == "accounts" && $0.reason.contains("UNIQUE") })
+        #expect(listed.map(\.key) == ["id=10", "id=11"])
+        let checkpoint = c.nodes[1].checkpoint(1)
+        // The operator frees 'a@x' on node 2 (not replicated further: a local fix), then retries everything.
+        try c.apps[1].execute("UPDATE accounts SET email = 'a-old@x' WHERE id = 2")
+        let results = try c.nodes[1].retryParked()
+        #expect(results.map(\.id) == listed.map(\.id))
+        #expect(results[0].outcome == .applied)
+        guard case .stillFails(let reason) = results[1].outcome else { Issue.record("\(results)"); return }
+        #expect(reason.contains("UNIQUE"))
+        #expect(try c.rows(1, "SELECT id FROM accounts WHERE email = 'a@x'") == [[10]])
+        #expect(try ReplicationNode.parkedMessages(c.apps[1]).map(\.id) == [listed[1].id])
+        #expect(c.nodes[1].checkpoint(1) == checkpoint)
+        #expect(try ReplicationNode.discardParked(c.apps[1], ids: [listed[1].id, 999]) == 1)
+        #expect(try ReplicationNode.parkedMessages(c.apps[1]).isEmpty)
+    }
+
     @Test func messageWithWrongKeyColumnsIsParked() throws {
         let c = try TestCluster(nodes: 1, schema: usersSchema)
         let hash = c.nodes[0].captured["users"]!.schema.hash

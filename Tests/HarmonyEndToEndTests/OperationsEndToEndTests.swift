@@ -1,4 +1,6 @@
 import Foundation
+import HarmonyNATS
+import HarmonyRuntime
 import Testing
 
 /// What operators run beside a live node: commands that must do their job and exit, and mistakes that must be
@@ -142,5 +144,30 @@ struct OperationsEndToEndTests {
         for k in 2...30 { try sqlite(c.dbPath(1 + k % 2), "INSERT INTO items (id, name) VALUES (\(k), 'after');") }
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "30\n", timeoutSeconds: 30)
         #expect(try c.query(2, "SELECT count(*) FROM items;") == "30\n")
+    }
+
+    /// Parked messages are an operator's to see and to deal with, from the command line beside the live node.
+    @Test func parkedMessagesAreListedRetriedAndDiscardedFromTheCommandLine() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1)
+        let conn = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(c.natsPort)"]))
+        defer { conn.close() }
+        let js = try conn.jetStream { _ in }
+        for (i, junk) in [[UInt8](arrayLiteral: 0x01, 0xFF), Array("not cbor".utf8)].enumerated() {
+            try js.publishAsync(subject: "\(LiveNode.subjectPrefix).1", payload: junk, messageID: "junk-\(i)")
+        }
+        try js.waitForPublishes(timeoutMs: 5_000)
+        try waitUntil("node 2 parked both", timeoutSeconds: 20) { try c.query(2, "SELECT count(*) FROM __harmonylite___parked;") == "2\n" }
+        let listed = try runHarmonylite(["-config", c.configPath(2), "-parked"], timeoutSeconds: 10)
+        #expect(listed.code == 0)
+        let lines = listed.output.split(separator: "\n").filter { $0.contains("harmonylite-changes-1 seq") }
+        #expect(lines.count == 2 && lines.allSatisfy { $0.contains("(undecodable)") && $0.contains("undecodable:") }, "\(listed.output)")
+        let ids = lines.compactMap { Int($0.split(separator: " ").first ?? "") }
+        let retried = try runHarmonylite(["-config", c.configPath(2), "-parked-retry", String(ids[0])], timeoutSeconds: 10)
+        #expect(retried.output.contains("parked message \(ids[0]): still fails, kept"), "\(retried.output)")
+        let discarded = try runHarmonylite(["-config", c.configPath(2), "-parked-discard", String(ids[0]), String(ids[1])], timeoutSeconds: 10)
+        #expect(discarded.output.contains("discarded 2 parked message(s)") && discarded.output.contains("no parked messages"), "\(discarded.output)")
+        // The live node did not notice: it still replicates.
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'after');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
     }
 }
