@@ -15,6 +15,11 @@ public enum SchemaStatus {
 
     /// Reads the registry with a short connection attempt (the sidecar's embedded server when `urls` is empty).
     public static func registryEntries(_ config: RuntimeConfig) throws -> [SchemaRegistryEntry] {
+        try withRegistry(config) { bucket, _ in try SchemaRegistry.entries(bucket) }
+    }
+
+    /// Runs `body` with the registry bucket (and a JetStream context), over a short-lived connection.
+    static func withRegistry<T>(_ config: RuntimeConfig, _ body: (KeyValueBucket, JetStream) throws -> T) throws -> T {
         let urls = config.nats.urls.isEmpty ? ["nats://\(config.nats.bindAddress)"] : config.nats.urls
         var options = LiveNode.connectOptions(config, urls: urls)
         options.connectRetries = 1
@@ -25,7 +30,26 @@ public enum SchemaStatus {
         defer { js.close() }
         let bucket = try js.keyValue(bucket: SchemaRegistryEntry.bucket, create: false)
         defer { bucket.close() }
-        return try SchemaRegistry.entries(bucket)
+        return try body(bucket, js)
+    }
+
+    /// `-schema-forget NODE`: removes a decommissioned node's registry entry, so `-schema-status-cluster` stops
+    /// counting it. Refused while a live process holds that node_id.
+    public static func forget(_ config: RuntimeConfig, nodeID: Int64) throws -> String {
+        try withRegistry(config) { bucket, js in
+            if let nodes = try? js.keyValue(bucket: NodeIdentityClaim.bucket, create: false),
+               let claim = try nodes.entry("node-\(nodeID)"),
+               let holder = try? JSONDecoder().decode(NodeIdentityClaim.Holder.self, from: Data(claim.value)),
+               holder.expiresMs > NodeIdentityClaim.nowMs {
+                throw NodeIdentityError(description: "node \(nodeID) is running (pid \(holder.pid) on \(holder.host), database \(holder.database)); "
+                                        + "stop and decommission it before forgetting it")
+            }
+            guard try bucket.get(SchemaRegistryEntry.key(nodeID: nodeID)) != nil else {
+                return "node \(nodeID) has no entry in \(SchemaRegistryEntry.bucket); nothing to forget"
+            }
+            try bucket.delete(SchemaRegistryEntry.key(nodeID: nodeID))
+            return "forgot node \(nodeID): its entry is gone from \(SchemaRegistryEntry.bucket)"
+        }
     }
 
     /// This node: its tables' hashes now, and its registry entry (or why it could not be read).

@@ -21,6 +21,7 @@ struct HarmonyLiteCommand: ParsableCommand {
                                       (a running sidecar takes one on SIGUSR1 instead)
               -schema-status          with -config: this node's table hashes and its schema registry entry
               -schema-status-cluster  with -config: every node's registry entry; exit 1 when they disagree
+              -schema-forget NODE     with -config: remove a decommissioned node's registry entry (refused while it runs)
               -parked                 messages that could not be applied: id, stream, sequence, table, key, reason
               -parked-retry [ID...]   apply parked messages again (all, or those IDs); kept if they still fail
               -parked-discard ID...   remove parked messages for good
@@ -54,6 +55,9 @@ struct HarmonyLiteCommand: ParsableCommand {
 
     @Flag(name: .customLong("version", withSingleDash: true), help: "Print the version.")
     var version = false
+
+    @Option(name: .customLong("schema-forget", withSingleDash: true), help: "Remove a decommissioned node's schema registry entry.")
+    var schemaForget: Int64?
 
     @Flag(name: .customLong("parked", withSingleDash: true), help: "List messages that could not be applied.")
     var listParked = false
@@ -107,6 +111,15 @@ struct HarmonyLiteCommand: ParsableCommand {
             }
             if schemaStatus {
                 print(try SchemaStatus.local(config))
+                return
+            }
+            if let schemaForget {
+                do {
+                    print(try SchemaStatus.forget(config, nodeID: schemaForget))
+                } catch let refused as NodeIdentityError {
+                    FileHandle.standardError.write(Data("harmonylite: \(refused)\n".utf8))
+                    throw ExitCode(1)
+                }
                 return
             }
             if schemaStatusCluster {

@@ -170,4 +170,19 @@ struct OperationsEndToEndTests {
         try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'after');")
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
     }
+
+    /// A decommissioned node stays in `-schema-status-cluster` until forgotten; a running one cannot be.
+    @Test func aDecommissionedNodeIsForgottenAndARunningOneIsNot() throws {
+        let c = try LiveCluster(nodes: 3, schema: kvSchema)
+        try waitUntil("all three registered", timeoutSeconds: 20) {
+            try runHarmonylite(["-config", c.configPath(1), "-schema-status-cluster"], timeoutSeconds: 10).output.contains("all 3 node(s)")
+        }
+        let refused = try runHarmonylite(["-config", c.configPath(1), "-schema-forget", "2"], timeoutSeconds: 10)
+        #expect(refused.code == 1 && refused.output.contains("node 2 is running"), "\(refused.output)")
+        c.stop(3)
+        let forgot = try runHarmonylite(["-config", c.configPath(1), "-schema-forget", "3"], timeoutSeconds: 10)
+        #expect(forgot.code == 0 && forgot.output.contains("forgot node 3"), "\(forgot.output)")
+        let status = try runHarmonylite(["-config", c.configPath(1), "-schema-status-cluster"], timeoutSeconds: 10)
+        #expect(status.output.contains("all 2 node(s)"), "\(status.output)")
+    }
 }
