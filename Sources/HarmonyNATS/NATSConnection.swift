@@ -23,6 +23,8 @@ public struct NATSConnectOptions: Sendable {
     public var tlsKeyFile: String?
     /// Connection attempts at start before giving up (at least 1).
     public var connectRetries: Int
+    /// Told about every failed connection attempt that will be retried, so the wait is never silent.
+    public var onRetry: (@Sendable (String) -> Void)?
     /// Wait between attempts, at start and on reconnect (milliseconds).
     public var reconnectWaitMs: Int64
     /// Reconnect attempts per server after a disconnect; -1 = forever.
@@ -70,12 +72,19 @@ public final class NATSConnection: @unchecked Sendable {
             natsConnection_Destroy(connection)  // NULL-safe; Connect leaves it NULL on failure
             connection = nil
             lastError = NATSError.libnats(s, while: "connecting to \(target) as '\(options.name)' (attempt \(attempt) of \(attempts))")
-            if attempt < attempts, options.reconnectWaitMs > 0 {
-                Thread.sleep(forTimeInterval: Double(options.reconnectWaitMs) / 1000)
+            // Wrong credentials or arguments, or a TLS failure, will not change by waiting: fail at once.
+            if Self.isPermanent(s) { break }
+            if attempt < attempts {
+                options.onRetry?("connecting to \(target) failed (attempt \(attempt) of \(attempts)): \(lastError!); retrying in \(options.reconnectWaitMs) ms")
+                if options.reconnectWaitMs > 0 { Thread.sleep(forTimeInterval: Double(options.reconnectWaitMs) / 1000) }
             }
         }
         if let lastError { throw lastError }
         guardian = HandleGuard(connection!, what: "NATS connection to \(target)")
+    }
+
+    static func isPermanent(_ s: natsStatus) -> Bool {
+        s == NATS_CONNECTION_AUTH_FAILED || s == NATS_NOT_PERMITTED || s == NATS_INVALID_ARG || s == NATS_SSL_ERROR
     }
 
     private static func apply(_ o: NATSConnectOptions, to opts: OpaquePointer?, target: String) throws {

@@ -45,7 +45,7 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
 
     public var url: String { "nats://\(host):\(port)" }
 
-    static func findExecutable() throws -> String {
+    public static func findExecutable() throws -> String {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
         for dir in path.split(separator: ":") + ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
             let candidate = "\(dir)/nats-server"
@@ -194,7 +194,7 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
             + "or list that server in [nats] urls if this node should use it")
     }
 
-    static func canConnect(host: String, port: Int) -> Bool {
+    public static func canConnect(host: String, port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }

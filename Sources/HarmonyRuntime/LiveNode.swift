@@ -85,7 +85,10 @@ public final class LiveNode: @unchecked Sendable {
     /// A JetStream cluster that is still forming (no meta leader, too few peers for the replicas asked) is
     /// waited for, retrying with backoff for at most `jetStreamWaitSeconds`.
     public func start(urls: [String], jetStreamWaitSeconds: Double = 60) throws {
-        let connection = try NATSConnection(Self.connectOptions(config, urls: urls))
+        var options = Self.connectOptions(config, urls: urls)
+        let log = self.log
+        options.onRetry = { log.warning("\($0)") }
+        let connection = try NATSConnection(options)
         self.connection = connection
         let js = try connection.jetStream(publishAsyncMaxPending: config.node.publishInFlightMax) { [weak self] result in
             guard let node = self else { return }

@@ -117,6 +117,20 @@ public struct RuntimeConfig: Sendable, Equatable {
 
     public init(node: NodeConfig) { self.node = node }
 
+    /// `scheme://[user:pass@]host:port` or `host:port`, with a numeric port; a typo such as `:4222x` is caught here
+    /// instead of looking like a server that is down.
+    static func isNATSURL(_ url: String) -> Bool {
+        var rest = Substring(url)
+        if let scheme = rest.range(of: "://") {
+            guard ["nats", "tls", "ws", "wss"].contains(rest[..<scheme.lowerBound].lowercased()) else { return false }
+            rest = rest[scheme.upperBound...]
+        }
+        if let at = rest.lastIndex(of: "@") { rest = rest[rest.index(after: at)...] }
+        guard let colon = rest.lastIndex(of: ":"), colon != rest.startIndex else { return false }
+        let port = rest[rest.index(after: colon)...]
+        return !port.isEmpty && port.allSatisfy(\.isASCII) && port.allSatisfy(\.isNumber) && (1...65535).contains(Int(port) ?? 0)
+    }
+
     /// Parses config.toml text; every error names the key and line.
     public static func parse(_ text: String) throws -> RuntimeConfig {
         let root = try TOMLReader(parsing: text)
@@ -170,8 +184,8 @@ public struct RuntimeConfig: Sendable, Equatable {
             if (c.nats.certFile == nil) != (c.nats.keyFile == nil) {
                 throw n.error(at: c.nats.certFile == nil ? "key_file" : "cert_file", "keys 'nats.cert_file' and 'nats.key_file' go together")
             }
-            if let url = c.nats.urls.first(where: { !$0.contains(":") }) {
-                throw n.error(at: "urls", "key 'nats.urls' has '\(url)', expected nats://host:port")
+            if let url = c.nats.urls.first(where: { !Self.isNATSURL($0) }) {
+                throw n.error(at: "urls", "key 'nats.urls' has '\(url)', expected nats://host:port (or tls://, ws://, wss://) with a port from 1 to 65535")
             }
         }
         if let l = try root.table("logging") {

@@ -132,6 +132,15 @@ struct HarmonyLiteCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("harmonylite: -save-snapshot needs [snapshot] enabled = true in \(configPath)\n".utf8))
                 throw ExitCode(2)
             }
+            // A mistyped db_path must not become a new, empty node that then "replicates" nothing of the application's.
+            guard FileManager.default.fileExists(atPath: config.node.databasePath) else {
+                FileHandle.standardError.write(Data("""
+                    harmonylite: no database at \(config.node.databasePath) (db_path in \(configPath)). Point db_path at the \
+                    application's database; for a new node that should get everything from a snapshot, create an empty \
+                    one first: sqlite3 \(config.node.databasePath) 'PRAGMA user_version = 0;'\n
+                    """.utf8))
+                throw ExitCode(2)
+            }
             try Sidecar.run(config, saveSnapshotAndExit: saveSnapshot)
         }
         guard let databasePath else {

@@ -46,6 +46,11 @@ struct OperationsEndToEndTests {
         #expect(run.code == 2)
         #expect(run.output.contains("config file \(config) does not exist"), "\(run.output)")
         #expect(!run.output.contains("NSCocoaErrorDomain"), "\(run.output)")
+        // A db_path in a directory that does not exist: refused, with what to do, instead of an empty node.
+        try "db_path = \"\(dir)/missing/app.db\"\nnode_id = 1\n".write(toFile: "\(dir)/typo.toml", atomically: true, encoding: .utf8)
+        let typo = try runHarmonylite(["-config", "\(dir)/typo.toml"], timeoutSeconds: 10)
+        #expect(typo.code == 2 && typo.output.contains("no database at \(dir)/missing/app.db"), "\(typo.output)")
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/missing"))
     }
 
     /// A node that needs a snapshot it cannot get must not look healthy: `/health` turns 503 at once, with a JSON
@@ -184,5 +189,35 @@ struct OperationsEndToEndTests {
         #expect(forgot.code == 0 && forgot.output.contains("forgot node 3"), "\(forgot.output)")
         let status = try runHarmonylite(["-config", c.configPath(1), "-schema-status-cluster"], timeoutSeconds: 10)
         #expect(status.output.contains("all 2 node(s)"), "\(status.output)")
+    }
+
+    /// Wrong credentials will not get better by waiting: the node fails at once with the server's answer, where it
+    /// used to retry silently for connect_retries x reconnect_wait_seconds (45 s with the seeds' settings).
+    @Test func anAuthorizationFailureFailsAtOnce() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ops-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = EmbeddedNATSServer.freePort()
+        let server = try ChildProcess.spawn(try EmbeddedNATSServer.findExecutable(), ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir + "/nats",
+                                                                                  "--user", "app", "--pass", "right"],
+                                            environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: nil, stderr: nil)
+        defer { server.terminate(graceSeconds: 5) }
+        try waitUntil("nats-server accepts connections", timeoutSeconds: 10) { EmbeddedNATSServer.canConnect(host: "127.0.0.1", port: port) }
+        try sqlite("\(dir)/app.db", kvSchema)
+        try """
+            db_path = "\(dir)/app.db"
+            node_id = 1
+            [nats]
+            urls = ["nats://127.0.0.1:\(port)"]
+            user_name = "app"
+            user_password = "wrong"
+            connect_retries = 10
+            reconnect_wait_seconds = 5
+            """.write(toFile: "\(dir)/node.toml", atomically: true, encoding: .utf8)
+        let started = Date()
+        let run = try runHarmonylite(["-config", "\(dir)/node.toml"], timeoutSeconds: 30)
+        #expect(run.code != 0)
+        #expect(run.output.lowercased().contains("auth"), "\(run.output)")
+        #expect(Date().timeIntervalSince(started) < 10, "took \(Date().timeIntervalSince(started)) s")
     }
 }

@@ -75,6 +75,14 @@ struct RuntimeConfigTests {
         #expect(message("db_path = \"a\"\n[snapshot]\nstore = \"ftp\"\n").contains("snapshot.store"))
         #expect(message("db_path = \"a\"\n[snapshot.nats]\nbuckett = \"x\"\n").contains("unknown key 'snapshot.nats.buckett'"))
         #expect(message("db_path = \"a\"\n[snapshot.local]\npath = 5\n").contains("snapshot.local.path"))
+        // A typo in a URL is a config error at once, not a server that seems to be down for 45 s.
+        for url in ["127.0.0.1:4222x", "nats://host", "nats://host:0", "http://host:4222", "nats://:4222"] {
+            #expect(message("db_path = \"a\"\n[nats]\nurls = [\"\(url)\"]\n").contains("nats.urls"), "\(url)")
+        }
+        for url in ["nats://127.0.0.1:4222", "tls://user:pw@host.example:4443", "10.0.0.1:4222"] {
+            #expect(message("db_path = \"a\"\n[nats]\nurls = [\"\(url)\"]\n") == "parsed", "\(url)")
+        }
+        #expect(message("db_path = \"a\"\n[health]\nstall_seconds = 0\n").contains("health.stall_seconds"))
     }
 
     /// Snapshot settings: defaults, history, the object store's replicas following the streams', a local path.
