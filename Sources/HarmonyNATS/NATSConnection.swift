@@ -25,6 +25,8 @@ public struct NATSConnectOptions: Sendable {
     public var connectRetries: Int
     /// Told about every failed connection attempt that will be retried, so the wait is never silent.
     public var onRetry: (@Sendable (String) -> Void)?
+    /// Told when an established connection is lost and when it is back (on a libnats thread).
+    public var onConnectionChange: (@Sendable (NATSConnectionChange) -> Void)?
     /// Wait between attempts, at start and on reconnect (milliseconds).
     public var reconnectWaitMs: Int64
     /// Reconnect attempts per server after a disconnect; -1 = forever.
@@ -40,6 +42,42 @@ public struct NATSConnectOptions: Sendable {
         self.maxReconnects = -1
         self.connectTimeoutMs = 2_000
     }
+}
+
+/// A connection that was lost or is back, with the server's URL.
+public enum NATSConnectionChange: Sendable, Equatable {
+    case disconnected(url: String)
+    case reconnected(url: String)
+}
+
+/// Holds `onConnectionChange` for libnats's callbacks. Retained for the life of the process: libnats may still
+/// run a queued callback after the connection is destroyed, and one small object per connection is cheap.
+final class ConnectionChangeBox: Sendable {
+    let deliver: @Sendable (NATSConnectionChange) -> Void
+    /// The configured servers, for when libnats no longer has a connected URL to give (after a disconnect).
+    let servers: String
+    init(_ deliver: @escaping @Sendable (NATSConnectionChange) -> Void, servers: String) {
+        self.deliver = deliver
+        self.servers = servers
+    }
+
+    func url(_ nc: OpaquePointer?) -> String {
+        var buffer = [CChar](repeating: 0, count: 512)
+        guard let nc, natsConnection_GetConnectedUrl(nc, &buffer, buffer.count) == NATS_OK, buffer[0] != 0 else { return servers }
+        return String(cString: buffer)
+    }
+}
+
+private let disconnectedHandler: natsConnectionHandler = { nc, closure in
+    guard let closure else { return }
+    let box = Unmanaged<ConnectionChangeBox>.fromOpaque(closure).takeUnretainedValue()
+    box.deliver(.disconnected(url: box.url(nc)))
+}
+
+private let reconnectedHandler: natsConnectionHandler = { nc, closure in
+    guard let closure else { return }
+    let box = Unmanaged<ConnectionChangeBox>.fromOpaque(closure).takeUnretainedValue()
+    box.deliver(.reconnected(url: box.url(nc)))
 }
 
 /// Owns one `natsConnection`; the C connection is thread-safe, this class only guards its lifetime.
@@ -95,6 +133,11 @@ public final class NATSConnection: @unchecked Sendable {
         try check(natsOptions_SetReconnectWait(opts, max(0, o.reconnectWaitMs)), "setting reconnect wait")
         if o.connectTimeoutMs > 0 {
             try check(natsOptions_SetTimeout(opts, o.connectTimeoutMs), "setting connect timeout")
+        }
+        if let onChange = o.onConnectionChange {
+            let box = Unmanaged.passRetained(ConnectionChangeBox(onChange, servers: target)).toOpaque()
+            try check(natsOptions_SetDisconnectedCB(opts, disconnectedHandler, box), "setting the disconnect callback")
+            try check(natsOptions_SetReconnectedCB(opts, reconnectedHandler, box), "setting the reconnect callback")
         }
         if o.user != nil || o.password != nil {
             try withOptionalCString(o.user) { u in

@@ -88,6 +88,13 @@ public final class LiveNode: @unchecked Sendable {
         var options = Self.connectOptions(config, urls: urls)
         let log = self.log
         options.onRetry = { log.warning("\($0)") }
+        let waitSeconds = config.nats.reconnectWaitSeconds
+        options.onConnectionChange = { change in
+            switch change {
+            case .disconnected(let url): log.warning("lost the connection to NATS at \(url); reconnecting every \(waitSeconds) s (changes wait in the database)")
+            case .reconnected(let url): log.info("reconnected to NATS at \(url)")
+            }
+        }
         let connection = try NATSConnection(options)
         self.connection = connection
         let js = try connection.jetStream(publishAsyncMaxPending: config.node.publishInFlightMax) { [weak self] result in

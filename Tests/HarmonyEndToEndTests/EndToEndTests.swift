@@ -186,5 +186,8 @@ struct EndToEndTests {
         try waitUntil("node 1 has nothing left to publish", timeoutSeconds: 20) {
             try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n"
         }
+        // The operator saw it: the lost connection and its return are logged, the failure rate-limited.
+        #expect(c.log(1).contains("lost the connection to NATS at nats://127.0.0.1:") && c.log(1).contains("reconnected to NATS at"), "\(c.log(1))")
+        #expect(c.log(1).contains("failed or timed out"))
     }
 }
