@@ -133,14 +133,10 @@ struct HarmonyLiteCommand: ParsableCommand {
                 throw ExitCode(2)
             }
             // A mistyped db_path must not become a new, empty node that then "replicates" nothing of the application's.
-            guard FileManager.default.fileExists(atPath: config.node.databasePath) else {
-                FileHandle.standardError.write(Data("""
-                    harmonylite: no database at \(config.node.databasePath) (db_path in \(configPath)). Point db_path at the \
-                    application's database; for a new node that should get everything from a snapshot, create an empty \
-                    one first: sqlite3 \(config.node.databasePath) 'PRAGMA user_version = 0;'\n
-                    """.utf8))
-                throw ExitCode(2)
-            }
+            try requireDatabaseFile(config.node.databasePath, advice: """
+                (db_path in \(configPath)). Point db_path at the application's database; for a new node that should get \
+                everything from a snapshot, create an empty one first: sqlite3 \(config.node.databasePath) 'PRAGMA user_version = 0;'
+                """)
             try Sidecar.run(config, saveSnapshotAndExit: saveSnapshot)
         }
         guard let databasePath else {
@@ -204,9 +200,9 @@ final class OfflineLog: ReplicationLog {
 
 extension HarmonyLiteCommand {
     /// A mistyped path is an error that names it, never a new empty database.
-    func requireDatabaseFile(_ path: String) throws {
+    func requireDatabaseFile(_ path: String, advice: String = "(check db_path or -db); nothing was created") throws {
         guard FileManager.default.fileExists(atPath: path) else {
-            FileHandle.standardError.write(Data("harmonylite: no database at \(path) (check db_path or -db); nothing was created\n".utf8))
+            FileHandle.standardError.write(Data("harmonylite: no database at \(path) \(advice)\n".utf8))
             throw ExitCode(2)
         }
     }
