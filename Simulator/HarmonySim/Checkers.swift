@@ -80,7 +80,7 @@ enum SimulationCheckers {
             }
             var config = NodeConfig(nodeID: 1, databasePath: copy)
             config.shards = sim.scenario.shards
-            let replay = ReplicationNode(config: config, environment: NodeEnvironment(clock: ReplayClock(), log: ReplayLog(), opener: SimOpener(vfs: node.vfs)))
+            let replay = ReplicationNode(config: config, environment: NodeEnvironment(clock: ManualClock(nowMs: 0), log: DetachedLog(), opener: SimOpener(vfs: node.vfs)))
             try replay.start()
             for shard in 1...sim.scenario.shards {
                 let all = sim.jetStream.messages(shard: shard)
@@ -95,20 +95,6 @@ enum SimulationCheckers {
             return ["replay failed: \(error)"]
         }
     }
-}
-
-final class ReplayClock: NodeClock {
-    var nowMs: Int64 { 0 }
-    func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) {}
-}
-
-final class ReplayLog: ReplicationLog {
-    func publish(_ message: OutgoingMessage) {}
-    func subscribe(shard: Int, fromSequence: UInt64) {}
-    func ack(shard: Int, sequence: UInt64) {}
-    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
-    /// Never answered: the replay only applies, from each stream's first message, so it never needs a range.
-    func requestStreamState(shard: Int) {}
 }
 
 /// Swarm mode: a random fault mix per seed, where each kind may also be switched off entirely.

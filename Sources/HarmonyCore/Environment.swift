@@ -109,6 +109,17 @@ public enum ReplicationEvent: Sendable, Hashable {
     case tableSkipped(table: String, reason: String)
 }
 
+/// A log that goes nowhere, for a core whose messages come from its caller rather than a stream (the simulator's
+/// replay check, a command-line retry of parked messages): it drops whatever the core sends and never answers.
+public final class DetachedLog: ReplicationLog {
+    public init() {}
+    public func publish(_ message: OutgoingMessage) {}
+    public func subscribe(shard: Int, fromSequence: UInt64) {}
+    public func ack(shard: Int, sequence: UInt64) {}
+    public func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
+    public func requestStreamState(shard: Int) {}
+}
+
 /// The snapshot store and its cluster-wide lease (NATS object store and KV live, S3, a directory...; an
 /// in-memory store beside the simulated server in harmonysim).
 ///

@@ -164,7 +164,7 @@ struct HarmonyLiteCommand: ParsableCommand {
             config.replicate = false
             config.shards = shards
             config.tables = filter
-            let core = ReplicationNode(config: config, environment: NodeEnvironment(clock: OfflineClock(), log: OfflineLog(), opener: SQLiteOpener()))
+            let core = ReplicationNode(config: config, environment: NodeEnvironment(clock: OfflineClock(), log: DetachedLog(), opener: SQLiteOpener()))
             try core.start()
             defer { core.stop() }
             for (id, outcome) in try core.retryParked(ids: parkedIDs.isEmpty ? nil : Set(parkedIDs)) {
@@ -187,15 +187,6 @@ struct HarmonyLiteCommand: ParsableCommand {
 final class OfflineClock: NodeClock {
     var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
     func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) {}
-}
-
-/// No log at all: a command-line core with publish = false and replicate = false never sends or consumes.
-final class OfflineLog: ReplicationLog {
-    func publish(_ message: OutgoingMessage) {}
-    func subscribe(shard: Int, fromSequence: UInt64) {}
-    func ack(shard: Int, sequence: UInt64) {}
-    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
-    func requestStreamState(shard: Int) {}
 }
 
 extension HarmonyLiteCommand {
