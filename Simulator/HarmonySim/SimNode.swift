@@ -56,26 +56,25 @@ final class SimNode {
     var connected: Bool { sidecarUp && canSend && canReceive }
 }
 
-/// The node's clock as its core sees it: skewed, drifting, jumping simulated time.
-final class SimNodeClock: NodeClock {
+/// What every port of a simulated node holds: the simulation and which node it serves.
+class SimNodePort {
     unowned let sim: Simulation
     let node: Int
     init(sim: Simulation, node: Int) {
         self.sim = sim
         self.node = node
     }
+    var simNode: SimNode { sim.nodes[node - 1] }
+}
+
+/// The node's clock as its core sees it: skewed, drifting, jumping simulated time.
+final class SimNodeClock: SimNodePort, NodeClock {
     var nowMs: Int64 { sim.nodes[node - 1].nowMs(simMs: sim.nowMs) }
     func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { sim.scheduleTimer(node: node, timer: timer, afterMs: delayMs) }
 }
 
 /// The node's view of the simulated JetStream; every call travels the simulated network.
-final class SimLogPort: ReplicationLog {
-    unowned let sim: Simulation
-    let node: Int
-    init(sim: Simulation, node: Int) {
-        self.sim = sim
-        self.node = node
-    }
+final class SimLogPort: SimNodePort, ReplicationLog {
     func publish(_ message: OutgoingMessage) { sim.publish(from: node, message) }
     func subscribe(shard: Int, fromSequence: UInt64) { sim.subscribe(node: node, shard: shard, fromSequence: fromSequence) }
     func ack(shard: Int, sequence: UInt64) { sim.acknowledge(node: node, shard: shard, sequence: sequence, nakDelayMs: nil) }
@@ -86,12 +85,6 @@ final class SimLogPort: ReplicationLog {
 }
 
 /// Feeds the core's events into the trace and the causality tracking.
-final class SimEventSink: ReplicationEventSink {
-    unowned let sim: Simulation
-    let node: Int
-    init(sim: Simulation, node: Int) {
-        self.sim = sim
-        self.node = node
-    }
+final class SimEventSink: SimNodePort, ReplicationEventSink {
     func record(_ event: ReplicationEvent) { sim.coreEvent(node: node, event) }
 }

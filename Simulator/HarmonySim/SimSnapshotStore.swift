@@ -56,14 +56,7 @@ enum SimStoreAnswer {
 
 /// The node's way to the simulated snapshot store: every request crosses the simulated network and is
 /// answered there (or by a timeout), never inside the call.
-final class SimSnapshotPort: SnapshotStorePort {
-    unowned let sim: Simulation
-    let node: Int
-    init(sim: Simulation, node: Int) {
-        self.sim = sim
-        self.node = node
-    }
-    var simNode: SimNode { sim.nodes[node - 1] }
+final class SimSnapshotPort: SimNodePort, SnapshotStorePort {
     func scratchPath() -> String { sim.scratchPath(simNode, "snapshot") }
     func discard(path: String) { sim.removeScratch(simNode, path) }
     func requestNewestName() { sim.sendStoreRequest(node: node, .newest) }
