@@ -12,19 +12,28 @@ struct HarmonyLiteCommand: ParsableCommand {
         commandName: "harmonylite",
         abstract: "Leaderless replication of SQLite databases over NATS JetStream.",
         discussion: """
-              -config FILE  run the sidecar (HarmonyLite's config.toml keys); with no [nats] urls it starts
-                            and supervises an embedded nats-server -js on loopback
-              -install      install or refresh change-capture triggers on every table with a primary key
-              -status       show captured tables, pending changes and checkpoints
-              -cleanup      remove every harmonylite trigger and __harmonylite__ table (user data untouched)
-              -save-snapshot          with -config: catch up, save a snapshot to the [snapshot] store, exit
-                                      (a running sidecar takes one on SIGUSR1 instead)
-              -schema-status          with -config: this node's table hashes and its schema registry entry
-              -schema-status-cluster  with -config: every node's registry entry; exit 1 when they disagree
-              -schema-forget NODE     with -config: remove a decommissioned node's registry entry (refused while it runs)
-              -parked                 messages that could not be applied: id, stream, sequence, table, key, reason
-              -parked-retry [ID...]   apply parked messages again (all, or those IDs); kept if they still fail
-              -parked-discard ID...   remove parked messages for good
+              -config FILE     run the sidecar (HarmonyLite's config.toml keys); with
+                               no [nats] urls it supervises an embedded nats-server
+              -install         install or refresh change capture on every table
+                               with a primary key
+              -status          captured tables, pending changes and checkpoints
+              -cleanup         remove every harmonylite trigger and table
+                               (user data untouched)
+              -save-snapshot   with -config: catch up, save a snapshot, exit
+                               (a running sidecar takes one on SIGUSR1)
+              -schema-status   with -config: this node's table hashes and its
+                               schema registry entry
+              -schema-status-cluster
+                               every node's registry entry; exit 1 if they differ
+              -schema-forget NODE
+                               forget a decommissioned node (refused if it runs)
+              -parked          messages that could not be applied: id, stream,
+                               sequence, table, key, reason
+              -parked-retry [ID...]
+                               apply them again (all, or those IDs); kept if
+                               they still fail
+              -parked-discard ID...
+                               remove parked messages for good
             """)
 
     @Option(name: .customLong("config", withSingleDash: true), help: "config.toml to run the sidecar with.")
@@ -56,7 +65,8 @@ struct HarmonyLiteCommand: ParsableCommand {
     @Flag(name: .customLong("version", withSingleDash: true), help: "Print the version.")
     var version = false
 
-    @Option(name: .customLong("schema-forget", withSingleDash: true), help: "Remove a decommissioned node's schema registry entry.")
+    @Option(name: .customLong("schema-forget", withSingleDash: true),
+            help: ArgumentHelp("Remove a decommissioned node's schema registry entry.", valueName: "node"))
     var schemaForget: Int64?
 
     @Flag(name: .customLong("parked", withSingleDash: true), help: "List messages that could not be applied.")
@@ -65,10 +75,11 @@ struct HarmonyLiteCommand: ParsableCommand {
     @Flag(name: .customLong("parked-retry", withSingleDash: true), help: "Apply parked messages again (the IDs given, or all).")
     var retryParked = false
 
-    @Option(name: .customLong("parked-discard", withSingleDash: true), parsing: .upToNextOption, help: "Remove these parked messages for good.")
+    @Option(name: .customLong("parked-discard", withSingleDash: true), parsing: .upToNextOption,
+            help: ArgumentHelp("Remove these parked messages for good.", valueName: "id"))
     var discardParked: [Int64] = []
 
-    @Argument(help: "Parked message IDs for -parked-retry.")
+    @Argument(help: ArgumentHelp("Parked message IDs for -parked-retry.", valueName: "id"))
     var parkedIDs: [Int64] = []
 
     @Flag(name: .customLong("save-snapshot", withSingleDash: true), help: "Catch up, save a snapshot, exit.")
