@@ -18,7 +18,7 @@ extension Simulation {
             } else {
                 conflictsResolved += 1
             }
-        case .restored(let sequences):
+        case .restored(let sequences, _, _):
             // A restore applies every version the snapshot holds: later local writes must be newer (causality).
             let n = nodes[node - 1]
             // It is also the one step that may move a checkpoint back (to the snapshot's sequences).

@@ -95,8 +95,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case behindLogStart(shard: Int, checkpoint: UInt64, firstSequence: UInt64)
     case restoreRequested
     case restoreFailed(reason: String)
-    /// A snapshot replaced the database; replay resumes after these sequences (one per shard, in shard order).
-    case restored(sequences: [UInt64])
+    /// A snapshot replaced the database (`rows` rows in `tables` tables); replay resumes after these sequences
+    /// (one per shard, in shard order).
+    case restored(sequences: [UInt64], rows: Int, tables: Int)
     /// A snapshot this node took is in the store (logged only once its upload succeeded).
     case snapshotTaken(name: String)
     /// No snapshot this time, and why (another node holds the lease, a recent one exists, changes pending...).

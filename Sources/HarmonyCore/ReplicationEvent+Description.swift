@@ -31,8 +31,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "asking the snapshot store for the newest snapshot"
         case .restoreFailed(let reason):
             return "no snapshot restored: \(reason); asking again later"
-        case .restored(let sequences):
-            return "restored a snapshot; replaying the streams from after messages \(sequences.map(String.init).joined(separator: ", "))"
+        case .restored(let sequences, let rows, let tables):
+            return "restored a snapshot: \(rows) row(s) in \(tables) table(s) replaced this node's; replaying the streams from after messages \(sequences.map(String.init).joined(separator: ", "))"
         case .snapshotTaken(let name):
             return "snapshot \(name) is in the store"
         case .snapshotSkipped(let reason):

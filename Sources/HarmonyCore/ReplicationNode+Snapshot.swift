@@ -192,9 +192,10 @@ extension ReplicationNode {
             precondition((restored[shard] ?? 0) + 1 >= streamStates[shard]!.firstSequence,
                          "restore of shard \(shard) would resume before the stream's first sequence")
         }
+        var rowsRestored = 0
         try db.transaction(.immediate) {
             try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
-            for table in tables { try copyFromSnapshot(db, table) }
+            for table in tables { rowsRestored += try copyFromSnapshot(db, table) }
             try reapplyLocalChanges(db)
             try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.checkpointTable))", [])
             for shard in router.shards { try saveCheckpoint(db, shard: shard, sequence: restored[shard] ?? 0) }
@@ -208,7 +209,7 @@ extension ReplicationNode {
         }
         checkpoints = restored
         // Reported before the crash point after the commit: the restore happened even if the process dies next.
-        env.events?.record(.restored(sequences: router.shards.map { restored[$0] ?? 0 }))
+        env.events?.record(.restored(sequences: router.shards.map { restored[$0] ?? 0 }, rows: rowsRestored, tables: tables.count))
         try crashPoint(.afterRestoreCommit)
     }
 
@@ -266,7 +267,9 @@ extension ReplicationNode {
     }
 
     /// Replaces one table's rows and versions with the snapshot's, inside the restore transaction.
-    func copyFromSnapshot(_ db: Database, _ table: SnapshotTable) throws {
+    /// Returns how many rows the snapshot brought into the table.
+    @discardableResult
+    func copyFromSnapshot(_ db: Database, _ table: SnapshotTable) throws -> Int {
         precondition(db.isInTransaction && !table.primaryKey.isEmpty, "rows are replaced inside the restore transaction, by key")
         let snap = Self.snapshotSchema
         let columns = table.columns.map(quoteIdentifier).joined(separator: ", ")
@@ -274,8 +277,10 @@ extension ReplicationNode {
         let versionColumns = (table.primaryKey.map(Bookkeeping.keyColumn) + ["hlc", "node", "deleted"]).map(quoteIdentifier).joined(separator: ", ")
         try db.execute("DELETE FROM main.\(quoteIdentifier(table.name))", [])
         try db.execute("INSERT INTO main.\(quoteIdentifier(table.name)) (\(columns)) SELECT \(columns) FROM \(snap).\(quoteIdentifier(table.name))", [])
+        let rows = db.changes
         try db.execute("DELETE FROM main.\(versions)", [])
         try db.execute("INSERT INTO main.\(versions) (\(versionColumns)) SELECT \(versionColumns) FROM \(snap).\(versions)", [])
+        return rows
     }
 
     /// Every change still in the local change log goes back on top of the restored rows where it wins.

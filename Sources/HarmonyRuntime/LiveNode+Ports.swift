@@ -119,26 +119,26 @@ final class LiveEvents: ReplicationEventSink {
         node?.queueOnly.value.progress.record(event, nowMs: nowMs)
         switch event {
         case .parked, .tableSkipped:
-            log.warning("\(event)")
+            log.warning("\(event)", metadata: event.logMetadata)
         case .publishFailed:
             let reason = node?.queueOnly.value.lastPublishError ?? "no reason given"
-            if let line = repeats.admit("\(event) (\(reason))", key: "publish failed", nowMs: nowMs) { log.warning("\(line)") }
+            if let line = repeats.admit("\(event) (\(reason))", key: "publish failed", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
-            if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)") }
+            if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .snapshotTaken(let name):
-            log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")")
+            log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")", metadata: event.logMetadata)
             node?.snapshotAttemptEnded(event)
         case .snapshotSkipped(let reason):
             // Periodic skips are routine (another node's turn, a recent snapshot): debug, unless an operator asked.
-            if node?.snapshotAttemptEnded(event) == true { log.info("snapshot skipped: \(reason)") } else { log.debug("snapshot skipped: \(reason)") }
+            if node?.snapshotAttemptEnded(event) == true { log.info("snapshot skipped: \(reason)", metadata: event.logMetadata) } else { log.debug("snapshot skipped: \(reason)", metadata: event.logMetadata) }
         case .snapshotFailed(let reason):
-            log.warning("snapshot failed: \(reason)")
+            log.warning("snapshot failed: \(reason)", metadata: event.logMetadata)
             node?.snapshotAttemptEnded(event)
-        case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .gap: log.info("\(event)")
+        case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .gap: log.info("\(event)", metadata: event.logMetadata)
         case .captureInstalled:
-            log.info("\(event)")
+            log.info("\(event)", metadata: event.logMetadata)
             node?.schemaChanged()  // recorded on the node's queue, inside the core
-        default: log.debug("\(event)")
+        default: log.debug("\(event)", metadata: event.logMetadata)
         }
     }
 }

@@ -98,6 +98,8 @@ struct SnapshotTests {
 
         try cluster.nodes[n].snapshotReady(at: path)
         #expect(!cluster.nodes[n].restoreNeeded)
+        // The restore says how much it replaced: the snapshot's 20 rows, in its one table.
+        #expect(cluster.events[n].events.contains { if case .restored(_, 20, 1) = $0 { return true } else { return false } })
         #expect(try cluster.apps[n].scalar("SELECT count(*) FROM sqlite_schema WHERE name = 'kv_v' AND type = 'index'")?.int64 == 1)
         try cluster.settle()
         #expect(try kv(cluster.apps[n]) == kv(cluster.apps[0]))

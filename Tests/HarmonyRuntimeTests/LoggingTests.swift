@@ -1,5 +1,6 @@
 import Foundation
-import HarmonyRuntime
+@testable import HarmonyRuntime
+import HarmonyCore
 import Logging
 import Synchronization
 import Testing
@@ -93,5 +94,17 @@ struct LoggingTests {
         let line = try #require(captured.all.first)
         #expect(line.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ERROR \[node 12\] first\\nsecond \\x01 shard=2\n$"#,
                            options: .regularExpression) != nil, "\(line)")
+    }
+
+    /// An event logged in JSON carries its facts as fields (numbers stay numbers) beside the sentence.
+    @Test func eventsLogTheirFactsAsJSONFields() throws {
+        let (logger, captured) = makeLogger(format: "json", verbose: false)
+        let event = ReplicationEvent.schemaPaused(shard: 2, sequence: 41, table: "items", remoteHash: "ab12")
+        logger.info("\(event)", metadata: event.logMetadata)
+        let line = try parseJSONLine(try #require(captured.all.first))
+        #expect(line["event"] as? String == "schema_paused")
+        #expect(line["shard"] as? Int == 2 && line["sequence"] as? Int == 41)
+        #expect(line["table"] as? String == "items" && line["schema"] as? String == "ab12")
+        #expect((line["message"] as? String)?.hasPrefix("shard 2 paused at message 41") == true)
     }
 }

@@ -1,0 +1,38 @@
+import HarmonyCore
+import Logging
+
+extension ReplicationEvent {
+    /// The sentence's facts as log fields (`shard`, `table`, `sequence`, `reason`...), so JSON logs can be filtered
+    /// and counted without parsing text; integers stay numbers.
+    var logMetadata: Logger.Metadata {
+        func n<T: BinaryInteger & Sendable>(_ v: T) -> Logger.MetadataValue { .stringConvertible(Int64(v)) }
+        switch self {
+        case .published(let count): return ["event": "published", "count": n(count)]
+        case .publishFailed(let token): return ["event": "publish_failed", "change": n(token)]
+        case .markPublishedFailed(let count, let error): return ["event": "mark_published_failed", "count": n(count), "reason": .string(error)]
+        case .applied(let shard, let sequence, let table, let version, let won):
+            return ["event": "applied", "shard": n(shard), "sequence": n(sequence), "table": .string(table),
+                    "version": .string(version.description), "result": .string(won ? "won" : "lost")]
+        case .duplicate(let shard, let sequence): return ["event": "duplicate", "shard": n(shard), "sequence": n(sequence)]
+        case .parked(let shard, let sequence, let reason):
+            return ["event": "parked", "shard": n(shard), "sequence": n(sequence), "reason": .string(reason)]
+        case .schemaPaused(let shard, let sequence, let table, let remoteHash):
+            return ["event": "schema_paused", "shard": n(shard), "sequence": n(sequence), "table": .string(table), "schema": .string(remoteHash)]
+        case .schemaResumed(let shard): return ["event": "schema_resumed", "shard": n(shard)]
+        case .gap(let shard, let expected, let got): return ["event": "gap", "shard": n(shard), "expected": n(expected), "sequence": n(got)]
+        case .streamStateUnknown(let shard): return ["event": "stream_range_unknown", "shard": n(shard)]
+        case .behindLogStart(let shard, let checkpoint, let first):
+            return ["event": "behind_log_start", "shard": n(shard), "checkpoint": n(checkpoint), "first_sequence": n(first)]
+        case .restoreRequested: return ["event": "restore_requested"]
+        case .restoreFailed(let reason): return ["event": "restore_failed", "reason": .string(reason)]
+        case .restored(_, let rows, let tables): return ["event": "restored", "rows": n(rows), "tables": n(tables)]
+        case .snapshotTaken(let name): return ["event": "snapshot_taken", "snapshot": .string(name)]
+        case .snapshotSkipped(let reason): return ["event": "snapshot_skipped", "reason": .string(reason)]
+        case .snapshotFailed(let reason): return ["event": "snapshot_failed", "reason": .string(reason)]
+        case .applyBatchFailed(let shard, let error): return ["event": "apply_batch_failed", "shard": n(shard), "reason": .string(error)]
+        case .cleanedUp(let rows): return ["event": "cleaned_up", "rows": n(rows)]
+        case .captureInstalled(let tables): return ["event": "capture_installed", "tables": n(tables)]
+        case .tableSkipped(let table, let reason): return ["event": "table_skipped", "table": .string(table), "reason": .string(reason)]
+        }
+    }
+}
