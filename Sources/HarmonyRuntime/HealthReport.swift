@@ -59,21 +59,7 @@ struct HealthReport: Sendable {
     var shards: [ShardState]
     var pendingChanges: Int64
 
-    /// What the core shows now, read on its queue.
-    struct Readings: Sendable {
-        var running: Bool
-        var coreFailure: String?
-        var natsConnected: Bool
-        var replicate: Bool
-        var snapshotsEnabled: Bool
-        var checkpoints: [Int: UInt64]
-        var streamLasts: [Int: UInt64]
-        var pausedShards: Set<Int>
-        var restoreNeeded: Bool
-        var pendingChanges: Int64
-    }
-
-    static func evaluate(_ r: Readings, watch: ProgressWatch, nowMs: Int64, stallMs: Int64) -> HealthReport {
+    static func evaluate(_ r: NodeReadings, watch: ProgressWatch, nowMs: Int64, stallMs: Int64) -> HealthReport {
         var reasons: [String] = []
         if !r.running { reasons.append(r.coreFailure ?? "the replication core is not running") }
         if !r.natsConnected { reasons.append("not connected to NATS") }

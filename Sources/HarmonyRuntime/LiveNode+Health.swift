@@ -13,35 +13,29 @@ extension LiveNode {
     func respond(_ path: String) -> MetricsServer.Response {
         switch path {
         case "/metrics":
-            let readings: NodeMetrics.Readings? = try? onQueue { core in
-                NodeMetrics.Readings(checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core.checkpoint($0)) }),
-                                     pausedShards: Set(core.pausedShards.keys), waitingForSnapshot: core.restoreNeeded,
-                                     pendingChanges: (try? core.pendingChangeCount()) ?? 0, parkedMessages: (try? core.parkedCount()) ?? 0)
-            }
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                          body: metrics.render(readings))
+                                          body: metrics.render(readings()))
         case "/health":
-            let report = healthReport()
+            let report = HealthReport.evaluate(readings(), watch: queue.sync { queueOnly.value.progress },
+                                               nowMs: Int64(Date().timeIntervalSince1970 * 1000), stallMs: config.health.stallSeconds * 1000)
             return MetricsServer.Response(status: report.healthy ? 200 : 503, contentType: "application/json", body: report.json)
         default:
             return MetricsServer.Response(status: 404, body: "try /metrics or /health\n")
         }
     }
 
-    /// Reads the core and the progress watch on the queue and judges them.
-    func healthReport() -> HealthReport {
+    /// The core's state now, read on its queue.
+    func readings() -> NodeReadings {
         queue.sync {
             let core = self.core
-            let readings = HealthReport.Readings(
+            return NodeReadings(
                 running: core?.isRunning ?? false, coreFailure: queueOnly.value.coreFailure,
                 natsConnected: connection?.isConnected == true, replicate: nodeConfig.replicate,
                 snapshotsEnabled: config.snapshot.enabled,
                 checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core?.checkpoint($0) ?? 0) }),
                 streamLasts: core?.streamStates.mapValues(\.lastSequence) ?? [:],
                 pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,
-                pendingChanges: (try? core?.pendingChangeCount()) ?? 0)
-            return HealthReport.evaluate(readings, watch: queueOnly.value.progress,
-                                         nowMs: Int64(Date().timeIntervalSince1970 * 1000), stallMs: config.health.stallSeconds * 1000)
+                pendingChanges: (try? core?.pendingChangeCount()) ?? 0, parkedMessages: (try? core?.parkedCount()) ?? 0)
         }
     }
 }

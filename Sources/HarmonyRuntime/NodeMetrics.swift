@@ -46,15 +46,6 @@ final class NodeMetrics: Sendable {
     private let pendingChanges: Gauge
     private let parkedMessages: Gauge
 
-    /// The gauges' values, read from the core on its queue when `/metrics` is scraped.
-    struct Readings {
-        var checkpoints: [Int: UInt64] = [:]
-        var pausedShards: Set<Int> = []
-        var waitingForSnapshot = false
-        var pendingChanges: Int64 = 0
-        var parkedMessages: Int64 = 0
-    }
-
     static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "harmonylite", metricName: name, unitName: "", helpText: help)
     }
@@ -113,12 +104,12 @@ final class NodeMetrics: Sendable {
         }
     }
 
-    /// The exposition text, with the gauges set from `readings` (nil: the core is not running; gauges keep their values).
-    func render(_ readings: Readings?) -> String {
-        if let r = readings {
+    /// The exposition text, with the gauges set from `r` (while the core is down, gauges keep their last values).
+    func render(_ r: NodeReadings) -> String {
+        if r.running {
             for (shard, gauge) in checkpoint { gauge.set(Double(r.checkpoints[shard] ?? 0)) }
             for (shard, gauge) in schemaPaused { gauge.set(r.pausedShards.contains(shard) ? 1.0 : 0.0) }
-            waitingForSnapshot.set(r.waitingForSnapshot ? 1.0 : 0.0)
+            waitingForSnapshot.set(r.restoreNeeded ? 1.0 : 0.0)
             pendingChanges.set(Double(r.pendingChanges))
             parkedMessages.set(Double(r.parkedMessages))
         }

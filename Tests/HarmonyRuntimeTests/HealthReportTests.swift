@@ -9,8 +9,8 @@ struct HealthReportTests {
     let stallMs: Int64 = 60_000
 
     func readings(checkpoints: [Int: UInt64] = [1: 10, 2: 10], lasts: [Int: UInt64] = [1: 10, 2: 10], paused: Set<Int> = [],
-                  restoreNeeded: Bool = false, snapshots: Bool = true, pending: Int64 = 0) -> HealthReport.Readings {
-        HealthReport.Readings(running: true, coreFailure: nil, natsConnected: true, replicate: true, snapshotsEnabled: snapshots,
+                  restoreNeeded: Bool = false, snapshots: Bool = true, pending: Int64 = 0) -> NodeReadings {
+        NodeReadings(running: true, coreFailure: nil, natsConnected: true, replicate: true, snapshotsEnabled: snapshots,
                               checkpoints: checkpoints, streamLasts: lasts, pausedShards: paused, restoreNeeded: restoreNeeded,
                               pendingChanges: pending)
     }

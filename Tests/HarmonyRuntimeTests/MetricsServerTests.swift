@@ -49,7 +49,7 @@ struct MetricsServerTests {
         m.record(.applied(shard: 1, sequence: 2, table: "t", version: RowVersion(hlc: 1 << 16, node: 2), won: false), nowMs: 2)
         m.record(.applied(shard: 1, sequence: 3, table: "t", version: RowVersion(hlc: 1 << 16, node: 1), won: false), nowMs: 2)
         m.record(.schemaPaused(shard: 2, sequence: 9, table: "t", remoteHash: "x"))
-        let text = m.render(NodeMetrics.Readings(checkpoints: [1: 7], pausedShards: [2], pendingChanges: 4))
+        let text = m.render(NodeReadings(running: true, checkpoints: [1: 7], pausedShards: [2], pendingChanges: 4))
         var values: [String: Double] = [:]
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             let parts = line.split(separator: " ")

@@ -1,0 +1,16 @@
+/// What the node shows at one moment, read once on its queue for `/metrics` and `/health` alike.
+struct NodeReadings: Sendable {
+    var running = false
+    /// Why the core is down between a throw and its restart.
+    var coreFailure: String?
+    var natsConnected = false
+    var replicate = true
+    var snapshotsEnabled = false
+    var checkpoints: [Int: UInt64] = [:]
+    /// Each stream's last sequence as last reported (absent: not known yet).
+    var streamLasts: [Int: UInt64] = [:]
+    var pausedShards: Set<Int> = []
+    var restoreNeeded = false
+    var pendingChanges: Int64 = 0
+    var parkedMessages: Int64 = 0
+}
