@@ -17,7 +17,7 @@ extension LiveNode {
                                           body: metrics.render(readings()))
         case "/health":
             let report = HealthReport.evaluate(readings(), watch: queue.sync { queueOnly.value.progress },
-                                               nowMs: Int64(Date().timeIntervalSince1970 * 1000), stallMs: config.health.stallSeconds * 1000)
+                                               nowMs: WallClock.nowMs, stallMs: config.health.stallSeconds * 1000)
             return MetricsServer.Response(status: report.healthy ? 200 : 503, contentType: "application/json", body: report.json)
         default:
             return MetricsServer.Response(status: 404, body: "try /metrics or /health\n")

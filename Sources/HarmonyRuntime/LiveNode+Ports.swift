@@ -90,7 +90,7 @@ extension LiveNode {
 final class LiveClock: NodeClock {
     unowned let node: LiveNode
     init(node: LiveNode) { self.node = node }
-    var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    var nowMs: Int64 { WallClock.nowMs }
     func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { node.schedule(timer, afterMs: delayMs) }
 }
 
@@ -114,7 +114,7 @@ final class LiveEvents: ReplicationEventSink {
         self.node = node
     }
     func record(_ event: ReplicationEvent) {
-        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        let nowMs = WallClock.nowMs
         node?.metrics.record(event, nowMs: nowMs)
         node?.queueOnly.value.progress.record(event, nowMs: nowMs)
         switch event {

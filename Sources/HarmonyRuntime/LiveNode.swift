@@ -153,7 +153,7 @@ public final class LiveNode: @unchecked Sendable {
             queueOnly.value.changes = changes
             try core.start()
             schemaChanged()
-            let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+            let nowMs = WallClock.nowMs
             for shard in router.shards { queueOnly.value.progress.lastProgressMs[shard] = nowMs }
         }
         if config.prometheus.enable {
@@ -191,7 +191,7 @@ public final class LiveNode: @unchecked Sendable {
     /// Queue only: stops the core that threw and schedules its replacement.
     func coreFailed(_ error: any Error, while what: String) {
         guard let failed = core else { return }
-        let delayMs = queueOnly.value.restartBackoff.failed(atMs: Int64(Date().timeIntervalSince1970 * 1000))
+        let delayMs = queueOnly.value.restartBackoff.failed(atMs: WallClock.nowMs)
         queueOnly.value.coreFailure = "replication stopped while \(what): \(error)"
         log.error("replication stopped while \(what): \(error). Restarting it in \(delayMs) ms; nothing is lost, it resumes from its checkpoints.")
         metrics.add(.coreRestarts)

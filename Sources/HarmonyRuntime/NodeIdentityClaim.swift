@@ -37,17 +37,16 @@ final class NodeIdentityClaim: @unchecked Sendable {
                              database: databasePath, expiresMs: 0)
     }
 
-    static var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
     var key: String { "node-\(nodeID)" }
 
     /// Takes the claim, or throws naming the live process that holds it.
     func claim() throws {
         let current = try kv.entry(key)
         if let current, let other = try? JSONDecoder().decode(Holder.self, from: Data(current.value)),
-           other.instance != holder.instance, other.expiresMs > Self.nowMs, !Self.isGone(other, from: holder) {
+           other.instance != holder.instance, other.expiresMs > WallClock.nowMs, !Self.isGone(other, from: holder) {
             throw NodeIdentityError(description: """
                 node_id \(nodeID) is in use by another harmonylite (pid \(other.pid) on \(other.host), database \(other.database)), \
-                which renewed its claim \(max(0, (Self.nowMs - (other.expiresMs - expiryMs)) / 1000)) s ago. Every node needs its own \
+                which renewed its claim \(max(0, (WallClock.nowMs - (other.expiresMs - expiryMs)) / 1000)) s ago. Every node needs its own \
                 node_id; if that process is gone, its claim expires within \(expiryMs / 1000) s
                 """)
         }
@@ -65,7 +64,7 @@ final class NodeIdentityClaim: @unchecked Sendable {
 
     private func write(lastRevision: UInt64?) throws -> UInt64? {
         var mine = holder
-        mine.expiresMs = Self.nowMs + expiryMs
+        mine.expiresMs = WallClock.nowMs + expiryMs
         return try kv.compareAndSet(key, Array(try JSONEncoder().encode(mine)), lastRevision: lastRevision)
     }
 

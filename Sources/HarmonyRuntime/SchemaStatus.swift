@@ -40,7 +40,7 @@ public enum SchemaStatus {
             if let nodes = try? js.keyValue(bucket: NodeIdentityClaim.bucket, create: false),
                let claim = try nodes.entry("node-\(nodeID)"),
                let holder = try? JSONDecoder().decode(NodeIdentityClaim.Holder.self, from: Data(claim.value)),
-               holder.expiresMs > NodeIdentityClaim.nowMs {
+               holder.expiresMs > WallClock.nowMs {
                 throw NodeIdentityError(description: "node \(nodeID) is running (pid \(holder.pid) on \(holder.host), database \(holder.database)); "
                                         + "stop and decommission it before forgetting it")
             }

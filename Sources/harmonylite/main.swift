@@ -196,7 +196,7 @@ struct HarmonyLiteCommand: ParsableCommand {
 
 /// Time for a core run from the command line: the wall clock, and no timers (the command returns at once).
 final class OfflineClock: NodeClock {
-    var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    var nowMs: Int64 { WallClock.nowMs }
     func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) {}
 }
 

@@ -21,17 +21,16 @@ final class SnapshotLease: @unchecked Sendable {
         enum CodingKeys: String, CodingKey { case node, expiresMs = "expires_ms" }
     }
 
-    static var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
     /// True when this node now holds the lease (it was free, expired, or already ours) for `durationMs`
     /// (default: the lease's own duration).
     func acquire(durationMs requested: Int64? = nil) throws -> Bool {
-        let mine = try JSONEncoder().encode(Holder(node: nodeID, expiresMs: Self.nowMs + (requested ?? durationMs)))
+        let mine = try JSONEncoder().encode(Holder(node: nodeID, expiresMs: WallClock.nowMs + (requested ?? durationMs)))
         guard let current = try bucket.entry(Self.key) else {
             return try bucket.compareAndSet(Self.key, Array(mine), lastRevision: nil) != nil
         }
         if let holder = try? JSONDecoder().decode(Holder.self, from: Data(current.value)),
-           holder.node != nodeID, holder.expiresMs > Self.nowMs {
+           holder.node != nodeID, holder.expiresMs > WallClock.nowMs {
             return false
         }
         return try bucket.compareAndSet(Self.key, Array(mine), lastRevision: current.revision) != nil
