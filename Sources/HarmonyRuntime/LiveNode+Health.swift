@@ -14,28 +14,27 @@ extension LiveNode {
         switch path {
         case "/metrics":
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                          body: metrics.render(readings()))
+                                          body: metrics.render(queue.sync { readingsOnQueue() }))
         case "/health":
-            let report = HealthReport.evaluate(readings(), watch: queue.sync { queueOnly.value.progress },
-                                               nowMs: WallClock.nowMs, stallMs: config.health.stallSeconds * 1000)
+            // The core's state and the progress watch in one look, so an event between two reads cannot mix them.
+            let (readings, watch) = queue.sync { (readingsOnQueue(), queueOnly.value.progress) }
+            let report = HealthReport.evaluate(readings, watch: watch, nowMs: WallClock.nowMs, stallMs: config.health.stallSeconds * 1000)
             return MetricsServer.Response(status: report.healthy ? 200 : 503, contentType: "application/json", body: report.json)
         default:
             return MetricsServer.Response(status: 404, body: "try /metrics or /health\n")
         }
     }
 
-    /// The core's state now, read on its queue.
-    func readings() -> NodeReadings {
-        queue.sync {
-            let core = self.core
-            return NodeReadings(
-                running: core?.isRunning ?? false, coreFailure: queueOnly.value.coreFailure,
-                natsConnected: connection?.isConnected == true, replicate: nodeConfig.replicate,
-                snapshotsEnabled: config.snapshot.enabled,
-                checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core?.checkpoint($0) ?? 0) }),
-                streamLasts: core?.streamStates.mapValues(\.lastSequence) ?? [:],
-                pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,
-                pendingChanges: (try? core?.pendingChangeCount()) ?? 0, parkedMessages: (try? core?.parkedCount()) ?? 0)
-        }
+    /// Queue only: the core's state now.
+    func readingsOnQueue() -> NodeReadings {
+        let core = self.core
+        return NodeReadings(
+            running: core?.isRunning ?? false, coreFailure: queueOnly.value.coreFailure,
+            natsConnected: connection?.isConnected == true, replicate: nodeConfig.replicate,
+            snapshotsEnabled: config.snapshot.enabled,
+            checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core?.checkpoint($0) ?? 0) }),
+            streamLasts: core?.streamStates.mapValues(\.lastSequence) ?? [:],
+            pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,
+            pendingChanges: (try? core?.pendingChangeCount()) ?? 0, parkedMessages: (try? core?.parkedCount()) ?? 0)
     }
 }
