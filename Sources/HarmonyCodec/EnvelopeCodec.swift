@@ -49,11 +49,12 @@ public enum EnvelopeCodec {
     }
 
     /// Decodes either format into the records it carries, in order.
-    public static func decodeAll(_ bytes: [UInt8]) throws -> [ChangeRecord] {
+    /// `decompressedLimit`: a receiver that accepts rows above the default passes its own `max_row_bytes` here.
+    public static func decodeAll(_ bytes: [UInt8], decompressedLimit: Int = decompressedBytesMax) throws -> [ChangeRecord] {
         guard let format = bytes.first else { throw EnvelopeError.empty }
-        guard format == formatBatchPlain || format == formatBatchZstd else { return [try decode(bytes)] }
+        guard format == formatBatchPlain || format == formatBatchZstd else { return [try decode(bytes, decompressedLimit: decompressedLimit)] }
         let body = format == formatBatchZstd
-            ? try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedBytesMax) : Array(bytes.dropFirst())
+            ? try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedLimit) : Array(bytes.dropFirst())
         guard case .array(let items) = try CBORDecoder.decode(body) else { throw EnvelopeError.malformed("batch is not an array") }
         guard !items.isEmpty, items.count <= batchRecordsMax else { throw EnvelopeError.malformed("batch has \(items.count) records") }
         return try items.map(record)
@@ -73,12 +74,13 @@ public enum EnvelopeCodec {
         ])
     }
 
-    public static func decode(_ bytes: [UInt8]) throws -> ChangeRecord {
+    public static func decode(_ bytes: [UInt8], decompressedLimit: Int = decompressedBytesMax) throws -> ChangeRecord {
         guard let format = bytes.first else { throw EnvelopeError.empty }
         let body: [UInt8]
         switch format {
         case formatPlain: body = Array(bytes.dropFirst())
-        case formatZstd: body = try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedBytesMax)
+        case formatZstd: body = try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedLimit)
+        case formatPart: throw EnvelopeError.malformed("this is one part of a split message; it decodes only joined with the others")
         default: throw EnvelopeError.unknownFormat(format)
         }
         return try record(try CBORDecoder.decode(body))

@@ -13,6 +13,12 @@ public enum Bookkeeping {
     /// Messages that could not be applied (constraint failures, undecodable payloads), kept for the operator.
     public static let parkedTable = "__harmonylite___parked"
 
+    /// Parts of split messages (rows above the log's payload limit) received but not yet complete; restored with
+    /// a snapshot, since the snapshot's checkpoint may sit between two parts of one change.
+    public static let partsTable = "__harmonylite___message_parts"
+    /// The `stream` of a parked row that is a local change refused for its size (`seq` is its global change-log id).
+    public static let localParkedStream = "(local change)"
+
     public static func changeLog(_ table: String) -> String { "\(prefix)\(table)_change_log" }
     public static func versionTable(_ table: String) -> String { "\(prefix)\(table)_version" }
     public static func trigger(_ table: String, _ kind: String) -> String { "\(prefix)\(table)_on_\(kind)" }

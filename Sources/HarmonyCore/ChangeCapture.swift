@@ -73,6 +73,16 @@ public enum ChangeCapture {
                 payload BLOB,
                 error TEXT NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.partsTable)) (
+                stream TEXT NOT NULL,
+                group_id TEXT NOT NULL,
+                part INTEGER NOT NULL,
+                count INTEGER NOT NULL,
+                total INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                bytes BLOB NOT NULL,
+                PRIMARY KEY (stream, group_id, part)
+            );
             """)
         try db.execute("""
             INSERT INTO \(q(Bookkeeping.clockTable)) (id, hlc, node_id, applying) VALUES (1, 0, ?1, 0)

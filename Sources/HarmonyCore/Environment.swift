@@ -106,6 +106,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case snapshotFailed(reason: String)
     case applyBatchFailed(shard: Int, error: String)
     case cleanedUp(rows: Int)
+    /// A local change above `max_row_bytes`: parked locally and never published.
+    case changeRefused(table: String, key: String, bytes: Int, limit: Int)
     case captureInstalled(tables: Int)
     case tableSkipped(table: String, reason: String)
 }

@@ -26,6 +26,11 @@ public struct NodeConfig: Sendable, Equatable {
     public var publishBatchMax: Int = 128
     /// A batch is closed before its rows' approximate size passes this (NATS's default max payload is 1 MiB).
     public var publishBatchBytesMax: Int = 256 * 1024
+    /// The log's largest message (the server's `max_payload`, told by the runtime): bigger messages go in parts.
+    public var messageBytesMax: Int = 1 << 20
+    /// `max_row_bytes`: a change larger than this is refused (parked locally, never published); received
+    /// messages larger than this are parked. Far above `messageBytesMax`: such rows travel in parts.
+    public var rowBytesMax: Int = 64 << 20
     public var publishRetryDelayMsMin: Int64 = 100
     public var publishRetryDelayMsMax: Int64 = 5_000
     /// Redelivery delay for a message held back by a schema mismatch.
@@ -62,6 +67,8 @@ public struct NodeConfig: Sendable, Equatable {
         if cleanupIntervalMs < 1 { errors.append("cleanup_interval must be at least 1 ms, got \(cleanupIntervalMs)") }
         if publishInFlightMax < 1 { errors.append("publish in-flight limit must be at least 1") }
         if publishBatchMax < 1 { errors.append("publish batch size must be at least 1") }
+        if messageBytesMax < 1024 { errors.append("the log's max payload must be at least 1 KiB, got \(messageBytesMax) bytes") }
+        if rowBytesMax < 1024 { errors.append("max_row_bytes must be at least 1 KiB, got \(rowBytesMax)") }
         if snapshotIntervalMs < 0 { errors.append("snapshot.interval must not be negative, got \(snapshotIntervalMs)") }
         if snapshotKeep < 1 { errors.append("snapshot.keep must be at least 1, got \(snapshotKeep)") }
         if snapshotLeaseMs < 1 { errors.append("the snapshot lease must last at least 1 ms") }

@@ -36,6 +36,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let messageIDWithoutKey = PlantedBugs(rawValue: 1 << 14)
     /// Switch capture off (`applying = 1`) in its own statement before the apply transaction, not inside it.
     public static let captureOffOutsideApplyTransaction = PlantedBugs(rawValue: 1 << 15)
+    /// Send changes above `max_row_bytes` like any other instead of refusing them.
+    public static let publishOversizedRows = PlantedBugs(rawValue: 1 << 16)
+    /// Keep received parts of split messages in memory, not in the apply transaction: a crash loses them.
+    public static let partsInMemory = PlantedBugs(rawValue: 1 << 17)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -54,6 +58,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("snapshot-with-pending-changes", .snapshotWithPendingChanges),
         ("message-id-without-key", .messageIDWithoutKey),
         ("capture-off-outside-apply-transaction", .captureOffOutsideApplyTransaction),
+        ("publish-oversized-rows", .publishOversizedRows),
+        ("parts-in-memory", .partsInMemory),
     ]
 }
 

@@ -138,9 +138,10 @@ extension ReplicationNode {
     /// so a constraint failure parks this message without undoing the rest of the batch.
     func applyOne(_ db: Database, shard: Int, _ message: IncomingMessage, maxHLC: inout Int64,
                   events: inout [ReplicationEvent]) throws -> ApplyOutcome {
+        if EnvelopeCodec.isPart(message.payload) { return try applyPart(db, shard: shard, message, maxHLC: &maxHLC, events: &events) }
         let records: [ChangeRecord]
         do {
-            records = try EnvelopeCodec.decodeAll(message.payload)
+            records = try EnvelopeCodec.decodeAll(message.payload, decompressedLimit: messageBytesAccepted)
         } catch {
             try park(db, shard: shard, message, reason: "undecodable: \(error)", events: &events)
             return .consumed

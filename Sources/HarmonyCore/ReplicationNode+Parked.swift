@@ -21,6 +21,9 @@ public enum ParkedRetryOutcome: Sendable, Equatable {
     case stillFails(reason: String)
     /// Needs a schema this node does not have yet: the parked row stays.
     case waitsForSchema(table: String)
+    /// A local change refused for its size, back in the queue: the running node publishes it (or refuses it
+    /// again if it is still above its `max_row_bytes`).
+    case requeued
 }
 
 extension ReplicationNode {
@@ -50,6 +53,11 @@ extension ReplicationNode {
         var results: [(id: Int64, outcome: ParkedRetryOutcome)] = []
         for row in try db.query("SELECT id, stream, seq, payload FROM \(parked) ORDER BY id") {
             guard let id = row[0].int64, ids?.contains(id) ?? true else { continue }
+            if row[1].string == Bookkeeping.localParkedStream {
+                try requeueLocal(db, parkedID: id, changeID: row[2].int64 ?? 0)
+                results.append((id, .requeued))
+                continue
+            }
             let shard = router.shards.first { router.streamName(shard: $0) == row[1].string } ?? 1
             let message = IncomingMessage(sequence: UInt64(max(0, row[2].int64 ?? 0)), payload: row[3].bytes ?? [])
             let outcome: ParkedRetryOutcome = try db.transaction(.immediate) {
@@ -86,11 +94,30 @@ extension ReplicationNode {
         return results
     }
 
-    /// Removes parked messages for good; returns how many there were.
+    /// Puts a refused local change back under a fresh change-log id, so a running node's scan (already past the
+    /// old id) finds it.
+    func requeueLocal(_ db: Database, parkedID: Int64, changeID: Int64) throws {
+        let global = quoteIdentifier(Bookkeeping.globalLog)
+        try db.transaction(.immediate) {
+            try db.execute("""
+                INSERT INTO \(global) (change_table_id, table_name, state)
+                SELECT change_table_id, table_name, 0 FROM \(global) WHERE id = ? AND state = 2
+                """, [.integer(changeID)])
+            try db.execute("DELETE FROM \(global) WHERE id = ? AND state = 2", [.integer(changeID)])
+            try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.parkedTable)) WHERE id = ?", [.integer(parkedID)])
+        }
+    }
+
+    /// Removes parked messages for good; returns how many there were. A refused local change is let go too:
+    /// its change-log row counts as published, so cleanup removes it.
     public static func discardParked(_ db: Database, ids: Set<Int64>) throws -> Int {
         try db.transaction(.immediate) {
             var removed = 0
             for id in ids.sorted() {
+                try db.execute("""
+                    UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 1 WHERE state = 2 AND id = (
+                        SELECT seq FROM \(quoteIdentifier(Bookkeeping.parkedTable)) WHERE id = ? AND stream = ?)
+                    """, [.integer(id), .text(Bookkeeping.localParkedStream)])
                 try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.parkedTable)) WHERE id = ?", [.integer(id)])
                 removed += db.changes
             }

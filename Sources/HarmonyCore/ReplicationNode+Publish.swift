@@ -21,6 +21,7 @@ extension ReplicationNode {
             if rows.isEmpty { return }
             var pageEnd = scanCursor
             var unpublishable: [Int64] = []
+            var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
             var batches: [Int: PendingBatch] = [:]
             for row in rows {
                 guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
@@ -33,7 +34,11 @@ extension ReplicationNode {
                 }
                 let shard = router.shard(table: table, primaryKey: record.primaryKey.map(\.value))
                 let size = Self.approximateBytes(record)
-                if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > config.publishBatchBytesMax {
+                if size > config.rowBytesMax && !config.plantedBugs.contains(.publishOversizedRows) {
+                    oversized.append((id, record, size))
+                    continue
+                }
+                if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > batchBytesMax {
                     try send(open, shard: shard)
                     batches[shard] = nil
                 }
@@ -43,7 +48,38 @@ extension ReplicationNode {
             for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard) }
             // Rows whose change-log entry or schema epoch vanished (table dropped and cleaned) can never be sent.
             if !unpublishable.isEmpty { try markPublished(unpublishable) }
+            if !oversized.isEmpty { try refuseOversized(oversized) }
             scanCursor = pageEnd
+        }
+    }
+
+    /// Room a message leaves for the log's own header (the message id) under the server's payload limit.
+    static let messageHeaderBytes = 1024
+    /// The largest payload sent as one message; a larger one goes in parts.
+    var partBytesMax: Int { config.messageBytesMax - Self.messageHeaderBytes }
+    /// Batches close before they would need splitting.
+    var batchBytesMax: Int { min(config.publishBatchBytesMax, partBytesMax) }
+
+    /// Changes above `max_row_bytes` are never sent: each is parked locally (an operator can raise the limit and
+    /// `-parked-retry` it) and its change-log row leaves the pending set, so it neither retries forever nor holds
+    /// back a snapshot.
+    func refuseOversized(_ changes: [(id: Int64, record: ChangeRecord, bytes: Int)]) throws {
+        let db = requireDatabase()
+        try db.transaction(.immediate) {
+            for change in changes {
+                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 2 WHERE id = ?", [.integer(change.id)])
+                // The parked copy names table and key only; the row's values stay in the change log until retried or discarded.
+                let keyOnly = ChangeRecord(originNode: change.record.originNode, table: change.record.table, operation: change.record.operation,
+                                           primaryKey: change.record.primaryKey, row: change.record.operation == .delete ? [] : change.record.primaryKey,
+                                           version: change.record.version, schemaHash: change.record.schemaHash)
+                let reason = "the change is \(change.bytes) bytes, above max_row_bytes (\(config.rowBytesMax)); raise max_row_bytes and run -parked-retry, or -parked-discard it"
+                try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.parkedTable)) (stream, seq, payload, error) VALUES (?, ?, ?, ?)",
+                               [.text(Bookkeeping.localParkedStream), .integer(change.id), .blob(try EnvelopeCodec.encode(keyOnly)), .text(reason)])
+            }
+        }
+        for change in changes {
+            env.events?.record(.changeRefused(table: change.record.table, key: change.record.primaryKey.map { "\($0.name)=\($0.value)" }.joined(separator: ", "),
+                                              bytes: change.bytes, limit: config.rowBytesMax))
         }
     }
 
@@ -58,7 +94,7 @@ extension ReplicationNode {
     /// Its rows count as in flight from here until the log answers.
     func send(_ batch: PendingBatch, shard: Int) throws {
         precondition(!batch.ids.isEmpty && batch.ids.count <= config.publishBatchMax, "batch of \(batch.ids.count) changes")
-        precondition(batch.ids.count == 1 || batch.bytes <= config.publishBatchBytesMax, "batch of \(batch.bytes) bytes")
+        precondition(batch.ids.count == 1 || batch.bytes <= batchBytesMax, "batch of \(batch.bytes) bytes")
         let token = batch.ids[0]
         let payload: [UInt8]
         let messageID: String
@@ -77,8 +113,29 @@ extension ReplicationNode {
         for id in batch.ids { precondition(inFlight.insert(id).inserted, "change \(id) sent twice while in flight") }
         precondition(inFlight.count <= config.publishInFlightMax, "\(inFlight.count) changes in flight, limit \(config.publishInFlightMax)")
         if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished(batch.ids) }
-        env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token))
-        try crashPoint(.afterPublishHandoff)
+        guard payload.count > partBytesMax else {
+            env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token))
+            try crashPoint(.afterPublishHandoff)
+            return
+        }
+        // Too large for one message: parts back to back on the same shard, acknowledged as one once all landed.
+        let parts = EnvelopeCodec.split(payload, groupID: messageID, partBytes: partBytesMax)
+        partsUnacked[token] = parts.count
+        for (i, part) in parts.enumerated() {
+            lastPartToken -= 1
+            partOwners[lastPartToken] = token
+            env.log.publish(OutgoingMessage(shard: shard, messageID: "\(messageID)-p\(i + 1)of\(parts.count)", payload: part, token: lastPartToken))
+            try crashPoint(.afterPublishHandoff)
+        }
+    }
+
+    /// A part's acknowledgement stands for its message once it is the last outstanding one; nil until then.
+    func messageToken(acking token: Int64) -> Int64? {
+        guard token < 0 else { return token }
+        guard let owner = partOwners.removeValue(forKey: token), let left = partsUnacked[owner] else { return nil }
+        if left > 1 { partsUnacked[owner] = left - 1; return nil }
+        partsUnacked[owner] = nil
+        return owner
     }
 
     /// The id the log deduplicates on: node, version, operation and a hash of table and key (`ChangeRecord.messageID`).
@@ -142,7 +199,8 @@ extension ReplicationNode {
     /// The log stored these messages: mark their change-log rows published, then keep publishing.
     public func publishAcknowledged(tokens: [Int64]) throws {
         guard isRunning else { return }
-        let acked = tokens.flatMap { batchMembers.removeValue(forKey: $0) ?? [$0] }.filter { inFlight.remove($0) != nil }
+        let acked = tokens.compactMap(messageToken(acking:)).flatMap { batchMembers.removeValue(forKey: $0) ?? [$0] }
+            .filter { inFlight.remove($0) != nil }
         guard !acked.isEmpty else { return }
         do {
             try markPublished(acked)
@@ -175,7 +233,14 @@ extension ReplicationNode {
 
     /// The log refused or timed out: the row stays pending and is sent again after a backoff.
     /// (If the publish did land, the message id makes the log drop the second copy.)
-    public func publishFailed(token: Int64) {
+    public func publishFailed(token partOrMessage: Int64) {
+        var token = partOrMessage
+        if partOrMessage < 0 {
+            // One lost part fails its whole message; acks of its other parts, arriving later, are ignored.
+            guard let owner = partOwners[partOrMessage], partsUnacked.removeValue(forKey: owner) != nil else { return }
+            partOwners = partOwners.filter { $0.value != owner }
+            token = owner
+        }
         let ids = batchMembers.removeValue(forKey: token) ?? [token]
         guard isRunning, !ids.filter({ inFlight.remove($0) != nil }).isEmpty else { return }
         // (With the planted bug they are already marked published, so the scan will never send them again.)

@@ -197,6 +197,7 @@ extension ReplicationNode {
             try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
             for table in tables { rowsRestored += try copyFromSnapshot(db, table) }
             try reapplyLocalChanges(db)
+            try restoreParts(db)
             try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.checkpointTable))", [])
             for shard in router.shards { try saveCheckpoint(db, shard: shard, sequence: restored[shard] ?? 0) }
             // Causality: every write made here from now on must be newer than every version the snapshot brought.
@@ -211,6 +212,18 @@ extension ReplicationNode {
         // Reported before the crash point after the commit: the restore happened even if the process dies next.
         env.events?.record(.restored(sequences: router.shards.map { restored[$0] ?? 0 }, rows: rowsRestored, tables: tables.count))
         try crashPoint(.afterRestoreCommit)
+    }
+
+    /// Parts held with the snapshot belong to its checkpoints (their last parts come after them); parts held here
+    /// belong to ours, which the restore abandons, and come again with the replay.
+    func restoreParts(_ db: Database) throws {
+        let parts = quoteIdentifier(Bookkeeping.partsTable)
+        try db.execute("DELETE FROM main.\(parts)", [])
+        let snapshotHasParts = try db.scalar("SELECT count(*) FROM \(Self.snapshotSchema).sqlite_schema WHERE type = 'table' AND name = ?",
+                                             [.text(Bookkeeping.partsTable)])?.int64 == 1
+        if snapshotHasParts {
+            try db.execute("INSERT INTO main.\(parts) SELECT * FROM \(Self.snapshotSchema).\(parts)", [])
+        }
     }
 
     /// One user table as the snapshot has it: its columns and key, and the SQL that created it.

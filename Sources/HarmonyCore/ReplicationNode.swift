@@ -35,6 +35,13 @@ public final class ReplicationNode {
     var inFlight: Set<Int64> = []
     /// Batched publishes: the token a message was sent with -> every change-log row it carries.
     var batchMembers: [Int64: [Int64]] = [:]
+    /// Split messages: each part's token -> the whole message's token, and per message the parts not yet acked.
+    var partOwners: [Int64: Int64] = [:]
+    var partsUnacked: [Int64: Int] = [:]
+    /// Planted bug `partsInMemory` only: received parts held outside the database.
+    var memoryParts: [String: [Int: (count: Int, total: Int, bytes: [UInt8])]] = [:]
+    /// Part tokens are negative, so they never meet a change-log id.
+    var lastPartToken: Int64 = 0
     var scanCursor: Int64 = 0
     var retryFrom: Int64?
     var retryDelayMs: Int64
@@ -103,6 +110,8 @@ public final class ReplicationNode {
         isRunning = false
         inFlight.removeAll()
         batchMembers.removeAll()
+        partOwners.removeAll()
+        partsUnacked.removeAll()
         streamStateRequested.removeAll()
         snapshotAttempt = .idle
         database = nil

@@ -179,6 +179,12 @@ public final class NATSConnection: @unchecked Sendable {
         (try? guardian.use { natsConnection_Status($0) == NATS_CONN_STATUS_CONNECTED }) ?? false
     }
 
+    /// The server's `max_payload` (headers included): larger messages are refused, so the core splits them.
+    public var maxPayload: Int? {
+        guard let v = try? guardian.use({ natsConnection_GetMaxPayload($0) }), v > 0 else { return nil }
+        return Int(v)
+    }
+
     /// Closes and frees the connection. Idempotent. Objects made from it (JetStream, subscriptions,
     /// KV buckets) stay memory-safe but their calls then fail with "Connection Closed".
     public func close() {

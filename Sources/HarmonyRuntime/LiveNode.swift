@@ -55,6 +55,8 @@ public final class LiveNode: @unchecked Sendable {
     var snapshotPort: (any SnapshotStorePort)?
     /// The core's settings: `config.node` with the `[snapshot]` policy filled in.
     let nodeConfig: NodeConfig
+    /// The connected server's payload limit, told to every core (written before the first core is made).
+    var serverMaxPayload: Int?
     var registry: SchemaRegistry?
     /// This process's claim on its node_id.
     var identity: NodeIdentityClaim?
@@ -97,6 +99,7 @@ public final class LiveNode: @unchecked Sendable {
         }
         let connection = try NATSConnection(options)
         self.connection = connection
+        serverMaxPayload = connection.maxPayload
         let js = try connection.jetStream(publishAsyncMaxPending: config.node.publishInFlightMax) { [weak self] result in
             guard let node = self else { return }
             node.queue.async { node.publishResult(result) }
@@ -175,7 +178,9 @@ public final class LiveNode: @unchecked Sendable {
 
     /// Queue only: a core wired to this node's ports; not started.
     func makeCore() -> ReplicationNode {
-        ReplicationNode(config: nodeConfig, environment: NodeEnvironment(
+        var config = nodeConfig
+        if let limit = serverMaxPayload { config.messageBytesMax = max(limit, 1024) }
+        return ReplicationNode(config: config, environment: NodeEnvironment(
             clock: LiveClock(node: self), log: LiveLog(node: self), opener: SQLiteOpener(),
             events: LiveEvents(log: log, node: self), snapshots: snapshotPort))
     }

@@ -30,6 +30,8 @@ extension ReplicationEvent {
         case .snapshotSkipped(let reason): return ["event": "snapshot_skipped", "reason": .string(reason)]
         case .snapshotFailed(let reason): return ["event": "snapshot_failed", "reason": .string(reason)]
         case .applyBatchFailed(let shard, let error): return ["event": "apply_batch_failed", "shard": n(shard), "reason": .string(error)]
+        case .changeRefused(let table, let key, let bytes, let limit):
+            return ["event": "change_refused", "table": .string(table), "key": .string(key), "bytes": n(bytes), "limit": n(limit)]
         case .cleanedUp(let rows): return ["event": "cleaned_up", "rows": n(rows)]
         case .captureInstalled(let tables): return ["event": "capture_installed", "tables": n(tables)]
         case .tableSkipped(let table, let reason): return ["event": "table_skipped", "table": .string(table), "reason": .string(reason)]

@@ -135,7 +135,7 @@ public struct RuntimeConfig: Sendable, Equatable {
     public static func parse(_ text: String) throws -> RuntimeConfig {
         let root = try TOMLReader(parsing: text)
         try root.rejectUnknownKeys(allowed: [
-            "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "publish", "replicate",
+            "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "max_row_bytes", "publish", "replicate",
             "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot", "health",
         ])
         let dbPath = try root.required("db_path", root.string)
@@ -145,6 +145,8 @@ public struct RuntimeConfig: Sendable, Equatable {
         c.seqMapPath = try root.string("seq_map_path")
         c.node.cleanupIntervalMs = Int64(try positive(root, "cleanup_interval", Int(c.node.cleanupIntervalMs)))
         c.node.scanMaxChanges = try positive(root, "scan_max_changes", c.node.scanMaxChanges)
+        c.node.rowBytesMax = try positive(root, "max_row_bytes", c.node.rowBytesMax)
+        if c.node.rowBytesMax < 1024 { throw root.error(at: "max_row_bytes", "key 'max_row_bytes' must be at least 1024 bytes, got \(c.node.rowBytesMax)") }
         c.node.publish = try root.bool("publish") ?? true
         c.node.replicate = try root.bool("replicate") ?? true
         c.node.tables = TableFilter(include: try root.stringArray("include_tables") ?? [], exclude: try root.stringArray("exclude_tables") ?? [])

@@ -183,6 +183,7 @@ struct HarmonyLiteCommand: ParsableCommand {
                 case .applied: print("parked message \(id): applied")
                 case .stillFails(let reason): print("parked message \(id): still fails, kept: \(reason)")
                 case .waitsForSchema(let table): print("parked message \(id): needs the schema of \(quoteIdentifier(table)) that the sender has; kept")
+                case .requeued: print("parked message \(id): local change queued for publishing again (a running node refuses it again if it is still above its max_row_bytes)")
                 }
             }
         }
