@@ -26,9 +26,17 @@ enum SimulationCheckers {
         var problems: [String] = []
         for (i, t) in tables.enumerated().dropFirst() where t != tables[0] {
             let diff = zip(tables[0], t).first { $0 != $1 }
-            problems.append("node \(i + 1) differs from node 1 (\(t.count) vs \(tables[0].count) rows; first difference \(diff.map { "\($0.1) vs \($0.0)" } ?? "in length"))")
+            problems.append("node \(i + 1) differs from node 1 (\(t.count) vs \(tables[0].count) rows; first difference \(diff.map { "\(brief($0.1)) vs \(brief($0.0))" } ?? "in length"))")
         }
         return problems
+    }
+
+    /// A row for a failure line: long values (the large-rows scenario writes 6 KB ones) cut to their start and length.
+    static func brief(_ row: [DatabaseValue]) -> String {
+        "[" + row.map { v -> String in
+            guard let s = v.string, s.count > 40 else { return "\(v)" }
+            return "'\(s.prefix(24))…' (\(s.utf8.count) bytes)"
+        }.joined(separator: ", ") + "]"
     }
 
     /// Each row equals the write with the greatest version among all committed writes to its key;
@@ -130,6 +138,19 @@ enum SwarmMix {
         guard r.chance(permille: 300) else { return }
         scenario.maxEntries = Int(r.int(200...500))
         scenario.snapshotIntervalMs = r.int(1_000...5_000)
+    }
+
+    /// Sometimes a small server payload limit with large values (sent in parts) and values above max_row_bytes
+    /// (refused and parked).
+    static func drawLargeRows(_ scenario: inout Scenario, random: SimRandom) {
+        var r = random
+        guard r.chance(permille: 250) else { return }
+        scenario.maxPayloadBytes = Int(r.int(2_048...8_192))
+        scenario.maxRowBytes = Int(r.int(16_384...32_768))
+        scenario.largeValuePermille = Int(r.int(20...200))
+        // A row may carry the value twice (`v` and, after a rolling ALTER, `extra`): it must stay under the limit.
+        scenario.largeValueBytes = Int(r.int(Int64(scenario.maxPayloadBytes)...Int64(scenario.maxRowBytes / 2 - 512)))
+        scenario.oversizedValuePermille = Int(r.int(0...30))
     }
 
     /// Sometimes a faulty disk under the sidecars (busy locks, I/O errors, disk full, torn writes, failed fsyncs).

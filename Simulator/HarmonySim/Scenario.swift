@@ -21,6 +21,12 @@ public struct Scenario: Sendable, Equatable {
     /// Application writes made right after an ALTER, before the sidecar notices it (they race its recapture).
     public var writesRacingAlter = 0
     public var transactionOpsMax = 4
+    /// Chance (per mille) that a write's value is `largeValueBytes` long: above the payload limit, sent in parts.
+    public var largeValuePermille = 0
+    public var largeValueBytes = 6_000
+    /// Chance (per mille) that a write first stores a value above `maxRowBytes` (refused, parked) and then, in the
+    /// same transaction, a normal one, so the cluster still converges.
+    public var oversizedValuePermille = 0
 
     // Network between nodes and the NATS server.
     public var delayMsMin: Int64 = 1
@@ -35,6 +41,8 @@ public struct Scenario: Sendable, Equatable {
     public var duplicateWindowMs: Int64 = 120_000
     public var maxEntries = 0
     public var ackWaitMs: Int64 = 3_000
+    /// The server's `max_payload`: larger publishes are refused, as nats-server does.
+    public var maxPayloadBytes = 1 << 20
 
     // Snapshots in the simulated object store (0 = never taken).
     public var snapshotIntervalMs: Int64 = 0
@@ -46,6 +54,8 @@ public struct Scenario: Sendable, Equatable {
     public var cleanupIntervalMs: Int64 = 5_000
     /// Changes per published message (1: every change its own message, the path message ids matter most on).
     public var publishBatchMax = 128
+    /// `max_row_bytes` of every node.
+    public var maxRowBytes = 64 << 20
 
     /// Chance (per mille) that the sidecar dies at each crash point the core passes (between two durable steps).
     public var crashPointPermille = 0

@@ -23,7 +23,7 @@ public enum ScenarioLoader {
         if let t = try root.table("workload") {
             try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
                                               "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max",
-                                              "writes_racing_alter"])
+                                              "writes_racing_alter", "large_value_permille", "large_value_bytes", "oversized_value_permille"])
             s.keys = try bounded(t, "keys", s.keys, 1...1_000_000)
             s.writeIntervalMsMin = Int64(try bounded(t, "write_interval_ms_min", Int(s.writeIntervalMsMin), 1...3_600_000))
             s.writeIntervalMsMax = Int64(try bounded(t, "write_interval_ms_max", Int(s.writeIntervalMsMax), Int(s.writeIntervalMsMin)...3_600_000))
@@ -34,6 +34,9 @@ public enum ScenarioLoader {
             s.writesRacingAlter = try bounded(t, "writes_racing_alter", s.writesRacingAlter, 0...10)
             s.transactionWeight = try bounded(t, "transaction_weight", s.transactionWeight, 0...1000)
             s.transactionOpsMax = try bounded(t, "transaction_ops_max", s.transactionOpsMax, 2...100)
+            s.largeValuePermille = try bounded(t, "large_value_permille", s.largeValuePermille, 0...1000)
+            s.largeValueBytes = try bounded(t, "large_value_bytes", s.largeValueBytes, 1...(16 << 20))
+            s.oversizedValuePermille = try bounded(t, "oversized_value_permille", s.oversizedValuePermille, 0...1000)
             if s.insertWeight + s.updateWeight + s.deleteWeight == 0 {
                 throw t.error(at: "insert_weight", "workload needs a positive insert, update or delete weight")
             }
@@ -49,10 +52,11 @@ public enum ScenarioLoader {
             s.detectDelayMsMax = Int64(try bounded(t, "detect_delay_ms_max", Int(s.detectDelayMsMax), 0...60_000))
         }
         if let t = try root.table("jetstream") {
-            try t.rejectUnknownKeys(allowed: ["duplicate_window_ms", "max_entries", "ack_wait_ms"])
+            try t.rejectUnknownKeys(allowed: ["duplicate_window_ms", "max_entries", "ack_wait_ms", "max_payload_bytes"])
             s.duplicateWindowMs = Int64(try bounded(t, "duplicate_window_ms", Int(s.duplicateWindowMs), 0...86_400_000))
             s.maxEntries = try bounded(t, "max_entries", s.maxEntries, 0...100_000_000)
             s.ackWaitMs = Int64(try bounded(t, "ack_wait_ms", Int(s.ackWaitMs), 10...600_000))
+            s.maxPayloadBytes = try bounded(t, "max_payload_bytes", s.maxPayloadBytes, 2048...(64 << 20))
         }
         if let t = try root.table("snapshot") {
             try t.rejectUnknownKeys(allowed: ["interval_ms", "keep"])
@@ -60,12 +64,13 @@ public enum ScenarioLoader {
             s.snapshotKeep = try bounded(t, "keep", s.snapshotKeep, 1...1000)
         }
         if let t = try root.table("core") {
-            try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "interleave_permille", "publish_batch_max", "planted_bugs"])
+            try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "interleave_permille", "publish_batch_max", "max_row_bytes", "planted_bugs"])
             s.scanIntervalMs = Int64(try bounded(t, "scan_interval_ms", Int(s.scanIntervalMs), 1...3_600_000))
             s.cleanupIntervalMs = Int64(try bounded(t, "cleanup_interval_ms", Int(s.cleanupIntervalMs), 1...3_600_000))
             s.crashPointPermille = try bounded(t, "crash_point_permille", s.crashPointPermille, 0...1000)
             s.interleavePermille = try bounded(t, "interleave_permille", s.interleavePermille, 0...1000)
             s.publishBatchMax = try bounded(t, "publish_batch_max", s.publishBatchMax, 1...4096)
+            s.maxRowBytes = try bounded(t, "max_row_bytes", s.maxRowBytes, 1024...(1 << 30))
             s.plantedBugs = try t.stringArray("planted_bugs") ?? []
             let known = Set(PlantedBugsNames.all)
             if let bad = s.plantedBugs.first(where: { !known.contains($0) }) {
@@ -98,6 +103,10 @@ public enum ScenarioLoader {
                 throw f.error(at: "node", "key '\(f.fullKey("node"))' must name one node (1...\(s.nodes)) for a \(kind.rawValue) fault")
             }
             s.faults.append(fault)
+        }
+        if s.largeValuePermille > 0 && 2 * s.largeValueBytes + 1024 > s.maxRowBytes {
+            // A row can carry the value twice (v, and extra after a rolling ALTER); above the limit it is refused.
+            throw SimulationError.invalid("workload.large_value_bytes (\(s.largeValueBytes)) must stay under half of core.max_row_bytes (\(s.maxRowBytes)) minus 512, or large writes are refused rather than replicated")
         }
         return s
     }
@@ -143,6 +152,9 @@ public enum ScenarioWriter {
             writes_racing_alter = \(s.writesRacingAlter)
             transaction_weight = \(s.transactionWeight)
             transaction_ops_max = \(s.transactionOpsMax)
+            large_value_permille = \(s.largeValuePermille)
+            large_value_bytes = \(s.largeValueBytes)
+            oversized_value_permille = \(s.oversizedValuePermille)
 
             [network]
             delay_ms_min = \(s.delayMsMin)
@@ -156,6 +168,7 @@ public enum ScenarioWriter {
             duplicate_window_ms = \(s.duplicateWindowMs)
             max_entries = \(s.maxEntries)
             ack_wait_ms = \(s.ackWaitMs)
+            max_payload_bytes = \(s.maxPayloadBytes)
 
             [snapshot]
             interval_ms = \(s.snapshotIntervalMs)
@@ -167,6 +180,7 @@ public enum ScenarioWriter {
             crash_point_permille = \(s.crashPointPermille)
             interleave_permille = \(s.interleavePermille)
             publish_batch_max = \(s.publishBatchMax)
+            max_row_bytes = \(s.maxRowBytes)
             planted_bugs = [\(s.plantedBugs.map { "\"\($0)\"" }.joined(separator: ", "))]
 
             [storage]

@@ -42,3 +42,19 @@ extension Simulation {
         for node in nodes where node.sidecarUp { push(.pump(node: node.id, shard: shard), at: nowMs + networkDelay()) }
     }
 }
+
+/// Joins the parts of split messages in the order the log stored them, for checkers that read what landed.
+struct PartJoiner {
+    private var held: [String: [Int: [UInt8]]] = [:]
+
+    /// The changes a stored payload completes: its own, or a whole split message's once its last part is here.
+    mutating func records(in payload: [UInt8]) -> [ChangeRecord] {
+        guard EnvelopeCodec.isPart(payload) else { return (try? EnvelopeCodec.decodeAll(payload)) ?? [] }
+        guard let part = try? EnvelopeCodec.decodePart(payload, totalBytesMax: Int.max) else { return [] }
+        held[part.groupID, default: [:]][part.index] = part.bytes
+        guard let pieces = held[part.groupID], pieces.count == part.count else { return [] }
+        held[part.groupID] = nil
+        let joined = (0..<part.count).flatMap { pieces[$0] ?? [] }
+        return (try? EnvelopeCodec.decodeAll(joined, decompressedLimit: Int.max)) ?? []
+    }
+}

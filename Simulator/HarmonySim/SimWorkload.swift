@@ -37,7 +37,15 @@ extension Simulation {
             try app.transaction(.immediate) {
                 for (i, (op, key)) in zip(ops, keys).enumerated() {
                     node.writeCounter += 1
-                    let value = DatabaseValue.text("n\(node.id)w\(node.writeCounter)")
+                    let tag = "n\(node.id)w\(node.writeCounter)"
+                    // Draws only when switched on, so scenarios without large values replay as before.
+                    let large = scenario.largeValuePermille > 0 && workRandom.chance(permille: scenario.largeValuePermille)
+                    let value = DatabaseValue.text(large ? tag + String(repeating: "L", count: scenario.largeValueBytes) : tag)
+                    if op == 0 && scenario.oversizedValuePermille > 0 && workRandom.chance(permille: scenario.oversizedValuePermille) {
+                        // Refused by the sidecar (above max_row_bytes), then overwritten at once: only the second travels.
+                        try app.execute("INSERT INTO kv (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
+                                        [.integer(key), .text(tag + String(repeating: "O", count: scenario.maxRowBytes + 1))])
+                    }
                     switch op {
                     case 0:
                         if node.hasExtraColumn {

@@ -64,6 +64,8 @@ public final class Simulation {
     public internal(set) var history: [WriteRecord] = []
     /// Every version some message in the log carries (retention does not forget them): what a snapshot may hold.
     var landedVersions: Set<RowVersion> = []
+    /// Parts of split messages the log has stored, joined so `landedVersions` sees the changes they carry.
+    var landedParts = PartJoiner()
     /// Writes destroyed by a wiped disk or a power loss before any copy reached the log: owed to no one.
     var lostWrites: Set<RowVersion> = []
     /// Writes made on a node before it lost its disk or its power: lost unless their message landed.
@@ -106,6 +108,7 @@ public final class Simulation {
         if scenario.swarm {
             SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention"))
             SwarmMix.drawStorage(&self.scenario, random: root.fork("swarm-storage"))
+            SwarmMix.drawLargeRows(&self.scenario, random: root.fork("swarm-large-rows"))
         }
         jetStream = MemoryJetStream(duplicateWindowMs: scenario.duplicateWindowMs,
                                  maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)
@@ -202,6 +205,8 @@ public final class Simulation {
         config.shards = scenario.shards
         config.scanIntervalMs = scenario.scanIntervalMs
         config.publishBatchMax = scenario.publishBatchMax
+        config.messageBytesMax = scenario.maxPayloadBytes
+        config.rowBytesMax = scenario.maxRowBytes
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
@@ -300,11 +305,23 @@ public final class Simulation {
                 push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
                 return
             }
+            guard message.payload.count + message.messageID.utf8.count <= scenario.maxPayloadBytes else {
+                // nats-server refuses a message above its max_payload; the publisher hears it at once.
+                trace("refuse shard \(message.shard) id \(message.messageID): \(message.payload.count) bytes above max_payload")
+                push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: nowMs + networkDelay())
+                return
+            }
             let seq = jetStream.store(shard: message.shard, messageID: message.messageID, payload: message.payload, nowMs: nowMs)
             trace("store shard \(message.shard) id \(message.messageID) -> \(seq.map(String.init) ?? "duplicate")")
             if seq != nil {
                 pumpAll(shard: message.shard)
-                for r in (try? EnvelopeCodec.decodeAll(message.payload)) ?? [] { landedVersions.insert(r.version) }
+                for r in landedParts.records(in: message.payload) {
+                    landedVersions.insert(r.version)
+                    let bytes = r.row.reduce(0) { $0 + ($1.value.string?.utf8.count ?? $1.value.bytes?.count ?? 0) }
+                    if bytes > scenario.maxRowBytes {
+                        violations.append("a change of \(bytes) bytes to key \(r.primaryKey.first?.value.int64 ?? 0), above max_row_bytes (\(scenario.maxRowBytes)), reached the log")
+                    }
+                }
             }
             let n = nodes[id - 1]
             if n.canReceive && !netRandom.chance(permille: scenario.lostAckPermille) {
@@ -414,8 +431,9 @@ public final class Simulation {
     func finish() -> SimulationResult {
         var landed: Set<String> = []
         for shard in 1...scenario.shards {
+            var parts = PartJoiner()
             for m in jetStream.archive[shard] ?? [] {
-                for r in (try? EnvelopeCodec.decodeAll(m.payload)) ?? [] { landed.insert("\(r.version.node)-\(r.version.hlc)") }
+                for r in parts.records(in: m.payload) { landed.insert("\(r.version.node)-\(r.version.hlc)") }
             }
         }
         lostWrites = Set(lossCandidates.filter { !landed.contains("\($0.node)-\($0.hlc)") })

@@ -248,6 +248,8 @@ struct PlantedBugsCommand: ParsableCommand {
         ("snapshot-with-pending-changes", "snapshot-faults.toml"),
         ("message-id-without-key", "alter-race.toml"),
         ("capture-off-outside-apply-transaction", "crash.toml"),
+        ("publish-oversized-rows", "large-rows.toml"),
+        ("parts-in-memory", "large-rows.toml"),
     ]
 
     func run() throws {

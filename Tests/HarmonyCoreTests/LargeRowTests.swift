@@ -1,6 +1,6 @@
 import Foundation
 import HarmonyCodec
-import HarmonyCore
+@testable import HarmonyCore
 import HarmonySQLite
 import Testing
 
@@ -65,6 +65,29 @@ struct LargeRowTests {
         try restarted.messagesArrived(shard: 1, Array(messages.dropFirst(2)))
         let rows = try c.rows(1, "SELECT data FROM blobs WHERE id = 1")
         #expect((rows == [[.blob(data)]]) == !partsInMemory)
+    }
+
+    /// A snapshot taken between two parts of a change carries the parts it holds: a node restoring it from a
+    /// truncated log completes the change with the parts that follow the snapshot.
+    @Test func snapshotBetweenTwoPartsCarriesThem() throws {
+        let c = try cluster()
+        let data = blobBytes(12_000, seed: 3)
+        try c.apps[0].execute("INSERT INTO blobs VALUES (1, ?)", [.blob(data)])
+        try c.publish(0)
+        let messages = c.streams.messages(shard: 1)
+        try c.nodes[1].messagesArrived(shard: 1, Array(messages.prefix(2)))
+        let path = c.directory.appendingPathComponent("between-parts.db").path
+        guard case .taken(let info) = try c.nodes[1].takeSnapshot(to: path) else { Issue.record("no snapshot"); return }
+        #expect(info.sequences.values.first == 2)
+        c.streams.truncate(shard: 1, before: 3)
+
+        let n = try c.addNode(schema: "")
+        #expect(c.nodes[n].restoreNeeded)
+        try c.nodes[n].snapshotReady(at: path)
+        #expect(!c.nodes[n].restoreNeeded)
+        try c.deliver(n)
+        #expect(try c.rows(n, "SELECT data FROM blobs WHERE id = 1") == [[.blob(data)]])
+        #expect(try partsHeld(c, n) == 0)
     }
 
     /// One lost part fails the whole message; the resend completes it, and the parts that did land twice are harmless.

@@ -1,6 +1,7 @@
 import Foundation
 import HarmonyNATS
 import HarmonyRuntime
+import HarmonySQLite
 import Testing
 
 /// What operators run beside a live node: commands that must do their job and exit, and mistakes that must be
@@ -174,6 +175,28 @@ struct OperationsEndToEndTests {
         // The live node did not notice: it still replicates.
         try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'after');")
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+    }
+
+    /// A 3 MiB row written with the sqlite3 shell replicates through a nats-server with its default 1 MiB
+    /// payload limit (in parts); a row above `max_row_bytes` is refused, said, parked locally, and holds
+    /// nothing back.
+    @Test func aThreeMebibyteRowReplicatesAndOneAboveMaxRowBytesIsParked() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { _ in "max_row_bytes = 4194304" }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name, data) VALUES (1, 'big', randomblob(3145728));")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items WHERE length(data) = 3145728;", expected: "1\n", timeoutSeconds: 60)
+        let read = { (i: Int) throws -> [UInt8] in
+            try Database(path: c.dbPath(i)).scalar("SELECT data FROM items WHERE id = 1")?.bytes ?? []
+        }
+        #expect(try read(2) == (try read(1)))
+
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name, data) VALUES (2, 'too big', randomblob(5242880));")
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (3, 'after');")
+        try waitUntil("row 3 reaches node 2", timeoutSeconds: 30) { try c.query(2, "SELECT group_concat(id) FROM items;") == "1,3\n" }
+        try waitUntil("node 1 logs the refusal", timeoutSeconds: 10) { c.log(1).contains("above max_row_bytes (4194304)") }
+        #expect(c.log(1).contains("(id=2)"))
+        let listed = try runHarmonylite(["-config", c.configPath(1), "-parked"], timeoutSeconds: 10)
+        #expect(listed.output.contains("(local change)") && listed.output.contains("id=2"), "\(listed.output)")
+        #expect(try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n")
     }
 
     /// A decommissioned node stays in `-schema-status-cluster` until forgotten; a running one cannot be.
