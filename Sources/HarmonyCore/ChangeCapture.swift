@@ -102,8 +102,6 @@ public enum ChangeCapture {
                                plantedBugs: PlantedBugs = [],
                                skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
         try db.transaction(.immediate) {
-            let existedBefore = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?",
-                                              [.text(Bookkeeping.clockTable)])?.int64 == 1
             try installBookkeeping(db, nodeID: nodeID)
             let (schemas, keyless) = try SchemaReader.admittedSchemas(db, filter: filter)
             if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
@@ -111,7 +109,7 @@ public enum ChangeCapture {
             try dropTriggers(db, except: Set(schemas.map(\.name)))
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {
-                captured[schema.name] = try installTable(db, schema, backfillIfNew: existedBefore, plantedBugs: plantedBugs)
+                captured[schema.name] = try installTable(db, schema, plantedBugs: plantedBugs)
             }
             db.clearStatementCache()
             return captured
@@ -126,7 +124,7 @@ public enum ChangeCapture {
         }
     }
 
-    static func installTable(_ db: Database, _ schema: TableSchema, backfillIfNew: Bool, plantedBugs: PlantedBugs = []) throws -> CapturedTable {
+    static func installTable(_ db: Database, _ schema: TableSchema, plantedBugs: PlantedBugs = []) throws -> CapturedTable {
         precondition(!schema.primaryKey.isEmpty && db.isInTransaction, "capture is installed for keyed tables, in one transaction")
         let known = try epochs(db, table: schema.name)
         let latest = known.first
@@ -142,8 +140,9 @@ public enum ChangeCapture {
         try ensureChangeLog(db, schema)
         try ensureVersionTable(db, schema)
         try createTriggers(db, schema, epoch: epoch, plantedBugs: plantedBugs)
-        // A table created while the node runs may have received rows before its triggers existed.
-        if known.isEmpty && backfillIfNew { try backfill(db, schema, epoch: epoch) }
+        // Rows written while no trigger was there to see them: before the first install, after a -cleanup, or
+        // between CREATE TABLE and this install. Never lost, never newer than the cluster's (see `backfill`).
+        if known.isEmpty { try backfill(db, schema, epoch: epoch) }
         // Rows written between ALTER TABLE ADD COLUMN and now went through the old triggers, which did not
         // record the new columns: capture again every row whose new columns are not at their default.
         if let latest, latest.hash != schema.hash {
@@ -173,8 +172,11 @@ public enum ChangeCapture {
         try linkAndStamp(db, schema, firstNewID: firstNew)
     }
 
-    /// Records rows as inserts with fresh versions, exactly as the insert trigger would have: every row that
-    /// has no version yet (rows written between CREATE TABLE and trigger installation).
+    /// Records every row that has no version as an insert with a version below any real write's: the
+    /// physical milliseconds unshifted (about 2^41) where a trigger's version has them above bit 16 (about
+    /// 2^57). Such a row fills a gap where the cluster has no row for its key and loses every conflict, so a row
+    /// written while capture was absent is never lost and never overrides newer cluster state; a later backfill
+    /// (another -cleanup) still beats an earlier one.
     static func backfill(_ db: Database, _ schema: TableSchema, epoch: Int64) throws {
         let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
         let clock = q(Bookkeeping.clockTable)
@@ -183,7 +185,7 @@ public enum ChangeCapture {
             + schema.primaryKey.map { "v.\(q(Bookkeeping.keyColumn($0))) IS t.\(q($0))" }.joined(separator: " AND ") + ")"
         // Key order, not rowid: WITHOUT ROWID tables have no rowid.
         let keyOrder = schema.primaryKey.map { "t." + q($0) }.joined(separator: ", ")
-        let base = "(SELECT max(hlc, \(nowMsSQL) << \(RowVersion.logicalBits)) FROM \(clock))"
+        let base = nowMsSQL
         try db.execute("""
             INSERT INTO \(log) (type, hlc, node, epoch\(schema.columns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
             SELECT 'insert', \(base) + row_number() OVER (ORDER BY \(keyOrder)), (SELECT node_id FROM \(clock)), \(epoch)\(schema.columns.map { ", t." + q($0) }.joined())

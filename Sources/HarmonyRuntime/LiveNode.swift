@@ -60,6 +60,8 @@ public final class LiveNode: @unchecked Sendable {
     var registry: SchemaRegistry?
     /// This process's claim on its node_id.
     var identity: NodeIdentityClaim?
+    /// This process's hold on its database file (one sidecar per database).
+    var databaseLock: SidecarLock?
     let metrics: NodeMetrics
     var metricsServer: MetricsServer?
     let stopped = Atomic<Bool>(false)
@@ -87,6 +89,7 @@ public final class LiveNode: @unchecked Sendable {
     /// A JetStream cluster that is still forming (no meta leader, too few peers for the replicas asked) is
     /// waited for, retrying with backoff for at most `jetStreamWaitSeconds`.
     public func start(urls: [String], jetStreamWaitSeconds: Double = 60) throws {
+        databaseLock = try SidecarLock(databasePath: config.node.databasePath)
         var options = Self.connectOptions(config, urls: urls)
         let log = self.log
         options.onRetry = { log.warning("\($0)") }
@@ -294,6 +297,7 @@ public final class LiveNode: @unchecked Sendable {
         let subscriptions = queue.sync { Array(queueOnly.value.subscriptions.values) }
         for s in subscriptions { s.close() }
         connection?.close()
+        databaseLock?.release()
         log.info("node \(config.node.nodeID) stopped")
     }
 }

@@ -284,11 +284,16 @@ struct RuntimeDDLTests {
         #expect(c.events[0].events.contains(.tableSkipped(table: "audit", reason: "no primary key")))
     }
 
-    /// Existing rows at the very first install are not published: the initial copy is the operator's (or a snapshot's) job.
-    @Test func firstInstallDoesNotPublishExistingRows() throws {
-        let (_, db) = try temporaryDatabase(usersSchema + "INSERT INTO users VALUES (1, 'seed', 0);")
+    /// Rows present before the first install are captured, with versions below any real write's: they fill keys
+    /// the cluster lacks and lose every conflict.
+    @Test func firstInstallCapturesExistingRowsBelowEveryRealWrite() throws {
+        let (_, db) = try temporaryDatabase(usersSchema + "INSERT INTO users VALUES (1, 'seed', 0), (2, 'seed', 0);")
         try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
-        #expect(try count(db, Bookkeeping.globalLog) == 0)
+        #expect(try count(db, Bookkeeping.globalLog) == 2)
+        try db.execute("INSERT INTO users VALUES (3, 'real', 0)")
+        let versions = try db.query("SELECT hlc FROM \(quoteIdentifier(Bookkeeping.versionTable("users"))) ORDER BY pk_id").compactMap { $0[0].int64 }
+        #expect(versions.count == 3 && versions[0] < versions[1])
+        #expect(versions[1] < 1 << 48 && versions[2] > 1 << 56)
     }
 
     /// A table created with a key while running is captured without a restart.

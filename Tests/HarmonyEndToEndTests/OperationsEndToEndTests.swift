@@ -199,6 +199,47 @@ struct OperationsEndToEndTests {
         #expect(try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n")
     }
 
+    /// The seeds' procedure: stop a node, `-cleanup`, let the application write while capture is absent, restart.
+    /// Nothing is lost: the row written meanwhile reaches the other node, and the other node's newer writes win
+    /// over this node's copies (captured again with versions below any real write). With a log trimmed past the
+    /// node (`trimmed`), the restart goes through a snapshot restore, which used to delete the local row.
+    /// `-cleanup` beside the running sidecar is refused with what to do instead.
+    @Test(arguments: [false, true])
+    func cleanupOnAStoppedNodeThenALocalWriteThenARestartLosesNothing(trimmed: Bool) throws {
+        let store = "\(FileManager.default.temporaryDirectory.path)/e2e-cleanup-\(ProcessInfo.processInfo.processIdentifier)-\(trimmed)"
+        defer { try? FileManager.default.removeItem(atPath: store) }
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1, maxEntries: trimmed ? 20 : 0) { _ in
+            trimmed ? "[snapshot]\nenabled = true\nstore = \"local\"\n[snapshot.local]\npath = \"\(store)\"" : ""
+        }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'first'), (2, 'second');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "2\n")
+
+        let refused = try runHarmonylite(["-config", c.configPath(2), "-cleanup"], timeoutSeconds: 10)
+        #expect(refused.code == 1 && refused.output.contains("is running on") && refused.output.contains("stop it first"), "\(refused.output)")
+        #expect(try c.query(2, "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock';") == "1\n")
+
+        c.stop(2)
+        let cleaned = try runHarmonylite(["-config", c.configPath(2), "-cleanup"], timeoutSeconds: 10)
+        #expect(cleaned.code == 0, "\(cleaned.output)")
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (3, 'written while cleaned');")
+        try sqlite(c.dbPath(1), "UPDATE items SET name = 'newer on 1' WHERE id = 1; INSERT INTO items (id, name) VALUES (4, 'from 1 meanwhile');")
+        if trimmed {
+            for k in 10..<40 { try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (\(k), 'filler');") }
+            try waitUntil("node 1 published everything", timeoutSeconds: 30) {
+                try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n"
+            }
+            kill(c.processes[1]!.processIdentifier, SIGUSR1)
+            try waitUntil("node 1 saved a snapshot", timeoutSeconds: 30) { c.log(1).contains(" saved") }
+        }
+        try c.start(2)
+        let all = "SELECT group_concat(id || '=' || name, ';') FROM (SELECT * FROM items WHERE id < 10 ORDER BY id);"
+        _ = try c.waitForConvergence(all, expected: "1=newer on 1;2=second;3=written while cleaned;4=from 1 meanwhile\n", timeoutSeconds: 60)
+        if trimmed {
+            #expect(c.log(2).contains("restored"), "node 2 did not restore:\n\(c.log(2).suffix(3000))")
+            _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "34\n", timeoutSeconds: 30)
+        }
+    }
+
     /// A decommissioned node stays in `-schema-status-cluster` until forgotten; a running one cannot be.
     @Test func aDecommissionedNodeIsForgottenAndARunningOneIsNot() throws {
         let c = try LiveCluster(nodes: 3, schema: kvSchema)
