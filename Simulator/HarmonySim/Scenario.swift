@@ -100,6 +100,10 @@ public struct Fault: Sendable, Equatable {
         case rollingAlter = "rolling-alter"
         /// The node starts at `atMs` instead of 0, with an empty database.
         case lateJoin = "late-join"
+        /// A second process runs with this node's id for `durationMs`, on its own database, sharing the node's
+        /// durable consumers: it takes (and acks) about half of the node's deliveries. The claim on the id refuses
+        /// such a process at start; this is what it cannot see (a claim that expired during a partition).
+        case duplicateID = "duplicate-id"
     }
 
     public var kind: Kind

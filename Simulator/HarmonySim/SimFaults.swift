@@ -42,6 +42,8 @@ extension Simulation {
                 n.driftSinceMs = nowMs
                 n.driftPpm = f.driftPpm
             }
+        case .duplicateID:
+            for n in targets { n.impostorRunning = true }
         case .serverRestart:
             serverUp = false
         case .rollingAlter:
@@ -69,6 +71,8 @@ extension Simulation {
                 n.clockOffsetMs = n.nowMs(simMs: nowMs) - nowMs - SimNode.epochMs
                 n.driftPpm = 0
             }
+        case .duplicateID:
+            for n in targets { n.impostorRunning = false }
         case .serverRestart:
             serverUp = true
             for n in nodes { resume(n) }

@@ -17,6 +17,8 @@ final class SimNode {
     var sidecarUp = false
     /// False before a late join and while a wiped disk is being replaced.
     var machineUp = true
+    /// A `duplicate-id` fault: another process consumes as this node.
+    var impostorRunning = false
     var canSend = true
     var canReceive = true
     var clockOffsetMs: Int64 = 0

@@ -210,6 +210,7 @@ public final class Simulation {
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
+        config.deliveryStallResubscribeMs = 4 * scenario.ackWaitMs
         config.snapshotIntervalMs = scenario.snapshotIntervalMs
         config.snapshotKeep = scenario.snapshotKeep
         config.snapshotLeaseMs = 30_000
@@ -345,7 +346,12 @@ public final class Simulation {
             if paused > nowMs { push(.pump(node: id, shard: shard), at: paused); return }
             _ = jetStream.expireAcks(node: id, shard: shard, nowMs: nowMs)
             let batch = jetStream.takeBatch(node: id, shard: shard, nowMs: nowMs)
-            if !batch.isEmpty {
+            if !batch.isEmpty && node.impostorRunning && netRandom.chance(permille: 500) {
+                // The other process with this node's id fetched this batch, applied it to its own database and acked it.
+                trace("impostor of node \(id) takes shard \(shard) seq \(batch.first!.sequence)...\(batch.last!.sequence)")
+                for m in batch { jetStream.ack(node: id, shard: shard, sequence: m.sequence) }
+                if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+            } else if !batch.isEmpty {
                 let arrival = nowMs + networkDelay()
                 push(.deliver(node: id, shard: shard, messages: batch, incarnation: node.incarnation), at: arrival)
                 if netRandom.chance(permille: scenario.duplicatePermille) {

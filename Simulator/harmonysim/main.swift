@@ -250,6 +250,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("capture-off-outside-apply-transaction", "crash.toml"),
         ("publish-oversized-rows", "large-rows.toml"),
         ("parts-in-memory", "large-rows.toml"),
+        ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
     ]
 
     func run() throws {

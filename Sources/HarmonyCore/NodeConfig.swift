@@ -41,6 +41,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var retryDelayMs: Int64 = 250
     /// Redelivery delay for a batch whose transaction failed on the disk (full, I/O error) rather than a lock.
     public var storageRetryDelayMs: Int64 = 1_000
+    /// How long a shard's checkpoint may stand still while its stream holds more before its consumer is recreated.
+    public var deliveryStallResubscribeMs: Int64 = 60_000
     /// How long a node behind the log's start waits before asking for a snapshot again.
     public var restoreRetryMs: Int64 = 5_000
     /// `[snapshot] interval` in milliseconds: how often a node tries to take a snapshot (0 = only on demand).

@@ -40,6 +40,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let publishOversizedRows = PlantedBugs(rawValue: 1 << 16)
     /// Keep received parts of split messages in memory, not in the apply transaction: a crash loses them.
     public static let partsInMemory = PlantedBugs(rawValue: 1 << 17)
+    /// Never recreate a consumer whose deliveries stopped while the stream holds more.
+    public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -60,6 +62,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("capture-off-outside-apply-transaction", .captureOffOutsideApplyTransaction),
         ("publish-oversized-rows", .publishOversizedRows),
         ("parts-in-memory", .partsInMemory),
+        ("no-resubscribe-on-stall", .noResubscribeOnStall),
     ]
 }
 

@@ -26,6 +26,8 @@ public final class ReplicationNode {
     public internal(set) var streamStates: [Int: StreamState] = [:]
     /// Shards with a stream-state request outstanding: at most one each, since the port answers every request once.
     var streamStateRequested: Set<Int> = []
+    /// Per shard: the checkpoint a stream was first seen to hold messages past, and when (node clock).
+    var stalledSince: [Int: (checkpoint: UInt64, sinceMs: Int64)] = [:]
     /// The snapshot this node is taking, if any, and when (node clock) the attempt began.
     var snapshotAttempt = SnapshotAttempt.idle
     var snapshotAttemptStartedMs: Int64 = 0
@@ -178,6 +180,10 @@ public final class ReplicationNode {
 
     /// The log's answer to `requestStreamState`: nil when it could not tell. A stream that no longer holds the
     /// message after this node's checkpoint means only a snapshot can bring the node back.
+    ///
+    /// A stream that holds messages past the checkpoint while the checkpoint has not moved for
+    /// `deliveryStallResubscribeMs` means deliveries stopped reaching this node: another process consuming as
+    /// this node_id acked them, or the consumer was lost. The consumer is recreated from checkpoint + 1.
     public func streamStateArrived(shard: Int, _ state: StreamState?) {
         precondition(router.shards.contains(shard), "stream state for shard \(shard), which this node does not have")
         streamStateRequested.remove(shard)
@@ -188,9 +194,27 @@ public final class ReplicationNode {
         }
         precondition(state.firstSequence <= state.lastSequence + 1, "stream \(shard) reports first \(state.firstSequence) after last \(state.lastSequence) + 1")
         streamStates[shard] = state
-        guard config.replicate, !restoreNeeded, state.firstSequence > checkpoint(shard) + 1 else { return }
-        env.events?.record(.behindLogStart(shard: shard, checkpoint: checkpoint(shard), firstSequence: state.firstSequence))
-        needRestore()
+        guard config.replicate, !restoreNeeded else { return }
+        let at = checkpoint(shard)
+        guard state.firstSequence <= at + 1 else {
+            env.events?.record(.behindLogStart(shard: shard, checkpoint: at, firstSequence: state.firstSequence))
+            needRestore()
+            return
+        }
+        // A shard held back on purpose (waiting for this node's schema) is not stalled.
+        guard state.lastSequence > at, pausedShards[shard] == nil else {
+            stalledSince[shard] = nil
+            return
+        }
+        guard let since = stalledSince[shard], since.checkpoint == at else {
+            stalledSince[shard] = (at, env.clock.nowMs)
+            return
+        }
+        let stalledMs = env.clock.nowMs - since.sinceMs
+        guard stalledMs >= config.deliveryStallResubscribeMs, !config.plantedBugs.contains(.noResubscribeOnStall) else { return }
+        env.events?.record(.deliveryStalled(shard: shard, checkpoint: at, lastSequence: state.lastSequence, forMs: stalledMs))
+        stalledSince[shard] = nil
+        env.log.subscribe(shard: shard, fromSequence: at + 1)
     }
 
     /// Lets the simulator crash the node between two durable steps.

@@ -240,3 +240,32 @@ struct ReplicationTests {
         return RowVersion(hlc: row[0].int64!, node: row[1].int64!)
     }
 }
+
+@Suite("Deliveries that stop reaching a node")
+struct DeliveryStallTests {
+    /// Another process consuming as this node (a duplicate node_id) acks messages this node never sees; the
+    /// stream still holds them but the consumer never redelivers them. Once the checkpoint has stood still for
+    /// `deliveryStallResubscribeMs` while the stream holds more, the node recreates its consumer from checkpoint + 1.
+    @Test(arguments: [false, true])
+    func stalledShardRecreatesItsConsumer(plantedBug: Bool) throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) {
+            $0.deliveryStallResubscribeMs = 10_000
+            if plantedBug { $0.plantedBugs.insert(.noResubscribeOnStall) }
+        }
+        for k in 1...6 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'x', 0)", [.integer(Int64(k))]) ; try c.publish(0) }
+        // The impostor took messages 1...3 and acked them: node 1's consumer now starts at 4.
+        c.ports[1].deliverFrom[1] = 4
+        try c.deliver(1)
+        #expect(c.nodes[1].checkpoint(1) == 0)
+        // Periodic range checks: the first notes the stall, a later one past the limit acts on it.
+        for step in 0..<3 {
+            _ = c.clocks[1].advance(byMs: 6_000)
+            try c.nodes[1].timerFired(.cleanup)
+            c.answerStreamStates(1)
+            if step == 0 { #expect(c.ports[1].deliverFrom[1] == 4) }
+        }
+        try c.deliver(1)
+        #expect(c.nodes[1].checkpoint(1) == (plantedBug ? 0 : 6))
+        #expect(c.events[1].events.contains { if case .deliveryStalled(1, 0, 6, _) = $0 { return true } else { return false } } == !plantedBug)
+    }
+}
