@@ -16,7 +16,7 @@ public struct SidecarLockHeld: Error, CustomStringConvertible {
 
 /// One sidecar per database file: an exclusive `flock` on `<db>.harmonylite-lock`, held while the node runs.
 /// The kernel drops it when the process dies, however it dies, so a stale lock cannot outlive its owner.
-/// `-cleanup` and `-install` ask for it too: under a running sidecar they would pull its bookkeeping away.
+/// `-cleanup` asks for it too: under a running sidecar it would pull the sidecar's bookkeeping away.
 public final class SidecarLock: @unchecked Sendable {
     private var fd: Int32
 

@@ -218,12 +218,10 @@ extension HarmonyLiteCommand {
             try CaptureStatus.print(try Database.readOnly(path: path))
             return
         }
-        if let running = SidecarLock.holder(databasePath: path) {
-            // Under a running sidecar, -cleanup would pull its bookkeeping away (its later writes would not be
-            // published) and -install would race its own install.
-            let command = cleanup ? "-cleanup" : "-install"
+        if cleanup, let running = SidecarLock.holder(databasePath: path) {
+            // Under a running sidecar, -cleanup would pull its bookkeeping away: its later writes would not be published.
             FileHandle.standardError.write(Data(("harmonylite: \(running); stop it first (systemctl stop harmonylite, or SIGTERM), "
-                + "then run \(command) again. A running node installs capture itself.\n").utf8))
+                + "then run -cleanup again.\n").utf8))
             throw ExitCode(1)
         }
         let db = try SQLiteOpener().open(path: path)
