@@ -8,8 +8,7 @@ import HarmonySQLite
 /// with the version it got (the history the checkers judge against).
 extension Simulation {
     func performWrite(_ node: SimNode) {
-        guard let app = node.app else { return }
-        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        guard node.app != nil else { return }
         let opWeights = scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight + scenario.keyChangeWeight
         let total = opWeights + scenario.transactionWeight
         var pick = Int(workRandom.below(UInt64(max(total, 1))))
@@ -31,6 +30,37 @@ extension Simulation {
         }
         let keys = ops.map { _ in workRandom.int(1...Int64(scenario.keys)) }
         let newKeys = ops.map { $0 == 3 ? workRandom.int(1...Int64(scenario.keys)) : 0 }
+        if ops == [0] && scenario.oversizedValuePermille > 0 && workRandom.chance(permille: scenario.oversizedValuePermille) {
+            // A value above max_row_bytes, committed on its own so the sidecar reads it when it publishes: refused and
+            // parked. The application corrects it a little later, so the cluster still converges.
+            runWrite(node, ops: [0], keys: keys, newKeys: newKeys, valueBytes: scenario.maxRowBytes + 1)
+            push(.correctOversized(node: node.id, key: keys[0]), at: nowMs + 200)
+        } else {
+            runWrite(node, ops: ops, keys: keys, newKeys: newKeys)
+        }
+        if node.sidecarUp {
+            push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + workRandom.int(0...scenario.detectDelayMsMax))
+        }
+    }
+
+    /// Overwrites `key` if its value is above max_row_bytes (the application correcting a value its sidecar refused);
+    /// while the machine is down, again once it is back.
+    func correctOversized(_ node: SimNode, key: Int64) {
+        guard node.machineUp, let app = node.app else {
+            push(.correctOversized(node: node.id, key: key), at: nowMs + 500)
+            return
+        }
+        guard let length = try? app.scalar("SELECT length(v) FROM kv WHERE k = ?", [.integer(key)])?.int64,
+              length > Int64(scenario.maxRowBytes) else { return }
+        runWrite(node, ops: [1], keys: [key], newKeys: [0])
+        if node.sidecarUp { push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + 1) }
+    }
+
+    /// One application transaction of `ops` (0 insert, 1 update, 2 delete, 3 key change) on `keys`, recorded in the
+    /// history with the versions it got. `valueBytes`: the written values' length, instead of the usual short tag.
+    func runWrite(_ node: SimNode, ops: [Int], keys: [Int64], newKeys: [Int64], valueBytes: Int? = nil) {
+        guard let app = node.app else { return }
+        node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
         let touched = Set(keys + newKeys.filter { $0 > 0 }).sorted()
         do {
             let before = try Dictionary(touched.map { ($0, try versionOf(app, key: $0)) }, uniquingKeysWith: { a, _ in a })
@@ -39,13 +69,9 @@ extension Simulation {
                     node.writeCounter += 1
                     let tag = "n\(node.id)w\(node.writeCounter)"
                     // Draws only when switched on, so scenarios without large values replay as before.
-                    let large = scenario.largeValuePermille > 0 && workRandom.chance(permille: scenario.largeValuePermille)
-                    let value = DatabaseValue.text(large ? tag + String(repeating: "L", count: scenario.largeValueBytes) : tag)
-                    if op == 0 && scenario.oversizedValuePermille > 0 && workRandom.chance(permille: scenario.oversizedValuePermille) {
-                        // Refused by the sidecar (above max_row_bytes), then overwritten at once: only the second travels.
-                        try app.execute("INSERT INTO kv (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
-                                        [.integer(key), .text(tag + String(repeating: "O", count: scenario.maxRowBytes + 1))])
-                    }
+                    let large = valueBytes == nil && scenario.largeValuePermille > 0 && workRandom.chance(permille: scenario.largeValuePermille)
+                    let length = valueBytes ?? (large ? scenario.largeValueBytes : 0)
+                    let value = DatabaseValue.text(tag + String(repeating: "L", count: length))
                     switch op {
                     case 0:
                         if node.hasExtraColumn {
@@ -84,12 +110,9 @@ extension Simulation {
                 }
                 node.lastLocalHLC = max(node.lastLocalHLC, after.version.hlc)
             }
-            trace("node \(node.id) write ops \(ops) keys \(keys)\(newKeys.contains { $0 > 0 } ? " to \(newKeys)" : "")")
+            trace("node \(node.id) write ops \(ops) keys \(keys)\(newKeys.contains { $0 > 0 } ? " to \(newKeys)" : "")\(valueBytes.map { " of \($0) bytes" } ?? "")")
         } catch {
             violations.append("node \(node.id): application write failed: \(error)")
-        }
-        if node.sidecarUp {
-            push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + workRandom.int(0...scenario.detectDelayMsMax))
         }
     }
 

@@ -22,6 +22,8 @@ enum SimEvent {
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
     case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
     case workload(node: Int)
+    /// The application overwrites a value of its own that was above max_row_bytes.
+    case correctOversized(node: Int, key: Int64)
     case databaseChanged(node: Int, incarnation: Int)
     case faultStart(index: Int)
     case faultEnd(index: Int)
@@ -180,6 +182,12 @@ public final class Simulation {
             for w in awaitingPowerBack.removeValue(forKey: node.id) ?? [] {
                 let current = try versionOf(app, key: w.key)
                 if current == nil || current!.version < w.version { lossCandidates.append(w.version) }
+            }
+            // The power loss may have undone the correction of a value above max_row_bytes but not the value.
+            if scenario.oversizedValuePermille > 0 {
+                for row in try app.query("SELECT k FROM kv WHERE length(v) > ? ORDER BY k", [.integer(Int64(scenario.maxRowBytes))]) {
+                    push(.correctOversized(node: node.id, key: row[0].int64 ?? 0), at: nowMs + 1)
+                }
             }
         } catch {
             violations.append("node \(node.id): cannot open its database: \(error)")
@@ -377,6 +385,9 @@ public final class Simulation {
             } else {
                 jetStream.ack(node: id, shard: shard, sequence: sequence)
             }
+
+        case .correctOversized(let id, let key):
+            correctOversized(nodes[id - 1], key: key)
 
         case .workload(let id):
             let node = nodes[id - 1]

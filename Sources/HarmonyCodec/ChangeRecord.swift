@@ -62,7 +62,8 @@ public struct ChangeRecord: Sendable, Hashable {
     }
 
     /// The id JetStream deduplicates on: stable across republishing, unique per change. Version plus a stable
-    /// hash of table and key, because two rows can carry the same version (a completed write, see ChangeCapture).
+    /// hash of table and key: a node gives each change its own version, but a clock that fell back (a power loss
+    /// and a backwards clock step) could repeat one, and two rows must then still be two messages.
     public var messageID: String {
         var h = StableHash()
         h.combine(table)

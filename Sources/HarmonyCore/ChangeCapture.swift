@@ -24,14 +24,18 @@ public struct CapturedTable: Sendable, Equatable {
     public var epoch: Int64
     /// The hash of the epoch before this one, accepted from peers still on it during a rolling upgrade.
     public var previousHash: String?
+    /// Columns renamed since that epoch, current name -> previous name: a previous-epoch change carries the old name.
+    public var renamedFrom: [String: String] = [:]
 }
 
 /// Installs and removes the change-data-capture triggers and bookkeeping tables.
 ///
 /// The triggers use only built-in SQL (no application functions), so the stock `sqlite3` shell writes
-/// through them with default settings. Each local write bumps the hybrid-logical clock, records the full
-/// row in the table's change log, links it from the global log, and stamps the row's version, all inside
-/// the writer's own transaction. While the sidecar applies remote changes it sets `applying = 1` in its
+/// through them with default settings. Each local write bumps the hybrid-logical clock, records the row's
+/// key in the table's change log, links it from the global log, and stamps the row's version, all inside
+/// the writer's own transaction. They name key columns only, so every `ALTER TABLE` SQLite allows (DROP and
+/// RENAME COLUMN included) goes through them; the publisher reads the row as it is when it sends it
+/// (last-writer-wins only needs a row's latest state and version). While the sidecar applies remote changes it sets `applying = 1` in its
 /// own transaction, which no other connection can observe, so its writes are never captured.
 public enum ChangeCapture {
     static func q(_ s: String) -> String { quoteIdentifier(s) }
@@ -130,46 +134,46 @@ public enum ChangeCapture {
         let latest = known.first
         var epoch = latest?.epoch ?? 0
         var previousHash = known.count > 1 ? known[1].hash : nil
+        var previousColumns = known.count > 1 ? known[1].columns : nil
         if latest?.hash != schema.hash {
             epoch += 1
             previousHash = latest?.hash
+            previousColumns = latest?.columns
             try db.execute("INSERT INTO \(q(Bookkeeping.schemaTable)) (table_name, epoch, hash, columns, primary_key) VALUES (?, ?, ?, ?, ?)",
                            [.text(schema.name), .integer(epoch), .text(schema.hash),
                             encodeNames(schema.columns), encodeNames(schema.primaryKey)])
         }
         try ensureChangeLog(db, schema)
-        try ensureVersionTable(db, schema)
+        let versionsRebuilt = try ensureVersionTable(db, schema)
         try createTriggers(db, schema, epoch: epoch, plantedBugs: plantedBugs)
         // Rows written while no trigger was there to see them: before the first install, after a -cleanup, or
         // between CREATE TABLE and this install. Never lost, never newer than the cluster's (see `backfill`).
-        if known.isEmpty { try backfill(db, schema, epoch: epoch) }
-        // Rows written between ALTER TABLE ADD COLUMN and now went through the old triggers, which did not
-        // record the new columns: capture again every row whose new columns are not at their default.
-        if let latest, latest.hash != schema.hash {
-            let added = zip(schema.columns, schema.defaults).filter { !latest.columns.contains($0.0) }
-            if !added.isEmpty { try recaptureAddedColumns(db, schema, epoch: epoch, added: added) }
-        }
+        if known.isEmpty || versionsRebuilt { try backfill(db, schema, epoch: epoch) }
         precondition(epoch >= 1 && epoch >= (latest?.epoch ?? 0), "schema epoch of \(schema.name) went from \(latest?.epoch ?? 0) to \(epoch)")
-        return CapturedTable(schema: schema, epoch: epoch, previousHash: previousHash)
+        return CapturedTable(schema: schema, epoch: epoch, previousHash: previousHash,
+                             renamedFrom: previousColumns.map { renames(from: $0, to: schema.columns) } ?? [:])
     }
 
-    /// Completes writes made through the old triggers after ALTER TABLE ADD COLUMN: a row whose last write was
-    /// local and whose new columns are not at their default is captured again with version (that write's hlc + 1),
-    /// so it supersedes the incomplete message but still loses to any newer write from another node.
-    static func recaptureAddedColumns(_ db: Database, _ schema: TableSchema, epoch: Int64, added: [(String, String)]) throws {
-        let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
-        let firstNew = (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1
-        let join = schema.primaryKey.map { "v.\(q(Bookkeeping.keyColumn($0))) IS t.\(q($0))" }.joined(separator: " AND ")
-        let notDefault = "NOT (" + added.map { "t.\(q($0.0)) IS (\($0.1))" }.joined(separator: " AND ") + ")"
-        let keyOrder = schema.primaryKey.map { "t." + q($0) }.joined(separator: ", ")
-        try db.execute("""
-            INSERT INTO \(log) (type, hlc, node, epoch\(schema.columns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
-            SELECT 'update', v.hlc + 1, v.node, \(epoch)\(schema.columns.map { ", t." + q($0) }.joined())
-            FROM \(q(schema.name)) t JOIN \(versions) v ON \(join)
-            WHERE v.deleted = 0 AND v.node = (SELECT node_id FROM \(q(Bookkeeping.clockTable))) AND \(notDefault)
-            ORDER BY \(keyOrder)
-            """)
-        try linkAndStamp(db, schema, firstNewID: firstNew)
+    /// Columns renamed between two epochs, new name -> old name. ALTER TABLE never moves a column: the columns
+    /// both epochs have keep their order, and between two of them (or after the last) the ones only the old
+    /// epoch has and the ones only the new epoch has, if equally many, were renamed one to one (an ADD COLUMN
+    /// appends, a DROP COLUMN leaves a gap with nothing new). Common columns in another order mean the table was
+    /// rebuilt: no renames are assumed. (A DROP of the last column plus an ADD reads as a rename; replicated DDL
+    /// will carry the intent.)
+    static func renames(from old: [String], to new: [String]) -> [String: String] {
+        let common = Set(old).intersection(new)
+        var out: [String: String] = [:]
+        var i = 0, j = 0
+        while true {
+            var gone: [String] = [], came: [String] = []
+            while i < old.count && !common.contains(old[i]) { gone.append(old[i]); i += 1 }
+            while j < new.count && !common.contains(new[j]) { came.append(new[j]); j += 1 }
+            if gone.count == came.count { for (o, n) in zip(gone, came) { out[n] = o } }
+            guard i < old.count, j < new.count else { return out }
+            guard old[i] == new[j] else { return [:] }
+            i += 1
+            j += 1
+        }
     }
 
     /// Records every row that has no version as an insert with a version below any real write's: the
@@ -187,8 +191,8 @@ public enum ChangeCapture {
         let keyOrder = schema.primaryKey.map { "t." + q($0) }.joined(separator: ", ")
         let base = nowMsSQL
         try db.execute("""
-            INSERT INTO \(log) (type, hlc, node, epoch\(schema.columns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
-            SELECT 'insert', \(base) + row_number() OVER (ORDER BY \(keyOrder)), (SELECT node_id FROM \(clock)), \(epoch)\(schema.columns.map { ", t." + q($0) }.joined())
+            INSERT INTO \(log) (type, hlc, node, epoch\(schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
+            SELECT 'insert', \(base) + row_number() OVER (ORDER BY \(keyOrder)), (SELECT node_id FROM \(clock)), \(epoch)\(schema.primaryKey.map { ", t." + q($0) }.joined())
             FROM \(q(schema.name)) t WHERE \(unversioned) ORDER BY \(keyOrder)
             """)
         try linkAndStamp(db, schema, firstNewID: firstNew)
@@ -222,13 +226,14 @@ public enum ChangeCapture {
         return items.compactMap { if case .text(let s) = $0 { return s } else { return nil } }
     }
 
-    /// Creates the change log, or adds value columns for new table columns. Columns are never dropped,
-    /// so rows written under an older epoch keep their values until published.
+    /// Creates the change log (one `val_` column per key column), or adds the columns of a new key. Columns are
+    /// never dropped, so rows logged under an older key keep their key until published. (Logs made by earlier
+    /// versions carry every column's value; those extra columns stay, unused.)
     static func ensureChangeLog(_ db: Database, _ schema: TableSchema) throws {
         let log = Bookkeeping.changeLog(schema.name)
         let existing = Set(try db.query("SELECT name FROM pragma_table_info(?, 'main')", [.text(log)]).compactMap { $0[0].string })
         if existing.isEmpty {
-            let vals = schema.columns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()
+            let vals = schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()
             try db.execute("""
                 CREATE TABLE \(q(log)) (
                     id INTEGER PRIMARY KEY,
@@ -240,18 +245,27 @@ public enum ChangeCapture {
                 """)
             return
         }
-        for column in schema.columns where !existing.contains(Bookkeeping.valueColumn(column)) {
+        for column in schema.primaryKey where !existing.contains(Bookkeeping.valueColumn(column)) {
             try db.execute("ALTER TABLE \(q(log)) ADD COLUMN \(q(Bookkeeping.valueColumn(column)))")
         }
     }
 
-    /// The version table holds each row's current version and tombstones. It is keyed like the user table;
-    /// if the key itself changed it is rebuilt (tombstones of the old key shape cannot apply any more).
-    static func ensureVersionTable(_ db: Database, _ schema: TableSchema) throws {
+    /// The version table holds each row's current version and tombstones. It is keyed like the user table: a
+    /// renamed key column is renamed here too; a different key rebuilds it (tombstones of the old key shape
+    /// cannot apply any more), and the caller then captures the rows again as versionless. Returns whether it
+    /// was created or rebuilt.
+    @discardableResult
+    static func ensureVersionTable(_ db: Database, _ schema: TableSchema) throws -> Bool {
         let table = Bookkeeping.versionTable(schema.name)
         let wanted = schema.primaryKey.map(Bookkeeping.keyColumn) + ["hlc", "node", "deleted"]
         let existing = try db.query("SELECT name FROM pragma_table_info(?, 'main')", [.text(table)]).compactMap { $0[0].string }
-        if existing == wanted { return }
+        if existing == wanted { return false }
+        if existing.count == wanted.count && existing.suffix(3) == wanted.suffix(3) {
+            for (old, new) in zip(existing, wanted) where old != new {
+                try db.execute("ALTER TABLE \(q(table)) RENAME COLUMN \(q(old)) TO \(q(new))")
+            }
+            return false
+        }
         if !existing.isEmpty { try db.execute("DROP TABLE \(q(table))") }
         let keyDefs = zip(schema.primaryKey, schema.primaryKeyCollations).map { column, collation in
             "\(q(Bookkeeping.keyColumn(column))) COLLATE \(q(collation))"
@@ -266,6 +280,7 @@ public enum ChangeCapture {
                 PRIMARY KEY (\(keyList))
             ) WITHOUT ROWID
             """)
+        return true
     }
 
     static func dropTriggers(_ db: Database, except keep: Set<String> = []) throws {
@@ -277,12 +292,11 @@ public enum ChangeCapture {
         }
     }
 
-    /// The statements one captured change runs: bump the clock, log the row, link it globally, stamp its version.
+    /// The statements one captured change runs: bump the clock, log the key, link it globally, stamp its version.
     static func captureBody(_ schema: TableSchema, epoch: Int64, type: String, source: String, deleted: Bool) -> String {
         let clock = q(Bookkeeping.clockTable)
-        let logColumns = deleted ? schema.primaryKey : schema.columns
-        let valNames = logColumns.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()
-        let valValues = logColumns.map { ", \(source).\(q($0))" }.joined()
+        let valNames = schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()
+        let valValues = schema.primaryKey.map { ", \(source).\(q($0))" }.joined()
         let keyNames = schema.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
         let keyValues = schema.primaryKey.map { "\(source).\(q($0))" }.joined(separator: ", ")
         return """

@@ -87,6 +87,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case applied(shard: Int, sequence: UInt64, table: String, version: RowVersion, won: Bool)
     case duplicate(shard: Int, sequence: UInt64)
     case parked(shard: Int, sequence: UInt64, reason: String)
+    /// A change to a table this node dropped: discarded (counted), never waited for.
+    case discarded(shard: Int, sequence: UInt64, table: String)
     case schemaPaused(shard: Int, sequence: UInt64, table: String, remoteHash: String)
     case schemaResumed(shard: Int)
     case gap(shard: Int, expected: UInt64, got: UInt64)

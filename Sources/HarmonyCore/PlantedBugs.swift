@@ -32,8 +32,6 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let dropChangesWhenMarkFails = PlantedBugs(rawValue: 1 << 12)
     /// Take a snapshot even while some of this node's own changes are not yet acknowledged by the log.
     public static let snapshotWithPendingChanges = PlantedBugs(rawValue: 1 << 13)
-    /// Build message ids from the version alone, without the table and key: two changes at one version collide.
-    public static let messageIDWithoutKey = PlantedBugs(rawValue: 1 << 14)
     /// Switch capture off (`applying = 1`) in its own statement before the apply transaction, not inside it.
     public static let captureOffOutsideApplyTransaction = PlantedBugs(rawValue: 1 << 15)
     /// Send changes above `max_row_bytes` like any other instead of refusing them.
@@ -42,7 +40,6 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let partsInMemory = PlantedBugs(rawValue: 1 << 17)
     /// Never recreate a consumer whose deliveries stopped while the stream holds more.
     public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)
-
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
         ("skip-own-messages", .skipOwnMessages),
@@ -58,7 +55,6 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("ack-failed-apply", .ackFailedApply),
         ("drop-changes-when-mark-fails", .dropChangesWhenMarkFails),
         ("snapshot-with-pending-changes", .snapshotWithPendingChanges),
-        ("message-id-without-key", .messageIDWithoutKey),
         ("capture-off-outside-apply-transaction", .captureOffOutsideApplyTransaction),
         ("publish-oversized-rows", .publishOversizedRows),
         ("parts-in-memory", .partsInMemory),

@@ -17,6 +17,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard) message \(sequence) was already applied; acknowledged again"
         case .changeRefused(let table, let key, let bytes, let limit):
             return "a change to \(quoteIdentifier(table)) (\(key)) is \(bytes) bytes, above max_row_bytes (\(limit)): it is not published and was parked in \(Bookkeeping.parkedTable); raise max_row_bytes and run -parked-retry, or -parked-discard it"
+        case .discarded(let shard, let sequence, let table):
+            return "shard \(shard) message \(sequence): a change to \(quoteIdentifier(table)), which was dropped on this node, was discarded (another node still writes to it)"
         case .parked(let shard, let sequence, let reason):
             return "shard \(shard) message \(sequence) could not be applied and was parked in \(Bookkeeping.parkedTable): \(reason)"
         case .schemaPaused(let shard, let sequence, let table, let remoteHash):

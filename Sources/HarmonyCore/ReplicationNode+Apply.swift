@@ -174,6 +174,11 @@ extension ReplicationNode {
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
         guard let table = captured[record.table] else {
             if !config.tables.admits(record.table) { return .consumed }  // excluded here on purpose
+            if droppedTables.contains(record.table) {
+                // Another node still writes to a table dropped here: nothing can ever apply it.
+                events.append(.discarded(shard: shard, sequence: message.sequence, table: record.table))
+                return .consumed
+            }
             return .paused(table: record.table, remoteHash: record.schemaHash)  // not created here yet
         }
         let sameSchema = record.schemaHash == table.schema.hash
@@ -184,7 +189,7 @@ extension ReplicationNode {
         }
         let change: ResolvedChange
         do {
-            change = try resolve(record, against: table.schema, strict: sameSchema)
+            change = try resolve(record, against: table.schema, strict: sameSchema, renamedFrom: sameSchema ? [:] : table.renamedFrom)
         } catch {
             try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "\(error)", events: &events)
             return .consumed
@@ -234,7 +239,15 @@ extension ReplicationNode {
         var description: String
     }
 
-    func resolve(_ record: ChangeRecord, against schema: TableSchema, strict: Bool) throws -> ResolvedChange {
+    /// `renamedFrom` (current name -> previous name): a previous-schema change names renamed columns the old way.
+    func resolve(_ original: ChangeRecord, against schema: TableSchema, strict: Bool, renamedFrom: [String: String] = [:]) throws -> ResolvedChange {
+        var record = original
+        if !renamedFrom.isEmpty {
+            let current = Dictionary(renamedFrom.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
+            func rename(_ c: ChangeRecord.Column) -> ChangeRecord.Column { ChangeRecord.Column(current[c.name] ?? c.name, c.value) }
+            record.primaryKey = record.primaryKey.map(rename)
+            record.row = record.row.map(rename)
+        }
         if let exact = try resolveExactShape(record, against: schema) { return exact }
         let keyValues = Dictionary(record.primaryKey.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         guard Set(keyValues.keys) == Set(schema.primaryKey) else {

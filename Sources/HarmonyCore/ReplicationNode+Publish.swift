@@ -10,29 +10,14 @@ extension ReplicationNode {
     /// counted as in flight that was never sent, and the next call reads the unsent rows again.
     public func publishPending() throws {
         guard isRunning, config.publish else { return }
-        let db = requireDatabase()
-        let scan = try db.cached("""
-            SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
-            WHERE state = 0 AND id > ? ORDER BY id LIMIT ?
-            """)
         while inFlight.count < config.publishInFlightMax {
             let limit = min(config.scanMaxChanges, config.publishInFlightMax - inFlight.count)
-            let rows = try scan.query([.integer(scanCursor), .integer(Int64(limit))])
-            if rows.isEmpty { return }
-            var pageEnd = scanCursor
-            var unpublishable: [Int64] = []
+            let page = try readPendingPage(limit: limit)
+            if page.end == scanCursor { return }
             var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
             var batches: [Int: PendingBatch] = [:]
-            for row in rows {
-                guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
-                precondition(id > pageEnd, "change-log ids out of order: \(id) after \(pageEnd)")
-                pageEnd = id
-                if inFlight.contains(id) { continue }
-                guard let record = try changeRecord(table: table, changeID: changeID) else {
-                    unpublishable.append(id)
-                    continue
-                }
-                let shard = router.shard(table: table, primaryKey: record.primaryKey.map(\.value))
+            for (id, record) in page.records {
+                let shard = router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
                 let size = Self.approximateBytes(record)
                 if size > config.rowBytesMax && !config.plantedBugs.contains(.publishOversizedRows) {
                     oversized.append((id, record, size))
@@ -46,11 +31,51 @@ extension ReplicationNode {
             }
             // Shard order, not dictionary order: the simulator must see the same publishes for the same seed.
             for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard) }
-            // Rows whose change-log entry or schema epoch vanished (table dropped and cleaned) can never be sent.
-            if !unpublishable.isEmpty { try markPublished(unpublishable) }
+            // Entries with nothing to send: superseded by a later write (here or from another node), or whose
+            // table is gone. The later write, if it is this node's, has an entry of its own.
+            if !page.superseded.isEmpty { try markPublished(page.superseded) }
             if !oversized.isEmpty { try refuseOversized(oversized) }
-            scanCursor = pageEnd
+            scanCursor = page.end
         }
+    }
+
+    /// One page of the change log past the scan cursor, with each entry's row as it is now.
+    struct PendingPage {
+        var records: [(id: Int64, record: ChangeRecord)] = []
+        var superseded: [Int64] = []
+        /// The last change-log id read (the cursor once the page is handled).
+        var end: Int64
+    }
+
+    /// Reads a page inside one read transaction whose schema is the captured one, so every row image matches
+    /// the schema hash it is sent with (an ALTER the sidecar has not seen yet is picked up first).
+    func readPendingPage(limit: Int) throws -> PendingPage {
+        let db = requireDatabase()
+        for _ in 0..<10 {
+            try refreshCaptureIfSchemaChanged()
+            let page: PendingPage? = try db.transaction(.deferred) {
+                guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion else { return nil }
+                let scan = try db.cached("""
+                    SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
+                    WHERE state = 0 AND id > ? ORDER BY id LIMIT ?
+                    """)
+                var page = PendingPage(end: scanCursor)
+                for row in try scan.query([.integer(scanCursor), .integer(Int64(limit))]) {
+                    guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
+                    precondition(id > page.end, "change-log ids out of order: \(id) after \(page.end)")
+                    page.end = id
+                    if inFlight.contains(id) { continue }
+                    if let record = try changeRecord(table: table, changeID: changeID) {
+                        page.records.append((id, record))
+                    } else {
+                        page.superseded.append(id)
+                    }
+                }
+                return page
+            }
+            if let page { return page }
+        }
+        throw CorruptBookkeeping(description: "the schema kept changing while pending changes were read (10 tries)")
     }
 
     /// Room a message leaves for the log's own header (the message id) under the server's payload limit.
@@ -100,13 +125,13 @@ extension ReplicationNode {
         let messageID: String
         if batch.records.count == 1 {
             payload = try EnvelopeCodec.encode(batch.records[0], compress: config.compress)
-            messageID = messageIDOf(batch.records[0])
+            messageID = batch.records[0].messageID
         } else {
             payload = try EnvelopeCodec.encodeBatch(batch.records, compress: config.compress)
             // Same content, same id, so a republished batch is deduplicated; any other grouping is a new message,
             // which is harmless: applying a change twice changes nothing.
             var h = StableHash()
-            for r in batch.records { h.combine(messageIDOf(r)) }
+            for r in batch.records { h.combine(r.messageID) }
             messageID = "\(config.nodeID)-b\(batch.records.count)-\(h.hex)"
             batchMembers[token] = batch.ids
         }
@@ -139,12 +164,6 @@ extension ReplicationNode {
         return owner
     }
 
-    /// The id the log deduplicates on: node, version, operation and a hash of table and key (`ChangeRecord.messageID`).
-    func messageIDOf(_ record: ChangeRecord) -> String {
-        if config.plantedBugs.contains(.messageIDWithoutKey) { return "\(record.version.node)-\(record.version.hlc)" }
-        return record.messageID
-    }
-
     /// A cheap size estimate for closing batches before they pass the server's payload limit.
     static func approximateBytes(_ r: ChangeRecord) -> Int {
         func size(_ v: DatabaseValue) -> Int {
@@ -158,9 +177,12 @@ extension ReplicationNode {
         return 64 + r.table.utf8.count + (r.row + r.primaryKey).reduce(0) { $0 + $1.name.utf8.count + 4 + size($1.value) }
     }
 
-    /// Builds the record for one change-log row with the columns of the epoch it was written in.
-    /// One read per row; values are picked by positions worked out once per table and epoch.
+    /// The change one change-log entry stands for, as it is now: the row's current image and version under the
+    /// captured schema (last-writer-wins needs only a row's latest state). Nil when there is nothing to send for
+    /// it: a later write superseded it (a later entry of this node's, or another node's change applied here, which
+    /// every node gets from the log anyway), its table is no longer captured, or its key is no longer the table's.
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
+        guard let schema = captured[table]?.schema else { return nil }
         let db = requireDatabase()
         let logTable = Bookkeeping.changeLog(table)
         if changeLogLayouts[logTable] == nil {
@@ -178,23 +200,37 @@ extension ReplicationNode {
         }
         let layout = changeLogLayouts[logTable]!
         func at(_ name: String) -> DatabaseValue { layout.index[name].map { read.column($0) } ?? .null }
-        guard let type = at("type").string, let hlc = at("hlc").int64, let node = at("node").int64,
-              let epoch = at("epoch").int64, let shape = try shape(table: table, epoch: epoch)
+        guard let hlc = at("hlc").int64, let node = at("node").int64, let epoch = at("epoch").int64,
+              let shape = try shape(table: table, epoch: epoch), shape.primaryKey == schema.primaryKey
         else { return nil }
-        let positions: (key: [Int?], row: [Int?])
-        if let known = layout.epochs[epoch] {
+        let positions: [Int?]
+        if let known = layout.keyPositions[epoch] {
             positions = known
         } else {
-            positions = (shape.primaryKey.map { layout.index[Bookkeeping.valueColumn($0)] },
-                         shape.columns.map { layout.index[Bookkeeping.valueColumn($0)] })
-            changeLogLayouts[logTable]!.epochs[epoch] = positions
+            positions = shape.primaryKey.map { layout.index[Bookkeeping.valueColumn($0)] }
+            changeLogLayouts[logTable]!.keyPositions[epoch] = positions
         }
-        func value(_ position: Int?) -> DatabaseValue { position.map { read.column($0) } ?? .null }
-        let operation: ChangeOperation = type == "delete" ? .delete : .upsert
-        let key = zip(shape.primaryKey, positions.key).map { ChangeRecord.Column($0, value($1)) }
-        let fullRow = operation == .delete ? [] : zip(shape.columns, positions.row).map { ChangeRecord.Column($0, value($1)) }
-        return ChangeRecord(originNode: config.nodeID, table: table, operation: operation, primaryKey: key,
-                            row: fullRow, version: RowVersion(hlc: hlc, node: node), schemaHash: shape.hash)
+        let key = zip(shape.primaryKey, positions).map { ChangeRecord.Column($0, $1.map { read.column($0) } ?? .null) }
+        let keyValues = key.map(\.value)
+        let sql = rowReadSQL(schema)
+        guard let current = try db.cached(sql.version).query(keyValues).first,
+              current[0].int64 == hlc, current[1].int64 == node else { return nil }
+        let version = RowVersion(hlc: hlc, node: node)
+        if current[2].int64 == 1 {
+            return ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
+                                version: version, schemaHash: schema.hash)
+        }
+        guard let values = try db.cached(sql.row).query(keyValues).first else { return nil }
+        return ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
+                            row: zip(schema.columns, values).map { ChangeRecord.Column($0, $1) }, version: version, schemaHash: schema.hash)
+    }
+
+    /// The two reads behind `changeRecord`: a key's current version, and its row in the captured schema's columns.
+    func rowReadSQL(_ schema: TableSchema) -> (version: String, row: String) {
+        let versionMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
+        let rowMatch = schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
+        return ("SELECT hlc, node, deleted FROM \(quoteIdentifier(Bookkeeping.versionTable(schema.name))) WHERE \(versionMatch)",
+                "SELECT \(schema.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(quoteIdentifier(schema.name)) WHERE \(rowMatch)")
     }
 
     /// The log stored these messages: mark their change-log rows published, then keep publishing.

@@ -64,6 +64,8 @@ extension ReplicationNode {
         }
         if let reason = try dropUnreplicatedTables(copy) { return .skipped(reason: reason) }
         try copy.transaction(.immediate) {
+            try copy.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1")  // the copy's triggers stay silent
+            try dropRefusedRows(copy)
             let logs = try copy.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE '\(Bookkeeping.prefix)%_change_log' ESCAPE '\\'")
             for row in logs { if let name = row[0].string { try copy.execute("DELETE FROM \(quoteIdentifier(name))") } }
             try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.globalLog))")
@@ -80,6 +82,25 @@ extension ReplicationNode {
         try copy.execute("VACUUM")
         let info = SnapshotInfo(name: SnapshotInfo.name(hlc: hlc, node: config.nodeID), sequences: sequences, hlc: hlc, node: config.nodeID)
         return .taken(info)
+    }
+
+    /// A row whose latest change was refused for its size (above max_row_bytes) is in no log: the snapshot leaves
+    /// it out, row and version, like any write the log does not have. (Once the application overwrites it, the
+    /// newer version is published and the row is in later snapshots again.)
+    func dropRefusedRows(_ copy: Database) throws {
+        for entry in try copy.query("SELECT change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 2 ORDER BY id") {
+            guard let changeID = entry[0].int64, let table = entry[1].string, let schema = captured[table]?.schema else { continue }
+            let keyColumns = schema.primaryKey.map { quoteIdentifier(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")
+            guard let logged = try copy.query("SELECT hlc, node, \(keyColumns) FROM \(quoteIdentifier(Bookkeeping.changeLog(table))) WHERE id = ?",
+                                              [.integer(changeID)]).first else { continue }
+            let key = Array(logged.dropFirst(2))
+            let sql = rowReadSQL(schema)
+            guard let current = try copy.query(sql.version, key).first, current[0] == logged[0], current[1] == logged[1] else { continue }
+            let rowMatch = schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
+            let versionMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
+            try copy.execute("DELETE FROM \(quoteIdentifier(table)) WHERE \(rowMatch)", key)
+            try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.versionTable(table))) WHERE \(versionMatch)", key)
+        }
     }
 
     /// Drops from the snapshot copy every user table that is not captured here: virtual tables first (with their
@@ -195,8 +216,10 @@ extension ReplicationNode {
         var rowsRestored = 0
         try db.transaction(.immediate) {
             try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
+            // Read under the write lock, before the snapshot replaces the rows they describe.
+            let local = try localChanges()
             for table in tables { rowsRestored += try copyFromSnapshot(db, table) }
-            try reapplyLocalChanges(db)
+            try reapply(local, db)
             try restoreParts(db)
             try db.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.checkpointTable))", [])
             for shard in router.shards { try saveCheckpoint(db, shard: shard, sequence: restored[shard] ?? 0) }
@@ -296,15 +319,20 @@ extension ReplicationNode {
         return rows
     }
 
-    /// Every change still in the local change log goes back on top of the restored rows where it wins.
-    /// Rows stay in the log in their state, so unpublished ones are still published afterwards.
-    func reapplyLocalChanges(_ db: Database) throws {
-        let rows = try db.query("SELECT change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) ORDER BY id")
-        for row in rows {
-            guard let changeID = row[0].int64, let tableName = row[1].string, let table = captured[tableName],
-                  let record = try changeRecord(table: tableName, changeID: changeID) else { continue }
-            let sameSchema = record.schemaHash == table.schema.hash
-            guard let change = try? resolve(record, against: table.schema, strict: sameSchema) else { continue }
+    /// Every change still in the local change log, as its row is now (entries a later write superseded give none).
+    func localChanges() throws -> [ChangeRecord] {
+        let rows = try requireDatabase().query("SELECT change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) ORDER BY id")
+        return try rows.compactMap { row in
+            guard let changeID = row[0].int64, let table = row[1].string else { return nil }
+            return try changeRecord(table: table, changeID: changeID)
+        }
+    }
+
+    /// This node's changes go back on top of the restored rows where they win (stamping their versions again,
+    /// so their change-log entries still match and unpublished ones are published afterwards).
+    func reapply(_ changes: [ChangeRecord], _ db: Database) throws {
+        for record in changes {
+            guard let table = captured[record.table], let change = try? resolve(record, against: table.schema, strict: true) else { continue }
             _ = try applyLWW(db, change)
         }
     }

@@ -15,6 +15,8 @@ public final class ReplicationNode {
     /// The sidecar's own connection; nil until `start()`.
     public private(set) var database: Database?
     public internal(set) var captured: [String: CapturedTable] = [:]
+    /// Tables captured here once and dropped since: changes to them are discarded, not waited for.
+    var droppedTables: Set<String> = []
     /// Last applied sequence per shard, mirrored from the checkpoint table.
     public internal(set) var checkpoints: [Int: UInt64] = [:]
     /// Shards holding back a message because its schema does not match ours, with that message's sequence.
@@ -58,8 +60,8 @@ public final class ReplicationNode {
     struct ChangeLogLayout {
         var columnCount: Int
         var index: [String: Int]
-        /// Per epoch: positions of the key columns and of the row columns (nil: the log has no such column).
-        var epochs: [Int64: (key: [Int?], row: [Int?])] = [:]
+        /// Per epoch: positions of the key columns (nil: the log has no such column).
+        var keyPositions: [Int64: [Int?]] = [:]
     }
 
     struct EpochShape {
@@ -242,6 +244,10 @@ public final class ReplicationNode {
         epochShapes.removeAll()
         applySQLCache.removeAll()
         changeLogLayouts.removeAll()
+        droppedTables = Set(try db.query("""
+            SELECT DISTINCT table_name FROM \(quoteIdentifier(Bookkeeping.schemaTable))
+            WHERE table_name NOT IN (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY table_name
+            """).compactMap { $0[0].string })
         schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
         precondition(schemaVersion >= 0, "PRAGMA schema_version unreadable on \(config.databasePath)")
         env.events?.record(.captureInstalled(tables: captured.count))

@@ -123,6 +123,8 @@ final class LiveEvents: ReplicationEventSink {
         case .publishFailed:
             let reason = node?.queueOnly.value.lastPublishError ?? "no reason given"
             if let line = repeats.admit("\(event) (\(reason))", key: "publish failed", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
+        case .discarded(_, _, let table):
+            if let line = repeats.admit("\(event)", key: "discarded \(table)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed:
             if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .snapshotTaken(let name):

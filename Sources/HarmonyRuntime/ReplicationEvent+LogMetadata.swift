@@ -14,6 +14,8 @@ extension ReplicationEvent {
             return ["event": "applied", "shard": n(shard), "sequence": n(sequence), "table": .string(table),
                     "version": .string(version.description), "result": .string(won ? "won" : "lost")]
         case .duplicate(let shard, let sequence): return ["event": "duplicate", "shard": n(shard), "sequence": n(sequence)]
+        case .discarded(let shard, let sequence, let table):
+            return ["event": "discarded", "shard": n(shard), "sequence": n(sequence), "table": .string(table)]
         case .parked(let shard, let sequence, let reason):
             return ["event": "parked", "shard": n(shard), "sequence": n(sequence), "reason": .string(reason)]
         case .schemaPaused(let shard, let sequence, let table, let remoteHash):

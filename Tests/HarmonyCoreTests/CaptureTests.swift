@@ -1,7 +1,7 @@
 import Foundation
 import HarmonyTestSupport
 import HarmonyCodec
-import HarmonyCore
+@testable import HarmonyCore
 import HarmonySQLite
 import Testing
 
@@ -35,8 +35,11 @@ struct CaptureTests {
             DELETE FROM "my table";
             """, arguments: ["-cmd", "PRAGMA trusted_schema=OFF"])
         #expect(try count(db, Bookkeeping.globalLog) == 4)
-        let log = try db.query("SELECT type, node, \"val_select\", \"val_my column\", \"val_\"\"quoted\"\"\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
-        #expect(log == [["insert", 7, 1, "one", .blob([0, 255])], ["update", 7, 1, "uno", .blob([0, 255])]])
+        // The log names keys only; the publisher reads the row when it sends it.
+        let log = try db.query("SELECT type, node, \"val_select\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
+        #expect(log == [["insert", 7, 1], ["update", 7, 1]])
+        let columns = try db.query("SELECT name FROM pragma_table_info('__harmonylite__order_change_log')").compactMap { $0[0].string }
+        #expect(columns == ["id", "type", "hlc", "node", "epoch", "val_select"])
         let versions = try db.query("SELECT \"pk_a\", \"pk_b\", deleted, node FROM \"__harmonylite__my table_version\"")
         #expect(versions == [["k", 1, 1, 7]])
     }
@@ -46,8 +49,8 @@ struct CaptureTests {
         try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
         try db.execute("INSERT INTO \"order\" VALUES (1, 'x', NULL)")
         try db.execute("UPDATE \"order\" SET \"select\" = 2 WHERE \"select\" = 1")
-        let log = try db.query("SELECT type, \"val_select\", \"val_my column\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
-        #expect(log == [["insert", 1, "x"], ["delete", 1, nil], ["update", 2, "x"]])
+        let log = try db.query("SELECT type, \"val_select\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
+        #expect(log == [["insert", 1], ["delete", 1], ["update", 2]])
         let versions = try db.query("SELECT \"pk_select\", deleted FROM \"__harmonylite__order_version\" ORDER BY 1")
         #expect(versions == [[1, 1], [2, 0]])
         let hlcs = try db.query("SELECT hlc FROM \"__harmonylite__order_change_log\" ORDER BY id").map { $0[0].int64! }
@@ -88,10 +91,46 @@ struct CaptureTests {
         #expect(second["users"]!.previousHash == first["users"]!.schema.hash)
         #expect(second["users"]!.schema.columns == ["id", "name", "score", "email"])
         try db.execute("INSERT INTO users VALUES (2, 'after', 2, 'a@b')")
-        let log = try db.query("SELECT epoch, val_name, val_email FROM \"__harmonylite__users_change_log\" ORDER BY id")
-        #expect(log == [[1, "before", nil], [2, "after", "a@b"]])
+        let log = try db.query("SELECT epoch, val_id FROM \"__harmonylite__users_change_log\" ORDER BY id")
+        #expect(log == [[1, 1], [2, 2]])
         // Re-installing an unchanged schema is a no-op for epochs.
         #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())["users"]!.epoch == 2)
+    }
+
+    /// The triggers name key columns only, so every ALTER TABLE SQLite allows goes through them from the stock
+    /// shell: DROP COLUMN (used to fail with "no such column: NEW.b"), RENAME COLUMN, RENAME TO, a renamed key.
+    @Test func everyAlterSQLiteAllowsWorksUnderCapture() throws {
+        let (path, db) = try temporaryDatabase(usersSchema + "CREATE INDEX users_name ON users (name);")
+        try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        _ = try runSQLiteShell(path, """
+            INSERT INTO users VALUES (1, 'a', 1.0);
+            ALTER TABLE users DROP COLUMN score;
+            ALTER TABLE users RENAME COLUMN name TO full_name;
+            ALTER TABLE users RENAME COLUMN id TO user_id;
+            INSERT INTO users VALUES (2, 'b');
+            UPDATE users SET full_name = 'bb' WHERE user_id = 2;
+            ALTER TABLE users ADD COLUMN email TEXT;
+            DELETE FROM users WHERE user_id = 1;
+            """)
+        #expect(try db.query("SELECT * FROM users") == [[2, "bb", nil]])
+        #expect(try count(db, Bookkeeping.globalLog) == 4)
+        let captured = try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        #expect(captured["users"]!.schema.columns == ["user_id", "full_name", "email"])
+        #expect(captured["users"]!.schema.primaryKey == ["user_id"])
+        // The version table follows the renamed key; tombstones and versions survive.
+        #expect(try db.query("SELECT pk_user_id, deleted FROM \"__harmonylite__users_version\" ORDER BY 1") == [[1, 1], [2, 0]])
+        _ = try runSQLiteShell(path, "INSERT INTO users VALUES (3, 'c', 'c@x');")
+        #expect(try count(db, Bookkeeping.globalLog) == 5)
+    }
+
+    @Test func renamesAreReadFromColumnsThatChangedInPlace() {
+        #expect(ChangeCapture.renames(from: ["id", "b", "c"], to: ["id", "x", "c"]) == ["x": "b"])
+        #expect(ChangeCapture.renames(from: ["id", "b", "c"], to: ["id", "c"]).isEmpty)       // DROP COLUMN
+        #expect(ChangeCapture.renames(from: ["id", "b"], to: ["id", "b", "c"]).isEmpty)       // ADD COLUMN
+        #expect(ChangeCapture.renames(from: ["id", "b", "c"], to: ["id", "c", "b"]).isEmpty)  // a rebuild that reordered
+        // DROP COLUMN price and RENAME COLUMN name TO title seen as one schema change.
+        #expect(ChangeCapture.renames(from: ["id", "name", "qty", "price", "data"], to: ["id", "title", "qty", "data"]) == ["title": "name"])
+        #expect(ChangeCapture.renames(from: ["id", "b", "c"], to: ["id", "x", "y"]) == ["x": "b", "y": "c"])
     }
 
     @Test func cleanupRemovesEverythingAndKeepsUserData() throws {
