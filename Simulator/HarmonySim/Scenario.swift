@@ -104,6 +104,12 @@ public struct Fault: Sendable, Equatable {
         /// durable consumers: it takes (and acks) about half of the node's deliveries. The claim on the id refuses
         /// such a process at start; this is what it cannot see (a claim that expired during a partition).
         case duplicateID = "duplicate-id"
+        /// The seeds' procedure: stop the node's sidecar, `harmonylite -cleanup`, let the application go on writing
+        /// (inserts and updates; no capture sees them), and start the sidecar again after `durationMs`.
+        case cleanup
+        /// The same, with the application's `ALTER TABLE kv ADD COLUMN extra` run while the sidecar is away
+        /// (HarmonyLite's per-node migration).
+        case cleanupMigrate = "cleanup-migrate"
     }
 
     public var kind: Kind

@@ -44,6 +44,8 @@ extension Simulation {
             }
         case .duplicateID:
             for n in targets { n.impostorRunning = true }
+        case .cleanup, .cleanupMigrate:
+            for n in targets where n.machineUp { runCleanup(n, migrate: f.kind == .cleanupMigrate, until: nowMs + f.durationMs) }
         case .serverRestart:
             serverUp = false
         case .rollingAlter:
@@ -73,6 +75,8 @@ extension Simulation {
             }
         case .duplicateID:
             for n in targets { n.impostorRunning = false }
+        case .cleanup, .cleanupMigrate:
+            for n in targets where n.machineUp && !n.sidecarUp { startSidecar(n) }
         case .serverRestart:
             serverUp = true
             for n in nodes { resume(n) }
@@ -119,10 +123,60 @@ extension Simulation {
         } catch {
             violations.append("node \(node.id): ALTER TABLE failed: \(error)")
         }
-        // Writes through the old triggers before the sidecar re-installs: its recapture gives them version
-        // hlc + 1, which a later write in the same millisecond shares (their message ids differ only by key).
+        // Writes through the old triggers before the sidecar re-installs: the publisher must read their rows
+        // (new column included) at the new schema, never send them under the old one.
         for _ in 0..<scenario.writesRacingAlter { performWrite(node) }
         callCore(node) { try $0.databaseChanged() }
+    }
+
+    /// `harmonylite -cleanup` on a stopped node: every trigger and bookkeeping table goes, checkpoints included.
+    /// Refused while local changes are unpublished (as the command line does): the operator starts the node
+    /// again and retries half a second later, for as long as the fault lasts.
+    func runCleanup(_ n: SimNode, migrate: Bool, until endMs: Int64) {
+        crashSidecar(n, reason: "stopped for -cleanup")
+        guard let app = n.app else { return }
+        if let pending = try? ChangeCapture.unpublishedChanges(app), pending > 0 {
+            trace("node \(n.id) -cleanup refused: \(pending) unpublished change(s)")
+            startSidecar(n)
+            if migrate {
+                // The migration does not need -cleanup: ALTER TABLE goes through capture on the running node.
+                alterTable(n)
+            } else if nowMs + 500 < endMs {
+                push(.cleanupRetry(node: n.id, migrate: migrate, untilMs: endMs), at: nowMs + 500)
+            }
+            return
+        }
+        do {
+            try ChangeCapture.removeAll(app)
+            trace("node \(n.id) -cleanup")
+            if migrate && !n.hasExtraColumn {
+                try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
+                n.hasExtraColumn = true
+                trace("node \(n.id) ALTER TABLE kv ADD COLUMN extra (no sidecar)")
+            }
+        } catch {
+            violations.append("node \(n.id): -cleanup failed: \(error)")
+        }
+        n.cleanedUpKeys = []
+        n.highestCheckpoint.removeAll()  // the checkpoints went with the bookkeeping: replay starts over
+    }
+
+    /// A sidecar started on a cleaned database: its install captured the rows written meanwhile with versions below
+    /// any real write. Those versions join the history now, so the oracle judges them like any write.
+    func recordCleanedUpWrites(_ n: SimNode) {
+        guard n.sidecarUp, let app = n.app, let keys = n.cleanedUpKeys else { return }
+        n.cleanedUpKeys = nil
+        for key in keys.sorted() {
+            guard let v = try? versionOf(app, key: key), !v.deleted else { continue }
+            // Captured with no write behind it, such a row must lose to every real write of its key.
+            let earlier = history.filter { $0.key == key && !versionlessCaptures.contains($0.version) }
+            if let newest = earlier.max(by: { $0.version < $1.version }), newest.version < v.version {
+                violations.append("node \(n.id): key \(key), written while capture was absent, got version \(v.version), above the real write \(newest.version) by node \(newest.node): it overrides cluster state")
+            }
+            let row = try? app.query("SELECT * FROM kv WHERE k = ?", [.integer(key)]).first
+            history.append(WriteRecord(node: n.id, key: key, version: v.version, row: row, atMs: nowMs))
+            versionlessCaptures.insert(v.version)
+        }
     }
 
     /// Whether a sidecar has recorded the table's schema in this database yet.

@@ -17,6 +17,8 @@ final class SimNode {
     var sidecarUp = false
     /// False before a late join and while a wiped disk is being replaced.
     var machineUp = true
+    /// Between a `cleanup` fault and the sidecar's restart: the keys the application wrote with no capture.
+    var cleanedUpKeys: Set<Int64>?
     /// A `duplicate-id` fault: another process consumes as this node.
     var impostorRunning = false
     var canSend = true

@@ -22,6 +22,8 @@ enum SimEvent {
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
     case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
     case workload(node: Int)
+    /// The operator runs `-cleanup` again after it was refused for unpublished changes.
+    case cleanupRetry(node: Int, migrate: Bool, untilMs: Int64)
     /// The application overwrites a value of its own that was above max_row_bytes.
     case correctOversized(node: Int, key: Int64)
     case databaseChanged(node: Int, incarnation: Int)
@@ -66,6 +68,8 @@ public final class Simulation {
     public internal(set) var history: [WriteRecord] = []
     /// Every version some message in the log carries (retention does not forget them): what a snapshot may hold.
     var landedVersions: Set<RowVersion> = []
+    /// Versions the sidecar gave rows written while capture was absent (after -cleanup): below every real write's.
+    var versionlessCaptures: Set<RowVersion> = []
     /// Parts of split messages the log has stored, joined so `landedVersions` sees the changes they carry.
     var landedParts = PartJoiner()
     /// Writes destroyed by a wiped disk or a power loss before any copy reached the log: owed to no one.
@@ -233,6 +237,7 @@ public final class Simulation {
         node.sidecarUp = true
         trace("node \(node.id) sidecar start #\(node.incarnation)")
         callCore(node) { try $0.start() }
+        recordCleanedUpWrites(node)
         if node.sidecarUp && node.migrationPending {
             node.migrationPending = false
             alterTable(node)
@@ -385,6 +390,10 @@ public final class Simulation {
             } else {
                 jetStream.ack(node: id, shard: shard, sequence: sequence)
             }
+
+        case .cleanupRetry(let id, let migrate, let untilMs):
+            let node = nodes[id - 1]
+            if node.machineUp && node.cleanedUpKeys == nil { runCleanup(node, migrate: migrate, until: untilMs) }
 
         case .correctOversized(let id, let key):
             correctOversized(nodes[id - 1], key: key)

@@ -250,6 +250,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("publish-oversized-rows", "large-rows.toml"),
         ("parts-in-memory", "large-rows.toml"),
         ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
+        ("backfill-at-current-time", "operations.toml"),
     ]
 
     func run() throws {

@@ -24,8 +24,10 @@ public struct CapturedTable: Sendable, Equatable {
     public var epoch: Int64
     /// The hash of the epoch before this one, accepted from peers still on it during a rolling upgrade.
     public var previousHash: String?
-    /// Columns renamed since that epoch, current name -> previous name: a previous-epoch change carries the old name.
-    public var renamedFrom: [String: String] = [:]
+    /// Every earlier epoch's hash: changes written under any of them apply (mapped onto the current columns).
+    public var olderHashes: Set<String> = []
+    /// Earlier names of columns renamed since (RENAME COLUMN), old name -> current name, over every epoch.
+    public var currentNameOf: [String: String] = [:]
 }
 
 /// Installs and removes the change-data-capture triggers and bookkeeping tables.
@@ -134,11 +136,9 @@ public enum ChangeCapture {
         let latest = known.first
         var epoch = latest?.epoch ?? 0
         var previousHash = known.count > 1 ? known[1].hash : nil
-        var previousColumns = known.count > 1 ? known[1].columns : nil
         if latest?.hash != schema.hash {
             epoch += 1
             previousHash = latest?.hash
-            previousColumns = latest?.columns
             try db.execute("INSERT INTO \(q(Bookkeeping.schemaTable)) (table_name, epoch, hash, columns, primary_key) VALUES (?, ?, ?, ?, ?)",
                            [.text(schema.name), .integer(epoch), .text(schema.hash),
                             encodeNames(schema.columns), encodeNames(schema.primaryKey)])
@@ -148,10 +148,29 @@ public enum ChangeCapture {
         try createTriggers(db, schema, epoch: epoch, plantedBugs: plantedBugs)
         // Rows written while no trigger was there to see them: before the first install, after a -cleanup, or
         // between CREATE TABLE and this install. Never lost, never newer than the cluster's (see `backfill`).
-        if known.isEmpty || versionsRebuilt { try backfill(db, schema, epoch: epoch) }
+        if known.isEmpty || versionsRebuilt { try backfill(db, schema, epoch: epoch, plantedBugs: plantedBugs) }
         precondition(epoch >= 1 && epoch >= (latest?.epoch ?? 0), "schema epoch of \(schema.name) went from \(latest?.epoch ?? 0) to \(epoch)")
+        // Oldest first, ending with the current schema: follow each column's names through every rename.
+        let history = known.reversed().map(\.columns) + (latest?.hash == schema.hash ? [] : [schema.columns])
         return CapturedTable(schema: schema, epoch: epoch, previousHash: previousHash,
-                             renamedFrom: previousColumns.map { renames(from: $0, to: schema.columns) } ?? [:])
+                             olderHashes: Set(known.map(\.hash)).subtracting([schema.hash]),
+                             currentNameOf: currentNames(through: history))
+    }
+
+    /// Old name -> current name for every column renamed somewhere along `history` (column lists, oldest first).
+    static func currentNames(through history: [[String]]) -> [String: String] {
+        guard let current = history.last else { return [:] }
+        // For each column of the epoch at hand, every name it has had.
+        var lineage = Dictionary(uniqueKeysWithValues: (history.first ?? []).map { ($0, [$0]) })
+        for (old, new) in zip(history, history.dropFirst()) {
+            let renamed = renames(from: old, to: new)
+            lineage = Dictionary(new.map { name in (name, (lineage[renamed[name] ?? name] ?? []) + [name]) }, uniquingKeysWith: { a, _ in a })
+        }
+        var out: [String: String] = [:]
+        for name in current {
+            for earlier in lineage[name] ?? [] where earlier != name && !current.contains(earlier) { out[earlier] = name }
+        }
+        return out
     }
 
     /// Columns renamed between two epochs, new name -> old name. ALTER TABLE never moves a column: the columns
@@ -181,7 +200,7 @@ public enum ChangeCapture {
     /// 2^57). Such a row fills a gap where the cluster has no row for its key and loses every conflict, so a row
     /// written while capture was absent is never lost and never overrides newer cluster state; a later backfill
     /// (another -cleanup) still beats an earlier one.
-    static func backfill(_ db: Database, _ schema: TableSchema, epoch: Int64) throws {
+    static func backfill(_ db: Database, _ schema: TableSchema, epoch: Int64, plantedBugs: PlantedBugs = []) throws {
         let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
         let clock = q(Bookkeeping.clockTable)
         let firstNew = (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1
@@ -189,7 +208,7 @@ public enum ChangeCapture {
             + schema.primaryKey.map { "v.\(q(Bookkeeping.keyColumn($0))) IS t.\(q($0))" }.joined(separator: " AND ") + ")"
         // Key order, not rowid: WITHOUT ROWID tables have no rowid.
         let keyOrder = schema.primaryKey.map { "t." + q($0) }.joined(separator: ", ")
-        let base = nowMsSQL
+        let base = plantedBugs.contains(.backfillAtCurrentTime) ? "(SELECT max(hlc, \(nowMsSQL) << \(RowVersion.logicalBits)) FROM \(clock))" : nowMsSQL
         try db.execute("""
             INSERT INTO \(log) (type, hlc, node, epoch\(schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
             SELECT 'insert', \(base) + row_number() OVER (ORDER BY \(keyOrder)), (SELECT node_id FROM \(clock)), \(epoch)\(schema.primaryKey.map { ", t." + q($0) }.joined())
@@ -347,6 +366,13 @@ public enum ChangeCapture {
             \(captureBody(schema, epoch: epoch, type: "delete", source: "OLD", deleted: true))
             END
             """)
+    }
+
+    /// Local changes captured but not yet acknowledged by the log; nil when capture was never installed.
+    public static func unpublishedChanges(_ db: Database) throws -> Int64? {
+        guard try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(Bookkeeping.globalLog)])?.int64 == 1
+        else { return nil }
+        return try db.scalar("SELECT count(*) FROM \(q(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
     }
 
     /// Removes every harmonylite trigger and bookkeeping table; user tables and their rows are untouched.

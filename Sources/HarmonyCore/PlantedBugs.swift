@@ -39,7 +39,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Keep received parts of split messages in memory, not in the apply transaction: a crash loses them.
     public static let partsInMemory = PlantedBugs(rawValue: 1 << 17)
     /// Never recreate a consumer whose deliveries stopped while the stream holds more.
-    public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)
+    public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)    /// Capture versionless rows (after a -cleanup) with the current time, as real writes: stale copies win.
+    public static let backfillAtCurrentTime = PlantedBugs(rawValue: 1 << 19)
+
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
         ("skip-own-messages", .skipOwnMessages),
@@ -59,6 +61,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("publish-oversized-rows", .publishOversizedRows),
         ("parts-in-memory", .partsInMemory),
         ("no-resubscribe-on-stall", .noResubscribeOnStall),
+        ("backfill-at-current-time", .backfillAtCurrentTime),
     ]
 }
 

@@ -183,13 +183,13 @@ extension ReplicationNode {
         }
         let sameSchema = record.schemaHash == table.schema.hash
             || (config.plantedBugs.contains(.dropSchemaHashOnDecode) && record.schemaHash.isEmpty)
-        guard sameSchema || record.schemaHash == table.previousHash else {
+        guard sameSchema || table.olderHashes.contains(record.schemaHash) || Self.fitsWithin(record, table.schema) else {
             if config.plantedBugs.contains(.ackSchemaMismatch) { return .consumed }
             return .paused(table: record.table, remoteHash: record.schemaHash)
         }
         let change: ResolvedChange
         do {
-            change = try resolve(record, against: table.schema, strict: sameSchema, renamedFrom: sameSchema ? [:] : table.renamedFrom)
+            change = try resolve(record, against: table.schema, strict: sameSchema, currentNameOf: sameSchema ? [:] : table.currentNameOf)
         } catch {
             try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "\(error)", events: &events)
             return .consumed
@@ -205,6 +205,16 @@ extension ReplicationNode {
             try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "cannot apply to \(quoteIdentifier(record.table)): \(error.message)", events: &events)
         }
         return .consumed
+    }
+
+    /// A change from a schema this node does not know (not even in its history), whose every column this table has
+    /// (same key): written
+    /// before a column was added here (an older schema, even one this node's history lost to a -cleanup). It
+    /// applies with the missing columns at their defaults, as a previous-schema change does. A change with a
+    /// column this table lacks is from a newer schema and waits for this node's migration.
+    static func fitsWithin(_ record: ChangeRecord, _ schema: TableSchema) -> Bool {
+        guard record.primaryKey.map(\.name) == schema.primaryKey else { return false }
+        return record.row.allSatisfy { schema.columns.contains($0.name) }
     }
 
     /// The message to park for one failing record: the record alone when it came in a batch (encoded only here,
@@ -239,12 +249,11 @@ extension ReplicationNode {
         var description: String
     }
 
-    /// `renamedFrom` (current name -> previous name): a previous-schema change names renamed columns the old way.
-    func resolve(_ original: ChangeRecord, against schema: TableSchema, strict: Bool, renamedFrom: [String: String] = [:]) throws -> ResolvedChange {
+    /// `currentNameOf` (old name -> current name): an older-schema change names renamed columns the old way.
+    func resolve(_ original: ChangeRecord, against schema: TableSchema, strict: Bool, currentNameOf: [String: String] = [:]) throws -> ResolvedChange {
         var record = original
-        if !renamedFrom.isEmpty {
-            let current = Dictionary(renamedFrom.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
-            func rename(_ c: ChangeRecord.Column) -> ChangeRecord.Column { ChangeRecord.Column(current[c.name] ?? c.name, c.value) }
+        if !currentNameOf.isEmpty {
+            func rename(_ c: ChangeRecord.Column) -> ChangeRecord.Column { ChangeRecord.Column(currentNameOf[c.name] ?? c.name, c.value) }
             record.primaryKey = record.primaryKey.map(rename)
             record.row = record.row.map(rename)
         }

@@ -201,8 +201,7 @@ extension ReplicationNode {
                 throw RestoreRefused(description: "snapshot covers \(router.streamName(shard: shard)) up to \(covered), but the stream starts at \(state.firstSequence)")
             }
         }
-        let tables = try snapshotTables(db)
-        try createMissingTables(db, tables)
+        let tables = try createMissingTables(db, try snapshotTables(db))
         var restored = sequences
         if config.plantedBugs.contains(.restoreWithoutCheckpoints) {
             // Resume at the stream's head, as if the snapshot were current: what came after it is skipped.
@@ -254,7 +253,11 @@ extension ReplicationNode {
         var name: String
         var columns: [String]
         var primaryKey: [String]
+        var hash: String
         var createSQL: [String]
+        /// Snapshot column -> local column, for the columns both have (a column renamed here since maps to its new
+        /// name; one dropped here since has none). Filled in by `createMissingTables`.
+        var localNames: [String: String] = [:]
     }
 
     /// The snapshot's replicated tables (those with a version table) that this node admits.
@@ -271,24 +274,41 @@ extension ReplicationNode {
                 WHERE tbl_name = ? AND type IN ('table', 'index') AND sql IS NOT NULL AND substr(name, 1, ?) <> ?
                 ORDER BY type = 'table' DESC, name
                 """, [.text(name), .integer(Int64(Bookkeeping.prefix.utf8.count)), .text(Bookkeeping.prefix)]).compactMap { $0[0].string }
-            out.append(SnapshotTable(name: name, columns: schema.columns, primaryKey: schema.primaryKey, createSQL: createSQL))
+            out.append(SnapshotTable(name: name, columns: schema.columns, primaryKey: schema.primaryKey, hash: schema.hash, createSQL: createSQL))
         }
         return out
     }
 
     /// A new node has no tables yet: create them (and their indexes) as the snapshot has them, then capture them.
-    /// A table that exists must be able to hold the snapshot's rows: same key, every snapshot column present
-    /// (extra local columns, from a later ADD COLUMN, take their defaults as they would have on the taker).
-    func createMissingTables(_ db: Database, _ tables: [SnapshotTable]) throws {
+    /// A table that exists must be able to hold the snapshot's rows: same key, and every snapshot column present
+    /// here, renamed here, or dropped here since (the snapshot was taken at a schema this node had before, so this
+    /// node is the newer one). Extra local columns, from a later ADD COLUMN, take their defaults as they would
+    /// have on the taker. A snapshot at a schema this node never had is newer: refused, with what to run.
+    /// Returns the tables with `localNames` filled in.
+    func createMissingTables(_ db: Database, _ snapshotTables: [SnapshotTable]) throws -> [SnapshotTable] {
         var created = false
-        for table in tables {
+        var tables = snapshotTables
+        for i in tables.indices {
+            let table = tables[i]
             if let local = captured[table.name] {
                 guard local.schema.primaryKey == table.primaryKey else {
                     throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) has primary key \(local.schema.primaryKey) here but \(table.primaryKey) in the snapshot")
                 }
-                let missing = table.columns.filter { !local.schema.columns.contains($0) }
+                for column in table.columns {
+                    if local.schema.columns.contains(column) { tables[i].localNames[column] = column }
+                    else if let now = local.currentNameOf[column] { tables[i].localNames[column] = now }
+                }
+                let missing = table.columns.filter { tables[i].localNames[$0] == nil }
                 if !missing.isEmpty {
-                    throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) lacks column(s) \(missing.map(quoteIdentifier).joined(separator: ", ")) the snapshot has; migrate this node's schema first")
+                    let older = try ChangeCapture.epochs(db, table: table.name).contains { $0.hash == table.hash }
+                    guard older else {
+                        throw RestoreRefused(description: """
+                            the snapshot's \(quoteIdentifier(table.name)) has column(s) \(missing.map(quoteIdentifier).joined(separator: ", ")) that \
+                            this node's lacks, at a schema this node never had: the snapshot is newer. Run the same migration here \
+                            (e.g. ALTER TABLE \(quoteIdentifier(table.name)) ADD COLUMN ...); the restore is retried by itself. If this \
+                            node dropped them on purpose, take a snapshot on a node at this node's schema (harmonylite -save-snapshot)
+                            """)
+                    }
                 }
                 continue
             }
@@ -297,9 +317,11 @@ extension ReplicationNode {
             try db.transaction(.immediate) {
                 for sql in table.createSQL { try db.execute(sql) }
             }
+            for column in table.columns { tables[i].localNames[column] = column }
             created = true
         }
         if created { try refreshCapture() }
+        return tables
     }
 
     /// Replaces one table's rows and versions with the snapshot's, inside the restore transaction.
@@ -308,11 +330,13 @@ extension ReplicationNode {
     func copyFromSnapshot(_ db: Database, _ table: SnapshotTable) throws -> Int {
         precondition(db.isInTransaction && !table.primaryKey.isEmpty, "rows are replaced inside the restore transaction, by key")
         let snap = Self.snapshotSchema
-        let columns = table.columns.map(quoteIdentifier).joined(separator: ", ")
+        let copied = table.columns.filter { table.localNames[$0] != nil }
+        let localColumns = copied.map { quoteIdentifier(table.localNames[$0]!) }.joined(separator: ", ")
+        let snapshotColumns = copied.map(quoteIdentifier).joined(separator: ", ")
         let versions = quoteIdentifier(Bookkeeping.versionTable(table.name))
         let versionColumns = (table.primaryKey.map(Bookkeeping.keyColumn) + ["hlc", "node", "deleted"]).map(quoteIdentifier).joined(separator: ", ")
         try db.execute("DELETE FROM main.\(quoteIdentifier(table.name))", [])
-        try db.execute("INSERT INTO main.\(quoteIdentifier(table.name)) (\(columns)) SELECT \(columns) FROM \(snap).\(quoteIdentifier(table.name))", [])
+        try db.execute("INSERT INTO main.\(quoteIdentifier(table.name)) (\(localColumns)) SELECT \(snapshotColumns) FROM \(snap).\(quoteIdentifier(table.name))", [])
         let rows = db.changes
         try db.execute("DELETE FROM main.\(versions)", [])
         try db.execute("INSERT INTO main.\(versions) (\(versionColumns)) SELECT \(versionColumns) FROM \(snap).\(versions)", [])

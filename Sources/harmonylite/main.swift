@@ -117,7 +117,8 @@ struct HarmonyLiteCommand: ParsableCommand {
             }
             if cleanup || install || status {
                 // Work on the file and exit: these never start replication (nor touch NATS), even beside a live node.
-                try localCommand(path: config.node.databasePath, nodeID: config.node.nodeID, filter: config.node.tables)
+                try localCommand(path: config.node.databasePath, nodeID: config.node.nodeID, filter: config.node.tables,
+                                 publishes: config.node.publish)
                 return
             }
             if schemaStatus {
@@ -212,7 +213,7 @@ extension HarmonyLiteCommand {
 
     /// `-install`, `-status` (the default) and `-cleanup` on one database file. The file must exist: a mistyped
     /// path is an error, never a new empty database. `-status` opens it read-only.
-    func localCommand(path: String, nodeID: Int64, filter: TableFilter) throws {
+    func localCommand(path: String, nodeID: Int64, filter: TableFilter, publishes: Bool = true) throws {
         try requireDatabaseFile(path)
         if !cleanup && !install {
             try CaptureStatus.print(try Database.readOnly(path: path))
@@ -225,6 +226,13 @@ extension HarmonyLiteCommand {
             throw ExitCode(1)
         }
         let db = try SQLiteOpener().open(path: path)
+        if cleanup && publishes, let pending = try ChangeCapture.unpublishedChanges(db), pending > 0 {
+            // Their change log goes with the bookkeeping: the writes would come back only as versionless rows,
+            // losing to every other write of their keys.
+            FileHandle.standardError.write(Data(("harmonylite: \(path) has \(pending) local change(s) not yet published; -cleanup would "
+                + "lose them. Start the node until -status shows 0 pending changes, then run -cleanup again.\n").utf8))
+            throw ExitCode(1)
+        }
         if cleanup {
             try ChangeCapture.removeAll(db)
             print("removed harmonylite triggers and tables from \(path)")

@@ -131,6 +131,8 @@ struct CaptureTests {
         // DROP COLUMN price and RENAME COLUMN name TO title seen as one schema change.
         #expect(ChangeCapture.renames(from: ["id", "name", "qty", "price", "data"], to: ["id", "title", "qty", "data"]) == ["title": "name"])
         #expect(ChangeCapture.renames(from: ["id", "b", "c"], to: ["id", "x", "y"]) == ["x": "b", "y": "c"])
+        // Over several epochs: b -> x -> z, and c dropped on the way.
+        #expect(ChangeCapture.currentNames(through: [["id", "b", "c"], ["id", "x", "c"], ["id", "x"], ["id", "z"]]) == ["b": "z", "x": "z"])
     }
 
     @Test func cleanupRemovesEverythingAndKeepsUserData() throws {

@@ -219,6 +219,15 @@ struct OperationsEndToEndTests {
         #expect(try c.query(2, "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock';") == "1\n")
 
         c.stop(2)
+        // A write the stopped node captured but never published: -cleanup would lose it, so it is refused.
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (5, 'captured, not yet published');")
+        let pending = try runHarmonylite(["-config", c.configPath(2), "-cleanup"], timeoutSeconds: 10)
+        #expect(pending.code == 1 && pending.output.contains("1 local change(s) not yet published"), "\(pending.output)")
+        try c.start(2)
+        try waitUntil("node 2 published its write", timeoutSeconds: 20) {
+            try c.query(2, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n"
+        }
+        c.stop(2)
         let cleaned = try runHarmonylite(["-config", c.configPath(2), "-cleanup"], timeoutSeconds: 10)
         #expect(cleaned.code == 0, "\(cleaned.output)")
         try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (3, 'written while cleaned');")
@@ -233,10 +242,11 @@ struct OperationsEndToEndTests {
         }
         try c.start(2)
         let all = "SELECT group_concat(id || '=' || name, ';') FROM (SELECT * FROM items WHERE id < 10 ORDER BY id);"
-        _ = try c.waitForConvergence(all, expected: "1=newer on 1;2=second;3=written while cleaned;4=from 1 meanwhile\n", timeoutSeconds: 60)
+        _ = try c.waitForConvergence(all, expected: "1=newer on 1;2=second;3=written while cleaned;4=from 1 meanwhile;5=captured, not yet published\n",
+                                     timeoutSeconds: 60)
         if trimmed {
             #expect(c.log(2).contains("restored"), "node 2 did not restore:\n\(c.log(2).suffix(3000))")
-            _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "34\n", timeoutSeconds: 30)
+            _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "35\n", timeoutSeconds: 30)
         }
     }
 
