@@ -19,6 +19,10 @@ public enum Bookkeeping {
     /// The `stream` of a parked row that is a local change refused for its size (`seq` is its global change-log id).
     public static let localParkedStream = "(local change)"
 
+    /// Tables renamed here (ALTER TABLE ... RENAME TO): old name -> current name, so changes other nodes still make
+    /// under the old name apply to the table.
+    public static let aliasTable = "__harmonylite___table_aliases"
+
     public static func changeLog(_ table: String) -> String { "\(prefix)\(table)_change_log" }
     public static func versionTable(_ table: String) -> String { "\(prefix)\(table)_version" }
     public static func trigger(_ table: String, _ kind: String) -> String { "\(prefix)\(table)_on_\(kind)" }

@@ -79,6 +79,10 @@ public enum ChangeCapture {
                 payload BLOB,
                 error TEXT NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.aliasTable)) (
+                old_name TEXT PRIMARY KEY,
+                table_name TEXT NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.partsTable)) (
                 stream TEXT NOT NULL,
                 group_id TEXT NOT NULL,
@@ -112,6 +116,7 @@ public enum ChangeCapture {
             let (schemas, keyless) = try SchemaReader.admittedSchemas(db, filter: filter)
             if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
             if !keyless.isEmpty { skippedKeyless?(Set(keyless)) }
+            for schema in schemas { try adoptRenamedTable(db, schema.name) }
             try dropTriggers(db, except: Set(schemas.map(\.name)))
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {
@@ -120,6 +125,50 @@ public enum ChangeCapture {
             db.clearStatementCache()
             return captured
         }
+    }
+
+    /// After `ALTER TABLE old RENAME TO new`, SQLite moved old's triggers onto new (names unchanged): the table's
+    /// capture moves with it. The old triggers go, the change log and version table are renamed (versions and
+    /// tombstones kept), schema history and pending changes follow, and old -> new is recorded as an alias.
+    static func adoptRenamedTable(_ db: Database, _ table: String) throws {
+        let triggers = try db.query("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ? AND substr(name, 1, ?) = ? ORDER BY name",
+                                    [.text(table), .integer(Int64(Bookkeeping.prefix.utf8.count)), .text(Bookkeeping.prefix)]).compactMap { $0[0].string }
+        let own = Set(["insert", "update", "update_key", "delete"].map { Bookkeeping.trigger(table, $0) })
+        var previousNames: [String] = []
+        for name in triggers where !own.contains(name) {
+            try db.execute("DROP TRIGGER \(q(name))")
+            let rest = String(name.dropFirst(Bookkeeping.prefix.utf8.count))
+            if let kind = ["_on_update_key", "_on_insert", "_on_update", "_on_delete"].first(where: rest.hasSuffix) {
+                previousNames.append(String(rest.dropLast(kind.utf8.count)))
+            }
+        }
+        let exists = { (name: String) throws -> Bool in
+            try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(name)])?.int64 == 1
+        }
+        for old in Set(previousNames).sorted() where old != table {
+            guard try !exists(old), try !exists(Bookkeeping.versionTable(table)) else { continue }
+            for (from, to) in [(Bookkeeping.changeLog(old), Bookkeeping.changeLog(table)), (Bookkeeping.versionTable(old), Bookkeeping.versionTable(table))]
+            where try exists(from) && !exists(to) {
+                try db.execute("ALTER TABLE \(q(from)) RENAME TO \(q(to))")
+            }
+            try db.execute("UPDATE \(q(Bookkeeping.schemaTable)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
+            try db.execute("UPDATE \(q(Bookkeeping.globalLog)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
+            try db.execute("""
+                INSERT INTO \(q(Bookkeeping.aliasTable)) (old_name, table_name) VALUES (?, ?)
+                ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name
+                """, [.text(old), .text(table)])
+            // Names that pointed at the old name now point at the new one (a table renamed twice).
+            try db.execute("UPDATE \(q(Bookkeeping.aliasTable)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
+        }
+    }
+
+    /// Old name -> current name of every table renamed here.
+    public static func tableAliases(_ db: Database) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for row in try db.query("SELECT old_name, table_name FROM \(q(Bookkeeping.aliasTable)) ORDER BY old_name") {
+            if let old = row[0].string, let current = row[1].string { out[old] = current }
+        }
+        return out
     }
 
     /// Epochs recorded for a table, newest first.

@@ -172,6 +172,9 @@ extension ReplicationNode {
         if config.plantedBugs.contains(.dropSchemaHashOnDecode) { record.schemaHash = "" }
         maxHLC = max(maxHLC, record.version.hlc)
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
+        if captured[record.table] == nil, let current = tableAliases[record.table] {
+            record.table = current  // written under the name this table had before a RENAME TO here
+        }
         guard let table = captured[record.table] else {
             if !config.tables.admits(record.table) { return .consumed }  // excluded here on purpose
             if droppedTables.contains(record.table) {

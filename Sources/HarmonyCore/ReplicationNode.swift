@@ -17,6 +17,8 @@ public final class ReplicationNode {
     public internal(set) var captured: [String: CapturedTable] = [:]
     /// Tables captured here once and dropped since: changes to them are discarded, not waited for.
     var droppedTables: Set<String> = []
+    /// Tables renamed here, old name -> current name (see `ChangeCapture.adoptRenamedTable`).
+    var tableAliases: [String: String] = [:]
     /// Last applied sequence per shard, mirrored from the checkpoint table.
     public internal(set) var checkpoints: [Int: UInt64] = [:]
     /// Shards holding back a message because its schema does not match ours, with that message's sequence.
@@ -244,6 +246,7 @@ public final class ReplicationNode {
         epochShapes.removeAll()
         applySQLCache.removeAll()
         changeLogLayouts.removeAll()
+        tableAliases = try ChangeCapture.tableAliases(db)
         droppedTables = Set(try db.query("""
             SELECT DISTINCT table_name FROM \(quoteIdentifier(Bookkeeping.schemaTable))
             WHERE table_name NOT IN (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY table_name
