@@ -182,7 +182,8 @@ extension ReplicationNode {
     /// it: a later write superseded it (a later entry of this node's, or another node's change applied here, which
     /// every node gets from the log anyway), its table is no longer captured, or its key is no longer the table's.
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
-        guard let schema = captured[table]?.schema else { return nil }
+        guard let captured = captured[table] else { return nil }
+        let schema = captured.schema
         let db = requireDatabase()
         let logTable = Bookkeeping.changeLog(table)
         if changeLogLayouts[logTable] == nil {
@@ -201,16 +202,17 @@ extension ReplicationNode {
         let layout = changeLogLayouts[logTable]!
         func at(_ name: String) -> DatabaseValue { layout.index[name].map { read.column($0) } ?? .null }
         guard let hlc = at("hlc").int64, let node = at("node").int64, let epoch = at("epoch").int64,
-              let shape = try shape(table: table, epoch: epoch), shape.primaryKey == schema.primaryKey
+              let entryKey = try primaryKey(table: table, epoch: epoch),
+              entryKey.map({ captured.currentNameOf[$0] ?? $0 }) == schema.primaryKey  // a renamed key column is still the key
         else { return nil }
         let positions: [Int?]
         if let known = layout.keyPositions[epoch] {
             positions = known
         } else {
-            positions = shape.primaryKey.map { layout.index[Bookkeeping.valueColumn($0)] }
+            positions = entryKey.map { layout.index[Bookkeeping.valueColumn($0)] }
             changeLogLayouts[logTable]!.keyPositions[epoch] = positions
         }
-        let key = zip(shape.primaryKey, positions).map { ChangeRecord.Column($0, $1.map { read.column($0) } ?? .null) }
+        let key = zip(schema.primaryKey, positions).map { ChangeRecord.Column($0, $1.map { read.column($0) } ?? .null) }
         let keyValues = key.map(\.value)
         let sql = rowReadSQL(schema)
         guard let current = try db.cached(sql.version).query(keyValues).first,

@@ -52,7 +52,8 @@ public final class ReplicationNode {
     var retryFrom: Int64?
     var retryDelayMs: Int64
     var schemaVersion: Int64 = -1
-    var epochShapes: [String: [Int64: EpochShape]] = [:]
+    /// Each table's primary key per schema epoch: the columns a change-log entry of that epoch names its row by.
+    var epochKeys: [String: [Int64: [String]]] = [:]
     /// Apply statements per table shape; cleared whenever capture is re-installed (the schema may have moved).
     var applySQLCache: [ApplySQLKey: ApplySQL] = [:]
     /// Column positions of each existing change-log table's `SELECT *`, per table name; cleared with the caches above.
@@ -64,12 +65,6 @@ public final class ReplicationNode {
         var index: [String: Int]
         /// Per epoch: positions of the key columns (nil: the log has no such column).
         var keyPositions: [Int64: [Int?]] = [:]
-    }
-
-    struct EpochShape {
-        var hash: String
-        var columns: [String]
-        var primaryKey: [String]
     }
 
     public init(config: NodeConfig, environment: NodeEnvironment) {
@@ -243,7 +238,7 @@ public final class ReplicationNode {
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
-        epochShapes.removeAll()
+        epochKeys.removeAll()
         applySQLCache.removeAll()
         changeLogLayouts.removeAll()
         tableAliases = try ChangeCapture.tableAliases(db)
@@ -262,12 +257,10 @@ public final class ReplicationNode {
         if current != schemaVersion { try refreshCapture() }
     }
 
-    func shape(table: String, epoch: Int64) throws -> EpochShape? {
-        if let s = epochShapes[table]?[epoch] { return s }
-        for e in try ChangeCapture.epochs(requireDatabase(), table: table) {
-            epochShapes[table, default: [:]][e.epoch] = EpochShape(hash: e.hash, columns: e.columns, primaryKey: e.primaryKey)
-        }
-        return epochShapes[table]?[epoch]
+    func primaryKey(table: String, epoch: Int64) throws -> [String]? {
+        if let key = epochKeys[table]?[epoch] { return key }
+        for e in try ChangeCapture.epochs(requireDatabase(), table: table) { epochKeys[table, default: [:]][e.epoch] = e.primaryKey }
+        return epochKeys[table]?[epoch]
     }
 }
 

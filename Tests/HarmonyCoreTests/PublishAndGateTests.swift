@@ -438,3 +438,16 @@ struct RenameTableTests {
         #expect(c.events[1].events.allSatisfy { if case .discarded = $0 { return false } else { return true } })
     }
 }
+
+@Suite("A key column renamed with changes pending")
+struct RenamedKeyTests {
+    /// A change logged before `RENAME COLUMN id TO user_id` is still sent, under the key's new name.
+    @Test func pendingChangeIsSentAfterItsKeyColumnWasRenamed() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.apps[0].execute("ALTER TABLE users RENAME COLUMN id TO user_id")
+        try c.nodes[0].databaseChanged()
+        let sent = try c.ports[0].pendingPublishes.flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        #expect(sent.map(\.primaryKey) == [[ChangeRecord.Column("user_id", .integer(1))]])
+    }
+}
