@@ -18,7 +18,7 @@ public struct Scenario: Sendable, Equatable {
     public var insertWeight = 4, updateWeight = 4, deleteWeight = 1, transactionWeight = 1
     /// Writes that move a row to another primary key (`UPDATE kv SET k = ...`), captured as delete + write.
     public var keyChangeWeight = 0
-    /// Application writes made right after an ALTER, before the sidecar notices it (they race its recapture).
+    /// Application writes made right after an ALTER, before the sidecar notices it (they race its re-install).
     public var writesRacingAlter = 0
     public var transactionOpsMax = 4
     /// Chance (per mille) that a write's value is `largeValueBytes` long: above the payload limit, sent in parts.
