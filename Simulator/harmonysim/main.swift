@@ -251,6 +251,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("parts-in-memory", "large-rows.toml"),
         ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
         ("backfill-at-current-time", "operations.toml"),
+        ("pause-on-older-unknown-schema", "operations.toml"),
     ]
 
     func run() throws {

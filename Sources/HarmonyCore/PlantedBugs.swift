@@ -41,6 +41,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Never recreate a consumer whose deliveries stopped while the stream holds more.
     public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)    /// Capture versionless rows (after a -cleanup) with the current time, as real writes: stale copies win.
     public static let backfillAtCurrentTime = PlantedBugs(rawValue: 1 << 19)
+    /// Pause on every schema this node does not know, even one whose columns it all has (an older one).
+    public static let pauseOnOlderUnknownSchema = PlantedBugs(rawValue: 1 << 20)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -62,6 +64,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("parts-in-memory", .partsInMemory),
         ("no-resubscribe-on-stall", .noResubscribeOnStall),
         ("backfill-at-current-time", .backfillAtCurrentTime),
+        ("pause-on-older-unknown-schema", .pauseOnOlderUnknownSchema),
     ]
 }
 

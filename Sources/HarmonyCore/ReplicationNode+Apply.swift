@@ -186,7 +186,8 @@ extension ReplicationNode {
         }
         let sameSchema = record.schemaHash == table.schema.hash
             || (config.plantedBugs.contains(.dropSchemaHashOnDecode) && record.schemaHash.isEmpty)
-        guard sameSchema || table.olderHashes.contains(record.schemaHash) || Self.fitsWithin(record, table.schema) else {
+        let fits = !config.plantedBugs.contains(.pauseOnOlderUnknownSchema) && Self.fitsWithin(record, table.schema)
+        guard sameSchema || table.olderHashes.contains(record.schemaHash) || fits else {
             if config.plantedBugs.contains(.ackSchemaMismatch) { return .consumed }
             return .paused(table: record.table, remoteHash: record.schemaHash)
         }
