@@ -144,12 +144,17 @@ extension ReplicationNode {
             return
         }
         // Too large for one message: parts back to back on the same shard, acknowledged as one once all landed.
-        let parts = EnvelopeCodec.split(payload, groupID: messageID, partBytes: partBytesMax)
+        // The group names the bytes too: a change sent again after an ALTER (same version, row read at the new
+        // schema) is other bytes, and its parts must never be joined with the first attempt's.
+        var content = StableHash()
+        content.combine(bytes: payload)
+        let groupID = "\(messageID)-\(content.hex)"
+        let parts = EnvelopeCodec.split(payload, groupID: groupID, partBytes: partBytesMax)
         partsUnacked[token] = parts.count
         for (i, part) in parts.enumerated() {
             lastPartToken -= 1
             partOwners[lastPartToken] = token
-            env.log.publish(OutgoingMessage(shard: shard, messageID: "\(messageID)-p\(i + 1)of\(parts.count)", payload: part, token: lastPartToken))
+            env.log.publish(OutgoingMessage(shard: shard, messageID: "\(groupID)-p\(i + 1)of\(parts.count)", payload: part, token: lastPartToken))
             // One crash point per message, as for a whole one; after the first part it leaves the rest unsent.
             if i == 0 { try crashPoint(.afterPublishHandoff) }
         }
