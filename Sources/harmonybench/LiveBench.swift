@@ -46,8 +46,10 @@ struct LiveBench: ParsableCommand {
             processes.append(try ChildProcess.spawn(binary, ["-config", "\(dir)/node\(i).toml"], environment: ProcessInfo.processInfo.environment,
                                                     stdin: nil, stdout: nil, stderr: nil))
         }
-        for db in dbs {
-            try waitFor(seconds: 30) { try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1 }
+        for (i, db) in dbs.enumerated() {
+            try waitFor(seconds: 30, "node \(i + 1)'s sidecar to install capture") {
+                try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1
+            }
         }
         Thread.sleep(forTimeInterval: 0.5)
 
@@ -96,7 +98,7 @@ struct LiveBench: ParsableCommand {
         var loaded = try latencies(dbs, count: samples, nextID: &nextID, stopWhen: {
             !nodeDone.withLock { $0.contains(nil) } || Date().timeIntervalSince(start) > 300
         })
-        try waitFor(seconds: 300) { !nodeDone.withLock { $0.contains(nil) } }
+        try waitFor(seconds: 300, "every node to have the bulk rows") { !nodeDone.withLock { $0.contains(nil) } }
         let done = nodeDone.withLock { $0.compactMap { $0 } }
         let elapsed = done.max()!
         // Where the time goes: the application's own inserts (with capture triggers) versus replication behind them.
@@ -160,13 +162,13 @@ struct LiveBench: ParsableCommand {
         return out
     }
 
-    func waitFor(seconds: Double, _ condition: () throws -> Bool) throws {
+    func waitFor(seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if try condition() { return }
             Thread.sleep(forTimeInterval: 0.05)
         }
-        throw ValidationError("timed out after \(seconds) s")
+        throw ValidationError("timed out after \(seconds) s waiting for \(what)")
     }
 }
 
