@@ -112,7 +112,7 @@ enum SwarmMix {
         var faults: [Fault] = []
         let horizon = max(scenario.durationMs * 4 / 5, 1)
         func node() -> Int { Int(r.int(1...Int64(scenario.nodes))) }
-        let kinds: [Fault.Kind] = [.partition, .partitionToNATS, .partitionFromNATS, .crash, .powerLoss, .clockJump, .clockDrift, .serverRestart, .duplicateID]
+        let kinds: [Fault.Kind] = [.partition, .partitionToNATS, .partitionFromNATS, .crash, .powerLoss, .clockJump, .clockDrift, .serverRestart, .duplicateID, .cleanup]
         for kind in kinds where r.chance(permille: 500) {
             for _ in 0..<r.int(1...3) {
                 var f = Fault(kind: kind, node: node(), atMs: r.int(0...horizon), durationMs: r.int(200...10_000))

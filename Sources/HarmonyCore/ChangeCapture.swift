@@ -425,13 +425,18 @@ public enum ChangeCapture {
     }
 
     /// Removes every harmonylite trigger and bookkeeping table; user tables and their rows are untouched.
-    public static func removeAll(_ db: Database) throws {
+    ///
+    /// The one-row clock stays (`keepClock`, the default for `-cleanup`): a node's versions must keep increasing
+    /// across a cleanup and reinstall, or with a clock behind its peers' its next writes would lose to its own
+    /// earlier ones and to what it had applied. `keepClock: false` removes every trace.
+    public static func removeAll(_ db: Database, keepClock: Bool = true) throws {
         try db.transaction(.immediate) {
             try dropTriggers(db)
             let tables = try db.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, ?) = ?",
                                       [.integer(Int64(Bookkeeping.prefix.utf8.count)), .text(Bookkeeping.prefix)])
             for row in tables {
-                if let name = row[0].string { try db.execute("DROP TABLE IF EXISTS \(q(name))") }
+                guard let name = row[0].string, !(keepClock && name == Bookkeeping.clockTable) else { continue }
+                try db.execute("DROP TABLE IF EXISTS \(q(name))")
             }
         }
         db.clearStatementCache()

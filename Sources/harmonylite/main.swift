@@ -235,7 +235,7 @@ extension HarmonyLiteCommand {
         }
         if cleanup {
             try ChangeCapture.removeAll(db)
-            print("removed harmonylite triggers and tables from \(path)")
+            print("removed harmonylite triggers and tables from \(path) (the one-row \(Bookkeeping.clockTable) stays, so this node's versions keep increasing if it is installed again)")
             return
         }
         let captured = try ChangeCapture.install(db, nodeID: nodeID, filter: filter)

@@ -135,16 +135,25 @@ struct CaptureTests {
         #expect(ChangeCapture.currentNames(through: [["id", "b", "c"], ["id", "x", "c"], ["id", "x"], ["id", "z"]]) == ["b": "z", "x": "z"])
     }
 
-    @Test func cleanupRemovesEverythingAndKeepsUserData() throws {
+    /// Everything goes but the one-row clock, whose time a reinstall continues from: a node whose clock is behind
+    /// its peers' must not write below what it wrote or applied before the cleanup.
+    @Test func cleanupRemovesEverythingButTheClockAndKeepsUserData() throws {
         let (path, db) = try temporaryDatabase(oddSchema)
         try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
         try db.execute("INSERT INTO \"order\" VALUES (1, 'x', NULL); INSERT INTO \"my table\" VALUES ('a', 1, 1.0)")
+        let ahead: Int64 = 1 << 62  // versions applied from a node whose clock runs far ahead
+        try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = ?", [.integer(ahead)])
         try ChangeCapture.removeAll(db)
         let leftovers = try runSQLiteShell(path, "SELECT name FROM sqlite_schema WHERE name LIKE '%harmonylite%';")
-        #expect(leftovers.isEmpty)
-        #expect(try count(db, "order") == 1 && count(db, "my table") == 1)
+        #expect(leftovers == Bookkeeping.clockTable + "\n")
+        try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
+        try db.execute("INSERT INTO \"order\" VALUES (3, 'after', NULL)")
+        #expect(try db.scalar("SELECT hlc FROM \(quoteIdentifier(Bookkeeping.versionTable("order"))) WHERE pk_select = 3")?.int64 ?? 0 > ahead)
+        try ChangeCapture.removeAll(db, keepClock: false)
+        #expect(try runSQLiteShell(path, "SELECT name FROM sqlite_schema WHERE name LIKE '%harmonylite%';").isEmpty)
+        #expect(try count(db, "order") == 2 && count(db, "my table") == 1)  // user data untouched
         _ = try runSQLiteShell(path, "INSERT INTO \"order\" VALUES (2, 'y', NULL);")  // writes still work with no triggers
-        #expect(try count(db, "order") == 2)
+        #expect(try count(db, "order") == 3)
     }
 
     /// Remote applies and bookkeeping go through the sidecar with `applying = 1`: no change-log rows.
