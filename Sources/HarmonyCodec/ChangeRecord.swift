@@ -61,6 +61,9 @@ public struct ChangeRecord: Sendable, Hashable {
         self.schemaHash = schemaHash
     }
 
+    /// The key as an operator reads it in logs and `-parked`: `id=5, region='eu'`.
+    public var keyDescription: String { primaryKey.map { "\($0.name)=\($0.value)" }.joined(separator: ", ") }
+
     /// The id JetStream deduplicates on: stable across republishing, unique per change. Version plus a stable
     /// hash of table and key: a node gives each change its own version, but a clock that fell back (a power loss
     /// and a backwards clock step) could repeat one, and two rows must then still be two messages.

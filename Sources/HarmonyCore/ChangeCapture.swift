@@ -142,13 +142,10 @@ public enum ChangeCapture {
                 previousNames.append(String(rest.dropLast(kind.utf8.count)))
             }
         }
-        let exists = { (name: String) throws -> Bool in
-            try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(name)])?.int64 == 1
-        }
         for old in Set(previousNames).sorted() where old != table {
-            guard try !exists(old), try !exists(Bookkeeping.versionTable(table)) else { continue }
+            guard try !db.tableExists(old), try !db.tableExists(Bookkeeping.versionTable(table)) else { continue }
             for (from, to) in [(Bookkeeping.changeLog(old), Bookkeeping.changeLog(table)), (Bookkeeping.versionTable(old), Bookkeeping.versionTable(table))]
-            where try exists(from) && !exists(to) {
+            where try db.tableExists(from) && !db.tableExists(to) {
                 try db.execute("ALTER TABLE \(q(from)) RENAME TO \(q(to))")
             }
             try db.execute("UPDATE \(q(Bookkeeping.schemaTable)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
@@ -419,8 +416,7 @@ public enum ChangeCapture {
 
     /// Local changes captured but not yet acknowledged by the log; nil when capture was never installed.
     public static func unpublishedChanges(_ db: Database) throws -> Int64? {
-        guard try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(Bookkeeping.globalLog)])?.int64 == 1
-        else { return nil }
+        guard try db.tableExists(Bookkeeping.globalLog) else { return nil }
         return try db.scalar("SELECT count(*) FROM \(q(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
     }
 

@@ -359,7 +359,7 @@ extension ReplicationNode {
         if let cached = applySQLCache[key] { return cached }
         let table = quoteIdentifier(schema.name)
         let versionTable = quoteIdentifier(Bookkeeping.versionTable(schema.name))
-        let keyMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
+        let keyMatch = schema.versionKeyMatch
         let write: String
         switch change.operation {
         case .upsert:
@@ -373,7 +373,7 @@ extension ReplicationNode {
             let onConflict = updates.isEmpty ? "DO NOTHING" : "DO UPDATE SET " + updates.joined(separator: ", ")
             write = "INSERT INTO \(table) (\(names.joined(separator: ", "))) VALUES (\(placeholders)) ON CONFLICT (\(keyList)) \(onConflict)"
         case .delete:
-            write = "DELETE FROM \(table) WHERE " + schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
+            write = "DELETE FROM \(table) WHERE \(schema.rowKeyMatch)"
         }
         let keyNames = schema.primaryKey.map { quoteIdentifier(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
         let keyPlaceholders = Array(repeating: "?", count: schema.primaryKey.count).joined(separator: ", ")

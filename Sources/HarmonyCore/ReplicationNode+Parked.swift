@@ -38,7 +38,7 @@ extension ReplicationNode {
             let records = (try? EnvelopeCodec.decodeAll(row[3].bytes ?? [])) ?? []
             let first = records.first
             return ParkedMessage(id: row[0].int64 ?? 0, stream: row[1].string ?? "", sequence: UInt64(max(0, row[2].int64 ?? 0)),
-                                 table: first?.table, key: first.map { $0.primaryKey.map { "\($0.name)=\($0.value)" }.joined(separator: ", ") },
+                                 table: first?.table, key: first?.keyDescription,
                                  records: records.count, reason: row[4].string ?? "")
         }
     }

@@ -103,7 +103,7 @@ extension ReplicationNode {
             }
         }
         for change in changes {
-            env.events?.record(.changeRefused(table: change.record.table, key: change.record.primaryKey.map { "\($0.name)=\($0.value)" }.joined(separator: ", "),
+            env.events?.record(.changeRefused(table: change.record.table, key: change.record.keyDescription,
                                               bytes: change.bytes, limit: config.rowBytesMax))
         }
     }
@@ -191,10 +191,7 @@ extension ReplicationNode {
         let schema = captured.schema
         let db = requireDatabase()
         let logTable = Bookkeeping.changeLog(table)
-        if changeLogLayouts[logTable] == nil {
-            let exists = try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(logTable)])
-            guard exists?.int64 == 1 else { return nil }
-        }
+        if changeLogLayouts[logTable] == nil, try !db.tableExists(logTable) { return nil }
         let read = try db.cached("SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
         try read.bind([.integer(changeID)])
         defer { try? read.bind([]) }  // resets the statement so it holds no read lock
@@ -234,10 +231,8 @@ extension ReplicationNode {
 
     /// The two reads behind `changeRecord`: a key's current version, and its row in the captured schema's columns.
     func rowReadSQL(_ schema: TableSchema) -> (version: String, row: String) {
-        let versionMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
-        let rowMatch = schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
-        return ("SELECT hlc, node, deleted FROM \(quoteIdentifier(Bookkeeping.versionTable(schema.name))) WHERE \(versionMatch)",
-                "SELECT \(schema.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(quoteIdentifier(schema.name)) WHERE \(rowMatch)")
+        ("SELECT hlc, node, deleted FROM \(quoteIdentifier(Bookkeeping.versionTable(schema.name))) WHERE \(schema.versionKeyMatch)",
+         "SELECT \(schema.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(quoteIdentifier(schema.name)) WHERE \(schema.rowKeyMatch)")
     }
 
     /// The log stored these messages: mark their change-log rows published, then keep publishing.
@@ -316,7 +311,7 @@ extension ReplicationNode {
                                       [.integer(maxID)]).compactMap { $0[0].string }
             for table in tables {
                 let log = Bookkeeping.changeLog(table)
-                guard try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(log)])?.int64 == 1 else { continue }
+                guard try db.tableExists(log) else { continue }
                 try db.execute("""
                     DELETE FROM \(quoteIdentifier(log)) WHERE id IN (
                         SELECT change_table_id FROM \(global) WHERE \(condition) AND table_name = ? AND id < ?)

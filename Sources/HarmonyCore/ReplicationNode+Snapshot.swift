@@ -96,10 +96,8 @@ extension ReplicationNode {
             let key = Array(logged.dropFirst(2))
             let sql = rowReadSQL(schema)
             guard let current = try copy.query(sql.version, key).first, current[0] == logged[0], current[1] == logged[1] else { continue }
-            let rowMatch = schema.primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ")
-            let versionMatch = schema.primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ")
-            try copy.execute("DELETE FROM \(quoteIdentifier(table)) WHERE \(rowMatch)", key)
-            try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.versionTable(table))) WHERE \(versionMatch)", key)
+            try copy.execute("DELETE FROM \(quoteIdentifier(table)) WHERE \(schema.rowKeyMatch)", key)
+            try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.versionTable(table))) WHERE \(schema.versionKeyMatch)", key)
         }
     }
 
@@ -241,9 +239,7 @@ extension ReplicationNode {
     func restoreParts(_ db: Database) throws {
         let parts = quoteIdentifier(Bookkeeping.partsTable)
         try db.execute("DELETE FROM main.\(parts)", [])
-        let snapshotHasParts = try db.scalar("SELECT count(*) FROM \(Self.snapshotSchema).sqlite_schema WHERE type = 'table' AND name = ?",
-                                             [.text(Bookkeeping.partsTable)])?.int64 == 1
-        if snapshotHasParts {
+        if try db.tableExists(Bookkeeping.partsTable, in: Self.snapshotSchema) {
             try db.execute("INSERT INTO main.\(parts) SELECT * FROM \(Self.snapshotSchema).\(parts)", [])
         }
     }
@@ -312,8 +308,7 @@ extension ReplicationNode {
                 }
                 continue
             }
-            let exists = try db.scalar("SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?", [.text(table.name)])?.int64 == 1
-            if exists { throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) exists here but is not captured") }
+            if try db.tableExists(table.name) { throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) exists here but is not captured") }
             try db.transaction(.immediate) {
                 for sql in table.createSQL { try db.execute(sql) }
             }

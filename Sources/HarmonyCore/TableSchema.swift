@@ -16,6 +16,11 @@ public struct TableSchema: Sendable, Equatable {
     public var hash: String
 
     public var nonKeyColumns: [String] { columns.filter { !primaryKey.contains($0) } }
+
+    /// `WHERE` clause matching one row of the table by its key, one `?` per key column in key order.
+    var rowKeyMatch: String { primaryKey.map { "\(quoteIdentifier($0)) IS ?" }.joined(separator: " AND ") }
+    /// The same row's entry in its version table.
+    var versionKeyMatch: String { primaryKey.map { "\(quoteIdentifier(Bookkeeping.keyColumn($0))) IS ?" }.joined(separator: " AND ") }
 }
 
 public enum SchemaError: Error, CustomStringConvertible, Equatable {

@@ -98,6 +98,11 @@ public final class Database {
         try cached(sql).query(arguments)
     }
 
+    /// Whether `schema` (main, or an attached database) holds a table of this name.
+    public func tableExists(_ name: String, in schema: String = "main") throws -> Bool {
+        try scalar("SELECT count(*) FROM \(quoteIdentifier(schema)).sqlite_schema WHERE type = 'table' AND name = ?", [.text(name)])?.int64 == 1
+    }
+
     /// First column of the first row, or nil when there is no row.
     public func scalar(_ sql: String, _ arguments: [DatabaseValue] = []) throws -> DatabaseValue? {
         let stmt = try cached(sql)
