@@ -15,6 +15,7 @@ enum SimulationCheckers {
             (try? node.app?.query("SELECT * FROM kv ORDER BY k")) ?? [[.text("unreadable")]]
         }
         check("convergence", convergence(tables))
+        check("schema-convergence", schemaConvergence(sim))
         check("lww-oracle", oracle(sim, table: tables[0]))
         check("causality", sim.violations.filter { $0.hasPrefix("causality") }.isEmpty ? [] : ["see violations"])
         check("idempotence", idempotence(sim, expected: tables[0]))
@@ -27,6 +28,36 @@ enum SimulationCheckers {
         for (i, t) in tables.enumerated().dropFirst() where t != tables[0] {
             let diff = zip(tables[0], t).first { $0 != $1 }
             problems.append("node \(i + 1) differs from node 1 (\(t.count) vs \(tables[0].count) rows; first difference \(diff.map { "\(brief($0.1)) vs \(brief($0.0))" } ?? "in length"))")
+        }
+        return problems
+    }
+
+    /// Every node ends with the identical user schema (`sqlite_schema` text included) and, in every user table other
+    /// than `kv` (which the oracle judges), identical rows.
+    static func schemaConvergence(_ sim: Simulation) -> [String] {
+        var problems: [String] = []
+        func contents(_ db: Database?) -> (schema: [[DatabaseValue]], rows: [String: [[DatabaseValue]]]) {
+            guard let db, let schema = try? Simulation.userSchema(db) else { return ([[.text("unreadable")]], [:]) }
+            var rows: [String: [[DatabaseValue]]] = [:]
+            for entry in schema where entry[0].string == "table" {
+                guard let name = entry[1].string, name != "kv" else { continue }
+                rows[name] = (try? db.query("SELECT * FROM \(quoteIdentifier(name)) ORDER BY 1")) ?? [[.text("unreadable")]]
+            }
+            return (schema, rows)
+        }
+        let first = contents(sim.nodes[0].app)
+        for node in sim.nodes.dropFirst() {
+            let other = contents(node.app)
+            if other.schema != first.schema {
+                let diff = Set(other.schema.map { "\($0)" }).symmetricDifference(first.schema.map { "\($0)" }).sorted()
+                problems.append("node \(node.id)'s schema differs from node 1's: \(diff.prefix(3).joined(separator: "; "))")
+            } else {
+                for name in first.rows.keys.sorted() where other.rows[name] != first.rows[name] {
+                    let mine = other.rows[name] ?? [], theirs = first.rows[name] ?? []
+                    let diff = Set(mine.map { brief($0) }).symmetricDifference(theirs.map { brief($0) }).sorted().prefix(2)
+                    problems.append("node \(node.id)'s table \(name) differs from node 1's (\(mine.count) vs \(theirs.count) rows; e.g. \(diff.joined(separator: ", ")))")
+                }
+            }
         }
         return problems
     }

@@ -27,6 +27,12 @@ public struct Scenario: Sendable, Equatable {
     /// Chance (per mille) that a write first stores a value above `maxRowBytes` (refused, parked) and then, in the
     /// same transaction, a normal one, so the cluster still converges.
     public var oversizedValuePermille = 0
+    /// Mean interval between schema-workload steps (0: none): DDL of every kind on side tables `s1`...`s6` and
+    /// indexes of `kv`, from random nodes, and writes to those tables.
+    public var ddlIntervalMs: Int64 = 0
+    /// Which kinds of DDL the schema workload runs (see `Simulation.ddlKindNames`); all by default.
+    public var ddlKinds: [String] = ["create-table", "add-column", "drop-column", "rename-column", "rename-table", "drop-table",
+                                     "create-index", "drop-index", "view", "kv-index"]
 
     // Network between nodes and the NATS server.
     public var delayMsMin: Int64 = 1
@@ -56,6 +62,8 @@ public struct Scenario: Sendable, Equatable {
     public var publishBatchMax = 128
     /// `max_row_bytes` of every node.
     public var maxRowBytes = 64 << 20
+    /// `replicate_ddl` of every node.
+    public var replicateDDL = true
 
     /// Chance (per mille) that the sidecar dies at each crash point the core passes (between two durable steps).
     public var crashPointPermille = 0

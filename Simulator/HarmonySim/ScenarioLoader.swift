@@ -23,7 +23,8 @@ public enum ScenarioLoader {
         if let t = try root.table("workload") {
             try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
                                               "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max",
-                                              "writes_racing_alter", "large_value_permille", "large_value_bytes", "oversized_value_permille"])
+                                              "writes_racing_alter", "large_value_permille", "large_value_bytes", "oversized_value_permille",
+                                              "ddl_interval_ms", "ddl_kinds"])
             s.keys = try bounded(t, "keys", s.keys, 1...1_000_000)
             s.writeIntervalMsMin = Int64(try bounded(t, "write_interval_ms_min", Int(s.writeIntervalMsMin), 1...3_600_000))
             s.writeIntervalMsMax = Int64(try bounded(t, "write_interval_ms_max", Int(s.writeIntervalMsMax), Int(s.writeIntervalMsMin)...3_600_000))
@@ -37,6 +38,14 @@ public enum ScenarioLoader {
             s.largeValuePermille = try bounded(t, "large_value_permille", s.largeValuePermille, 0...1000)
             s.largeValueBytes = try bounded(t, "large_value_bytes", s.largeValueBytes, 1...(16 << 20))
             s.oversizedValuePermille = try bounded(t, "oversized_value_permille", s.oversizedValuePermille, 0...1000)
+            s.ddlIntervalMs = Int64(try bounded(t, "ddl_interval_ms", Int(s.ddlIntervalMs), 0...3_600_000))
+            if let kinds = try t.stringArray("ddl_kinds") {
+                let known = Set(Simulation.ddlKindNames)
+                if let bad = kinds.first(where: { !known.contains($0) }) {
+                    throw t.error(at: "ddl_kinds", "key '\(t.fullKey("ddl_kinds"))' names unknown kind '\(bad)'; known: \(Array(Set(known)).sorted().joined(separator: ", "))")
+                }
+                s.ddlKinds = kinds
+            }
             if s.insertWeight + s.updateWeight + s.deleteWeight == 0 {
                 throw t.error(at: "insert_weight", "workload needs a positive insert, update or delete weight")
             }
@@ -64,13 +73,14 @@ public enum ScenarioLoader {
             s.snapshotKeep = try bounded(t, "keep", s.snapshotKeep, 1...1000)
         }
         if let t = try root.table("core") {
-            try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "interleave_permille", "publish_batch_max", "max_row_bytes", "planted_bugs"])
+            try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "interleave_permille", "publish_batch_max", "max_row_bytes", "planted_bugs", "replicate_ddl"])
             s.scanIntervalMs = Int64(try bounded(t, "scan_interval_ms", Int(s.scanIntervalMs), 1...3_600_000))
             s.cleanupIntervalMs = Int64(try bounded(t, "cleanup_interval_ms", Int(s.cleanupIntervalMs), 1...3_600_000))
             s.crashPointPermille = try bounded(t, "crash_point_permille", s.crashPointPermille, 0...1000)
             s.interleavePermille = try bounded(t, "interleave_permille", s.interleavePermille, 0...1000)
             s.publishBatchMax = try bounded(t, "publish_batch_max", s.publishBatchMax, 1...4096)
             s.maxRowBytes = try bounded(t, "max_row_bytes", s.maxRowBytes, 1024...(1 << 30))
+            s.replicateDDL = try t.bool("replicate_ddl") ?? s.replicateDDL
             s.plantedBugs = try t.stringArray("planted_bugs") ?? []
             let known = Set(PlantedBugsNames.all)
             if let bad = s.plantedBugs.first(where: { !known.contains($0) }) {
@@ -155,6 +165,8 @@ public enum ScenarioWriter {
             large_value_permille = \(s.largeValuePermille)
             large_value_bytes = \(s.largeValueBytes)
             oversized_value_permille = \(s.oversizedValuePermille)
+            ddl_interval_ms = \(s.ddlIntervalMs)
+            ddl_kinds = [\(s.ddlKinds.map { "\"\($0)\"" }.joined(separator: ", "))]
 
             [network]
             delay_ms_min = \(s.delayMsMin)
@@ -181,6 +193,7 @@ public enum ScenarioWriter {
             interleave_permille = \(s.interleavePermille)
             publish_batch_max = \(s.publishBatchMax)
             max_row_bytes = \(s.maxRowBytes)
+            replicate_ddl = \(s.replicateDDL)
             planted_bugs = [\(s.plantedBugs.map { "\"\($0)\"" }.joined(separator: ", "))]
 
             [storage]

@@ -117,6 +117,10 @@ extension Simulation {
         node.hasExtraColumn = true
         guard node.machineUp, let app = node.app else { return }
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
+        if Self.hasExtraColumn(app) {
+            trace("node \(node.id) already has kv.extra (replicated DDL): its migration has nothing to do")
+            return
+        }
         do {
             try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
             trace("node \(node.id) ALTER TABLE kv ADD COLUMN extra")
@@ -127,6 +131,10 @@ extension Simulation {
         // (new column included) at the new schema, never send them under the old one.
         for _ in 0..<scenario.writesRacingAlter { performWrite(node) }
         callCore(node) { try $0.databaseChanged() }
+    }
+
+    static func hasExtraColumn(_ app: Database) -> Bool {
+        (try? app.scalar("SELECT count(*) FROM pragma_table_info('kv') WHERE name = 'extra'")?.int64) == 1
     }
 
     /// `harmonylite -cleanup` on a stopped node: every trigger and bookkeeping table goes, checkpoints included.
@@ -149,11 +157,11 @@ extension Simulation {
         do {
             try ChangeCapture.removeAll(app)
             trace("node \(n.id) -cleanup")
-            if migrate && !n.hasExtraColumn {
+            if migrate && !n.hasExtraColumn && !Self.hasExtraColumn(app) {
                 try app.execute("ALTER TABLE kv ADD COLUMN extra TEXT")
-                n.hasExtraColumn = true
                 trace("node \(n.id) ALTER TABLE kv ADD COLUMN extra (no sidecar)")
             }
+            if migrate { n.hasExtraColumn = true }
         } catch {
             violations.append("node \(n.id): -cleanup failed: \(error)")
         }

@@ -22,6 +22,8 @@ enum SimEvent {
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
     case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
     case workload(node: Int)
+    /// One step of the schema workload (see `Scenario.ddlIntervalMs`).
+    case schemaStep
     /// The operator runs `-cleanup` again after it was refused for unpublished changes.
     case cleanupRetry(node: Int, migrate: Bool, untilMs: Int64)
     /// The application overwrites a value of its own that was above max_row_bytes.
@@ -57,6 +59,9 @@ public final class Simulation {
     private var tieRandom: SimRandom
     var netRandom: SimRandom
     var workRandom: SimRandom
+    var ddlRandom: SimRandom
+    /// Names the schema workload has used (columns, indexes, views), so each new one is new.
+    var ddlCounter = 0
     private var crashRandom: SimRandom
     private var interleaveRandom: SimRandom
     var snapshotStore = SimSnapshotStore()
@@ -102,6 +107,7 @@ public final class Simulation {
         workRandom = root.fork("workload")
         crashRandom = root.fork("crash-points")
         interleaveRandom = root.fork("interleave")
+        ddlRandom = root.fork("schema-workload")
         var bugs: PlantedBugs = []
         for name in scenario.plantedBugs {
             guard let bug = PlantedBugs.all.first(where: { $0.name == name })?.bug else {
@@ -145,6 +151,7 @@ public final class Simulation {
         for node in nodes { node.machineUp = !lateJoiners.contains(node.id) }
         for (i, f) in faults.enumerated() { push(.faultStart(index: i), at: f.atMs) }
         push(.heal, at: scenario.healMs)
+        if scenario.ddlIntervalMs > 0 { push(.schemaStep, at: ddlRandom.int(0...scenario.ddlIntervalMs)) }
         var eventsMax = 5_000_000
         while let entry = queue.pop() {
             eventsMax -= 1
@@ -219,6 +226,7 @@ public final class Simulation {
         config.publishBatchMax = scenario.publishBatchMax
         config.messageBytesMax = scenario.maxPayloadBytes
         config.rowBytesMax = scenario.maxRowBytes
+        config.replicateDDL = scenario.replicateDDL
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
@@ -403,6 +411,12 @@ public final class Simulation {
             guard nowMs < scenario.durationMs, node.machineUp else { return }
             performWrite(node)
             push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
+
+        case .schemaStep:
+            guard nowMs < scenario.durationMs else { return }
+            let up = nodes.filter { $0.machineUp && $0.app != nil }
+            if !up.isEmpty { performSchemaStep(up[Int(ddlRandom.below(UInt64(up.count)))]) }
+            push(.schemaStep, at: nowMs + ddlRandom.int(scenario.ddlIntervalMs / 2...scenario.ddlIntervalMs * 3 / 2))
 
         case .databaseChanged(let id, let incarnation):
             let node = nodes[id - 1]

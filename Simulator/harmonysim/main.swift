@@ -252,6 +252,9 @@ struct PlantedBugsCommand: ParsableCommand {
         ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
         ("backfill-at-current-time", "operations.toml"),
         ("pause-on-older-unknown-schema", "operations.toml"),
+        ("ddl-last-arrival-wins", "ddl.toml"),
+        ("ddl-drop-not-final", "ddl.toml"),
+        ("apply-newer-definition-stripped", "ddl.toml"),
     ]
 
     func run() throws {

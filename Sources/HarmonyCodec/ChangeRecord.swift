@@ -28,6 +28,18 @@ public enum ChangeOperation: String, Sendable, Hashable {
     case delete
 }
 
+/// Names one definition of a table among replicated DDL: its generation (how many times a table of that name was
+/// dropped before it) and the version of its latest CREATE or ALTER. A receiver compares it with its own to tell a
+/// row of a dropped table, or one written under an older or losing definition, from one under a newer definition.
+public struct TableDefinitionVersion: Sendable, Hashable {
+    public var generation: Int64
+    public var version: RowVersion
+    public init(generation: Int64, version: RowVersion) {
+        self.generation = generation
+        self.version = version
+    }
+}
+
 /// One captured change to one row, as it travels between nodes.
 public struct ChangeRecord: Sendable, Hashable {
     public var originNode: Int64
@@ -40,6 +52,8 @@ public struct ChangeRecord: Sendable, Hashable {
     public var version: RowVersion
     /// The sender's schema hash for this table at write time.
     public var schemaHash: String
+    /// With replicated DDL: which definition of the table the row was read under (see `TableDefinitionVersion`).
+    public var definition: TableDefinitionVersion?
 
     public struct Column: Sendable, Hashable {
         public var name: String

@@ -32,6 +32,8 @@ public enum EnvelopeCodec {
 
     enum Key: UInt64 {
         case version = 0, origin = 1, table = 2, operation = 3, primaryKey = 4, row = 5, hlc = 6, versionNode = 7, schema = 8
+        /// Optional: [generation, hlc, node] of the table definition (replicated DDL).
+        case definition = 9
     }
 
     public static func encode(_ record: ChangeRecord, compress: Bool = false) throws -> [UInt8] {
@@ -61,7 +63,7 @@ public enum EnvelopeCodec {
     }
 
     static func recordMap(_ record: ChangeRecord) -> CBOR {
-        .map([
+        var entries: [(CBOR, CBOR)] = [
             (.unsigned(Key.version.rawValue), .unsigned(envelopeVersion)),
             (.unsigned(Key.origin.rawValue), CBOR(record.originNode)),
             (.unsigned(Key.table.rawValue), .text(record.table)),
@@ -71,7 +73,12 @@ public enum EnvelopeCodec {
             (.unsigned(Key.hlc.rawValue), CBOR(record.version.hlc)),
             (.unsigned(Key.versionNode.rawValue), CBOR(record.version.node)),
             (.unsigned(Key.schema.rawValue), .text(record.schemaHash)),
-        ])
+        ]
+        if let d = record.definition {
+            entries.append((.unsigned(Key.definition.rawValue),
+                            .array([CBOR(d.generation), CBOR(d.version.hlc), CBOR(d.version.node)])))
+        }
+        return .map(entries)
     }
 
     public static func decode(_ bytes: [UInt8], decompressedLimit: Int = decompressedBytesMax) throws -> ChangeRecord {
@@ -90,8 +97,8 @@ public enum EnvelopeCodec {
         guard case .map(let entries) = value else {
             throw EnvelopeError.malformed("record is not a map")
         }
-        // Known keys are 0...8: a fixed table instead of a dictionary per record (this runs for every change applied).
-        var fields = [CBOR?](repeating: nil, count: Int(Key.schema.rawValue) + 1)
+        // Known keys are 0...9: a fixed table instead of a dictionary per record (this runs for every change applied).
+        var fields = [CBOR?](repeating: nil, count: Int(Key.definition.rawValue) + 1)
         var unknownKeys = Set<UInt64>()
         for (k, v) in entries {
             guard case .unsigned(let key) = k else { throw EnvelopeError.malformed("map key is not an unsigned integer") }
@@ -127,10 +134,18 @@ public enum EnvelopeCodec {
         guard !primaryKey.isEmpty else { throw EnvelopeError.malformed("empty primary key") }
         let row = try decodeColumns(try field(.row), what: "row")
         if operation == .upsert && row.isEmpty { throw EnvelopeError.malformed("upsert without row values") }
-        return ChangeRecord(originNode: try int(.origin), table: table, operation: operation,
-                            primaryKey: primaryKey, row: row,
-                            version: RowVersion(hlc: try int(.hlc), node: try int(.versionNode)),
-                            schemaHash: try text(.schema))
+        var decoded = ChangeRecord(originNode: try int(.origin), table: table, operation: operation,
+                                   primaryKey: primaryKey, row: row,
+                                   version: RowVersion(hlc: try int(.hlc), node: try int(.versionNode)),
+                                   schemaHash: try text(.schema))
+        if let d = fields[Int(Key.definition.rawValue)] {
+            guard case .array(let parts) = d, parts.count == 3, let g = parts[0].int64, g >= 0,
+                  let h = parts[1].int64, let n = parts[2].int64 else {
+                throw EnvelopeError.malformed("table definition version is not a generation and a version")
+            }
+            decoded.definition = TableDefinitionVersion(generation: g, version: RowVersion(hlc: h, node: n))
+        }
+        return decoded
     }
 
     /// Columns travel as an array of [name, value] pairs so their order is kept.

@@ -23,6 +23,10 @@ public enum Bookkeeping {
     /// under the old name apply to the table.
     public static let aliasTable = "__harmonylite___table_aliases"
 
+    /// Replicated DDL: the last known definition of every user table, index, view and trigger, with its version
+    /// (see `SchemaObject`). Its global-log entries name this table and point at a row of it.
+    public static let ddlTable = "__harmonylite___ddl"
+
     public static func changeLog(_ table: String) -> String { "\(prefix)\(table)_change_log" }
     public static func versionTable(_ table: String) -> String { "\(prefix)\(table)_version" }
     public static func trigger(_ table: String, _ kind: String) -> String { "\(prefix)\(table)_on_\(kind)" }

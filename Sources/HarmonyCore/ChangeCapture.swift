@@ -107,30 +107,63 @@ public enum ChangeCapture {
     /// `SchemaError.noPrimaryKey` (what an operator starting the sidecar should see); without it they are
     /// left uncaptured and reported through `skippedKeyless`, so a keyless table created at run time does
     /// not stop replication of the others.
+    ///
+    /// With `replicateDDL`, DDL the application ran since the last install is recorded for publishing (see
+    /// `SchemaObjects.detect`), and a dropped table's version table and change log go with it (a table created again
+    /// under that name starts afresh). Runs inside the caller's transaction if there is one (the apply path
+    /// re-installs after applying remote DDL).
     @discardableResult
     public static func install(_ db: Database, nodeID: Int64, filter: TableFilter, refuseKeyless: Bool = true,
-                               plantedBugs: PlantedBugs = [],
+                               replicateDDL: Bool = false, plantedBugs: PlantedBugs = [],
                                skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
-        try db.transaction(.immediate) {
+        let body = { () throws -> [String: CapturedTable] in
+            // Renaming bookkeeping tables and columns must not re-check the user's views and triggers: one view that
+            // names a missing table would otherwise make every rename fail (see `ReplicationNode.execute`).
+            try db.execute("PRAGMA legacy_alter_table = ON")
+            defer { try? db.execute("PRAGMA legacy_alter_table = OFF") }
             try installBookkeeping(db, nodeID: nodeID)
             let (schemas, keyless) = try SchemaReader.admittedSchemas(db, filter: filter)
             if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
             if !keyless.isEmpty { skippedKeyless?(Set(keyless)) }
-            for schema in schemas { try adoptRenamedTable(db, schema.name) }
+            var renamedTables: [String: String] = [:]
+            for schema in schemas {
+                for old in try adoptRenamedTable(db, schema.name) { renamedTables[old] = schema.name }
+            }
             try dropTriggers(db, except: Set(schemas.map(\.name)))
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {
                 captured[schema.name] = try installTable(db, schema, plantedBugs: plantedBugs)
             }
+            if replicateDDL {
+                try SchemaObjects.detect(db, captured: captured, renamedTables: renamedTables, filter: filter)
+                try forgetDroppedTables(db)
+            }
             db.clearStatementCache()
             return captured
+        }
+        return db.isInTransaction ? try body() : try db.transaction(.immediate, body)
+    }
+
+    /// Version tables and change logs of tables that no longer exist: a table created again under the name must not
+    /// meet the old rows' versions and tombstones. (Unsent entries in the change log are moot: the rows are gone.)
+    static func forgetDroppedTables(_ db: Database) throws {
+        let gone = try db.query("""
+            SELECT DISTINCT table_name FROM \(q(Bookkeeping.schemaTable))
+            WHERE table_name NOT IN (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY table_name
+            """).compactMap { $0[0].string }
+        for table in gone {
+            for name in [Bookkeeping.versionTable(table), Bookkeeping.changeLog(table)] where try db.tableExists(name) {
+                try db.execute("DROP TABLE \(q(name))")
+            }
         }
     }
 
     /// After `ALTER TABLE old RENAME TO new`, SQLite moved old's triggers onto new (names unchanged): the table's
     /// capture moves with it. The old triggers go, the change log and version table are renamed (versions and
     /// tombstones kept), schema history and pending changes follow, and old -> new is recorded as an alias.
-    static func adoptRenamedTable(_ db: Database, _ table: String) throws {
+    /// Returns the old names adopted.
+    @discardableResult
+    static func adoptRenamedTable(_ db: Database, _ table: String) throws -> [String] {
         let triggers = try db.query("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ? AND substr(name, 1, ?) = ? ORDER BY name",
                                     [.text(table), .integer(Int64(Bookkeeping.prefix.utf8.count)), .text(Bookkeeping.prefix)]).compactMap { $0[0].string }
         let own = Set(["insert", "update", "update_key", "delete"].map { Bookkeeping.trigger(table, $0) })
@@ -142,8 +175,13 @@ public enum ChangeCapture {
                 previousNames.append(String(rest.dropLast(kind.utf8.count)))
             }
         }
+        var adopted: [String] = []
         for old in Set(previousNames).sorted() where old != table {
             guard try !db.tableExists(old), try !db.tableExists(Bookkeeping.versionTable(table)) else { continue }
+            adopted.append(old)
+            // History and unsent entries under the new name belong to an earlier table of that name, dropped since.
+            try db.execute("DELETE FROM \(q(Bookkeeping.schemaTable)) WHERE table_name = ?", [.text(table)])
+            try db.execute("UPDATE \(q(Bookkeeping.globalLog)) SET state = 1 WHERE table_name = ? AND state = 0", [.text(table)])
             for (from, to) in [(Bookkeeping.changeLog(old), Bookkeeping.changeLog(table)), (Bookkeeping.versionTable(old), Bookkeeping.versionTable(table))]
             where try db.tableExists(from) && !db.tableExists(to) {
                 try db.execute("ALTER TABLE \(q(from)) RENAME TO \(q(to))")
@@ -157,6 +195,7 @@ public enum ChangeCapture {
             // Names that pointed at the old name now point at the new one (a table renamed twice).
             try db.execute("UPDATE \(q(Bookkeeping.aliasTable)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
         }
+        return adopted
     }
 
     /// Old name -> current name of every table renamed here.
@@ -424,14 +463,16 @@ public enum ChangeCapture {
     ///
     /// The one-row clock stays (`keepClock`, the default for `-cleanup`): a node's versions must keep increasing
     /// across a cleanup and reinstall, or with a clock behind its peers' its next writes would lose to its own
-    /// earlier ones and to what it had applied. `keepClock: false` removes every trace.
+    /// earlier ones and to what it had applied. So does the replicated schema state: DDL run while the sidecar is
+    /// away (the seeds' procedure: stop, -cleanup, ALTER, start) is then found and replicated at the next start.
+    /// `keepClock: false` removes every trace.
     public static func removeAll(_ db: Database, keepClock: Bool = true) throws {
         try db.transaction(.immediate) {
             try dropTriggers(db)
             let tables = try db.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, ?) = ?",
                                       [.integer(Int64(Bookkeeping.prefix.utf8.count)), .text(Bookkeeping.prefix)])
             for row in tables {
-                guard let name = row[0].string, !(keepClock && name == Bookkeeping.clockTable) else { continue }
+                guard let name = row[0].string, !(keepClock && [Bookkeeping.clockTable, Bookkeeping.ddlTable].contains(name)) else { continue }
                 try db.execute("DROP TABLE IF EXISTS \(q(name))")
             }
         }

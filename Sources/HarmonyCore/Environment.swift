@@ -89,6 +89,10 @@ public enum ReplicationEvent: Sendable, Hashable {
     case parked(shard: Int, sequence: UInt64, reason: String)
     /// A change to a table this node dropped: discarded (counted), never waited for.
     case discarded(shard: Int, sequence: UInt64, table: String)
+    /// Another node's DDL, applied here.
+    case schemaChangeApplied(shard: Int, sequence: UInt64, object: String, dropped: Bool, version: RowVersion)
+    /// Another node's DDL that SQLite refused here: this node's schema now differs from the cluster's for that object.
+    case schemaChangeFailed(shard: Int, sequence: UInt64, object: String, error: String)
     case schemaPaused(shard: Int, sequence: UInt64, table: String, remoteHash: String)
     case schemaResumed(shard: Int)
     case gap(shard: Int, expected: UInt64, got: UInt64)

@@ -16,6 +16,9 @@ public struct NodeConfig: Sendable, Equatable {
     public var publish: Bool = true
     /// `replicate`: apply changes from the log.
     public var replicate: Bool = true
+    /// `replicate_ddl`: DDL run on this node (tables, indexes, views, triggers) is published, and DDL from other
+    /// nodes applied here, resolved per object by version (see `SchemaObject`).
+    public var replicateDDL: Bool = true
     public var tables: TableFilter = TableFilter()
     public var streamPrefix: String = "harmonylite-changes"
     /// Fallback scan period when change notifications are missed.

@@ -44,6 +44,15 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Pause on every schema this node does not know, even one whose columns it all has (an older one).
     public static let pauseOnOlderUnknownSchema = PlantedBugs(rawValue: 1 << 20)
 
+    /// Apply another node's DDL whatever its version: concurrent DDL ends in whichever order it arrived.
+    public static let ddlLastArrivalWins = PlantedBugs(rawValue: 1 << 21)
+    /// Leave a table as the ALTERs left it when they cannot reach the winning definition exactly.
+    public static let ddlWithoutRebuild = PlantedBugs(rawValue: 1 << 22)
+    /// Apply rows written under a definition not yet here, leaving out the columns this node lacks.
+    public static let applyNewerDefinitionStripped = PlantedBugs(rawValue: 1 << 23)
+    /// Let a later ALTER beat a DROP of the same table: a node that altered it re-creates a table the others dropped.
+    public static let ddlDropNotFinal = PlantedBugs(rawValue: 1 << 24)
+
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
         ("skip-own-messages", .skipOwnMessages),
@@ -65,6 +74,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("no-resubscribe-on-stall", .noResubscribeOnStall),
         ("backfill-at-current-time", .backfillAtCurrentTime),
         ("pause-on-older-unknown-schema", .pauseOnOlderUnknownSchema),
+        ("ddl-last-arrival-wins", .ddlLastArrivalWins),
+        ("ddl-without-rebuild", .ddlWithoutRebuild),
+        ("apply-newer-definition-stripped", .applyNewerDefinitionStripped),
+        ("ddl-drop-not-final", .ddlDropNotFinal),
     ]
 }
 

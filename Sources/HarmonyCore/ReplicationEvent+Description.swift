@@ -19,6 +19,10 @@ extension ReplicationEvent: CustomStringConvertible {
             return "a change to \(quoteIdentifier(table)) (\(key)) is \(bytes) bytes, above max_row_bytes (\(limit)): it is not published and was parked in \(Bookkeeping.parkedTable); raise max_row_bytes and run -parked-retry, or -parked-discard it"
         case .discarded(let shard, let sequence, let table):
             return "shard \(shard) message \(sequence): a change to \(quoteIdentifier(table)), which was dropped on this node, was discarded (another node still writes to it)"
+        case .schemaChangeApplied(let shard, let sequence, let object, let dropped, let version):
+            return "shard \(shard) message \(sequence): another node's DDL \(dropped ? "dropping" : "defining") \(object) (version \(version)) was applied"
+        case .schemaChangeFailed(let shard, let sequence, let object, let error):
+            return "shard \(shard) message \(sequence): another node's DDL for \(object) could not be run here (\(error)); this node's \(object) now differs from the cluster's. Fix it by hand to match the other nodes (sqlite_schema), or run the DDL again on any node"
         case .parked(let shard, let sequence, let reason):
             return "shard \(shard) message \(sequence) could not be applied and was parked in \(Bookkeeping.parkedTable): \(reason)"
         case .schemaPaused(let shard, let sequence, let table, let remoteHash):

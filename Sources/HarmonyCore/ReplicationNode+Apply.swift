@@ -109,6 +109,10 @@ extension ReplicationNode {
         Self.checkDisjointAndOrdered(acks: acks, naks: naks.map(\.0))
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
+        // Rows held back for a definition may fit now: ask for them again at once instead of after the pause delay.
+        if events.contains(where: { if case .schemaChangeApplied = $0 { return true } else { return false } }) {
+            for other in pausedShards.keys.sorted() where other != shard { env.log.subscribe(shard: other, fromSequence: checkpoint(other) + 1) }
+        }
         // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides.
         if gapSeen { requestStreamState(shard) }
     }
@@ -172,12 +176,19 @@ extension ReplicationNode {
         if config.plantedBugs.contains(.dropSchemaHashOnDecode) { record.schemaHash = "" }
         maxHLC = max(maxHLC, record.version.hlc)
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
-        if captured[record.table] == nil, let current = tableAliases[record.table] {
-            record.table = current  // written under the name this table had before a RENAME TO here
+        if record.table == Bookkeeping.ddlTable { return try applyDefinition(db, shard: shard, message, record, events: &events) }
+        var standing = standing(of: record, in: record.table)
+        if captured[record.table] == nil || standing == .gone, let current = tableAliases[record.table], current != record.table {
+            // Written under the name this table had before a RENAME TO here: under an older definition of it (the
+            // new name's generation and versions are another object's).
+            record.table = current
+            standing = config.replicateDDL ? .older : .current
         }
-        guard let table = captured[record.table] else {
+        guard let table = captured[record.table], standing != .gone else {
             if !config.tables.admits(record.table) { return .consumed }  // excluded here on purpose
-            if droppedTables.contains(record.table) {
+            // A table dropped here takes no more changes, unless they are for a table created again under its
+            // name whose CREATE is on its way (a later generation).
+            if standing == .gone || (droppedTables.contains(record.table) && standing != .newer) {
                 // Another node still writes to a table dropped here: nothing can ever apply it.
                 events.append(.discarded(shard: shard, sequence: message.sequence, table: record.table))
                 return .consumed
@@ -187,17 +198,23 @@ extension ReplicationNode {
         let sameSchema = record.schemaHash == table.schema.hash
             || (config.plantedBugs.contains(.dropSchemaHashOnDecode) && record.schemaHash.isEmpty)
         let fits = !config.plantedBugs.contains(.pauseOnOlderUnknownSchema) && Self.fitsWithin(record, table.schema)
-        guard sameSchema || table.olderHashes.contains(record.schemaHash) || fits else {
+        // With replicated DDL a row under a newer definition waits for it (its DDL is on its way), so it applies
+        // under the schema it was written in; one under an older or losing definition applies mapped.
+        if standing == .newer && !sameSchema { return .paused(table: record.table, remoteHash: record.schemaHash) }
+        guard sameSchema || table.olderHashes.contains(record.schemaHash) || fits || standing == .older else {
             if config.plantedBugs.contains(.ackSchemaMismatch) { return .consumed }
             return .paused(table: record.table, remoteHash: record.schemaHash)
         }
         let change: ResolvedChange
         do {
-            change = try resolve(record, against: table.schema, strict: sameSchema, currentNameOf: sameSchema ? [:] : table.currentNameOf)
+            // Renamed columns: as this node's own schema history saw them, and as the DDL's author recorded them.
+            let renamed = sameSchema ? [:] : table.currentNameOf.merging(tableStates[record.table]?.columnRenames ?? [:]) { mine, _ in mine }
+            change = try resolve(record, against: table.schema, strict: sameSchema, currentNameOf: renamed)
         } catch {
             try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "\(error)", events: &events)
             return .consumed
         }
+
         try db.execute("SAVEPOINT harmonylite_apply", [])  // cached statements: this runs once per message
         do {
             let won = try applyLWW(db, change)

@@ -10,6 +10,7 @@ extension ReplicationNode {
     /// counted as in flight that was never sent, and the next call reads the unsent rows again.
     public func publishPending() throws {
         guard isRunning, config.publish else { return }
+        if config.replicateDDL, try publishDefinitionsFirst() { return }
         while inFlight.count < config.publishInFlightMax {
             let limit = min(config.scanMaxChanges, config.publishInFlightMax - inFlight.count)
             let page = try readPendingPage(limit: limit)
@@ -17,7 +18,9 @@ extension ReplicationNode {
             var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
             var batches: [Int: PendingBatch] = [:]
             for (id, record) in page.records {
-                let shard = router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
+                // DDL goes to one stream, so every node applies it in the order it was made (an index after its table).
+                let shard = record.table == Bookkeeping.ddlTable ? router.shards.lowerBound
+                    : router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
                 let size = Self.approximateBytes(record)
                 if size > config.rowBytesMax && !config.plantedBugs.contains(.publishOversizedRows) {
                     oversized.append((id, record, size))
@@ -37,6 +40,37 @@ extension ReplicationNode {
             if !oversized.isEmpty { try refuseOversized(oversized) }
             scanCursor = page.end
         }
+    }
+
+    /// DDL goes out before any data, each change its own message on the first stream, and data waits until the log
+    /// has every DDL change. Rows are read at publish time under the newest definition: sent ahead of that
+    /// definition's DDL, a row could stand in front of it on the first stream, where receivers would hold it (and
+    /// everything behind it, the DDL included) forever. Returns whether data must wait.
+    func publishDefinitionsFirst() throws -> Bool {
+        guard definitionsToPublish else { return false }
+        let db = requireDatabase()
+        try refreshCaptureIfSchemaChanged()
+        let pending = try db.query("""
+            SELECT id, change_table_id FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0 AND table_name = ? ORDER BY id
+            """, [.text(Bookkeeping.ddlTable)])
+        guard !pending.isEmpty else {
+            definitionsToPublish = false
+            return false
+        }
+        // One at a time, in order: a retried publish must never let a later DDL (an index) land before an earlier
+        // one (the table it is on).
+        for row in pending {
+            guard let id = row[0].int64, let objectID = row[1].int64 else { continue }
+            if inFlight.contains(id) { return true }
+            if let record = try definitionRecord(id: objectID) {
+                var batch = PendingBatch()
+                batch.add(record, id: id, bytes: Self.approximateBytes(record))
+                try send(batch, shard: router.shards.lowerBound)
+                return true
+            }
+            try markPublished([id])
+        }
+        return true
     }
 
     /// One page of the change log past the scan cursor, with each entry's row as it is now.
@@ -187,6 +221,7 @@ extension ReplicationNode {
     /// it: a later write superseded it (a later entry of this node's, or another node's change applied here, which
     /// every node gets from the log anyway), its table is no longer captured, or its key is no longer the table's.
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
+        if table == Bookkeeping.ddlTable { return try definitionRecord(id: changeID) }
         guard let captured = captured[table] else { return nil }
         let schema = captured.schema
         let db = requireDatabase()
@@ -220,13 +255,17 @@ extension ReplicationNode {
         guard let current = try db.cached(sql.version).query(keyValues).first,
               current[0].int64 == hlc, current[1].int64 == node else { return nil }
         let version = RowVersion(hlc: hlc, node: node)
+        var record: ChangeRecord
         if current[2].int64 == 1 {
-            return ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
-                                version: version, schemaHash: schema.hash)
+            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
+                                  version: version, schemaHash: schema.hash)
+        } else {
+            guard let values = try db.cached(sql.row).query(keyValues).first else { return nil }
+            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
+                                  row: zip(schema.columns, values).map { ChangeRecord.Column($0, $1) }, version: version, schemaHash: schema.hash)
         }
-        guard let values = try db.cached(sql.row).query(keyValues).first else { return nil }
-        return ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
-                            row: zip(schema.columns, values).map { ChangeRecord.Column($0, $1) }, version: version, schemaHash: schema.hash)
+        record.definition = tableStates[table].map(\.definition)
+        return record
     }
 
     /// The two reads behind `changeRecord`: a key's current version, and its row in the captured schema's columns.

@@ -199,6 +199,7 @@ extension ReplicationNode {
                 throw RestoreRefused(description: "snapshot covers \(router.streamName(shard: shard)) up to \(covered), but the stream starts at \(state.firstSequence)")
             }
         }
+        if config.replicateDDL { try mergeDefinitions(db) }
         let tables = try createMissingTables(db, try snapshotTables(db))
         var restored = sequences
         if config.plantedBugs.contains(.restoreWithoutCheckpoints) {
@@ -232,6 +233,35 @@ extension ReplicationNode {
         // Reported before the crash point after the commit: the restore happened even if the process dies next.
         env.events?.record(.restored(sequences: router.shards.map { restored[$0] ?? 0 }, rows: rowsRestored, tables: tables.count))
         try crashPoint(.afterRestoreCommit)
+    }
+
+    /// The snapshot's replicated schema state joins this node's as if its DDL had arrived from the log, object by
+    /// object with the same rule, so the node's schema is at least as new as the snapshot's before its rows come in
+    /// (and a table the snapshot's taker created keeps that incarnation here).
+    func mergeDefinitions(_ db: Database) throws {
+        let snap = Self.snapshotSchema
+        guard try db.tableExists(Bookkeeping.ddlTable, in: snap) else { return }
+        let theirs = try db.query("SELECT \(SchemaObjects.columns) FROM \(snap).\(SchemaObjects.table) ORDER BY id").map(SchemaObjects.object)
+        var events: [ReplicationEvent] = []
+        try db.transaction(.immediate) {
+            for entry in theirs {
+                let o = entry.object
+                guard config.tables.admits(o.type == "view" ? o.name : o.tableName) else { continue }
+                if let local = try SchemaObjects.load(db, type: o.type, name: o.name), !SchemaObject.outranks(o, local.object) { continue }
+                try db.execute("SAVEPOINT harmonylite_ddl", [])
+                do {
+                    try execute(db, o)
+                } catch {
+                    try db.execute("ROLLBACK TO harmonylite_ddl", [])
+                    events.append(.schemaChangeFailed(shard: 0, sequence: 0, object: o.description, error: (error as? SQLiteError)?.message ?? "\(error)"))
+                }
+                try db.execute("RELEASE harmonylite_ddl", [])
+                let now = try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.string
+                try SchemaObjects.store(db, o, localSQL: now)
+            }
+            try refreshCapture()
+        }
+        for e in events { env.events?.record(e) }
     }
 
     /// Parts held with the snapshot belong to its checkpoints (their last parts come after them); parts held here

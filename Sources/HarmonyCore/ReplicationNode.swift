@@ -17,6 +17,8 @@ public final class ReplicationNode {
     public internal(set) var captured: [String: CapturedTable] = [:]
     /// Tables captured here once and dropped since: changes to them are discarded, not waited for.
     var droppedTables: Set<String> = []
+    /// With replicated DDL: each table's state (definition version, or dropped), by name.
+    var tableStates: [String: SchemaObject] = [:]
     /// Tables renamed here, old name -> current name (see `ChangeCapture.adoptRenamedTable`).
     var tableAliases: [String: String] = [:]
     /// Last applied sequence per shard, mirrored from the checkpoint table.
@@ -49,6 +51,8 @@ public final class ReplicationNode {
     /// Part tokens are negative, so they never meet a change-log id.
     var lastPartToken: Int64 = 0
     var scanCursor: Int64 = 0
+    /// DDL may be waiting to be published (set by every capture refresh, cleared once none is pending).
+    var definitionsToPublish = true
     var retryFrom: Int64?
     var retryDelayMs: Int64
     var schemaVersion: Int64 = -1
@@ -79,6 +83,10 @@ public final class ReplicationNode {
     public func start() throws {
         precondition(!isRunning, "node \(config.nodeID) started twice")
         let db = try env.opener.open(path: config.databasePath)
+        // No trigger fires on the sidecar's own connection: applying a change must not run the user's triggers
+        // again (their writes come from the node that made the change, captured there), and capture is for the
+        // application's writes only. The application's connections are unaffected.
+        try db.setTriggersEnabled(false)
         database = db
         try refreshCapture()
         for row in try db.query("SELECT stream, seq FROM \(quoteIdentifier(Bookkeeping.checkpointTable))") {
@@ -230,11 +238,12 @@ public final class ReplicationNode {
     }
 
     /// Installs or refreshes triggers for the current schema and forgets cached shapes.
+    /// Inside the apply transaction after remote DDL, the install joins that transaction.
     func refreshCapture() throws {
         let db = requireDatabase()
         // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
         captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
-                                             plantedBugs: config.plantedBugs) { skipped in
+                                             replicateDDL: config.replicateDDL, plantedBugs: config.plantedBugs) { skipped in
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
@@ -242,6 +251,8 @@ public final class ReplicationNode {
         applySQLCache.removeAll()
         changeLogLayouts.removeAll()
         tableAliases = try ChangeCapture.tableAliases(db)
+        tableStates = config.replicateDDL ? try SchemaObjects.tableStates(db) : [:]
+        definitionsToPublish = config.replicateDDL
         droppedTables = Set(try db.query("""
             SELECT DISTINCT table_name FROM \(quoteIdentifier(Bookkeeping.schemaTable))
             WHERE table_name NOT IN (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY table_name

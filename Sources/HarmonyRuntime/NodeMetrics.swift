@@ -12,7 +12,7 @@ final class NodeMetrics: Sendable {
 
     enum Count: Int, CaseIterable {
         case published, publishFailures, appliedWon, appliedLost, appliedEcho, duplicates, parked, schemaPauses, gaps
-        case refused, discarded, applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
+        case refused, discarded, schemaChanges, schemaChangeFailures, applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
 
         /// Name (after `harmonylite_`), label, help.
         var definition: (name: String, label: (String, String)?, help: String) {
@@ -28,6 +28,8 @@ final class NodeMetrics: Sendable {
             case .schemaPauses: return ("schema_pauses_total", nil, "Times a stream paused on a schema this node does not have yet.")
             case .gaps: return ("gaps_total", nil, "Deliveries that skipped ahead of the checkpoint (held back).")
             case .discarded: return ("discarded_changes_total", nil, "Changes to tables dropped on this node, discarded.")
+            case .schemaChanges: return ("schema_changes_applied_total", nil, "Other nodes' DDL applied here.")
+            case .schemaChangeFailures: return ("schema_change_failures_total", nil, "Other nodes' DDL SQLite refused here (the object now differs from the cluster's).")
             case .refused: return ("refused_changes_total", nil, "Local changes above max_row_bytes, parked and never published.")
             case .applyBatchFailures: return ("apply_batch_failures_total", nil, "Apply transactions that failed (busy, disk full, I/O) and were retried.")
             case .restores: return ("restores_total", nil, "Snapshots restored.")
@@ -99,6 +101,8 @@ final class NodeMetrics: Sendable {
         case .gap: add(.gaps)
         case .changeRefused: add(.refused)
         case .discarded: add(.discarded)
+        case .schemaChangeApplied: add(.schemaChanges)
+        case .schemaChangeFailed: add(.schemaChangeFailures)
         case .applyBatchFailed: add(.applyBatchFailures)
         case .restored: add(.restores)
         case .restoreFailed: add(.restoreFailures)

@@ -16,6 +16,11 @@ extension ReplicationEvent {
         case .duplicate(let shard, let sequence): return ["event": "duplicate", "shard": n(shard), "sequence": n(sequence)]
         case .discarded(let shard, let sequence, let table):
             return ["event": "discarded", "shard": n(shard), "sequence": n(sequence), "table": .string(table)]
+        case .schemaChangeApplied(let shard, let sequence, let object, let dropped, let version):
+            return ["event": "schema_change_applied", "shard": n(shard), "sequence": n(sequence), "object": .string(object),
+                    "dropped": .string(dropped ? "true" : "false"), "version": .string(version.description)]
+        case .schemaChangeFailed(let shard, let sequence, let object, let error):
+            return ["event": "schema_change_failed", "shard": n(shard), "sequence": n(sequence), "object": .string(object), "reason": .string(error)]
         case .parked(let shard, let sequence, let reason):
             return ["event": "parked", "shard": n(shard), "sequence": n(sequence), "reason": .string(reason)]
         case .schemaPaused(let shard, let sequence, let table, let remoteHash):

@@ -135,7 +135,7 @@ public struct RuntimeConfig: Sendable, Equatable {
     public static func parse(_ text: String) throws -> RuntimeConfig {
         let root = try TOMLReader(parsing: text)
         try root.rejectUnknownKeys(allowed: [
-            "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "max_row_bytes", "publish", "replicate",
+            "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "max_row_bytes", "publish", "replicate", "replicate_ddl",
             "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot", "health",
         ])
         let dbPath = try root.required("db_path", root.string)
@@ -149,6 +149,7 @@ public struct RuntimeConfig: Sendable, Equatable {
         if c.node.rowBytesMax < 1024 { throw root.error(at: "max_row_bytes", "key 'max_row_bytes' must be at least 1024 bytes, got \(c.node.rowBytesMax)") }
         c.node.publish = try root.bool("publish") ?? true
         c.node.replicate = try root.bool("replicate") ?? true
+        c.node.replicateDDL = try root.bool("replicate_ddl") ?? true
         c.node.tables = TableFilter(include: try root.stringArray("include_tables") ?? [], exclude: try root.stringArray("exclude_tables") ?? [])
 
         if let r = try root.table("replication_log") {

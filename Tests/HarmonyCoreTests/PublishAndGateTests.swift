@@ -155,7 +155,8 @@ struct PublishAndGateTests {
     /// A message from a node with another schema is not applied, acked or checkpointed; it is nak'd
     /// with a delay, and the shard resumes by itself once the local schema catches up.
     @Test func schemaMismatchPausesThenResumesAfterLocalAlter() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        // The HarmonyLite procedure without DDL replication (replicate_ddl = false): each node runs the migration.
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.replicateDDL = false }
         try c.apps[0].execute("ALTER TABLE users ADD COLUMN email TEXT")
         try c.nodes[0].databaseChanged()  // the sidecar notices the DDL and rebuilds capture
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1, 'a@x')")
@@ -372,7 +373,7 @@ struct BatchedPublishTests {
 
     /// A batch holding a change of an unknown schema waits as a whole: nothing of it applies until the schema matches.
     @Test func batchWithAMismatchedRecordIsHeldWhole() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema + "CREATE TABLE tags (name TEXT PRIMARY KEY);") { $0.shards = 1 }
+        let c = try TestCluster(nodes: 2, schema: usersSchema + "CREATE TABLE tags (name TEXT PRIMARY KEY);") { $0.shards = 1; $0.replicateDDL = false }
         try c.apps[0].execute("ALTER TABLE tags ADD COLUMN color TEXT")
         try c.nodes[0].databaseChanged()
         try c.apps[0].transaction {
@@ -395,8 +396,9 @@ struct BatchedPublishTests {
 struct DroppedTableTests {
     /// DROP TABLE on one node while another keeps writing to it: the dropping node discards (and counts) those
     /// changes instead of pausing the whole shard forever; other tables on the shard keep replicating.
+    /// (Without DDL replication, where the drop stays on one node; DDLTests covers it replicated.)
     @Test func changesToATableDroppedHereAreDiscardedAndTheShardGoesOn() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema + "CREATE TABLE tags (name TEXT PRIMARY KEY);")
+        let c = try TestCluster(nodes: 2, schema: usersSchema + "CREATE TABLE tags (name TEXT PRIMARY KEY);") { $0.replicateDDL = false }
         try c.apps[0].execute("INSERT INTO tags VALUES ('a')")
         try c.settle()
         try c.apps[1].execute("DROP TABLE tags")
@@ -420,7 +422,8 @@ struct RenameTableTests {
     /// bookkeeping under the new name, its versions and tombstones kept), and rows the other nodes still write
     /// under the old name apply to it instead of being discarded as if it had been dropped.
     @Test func aRenamedTableKeepsItsCaptureAndTakesRowsForItsOldName() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        // Without DDL replication: node 0 keeps the old name (with it, the rename reaches node 0 too; see DDLTests).
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.replicateDDL = false }
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
         try c.settle()
         try c.apps[1].execute("DELETE FROM users WHERE id = 2")
@@ -443,11 +446,11 @@ struct RenameTableTests {
 struct RenamedKeyTests {
     /// A change logged before `RENAME COLUMN id TO user_id` is still sent, under the key's new name.
     @Test func pendingChangeIsSentAfterItsKeyColumnWasRenamed() throws {
-        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        let c = try TestCluster(nodes: 1, schema: usersSchema) { $0.replicateDDL = false }  // no DDL message ahead of it
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
         try c.apps[0].execute("ALTER TABLE users RENAME COLUMN id TO user_id")
         try c.nodes[0].databaseChanged()
-        let sent = try c.ports[0].pendingPublishes.flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        let sent = try c.ports[0].pendingPublishes.flatMap { try EnvelopeCodec.decodeAll($0.payload) }.filter { $0.table == "users" }
         #expect(sent.map(\.primaryKey) == [[ChangeRecord.Column("user_id", .integer(1))]])
     }
 }

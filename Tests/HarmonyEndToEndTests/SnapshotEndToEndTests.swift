@@ -94,8 +94,9 @@ struct SnapshotEndToEndTests {
     /// triggers), rolled out node by node while both nodes write: rows written under the old schema reach the
     /// altered node with the renamed column filled, rows written under the new one wait on the other node until
     /// it alters too, and both end identical.
+    /// (The HarmonyLite procedure without DDL replication; DDLEndToEndTests covers it replicated.)
     @Test func dropAndRenameColumnFromTheShellRollOutAndConverge() throws {
-        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { _ in "replicate_ddl = false" }
         try sqlite(c.dbPath(1), "INSERT INTO items (id, name, qty, price) VALUES (1, 'one', 1, 1.5), (2, 'two', 2, 2.5);")
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "2\n")
         try sqlite(c.dbPath(1), "ALTER TABLE items DROP COLUMN price; ALTER TABLE items RENAME COLUMN name TO title;")
@@ -116,8 +117,9 @@ struct SnapshotEndToEndTests {
     /// new column): no write is lost, the tables end identical, and the registry, metrics and logs show the rollout.
     @Test func rollingAddColumnAcrossThreeLiveNodesLosesNoWrite() throws {
         let metricsPorts = distinctFreePorts(3)
+        // HarmonyLite's procedure, without DDL replication: each node runs the migration itself.
         let c = try LiveCluster(nodes: 3, schema: kvSchema) { i in
-            "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\""
+            "replicate_ddl = false\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\""
         }
         let altered = Mutex(Set<Int>())
         let stop = Atomic<Bool>(false)

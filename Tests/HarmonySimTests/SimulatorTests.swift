@@ -29,7 +29,7 @@ struct SimulatorTests {
         #expect(a.traceHash == b.traceHash)
         #expect(a.events == b.events && a.writes == b.writes)
         #expect(a.traceHash != c.traceHash)
-        #expect(a.checksPassed == ["convergence", "lww-oracle", "causality", "idempotence"])
+        #expect(a.checksPassed == ["convergence", "schema-convergence", "lww-oracle", "causality", "idempotence"])
     }
 
     @Test func plantedBugIsCaughtByTheChecks() throws {

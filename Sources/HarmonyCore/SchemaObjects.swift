@@ -1,0 +1,326 @@
+import HarmonyCodec
+import HarmonySQLite
+
+/// One user schema object (table, index, view or trigger) as DDL replication sees it: its latest definition and
+/// the version that set it. Every node keeps the last known state of every object and resolves concurrent DDL per
+/// object by `rank`, so every node ends with the same definition whatever order the DDL arrived in.
+public struct SchemaObject: Sendable, Equatable {
+    public var type: String
+    public var name: String
+    public var tableName: String
+    /// The exact `CREATE` text as `sqlite_schema` holds it; nil once dropped.
+    public var sql: String?
+    /// How many times an object of this name was dropped before this one was created. Nodes that create the same
+    /// name concurrently (the same migration run everywhere) make one object, whose definition the later version sets.
+    public var generation: Int64
+    /// The version of the latest CREATE, ALTER or DROP.
+    public var version: RowVersion
+    /// A table renamed with `ALTER TABLE ... RENAME TO`: on the new name, the old one; on the dropped old name, the new one.
+    public var renamed: String?
+    /// Columns renamed over the table's life, old name -> current name.
+    public var columnRenames: [String: String] = [:]
+
+    /// A later generation beats everything of an earlier one; within one generation a DROP is final (an ALTER that
+    /// raced it loses whatever its version), and otherwise the later version wins.
+    public var rank: (Int64, Int, RowVersion) { (generation, sql == nil ? 1 : 0, version) }
+
+    public static func outranks(_ a: SchemaObject, _ b: SchemaObject) -> Bool { a.rank > b.rank }
+
+    public var definition: TableDefinitionVersion { TableDefinitionVersion(generation: generation, version: version) }
+    public var description: String { "\(type) \(quoteIdentifier(name))" }
+}
+
+/// Reads and records user schema objects, and finds the DDL the application ran since the last look.
+public enum SchemaObjects {
+    static var table: String { quoteIdentifier(Bookkeeping.ddlTable) }
+
+    /// Creates the state table; true when it did not exist (every object present then counts as pre-existing).
+    static func ensureTable(_ db: Database) throws -> Bool {
+        guard try !db.tableExists(Bookkeeping.ddlTable) else { return false }
+        try db.execute("""
+            CREATE TABLE \(table) (
+                id INTEGER PRIMARY KEY,
+                type TEXT NOT NULL,
+                name TEXT NOT NULL,
+                tbl_name TEXT NOT NULL,
+                sql TEXT,
+                local_sql TEXT,
+                generation INTEGER NOT NULL,
+                hlc INTEGER NOT NULL,
+                node INTEGER NOT NULL,
+                renamed TEXT,
+                column_renames BLOB,
+                UNIQUE (type, name)
+            )
+            """)
+        return true
+    }
+
+    /// The user's objects as `sqlite_schema` has them now, tables first: no harmonylite objects, no `sqlite_`
+    /// internals, no automatic indexes, no virtual or shadow tables, and only tables `filter` admits (with
+    /// their indexes and triggers).
+    static func current(_ db: Database, filter: TableFilter) throws -> [(type: String, name: String, tableName: String, sql: String)] {
+        let tables = Set(try SchemaReader.userTables(db))
+        let rows = try db.query("""
+            SELECT type, name, tbl_name, sql FROM sqlite_schema
+            WHERE sql IS NOT NULL AND type IN ('table', 'index', 'view', 'trigger')
+            ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, name
+            """)
+        return rows.compactMap { row in
+            guard let type = row[0].string, let name = row[1].string, let tbl = row[2].string, let sql = row[3].string else { return nil }
+            if name.hasPrefix(Bookkeeping.prefix) || tbl.hasPrefix(Bookkeeping.prefix) || name.hasPrefix("sqlite_") || tbl.hasPrefix("sqlite_") { return nil }
+            switch type {
+            case "table": guard tables.contains(name), filter.admits(name) else { return nil }
+            case "index", "trigger": guard tables.contains(tbl), filter.admits(tbl) else { return nil }
+            default: break
+            }
+            return (type, name, tbl, sql)
+        }
+    }
+
+    static func object(_ row: [DatabaseValue]) throws -> (id: Int64, object: SchemaObject, localSQL: String?) {
+        var renames: [String: String] = [:]
+        if case .blob = row[10] {
+            let names = try ChangeCapture.decodeNames(row[10])
+            for pair in stride(from: 0, to: names.count - 1, by: 2) { renames[names[pair]] = names[pair + 1] }
+        }
+        let object = SchemaObject(type: row[1].string ?? "", name: row[2].string ?? "", tableName: row[3].string ?? "", sql: row[4].string,
+                                  generation: row[6].int64 ?? 0,
+                                  version: RowVersion(hlc: row[7].int64 ?? 0, node: row[8].int64 ?? 0),
+                                  renamed: row[9].string, columnRenames: renames)
+        return (row[0].int64 ?? 0, object, row[5].string)
+    }
+
+    static let columns = "id, type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames"
+
+    /// Every recorded object, in id order.
+    public static func all(_ db: Database) throws -> [(id: Int64, object: SchemaObject, localSQL: String?)] {
+        guard try db.tableExists(Bookkeeping.ddlTable) else { return [] }
+        return try db.query("SELECT \(columns) FROM \(table) ORDER BY id").map(object)
+    }
+
+    static func load(_ db: Database, type: String, name: String) throws -> (id: Int64, object: SchemaObject, localSQL: String?)? {
+        try db.query("SELECT \(columns) FROM \(table) WHERE type = ? AND name = ?", [.text(type), .text(name)]).first.map(object)
+    }
+
+    static func load(_ db: Database, id: Int64) throws -> SchemaObject? {
+        try db.query("SELECT \(columns) FROM \(table) WHERE id = ?", [.integer(id)]).first.map(object)?.object
+    }
+
+    /// Writes an object's state; returns its row id.
+    @discardableResult
+    static func store(_ db: Database, _ o: SchemaObject, localSQL: String?) throws -> Int64 {
+        let renames: DatabaseValue = o.columnRenames.isEmpty ? .null
+            : ChangeCapture.encodeNames(o.columnRenames.keys.sorted().flatMap { [$0, o.columnRenames[$0]!] })
+        try db.execute("""
+            INSERT INTO \(table) (type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            ON CONFLICT (type, name) DO UPDATE SET tbl_name = ?3, sql = ?4, local_sql = ?5, generation = ?6,
+                hlc = ?7, node = ?8, renamed = ?9, column_renames = ?10
+            """, [.text(o.type), .text(o.name), .text(o.tableName), o.sql.map { .text($0) } ?? .null, localSQL.map { .text($0) } ?? .null,
+                  .integer(o.generation), .integer(o.version.hlc), .integer(o.version.node),
+                  o.renamed.map { .text($0) } ?? .null, renames])
+        return try db.scalar("SELECT id FROM \(table) WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.int64 ?? 0
+    }
+
+    /// Advances the node's clock for one DDL and returns its version (the same rule the capture triggers follow).
+    static func nextVersion(_ db: Database) throws -> RowVersion {
+        let clock = quoteIdentifier(Bookkeeping.clockTable)
+        try db.execute("UPDATE \(clock) SET hlc = max(hlc + 1, \(ChangeCapture.nowMsSQL) << \(RowVersion.logicalBits))", [])
+        guard let row = try db.query("SELECT hlc, node_id FROM \(clock)").first, let hlc = row[0].int64, let node = row[1].int64 else {
+            throw CorruptBookkeeping(description: "the clock row is missing")
+        }
+        return RowVersion(hlc: hlc, node: node)
+    }
+
+    /// Compares `sqlite_schema` with what this node last saw and records every difference as DDL of this node's,
+    /// linked from the global log so it is published in order with the data written around it. `renamedTables`:
+    /// old name -> new name for the tables this install found renamed. On the first look (no state yet) every
+    /// object is recorded as pre-existing, with version zero, and nothing is published: each node has its own copy.
+    static func detect(_ db: Database, captured: [String: CapturedTable], renamedTables: [String: String], filter: TableFilter) throws {
+        let fresh = try ensureTable(db)
+        let now = try current(db, filter: filter)
+        var known: [String: (id: Int64, object: SchemaObject, localSQL: String?)] = [:]
+        for entry in try all(db) { known["\(entry.object.type)\u{0}\(entry.object.name)"] = entry }
+        var changed: [Int64] = []
+        let zero = RowVersion(hlc: 0, node: 0)
+        var seen = Set<String>()
+        for o in now {
+            let key = "\(o.type)\u{0}\(o.name)"
+            seen.insert(key)
+            let before = known[key]
+            if let before, before.localSQL == o.sql { continue }
+            if let before, before.object.sql == o.sql {
+                try store(db, before.object, localSQL: o.sql)  // now matches the replicated state (a restore created it)
+                continue
+            }
+            var object = SchemaObject(type: o.type, name: o.name, tableName: o.tableName, sql: o.sql, generation: 0, version: zero)
+            if !fresh {
+                object.version = try nextVersion(db)
+                if let before, before.localSQL != nil, before.object.sql != nil {
+                    // Existing before and not dropped since: an ALTER.
+                    object.generation = before.object.generation
+                    object.renamed = before.object.renamed
+                } else {
+                    // A CREATE: after a drop, of the next generation.
+                    object.generation = before.map { $0.object.sql == nil ? $0.object.generation + 1 : $0.object.generation } ?? 0
+                    object.renamed = renamedTables.first { $0.value == o.name }?.key
+                }
+            }
+            if o.type == "table" {
+                object.columnRenames = captured[o.name]?.currentNameOf ?? [:]
+                if let old = before?.localSQL {
+                    for (from, to) in CreateTableText.renamedColumns(from: old, to: o.sql) where object.columnRenames[from] == nil {
+                        object.columnRenames[from] = to
+                    }
+                }
+            }
+            let id = try store(db, object, localSQL: o.sql)
+            if !fresh { changed.append(id) }
+        }
+        for (key, before) in known.sorted(by: { $0.value.id < $1.value.id }) where !seen.contains(key) && before.localSQL != nil {
+            var object = before.object
+            object.sql = nil
+            object.version = try nextVersion(db)
+            object.renamed = object.type == "table" ? renamedTables[object.name] : nil
+            changed.append(try store(db, object, localSQL: nil))
+        }
+        let log = quoteIdentifier(Bookkeeping.globalLog)
+        for id in changed {
+            try db.execute("INSERT INTO \(log) (change_table_id, table_name) VALUES (?, ?)", [.integer(id), .text(Bookkeeping.ddlTable)])
+        }
+    }
+
+    /// The definition version of every table that exists in the replicated schema state, by name.
+    static func tableStates(_ db: Database) throws -> [String: SchemaObject] {
+        var out: [String: SchemaObject] = [:]
+        for entry in try all(db) where entry.object.type == "table" { out[entry.object.name] = entry.object }
+        return out
+    }
+}
+
+/// Just enough of SQLite's lexer to cut a CREATE TABLE statement into its column definitions.
+enum CreateTableText {
+    /// Each column's name and definition text as written, in order; nil when the text has no column list.
+    static func columnDefinitions(_ sql: String) -> [(name: String, text: String)]? {
+        let chars = Array(sql.unicodeScalars)
+        var i = 0, depth = 0
+        var segments: [String] = []
+        var start: Int?
+        while i < chars.count {
+            let c = chars[i]
+            switch c {
+            case "'", "\"", "`", "[":
+                let close: Unicode.Scalar = c == "[" ? "]" : c
+                i += 1
+                while i < chars.count {
+                    if chars[i] == close {
+                        if close != "]" && i + 1 < chars.count && chars[i + 1] == close { i += 2; continue }
+                        break
+                    }
+                    i += 1
+                }
+            case "-" where i + 1 < chars.count && chars[i + 1] == "-":
+                while i < chars.count && chars[i] != "\n" { i += 1 }
+            case "/" where i + 1 < chars.count && chars[i + 1] == "*":
+                i += 2
+                while i + 1 < chars.count && !(chars[i] == "*" && chars[i + 1] == "/") { i += 1 }
+                i += 1
+            case "(":
+                depth += 1
+                if depth == 1 { start = i + 1 }
+            case ")":
+                depth -= 1
+                if depth == 0, let s = start {
+                    segments.append(String(String.UnicodeScalarView(chars[s..<i])))
+                    return definitions(segments)
+                }
+            case "," where depth == 1:
+                if let s = start { segments.append(String(String.UnicodeScalarView(chars[s..<i]))) }
+                start = i + 1
+            default: break
+            }
+            i += 1
+        }
+        return nil
+    }
+
+    /// Columns renamed between two CREATE texts of one table, old name -> new name, found by their definitions: a
+    /// column only the old text has and one only the new text has, with the same definition after the name (type,
+    /// constraints, default) and no other column sharing it. This tells `DROP COLUMN a; RENAME COLUMN b TO c`, run
+    /// together, from a drop and an add, where column positions alone cannot.
+    static func renamedColumns(from oldSQL: String, to newSQL: String) -> [String: String] {
+        guard let old = columnDefinitions(oldSQL), let new = columnDefinitions(newSQL) else { return [:] }
+        func body(_ d: (name: String, text: String)) -> String {
+            var rest = Substring(d.text)
+            if let first = rest.first, "\"`['".contains(first) {
+                let close: Character = first == "[" ? "]" : first
+                rest = rest.dropFirst()
+                while let ch = rest.first {
+                    rest = rest.dropFirst()
+                    if ch == close { if close != "]", rest.first == close { rest = rest.dropFirst(); continue }; break }
+                }
+            } else {
+                rest = rest.drop { !$0.isWhitespace && $0 != "(" }
+            }
+            return String(rest).trimmingWhitespace().uppercased()
+        }
+        let oldNames = Set(old.map(\.name)), newNames = Set(new.map(\.name))
+        let gone = old.filter { !newNames.contains($0.name) }, came = new.filter { !oldNames.contains($0.name) }
+        var out: [String: String] = [:]
+        for c in came {
+            let b = body(c)
+            let candidates = gone.filter { body($0) == b }
+            guard candidates.count == 1, came.filter({ body($0) == b }).count == 1 else { continue }
+            out[candidates[0].name] = c.name
+        }
+        return out
+    }
+
+    static func definitions(_ segments: [String]) -> [(name: String, text: String)] {
+        var out: [(String, String)] = []
+        for raw in segments {
+            var text = raw.trimmingWhitespace()
+            // Comments before the name (between a comma and the column) are not part of its definition.
+            while text.hasPrefix("--") || text.hasPrefix("/*") {
+                if text.hasPrefix("--") {
+                    text = String(text.drop { $0 != "\n" }).trimmingWhitespace()
+                } else {
+                    let scalars = Array(text.unicodeScalars)
+                    var j = 2
+                    while j + 1 < scalars.count && !(scalars[j] == "*" && scalars[j + 1] == "/") { j += 1 }
+                    text = j + 2 <= scalars.count ? String(String.UnicodeScalarView(scalars[(j + 2)...])).trimmingWhitespace() : ""
+                }
+            }
+            guard let first = text.unicodeScalars.first else { continue }
+            let name: String
+            if "\"`[".unicodeScalars.contains(first) || first == "'" {
+                let close: Character = first == "[" ? "]" : Character(first)
+                var n = "", rest = text.dropFirst()
+                while let ch = rest.first {
+                    rest = rest.dropFirst()
+                    if ch == close {
+                        if close != "]", rest.first == close { n.append(ch); rest = rest.dropFirst(); continue }
+                        break
+                    }
+                    n.append(ch)
+                }
+                name = n
+            } else {
+                name = String(text.prefix { !$0.isWhitespace && $0 != "(" })
+                if ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"].contains(name.uppercased()) { break }
+            }
+            out.append((name, text))
+        }
+        return out
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
+        while let l = s.last, l.isWhitespace { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,272 @@
+import Foundation
+import HarmonyCodec
+@testable import HarmonyCore
+import HarmonySQLite
+import Testing
+
+/// The user's schema as `sqlite_schema` has it (harmonylite's own objects left out): what must be identical everywhere.
+func userSchema(_ c: TestCluster, _ i: Int) throws -> [[DatabaseValue]] {
+    try c.rows(i, """
+        SELECT type, name, tbl_name, sql FROM sqlite_schema
+        WHERE substr(name, 1, \(Bookkeeping.prefix.count)) <> '\(Bookkeeping.prefix)' AND name NOT LIKE 'sqlite_%' ORDER BY type, name
+        """)
+}
+
+func expectSameEverywhere(_ c: TestCluster, tables: [String], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    for i in c.nodes.indices.dropFirst() {
+        #expect(try userSchema(c, i) == userSchema(c, 0), "schema of node \(i + 1)", sourceLocation: sourceLocation)
+        for t in tables {
+            let sql = "SELECT * FROM \(quoteIdentifier(t)) ORDER BY 1, 2"
+            #expect(try c.rows(i, sql) == c.rows(0, sql), "rows of \(t) on node \(i + 1)", sourceLocation: sourceLocation)
+        }
+    }
+}
+
+@Suite("Replicated DDL")
+struct DDLTests {
+    static let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT);"
+
+    @Test func createTableOfEveryKindReachesTheOtherNodesWithItsRows() throws {
+        let c = try TestCluster(nodes: 3, schema: Self.schema) { $0.shards = 2 }
+        try c.apps[0].execute("""
+            CREATE TABLE strict_t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, s TEXT) STRICT;
+            CREATE TABLE "odd name" ("region code" TEXT, "id" INTEGER, payload BLOB, PRIMARY KEY ("region code", "id")) WITHOUT ROWID;
+            INSERT INTO strict_t VALUES (1, 10, 'a'), (2, 20, NULL);
+            INSERT INTO "odd name" VALUES ('eu', 1, x'00ff'), ('us', 1, NULL);
+            """)
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["strict_t", "odd name", "kv"])
+        #expect(try c.rows(2, "SELECT count(*) FROM \"odd name\"") == [[2]])
+        // The receivers capture the new tables: their writes come back.
+        try c.apps[2].execute("INSERT INTO strict_t VALUES (3, 30, 'from node 3')")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["strict_t"])
+        #expect(try c.rows(0, "SELECT s FROM strict_t WHERE id = 3") == [["from node 3"]])
+    }
+
+    @Test func alterIndexViewAndTriggerFromDifferentNodesConverge() throws {
+        let c = try TestCluster(nodes: 3, schema: Self.schema) { $0.shards = 2 }
+        for k in 1...6 { try c.apps[k % 3].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE kv ADD COLUMN extra TEXT DEFAULT 'none'")
+        try c.apps[0].execute("UPDATE kv SET extra = 'set on node 1' WHERE k = 2")
+        try c.settle()
+        try c.apps[1].execute("CREATE INDEX kv_extra ON kv (extra)")
+        try c.apps[2].execute("CREATE VIEW kv_view AS SELECT k, extra FROM kv WHERE extra <> 'none'")
+        try c.apps[2].execute("""
+            CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, k INTEGER);
+            CREATE TRIGGER kv_audit AFTER UPDATE ON kv BEGIN INSERT INTO audit (k) VALUES (NEW.k); END;
+            """)
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv", "audit"])
+        #expect(try c.rows(1, "SELECT k, extra FROM kv_view") == [[2, "set on node 1"]])
+        #expect(try c.rows(0, "SELECT count(*) FROM sqlite_schema WHERE name IN ('kv_extra', 'kv_view', 'kv_audit')") == [[3]])
+        // A user trigger fires where the application writes; its own writes replicate like any other (applying
+        // a change does not fire it again), so every node has one audit row.
+        try c.apps[1].execute("UPDATE kv SET v = 'x' WHERE k = 1")
+        try c.settle()
+        try c.apps[0].execute("UPDATE kv SET v = 'y' WHERE k = 2")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv", "audit"])
+        #expect(try c.rows(2, "SELECT k FROM audit ORDER BY id") == [[1], [2]])
+        try c.apps[2].execute("DROP INDEX kv_extra; DROP VIEW kv_view; DROP TRIGGER kv_audit;")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(0, "SELECT count(*) FROM sqlite_schema WHERE name IN ('kv_extra', 'kv_view', 'kv_audit')") == [[0]])
+    }
+
+    /// Applying a change never runs the user's triggers: only node 2 has one here (no DDL replication), and a change
+    /// from node 1 applied on node 2 leaves its audit table empty, while node 2's own write fires it.
+    @Test func applyingAChangeDoesNotFireUserTriggers() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.replicateDDL = false }
+        try c.apps[1].execute("""
+            CREATE TABLE audit (id INTEGER PRIMARY KEY, k INTEGER);
+            CREATE TRIGGER kv_audit AFTER INSERT ON kv BEGIN INSERT INTO audit (k) VALUES (NEW.k); END;
+            """)
+        try c.apps[0].execute("INSERT INTO kv VALUES (1, 'from node 1')")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT v FROM kv") == [["from node 1"]])
+        #expect(try c.rows(1, "SELECT count(*) FROM audit") == [[0]])
+        try c.apps[1].execute("INSERT INTO kv VALUES (2, 'from node 2')")
+        #expect(try c.rows(1, "SELECT k FROM audit") == [[2]])
+    }
+
+    @Test func dropAndRenameColumnRunFromTheShellOnACapturedTableAndReplicate() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, note TEXT);") { $0.shards = 2 }
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 30, 'n1'), (2, 'b', 40, 'n2')")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE users DROP COLUMN note")
+        try c.apps[0].execute("ALTER TABLE users RENAME COLUMN name TO full_name")
+        try c.apps[0].execute("INSERT INTO users VALUES (3, 'c', 50)")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["users"])
+        #expect(try c.rows(1, "SELECT id, full_name, age FROM users ORDER BY id") == [[1, "a", 30], [2, "b", 40], [3, "c", 50]])
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
+        // Node 2 writes through the renamed column: no NULLs anywhere.
+        try c.apps[1].execute("UPDATE users SET full_name = 'bee' WHERE id = 2")
+        try c.settle()
+        #expect(try c.rows(0, "SELECT full_name FROM users WHERE id = 2") == [["bee"]])
+    }
+
+    @Test func renameTableMovesEveryNodesTableWithItsRowsAndCapture() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); CREATE INDEX users_name ON users (name);")
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a'), (2, 'b')")
+        try c.settle()
+        try c.apps[1].execute("ALTER TABLE users RENAME TO members")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["members"])
+        #expect(try c.rows(0, "SELECT id FROM members ORDER BY id") == [[1], [2]])
+        #expect(try c.rows(0, "SELECT count(*) FROM sqlite_schema WHERE name = 'users'") == [[0]])
+        try c.apps[0].execute("INSERT INTO members VALUES (3, 'c')")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT id FROM members ORDER BY id") == [[1], [2], [3]])
+    }
+
+    /// One node drops a table while another still writes to it: every node ends without it, the writer's changes
+    /// are discarded and counted, and the other tables on the same shard keep replicating.
+    @Test func dropTableWhileAnotherNodeWritesToIt() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema + "CREATE TABLE tags (name TEXT PRIMARY KEY);") { $0.shards = 1 }
+        try c.apps[1].execute("INSERT INTO tags VALUES ('a')")
+        try c.apps[0].execute("DROP TABLE tags")
+        try c.publish(0)
+        try c.publish(1)
+        try c.apps[1].execute("INSERT INTO kv VALUES (1, 'still replicating')")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 'tags'") == [[0]])
+        #expect(try c.rows(0, "SELECT v FROM kv") == [["still replicating"]])
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
+        #expect(c.events[0].events.contains { if case .discarded(_, _, "tags") = $0 { return true } else { return false } })
+        // Created again under the same name: a new table, with no trace of the old one's rows or versions.
+        try c.apps[1].execute("CREATE TABLE tags (name TEXT PRIMARY KEY, color TEXT); INSERT INTO tags VALUES ('a', 'red');")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["tags"])
+        #expect(try c.rows(0, "SELECT * FROM tags") == [["a", "red"]])
+    }
+
+    /// The same migration run on every node (HarmonyLite's procedure, or a migration tool on each node) before
+    /// either saw the other's: identical text, nothing to undo, and no error anywhere.
+    @Test func theSameAddColumnOnEveryNodeIsIdempotent() throws {
+        let c = try TestCluster(nodes: 3, schema: Self.schema)
+        try c.apps[0].execute("INSERT INTO kv VALUES (1, 'a')")
+        try c.settle()
+        for i in 0..<3 {
+            try c.apps[i].execute("ALTER TABLE kv ADD COLUMN extra TEXT")
+            try c.apps[i].execute("INSERT INTO kv VALUES (\(10 + i), 'from \(i)', 'extra \(i)')")
+        }
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(0, "SELECT count(*) FROM kv WHERE extra IS NOT NULL") == [[3]])
+        #expect(c.events.allSatisfy { !$0.events.contains { if case .schemaChangeFailed = $0 { return true } else { return false } } })
+    }
+
+    /// Two nodes add the same column with different types at the same time: the later DDL wins on every node, and
+    /// the loser's rows apply under the winner's definition.
+    @Test func concurrentConflictingAddColumnResolvesByVersion() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.shards = 2 }
+        try c.apps[0].execute("ALTER TABLE kv ADD COLUMN c INTEGER")
+        try c.nodes[0].databaseChanged()
+        try c.apps[1].execute("ALTER TABLE kv ADD COLUMN c TEXT NOT NULL DEFAULT 'x'")
+        try c.nodes[1].databaseChanged()
+        try c.apps[0].execute("INSERT INTO kv VALUES (1, 'a', 5)")
+        try c.apps[1].execute("INSERT INTO kv VALUES (2, 'b', 'text')")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        let sql = try c.rows(0, "SELECT sql FROM sqlite_schema WHERE name = 'kv'")
+        #expect(sql == [["CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT, c TEXT NOT NULL DEFAULT 'x')"]] || sql == [["CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT, c INTEGER)"]])
+        #expect(try c.rows(1, "SELECT count(*) FROM kv") == [[2]])
+    }
+
+    /// The planted bug `ddl-without-rebuild` shows the rebuild is what makes the loser of that race match: without it,
+    /// the losing node keeps its own column type.
+    @Test func withoutTheRebuildTheLoserOfAConflictingAddColumnKeepsItsOwnType() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = [.ddlWithoutRebuild] }
+        try c.apps[0].execute("ALTER TABLE kv ADD COLUMN c INTEGER")
+        try c.nodes[0].databaseChanged()
+        try c.apps[1].execute("ALTER TABLE kv ADD COLUMN c TEXT NOT NULL DEFAULT 'x'")
+        try c.nodes[1].databaseChanged()
+        try c.settle()
+        #expect(try userSchema(c, 0) != userSchema(c, 1))
+    }
+
+    /// A drop is final for the table it dropped: an ALTER racing it loses whatever its version, on every node.
+    @Test func dropBeatsAConcurrentAlter() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema + "CREATE TABLE tags (name TEXT PRIMARY KEY);")
+        try c.apps[0].execute("DROP TABLE tags")
+        try c.nodes[0].databaseChanged()
+        try c.apps[1].execute("ALTER TABLE tags ADD COLUMN color TEXT")
+        try c.apps[1].execute("INSERT INTO tags VALUES ('a', 'red')")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 'tags'") == [[0]])
+    }
+
+    /// Rows written after an ALTER travel on another stream than the DDL: a receiver holds them until the DDL
+    /// is here, so they apply under the schema they were written in (never with a column cut off).
+    @Test func rowsUnderANewerDefinitionWaitForIt() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.shards = 4 }
+        try c.apps[0].execute("ALTER TABLE kv ADD COLUMN extra TEXT")
+        for k in 1...20 { try c.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v', 'e\(k)')") }
+        try c.publish(0)
+        // Deliver the data streams first, the DDL's stream (shard 1) last.
+        for shard in [2, 3, 4] {
+            let batch = c.streams.messages(shard: shard, from: 1)
+            if !batch.isEmpty { try c.nodes[1].messagesArrived(shard: shard, batch) }
+        }
+        #expect(try c.rows(1, "SELECT count(*) FROM kv") != [[20]])
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(1, "SELECT count(*) FROM kv WHERE extra IS NULL") == [[0]])
+    }
+
+    /// What existed before capture was installed is each node's own: nothing is published for it.
+    @Test func preExistingObjectsAreNotPublished() throws {
+        let c = try TestCluster(nodes: 1, schema: Self.schema + "CREATE INDEX kv_v ON kv (v);")
+        try c.publish(0)
+        #expect(c.streams.messages(shard: 1).isEmpty)
+        let states = try SchemaObjects.all(c.apps[0]).map(\.object)
+        #expect(states.map(\.name).sorted() == ["kv", "kv_v"] && states.allSatisfy { $0.version == RowVersion(hlc: 0, node: 0) })
+    }
+
+    @Test func replicateDDLFalsePublishesNoDDL() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.replicateDDL = false }
+        try c.apps[0].execute("CREATE TABLE other (id INTEGER PRIMARY KEY)")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 'other'") == [[0]])
+        #expect(try !c.apps[0].tableExists(Bookkeeping.ddlTable))
+    }
+
+    /// A node restoring a snapshot taken at a newer schema adopts it first (the snapshot carries the schema state),
+    /// instead of refusing and waiting for a migration by hand.
+    @Test func restoreBringsTheSnapshotsSchema() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema)
+        try c.apps[0].execute("ALTER TABLE kv ADD COLUMN z TEXT; CREATE INDEX kv_z ON kv (z);")
+        for k in 1...3 { try c.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v', 'z\(k)')") }
+        try c.publish(0)
+        try c.deliver(0)
+        let path = c.directory.appendingPathComponent("newer.db").path
+        guard case .taken(let info) = try c.nodes[0].takeSnapshot(to: path) else { Issue.record("no snapshot"); return }
+        c.streams.truncate(shard: 1, before: (info.sequences.values.first ?? 0) + 1)
+        try c.nodes[1].timerFired(.cleanup)
+        c.answerStreamStates(1)
+        #expect(c.nodes[1].restoreNeeded)
+        try c.nodes[1].snapshotReady(at: path)
+        #expect(!c.nodes[1].restoreNeeded)
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(1, "SELECT z FROM kv ORDER BY k") == [["z1"], ["z2"], ["z3"]])
+    }
+}
+
+@Suite("CREATE TABLE text")
+struct CreateTableTextTests {
+    @Test func columnDefinitionsAreCutAtTopLevelCommasOnly() {
+        let defs = CreateTableText.columnDefinitions("""
+            CREATE TABLE "t(1)" (a INTEGER PRIMARY KEY, "b,c" TEXT DEFAULT 'x,y', [d] NUMERIC(10, 2) CHECK (d > 0), -- a, comment
+              e /* , */ BLOB, CONSTRAINT u UNIQUE (a, e))
+            """)
+        #expect(defs?.map(\.name) == ["a", "b,c", "d", "e"])
+        #expect(defs?[2].text == "[d] NUMERIC(10, 2) CHECK (d > 0)")
+        #expect(CreateTableText.columnDefinitions("CREATE TABLE t AS SELECT 1") == nil)
+    }
+}
