@@ -61,16 +61,9 @@ extension ReplicationNode {
             events.append(.applied(shard: shard, sequence: message.sequence, table: Bookkeeping.ddlTable, version: record.version, won: false))
             return .consumed
         }
-        try db.execute("SAVEPOINT harmonylite_ddl", [])
-        var failure: String?
-        do {
-            try execute(db, incoming)
-        } catch {
-            try db.execute("ROLLBACK TO harmonylite_ddl", [])
-            failure = (error as? SQLiteError)?.message ?? "\(error)"
-        }
-        try db.execute("RELEASE harmonylite_ddl", [])
-        let now = try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(incoming.type), .text(incoming.name)])?.string
+        let attempted = try attempt(db, incoming)
+        let now = attempted.now
+        var failure = attempted.failure
         var stored = incoming
         if failure != nil, ["index", "trigger"].contains(incoming.type), incoming.sql != nil, try !db.tableExists(incoming.tableName) {
             // Made on a table that was dropped here meanwhile: it went with that table, as on the nodes that had it.
@@ -107,16 +100,25 @@ extension ReplicationNode {
             WHERE sql IS NOT NULL AND local_sql IS NOT sql ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, id
             """).map(SchemaObjects.object)
         for entry in unapplied {
-            try db.execute("SAVEPOINT harmonylite_retry", [])
-            do {
-                try execute(db, entry.object)
-                let now = try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(entry.object.type), .text(entry.object.name)])?.string
-                try SchemaObjects.store(db, entry.object, localSQL: now)
-            } catch {
-                try db.execute("ROLLBACK TO harmonylite_retry", [])
-            }
-            try db.execute("RELEASE harmonylite_retry", [])
+            let (now, failure) = try attempt(db, entry.object)
+            if failure == nil { try SchemaObjects.store(db, entry.object, localSQL: now) }
         }
+    }
+
+    /// Runs one definition inside a savepoint (undone if SQLite refuses it); returns the object's `sqlite_schema`
+    /// text afterwards and SQLite's reason when it refused.
+    func attempt(_ db: Database, _ o: SchemaObject) throws -> (now: String?, failure: String?) {
+        try db.execute("SAVEPOINT harmonylite_ddl", [])
+        var failure: String?
+        do {
+            try execute(db, o)
+        } catch {
+            try db.execute("ROLLBACK TO harmonylite_ddl", [])
+            failure = (error as? SQLiteError)?.message ?? "\(error)"
+        }
+        try db.execute("RELEASE harmonylite_ddl", [])
+        let now = try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.string
+        return (now, failure)
     }
 
     /// Makes this database's object match `o`'s definition exactly (`sqlite_schema` text included).

@@ -248,15 +248,8 @@ extension ReplicationNode {
                 let o = entry.object
                 guard config.tables.admits(o.type == "view" ? o.name : o.tableName) else { continue }
                 if let local = try SchemaObjects.load(db, type: o.type, name: o.name), !SchemaObject.outranks(o, local.object) { continue }
-                try db.execute("SAVEPOINT harmonylite_ddl", [])
-                do {
-                    try execute(db, o)
-                } catch {
-                    try db.execute("ROLLBACK TO harmonylite_ddl", [])
-                    events.append(.schemaChangeFailed(shard: 0, sequence: 0, object: o.description, error: (error as? SQLiteError)?.message ?? "\(error)"))
-                }
-                try db.execute("RELEASE harmonylite_ddl", [])
-                let now = try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.string
+                let (now, failure) = try attempt(db, o)
+                if let failure { events.append(.schemaChangeFailed(shard: 0, sequence: 0, object: o.description, error: failure)) }
                 try SchemaObjects.store(db, o, localSQL: now)
             }
             try refreshCapture()
