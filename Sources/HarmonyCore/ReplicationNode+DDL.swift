@@ -10,8 +10,7 @@ extension ReplicationNode {
     func definitionRecord(id: Int64) throws -> ChangeRecord? {
         guard let o = try SchemaObjects.load(requireDatabase(), id: id) else { return nil }
         func text(_ s: String?) -> DatabaseValue { s.map { .text($0) } ?? .null }
-        let renames: DatabaseValue = o.columnRenames.isEmpty ? .null
-            : ChangeCapture.encodeNames(o.columnRenames.keys.sorted().flatMap { [$0, o.columnRenames[$0]!] })
+        let renames = SchemaObjects.encodeRenames(o.columnRenames)
         let key = [ChangeRecord.Column("type", .text(o.type)), ChangeRecord.Column("name", .text(o.name))]
         return ChangeRecord(originNode: config.nodeID, table: Bookkeeping.ddlTable, operation: .upsert, primaryKey: key,
                             row: key + [ChangeRecord.Column("tbl_name", .text(o.tableName)), ChangeRecord.Column("sql", text(o.sql)),
@@ -28,11 +27,7 @@ extension ReplicationNode {
         else { throw ShapeMismatch(description: "schema change without a valid type, name, table or generation") }
         let sql = value("sql").string
         if let sql, !sql.uppercased().hasPrefix("CREATE ") { throw ShapeMismatch(description: "schema change for \(quoteIdentifier(name)) is not a CREATE statement") }
-        var renames: [String: String] = [:]
-        if case .blob = value("column_renames") {
-            let names = try ChangeCapture.decodeNames(value("column_renames"))
-            for i in stride(from: 0, to: names.count - 1, by: 2) { renames[names[i]] = names[i + 1] }
-        }
+        let renames = try SchemaObjects.decodeRenames(value("column_renames"))
         return SchemaObject(type: type, name: name, tableName: table, sql: sql, generation: generation,
                             version: r.version, renamed: value("renamed").string, columnRenames: renames)
     }
@@ -117,7 +112,7 @@ extension ReplicationNode {
             failure = (error as? SQLiteError)?.message ?? "\(error)"
         }
         try db.execute("RELEASE harmonylite_ddl", [])
-        let now = try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.string
+        let now = try SchemaObjects.currentSQL(db, type: o.type, name: o.name)
         return (now, failure)
     }
 
@@ -134,7 +129,7 @@ extension ReplicationNode {
 
     func executeDefinition(_ db: Database, _ o: SchemaObject) throws {
         let q = quoteIdentifier
-        let existing = try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.string
+        let existing = try SchemaObjects.currentSQL(db, type: o.type, name: o.name)
         guard let sql = o.sql else {
             if o.type == "table", let to = o.renamed, existing != nil, try !db.tableExists(to) {
                 try db.execute("ALTER TABLE \(q(o.name)) RENAME TO \(q(to))")  // the rename's other half may not be here yet
@@ -165,7 +160,7 @@ extension ReplicationNode {
     /// the same way on every node). If the result is not the target's exact text, the table is rebuilt.
     func transformTable(_ db: Database, _ table: String, to target: String, columnRenames: [String: String]) throws {
         let q = quoteIdentifier
-        func localSQL() throws -> String? { try db.scalar("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", [.text(table)])?.string }
+        func localSQL() throws -> String? { try SchemaObjects.currentSQL(db, type: "table", name: table) }
         if try localSQL() == target { return }
         if let definitions = CreateTableText.columnDefinitions(target) {
             try db.execute("SAVEPOINT harmonylite_alter", [])

@@ -79,16 +79,30 @@ public enum SchemaObjects {
     }
 
     static func object(_ row: [DatabaseValue]) throws -> (id: Int64, object: SchemaObject, localSQL: String?) {
-        var renames: [String: String] = [:]
-        if case .blob = row[10] {
-            let names = try ChangeCapture.decodeNames(row[10])
-            for pair in stride(from: 0, to: names.count - 1, by: 2) { renames[names[pair]] = names[pair + 1] }
-        }
+        let renames = try decodeRenames(row[10])
         let object = SchemaObject(type: row[1].string ?? "", name: row[2].string ?? "", tableName: row[3].string ?? "", sql: row[4].string,
                                   generation: row[6].int64 ?? 0,
                                   version: RowVersion(hlc: row[7].int64 ?? 0, node: row[8].int64 ?? 0),
                                   renamed: row[9].string, columnRenames: renames)
         return (row[0].int64 ?? 0, object, row[5].string)
+    }
+
+    /// Column renames as stored and sent: old, new, old, new... in old-name order (null when none).
+    static func encodeRenames(_ renames: [String: String]) -> DatabaseValue {
+        renames.isEmpty ? .null : ChangeCapture.encodeNames(renames.keys.sorted().flatMap { [$0, renames[$0]!] })
+    }
+
+    static func decodeRenames(_ value: DatabaseValue) throws -> [String: String] {
+        guard case .blob = value else { return [:] }
+        let names = try ChangeCapture.decodeNames(value)
+        var renames: [String: String] = [:]
+        for i in stride(from: 0, to: names.count - 1, by: 2) { renames[names[i]] = names[i + 1] }
+        return renames
+    }
+
+    /// The object's `CREATE` text in this database now; nil when it does not exist.
+    static func currentSQL(_ db: Database, type: String, name: String) throws -> String? {
+        try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(type), .text(name)])?.string
     }
 
     static let columns = "id, type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames"
@@ -110,8 +124,7 @@ public enum SchemaObjects {
     /// Writes an object's state; returns its row id.
     @discardableResult
     static func store(_ db: Database, _ o: SchemaObject, localSQL: String?) throws -> Int64 {
-        let renames: DatabaseValue = o.columnRenames.isEmpty ? .null
-            : ChangeCapture.encodeNames(o.columnRenames.keys.sorted().flatMap { [$0, o.columnRenames[$0]!] })
+        let renames = encodeRenames(o.columnRenames)
         try db.execute("""
             INSERT INTO \(table) (type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
