@@ -252,9 +252,14 @@ struct PlantedBugsCommand: ParsableCommand {
         ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
         ("backfill-at-current-time", "operations.toml"),
         ("pause-on-older-unknown-schema", "operations.toml"),
-        ("ddl-last-arrival-wins", "ddl.toml"),
-        ("ddl-drop-not-final", "ddl.toml"),
-        ("apply-newer-definition-stripped", "ddl.toml"),
+        ("ddl-last-arrival-wins", "ddl-races.toml"),
+        ("ddl-drop-not-final", "ddl-races.toml"),
+        ("apply-newer-definition-stripped", "ddl-races.toml"),
+        ("lost-rename-drops-column", "ddl-races.toml"),
+        ("apply-unseen-definition-stripped", "ddl-races.toml"),
+        ("generation-jump-keeps-rows", "ddl-races.toml"),
+        ("concurrent-drop-undone", "ddl-races.toml"),
+        ("recreated-table-seen-as-alter", "ddl-races.toml"),
     ]
 
     func run() throws {

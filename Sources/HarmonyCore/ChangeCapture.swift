@@ -114,7 +114,7 @@ public enum ChangeCapture {
     /// re-installs after applying remote DDL).
     @discardableResult
     public static func install(_ db: Database, nodeID: Int64, filter: TableFilter, refuseKeyless: Bool = true,
-                               replicateDDL: Bool = false, plantedBugs: PlantedBugs = [],
+                               replicateDDL: Bool = false, findRecreated: Bool = true, plantedBugs: PlantedBugs = [],
                                skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
         let body = { () throws -> [String: CapturedTable] in
             // Renaming bookkeeping tables and columns must not re-check the user's views and triggers: one view that
@@ -129,13 +129,25 @@ public enum ChangeCapture {
             for schema in schemas {
                 for old in try adoptRenamedTable(db, schema.name) { renamedTables[old] = schema.name }
             }
+            // A captured table without its capture triggers was dropped and created again since the last install (the
+            // DROP took the triggers; an ALTER never does): a new table, whose old versions and history must go.
+            var recreated = Set<String>()
+            if replicateDDL && findRecreated && !plantedBugs.contains(.recreatedTableSeenAsAlter) {
+                for schema in schemas where !renamedTables.values.contains(schema.name) {
+                    guard try db.tableExists(Bookkeeping.versionTable(schema.name)),
+                          try db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name = ? AND tbl_name = ?",
+                                        [.text(Bookkeeping.trigger(schema.name, "insert")), .text(schema.name)])?.int64 == 0 else { continue }
+                    recreated.insert(schema.name)
+                    try forgetChangeLog(db, schema.name)
+                }
+            }
             try dropTriggers(db, except: Set(schemas.map(\.name)))
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {
                 captured[schema.name] = try installTable(db, schema, plantedBugs: plantedBugs)
             }
             if replicateDDL {
-                try SchemaObjects.detect(db, captured: captured, renamedTables: renamedTables, filter: filter)
+                try SchemaObjects.detect(db, captured: captured, renamedTables: renamedTables, recreated: recreated, filter: filter, plantedBugs: plantedBugs)
                 try forgetDroppedTables(db)
             }
             db.clearStatementCache()
@@ -151,11 +163,21 @@ public enum ChangeCapture {
             SELECT DISTINCT table_name FROM \(q(Bookkeeping.schemaTable))
             WHERE table_name NOT IN (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY table_name
             """).compactMap { $0[0].string }
-        for table in gone {
-            for name in [Bookkeeping.versionTable(table), Bookkeeping.changeLog(table)] where try db.tableExists(name) {
-                try db.execute("DROP TABLE \(q(name))")
-            }
+        for table in gone { try forgetChangeLog(db, table) }
+    }
+
+    /// Drops a table's version table and change log, and detaches its global-log entries from the change-log ids:
+    /// a change log made again under the name counts from 1, and an old entry must never name (and let the
+    /// cleanup delete, or the publisher skip) a new row.
+    static func forgetChangeLog(_ db: Database, _ table: String) throws {
+        for name in [Bookkeeping.versionTable(table), Bookkeeping.changeLog(table)] where try db.tableExists(name) {
+            try db.execute("DROP TABLE \(q(name))")
         }
+        try detachGlobalLog(db, table)
+    }
+
+    static func detachGlobalLog(_ db: Database, _ table: String) throws {
+        try db.execute("UPDATE \(q(Bookkeeping.globalLog)) SET state = 1, change_table_id = 0 WHERE table_name = ?", [.text(table)])
     }
 
     /// After `ALTER TABLE old RENAME TO new`, SQLite moved old's triggers onto new (names unchanged): the table's
@@ -181,7 +203,7 @@ public enum ChangeCapture {
             adopted.append(old)
             // History and unsent entries under the new name belong to an earlier table of that name, dropped since.
             try db.execute("DELETE FROM \(q(Bookkeeping.schemaTable)) WHERE table_name = ?", [.text(table)])
-            try db.execute("UPDATE \(q(Bookkeeping.globalLog)) SET state = 1 WHERE table_name = ? AND state = 0", [.text(table)])
+            try detachGlobalLog(db, table)
             for (from, to) in [(Bookkeeping.changeLog(old), Bookkeeping.changeLog(table)), (Bookkeeping.versionTable(old), Bookkeeping.versionTable(table))]
             where try db.tableExists(from) && !db.tableExists(to) {
                 try db.execute("ALTER TABLE \(q(from)) RENAME TO \(q(to))")
@@ -217,7 +239,13 @@ public enum ChangeCapture {
 
     static func installTable(_ db: Database, _ schema: TableSchema, plantedBugs: PlantedBugs = []) throws -> CapturedTable {
         precondition(!schema.primaryKey.isEmpty && db.isInTransaction, "capture is installed for keyed tables, in one transaction")
-        let known = try epochs(db, table: schema.name)
+        var known = try epochs(db, table: schema.name)
+        if !known.isEmpty, try !db.tableExists(Bookkeeping.changeLog(schema.name)) {
+            // Made again after a drop (its change log went with it): a new table. Linking its columns to the dropped
+            // one's last epoch would invent renames.
+            try db.execute("DELETE FROM \(q(Bookkeeping.schemaTable)) WHERE table_name = ?", [.text(schema.name)])
+            known = []
+        }
         let latest = known.first
         var epoch = latest?.epoch ?? 0
         var previousHash = known.count > 1 ? known[1].hash : nil

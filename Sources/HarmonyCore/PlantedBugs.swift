@@ -1,8 +1,8 @@
 /// Known-wrong behaviours the simulator switches on to prove its checkers catch them.
 /// All are off in production; each is tested only through `harmonysim`'s planted-bug suite.
 public struct PlantedBugs: OptionSet, Sendable, Hashable {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
 
     /// Apply every change as it arrives, ignoring versions (last-arrival-wins).
     public static let applyInArrivalOrder = PlantedBugs(rawValue: 1 << 0)
@@ -52,6 +52,20 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let applyNewerDefinitionStripped = PlantedBugs(rawValue: 1 << 23)
     /// Let a later ALTER beat a DROP of the same table: a node that altered it re-creates a table the others dropped.
     public static let ddlDropNotFinal = PlantedBugs(rawValue: 1 << 24)
+    /// Treat a column renamed here by a concurrent rename that lost as unknown: drop it, add the winner's empty.
+    public static let lostRenameDropsColumn = PlantedBugs(rawValue: 1 << 25)
+    /// Apply a row under a definition not seen here (another stream has it) at once, leaving out columns unknown here.
+    public static let applyUnseenDefinitionStripped = PlantedBugs(rawValue: 1 << 26)
+    /// Drop a table renamed elsewhere onto a name that is another table here, instead of merging its rows in.
+    public static let renameOntoTableDropsRows = PlantedBugs(rawValue: 1 << 27)
+    /// Apply a later generation of a table (dropped and made again elsewhere) onto the old one, keeping its rows.
+    public static let generationJumpKeepsRows = PlantedBugs(rawValue: 1 << 28)
+    /// Let a later concurrent ALTER bring back, empty, a column this node dropped (whole-table LWW only).
+    public static let concurrentDropUndone = PlantedBugs(rawValue: 1 << 29)
+    /// Read a table dropped and created again between two looks as an ALTER of the old one (its rows kept elsewhere).
+    public static let recreatedTableSeenAsAlter = PlantedBugs(rawValue: 1 << 30)
+    /// Take a rename seen together with an ADD of the same type for a DROP plus two ADDs (the values lost elsewhere).
+    public static let ambiguousRenameDropsValues = PlantedBugs(rawValue: 1 << 31)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -78,6 +92,13 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("ddl-without-rebuild", .ddlWithoutRebuild),
         ("apply-newer-definition-stripped", .applyNewerDefinitionStripped),
         ("ddl-drop-not-final", .ddlDropNotFinal),
+        ("lost-rename-drops-column", .lostRenameDropsColumn),
+        ("apply-unseen-definition-stripped", .applyUnseenDefinitionStripped),
+        ("rename-onto-table-drops-rows", .renameOntoTableDropsRows),
+        ("generation-jump-keeps-rows", .generationJumpKeepsRows),
+        ("concurrent-drop-undone", .concurrentDropUndone),
+        ("recreated-table-seen-as-alter", .recreatedTableSeenAsAlter),
+        ("ambiguous-rename-drops-values", .ambiguousRenameDropsValues),
     ]
 }
 

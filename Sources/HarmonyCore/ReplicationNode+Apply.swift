@@ -110,7 +110,11 @@ extension ReplicationNode {
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
         // Rows held back for a definition may fit now: ask for them again at once instead of after the pause delay.
-        if events.contains(where: { if case .schemaChangeApplied = $0 { return true } else { return false } }) {
+        if events.contains(where: {
+            if case .schemaChangeApplied = $0 { return true }
+            if case .applied(_, _, Bookkeeping.ddlTable, _, _) = $0 { return true }  // a losing definition adds its names too
+            return false
+        }) {
             for other in pausedShards.keys.sorted() where other != shard { env.log.subscribe(shard: other, fromSequence: checkpoint(other) + 1) }
         }
         // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides.
@@ -200,7 +204,14 @@ extension ReplicationNode {
         let fits = !config.plantedBugs.contains(.pauseOnOlderUnknownSchema) && Self.fitsWithin(record, table.schema)
         // With replicated DDL a row under a newer definition waits for it (its DDL is on its way), so it applies
         // under the schema it was written in; one under an older or losing definition applies mapped.
-        if standing == .newer && !sameSchema { return .paused(table: record.table, remoteHash: record.schemaHash) }
+        // A row of a table created again (a later generation) waits even with the same columns: the old table here
+        // is about to be dropped, with whatever applied to it.
+        let laterGeneration = (record.definition?.generation ?? 0) > (tableStates[record.table]?.generation ?? Int64.max)
+            && !config.plantedBugs.contains(.applyNewerDefinitionStripped)
+        if standing == .newer && (!sameSchema || laterGeneration) { return .paused(table: record.table, remoteHash: record.schemaHash) }
+        if standing == .older && !sameSchema && writtenUnderUnseenDefinition(record, table) {
+            return .paused(table: record.table, remoteHash: record.schemaHash)
+        }
         guard sameSchema || table.olderHashes.contains(record.schemaHash) || fits || standing == .older else {
             if config.plantedBugs.contains(.ackSchemaMismatch) { return .consumed }
             return .paused(table: record.table, remoteHash: record.schemaHash)
@@ -208,7 +219,7 @@ extension ReplicationNode {
         let change: ResolvedChange
         do {
             // Renamed columns: as this node's own schema history saw them, and as the DDL's author recorded them.
-            let renamed = sameSchema ? [:] : table.currentNameOf.merging(tableStates[record.table]?.columnRenames ?? [:]) { mine, _ in mine }
+            let renamed = sameSchema ? [:] : renames(of: record.table, table)
             change = try resolve(record, against: table.schema, strict: sameSchema, currentNameOf: renamed)
         } catch {
             try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "\(error)", events: &events)
@@ -226,6 +237,24 @@ extension ReplicationNode {
             try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "cannot apply to \(quoteIdentifier(record.table)): \(error.message)", events: &events)
         }
         return .consumed
+    }
+
+    /// A row under an older definition that names a column this node never saw in any definition of the table:
+    /// that definition (a concurrent rename that lost here, on another stream) has not arrived, and applying now
+    /// would drop the value. It waits for it. Definitions of version zero were never sent; nothing to wait for.
+    func writtenUnderUnseenDefinition(_ record: ChangeRecord, _ table: CapturedTable) -> Bool {
+        guard !config.plantedBugs.contains(.applyUnseenDefinitionStripped), let theirs = record.definition,
+              theirs.version != RowVersion(hlc: 0, node: 0), let state = tableStates[record.table] else { return false }
+        return record.row.contains { column in
+            !table.schema.columns.contains(column.name) && state.columnRenames[column.name] == nil && !state.knownColumns.contains(column.name)
+        }
+    }
+
+    /// Old -> current column names for rows under older schemas: with replicated DDL, the schema state's (what each
+    /// DDL's author recorded, and losing renames' names); otherwise this node's schema history.
+    func renames(of name: String, _ table: CapturedTable) -> [String: String] {
+        if config.replicateDDL, let state = tableStates[name] { return state.columnRenames }
+        return table.currentNameOf
     }
 
     /// A change from a schema this node does not know (not even in its history), whose every column this table has

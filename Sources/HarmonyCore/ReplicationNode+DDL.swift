@@ -15,7 +15,8 @@ extension ReplicationNode {
         return ChangeRecord(originNode: config.nodeID, table: Bookkeeping.ddlTable, operation: .upsert, primaryKey: key,
                             row: key + [ChangeRecord.Column("tbl_name", .text(o.tableName)), ChangeRecord.Column("sql", text(o.sql)),
                                         ChangeRecord.Column("generation", .integer(o.generation)),
-                                        ChangeRecord.Column("renamed", text(o.renamed)), ChangeRecord.Column("column_renames", renames)],
+                                        ChangeRecord.Column("renamed", text(o.renamed)), ChangeRecord.Column("column_renames", renames)]
+                                    + (o.basedOn.map { [ChangeRecord.Column("based_hlc", .integer($0.hlc)), ChangeRecord.Column("based_node", .integer($0.node))] } ?? []),
                             version: o.version, schemaHash: Self.definitionSchemaHash)
     }
 
@@ -28,8 +29,10 @@ extension ReplicationNode {
         let sql = value("sql").string
         if let sql, !sql.uppercased().hasPrefix("CREATE ") { throw ShapeMismatch(description: "schema change for \(quoteIdentifier(name)) is not a CREATE statement") }
         let renames = try SchemaObjects.decodeRenames(value("column_renames"))
-        return SchemaObject(type: type, name: name, tableName: table, sql: sql, generation: generation,
-                            version: r.version, renamed: value("renamed").string, columnRenames: renames)
+        var o = SchemaObject(type: type, name: name, tableName: table, sql: sql, generation: generation,
+                             version: r.version, renamed: value("renamed").string, columnRenames: renames)
+        if let hlc = value("based_hlc").int64, let node = value("based_node").int64 { o.basedOn = RowVersion(hlc: hlc, node: node) }
+        return o
     }
 
     /// One schema change from another node, inside the apply transaction. It runs only if it outranks what this
@@ -53,6 +56,18 @@ extension ReplicationNode {
                 : SchemaObject.outranks(incoming, local.object)
         } ?? true
         guard wins || config.plantedBugs.contains(.ddlLastArrivalWins) else {
+            if let local, local.object.type == "table", local.object.generation == incoming.generation,
+               !config.plantedBugs.contains(.lostRenameDropsColumn) {
+                // A losing rename's names still lead to the winner's columns, for the rows written under it; rows
+                // waiting for this definition (they name its columns) can now apply.
+                var kept = local.object
+                kept.columnRenames = SchemaObjects.mergedRenames(winner: local.object, loser: incoming)
+                kept.knownColumns.formUnion(SchemaObjects.columnNames(incoming.sql))
+                if kept != local.object {
+                    try SchemaObjects.store(db, kept, localSQL: local.localSQL)
+                    tableStates[kept.name] = try SchemaObjects.load(db, type: "table", name: kept.name)?.object
+                }
+            }
             events.append(.applied(shard: shard, sequence: message.sequence, table: Bookkeeping.ddlTable, version: record.version, won: false))
             return .consumed
         }
@@ -60,6 +75,7 @@ extension ReplicationNode {
         let now = attempted.now
         var failure = attempted.failure
         var stored = incoming
+        if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
         if failure != nil, ["index", "trigger"].contains(incoming.type), incoming.sql != nil, try !db.tableExists(incoming.tableName) {
             // Made on a table that was dropped here meanwhile: it went with that table, as on the nodes that had it.
             stored.sql = nil
@@ -73,11 +89,20 @@ extension ReplicationNode {
                 WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL
                 """, [.integer(incoming.version.hlc), .integer(incoming.version.node), .text(incoming.name)])
         }
+        if failure == nil, let local { try keepConcurrentDrops(db, winner: incoming, over: local.object) }
+        if failure == nil, incoming.type == "table", incoming.sql != nil, let local, local.localSQL != nil, incoming.generation > local.object.generation {
+            // The old table went, with its indexes and triggers; those the state still holds come back on the new one.
+            for dependent in try SchemaObjects.all(db).map(\.object)
+            where ["index", "trigger"].contains(dependent.type) && dependent.tableName == incoming.name && dependent.sql != nil {
+                let remade = try attempt(db, dependent)
+                if remade.failure == nil { try SchemaObjects.store(db, dependent, localSQL: remade.now) }
+            }
+        }
         if failure == nil { try retryUnappliedDefinitions(db) }
         // Side effects on other objects (a view that named a renamed table, rewritten by SQLite) are found by the
         // re-install as DDL of this node's and published: every node that saw the same side effect publishes the
         // same text, and a node that did not (the object was made elsewhere after the rename) receives it.
-        try refreshCapture()
+        try refreshCapture(afterOwnDDL: true)
         if let failure, now != stored.sql {
             events.append(.schemaChangeFailed(shard: shard, sequence: message.sequence, object: incoming.description, error: failure))
         } else {
@@ -85,6 +110,65 @@ extension ReplicationNode {
                                                dropped: incoming.sql == nil, version: incoming.version))
         }
         return .consumed
+    }
+
+    /// A table renamed on another node onto a name that is another table here (made here meanwhile): its rows join
+    /// that table by last-writer-wins, row versions and tombstones kept, which is what the renaming node does when
+    /// this node's rows of that name reach it. Old -> new is recorded as an alias, so rows still sent to the old
+    /// name follow. False when the two keys differ (nothing to merge by): the old table is then only dropped.
+    func mergeRows(_ db: Database, from source: String, into target: String) throws -> Bool {
+        guard let from = captured[source]?.schema, let to = captured[target]?.schema, from.primaryKey == to.primaryKey else { return false }
+        let q = quoteIdentifier
+        let n = from.primaryKey.count
+        let keyList = from.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
+        let entries = try db.query("SELECT \(keyList), hlc, node, deleted FROM \(q(Bookkeeping.versionTable(source))) ORDER BY \(keyList)")
+        let rowSQL = rowReadSQL(from).row
+        for entry in entries {
+            let keyValues = Array(entry.prefix(n))
+            guard let hlc = entry[n].int64, let node = entry[n + 1].int64 else { continue }
+            let key = zip(from.primaryKey, keyValues).map { ChangeRecord.Column($0, $1) }
+            var record = ChangeRecord(originNode: node, table: target, operation: .delete, primaryKey: key, row: [],
+                                      version: RowVersion(hlc: hlc, node: node), schemaHash: from.hash)
+            if entry[n + 2].int64 != 1 {
+                guard let values = try db.query(rowSQL, keyValues).first else { continue }
+                record.operation = .upsert
+                record.row = zip(from.columns, values).map { ChangeRecord.Column($0, $1) }
+            }
+            _ = try applyLWW(db, try resolve(record, against: to, strict: false))
+        }
+        let aliases = q(Bookkeeping.aliasTable)
+        try db.execute("INSERT INTO \(aliases) (old_name, table_name) VALUES (?, ?) ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name",
+                       [.text(source), .text(target)])
+        try db.execute("UPDATE \(aliases) SET table_name = ? WHERE table_name = ?", [.text(target), .text(source)])
+        return true
+    }
+
+    /// DROP COLUMN is final against a concurrent ALTER of the table. Whole-table last-writer-wins alone would let a
+    /// later concurrent ALTER bring back, empty, a column this node dropped (with its values) while nodes that
+    /// never dropped it keep theirs. So a winning definition made without this node's (not based on it) that has a
+    /// column this node knew and no longer has is followed here by that column's DROP again, as this node's own
+    /// DDL: it outranks the winner, and every node ends without the column.
+    func keepConcurrentDrops(_ db: Database, winner: SchemaObject, over local: SchemaObject) throws {
+        guard winner.type == "table", let winnerSQL = winner.sql, let localSQL = local.sql, winner.generation == local.generation,
+              let basedOn = winner.basedOn, basedOn != local.version, !config.plantedBugs.contains(.concurrentDropUndone) else { return }
+        let q = quoteIdentifier
+        let mine = Set(SchemaObjects.columnNames(localSQL))
+        // A winner's column whose name, or any name it had (a concurrent rename of the dropped column), is gone here
+        // without having been renamed here.
+        let dropped = SchemaObjects.columnNames(winnerSQL).filter { column in
+            !mine.contains(column) && SchemaObjects.lineage(of: column, winner.columnRenames).contains { name in
+                local.knownColumns.contains(name) && !mine.contains(name) && local.columnRenames[name] == nil
+            }
+        }
+        for column in dropped {
+            try db.execute("SAVEPOINT harmonylite_redrop", [])
+            do {
+                try db.execute("ALTER TABLE \(q(winner.name)) DROP COLUMN \(q(column))")
+            } catch let error as SQLiteError where !error.isTransientStorageFailure {
+                try db.execute("ROLLBACK TO harmonylite_redrop", [])  // a key or indexed column: left as the winner has it
+            }
+            try db.execute("RELEASE harmonylite_redrop", [])
+        }
     }
 
     /// Objects whose winning definition SQLite refused earlier (an index that arrived before its table's rename, a
@@ -129,11 +213,21 @@ extension ReplicationNode {
 
     func executeDefinition(_ db: Database, _ o: SchemaObject) throws {
         let q = quoteIdentifier
-        let existing = try SchemaObjects.currentSQL(db, type: o.type, name: o.name)
+        var existing = try SchemaObjects.currentSQL(db, type: o.type, name: o.name)
+        if existing != nil, let before = try SchemaObjects.load(db, type: o.type, name: o.name)?.object, o.generation > before.generation,
+           !config.plantedBugs.contains(.generationJumpKeepsRows) {
+            // Dropped and made again elsewhere, the DROP superseded before it was sent: this one goes first, rows and all.
+            try db.execute("DROP \(o.type.uppercased()) \(q(o.name))")
+            if o.type == "table" { try ChangeCapture.forgetChangeLog(db, o.name) }
+            existing = nil
+        }
         guard let sql = o.sql else {
             if o.type == "table", let to = o.renamed, existing != nil, try !db.tableExists(to) {
                 try db.execute("ALTER TABLE \(q(o.name)) RENAME TO \(q(to))")  // the rename's other half may not be here yet
             } else if existing != nil {
+                if o.type == "table", let to = o.renamed, !config.plantedBugs.contains(.renameOntoTableDropsRows) {
+                    _ = try mergeRows(db, from: o.name, into: to)
+                }
                 try db.execute("DROP \(o.type.uppercased()) \(q(o.name))")
             }
             return
@@ -144,31 +238,44 @@ extension ReplicationNode {
             try db.execute(sql)
             return
         }
+        // The names this node's own renames gave the columns (a concurrent rename that lost is undone, not dropped).
+        var localName = o.name
         if existing == nil {
             if let from = o.renamed, try db.tableExists(from) {
                 try db.execute("ALTER TABLE \(q(from)) RENAME TO \(q(o.name))")
+                localName = from
             } else {
                 try db.execute(sql)
                 return
             }
         }
-        try transformTable(db, o.name, to: sql, columnRenames: o.columnRenames)
+        let localRenames = try SchemaObjects.load(db, type: "table", name: localName)?.object.columnRenames ?? captured[localName]?.currentNameOf ?? [:]
+        try transformTable(db, o.name, to: sql, columnRenames: o.columnRenames, localRenames: localRenames)
     }
 
     /// The ALTERs that turn the local table into the target, as the node that changed it ran them: renamed columns,
     /// dropped columns, then added ones with their definition text cut from the target (SQLite edits the CREATE text
     /// the same way on every node). If the result is not the target's exact text, the table is rebuilt.
-    func transformTable(_ db: Database, _ table: String, to target: String, columnRenames: [String: String]) throws {
+    /// `localRenames`: old -> current names of this node's columns; a column renamed here to another name than the
+    /// target's (a concurrent rename) is renamed to the target's name, its values kept.
+    func transformTable(_ db: Database, _ table: String, to target: String, columnRenames: [String: String],
+                        localRenames: [String: String] = [:]) throws {
         let q = quoteIdentifier
         func localSQL() throws -> String? { try SchemaObjects.currentSQL(db, type: "table", name: table) }
         if try localSQL() == target { return }
-        if let definitions = CreateTableText.columnDefinitions(target) {
+        let definitions = CreateTableText.columnDefinitions(target)
+        let before = try db.query("SELECT name FROM pragma_table_info(?)", [.text(table)]).compactMap { $0[0].string }
+        var copyAs = columnRenames
+        if let wanted = definitions?.map(\.name), !config.plantedBugs.contains(.lostRenameDropsColumn) {
+            copyAs.merge(SchemaObjects.sameColumns(before, localRenames, as: wanted, columnRenames)) { theirs, _ in theirs }
+        }
+        if let definitions {
             try db.execute("SAVEPOINT harmonylite_alter", [])
             do {
                 let wanted = definitions.map(\.name)
-                var local = try db.query("SELECT name FROM pragma_table_info(?)", [.text(table)]).compactMap { $0[0].string }
-                for old in columnRenames.keys.sorted() {
-                    let new = columnRenames[old]!
+                var local = before
+                for old in copyAs.keys.sorted() {
+                    let new = copyAs[old]!
                     guard local.contains(old), !local.contains(new), wanted.contains(new), !wanted.contains(old) else { continue }
                     try db.execute("ALTER TABLE \(q(table)) RENAME COLUMN \(q(old)) TO \(q(new))")
                     local = local.map { $0 == old ? new : $0 }
@@ -190,7 +297,7 @@ extension ReplicationNode {
             try db.execute("RELEASE harmonylite_alter", [])
         }
         if config.plantedBugs.contains(.ddlWithoutRebuild) { return }
-        try rebuildTable(db, table, as: target, columnRenames: columnRenames)
+        try rebuildTable(db, table, as: target, columnRenames: copyAs)
     }
 
     /// Creates the table anew from the target's exact text and copies the rows across (columns with the same name,

@@ -241,7 +241,7 @@ extension ReplicationNode {
     func mergeDefinitions(_ db: Database) throws {
         let snap = Self.snapshotSchema
         guard try db.tableExists(Bookkeeping.ddlTable, in: snap) else { return }
-        let theirs = try db.query("SELECT \(SchemaObjects.columns) FROM \(snap).\(SchemaObjects.table) ORDER BY id").map(SchemaObjects.object)
+        let theirs = try db.query("SELECT \(try SchemaObjects.columns(in: db, schema: snap)) FROM \(snap).\(SchemaObjects.table) ORDER BY id").map(SchemaObjects.object)
         var events: [ReplicationEvent] = []
         try db.transaction(.immediate) {
             for entry in theirs {
@@ -252,7 +252,7 @@ extension ReplicationNode {
                 if let failure { events.append(.schemaChangeFailed(shard: 0, sequence: 0, object: o.description, error: failure)) }
                 try SchemaObjects.store(db, o, localSQL: now)
             }
-            try refreshCapture()
+            try refreshCapture(afterOwnDDL: true)
         }
         for e in events { env.events?.record(e) }
     }
@@ -338,7 +338,7 @@ extension ReplicationNode {
             for column in table.columns { tables[i].localNames[column] = column }
             created = true
         }
-        if created { try refreshCapture() }
+        if created { try refreshCapture(afterOwnDDL: true) }
         return tables
     }
 

@@ -238,12 +238,14 @@ public final class ReplicationNode {
     }
 
     /// Installs or refreshes triggers for the current schema and forgets cached shapes.
-    /// Inside the apply transaction after remote DDL, the install joins that transaction.
-    func refreshCapture() throws {
+    /// Inside the apply transaction after remote DDL, the install joins that transaction. `afterOwnDDL`: the schema
+    /// changed by the sidecar's own hand (remote DDL applied, a restore), never a table the application recreated.
+    func refreshCapture(afterOwnDDL: Bool = false) throws {
         let db = requireDatabase()
         // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
         captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
-                                             replicateDDL: config.replicateDDL, plantedBugs: config.plantedBugs) { skipped in
+                                             replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,
+                                             plantedBugs: config.plantedBugs) { skipped in
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")

@@ -19,6 +19,12 @@ public struct SchemaObject: Sendable, Equatable {
     public var renamed: String?
     /// Columns renamed over the table's life, old name -> current name.
     public var columnRenames: [String: String] = [:]
+    /// Every column name this node has seen in any definition of this table's generation (local knowledge, not
+    /// sent): a row naming a column outside it was written under a definition that has not reached this node.
+    public var knownColumns: Set<String> = []
+    /// The version of the definition this one replaced on its author's node: a winning definition based on another
+    /// than the one a node has was made concurrently with it (nil from senders that do not say).
+    public var basedOn: RowVersion?
 
     /// A later generation beats everything of an earlier one; within one generation a DROP is final (an ALTER that
     /// raced it loses whatever its version), and otherwise the later version wins.
@@ -36,7 +42,14 @@ public enum SchemaObjects {
 
     /// Creates the state table; true when it did not exist (every object present then counts as pre-existing).
     static func ensureTable(_ db: Database) throws -> Bool {
-        guard try !db.tableExists(Bookkeeping.ddlTable) else { return false }
+        if try db.tableExists(Bookkeeping.ddlTable) {
+            // State tables made before these columns existed gain them (empty: each definition fills them again).
+            let present = Set(try db.query("SELECT name FROM pragma_table_info(?)", [.text(Bookkeeping.ddlTable)]).compactMap { $0[0].string })
+            for (name, type) in laterColumns where !present.contains(name) {
+                try db.execute("ALTER TABLE \(table) ADD COLUMN \(name) \(type)")
+            }
+            return false
+        }
         try db.execute("""
             CREATE TABLE \(table) (
                 id INTEGER PRIMARY KEY,
@@ -50,6 +63,9 @@ public enum SchemaObjects {
                 node INTEGER NOT NULL,
                 renamed TEXT,
                 column_renames BLOB,
+                known_columns BLOB,
+                based_hlc INTEGER,
+                based_node INTEGER,
                 UNIQUE (type, name)
             )
             """)
@@ -84,7 +100,10 @@ public enum SchemaObjects {
                                   generation: row[6].int64 ?? 0,
                                   version: RowVersion(hlc: row[7].int64 ?? 0, node: row[8].int64 ?? 0),
                                   renamed: row[9].string, columnRenames: renames)
-        return (row[0].int64 ?? 0, object, row[5].string)
+        var known = object
+        if row.count > 11, case .blob = row[11] { known.knownColumns = Set(try ChangeCapture.decodeNames(row[11])) }
+        if row.count > 13, let hlc = row[12].int64, let node = row[13].int64 { known.basedOn = RowVersion(hlc: hlc, node: node) }
+        return (row[0].int64 ?? 0, known, row[5].string)
     }
 
     /// Column renames as stored and sent: old, new, old, new... in old-name order (null when none).
@@ -100,12 +119,63 @@ public enum SchemaObjects {
         return renames
     }
 
+    /// Every name a column has had under `renames` (old -> current name), its own included.
+    static func lineage(of column: String, _ renames: [String: String]) -> Set<String> {
+        Set(renames.compactMap { $0.value == column ? $0.key : nil }).union([column])
+    }
+
+    /// Columns `from` has that `to` lacks, paired with the column of `to` that shares a past name with each:
+    /// the same column renamed differently on two nodes (concurrent renames, one of which lost), old -> new.
+    static func sameColumns(_ from: [String], _ fromRenames: [String: String], as to: [String], _ toRenames: [String: String]) -> [String: String] {
+        var out: [String: String] = [:]
+        for column in from where !to.contains(column) {
+            let past = lineage(of: column, fromRenames)
+            if let match = to.first(where: { !from.contains($0) && !out.values.contains($0) && !lineage(of: $0, toRenames).isDisjoint(with: past) }) {
+                out[column] = match
+            }
+        }
+        return out
+    }
+
+    /// The winning definition's column renames, plus every name the losing definition gave one of its columns,
+    /// mapped to that column's name in the winner: a row written under the loser then applies with its values.
+    static func mergedRenames(winner: SchemaObject, loser: SchemaObject) -> [String: String] {
+        guard winner.type == "table", loser.type == "table", winner.generation == loser.generation,
+              let winnerSQL = winner.sql, let loserSQL = loser.sql,
+              let winning = CreateTableText.columnDefinitions(winnerSQL)?.map(\.name),
+              let losing = CreateTableText.columnDefinitions(loserSQL)?.map(\.name) else { return winner.columnRenames }
+        var out = winner.columnRenames
+        var pairs = sameColumns(losing, loser.columnRenames, as: winning, winner.columnRenames)
+        for column in losing where winning.contains(column) { pairs[column] = column }
+        for (column, current) in pairs.sorted(by: { $0.key < $1.key }) {
+            for name in lineage(of: column, loser.columnRenames).sorted() where name != current && !winning.contains(name) && out[name] == nil {
+                out[name] = current
+            }
+        }
+        return out
+    }
+
     /// The object's `CREATE` text in this database now; nil when it does not exist.
     static func currentSQL(_ db: Database, type: String, name: String) throws -> String? {
         try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(type), .text(name)])?.string
     }
 
-    static let columns = "id, type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames"
+    static let columns = "id, type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames, known_columns, based_hlc, based_node"
+    /// Columns added to the state table after its first release, in order at the end of `columns`.
+    static let laterColumns = [("known_columns", "BLOB"), ("based_hlc", "INTEGER"), ("based_node", "INTEGER")]
+
+    /// The same list for a state table that may predate `laterColumns` (one in an older snapshot): NULL for each missing.
+    static func columns(in db: Database, schema: String) throws -> String {
+        let present = Set(try db.query("SELECT name FROM \(schema).pragma_table_info(?)", [.text(Bookkeeping.ddlTable)]).compactMap { $0[0].string })
+        return columns.split(separator: ",").map { String($0).trimmingWhitespace() }
+            .map { name in laterColumns.contains { $0.0 == name } && !present.contains(name) ? "NULL" : name }
+            .joined(separator: ", ")
+    }
+
+    /// Column names of a CREATE TABLE text (none for other objects or a dropped one).
+    static func columnNames(_ sql: String?) -> [String] {
+        sql.flatMap { CreateTableText.columnDefinitions($0)?.map(\.name) } ?? []
+    }
 
     /// Every recorded object, in id order.
     public static func all(_ db: Database) throws -> [(id: Int64, object: SchemaObject, localSQL: String?)] {
@@ -125,14 +195,19 @@ public enum SchemaObjects {
     @discardableResult
     static func store(_ db: Database, _ o: SchemaObject, localSQL: String?) throws -> Int64 {
         let renames = encodeRenames(o.columnRenames)
+        var known = o.knownColumns.union(columnNames(o.sql)).union(columnNames(localSQL)).union(o.columnRenames.keys)
+        if o.type == "table", let before = try load(db, type: o.type, name: o.name)?.object, before.generation == o.generation {
+            known.formUnion(before.knownColumns)
+        }
         try db.execute("""
-            INSERT INTO \(table) (type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            INSERT INTO \(table) (type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames, known_columns, based_hlc, based_node)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
             ON CONFLICT (type, name) DO UPDATE SET tbl_name = ?3, sql = ?4, local_sql = ?5, generation = ?6,
-                hlc = ?7, node = ?8, renamed = ?9, column_renames = ?10
+                hlc = ?7, node = ?8, renamed = ?9, column_renames = ?10, known_columns = ?11, based_hlc = ?12, based_node = ?13
             """, [.text(o.type), .text(o.name), .text(o.tableName), o.sql.map { .text($0) } ?? .null, localSQL.map { .text($0) } ?? .null,
                   .integer(o.generation), .integer(o.version.hlc), .integer(o.version.node),
-                  o.renamed.map { .text($0) } ?? .null, renames])
+                  o.renamed.map { .text($0) } ?? .null, renames, known.isEmpty ? .null : ChangeCapture.encodeNames(known.sorted()),
+                  o.basedOn.map { .integer($0.hlc) } ?? .null, o.basedOn.map { .integer($0.node) } ?? .null])
         return try db.scalar("SELECT id FROM \(table) WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.int64 ?? 0
     }
 
@@ -150,7 +225,9 @@ public enum SchemaObjects {
     /// linked from the global log so it is published in order with the data written around it. `renamedTables`:
     /// old name -> new name for the tables this install found renamed. On the first look (no state yet) every
     /// object is recorded as pre-existing, with version zero, and nothing is published: each node has its own copy.
-    static func detect(_ db: Database, captured: [String: CapturedTable], renamedTables: [String: String], filter: TableFilter) throws {
+    /// `recreated`: tables dropped and created again since the last look (a new generation even if the text matches).
+    static func detect(_ db: Database, captured: [String: CapturedTable], renamedTables: [String: String], recreated: Set<String> = [],
+                       filter: TableFilter, plantedBugs: PlantedBugs = []) throws {
         let fresh = try ensureTable(db)
         let now = try current(db, filter: filter)
         var known: [String: (id: Int64, object: SchemaObject, localSQL: String?)] = [:]
@@ -161,7 +238,13 @@ public enum SchemaObjects {
         for o in now {
             let key = "\(o.type)\u{0}\(o.name)"
             seen.insert(key)
-            let before = known[key]
+            var before = known[key]
+            if o.type == "table", recreated.contains(o.name), var dropped = before, dropped.localSQL != nil {
+                // Seen as the DROP it was: what follows is a CREATE of the next generation.
+                if dropped.object.sql != nil { dropped.object.sql = nil }
+                dropped.localSQL = nil
+                before = dropped
+            }
             if let before, before.localSQL == o.sql { continue }
             if let before, before.object.sql == o.sql {
                 try store(db, before.object, localSQL: o.sql)  // now matches the replicated state (a restore created it)
@@ -170,6 +253,7 @@ public enum SchemaObjects {
             var object = SchemaObject(type: o.type, name: o.name, tableName: o.tableName, sql: o.sql, generation: 0, version: zero)
             if !fresh {
                 object.version = try nextVersion(db)
+                object.basedOn = before?.object.version
                 if let before, before.localSQL != nil, before.object.sql != nil {
                     // Existing before and not dropped since: an ALTER.
                     object.generation = before.object.generation
@@ -182,9 +266,28 @@ public enum SchemaObjects {
             }
             if o.type == "table" {
                 object.columnRenames = captured[o.name]?.currentNameOf ?? [:]
+                if let before, let old = before.localSQL {
+                    // The schema history reads a column gone from the end and one added after it as a rename; RENAME
+                    // COLUMN never changes the definition, so a "rename" that did is a DROP and an ADD seen together.
+                    let was = Dictionary(CreateTableText.columnDefinitions(old)?.map { ($0.name, CreateTableText.body($0)) } ?? [], uniquingKeysWith: { a, _ in a })
+                    let now = Dictionary(CreateTableText.columnDefinitions(o.sql)?.map { ($0.name, CreateTableText.body($0)) } ?? [], uniquingKeysWith: { a, _ in a })
+                    object.columnRenames = object.columnRenames.filter { from, to in
+                        if before.object.columnRenames[from] != nil { return true }
+                        return was[from] != nil && now[from] == nil && was[from] == now[to]
+                    }
+                }
                 if let old = before?.localSQL {
                     for (from, to) in CreateTableText.renamedColumns(from: old, to: o.sql) where object.columnRenames[from] == nil {
                         object.columnRenames[from] = to
+                    }
+                    // Several new columns with the gone one's definition (RENAME COLUMN a TO b plus ADD COLUMN c of the
+                    // same type, seen in one look): the renamed one kept its values, an added one holds only its
+                    // default. When exactly one holds anything else, that is the rename; when none does, a rename and
+                    // a DROP plus ADD leave the same rows.
+                    for (from, candidates) in CreateTableText.ambiguousRenames(from: old, to: o.sql)
+                    where object.columnRenames[from] == nil && !object.columnRenames.values.contains(where: candidates.contains) {
+                        let holding = try candidates.filter { try holdsNonDefaultValue(db, table: o.name, column: $0) }
+                        if holding.count == 1, !plantedBugs.contains(.ambiguousRenameDropsValues) { object.columnRenames[from] = holding[0] }
                     }
                 }
             }
@@ -194,6 +297,7 @@ public enum SchemaObjects {
         for (key, before) in known.sorted(by: { $0.value.id < $1.value.id }) where !seen.contains(key) && before.localSQL != nil {
             var object = before.object
             object.sql = nil
+            object.basedOn = object.version
             object.version = try nextVersion(db)
             object.renamed = object.type == "table" ? renamedTables[object.name] : nil
             changed.append(try store(db, object, localSQL: nil))
@@ -202,6 +306,13 @@ public enum SchemaObjects {
         for id in changed {
             try db.execute("INSERT INTO \(log) (change_table_id, table_name) VALUES (?, ?)", [.integer(id), .text(Bookkeeping.ddlTable)])
         }
+    }
+
+    /// Whether any row has something other than the column's declared default (NULL when it declares none).
+    static func holdsNonDefaultValue(_ db: Database, table: String, column: String) throws -> Bool {
+        let q = quoteIdentifier
+        let declared = try db.scalar("SELECT dflt_value FROM pragma_table_info(?) WHERE name = ?", [.text(table), .text(column)])?.string
+        return try db.scalar("SELECT EXISTS (SELECT 1 FROM \(q(table)) WHERE \(q(column)) IS NOT (\(declared ?? "NULL")))")?.int64 == 1
     }
 
     /// The definition version of every table that exists in the replicated schema state, by name.
@@ -264,20 +375,6 @@ enum CreateTableText {
     /// together, from a drop and an add, where column positions alone cannot.
     static func renamedColumns(from oldSQL: String, to newSQL: String) -> [String: String] {
         guard let old = columnDefinitions(oldSQL), let new = columnDefinitions(newSQL) else { return [:] }
-        func body(_ d: (name: String, text: String)) -> String {
-            var rest = Substring(d.text)
-            if let first = rest.first, "\"`['".contains(first) {
-                let close: Character = first == "[" ? "]" : first
-                rest = rest.dropFirst()
-                while let ch = rest.first {
-                    rest = rest.dropFirst()
-                    if ch == close { if close != "]", rest.first == close { rest = rest.dropFirst(); continue }; break }
-                }
-            } else {
-                rest = rest.drop { !$0.isWhitespace && $0 != "(" }
-            }
-            return String(rest).trimmingWhitespace().uppercased()
-        }
         let oldNames = Set(old.map(\.name)), newNames = Set(new.map(\.name))
         let gone = old.filter { !newNames.contains($0.name) }, came = new.filter { !oldNames.contains($0.name) }
         var out: [String: String] = [:]
@@ -288,6 +385,36 @@ enum CreateTableText {
             out[candidates[0].name] = c.name
         }
         return out
+    }
+
+    /// Gone columns that `renamedColumns` could not pair because several new columns share their definition (and no
+    /// other gone column does): each with those candidates, in column order.
+    static func ambiguousRenames(from oldSQL: String, to newSQL: String) -> [(from: String, candidates: [String])] {
+        guard let old = columnDefinitions(oldSQL), let new = columnDefinitions(newSQL) else { return [] }
+        let oldNames = Set(old.map(\.name)), newNames = Set(new.map(\.name))
+        let gone = old.filter { !newNames.contains($0.name) }, came = new.filter { !oldNames.contains($0.name) }
+        return gone.compactMap { g in
+            let b = body(g)
+            let candidates = came.filter { body($0) == b }.map(\.name)
+            guard candidates.count > 1, gone.filter({ body($0) == b }).count == 1 else { return nil }
+            return (g.name, candidates)
+        }
+    }
+
+    /// A column's definition after its name (type, constraints, default), as RENAME COLUMN leaves it.
+    static func body(_ d: (name: String, text: String)) -> String {
+        var rest = Substring(d.text)
+        if let first = rest.first, "\"`['".contains(first) {
+            let close: Character = first == "[" ? "]" : first
+            rest = rest.dropFirst()
+            while let ch = rest.first {
+                rest = rest.dropFirst()
+                if ch == close { if close != "]", rest.first == close { rest = rest.dropFirst(); continue }; break }
+            }
+        } else {
+            rest = rest.drop { !$0.isWhitespace && $0 != "(" }
+        }
+        return String(rest).trimmingWhitespace().uppercased()
     }
 
     static func definitions(_ segments: [String]) -> [(name: String, text: String)] {

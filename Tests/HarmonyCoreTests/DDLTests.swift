@@ -256,6 +256,203 @@ struct DDLTests {
         try expectSameEverywhere(c, tables: ["kv"])
         #expect(try c.rows(1, "SELECT z FROM kv ORDER BY k") == [["z1"], ["z2"], ["z3"]])
     }
+
+    /// Two nodes rename the same column to different names at once: the later rename wins, and the loser's node
+    /// renames its column again instead of dropping it, so every node keeps the values (`lost-rename-drops-column`
+    /// drops them on the loser's node).
+    @Test(arguments: [PlantedBugs(), .lostRenameDropsColumn])
+    func concurrentRenamesOfOneColumnKeepItsValues(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);") { $0.plantedBugs = bug }
+        for k in 1...4 { try c.apps[k % 2].execute("INSERT INTO t VALUES (\(k), 'a\(k)', \(k * 10))") }
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN b TO x")
+        try c.nodes[0].databaseChanged()
+        try c.apps[1].execute("ALTER TABLE t RENAME COLUMN b TO y")
+        try c.nodes[1].databaseChanged()
+        try c.apps[0].execute("UPDATE t SET x = 100 WHERE id = 1")
+        try c.apps[1].execute("UPDATE t SET y = 200 WHERE id = 2")
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t ORDER BY id"
+        if bug.isEmpty {
+            #expect(try c.rows(0, sql) == c.rows(1, sql))
+            #expect(try c.rows(1, sql) == [[1, "a1", 100], [2, "a2", 200], [3, "a3", 30], [4, "a4", 40]])
+        } else {
+            #expect(try c.rows(0, sql) != c.rows(1, sql))
+        }
+    }
+
+    /// A row written under a rename that lost (it names the losing column) can arrive on its data stream before
+    /// that rename's DDL does. It waits for it, then applies into the winner's column; applied at once it would lose
+    /// its value (`apply-unseen-definition-stripped`).
+    @Test(arguments: [PlantedBugs(), .applyUnseenDefinitionStripped])
+    func aRowUnderALosingRenameWaitsForThatRename(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);") {
+            $0.shards = 4
+            $0.plantedBugs = bug
+        }
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN b TO x")
+        try c.nodes[0].databaseChanged()
+        for k in 1...12 { try c.apps[0].execute("INSERT INTO t VALUES (\(k), 'a', \(k))") }
+        try c.apps[1].execute("ALTER TABLE t RENAME COLUMN a TO y")  // later: wins, keeps b
+        try c.publish(0)
+        try c.publish(1)
+        try c.deliver(0)
+        // Node 2 gets node 1's rows before node 1's rename.
+        for shard in [2, 3, 4] {
+            let batch = c.streams.messages(shard: shard, from: 1)
+            if !batch.isEmpty { try c.nodes[1].messagesArrived(shard: shard, batch) }
+        }
+        try c.settle()
+        let sql = "SELECT * FROM t ORDER BY id"
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        #expect(try c.rows(1, "SELECT sql FROM sqlite_schema WHERE name = 't'") == [["CREATE TABLE t (id INTEGER PRIMARY KEY, y TEXT, b INTEGER)"]])
+        if bug.isEmpty {
+            #expect(try c.rows(0, sql) == c.rows(1, sql))
+            #expect(try c.rows(1, "SELECT count(*) FROM t WHERE b = id") == [[12]])
+        } else {
+            #expect(try c.rows(1, "SELECT count(*) FROM t WHERE b = id") != [[12]])
+        }
+    }
+
+    /// One node renames a table onto a name another node has just created: the two tables become one, their rows
+    /// merged by version, on both nodes (`rename-onto-table-drops-rows` loses the renamed table's rows there).
+    @Test(arguments: [PlantedBugs(), .renameOntoTableDropsRows])
+    func aTableRenamedOntoANameCreatedElsewhereMergesRows(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'old 1'), (2, 'old 2')")
+        try c.settle()
+        try c.apps[1].execute("CREATE TABLE t2 (id INTEGER PRIMARY KEY, v TEXT)")
+        try c.nodes[1].databaseChanged()
+        try c.apps[1].execute("INSERT INTO t2 VALUES (2, 'new 2'), (3, 'new 3')")
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        try c.nodes[0].databaseChanged()
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t2 ORDER BY id"
+        if bug.isEmpty {
+            #expect(try c.rows(0, sql) == c.rows(1, sql))
+            #expect(try c.rows(1, sql) == [[1, "old 1"], [2, "new 2"], [3, "new 3"]])
+            // Rows still sent to the old name follow it.
+            #expect(try c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 't1'") == [[0]])
+        } else {
+            #expect(try c.rows(0, sql) != c.rows(1, sql))
+        }
+    }
+
+    /// A table dropped and made again before the DROP was sent: only the new CREATE (a later generation) goes out.
+    /// The receivers drop their old table with its rows first, as the DROP would have (`generation-jump-keeps-rows`
+    /// keeps them).
+    @Test(arguments: [PlantedBugs(), .generationJumpKeepsRows])
+    func aTableMadeAgainBeforeItsDropWasSentLosesTheOldRowsEverywhere(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'old'), (2, 'old')")
+        try c.settle()
+        try c.apps[0].execute("DROP TABLE t")
+        try c.nodes[0].databaseChanged()
+        // The DROP's publish is lost; by its retry, the state it reads is the CREATE.
+        let lost = c.ports[0].pendingPublishes
+        c.ports[0].pendingPublishes.removeAll()
+        try c.apps[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        for m in lost { c.nodes[0].publishFailed(token: m.token) }
+        try c.nodes[0].timerFired(.publishRetry)
+        try c.apps[0].execute("INSERT INTO t VALUES (3, 'new')")
+        try c.settle()
+        let sql = "SELECT * FROM t ORDER BY id"
+        #expect(try c.rows(0, sql) == [[3, "new"]])
+        if bug.isEmpty {
+            #expect(try c.rows(1, sql) == [[3, "new"]])
+        } else {
+            #expect(try c.rows(1, sql) != [[3, "new"]])
+        }
+    }
+
+    /// DROP TABLE and CREATE TABLE run while the sidecar was not looking read, by the text alone, as an ALTER that
+    /// keeps the rows. The DROP took the capture triggers with it, which an ALTER never does: the sidecar sees a new
+    /// table, and the other nodes drop the old rows too (`recreated-table-seen-as-alter` keeps them there).
+    @Test(arguments: [PlantedBugs(), .recreatedTableSeenAsAlter])
+    func aTableDroppedAndCreatedWhileTheSidecarWasNotLookingIsANewTable(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, n INTEGER);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'old', 1), (2, 'old', 2)")
+        try c.settle()
+        try c.apps[0].execute("DROP TABLE t; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, m INTEGER); INSERT INTO t VALUES (3, 'new', 3);")
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t ORDER BY id"
+        #expect(try c.rows(0, sql) == [[3, "new", 3]])
+        if bug.isEmpty {
+            #expect(try c.rows(1, sql) == [[3, "new", 3]])
+        } else {
+            #expect(try c.rows(1, sql) != [[3, "new", 3]])
+        }
+    }
+
+    /// A table made again under a dropped one's name shares nothing with it: no column renames linking the new
+    /// columns to the old ones by position (the schema history of the dropped table is forgotten).
+    @Test func aTableMadeAgainInheritsNoRenamesFromTheDroppedOne() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);")
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'a', 1)")
+        try c.settle()
+        try c.apps[0].execute("DROP TABLE t")
+        try c.settle()
+        try c.apps[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT, y INTEGER)")
+        try c.settle()
+        for i in 0..<2 {
+            let state = try SchemaObjects.load(c.apps[i], type: "table", name: "t")?.object
+            #expect(state?.generation == 1)
+            #expect(state?.columnRenames == [:], "node \(i + 1)")
+        }
+    }
+
+    /// RENAME COLUMN plus an ADD COLUMN of the same type, seen in one look, fit a DROP plus two ADDs as well by the
+    /// text. The renamed column kept its values and the added one holds only its default, which tells them apart
+    /// (`ambiguous-rename-drops-values` takes the DROP reading and the other nodes lose the values).
+    @Test(arguments: [PlantedBugs(), .ambiguousRenameDropsValues])
+    func aRenameSeenWithAnAddOfTheSameTypeKeepsItsValues(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, a TEXT);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 1, 'one'), (2, 2, 'two')")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN a TO r; ALTER TABLE t ADD COLUMN c TEXT;")
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t ORDER BY id"
+        #expect(try c.rows(0, sql) == [[1, 1, "one", .null], [2, 2, "two", .null]])
+        if bug.isEmpty {
+            #expect(try c.rows(1, sql) == c.rows(0, sql))
+        } else {
+            #expect(try c.rows(1, sql) != c.rows(0, sql))
+        }
+    }
+
+    /// A table dropped and created again starts a new change log, whose ids count from 1 again. Entries the global
+    /// log kept for the old one must not name the new rows: the cleanup used to delete them unsent.
+    @Test func aTableMadeAgainKeepsItsUnsentRowsThroughACleanup() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);")
+        for k in 1...5 { try c.apps[0].execute("INSERT INTO t VALUES (\(k), 'old')") }
+        try c.settle()
+        try c.apps[1].execute("DROP TABLE t")
+        try c.settle()
+        try c.apps[1].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        try c.settle()
+        for k in 1...3 { try c.apps[0].execute("INSERT INTO t VALUES (\(k), 'new')") }
+        try c.nodes[0].cleanupPublished()  // before the scan sends them
+        try c.settle()
+        #expect(try c.rows(1, "SELECT * FROM t ORDER BY id") == [[1, "new"], [2, "new"], [3, "new"]])
+    }
+
+    /// DROP COLUMN of the last column and ADD COLUMN seen in one look read as a rename by position alone; RENAME
+    /// COLUMN never changes a definition, so one with another definition is taken as the drop and add it was.
+    @Test func aDropAndAnAddSeenTogetherAreNotARename() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);")
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'a', 5)")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t DROP COLUMN b; ALTER TABLE t ADD COLUMN c INTEGER NOT NULL DEFAULT 7;")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["t"])
+        #expect(try c.rows(1, "SELECT * FROM t") == [[1, "a", 7]])
+        #expect(c.events.allSatisfy { !$0.events.contains { if case .schemaChangeFailed = $0 { return true } else { return false } } })
+    }
 }
 
 @Suite("CREATE TABLE text")
