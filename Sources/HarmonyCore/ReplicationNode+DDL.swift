@@ -171,6 +171,14 @@ extension ReplicationNode {
         }
     }
 
+    /// Objects whose replicated definition this node could not take (SQLite refused it here): `type "name"` each, in
+    /// name order. Empty when this node's schema is the cluster's.
+    public func divergedSchemaObjects() throws -> [String] {
+        guard config.replicateDDL, try requireDatabase().tableExists(Bookkeeping.ddlTable) else { return [] }
+        return try requireDatabase().query("SELECT type, name FROM \(SchemaObjects.table) WHERE sql IS NOT local_sql ORDER BY name, type")
+            .compactMap { row in row[1].string.map { "\(row[0].string ?? "object") \(quoteIdentifier($0))" } }
+    }
+
     /// Objects whose winning definition SQLite refused earlier (an index that arrived before its table's rename, a
     /// view over a table not here yet) are tried again after each schema change applied here.
     func retryUnappliedDefinitions(_ db: Database) throws {

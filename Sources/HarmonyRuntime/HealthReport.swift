@@ -13,6 +13,9 @@ struct ProgressWatch: Sendable {
     /// Since when the node waits for a snapshot, and why the last attempt failed.
     var restoreNeededSinceMs: Int64?
     var lastRestoreFailure: String?
+    /// Since when a replicated DDL has been refused here with none applied after it, and SQLite's last reason.
+    var schemaRefusedSinceMs: Int64?
+    var lastSchemaRefusal: String?
 
     mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
         switch event {
@@ -31,6 +34,11 @@ struct ProgressWatch: Sendable {
             if restoreNeededSinceMs == nil { restoreNeededSinceMs = nowMs }
         case .restoreFailed(let reason):
             lastRestoreFailure = reason
+        case .schemaChangeFailed(_, _, let object, let error):
+            if schemaRefusedSinceMs == nil { schemaRefusedSinceMs = nowMs }
+            lastSchemaRefusal = "\(object): \(error)"
+        case .schemaChangeApplied:
+            schemaRefusedSinceMs = nil  // refused ones are retried after each applied one: give them that chance
         case .restored:
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
@@ -98,6 +106,12 @@ struct HealthReport: Sendable {
                 }
             }
             shards.append(state)
+        }
+        if !r.divergedSchemaObjects.isEmpty, nowMs - (watch.schemaRefusedSinceMs ?? 0) >= stallMs {
+            let objects = r.divergedSchemaObjects.prefix(5).joined(separator: ", ") + (r.divergedSchemaObjects.count > 5 ? ", ..." : "")
+            reasons.append("this node's schema differs from the cluster's for \(r.divergedSchemaObjects.count) object(s) (\(objects)): SQLite refused "
+                           + "the replicated DDL here\(watch.lastSchemaRefusal.map { " (last: \($0))" } ?? ""). Make each object match another "
+                           + "node's sqlite_schema by hand, or run the DDL again on any node")
         }
         if let since = watch.publishFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
             reasons.append("publishes have failed for \((nowMs - since) / 1000) s; \(r.pendingChanges) local change(s) wait to be sent")

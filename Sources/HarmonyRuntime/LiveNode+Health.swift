@@ -35,6 +35,7 @@ extension LiveNode {
             checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core?.checkpoint($0) ?? 0) }),
             streamLasts: core?.streamStates.mapValues(\.lastSequence) ?? [:],
             pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,
-            pendingChanges: (try? core?.pendingChangeCount()) ?? 0, parkedMessages: (try? core?.parkedCount()) ?? 0)
+            pendingChanges: (try? core?.pendingChangeCount()) ?? 0, parkedMessages: (try? core?.parkedCount()) ?? 0,
+            divergedSchemaObjects: (try? core?.divergedSchemaObjects()) ?? [])
     }
 }

@@ -49,6 +49,7 @@ final class NodeMetrics: Sendable {
     private let waitingForSnapshot: Gauge
     private let pendingChanges: Gauge
     private let parkedMessages: Gauge
+    private let divergedSchemaObjects: Gauge
 
     static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "harmonylite", metricName: name, unitName: "", helpText: help)
@@ -77,6 +78,7 @@ final class NodeMetrics: Sendable {
         waitingForSnapshot = registry.makeGauge(descriptor: Self.descriptor("waiting_for_snapshot", "1 while the node is behind the log's start and waits for a snapshot."))
         pendingChanges = registry.makeGauge(descriptor: Self.descriptor("pending_changes", "Local changes not yet acknowledged by the log."))
         parkedMessages = registry.makeGauge(descriptor: Self.descriptor("parked_messages", "Messages waiting in __harmonylite___parked (harmonylite -parked lists them)."))
+        divergedSchemaObjects = registry.makeGauge(descriptor: Self.descriptor("schema_objects_diverged", "Schema objects whose replicated DDL SQLite refused on this node."))
     }
 
     func add(_ count: Count, _ amount: Int = 1) {
@@ -120,6 +122,7 @@ final class NodeMetrics: Sendable {
             waitingForSnapshot.set(r.restoreNeeded ? 1.0 : 0.0)
             pendingChanges.set(Double(r.pendingChanges))
             parkedMessages.set(Double(r.parkedMessages))
+            divergedSchemaObjects.set(Double(r.divergedSchemaObjects.count))
         }
         return registry.emitToString()
     }
@@ -128,6 +131,7 @@ final class NodeMetrics: Sendable {
     static var familyNames: [String] {
         Set(Count.allCases.map { "harmonylite_" + $0.definition.name }).sorted()
             + ["harmonylite_apply_batch_seconds", "harmonylite_replication_lag_seconds", "harmonylite_checkpoint",
-               "harmonylite_schema_paused", "harmonylite_waiting_for_snapshot", "harmonylite_pending_changes", "harmonylite_parked_messages"]
+               "harmonylite_schema_paused", "harmonylite_waiting_for_snapshot", "harmonylite_pending_changes", "harmonylite_parked_messages",
+               "harmonylite_schema_objects_diverged"]
     }
 }

@@ -13,4 +13,6 @@ struct NodeReadings: Sendable {
     var restoreNeeded = false
     var pendingChanges: Int64 = 0
     var parkedMessages: Int64 = 0
+    /// Schema objects whose replicated DDL SQLite refused here (`table "t"`, ...).
+    var divergedSchemaObjects: [String] = []
 }

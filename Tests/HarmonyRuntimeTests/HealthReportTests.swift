@@ -46,6 +46,23 @@ struct HealthReportTests {
         #expect(HealthReport.evaluate(readings(lasts: [1: 10, 2: 20]), watch: watch, nowMs: 63_000, stallMs: stallMs).healthy)
     }
 
+    /// A replicated DDL SQLite refused here leaves this node's schema unlike the cluster's: the node still moves, but
+    /// it must say so. It gets stall_seconds (a later DDL may make it fit), then the reason names the object.
+    @Test func aRefusedSchemaChangeTurnsUnhealthyAfterStallSecondsAndNamesTheObject() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        watch.record(.schemaChangeFailed(shard: 1, sequence: 5, object: "index \"ix\"", error: "no such column: c"), nowMs: 1_000)
+        var r = readings()
+        r.divergedSchemaObjects = ["index \"ix\""]
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: 60_000, stallMs: stallMs).healthy)
+        let report = HealthReport.evaluate(r, watch: watch, nowMs: 61_000, stallMs: stallMs)
+        #expect(!report.healthy)
+        #expect(report.reasons == ["this node's schema differs from the cluster's for 1 object(s) (index \"ix\"): SQLite refused the replicated DDL "
+                                   + "here (last: index \"ix\": no such column: c). Make each object match another node's sqlite_schema by hand, "
+                                   + "or run the DDL again on any node"])
+        // Fixed by hand (or by a later DDL): healthy again.
+        #expect(HealthReport.evaluate(readings(), watch: watch, nowMs: 62_000, stallMs: stallMs).healthy)
+    }
+
     @Test func needingASnapshotWithSnapshotsDisabledIsUnhealthyAtOnce() {
         var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
         watch.record(.behindLogStart(shard: 1, checkpoint: 0, firstSequence: 90), nowMs: 0)
