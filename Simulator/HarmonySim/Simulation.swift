@@ -121,6 +121,7 @@ public final class Simulation {
             SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention"))
             SwarmMix.drawStorage(&self.scenario, random: root.fork("swarm-storage"))
             SwarmMix.drawLargeRows(&self.scenario, random: root.fork("swarm-large-rows"))
+            SwarmMix.drawSchemaWorkload(&self.scenario, random: root.fork("swarm-ddl"))
         }
         jetStream = MemoryJetStream(duplicateWindowMs: scenario.duplicateWindowMs,
                                  maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)

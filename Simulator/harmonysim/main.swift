@@ -260,6 +260,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("generation-jump-keeps-rows", "ddl-races.toml"),
         ("concurrent-drop-undone", "ddl-races.toml"),
         ("recreated-table-seen-as-alter", "ddl-races.toml"),
+        ("ddl-storage-failure-is-refusal", "swarm.toml"),
     ]
 
     func run() throws {

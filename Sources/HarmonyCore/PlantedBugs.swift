@@ -66,6 +66,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let recreatedTableSeenAsAlter = PlantedBugs(rawValue: 1 << 30)
     /// Take a rename seen together with an ADD of the same type for a DROP plus two ADDs (the values lost elsewhere).
     public static let ambiguousRenameDropsValues = PlantedBugs(rawValue: 1 << 31)
+    /// Take a busy, full or failing disk during a DDL for SQLite refusing it: recorded as diverged, never retried.
+    public static let ddlStorageFailureIsRefusal = PlantedBugs(rawValue: 1 << 32)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -99,6 +101,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("concurrent-drop-undone", .concurrentDropUndone),
         ("recreated-table-seen-as-alter", .recreatedTableSeenAsAlter),
         ("ambiguous-rename-drops-values", .ambiguousRenameDropsValues),
+        ("ddl-storage-failure-is-refusal", .ddlStorageFailureIsRefusal),
     ]
 }
 

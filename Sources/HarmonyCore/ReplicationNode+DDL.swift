@@ -193,12 +193,15 @@ extension ReplicationNode {
     }
 
     /// Runs one definition inside a savepoint (undone if SQLite refuses it); returns the object's `sqlite_schema`
-    /// text afterwards and SQLite's reason when it refused.
+    /// text afterwards and SQLite's reason when it refused. A busy, full or failing disk is not a refusal: it
+    /// fails the whole apply, which is retried.
     func attempt(_ db: Database, _ o: SchemaObject) throws -> (now: String?, failure: String?) {
         try db.execute("SAVEPOINT harmonylite_ddl", [])
         var failure: String?
         do {
             try execute(db, o)
+        } catch let error as SQLiteError where error.isTransientStorageFailure && !config.plantedBugs.contains(.ddlStorageFailureIsRefusal) {
+            throw error
         } catch {
             try db.execute("ROLLBACK TO harmonylite_ddl", [])
             failure = (error as? SQLiteError)?.message ?? "\(error)"
@@ -333,7 +336,11 @@ extension ReplicationNode {
         try db.execute("DROP TABLE \(q(aside))")
         for sql in dependents {
             try db.execute("SAVEPOINT harmonylite_dependent", [])
-            do { try db.execute(sql) } catch { try db.execute("ROLLBACK TO harmonylite_dependent", []) }
+            do {
+                try db.execute(sql)
+            } catch let error as SQLiteError where !error.isTransientStorageFailure {
+                try db.execute("ROLLBACK TO harmonylite_dependent", [])  // no longer fits the table: its own state decides
+            }
             try db.execute("RELEASE harmonylite_dependent", [])
         }
     }

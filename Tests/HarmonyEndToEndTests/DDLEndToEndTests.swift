@@ -30,6 +30,7 @@ struct DDLEndToEndTests {
 
         try sqlite(c.dbPath(1), "ALTER TABLE orders DROP COLUMN note; ALTER TABLE orders RENAME COLUMN total TO amount;")
         try sqlite(c.dbPath(1), "INSERT INTO orders (id, customer, amount, status) VALUES (4, 'dee', 4.5, 'open');")
+        try c.waitUntilEveryNode("has orders.amount", "SELECT count(*) FROM pragma_table_info('orders') WHERE name = 'amount';", "1\n")
         _ = try c.waitForConvergence("SELECT group_concat(id || ':' || amount) FROM orders;", expected: "1:9.5,2:20.0,3:1.0,4:4.5\n")
 
         // DROP TABLE on node 2 while node 3 keeps writing to it, and node 1 writes to another table meanwhile.
