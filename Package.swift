@@ -66,7 +66,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
-            "HarmonyCore", "HarmonyCoreTesting", "HarmonySQLite", "HarmonyRuntime",
+            "HarmonyCore", "HarmonyCodec", "HarmonyCoreTesting", "HarmonySQLite", "HarmonyRuntime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
