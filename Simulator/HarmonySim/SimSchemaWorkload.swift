@@ -82,7 +82,7 @@ extension Simulation {
         for (sql, args) in zip(statements, arguments) {
             do {
                 try app.execute(sql, args)
-                trace("node \(node.id) schema workload: \(sql)")
+                trace("node \(node.id) schema workload: \(sql)" + (args.isEmpty ? "" : " with \(args.map { $0.int64.map(String.init) ?? "?" })"))
             } catch {
                 trace("node \(node.id) schema workload refused by SQLite: \(sql)")
             }
