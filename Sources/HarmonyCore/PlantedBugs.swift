@@ -68,6 +68,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let ambiguousRenameDropsValues = PlantedBugs(rawValue: 1 << 31)
     /// Take a busy, full or failing disk during a DDL for SQLite refusing it: recorded as diverged, never retried.
     public static let ddlStorageFailureIsRefusal = PlantedBugs(rawValue: 1 << 32)
+    /// Rebuild a table's column renames from this node's schema history alone at each local ALTER, forgetting the
+    /// names other nodes' DDL (and losing renames) brought.
+    public static let alterForgetsMergedRenames = PlantedBugs(rawValue: 1 << 33)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -102,6 +105,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("recreated-table-seen-as-alter", .recreatedTableSeenAsAlter),
         ("ambiguous-rename-drops-values", .ambiguousRenameDropsValues),
         ("ddl-storage-failure-is-refusal", .ddlStorageFailureIsRefusal),
+        ("alter-forgets-merged-renames", .alterForgetsMergedRenames),
     ]
 }
 

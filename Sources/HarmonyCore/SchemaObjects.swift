@@ -290,6 +290,17 @@ public enum SchemaObjects {
                         if holding.count == 1, !plantedBugs.contains(.ambiguousRenameDropsValues) { object.columnRenames[from] = holding[0] }
                     }
                 }
+                if let before, let old = before.localSQL, before.object.sql != nil, object.generation == before.object.generation,
+                   !plantedBugs.contains(.alterForgetsMergedRenames) {
+                    // Renames the state holds that this node's schema history never saw (other nodes' DDL, a losing
+                    // rename's names) stay, following what this ALTER renamed.
+                    let oldColumns = Set(columnNames(old)), newColumns = Set(columnNames(o.sql))
+                    let step = object.columnRenames.filter { oldColumns.contains($0.key) && !newColumns.contains($0.key) }
+                    for (from, to) in before.object.columnRenames where object.columnRenames[from] == nil && !newColumns.contains(from) {
+                        let current = step[to] ?? to
+                        if newColumns.contains(current) { object.columnRenames[from] = current }  // gone with a dropped column otherwise
+                    }
+                }
             }
             let id = try store(db, object, localSQL: o.sql)
             if !fresh { changed.append(id) }

@@ -446,6 +446,39 @@ struct DDLTests {
         #expect(try userSchema(c, 0) == userSchema(c, 1))
     }
 
+    /// A node that merged a losing rename's names (rows written under them map to the winner's column) keeps them
+    /// through its own later ALTERs; rebuilt from its schema history alone they were forgotten, and those rows then
+    /// lost their values there (`alter-forgets-merged-renames`).
+    @Test(arguments: [PlantedBugs(), .alterForgetsMergedRenames])
+    func mergedRenamesOutliveALaterLocalAlter(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, c INTEGER);") {
+            $0.shards = 4
+            $0.plantedBugs = bug
+        }
+        for k in 1...12 { try c.apps[0].execute("INSERT INTO t VALUES (\(k), 'a', 1)") }
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN c TO r27")  // loses to node 2's later ALTER
+        try c.nodes[0].databaseChanged()
+        try c.apps[0].execute("UPDATE t SET r27 = 100")
+        try c.apps[1].execute("ALTER TABLE t RENAME COLUMN a TO r29")
+        try c.publish(0)
+        try c.publish(1)
+        // Node 2 gets node 1's rename first (it loses there; its names are merged), then runs an ALTER of its own.
+        let ddl = c.streams.messages(shard: 1, from: 1)
+        try c.nodes[1].messagesArrived(shard: 1, ddl)
+        c.ports[1].deliverFrom[1] = (ddl.last?.sequence ?? 0) + 1
+        try c.apps[1].execute("ALTER TABLE t ADD COLUMN z TEXT")
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t ORDER BY id"
+        if bug.isEmpty {
+            #expect(try c.rows(0, sql) == c.rows(1, sql))
+            #expect(try c.rows(1, "SELECT count(*) FROM t WHERE c = 100") == [[12]])
+        } else {
+            #expect(try c.rows(0, sql) != c.rows(1, sql))
+        }
+    }
+
     /// A table dropped and created again starts a new change log, whose ids count from 1 again. Entries the global
     /// log kept for the old one must not name the new rows: the cleanup used to delete them unsent.
     @Test func aTableMadeAgainKeepsItsUnsentRowsThroughACleanup() throws {
