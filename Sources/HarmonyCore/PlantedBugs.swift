@@ -71,6 +71,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Rebuild a table's column renames from this node's schema history alone at each local ALTER, forgetting the
     /// names other nodes' DDL (and losing renames) brought.
     public static let alterForgetsMergedRenames = PlantedBugs(rawValue: 1 << 33)
+    /// Leave a concurrently dropped column in place when an index on it makes SQLite refuse to drop it again.
+    public static let redropBlockedByIndex = PlantedBugs(rawValue: 1 << 34)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -106,6 +108,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("ambiguous-rename-drops-values", .ambiguousRenameDropsValues),
         ("ddl-storage-failure-is-refusal", .ddlStorageFailureIsRefusal),
         ("alter-forgets-merged-renames", .alterForgetsMergedRenames),
+        ("redrop-blocked-by-index", .redropBlockedByIndex),
     ]
 }
 

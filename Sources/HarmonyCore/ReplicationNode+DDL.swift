@@ -163,9 +163,17 @@ extension ReplicationNode {
         for column in dropped {
             try db.execute("SAVEPOINT harmonylite_redrop", [])
             do {
+                // The user's indexes on the column go with it (SQLite refuses to drop an indexed column); their own
+                // DROPs are published with this one.
+                let indexes = try db.query("""
+                    SELECT il.name FROM pragma_index_list(?1) AS il
+                    WHERE il.origin = 'c' AND EXISTS (SELECT 1 FROM pragma_index_info(il.name) AS ii WHERE ii.name = ?2)
+                    ORDER BY il.name
+                    """, [.text(winner.name), .text(column)]).compactMap { $0[0].string }
+                for index in indexes where !config.plantedBugs.contains(.redropBlockedByIndex) { try db.execute("DROP INDEX \(q(index))") }
                 try db.execute("ALTER TABLE \(q(winner.name)) DROP COLUMN \(q(column))")
             } catch let error as SQLiteError where !error.isTransientStorageFailure {
-                try db.execute("ROLLBACK TO harmonylite_redrop", [])  // a key or indexed column: left as the winner has it
+                try db.execute("ROLLBACK TO harmonylite_redrop", [])  // a key column, or one a view or CHECK names: left as the winner has it
             }
             try db.execute("RELEASE harmonylite_redrop", [])
         }
