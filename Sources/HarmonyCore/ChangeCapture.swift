@@ -210,14 +210,18 @@ public enum ChangeCapture {
             }
             try db.execute("UPDATE \(q(Bookkeeping.schemaTable)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
             try db.execute("UPDATE \(q(Bookkeeping.globalLog)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
-            try db.execute("""
-                INSERT INTO \(q(Bookkeeping.aliasTable)) (old_name, table_name) VALUES (?, ?)
-                ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name
-                """, [.text(old), .text(table)])
-            // Names that pointed at the old name now point at the new one (a table renamed twice).
-            try db.execute("UPDATE \(q(Bookkeeping.aliasTable)) SET table_name = ? WHERE table_name = ?", [.text(table), .text(old)])
+            try recordAlias(db, old: old, current: table)
         }
         return adopted
+    }
+
+    /// Rows still sent to `old` go to `current` from now on; names that pointed at `old` follow (a table renamed twice).
+    static func recordAlias(_ db: Database, old: String, current: String) throws {
+        try db.execute("""
+            INSERT INTO \(q(Bookkeeping.aliasTable)) (old_name, table_name) VALUES (?, ?)
+            ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name
+            """, [.text(old), .text(current)])
+        try db.execute("UPDATE \(q(Bookkeeping.aliasTable)) SET table_name = ? WHERE table_name = ?", [.text(current), .text(old)])
     }
 
     /// Old name -> current name of every table renamed here.

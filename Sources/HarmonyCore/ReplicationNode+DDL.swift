@@ -136,10 +136,7 @@ extension ReplicationNode {
             }
             _ = try applyLWW(db, try resolve(record, against: to, strict: false))
         }
-        let aliases = q(Bookkeeping.aliasTable)
-        try db.execute("INSERT INTO \(aliases) (old_name, table_name) VALUES (?, ?) ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name",
-                       [.text(source), .text(target)])
-        try db.execute("UPDATE \(aliases) SET table_name = ? WHERE table_name = ?", [.text(target), .text(source)])
+        try ChangeCapture.recordAlias(db, old: source, current: target)
         return true
     }
 
