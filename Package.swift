@@ -49,6 +49,8 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
 
+        // SQL from remote clients: strict JSON, the authorizer, pooled read-only and read-write connections.
+        .target(name: "HarmonyAPI", dependencies: ["HarmonySQLite", "CSQLite"]),
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).
         .target(name: "HarmonyTOML"),
 
@@ -73,6 +75,7 @@ let package = Package(
         // Helpers several test targets share (the sqlite3 shell, loopback ports, a seeded PRNG); tests only.
         .target(name: "HarmonyTestSupport", path: "Tests/Support"),
         .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
+        .testTarget(name: "HarmonyAPITests", dependencies: ["HarmonyAPI", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS", "HarmonyTestSupport"]),

@@ -8,3 +8,13 @@ static inline int harmony_sqlite_no_checkpoint_on_close(sqlite3 *db) {
 static inline int harmony_sqlite_enable_triggers(sqlite3 *db, int enable) {
     return sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_TRIGGER, enable, (int *)0);
 }
+
+/* Defensive mode: no writable_schema, no direct shadow-table writes, for connections serving remote SQL. */
+static inline int harmony_sqlite_defensive(sqlite3 *db) {
+    return sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)0);
+}
+
+/* load_extension() stays off even if the library was built to allow it by default. */
+static inline int harmony_sqlite_no_load_extension(sqlite3 *db) {
+    return sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, (int *)0);
+}

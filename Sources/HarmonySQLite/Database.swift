@@ -30,6 +30,9 @@ public final class Database {
     let handle: OpaquePointer
     public let path: String
     private var statementCache: [String: Statement] = [:]
+    /// Keeps the authorizer and progress closures alive while SQLite holds pointers to them.
+    var authorizerBox: AnyObject?
+    var progressBox: AnyObject?
 
     public init(path: String, vfsName: String? = nil,
                 flags: Int32 = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX) throws {

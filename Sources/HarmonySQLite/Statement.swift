@@ -20,6 +20,12 @@ public final class Statement {
         self.handle = stmt
     }
 
+    init(database: Database, sql: String, handle: OpaquePointer) {
+        self.database = database
+        self.sql = sql
+        self.handle = handle
+    }
+
     deinit { sqlite3_finalize(handle) }
 
     public var columnCount: Int { Int(sqlite3_column_count(handle)) }

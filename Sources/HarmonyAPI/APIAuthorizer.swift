@@ -1,0 +1,80 @@
+import CSQLite
+import HarmonySQLite
+
+/// What SQL from remote clients (the HTTP API, later the PostgreSQL front end) may not do, decided while SQLite
+/// compiles each statement. Each refusal carries the sentence the client gets back.
+public enum APIAuthorizer {
+    /// harmonylite's own tables, triggers and indexes all start with this (compared case-insensitively).
+    static let reservedPrefix = "__harmonylite"
+
+    /// PRAGMAs that take an argument and only read: everything else that sets a PRAGMA is refused.
+    static let readingPragmas: Set<String> = [
+        "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+        "foreign_key_check", "integrity_check", "quick_check", "wal_checkpoint", "optimize",
+    ]
+    /// PRAGMAs whose new value would stop or corrupt replication for every client, not just this one.
+    static let replicationPragmas: Set<String> = [
+        "journal_mode", "writable_schema", "schema_version", "locking_mode", "legacy_alter_table", "trusted_schema",
+        "ignore_check_constraints", "temp_store_directory", "data_store_directory",
+    ]
+
+    /// What the statement being compiled has asked so far.
+    public struct Context {
+        /// true while the client's own statement compiles (false for those SQLite runs inside it, like VACUUM's).
+        public var topLevel = false
+        /// The table a DROP TABLE removes: its capture triggers go with it.
+        var droppedTable: String?
+        public init() {}
+        public mutating func startStatement() {
+            topLevel = true
+            droppedTable = nil
+        }
+    }
+
+    /// nil allows; otherwise the reason the statement is refused.
+    public static func refusal(_ r: AuthorizerRequest, _ context: inout Context) -> String? {
+        // harmonylite's capture triggers write its change logs when a client writes a table.
+        if let trigger = r.trigger, isReserved(trigger) { return nil }
+        let topLevel = context.topLevel
+        switch r.action {
+        case SQLITE_ATTACH, SQLITE_DETACH:
+            return "ATTACH, DETACH and VACUUM INTO are refused through the API: they open other files on the server"
+        case SQLITE_FUNCTION where r.second?.lowercased() == "load_extension":
+            return "load_extension() is refused through the API: it would run native code in the server"
+        case SQLITE_TRANSACTION where topLevel, SQLITE_SAVEPOINT where topLevel:
+            return "BEGIN, COMMIT, ROLLBACK and SAVEPOINT are refused: each request is its own transaction; send an array of statements to run them in one"
+        case SQLITE_CREATE_TEMP_TABLE, SQLITE_CREATE_TEMP_INDEX, SQLITE_CREATE_TEMP_TRIGGER, SQLITE_CREATE_TEMP_VIEW:
+            return "temporary tables, views, indexes and triggers are refused: the API's connections are pooled, so they would outlive the request"
+        case SQLITE_PRAGMA:
+            return pragmaRefusal(name: (r.first ?? "").lowercased(), argument: r.second)
+        case SQLITE_DROP_TABLE:
+            context.droppedTable = r.first
+            return reservedRefusal(r.first)
+        case SQLITE_DROP_TRIGGER where r.second != nil && r.second == context.droppedTable:
+            return nil
+        case SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE, SQLITE_CREATE_TABLE, SQLITE_CREATE_VIEW, SQLITE_DROP_VIEW:
+            return reservedRefusal(r.first)
+        case SQLITE_CREATE_INDEX, SQLITE_DROP_INDEX, SQLITE_CREATE_TRIGGER, SQLITE_DROP_TRIGGER:
+            return reservedRefusal(r.first) ?? reservedRefusal(r.second)
+        case SQLITE_ALTER_TABLE:
+            return reservedRefusal(r.second)
+        default:
+            return nil
+        }
+    }
+
+    static func isReserved(_ name: String) -> Bool { name.lowercased().hasPrefix(reservedPrefix) }
+
+    static func reservedRefusal(_ name: String?) -> String? {
+        guard let name, isReserved(name) else { return nil }
+        return "\(name) belongs to harmonylite's replication bookkeeping; it cannot be written, altered or dropped through the API"
+    }
+
+    static func pragmaRefusal(name: String, argument: String?) -> String? {
+        guard argument != nil, !readingPragmas.contains(name) else { return nil }
+        if replicationPragmas.contains(name) {
+            return "PRAGMA \(name) cannot be set through the API: it would break replication for every client"
+        }
+        return "PRAGMA \(name) cannot be set through the API: connections are pooled, so the setting would leak into other requests"
+    }
+}
