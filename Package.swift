@@ -18,6 +18,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         // Metrics: swift-metrics' types in swift-prometheus's registry (text exposition, histograms).
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // The HTTP API's network stack: NIO's HTTP/1.1 codec and TLS (about 2 minutes of first build on 2 cores;
+        // Hummingbird would add its router and lifecycle on top for a handful of routes we dispatch ourselves).
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, wrapped once by a Swift module.
@@ -51,6 +55,16 @@ let package = Package(
 
         // SQL from remote clients: strict JSON, the authorizer, pooled read-only and read-write connections.
         .target(name: "HarmonyAPI", dependencies: ["HarmonySQLite", "CSQLite"]),
+        // The HTTP front end on every node (seed 004's interface): SQL, backups, snapshots, replications.
+        .target(name: "HarmonyHTTP", dependencies: [
+            "HarmonyAPI", "HarmonyRuntime", "HarmonySQLite", "HarmonyCore", "HarmonyNATS",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).
         .target(name: "HarmonyTOML"),
 
@@ -63,7 +77,7 @@ let package = Package(
         ], path: "Simulator/harmonysim"),
 
         .executableTarget(name: "harmonylite", dependencies: [
-            "HarmonyCore", "HarmonySQLite", "HarmonyRuntime",
+            "HarmonyCore", "HarmonySQLite", "HarmonyRuntime", "HarmonyHTTP",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -129,3 +129,12 @@ extension JSONWriter {
         }
     }
 }
+
+/// Compares two secrets in time that depends only on their lengths, never on where they first differ.
+public func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var difference: UInt8 = a.count == b.count ? 0 : 1
+    for i in 0..<max(a.count, b.count) {
+        difference |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
+    }
+    return difference == 0
+}

@@ -68,6 +68,19 @@ private let publishAckHandler: jsPubAckHandler = { _, msg, pa, pae, closure in
 }
 
 /// A JetStream context (`jsCtx`): streams, async publishing with dedup IDs, pull consumers and KV.
+/// What the server knows of a durable consumer: how far it delivered, what is acknowledged, what is left.
+public struct ConsumerState: Sendable, Equatable {
+    public var deliveredStreamSequence: UInt64
+    public var ackFloorStreamSequence: UInt64
+    /// Messages in the stream not yet delivered to this consumer.
+    public var pending: UInt64
+    /// Delivered and not yet acknowledged.
+    public var ackPending: Int64
+    public var redelivered: Int64
+    /// Pull requests waiting at the server.
+    public var waiting: Int64
+}
+
 public final class JetStream: @unchecked Sendable {
     /// The connection this context was made from (kept alive with it).
     public let connection: NATSConnection
@@ -288,6 +301,27 @@ public final class JetStream: @unchecked Sendable {
                 }
             }
             return PullSubscription(handle: SubscriptionHandle(sub!), jetStream: self, description: what)
+        }
+    }
+
+    /// A durable consumer's progress as the server sees it, or nil when it does not exist.
+    public func consumerInfo(stream: String, durable: String) throws -> ConsumerState? {
+        try validateName(stream, "stream")
+        try validateName(durable, "durable")
+        return try withHandle { js in
+            var info: UnsafeMutablePointer<jsConsumerInfo>? = nil
+            var jerr = jsErrCode(0)
+            let s = js_GetConsumerInfo(&info, js, stream, durable, nil, &jerr)
+            defer { jsConsumerInfo_Destroy(info) }
+            if s == NATS_NOT_FOUND {
+                clearLastNATSError()
+                return nil
+            }
+            try check(s, jsCode: jerr, "reading durable \(durable) on stream \(stream)")
+            guard let i = info?.pointee else { return nil }
+            return ConsumerState(deliveredStreamSequence: i.Delivered.Stream, ackFloorStreamSequence: i.AckFloor.Stream,
+                                 pending: i.NumPending, ackPending: i.NumAckPending, redelivered: i.NumRedelivered,
+                                 waiting: i.NumWaiting)
         }
     }
 

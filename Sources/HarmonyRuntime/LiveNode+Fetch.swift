@@ -49,6 +49,14 @@ extension LiveNode {
                 batch = try subscription.fetch(batch: 256, timeoutMs: 250)
             } catch {
                 if stopped.load(ordering: .relaxed) || stop.raised { return }
+                if consumerIsGone(shard: shard) {
+                    queue.async { [weak self] in
+                        guard let self, !stop.raised, let core = self.core, core.isRunning else { return }
+                        self.log.warning("the consumer of shard \(shard) is gone from the server (deleted?); making it again from this node's checkpoint")
+                        self.subscribe(shard: shard, fromSequence: core.checkpoint(shard) + 1)
+                    }
+                    return
+                }
                 log.warning("fetch shard \(shard): \(error)")
                 Thread.sleep(forTimeInterval: 0.5)
                 continue
@@ -66,6 +74,17 @@ extension LiveNode {
                 self.metrics.applyBatchSeconds.record(ContinuousClock.now - started)
             }
             done.wait()
+        }
+    }
+}
+
+extension LiveNode {
+    /// True only when the server answers that the shard's consumer does not exist (not when it cannot be asked).
+    func consumerIsGone(shard: Int) -> Bool {
+        do {
+            return try jetStream?.consumerInfo(stream: router.streamName(shard: shard), durable: durableName(shard: shard)) == nil
+        } catch {
+            return false
         }
     }
 }

@@ -10,7 +10,7 @@ import Synchronization
 extension LiveNode {
     /// `/metrics`: counters plus gauges read from the core on its queue; `/health`: 200 while the node makes
     /// progress, 503 with the reasons (JSON, shard by shard) once it cannot (`HealthReport`).
-    func respond(_ path: String) -> MetricsServer.Response {
+    public func respond(_ path: String) -> MetricsServer.Response {
         switch path {
         case "/metrics":
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",

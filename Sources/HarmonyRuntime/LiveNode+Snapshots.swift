@@ -92,6 +92,20 @@ extension LiveNode {
         return asked
     }
 
+    /// `GET /snapshot`: the newest snapshot in the store, written to `file`; its name, or nil when there is none.
+    public func downloadNewestSnapshot(to file: String) throws -> String? {
+        guard let store = snapshots?.store else { throw SnapshotStoreError("[snapshot] enabled = false: there is no store to read from") }
+        guard let name = try store.newest() else { return nil }
+        try store.download(name: name, to: file)
+        return name
+    }
+
+    /// Where the node may write scratch files (the database's directory, so a copy stays on the same disk).
+    public var scratchDirectory: String {
+        let directory = (config.node.databasePath as NSString).deletingLastPathComponent
+        return directory.isEmpty ? "." : directory
+    }
+
     /// For logs: where snapshots go.
     var snapshotStoreLocation: String? { snapshots?.store.location }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import HarmonyCore
+import HarmonyHTTP
 import HarmonyRuntime
 import HarmonySQLite
 import Logging
@@ -292,6 +293,24 @@ enum Sidecar {
             server?.stop()
             exit(1)
         }
+        var api: HTTPAPIServer?
+        if config.http.enable && !saveSnapshotAndExit {
+            let http = HTTPAPIServer(settings: config.http, routes: APIRoutes(node: node, settings: config.http, log: log), log: log)
+            do {
+                let (host, port) = try http.start()
+                let scheme = config.http.certFile == nil ? "http" : "https"
+                log.info("HTTP API on \(scheme)://\(host):\(port)/ (\(config.http.token == nil ? "no token" : "bearer token required"))")
+                if config.http.token == nil && !["127.0.0.1", "localhost", "::1"].contains(host) {
+                    log.warning("the HTTP API listens on \(host) without a token: anyone who reaches port \(port) can read and write the database; set http.token")
+                }
+                api = http
+            } catch {
+                log.error("cannot start the HTTP API: \(error)")
+                node.stop()
+                server?.stop()
+                exit(1)
+            }
+        }
         if saveSnapshotAndExit {
             var code: Int32 = 0
             do {
@@ -318,6 +337,7 @@ enum Sidecar {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: stopQueue)
             source.setEventHandler {
                 log.info("signal \(sig): stopping")
+                api?.stop()
                 node.stop()
                 server?.stop()
                 exit(0)
