@@ -24,6 +24,9 @@ final class GuardedConnection: @unchecked Sendable {
     var authorizing = APIAuthorizer.Context()
     var refusal: String?
     var deadlineNs: UInt64 = .max
+    /// Compiled statements by SQL text: clients send the same statements over and over.
+    var statements: [String: Statement] = [:]
+    static let statementCacheSize = 64
 
     init(path: String, readOnly: Bool, busyTimeoutMs: Int) throws {
         database = readOnly ? try Database.readOnly(path: path)
@@ -46,6 +49,9 @@ final class GuardedConnection: @unchecked Sendable {
 public final class SQLGateway: Sendable {
     public let config: SQLGatewayConfig
     private let idle = Mutex<(readers: [GuardedConnection], writers: [GuardedConnection])>(([], []))
+    /// API writes take turns here: SQLite has one writer at a time anyway, and a writer waiting on this wakes the
+    /// moment the previous one ends, where SQLite's busy handler would sleep (1, 2, 5 ... 100 ms) between tries.
+    private let writerTurn = DispatchSemaphore(value: 1)
 
     public init(config: SQLGatewayConfig) { self.config = config }
 
@@ -78,15 +84,22 @@ public final class SQLGateway: Sendable {
     /// Runs `body` on a pooled connection under the request's deadline. Statements made in `body` die with it,
     /// before the connection goes back to the pool for another thread.
     private func withConnection<T>(readOnly: Bool, _ body: (GuardedConnection) throws(APIError) -> T) throws(APIError) -> T {
+        if !readOnly {
+            guard writerTurn.wait(timeout: .now() + .milliseconds(config.statementTimeoutMs)) == .success else {
+                throw APIError(status: 503, "other API writes kept the database busy for statement_timeout_ms (\(config.statementTimeoutMs) ms); nothing was written, retry")
+            }
+        }
+        defer { if !readOnly { writerTurn.signal() } }
         let c = try checkout(readOnly: readOnly)
         defer { checkin(c) }
         c.deadlineNs = DispatchTime.now().uptimeNanoseconds + UInt64(config.statementTimeoutMs) * 1_000_000
         return try body(c)
     }
 
-    /// A single statement: compiled on a reader first; if it writes, compiled again and run on a writer.
+    /// A single statement: one that looks like a read is compiled on a reader, and runs there if SQLite agrees it
+    /// only reads; everything else runs on a writer.
     private func runSingle(_ command: SQLCommand) throws(APIError) -> [UInt8] {
-        let answered: [UInt8]? = try withConnection(readOnly: true) { reader throws(APIError) in
+        let answered: [UInt8]? = !Self.looksLikeARead(command.sql) ? nil : try withConnection(readOnly: true) { reader throws(APIError) in
             let statement = try prepare(command.sql, on: reader, index: nil)
             guard statement.isReadOnly else { return nil }
             var w = JSONWriter()
@@ -119,8 +132,39 @@ public final class SQLGateway: Sendable {
         }
     }
 
-    /// Compiles exactly one statement; more than one in a `sql` string is refused rather than half run.
+    /// The first keyword of `sql` (after spaces and comments) is one that starts a query. Only a guess, to pick a
+    /// connection: SQLite's `isReadOnly` decides.
+    static func looksLikeARead(_ sql: String) -> Bool {
+        var rest = Substring(sql)
+        while true {
+            rest = rest.drop(while: \.isWhitespace)
+            if rest.hasPrefix("--") {
+                rest = rest.drop(while: { $0 != "\n" })
+            } else if rest.hasPrefix("/*"), let end = rest.range(of: "*/") {
+                rest = rest[end.upperBound...]
+            } else {
+                break
+            }
+        }
+        let word = rest.prefix(while: \.isLetter).uppercased()
+        return ["SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES"].contains(word)
+    }
+
+    /// Compiles exactly one statement (or reuses it); more than one in a `sql` string is refused rather than half
+    /// run.
     private func prepare(_ sql: String, on c: GuardedConnection, index: Int?) throws(APIError) -> Statement {
+        if let cached = c.statements[sql] {
+            cached.reset()
+            cached.clearBindings()
+            return cached
+        }
+        let fresh = try compile(sql, on: c, index: index)
+        if c.statements.count >= GuardedConnection.statementCacheSize { c.statements.removeAll() }
+        c.statements[sql] = fresh
+        return fresh
+    }
+
+    private func compile(_ sql: String, on c: GuardedConnection, index: Int?) throws(APIError) -> Statement {
         c.authorizing.startStatement()
         c.refusal = nil
         defer { c.authorizing.topLevel = false }
@@ -178,6 +222,8 @@ public final class SQLGateway: Sendable {
     /// Runs a compiled statement and writes its result: columns and rows for a query, or rows_affected and
     /// last_insert_id for a statement that returns no columns.
     private func run(_ s: Statement, _ command: SQLCommand, on c: GuardedConnection, index: Int?, into w: inout JSONWriter) throws(APIError) {
+        // A query stopped early (a result over the limit) would otherwise keep its read transaction open.
+        defer { s.reset() }
         try bind(s, command.parameters, index: index)
         let db = c.database
         db.setLastInsertRowID(0)

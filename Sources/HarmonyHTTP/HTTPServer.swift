@@ -154,8 +154,7 @@ final class APIChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func refuseTooLarge(_ context: ChannelHandlerContext, _ h: HTTPRequestHead) {
         refused = true
         let error = APIError(status: 413, "the request body is larger than max_body_bytes (\(maxBodyBytes) bytes)")
-        var headers = HTTPHeaders([("Content-Type", "application/json"), ("Content-Length", String(error.body.count)), ("Connection", "close")])
-        headers.replaceOrAdd(name: "Connection", value: "close")
+        let headers = HTTPHeaders([("Content-Type", "application/json"), ("Content-Length", String(error.body.count)), ("Connection", "close")])
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: .payloadTooLarge, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: error.body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
@@ -173,11 +172,10 @@ public struct ResponseWriter: Sendable {
     let channel: Channel
     let request: APIRequest
 
-    func head(status: Int, headers extra: [(String, String)]) throws {
+    func makeHead(status: Int, headers extra: [(String, String)]) -> HTTPServerResponsePart {
         var headers = HTTPHeaders(extra)
         if !request.keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
-        let head = HTTPResponseHead(version: request.version, status: HTTPResponseStatus(statusCode: status), headers: headers)
-        try channel.writeAndFlush(HTTPServerResponsePart.head(head)).wait()
+        return .head(HTTPResponseHead(version: request.version, status: HTTPResponseStatus(statusCode: status), headers: headers))
     }
 
     func end() {
@@ -187,23 +185,20 @@ public struct ResponseWriter: Sendable {
 
     /// A whole response from memory.
     func send(status: Int, contentType: String = "application/json", json body: [UInt8], headers: [(String, String)] = []) {
-        do {
-            try head(status: status, headers: [("Content-Type", contentType), ("Content-Length", String(body.count))] + headers)
-            if !body.isEmpty { try channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body)))).wait() }
-            end()
-        } catch {
-            channel.close(promise: nil)
-        }
+        // Already in memory: queued in one go, flushed once; the worker does not wait for the client.
+        channel.write(makeHead(status: status, headers: [("Content-Type", contentType), ("Content-Length", String(body.count))] + headers), promise: nil)
+        if !body.isEmpty { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
+        end()
     }
 
     /// Streams an open file in 256 KiB chunks, then closes it; the path is already unlinked by the caller or not.
     func sendFile(_ handle: FileHandle, size: UInt64, filename: String) {
         defer { try? handle.close() }
         do {
-            try head(status: 200, headers: [
+            try channel.writeAndFlush(makeHead(status: 200, headers: [
                 ("Content-Type", "application/vnd.sqlite3"), ("Content-Length", String(size)),
                 ("Content-Disposition", "attachment; filename=\"\(filename)\""),
-            ])
+            ])).wait()
             var sent: UInt64 = 0
             while sent < size {
                 guard let chunk = try handle.read(upToCount: 256 << 10), !chunk.isEmpty else { break }

@@ -135,3 +135,8 @@ extension Database {
     /// Sets what `lastInsertRowID` answers, so a pooled connection does not report an earlier client's insert.
     public func setLastInsertRowID(_ id: Int64) { sqlite3_set_last_insert_rowid(handle, id) }
 }
+
+extension Statement {
+    /// Unbinds every parameter (they become NULL), so a reused statement keeps nothing of its last run.
+    public func clearBindings() { sqlite3_clear_bindings(handle) }
+}

@@ -180,6 +180,21 @@ final class GatewayFixture {
         #expect(try f.post(#"{"sql": "INSERT INTO t(id) VALUES (3)"}"#).status == 200)
     }
 
+    @Test func aReusedStatementCarriesNothingOverFromItsLastRun() throws {
+        let f = try GatewayFixture()
+        for v in 1...3 {
+            #expect(try f.post(#"{"sql": "INSERT INTO t(id, s) VALUES (:id, :s)", "params": {"id": \#(v), "s": "v\#(v)"}}"#).status == 200)
+        }
+        #expect(try f.rows("SELECT id, s FROM t ORDER BY id") == (1...3).map { .array([.integer(Int64($0)), .string("v\($0)")]) })
+        // A query cut short by the result limit does not keep a read open that would pin the WAL.
+        let small = try GatewayFixture(maxResultBytes: 200)
+        for v in 1...50 { #expect(try small.post(#"{"sql": "INSERT INTO t(id, s) VALUES (\#(v), 'some text')"}"#).status == 200) }
+        #expect(try small.post(#"{"sql": "SELECT * FROM t"}"#).status == 400)
+        #expect(try small.post(#"{"sql": "INSERT INTO t(id) VALUES (51)"}"#).status == 200)
+        let checkpoint = try Database(path: small.path)
+        #expect(try checkpoint.query("PRAGMA wal_checkpoint(TRUNCATE)").first?.first == .integer(0))
+    }
+
     @Test func aResultLargerThanTheLimitIsRefusedNotBuilt() throws {
         let f = try GatewayFixture(maxResultBytes: 10_000)
         let reply = try f.post(#"{"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000) SELECT x FROM c"}"#)

@@ -85,6 +85,39 @@ struct RuntimeConfigTests {
         #expect(message("db_path = \"a\"\n[health]\nstall_seconds = 0\n").contains("health.stall_seconds"))
     }
 
+    /// `[http]`: off and on loopback by default; mistakes name the key.
+    @Test func httpSettings() throws {
+        let defaults = try RuntimeConfig.parse("db_path = \"a.db\"\n")
+        #expect(!defaults.http.enable && defaults.http.bind == "127.0.0.1:8080" && defaults.http.token == nil)
+        #expect(defaults.http.maxBodyBytes == 16 << 20 && defaults.http.concurrentQueries == 50)
+        let c = try RuntimeConfig.parse("""
+            db_path = "a.db"
+            [http]
+            enable = true
+            bind = "0.0.0.0:9090"
+            token = "0123456789abcdef-secret"
+            cert_file = "c.pem"
+            key_file = "k.pem"
+            max_body_bytes = 1024
+            concurrent_queries = 8
+            statement_timeout_ms = 250
+            max_result_bytes = 4096
+            """)
+        #expect(c.http.enable && c.http.hostAndPort! == ("0.0.0.0", 9090) && c.http.token == "0123456789abcdef-secret")
+        #expect(c.http.certFile == "c.pem" && c.http.keyFile == "k.pem" && c.http.maxBodyBytes == 1024)
+        #expect(c.http.concurrentQueries == 8 && c.http.statementTimeoutMs == 250 && c.http.maxResultBytes == 4096)
+        func message(_ body: String) -> String {
+            do { _ = try RuntimeConfig.parse("db_path = \"a\"\n[http]\n" + body + "\n"); return "parsed" } catch { return "\(error)" }
+        }
+        #expect(message("bind = \"localhost\"").contains("http.bind"))
+        #expect(message("bind = \"127.0.0.1:70000\"").contains("http.bind"))
+        #expect(message("token = \"short\"").contains("http.token"))
+        #expect(message("cert_file = \"c.pem\"").contains("key_file"))
+        #expect(message("concurrent_queries = 0").contains("http.concurrent_queries"))
+        #expect(message("statement_timeout_ms = -1").contains("http.statement_timeout_ms"))
+        #expect(message("enabled = true").contains("unknown key 'http.enabled'"))
+    }
+
     /// Snapshot settings: defaults, history, the object store's replicas following the streams', a local path.
     @Test func snapshotSettings() throws {
         let defaults = try RuntimeConfig.parse("db_path = \"a.db\"\n[replication_log]\nreplicas = 3\n[snapshot]\nenabled = true\n")
