@@ -65,6 +65,16 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // The PostgreSQL wire protocol on every node (seed 004's other front end): SCRAM, TLS, simple and extended queries.
+        .target(name: "HarmonyPostgres", dependencies: [
+            "HarmonyAPI", "HarmonySQLite", "CSQLite",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
         // A small TOML reader whose errors name the key and line (config.toml, scenario files).
         .target(name: "HarmonyTOML"),
 
@@ -77,7 +87,7 @@ let package = Package(
         ], path: "Simulator/harmonysim"),
 
         .executableTarget(name: "harmonylite", dependencies: [
-            "HarmonyCore", "HarmonySQLite", "HarmonyRuntime", "HarmonyHTTP",
+            "HarmonyCore", "HarmonySQLite", "HarmonyRuntime", "HarmonyHTTP", "HarmonyPostgres",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -93,6 +103,9 @@ let package = Package(
         .target(name: "HarmonyTestSupport", path: "Tests/Support"),
         .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
         .testTarget(name: "HarmonyAPITests", dependencies: ["HarmonyAPI", "HarmonySQLite", "HarmonyTestSupport"]),
+        .testTarget(name: "HarmonyPostgresTests", dependencies: [
+            "HarmonyPostgres", "HarmonySQLite", "HarmonyTestSupport", .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS", "HarmonyTestSupport"]),

@@ -24,7 +24,10 @@ public enum APIAuthorizer {
         public var topLevel = false
         /// The table a DROP TABLE removes: its capture triggers go with it.
         var droppedTable: String?
-        public init() {}
+        /// The client owns the connection for its whole session (the PostgreSQL front end): transactions, temporary
+        /// objects and per-connection PRAGMAs are its own business; the HTTP API's pooled connections are not.
+        public var ownsConnection = false
+        public init(ownsConnection: Bool = false) { self.ownsConnection = ownsConnection }
         public mutating func startStatement() {
             topLevel = true
             droppedTable = nil
@@ -41,12 +44,13 @@ public enum APIAuthorizer {
             return "ATTACH, DETACH and VACUUM INTO are refused through the API: they open other files on the server"
         case SQLITE_FUNCTION where r.second?.lowercased() == "load_extension":
             return "load_extension() is refused through the API: it would run native code in the server"
-        case SQLITE_TRANSACTION where topLevel, SQLITE_SAVEPOINT where topLevel:
+        case SQLITE_TRANSACTION where topLevel && !context.ownsConnection, SQLITE_SAVEPOINT where topLevel && !context.ownsConnection:
             return "BEGIN, COMMIT, ROLLBACK and SAVEPOINT are refused: each request is its own transaction; send an array of statements to run them in one"
-        case SQLITE_CREATE_TEMP_TABLE, SQLITE_CREATE_TEMP_INDEX, SQLITE_CREATE_TEMP_TRIGGER, SQLITE_CREATE_TEMP_VIEW:
+        case SQLITE_CREATE_TEMP_TABLE where !context.ownsConnection, SQLITE_CREATE_TEMP_INDEX where !context.ownsConnection,
+             SQLITE_CREATE_TEMP_TRIGGER where !context.ownsConnection, SQLITE_CREATE_TEMP_VIEW where !context.ownsConnection:
             return "temporary tables, views, indexes and triggers are refused: the API's connections are pooled, so they would outlive the request"
         case SQLITE_PRAGMA:
-            return pragmaRefusal(name: (r.first ?? "").lowercased(), argument: r.second)
+            return pragmaRefusal(name: (r.first ?? "").lowercased(), argument: r.second, ownsConnection: context.ownsConnection)
         case SQLITE_DROP_TABLE:
             context.droppedTable = r.first
             return reservedRefusal(r.first)
@@ -70,11 +74,12 @@ public enum APIAuthorizer {
         return "\(name) belongs to harmonylite's replication bookkeeping; it cannot be written, altered or dropped through the API"
     }
 
-    static func pragmaRefusal(name: String, argument: String?) -> String? {
+    static func pragmaRefusal(name: String, argument: String?, ownsConnection: Bool) -> String? {
         guard argument != nil, !readingPragmas.contains(name) else { return nil }
         if replicationPragmas.contains(name) {
             return "PRAGMA \(name) cannot be set through the API: it would break replication for every client"
         }
+        if ownsConnection { return nil }
         return "PRAGMA \(name) cannot be set through the API: connections are pooled, so the setting would leak into other requests"
     }
 }

@@ -16,6 +16,7 @@ public struct RuntimeConfig: Sendable, Equatable {
     public var snapshot = SnapshotSettings()
     public var health = HealthSettings()
     public var http = HTTPSettings()
+    public var postgres = PostgresSettings()
 
     /// `[health]`: when `/health` turns 503.
     public struct HealthSettings: Sendable, Equatable {
@@ -137,7 +138,7 @@ public struct RuntimeConfig: Sendable, Equatable {
         let root = try TOMLReader(parsing: text)
         try root.rejectUnknownKeys(allowed: [
             "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "max_row_bytes", "publish", "replicate", "replicate_ddl",
-            "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot", "health", "http",
+            "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot", "health", "http", "postgres",
         ])
         let dbPath = try root.required("db_path", root.string)
         let nodeID = try root.int("node_id") ?? 1
@@ -235,6 +236,7 @@ public struct RuntimeConfig: Sendable, Equatable {
             try parseSnapshotStoreTables(s, into: &c.snapshot)
         }
         try parseHTTP(root, into: &c)
+        try parsePostgres(root, into: &c)
         return c
     }
 

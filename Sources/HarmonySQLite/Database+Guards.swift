@@ -140,3 +140,40 @@ extension Statement {
     /// Unbinds every parameter (they become NULL), so a reused statement keeps nothing of its last run.
     public func clearBindings() { sqlite3_clear_bindings(handle) }
 }
+
+/// What the handle of a connection lets another thread do: only interrupt it.
+public struct DatabaseInterrupter: @unchecked Sendable {
+    let handle: OpaquePointer
+    /// Stops the statement running on the connection with SQLITE_INTERRUPT (sqlite3_interrupt is thread-safe).
+    public func interrupt() { sqlite3_interrupt(handle) }
+}
+
+final class ConstantBox {
+    let value: String
+    init(_ value: String) { self.value = value }
+}
+
+extension Database {
+    /// For a CancelRequest from another connection. Valid while this connection is open.
+    public var interrupter: DatabaseInterrupter { DatabaseInterrupter(handle: handle) }
+
+    /// Defines `name()` with no arguments returning `value`, for clients that call PostgreSQL's version() and the like.
+    public func defineConstantFunction(_ name: String, value: String) throws {
+        let box = Unmanaged.passRetained(ConstantBox(value)).toOpaque()
+        let rc = sqlite3_create_function_v2(handle, name, 0, SQLITE_UTF8 | SQLITE_DETERMINISTIC, box, { context, _, _ in
+            let box = Unmanaged<ConstantBox>.fromOpaque(sqlite3_user_data(context)).takeUnretainedValue()
+            sqlite3_result_text(context, box.value, -1, sqliteTransient)
+        }, nil, nil, { pointer in
+            if let pointer { Unmanaged<ConstantBox>.fromOpaque(pointer).release() }
+        })
+        guard rc == SQLITE_OK else { throw error(rc, sql: "defining \(name)()") }
+    }
+}
+
+extension Statement {
+    /// The index of the parameter called `name` (with its prefix, e.g. "$1" or ":id"), nil if the statement has none.
+    public func parameterIndex(_ name: String) -> Int? {
+        let i = sqlite3_bind_parameter_index(handle, name)
+        return i > 0 ? Int(i) : nil
+    }
+}

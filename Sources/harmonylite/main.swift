@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import HarmonyCore
 import HarmonyHTTP
+import HarmonyPostgres
 import HarmonyRuntime
 import HarmonySQLite
 import Logging
@@ -311,6 +312,28 @@ enum Sidecar {
                 exit(1)
             }
         }
+        var postgres: PGServer?
+        if config.postgres.enable && !saveSnapshotAndExit {
+            let p = config.postgres
+            let (host, port) = p.hostAndPort!
+            let pg = PGServer(settings: PGServerSettings(host: host, port: port, maxConnections: p.maxConnections,
+                                                         messageTimeoutMs: p.messageTimeoutMs, certFile: p.certFile, keyFile: p.keyFile),
+                              session: PGSessionConfig(databasePath: config.node.databasePath, user: p.user, password: p.password,
+                                                       auth: PGAuthMethod(rawValue: p.auth) ?? .scramSHA256, requireTLS: p.requireTLS,
+                                                       nodeID: config.node.nodeID),
+                              log: log)
+            do {
+                let bound = try pg.start()
+                log.info("PostgreSQL wire protocol on \(host):\(bound) (user \(p.user), \(p.auth)\(p.certFile == nil ? "" : p.requireTLS ? ", TLS required" : ", TLS offered"))")
+                postgres = pg
+            } catch {
+                log.error("cannot start the PostgreSQL front end: \(error)")
+                api?.stop()
+                node.stop()
+                server?.stop()
+                exit(1)
+            }
+        }
         if saveSnapshotAndExit {
             var code: Int32 = 0
             do {
@@ -338,6 +361,7 @@ enum Sidecar {
             source.setEventHandler {
                 log.info("signal \(sig): stopping")
                 api?.stop()
+                postgres?.stop()
                 node.stop()
                 server?.stop()
                 exit(0)

@@ -1,0 +1,655 @@
+import CSQLite
+import Foundation
+import HarmonyAPI
+import HarmonySQLite
+
+/// What a session needs to know: the database, the one user and how it must prove itself.
+public struct PGSessionConfig: Sendable {
+    public var databasePath: String
+    public var user: String
+    public var password: String
+    public var auth: PGAuthMethod
+    public var scram: SCRAMVerifier
+    public var requireTLS: Bool
+    public var busyTimeoutMs: Int
+    public var nodeID: Int64
+
+    public init(databasePath: String, user: String, password: String, auth: PGAuthMethod, requireTLS: Bool,
+                busyTimeoutMs: Int = 5_000, nodeID: Int64 = 1) {
+        self.databasePath = databasePath
+        self.user = user
+        self.password = password
+        self.auth = auth
+        self.scram = SCRAMVerifier(password: password)
+        self.requireTLS = requireTLS
+        self.busyTimeoutMs = busyTimeoutMs
+        self.nodeID = nodeID
+    }
+}
+
+/// One client session of the PostgreSQL front end, as a state machine over protocol messages: authentication,
+/// then simple and extended queries on a SQLite connection the session owns. Not thread-safe: the server runs
+/// each session's messages in order on its own queue. `emit` receives every reply as it is produced, so a large
+/// result streams instead of piling up.
+public final class PGSession {
+    enum Phase {
+        case startup
+        case awaitingSASLInitial
+        case awaitingSASLFinal(SCRAMExchange)
+        case awaitingMD5(salt: [UInt8])
+        case awaitingPassword
+        case ready
+        case closed
+    }
+
+    /// What a Parse (or each statement of a Query) compiled to: SQLite, or a command the front end answers itself.
+    enum Command {
+        case sqlite(Statement, tag: String)
+        case empty
+        case utility(tag: String)
+        case show(String)
+        /// immediate: READ WRITE asked (true), READ ONLY (false), or neither: the first statement decides.
+        case begin(immediate: Bool?)
+        case commit
+        case rollback
+        case deallocate(String?)
+    }
+
+    final class Prepared {
+        let sql: String
+        let command: Command
+        let parameterTypes: [Int32]
+        init(sql: String, command: Command, parameterTypes: [Int32]) {
+            self.sql = sql
+            self.command = command
+            self.parameterTypes = parameterTypes
+        }
+    }
+
+    final class Portal {
+        let prepared: Prepared
+        let resultFormats: [Int16]
+        var columns: [PGColumn]?
+        var peeked: [DatabaseValue]?
+        var exhausted = false
+        var rowsSent = 0
+        init(prepared: Prepared, resultFormats: [Int16]) {
+            self.prepared = prepared
+            self.resultFormats = resultFormats
+        }
+    }
+
+    let config: PGSessionConfig
+    public let isTLS: Bool
+    public let processID: Int32
+    public let secret: Int32
+    var phase = Phase.startup
+    var user = ""
+    var applicationName = ""
+    var database: Database?
+    var authorizing = APIAuthorizer.Context(ownsConnection: true)
+    var refusal: String?
+    var statements: [String: Prepared] = [:]
+    var portals: [String: Portal] = [:]
+    /// A statement failed inside a transaction block: everything but ROLLBACK is refused until it ends.
+    var failed = false
+    /// The client said BEGIN and SQLite's transaction starts with the next statement: IMMEDIATE (the write lock at
+    /// once) when that statement writes, DEFERRED when it reads, so a reading transaction never blocks writers.
+    var transactionRequested = false
+    /// SQLite's transaction began DEFERRED (its first statement read), so a later write may find it stale.
+    var transactionReadFirst = false
+    /// An extended-protocol message failed: the rest up to Sync is skipped.
+    var skippingUntilSync = false
+    let emit: (BackendMessage) -> Void
+    /// Set when the session must end after its replies are sent.
+    public private(set) var closing = false
+    /// Called once the database is open, with what a CancelRequest needs.
+    public var onReady: ((DatabaseInterrupter) -> Void)?
+
+    public init(config: PGSessionConfig, isTLS: Bool, processID: Int32, secret: Int32, emit: @escaping (BackendMessage) -> Void) {
+        self.config = config
+        self.isTLS = isTLS
+        self.processID = processID
+        self.secret = secret
+        self.emit = emit
+    }
+
+    /// Handles one message; replies go to `emit`.
+    public func handle(_ message: FrontendMessage) {
+        switch phase {
+        case .closed:
+            return
+        case .startup, .awaitingSASLInitial, .awaitingSASLFinal, .awaitingMD5, .awaitingPassword:
+            authenticate(message)
+        case .ready:
+            if case .terminate = message { close(); return }
+            if skippingUntilSync {
+                if case .sync = message {
+                    skippingUntilSync = false
+                    emit(.readyForQuery(status: status))
+                }
+                return
+            }
+            serve(message)
+        }
+    }
+
+    public func close() {
+        phase = .closed
+        closing = true
+        portals.removeAll()
+        statements.removeAll()
+        database = nil
+    }
+
+    private func fatal(_ code: String, _ message: String) {
+        emit(.error(PGError(code, message, severity: "FATAL")))
+        close()
+    }
+
+    // MARK: Authentication
+
+    private func authenticate(_ message: FrontendMessage) {
+        switch (phase, message) {
+        case (.startup, .startup(let parameters)):
+            user = parameters["user"] ?? ""
+            applicationName = parameters["application_name"] ?? ""
+            if config.requireTLS && !isTLS {
+                return fatal("28000", "this server accepts TLS connections only; connect with sslmode=require")
+            }
+            switch config.auth {
+            case .scramSHA256:
+                phase = .awaitingSASLInitial
+                emit(.authenticationSASL(mechanisms: ["SCRAM-SHA-256"]))
+            case .md5:
+                let salt = (0..<4).map { _ in UInt8.random(in: 0...255) }
+                phase = .awaitingMD5(salt: salt)
+                emit(.authenticationMD5Password(salt: salt))
+            case .password:
+                guard isTLS else { return fatal("28000", "password authentication is allowed over TLS only; connect with sslmode=require") }
+                phase = .awaitingPassword
+                emit(.authenticationCleartextPassword)
+            }
+        case (.awaitingSASLInitial, .password(let body)):
+            var rest = body[...]
+            guard let zero = rest.firstIndex(of: 0), String(decoding: rest[..<zero], as: UTF8.self) == "SCRAM-SHA-256" else {
+                return fatal("28000", "only SCRAM-SHA-256 is offered")
+            }
+            rest = rest[(zero + 1)...]
+            guard rest.count >= 4 else { return fatal("08P01", "malformed SASLInitialResponse") }
+            let data = rest.dropFirst(4)
+            var exchange = SCRAMExchange(verifier: config.scram)
+            do {
+                let serverFirst = try exchange.start(clientFirst: String(decoding: data, as: UTF8.self))
+                phase = .awaitingSASLFinal(exchange)
+                emit(.authenticationSASLContinue(Array(serverFirst.utf8)))
+            } catch {
+                fatal(error.code, error.message)
+            }
+        case (.awaitingSASLFinal(let exchange), .password(let body)):
+            do {
+                let serverFinal = try exchange.finish(clientFinal: String(decoding: body, as: UTF8.self))
+                guard constantTimeEquals(Array(user.utf8), Array(config.user.utf8)) else { throw PGError("28P01", "") }
+                emit(.authenticationSASLFinal(Array(serverFinal.utf8)))
+                authenticated()
+            } catch {
+                fatal("28P01", "password authentication failed for user \"\(user)\"")
+            }
+        case (.awaitingMD5(let salt), .password(let body)):
+            let answer = Array(body.prefix { $0 != 0 })
+            let expected = Array(pgMD5Answer(user: config.user, password: config.password, salt: salt).utf8)
+            guard constantTimeEquals(answer, expected), constantTimeEquals(Array(user.utf8), Array(config.user.utf8)) else {
+                return fatal("28P01", "password authentication failed for user \"\(user)\"")
+            }
+            authenticated()
+        case (.awaitingPassword, .password(let body)):
+            let answer = Array(body.prefix { $0 != 0 })
+            guard constantTimeEquals(answer, Array(config.password.utf8)), constantTimeEquals(Array(user.utf8), Array(config.user.utf8)) else {
+                return fatal("28P01", "password authentication failed for user \"\(user)\"")
+            }
+            authenticated()
+        case (_, .terminate):
+            close()
+        default:
+            fatal("08P01", "unexpected message during authentication")
+        }
+    }
+
+    private func authenticated() {
+        do {
+            let db = try Database(path: config.databasePath, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
+            try db.setBusyTimeout(ms: Int32(clamping: config.busyTimeoutMs))
+            try db.harden()
+            db.setAuthorizer { [unowned self] request in
+                guard let why = APIAuthorizer.refusal(request, &self.authorizing) else { return .allow }
+                self.refusal = why
+                return .deny
+            }
+            let sqliteVersion = (try? db.scalar("SELECT sqlite_version()")?.string) ?? "?"
+            try db.defineConstantFunction("version", value: "PostgreSQL 15.0 (harmonylite node \(config.nodeID), SQLite \(sqliteVersion))")
+            try db.defineConstantFunction("current_database", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
+            try db.defineConstantFunction("current_schema", value: "public")
+            try db.defineConstantFunction("current_user", value: config.user)
+            database = db
+            onReady?(db.interrupter)
+        } catch {
+            return fatal("58000", "cannot open the database: \(error)")
+        }
+        phase = .ready
+        emit(.authenticationOK)
+        for (name, value) in Self.parameterStatus(user: config.user, applicationName: applicationName) {
+            emit(.parameterStatus(name: name, value: value))
+        }
+        emit(.backendKeyData(processID: processID, secret: secret))
+        emit(.readyForQuery(status: status))
+    }
+
+    static func parameterStatus(user: String, applicationName: String) -> [(String, String)] {
+        [("server_version", "15.0"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"), ("DateStyle", "ISO, MDY"),
+         ("integer_datetimes", "on"), ("standard_conforming_strings", "on"), ("TimeZone", "UTC"), ("IntervalStyle", "postgres"),
+         ("is_superuser", "off"), ("session_authorization", user), ("application_name", applicationName)]
+    }
+
+    /// SHOW answers: the parameters above plus a few drivers ask for.
+    static func setting(_ name: String, user: String) -> String? {
+        let extra = ["transaction_isolation": "serializable", "default_transaction_isolation": "serializable",
+                     "max_identifier_length": "63", "search_path": "public", "server_version_num": "150000",
+                     "transaction_read_only": "off", "lc_collate": "C", "lc_ctype": "C"]
+        if let v = extra[name] { return v }
+        return parameterStatus(user: user, applicationName: "").first { $0.0.lowercased() == name }?.1
+    }
+
+    /// I idle, T in a transaction block, E in a failed one.
+    var status: UInt8 {
+        if failed { return UInt8(ascii: "E") }
+        return inTransactionBlock ? UInt8(ascii: "T") : UInt8(ascii: "I")
+    }
+
+    // MARK: Queries
+
+    private func serve(_ message: FrontendMessage) {
+        do {
+            switch message {
+            case .query(let sql):
+                simpleQuery(sql)
+            case .parse(let name, let query, let types):
+                if !name.isEmpty, statements[name] != nil {
+                    throw PGError("42P05", "prepared statement \"\(name)\" already exists")
+                }
+                let (command, rest) = try compile(query)
+                guard Self.isBlank(rest) else { throw PGError("42601", "cannot insert multiple commands into a prepared statement") }
+                statements[name] = Prepared(sql: query, command: command, parameterTypes: types)
+                emit(.parseComplete)
+            case .bind(let portalName, let statementName, let formats, let values, let resultFormats):
+                guard let prepared = statements[statementName] else {
+                    throw PGError("26000", "prepared statement \"\(statementName)\" does not exist")
+                }
+                try bind(prepared, formats: formats, values: values)
+                portals[portalName] = Portal(prepared: prepared, resultFormats: resultFormats)
+                emit(.bindComplete)
+            case .describe(let kind, let name):
+                if kind == UInt8(ascii: "S") {
+                    guard let prepared = statements[name] else { throw PGError("26000", "prepared statement \"\(name)\" does not exist") }
+                    emit(.parameterDescription(parameterTypes(prepared)))
+                    let columns = try describe(prepared: prepared)
+                    emit(columns.isEmpty ? .noData : .rowDescription(columns))
+                } else {
+                    guard let portal = portals[name] else { throw PGError("34000", "portal \"\(name)\" does not exist") }
+                    let columns = try describe(portal)
+                    emit(columns.isEmpty ? .noData : .rowDescription(columns))
+                }
+            case .execute(let name, let maxRows):
+                guard let portal = portals[name] else { throw PGError("34000", "portal \"\(name)\" does not exist") }
+                try execute(portal, maxRows: Int(max(0, maxRows)))
+            case .close(let kind, let name):
+                if kind == UInt8(ascii: "S") { statements[name] = nil } else { portals[name] = nil }
+                emit(.closeComplete)
+            case .sync:
+                if !inTransactionBlock { portals.removeAll() }
+                emit(.readyForQuery(status: status))
+            case .flush:
+                break
+            case .password:
+                throw PGError("08P01", "unexpected password message")
+            default:
+                throw PGError("08P01", "unexpected message \(message)")
+            }
+        } catch let error as PGError {
+            emit(.error(error))
+            skippingUntilSync = true
+        } catch {
+            emit(.error(PGError("XX000", "\(error)")))
+            skippingUntilSync = true
+        }
+    }
+
+    /// A Query message: each statement in turn (each in its own transaction unless a block is open); the first
+    /// failure ends the message.
+    private func simpleQuery(_ sql: String) {
+        var rest = sql
+        var ranAny = false
+        while true {
+            let command: Command
+            do {
+                (command, rest) = try compile(rest)
+            } catch {
+                emit(.error(error))
+                break
+            }
+            if case .empty = command {
+                if !ranAny { emit(.emptyQueryResponse) }
+                break
+            }
+            ranAny = true
+            let portal = Portal(prepared: Prepared(sql: "", command: command, parameterTypes: []), resultFormats: [])
+            do {
+                if case .sqlite(let s, _) = command, s.parameterCount > 0 {
+                    throw PGError("08P01", "the simple query protocol takes no parameters ($1...); use the extended protocol")
+                }
+                let columns = try describe(portal)
+                if !columns.isEmpty { emit(.rowDescription(columns)) }
+                try execute(portal, maxRows: 0)
+            } catch {
+                emit(.error(error as? PGError ?? PGError("XX000", "\(error)")))
+                break
+            }
+            if Self.isBlank(rest) { break }
+        }
+        portals[""] = nil
+        emit(.readyForQuery(status: status))
+    }
+
+    static func isBlank(_ sql: String) -> Bool { strippedLeading(sql).isEmpty }
+
+    /// `sql` without the spaces, semicolons and comments it starts with.
+    static func strippedLeading(_ sql: String) -> Substring {
+        var rest = Substring(sql)
+        while true {
+            rest = rest.drop { $0.isWhitespace || $0 == ";" }
+            if rest.hasPrefix("--") {
+                rest = rest.drop { $0 != "\n" }
+            } else if rest.hasPrefix("/*"), let end = rest.range(of: "*/") {
+                rest = rest[end.upperBound...]
+            } else {
+                return rest
+            }
+        }
+    }
+
+    static func firstKeyword(_ sql: String) -> String {
+        String(strippedLeading(sql).prefix { $0.isLetter }).uppercased()
+    }
+
+    /// The first statement of `sql` and the text after it. PostgreSQL commands SQLite lacks (SET, SHOW, START
+    /// TRANSACTION, BEGIN with options, ABORT...) are answered here; the rest is compiled by SQLite.
+    private func compile(_ sql: String) throws(PGError) -> (Command, String) {
+        let text = Self.strippedLeading(sql)
+        let words = text.prefix { $0 != ";" }.split(whereSeparator: { $0.isWhitespace }).prefix(3).map { $0.uppercased() }
+        let keyword = String(text.prefix { $0.isLetter }).uppercased()
+        func untilSemicolon() -> String {
+            guard let end = text.firstIndex(of: ";") else { return "" }
+            return String(text[text.index(after: end)...])
+        }
+        switch keyword {
+        case "":
+            return (.empty, "")
+        case "SET", "RESET", "DISCARD", "LISTEN", "UNLISTEN":
+            return (.utility(tag: keyword == "DISCARD" ? "DISCARD ALL" : keyword), untilSemicolon())
+        case "SHOW":
+            let name = words.count > 1 ? words[1].lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ";")) : ""
+            return (.show(name), untilSemicolon())
+        case "START", "BEGIN":
+            let options = text.prefix { $0 != ";" }.uppercased()
+            let immediate: Bool? = options.contains("READ WRITE") ? true : options.contains("READ ONLY") ? false : nil
+            return (.begin(immediate: immediate), untilSemicolon())
+        case "COMMIT", "END":
+            return (.commit, untilSemicolon())
+        case "ABORT":
+            return (.rollback, untilSemicolon())
+        case "ROLLBACK" where !(words.count > 1 && words[1] == "TO"):
+            return (.rollback, untilSemicolon())
+        case "DEALLOCATE":
+            let name = words.dropFirst().first { $0 != "PREPARE" }?.trimmingCharacters(in: CharacterSet(charactersIn: ";"))
+            return (.deallocate(name == "ALL" ? nil : name?.lowercased()), untilSemicolon())
+        default:
+            guard let db = database else { throw PGError("08003", "no database connection") }
+            authorizing.startStatement()
+            refusal = nil
+            defer { authorizing.topLevel = false }
+            do {
+                let (statement, rest) = try db.prepareFirst(String(text))
+                guard let statement else { return (.empty, "") }
+                return (.sqlite(statement, tag: keyword), rest)
+            } catch {
+                throw sqlError(error)
+            }
+        }
+    }
+
+    private func parameterTypes(_ p: Prepared) -> [Int32] {
+        guard case .sqlite(let s, _) = p.command else { return [] }
+        return (0..<s.parameterCount).map { i in i < p.parameterTypes.count && p.parameterTypes[i] != 0 ? p.parameterTypes[i] : PGType.text }
+    }
+
+    /// Binds a Bind message's values: `$1` is the parameter named "$1" (SQLite's own syntax for it), so each
+    /// value goes to the place its number says.
+    private func bind(_ p: Prepared, formats: [Int16], values: [[UInt8]?]) throws(PGError) {
+        guard case .sqlite(let s, _) = p.command else {
+            guard values.isEmpty else { throw PGError("08P01", "bind message supplies \(values.count) parameters, but the statement requires 0") }
+            return
+        }
+        guard values.count == s.parameterCount else {
+            throw PGError("08P01", "bind message supplies \(values.count) parameters, but prepared statement requires \(s.parameterCount)")
+        }
+        s.reset()
+        s.clearBindings()
+        for (i, bytes) in values.enumerated() {
+            let format = formats.count == 1 ? formats[0] : (i < formats.count ? formats[i] : 0)
+            let oid = i < p.parameterTypes.count ? p.parameterTypes[i] : 0
+            let value = try PGType.decode(bytes, oid: oid, binary: format == 1)
+            let index = s.parameterIndex("$\(i + 1)") ?? (i + 1)
+            do { try s.bind(value, index: index) } catch { throw sqlError(error) }
+        }
+    }
+
+    private func describe(prepared p: Prepared) throws(PGError) -> [PGColumn] {
+        switch p.command {
+        case .sqlite(let s, _):
+            return (0..<s.columnCount).map { i in
+                let oid = PGType.oid(declared: s.declaredType(i), sample: nil)
+                return PGColumn(name: s.columnName(i), typeOID: oid, typeSize: PGType.size(oid), format: 0)
+            }
+        case .show(let name): return [PGColumn(name: name, typeOID: PGType.text, typeSize: -1, format: 0)]
+        default: return []
+        }
+    }
+
+    /// The portal's columns; a query's first row is read now, so an expression's type comes from its value.
+    private func describe(_ portal: Portal) throws(PGError) -> [PGColumn] {
+        if let columns = portal.columns { return columns }
+        var columns = try describe(prepared: portal.prepared)
+        if case .sqlite(let s, _) = portal.prepared.command, !columns.isEmpty, s.isReadOnly, portal.rowsSent == 0 {
+            try startRequestedTransaction(for: s)
+            if try step(s) { portal.peeked = s.row() } else { portal.exhausted = true }
+        }
+        for i in columns.indices {
+            if case .sqlite(let s, _) = portal.prepared.command {
+                columns[i].typeOID = PGType.oid(declared: s.declaredType(i), sample: portal.peeked?[i])
+                columns[i].typeSize = PGType.size(columns[i].typeOID)
+            }
+            let format = portal.resultFormats.count == 1 ? portal.resultFormats[0] : (i < portal.resultFormats.count ? portal.resultFormats[i] : 0)
+            columns[i].format = format
+        }
+        portal.columns = columns
+        return columns
+    }
+
+    private func step(_ s: Statement) throws(PGError) -> Bool {
+        do { return try s.step() } catch { throw sqlError(error) }
+    }
+
+    private func execute(_ portal: Portal, maxRows: Int) throws(PGError) {
+        let command = portal.prepared.command
+        let wasInTransaction = inTransactionBlock
+        if failed {
+            switch command {
+            case .rollback, .commit: break
+            default: throw PGError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+            }
+        }
+        do {
+            switch command {
+            case .empty:
+                emit(.emptyQueryResponse)
+            case .utility(let tag):
+                emit(.commandComplete(tag))
+            case .show(let name):
+                guard let value = Self.setting(name, user: config.user) else {
+                    throw PGError("42704", "unrecognized configuration parameter \"\(name)\"")
+                }
+                _ = try describe(portal)
+                emit(.dataRow([Array(value.utf8)]))
+                emit(.commandComplete("SHOW"))
+            case .begin(let immediate):
+                if wasInTransaction {
+                    emit(.notice("there is already a transaction in progress"))
+                } else if let immediate {
+                    try run(immediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED")
+                } else {
+                    transactionRequested = true
+                }
+                emit(.commandComplete("BEGIN"))
+            case .commit, .rollback:
+                if database?.isInTransaction == true {
+                    if case .commit = command, !failed { try run("COMMIT") } else { try run("ROLLBACK") }
+                } else if !wasInTransaction {
+                    emit(.notice("there is no transaction in progress"))
+                }
+                let tag = if case .commit = command, !failed { "COMMIT" } else { "ROLLBACK" }
+                failed = false
+                transactionRequested = false
+                transactionReadFirst = false
+                emit(.commandComplete(tag))
+            case .deallocate(let name):
+                if let name { statements[name] = nil } else { statements = statements.filter { $0.key.isEmpty } }
+                emit(.commandComplete("DEALLOCATE"))
+            case .sqlite(let s, let keyword):
+                try executeSQLite(portal, s, keyword: keyword, maxRows: maxRows)
+            }
+        } catch {
+            if wasInTransaction { failed = true }
+            throw error as? PGError ?? PGError("XX000", "\(error)")
+        }
+    }
+
+    /// A transaction block is open for the client: BEGIN was sent (SQLite's may not have started yet) or a
+    /// SAVEPOINT started one.
+    var inTransactionBlock: Bool { transactionRequested || database?.isInTransaction == true }
+
+    /// Starts SQLite's transaction for a pending BEGIN, in the mode `s` needs.
+    private func startRequestedTransaction(for s: Statement) throws(PGError) {
+        guard transactionRequested else { return }
+        transactionRequested = false
+        if database?.isInTransaction != true {
+            try run(s.isReadOnly ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE")
+            transactionReadFirst = s.isReadOnly
+        }
+    }
+
+    private func run(_ sql: String) throws(PGError) {
+        do { try database?.execute(sql) } catch { throw sqlError(error) }
+    }
+
+    private func executeSQLite(_ portal: Portal, _ s: Statement, keyword: String, maxRows: Int) throws(PGError) {
+        guard let db = database else { throw PGError("08003", "no database connection") }
+        try startRequestedTransaction(for: s)
+        if s.columnCount == 0 {
+            let before = db.totalChanges
+            while try step(s) {}
+            s.reset()
+            let affected = db.totalChanges == before ? 0 : db.changes
+            emit(.commandComplete(Self.tag(keyword: keyword, sql: s.sql, rows: affected)))
+            return
+        }
+        let columns = try describe(portal)
+        var sent = 0
+        func send(_ row: [DatabaseValue]) throws(PGError) {
+            var values: [[UInt8]?] = []
+            values.reserveCapacity(row.count)
+            for (i, v) in row.enumerated() {
+                values.append(try PGType.encode(v, oid: columns[i].typeOID, binary: columns[i].format == 1))
+            }
+            emit(.dataRow(values))
+            sent += 1
+            portal.rowsSent += 1
+        }
+        if let row = portal.peeked {
+            portal.peeked = nil
+            try send(row)
+        }
+        while !portal.exhausted && (maxRows == 0 || sent < maxRows) {
+            if try step(s) { try send(s.row()) } else { portal.exhausted = true }
+        }
+        if !portal.exhausted {
+            emit(.portalSuspended)
+            return
+        }
+        s.reset()
+        let rows = ["INSERT", "UPDATE", "DELETE"].contains(keyword) ? db.changes : portal.rowsSent
+        emit(.commandComplete(Self.tag(keyword: keyword, sql: s.sql, rows: rows, query: true)))
+    }
+
+    /// PostgreSQL's command tag: "INSERT 0 n", "UPDATE n", "SELECT n", "CREATE TABLE"...
+    static func tag(keyword: String, sql: String, rows: Int, query: Bool = false) -> String {
+        switch keyword {
+        case "INSERT", "REPLACE": return "INSERT 0 \(rows)"
+        case "UPDATE": return "UPDATE \(rows)"
+        case "DELETE": return "DELETE \(rows)"
+        case "SELECT", "WITH", "VALUES", "PRAGMA", "EXPLAIN": return query ? "SELECT \(rows)" : keyword
+        case "CREATE", "DROP", "ALTER":
+            let words = strippedLeading(sql).split(whereSeparator: { $0.isWhitespace }).map { $0.uppercased() }
+            let object = words.dropFirst().first { !["UNIQUE", "TEMP", "TEMPORARY", "VIRTUAL"].contains($0) } ?? ""
+            return "\(keyword) \(object)"
+        default:
+            return query ? "SELECT \(rows)" : keyword
+        }
+    }
+
+    /// SQLite's error as an SQLSTATE: class 23 for constraints (23505 unique), 42601 syntax, 42P01 and 42703 for
+    /// missing tables and columns, 55P03 busy, 57014 interrupted, 42501 for what the authorizer refuses.
+    func sqlError(_ error: any Error) -> PGError {
+        if let refusal {
+            self.refusal = nil
+            return PGError("42501", refusal)
+        }
+        guard let e = error as? SQLiteError else { return PGError("XX000", "\(error)") }
+        let message = e.message
+        switch e.code {
+        case 517, 5 where transactionReadFirst && database?.isInTransaction == true:  // SQLITE_BUSY_SNAPSHOT, or BUSY on the upgrade
+            return PGError("40001", "could not serialize access: this transaction read, then wrote, and another connection (the replicator or a client) committed in between. SQLite transactions are serializable: retry the transaction, or start it with BEGIN READ WRITE (psycopg: conn.read_only = False) to take the write lock first")
+        case 2067, 1555: return PGError("23505", message)  // SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY
+        case 1299: return PGError("23502", message)  // _NOTNULL
+        case 787: return PGError("23503", message)  // _FOREIGNKEY
+        case 275: return PGError("23514", message)  // _CHECK
+        default: break
+        }
+        switch e.primaryCode {
+        case SQLITE_CONSTRAINT: return PGError("23000", message)
+        case SQLITE_BUSY, SQLITE_LOCKED: return PGError("55P03", "the database is locked by another writer: \(message)")
+        case SQLITE_INTERRUPT: return PGError("57014", "canceling statement due to user request")
+        case SQLITE_AUTH: return PGError("42501", message)
+        case SQLITE_FULL: return PGError("53100", message)
+        case SQLITE_READONLY: return PGError("25006", message)
+        case SQLITE_MISMATCH: return PGError("42804", message)
+        case SQLITE_TOOBIG: return PGError("54000", message)
+        case SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOMEM, SQLITE_CANTOPEN: return PGError("58030", message)
+        default:
+            if message.contains("syntax error") || message.contains("incomplete input") { return PGError("42601", message) }
+            if message.hasPrefix("no such table") || message.hasPrefix("no such view") { return PGError("42P01", message) }
+            if message.hasPrefix("no such column") { return PGError("42703", message) }
+            if message.hasPrefix("no such function") { return PGError("42883", message) }
+            if message.contains("already exists") { return PGError("42P07", message) }
+            return PGError("42000", message)
+        }
+    }
+}
