@@ -262,6 +262,12 @@ public struct PGColumn: Equatable, Sendable {
     public var typeSize: Int16
     /// 0 text, 1 binary.
     public var format: Int16
+    public init(name: String, typeOID: Int32, typeSize: Int16, format: Int16) {
+        self.name = name
+        self.typeOID = typeOID
+        self.typeSize = typeSize
+        self.format = format
+    }
 }
 
 /// An ErrorResponse: SQLSTATE, severity (ERROR, or FATAL when the session ends) and message.

@@ -464,9 +464,19 @@ public final class PGSession {
         }
     }
 
+    /// In a failed transaction block only its end may run.
+    private func refuseInFailedTransaction(_ command: Command) throws(PGError) {
+        guard failed else { return }
+        switch command {
+        case .rollback, .commit: return
+        default: throw PGError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+        }
+    }
+
     /// The portal's columns; a query's first row is read now, so an expression's type comes from its value.
     private func describe(_ portal: Portal) throws(PGError) -> [PGColumn] {
         if let columns = portal.columns { return columns }
+        try refuseInFailedTransaction(portal.prepared.command)
         var columns = try describe(prepared: portal.prepared)
         if case .sqlite(let s, _) = portal.prepared.command, !columns.isEmpty, s.isReadOnly, portal.rowsSent == 0 {
             try startRequestedTransaction(for: s)
@@ -491,12 +501,7 @@ public final class PGSession {
     private func execute(_ portal: Portal, maxRows: Int) throws(PGError) {
         let command = portal.prepared.command
         let wasInTransaction = inTransactionBlock
-        if failed {
-            switch command {
-            case .rollback, .commit: break
-            default: throw PGError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
-            }
-        }
+        try refuseInFailedTransaction(command)
         do {
             switch command {
             case .empty:

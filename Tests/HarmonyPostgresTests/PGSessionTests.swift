@@ -1,0 +1,145 @@
+import Foundation
+import HarmonyPostgres
+import HarmonySQLite
+import Testing
+
+/// A session driven message by message against a real SQLite file, no network.
+final class SessionFixture {
+    let directory: String
+    let path: String
+    var replies: [BackendMessage] = []
+    var session: PGSession!
+
+    init(auth: PGAuthMethod = .md5, isTLS: Bool = false, requireTLS: Bool = false) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("pg-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        path = directory + "/app.db"
+        try SQLiteOpener().open(path: path).execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, r REAL)")
+        let config = PGSessionConfig(databasePath: path, user: "app", password: "pw", auth: auth, requireTLS: requireTLS)
+        session = PGSession(config: config, isTLS: isTLS, processID: 1, secret: 2) { [unowned self] in self.replies.append($0) }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
+
+    /// Sends messages; returns the replies they produced.
+    @discardableResult
+    func send(_ messages: FrontendMessage...) -> [BackendMessage] {
+        replies.removeAll()
+        for m in messages { session.handle(m) }
+        return replies
+    }
+
+    func login() {
+        let challenge = send(.startup(parameters: ["user": "app"]))
+        guard case .authenticationMD5Password(let salt)? = challenge.first else { Issue.record("no md5 challenge: \(challenge)"); return }
+        let answer = send(.password(body: Array(pgMD5Answer(user: "app", password: "pw", salt: salt).utf8) + [0]))
+        #expect(answer.first == .authenticationOK && answer.last == .readyForQuery(status: UInt8(ascii: "I")))
+    }
+
+    static func text(_ s: String) -> [UInt8]? { Array(s.utf8) }
+}
+
+@Suite struct PGSessionTests {
+    @Test func md5LoginAndAWrongPassword() throws {
+        let f = try SessionFixture()
+        f.login()
+        let g = try SessionFixture()
+        guard case .authenticationMD5Password? = g.send(.startup(parameters: ["user": "app"])).first else { Issue.record("no challenge"); return }
+        let refused = g.send(.password(body: Array("md5deadbeef".utf8) + [0]))
+        guard case .error(let e)? = refused.first else { Issue.record("\(refused)"); return }
+        #expect(e.code == "28P01" && e.severity == "FATAL" && g.session.closing)
+    }
+
+    @Test func cleartextPasswordsAndPlainConnectionsAreRefusedWhereTLSIsRequired() throws {
+        let plain = try SessionFixture(auth: .password)
+        guard case .error(let e)? = plain.send(.startup(parameters: ["user": "app"])).first else { Issue.record("accepted"); return }
+        #expect(e.code == "28000" && e.message.contains("TLS"))
+        let overTLS = try SessionFixture(auth: .password, isTLS: true)
+        #expect(overTLS.send(.startup(parameters: ["user": "app"])) == [.authenticationCleartextPassword])
+        #expect(overTLS.send(.password(body: Array("pw".utf8) + [0])).first == .authenticationOK)
+        let required = try SessionFixture(auth: .scramSHA256, requireTLS: true)
+        guard case .error(let r)? = required.send(.startup(parameters: ["user": "app"])).first else { Issue.record("accepted"); return }
+        #expect(r.message.contains("sslmode=require"))
+    }
+
+    @Test func simpleQueriesAnswerWithPostgresTagsAndTypes() throws {
+        let f = try SessionFixture()
+        f.login()
+        let replies = f.send(.query("INSERT INTO t VALUES (1, 'a', 1.5), (2, 'b', NULL); UPDATE t SET v = 'c' WHERE id = 2; SELECT id, v, r, count(*) OVER () FROM t ORDER BY id; DELETE FROM t WHERE id = 1"))
+        let tags = replies.compactMap { if case .commandComplete(let t) = $0 { t } else { nil } }
+        #expect(tags == ["INSERT 0 2", "UPDATE 1", "SELECT 2", "DELETE 1"])
+        let description = replies.compactMap { if case .rowDescription(let c) = $0 { c } else { nil } }.first
+        #expect(description?.map(\.typeOID) == [20, 25, 701, 20])
+        #expect(replies.contains(.dataRow([SessionFixture.text("1"), SessionFixture.text("a"), SessionFixture.text("1.5"), SessionFixture.text("2")])))
+        #expect(replies.contains(.dataRow([SessionFixture.text("2"), SessionFixture.text("c"), nil, SessionFixture.text("2")])))
+        #expect(replies.last == .readyForQuery(status: UInt8(ascii: "I")))
+        #expect(f.send(.query("  ")).first == .emptyQueryResponse)
+        let shown = f.send(.query("SET extra_float_digits = 3; SHOW server_version; SELECT version()"))
+        #expect(shown.contains(.commandComplete("SET")) && shown.contains(.dataRow([SessionFixture.text("15.0")])))
+    }
+
+    @Test func extendedQueriesBindByNumberAndSuspendAtTheRowLimit() throws {
+        let f = try SessionFixture()
+        f.login()
+        // $2 before $1 in the text: each value goes where its number says.
+        var replies = f.send(.parse(name: "ins", query: "INSERT INTO t(v, id) VALUES ($2, $1)", parameterTypes: [20, 25]),
+                             .bind(portal: "", statement: "ins", parameterFormats: [1, 0],
+                                   parameters: [[0, 0, 0, 0, 0, 0, 0, 7], Array("seven".utf8)], resultFormats: []),
+                             .execute(portal: "", maxRows: 0), .sync)
+        #expect(replies == [.parseComplete, .bindComplete, .commandComplete("INSERT 0 1"), .readyForQuery(status: UInt8(ascii: "I"))])
+        _ = f.send(.query("INSERT INTO t(id) VALUES (8), (9)"))
+        replies = f.send(.parse(name: "", query: "SELECT id FROM t ORDER BY id", parameterTypes: []),
+                         .bind(portal: "p", statement: "", parameterFormats: [], parameters: [], resultFormats: [1]),
+                         .describe(kind: UInt8(ascii: "P"), name: "p"),
+                         .execute(portal: "p", maxRows: 2), .execute(portal: "p", maxRows: 2), .sync)
+        #expect(replies == [
+            .parseComplete, .bindComplete,
+            .rowDescription([PGColumn(name: "id", typeOID: 20, typeSize: 8, format: 1)]),
+            .dataRow([[0, 0, 0, 0, 0, 0, 0, 7]]), .dataRow([[0, 0, 0, 0, 0, 0, 0, 8]]), .portalSuspended,
+            .dataRow([[0, 0, 0, 0, 0, 0, 0, 9]]), .commandComplete("SELECT 3"),
+            .readyForQuery(status: UInt8(ascii: "I")),
+        ])
+        // An error skips the rest up to Sync.
+        replies = f.send(.parse(name: "", query: "SELEC", parameterTypes: []), .bind(portal: "", statement: "", parameterFormats: [], parameters: [], resultFormats: []),
+                         .execute(portal: "", maxRows: 0), .sync)
+        guard case .error(let e)? = replies.first else { Issue.record("\(replies)"); return }
+        #expect(e.code == "42601" && replies.count == 2 && replies.last == .readyForQuery(status: UInt8(ascii: "I")))
+    }
+
+    @Test func aFailedStatementInATransactionBlocksAllButRollback() throws {
+        let f = try SessionFixture()
+        f.login()
+        var replies = f.send(.query("BEGIN; INSERT INTO t(id) VALUES (1); INSERT INTO t(id) VALUES (1)"))
+        #expect(replies.contains { if case .error(let e) = $0 { e.code == "23505" } else { false } })
+        #expect(replies.last == .readyForQuery(status: UInt8(ascii: "E")))
+        replies = f.send(.query("SELECT 1"))
+        #expect(replies.first.map { if case .error(let e) = $0 { e.code == "25P02" } else { false } } == true)
+        replies = f.send(.query("COMMIT"))
+        #expect(replies == [.commandComplete("ROLLBACK"), .readyForQuery(status: UInt8(ascii: "I"))])
+        #expect(try Database(path: f.path).scalar("SELECT count(*) FROM t")?.int64 == 0)
+        // BEGIN ... COMMIT commits, and the status says T in between.
+        #expect(f.send(.query("BEGIN")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        #expect(f.send(.query("INSERT INTO t(id) VALUES (5)")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        #expect(f.send(.query("COMMIT")).first == .commandComplete("COMMIT"))
+        #expect(try Database(path: f.path).scalar("SELECT count(*) FROM t")?.int64 == 1)
+    }
+
+    @Test func sqlstatesFollowSQLitesErrors() throws {
+        let f = try SessionFixture()
+        f.login()
+        func code(_ sql: String) -> String? {
+            for r in f.send(.query(sql)) { if case .error(let e) = r { return e.code } }
+            return nil
+        }
+        _ = f.send(.query("CREATE TABLE u(id INTEGER PRIMARY KEY, n TEXT NOT NULL, c INTEGER CHECK (c > 0))"))
+        #expect(code("INSERT INTO u VALUES (1, 'a', 1); INSERT INTO u VALUES (1, 'b', 1)") == "23505")
+        #expect(code("INSERT INTO u VALUES (2, NULL, 1)") == "23502")
+        #expect(code("INSERT INTO u VALUES (3, 'c', 0)") == "23514")
+        #expect(code("SELECT * FROM nope") == "42P01")
+        #expect(code("SELECT nope FROM u") == "42703")
+        #expect(code("SELECT FROM WHERE") == "42601")
+        #expect(code("DELETE FROM __harmonylite___anything") == "42501" || code("DELETE FROM __harmonylite___anything") == "42P01")
+        #expect(code("ATTACH DATABASE '/tmp/x' AS x") == "42501")
+        #expect(code("SHOW nonsense") == "42704")
+    }
+}
