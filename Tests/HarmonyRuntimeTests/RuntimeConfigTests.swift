@@ -118,6 +118,24 @@ struct RuntimeConfigTests {
         #expect(message("enabled = true").contains("unknown key 'http.enabled'"))
     }
 
+    /// `[postgres]`: off by default; no default password; cleartext only with TLS.
+    @Test func postgresSettings() throws {
+        let defaults = try RuntimeConfig.parse("db_path = \"a.db\"\n")
+        #expect(!defaults.postgres.enable && defaults.postgres.bind == "127.0.0.1:5432" && defaults.postgres.auth == "scram-sha-256")
+        let c = try RuntimeConfig.parse("db_path = \"a\"\n[postgres]\nenable = true\nuser = \"app\"\npassword = \"pw\"\nauth = \"md5\"\nmax_connections = 5\n")
+        #expect(c.postgres.enable && c.postgres.user == "app" && c.postgres.password == "pw" && c.postgres.auth == "md5" && c.postgres.maxConnections == 5)
+        func message(_ body: String) -> String {
+            do { _ = try RuntimeConfig.parse("db_path = \"a\"\n[postgres]\n" + body + "\n"); return "parsed" } catch { return "\(error)" }
+        }
+        #expect(message("enable = true").contains("postgres.password"))
+        #expect(message("enable = true\npassword = \"pw\"\nauth = \"password\"").contains("TLS"))
+        #expect(message("enable = true\npassword = \"pw\"\nauth = \"trust\"").contains("postgres.auth"))
+        #expect(message("require_tls = true").contains("cert_file"))
+        #expect(message("cert_file = \"c.pem\"").contains("key_file"))
+        #expect(message("bind = \"5432\"").contains("postgres.bind"))
+        #expect(message("enable = true\npassword = \"pw\"\nauth = \"password\"\ncert_file = \"c\"\nkey_file = \"k\"") == "parsed")
+    }
+
     /// Snapshot settings: defaults, history, the object store's replicas following the streams', a local path.
     @Test func snapshotSettings() throws {
         let defaults = try RuntimeConfig.parse("db_path = \"a.db\"\n[replication_log]\nreplicas = 3\n[snapshot]\nenabled = true\n")
