@@ -139,6 +139,8 @@ final class PGChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         counted = false
         closed = true
         stallTimer?.cancel()
+        // A client gone mid-statement: stop the statement so its session can close and let go of its locks.
+        server.cancels.cancel(key.0, secret: key.1)
         server.cancels.remove(key.0)
         if let queue = sessionQueue, let session {
             let box = SessionBox(session)

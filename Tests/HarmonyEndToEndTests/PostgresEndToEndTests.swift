@@ -309,6 +309,28 @@ func startupMessage(user: String) -> [UInt8] {
             _ = fuzz.readToEnd()
         }
 
+        // A client killed while its transaction holds the write lock and a statement runs: the statement is
+        // stopped, the transaction rolled back, and the next writer gets in at once.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: venvPython())
+        holder.arguments = ["-c", """
+            import psycopg
+            c = psycopg.connect(host="127.0.0.1", port=\(ports[2]), user="app", password="\(Self.password)", dbname="app", sslmode="disable")
+            c.execute("INSERT INTO t VALUES (50)")
+            print("holding", flush=True)
+            c.execute("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n")
+            """]
+        let holderOut = Pipe()
+        holder.standardOutput = holderOut
+        try holder.run()
+        _ = holderOut.fileHandleForReading.availableData  // "holding": the insert is in
+        Thread.sleep(forTimeInterval: 0.5)
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+        let next = try psql(port: ports[2], password: Self.password, ["INSERT INTO t VALUES (51)", "SELECT group_concat(id) FROM t"])
+        #expect(next.status == 0 && next.out == "INSERT 0 1\n51\n", "\(next.out)")
+        #expect(try psql(port: ports[2], password: Self.password, ["DELETE FROM t"]).status == 0)
+
         // Beyond max_connections (12 on node 3) a client gets an error, not a hang; once others leave, it gets in.
         let held = try (0..<12).map { _ in try RawSocket(port: ports[2]) }
         Thread.sleep(forTimeInterval: 0.3)
