@@ -54,7 +54,10 @@ let package = Package(
         ]),
 
         // SQL from remote clients: strict JSON, the authorizer, pooled read-only and read-write connections.
-        .target(name: "HarmonyAPI", dependencies: ["HarmonySQLite", "CSQLite"]),
+        .target(name: "HarmonyAPI", dependencies: [
+            "HarmonySQLite", "CSQLite", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
         // The HTTP front end on every node (seed 004's interface): SQL, backups, snapshots, replications.
         .target(name: "HarmonyHTTP", dependencies: [
             "HarmonyAPI", "HarmonyRuntime", "HarmonySQLite", "HarmonyCore", "HarmonyNATS",

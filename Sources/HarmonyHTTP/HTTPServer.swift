@@ -34,23 +34,13 @@ public final class HTTPAPIServer: Sendable {
         let tls = try makeTLSContext()
         workers.start()
         let routes = self.routes, maxBody = settings.maxBodyBytes, workers = self.workers, log = self.log
-        let channel: Channel
-        do {
-            channel = try ServerBootstrap(group: group)
-                .serverChannelOption(ChannelOptions.backlog, value: 256)
-                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { child in
-                    child.eventLoop.makeCompletedFuture {
-                        if let tls { try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
-                        try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try child.pipeline.syncOperations.addHandler(
-                            APIChannelHandler(routes: routes, maxBodyBytes: maxBody, workers: workers, log: log))
-                    }
-                }
-                .bind(host: host, port: port).wait()
-        } catch {
-            throw HTTPServerError("cannot listen on \(settings.bind) for the HTTP API: \(error)")
+        let channel = try FrontEndListener.bind(group: group, host: host, port: port, for: "HTTP API") { child in
+            child.eventLoop.makeCompletedFuture {
+                if let tls { try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                try child.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                try child.pipeline.syncOperations.addHandler(
+                    APIChannelHandler(routes: routes, maxBodyBytes: maxBody, workers: workers, log: log))
+            }
         }
         listener.withLock { $0 = channel }
         return (host, channel.localAddress?.port ?? port)
@@ -58,14 +48,7 @@ public final class HTTPAPIServer: Sendable {
 
     private func makeTLSContext() throws -> NIOSSLContext? {
         guard let cert = settings.certFile, let key = settings.keyFile else { return nil }
-        do {
-            let chain = try NIOSSLCertificate.fromPEMFile(cert).map { NIOSSLCertificateSource.certificate($0) }
-            let configuration = TLSConfiguration.makeServerConfiguration(
-                certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
-            return try NIOSSLContext(configuration: configuration)
-        } catch {
-            throw HTTPServerError("cannot load the HTTP API's TLS certificate \(cert) and key \(key): \(error)")
-        }
+        return try ServerTLS.context(certFile: cert, keyFile: key, for: "HTTP API")
     }
 
     /// Stops accepting, closes open connections, and waits for running requests to end.

@@ -1,4 +1,5 @@
 import Dispatch
+import HarmonyAPI
 import Foundation
 import Logging
 import NIOCore
@@ -65,32 +66,14 @@ public final class PGServer: Sendable {
 
     @discardableResult
     public func start() throws -> Int {
-        let tls: NIOSSLContext?
-        if let cert = settings.certFile, let key = settings.keyFile {
-            do {
-                let chain = try NIOSSLCertificate.fromPEMFile(cert).map { NIOSSLCertificateSource.certificate($0) }
-                tls = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))))
-            } catch {
-                throw PGProtocolError("cannot load the PostgreSQL front end's TLS certificate \(cert) and key \(key): \(error)")
-            }
-        } else {
-            tls = nil
+        let tls = try settings.certFile.flatMap { cert in
+            try settings.keyFile.map { try ServerTLS.context(certFile: cert, keyFile: $0, for: "PostgreSQL front end") }
         }
         let server = self
-        let channel: Channel
-        do {
-            channel = try ServerBootstrap(group: group)
-                .serverChannelOption(ChannelOptions.backlog, value: 256)
-                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { child in
-                    child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.addHandler(PGChannelHandler(server: server, tls: tls))
-                    }
-                }
-                .bind(host: settings.host, port: settings.port).wait()
-        } catch {
-            throw PGProtocolError("cannot listen on \(settings.host):\(settings.port) for the PostgreSQL front end: \(error)")
+        let channel = try FrontEndListener.bind(group: group, host: settings.host, port: settings.port, for: "PostgreSQL front end") { child in
+            child.eventLoop.makeCompletedFuture {
+                try child.pipeline.syncOperations.addHandler(PGChannelHandler(server: server, tls: tls))
+            }
         }
         listener.withLock { $0 = channel }
         return channel.localAddress?.port ?? settings.port

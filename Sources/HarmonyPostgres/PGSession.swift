@@ -630,7 +630,8 @@ public final class PGSession {
         guard let e = error as? SQLiteError else { return PGError("XX000", "\(error)") }
         let message = e.message
         switch e.code {
-        case 517, 5 where transactionReadFirst && database?.isInTransaction == true:  // SQLITE_BUSY_SNAPSHOT, or BUSY on the upgrade
+        case 517 where true, 5 where transactionReadFirst && database?.isInTransaction == true:
+            // SQLITE_BUSY_SNAPSHOT, or a plain BUSY on the upgrade from reading to writing
             return PGError("40001", "could not serialize access: this transaction read, then wrote, and another connection (the replicator or a client) committed in between. SQLite transactions are serializable: retry the transaction, or start it with BEGIN READ WRITE (psycopg: conn.read_only = False) to take the write lock first")
         case 2067, 1555: return PGError("23505", message)  // SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY
         case 1299: return PGError("23502", message)  // _NOTNULL

@@ -22,11 +22,14 @@ extension RuntimeConfig {
         public init() {}
 
         /// The host and port of `bind`.
-        public var hostAndPort: (host: String, port: Int)? {
-            guard let colon = bind.lastIndex(of: ":"), let port = Int(bind[bind.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-            let host = String(bind[..<colon])
-            return (host.isEmpty ? "0.0.0.0" : host, port)
-        }
+        public var hostAndPort: (host: String, port: Int)? { RuntimeConfig.hostAndPort(bind) }
+    }
+
+    /// "host:port" with a port from 0 to 65535 (0: any free one); an empty host means every interface.
+    public static func hostAndPort(_ bind: String) -> (host: String, port: Int)? {
+        guard let colon = bind.lastIndex(of: ":"), let port = Int(bind[bind.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        let host = String(bind[..<colon])
+        return (host.isEmpty ? "0.0.0.0" : host, port)
     }
 
     static func parseHTTP(_ root: TOMLReader, into c: inout RuntimeConfig) throws {

@@ -19,11 +19,7 @@ extension RuntimeConfig {
         public var messageTimeoutMs = 30_000
         public init() {}
 
-        public var hostAndPort: (host: String, port: Int)? {
-            guard let colon = bind.lastIndex(of: ":"), let port = Int(bind[bind.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-            let host = String(bind[..<colon])
-            return (host.isEmpty ? "0.0.0.0" : host, port)
-        }
+        public var hostAndPort: (host: String, port: Int)? { RuntimeConfig.hostAndPort(bind) }
     }
 
     static func parsePostgres(_ root: TOMLReader, into c: inout RuntimeConfig) throws {

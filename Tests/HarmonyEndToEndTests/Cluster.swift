@@ -260,35 +260,91 @@ func waitUntil(_ what: String, timeoutSeconds: Double, _ condition: () throws ->
     throw E2EError("timed out after \(timeoutSeconds) s waiting until \(what)")
 }
 
+/// A raw TCP connection to 127.0.0.1, for sending what no driver would.
+final class RawSocket {
+    let fd: Int32
+    init(port: Int, timeoutSeconds: Int = 10) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { close(fd); throw E2EError("cannot connect to 127.0.0.1:\(port)") }
+    }
+    deinit { close(fd) }
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+    /// Everything the server sends until it closes the connection (or the timeout passes).
+    func readToEnd() -> [UInt8] {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return out }
+            out += buffer[0..<n]
+        }
+    }
+}
+
 /// A plain HTTP GET to 127.0.0.1 (status and body), enough for a node's /metrics and /health.
 func httpGet(port: Int, path: String) throws -> (status: Int, body: String) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw E2EError("socket failed") }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 5, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard connected == 0 else { throw E2EError("cannot connect to 127.0.0.1:\(port)") }
-    let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8)
-    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-    var response = [UInt8]()
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if n <= 0 { break }
-        response.append(contentsOf: buffer[0..<n])
-    }
-    let text = String(decoding: response, as: UTF8.self)
+    let connection = try RawSocket(port: port, timeoutSeconds: 5)
+    connection.send(Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8))
+    let text = String(decoding: connection.readToEnd(), as: UTF8.self)
     guard let end = text.range(of: "\r\n\r\n"), let status = Int(text[..<end.lowerBound].split(separator: " ").dropFirst().first ?? "") else {
         throw E2EError("not an HTTP response from 127.0.0.1:\(port)\(path): \(text.prefix(200))")
     }
     return (status, String(text[end.upperBound...]))
+}
+
+/// A self-signed certificate for 127.0.0.1 made with openssl, removed with this object.
+final class TestCertificate {
+    let directory: String
+    var certFile: String { directory + "/cert.pem" }
+    var keyFile: String { directory + "/key.pem" }
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-cert-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let openssl = Process()
+        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"]
+        openssl.standardError = FileHandle.nullDevice
+        try openssl.run()
+        openssl.waitUntilExit()
+        guard openssl.terminationStatus == 0 else { throw E2EError("openssl could not make a certificate") }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+/// Runs a Python program (written to `directory`) with `python`; its output, or an error carrying it.
+func runPython(_ script: String, _ arguments: [String], in directory: String, python: String = "/usr/bin/python3") throws -> String {
+    let path = directory + "/client-\(UUID().uuidString.prefix(6)).py"
+    try script.write(toFile: path, atomically: true, encoding: .utf8)
+    let (status, text) = try runProgram(python, [path] + arguments)
+    guard status == 0 else { throw E2EError("python client \(arguments.first ?? "") failed:\n\(text)") }
+    return text
+}
+
+/// Runs a program to its end: exit status and everything it wrote (stdout and stderr together).
+func runProgram(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = arguments
+    if let environment { p.environment = environment }
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, text)
 }
 
 /// The values of every series in a Prometheus text body whose line starts with `prefix`.

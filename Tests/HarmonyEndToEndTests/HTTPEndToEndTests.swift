@@ -114,22 +114,6 @@ else:
     concurrent(sys.argv[2], [int(p) for p in sys.argv[3].split(",")], int(sys.argv[4]), int(sys.argv[5]))
 """#
 
-func runPython(_ script: String, _ arguments: [String], in directory: String) throws -> String {
-    let path = directory + "/client.py"
-    try script.write(toFile: path, atomically: true, encoding: .utf8)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", path] + arguments
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw E2EError("python client \(arguments.first ?? "") failed:\n\(text)") }
-    return text
-}
-
 @Suite(.serialized) struct HTTPEndToEndTests {
     static let token = "e2e-token-0123456789abcdef"
 
@@ -274,20 +258,11 @@ func runPython(_ script: String, _ arguments: [String], in directory: String) th
     }
 
     @Test func theAPIServesTLSWhenGivenACertificate() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-tls-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let openssl = Process()
-        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"]
-        openssl.standardError = FileHandle.nullDevice
-        try openssl.run()
-        openssl.waitUntilExit()
-        #expect(openssl.terminationStatus == 0)
+        let certificate = try TestCertificate()
+        let directory = certificate.directory
         let ports = distinctFreePorts(3)
-        let c = try cluster(ports: ports, extra: "cert_file = \"\(directory)/cert.pem\"\nkey_file = \"\(directory)/key.pem\"")
-        var api = Curl(port: ports[0], token: Self.token, scheme: "https", extra: ["--cacert", directory + "/cert.pem"])
+        let c = try cluster(ports: ports, extra: "cert_file = \"\(certificate.certFile)\"\nkey_file = \"\(certificate.keyFile)\"")
+        var api = Curl(port: ports[0], token: Self.token, scheme: "https", extra: ["--cacert", certificate.certFile])
         try api.sql(#"{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"}"#)
         try api.sql(#"{"sql": "INSERT INTO t VALUES (1, 'over tls')"}"#)
         #expect(try c.waitForConvergence("SELECT v FROM t;", expected: "over tls\n") == "over tls\n")

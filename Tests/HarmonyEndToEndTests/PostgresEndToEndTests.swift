@@ -5,20 +5,12 @@ import Testing
 
 /// psql against one node's PostgreSQL front end (PGPASSWORD in its environment; exit status and output).
 func psql(port: Int, password: String, sslmode: String = "disable", _ commands: [String]) throws -> (status: Int32, out: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["psql", "host=127.0.0.1 port=\(port) user=app dbname=app sslmode=\(sslmode) connect_timeout=10", "-X", "-At",
-                   "-v", "ON_ERROR_STOP=1"] + commands.flatMap { ["-c", $0] }
     var environment = ProcessInfo.processInfo.environment
     environment["PGPASSWORD"] = password
-    p.environment = environment
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    return (p.terminationStatus, text)
+    let (status, output) = try runProgram("/usr/bin/env", ["psql", "host=127.0.0.1 port=\(port) user=app dbname=app sslmode=\(sslmode) connect_timeout=10",
+                                                          "-X", "-At", "-v", "ON_ERROR_STOP=1"] + commands.flatMap { ["-c", $0] },
+                                           environment: environment)
+    return (status, output)
 }
 
 /// The venv `scripts/install-deps` fills (psycopg), as the snapshot-store tests find theirs.
@@ -102,6 +94,13 @@ def transactions():
         except errors.InsufficientPrivilege as e:
             assert "ATTACH" in str(e)
         c.rollback()
+    # BEGIN READ WRITE takes the write lock first, so read-then-write transactions never meet 40001.
+    c = connect(p1)
+    c.read_only = False
+    for i in range(20):
+        c.execute("SELECT count(*) FROM typed")
+        c.execute("INSERT INTO typed(id) VALUES (%s)", (300 + i,))
+        c.commit()
     # Cancel: a long query stops with 57014 and the session goes on.
     c = connect(p1, autocommit=True)
     threading.Timer(0.5, c.cancel).start()
@@ -145,49 +144,7 @@ else: concurrent([int(p) for p in sys.argv[5].split(",")], int(sys.argv[6]), int
 """#
 
 func runPsycopg(_ arguments: [String], in directory: String) throws -> String {
-    let path = directory + "/pgclient.py"
-    try psycopgClient.write(toFile: path, atomically: true, encoding: .utf8)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: venvPython())
-    p.arguments = [path] + arguments
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw E2EError("psycopg client \(arguments.first ?? "") failed:\n\(text)") }
-    return text
-}
-
-/// A raw TCP connection to 127.0.0.1, for sending what no driver would.
-final class RawSocket {
-    let fd: Int32
-    init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { close(fd); throw E2EError("cannot connect to 127.0.0.1:\(port)") }
-    }
-    deinit { close(fd) }
-    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
-    /// Everything the server sends until it closes the connection (or 10 s pass).
-    func readToEnd() -> [UInt8] {
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { return out }
-            out += buffer[0..<n]
-        }
-    }
+    try runPython(psycopgClient, arguments, in: directory, python: venvPython())
 }
 
 func startupMessage(user: String) -> [UInt8] {
@@ -200,19 +157,8 @@ func startupMessage(user: String) -> [UInt8] {
 @Suite(.serialized) struct PostgresEndToEndTests {
     static let password = "pg-e2e-password"
 
-    func makeCertificate(in directory: String) throws {
-        let openssl = Process()
-        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                             "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"]
-        openssl.standardError = FileHandle.nullDevice
-        try openssl.run()
-        openssl.waitUntilExit()
-        guard openssl.terminationStatus == 0 else { throw E2EError("openssl could not make a certificate") }
-    }
-
     /// Three nodes, each with the wire protocol (TLS offered, not required); node 3 takes at most 12 clients.
-    func cluster(ports: [Int], certificates: String) throws -> LiveCluster {
+    func cluster(ports: [Int], certificate: TestCertificate) throws -> LiveCluster {
         try LiveCluster(nodes: 3, schema: "PRAGMA journal_mode=WAL;", shards: 2) { i in
             """
             [postgres]
@@ -220,8 +166,8 @@ func startupMessage(user: String) -> [UInt8] {
             bind = "127.0.0.1:\(ports[i - 1])"
             user = "app"
             password = "\(Self.password)"
-            cert_file = "\(certificates)/cert.pem"
-            key_file = "\(certificates)/key.pem"
+            cert_file = "\(certificate.certFile)"
+            key_file = "\(certificate.keyFile)"
             max_connections = \(i == 3 ? 12 : 100)
             message_timeout_ms = 1000
             """
@@ -229,12 +175,9 @@ func startupMessage(user: String) -> [UInt8] {
     }
 
     @Test func psqlAndPsycopgWorkOnEveryNodeAndReplicate() throws {
-        let certificates = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-pgcert-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: certificates, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: certificates) }
-        try makeCertificate(in: certificates)
+        let certificate = try TestCertificate()
         let ports = distinctFreePorts(3)
-        let c = try cluster(ports: ports, certificates: certificates)
+        let c = try cluster(ports: ports, certificate: certificate)
 
         // psql, simple protocol: DDL and rows on node 1, several statements in one Query, read back on node 3.
         let made = try psql(port: ports[0], password: Self.password, [
@@ -260,7 +203,7 @@ func startupMessage(user: String) -> [UInt8] {
         #expect(try runPsycopg(["types", Self.password, String(ports[0]), String(ports[2])], in: c.directory).contains("types ok"))
         #expect(try runPsycopg(["transactions", Self.password, String(ports[0]), String(ports[2])], in: c.directory).contains("transactions ok"))
         #expect(try runPsycopg(["cross-node", Self.password, String(ports[0]), String(ports[2])], in: c.directory).contains("cross-node ok"))
-        _ = try c.waitForConvergence("SELECT count(*), sum(id) FROM typed;", expected: "7|316\n")
+        _ = try c.waitForConvergence("SELECT count(*), sum(id) FROM typed;", expected: "27|6506\n")
 
         // 8 connections, 200 rows each, spread over the nodes: every row on every node.
         #expect(try psql(port: ports[0], password: Self.password, ["CREATE TABLE load (client INTEGER, n INTEGER, PRIMARY KEY (client, n))"]).status == 0)
@@ -271,12 +214,9 @@ func startupMessage(user: String) -> [UInt8] {
     }
 
     @Test func hostileClientsLoseTheirConnectionAndNobodyElseNotices() throws {
-        let certificates = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-pgcert-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: certificates, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: certificates) }
-        try makeCertificate(in: certificates)
+        let certificate = try TestCertificate()
         let ports = distinctFreePorts(3)
-        let c = try cluster(ports: ports, certificates: certificates)
+        let c = try cluster(ports: ports, certificate: certificate)
         _ = c
         #expect(try psql(port: ports[2], password: Self.password, ["CREATE TABLE t (id INTEGER PRIMARY KEY)"]).status == 0)
 
