@@ -16,10 +16,14 @@ public struct PGServerSettings: Sendable {
     public var maxMessageBytes: Int
     /// How long a message may stay half received before the session is ended.
     public var messageTimeoutMs: Int
+    /// How long a session may sit idle with SQLite's transaction open (0: forever). The replicator cannot apply
+    /// other nodes' changes while a client holds the write lock, so an abandoned transaction must not hold it.
+    public var idleInTransactionTimeoutMs: Int
     public var certFile: String?
     public var keyFile: String?
     public init(host: String, port: Int, maxConnections: Int = 100, maxMessageBytes: Int = 64 << 20, messageTimeoutMs: Int = 30_000,
-                certFile: String? = nil, keyFile: String? = nil) {
+                idleInTransactionTimeoutMs: Int = 60_000, certFile: String? = nil, keyFile: String? = nil) {
+        self.idleInTransactionTimeoutMs = idleInTransactionTimeoutMs
         self.host = host
         self.port = port
         self.maxConnections = maxConnections
@@ -102,6 +106,7 @@ final class PGChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     var sessionQueue: DispatchQueue?
     var writer: SessionWriter?
     var stallTimer: Scheduled<Void>?
+    var idleTimer: Scheduled<Void>?
     var closed = false
     var key: (Int32, Int32) = (0, 0)
 
@@ -122,6 +127,7 @@ final class PGChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         counted = false
         closed = true
         stallTimer?.cancel()
+        idleTimer?.cancel()
         // A client gone mid-statement: stop the statement so its session can close and let go of its locks.
         server.cancels.cancel(key.0, secret: key.1)
         server.cancels.remove(key.0)
@@ -134,6 +140,8 @@ final class PGChannelHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        idleTimer?.cancel()
+        idleTimer = nil
         if buffered == nil { buffered = incoming } else { buffered!.writeBuffer(&incoming) }
         do {
             while !closed, var buffer = buffered, let message = try decoder.next(&buffer) {
@@ -218,11 +226,31 @@ final class PGChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         guard let session, let queue = sessionQueue, let writer else { return }
         let channel = context.channel
         let box = SessionBox(session)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let idleLimit = server.settings.idleInTransactionTimeoutMs
         queue.async {
             let session = box.session
             session.handle(message)
             writer.flush()
-            if session.closing { channel.close(promise: nil) }
+            if session.closing { channel.close(promise: nil); return }
+            guard idleLimit > 0, session.holdsTransaction else { return }
+            channel.eventLoop.execute {
+                let (handler, context) = bound.value
+                handler.armIdleTimer(context, milliseconds: idleLimit)
+            }
+        }
+    }
+
+    /// The session left SQLite's transaction open: unless the client sends something within `milliseconds`, the
+    /// transaction is rolled back and the session ends (FATAL 25P03), freeing the write lock for the replicator.
+    private func armIdleTimer(_ context: ChannelHandlerContext, milliseconds: Int) {
+        guard !closed, buffered == nil else { return }
+        idleTimer?.cancel()
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleTimer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) {
+            let (handler, context) = bound.value
+            handler.server.log.warning("a PostgreSQL client left its transaction idle for \(milliseconds) ms; rolling it back and closing its session (postgres.idle_in_transaction_timeout_ms)")
+            handler.refuse(context, PGError("25P03", "terminating connection due to idle-in-transaction timeout (\(milliseconds) ms); the transaction was rolled back", severity: "FATAL"))
         }
     }
 }

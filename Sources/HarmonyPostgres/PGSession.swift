@@ -547,6 +547,9 @@ public final class PGSession {
         }
     }
 
+    /// SQLite's transaction is open (holding at least a read snapshot, perhaps the write lock) between messages.
+    public var holdsTransaction: Bool { database?.isInTransaction == true }
+
     /// A transaction block is open for the client: BEGIN was sent (SQLite's may not have started yet) or a
     /// SAVEPOINT started one.
     var inTransactionBlock: Bool { transactionRequested || database?.isInTransaction == true }

@@ -317,7 +317,8 @@ enum Sidecar {
             let p = config.postgres
             let (host, port) = p.hostAndPort!
             let pg = PGServer(settings: PGServerSettings(host: host, port: port, maxConnections: p.maxConnections,
-                                                         messageTimeoutMs: p.messageTimeoutMs, certFile: p.certFile, keyFile: p.keyFile),
+                                                         messageTimeoutMs: p.messageTimeoutMs, idleInTransactionTimeoutMs: p.idleInTransactionTimeoutMs,
+                                                         certFile: p.certFile, keyFile: p.keyFile),
                               session: PGSessionConfig(databasePath: config.node.databasePath, user: p.user, password: p.password,
                                                        auth: PGAuthMethod(rawValue: p.auth) ?? .scramSHA256, requireTLS: p.requireTLS,
                                                        nodeID: config.node.nodeID),

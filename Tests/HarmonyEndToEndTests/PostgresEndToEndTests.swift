@@ -170,6 +170,7 @@ func startupMessage(user: String) -> [UInt8] {
             key_file = "\(certificate.keyFile)"
             max_connections = \(i == 3 ? 12 : 100)
             message_timeout_ms = 1000
+            idle_in_transaction_timeout_ms = \(i == 3 ? 1500 : 60000)
             """
         }
     }
@@ -269,6 +270,35 @@ func startupMessage(user: String) -> [UInt8] {
         holder.waitUntilExit()
         let next = try psql(port: ports[2], password: Self.password, ["INSERT INTO t VALUES (51)", "SELECT group_concat(id) FROM t"])
         #expect(next.status == 0 && next.out == "INSERT 0 1\n51\n", "\(next.out)")
+        #expect(try psql(port: ports[2], password: Self.password, ["DELETE FROM t"]).status == 0)
+
+        // A client that leaves a writing transaction idle (1.5 s on node 3) loses it and its session; the write
+        // lock frees for the replicator and other clients.
+        let idler = Process()
+        idler.executableURL = URL(fileURLWithPath: venvPython())
+        idler.arguments = ["-c", """
+            import time, psycopg
+            c = psycopg.connect(host="127.0.0.1", port=\(ports[2]), user="app", password="\(Self.password)", dbname="app", sslmode="disable")
+            c.execute("INSERT INTO t VALUES (60)")
+            print("holding", flush=True)
+            time.sleep(4)
+            try:
+                c.commit()
+                print("committed")
+            except psycopg.Error as e:
+                print("lost:", e)
+            """]
+        let idlerOut = Pipe()
+        idler.standardOutput = idlerOut
+        idler.standardError = idlerOut
+        try idler.run()
+        _ = idlerOut.fileHandleForReading.availableData  // "holding"
+        let afterIdle = try psql(port: ports[2], password: Self.password, ["INSERT INTO t VALUES (61)"])
+        #expect(afterIdle.status == 0, "\(afterIdle.out)")
+        idler.waitUntilExit()
+        let idlerText = String(decoding: idlerOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(idlerText.contains("idle-in-transaction timeout"), "\(idlerText)")
+        #expect(try psql(port: ports[2], password: Self.password, ["SELECT group_concat(id) FROM t"]).out == "61\n")
         #expect(try psql(port: ports[2], password: Self.password, ["DELETE FROM t"]).status == 0)
 
         // Beyond max_connections (12 on node 3) a client gets an error, not a hang; once others leave, it gets in.
