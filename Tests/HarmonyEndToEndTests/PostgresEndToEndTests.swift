@@ -143,6 +143,77 @@ elif step == "cross-node": cross_node()
 else: concurrent([int(p) for p in sys.argv[5].split(",")], int(sys.argv[6]), int(sys.argv[7]))
 """#
 
+/// The PostgreSQL JDBC driver (Debian's libpostgresql-jdbc-java): metadata at connect, prepared statements past
+/// the driver's threshold (named server-side statements), every type, transactions, SQLSTATE 23505.
+let jdbcClient = #"""
+import java.sql.*;
+
+public class JdbcCheck {
+    public static void main(String[] args) throws Exception {
+        String url = "jdbc:postgresql://127.0.0.1:" + args[0] + "/app?sslmode=disable";
+        try (Connection c = DriverManager.getConnection(url, "app", args[1])) {
+            DatabaseMetaData md = c.getMetaData();
+            System.out.println("server " + md.getDatabaseProductName() + " " + md.getDatabaseProductVersion());
+            try (Statement s = c.createStatement()) {
+                s.execute("CREATE TABLE IF NOT EXISTS jdbc_t (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, f BOOLEAN)");
+            }
+            try (PreparedStatement p = c.prepareStatement("INSERT INTO jdbc_t VALUES (?, ?, ?, ?, ?, ?)")) {
+                for (int k = 0; k < 7; k++) {  // past prepareThreshold (5): named server-side statements
+                    p.setInt(1, k); p.setLong(2, Long.MIN_VALUE + k); p.setDouble(3, 0.1 * k); p.setString(4, "jdbc " + k);
+                    p.setBytes(5, new byte[]{0, (byte) k, (byte) 0xff}); p.setBoolean(6, k % 2 == 0);
+                    p.executeUpdate();
+                }
+            }
+            c.setAutoCommit(false);
+            try (Statement s = c.createStatement()) {
+                s.executeUpdate("INSERT INTO jdbc_t(id) VALUES (100)");
+                c.rollback();
+                s.executeUpdate("INSERT INTO jdbc_t(id) VALUES (101)");
+                c.commit();
+            }
+            c.setAutoCommit(true);
+            try (PreparedStatement p = c.prepareStatement("SELECT id, i, r, t, b, f FROM jdbc_t WHERE id >= ? ORDER BY id")) {
+                p.setInt(1, 0);
+                try (ResultSet rs = p.executeQuery()) {
+                    int n = 0;
+                    while (rs.next()) {
+                        int id = rs.getInt(1);
+                        if (id < 7) {
+                            if (rs.getLong(2) != Long.MIN_VALUE + id) throw new AssertionError("i " + rs.getLong(2));
+                            if (Double.doubleToLongBits(rs.getDouble(3)) != Double.doubleToLongBits(0.1 * id)) throw new AssertionError("r " + rs.getDouble(3));
+                            if (!rs.getString(4).equals("jdbc " + id)) throw new AssertionError("t");
+                            byte[] b = rs.getBytes(5);
+                            if (b.length != 3 || b[1] != (byte) id) throw new AssertionError("b");
+                            if (rs.getBoolean(6) != (id % 2 == 0)) throw new AssertionError("f");
+                        }
+                        n++;
+                    }
+                    if (n != 8) throw new AssertionError("rows " + n);
+                }
+            }
+            try (Statement s = c.createStatement()) {
+                s.executeUpdate("INSERT INTO jdbc_t(id) VALUES (101)");
+                throw new AssertionError("duplicate accepted");
+            } catch (SQLException e) {
+                if (!"23505".equals(e.getSQLState())) throw new AssertionError("sqlstate " + e.getSQLState());
+            }
+            System.out.println("jdbc ok");
+        }
+    }
+}
+"""#
+
+/// Compiles and runs `jdbcClient` against one node; its output.
+func runJDBC(port: Int, password: String, in directory: String) throws -> String {
+    let source = directory + "/JdbcCheck.java"
+    try jdbcClient.write(toFile: source, atomically: true, encoding: .utf8)
+    let compiled = try runProgram("/usr/bin/env", ["javac", "-d", directory, source])
+    guard compiled.status == 0 else { throw E2EError("javac failed: \(compiled.output)") }
+    let ran = try runProgram("/usr/bin/env", ["java", "-cp", "/usr/share/java/postgresql.jar:" + directory, "JdbcCheck", String(port), password])
+    guard ran.status == 0 else { throw E2EError("the JDBC client failed: \(ran.output)") }
+    return ran.output
+}
+
 func runPsycopg(_ arguments: [String], in directory: String) throws -> String {
     try runPython(psycopgClient, arguments, in: directory, python: venvPython())
 }
@@ -205,6 +276,10 @@ func startupMessage(user: String) -> [UInt8] {
         #expect(try runPsycopg(["transactions", Self.password, String(ports[0]), String(ports[2])], in: c.directory).contains("transactions ok"))
         #expect(try runPsycopg(["cross-node", Self.password, String(ports[0]), String(ports[2])], in: c.directory).contains("cross-node ok"))
         _ = try c.waitForConvergence("SELECT count(*), sum(id) FROM typed;", expected: "27|6506\n")
+
+        // JDBC, through node 2: what it asks at connect, prepared statements, types, transactions.
+        #expect(try runJDBC(port: ports[1], password: Self.password, in: c.directory).contains("jdbc ok"))
+        _ = try c.waitForConvergence("SELECT count(*) FROM jdbc_t;", expected: "8\n")
 
         // 8 connections, 200 rows each, spread over the nodes: every row on every node.
         #expect(try psql(port: ports[0], password: Self.password, ["CREATE TABLE load (client INTEGER, n INTEGER, PRIMARY KEY (client, n))"]).status == 0)
