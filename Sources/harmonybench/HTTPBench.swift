@@ -29,35 +29,18 @@ struct HTTPBench: ParsableCommand {
     }
 
     func run() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("httpbench-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let natsPort = EmbeddedNATSServer.freePort(), httpPort = EmbeddedNATSServer.freePort()
-        let nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(natsPort)", storeDirectory: dir + "/nats", serverName: "bench")
-        try nats.start()
-        defer { nats.stop() }
-        let path = dir + "/node1.db"
-        try SQLiteOpener().open(path: path).execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT)")
-        try """
-            db_path = "\(path)"
-            node_id = 1
+        let httpPort = EmbeddedNATSServer.freePort()
+        let cluster = try BenchCluster(nodes: 1, shards: 1, schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT)", binary: binary) { _ in
+            """
             [http]
             enable = true
             bind = "127.0.0.1:\(httpPort)"
             concurrent_queries = \(clients)
-            [nats]
-            urls = ["nats://127.0.0.1:\(natsPort)"]
-            """.write(toFile: dir + "/node1.toml", atomically: true, encoding: .utf8)
-        let node = try ChildProcess.spawn(binary, ["-config", dir + "/node1.toml"], environment: ProcessInfo.processInfo.environment,
-                                          stdin: nil, stdout: nil, stderr: nil)
-        defer { _ = node.terminate(graceSeconds: 10) }
-        let probe = try Database.readOnly(path: path)
-        let deadline = Date().addingTimeInterval(30)
-        while try probe.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 != 1 {
-            guard Date() < deadline else { throw ValidationError("the node did not install capture within 30 s") }
-            Thread.sleep(forTimeInterval: 0.05)
+            """
         }
-        Thread.sleep(forTimeInterval: 0.5)
+        defer { cluster.stop() }
+        let path = cluster.dbPath(1)
+        let probe = try Database.readOnly(path: path)
 
         let ids = IDCounter()
         let gateway = SQLGateway(config: SQLGatewayConfig(databasePath: path))

@@ -19,39 +19,12 @@ struct LiveBench: ParsableCommand {
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
 
     func run() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("livebench-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let port = EmbeddedNATSServer.freePort()
-        let nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(port)", storeDirectory: dir + "/nats", serverName: "bench")
-        try nats.start()
-        defer { nats.stop() }
-        var processes: [ChildProcess] = []
-        defer { for p in processes { p.terminate(graceSeconds: 10) } }
-        var dbs: [Database] = []
-        for i in 1...3 {
-            let path = "\(dir)/node\(i).db"
-            let db = try SQLiteOpener().open(path: path)
-            try db.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)")
-            dbs.append(db)
-            try """
-                db_path = "\(path)"
-                node_id = \(i)
-                [replication_log]
-                shards = \(shards)
-                max_entries = 0
-                [nats]
-                urls = ["nats://127.0.0.1:\(port)"]
-                """.write(toFile: "\(dir)/node\(i).toml", atomically: true, encoding: .utf8)
-            processes.append(try ChildProcess.spawn(binary, ["-config", "\(dir)/node\(i).toml"], environment: ProcessInfo.processInfo.environment,
-                                                    stdin: nil, stdout: nil, stderr: nil))
-        }
-        for (i, db) in dbs.enumerated() {
-            try waitFor(seconds: 30, "node \(i + 1)'s sidecar to install capture") {
-                try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1
-            }
-        }
-        Thread.sleep(forTimeInterval: 0.5)
+        let cluster = try BenchCluster(nodes: 3, shards: shards,
+                                       schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
+                                       binary: binary)
+        defer { cluster.stop() }
+        let dir = cluster.directory
+        let dbs = try (1...3).map { try SQLiteOpener().open(path: cluster.dbPath($0)) }
 
         var nextID: Int64 = 10_000_000
         let idle = try latencies(dbs, count: samples, nextID: &nextID)
@@ -109,6 +82,8 @@ struct LiveBench: ParsableCommand {
         print(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
         print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
+        let rss = cluster.peakRSSMegabytes()
+        print("peak RSS per node: \(rssText(rss))")
         let text = """
             # Live replication: throughput and visibility delay
 
@@ -128,6 +103,7 @@ struct LiveBench: ParsableCommand {
             | latency at idle, p99 | \(msText(percentile(idle, 99))) ms | < 50 ms |
             | latency under load, p50 | \(msText(percentile(loaded, 50))) ms | |
             | latency under load, p99 | \(msText(percentile(loaded, 99))) ms | |
+            | peak RSS per node (VmHWM) | \(rssText(rss)) | ≤ 64 MiB at 1M rows |
 
             """
         print(text)
@@ -136,7 +112,8 @@ struct LiveBench: ParsableCommand {
             try """
                 {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
-                 "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99)))}}
+                 "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99)))},
+                 "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
     }
@@ -160,15 +137,6 @@ struct LiveBench: ParsableCommand {
             usleep(20_000)
         }
         return out
-    }
-
-    func waitFor(seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try condition() { return }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        throw ValidationError("timed out after \(seconds) s waiting for \(what)")
     }
 }
 

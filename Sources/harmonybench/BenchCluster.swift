@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import HarmonyRuntime
+import HarmonySQLite
+
+/// Live harmonylite processes on one nats-server, on scratch databases, for the live benchmarks: started with
+/// their capture installed, stopped (and their files removed) at the end, and asked for their peak memory.
+final class BenchCluster {
+    let directory: String
+    let nats: EmbeddedNATSServer
+    var processes: [ChildProcess] = []
+    let nodes: Int
+
+    /// `schema` runs on every database first; `extra(i)` is appended to node i's config.toml.
+    init(nodes: Int, shards: Int, schema: String, binary: String, extra: (Int) -> String = { _ in "" }) throws {
+        self.nodes = nodes
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let port = EmbeddedNATSServer.freePort()
+        nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(port)", storeDirectory: directory + "/nats", serverName: "bench")
+        try nats.start()
+        for i in 1...nodes {
+            try SQLiteOpener().open(path: dbPath(i)).execute(schema)
+            try """
+                db_path = "\(dbPath(i))"
+                node_id = \(i)
+                [replication_log]
+                shards = \(shards)
+                max_entries = 0
+                [nats]
+                urls = ["nats://127.0.0.1:\(port)"]
+                \(extra(i))
+                """.write(toFile: "\(directory)/node\(i).toml", atomically: true, encoding: .utf8)
+            processes.append(try ChildProcess.spawn(binary, ["-config", "\(directory)/node\(i).toml"],
+                                                    environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: nil, stderr: nil))
+        }
+        for i in 1...nodes {
+            let db = try Database.readOnly(path: dbPath(i))
+            try waitFor(seconds: 30, "node \(i)'s sidecar to install capture") {
+                try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1
+            }
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+    }
+
+    func dbPath(_ i: Int) -> String { "\(directory)/node\(i).db" }
+
+    /// Each node's peak resident memory so far (VmHWM), in MiB.
+    func peakRSSMegabytes() -> [Double] {
+        processes.map { p in
+            let status = (try? String(contentsOfFile: "/proc/\(p.pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+            let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") ?? .nan
+            return kilobytes / 1024
+        }
+    }
+
+    private var stopped = false
+
+    func stop() {
+        guard !stopped else { return }
+        stopped = true
+        for p in processes { p.terminate(graceSeconds: 10) }
+        processes.removeAll()
+        nats.stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { stop() }
+}
+
+/// Polls `condition` every 50 ms for at most `seconds`.
+func waitFor(seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try condition() { return }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    throw ValidationError("timed out after \(seconds) s waiting for \(what)")
+}
+
+func rssText(_ values: [Double]) -> String { values.map { String(format: "%.0f", $0) }.joined(separator: ", ") + " MiB" }
