@@ -95,6 +95,34 @@ struct DDLEndToEndTests {
         print("DDL convergence over 20 DDLs on 3 nodes: p50 \(Int(sorted[10] * 1000)) ms, max \(Int(sorted.last! * 1000)) ms")
         #expect(sorted.count == 20)
     }
+
+    /// A replicated DDL that SQLite refuses on a node (the name is a view there and a table elsewhere) turns both
+    /// nodes' /health to 503 after stall_seconds, naming the object, and raises harmonylite_schema_objects_diverged;
+    /// fixed by hand on one node, both are healthy again.
+    @Test func aRefusedReplicatedDDLIsUnhealthyNamedAndClearsOnceFixed() throws {
+        let ports = distinctFreePorts(2)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
+            "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(ports[i - 1])\"\n[health]\nstall_seconds = 1\n"
+        }
+        defer { c.stopAll() }
+        c.stop(2)
+        try sqlite(c.dbPath(1), "CREATE TABLE x (id INTEGER PRIMARY KEY);")
+        Thread.sleep(forTimeInterval: 1)
+        try sqlite(c.dbPath(2), "CREATE VIEW x AS SELECT id FROM items;")
+        try c.start(2)
+        for (node, port) in zip([1, 2], ports) {
+            try waitUntil("node \(node)'s /health names x", timeoutSeconds: 30) {
+                let health = try httpGet(port: port, path: "/health")
+                return health.status == 503 && health.body.contains("\\\"x\\\"") && health.body.contains("SQLite refused")
+            }
+            #expect(metricValues(try httpGet(port: port, path: "/metrics").body, "harmonylite_schema_objects_diverged") == [1])
+        }
+        try sqlite(c.dbPath(2), "DROP VIEW x; CREATE TABLE x (id INTEGER PRIMARY KEY);")
+        for (node, port) in zip([1, 2], ports) {
+            try waitUntil("node \(node) is healthy again", timeoutSeconds: 30) { try httpGet(port: port, path: "/health").status == 200 }
+        }
+        #expect(try c.query(1, "SELECT type, sql FROM sqlite_schema WHERE name = 'x';") == c.query(2, "SELECT type, sql FROM sqlite_schema WHERE name = 'x';"))
+    }
 }
 
 extension LiveCluster {
