@@ -92,7 +92,7 @@ public final class PGServer: Sendable {
 
 /// One client connection: frames messages, answers SSLRequest and CancelRequest itself, and hands everything
 /// else to its session on the session's queue.
-final class PGChannelHandler: ChannelInboundHandler, @unchecked Sendable {
+final class PGChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
