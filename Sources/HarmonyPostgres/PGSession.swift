@@ -49,7 +49,8 @@ public final class PGSession {
         case utility(tag: String)
         case show(String)
         /// immediate: READ WRITE asked (true), READ ONLY (false), or neither: the first statement decides.
-        case begin(immediate: Bool?)
+        /// serializable: ISOLATION LEVEL SERIALIZABLE or REPEATABLE READ asked.
+        case begin(immediate: Bool?, serializable: Bool)
         case commit
         case rollback
         case deallocate(String?)
@@ -98,6 +99,9 @@ public final class PGSession {
     var transactionRequested = false
     /// SQLite's transaction began DEFERRED (its first statement read), so a later write may find it stale.
     var transactionReadFirst = false
+    /// The block asked for SERIALIZABLE or REPEATABLE READ: a stale snapshot is then the client's 40001, where
+    /// READ COMMITTED (PostgreSQL's default) lets the write restart on the newest data.
+    var serializableRequested = false
     /// An extended-protocol message failed: the rest up to Sync is skipped.
     var skippingUntilSync = false
     let emit: (BackendMessage) -> Void
@@ -401,7 +405,8 @@ public final class PGSession {
         case "START", "BEGIN":
             let options = text.prefix { $0 != ";" }.uppercased()
             let immediate: Bool? = options.contains("READ WRITE") ? true : options.contains("READ ONLY") ? false : nil
-            return (.begin(immediate: immediate), untilSemicolon())
+            let serializable = options.contains("SERIALIZABLE") || options.contains("REPEATABLE READ")
+            return (.begin(immediate: immediate, serializable: serializable), untilSemicolon())
         case "COMMIT", "END":
             return (.commit, untilSemicolon())
         case "ABORT":
@@ -515,7 +520,8 @@ public final class PGSession {
                 _ = try describe(portal)
                 emit(.dataRow([Array(value.utf8)]))
                 emit(.commandComplete("SHOW"))
-            case .begin(let immediate):
+            case .begin(let immediate, let serializable):
+                if !wasInTransaction { serializableRequested = serializable }
                 if wasInTransaction {
                     emit(.notice("there is already a transaction in progress"))
                 } else if let immediate {
@@ -534,6 +540,7 @@ public final class PGSession {
                 failed = false
                 transactionRequested = false
                 transactionReadFirst = false
+                serializableRequested = false
                 emit(.commandComplete(tag))
             case .deallocate(let name):
                 if let name { statements[name] = nil } else { statements = statements.filter { $0.key.isEmpty } }
@@ -564,6 +571,28 @@ public final class PGSession {
         }
     }
 
+    /// The first step of a statement. A write in a block that has only read so far may find SQLite unable to
+    /// move its read snapshot up to a write (another connection committed, or holds the write lock); under READ
+    /// COMMITTED, PostgreSQL's default, the block's SQLite transaction then restarts as IMMEDIATE (nothing was
+    /// written in it yet; the earlier reads saw an older snapshot, as READ COMMITTED allows) and the write runs on
+    /// the newest data. A SERIALIZABLE block gets 40001 instead.
+    private func firstStep(_ s: Statement) throws(PGError) -> Bool {
+        guard !s.isReadOnly, transactionReadFirst, !serializableRequested, database?.isInTransaction == true else { return try step(s) }
+        do {
+            let hasRow = try s.step()
+            transactionReadFirst = false
+            return hasRow
+        } catch let error as SQLiteError where error.primaryCode == SQLITE_BUSY {
+            s.reset()
+            try run("ROLLBACK")
+            transactionReadFirst = false
+            try run("BEGIN IMMEDIATE")
+            return try step(s)
+        } catch {
+            throw sqlError(error)
+        }
+    }
+
     private func run(_ sql: String) throws(PGError) {
         do { try database?.execute(sql) } catch { throw sqlError(error) }
     }
@@ -573,7 +602,7 @@ public final class PGSession {
         try startRequestedTransaction(for: s)
         if s.columnCount == 0 {
             let before = db.totalChanges
-            while try step(s) {}
+            if try firstStep(s) { while try step(s) {} }
             s.reset()
             let affected = db.totalChanges == before ? 0 : db.changes
             emit(.commandComplete(Self.tag(keyword: keyword, sql: s.sql, rows: affected)))
@@ -596,7 +625,8 @@ public final class PGSession {
             try send(row)
         }
         while !portal.exhausted && (maxRows == 0 || sent < maxRows) {
-            if try step(s) { try send(s.row()) } else { portal.exhausted = true }
+            let hasRow = portal.rowsSent == 0 ? try firstStep(s) : try step(s)
+            if hasRow { try send(s.row()) } else { portal.exhausted = true }
         }
         if !portal.exhausted {
             emit(.portalSuspended)
@@ -634,8 +664,8 @@ public final class PGSession {
         let message = e.message
         switch e.code {
         case 517 where true, 5 where transactionReadFirst && database?.isInTransaction == true:
-            // SQLITE_BUSY_SNAPSHOT, or a plain BUSY on the upgrade from reading to writing
-            return PGError("40001", "could not serialize access: this transaction read, then wrote, and another connection (the replicator or a client) committed in between. SQLite transactions are serializable: retry the transaction, or start it with BEGIN READ WRITE (psycopg: conn.read_only = False) to take the write lock first")
+            // SQLITE_BUSY_SNAPSHOT, or a plain BUSY on the upgrade from reading to writing, in a SERIALIZABLE block
+            return PGError("40001", "could not serialize access: this SERIALIZABLE transaction read, then wrote, and another connection (the replicator or a client) committed in between; retry the transaction, or start it with BEGIN READ WRITE to take the write lock first")
         case 2067, 1555: return PGError("23505", message)  // SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY
         case 1299: return PGError("23502", message)  // _NOTNULL
         case 787: return PGError("23503", message)  // _FOREIGNKEY

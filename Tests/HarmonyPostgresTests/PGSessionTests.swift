@@ -124,6 +124,24 @@ final class SessionFixture {
         #expect(try Database(path: f.path).scalar("SELECT count(*) FROM t")?.int64 == 1)
     }
 
+    /// A block that read, then writes after another connection committed: under READ COMMITTED (PostgreSQL's
+    /// default) the write runs on the newest data; a SERIALIZABLE block gets 40001.
+    @Test func aWriteAfterAnotherCommitRestartsUnderReadCommittedAndFailsUnderSerializable() throws {
+        let f = try SessionFixture()
+        f.login()
+        let other = try Database(path: f.path)
+        for (begin, expectsFailure) in [("BEGIN", false), ("BEGIN ISOLATION LEVEL SERIALIZABLE", true)] {
+            _ = f.send(.query(begin))
+            _ = f.send(.query("SELECT count(*) FROM t"))
+            try other.execute("INSERT INTO t(v) VALUES ('from another connection')")
+            let replies = f.send(.query("INSERT INTO t(v) VALUES ('from the session')"))
+            let code = replies.compactMap { if case .error(let e) = $0 { e.code } else { nil } }.first
+            #expect(code == (expectsFailure ? "40001" : nil), "\(begin): \(replies)")
+            _ = f.send(.query(expectsFailure ? "ROLLBACK" : "COMMIT"))
+        }
+        #expect(try other.scalar("SELECT count(*) FROM t WHERE v = 'from the session'")?.int64 == 1)
+    }
+
     @Test func sqlstatesFollowSQLitesErrors() throws {
         let f = try SessionFixture()
         f.login()
