@@ -227,6 +227,23 @@ func startupMessage(user: String) -> [UInt8] {
     return withUnsafeBytes(of: Int32(body.count + 4).bigEndian, Array.init) + body
 }
 
+/// A psycopg client running `body` (with `c` connected to `port`), started and waited for until it prints its first
+/// line (by then it holds what the test needs it to hold); the process and its output.
+func startHoldingClient(port: Int, _ body: String) throws -> (Process, Pipe) {
+    let client = Process()
+    client.executableURL = URL(fileURLWithPath: venvPython())
+    client.arguments = ["-c", """
+        import time, psycopg
+        c = psycopg.connect(host="127.0.0.1", port=\(port), user="app", password="\(PostgresEndToEndTests.password)", dbname="app", sslmode="disable")
+        """ + "\n" + body]
+    let output = Pipe()
+    client.standardOutput = output
+    client.standardError = output
+    try client.run()
+    _ = output.fileHandleForReading.availableData
+    return (client, output)
+}
+
 @Suite(.serialized) struct PostgresEndToEndTests {
     static let password = "pg-e2e-password"
 
@@ -329,19 +346,11 @@ func startupMessage(user: String) -> [UInt8] {
 
         // A client killed while its transaction holds the write lock and a statement runs: the statement is
         // stopped, the transaction rolled back, and the next writer gets in at once.
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: venvPython())
-        holder.arguments = ["-c", """
-            import psycopg
-            c = psycopg.connect(host="127.0.0.1", port=\(ports[2]), user="app", password="\(Self.password)", dbname="app", sslmode="disable")
+        let (holder, _) = try startHoldingClient(port: ports[2], """
             c.execute("INSERT INTO t VALUES (50)")
             print("holding", flush=True)
             c.execute("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n")
-            """]
-        let holderOut = Pipe()
-        holder.standardOutput = holderOut
-        try holder.run()
-        _ = holderOut.fileHandleForReading.availableData  // "holding": the insert is in
+            """)
         Thread.sleep(forTimeInterval: 0.5)
         kill(holder.processIdentifier, SIGKILL)
         holder.waitUntilExit()
@@ -351,11 +360,7 @@ func startupMessage(user: String) -> [UInt8] {
 
         // A client that leaves a writing transaction idle (1.5 s on node 3) loses it and its session; the write
         // lock frees for the replicator and other clients.
-        let idler = Process()
-        idler.executableURL = URL(fileURLWithPath: venvPython())
-        idler.arguments = ["-c", """
-            import time, psycopg
-            c = psycopg.connect(host="127.0.0.1", port=\(ports[2]), user="app", password="\(Self.password)", dbname="app", sslmode="disable")
+        let (idler, idlerOut) = try startHoldingClient(port: ports[2], """
             c.execute("INSERT INTO t VALUES (60)")
             print("holding", flush=True)
             time.sleep(4)
@@ -364,12 +369,7 @@ func startupMessage(user: String) -> [UInt8] {
                 print("committed")
             except psycopg.Error as e:
                 print("lost:", e)
-            """]
-        let idlerOut = Pipe()
-        idler.standardOutput = idlerOut
-        idler.standardError = idlerOut
-        try idler.run()
-        _ = idlerOut.fileHandleForReading.availableData  // "holding"
+            """)
         let afterIdle = try psql(port: ports[2], password: Self.password, ["INSERT INTO t VALUES (61)"])
         #expect(afterIdle.status == 0, "\(afterIdle.out)")
         idler.waitUntilExit()
