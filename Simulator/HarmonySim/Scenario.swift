@@ -60,6 +60,10 @@ public struct Scenario: Sendable, Equatable {
     public var cleanupIntervalMs: Int64 = 5_000
     /// Changes per published message (1: every change its own message, the path message ids matter most on).
     public var publishBatchMax = 128
+    /// Change-log entries read per scan page, and changes in flight at once (small values make backlogs, which
+    /// the publisher's priority lane then works on).
+    public var scanMaxChanges = 512
+    public var publishInFlightMax = 4_096
     /// `max_row_bytes` of every node.
     public var maxRowBytes = 64 << 20
     /// `replicate_ddl` of every node.

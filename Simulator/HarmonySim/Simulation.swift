@@ -225,6 +225,8 @@ public final class Simulation {
         config.shards = scenario.shards
         config.scanIntervalMs = scenario.scanIntervalMs
         config.publishBatchMax = scenario.publishBatchMax
+        config.scanMaxChanges = scenario.scanMaxChanges
+        config.publishInFlightMax = scenario.publishInFlightMax
         config.messageBytesMax = scenario.maxPayloadBytes
         config.rowBytesMax = scenario.maxRowBytes
         config.replicateDDL = scenario.replicateDDL

@@ -261,6 +261,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("concurrent-drop-undone", "ddl-races.toml"),
         ("recreated-table-seen-as-alter", "ddl-races.toml"),
         ("ddl-storage-failure-is-refusal", "swarm.toml"),
+        ("lane-moves-scan-cursor", "partition.toml"),
     ]
 
     func run() throws {

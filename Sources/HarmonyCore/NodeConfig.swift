@@ -27,6 +27,9 @@ public struct NodeConfig: Sendable, Equatable {
     public var publishInFlightMax: Int = 4_096
     /// Changes of one shard sent together in one message (1 = a message per change).
     public var publishBatchMax: Int = 128
+    /// In-flight room for the newest pending changes while a backlog drains (at most a quarter of the window), so
+    /// small commits are not stuck behind a bulk load.
+    public var priorityLaneMax: Int = 64
     /// A batch is closed before its rows' approximate size passes this (NATS's default max payload is 1 MiB).
     public var publishBatchBytesMax: Int = 256 * 1024
     /// The log's largest message (the server's `max_payload`, told by the runtime): bigger messages go in parts.

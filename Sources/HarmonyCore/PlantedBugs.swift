@@ -73,6 +73,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let alterForgetsMergedRenames = PlantedBugs(rawValue: 1 << 33)
     /// Leave a concurrently dropped column in place when an index on it makes SQLite refuse to drop it again.
     public static let redropBlockedByIndex = PlantedBugs(rawValue: 1 << 34)
+    /// The priority lane moves the scan cursor past what it sent, so the backlog it jumped is never scanned.
+    public static let laneMovesScanCursor = PlantedBugs(rawValue: 1 << 35)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -109,6 +111,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("ddl-storage-failure-is-refusal", .ddlStorageFailureIsRefusal),
         ("alter-forgets-merged-renames", .alterForgetsMergedRenames),
         ("redrop-blocked-by-index", .redropBlockedByIndex),
+        ("lane-moves-scan-cursor", .laneMovesScanCursor),
     ]
 }
 

@@ -11,35 +11,61 @@ extension ReplicationNode {
     public func publishPending() throws {
         guard isRunning, config.publish else { return }
         if config.replicateDDL, try publishDefinitionsFirst() { return }
-        while inFlight.count < config.publishInFlightMax {
-            let limit = min(config.scanMaxChanges, config.publishInFlightMax - inFlight.count)
+        try publishNewestFirst()
+        let fifoMax = config.publishInFlightMax - priorityLaneMax
+        while inFlight.count < fifoMax {
+            let limit = min(config.scanMaxChanges, fifoMax - inFlight.count)
             let page = try readPendingPage(limit: limit)
             if page.end == scanCursor { return }
-            var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
-            var batches: [Int: PendingBatch] = [:]
-            for (id, record) in page.records {
-                // DDL goes to one stream, so every node applies it in the order it was made (an index after its table).
-                let shard = record.table == Bookkeeping.ddlTable ? router.shards.lowerBound
-                    : router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
-                let size = Self.approximateBytes(record)
-                if size > config.rowBytesMax && !config.plantedBugs.contains(.publishOversizedRows) {
-                    oversized.append((id, record, size))
-                    continue
-                }
-                if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > batchBytesMax {
-                    try send(open, shard: shard)
-                    batches[shard] = nil
-                }
-                batches[shard, default: PendingBatch()].add(record, id: id, bytes: size)
-            }
-            // Shard order, not dictionary order: the simulator must see the same publishes for the same seed.
-            for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard) }
-            // Entries with nothing to send: superseded by a later write (here or from another node), or whose
-            // table is gone. The later write, if it is this node's, has an entry of its own.
-            if !page.superseded.isEmpty { try markPublished(page.superseded) }
-            if !oversized.isEmpty { try refuseOversized(oversized) }
+            try sendPage(page)
             scanCursor = page.end
         }
+    }
+
+    /// In-flight room kept for `publishNewestFirst`: a quarter of the window, at most `priorityLaneMax`.
+    var priorityLaneMax: Int {
+        min(config.priorityLaneMax, config.publishInFlightMax / 4)
+    }
+
+    /// The priority lane: while a backlog lies beyond the next page of the scan (a bulk load), the newest pending
+    /// changes go out ahead of it, so a small commit made meanwhile becomes visible elsewhere without waiting for
+    /// the whole backlog. Order between different rows does not matter to last-writer-wins, and an older entry of
+    /// the same row is found superseded when the scan reaches it.
+    func publishNewestFirst() throws {
+        let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
+        guard room > 0 else { return }
+        let page = try readPendingPage(limit: room, newestAfter: scanCursor + Int64(config.scanMaxChanges))
+        try sendPage(page)
+        if config.plantedBugs.contains(.laneMovesScanCursor), let newest = page.records.map(\.id).max() {
+            scanCursor = max(scanCursor, newest)
+        }
+    }
+
+    /// Sends a page's changes in per-shard batches, marks its superseded entries published and parks oversized ones.
+    func sendPage(_ page: PendingPage) throws {
+        var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
+        var batches: [Int: PendingBatch] = [:]
+        for (id, record) in page.records {
+            // DDL goes to one stream, so every node applies it in the order it was made (an index after its table).
+            let shard = record.table == Bookkeeping.ddlTable ? router.shards.lowerBound
+                : router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
+            let size = Self.approximateBytes(record)
+            if size > config.rowBytesMax && !config.plantedBugs.contains(.publishOversizedRows) {
+                oversized.append((id, record, size))
+                continue
+            }
+            if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > batchBytesMax {
+                try send(open, shard: shard)
+                batches[shard] = nil
+            }
+            batches[shard, default: PendingBatch()].add(record, id: id, bytes: size)
+        }
+        // Shard order, not dictionary order: the simulator must see the same publishes for the same seed.
+        for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard) }
+        // Entries with nothing to send: superseded by a later write (here or from another node), or whose
+        // table is gone. The later write, if it is this node's, has an entry of its own.
+        if !page.superseded.isEmpty { try markPublished(page.superseded) }
+        if !oversized.isEmpty { try refuseOversized(oversized) }
     }
 
     /// DDL goes out before any data, each change its own message on the first stream, and data waits until the log
@@ -83,7 +109,9 @@ extension ReplicationNode {
 
     /// Reads a page inside one read transaction whose schema is the captured one, so every row image matches
     /// the schema hash it is sent with (an ALTER the sidecar has not seen yet is picked up first).
-    func readPendingPage(limit: Int) throws -> PendingPage {
+    /// `newestAfter`: the newest pending entries above that id, newest first, for the priority lane (the scan
+    /// cursor does not move for them); nil: the oldest past the scan cursor.
+    func readPendingPage(limit: Int, newestAfter: Int64? = nil) throws -> PendingPage {
         let db = requireDatabase()
         for _ in 0..<10 {
             try refreshCaptureIfSchemaChanged()
@@ -91,13 +119,15 @@ extension ReplicationNode {
                 guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion else { return nil }
                 let scan = try db.cached("""
                     SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
-                    WHERE state = 0 AND id > ? ORDER BY id LIMIT ?
+                    WHERE state = 0 AND id > ? ORDER BY id \(newestAfter == nil ? "" : "DESC") LIMIT ?
                     """)
                 var page = PendingPage(end: scanCursor)
-                for row in try scan.query([.integer(scanCursor), .integer(Int64(limit))]) {
+                for row in try scan.query([.integer(newestAfter ?? scanCursor), .integer(Int64(limit))]) {
                     guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
-                    precondition(id > page.end, "change-log ids out of order: \(id) after \(page.end)")
-                    page.end = id
+                    if newestAfter == nil {
+                        precondition(id > page.end, "change-log ids out of order: \(id) after \(page.end)")
+                        page.end = id
+                    }
                     if inFlight.contains(id) { continue }
                     if let record = try changeRecord(table: table, changeID: changeID) {
                         page.records.append((id, record))

@@ -18,6 +18,32 @@ struct PublishAndGateTests {
         #expect(try c.pendingChanges(0) == 1)
     }
 
+    /// A single-row commit made behind a bulk backlog goes out in the first round of publishes (the priority lane)
+    /// instead of after the whole backlog; with the lane off (0) it waits. Either way every change arrives once.
+    @Test(arguments: [64, 0])
+    func aSmallCommitBehindABacklogGoesOutFirst(lane: Int) throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema) {
+            $0.publishInFlightMax = 256
+            $0.scanMaxChanges = 64
+            $0.priorityLaneMax = lane
+        }
+        try c.apps[0].execute("""
+            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+            INSERT INTO users SELECT i, 'bulk', i FROM n;
+            """)
+        try c.apps[0].execute("INSERT INTO users VALUES (100000, 'small commit', 0)")
+        try c.nodes[0].databaseChanged()
+        let firstRound = c.ports[0].pendingPublishes
+        let marker = Array("small commit".utf8)
+        let sentAtOnce = firstRound.contains { m in m.payload.indices.contains { i in m.payload[i...].starts(with: marker) } }
+        #expect(sentAtOnce == (lane > 0))
+        #expect(!firstRound.isEmpty)
+        try c.publish(0)
+        #expect(try c.pendingChanges(0) == 0)
+        let delivered = c.streams.messages(shard: 1).flatMap { (try? EnvelopeCodec.decodeAll($0.payload)) ?? [] }
+        #expect(Set(delivered.map { $0.primaryKey.first?.value }).count == 2001)
+    }
+
     @Test func failedPublishIsRetriedWithTheSameMessageID() throws {
         let c = try TestCluster(nodes: 1, schema: usersSchema)
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
