@@ -15,7 +15,7 @@ public enum FrontEndListener {
                 .childChannelInitializer(childInitializer)
                 .bind(host: host, port: port).wait()
         } catch {
-            throw ServerTLSError(description: "cannot listen on \(host):\(port) for the \(frontEnd): \(error)")
+            throw FrontEndError("cannot listen on \(host):\(port) for the \(frontEnd): \(error)")
         }
     }
 }
@@ -28,11 +28,13 @@ public enum ServerTLS {
             let key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
             return try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
         } catch {
-            throw ServerTLSError(description: "cannot load the \(frontEnd)'s TLS certificate \(certFile) and key \(keyFile): \(error)")
+            throw FrontEndError("cannot load the \(frontEnd)'s TLS certificate \(certFile) and key \(keyFile): \(error)")
         }
     }
 }
 
-public struct ServerTLSError: Error, CustomStringConvertible {
+/// A front end that cannot start: the address, the certificate, or what was wrong with either.
+public struct FrontEndError: Error, CustomStringConvertible {
     public let description: String
+    public init(_ description: String) { self.description = description }
 }

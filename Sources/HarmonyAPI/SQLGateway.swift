@@ -17,32 +17,6 @@ public struct SQLGatewayConfig: Sendable {
     }
 }
 
-/// One pooled connection with its guards: the authorizer's last refusal and the running request's deadline.
-final class GuardedConnection: @unchecked Sendable {
-    let database: Database
-    let readOnly: Bool
-    var authorizing = APIAuthorizer.Context()
-    var refusal: String?
-    var deadlineNs: UInt64 = .max
-    /// Compiled statements by SQL text: clients send the same statements over and over.
-    var statements: [String: Statement] = [:]
-    static let statementCacheSize = 64
-
-    init(path: String, readOnly: Bool, busyTimeoutMs: Int) throws {
-        database = readOnly ? try Database.readOnly(path: path)
-            : try Database(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
-        self.readOnly = readOnly
-        try database.setBusyTimeout(ms: Int32(clamping: busyTimeoutMs))
-        try database.harden()
-        database.setAuthorizer { [unowned self] request in
-            guard let why = APIAuthorizer.refusal(request, &self.authorizing) else { return .allow }
-            self.refusal = why
-            return .deny
-        }
-        database.setProgressHandler { [unowned self] in DispatchTime.now().uptimeNanoseconds > self.deadlineNs }
-    }
-}
-
 /// Runs SQL from remote clients against the node's database: queries on read-only connections (WAL lets them
 /// read while the replicator writes), writes on read-write ones that wait on a busy timeout; each request is
 /// one transaction with a deadline, under the authorizer. Thread-safe; each call blocks its thread.
@@ -135,19 +109,7 @@ public final class SQLGateway: Sendable {
     /// The first keyword of `sql` (after spaces and comments) is one that starts a query. Only a guess, to pick a
     /// connection: SQLite's `isReadOnly` decides.
     static func looksLikeARead(_ sql: String) -> Bool {
-        var rest = Substring(sql)
-        while true {
-            rest = rest.drop(while: \.isWhitespace)
-            if rest.hasPrefix("--") {
-                rest = rest.drop(while: { $0 != "\n" })
-            } else if rest.hasPrefix("/*"), let end = rest.range(of: "*/") {
-                rest = rest[end.upperBound...]
-            } else {
-                break
-            }
-        }
-        let word = rest.prefix(while: \.isLetter).uppercased()
-        return ["SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES"].contains(word)
+        ["SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES"].contains(SQLText.firstKeyword(sql))
     }
 
     /// Compiles exactly one statement (or reuses it); more than one in a `sql` string is refused rather than half
@@ -165,8 +127,7 @@ public final class SQLGateway: Sendable {
     }
 
     private func compile(_ sql: String, on c: GuardedConnection, index: Int?) throws(APIError) -> Statement {
-        c.authorizing.startStatement()
-        c.refusal = nil
+        c.startStatement()
         defer { c.authorizing.topLevel = false }
         let first: Statement?
         let rest: String

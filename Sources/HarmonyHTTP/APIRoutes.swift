@@ -87,7 +87,7 @@ public final class APIRoutes: Sendable {
     /// A consistent copy of the database (SQLite's online backup, one read transaction) in a scratch file next
     /// to it, unlinked once open and streamed: nothing like the database's size is held in memory.
     private func download(_ w: ResponseWriter) -> Int {
-        let scratch = node.scratchDirectory + "/.harmonylite-download-\(UUID().uuidString).db"
+        let scratch = scratchPath()
         defer { removeScratch(scratch) }
         do {
             try Database.readOnly(path: node.config.node.databasePath).backup(to: scratch)
@@ -117,7 +117,7 @@ public final class APIRoutes: Sendable {
         guard node.config.snapshot.enabled else {
             return fail(w, APIError(status: 400, "snapshots are disabled on this node ([snapshot] enabled = false)"))
         }
-        let scratch = node.scratchDirectory + "/.harmonylite-download-\(UUID().uuidString).db"
+        let scratch = scratchPath()
         defer { removeScratch(scratch) }
         do {
             guard let name = try node.downloadNewestSnapshot(to: scratch) else {
@@ -141,6 +141,9 @@ public final class APIRoutes: Sendable {
         return 200
     }
 
+    /// A file next to the database for a copy on its way to a client (same disk, removed after).
+    private func scratchPath() -> String { node.scratchDirectory + "/.harmonylite-download-\(UUID().uuidString).db" }
+
     private func removeScratch(_ path: String) {
         for suffix in ["", "-journal", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
@@ -154,9 +157,9 @@ public final class APIRoutes: Sendable {
     }
 
     private func replications(_ w: ResponseWriter, name: String?) -> Int {
-        let all = node.replications()
+        let all = node.replications(named: name)
         if let name {
-            guard let one = all.first(where: { $0.name == name }) else {
+            guard let one = all.first else {
                 return fail(w, APIError(status: 404, "no replication named \(name) on this node; GET /replications lists them"))
             }
             w.send(status: 200, json: JSONWriter.encode(Self.json(one)))
@@ -167,14 +170,13 @@ public final class APIRoutes: Sendable {
     }
 
     private func deleteReplication(_ w: ResponseWriter, name: String) -> Int {
-        guard let status = node.replications().first(where: { $0.name == name }) else {
-            return fail(w, APIError(status: 404, "no replication named \(name) on this node; GET /replications lists them"))
-        }
         do {
-            let existed = try node.deleteReplication(name: name)
+            guard let (existed, from) = try node.deleteReplication(name: name) else {
+                return fail(w, APIError(status: 404, "no replication named \(name) on this node; GET /replications lists them"))
+            }
             w.send(status: 200, json: JSONWriter.encode(.object([
                 ("deleted", .string(name)), ("existed", .bool(existed)),
-                ("next", .string("the node makes the consumer again from its checkpoint, stream sequence \(status.checkpoint + 1); nothing is skipped or applied twice")),
+                ("next", .string("the node makes the consumer again from its checkpoint, stream sequence \(from); nothing is skipped or applied twice")),
             ])))
             return 200
         } catch {

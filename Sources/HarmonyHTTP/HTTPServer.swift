@@ -30,7 +30,7 @@ public final class HTTPAPIServer: Sendable {
     /// Binds and starts serving; returns the address actually bound (port 0 picks a free one).
     @discardableResult
     public func start() throws -> (host: String, port: Int) {
-        guard let (host, port) = settings.hostAndPort else { throw HTTPServerError("http bind address \"\(settings.bind)\" is not host:port") }
+        guard let (host, port) = settings.hostAndPort else { throw FrontEndError("http bind address \"\(settings.bind)\" is not host:port") }
         let tls = try makeTLSContext()
         workers.start()
         let routes = self.routes, maxBody = settings.maxBodyBytes, workers = self.workers, log = self.log
@@ -58,11 +58,6 @@ public final class HTTPAPIServer: Sendable {
         try? group.syncShutdownGracefully()
         try? workers.syncShutdownGracefully()
     }
-}
-
-public struct HTTPServerError: Error, CustomStringConvertible {
-    public let description: String
-    init(_ description: String) { self.description = description }
 }
 
 /// One request as the routes see it: everything read, nothing NIO-specific but the channel to answer on.

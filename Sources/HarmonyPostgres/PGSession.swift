@@ -87,9 +87,9 @@ public final class PGSession {
     var phase = Phase.startup
     var user = ""
     var applicationName = ""
-    var database: Database?
-    var authorizing = APIAuthorizer.Context(ownsConnection: true)
-    var refusal: String?
+    /// The session's own connection, guarded as the HTTP API's are (it may run transactions and temporary objects).
+    var connection: GuardedConnection?
+    var database: Database? { connection?.database }
     var statements: [String: Prepared] = [:]
     var portals: [String: Portal] = [:]
     /// A statement failed inside a transaction block: everything but ROLLBACK is refused until it ends.
@@ -143,7 +143,7 @@ public final class PGSession {
         closing = true
         portals.removeAll()
         statements.removeAll()
-        database = nil
+        connection = nil
     }
 
     private func fatal(_ code: String, _ message: String) {
@@ -221,20 +221,15 @@ public final class PGSession {
 
     private func authenticated() {
         do {
-            let db = try Database(path: config.databasePath, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
-            try db.setBusyTimeout(ms: Int32(clamping: config.busyTimeoutMs))
-            try db.harden()
-            db.setAuthorizer { [unowned self] request in
-                guard let why = APIAuthorizer.refusal(request, &self.authorizing) else { return .allow }
-                self.refusal = why
-                return .deny
-            }
+            let guarded = try GuardedConnection(path: config.databasePath, readOnly: false, busyTimeoutMs: config.busyTimeoutMs,
+                                                ownsConnection: true)
+            let db = guarded.database
             let sqliteVersion = (try? db.scalar("SELECT sqlite_version()")?.string) ?? "?"
             try db.defineConstantFunction("version", value: "PostgreSQL 15.0 (harmonylite node \(config.nodeID), SQLite \(sqliteVersion))")
             try db.defineConstantFunction("current_database", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
             try db.defineConstantFunction("current_schema", value: "public")
             try db.defineConstantFunction("current_user", value: config.user)
-            database = db
+            connection = guarded
             onReady?(db.interrupter)
         } catch {
             return fatal("58000", "cannot open the database: \(error)")
@@ -363,31 +358,12 @@ public final class PGSession {
         emit(.readyForQuery(status: status))
     }
 
-    static func isBlank(_ sql: String) -> Bool { strippedLeading(sql).isEmpty }
-
-    /// `sql` without the spaces, semicolons and comments it starts with.
-    static func strippedLeading(_ sql: String) -> Substring {
-        var rest = Substring(sql)
-        while true {
-            rest = rest.drop { $0.isWhitespace || $0 == ";" }
-            if rest.hasPrefix("--") {
-                rest = rest.drop { $0 != "\n" }
-            } else if rest.hasPrefix("/*"), let end = rest.range(of: "*/") {
-                rest = rest[end.upperBound...]
-            } else {
-                return rest
-            }
-        }
-    }
-
-    static func firstKeyword(_ sql: String) -> String {
-        String(strippedLeading(sql).prefix { $0.isLetter }).uppercased()
-    }
+    static func isBlank(_ sql: String) -> Bool { SQLText.strippedLeading(sql).isEmpty }
 
     /// The first statement of `sql` and the text after it. PostgreSQL commands SQLite lacks (SET, SHOW, START
     /// TRANSACTION, BEGIN with options, ABORT...) are answered here; the rest is compiled by SQLite.
     private func compile(_ sql: String) throws(PGError) -> (Command, String) {
-        let text = Self.strippedLeading(sql)
+        let text = SQLText.strippedLeading(sql)
         let words = text.prefix { $0 != ";" }.split(whereSeparator: { $0.isWhitespace }).prefix(3).map { $0.uppercased() }
         let keyword = String(text.prefix { $0.isLetter }).uppercased()
         func untilSemicolon() -> String {
@@ -417,10 +393,10 @@ public final class PGSession {
             let name = words.dropFirst().first { $0 != "PREPARE" }?.trimmingCharacters(in: CharacterSet(charactersIn: ";"))
             return (.deallocate(name == "ALL" ? nil : name?.lowercased()), untilSemicolon())
         default:
-            guard let db = database else { throw PGError("08003", "no database connection") }
-            authorizing.startStatement()
-            refusal = nil
-            defer { authorizing.topLevel = false }
+            guard let connection else { throw PGError("08003", "no database connection") }
+            let db = connection.database
+            connection.startStatement()
+            defer { connection.authorizing.topLevel = false }
             do {
                 let (statement, rest) = try db.prepareFirst(String(text))
                 guard let statement else { return (.empty, "") }
@@ -645,7 +621,7 @@ public final class PGSession {
         case "DELETE": return "DELETE \(rows)"
         case "SELECT", "WITH", "VALUES", "PRAGMA", "EXPLAIN": return query ? "SELECT \(rows)" : keyword
         case "CREATE", "DROP", "ALTER":
-            let words = strippedLeading(sql).split(whereSeparator: { $0.isWhitespace }).map { $0.uppercased() }
+            let words = SQLText.strippedLeading(sql).split(whereSeparator: { $0.isWhitespace }).map { $0.uppercased() }
             let object = words.dropFirst().first { !["UNIQUE", "TEMP", "TEMPORARY", "VIRTUAL"].contains($0) } ?? ""
             return "\(keyword) \(object)"
         default:
@@ -656,16 +632,19 @@ public final class PGSession {
     /// SQLite's error as an SQLSTATE: class 23 for constraints (23505 unique), 42601 syntax, 42P01 and 42703 for
     /// missing tables and columns, 55P03 busy, 57014 interrupted, 42501 for what the authorizer refuses.
     func sqlError(_ error: any Error) -> PGError {
-        if let refusal {
-            self.refusal = nil
+        let serializationFailure = PGError("40001", "could not serialize access: this SERIALIZABLE transaction read, then wrote, and another connection (the replicator or a client) committed in between; retry the transaction, or start it with BEGIN READ WRITE to take the write lock first")
+
+        if let refusal = connection?.refusal {
+            connection?.refusal = nil
             return PGError("42501", refusal)
         }
         guard let e = error as? SQLiteError else { return PGError("XX000", "\(error)") }
         let message = e.message
         switch e.code {
-        case 517 where true, 5 where transactionReadFirst && database?.isInTransaction == true:
-            // SQLITE_BUSY_SNAPSHOT, or a plain BUSY on the upgrade from reading to writing, in a SERIALIZABLE block
-            return PGError("40001", "could not serialize access: this SERIALIZABLE transaction read, then wrote, and another connection (the replicator or a client) committed in between; retry the transaction, or start it with BEGIN READ WRITE to take the write lock first")
+        case 517:  // SQLITE_BUSY_SNAPSHOT: a stale read snapshot cannot write (only SERIALIZABLE blocks get here)
+            return serializationFailure
+        case 5 where transactionReadFirst && database?.isInTransaction == true:  // BUSY on the upgrade from reading
+            return serializationFailure
         case 2067, 1555: return PGError("23505", message)  // SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY
         case 1299: return PGError("23502", message)  // _NOTNULL
         case 787: return PGError("23503", message)  // _FOREIGNKEY

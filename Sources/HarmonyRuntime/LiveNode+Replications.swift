@@ -27,54 +27,59 @@ extension LiveNode {
     /// The durable consumer name of a shard.
     func durableName(shard: Int) -> String { "harmonylite-node-\(config.node.nodeID)-shard-\(shard)" }
 
-    /// Every shard's replication status; asks the server about each consumer, so call it off the node's queue.
-    public func replications() -> [ReplicationStatus] {
+    /// Each shard's replication status (only the one whose consumer is `name`, when given). Its state is the
+    /// one `/health` gives the shard, judged with the stream's last sequence asked of the server just now; the
+    /// server is also asked about each consumer, so call this off the node's queue.
+    public func replications(named name: String? = nil) -> [ReplicationStatus] {
+        let shards = router.shards.filter { name == nil || durableName(shard: $0) == name }
+        var (readings, watch) = queue.sync { (readingsOnQueue(), queueOnly.value.progress) }
+        for shard in shards {
+            if let live = try? jetStream?.streamState(name: router.streamName(shard: shard)) { readings.streamLasts[shard] = live.lastSequence }
+        }
         let nowMs = WallClock.nowMs
-        let (readings, watch) = queue.sync { (readingsOnQueue(), queueOnly.value.progress) }
-        let stallMs = config.health.stallSeconds * 1000
-        return router.shards.map { shard in
+        let health = HealthReport.evaluate(readings, watch: watch, nowMs: nowMs, stallMs: config.health.stallSeconds * 1000)
+        return shards.map { shard in
             let stream = router.streamName(shard: shard)
             let checkpoint = readings.checkpoints[shard] ?? 0
-            let last = (try? jetStream?.streamState(name: stream))?.lastSequence ?? readings.streamLasts[shard]
+            let last = readings.streamLasts[shard]
             let consumer = try? jetStream?.consumerInfo(stream: stream, durable: durableName(shard: shard))
-            let sinceProgress = watch.lastProgressMs[shard].map { Double(nowMs - $0) / 1000 }
-            var state = "replicating", detail: String? = nil
-            if !readings.replicate {
-                state = "disabled"
-                detail = "replicate = false: this node does not apply other nodes' changes"
-            } else if readings.restoreNeeded {
-                state = "restore_needed"
-                detail = "behind the stream's first message; waiting for a snapshot"
-            } else if readings.pausedShards.contains(shard) {
-                state = "paused"
-                detail = "waiting for a table definition this node does not have yet"
-            } else if let last, last <= checkpoint {
-                state = "caught_up"
-            } else if let since = watch.lastProgressMs[shard], nowMs - since >= stallMs {
-                state = "stalled"
-                detail = "no message applied for \(Int((nowMs - since) / 1000)) s while the stream has more"
-            }
+            var (state, detail) = health.shards.first { $0.shard == shard }.map { Self.replicationState($0) } ?? ("replicating", nil)
             if consumer == nil, readings.replicate {
                 detail = (detail.map { $0 + "; " } ?? "") + "the server has no consumer \(durableName(shard: shard)); the node makes it again from its checkpoint"
             }
             return ReplicationStatus(name: durableName(shard: shard), shard: shard, stream: stream,
                                      subject: "\(Self.subjectPrefix).\(shard)", checkpoint: checkpoint, streamLastSequence: last,
                                      lagMessages: last.map { $0 > checkpoint ? $0 - checkpoint : 0 }, consumer: consumer ?? nil,
-                                     state: state, detail: detail, secondsSinceProgress: sinceProgress)
+                                     state: state, detail: detail,
+                                     secondsSinceProgress: watch.lastProgressMs[shard].map { Double(nowMs - $0) / 1000 })
+        }
+    }
+
+    /// `/health`'s word for a shard in the API's vocabulary, with a sentence where there is more to say.
+    static func replicationState(_ s: HealthReport.ShardState) -> (String, String?) {
+        switch s.state {
+        case "not replicating": return ("disabled", "replicate = false: this node does not apply other nodes' changes")
+        case "waiting for a snapshot": return ("restore_needed", "behind the stream's first message; waiting for a snapshot")
+        case "paused on schema": return ("paused", "waiting for a table definition this node does not have yet")
+        case "stalled": return ("stalled", "no message applied for \(s.seconds) s while the stream has more")
+        case "ok" where s.streamLast.map { $0 <= s.checkpoint } == true: return ("caught_up", nil)
+        default: return ("replicating", nil)
         }
     }
 
     /// `DELETE /replications/{name}`: removes the server's consumer. The node then makes it again from its own
     /// checkpoint, so nothing is skipped or applied twice; the server-side state (redeliveries, ack floor) starts
-    /// over. Returns false for a name that is not one of this node's consumers or does not exist.
-    public func deleteReplication(name: String) throws -> Bool {
-        guard let shard = router.shards.first(where: { durableName(shard: $0) == name }), let js = jetStream else { return false }
-        let deleted = try js.deleteConsumer(stream: router.streamName(shard: shard), durable: name)
+    /// over. Nil for a name that is not one of this node's consumers; otherwise whether the server had it, and the
+    /// stream sequence the new consumer starts at.
+    public func deleteReplication(name: String) throws -> (existed: Bool, from: UInt64)? {
+        guard let shard = router.shards.first(where: { durableName(shard: $0) == name }), let js = jetStream else { return nil }
+        let existed = try js.deleteConsumer(stream: router.streamName(shard: shard), durable: name)
         log.info("consumer \(name) deleted by an API request; making it again from this node's checkpoint")
-        queue.async { [weak self] in
-            guard let self, let core = self.core, core.isRunning, self.nodeConfig.replicate else { return }
-            self.subscribe(shard: shard, fromSequence: core.checkpoint(shard) + 1)
+        let from = queue.sync { () -> UInt64 in
+            let checkpoint = core?.checkpoint(shard) ?? 0
+            if let core, core.isRunning, nodeConfig.replicate { subscribe(shard: shard, fromSequence: checkpoint + 1) }
+            return checkpoint + 1
         }
-        return deleted
+        return (existed, from)
     }
 }

@@ -211,11 +211,11 @@ struct KVWriteBench: ParsableCommand {
                       commitMs: latencies, visibleMs: [], note: errorSample.map { "errors such as: \($0)" } ?? "")
     }
 
+    /// go-dqlite's package version, from dpkg's status file.
     func dqliteVersion() -> String {
-        let out = (try? String(contentsOfFile: "/var/lib/dpkg/status", encoding: .utf8)) ?? ""
-        guard let range = out.range(of: "Package: go-dqlite\n") else { return "?" }
-        let block = out[range.upperBound...].prefix { _ in true }
-        return block.split(separator: "\n").first { $0.hasPrefix("Version: ") }.map { String($0.dropFirst(9)) } ?? "?"
+        let status = (try? String(contentsOfFile: "/var/lib/dpkg/status", encoding: .utf8)) ?? ""
+        let entry = status.components(separatedBy: "\n\n").first { $0.hasPrefix("Package: go-dqlite\n") } ?? ""
+        return entry.split(separator: "\n").first { $0.hasPrefix("Version: ") }.map { String($0.dropFirst(9)) } ?? "?"
     }
 }
 
