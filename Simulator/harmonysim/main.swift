@@ -262,6 +262,8 @@ struct PlantedBugsCommand: ParsableCommand {
         ("recreated-table-seen-as-alter", "ddl-races.toml"),
         ("ddl-storage-failure-is-refusal", "swarm.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
+        ("alias-any-generation", "ddl.toml"),
+        ("rename-keeps-rows-local", "ddl.toml"),
     ]
 
     func run() throws {

@@ -19,6 +19,13 @@ public struct TableFilter: Sendable, Equatable {
 }
 
 /// One captured table at one schema epoch.
+/// Where rows sent to a renamed table's old name go now.
+public struct TableAlias: Sendable, Equatable {
+    public var current: String
+    /// The old name's generation when it was renamed; nil when not known (no replicated DDL, or an older alias).
+    public var generation: Int64?
+}
+
 public struct CapturedTable: Sendable, Equatable {
     public var schema: TableSchema
     public var epoch: Int64
@@ -81,7 +88,8 @@ public enum ChangeCapture {
             );
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.aliasTable)) (
                 old_name TEXT PRIMARY KEY,
-                table_name TEXT NOT NULL
+                table_name TEXT NOT NULL,
+                generation INTEGER
             );
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.partsTable)) (
                 stream TEXT NOT NULL,
@@ -98,6 +106,11 @@ public enum ChangeCapture {
             INSERT INTO \(q(Bookkeeping.clockTable)) (id, hlc, node_id, applying) VALUES (1, 0, ?1, 0)
             ON CONFLICT (id) DO UPDATE SET node_id = ?1, applying = 0
             """, [.integer(nodeID)])
+        // Alias tables made before aliases named the renamed table's generation gain the column (NULL: any).
+        if try !db.query("SELECT 1 FROM pragma_table_info(?) WHERE name = 'generation'", [.text(Bookkeeping.aliasTable)]).isEmpty {
+            return
+        }
+        try db.execute("ALTER TABLE \(q(Bookkeeping.aliasTable)) ADD COLUMN generation INTEGER")
     }
 
     /// Installs or refreshes capture on every admitted table, in one transaction.
@@ -145,6 +158,11 @@ public enum ChangeCapture {
             var captured: [String: CapturedTable] = [:]
             for schema in schemas {
                 captured[schema.name] = try installTable(db, schema, plantedBugs: plantedBugs)
+            }
+            if replicateDDL && !plantedBugs.contains(.renameKeepsRowsLocal) {
+                for table in Set(renamedTables.values).sorted() {
+                    if let c = captured[table] { try sendRowsAgain(db, c.schema, epoch: c.epoch) }
+                }
             }
             if replicateDDL {
                 try SchemaObjects.detect(db, captured: captured, renamedTables: renamedTables, recreated: recreated, filter: filter, plantedBugs: plantedBugs)
@@ -216,19 +234,24 @@ public enum ChangeCapture {
     }
 
     /// Rows still sent to `old` go to `current` from now on; names that pointed at `old` follow (a table renamed twice).
+    /// With replicated DDL the alias holds for the generation `old` had when it was renamed: a table made again
+    /// under the old name later is another table, and rows of that one must not follow.
     static func recordAlias(_ db: Database, old: String, current: String) throws {
+        let generation: DatabaseValue = try db.tableExists(Bookkeeping.ddlTable)
+            ? db.scalar("SELECT generation FROM \(q(Bookkeeping.ddlTable)) WHERE type = 'table' AND name = ?", [.text(old)]) ?? .null : .null
         try db.execute("""
-            INSERT INTO \(q(Bookkeeping.aliasTable)) (old_name, table_name) VALUES (?, ?)
-            ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name
-            """, [.text(old), .text(current)])
+            INSERT INTO \(q(Bookkeeping.aliasTable)) (old_name, table_name, generation) VALUES (?, ?, ?)
+            ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name, generation = excluded.generation
+            """, [.text(old), .text(current), generation])
         try db.execute("UPDATE \(q(Bookkeeping.aliasTable)) SET table_name = ? WHERE table_name = ?", [.text(current), .text(old)])
     }
 
-    /// Old name -> current name of every table renamed here.
-    public static func tableAliases(_ db: Database) throws -> [String: String] {
-        var out: [String: String] = [:]
-        for row in try db.query("SELECT old_name, table_name FROM \(q(Bookkeeping.aliasTable)) ORDER BY old_name") {
-            if let old = row[0].string, let current = row[1].string { out[old] = current }
+    /// Old name -> current name (and the old name's generation when it was renamed, if known) of every table
+    /// renamed here.
+    public static func tableAliases(_ db: Database) throws -> [String: TableAlias] {
+        var out: [String: TableAlias] = [:]
+        for row in try db.query("SELECT old_name, table_name, generation FROM \(q(Bookkeeping.aliasTable)) ORDER BY old_name") {
+            if let old = row[0].string, let current = row[1].string { out[old] = TableAlias(current: current, generation: row[2].int64) }
         }
         return out
     }
@@ -332,6 +355,37 @@ public enum ChangeCapture {
             FROM \(q(schema.name)) t WHERE \(unversioned) ORDER BY \(keyOrder)
             """)
         try linkAndStamp(db, schema, firstNewID: firstNew)
+    }
+
+    /// After a RENAME TO (this node's, or another's applied here), every row and tombstone of the table is sent
+    /// again under its new name, with the version it has. A node whose old table was gone when the new name's
+    /// definition arrived (dropped there, or renamed there to another name at the same time) made the new name
+    /// empty; this fills it, and every other node already has these versions and skips them. Each node that
+    /// renames sends what it has, so a row written to the old name just before the rename reached its node is
+    /// not lost either. The cost is one message per row per node, once per RENAME TO.
+    static func sendRowsAgain(_ db: Database, _ schema: TableSchema, epoch: Int64) throws {
+        let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
+        let firstNew = (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1
+        let keys = schema.primaryKey.map { q(Bookkeeping.keyColumn($0)) }
+        try db.execute("""
+            INSERT INTO \(log) (type, hlc, node, epoch\(schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
+            SELECT CASE deleted WHEN 1 THEN 'delete' ELSE 'insert' END, hlc, node, \(epoch)\(keys.map { ", " + $0 }.joined())
+            FROM \(versions) ORDER BY hlc, node
+            """)
+        try db.execute("""
+            INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
+            SELECT id, \(quoteLiteral(schema.name)) FROM \(log) WHERE id >= ? ORDER BY id
+            """, [.integer(firstNew)])
+    }
+
+    /// Logs one change applied here for sending on, as if written here (its version kept): a row that reached this
+    /// node under a renamed table's old name (see `sendRowsAgain`).
+    static func logChange(_ db: Database, _ schema: TableSchema, epoch: Int64, key: [DatabaseValue], version: RowVersion, deleted: Bool) throws {
+        let log = q(Bookkeeping.changeLog(schema.name))
+        let columns = schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()
+        try db.execute("INSERT INTO \(log) (type, hlc, node, epoch\(columns)) VALUES (?, ?, ?, ?\(String(repeating: ", ?", count: key.count)))",
+                       [.text(deleted ? "delete" : "insert"), .integer(version.hlc), .integer(version.node), .integer(epoch)] + key)
+        try db.execute("INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (last_insert_rowid(), ?)", [.text(schema.name)])
     }
 
     /// For change-log rows written directly (not by triggers): link them from the global log, stamp the

@@ -39,7 +39,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Keep received parts of split messages in memory, not in the apply transaction: a crash loses them.
     public static let partsInMemory = PlantedBugs(rawValue: 1 << 17)
     /// Never recreate a consumer whose deliveries stopped while the stream holds more.
-    public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)    /// Capture versionless rows (after a -cleanup) with the current time, as real writes: stale copies win.
+    public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)
+    /// Capture versionless rows (after a -cleanup) with the current time, as real writes: stale copies win.
     public static let backfillAtCurrentTime = PlantedBugs(rawValue: 1 << 19)
     /// Pause on every schema this node does not know, even one whose columns it all has (an older one).
     public static let pauseOnOlderUnknownSchema = PlantedBugs(rawValue: 1 << 20)
@@ -75,6 +76,16 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let redropBlockedByIndex = PlantedBugs(rawValue: 1 << 34)
     /// The priority lane moves the scan cursor past what it sent, so the backlog it jumped is never scanned.
     public static let laneMovesScanCursor = PlantedBugs(rawValue: 1 << 35)
+    /// Send rows of any generation of a renamed table's old name to its new name, even those of a table made again
+    /// under the old name and dropped since.
+    public static let aliasAnyGeneration = PlantedBugs(rawValue: 1 << 36)
+    /// Keep a RENAME TO local: the rows moved under the new name are not sent again, so a node that made the new
+    /// name empty (its old table was dropped, or renamed elsewhere) never gets them.
+    public static let renameKeepsRowsLocal = PlantedBugs(rawValue: 1 << 37)
+    /// Send pending DDL in log order: an index's newest definition (on a renamed table) can go out before its table's.
+    public static let definitionsInLogOrder = PlantedBugs(rawValue: 1 << 38)
+    /// Keep reading pending rows after a capture refresh found new DDL: rows can go out ahead of their definition.
+    public static let rowsAheadOfNewDefinitions = PlantedBugs(rawValue: 1 << 39)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -112,6 +123,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("alter-forgets-merged-renames", .alterForgetsMergedRenames),
         ("redrop-blocked-by-index", .redropBlockedByIndex),
         ("lane-moves-scan-cursor", .laneMovesScanCursor),
+        ("alias-any-generation", .aliasAnyGeneration),
+        ("rename-keeps-rows-local", .renameKeepsRowsLocal),
+        ("definitions-in-log-order", .definitionsInLogOrder),
+        ("rows-ahead-of-new-definitions", .rowsAheadOfNewDefinitions),
     ]
 }
 

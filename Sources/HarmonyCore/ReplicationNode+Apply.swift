@@ -182,7 +182,13 @@ extension ReplicationNode {
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
         if record.table == Bookkeeping.ddlTable { return try applyDefinition(db, shard: shard, message, record, events: &events) }
         var standing = standing(of: record, in: record.table)
-        if captured[record.table] == nil || standing == .gone, let current = tableAliases[record.table], current != record.table {
+        var writtenAs: String?
+        if captured[record.table] == nil || standing == .gone, let alias = tableAliases[record.table], alias.current != record.table,
+           alias.generation == nil || record.definition == nil || alias.generation == record.definition?.generation
+            || config.plantedBugs.contains(.aliasAnyGeneration) {
+            // (Rows of a later table made under the old name are that table's: dropped here, they are discarded.)
+            let current = alias.current
+            writtenAs = record.table
             // Written under the name this table had before a RENAME TO here: under an older definition of it (the
             // new name's generation and versions are another object's).
             record.table = current
@@ -209,7 +215,7 @@ extension ReplicationNode {
         let laterGeneration = (record.definition?.generation ?? 0) > (tableStates[record.table]?.generation ?? Int64.max)
             && !config.plantedBugs.contains(.applyNewerDefinitionStripped)
         if standing == .newer && (!sameSchema || laterGeneration) { return .paused(table: record.table, remoteHash: record.schemaHash) }
-        if standing == .older && !sameSchema && writtenUnderUnseenDefinition(record, table) {
+        if standing == .older && !sameSchema && writtenUnderUnseenDefinition(record, table, writtenAs: writtenAs) {
             return .paused(table: record.table, remoteHash: record.schemaHash)
         }
         guard sameSchema || table.olderHashes.contains(record.schemaHash) || fits || standing == .older else {
@@ -229,6 +235,12 @@ extension ReplicationNode {
         try db.execute("SAVEPOINT harmonylite_apply", [])  // cached statements: this runs once per message
         do {
             let won = try applyLWW(db, change)
+            if won, writtenAs != nil, config.replicateDDL, !config.plantedBugs.contains(.renameKeepsRowsLocal) {
+                // Written to the old name while the rename was on its way: a node where the old table was dropped
+                // (not renamed) has lost it, so it is sent on under the new name.
+                try ChangeCapture.logChange(db, table.schema, epoch: table.epoch, key: change.key, version: change.version,
+                                            deleted: change.operation == .delete)
+            }
             try db.execute("RELEASE harmonylite_apply", [])
             events.append(.applied(shard: shard, sequence: message.sequence, table: record.table, version: record.version, won: won))
         } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
@@ -242,11 +254,15 @@ extension ReplicationNode {
     /// A row under an older definition that names a column this node never saw in any definition of the table:
     /// that definition (a concurrent rename that lost here, on another stream) has not arrived, and applying now
     /// would drop the value. It waits for it. Definitions of version zero were never sent; nothing to wait for.
-    func writtenUnderUnseenDefinition(_ record: ChangeRecord, _ table: CapturedTable) -> Bool {
+    /// `writtenAs`: the name the row was sent to before a RENAME TO here; the columns that table had count as seen
+    /// (the new name may since have taken another node's definition, without them).
+    func writtenUnderUnseenDefinition(_ record: ChangeRecord, _ table: CapturedTable, writtenAs: String? = nil) -> Bool {
         guard !config.plantedBugs.contains(.applyUnseenDefinitionStripped), let theirs = record.definition,
               theirs.version != RowVersion(hlc: 0, node: 0), let state = tableStates[record.table] else { return false }
+        let former = writtenAs.flatMap { tableStates[$0] }
         return record.row.contains { column in
             !table.schema.columns.contains(column.name) && state.columnRenames[column.name] == nil && !state.knownColumns.contains(column.name)
+                && former?.knownColumns.contains(column.name) != true && former?.columnRenames[column.name] == nil
         }
     }
 

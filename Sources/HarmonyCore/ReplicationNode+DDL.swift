@@ -115,9 +115,12 @@ extension ReplicationNode {
     /// A table renamed on another node onto a name that is another table here (made here meanwhile): its rows join
     /// that table by last-writer-wins, row versions and tombstones kept, which is what the renaming node does when
     /// this node's rows of that name reach it. Old -> new is recorded as an alias, so rows still sent to the old
-    /// name follow. False when the two keys differ (nothing to merge by): the old table is then only dropped.
+    /// name follow. The merged table's rows are sent again under its name (see `ChangeCapture.sendRowsAgain`): the
+    /// old table's unsent changes go with its change log. False when the two keys differ (nothing to merge by): the
+    /// old table is then only dropped.
     func mergeRows(_ db: Database, from source: String, into target: String) throws -> Bool {
-        guard let from = captured[source]?.schema, let to = captured[target]?.schema, from.primaryKey == to.primaryKey else { return false }
+        guard let from = captured[source]?.schema, let into = captured[target], from.primaryKey == into.schema.primaryKey else { return false }
+        let to = into.schema
         let q = quoteIdentifier
         let n = from.primaryKey.count
         let keyList = from.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
@@ -136,6 +139,7 @@ extension ReplicationNode {
             }
             _ = try applyLWW(db, try resolve(record, against: to, strict: false))
         }
+        if !config.plantedBugs.contains(.renameKeepsRowsLocal) { try ChangeCapture.sendRowsAgain(db, to, epoch: into.epoch) }
         try ChangeCapture.recordAlias(db, old: source, current: target)
         return true
     }

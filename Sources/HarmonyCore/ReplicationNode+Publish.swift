@@ -10,15 +10,20 @@ extension ReplicationNode {
     /// counted as in flight that was never sent, and the next call reads the unsent rows again.
     public func publishPending() throws {
         guard isRunning, config.publish else { return }
-        if config.replicateDDL, try publishDefinitionsFirst() { return }
-        try publishNewestFirst()
-        let fifoMax = config.publishInFlightMax - priorityLaneMax
-        while inFlight.count < fifoMax {
-            let limit = min(config.scanMaxChanges, fifoMax - inFlight.count)
-            let page = try readPendingPage(limit: limit)
-            if page.end == scanCursor { return }
-            try sendPage(page)
-            scanCursor = page.end
+        // Twice at most: a schema change found while pages are read stops them (`readPendingPage`); its DDL, if
+        // any, goes out first, and otherwise the rows go on at once.
+        for _ in 0..<2 {
+            if config.replicateDDL, try publishDefinitionsFirst() { return }
+            try publishNewestFirst()
+            let fifoMax = config.publishInFlightMax - priorityLaneMax
+            while inFlight.count < fifoMax {
+                let limit = min(config.scanMaxChanges, fifoMax - inFlight.count)
+                let page = try readPendingPage(limit: limit)
+                if page.end == scanCursor { break }
+                try sendPage(page)
+                scanCursor = page.end
+            }
+            guard config.replicateDDL && definitionsToPublish else { return }
         }
     }
 
@@ -76,15 +81,20 @@ extension ReplicationNode {
         guard definitionsToPublish else { return false }
         let db = requireDatabase()
         try refreshCaptureIfSchemaChanged()
+        // Tables first: each entry sends its object's definition as it is now, so an index made before its table was
+        // renamed (both unsent) already names the new table, whose own entry may come later in the log.
+        let tablesFirst = config.plantedBugs.contains(.definitionsInLogOrder) ? "" : "CASE d.type WHEN 'table' THEN 0 ELSE 1 END, "
         let pending = try db.query("""
-            SELECT id, change_table_id FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0 AND table_name = ? ORDER BY id
+            SELECT g.id, g.change_table_id FROM \(quoteIdentifier(Bookkeeping.globalLog)) g
+            LEFT JOIN \(SchemaObjects.table) d ON d.id = g.change_table_id
+            WHERE g.state = 0 AND g.table_name = ? ORDER BY \(tablesFirst)g.id
             """, [.text(Bookkeeping.ddlTable)])
         guard !pending.isEmpty else {
             definitionsToPublish = false
             return false
         }
-        // One at a time, in order: a retried publish must never let a later DDL (an index) land before an earlier
-        // one (the table it is on).
+        // One at a time, in that order: a retried publish must never let a later DDL (an index) land before an
+        // earlier one (the table it is on).
         for row in pending {
             guard let id = row[0].int64, let objectID = row[1].int64 else { continue }
             if inFlight.contains(id) { return true }
@@ -115,6 +125,10 @@ extension ReplicationNode {
         let db = requireDatabase()
         for _ in 0..<10 {
             try refreshCaptureIfSchemaChanged()
+            // DDL found just now goes out first (its rows, a renamed table's sent again, are already in the log).
+            if config.replicateDDL && definitionsToPublish && !config.plantedBugs.contains(.rowsAheadOfNewDefinitions) {
+                return PendingPage(end: scanCursor)
+            }
             let page: PendingPage? = try db.transaction(.deferred) {
                 guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion else { return nil }
                 let scan = try db.cached("""

@@ -20,7 +20,7 @@ public final class ReplicationNode {
     /// With replicated DDL: each table's state (definition version, or dropped), by name.
     var tableStates: [String: SchemaObject] = [:]
     /// Tables renamed here, old name -> current name (see `ChangeCapture.adoptRenamedTable`).
-    var tableAliases: [String: String] = [:]
+    var tableAliases: [String: TableAlias] = [:]
     /// Last applied sequence per shard, mirrored from the checkpoint table.
     public internal(set) var checkpoints: [Int: UInt64] = [:]
     /// Shards holding back a message because its schema does not match ours, with that message's sequence.

@@ -1,0 +1,138 @@
+import HarmonyCodec
+@testable import HarmonyCore
+import HarmonySQLite
+import Testing
+
+/// `ALTER TABLE ... RENAME TO` racing other DDL and writes on other nodes. Each test runs once as the core is and
+/// once with the planted bug that breaks the rule it checks, and must fail that way.
+@Suite("RENAME TO races")
+struct RenameTableRaceTests {
+    static let schema = "CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT);"
+
+    /// One node renames t1 while another drops it, neither having heard of the other. The DROP wins t1 everywhere;
+    /// the renamed table keeps its rows on every node, because the renaming node sends them again under the new name
+    /// (`rename-keeps-rows-local`: the dropping node makes the new name empty and never gets them).
+    @Test(arguments: [PlantedBugs(), .renameKeepsRowsLocal])
+    func aRenameRacingADropKeepsTheRowsEverywhere(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'one'), (2, 'two')")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        try c.publish(0)
+        try c.apps[1].execute("DROP TABLE t1")
+        try c.publish(1)
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        #expect(try c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 't1'") == [[0]])
+        let sql = "SELECT * FROM t2 ORDER BY id"
+        #expect(try c.rows(0, sql) == [[1, "one"], [2, "two"]])
+        try expectNodesAgree(c, on: sql, unless: bug)
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
+    }
+
+    /// Two nodes rename one table to two different names at once. t1 goes everywhere; both new names exist on every
+    /// node, each with all the rows (the table is in effect copied), and later writes to either replicate.
+    @Test(arguments: [PlantedBugs(), .renameKeepsRowsLocal])
+    func twoRenamesOfOneTableLeaveBothNamesWithTheRows(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'one'), (2, 'two')")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO a")
+        try c.apps[1].execute("ALTER TABLE t1 RENAME TO b")
+        try c.publish(0)
+        try c.publish(1)
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        for table in ["a", "b"] {
+            try expectNodesAgree(c, on: "SELECT * FROM \(table) ORDER BY id", unless: bug)
+        }
+        if bug.isEmpty {
+            #expect(try c.rows(1, "SELECT * FROM a ORDER BY id") == [[1, "one"], [2, "two"]])
+            try c.apps[1].execute("INSERT INTO a VALUES (3, 'three')")
+            try c.settle()
+            #expect(try c.rows(0, "SELECT * FROM a ORDER BY id") == [[1, "one"], [2, "two"], [3, "three"]])
+        }
+    }
+
+    /// A row reaching a node under the old name while the rename is on its way follows it there and is sent on:
+    /// a node that dropped the old name instead never had the row, and gets it under the new one.
+    @Test(arguments: [PlantedBugs(), .renameKeepsRowsLocal])
+    func aRowWrittenToTheOldNameIsSentOnUnderTheNewOne(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 3, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'one')")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        try c.publish(0)
+        try c.apps[1].execute("INSERT INTO t1 VALUES (5, 'late')")
+        try c.publish(1)
+        try c.apps[2].execute("DROP TABLE t1")
+        try c.publish(2)
+        try c.deliver(0)  // node 1 takes the late row through its alias
+        try c.settle()
+        let sql = "SELECT * FROM t2 ORDER BY id"
+        #expect(try c.rows(0, sql) == [[1, "one"], [5, "late"]])
+        #expect(try (c.rows(2, sql) == c.rows(0, sql)) == bug.isEmpty)
+    }
+
+    /// t1 was renamed to t2 long ago; later another t1 was made and dropped. Rows of that later t1 arriving after its
+    /// drop are discarded, not sent into t2 by the old alias (`alias-any-generation` puts them there on one node).
+    @Test(arguments: [PlantedBugs(), .aliasAnyGeneration])
+    func rowsOfALaterTableOfTheOldNameDoNotFollowTheAlias(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'one')")
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        try c.settle()
+        try c.apps[0].execute("CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT)")
+        try c.settle()
+        try c.apps[0].execute("INSERT INTO t1 VALUES (9, 'later table')")
+        try c.publish(0)
+        try c.apps[1].execute("DROP TABLE t1")
+        try c.publish(1)
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t2 ORDER BY id"
+        #expect(try (c.rows(0, sql) == [[1, "one"]] && c.rows(1, sql) == [[1, "one"]]) == bug.isEmpty)
+    }
+
+    /// An index made, then its table renamed, both before either was sent: the index's definition (now on the new
+    /// name) goes out after the table's, so receivers make it (`definitions-in-log-order` sends it first: the
+    /// receivers find no such table and record the index as gone).
+    @Test(arguments: [PlantedBugs(), .definitionsInLogOrder])
+    func anIndexMadeBeforeItsTableWasRenamedArrivesAfterTheTable(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'one')")
+        try c.settle()
+        try c.apps[0].execute("CREATE INDEX ix ON t1 (v)")
+        try c.nodes[0].databaseChanged()  // the index is recorded, not sent (the log does not answer)
+        let held = c.ports[0].pendingPublishes
+        c.ports[0].pendingPublishes.removeAll()
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        for m in held { c.nodes[0].publishFailed(token: m.token) }
+        try c.nodes[0].timerFired(.publishRetry)
+        try c.settle()
+        let indexes = "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'index' AND name = 'ix'"
+        #expect(try c.rows(0, indexes) == [["ix", "t2"]])
+        #expect(try (c.rows(1, indexes) == [["ix", "t2"]]) == bug.isEmpty)
+    }
+
+    /// A rename seen together with the rows sent again for it: the rows never go out ahead of the DDL that makes
+    /// their table (`rows-ahead-of-new-definitions` lets them, and every receiver holds them back for good: the DDL
+    /// they wait for is behind them on the same stream).
+    @Test(arguments: [PlantedBugs(), .rowsAheadOfNewDefinitions])
+    func rowsSentAgainForARenameNeverOvertakeIt(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'one'), (2, 'two')")
+        try c.settle()
+        try c.apps[0].execute("INSERT INTO t1 VALUES (3, 'three')")
+        try c.nodes[0].databaseChanged()
+        let inFlight = c.ports[0].pendingPublishes
+        c.ports[0].pendingPublishes.removeAll()
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        // The log acknowledges the write: the node publishes on before anything told it of the schema change.
+        for m in inFlight { _ = c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+        try c.nodes[0].publishAcknowledged(tokens: inFlight.map(\.token))
+        try c.settle()
+        #expect(try c.nodes[1].pausedShards.isEmpty == bug.isEmpty)
+        #expect(try (c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 't2'") == [[1]]) == bug.isEmpty)
+    }
+}
