@@ -50,6 +50,13 @@ extension ReplicationNode {
             return .consumed
         }
         if try db.scalar("PRAGMA schema_version")?.int64 != schemaVersion { try refreshCapture() }
+        if !config.plantedBugs.contains(.noClockAdvanceOnReceipt) {
+            // The clock passes the definition's version now, not at the end of the batch: applying it can make this
+            // node record DDL of its own (a side effect on a view, a text SQLite writes its own way), whose version
+            // must be above the definition's, or this node keeps a state every other node has replaced, and waits
+            // for good for rows stamped with the definition it lost.
+            try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)", [.integer(incoming.version.hlc)])
+        }
         let local = try SchemaObjects.load(db, type: incoming.type, name: incoming.name)
         let wins = local.map { local in
             config.plantedBugs.contains(.ddlDropNotFinal) ? (incoming.generation, incoming.version) > (local.object.generation, local.object.version)
