@@ -170,14 +170,14 @@ func doubling(_ quote: Character, in text: String) -> String {
 }
 
 extension Database {
-    /// Closing the last connection normally checkpoints the WAL into the database and fsyncs it. The simulator
-    /// turns that off so a simulated power loss finds the files as a real one would.
     /// Switches every trigger on or off for this connection only (other connections to the file are unaffected).
     public func setTriggersEnabled(_ enabled: Bool) throws {
         let rc = harmony_sqlite_enable_triggers(handle, enabled ? 1 : 0)
         guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_ENABLE_TRIGGER") }
     }
 
+    /// Closing the last connection normally checkpoints the WAL into the database and fsyncs it. The simulator
+    /// turns that off so a simulated power loss finds the files as a real one would.
     public func disableCheckpointOnClose() throws {
         let rc = harmony_sqlite_no_checkpoint_on_close(handle)
         guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE") }
