@@ -64,6 +64,9 @@ public struct Scenario: Sendable, Equatable {
     /// the publisher's priority lane then works on).
     public var scanMaxChanges = 512
     public var publishInFlightMax = 4_096
+    /// How long a node behind the log's start waits for a snapshot before it repairs the hole (0: never). Shorter
+    /// than the live default (10 minutes) so that runs reach it.
+    public var holeRepairAfterMs: Int64 = 30_000
     /// `max_row_bytes` of every node.
     public var maxRowBytes = 64 << 20
     /// `replicate_ddl` of every node.

@@ -74,7 +74,7 @@ public enum ScenarioLoader {
         }
         if let t = try root.table("core") {
             try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "interleave_permille", "publish_batch_max", "max_row_bytes", "planted_bugs", "replicate_ddl",
-                                                "scan_max_changes", "publish_in_flight_max"])
+                                                "scan_max_changes", "publish_in_flight_max", "hole_repair_after_ms"])
             s.scanIntervalMs = Int64(try bounded(t, "scan_interval_ms", Int(s.scanIntervalMs), 1...3_600_000))
             s.cleanupIntervalMs = Int64(try bounded(t, "cleanup_interval_ms", Int(s.cleanupIntervalMs), 1...3_600_000))
             s.crashPointPermille = try bounded(t, "crash_point_permille", s.crashPointPermille, 0...1000)
@@ -82,6 +82,7 @@ public enum ScenarioLoader {
             s.publishBatchMax = try bounded(t, "publish_batch_max", s.publishBatchMax, 1...4096)
             s.scanMaxChanges = try bounded(t, "scan_max_changes", s.scanMaxChanges, 1...100_000)
             s.publishInFlightMax = try bounded(t, "publish_in_flight_max", s.publishInFlightMax, 1...100_000)
+            s.holeRepairAfterMs = Int64(try bounded(t, "hole_repair_after_ms", Int(s.holeRepairAfterMs), 0...86_400_000))
             s.maxRowBytes = try bounded(t, "max_row_bytes", s.maxRowBytes, 1024...(1 << 30))
             s.replicateDDL = try t.bool("replicate_ddl") ?? s.replicateDDL
             s.plantedBugs = try t.stringArray("planted_bugs") ?? []
@@ -197,6 +198,7 @@ public enum ScenarioWriter {
             publish_batch_max = \(s.publishBatchMax)
             scan_max_changes = \(s.scanMaxChanges)
             publish_in_flight_max = \(s.publishInFlightMax)
+            hole_repair_after_ms = \(s.holeRepairAfterMs)
             max_row_bytes = \(s.maxRowBytes)
             replicate_ddl = \(s.replicateDDL)
             planted_bugs = [\(s.plantedBugs.map { "\"\($0)\"" }.joined(separator: ", "))]

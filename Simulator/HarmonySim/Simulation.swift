@@ -227,6 +227,7 @@ public final class Simulation {
         config.publishBatchMax = scenario.publishBatchMax
         config.scanMaxChanges = scenario.scanMaxChanges
         config.publishInFlightMax = scenario.publishInFlightMax
+        config.holeRepairAfterMs = scenario.holeRepairAfterMs > 0 ? scenario.holeRepairAfterMs : nil
         config.messageBytesMax = scenario.maxPayloadBytes
         config.rowBytesMax = scenario.maxRowBytes
         config.replicateDDL = scenario.replicateDDL

@@ -264,6 +264,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("lane-moves-scan-cursor", "partition.toml"),
         ("alias-any-generation", "ddl.toml"),
         ("rename-keeps-rows-local", "ddl.toml"),
+        ("hole-repair-without-resend", "hole-repair.toml"),
     ]
 
     func run() throws {

@@ -27,6 +27,10 @@ public enum Bookkeeping {
     /// (see `SchemaObject`). Its global-log entries name this table and point at a row of it.
     public static let ddlTable = "__harmonylite___ddl"
 
+    /// Not a table: the name messages and global-log entries use for a hole repair's request that every node send
+    /// its rows again (see `ReplicationNode.repairHoleIfDue`).
+    public static let repairRequest = "__harmonylite___repair_request"
+
     public static func changeLog(_ table: String) -> String { "\(prefix)\(table)_change_log" }
     public static func versionTable(_ table: String) -> String { "\(prefix)\(table)_version" }
     public static func trigger(_ table: String, _ kind: String) -> String { "\(prefix)\(table)_on_\(kind)" }

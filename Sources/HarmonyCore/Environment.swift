@@ -106,6 +106,11 @@ public enum ReplicationEvent: Sendable, Hashable {
     /// A snapshot replaced the database (`rows` rows in `tables` tables); replay resumes after these sequences
     /// (one per shard, in shard order).
     case restored(sequences: [UInt64], rows: Int, tables: Int)
+    /// No snapshot came for `waitedMs`: the checkpoints skipped these message ranges, this node sent all its rows
+    /// again and asked every other node to (`ReplicationNode.repairHoleIfDue`).
+    case holeRepaired(skipped: [String], waitedMs: Int64)
+    /// Another node repaired a hole: this node queued all its rows to be sent again.
+    case repairRequested(shard: Int, sequence: UInt64, by: Int64)
     /// A snapshot this node took is in the store (logged only once its upload succeeded).
     case snapshotTaken(name: String)
     /// No snapshot this time, and why (another node holds the lease, a recent one exists, changes pending...).

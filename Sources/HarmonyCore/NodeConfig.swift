@@ -51,6 +51,10 @@ public struct NodeConfig: Sendable, Equatable {
     public var deliveryStallResubscribeMs: Int64 = 60_000
     /// How long a node behind the log's start waits before asking for a snapshot again.
     public var restoreRetryMs: Int64 = 5_000
+    /// How long a node behind the log's start waits for a snapshot it can restore before it repairs the hole
+    /// itself (`ReplicationNode.repairHoleIfDue`); nil: it waits for good. Every node being behind at once (retention
+    /// shorter than an outage, a snapshot older than the log's start) is the case no snapshot can ever answer.
+    public var holeRepairAfterMs: Int64? = 600_000
     /// `[snapshot] interval` in milliseconds: how often a node tries to take a snapshot (0 = only on demand).
     public var snapshotIntervalMs: Int64 = 0
     /// `[snapshot] keep`: snapshots kept in the store, newest first.

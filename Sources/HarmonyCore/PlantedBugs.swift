@@ -86,6 +86,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let definitionsInLogOrder = PlantedBugs(rawValue: 1 << 38)
     /// Keep reading pending rows after a capture refresh found new DDL: rows can go out ahead of their definition.
     public static let rowsAheadOfNewDefinitions = PlantedBugs(rawValue: 1 << 39)
+    /// Repair a hole by skipping it only: nobody sends the rows the hole held again.
+    public static let holeRepairWithoutResend = PlantedBugs(rawValue: 1 << 40)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -127,6 +129,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("rename-keeps-rows-local", .renameKeepsRowsLocal),
         ("definitions-in-log-order", .definitionsInLogOrder),
         ("rows-ahead-of-new-definitions", .rowsAheadOfNewDefinitions),
+        ("hole-repair-without-resend", .holeRepairWithoutResend),
     ]
 }
 

@@ -43,6 +43,10 @@ extension ReplicationEvent: CustomStringConvertible {
             return "no snapshot restored: \(reason); asking again later"
         case .restored(let sequences, let rows, let tables):
             return "restored a snapshot: \(rows) row(s) in \(tables) table(s) replaced this node's; replaying the streams from after messages \(sequences.map(String.init).joined(separator: ", "))"
+        case .holeRepaired(let skipped, let waitedMs):
+            return "no snapshot could be restored for \(waitedMs / 1000) s, so the hole in the log is repaired: skipped messages \(skipped.joined(separator: ", ")), sent every row this node has again, and asked every other node to do the same"
+        case .repairRequested(let shard, let sequence, let by):
+            return "shard \(shard) message \(sequence): node \(by) repaired a hole in the log; sending every row this node has again"
         case .snapshotTaken(let name):
             return "snapshot \(name) is in the store"
         case .snapshotSkipped(let reason):

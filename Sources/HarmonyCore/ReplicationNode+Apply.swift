@@ -181,6 +181,7 @@ extension ReplicationNode {
         maxHLC = max(maxHLC, record.version.hlc)
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
         if record.table == Bookkeeping.ddlTable { return try applyDefinition(db, shard: shard, message, record, events: &events) }
+        if record.table == Bookkeeping.repairRequest { return try applyRepairRequest(db, shard: shard, message, record, events: &events) }
         var standing = standing(of: record, in: record.table)
         var writtenAs: String?
         if captured[record.table] == nil || standing == .gone, let alias = tableAliases[record.table], alias.current != record.table,

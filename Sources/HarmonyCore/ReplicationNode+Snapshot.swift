@@ -133,7 +133,9 @@ extension ReplicationNode {
         precondition(config.replicate, "a node with replicate = false never needs a snapshot")
         guard !restoreNeeded else { return }
         restoreNeeded = true
+        restoreNeededSinceMs = env.clock.nowMs
         requestSnapshot()
+        if env.snapshots == nil { env.clock.schedule(.restoreRetry, afterMs: config.restoreRetryMs) }
     }
 
     /// Asks for the newest snapshot, and for fresh stream ranges to check it against when it arrives.
@@ -171,6 +173,7 @@ extension ReplicationNode {
             return
         }
         restoreNeeded = false
+        restoreNeededSinceMs = nil
         pausedShards.removeAll()
         precondition(router.shards.allSatisfy { checkpoints[$0] != nil }, "a restore left a shard without a checkpoint")
         for shard in router.shards { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }

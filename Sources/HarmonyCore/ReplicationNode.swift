@@ -27,6 +27,10 @@ public final class ReplicationNode {
     public internal(set) var pausedShards: [Int: UInt64] = [:]
     /// A stream dropped messages this node never applied; nothing applies until a snapshot is restored.
     public internal(set) var restoreNeeded = false
+    /// When this node found itself behind the log's start (for `NodeConfig.holeRepairAfterMs`).
+    var restoreNeededSinceMs: Int64?
+    /// Shards whose fresh range has arrived for a hole repair under way (nil: none under way).
+    var holeRepairAnswers: Set<Int>?
     /// The latest answer per shard to `requestStreamState`. A stream's first sequence only grows, so an old
     /// answer is a lower bound: it can hide that a stream moved past us, never invent it (a later gap shows it).
     public internal(set) var streamStates: [Int: StreamState] = [:]
@@ -162,7 +166,10 @@ public final class ReplicationNode {
             try refreshCapture()
             if !pausedShards.isEmpty { env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs) }
         case .restoreRetry:
-            if restoreNeeded { requestSnapshot() }
+            guard restoreNeeded, try !repairHoleIfDue() else { break }
+            requestSnapshot()
+            // Without a snapshot store nothing answers; the timer keeps the repair's deadline in view.
+            if env.snapshots == nil { env.clock.schedule(.restoreRetry, afterMs: config.restoreRetryMs) }
         case .snapshot:
             env.clock.schedule(.snapshot, afterMs: config.snapshotIntervalMs)
             beginSnapshot(forced: false)
@@ -201,6 +208,7 @@ public final class ReplicationNode {
         }
         precondition(state.firstSequence <= state.lastSequence + 1, "stream \(shard) reports first \(state.firstSequence) after last \(state.lastSequence) + 1")
         streamStates[shard] = state
+        holeRepairStateArrived(shard: shard)
         guard config.replicate, !restoreNeeded else { return }
         let at = checkpoint(shard)
         guard state.firstSequence <= at + 1 else {

@@ -39,7 +39,7 @@ struct ProgressWatch: Sendable {
             lastSchemaRefusal = "\(object): \(error)"
         case .schemaChangeApplied:
             schemaRefusedSinceMs = nil  // refused ones are retried after each applied one: give them that chance
-        case .restored:
+        case .restored, .holeRepaired:
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
             for shard in lastProgressMs.keys { lastProgressMs[shard] = nowMs }
@@ -75,7 +75,8 @@ struct HealthReport: Sendable {
             let waited = watch.restoreNeededSinceMs.map { nowMs - $0 } ?? 0
             if !r.snapshotsEnabled {
                 reasons.append("this node is behind the log's start and needs a snapshot, but [snapshot] enabled = false: "
-                               + "enable snapshots (on this node and one that can take them), or rebuild this node from a copy")
+                               + "enable snapshots (on this node and one that can take them); otherwise, after "
+                               + "replication_log.hole_repair_after_seconds, every node sends its rows again to fill the hole")
             } else if waited >= stallMs {
                 reasons.append("waiting \(waited / 1000) s for a snapshot it can restore: \(watch.lastRestoreFailure ?? "none answered yet")")
             }

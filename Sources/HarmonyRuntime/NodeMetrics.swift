@@ -13,6 +13,7 @@ final class NodeMetrics: Sendable {
     enum Count: Int, CaseIterable {
         case published, publishFailures, appliedWon, appliedLost, appliedEcho, duplicates, parked, schemaPauses, gaps
         case refused, discarded, schemaChanges, schemaChangeFailures, applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
+        case holeRepairs, repairRequests
 
         /// Name (after `harmonylite_`), label, help.
         var definition: (name: String, label: (String, String)?, help: String) {
@@ -37,6 +38,8 @@ final class NodeMetrics: Sendable {
             case .snapshotsTaken: return ("snapshots_taken_total", nil, "Snapshots this node took and stored.")
             case .snapshotFailures: return ("snapshot_failures_total", nil, "Snapshots taken but not stored, or a store that could not be asked.")
             case .coreRestarts: return ("core_restarts_total", nil, "Times the replication core threw and was restarted from its checkpoints.")
+            case .holeRepairs: return ("hole_repairs_total", nil, "Times this node skipped a hole in the log no snapshot could fill, and sent all its rows again.")
+            case .repairRequests: return ("repair_requests_total", nil, "Other nodes' hole repairs this node answered by sending all its rows again.")
             }
         }
     }
@@ -107,6 +110,8 @@ final class NodeMetrics: Sendable {
         case .schemaChangeFailed: add(.schemaChangeFailures)
         case .applyBatchFailed: add(.applyBatchFailures)
         case .restored: add(.restores)
+        case .holeRepaired: add(.holeRepairs)
+        case .repairRequested: add(.repairRequests)
         case .restoreFailed: add(.restoreFailures)
         case .snapshotTaken: add(.snapshotsTaken)
         case .snapshotFailed: add(.snapshotFailures)

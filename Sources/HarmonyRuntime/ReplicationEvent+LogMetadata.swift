@@ -35,6 +35,8 @@ extension ReplicationEvent {
         case .restoreRequested: return ["event": "restore_requested"]
         case .restoreFailed(let reason): return ["event": "restore_failed", "reason": .string(reason)]
         case .restored(_, let rows, let tables): return ["event": "restored", "rows": n(rows), "tables": n(tables)]
+        case .holeRepaired(let skipped, let waitedMs): return ["event": "hole_repaired", "skipped": .string(skipped.joined(separator: ", ")), "waited_ms": n(waitedMs)]
+        case .repairRequested(let shard, let sequence, let by): return ["event": "repair_requested", "shard": n(shard), "seq": n(sequence), "by": n(by)]
         case .snapshotTaken(let name): return ["event": "snapshot_taken", "snapshot": .string(name)]
         case .snapshotSkipped(let reason): return ["event": "snapshot_skipped", "reason": .string(reason)]
         case .snapshotFailed(let reason): return ["event": "snapshot_failed", "reason": .string(reason)]

@@ -155,7 +155,10 @@ public struct RuntimeConfig: Sendable, Equatable {
         c.node.tables = TableFilter(include: try root.stringArray("include_tables") ?? [], exclude: try root.stringArray("exclude_tables") ?? [])
 
         if let r = try root.table("replication_log") {
-            try r.rejectUnknownKeys(allowed: ["shards", "max_entries", "replicas", "compress"])
+            try r.rejectUnknownKeys(allowed: ["shards", "max_entries", "replicas", "compress", "hole_repair_after_seconds"])
+            // 0: a node behind the log's start waits for a snapshot for good.
+            let repairAfter = try nonNegative(r, "hole_repair_after_seconds", 600)
+            c.node.holeRepairAfterMs = repairAfter == 0 ? nil : Int64(repairAfter) * 1000
             c.node.shards = try positive(r, "shards", c.node.shards)
             if c.node.shards > 1024 { throw r.error(at: "shards", "key 'replication_log.shards' must be at most 1024") }
             let maxEntries = try r.int("max_entries") ?? Int(c.maxEntries)

@@ -55,7 +55,16 @@ struct RuntimeConfigTests {
         let c = try RuntimeConfig.parse("db_path = \"app.db\"\n")
         #expect(c.node.nodeID == 1 && c.node.shards == 1 && c.node.publish && c.node.replicate)
         #expect(c.nats.urls.isEmpty)  // embedded nats-server
+        #expect(c.node.holeRepairAfterMs == 600_000)
         #expect(c.nats.bindAddress == "127.0.0.1:4222")
+    }
+
+    /// `hole_repair_after_seconds = 0` keeps a node behind the log's start waiting for a snapshot for good.
+    @Test func holeRepairCanBeTurnedOff() throws {
+        let off = try RuntimeConfig.parse("db_path = \"a\"\n[replication_log]\nhole_repair_after_seconds = 0\n")
+        #expect(off.node.holeRepairAfterMs == nil)
+        let soon = try RuntimeConfig.parse("db_path = \"a\"\n[replication_log]\nhole_repair_after_seconds = 30\n")
+        #expect(soon.node.holeRepairAfterMs == 30_000)
     }
 
     @Test func brokenConfigsNameTheKeyAndLine() {
@@ -68,6 +77,7 @@ struct RuntimeConfigTests {
         #expect(message("db_path = \"a\"\n[replication_log]\nshards = \"four\"\n").contains("replication_log.shards"))
         #expect(message("db_path = \"a\"\n[replication_log]\nshards = \"four\"\n").contains("line 3"))
         #expect(message("db_path = \"a\"\n[logging]\nformat = \"xml\"\n").contains("logging.format"))
+        #expect(message("db_path = \"a\"\n[replication_log]\nhole_repair_after_seconds = -1\n").contains("replication_log.hole_repair_after_seconds"))
         #expect(message("db_path = \"a\"\n[nats]\ncert_file = \"c.pem\"\n").contains("key_file"))
         #expect(message("db_path = 3\n").contains("db_path"))
         #expect(message("db_path = \"a\"\npublish = \"yes\"\n").contains("publish"))
