@@ -54,6 +54,8 @@ final class LiveCluster {
     let configure: (Int) -> String
     /// Each node's `[nats]` section body.
     var natsSection: [Int: String] = [:]
+    /// More `[replication_log]` keys for configs written from now on (`writeConfig`).
+    var replicationLogExtra = ""
     /// Seconds a node may take from launch until its capture is installed (a forming JetStream cluster is slower).
     let readyTimeoutSeconds: Double
 
@@ -118,6 +120,7 @@ final class LiveCluster {
             shards = \(shards)
             max_entries = \(maxEntries)
             replicas = \(replicas)
+            \(replicationLogExtra)
             [nats]
             \(natsSection[i]!)
             connect_retries = 20

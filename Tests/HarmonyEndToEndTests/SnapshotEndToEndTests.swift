@@ -60,6 +60,32 @@ struct SnapshotEndToEndTests {
         #expect(c.log(3).contains("restored"), "node 3 did not restore:\n\(c.log(3).suffix(3000))")
     }
 
+    /// A node away while the log dropped what it missed, with no snapshot to restore (snapshots are off): after
+    /// `hole_repair_after_seconds` it skips the hole, sends its own rows again and asks the other node to; the
+    /// other node sends all of its rows, and both end with every row, the one written on the away node included.
+    @Test func aNodeBehindTheLogWithNoSnapshotIsRepairedWithTheOtherNodesRows() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1, maxEntries: 5)
+        defer { c.stopAll() }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'first');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        c.stop(2)
+        for k in 2...40 {
+            try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (\(k), 'while node 2 was away');")
+            Thread.sleep(forTimeInterval: 0.03)
+        }
+        try waitUntil("node 1 published everything", timeoutSeconds: 30) {
+            try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n"
+        }
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (100, 'written on node 2 meanwhile');")
+        c.replicationLogExtra = "hole_repair_after_seconds = 2"
+        try c.writeConfig(2)
+        try c.start(2)
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "41\n", timeoutSeconds: 60)
+        _ = try c.waitForConvergence(digestSQL)
+        #expect(c.log(2).contains("the hole in the log is repaired"), "\(c.log(2).suffix(3000))")
+        #expect(c.log(1).contains("repaired a hole in the log"), "\(c.log(1).suffix(3000))")
+    }
+
     /// Every node takes snapshots every second, but the lease lets one at a time do it, and the store keeps
     /// only the newest `keep`.
     @Test func periodicSnapshotsKeepHistoryAndTakeTurns() throws {
