@@ -260,7 +260,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("generation-jump-keeps-rows", "ddl-races.toml"),
         ("concurrent-drop-undone", "ddl-races.toml"),
         ("recreated-table-seen-as-alter", "ddl-races.toml"),
-        ("ddl-storage-failure-is-refusal", "swarm.toml"),
+        ("ddl-storage-failure-is-refusal", "ddl-storage.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
         ("alias-any-generation", "ddl.toml"),
         ("rename-keeps-rows-local", "ddl.toml"),
