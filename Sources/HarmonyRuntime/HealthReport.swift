@@ -78,7 +78,8 @@ struct HealthReport: Sendable {
                                + "enable snapshots (on this node and one that can take them); otherwise, after "
                                + "replication_log.hole_repair_after_seconds, every node sends its rows again to fill the hole")
             } else if waited >= stallMs {
-                reasons.append("waiting \(waited / 1000) s for a snapshot it can restore: \(watch.lastRestoreFailure ?? "none answered yet")")
+                let repair = r.holeRepairAfterMs.map { "; without one, the hole is repaired in \(max($0 - waited, 0) / 1000) s (it is skipped and every node sends its rows again)" } ?? ""
+                reasons.append("waiting \(waited / 1000) s for a snapshot it can restore: \(watch.lastRestoreFailure ?? "none answered yet")\(repair)")
             }
         }
         var shards: [ShardState] = []

@@ -31,7 +31,7 @@ extension LiveNode {
         return NodeReadings(
             running: core?.isRunning ?? false, coreFailure: queueOnly.value.coreFailure,
             natsConnected: connection?.isConnected == true, replicate: nodeConfig.replicate,
-            snapshotsEnabled: config.snapshot.enabled,
+            snapshotsEnabled: config.snapshot.enabled, holeRepairAfterMs: nodeConfig.holeRepairAfterMs,
             checkpoints: Dictionary(uniqueKeysWithValues: router.shards.map { ($0, core?.checkpoint($0) ?? 0) }),
             streamLasts: core?.streamStates.mapValues(\.lastSequence) ?? [:],
             pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,

@@ -6,6 +6,8 @@ struct NodeReadings: Sendable {
     var natsConnected = false
     var replicate = true
     var snapshotsEnabled = false
+    /// `[replication_log] hole_repair_after_seconds` in ms (nil: a node behind the log's start waits for good).
+    var holeRepairAfterMs: Int64?
     var checkpoints: [Int: UInt64] = [:]
     /// Each stream's last sequence as last reported (absent: not known yet).
     var streamLasts: [Int: UInt64] = [:]

@@ -74,6 +74,12 @@ struct HealthReportTests {
         #expect(HealthReport.evaluate(readings(restoreNeeded: true), watch: watch, nowMs: 59_000, stallMs: stallMs).healthy)
         let late = HealthReport.evaluate(readings(restoreNeeded: true), watch: watch, nowMs: 60_000, stallMs: stallMs)
         #expect(late.reasons == ["waiting 60 s for a snapshot it can restore: no snapshot in the store yet"])
+        // With a hole repair configured, the reason says when it comes.
+        var repairing = readings(restoreNeeded: true)
+        repairing.holeRepairAfterMs = 600_000
+        #expect(HealthReport.evaluate(repairing, watch: watch, nowMs: 60_000, stallMs: stallMs).reasons
+                == ["waiting 60 s for a snapshot it can restore: no snapshot in the store yet; without one, the hole is repaired in 540 s "
+                    + "(it is skipped and every node sends its rows again)"])
     }
 
     @Test func publishesFailingForStallSecondsWithChangesWaitingIsUnhealthy() {
