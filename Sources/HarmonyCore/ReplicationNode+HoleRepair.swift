@@ -11,7 +11,8 @@ import HarmonySQLite
 /// 1. asks every stream's range afresh, and moves its checkpoint to just before each stream's first message (the
 ///    hole is skipped, and said so);
 /// 2. in the same transaction, queues every row, tombstone and schema definition it has to be sent again (with the
-///    versions they have: another node's request may have been in the hole), and a repair request;
+///    versions they have: another node's request may have been in the hole), and a repair request, which go out
+///    once it has read up to where the streams ended at the repair;
 /// 3. every other node answers the request by sending everything it has again, once.
 /// Last-writer-wins makes the copies harmless where a node already has them and fills every hole: each node ends
 /// with every row any node still holds. The cost is a copy of every node's tables on the log, so retention must
@@ -67,6 +68,9 @@ extension ReplicationNode {
             }
         }
         for s in skipped { checkpoints[s.shard] = s.to }
+        // What it queued goes out once it has read up to where the streams end now: sent at once, it would push
+        // out of a short log the very messages it is about to read, and the node would be behind again.
+        publishHeldUntil = Dictionary(uniqueKeysWithValues: router.shards.map { ($0, streamStates[$0]!.lastSequence) })
         restoreNeeded = false
         restoreNeededSinceMs = nil
         pausedShards.removeAll()
@@ -74,6 +78,16 @@ extension ReplicationNode {
                                          waitedMs: env.clock.nowMs - since))
         for shard in router.shards { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
         try publishPending()
+    }
+
+    /// True while a repair's resend waits for this node to catch up (see `repairHole`); clears itself once it has.
+    func publishingHeldForRepair() -> Bool {
+        guard let until = publishHeldUntil else { return false }
+        if until.allSatisfy({ checkpoint($0.key) >= $0.value }) {
+            publishHeldUntil = nil
+            return false
+        }
+        return true
     }
 
     /// Queues every row and tombstone of every captured table, and every schema definition, for sending again.

@@ -9,7 +9,7 @@ extension ReplicationNode {
     /// only once all of it was handed over: a throw halfway (a change log that cannot be read) leaves nothing
     /// counted as in flight that was never sent, and the next call reads the unsent rows again.
     public func publishPending() throws {
-        guard isRunning, config.publish else { return }
+        guard isRunning, config.publish, !publishingHeldForRepair() else { return }
         // Twice at most: a schema change found while pages are read stops them (`readPendingPage`); its DDL, if
         // any, goes out first, and otherwise the rows go on at once.
         for _ in 0..<2 {

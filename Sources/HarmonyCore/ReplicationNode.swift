@@ -31,6 +31,8 @@ public final class ReplicationNode {
     var restoreNeededSinceMs: Int64?
     /// Shards whose fresh range has arrived for a hole repair under way (nil: none under way).
     var holeRepairAnswers: Set<Int>?
+    /// After a hole repair: the stream ends this node reads up to before it publishes again (nil: not held).
+    var publishHeldUntil: [Int: UInt64]?
     /// The latest answer per shard to `requestStreamState`. A stream's first sequence only grows, so an old
     /// answer is a lower bound: it can hide that a stream moved past us, never invent it (a later gap shows it).
     public internal(set) var streamStates: [Int: StreamState] = [:]
