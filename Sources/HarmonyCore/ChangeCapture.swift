@@ -18,7 +18,6 @@ public struct TableFilter: Sendable, Equatable {
     }
 }
 
-/// One captured table at one schema epoch.
 /// Where rows sent to a renamed table's old name go now.
 public struct TableAlias: Sendable, Equatable {
     public var current: String
@@ -26,6 +25,7 @@ public struct TableAlias: Sendable, Equatable {
     public var generation: Int64?
 }
 
+/// One captured table at one schema epoch.
 public struct CapturedTable: Sendable, Equatable {
     public var schema: TableSchema
     public var epoch: Int64
@@ -159,12 +159,10 @@ public enum ChangeCapture {
             for schema in schemas {
                 captured[schema.name] = try installTable(db, schema, plantedBugs: plantedBugs)
             }
-            if replicateDDL && !plantedBugs.contains(.renameKeepsRowsLocal) {
-                for table in Set(renamedTables.values).sorted() {
+            if replicateDDL {
+                for table in Set(renamedTables.values).sorted() where !plantedBugs.contains(.renameKeepsRowsLocal) {
                     if let c = captured[table] { try sendRowsAgain(db, c.schema, epoch: c.epoch) }
                 }
-            }
-            if replicateDDL {
                 try SchemaObjects.detect(db, captured: captured, renamedTables: renamedTables, recreated: recreated, filter: filter, plantedBugs: plantedBugs)
                 try forgetDroppedTables(db)
             }
@@ -372,10 +370,7 @@ public enum ChangeCapture {
             SELECT CASE deleted WHEN 1 THEN 'delete' ELSE 'insert' END, hlc, node, \(epoch)\(keys.map { ", " + $0 }.joined())
             FROM \(versions) ORDER BY hlc, node
             """)
-        try db.execute("""
-            INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
-            SELECT id, \(quoteLiteral(schema.name)) FROM \(log) WHERE id >= ? ORDER BY id
-            """, [.integer(firstNew)])
+        try linkToGlobalLog(db, schema, firstNewID: firstNew)
     }
 
     /// Logs one change applied here for sending on, as if written here (its version kept): a row that reached this
@@ -388,15 +383,20 @@ public enum ChangeCapture {
         try db.execute("INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (last_insert_rowid(), ?)", [.text(schema.name)])
     }
 
+    /// Queues change-log rows written directly (from `firstNew` on) for publishing, in id order.
+    static func linkToGlobalLog(_ db: Database, _ schema: TableSchema, firstNewID firstNew: Int64) throws {
+        try db.execute("""
+            INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
+            SELECT id, \(quoteLiteral(schema.name)) FROM \(q(Bookkeeping.changeLog(schema.name))) WHERE id >= ? ORDER BY id
+            """, [.integer(firstNew)])
+    }
+
     /// For change-log rows written directly (not by triggers): link them from the global log, stamp the
     /// rows' versions, and move the clock past them.
     static func linkAndStamp(_ db: Database, _ schema: TableSchema, firstNewID firstNew: Int64) throws {
         let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
         let clock = q(Bookkeeping.clockTable)
-        try db.execute("""
-            INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
-            SELECT id, \(quoteLiteral(schema.name)) FROM \(log) WHERE id >= ? ORDER BY id
-            """, [.integer(firstNew)])
+        try linkToGlobalLog(db, schema, firstNewID: firstNew)
         try db.execute("""
             INSERT INTO \(versions) (\(schema.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
             SELECT \(schema.primaryKey.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")), hlc, node, 0 FROM \(log) WHERE id >= ? AND true

@@ -71,13 +71,9 @@ extension ReplicationNode {
         // What it queued goes out once it has read up to where the streams end now: sent at once, it would push
         // out of a short log the very messages it is about to read, and the node would be behind again.
         publishHeldUntil = Dictionary(uniqueKeysWithValues: router.shards.map { ($0, streamStates[$0]!.lastSequence) })
-        restoreNeeded = false
-        restoreNeededSinceMs = nil
-        pausedShards.removeAll()
         env.events?.record(.holeRepaired(skipped: skipped.map { "\(router.streamName(shard: $0.shard)) \($0.from)...\($0.to)" },
                                          waitedMs: env.clock.nowMs - since))
-        for shard in router.shards { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
-        try publishPending()
+        try resumeAfterHole()
     }
 
     /// True while a repair's resend waits for this node to catch up (see `repairHole`); clears itself once it has.

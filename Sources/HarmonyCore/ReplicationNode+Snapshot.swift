@@ -135,13 +135,16 @@ extension ReplicationNode {
         restoreNeeded = true
         restoreNeededSinceMs = env.clock.nowMs
         requestSnapshot()
-        if env.snapshots == nil { env.clock.schedule(.restoreRetry, afterMs: config.restoreRetryMs) }
     }
 
-    /// Asks for the newest snapshot, and for fresh stream ranges to check it against when it arrives.
+    /// Asks for the newest snapshot, and for fresh stream ranges to check it against when it arrives. Without a
+    /// snapshot store nothing answers: the retry timer alone keeps the hole repair's deadline in view.
     func requestSnapshot() {
         for shard in router.shards { requestStreamState(shard) }
-        guard let source = env.snapshots else { return }
+        guard let source = env.snapshots else {
+            env.clock.schedule(.restoreRetry, afterMs: config.restoreRetryMs)
+            return
+        }
         env.events?.record(.restoreRequested)
         source.requestNewestSnapshot()
     }
@@ -172,10 +175,16 @@ extension ReplicationNode {
             snapshotUnavailable(reason: "restore failed: \(error)")
             return
         }
+        precondition(router.shards.allSatisfy { checkpoints[$0] != nil }, "a restore left a shard without a checkpoint")
+        try resumeAfterHole()
+    }
+
+    /// The hole is behind this node (a snapshot restored, or the hole repaired): every shard resubscribes from
+    /// its checkpoint, and publishing goes on.
+    func resumeAfterHole() throws {
         restoreNeeded = false
         restoreNeededSinceMs = nil
         pausedShards.removeAll()
-        precondition(router.shards.allSatisfy { checkpoints[$0] != nil }, "a restore left a shard without a checkpoint")
         for shard in router.shards { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
         try publishPending()
     }

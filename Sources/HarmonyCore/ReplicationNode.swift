@@ -170,8 +170,6 @@ public final class ReplicationNode {
         case .restoreRetry:
             guard restoreNeeded, try !repairHoleIfDue() else { break }
             requestSnapshot()
-            // Without a snapshot store nothing answers; the timer keeps the repair's deadline in view.
-            if env.snapshots == nil { env.clock.schedule(.restoreRetry, afterMs: config.restoreRetryMs) }
         case .snapshot:
             env.clock.schedule(.snapshot, afterMs: config.snapshotIntervalMs)
             beginSnapshot(forced: false)
