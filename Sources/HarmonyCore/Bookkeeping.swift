@@ -31,6 +31,10 @@ public enum Bookkeeping {
     /// its rows again (see `ReplicationNode.repairHoleIfDue`).
     public static let repairRequest = "__harmonylite___repair_request"
 
+    /// Not a table: the name of a request that every node send the definitions of objects it had before its first
+    /// install (see `ReplicationNode.requestPreExistingDefinitions`).
+    public static let definitionRequest = "__harmonylite___definition_request"
+
     public static func changeLog(_ table: String) -> String { "\(prefix)\(table)_change_log" }
     public static func versionTable(_ table: String) -> String { "\(prefix)\(table)_version" }
     public static func trigger(_ table: String, _ kind: String) -> String { "\(prefix)\(table)_on_\(kind)" }

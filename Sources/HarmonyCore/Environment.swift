@@ -111,6 +111,11 @@ public enum ReplicationEvent: Sendable, Hashable {
     case holeRepaired(skipped: [String], waitedMs: Int64)
     /// Another node repaired a hole: this node queued all its rows to be sent again.
     case repairRequested(shard: Int, sequence: UInt64, by: Int64)
+    /// Rows arrived for a table this node never had, which existed on their node before its first install: this
+    /// node asked every node for such definitions.
+    case preExistingDefinitionsAsked(shard: Int, sequence: UInt64, table: String)
+    /// Another node asked for definitions of objects that existed before the first install: this node queued its own.
+    case preExistingDefinitionsSent(shard: Int, sequence: UInt64, by: Int64, count: Int)
     /// A snapshot this node took is in the store (logged only once its upload succeeded).
     case snapshotTaken(name: String)
     /// No snapshot this time, and why (another node holds the lease, a recent one exists, changes pending...).

@@ -88,6 +88,11 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let rowsAheadOfNewDefinitions = PlantedBugs(rawValue: 1 << 39)
     /// Repair a hole by skipping it only: nobody sends the rows the hole held again.
     public static let holeRepairWithoutResend = PlantedBugs(rawValue: 1 << 40)
+    /// Leave other nodes' requests for pre-existing definitions unanswered: a table one node's application made
+    /// before its first install never reaches the others, whose shards wait for good on its rows.
+    public static let preExistingNeverSent = PlantedBugs(rawValue: 1 << 41)
+    /// Make an index or trigger that was made on a table since dropped (and made again) on the new table.
+    public static let dependentOutlivesItsTable = PlantedBugs(rawValue: 1 << 42)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -130,6 +135,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("definitions-in-log-order", .definitionsInLogOrder),
         ("rows-ahead-of-new-definitions", .rowsAheadOfNewDefinitions),
         ("hole-repair-without-resend", .holeRepairWithoutResend),
+        ("pre-existing-never-sent", .preExistingNeverSent),
+        ("dependent-outlives-its-table", .dependentOutlivesItsTable),
     ]
 }
 

@@ -47,6 +47,10 @@ extension ReplicationEvent: CustomStringConvertible {
             return "no snapshot could be restored for \(waitedMs / 1000) s, so the hole in the log is repaired: skipped messages \(skipped.joined(separator: ", ")), sent every row this node has again, and asked every other node to do the same"
         case .repairRequested(let shard, let sequence, let by):
             return "shard \(shard) message \(sequence): node \(by) repaired a hole in the log; sending every row this node has again"
+        case .preExistingDefinitionsAsked(let shard, let sequence, let table):
+            return "shard \(shard) message \(sequence): rows of table \(quoteIdentifier(table)), which this node never had and which existed on their node before harmonylite was first installed there; asked every node to send the definitions of such tables"
+        case .preExistingDefinitionsSent(let shard, let sequence, let by, let count):
+            return "shard \(shard) message \(sequence): node \(by) asked for the definitions of objects that existed before the first install; sending this node's \(count)"
         case .snapshotTaken(let name):
             return "snapshot \(name) is in the store"
         case .snapshotSkipped(let reason):

@@ -33,6 +33,7 @@ extension ReplicationNode {
         var resumed = false
         var pausedAt: UInt64?
         var gapSeen = false
+        var lookedAhead = false
         var events: [ReplicationEvent] = []
         if config.plantedBugs.contains(.checkpointOutsideApplyTransaction), let last = ordered.last, last.sequence > start {
             try saveCheckpoint(db, shard: shard, sequence: last.sequence)
@@ -62,12 +63,27 @@ extension ReplicationNode {
                         naks.append((message.sequence, config.retryDelayMs))
                         continue
                     }
-                    switch try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events) {
+                    preExistingTableMissing = nil
+                    var outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events)
+                    if case .paused = outcome, !lookedAhead {
+                        // The definitions it waits for may be further on this very stream (pre-existing ones, sent on
+                        // request): those apply first, and it is tried once more.
+                        lookedAhead = true
+                        var found = false
+                        for later in ordered where later.sequence > message.sequence {
+                            if try applyPreExistingDefinitionsAhead(db, shard: shard, later, events: &events) { found = true }
+                        }
+                        if found { outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events) }
+                    }
+                    switch outcome {
                     case .consumed:
                         acks.append(message.sequence)
                         next += 1
                         if pausedShards[shard] != nil { resumed = true }
                     case .paused(let table, let remoteHash):
+                        if let missing = preExistingTableMissing {
+                            try requestPreExistingDefinitions(db, table: missing, shard: shard, sequence: message.sequence, events: &events)
+                        }
                         halted = true
                         pausedAt = message.sequence
                         naks.append((message.sequence, config.schemaPauseDelayMs))
@@ -182,6 +198,7 @@ extension ReplicationNode {
         if config.plantedBugs.contains(.skipOwnMessages) && record.originNode == config.nodeID { return .consumed }
         if record.table == Bookkeeping.ddlTable { return try applyDefinition(db, shard: shard, message, record, events: &events) }
         if record.table == Bookkeeping.repairRequest { return try applyRepairRequest(db, shard: shard, message, record, events: &events) }
+        if record.table == Bookkeeping.definitionRequest { return try applyDefinitionRequest(db, shard: shard, message, record, events: &events) }
         var standing = standing(of: record, in: record.table)
         var writtenAs: String?
         if captured[record.table] == nil || standing == .gone, let alias = tableAliases[record.table], alias.current != record.table,
@@ -203,6 +220,12 @@ extension ReplicationNode {
                 // Another node still writes to a table dropped here: nothing can ever apply it.
                 events.append(.discarded(shard: shard, sequence: message.sequence, table: record.table))
                 return .consumed
+            }
+            if config.replicateDDL, tableStates[record.table] == nil, tableAliases[record.table] == nil,
+               (record.definition?.version ?? RowVersion(hlc: 0, node: 0)) == RowVersion(hlc: 0, node: 0) {
+                // No CREATE will come: the table existed on its node before that node's first install. (Asked once
+                // the message is held back: a batch's savepoint is undone then.)
+                preExistingTableMissing = record.table
             }
             return .paused(table: record.table, remoteHash: record.schemaHash)  // not created here yet
         }

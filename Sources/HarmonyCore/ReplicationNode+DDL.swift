@@ -16,7 +16,8 @@ extension ReplicationNode {
                             row: key + [ChangeRecord.Column("tbl_name", .text(o.tableName)), ChangeRecord.Column("sql", text(o.sql)),
                                         ChangeRecord.Column("generation", .integer(o.generation)),
                                         ChangeRecord.Column("renamed", text(o.renamed)), ChangeRecord.Column("column_renames", renames)]
-                                    + (o.basedOn.map { [ChangeRecord.Column("based_hlc", .integer($0.hlc)), ChangeRecord.Column("based_node", .integer($0.node))] } ?? []),
+                                    + (o.basedOn.map { [ChangeRecord.Column("based_hlc", .integer($0.hlc)), ChangeRecord.Column("based_node", .integer($0.node))] } ?? [])
+                                    + (o.tableGeneration.map { [ChangeRecord.Column("table_generation", .integer($0))] } ?? []),
                             version: o.version, schemaHash: Self.definitionSchemaHash)
     }
 
@@ -32,6 +33,7 @@ extension ReplicationNode {
         var o = SchemaObject(type: type, name: name, tableName: table, sql: sql, generation: generation,
                              version: r.version, renamed: value("renamed").string, columnRenames: renames)
         if let hlc = value("based_hlc").int64, let node = value("based_node").int64 { o.basedOn = RowVersion(hlc: hlc, node: node) }
+        if ["index", "trigger"].contains(type) { o.tableGeneration = value("table_generation").int64 }
         return o
     }
 
@@ -78,10 +80,16 @@ extension ReplicationNode {
             events.append(.applied(shard: shard, sequence: message.sequence, table: Bookkeeping.ddlTable, version: record.version, won: false))
             return .consumed
         }
-        let attempted = try attempt(db, incoming)
+        var stored = incoming
+        if ["index", "trigger"].contains(incoming.type), let made = incoming.tableGeneration,
+           let current = try tableGenerationHere(db, incoming.tableName), made < current,
+           !config.plantedBugs.contains(.dependentOutlivesItsTable) {
+            // Made on a table dropped since (another node had dropped it and made it again): it went with that table.
+            stored.sql = nil
+        }
+        let attempted = try attempt(db, stored)
         let now = attempted.now
         var failure = attempted.failure
-        var stored = incoming
         if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
         if failure != nil, ["index", "trigger"].contains(incoming.type), incoming.sql != nil, try !db.tableExists(incoming.tableName) {
             // Made on a table that was dropped here meanwhile: it went with that table, as on the nodes that had it.
@@ -99,8 +107,13 @@ extension ReplicationNode {
         if failure == nil, let local { try keepConcurrentDrops(db, winner: incoming, over: local.object) }
         if failure == nil, incoming.type == "table", incoming.sql != nil, let local, local.localSQL != nil, incoming.generation > local.object.generation {
             // The old table went, with its indexes and triggers; those the state still holds come back on the new one.
-            for dependent in try SchemaObjects.all(db).map(\.object)
+            for var dependent in try SchemaObjects.all(db).map(\.object)
             where ["index", "trigger"].contains(dependent.type) && dependent.tableName == incoming.name && dependent.sql != nil {
+                if let made = dependent.tableGeneration, made < incoming.generation, !config.plantedBugs.contains(.dependentOutlivesItsTable) {
+                    dependent.sql = nil  // made on the old table; it went with it
+                    try SchemaObjects.store(db, dependent, localSQL: nil)
+                    continue
+                }
                 let remade = try attempt(db, dependent)
                 if remade.failure == nil { try SchemaObjects.store(db, dependent, localSQL: remade.now) }
             }
@@ -114,9 +127,14 @@ extension ReplicationNode {
             events.append(.schemaChangeFailed(shard: shard, sequence: message.sequence, object: incoming.description, error: failure))
         } else {
             events.append(.schemaChangeApplied(shard: shard, sequence: message.sequence, object: incoming.description,
-                                               dropped: incoming.sql == nil, version: incoming.version))
+                                               dropped: stored.sql == nil, version: incoming.version))
         }
         return .consumed
+    }
+
+    /// The generation of the table or view `name` in this node's schema state (nil: none recorded).
+    func tableGenerationHere(_ db: Database, _ name: String) throws -> Int64? {
+        try (SchemaObjects.load(db, type: "table", name: name) ?? SchemaObjects.load(db, type: "view", name: name))?.object.generation
     }
 
     /// A table renamed on another node onto a name that is another table here (made here meanwhile): its rows join
@@ -153,12 +171,13 @@ extension ReplicationNode {
 
     /// DROP COLUMN is final against a concurrent ALTER of the table. Whole-table last-writer-wins alone would let a
     /// later concurrent ALTER bring back, empty, a column this node dropped (with its values) while nodes that
-    /// never dropped it keep theirs. So a winning definition made without this node's (not based on it) that has a
-    /// column this node knew and no longer has is followed here by that column's DROP again, as this node's own
-    /// DDL: it outranks the winner, and every node ends without the column.
+    /// never dropped it keep theirs. So a winning definition made without this node's (not based on it, or a CREATE
+    /// of the same name made elsewhere, based on nothing) that has a column this node knew and no longer has is
+    /// followed here by that column's DROP again, as this node's own DDL: it outranks the winner, and every node
+    /// ends without the column.
     func keepConcurrentDrops(_ db: Database, winner: SchemaObject, over local: SchemaObject) throws {
         guard winner.type == "table", let winnerSQL = winner.sql, let localSQL = local.sql, winner.generation == local.generation,
-              let basedOn = winner.basedOn, basedOn != local.version, !config.plantedBugs.contains(.concurrentDropUndone) else { return }
+              winner.basedOn != local.version, !config.plantedBugs.contains(.concurrentDropUndone) else { return }
         let q = quoteIdentifier
         let mine = Set(SchemaObjects.columnNames(localSQL))
         // A winner's column whose name, or any name it had (a concurrent rename of the dropped column), is gone here

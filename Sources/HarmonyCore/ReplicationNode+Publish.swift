@@ -267,6 +267,7 @@ extension ReplicationNode {
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
         if table == Bookkeeping.ddlTable { return try definitionRecord(id: changeID) }
         if table == Bookkeeping.repairRequest { return repairRequestRecord(changeID: changeID) }
+        if table == Bookkeeping.definitionRequest { return definitionRequestRecord(changeID: changeID) }
         guard let captured = captured[table] else { return nil }
         let schema = captured.schema
         let db = requireDatabase()

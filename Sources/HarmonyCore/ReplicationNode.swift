@@ -33,6 +33,10 @@ public final class ReplicationNode {
     var holeRepairAnswers: Set<Int>?
     /// After a hole repair: the stream ends this node reads up to before it publishes again (nil: not held).
     var publishHeldUntil: [Int: UInt64]?
+    /// Tables whose pre-existing definition this node asked other nodes for, with when (it asks again after a while).
+    var preExistingDefinitionsAskedAt: [String: Int64] = [:]
+    /// Set while a message is applied: the table whose rows wait for a definition only a request can bring.
+    var preExistingTableMissing: String?
     /// The latest answer per shard to `requestStreamState`. A stream's first sequence only grows, so an old
     /// answer is a lower bound: it can hide that a stream moved past us, never invent it (a later gap shows it).
     public internal(set) var streamStates: [Int: StreamState] = [:]

@@ -25,10 +25,18 @@ public struct SchemaObject: Sendable, Equatable {
     /// The version of the definition this one replaced on its author's node: a winning definition based on another
     /// than the one a node has was made concurrently with it (nil from senders that do not say).
     public var basedOn: RowVersion?
+    /// For an index or trigger: the generation of the table (or view) it was made on. It goes with that generation:
+    /// one made on a table another node had meanwhile dropped never lands on the table made again under that name.
+    /// Nil from senders that do not say, read as zero.
+    public var tableGeneration: Int64?
 
-    /// A later generation beats everything of an earlier one; within one generation a DROP is final (an ALTER that
-    /// raced it loses whatever its version), and otherwise the later version wins.
-    public var rank: (Int64, Int, RowVersion) { (generation, sql == nil ? 1 : 0, version) }
+    /// A later generation beats everything of an earlier one (for an index or trigger, its table's generation first);
+    /// within one generation a DROP is final (an ALTER that raced it loses whatever its version), and otherwise the
+    /// later version wins.
+    public var rank: (Int64, Int64, Int, RowVersion) {
+        let dependent = type == "index" || type == "trigger"
+        return (dependent ? tableGeneration ?? 0 : generation, dependent ? generation : 0, sql == nil ? 1 : 0, version)
+    }
 
     public static func outranks(_ a: SchemaObject, _ b: SchemaObject) -> Bool { a.rank > b.rank }
 
@@ -66,6 +74,7 @@ public enum SchemaObjects {
                 known_columns BLOB,
                 based_hlc INTEGER,
                 based_node INTEGER,
+                table_generation INTEGER,
                 UNIQUE (type, name)
             )
             """)
@@ -103,6 +112,7 @@ public enum SchemaObjects {
         var known = object
         if row.count > 11, case .blob = row[11] { known.knownColumns = Set(try ChangeCapture.decodeNames(row[11])) }
         if row.count > 13, let hlc = row[12].int64, let node = row[13].int64 { known.basedOn = RowVersion(hlc: hlc, node: node) }
+        if row.count > 14 { known.tableGeneration = row[14].int64 }
         return (row[0].int64 ?? 0, known, row[5].string)
     }
 
@@ -160,9 +170,9 @@ public enum SchemaObjects {
         try db.scalar("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?", [.text(type), .text(name)])?.string
     }
 
-    static let columns = "id, type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames, known_columns, based_hlc, based_node"
+    static let columns = "id, type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames, known_columns, based_hlc, based_node, table_generation"
     /// Columns added to the state table after its first release, in order at the end of `columns`.
-    static let laterColumns = [("known_columns", "BLOB"), ("based_hlc", "INTEGER"), ("based_node", "INTEGER")]
+    static let laterColumns = [("known_columns", "BLOB"), ("based_hlc", "INTEGER"), ("based_node", "INTEGER"), ("table_generation", "INTEGER")]
 
     /// The same list for a state table that may predate `laterColumns` (one in an older snapshot): NULL for each missing.
     static func columns(in db: Database, schema: String) throws -> String {
@@ -200,14 +210,16 @@ public enum SchemaObjects {
             known.formUnion(before.knownColumns)
         }
         try db.execute("""
-            INSERT INTO \(table) (type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames, known_columns, based_hlc, based_node)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+            INSERT INTO \(table) (type, name, tbl_name, sql, local_sql, generation, hlc, node, renamed, column_renames, known_columns, based_hlc, based_node, table_generation)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
             ON CONFLICT (type, name) DO UPDATE SET tbl_name = ?3, sql = ?4, local_sql = ?5, generation = ?6,
-                hlc = ?7, node = ?8, renamed = ?9, column_renames = ?10, known_columns = ?11, based_hlc = ?12, based_node = ?13
+                hlc = ?7, node = ?8, renamed = ?9, column_renames = ?10, known_columns = ?11, based_hlc = ?12, based_node = ?13,
+                table_generation = ?14
             """, [.text(o.type), .text(o.name), .text(o.tableName), o.sql.map { .text($0) } ?? .null, localSQL.map { .text($0) } ?? .null,
                   .integer(o.generation), .integer(o.version.hlc), .integer(o.version.node),
                   o.renamed.map { .text($0) } ?? .null, renames, known.isEmpty ? .null : ChangeCapture.encodeNames(known.sorted()),
-                  o.basedOn.map { .integer($0.hlc) } ?? .null, o.basedOn.map { .integer($0.node) } ?? .null])
+                  o.basedOn.map { .integer($0.hlc) } ?? .null, o.basedOn.map { .integer($0.node) } ?? .null,
+                  o.tableGeneration.map { .integer($0) } ?? .null])
         return try db.scalar("SELECT id FROM \(table) WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.int64 ?? 0
     }
 
@@ -264,16 +276,22 @@ public enum SchemaObjects {
                     object.renamed = renamedTables.first { $0.value == o.name }?.key
                 }
             }
+            if o.type == "index" || o.type == "trigger" {
+                // Tables and views come first in this look, so the table's state is already this look's.
+                object.tableGeneration = try (load(db, type: "table", name: o.tableName) ?? load(db, type: "view", name: o.tableName))?.object.generation
+            }
             if o.type == "table" {
                 object.columnRenames = captured[o.name]?.currentNameOf ?? [:]
                 if let before, let old = before.localSQL {
                     // The schema history reads a column gone from the end and one added after it as a rename; RENAME
                     // COLUMN never changes the definition, so a "rename" that did is a DROP and an ADD seen together.
+                    // Nor does it rename onto a column the last text had: the history is taken at installs, and can
+                    // pair a column dropped again here with one another node's winning definition added meanwhile.
                     let was = Dictionary(CreateTableText.columnDefinitions(old)?.map { ($0.name, CreateTableText.body($0)) } ?? [], uniquingKeysWith: { a, _ in a })
                     let now = Dictionary(CreateTableText.columnDefinitions(o.sql)?.map { ($0.name, CreateTableText.body($0)) } ?? [], uniquingKeysWith: { a, _ in a })
                     object.columnRenames = object.columnRenames.filter { from, to in
                         if before.object.columnRenames[from] != nil { return true }
-                        return was[from] != nil && now[from] == nil && was[from] == now[to]
+                        return was[from] != nil && now[from] == nil && was[to] == nil && was[from] == now[to]
                     }
                 }
                 if let old = before?.localSQL {

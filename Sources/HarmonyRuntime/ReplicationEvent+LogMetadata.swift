@@ -37,6 +37,10 @@ extension ReplicationEvent {
         case .restored(_, let rows, let tables): return ["event": "restored", "rows": n(rows), "tables": n(tables)]
         case .holeRepaired(let skipped, let waitedMs): return ["event": "hole_repaired", "skipped": .string(skipped.joined(separator: ", ")), "waited_ms": n(waitedMs)]
         case .repairRequested(let shard, let sequence, let by): return ["event": "repair_requested", "shard": n(shard), "seq": n(sequence), "by": n(by)]
+        case .preExistingDefinitionsAsked(let shard, let sequence, let table):
+            return ["event": "pre_existing_definitions_asked", "shard": n(shard), "seq": n(sequence), "table": .string(table)]
+        case .preExistingDefinitionsSent(let shard, let sequence, let by, let count):
+            return ["event": "pre_existing_definitions_sent", "shard": n(shard), "seq": n(sequence), "by": n(by), "count": n(count)]
         case .snapshotTaken(let name): return ["event": "snapshot_taken", "snapshot": .string(name)]
         case .snapshotSkipped(let reason): return ["event": "snapshot_skipped", "reason": .string(reason)]
         case .snapshotFailed(let reason): return ["event": "snapshot_failed", "reason": .string(reason)]

@@ -1,0 +1,69 @@
+import HarmonyCodec
+import HarmonySQLite
+
+/// Objects that existed before a node's first install are recorded at version zero and not sent: every node is
+/// expected to have its own copy (the seeds' rule: the same schema everywhere before replicating). When one node's
+/// application made a table the others never had (before that node's sidecar first ran, while the others already
+/// replicated), its rows would wait for good elsewhere. A node that receives such rows asks every node for their
+/// pre-existing definitions; each answers by sending its own at version zero, which fill gaps and lose to every
+/// recorded state.
+extension ReplicationNode {
+    static let definitionRequestSchemaHash = "definition-request-1"
+    /// How long a node waits for an answer before asking again (a lost request, a crash of the one node that had it).
+    static let preExistingAskAgainMs: Int64 = 30_000
+
+    /// Inside the apply transaction (outside any message's savepoint), for a row of `table` that this node has no
+    /// table or schema state for, written under a pre-existing definition (version zero) on its node.
+    func requestPreExistingDefinitions(_ db: Database, table: String, shard: Int, sequence: UInt64, events: inout [ReplicationEvent]) throws {
+        let now = env.clock.nowMs
+        if let asked = preExistingDefinitionsAskedAt[table], now - asked < Self.preExistingAskAgainMs { return }
+        preExistingDefinitionsAskedAt[table] = now
+        let request = try SchemaObjects.nextVersion(db)
+        try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
+                       [.integer(request.hlc), .text(Bookkeeping.definitionRequest)])
+        events.append(.preExistingDefinitionsAsked(shard: shard, sequence: sequence, table: table))
+    }
+
+    /// The message asking every node for its pre-existing definitions (`changeID`: the request's clock reading).
+    func definitionRequestRecord(changeID: Int64) -> ChangeRecord {
+        let key = [ChangeRecord.Column("node", .integer(config.nodeID))]
+        return ChangeRecord(originNode: config.nodeID, table: Bookkeeping.definitionRequest, operation: .upsert, primaryKey: key,
+                            row: key, version: RowVersion(hlc: changeID, node: config.nodeID), schemaHash: Self.definitionRequestSchemaHash)
+    }
+
+    /// Another node asked: queue every pre-existing object this node still has, tables first, inside the apply
+    /// transaction. Nodes that have them already keep theirs (version zero never outranks a recorded state).
+    func applyDefinitionRequest(_ db: Database, shard: Int, _ message: IncomingMessage, _ record: ChangeRecord,
+                                events: inout [ReplicationEvent]) throws -> ApplyOutcome {
+        guard record.originNode != config.nodeID, config.replicateDDL, !config.plantedBugs.contains(.preExistingNeverSent),
+              try db.tableExists(Bookkeeping.ddlTable) else { return .consumed }
+        let queued = try db.query("""
+            SELECT id FROM \(SchemaObjects.table) WHERE hlc = 0 AND node = 0 AND sql IS NOT NULL
+            ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'view' THEN 1 ELSE 2 END, id
+            """).compactMap { $0[0].int64 }
+        for id in queued {
+            try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
+                           [.integer(id), .text(Bookkeeping.ddlTable)])
+        }
+        if !queued.isEmpty { definitionsToPublish = true }
+        events.append(.preExistingDefinitionsSent(shard: shard, sequence: message.sequence, by: record.originNode, count: queued.count))
+        return .consumed
+    }
+
+    /// A shard held back on rows of a table no node has sent a CREATE for: the answer to this node's request comes
+    /// on the same stream, behind the held-back message. Pre-existing definitions (version zero) found further on
+    /// apply now; they fill gaps only, so applying them early changes nothing else, and again in order is a no-op.
+    func applyPreExistingDefinitionsAhead(_ db: Database, shard: Int, _ message: IncomingMessage,
+                                          events: inout [ReplicationEvent]) throws -> Bool {
+        guard config.replicateDDL, !EnvelopeCodec.isPart(message.payload),
+              let records = try? EnvelopeCodec.decodeAll(message.payload, decompressedLimit: messageBytesAccepted), !records.isEmpty,
+              records.allSatisfy({ $0.table == Bookkeeping.ddlTable && $0.version == RowVersion(hlc: 0, node: 0) }),
+              records.allSatisfy({ (try? Self.schemaObject($0)) != nil }) else { return false }
+        var applied = false
+        for record in records where try SchemaObjects.load(db, type: Self.schemaObject(record).type, name: Self.schemaObject(record).name) == nil {
+            _ = try applyDefinition(db, shard: shard, message, record, events: &events)
+            applied = true
+        }
+        return applied
+    }
+}

@@ -1,0 +1,96 @@
+import HarmonyCodec
+@testable import HarmonyCore
+import HarmonySQLite
+import Testing
+
+/// What a node reads from `sqlite_schema` when it looks: at the first install, after several ALTERs seen at once
+/// (the sidecar was down or slow), and index definitions that outlived their table elsewhere. Each test also runs
+/// with the planted bug that breaks its rule, and must fail that way.
+@Suite("Schema changes seen in one look")
+struct SchemaLookTests {
+    /// The application on node 2 made a table (with rows) before node 2's sidecar ever installed, while node 1
+    /// already replicated. The table reaches node 1 with its rows, and no shard waits for it
+    /// (`pre-existing-never-sent`: the rows arrive at node 1, which never gets the table and waits for good).
+    @Test(arguments: [PlantedBugs(), .preExistingNeverSent])
+    func aTableMadeBeforeTheFirstInstallReachesTheOtherNodes(bug: PlantedBugs) throws {
+        let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT);"
+        let c = try TestCluster(nodes: 1, schema: schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO kv VALUES (1, 'one')")
+        try c.addNode(schema: schema + "CREATE TABLE late (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO late VALUES (7, 'seven');") {
+            $0.plantedBugs = bug
+        }
+        try c.settle()
+        #expect(try (userSchema(c, 0) == userSchema(c, 1)) == bug.isEmpty)
+        if bug.isEmpty {
+            #expect(try c.rows(0, "SELECT * FROM late") == [[7, "seven"]])
+            #expect(try c.rows(1, "SELECT * FROM kv") == [[1, "one"]])
+        }
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty } == bug.isEmpty)
+    }
+
+    /// Every node started with the same tables; their pre-existing copies (version zero) go out and change nothing,
+    /// and a later ALTER on one node wins over another node's pre-existing copy whatever the arrival order.
+    @Test func preExistingCopiesChangeNothingWhereTheTableIsAlready() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT);")
+        try c.apps[0].execute("ALTER TABLE kv ADD COLUMN n INTEGER")
+        try c.publish(0)
+        try c.deliver(1)
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(1, "SELECT name FROM pragma_table_info('kv') ORDER BY cid") == [["k"], ["v"], ["n"]])
+    }
+
+    /// A RENAME COLUMN of the last column reads as a rename, and a write made concurrently under the old name lands in
+    /// the renamed column.
+    @Test func aRenameOfTheLastColumnHoldingValuesIsStillARename() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, b INTEGER, a TEXT);")
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 10, 'kept')")
+        try c.settle()
+        try c.apps[1].execute("UPDATE t SET a = 'newer' WHERE id = 1")  // written under the old name, concurrently
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN a TO c")
+        try c.publish(1)
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["t"])
+        #expect(try c.rows(1, "SELECT id, b, c FROM t") == [[1, 10, "newer"]])
+    }
+
+    /// Node 1 dropped t and made it again (another definition, with column c5 still) before sending anything; node 2,
+    /// not knowing, made an index on t(c5). The index belongs to the table it was made on: it goes with it on node 2
+    /// and never lands on node 1's new t (`dependent-outlives-its-table`: it is made on the new t everywhere).
+    @Test(arguments: [PlantedBugs(), .dependentOutlivesItsTable])
+    func anIndexOnATableDroppedElsewhereGoesWithThatTable(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, c5 INTEGER);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'old', 5)")
+        try c.settle()
+        try c.apps[0].execute("DROP TABLE t; CREATE TABLE t (id INTEGER PRIMARY KEY, c5 INTEGER, a TEXT); INSERT INTO t VALUES (2, 6, 'new')")
+        try c.apps[1].execute("CREATE INDEX ix ON t (\"c5\")")
+        try c.publish(1)
+        try c.publish(0)
+        try c.settle()
+        let indexes = "SELECT name FROM sqlite_schema WHERE type = 'index' AND name = 'ix'"
+        #expect(try (c.rows(0, indexes).isEmpty && c.rows(1, indexes).isEmpty) == bug.isEmpty)
+        try expectSameEverywhere(c, tables: ["t"])
+        #expect(try c.rows(1, "SELECT * FROM t") == [[2, 6, "new"]])
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
+    }
+
+    /// Node 1 made t and dropped its column a; node 2, not knowing t yet, made t with a (the same migration run
+    /// there later). The later CREATE wins the table, but node 1's DROP was concurrent with it: a goes everywhere
+    /// (`concurrent-drop-undone`: a comes back empty on node 1 and keeps node 2's value there).
+    @Test(arguments: [PlantedBugs(), .concurrentDropUndone])
+    func aDropConcurrentWithACreateElsewhereIsKept(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER); INSERT INTO t VALUES (1, 'x', 1)")
+        try c.publish(0)
+        try c.apps[0].execute("ALTER TABLE t DROP COLUMN a")
+        try c.publish(0)
+        try c.apps[1].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER); INSERT INTO t VALUES (2, 'y', 2)")
+        try c.publish(1)
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        try expectNodesAgree(c, on: "SELECT * FROM t ORDER BY id", unless: bug)
+        if bug.isEmpty {
+            #expect(try c.rows(1, "SELECT * FROM t ORDER BY id") == [[1, 1], [2, 2]])
+        }
+    }
+}
