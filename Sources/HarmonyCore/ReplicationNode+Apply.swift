@@ -34,6 +34,7 @@ extension ReplicationNode {
         var pausedAt: UInt64?
         var gapSeen = false
         var lookedAhead = false
+        var definitionsAppliedAhead = false
         var events: [ReplicationEvent] = []
         if config.plantedBugs.contains(.checkpointOutsideApplyTransaction), let last = ordered.last, last.sequence > start {
             try saveCheckpoint(db, shard: shard, sequence: last.sequence)
@@ -54,6 +55,11 @@ extension ReplicationNode {
                         acks.append(message.sequence)
                         events.append(.duplicate(shard: shard, sequence: message.sequence))
                         continue
+                    }
+                    if (halted || message.sequence > next), pausedAt != nil || pausedShards[shard] != nil,
+                       try applyPreExistingDefinitionsAhead(db, shard: shard, message, events: &events) {
+                        // Delivered singly behind the held-back message (a live consumer redelivers each on its own).
+                        definitionsAppliedAhead = true
                     }
                     if halted { naks.append((message.sequence, config.retryDelayMs)); continue }
                     if message.sequence > next {
@@ -133,6 +139,8 @@ extension ReplicationNode {
         }) {
             for other in pausedShards.keys.sorted() where other != shard { env.log.subscribe(shard: other, fromSequence: checkpoint(other) + 1) }
         }
+        // Definitions a held-back message waits for were found further on: ask for it again now, not after the pause.
+        if definitionsAppliedAhead, pausedShards[shard] != nil { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
         // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides.
         if gapSeen { requestStreamState(shard) }
     }

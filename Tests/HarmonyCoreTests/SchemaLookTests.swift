@@ -28,6 +28,29 @@ struct SchemaLookTests {
         #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty } == bug.isEmpty)
     }
 
+    /// As a live consumer delivers them: the held-back row is redelivered on its own, and the definitions sent on
+    /// request arrive singly behind it. They apply on arrival, and the held-back row is asked for again at once.
+    @Test func definitionsSentOnRequestApplyWhenDeliveredSinglyBehindTheHeldBackRow() throws {
+        let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT);"
+        let c = try TestCluster(nodes: 1, schema: schema)
+        try c.addNode(schema: schema + "CREATE TABLE late (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO late VALUES (7, 'seven');")
+        try c.publish(1)
+        try c.deliver(0)  // node 1 holds the row back and asks
+        #expect(c.nodes[0].pausedShards[1] == 1)
+        try c.publish(0)
+        try c.deliver(1)  // node 2 answers
+        try c.publish(1)
+        let answers = c.streams.messages(shard: 1, from: 3)
+        #expect(answers.count == 2)
+        c.ports[0].deliverFrom[1] = nil
+        for message in answers.reversed() { try c.nodes[0].messagesArrived(shard: 1, [message]) }
+        #expect(try c.rows(0, "SELECT count(*) FROM sqlite_schema WHERE name = 'late'") == [[1]])
+        #expect(c.ports[0].deliverFrom[1] == 1)  // asked again from the held-back row
+        try c.deliver(0)
+        #expect(try c.rows(0, "SELECT * FROM late") == [[7, "seven"]])
+        #expect(c.nodes[0].pausedShards.isEmpty)
+    }
+
     /// Every node started with the same tables; their pre-existing copies (version zero) go out and change nothing,
     /// and a later ALTER on one node wins over another node's pre-existing copy whatever the arrival order.
     @Test func preExistingCopiesChangeNothingWhereTheTableIsAlready() throws {

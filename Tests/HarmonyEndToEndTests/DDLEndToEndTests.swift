@@ -74,6 +74,29 @@ struct DDLEndToEndTests {
         }
     }
 
+    /// A node joins a running cluster with a database whose application already made a table the others never had
+    /// (before the node's sidecar first ran, so it counts as pre-existing there and is not sent as DDL). Its rows
+    /// reach the others, which ask for the definition; the new node sends it, and the table with its rows ends on
+    /// every node. Before, every other node waited for good on those rows, "paused on schema".
+    @Test func aTableMadeBeforeANodesFirstStartReachesTheRunningCluster() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 2)
+        defer { c.stopAll() }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name, qty) VALUES (1, 'before the join', 1);")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        let joined = try c.addNode(sql: kvSchema + """
+            CREATE TABLE local_only (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+            INSERT INTO local_only VALUES (1, 'a'), (2, 'b'), (3, 'c');
+            """)
+        _ = try c.waitForConvergence("SELECT group_concat(id || ':' || v) FROM local_only;", expected: "1:a,2:b,3:c\n", timeoutSeconds: 60)
+        try sqlite(c.dbPath(1), "INSERT INTO local_only VALUES (4, 'from node 1');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM local_only;", expected: "4\n")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        _ = try c.waitForConvergence(userSchemaSQL)
+        #expect(c.log(1).contains("asked every node to send the definitions"), "\(c.log(1).suffix(3000))")
+        #expect(c.log(joined).contains("asked for the definitions of objects that existed before the first install"), "\(c.log(joined).suffix(3000))")
+        for node in 1...joined { #expect(try c.query(node, "PRAGMA integrity_check;") == "ok\n") }
+    }
+
     /// The seeds' schema procedures with changes beyond ADD COLUMN, on 3 live nodes. Seed 000's: writes stopped, on
     /// one node stop the sidecar, DROP COLUMN and RENAME COLUMN from the shell, `-cleanup`, restart, then "repeat on
     /// the other nodes" (SQLite refuses the repeat there, since replication already brought it, and nothing
