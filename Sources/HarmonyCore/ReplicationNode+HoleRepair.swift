@@ -62,9 +62,7 @@ extension ReplicationNode {
             }
             if !config.plantedBugs.contains(.holeRepairWithoutResend) {
                 try sendEverythingAgain(db)
-                let request = try SchemaObjects.nextVersion(db)
-                try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
-                               [.integer(request.hlc), .text(Bookkeeping.repairRequest)])
+                try queueRequest(db, Bookkeeping.repairRequest)
             }
         }
         for s in skipped { checkpoints[s.shard] = s.to }
@@ -100,11 +98,25 @@ extension ReplicationNode {
         definitionsToPublish = true
     }
 
-    /// The message asking every node to send its rows again (`changeID`: the request's clock reading).
-    func repairRequestRecord(changeID: Int64) -> ChangeRecord {
+    /// Queues a request to every node (`Bookkeeping.repairRequest` or `.definitionRequest`), keyed by the clock
+    /// reading it takes, inside the caller's transaction.
+    func queueRequest(_ db: Database, _ kind: String) throws {
+        let request = try SchemaObjects.nextVersion(db)
+        try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
+                       [.integer(request.hlc), .text(kind)])
+    }
+
+    /// The message for a queued request (`changeID`: the request's clock reading); nil for other log entries.
+    func requestRecord(_ kind: String, changeID: Int64) -> ChangeRecord? {
+        let hash: String
+        switch kind {
+        case Bookkeeping.repairRequest: hash = Self.repairSchemaHash
+        case Bookkeeping.definitionRequest: hash = Self.definitionRequestSchemaHash
+        default: return nil
+        }
         let key = [ChangeRecord.Column("node", .integer(config.nodeID))]
-        return ChangeRecord(originNode: config.nodeID, table: Bookkeeping.repairRequest, operation: .upsert, primaryKey: key,
-                            row: key, version: RowVersion(hlc: changeID, node: config.nodeID), schemaHash: Self.repairSchemaHash)
+        return ChangeRecord(originNode: config.nodeID, table: kind, operation: .upsert, primaryKey: key,
+                            row: key, version: RowVersion(hlc: changeID, node: config.nodeID), schemaHash: hash)
     }
 
     /// Another node repaired a hole: this node sends what it has once, inside the apply transaction (a redelivered

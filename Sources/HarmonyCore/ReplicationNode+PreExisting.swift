@@ -18,17 +18,8 @@ extension ReplicationNode {
         let now = env.clock.nowMs
         if let asked = preExistingDefinitionsAskedAt[table], now - asked < Self.preExistingAskAgainMs { return }
         preExistingDefinitionsAskedAt[table] = now
-        let request = try SchemaObjects.nextVersion(db)
-        try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
-                       [.integer(request.hlc), .text(Bookkeeping.definitionRequest)])
+        try queueRequest(db, Bookkeeping.definitionRequest)
         events.append(.preExistingDefinitionsAsked(shard: shard, sequence: sequence, table: table))
-    }
-
-    /// The message asking every node for its pre-existing definitions (`changeID`: the request's clock reading).
-    func definitionRequestRecord(changeID: Int64) -> ChangeRecord {
-        let key = [ChangeRecord.Column("node", .integer(config.nodeID))]
-        return ChangeRecord(originNode: config.nodeID, table: Bookkeeping.definitionRequest, operation: .upsert, primaryKey: key,
-                            row: key, version: RowVersion(hlc: changeID, node: config.nodeID), schemaHash: Self.definitionRequestSchemaHash)
     }
 
     /// Another node asked: queue every pre-existing object this node still has, tables first, inside the apply

@@ -266,8 +266,7 @@ extension ReplicationNode {
     /// every node gets from the log anyway), its table is no longer captured, or its key is no longer the table's.
     func changeRecord(table: String, changeID: Int64) throws -> ChangeRecord? {
         if table == Bookkeeping.ddlTable { return try definitionRecord(id: changeID) }
-        if table == Bookkeeping.repairRequest { return repairRequestRecord(changeID: changeID) }
-        if table == Bookkeeping.definitionRequest { return definitionRequestRecord(changeID: changeID) }
+        if let request = requestRecord(table, changeID: changeID) { return request }
         guard let captured = captured[table] else { return nil }
         let schema = captured.schema
         let db = requireDatabase()

@@ -271,7 +271,7 @@ struct OperationsEndToEndTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ops-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let port = EmbeddedNATSServer.freePort()
+        let port = distinctFreePorts(1)[0]
         let server = try ChildProcess.spawn(try EmbeddedNATSServer.findExecutable(), ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir + "/nats",
                                                                                   "--user", "app", "--pass", "right"],
                                             environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: nil, stderr: nil)
