@@ -56,7 +56,7 @@ extension ReplicationNode {
                         events.append(.duplicate(shard: shard, sequence: message.sequence))
                         continue
                     }
-                    if (halted || message.sequence > next), pausedAt != nil || pausedShards[shard] != nil,
+                    if (halted || message.sequence > next), pausedAt != nil || pausedShards[shard] != nil, !preExistingDefinitionsAskedAt.isEmpty,
                        try applyPreExistingDefinitionsAhead(db, shard: shard, message, events: &events) {
                         // Delivered singly behind the held-back message (a live consumer redelivers each on its own).
                         definitionsAppliedAhead = true
@@ -71,7 +71,7 @@ extension ReplicationNode {
                     }
                     preExistingTableMissing = nil
                     var outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events)
-                    if case .paused = outcome, !lookedAhead {
+                    if case .paused = outcome, !lookedAhead, preExistingTableMissing != nil {
                         // The definitions it waits for may be further on this very stream (pre-existing ones, sent on
                         // request): those apply first, and it is tried once more.
                         lookedAhead = true

@@ -44,6 +44,7 @@ extension ReplicationNode {
     /// A shard held back on rows of a table no node has sent a CREATE for: the answer to this node's request comes
     /// on the same stream, behind the held-back message. Pre-existing definitions (version zero) found further on
     /// apply now; they fill gaps only, so applying them early changes nothing else, and again in order is a no-op.
+    /// Only looked for while a request is unanswered: it decodes each message behind the held-back one.
     func applyPreExistingDefinitionsAhead(_ db: Database, shard: Int, _ message: IncomingMessage,
                                           events: inout [ReplicationEvent]) throws -> Bool {
         guard config.replicateDDL, !EnvelopeCodec.isPart(message.payload),
@@ -55,6 +56,6 @@ extension ReplicationNode {
             _ = try applyDefinition(db, shard: shard, message, record, events: &events)
             applied = true
         }
-        return applied
+        return applied  // (the capture refresh that applying runs forgets the tables asked for that are here now)
     }
 }

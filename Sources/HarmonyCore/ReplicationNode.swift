@@ -33,7 +33,8 @@ public final class ReplicationNode {
     var holeRepairAnswers: Set<Int>?
     /// After a hole repair: the stream ends this node reads up to before it publishes again (nil: not held).
     var publishHeldUntil: [Int: UInt64]?
-    /// Tables whose pre-existing definition this node asked other nodes for, with when (it asks again after a while).
+    /// Tables whose pre-existing definition this node asked other nodes for and does not have yet, with when (it
+    /// asks again after a while).
     var preExistingDefinitionsAskedAt: [String: Int64] = [:]
     /// Set while a message is applied: the table whose rows wait for a definition only a request can bring.
     var preExistingTableMissing: String?
@@ -261,6 +262,7 @@ public final class ReplicationNode {
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
+        preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered
         epochKeys.removeAll()
         applySQLCache.removeAll()
         changeLogLayouts.removeAll()
