@@ -82,7 +82,7 @@ extension ReplicationNode {
         }
         var stored = incoming
         if ["index", "trigger"].contains(incoming.type), let made = incoming.tableGeneration,
-           let current = try tableGenerationHere(db, incoming.tableName), made < current,
+           let current = try SchemaObjects.generation(ofTableOrView: incoming.tableName, db), made < current,
            !config.plantedBugs.contains(.dependentOutlivesItsTable) {
             // Made on a table dropped since (another node had dropped it and made it again): it went with that table.
             stored.sql = nil
@@ -130,11 +130,6 @@ extension ReplicationNode {
                                                dropped: stored.sql == nil, version: incoming.version))
         }
         return .consumed
-    }
-
-    /// The generation of the table or view `name` in this node's schema state (nil: none recorded).
-    func tableGenerationHere(_ db: Database, _ name: String) throws -> Int64? {
-        try (SchemaObjects.load(db, type: "table", name: name) ?? SchemaObjects.load(db, type: "view", name: name))?.object.generation
     }
 
     /// A table renamed on another node onto a name that is another table here (made here meanwhile): its rows join

@@ -50,9 +50,9 @@ extension ReplicationNode {
         guard config.replicateDDL, !EnvelopeCodec.isPart(message.payload),
               let records = try? EnvelopeCodec.decodeAll(message.payload, decompressedLimit: messageBytesAccepted), !records.isEmpty,
               records.allSatisfy({ $0.table == Bookkeeping.ddlTable && $0.version == RowVersion(hlc: 0, node: 0) }),
-              records.allSatisfy({ (try? Self.schemaObject($0)) != nil }) else { return false }
+              let objects = try? records.map(Self.schemaObject) else { return false }
         var applied = false
-        for record in records where try SchemaObjects.load(db, type: Self.schemaObject(record).type, name: Self.schemaObject(record).name) == nil {
+        for (record, object) in zip(records, objects) where try SchemaObjects.load(db, type: object.type, name: object.name) == nil {
             _ = try applyDefinition(db, shard: shard, message, record, events: &events)
             applied = true
         }

@@ -201,6 +201,12 @@ public enum SchemaObjects {
         try db.query("SELECT \(columns) FROM \(table) WHERE id = ?", [.integer(id)]).first.map(object)?.object
     }
 
+    /// The generation of the table or view `name` in the schema state (nil: none recorded), for the indexes and
+    /// triggers on it.
+    static func generation(ofTableOrView name: String, _ db: Database) throws -> Int64? {
+        try (load(db, type: "table", name: name) ?? load(db, type: "view", name: name))?.object.generation
+    }
+
     /// Writes an object's state; returns its row id.
     @discardableResult
     static func store(_ db: Database, _ o: SchemaObject, localSQL: String?) throws -> Int64 {
@@ -278,7 +284,7 @@ public enum SchemaObjects {
             }
             if o.type == "index" || o.type == "trigger" {
                 // Tables and views come first in this look, so the table's state is already this look's.
-                object.tableGeneration = try (load(db, type: "table", name: o.tableName) ?? load(db, type: "view", name: o.tableName))?.object.generation
+                object.tableGeneration = try generation(ofTableOrView: o.tableName, db)
             }
             if o.type == "table" {
                 object.columnRenames = captured[o.name]?.currentNameOf ?? [:]
