@@ -93,6 +93,11 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let preExistingNeverSent = PlantedBugs(rawValue: 1 << 41)
     /// Make an index or trigger that was made on a table since dropped (and made again) on the new table.
     public static let dependentOutlivesItsTable = PlantedBugs(rawValue: 1 << 42)
+    /// Let a view already broken (over a table dropped elsewhere) block the re-drop of a concurrently dropped column.
+    public static let redropBlockedByBrokenView = PlantedBugs(rawValue: 1 << 43)
+    /// At a local ALTER, take a renamed column's current name from this node's schema history even where the
+    /// replicated state says otherwise (the history reads a winning definition applied here as local renames).
+    public static let historyOverridesStateRenames = PlantedBugs(rawValue: 1 << 44)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -137,6 +142,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("hole-repair-without-resend", .holeRepairWithoutResend),
         ("pre-existing-never-sent", .preExistingNeverSent),
         ("dependent-outlives-its-table", .dependentOutlivesItsTable),
+        ("redrop-blocked-by-broken-view", .redropBlockedByBrokenView),
+        ("history-overrides-state-renames", .historyOverridesStateRenames),
     ]
 }
 

@@ -193,11 +193,31 @@ extension ReplicationNode {
                     ORDER BY il.name
                     """, [.text(winner.name), .text(column)]).compactMap { $0[0].string }
                 for index in indexes where !config.plantedBugs.contains(.redropBlockedByIndex) { try db.execute("DROP INDEX \(q(index))") }
+                // SQLite re-checks every view on DROP COLUMN, so a view already broken (over a table dropped
+                // elsewhere) would block the re-drop for good: it is set aside and made again, text unchanged.
+                let broken = try brokenViews(db)
+                for view in broken { try db.execute("DROP VIEW \(q(view.name))") }
                 try db.execute("ALTER TABLE \(q(winner.name)) DROP COLUMN \(q(column))")
+                for view in broken { try db.execute(view.sql) }
             } catch let error as SQLiteError where !error.isTransientStorageFailure {
                 try db.execute("ROLLBACK TO harmonylite_redrop", [])  // a key column, or one a view or CHECK names: left as the winner has it
             }
             try db.execute("RELEASE harmonylite_redrop", [])
+        }
+    }
+
+    /// Views that cannot be read now (they name a table or column that is gone), in name order.
+    func brokenViews(_ db: Database) throws -> [(name: String, sql: String)] {
+        guard !config.plantedBugs.contains(.redropBlockedByBrokenView) else { return [] }
+        let views = try db.query("SELECT name, sql FROM sqlite_schema WHERE type = 'view' AND sql IS NOT NULL ORDER BY name")
+            .compactMap { row in row[0].string.flatMap { name in row[1].string.map { (name: name, sql: $0) } } }
+        return try views.filter { view in
+            do {
+                _ = try db.query("SELECT * FROM \(quoteIdentifier(view.name)) LIMIT 0")
+                return false
+            } catch let error as SQLiteError where !error.isTransientStorageFailure {
+                return true
+            }
         }
     }
 

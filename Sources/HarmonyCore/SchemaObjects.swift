@@ -295,8 +295,10 @@ public enum SchemaObjects {
                     // pair a column dropped again here with one another node's winning definition added meanwhile.
                     let was = Dictionary(CreateTableText.columnDefinitions(old)?.map { ($0.name, CreateTableText.body($0)) } ?? [], uniquingKeysWith: { a, _ in a })
                     let now = Dictionary(CreateTableText.columnDefinitions(o.sql)?.map { ($0.name, CreateTableText.body($0)) } ?? [], uniquingKeysWith: { a, _ in a })
+                    // Older names the state holds are followed through this step below, not taken from the history:
+                    // it is this node's alone, and reads a winning definition applied here as renames of its own.
                     object.columnRenames = object.columnRenames.filter { from, to in
-                        if before.object.columnRenames[from] != nil { return true }
+                        if before.object.columnRenames[from] != nil, plantedBugs.contains(.historyOverridesStateRenames) { return true }
                         return was[from] != nil && now[from] == nil && was[to] == nil && was[from] == now[to]
                     }
                 }

@@ -116,4 +116,52 @@ struct SchemaLookTests {
             #expect(try c.rows(1, "SELECT * FROM t ORDER BY id") == [[1, 1], [2, 2]])
         }
     }
+
+    /// Node 1 dropped column a of t, then table u, which leaves view v over u broken; node 2, not knowing, added
+    /// column c to t later. Node 2's ALTER wins the table, so node 1 drops a again. SQLite re-checks every view on
+    /// DROP COLUMN and would refuse it for v, which is broken anyway: v is set aside and made again around the drop
+    /// (`redrop-blocked-by-broken-view`: a stays on node 1, empty, and keeps node 2's values there).
+    @Test(arguments: [PlantedBugs(), .redropBlockedByBrokenView])
+    func aConcurrentDropIsKeptPastAViewBrokenByAnotherDrop(bug: PlantedBugs) throws {
+        let schema = "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER); CREATE TABLE u (x INTEGER PRIMARY KEY); CREATE VIEW v AS SELECT * FROM u;"
+        let c = try TestCluster(nodes: 2, schema: schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'x', 1)")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t DROP COLUMN a; DROP TABLE u")
+        try c.publish(0)
+        try c.apps[1].execute("ALTER TABLE t ADD COLUMN c INTEGER")
+        try c.publish(1)
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        try expectNodesAgree(c, on: "SELECT * FROM t ORDER BY id", unless: bug)
+        if bug.isEmpty {
+            #expect(try c.rows(1, "SELECT name FROM pragma_table_info('t') ORDER BY cid") == [["id"], ["b"], ["c"]])
+            #expect(try c.rows(0, "SELECT sql FROM sqlite_schema WHERE name = 'v'") == [["CREATE VIEW v AS SELECT * FROM u"]])
+        }
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
+    }
+
+    /// Node 2 took node 1's RENAME COLUMN b TO r, DROP COLUMN a and ADD COLUMN c in one definition; its capture,
+    /// seeing (id, a, b) become (id, r, c) at once, pairs the columns by place (a to r, b to c). Node 2's next ALTER
+    /// keeps the replicated rename b -> r, so a row node 3 wrote under the old definition lands in r everywhere
+    /// (`history-overrides-state-renames`: node 2's ALTER says b -> c, and the row lands in c on nodes 1 and 2).
+    @Test(arguments: [PlantedBugs(), .historyOverridesStateRenames])
+    func aLocalAlterKeepsTheReplicatedRenamesOverThisNodesGuess(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 3, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);") { $0.plantedBugs = bug }
+        try c.apps[2].execute("INSERT INTO t VALUES (1, 'x', 5)")  // under the old definition, sent later
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN b TO r; ALTER TABLE t DROP COLUMN a; ALTER TABLE t ADD COLUMN c REAL")
+        try c.publish(0)
+        try c.deliver(1)
+        try c.apps[1].execute("ALTER TABLE t ADD COLUMN d INTEGER")
+        try c.publish(1)
+        try c.deliver(0)
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 2))
+        let row = "SELECT id, r, c, d FROM t ORDER BY id"
+        #expect(try (c.rows(0, row) == c.rows(2, row)) == bug.isEmpty)
+        if bug.isEmpty {
+            for i in c.nodes.indices { #expect(try c.rows(i, row) == [[1, 5, .null, .null]], "node \(i + 1)") }
+        }
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
+    }
 }
