@@ -98,6 +98,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// At a local ALTER, take a renamed column's current name from this node's schema history even where the
     /// replicated state says otherwise (the history reads a winning definition applied here as local renames).
     public static let historyOverridesStateRenames = PlantedBugs(rawValue: 1 << 44)
+    /// Take an index made elsewhere on a table this node has renamed since for one that went with a dropped table.
+    public static let dependentOfRenamedTableDropped = PlantedBugs(rawValue: 1 << 45)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -144,6 +146,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("dependent-outlives-its-table", .dependentOutlivesItsTable),
         ("redrop-blocked-by-broken-view", .redropBlockedByBrokenView),
         ("history-overrides-state-renames", .historyOverridesStateRenames),
+        ("dependent-of-renamed-table-dropped", .dependentOfRenamedTableDropped),
     ]
 }
 

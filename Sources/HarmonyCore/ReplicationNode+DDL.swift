@@ -91,14 +91,15 @@ extension ReplicationNode {
         let now = attempted.now
         var failure = attempted.failure
         if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
-        if failure != nil, ["index", "trigger"].contains(incoming.type), incoming.sql != nil, try !db.tableExists(incoming.tableName) {
+        if failure != nil, ["index", "trigger"].contains(incoming.type), incoming.sql != nil, try !db.tableExists(incoming.tableName),
+           try !renamedHere(db, incoming) {
             // Made on a table that was dropped here meanwhile: it went with that table, as on the nodes that had it.
             stored.sql = nil
             failure = nil
         }
         try SchemaObjects.store(db, stored, localSQL: now)
-        if incoming.type == "table" && incoming.sql == nil {
-            // Its indexes and triggers went with it, in the same version.
+        if incoming.type == "table" && incoming.sql == nil && (incoming.renamed == nil || config.plantedBugs.contains(.dependentOfRenamedTableDropped)) {
+            // Its indexes and triggers went with it, in the same version (a rename moved them; see `renamedHere`).
             try db.execute("""
                 UPDATE \(SchemaObjects.table) SET sql = NULL, local_sql = NULL, hlc = ?, node = ?
                 WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL
@@ -204,6 +205,16 @@ extension ReplicationNode {
             }
             try db.execute("RELEASE harmonylite_redrop", [])
         }
+    }
+
+    /// Whether an index or trigger was made on a table this node has since renamed (not dropped): on the nodes that
+    /// made it, that rename moves it onto the new name, and each publishes the moved text as its own DDL, which
+    /// lands here. Until then it waits unapplied; taking it for dropped would outrank the moved text for good.
+    func renamedHere(_ db: Database, _ dependent: SchemaObject) throws -> Bool {
+        guard !config.plantedBugs.contains(.dependentOfRenamedTableDropped),
+              let table = try SchemaObjects.load(db, type: "table", name: dependent.tableName)?.object,
+              table.sql == nil, let now = table.renamed, table.generation == dependent.tableGeneration ?? 0 else { return false }
+        return try db.tableExists(now)
     }
 
     /// Views that cannot be read now (they name a table or column that is gone), in name order.
