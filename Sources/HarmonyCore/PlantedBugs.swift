@@ -100,6 +100,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let historyOverridesStateRenames = PlantedBugs(rawValue: 1 << 44)
     /// Take an index made elsewhere on a table this node has renamed since for one that went with a dropped table.
     public static let dependentOfRenamedTableDropped = PlantedBugs(rawValue: 1 << 45)
+    /// At RENAME TO, give the new name only this node's schema history's column names, not the old name's state's.
+    public static let renameToForgetsMergedNames = PlantedBugs(rawValue: 1 << 46)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -147,6 +149,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("redrop-blocked-by-broken-view", .redropBlockedByBrokenView),
         ("history-overrides-state-renames", .historyOverridesStateRenames),
         ("dependent-of-renamed-table-dropped", .dependentOfRenamedTableDropped),
+        ("rename-to-forgets-merged-names", .renameToForgetsMergedNames),
     ]
 }
 

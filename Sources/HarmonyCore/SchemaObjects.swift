@@ -327,6 +327,16 @@ public enum SchemaObjects {
                         if newColumns.contains(current) { object.columnRenames[from] = current }  // gone with a dropped column otherwise
                     }
                 }
+                if let from = object.renamed, let was = known["table\u{0}\(from)"]?.object, was.sql != nil,
+                   !plantedBugs.contains(.renameToForgetsMergedNames) {
+                    // RENAME TO: the table keeps every name its columns had under the old name (losing renames' names
+                    // included), so rows still written under them, sent to the old name, apply here.
+                    let newColumns = Set(columnNames(o.sql))
+                    for (old, current) in was.columnRenames where object.columnRenames[old] == nil && !newColumns.contains(old) && newColumns.contains(current) {
+                        object.columnRenames[old] = current
+                    }
+                    object.knownColumns.formUnion(was.knownColumns)
+                }
             }
             let id = try store(db, object, localSQL: o.sql)
             if !fresh { changed.append(id) }

@@ -187,4 +187,30 @@ struct SchemaLookTests {
         #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
         if bug.isEmpty { #expect(try c.nodes[1].divergedSchemaObjects().isEmpty) }
     }
+
+    /// Node 3 renamed b to r7 and node 1, later, to r9: node 1's rename wins, and node 1 keeps r7 as a name of r9.
+    /// Node 1 then renamed t to u. A row node 3 wrote into r7 before hearing of either arrives at node 1 for t and
+    /// follows the rename to u; u kept t's names, so the value lands in r9 as on node 3
+    /// (`rename-to-forgets-merged-names`: u knows only b -> r9, and node 1 drops the value).
+    @Test(arguments: [PlantedBugs(), .renameToForgetsMergedNames])
+    func aTableRenamedKeepsTheNamesItsColumnsHad(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 3, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);") { $0.plantedBugs = bug }
+        try c.apps[2].execute("ALTER TABLE t RENAME COLUMN b TO r7")
+        try c.publish(2)
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN b TO r9")
+        try c.publish(0)
+        try c.deliver(0)  // node 3's rename loses here; r7 leads to r9
+        try c.apps[0].execute("ALTER TABLE t RENAME TO u")
+        try c.publish(0)
+        try c.apps[2].execute("INSERT INTO t (id, a, r7) VALUES (1, 'x', 5)")
+        try c.publish(2)
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 2))
+        let row = "SELECT id, a, r9 FROM u"
+        #expect(try (c.rows(0, row) == c.rows(2, row)) == bug.isEmpty)
+        if bug.isEmpty {
+            for i in c.nodes.indices { #expect(try c.rows(i, row) == [[1, "x", 5]], "node \(i + 1)") }
+        }
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
+    }
 }
