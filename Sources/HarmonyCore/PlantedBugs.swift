@@ -102,6 +102,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let dependentOfRenamedTableDropped = PlantedBugs(rawValue: 1 << 45)
     /// At RENAME TO, give the new name only this node's schema history's column names, not the old name's state's.
     public static let renameToForgetsMergedNames = PlantedBugs(rawValue: 1 << 46)
+    /// Remake a rebuilt table's indexes and triggers from their text as it was, naming columns by their old names.
+    public static let rebuildRemakesDependentsByOldNames = PlantedBugs(rawValue: 1 << 47)
+    /// Merge a table renamed onto another one's name by column name alone, dropping values of renamed columns.
+    public static let mergeDropsRenamedColumns = PlantedBugs(rawValue: 1 << 48)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -150,6 +154,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("history-overrides-state-renames", .historyOverridesStateRenames),
         ("dependent-of-renamed-table-dropped", .dependentOfRenamedTableDropped),
         ("rename-to-forgets-merged-names", .renameToForgetsMergedNames),
+        ("rebuild-remakes-dependents-by-old-names", .rebuildRemakesDependentsByOldNames),
+        ("merge-drops-renamed-columns", .mergeDropsRenamedColumns),
     ]
 }
 

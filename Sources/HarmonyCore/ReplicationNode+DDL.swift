@@ -147,6 +147,18 @@ extension ReplicationNode {
         let keyList = from.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
         let entries = try db.query("SELECT \(keyList), hlc, node, deleted FROM \(q(Bookkeeping.versionTable(source))) ORDER BY \(keyList)")
         let rowSQL = rowReadSQL(from).row
+        // Columns the target knows under another name (a losing rename's names, merged into its state), and those
+        // whose names share a past with one of the target's (the renaming node's own renames, which may never
+        // have been sent: its new name took the target's definition first), keep their values.
+        var names: [String: String] = [:]
+        if !config.plantedBugs.contains(.mergeDropsRenamedColumns) {
+            names = renames(of: target, into)
+            let sourceRenames = try SchemaObjects.load(db, type: "table", name: source)?.object.columnRenames ?? captured[source]?.currentNameOf ?? [:]
+            for (old, new) in SchemaObjects.sameColumns(from.columns, sourceRenames, as: to.columns, tableStates[target]?.columnRenames ?? [:])
+            where names[old] == nil {
+                names[old] = new
+            }
+        }
         for entry in entries {
             let keyValues = Array(entry.prefix(n))
             guard let hlc = entry[n].int64, let node = entry[n + 1].int64 else { continue }
@@ -158,7 +170,7 @@ extension ReplicationNode {
                 record.operation = .upsert
                 record.row = zip(from.columns, values).map { ChangeRecord.Column($0, $1) }
             }
-            _ = try applyLWW(db, try resolve(record, against: to, strict: false))
+            _ = try applyLWW(db, try resolve(record, against: to, strict: false, currentNameOf: names))
         }
         if !config.plantedBugs.contains(.renameKeepsRowsLocal) { try ChangeCapture.sendRowsAgain(db, to, epoch: into.epoch) }
         try ChangeCapture.recordAlias(db, old: source, current: target)
@@ -378,6 +390,24 @@ extension ReplicationNode {
     func rebuildTable(_ db: Database, _ table: String, as target: String, columnRenames: [String: String]) throws {
         let q = quoteIdentifier
         let aside = Bookkeeping.prefix + "_rebuild"
+        if !config.plantedBugs.contains(.rebuildRemakesDependentsByOldNames), let wanted = CreateTableText.columnDefinitions(target)?.map(\.name) {
+            // Renamed columns are renamed in place first: SQLite then rewrites the table's indexes and triggers to
+            // the new names, so they are remade below on the columns they were made on. Remade from their old text,
+            // an index on a renamed column would index the old name as a string constant (or not be made at all).
+            var present = try db.query("SELECT name FROM pragma_table_xinfo(?) WHERE hidden = 0", [.text(table)]).compactMap { $0[0].string }
+            for old in columnRenames.keys.sorted() {
+                let new = columnRenames[old]!
+                guard present.contains(old), !present.contains(new), wanted.contains(new), !wanted.contains(old) else { continue }
+                try db.execute("SAVEPOINT harmonylite_rename", [])
+                do {
+                    try db.execute("ALTER TABLE \(q(table)) RENAME COLUMN \(q(old)) TO \(q(new))")
+                    present = present.map { $0 == old ? new : $0 }
+                } catch let error as SQLiteError where !error.isTransientStorageFailure {
+                    try db.execute("ROLLBACK TO harmonylite_rename", [])  // copied under the old name below instead
+                }
+                try db.execute("RELEASE harmonylite_rename", [])
+            }
+        }
         let dependents = try db.query("""
             SELECT sql FROM sqlite_schema WHERE tbl_name = ? AND type IN ('index', 'trigger') AND sql IS NOT NULL
             AND substr(name, 1, ?) <> ? ORDER BY type, name
