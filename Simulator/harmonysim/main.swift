@@ -262,7 +262,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("recreated-table-seen-as-alter", "ddl-races.toml"),
         ("ddl-storage-failure-is-refusal", "ddl-storage.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
-        ("alias-any-generation", "ddl.toml"),  // (wider seeds, see `atLeastSeeds`)
+        ("alias-any-generation", "ddl.toml"),
         ("rename-keeps-rows-local", "ddl.toml"),
         ("hole-repair-without-resend", "hole-repair.toml"),
     ]
