@@ -106,6 +106,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let rebuildRemakesDependentsByOldNames = PlantedBugs(rawValue: 1 << 47)
     /// Merge a table renamed onto another one's name by column name alone, dropping values of renamed columns.
     public static let mergeDropsRenamedColumns = PlantedBugs(rawValue: 1 << 48)
+    /// Behind a row held back for a table no node sent, apply only version-zero definitions ahead (not a later ALTER
+    /// of that pre-existing table, which its node then no longer answers with).
+    public static let definitionsAheadOnlyVersionZero = PlantedBugs(rawValue: 1 << 49)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -156,6 +159,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("rename-to-forgets-merged-names", .renameToForgetsMergedNames),
         ("rebuild-remakes-dependents-by-old-names", .rebuildRemakesDependentsByOldNames),
         ("merge-drops-renamed-columns", .mergeDropsRenamedColumns),
+        ("definitions-ahead-only-version-zero", .definitionsAheadOnlyVersionZero),
     ]
 }
 

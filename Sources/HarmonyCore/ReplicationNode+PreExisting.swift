@@ -42,14 +42,17 @@ extension ReplicationNode {
     }
 
     /// A shard held back on rows of a table no node has sent a CREATE for: the answer to this node's request comes
-    /// on the same stream, behind the held-back message. Pre-existing definitions (version zero) found further on
-    /// apply now; they fill gaps only, so applying them early changes nothing else, and again in order is a no-op.
+    /// on the same stream, behind the held-back message. Definitions found further on of objects this node has no
+    /// state for at all apply now: pre-existing ones (version zero), and a later ALTER of a pre-existing table by
+    /// its node (which then no longer answers with it at version zero). Per-object ranking makes the order in which
+    /// definitions apply irrelevant, so applying them early changes nothing else, and again in order is a no-op.
     /// Only looked for while a request is unanswered: it decodes each message behind the held-back one.
     func applyPreExistingDefinitionsAhead(_ db: Database, shard: Int, _ message: IncomingMessage,
                                           events: inout [ReplicationEvent]) throws -> Bool {
         guard config.replicateDDL, !EnvelopeCodec.isPart(message.payload),
               let records = try? EnvelopeCodec.decodeAll(message.payload, decompressedLimit: messageBytesAccepted), !records.isEmpty,
-              records.allSatisfy({ $0.table == Bookkeeping.ddlTable && $0.version == RowVersion(hlc: 0, node: 0) }),
+              records.allSatisfy({ $0.table == Bookkeeping.ddlTable }),
+              !config.plantedBugs.contains(.definitionsAheadOnlyVersionZero) || records.allSatisfy({ $0.version == RowVersion(hlc: 0, node: 0) }),
               let objects = try? records.map(Self.schemaObject) else { return false }
         var applied = false
         for (record, object) in zip(records, objects) where try SchemaObjects.load(db, type: object.type, name: object.name) == nil {

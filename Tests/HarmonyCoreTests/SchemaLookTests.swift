@@ -260,4 +260,26 @@ struct SchemaLookTests {
         if bug.isEmpty { #expect(try c.rows(1, "SELECT * FROM u") == [[1, "x", 5]]) }
         #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
     }
+
+    /// Node 2's application made table late before node 2's sidecar first ran, then altered it once the sidecar ran.
+    /// late's rows reach node 1, which never had it; the ALTER follows them on the stream, and node 2 no longer
+    /// answers with late at version zero. Node 1 applies the ALTER found behind the held-back row, and takes the rows
+    /// (`definitions-ahead-only-version-zero`: node 1 waits for good on a definition that never comes).
+    @Test(arguments: [PlantedBugs(), .definitionsAheadOnlyVersionZero])
+    func aPreExistingTableAlteredLaterStillReachesTheOtherNodes(bug: PlantedBugs) throws {
+        let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT);"
+        let c = try TestCluster(nodes: 1, schema: schema) { $0.plantedBugs = bug }
+        try c.addNode(schema: schema + "CREATE TABLE late (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO late VALUES (7, 'seven');") {
+            $0.plantedBugs = bug
+        }
+        try c.publish(1)
+        try c.apps[1].execute("ALTER TABLE late ADD COLUMN n INTEGER")
+        try c.publish(1)
+        try c.settle()
+        #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty } == bug.isEmpty)
+        if bug.isEmpty {
+            try expectSameEverywhere(c, tables: ["late"])
+            #expect(try c.rows(0, "SELECT * FROM late") == [[7, "seven", .null]])
+        }
+    }
 }
