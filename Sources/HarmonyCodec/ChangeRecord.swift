@@ -15,6 +15,8 @@ public struct RowVersion: Sendable, Hashable, Comparable, CustomStringConvertibl
         a.hlc != b.hlc ? a.hlc < b.hlc : a.node < b.node
     }
 
+    /// The version of what existed before capture was first installed: below every real write.
+    public static let zero = RowVersion(hlc: 0, node: 0)
     public static let logicalBits: Int64 = 16
     public var physicalMs: Int64 { hlc >> Self.logicalBits }
     public var logical: Int64 { hlc & ((1 << Self.logicalBits) - 1) }

@@ -57,7 +57,7 @@ extension ReplicationNode {
                         continue
                     }
                     if (halted || message.sequence > next), pausedAt != nil || pausedShards[shard] != nil, !preExistingDefinitionsAskedAt.isEmpty,
-                       try applyPreExistingDefinitionsAhead(db, shard: shard, message, events: &events) {
+                       try applyDefinitionsAhead(db, shard: shard, message, events: &events) {
                         // Delivered singly behind the held-back message (a live consumer redelivers each on its own).
                         definitionsAppliedAhead = true
                     }
@@ -77,7 +77,7 @@ extension ReplicationNode {
                         lookedAhead = true
                         var found = false
                         for later in ordered where later.sequence > message.sequence {
-                            if try applyPreExistingDefinitionsAhead(db, shard: shard, later, events: &events) { found = true }
+                            if try applyDefinitionsAhead(db, shard: shard, later, events: &events) { found = true }
                         }
                         if found { outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events) }
                     }
@@ -230,7 +230,7 @@ extension ReplicationNode {
                 return .consumed
             }
             if config.replicateDDL, tableStates[record.table] == nil, tableAliases[record.table] == nil,
-               (record.definition?.version ?? RowVersion(hlc: 0, node: 0)) == RowVersion(hlc: 0, node: 0) {
+               (record.definition?.version ?? .zero) == .zero {
                 // No CREATE will come: the table existed on its node before that node's first install. (Asked once
                 // the message is held back: a batch's savepoint is undone then.)
                 preExistingTableMissing = record.table
@@ -290,7 +290,7 @@ extension ReplicationNode {
     /// (the new name may since have taken another node's definition, without them).
     func writtenUnderUnseenDefinition(_ record: ChangeRecord, _ table: CapturedTable, writtenAs: String? = nil) -> Bool {
         guard !config.plantedBugs.contains(.applyUnseenDefinitionStripped), let theirs = record.definition,
-              theirs.version != RowVersion(hlc: 0, node: 0), let state = tableStates[record.table] else { return false }
+              theirs.version != .zero, let state = tableStates[record.table] else { return false }
         let former = writtenAs.flatMap { tableStates[$0] }
         return record.row.contains { column in
             !table.schema.columns.contains(column.name) && state.columnRenames[column.name] == nil && !state.knownColumns.contains(column.name)

@@ -33,7 +33,7 @@ extension ReplicationNode {
         var o = SchemaObject(type: type, name: name, tableName: table, sql: sql, generation: generation,
                              version: r.version, renamed: value("renamed").string, columnRenames: renames)
         if let hlc = value("based_hlc").int64, let node = value("based_node").int64 { o.basedOn = RowVersion(hlc: hlc, node: node) }
-        if ["index", "trigger"].contains(type) { o.tableGeneration = value("table_generation").int64 }
+        if o.isDependent { o.tableGeneration = value("table_generation").int64 }
         return o
     }
 
@@ -81,7 +81,7 @@ extension ReplicationNode {
             return .consumed
         }
         var stored = incoming
-        if ["index", "trigger"].contains(incoming.type), let made = incoming.tableGeneration,
+        if incoming.isDependent, let made = incoming.tableGeneration,
            let current = try SchemaObjects.generation(ofTableOrView: incoming.tableName, db), made < current,
            !config.plantedBugs.contains(.dependentOutlivesItsTable) {
             // Made on a table dropped since (another node had dropped it and made it again): it went with that table.
@@ -91,7 +91,7 @@ extension ReplicationNode {
         let now = attempted.now
         var failure = attempted.failure
         if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
-        if failure != nil, ["index", "trigger"].contains(incoming.type), incoming.sql != nil, try !db.tableExists(incoming.tableName),
+        if failure != nil, incoming.isDependent, incoming.sql != nil, try !db.tableExists(incoming.tableName),
            try !renamedHere(db, incoming) {
             // Made on a table that was dropped here meanwhile: it went with that table, as on the nodes that had it.
             stored.sql = nil
@@ -109,7 +109,7 @@ extension ReplicationNode {
         if failure == nil, incoming.type == "table", incoming.sql != nil, let local, local.localSQL != nil, incoming.generation > local.object.generation {
             // The old table went, with its indexes and triggers; those the state still holds come back on the new one.
             for var dependent in try SchemaObjects.all(db).map(\.object)
-            where ["index", "trigger"].contains(dependent.type) && dependent.tableName == incoming.name && dependent.sql != nil {
+            where dependent.isDependent && dependent.tableName == incoming.name && dependent.sql != nil {
                 if let made = dependent.tableGeneration, made < incoming.generation, !config.plantedBugs.contains(.dependentOutlivesItsTable) {
                     dependent.sql = nil  // made on the old table; it went with it
                     try SchemaObjects.store(db, dependent, localSQL: nil)

@@ -28,16 +28,15 @@ extension ReplicationNode {
                                 events: inout [ReplicationEvent]) throws -> ApplyOutcome {
         guard record.originNode != config.nodeID, config.replicateDDL, !config.plantedBugs.contains(.preExistingNeverSent),
               try db.tableExists(Bookkeeping.ddlTable) else { return .consumed }
-        let queued = try db.query("""
-            SELECT id FROM \(SchemaObjects.table) WHERE hlc = 0 AND node = 0 AND sql IS NOT NULL
+        // Queued as `sendEverythingAgain` queues every recorded definition, here only those of version zero.
+        try db.execute("""
+            INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name)
+            SELECT id, ? FROM \(SchemaObjects.table) WHERE hlc = 0 AND node = 0 AND sql IS NOT NULL
             ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'view' THEN 1 ELSE 2 END, id
-            """).compactMap { $0[0].int64 }
-        for id in queued {
-            try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
-                           [.integer(id), .text(Bookkeeping.ddlTable)])
-        }
-        if !queued.isEmpty { definitionsToPublish = true }
-        events.append(.preExistingDefinitionsSent(shard: shard, sequence: message.sequence, by: record.originNode, count: queued.count))
+            """, [.text(Bookkeeping.ddlTable)])
+        let queued = Int(try db.scalar("SELECT changes()")?.int64 ?? 0)
+        if queued > 0 { definitionsToPublish = true }
+        events.append(.preExistingDefinitionsSent(shard: shard, sequence: message.sequence, by: record.originNode, count: queued))
         return .consumed
     }
 
@@ -47,12 +46,12 @@ extension ReplicationNode {
     /// its node (which then no longer answers with it at version zero). Per-object ranking makes the order in which
     /// definitions apply irrelevant, so applying them early changes nothing else, and again in order is a no-op.
     /// Only looked for while a request is unanswered: it decodes each message behind the held-back one.
-    func applyPreExistingDefinitionsAhead(_ db: Database, shard: Int, _ message: IncomingMessage,
+    func applyDefinitionsAhead(_ db: Database, shard: Int, _ message: IncomingMessage,
                                           events: inout [ReplicationEvent]) throws -> Bool {
         guard config.replicateDDL, !EnvelopeCodec.isPart(message.payload),
               let records = try? EnvelopeCodec.decodeAll(message.payload, decompressedLimit: messageBytesAccepted), !records.isEmpty,
               records.allSatisfy({ $0.table == Bookkeeping.ddlTable }),
-              !config.plantedBugs.contains(.definitionsAheadOnlyVersionZero) || records.allSatisfy({ $0.version == RowVersion(hlc: 0, node: 0) }),
+              !config.plantedBugs.contains(.definitionsAheadOnlyVersionZero) || records.allSatisfy({ $0.version == .zero }),
               let objects = try? records.map(Self.schemaObject) else { return false }
         var applied = false
         for (record, object) in zip(records, objects) where try SchemaObjects.load(db, type: object.type, name: object.name) == nil {

@@ -34,9 +34,11 @@ public struct SchemaObject: Sendable, Equatable {
     /// within one generation a DROP is final (an ALTER that raced it loses whatever its version), and otherwise the
     /// later version wins.
     public var rank: (Int64, Int64, Int, RowVersion) {
-        let dependent = type == "index" || type == "trigger"
-        return (dependent ? tableGeneration ?? 0 : generation, dependent ? generation : 0, sql == nil ? 1 : 0, version)
+        (isDependent ? tableGeneration ?? 0 : generation, isDependent ? generation : 0, sql == nil ? 1 : 0, version)
     }
+
+    /// An index or trigger: it belongs to a table (`tableName`) and goes with it.
+    public var isDependent: Bool { type == "index" || type == "trigger" }
 
     public static func outranks(_ a: SchemaObject, _ b: SchemaObject) -> Bool { a.rank > b.rank }
 
@@ -251,7 +253,6 @@ public enum SchemaObjects {
         var known: [String: (id: Int64, object: SchemaObject, localSQL: String?)] = [:]
         for entry in try all(db) { known["\(entry.object.type)\u{0}\(entry.object.name)"] = entry }
         var changed: [Int64] = []
-        let zero = RowVersion(hlc: 0, node: 0)
         var seen = Set<String>()
         for o in now {
             let key = "\(o.type)\u{0}\(o.name)"
@@ -268,7 +269,7 @@ public enum SchemaObjects {
                 try store(db, before.object, localSQL: o.sql)  // now matches the replicated state (a restore created it)
                 continue
             }
-            var object = SchemaObject(type: o.type, name: o.name, tableName: o.tableName, sql: o.sql, generation: 0, version: zero)
+            var object = SchemaObject(type: o.type, name: o.name, tableName: o.tableName, sql: o.sql, generation: 0, version: .zero)
             if !fresh {
                 object.version = try nextVersion(db)
                 object.basedOn = before?.object.version
@@ -282,7 +283,7 @@ public enum SchemaObjects {
                     object.renamed = renamedTables.first { $0.value == o.name }?.key
                 }
             }
-            if o.type == "index" || o.type == "trigger" {
+            if object.isDependent {
                 // Tables and views come first in this look, so the table's state is already this look's.
                 object.tableGeneration = try generation(ofTableOrView: o.tableName, db)
             }
