@@ -18,3 +18,8 @@ static inline int harmony_sqlite_defensive(sqlite3 *db) {
 static inline int harmony_sqlite_no_load_extension(sqlite3 *db) {
     return sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, (int *)0);
 }
+
+/* Whether DDL takes a double-quoted name that matches no column for a string literal: set (0 or 1), or read (-1). */
+static inline int harmony_sqlite_dqs_ddl(sqlite3 *db, int enable, int *now) {
+    return sqlite3_db_config(db, SQLITE_DBCONFIG_DQS_DDL, enable, now);
+}

@@ -109,6 +109,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Behind a row held back for a table no node sent, apply only version-zero definitions ahead (not a later ALTER
     /// of that pre-existing table, which its node then no longer answers with).
     public static let definitionsAheadOnlyVersionZero = PlantedBugs(rawValue: 1 << 49)
+    /// Make another node's index or view with SQLite's legacy reading of a double-quoted column this node has dropped
+    /// as a string: the object indexes a constant here, and every later DROP COLUMN on the database fails on it.
+    public static let dependentOnDroppedColumnAsString = PlantedBugs(rawValue: 1 << 50)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -160,6 +163,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("rebuild-remakes-dependents-by-old-names", .rebuildRemakesDependentsByOldNames),
         ("merge-drops-renamed-columns", .mergeDropsRenamedColumns),
         ("definitions-ahead-only-version-zero", .definitionsAheadOnlyVersionZero),
+        ("dependent-on-dropped-column-as-string", .dependentOnDroppedColumnAsString),
     ]
 }
 

@@ -319,7 +319,7 @@ extension ReplicationNode {
         if existing == sql { return }
         guard o.type == "table" else {
             if existing != nil { try db.execute("DROP \(o.type.uppercased()) \(q(o.name))") }
-            try db.execute(sql)
+            try createIndexOrView(db, o, sql)
             return
         }
         // The names this node's own renames gave the columns (a concurrent rename that lost is undone, not dropped).
@@ -335,6 +335,29 @@ extension ReplicationNode {
         }
         let localRenames = try SchemaObjects.load(db, type: "table", name: localName)?.object.columnRenames ?? captured[localName]?.currentNameOf ?? [:]
         try transformTable(db, o.name, to: sql, columnRenames: o.columnRenames, localRenames: localRenames)
+    }
+
+    /// SQLite reads a double-quoted name that matches no column as a string. An index or view made elsewhere on a
+    /// column this node has dropped (a concurrent DROP COLUMN) would then index or select a constant here, and SQLite
+    /// would refuse every later DROP COLUMN on this database ("error in index ... after drop column"). So such a name
+    /// fails the definition, which waits like any refused one. A name the table never had is the author's string.
+    func createIndexOrView(_ db: Database, _ o: SchemaObject, _ sql: String) throws {
+        guard o.type == "index" || o.type == "view" else { return try db.execute(sql) }
+        try executeRefusingDroppedColumns(db, sql, table: o.type == "index" ? o.tableName : nil)
+    }
+
+    /// Runs an index, view or trigger text with double-quoted names read as names only, unless the name that does not
+    /// resolve was never a column of `table` (of any table when nil): then it is the author's string, read as one.
+    func executeRefusingDroppedColumns(_ db: Database, _ sql: String, table: String?) throws {
+        guard !config.plantedBugs.contains(.dependentOnDroppedColumnAsString) else { return try db.execute(sql) }
+        do {
+            try db.withDoubleQuotedStringsInDDL(false) { try db.execute(sql) }
+        } catch let error as SQLiteError where error.message.hasPrefix("no such column: ") {
+            let name = String(error.message.dropFirst("no such column: ".count).split(separator: ".").last ?? "")
+            let tables = try SchemaObjects.tableStates(db).filter { table == nil || $0.key == table }
+            if tables.values.contains(where: { $0.knownColumns.contains(name) }) { throw error }
+            try db.execute(sql)
+        }
     }
 
     /// The ALTERs that turn the local table into the target, as the node that changed it ran them: renamed columns,
@@ -428,7 +451,7 @@ extension ReplicationNode {
         for sql in dependents {
             try db.execute("SAVEPOINT harmonylite_dependent", [])
             do {
-                try db.execute(sql)
+                try executeRefusingDroppedColumns(db, sql, table: table)
             } catch let error as SQLiteError where !error.isTransientStorageFailure {
                 try db.execute("ROLLBACK TO harmonylite_dependent", [])  // no longer fits the table: its own state decides
             }

@@ -176,6 +176,18 @@ extension Database {
         guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_ENABLE_TRIGGER") }
     }
 
+    /// Runs `body` with SQLite's legacy reading of a double-quoted name that matches no column as a string literal
+    /// switched on or off for DDL on this connection, then puts the setting back.
+    public func withDoubleQuotedStringsInDDL<T>(_ enabled: Bool, _ body: () throws -> T) throws -> T {
+        var before: Int32 = 0
+        var rc = harmony_sqlite_dqs_ddl(handle, -1, &before)
+        guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_DQS_DDL") }
+        rc = harmony_sqlite_dqs_ddl(handle, enabled ? 1 : 0, nil)
+        guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_DQS_DDL") }
+        defer { _ = harmony_sqlite_dqs_ddl(handle, before, nil) }
+        return try body()
+    }
+
     /// Closing the last connection normally checkpoints the WAL into the database and fsyncs it. The simulator
     /// turns that off so a simulated power loss finds the files as a real one would.
     public func disableCheckpointOnClose() throws {
