@@ -95,7 +95,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
-            "HarmonyCore", "HarmonyCodec", "HarmonyCoreTesting", "HarmonySQLite", "HarmonyRuntime", "HarmonyAPI",
+            "HarmonyCore", "HarmonyCodec", "HarmonyCoreTesting", "HarmonySQLite", "HarmonyRuntime", "HarmonyAPI", "HarmonyNATS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,0 +1,236 @@
+import ArgumentParser
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonyCoreTesting
+import HarmonyNATS
+import HarmonyRuntime
+import HarmonySQLite
+import Synchronization
+
+/// Measures, on this machine, the costs a capacity model needs: the real nats-server's publish round trip and
+/// per-message cost on a stream, and the real core's cost to read and encode local changes and to apply other
+/// nodes' changes to a real SQLite file. Writes them as a profile (`reports/cost-profile.toml`).
+struct Calibrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure publish, server and apply costs on this machine and write a cost profile.")
+
+    @Option(help: "Rows for the core's publish and apply measurements.") var rows = 20_000
+    @Option(help: "Messages per server throughput measurement.") var messages = 20_000
+    @Option(help: "Rounds; the median of each figure is kept.") var rounds = 3
+    @Option(help: "Where to write the profile.") var output = "reports/cost-profile.toml"
+
+    func run() throws {
+        var figures: [String: [Double]] = [:]
+        for round in 1...rounds {
+            let core = try measureCore()
+            let server = try measureServer(payloadBytes: Int(core.bytesPerChange * 128))
+            for (k, v) in core.figures.merging(server, uniquingKeysWith: { a, _ in a }) { figures[k, default: []].append(v) }
+            print("round \(round): " + figures.keys.sorted().map { "\($0) \(String(format: "%.2f", figures[$0]!.last!))" }.joined(separator: ", "))
+        }
+        let m = figures.mapValues { median($0) }
+        let text = """
+            # Cost profile: what one step costs on the machine that measured it, for the simulator's cost model (not read yet).
+            # Measured by `harmonybench calibrate --rows \(rows) --messages \(messages) --rounds \(rounds)` (medians of the rounds)
+            # on \(machineDescription()), SQLite \(sqliteVersion()), one nats-server (JetStream, file store) on loopback.
+            [costs]
+            # A publish and its ack, one at a time, as the sidecar publishes (asynchronously, through libnats): the
+            # round trip to the server and back, with libnats's flush of asynchronous publishes.
+            publish_rtt_us = \(f(m["publish_rtt_us"]))
+            # The server's cost per stored message on one stream with many in flight (streams are serialized),
+            # and per payload byte (fitted from \(Self.smallPayload)-byte and full 128-change messages).
+            server_message_us = \(f(m["server_message_us"]))
+            server_byte_ns = \(f(m["server_byte_ns"]))
+            # The same load spread over 4 streams at once: the server's cost per message when streams overlap.
+            server_message_us_4_streams = \(f(m["server_message_us_4_streams"]))
+            # The sidecar reading its change log and encoding: per change, and per message on top.
+            scan_change_us = \(f(m["scan_change_us"]))
+            publish_message_us = \(f(m["publish_message_us"]))
+            # The sidecar applying another node's changes to its SQLite file: per delivered batch (one transaction,
+            # its commit), per message in it, and per change.
+            apply_batch_us = \(f(m["apply_batch_us"]))
+            apply_message_us = \(f(m["apply_message_us"]))
+            apply_change_us = \(f(m["apply_change_us"]))
+            # Encoded size of one change of the benchmark table (id, name, value, at), in a 128-change message.
+            bytes_per_change = \(f(m["bytes_per_change"]))
+            # The live sidecar's settings these costs go with.
+            deliver_batch = 256
+            max_ack_pending = 4096
+            publish_batch_max = \(NodeConfig(nodeID: 1, databasePath: "").publishBatchMax)
+            publish_in_flight_max = \(NodeConfig(nodeID: 1, databasePath: "").publishInFlightMax)
+
+            """
+        print(text)
+        try text.write(toFile: output, atomically: true, encoding: .utf8)
+        print("wrote \(output)")
+    }
+
+    static let smallPayload = 200
+
+    func f(_ x: Double?) -> String { String(format: "%.3f", x ?? .nan) }
+
+    // MARK: The core on real SQLite files
+
+    /// Publish and apply costs of the real core: node 1's application inserts `rows` rows (1,000 per transaction);
+    /// node 1's core publishes them, once with 128 changes per message and once with one; node 2's core applies
+    /// them in batches of 256 messages, and the one-change messages also one per batch. Per-change, per-message and
+    /// per-batch costs are the solution of those runs' totals.
+    func measureCore() throws -> (figures: [String: Double], bytesPerChange: Double) {
+        let batched = try publishAndApply(changesPerMessage: 128, messagesPerBatch: 256)
+        let single = try publishAndApply(changesPerMessage: 1, messagesPerBatch: 256)
+        let alone = try publishAndApply(changesPerMessage: 1, messagesPerBatch: 1, rows: max(500, rows / 10))
+        // Publishing: t = changes * scan + messages * perMessage.
+        let (scan, perMessage) = solve2((Double(batched.changes), Double(batched.messages), batched.publishSeconds),
+                                        (Double(single.changes), Double(single.messages), single.publishSeconds))
+        // Applying: t = batches * perBatch + messages * perMessage + changes * perChange. The two one-change runs
+        // give the batch cost; with it, the batched runs give the message and change costs.
+        let perSingle = single.applySeconds / Double(single.messages)  // ≈ applyMessage + applyChange + batch/256
+        let perAlone = alone.applySeconds / Double(alone.messages)     // ≈ batch + applyMessage + applyChange
+        let batch = max(0, (perAlone - perSingle) / (1 - 1 / 256.0))
+        let (change, message) = solve2(
+            (Double(batched.changes), Double(batched.messages), batched.applySeconds - Double(batched.batches) * batch),
+            (Double(single.changes), Double(single.messages), single.applySeconds - Double(single.batches) * batch))
+        return ([
+            "scan_change_us": max(0, scan) * 1e6, "publish_message_us": max(0, perMessage) * 1e6,
+            "apply_batch_us": batch * 1e6, "apply_message_us": max(0, message) * 1e6, "apply_change_us": max(0, change) * 1e6,
+            "bytes_per_change": batched.bytesPerChange,
+        ], batched.bytesPerChange)
+    }
+
+    /// Solves a*x + b*y = t for (x, y) from two measurements (a, b, t).
+    func solve2(_ p: (Double, Double, Double), _ q: (Double, Double, Double)) -> (Double, Double) {
+        let det = p.0 * q.1 - p.1 * q.0
+        guard det != 0 else { return (p.2 / p.0, 0) }
+        return ((p.2 * q.1 - p.1 * q.2) / det, (p.0 * q.2 - p.2 * q.0) / det)
+    }
+
+    struct CoreRun {
+        var changes = 0, messages = 0, batches = 0
+        var publishSeconds = 0.0, applySeconds = 0.0, bytesPerChange = 0.0
+    }
+
+    func publishAndApply(changesPerMessage: Int, messagesPerBatch: Int, rows count: Int? = nil) throws -> CoreRun {
+        let rows = count ?? self.rows
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("calibrate-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let schema = "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)"
+        let logs = [CollectingLog(), CollectingLog()]
+        var nodes: [ReplicationNode] = []
+        for i in 1...2 {
+            let path = "\(directory)/node\(i).db"
+            try SQLiteOpener().open(path: path).execute(schema)
+            var config = NodeConfig(nodeID: Int64(i), databasePath: path)
+            config.shards = 1
+            config.publishBatchMax = changesPerMessage
+            let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: ManualClock(), log: logs[i - 1], opener: SQLiteOpener()))
+            try node.start()
+            node.streamStateArrived(shard: 1, StreamState(firstSequence: 0, lastSequence: 0))
+            nodes.append(node)
+        }
+        defer { for n in nodes { n.stop() } }
+        let app = try SQLiteOpener().open(path: "\(directory)/node1.db")
+        let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
+        for start in stride(from: 0, to: rows, by: 1_000) {
+            try app.transaction {
+                for id in start..<min(rows, start + 1_000) {
+                    try insert.execute([.integer(Int64(id)), .text("row-\(id)"), .real(Double(id) / 3), .integer(Int64(id) * 7)])
+                }
+            }
+        }
+        var run = CoreRun()
+        var stored: [IncomingMessage] = []
+        var bytes = 0
+        var clock = DispatchTime.now().uptimeNanoseconds
+        var spent: UInt64 = 0
+        while try nodes[0].pendingChangeCount() > 0 {
+            try nodes[0].databaseChanged()
+            let sent = logs[0].take()
+            guard !sent.isEmpty else { throw ValidationError("the core published nothing with changes pending") }
+            try nodes[0].publishAcknowledged(tokens: sent.map(\.token))
+            let now = DispatchTime.now().uptimeNanoseconds
+            spent += now - clock
+            for m in sent {
+                run.changes += try EnvelopeCodec.decodeAll(m.payload).count
+                bytes += m.payload.count
+                stored.append(IncomingMessage(sequence: UInt64(stored.count + 1), payload: m.payload))
+            }
+            clock = DispatchTime.now().uptimeNanoseconds
+        }
+        run.publishSeconds = Double(spent) / 1e9
+        run.messages = stored.count
+        run.bytesPerChange = Double(bytes) / Double(max(1, run.changes))
+        guard run.changes == rows else { throw ValidationError("published \(run.changes) changes for \(rows) rows") }
+        let started = DispatchTime.now().uptimeNanoseconds
+        for first in stride(from: 0, to: stored.count, by: messagesPerBatch) {
+            try nodes[1].messagesArrived(shard: 1, Array(stored[first..<min(stored.count, first + messagesPerBatch)]))
+            run.batches += 1
+        }
+        run.applySeconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let applied = try SQLiteOpener().open(path: "\(directory)/node2.db").scalar("SELECT count(*) FROM bench")?.int64 ?? 0
+        guard applied == Int64(rows) else { throw ValidationError("node 2 applied \(applied) of \(rows) rows") }
+        return run
+    }
+
+    // MARK: The real nats-server
+
+    /// Publish round trip (one at a time) and the per-message cost of many in flight on one stream and on four.
+    func measureServer(payloadBytes: Int) throws -> [String: Double] {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("calibrate-nats-\(UUID().uuidString.prefix(8))").path
+        let port = EmbeddedNATSServer.freePort()
+        let server = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(port)", storeDirectory: directory, serverName: "calibrate")
+        try server.start()
+        defer { server.stop(); try? FileManager.default.removeItem(atPath: directory) }
+        let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(port)"], name: "harmonybench-calibrate"))
+        defer { connection.close() }
+        // The round trip is timed to the ack callback itself (waiting for publishes polls in whole milliseconds).
+        let acked = DispatchSemaphore(value: 0)
+        let timingRoundTrips = Mutex(true)
+        let js = try connection.jetStream(publishAsyncMaxPending: 4096) { _ in
+            if timingRoundTrips.withLock({ $0 }) { acked.signal() }
+        }
+        defer { js.close() }
+        for s in 1...4 { _ = try js.ensureStream(name: "CAL\(s)", subjects: ["cal.\(s)"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0) }
+        var counter = 0
+        func publish(_ stream: Int, _ payload: [UInt8]) throws {
+            counter += 1
+            try js.publishAsync(subject: "cal.\(stream)", payload: payload, messageID: "cal-\(counter)")
+        }
+        let small = [UInt8](repeating: 0x61, count: Self.smallPayload), large = [UInt8](repeating: 0x62, count: max(payloadBytes, Self.smallPayload + 1))
+        var rtts: [Double] = []
+        for _ in 0..<300 {
+            let t = DispatchTime.now().uptimeNanoseconds
+            try publish(1, small)
+            guard acked.wait(timeout: .now() + 10) == .success else { throw ValidationError("no publish ack within 10 s") }
+            rtts.append(Double(DispatchTime.now().uptimeNanoseconds - t) / 1e3)
+        }
+        timingRoundTrips.withLock { $0 = false }
+        func perMessage(_ payload: [UInt8], streams: Int) throws -> Double {
+            let t = DispatchTime.now().uptimeNanoseconds
+            for i in 0..<messages { try publish(1 + i % streams, payload) }
+            try js.waitForPublishes(timeoutMs: 60_000)
+            return Double(DispatchTime.now().uptimeNanoseconds - t) / 1e3 / Double(messages)
+        }
+        let smallCost = try perMessage(small, streams: 1)
+        let largeCost = try perMessage(large, streams: 1)
+        let perByte = max(0, (largeCost - smallCost) / Double(large.count - small.count))
+        let fourCost = try perMessage(small, streams: 4)
+        return [
+            "publish_rtt_us": median(rtts),
+            "server_byte_ns": perByte * 1e3,
+            "server_message_us": max(0, smallCost - perByte * Double(small.count)),
+            "server_message_us_4_streams": max(0, fourCost - perByte * Double(small.count)),
+        ]
+    }
+}
+
+/// Keeps what the core publishes, for the calibration to acknowledge and hand to the other node.
+final class CollectingLog: ReplicationLog {
+    private var sent: [OutgoingMessage] = []
+    func take() -> [OutgoingMessage] { defer { sent.removeAll() }; return sent }
+    func publish(_ message: OutgoingMessage) { sent.append(message) }
+    func subscribe(shard: Int, fromSequence: UInt64) {}
+    func ack(shard: Int, sequence: UInt64) {}
+    func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
+    func requestStreamState(shard: Int) {}
+}
