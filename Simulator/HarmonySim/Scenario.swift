@@ -79,6 +79,15 @@ public struct Scenario: Sendable, Equatable {
     /// Storage faults on the sidecar's connections until the heal (`[storage]`).
     public var storageFaults = StorageFaultSettings()
 
+    /// What each step costs (`[costs]`, or a profile `harmonybench calibrate` wrote): time then advances by these
+    /// costs, for capacity planning. Nil: steps cost nothing beyond network delay (the correctness scenarios).
+    public var costs: CostModel?
+    /// A bulk load on node 1 from the start: this many rows of `kv` (keys above `keys`), `bulkBatch` per transaction.
+    public var bulkRows = 0
+    public var bulkBatch = 1_000
+    /// Nodes whose application runs the workload (empty: every node; `writer_node` names one).
+    public var writerNodes: [Int] = []
+
     public var faults: [Fault] = []
     /// Swarm mode: draw a random fault mix per seed (including none of some kinds).
     public var swarm = false
@@ -88,6 +97,44 @@ public struct Scenario: Sendable, Equatable {
     public init() {}
 
     public var healMs: Int64 { healAtMs ?? durationMs }
+}
+
+/// The costs of one step on a measured machine (see `harmonybench calibrate`), in microseconds unless named
+/// otherwise. Each node's sidecar is one serial worker (it reads, encodes and applies on one queue); the server
+/// stores one message at a time.
+public struct CostModel: Sendable, Equatable {
+    /// One publish and its ack: half of it each way (it replaces the network delay).
+    public var publishRttUs = 1_000.0
+    /// The server's cost per stored message, and per payload byte (nanoseconds).
+    public var serverMessageUs = 0.0
+    public var serverByteNs = 0.0
+    /// The sidecar reading and encoding a local change, and per message on top.
+    public var scanChangeUs = 0.0
+    public var publishMessageUs = 0.0
+    /// The sidecar applying another node's changes: per delivered batch (a transaction), per message, per change.
+    public var applyBatchUs = 0.0
+    public var applyMessageUs = 0.0
+    public var applyChangeUs = 0.0
+    /// This node's own messages coming back, applied as no-ops, per change.
+    public var applyOwnChangeUs = 0.0
+    /// What the live processes spend per change beyond the core's work (libnats, fetching, acknowledging): on the
+    /// publishing node, on each applying node, and in the server (storing, delivering to every node, acks).
+    public var runtimePublishChangeUs = 0.0
+    public var runtimeApplyChangeUs = 0.0
+    public var serverChangeUs = 0.0
+    /// The same runtimes' cost per message (fetched, acknowledged, delivered to every node).
+    public var runtimePublishMessageUs = 0.0
+    public var runtimeApplyMessageUs = 0.0
+    public var runtimeServerMessageUs = 0.0
+    /// The application inserting one row with the capture triggers, in transactions of 1,000 (the bulk load's pace).
+    public var appInsertRowUs = 0.0
+    /// Messages per delivery (the live sidecar fetches 256).
+    public var deliverBatch = 256
+    /// Cores of the machine every process shares (the sidecars, the server and the application, as when a live
+    /// benchmark runs them all on one machine); 0: each has a core of its own.
+    public var cores = 0
+
+    public init() {}
 }
 
 /// A scheduled fault. Times are simulated milliseconds from the start of the run.

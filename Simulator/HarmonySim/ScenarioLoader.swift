@@ -5,7 +5,7 @@ import HarmonyTOML
 public enum ScenarioLoader {
     public static func parse(_ text: String) throws -> Scenario {
         let root = try TOMLReader(parsing: text)
-        try root.rejectUnknownKeys(allowed: ["simulation", "workload", "network", "jetstream", "snapshot", "core", "storage", "swarm", "faults"])
+        try root.rejectUnknownKeys(allowed: ["simulation", "workload", "network", "jetstream", "snapshot", "core", "storage", "swarm", "faults", "costs"])
         var s = Scenario()
         if let t = try root.table("simulation") {
             try t.rejectUnknownKeys(allowed: ["name", "seed", "nodes", "shards", "duration_ms", "heal_at_ms", "quiesce_within_ms"])
@@ -24,7 +24,11 @@ public enum ScenarioLoader {
             try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
                                               "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max",
                                               "writes_racing_alter", "large_value_permille", "large_value_bytes", "oversized_value_permille",
-                                              "ddl_interval_ms", "ddl_kinds"])
+                                              "ddl_interval_ms", "ddl_kinds", "bulk_rows", "bulk_batch", "writer_node"])
+            s.bulkRows = try bounded(t, "bulk_rows", s.bulkRows, 0...10_000_000)
+            s.bulkBatch = try bounded(t, "bulk_batch", s.bulkBatch, 1...100_000)
+            let writer = try bounded(t, "writer_node", 0, 0...s.nodes)
+            s.writerNodes = writer == 0 ? [] : [writer]
             s.keys = try bounded(t, "keys", s.keys, 1...1_000_000)
             s.writeIntervalMsMin = Int64(try bounded(t, "write_interval_ms_min", Int(s.writeIntervalMsMin), 1...3_600_000))
             s.writeIntervalMsMax = Int64(try bounded(t, "write_interval_ms_max", Int(s.writeIntervalMsMax), Int(s.writeIntervalMsMin)...3_600_000))
@@ -98,6 +102,12 @@ public enum ScenarioLoader {
             s.storageFaults.writeErrorPermille = try bounded(t, "write_error_permille", 0, 0...1000)
             s.storageFaults.fsyncErrorPermille = try bounded(t, "fsync_error_permille", 0, 0...1000)
         }
+        if let t = try root.table("costs") {
+            let costs = try parseCosts(t)
+            s.costs = costs.model
+            s.publishBatchMax = costs.publishBatchMax ?? s.publishBatchMax
+            s.publishInFlightMax = costs.publishInFlightMax ?? s.publishInFlightMax
+        }
         if let t = try root.table("swarm") {
             try t.rejectUnknownKeys(allowed: ["enabled"])
             s.swarm = try t.bool("enabled") ?? false
@@ -123,6 +133,56 @@ public enum ScenarioLoader {
             throw SimulationError.invalid("workload.large_value_bytes (\(s.largeValueBytes)) must stay under half of core.max_row_bytes (\(s.maxRowBytes)) minus 512, or large writes are refused rather than replicated")
         }
         return s
+    }
+
+    /// A cost profile file (`[costs]` only, as `harmonybench calibrate` writes it), for `harmonysim bench --profile`.
+    public static func applyProfile(_ text: String, to s: inout Scenario) throws {
+        let root = try TOMLReader(parsing: text)
+        try root.rejectUnknownKeys(allowed: ["costs"])
+        guard let t = try root.table("costs") else { throw SimulationError.invalid("the profile has no [costs] table") }
+        let costs = try parseCosts(t)
+        s.costs = costs.model
+        s.publishBatchMax = costs.publishBatchMax ?? s.publishBatchMax
+        s.publishInFlightMax = costs.publishInFlightMax ?? s.publishInFlightMax
+    }
+
+    static func parseCosts(_ t: TOMLReader) throws -> (model: CostModel, publishBatchMax: Int?, publishInFlightMax: Int?) {
+        try t.rejectUnknownKeys(allowed: ["publish_rtt_us", "server_message_us", "server_byte_ns", "server_message_us_4_streams",
+                                          "scan_change_us", "publish_message_us", "apply_batch_us", "apply_message_us", "apply_change_us",
+                                          "app_insert_row_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
+                                          "publish_in_flight_max", "cores", "apply_own_change_us", "runtime_publish_change_us",
+                                          "runtime_apply_change_us", "server_change_us", "runtime_publish_message_us",
+                                          "runtime_apply_message_us", "runtime_server_message_us"])
+        func cost(_ key: String, _ value: Double) throws -> Double {
+            guard let v = try t.double(key) ?? t.int(key).map(Double.init) else { return value }
+            guard v >= 0, v < 1e9 else { throw t.error(at: key, "key '\(t.fullKey(key))' must be a cost from 0 up, got \(v)") }
+            return v
+        }
+        var m = CostModel()
+        m.publishRttUs = try cost("publish_rtt_us", m.publishRttUs)
+        // Streams share the server: the dearer of the one-stream and four-stream figures is what a message costs it.
+        m.serverMessageUs = max(try cost("server_message_us", 0), try cost("server_message_us_4_streams", 0))
+        m.serverByteNs = try cost("server_byte_ns", 0)
+        m.scanChangeUs = try cost("scan_change_us", 0)
+        m.publishMessageUs = try cost("publish_message_us", 0)
+        m.applyBatchUs = try cost("apply_batch_us", 0)
+        m.applyMessageUs = try cost("apply_message_us", 0)
+        m.applyChangeUs = try cost("apply_change_us", 0)
+        m.appInsertRowUs = try cost("app_insert_row_us", 0)
+        m.applyOwnChangeUs = try cost("apply_own_change_us", 0)
+        m.runtimePublishChangeUs = try cost("runtime_publish_change_us", 0)
+        m.runtimeApplyChangeUs = try cost("runtime_apply_change_us", 0)
+        m.serverChangeUs = try cost("server_change_us", 0)
+        m.runtimePublishMessageUs = try cost("runtime_publish_message_us", 0)
+        m.runtimeApplyMessageUs = try cost("runtime_apply_message_us", 0)
+        m.runtimeServerMessageUs = try cost("runtime_server_message_us", 0)
+        m.deliverBatch = try bounded(t, "deliver_batch", m.deliverBatch, 1...100_000)
+        m.cores = try bounded(t, "cores", m.cores, 0...1024)
+        _ = try cost("bytes_per_change", 0)  // informational: the simulator encodes with the real codec
+        _ = try bounded(t, "max_ack_pending", 4096, 1...1_000_000)  // informational: never reached at these loads
+        let batch = t.contains("publish_batch_max") ? try bounded(t, "publish_batch_max", 128, 1...4096) : nil
+        let inFlight = t.contains("publish_in_flight_max") ? try bounded(t, "publish_in_flight_max", 4096, 1...100_000) : nil
+        return (m, batch, inFlight)
     }
 
     static func bounded(_ t: TOMLReader, _ key: String, _ defaultValue: Int, _ range: ClosedRange<Int>) throws -> Int {

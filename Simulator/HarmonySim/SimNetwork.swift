@@ -10,7 +10,7 @@ extension Simulation {
     func publish(from node: Int, _ message: OutgoingMessage) {
         let n = nodes[node - 1]
         if n.canSend && serverUp {
-            push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: nowMs + networkDelay())
+            push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: publishDepartureMs(node: node, message) + networkDelay())
         } else {
             push(.publishResult(node: node, token: message.token, ok: false, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
         }
@@ -38,8 +38,8 @@ extension Simulation {
         push(.ackArrives(node: node, shard: shard, sequence: sequence, nakDelayMs: nakDelayMs), at: nowMs + networkDelay())
     }
 
-    func pumpAll(shard: Int) {
-        for node in nodes where node.sidecarUp { push(.pump(node: node.id, shard: shard), at: nowMs + networkDelay()) }
+    func pumpAll(shard: Int, fromMs: Int64? = nil) {
+        for node in nodes where node.sidecarUp { push(.pump(node: node.id, shard: shard), at: (fromMs ?? nowMs) + networkDelay()) }
     }
 }
 

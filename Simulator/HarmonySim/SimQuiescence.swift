@@ -12,6 +12,7 @@ extension Simulation {
         trace("node \(node) \(event)")
         switch event {
         case .applied(_, _, _, let version, let won):
+            recordApplied(node: node, version)
             if won {
                 let n = nodes[node - 1]
                 n.maxAppliedHLC = max(n.maxAppliedHLC, version.hlc)

@@ -42,6 +42,8 @@ enum SimEvent {
     case streamStateAnswer(node: Int, shard: Int, state: StreamState?, incarnation: Int)
     case heal
     case quiesceCheck
+    /// The next transaction of the bulk load (`Scenario.bulkRows`), from row `offset`.
+    case bulkStep(offset: Int)
 }
 
 /// Runs one scenario with one seed: the real `ReplicationNode` on real SQLite files, driven by a
@@ -92,6 +94,17 @@ public final class Simulation {
     var healed = false
     var quiescedAtMs: Int64?
     var livenessFailure: String?
+    /// With a cost model: when each node's sidecar and the server are next free (microseconds of simulated time),
+    /// when each node first had each version, and what the log stored.
+    var busyUntilUs: [Int: Double] = [:]
+    var serverBusyUntilUs = 0.0
+    /// When each of the machine's cores is next free (`CostModel.cores`), and the application's loader.
+    var coreFreeUs: [Double] = []
+    var loaderBusyUntilUs = 0.0
+    var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
+    var storedMessages = 0, storedBytes = 0
+    /// With a cost model, as the live fetch loop: one batch per node and shard delivered and not yet applied.
+    var deliveryOutstanding: Set<[Int]> = []
     /// The fault schedule this run used (drawn per seed in swarm mode), for `shrink` to start from.
     public private(set) var faults: [Fault]
 
@@ -124,7 +137,8 @@ public final class Simulation {
             SwarmMix.drawSchemaWorkload(&self.scenario, random: root.fork("swarm-ddl"))
         }
         jetStream = MemoryJetStream(duplicateWindowMs: scenario.duplicateWindowMs,
-                                 maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs)
+                                 maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs,
+                                 deliverBatchMax: scenario.costs?.deliverBatch ?? 64)
         let base = workDirectory ?? (FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory())
         directory = (base as NSString).appendingPathComponent("harmonysim-\(ProcessInfo.processInfo.processIdentifier)-\(seed)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -153,6 +167,7 @@ public final class Simulation {
         for (i, f) in faults.enumerated() { push(.faultStart(index: i), at: f.atMs) }
         push(.heal, at: scenario.healMs)
         if scenario.ddlIntervalMs > 0 { push(.schemaStep, at: ddlRandom.int(0...scenario.ddlIntervalMs)) }
+        if scenario.bulkRows > 0 { push(.bulkStep(offset: 0), at: 0) }
         var eventsMax = 5_000_000
         while let entry = queue.pop() {
             eventsMax -= 1
@@ -177,7 +192,10 @@ public final class Simulation {
         if traceEnabled { traceLines.append(text) }
     }
 
-    func networkDelay() -> Int64 { netRandom.int(scenario.delayMsMin...max(scenario.delayMsMin, scenario.delayMsMax)) }
+    func networkDelay() -> Int64 {
+        if let costs = scenario.costs { return Self.ms(costs.publishRttUs / 2) }
+        return netRandom.int(scenario.delayMsMin...max(scenario.delayMsMin, scenario.delayMsMax))
+    }
 
     // MARK: Node lifecycle
 
@@ -215,7 +233,9 @@ public final class Simulation {
             node.migrationPending = true
         }
         startSidecar(node)
-        push(.workload(node: node.id), at: nowMs + workRandom.int(0...scenario.writeIntervalMsMax))
+        if scenario.writerNodes.isEmpty || scenario.writerNodes.contains(node.id) {
+            push(.workload(node: node.id), at: nowMs + workRandom.int(0...scenario.writeIntervalMsMax))
+        }
     }
 
     func startSidecar(_ node: SimNode) {
@@ -339,8 +359,11 @@ public final class Simulation {
             }
             let seq = jetStream.store(shard: message.shard, messageID: message.messageID, payload: message.payload, nowMs: nowMs)
             trace("store shard \(message.shard) id \(message.messageID) -> \(seq.map(String.init) ?? "duplicate")")
+            // With costs, the server takes its time over each message (stored now, in arrival order, but delivered
+            // and acknowledged only once the server is done with it).
+            let storedMs = chargeServer(message)
             if seq != nil {
-                pumpAll(shard: message.shard)
+                pumpAll(shard: message.shard, fromMs: storedMs)
                 for r in landedParts.records(in: message.payload) {
                     landedVersions.insert(r.version)
                     let bytes = r.row.reduce(0) { $0 + ($1.value.string?.utf8.count ?? $1.value.bytes?.count ?? 0) }
@@ -351,7 +374,7 @@ public final class Simulation {
             }
             let n = nodes[id - 1]
             if n.canReceive && !netRandom.chance(permille: scenario.lostAckPermille) {
-                push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: nowMs + networkDelay())
+                push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: storedMs + networkDelay())
             } else {
                 push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
             }
@@ -367,6 +390,7 @@ public final class Simulation {
         case .pump(let id, let shard):
             let node = nodes[id - 1]
             guard serverUp, node.sidecarUp, node.canReceive else { return }
+            if scenario.costs != nil && deliveryOutstanding.contains([id, shard]) { return }  // pumped again once applied
             let paused = jetStream.pausedUntil(node: id, shard: shard)
             if paused > nowMs { push(.pump(node: id, shard: shard), at: paused); return }
             _ = jetStream.expireAcks(node: id, shard: shard, nowMs: nowMs)
@@ -377,6 +401,7 @@ public final class Simulation {
                 for m in batch { jetStream.ack(node: id, shard: shard, sequence: m.sequence) }
                 if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
             } else if !batch.isEmpty {
+                if scenario.costs != nil { deliveryOutstanding.insert([id, shard]) }
                 let arrival = nowMs + networkDelay()
                 push(.deliver(node: id, shard: shard, messages: batch, incarnation: node.incarnation), at: arrival)
                 if netRandom.chance(permille: scenario.duplicatePermille) {
@@ -389,9 +414,18 @@ public final class Simulation {
 
         case .deliver(let id, let shard, let messages, let incarnation):
             let node = nodes[id - 1]
-            guard node.incarnation == incarnation, node.canReceive else { return }
+            guard node.incarnation == incarnation, node.canReceive else {
+                if deliveryOutstanding.remove([id, shard]) != nil { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+                return
+            }
+            if let free = sidecarFreeAtMs(id), free > nowMs {
+                push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: free)
+                return
+            }
             trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
+            chargeApply(node: id, messages)
+            deliveryOutstanding.remove([id, shard])
             if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
 
         case .ackArrives(let id, let shard, let sequence, let nakDelayMs):
@@ -469,6 +503,9 @@ public final class Simulation {
 
         case .quiesceCheck:
             checkQuiescence()
+
+        case .bulkStep(let offset):
+            bulkStep(offset: offset)
         }
     }
 
@@ -492,7 +529,8 @@ public final class Simulation {
         return SimulationResult(
             scenario: scenario.name, seed: seed, simulatedMs: nowMs, events: eventsProcessed, faultsInjected: faultsInjected,
             writes: history.count, writesLost: lostWrites.count, conflictsResolved: conflictsResolved, traceHash: traceHash,
-            correctnessFailures: failures, livenessFailure: livenessFailure, checksPassed: checks, trace: traceLines)
+            correctnessFailures: failures, livenessFailure: livenessFailure, checksPassed: checks, trace: traceLines,
+            capacity: capacityFigures())
     }
 }
 
@@ -529,6 +567,8 @@ public struct SimulationResult: Sendable {
     public var livenessFailure: String?
     public var checksPassed: [String]
     public var trace: [String]
+    /// With a cost model: lag, throughput and log figures for capacity planning.
+    public var capacity: CapacityFigures?
 
     public var passed: Bool { correctnessFailures.isEmpty && livenessFailure == nil }
     public var traceHashHex: String {

@@ -349,15 +349,21 @@ struct Soak: ParsableCommand {
 }
 
 struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Simulator speed per shard count, written to reports/.")
+    static let configuration = CommandConfiguration(
+        abstract: "Per shard count: the simulator's speed, or with --profile, predicted throughput, lag and log traffic.")
     @Argument var file: String
     @Option(help: "Comma-separated shard counts.") var shards = "1,2,4,8"
     @Option var seeds = "1..3"
+    @Option(help: "A cost profile (`harmonybench calibrate`): time advances by its costs, and the report predicts.") var profile: String?
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
 
     func run() throws {
         var scenario: Scenario
         do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
+        if let profile {
+            try ScenarioLoader.applyProfile(try String(contentsOfFile: profile, encoding: .utf8), to: &scenario)
+            return try predict(scenario)
+        }
         let range = try parseSeeds(seeds)
         var rows: [String] = [], json: [String] = []
         for count in shards.split(separator: ",").compactMap({ Int($0) }) {
@@ -391,6 +397,56 @@ struct Bench: ParsableCommand {
             try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
             try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
+    }
+}
+
+extension Bench {
+    /// Runs the scenario under the profile's costs at each shard count and reports what a live cluster would do.
+    func predict(_ base: Scenario) throws {
+        let range = try parseSeeds(seeds)
+        var rows: [String] = [], json: [String] = []
+        for count in shards.split(separator: ",").compactMap({ Int($0) }) {
+            var scenario = base
+            scenario.shards = count
+            var rates: [Double] = [], lags: [Double] = [], messages = 0, bytes = 0, writes = 0, passed = 0
+            for seed in range {
+                let r = try Simulation(scenario: scenario, seed: seed).run()
+                passed += r.passed ? 1 : 0
+                guard let c = r.capacity else { continue }
+                if let done = c.bulkDoneMs, done > 0 { rates.append(Double(c.bulkRows) / (Double(done) / 1000)) }
+                lags += c.lagsMs
+                messages += c.messages; bytes += c.bytes; writes += c.writes
+            }
+            let rate = rates.isEmpty ? Double.nan : rates.reduce(0, +) / Double(rates.count)
+            let p50 = Self.percentile(lags, 50), p99 = Self.percentile(lags, 99)
+            let perWrite = writes > 0 ? Double(messages) / Double(writes) : .nan, bytesPerWrite = writes > 0 ? Double(bytes) / Double(writes) : .nan
+            rows.append(String(format: "| %d | %.0f | %.0f | %.0f | %.3f | %.0f | %d/%d |", count, rate, p50, p99, perWrite, bytesPerWrite, passed, range.count))
+            json.append(String(format: "{\"shards\": %d, \"bulk_rows_per_s\": %.0f, \"lag_ms\": {\"p50\": %.0f, \"p99\": %.0f}, \"messages_per_write\": %.4f, \"bytes_per_write\": %.1f, \"passed\": %d}",
+                               count, rate, p50, p99, perWrite, bytesPerWrite, passed))
+        }
+        let text = """
+            # Predicted by the cost model, per shard count
+
+            Command: `harmonysim bench \(file) --shards \(shards) --seeds \(seeds) --profile \(profile ?? "")`.
+            Scenario: \(base.name), \(base.nodes) nodes\(base.bulkRows > 0 ? ", a bulk load of \(base.bulkRows) rows on node 1 in \(base.bulkBatch)-row transactions" : ""), workload writes on \(base.writerNodes.isEmpty ? "every node" : "node " + base.writerNodes.map(String.init).joined(separator: ", ")) meanwhile; means over seeds.
+            Throughput: bulk rows per second until the last node has them all. Lag: a workload write's commit until the next node (node 1's: node 2) has it, while the bulk load replicates.
+
+            | shards | bulk rows/s | lag p50 ms | lag p99 ms | messages per write | bytes per write | passed |
+            |---|---|---|---|---|---|---|
+            \(rows.joined(separator: "\n"))
+
+            """
+        print(text)
+        if let report {
+            try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
+            try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
+        }
+    }
+
+    static func percentile(_ xs: [Double], _ p: Double) -> Double {
+        let s = xs.sorted()
+        guard !s.isEmpty else { return .nan }
+        return s[min(s.count - 1, Int(Double(s.count - 1) * p / 100 + 0.5))]
     }
 }
 

@@ -19,18 +19,23 @@ struct Calibrate: ParsableCommand {
     @Option(help: "Messages per server throughput measurement.") var messages = 20_000
     @Option(help: "Rounds; the median of each figure is kept.") var rounds = 3
     @Option(help: "Where to write the profile.") var output = "reports/cost-profile.toml"
+    @Option(help: "Rows for the live phase (3 harmonylite processes), whose CPU time per row is measured.") var liveRows = 30_000
+    @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
 
     func run() throws {
         var figures: [String: [Double]] = [:]
         for round in 1...rounds {
             let core = try measureCore()
             let server = try measureServer(payloadBytes: Int(core.bytesPerChange * 128))
-            for (k, v) in core.figures.merging(server, uniquingKeysWith: { a, _ in a }) { figures[k, default: []].append(v) }
+            let live = try measureLive(core: core.figures)
+            for (k, v) in core.figures.merging(server, uniquingKeysWith: { a, _ in a }).merging(live, uniquingKeysWith: { a, _ in a }) {
+                figures[k, default: []].append(v)
+            }
             print("round \(round): " + figures.keys.sorted().map { "\($0) \(String(format: "%.2f", figures[$0]!.last!))" }.joined(separator: ", "))
         }
         let m = figures.mapValues { median($0) }
         let text = """
-            # Cost profile: what one step costs on the machine that measured it, for the simulator's cost model (not read yet).
+            # Cost profile: what one step costs on the machine that measured it. Read by `harmonysim bench --profile`.
             # Measured by `harmonybench calibrate --rows \(rows) --messages \(messages) --rounds \(rounds)` (medians of the rounds)
             # on \(machineDescription()), SQLite \(sqliteVersion()), one nats-server (JetStream, file store) on loopback.
             [costs]
@@ -51,8 +56,25 @@ struct Calibrate: ParsableCommand {
             apply_batch_us = \(f(m["apply_batch_us"]))
             apply_message_us = \(f(m["apply_message_us"]))
             apply_change_us = \(f(m["apply_change_us"]))
+            # The application inserting one row with the capture triggers, 1,000 rows per transaction.
+            app_insert_row_us = \(f(m["app_insert_row_us"]))
+            # This node's own messages coming back, applied as no-ops (they are delivered to every node).
+            apply_own_change_us = \(f(m["apply_own_change_us"]))
+            # What the live processes spend per row beyond the core's work above (the runtime: libnats, fetching,
+            # acknowledging, metrics), from their CPU time while \(liveRows) rows replicate through 3 harmonylite
+            # processes: on the node that publishes them, on each node that applies them, and in nats-server.
+            # Each is fitted per change and per message from a run at 1 shard and one at 8 (smaller messages).
+            runtime_publish_change_us = \(f(m["runtime_publish_change_us"]))
+            runtime_publish_message_us = \(f(m["runtime_publish_message_us"]))
+            runtime_apply_change_us = \(f(m["runtime_apply_change_us"]))
+            runtime_apply_message_us = \(f(m["runtime_apply_message_us"]))
+            server_change_us = \(f(m["server_change_us"]))
+            runtime_server_message_us = \(f(m["runtime_server_message_us"]))
             # Encoded size of one change of the benchmark table (id, name, value, at), in a 128-change message.
             bytes_per_change = \(f(m["bytes_per_change"]))
+            # Cores every process on this machine shares (the live benchmarks run the server, three sidecars and the
+            # application on one machine).
+            cores = \(ProcessInfo.processInfo.activeProcessorCount)
             # The live sidecar's settings these costs go with.
             deliver_batch = 256
             max_ack_pending = 4096
@@ -93,7 +115,8 @@ struct Calibrate: ParsableCommand {
         return ([
             "scan_change_us": max(0, scan) * 1e6, "publish_message_us": max(0, perMessage) * 1e6,
             "apply_batch_us": batch * 1e6, "apply_message_us": max(0, message) * 1e6, "apply_change_us": max(0, change) * 1e6,
-            "bytes_per_change": batched.bytesPerChange,
+            "bytes_per_change": batched.bytesPerChange, "app_insert_row_us": batched.appSeconds / Double(batched.changes) * 1e6,
+            "apply_own_change_us": batched.ownApplySeconds / Double(batched.changes) * 1e6,
         ], batched.bytesPerChange)
     }
 
@@ -106,7 +129,7 @@ struct Calibrate: ParsableCommand {
 
     struct CoreRun {
         var changes = 0, messages = 0, batches = 0
-        var publishSeconds = 0.0, applySeconds = 0.0, bytesPerChange = 0.0
+        var publishSeconds = 0.0, applySeconds = 0.0, bytesPerChange = 0.0, appSeconds = 0.0, ownApplySeconds = 0.0
     }
 
     func publishAndApply(changesPerMessage: Int, messagesPerBatch: Int, rows count: Int? = nil) throws -> CoreRun {
@@ -131,6 +154,7 @@ struct Calibrate: ParsableCommand {
         defer { for n in nodes { n.stop() } }
         let app = try SQLiteOpener().open(path: "\(directory)/node1.db")
         let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
+        let appStarted = DispatchTime.now().uptimeNanoseconds
         for start in stride(from: 0, to: rows, by: 1_000) {
             try app.transaction {
                 for id in start..<min(rows, start + 1_000) {
@@ -139,6 +163,7 @@ struct Calibrate: ParsableCommand {
             }
         }
         var run = CoreRun()
+        run.appSeconds = Double(DispatchTime.now().uptimeNanoseconds - appStarted) / 1e9
         var stored: [IncomingMessage] = []
         var bytes = 0
         var clock = DispatchTime.now().uptimeNanoseconds
@@ -167,9 +192,85 @@ struct Calibrate: ParsableCommand {
             run.batches += 1
         }
         run.applySeconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let ownStarted = DispatchTime.now().uptimeNanoseconds
+        for first in stride(from: 0, to: stored.count, by: messagesPerBatch) {
+            try nodes[0].messagesArrived(shard: 1, Array(stored[first..<min(stored.count, first + messagesPerBatch)]))
+        }
+        run.ownApplySeconds = Double(DispatchTime.now().uptimeNanoseconds - ownStarted) / 1e9
         let applied = try SQLiteOpener().open(path: "\(directory)/node2.db").scalar("SELECT count(*) FROM bench")?.int64 ?? 0
         guard applied == Int64(rows) else { throw ValidationError("node 2 applied \(applied) of \(rows) rows") }
         return run
+    }
+
+    // MARK: The live processes
+
+    /// CPU time per row of each live process while `liveRows` rows replicate (1,000 per transaction on node 1,
+    /// 1 shard), minus what the core's own figures account for: the runtime's share.
+    func measureLive(core: [String: Double]) throws -> [String: Double] {
+        // At 1 shard and at 8: more shards split the same rows into more, smaller messages, so the two runs separate
+        // the runtime's cost per message from its cost per change.
+        let one = try liveCPU(shards: 1), eight = try liveCPU(shards: 8)
+        let scan = core["scan_change_us"] ?? 0, own = core["apply_own_change_us"] ?? 0
+        let apply = (core["apply_change_us"] ?? 0) + (core["apply_batch_us"] ?? 0) / (256 * 128)
+        func fit(_ a: Double, _ b: Double, core: Double) -> (change: Double, message: Double) {
+            let (change, message) = solve2((1, one.messagesPerRow, a - core), (1, eight.messagesPerRow, b - core))
+            return (max(0, change), max(0, message))
+        }
+        let publish = fit(one.cpu[0], eight.cpu[0], core: scan + own)
+        let applying = fit((one.cpu[1] + one.cpu[2]) / 2, (eight.cpu[1] + eight.cpu[2]) / 2, core: apply)
+        let server = fit(one.cpu[3], eight.cpu[3], core: 0)
+        return [
+            "runtime_publish_change_us": publish.change, "runtime_publish_message_us": publish.message,
+            "runtime_apply_change_us": applying.change, "runtime_apply_message_us": applying.message,
+            "server_change_us": server.change, "runtime_server_message_us": server.message,
+        ]
+    }
+
+    /// CPU time per row of each process (the 3 harmonylite processes, then nats-server), and messages per row.
+    func liveCPU(shards: Int) throws -> (cpu: [Double], messagesPerRow: Double) {
+        let cluster = try BenchCluster(nodes: 3, shards: shards,
+                                       schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
+                                       binary: binary)
+        defer { cluster.stop() }
+        let pids = cluster.processes.map(\.pid) + [Self.natsPID(cluster.nats)].compactMap { $0 }
+        guard pids.count == 4 else { throw ValidationError("cannot find the nats-server process") }
+        let before = pids.map(Self.cpuSeconds)
+        let app = try SQLiteOpener().open(path: cluster.dbPath(1))
+        let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
+        for start in stride(from: 0, to: liveRows, by: 1_000) {
+            try app.transaction {
+                for id in start..<min(liveRows, start + 1_000) {
+                    try insert.execute([.integer(Int64(id)), .text("row-\(id)"), .real(Double(id) / 3), .integer(Int64(id) * 7)])
+                }
+            }
+        }
+        let readers = try (2...3).map { try Database.readOnly(path: cluster.dbPath($0)) }
+        try waitFor(seconds: 300, "every node to have the rows") {
+            try readers.allSatisfy { try $0.scalar("SELECT count(*) FROM bench")?.int64 == Int64(liveRows) }
+        }
+        Thread.sleep(forTimeInterval: 0.5)  // the last acknowledgements
+        let spent = zip(pids.map(Self.cpuSeconds), before).map { ($0 - $1) / Double(liveRows) * 1e6 }
+        let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(cluster.nats.port)"], name: "harmonybench-calibrate"))
+        defer { connection.close() }
+        let js = try connection.jetStream { _ in }
+        defer { js.close() }
+        let router = ShardRouter(shardCount: shards)
+        let messages = try router.shards.reduce(0.0) { $0 + Double(try js.streamState(name: router.streamName(shard: $1)).messages) }
+        return (spent, messages / Double(liveRows))
+    }
+
+    static func natsPID(_ server: EmbeddedNATSServer) -> pid_t? {
+        (try? String(contentsOfFile: server.pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
+    /// User plus system CPU time a process has used, from /proc/<pid>/stat.
+    static func cpuSeconds(_ pid: pid_t) -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return .nan }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime and stime are fields 14 and 15.
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return .nan }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     // MARK: The real nats-server

@@ -1,0 +1,136 @@
+import Foundation
+import HarmonyCodec
+import HarmonyCore
+import HarmonySQLite
+
+/// The cost model (`Scenario.costs`): each node's sidecar is one serial worker whose reading, encoding and applying
+/// take the profile's time, and the server stores one message at a time. Without a cost model every function here
+/// leaves time as it is, so the correctness scenarios replay exactly as before.
+extension Simulation {
+    /// Simulated milliseconds, rounded up, for a time in microseconds.
+    static func ms(_ us: Double) -> Int64 { Int64((us / 1_000).rounded(.up)) }
+
+    var nowUs: Double { Double(nowMs) * 1_000 }
+
+    /// When node `id`'s sidecar is free again (nil without costs).
+    func sidecarFreeAtMs(_ id: Int) -> Int64? {
+        guard scenario.costs != nil, let busy = busyUntilUs[id] else { return nil }
+        return Self.ms(busy)
+    }
+
+    /// Changes a stored payload carries (a part of a split message counts as one), and the node that sent them.
+    static func changes(_ payload: [UInt8]) -> (count: Int, origin: Int64?) {
+        guard !EnvelopeCodec.isPart(payload), let records = try? EnvelopeCodec.decodeAll(payload) else { return (1, nil) }
+        return (records.count, records.first?.originNode)
+    }
+
+    /// Runs `cost` microseconds of work on a serial worker (a sidecar, the server, the loader) that also needs one
+    /// of the machine's cores: it starts when both are free, and both are busy until it is done.
+    func runJob(_ worker: inout Double, _ cost: Double) -> Double {
+        var start = max(nowUs, worker)
+        if let cores = scenario.costs?.cores, cores > 0 {
+            if coreFreeUs.count != cores { coreFreeUs = Array(repeating: 0, count: cores) }
+            let core = coreFreeUs.indices.min { coreFreeUs[$0] < coreFreeUs[$1] }!
+            start = max(start, coreFreeUs[core])
+            coreFreeUs[core] = start + cost
+        }
+        worker = start + cost
+        return worker
+    }
+
+    /// The sidecar reads and encodes the message's changes before it leaves; publishes queue behind each other and
+    /// behind applies on the node's one worker. Returns when the message leaves the node.
+    func publishDepartureMs(node: Int, _ message: OutgoingMessage) -> Int64 {
+        guard let costs = scenario.costs else { return nowMs }
+        var busy = busyUntilUs[node] ?? 0
+        let done = runJob(&busy, costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(Self.changes(message.payload).count))
+        busyUntilUs[node] = busy
+        return Self.ms(done)
+    }
+
+    /// The server's time over one stored message: returns when it is done (now without costs).
+    func chargeServer(_ message: OutgoingMessage) -> Int64 {
+        guard let costs = scenario.costs else { return nowMs }
+        let done = runJob(&serverBusyUntilUs, costs.serverMessageUs + costs.runtimeServerMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000
+                                              + costs.serverChangeUs * Double(Self.changes(message.payload).count))
+        storedMessages += 1
+        storedBytes += message.payload.count
+        return Self.ms(done)
+    }
+
+    /// The sidecar applied a delivered batch (one transaction): it is busy for that long.
+    func chargeApply(node: Int, _ messages: [IncomingMessage]) {
+        guard let costs = scenario.costs else { return }
+        var cost = costs.applyBatchUs + costs.applyMessageUs * Double(messages.count)
+        for m in messages {
+            let c = Self.changes(m.payload)
+            cost += c.origin == Int64(node) ? Double(c.count) * costs.applyOwnChangeUs
+                : costs.runtimeApplyMessageUs + Double(c.count) * (costs.applyChangeUs + costs.runtimeApplyChangeUs)
+        }
+        var busy = busyUntilUs[node] ?? 0
+        _ = runJob(&busy, cost)
+        busyUntilUs[node] = busy
+    }
+
+    /// Where a node first had a version (applied, or superseded by a newer one there), for lag figures.
+    func recordApplied(node: Int, _ version: RowVersion) {
+        guard scenario.costs != nil, appliedAtMs[version]?[node] == nil else { return }
+        appliedAtMs[version, default: [:]][node] = nowMs
+    }
+
+    /// One transaction of the bulk load on node 1: `bulkBatch` new keys above the workload's, then the next one
+    /// after the time the application takes over it (the profile's insert cost with triggers).
+    func bulkStep(offset: Int) {
+        let node = nodes[0]
+        guard offset < scenario.bulkRows else { return }
+        guard node.machineUp else {
+            push(.bulkStep(offset: offset), at: nowMs + 100)
+            return
+        }
+        let count = min(scenario.bulkBatch, scenario.bulkRows - offset)
+        let keys = (0..<count).map { Int64(scenario.keys + 1 + offset + $0) }
+        runWrite(node, ops: Array(repeating: 0, count: count), keys: keys, newKeys: Array(repeating: 0, count: count))
+        if node.sidecarUp { push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs) }
+        let done = runJob(&loaderBusyUntilUs, (scenario.costs?.appInsertRowUs ?? 0) * Double(count))
+        push(.bulkStep(offset: offset + count), at: max(Self.ms(done), nowMs + 1))
+    }
+
+    /// What capacity planning reads from a run with a cost model.
+    func capacityFigures() -> CapacityFigures? {
+        guard scenario.costs != nil else { return nil }
+        var lags: [Double] = [], bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0
+        var probes: [(atMs: Int64, nextMs: Int64)] = []
+        for w in history {
+            let others = nodes.map(\.id).filter { $0 != w.node }
+            let times = others.compactMap { appliedAtMs[w.version]?[$0] }
+            guard times.count == others.count, let last = times.max() else { unseen += 1; continue }
+            if w.key > Int64(scenario.keys) {
+                bulkDone = max(bulkDone, last)
+                bulkSeen += 1
+            } else {
+                // As the live benchmark measures: until the next node has it.
+                let next = w.node % nodes.count + 1
+                probes.append((w.atMs, appliedAtMs[w.version]?[next] ?? last))
+            }
+        }
+        // With a bulk load, only the writes made while it replicates (the live benchmark's "under load").
+        for p in probes where bulkSeen == 0 || p.atMs < bulkDone { lags.append(Double(p.nextMs - p.atMs)) }
+        return CapacityFigures(lagsMs: lags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil,
+                               writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes)
+    }
+}
+
+/// Figures of one run with a cost model.
+public struct CapacityFigures: Sendable {
+    /// Commit-to-visible-on-every-other-node delay of each workload write (not the bulk load's), in ms.
+    public var lagsMs: [Double]
+    /// Bulk rows every node had, and when the last of them reached the last node.
+    public var bulkRows: Int
+    public var bulkDoneMs: Int64?
+    public var writes: Int
+    /// Writes some node never had as that version (superseded there before it arrived, or lost).
+    public var notEverywhere: Int
+    /// Messages and payload bytes the log stored.
+    public var messages: Int
+    public var bytes: Int
+}

@@ -1,0 +1,76 @@
+import HarmonyCore
+import HarmonySim
+import Testing
+
+/// The cost model for capacity planning: time advances by the profile's costs, deterministically, without
+/// touching correctness; a dearer step makes the predicted cluster slower, as it would the live one.
+@Suite("harmonysim cost model")
+struct CostModelTests {
+    /// A small bulk load (2,000 rows on node 1) with node 1 writing probes, under `costs`.
+    static func bulk(_ costs: CostModel, shards: Int = 2) -> Scenario {
+        var s = Scenario()
+        s.nodes = 3
+        s.shards = shards
+        s.durationMs = 1_000
+        s.bulkRows = 2_000
+        s.bulkBatch = 500
+        s.writerNodes = [1]
+        s.ackWaitMs = 30_000
+        s.costs = costs
+        return s
+    }
+
+    static var profile: CostModel {
+        var c = CostModel()
+        c.publishRttUs = 1_000
+        c.scanChangeUs = 30
+        c.applyBatchUs = 600
+        c.applyChangeUs = 25
+        c.applyOwnChangeUs = 10
+        c.serverMessageUs = 20
+        c.runtimeApplyMessageUs = 900
+        c.appInsertRowUs = 15
+        c.cores = 2
+        return c
+    }
+
+    @Test func costsAreDeterministicAndKeepEveryCheck() throws {
+        let a = try Simulation(scenario: Self.bulk(Self.profile), seed: 5).run()
+        let b = try Simulation(scenario: Self.bulk(Self.profile), seed: 5).run()
+        #expect(a.passed, "\(a.correctnessFailures) \(a.livenessFailure ?? "")")
+        #expect(a.traceHash == b.traceHash)
+        let c = try #require(a.capacity)
+        #expect(c.bulkRows == 2_000)
+        #expect(c.messages > 0 && c.bytes > 0)
+        #expect(!c.lagsMs.isEmpty)
+        // Without a cost model there are no capacity figures, and steps cost nothing.
+        var free = Self.bulk(Self.profile)
+        free.costs = nil
+        #expect(try Simulation(scenario: free, seed: 5).run().capacity == nil)
+    }
+
+    /// Applying that costs twice as much takes the bulk load longer to reach every node; two cores instead of one
+    /// shared by every process make it faster.
+    @Test func dearerStepsPredictASlowerCluster() throws {
+        func done(_ costs: CostModel) throws -> Int64 {
+            let r = try Simulation(scenario: Self.bulk(costs), seed: 3).run()
+            #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+            return try #require(r.capacity?.bulkDoneMs)
+        }
+        var dear = Self.profile
+        dear.applyChangeUs *= 2
+        var oneCore = Self.profile
+        oneCore.cores = 1
+        let base = try done(Self.profile)
+        #expect(try done(dear) > base)
+        #expect(try done(oneCore) > base)
+    }
+
+    @Test func aProfileWithAnUnknownOrNegativeCostIsRefused() throws {
+        var s = Scenario()
+        #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\nscan_change_us = -1\n", to: &s) }
+        #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\nscan_cost = 1\n", to: &s) }
+        try ScenarioLoader.applyProfile("[costs]\nscan_change_us = 12.5\ncores = 2\npublish_batch_max = 64\n", to: &s)
+        #expect(s.costs?.scanChangeUs == 12.5 && s.costs?.cores == 2 && s.publishBatchMax == 64)
+    }
+}
