@@ -42,9 +42,7 @@ extension Simulation {
     /// behind applies on the node's one worker. Returns when the message leaves the node.
     func publishDepartureMs(node: Int, _ message: OutgoingMessage) -> Int64 {
         guard let costs = scenario.costs else { return nowMs }
-        var busy = busyUntilUs[node] ?? 0
-        let done = runJob(&busy, costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(Self.changes(message.payload).count))
-        busyUntilUs[node] = busy
+        let done = runJob(&busyUntilUs[node, default: 0], costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(Self.changes(message.payload).count))
         return Self.ms(done)
     }
 
@@ -67,9 +65,7 @@ extension Simulation {
             cost += c.origin == Int64(node) ? Double(c.count) * costs.applyOwnChangeUs
                 : costs.runtimeApplyMessageUs + Double(c.count) * (costs.applyChangeUs + costs.runtimeApplyChangeUs)
         }
-        var busy = busyUntilUs[node] ?? 0
-        _ = runJob(&busy, cost)
-        busyUntilUs[node] = busy
+        _ = runJob(&busyUntilUs[node, default: 0], cost)
     }
 
     /// Where a node first had a version (applied, or superseded by a newer one there), for lag figures.
