@@ -63,7 +63,8 @@ struct Calibrate: ParsableCommand {
             # What the live processes spend per row beyond the core's work above (the runtime: libnats, fetching,
             # acknowledging, metrics), from their CPU time while \(liveRows) rows replicate through 3 harmonylite
             # processes: on the node that publishes them, on each node that applies them, and in nats-server.
-            # Each is fitted per change and per message from a run at 1 shard and one at 8 (smaller messages).
+            # Each is fitted per change and per message from a run at 1 shard and one at 8 (smaller messages); the applying
+            # nodes' transactions, counted from their metrics, are charged at apply_batch_us first.
             runtime_publish_change_us = \(f(m["runtime_publish_change_us"]))
             runtime_publish_message_us = \(f(m["runtime_publish_message_us"]))
             runtime_apply_change_us = \(f(m["runtime_apply_change_us"]))
@@ -211,14 +212,15 @@ struct Calibrate: ParsableCommand {
         // the runtime's cost per message from its cost per change.
         let one = try liveCPU(shards: 1), eight = try liveCPU(shards: 8)
         let scan = core["scan_change_us"] ?? 0, own = core["apply_own_change_us"] ?? 0
-        let apply = (core["apply_change_us"] ?? 0) + (core["apply_batch_us"] ?? 0) / (256 * 128)
-        func fit(_ a: Double, _ b: Double, core: Double) -> (change: Double, message: Double) {
-            let (change, message) = solve2((1, one.messagesPerRow, a - core), (1, eight.messagesPerRow, b - core))
+        let applyChange = core["apply_change_us"] ?? 0, applyBatch = core["apply_batch_us"] ?? 0
+        func fit(_ a: Double, _ b: Double, core: (LiveRun) -> Double) -> (change: Double, message: Double) {
+            let (change, message) = solve2((1, one.messagesPerRow, a - core(one)), (1, eight.messagesPerRow, b - core(eight)))
             return (max(0, change), max(0, message))
         }
-        let publish = fit(one.cpu[0], eight.cpu[0], core: scan + own)
-        let applying = fit((one.cpu[1] + one.cpu[2]) / 2, (eight.cpu[1] + eight.cpu[2]) / 2, core: apply)
-        let server = fit(one.cpu[3], eight.cpu[3], core: 0)
+        let publish = fit(one.cpu[0], eight.cpu[0]) { _ in scan + own }
+        // The applying nodes' transactions as they were counted live: a batch's commit is the core's cost, not the runtime's.
+        let applying = fit((one.cpu[1] + one.cpu[2]) / 2, (eight.cpu[1] + eight.cpu[2]) / 2) { applyChange + $0.batchesPerRow * applyBatch }
+        let server = fit(one.cpu[3], eight.cpu[3]) { _ in 0 }
         return [
             "runtime_publish_change_us": publish.change, "runtime_publish_message_us": publish.message,
             "runtime_apply_change_us": applying.change, "runtime_apply_message_us": applying.message,
@@ -226,11 +228,19 @@ struct Calibrate: ParsableCommand {
         ]
     }
 
-    /// CPU time per row of each process (the 3 harmonylite processes, then nats-server), and messages per row.
-    func liveCPU(shards: Int) throws -> (cpu: [Double], messagesPerRow: Double) {
+    /// What one live run cost per row: CPU time of each process (the 3 harmonylite processes, then nats-server),
+    /// messages the log stored, and transactions each applying node made.
+    struct LiveRun {
+        var cpu: [Double]
+        var messagesPerRow: Double
+        var batchesPerRow: Double
+    }
+
+    func liveCPU(shards: Int) throws -> LiveRun {
+        let metricsPorts = (1...3).map { _ in EmbeddedNATSServer.freePort() }
         let cluster = try BenchCluster(nodes: 3, shards: shards,
                                        schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
-                                       binary: binary)
+                                       binary: binary, extra: { "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[$0 - 1])\"" })
         defer { cluster.stop() }
         let pids = cluster.processes.map(\.pid) + [Self.natsPID(cluster.nats)].compactMap { $0 }
         guard pids.count == 4 else { throw ValidationError("cannot find the nats-server process") }
@@ -256,7 +266,22 @@ struct Calibrate: ParsableCommand {
         defer { js.close() }
         let router = ShardRouter(shardCount: shards)
         let messages = try router.shards.reduce(0.0) { $0 + Double(try js.streamState(name: router.streamName(shard: $1)).messages) }
-        return (spent, messages / Double(liveRows))
+        let batches = try metricsPorts[1...].map { try Self.appliedBatches(directory: cluster.directory, port: $0) }
+        return LiveRun(cpu: spent, messagesPerRow: messages / Double(liveRows),
+                       batchesPerRow: Double(batches.reduce(0, +)) / Double(batches.count) / Double(liveRows))
+    }
+
+    /// Transactions a live node applied delivered batches in, from its Prometheus endpoint (read with curl).
+    static func appliedBatches(directory: String, port: Int) throws -> Int {
+        let out = "\(directory)/metrics-\(port).txt"
+        let curl = try ChildProcess.spawn("/usr/bin/env", ["curl", "-sf", "http://127.0.0.1:\(port)/metrics"],
+                                          environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: out, stderr: nil)
+        guard curl.wait(timeoutSeconds: 10) == 0, let text = try? String(contentsOfFile: out, encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("harmonylite_apply_batch_seconds_count") }),
+              let count = Int(line.split(separator: " ").last ?? "") else {
+            throw ValidationError("cannot read harmonylite_apply_batch_seconds_count from the node's metrics on port \(port)")
+        }
+        return count
     }
 
     static func natsPID(_ server: EmbeddedNATSServer) -> pid_t? {

@@ -30,6 +30,8 @@ struct LiveBench: ParsableCommand {
         let idle = try latencies(dbs, count: samples, nextID: &nextID)
         print("idle latency: p50 \(msText(percentile(idle, 50))) ms, p99 \(msText(percentile(idle, 99))) ms")
 
+        // Node 2's checkpoints sum to the messages the log delivered on every stream: messages per row.
+        let messagesBefore = try loggedMessages(dbs[1])
         // Bulk load on node 1 while a second thread samples latency from node 1 to node 2.
         let start = Date()
         let loaderDone = Mutex<Double?>(nil)
@@ -74,6 +76,8 @@ struct LiveBench: ParsableCommand {
         })
         try waitFor(seconds: 300, "every node to have the bulk rows") { !nodeDone.withLock { $0.contains(nil) } }
         let done = nodeDone.withLock { $0.compactMap { $0 } }
+        try waitFor(seconds: 30, "node 2 to apply the probes") { try dbs[1].scalar("SELECT count(*) FROM bench WHERE id >= 10000000")?.int64 == nextID - 10_000_000 }
+        let bulkMessages = try loggedMessages(dbs[1]) - messagesBefore - loaded.count
         let elapsed = done.max()!
         // Where the time goes: the application's own inserts (with capture triggers) versus replication behind them.
         print(String(format: "loader committed everything at %.2f s; nodes complete at %@ s",
@@ -81,6 +85,7 @@ struct LiveBench: ParsableCommand {
         let rate = Double(rows) / elapsed
         if loaded.isEmpty { loaded = [0] }
         print(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
+        print(String(format: "messages per bulk row: %.4f (%d messages)", Double(bulkMessages) / Double(rows), bulkMessages))
         print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
         let rss = cluster.peakRSSMegabytes()
@@ -105,6 +110,7 @@ struct LiveBench: ParsableCommand {
             | latency under load, p50 | \(msText(percentile(loaded, 50))) ms | |
             | latency under load, p99 | \(msText(percentile(loaded, 99))) ms | |
             | peak RSS per node (VmHWM) | \(rssText(rss)) | ≤ 64 MiB at 1M rows |
+            | log messages per bulk row | \(String(format: "%.4f", Double(bulkMessages) / Double(rows))) | |
 
             """
         print(text)
@@ -114,9 +120,14 @@ struct LiveBench: ParsableCommand {
                 {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
                  "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99)))},
-                 "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
+                 "messages_per_row": \(String(format: "%.4f", Double(bulkMessages) / Double(rows))), "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
+    }
+
+    /// Messages the log has delivered to this node on all its streams (its checkpoints are stream sequences).
+    func loggedMessages(_ db: Database) throws -> Int {
+        Int(try db.scalar("SELECT coalesce(sum(seq), 0) FROM \(Bookkeeping.checkpointTable)")?.int64 ?? 0)
     }
 
     /// Commit one row on node 1, time until node 2 can read it.
