@@ -14,7 +14,7 @@ extension Simulation {
 
     /// When node `id`'s sidecar is free again (nil without costs).
     func sidecarFreeAtMs(_ id: Int) -> Int64? {
-        guard scenario.costs != nil, let busy = busyUntilUs[id] else { return nil }
+        guard scenario.costs != nil, let busy = busyUntilUs[.sidecar(id)] else { return nil }
         return Self.ms(busy)
     }
 
@@ -26,30 +26,30 @@ extension Simulation {
 
     /// Runs `cost` microseconds of work on a serial worker (a sidecar, the server, the loader) that also needs one
     /// of the machine's cores: it starts when both are free, and both are busy until it is done.
-    func runJob(_ worker: inout Double, _ cost: Double) -> Double {
-        var start = max(nowUs, worker)
+    func runJob(_ worker: CostWorker, _ cost: Double) -> Double {
+        var start = max(nowUs, busyUntilUs[worker, default: 0])
         if let cores = scenario.costs?.cores, cores > 0 {
             if coreFreeUs.count != cores { coreFreeUs = Array(repeating: 0, count: cores) }
             let core = coreFreeUs.indices.min { coreFreeUs[$0] < coreFreeUs[$1] }!
             start = max(start, coreFreeUs[core])
             coreFreeUs[core] = start + cost
         }
-        worker = start + cost
-        return worker
+        busyUntilUs[worker] = start + cost
+        return start + cost
     }
 
     /// The sidecar reads and encodes the message's changes before it leaves; publishes queue behind each other and
     /// behind applies on the node's one worker. Returns when the message leaves the node.
     func publishDepartureMs(node: Int, _ message: OutgoingMessage) -> Int64 {
         guard let costs = scenario.costs else { return nowMs }
-        let done = runJob(&busyUntilUs[node, default: 0], costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(Self.changes(message.payload).count))
+        let done = runJob(.sidecar(node), costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(Self.changes(message.payload).count))
         return Self.ms(done)
     }
 
     /// The server's time over one stored message: returns when it is done (now without costs).
     func chargeServer(_ message: OutgoingMessage) -> Int64 {
         guard let costs = scenario.costs else { return nowMs }
-        let done = runJob(&serverBusyUntilUs, costs.serverMessageUs + costs.runtimeServerMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000
+        let done = runJob(.server, costs.serverMessageUs + costs.runtimeServerMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000
                                               + costs.serverChangeUs * Double(Self.changes(message.payload).count))
         storedMessages += 1
         storedBytes += message.payload.count
@@ -65,7 +65,7 @@ extension Simulation {
             cost += c.origin == Int64(node) ? Double(c.count) * costs.applyOwnChangeUs
                 : costs.runtimeApplyMessageUs + Double(c.count) * (costs.applyChangeUs + costs.runtimeApplyChangeUs)
         }
-        _ = runJob(&busyUntilUs[node, default: 0], cost)
+        _ = runJob(.sidecar(node), cost)
     }
 
     /// Where a node first had a version (applied, or superseded by a newer one there), for lag figures.
@@ -87,7 +87,7 @@ extension Simulation {
         let keys = (0..<count).map { Int64(scenario.keys + 1 + offset + $0) }
         runWrite(node, ops: Array(repeating: 0, count: count), keys: keys, newKeys: Array(repeating: 0, count: count))
         if node.sidecarUp { push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs) }
-        let done = runJob(&loaderBusyUntilUs, (scenario.costs?.appInsertRowUs ?? 0) * Double(count))
+        let done = runJob(.loader, (scenario.costs?.appInsertRowUs ?? 0) * Double(count))
         push(.bulkStep(offset: offset + count), at: max(Self.ms(done), nowMs + 1))
     }
 
@@ -114,6 +114,12 @@ extension Simulation {
         return CapacityFigures(lagsMs: lags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil,
                                writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes)
     }
+}
+
+/// What takes the machine's time in the cost model: a node's sidecar (one serial worker, as its core's queue is),
+/// the server, and the application's bulk loader.
+enum CostWorker: Hashable {
+    case sidecar(Int), server, loader
 }
 
 /// Figures of one run with a cost model.

@@ -18,6 +18,9 @@ enum SimEvent {
     case timer(node: Int, timer: NodeTimer, generation: UInt64, incarnation: Int)
     case publishArrives(node: Int, message: OutgoingMessage, incarnation: Int, sentMs: Int64)
     case publishResult(node: Int, token: Int64, ok: Bool, incarnation: Int)
+    /// With a cost model: the acknowledgements that reached a busy sidecar, handed to its core together once it is
+    /// free (as the live node's queue gathers them into one transaction).
+    case acksFlush(node: Int, incarnation: Int)
     case pump(node: Int, shard: Int)
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
     case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
@@ -96,15 +99,15 @@ public final class Simulation {
     var livenessFailure: String?
     /// With a cost model: when each node's sidecar and the server are next free (microseconds of simulated time),
     /// when each node first had each version, and what the log stored.
-    var busyUntilUs: [Int: Double] = [:]
-    var serverBusyUntilUs = 0.0
+    var busyUntilUs: [CostWorker: Double] = [:]
     /// When each of the machine's cores is next free (`CostModel.cores`), and the application's loader.
     var coreFreeUs: [Double] = []
-    var loaderBusyUntilUs = 0.0
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
     var storedMessages = 0, storedBytes = 0
     /// With a cost model, as the live fetch loop: one batch per node and shard delivered and not yet applied.
     var deliveryOutstanding: Set<[Int]> = []
+    /// With a cost model: acknowledged publish tokens waiting for their node's sidecar (`acksFlush`).
+    var acksWaiting: [Int: [Int64]] = [:]
     /// The fault schedule this run used (drawn per seed in swarm mode), for `shrink` to start from.
     public private(set) var faults: [Fault]
 
@@ -240,6 +243,7 @@ public final class Simulation {
 
     func startSidecar(_ node: SimNode) {
         node.incarnation += 1
+        acksWaiting[node.id] = nil
         node.timerGenerations.removeAll()
         var config = NodeConfig(nodeID: Int64(node.id), databasePath: node.databasePath)
         config.shards = scenario.shards
@@ -382,10 +386,27 @@ public final class Simulation {
         case .publishResult(let id, let token, let ok, let incarnation):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation else { return }
+            if ok, let free = sidecarFreeAtMs(id) {
+                acksWaiting[id, default: []].append(token)
+                if acksWaiting[id]!.count == 1 { push(.acksFlush(node: id, incarnation: incarnation), at: max(free, nowMs)) }
+                return
+            }
             trace("node \(id) publish \(token) \(ok ? "acked" : "failed")")
             callCore(node) { core in
                 if ok { try core.publishAcknowledged(tokens: [token]) } else { core.publishFailed(token: token) }
             }
+
+        case .acksFlush(let id, let incarnation):
+            let node = nodes[id - 1]
+            let tokens = acksWaiting.removeValue(forKey: id) ?? []
+            guard node.incarnation == incarnation, !tokens.isEmpty else { return }
+            if let free = sidecarFreeAtMs(id), free > nowMs {
+                acksWaiting[id] = tokens
+                push(.acksFlush(node: id, incarnation: incarnation), at: free)
+                return
+            }
+            trace("node \(id) takes \(tokens.count) acks together")
+            callCore(node) { try $0.publishAcknowledged(tokens: tokens) }
 
         case .pump(let id, let shard):
             let node = nodes[id - 1]

@@ -49,6 +49,20 @@ struct CostModelTests {
         #expect(try Simulation(scenario: free, seed: 5).run().capacity == nil)
     }
 
+    /// As the live node's queue gathers the log's acknowledgements that arrive while it works into one
+    /// transaction, a busy sidecar's acknowledgements reach its core together. Handed over one by one, each would
+    /// free one message's room and the publisher would fill it with a message of a few rows.
+    @Test func acknowledgementsReachABusySidecarTogether() throws {
+        let r = try Simulation(scenario: Self.bulk(Self.profile), seed: 7, trace: true).run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        let handed = r.trace.compactMap { line -> Int? in
+            guard let range = line.range(of: #"node 1 takes \d+ acks together"#, options: .regularExpression) else { return nil }
+            return Int(line[range].split(separator: " ")[3])
+        }
+        #expect(handed.contains { $0 > 1 }, "every acknowledgement reached node 1's core alone")
+        #expect(handed.reduce(0, +) > handed.count)
+    }
+
     /// Applying that costs twice as much takes the bulk load longer to reach every node; two cores instead of one
     /// shared by every process make it faster.
     @Test func dearerStepsPredictASlowerCluster() throws {
