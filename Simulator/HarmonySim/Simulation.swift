@@ -97,10 +97,10 @@ public final class Simulation {
     var healed = false
     var quiescedAtMs: Int64?
     var livenessFailure: String?
-    /// With a cost model: when each node's sidecar and the server are next free (microseconds of simulated time),
-    /// when each node first had each version, and what the log stored.
+    /// With a cost model: when each node's sidecar, the server and the application's loader are next free
+    /// (microseconds of simulated time), when each node first had each version, and what the log stored.
     var busyUntilUs: [CostWorker: Double] = [:]
-    /// When each of the machine's cores is next free (`CostModel.cores`), and the application's loader.
+    /// When each of the machine's cores is next free (`CostModel.cores`).
     var coreFreeUs: [Double] = []
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
     var storedMessages = 0, storedBytes = 0
