@@ -24,18 +24,28 @@ extension Simulation {
         return (records.count, records.first?.originNode)
     }
 
-    /// Runs `cost` microseconds of work on a serial worker (a sidecar, the server, the loader) that also needs one
-    /// of the machine's cores: it starts when both are free, and both are busy until it is done.
+    /// Runs `cost` microseconds of work on a serial worker (a sidecar, the server, the loader) and returns when it
+    /// is done. The machine's cores are shared as Linux's scheduler shares them: a worker that has used less CPU so
+    /// far runs ahead of busier ones (a receiver woken by a batch preempts a long-running publisher), and what it
+    /// takes beyond an equal share is time the busier running workers lose.
     func runJob(_ worker: CostWorker, _ cost: Double) -> Double {
-        var start = max(nowUs, busyUntilUs[worker, default: 0])
+        let start = max(nowUs, busyUntilUs[worker, default: 0])
+        var duration = cost
         if let cores = scenario.costs?.cores, cores > 0 {
-            if coreFreeUs.count != cores { coreFreeUs = Array(repeating: 0, count: cores) }
-            let core = coreFreeUs.indices.min { coreFreeUs[$0] < coreFreeUs[$1] }!
-            start = max(start, coreFreeUs[core])
-            coreFreeUs[core] = start + cost
+            let mine = cpuUsedUs[worker, default: 0]
+            let running = busyUntilUs.filter { $0.key != worker && $0.value > start }
+            let busier = running.keys.filter { cpuUsedUs[$0, default: 0] > mine }
+            let rate = min(1, Double(cores) / Double(1 + running.count - busier.count))
+            let fair = min(1, Double(cores) / Double(1 + running.count))
+            duration = cost / rate
+            if rate > fair {
+                let taken = duration * (rate - fair)
+                for b in busier { busyUntilUs[b]! += taken / Double(busier.count) / fair }
+            }
         }
-        busyUntilUs[worker] = start + cost
-        return start + cost
+        cpuUsedUs[worker, default: 0] += cost
+        busyUntilUs[worker] = start + duration
+        return start + duration
     }
 
     /// The sidecar reads and encodes the message's changes before it leaves; publishes queue behind each other and

@@ -100,8 +100,8 @@ public final class Simulation {
     /// With a cost model: when each node's sidecar, the server and the application's loader are next free
     /// (microseconds of simulated time), when each node first had each version, and what the log stored.
     var busyUntilUs: [CostWorker: Double] = [:]
-    /// When each of the machine's cores is next free (`CostModel.cores`).
-    var coreFreeUs: [Double] = []
+    /// CPU time each worker has used so far: who runs first when they compete for the cores (`runJob`).
+    var cpuUsedUs: [CostWorker: Double] = [:]
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
     var storedMessages = 0, storedBytes = 0
     /// With a cost model, as the live fetch loop: one batch per node and shard delivered and not yet applied.

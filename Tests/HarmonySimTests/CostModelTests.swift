@@ -1,5 +1,5 @@
 import HarmonyCore
-import HarmonySim
+@testable import HarmonySim
 import Testing
 
 /// The cost model for capacity planning: time advances by the profile's costs, deterministically, without
@@ -61,6 +61,27 @@ struct CostModelTests {
         }
         #expect(handed.contains { $0 > 1 }, "every acknowledgement reached node 1's core alone")
         #expect(handed.reduce(0, +) > handed.count)
+    }
+
+    /// The cores are shared as Linux shares them: a worker that has used little CPU (a receiver woken by a batch)
+    /// runs at full speed beside busier ones, which lose what it takes beyond an equal share; the busiest worker
+    /// gets an equal share. Measured live, node 2's queue was mostly idle while node 1 published a backlog.
+    @Test func aLightWorkerRunsAheadOfBusierOnesWhichPayForIt() throws {
+        let sim = try Simulation(scenario: Self.bulk(Self.profile), seed: 1)
+        // Node 1's sidecar and the server have used much CPU and have work queued far ahead; node 2 is idle.
+        for hog in [CostWorker.sidecar(1), .server] {
+            sim.busyUntilUs[hog] = 1_000_000
+            sim.cpuUsedUs[hog] = 500_000
+        }
+        #expect(sim.runJob(.sidecar(2), 1_000) == 1_000)
+        // Two cores, three running: node 2 took 1/3 of a core beyond its equal share of 2/3 for 1 ms; each hog
+        // loses half of that, at its own equal share.
+        #expect(abs(sim.busyUntilUs[.sidecar(1)]! - 1_000_250) < 1e-6)
+        #expect(abs(sim.busyUntilUs[.server]! - 1_000_250) < 1e-6)
+        // The busiest worker gets an equal share, and nobody pays for it: with three others running, 1 ms takes 2 ms.
+        sim.cpuUsedUs[.loader] = 900_000
+        #expect(abs(sim.runJob(.loader, 1_000) - 2_000) < 1e-6)
+        #expect(abs(sim.busyUntilUs[.server]! - 1_000_250) < 1e-6)
     }
 
     /// Applying that costs twice as much takes the bulk load longer to reach every node; two cores instead of one
