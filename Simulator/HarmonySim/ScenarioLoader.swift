@@ -107,6 +107,7 @@ public enum ScenarioLoader {
             s.costs = costs.model
             s.publishBatchMax = costs.publishBatchMax ?? s.publishBatchMax
             s.publishInFlightMax = costs.publishInFlightMax ?? s.publishInFlightMax
+            s.publishTimeoutMs = costs.publishAckTimeoutMs ?? s.publishTimeoutMs
         }
         if let t = try root.table("swarm") {
             try t.rejectUnknownKeys(allowed: ["enabled"])
@@ -144,13 +145,14 @@ public enum ScenarioLoader {
         s.costs = costs.model
         s.publishBatchMax = costs.publishBatchMax ?? s.publishBatchMax
         s.publishInFlightMax = costs.publishInFlightMax ?? s.publishInFlightMax
+        s.publishTimeoutMs = costs.publishAckTimeoutMs ?? s.publishTimeoutMs
     }
 
-    static func parseCosts(_ t: TOMLReader) throws -> (model: CostModel, publishBatchMax: Int?, publishInFlightMax: Int?) {
+    static func parseCosts(_ t: TOMLReader) throws -> (model: CostModel, publishBatchMax: Int?, publishInFlightMax: Int?, publishAckTimeoutMs: Int64?) {
         try t.rejectUnknownKeys(allowed: ["publish_rtt_us", "server_message_us", "server_byte_ns", "server_message_us_4_streams",
                                           "scan_change_us", "publish_message_us", "apply_batch_us", "apply_message_us", "apply_change_us",
                                           "app_insert_row_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
-                                          "publish_in_flight_max", "cores", "apply_own_change_us", "runtime_publish_change_us",
+                                          "publish_in_flight_max", "publish_ack_timeout_ms", "cores", "apply_own_change_us", "runtime_publish_change_us",
                                           "runtime_apply_change_us", "server_change_us", "runtime_publish_message_us",
                                           "runtime_apply_message_us", "runtime_server_message_us"])
         func cost(_ key: String, _ value: Double) throws -> Double {
@@ -182,7 +184,8 @@ public enum ScenarioLoader {
         _ = try bounded(t, "max_ack_pending", 4096, 1...1_000_000)  // informational: never reached at these loads
         let batch = t.contains("publish_batch_max") ? try bounded(t, "publish_batch_max", 128, 1...4096) : nil
         let inFlight = t.contains("publish_in_flight_max") ? try bounded(t, "publish_in_flight_max", 4096, 1...100_000) : nil
-        return (m, batch, inFlight)
+        let ackTimeout = t.contains("publish_ack_timeout_ms") ? Int64(try bounded(t, "publish_ack_timeout_ms", 10_000, 1...600_000)) : nil
+        return (m, batch, inFlight, ackTimeout)
     }
 
     static func bounded(_ t: TOMLReader, _ key: String, _ defaultValue: Int, _ range: ClosedRange<Int>) throws -> Int {

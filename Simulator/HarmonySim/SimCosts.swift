@@ -122,7 +122,8 @@ extension Simulation {
         // With a bulk load, only the writes made while it replicates (the live benchmark's "under load").
         for p in probes where bulkSeen == 0 || p.atMs < bulkDone { lags.append(Double(p.nextMs - p.atMs)) }
         return CapacityFigures(lagsMs: lags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil,
-                               writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes)
+                               writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
+                               convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
     }
 }
 
@@ -145,4 +146,7 @@ public struct CapacityFigures: Sendable {
     /// Messages and payload bytes the log stored.
     public var messages: Int
     public var bytes: Int
+    /// From the heal (the end of the faults and of the writes) until every node holds the same rows and nothing is
+    /// in flight, checked every 100 ms of simulated time; nil if the cluster never got there.
+    public var convergedAfterHealMs: Int64?
 }

@@ -198,12 +198,15 @@ public final class NATSConnection: @unchecked Sendable {
         try guardian.use(body)
     }
 
+    /// What the sidecar waits for a publish's ack; the simulator's capacity profile copies it.
+    public static let defaultPublishAckTimeoutMs: Int64 = 10_000
+
     /// Creates a JetStream context. `onPublishResult` receives the outcome of every `publishAsync`
     /// exactly once, on a libnats thread (or on the thread calling `JetStream.close()` for discarded ones).
     /// `publishAckTimeoutMs` bounds how long one publish waits for its ack before being reported as failed;
     /// `stallWaitMs` is how long `publishAsync` may block when `publishAsyncMaxPending` acks are outstanding.
     public func jetStream(publishAsyncMaxPending: Int = 1024,
-                          publishAckTimeoutMs: Int64 = 10_000,
+                          publishAckTimeoutMs: Int64 = NATSConnection.defaultPublishAckTimeoutMs,
                           stallWaitMs: Int64 = 10_000,
                           requestTimeoutMs: Int64 = 5_000,
                           onPublishResult: @escaping @Sendable (PublishResult) -> Void) throws -> JetStream {

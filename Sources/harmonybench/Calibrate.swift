@@ -81,6 +81,8 @@ struct Calibrate: ParsableCommand {
             max_ack_pending = 4096
             publish_batch_max = \(NodeConfig(nodeID: 1, databasePath: "").publishBatchMax)
             publish_in_flight_max = \(NodeConfig(nodeID: 1, databasePath: "").publishInFlightMax)
+            # How long a publish waits for its ack before it counts as failed and is sent again after a backoff.
+            publish_ack_timeout_ms = \(NATSConnection.defaultPublishAckTimeoutMs)
 
             """
         print(text)

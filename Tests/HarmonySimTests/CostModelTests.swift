@@ -84,6 +84,29 @@ struct CostModelTests {
         #expect(abs(sim.busyUntilUs[.server]! - 1_000_250) < 1e-6)
     }
 
+    /// Convergence after a partition heals is a figure of its own: a node cut off from NATS until the heal has its
+    /// writes to send (after its publish backoff) and everyone else's to apply, so the cluster takes longer to settle
+    /// than one that was never cut off.
+    @Test func aHealedPartitionTakesLongerToConverge() throws {
+        func converged(partition: Bool) throws -> Int64 {
+            var s = Scenario()
+            s.nodes = 3
+            s.shards = 2
+            s.durationMs = 4_000
+            s.keys = 200
+            s.writeIntervalMsMin = 10
+            s.writeIntervalMsMax = 25
+            s.ackWaitMs = 30_000
+            s.costs = Self.profile
+            if partition { s.faults = [Fault(kind: .partition, node: 3, atMs: 1_000, durationMs: 3_000)] }
+            let r = try Simulation(scenario: s, seed: 2).run()
+            #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+            return try #require(r.capacity?.convergedAfterHealMs)
+        }
+        let calm = try converged(partition: false), healed = try converged(partition: true)
+        #expect(healed > calm + 500, "converged \(healed) ms after a healed partition, \(calm) ms without one")
+    }
+
     /// Applying that costs twice as much takes the bulk load longer to reach every node; two cores instead of one
     /// shared by every process make it faster.
     @Test func dearerStepsPredictASlowerCluster() throws {
@@ -105,7 +128,10 @@ struct CostModelTests {
         var s = Scenario()
         #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\nscan_change_us = -1\n", to: &s) }
         #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\nscan_cost = 1\n", to: &s) }
-        try ScenarioLoader.applyProfile("[costs]\nscan_change_us = 12.5\ncores = 2\npublish_batch_max = 64\n", to: &s)
+        #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\npublish_ack_timeout_ms = 0\n", to: &s) }
+        try ScenarioLoader.applyProfile("[costs]\nscan_change_us = 12.5\ncores = 2\npublish_batch_max = 64\npublish_ack_timeout_ms = 10000\n", to: &s)
         #expect(s.costs?.scanChangeUs == 12.5 && s.costs?.cores == 2 && s.publishBatchMax == 64)
+        // The live sidecar's ack timeout replaces the scenario's: it decides when a publish lost in a partition is sent again.
+        #expect(s.publishTimeoutMs == 10_000)
     }
 }
