@@ -127,6 +127,32 @@ extension Simulation {
     }
 }
 
+extension Simulation {
+    /// The highest write rate the cluster keeps up with under `scenario`'s costs: every writing node writes at a steady
+    /// mean interval, bisected in half milliseconds (intervals of k and k + 1 ms drawn evenly); a rate counts as kept
+    /// up with when the cluster settles within a tenth of the run (at least 1 s) once writes stop, since a backlog
+    /// that grows without bound takes ever longer to drain.
+    public static func sustainableWriteRate(_ scenario: Scenario, seed: UInt64) throws -> Double {
+        let writers = Double(scenario.writerNodes.isEmpty ? scenario.nodes : scenario.writerNodes.count)
+        func keepsUp(halfMs: Int64) throws -> Bool {
+            var s = scenario
+            s.writeIntervalMsMin = halfMs / 2
+            s.writeIntervalMsMax = (halfMs + 1) / 2
+            let r = try Simulation(scenario: s, seed: seed).run()
+            guard r.passed, let settled = r.capacity?.convergedAfterHealMs else { return false }
+            return settled <= max(1_000, s.durationMs / 10)
+        }
+        var fast: Int64 = 2, slow: Int64 = 2_000  // in half milliseconds; the answer lies in (fast, slow]
+        guard try keepsUp(halfMs: slow) else { return 0 }
+        if try keepsUp(halfMs: fast) { return writers * 1_000 }
+        while slow - fast > 1 {
+            let mid = (fast + slow) / 2
+            if try keepsUp(halfMs: mid) { slow = mid } else { fast = mid }
+        }
+        return writers * 2_000 / Double(slow)
+    }
+}
+
 /// What takes the machine's time in the cost model: a node's sidecar (one serial worker, as its core's queue is),
 /// the server, and the application's bulk loader.
 enum CostWorker: Hashable {

@@ -356,6 +356,9 @@ struct Bench: ParsableCommand {
     @Option var seeds = "1..3"
     @Option(help: "A cost profile (`harmonybench calibrate`): time advances by its costs, and the report predicts.") var profile: String?
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+    @Option(help: "With --profile: write an SVG chart of throughput and lag p50 against shard count to this path.") var chart: String?
+    @Flag(help: "With --profile: also find the highest write rate the cluster keeps up with, per shard count (bisected, first seed).")
+    var findRate = false
 
     func run() throws {
         var scenario: Scenario
@@ -405,7 +408,9 @@ extension Bench {
     func predict(_ base: Scenario) throws {
         let range = try parseSeeds(seeds)
         var rows: [String] = [], json: [String] = []
-        for count in shards.split(separator: ",").compactMap({ Int($0) }) {
+        var throughputs: [Double] = [], lagP50s: [Double] = []
+        let counts = shards.split(separator: ",").compactMap { Int($0) }
+        for count in counts {
             var scenario = base
             scenario.shards = count
             var rates: [Double] = [], lags: [Double] = [], converged: [Double] = [], messages = 0, bytes = 0, writes = 0, passed = 0
@@ -422,10 +427,14 @@ extension Bench {
             let p50 = Self.percentile(lags, 50), p99 = Self.percentile(lags, 99)
             let convergence = converged.count == range.count ? converged.reduce(0, +) / Double(converged.count) : .nan
             let perWrite = writes > 0 ? Double(messages) / Double(writes) : .nan, bytesPerWrite = writes > 0 ? Double(bytes) / Double(writes) : .nan
+            let sustainable = findRate ? try Simulation.sustainableWriteRate(scenario, seed: range.lowerBound) : nil
+            throughputs.append(rate.isNaN ? sustainable ?? .nan : rate)
+            lagP50s.append(p50)
             rows.append(String(format: "| %d | %@ | %.0f | %.0f | %@ | %.3f | %.0f | %d/%d |", count, rate.isNaN ? "-" : String(format: "%.0f", rate),
-                               p50, p99, convergence.isNaN ? "-" : String(format: "%.0f", convergence), perWrite, bytesPerWrite, passed, range.count))
-            json.append(String(format: "{\"shards\": %d, \"bulk_rows_per_s\": %.0f, \"lag_ms\": {\"p50\": %.0f, \"p99\": %.0f}, \"converged_after_heal_ms\": %.0f, \"messages_per_write\": %.4f, \"bytes_per_write\": %.1f, \"passed\": %d}",
-                               count, rate.isNaN ? 0 : rate, p50, p99, convergence.isNaN ? -1 : convergence, perWrite, bytesPerWrite, passed))
+                               p50, p99, convergence.isNaN ? "-" : String(format: "%.0f", convergence), perWrite, bytesPerWrite, passed, range.count)
+                        + (sustainable.map { String(format: " %.0f |", $0) } ?? ""))
+            json.append(String(format: "{\"shards\": %d, \"bulk_rows_per_s\": %.0f, \"lag_ms\": {\"p50\": %.0f, \"p99\": %.0f}, \"converged_after_heal_ms\": %.0f, \"messages_per_write\": %.4f, \"bytes_per_write\": %.1f, \"passed\": %d, \"sustainable_writes_per_s\": %.0f}",
+                               count, rate.isNaN ? 0 : rate, p50, p99, convergence.isNaN ? -1 : convergence, perWrite, bytesPerWrite, passed, sustainable ?? -1))
         }
         let text = """
             # Predicted by the cost model, per shard count
@@ -435,8 +444,9 @@ extension Bench {
             Throughput: bulk rows per second until the last node has them all. Lag: a workload write's commit until the next node (node 1's: node 2) has it, while the bulk load replicates (without a bulk load: every write).
             Converged: from the heal at \(base.healMs) ms (faults and writes over) until every node holds the same rows with nothing in flight, checked every 100 ms ("-": not every seed converged).
 
-            | shards | bulk rows/s | lag p50 ms | lag p99 ms | converged after heal ms | messages per write | bytes per write | passed |
-            |---|---|---|---|---|---|---|---|
+            \(findRate ? "Sustainable: the highest rate of single-row writes (every writing node at a steady mean interval, bisected in half milliseconds) after which the cluster still settles within a tenth of the run once writes stop; above it the backlog grows without bound.\n" : "")
+            | shards | bulk rows/s | lag p50 ms | lag p99 ms | converged after heal ms | messages per write | bytes per write | passed |\(findRate ? " sustainable writes/s |" : "")
+            |---|---|---|---|---|---|---|---|\(findRate ? "---|" : "")
             \(rows.joined(separator: "\n"))
 
             """
@@ -444,6 +454,13 @@ extension Bench {
         if let report {
             try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
             try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
+        }
+        if let chart {
+            let picture = CapacityChart(title: "\(base.name): predicted by the cost model",
+                                        shardCounts: counts,
+                                        left: .init(label: base.bulkRows > 0 ? "bulk rows/s" : "sustainable writes/s", values: throughputs),
+                                        right: .init(label: "lag p50 (ms)", values: lagP50s))
+            try picture.svg.write(toFile: chart, atomically: true, encoding: .utf8)
         }
     }
 

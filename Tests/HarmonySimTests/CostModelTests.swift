@@ -107,6 +107,28 @@ struct CostModelTests {
         #expect(healed > calm + 500, "converged \(healed) ms after a healed partition, \(calm) ms without one")
     }
 
+    /// The highest sustainable write rate follows the costs: a message that costs the server four times as much
+    /// lets the cluster keep up with fewer writes.
+    @Test func dearerMessagesLowerTheSustainableWriteRate() throws {
+        func rate(serverMessageUs: Double) throws -> Double {
+            var s = Scenario()
+            s.nodes = 2
+            s.shards = 1
+            s.durationMs = 1_000
+            s.keys = 10_000
+            s.deleteWeight = 0
+            s.transactionWeight = 0
+            s.ackWaitMs = 30_000
+            var costs = Self.profile
+            costs.serverMessageUs = serverMessageUs
+            s.costs = costs
+            return try Simulation.sustainableWriteRate(s, seed: 1)
+        }
+        let cheap = try rate(serverMessageUs: 500), dear = try rate(serverMessageUs: 2_000)
+        #expect(cheap > 0 && dear > 0)
+        #expect(dear < cheap, "sustainable: \(dear) writes/s with dear messages, \(cheap) with cheap ones")
+    }
+
     /// Applying that costs twice as much takes the bulk load longer to reach every node; two cores instead of one
     /// shared by every process make it faster.
     @Test func dearerStepsPredictASlowerCluster() throws {
