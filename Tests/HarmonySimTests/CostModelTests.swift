@@ -20,6 +20,20 @@ struct CostModelTests {
         return s
     }
 
+    /// Every node writing single rows (inserts and updates, no multi-row transactions) under `costs`, no faults.
+    static func steadyWrites(nodes: Int, shards: Int, durationMs: Int64, keys: Int, costs: CostModel) -> Scenario {
+        var s = Scenario()
+        s.nodes = nodes
+        s.shards = shards
+        s.durationMs = durationMs
+        s.keys = keys
+        s.deleteWeight = 0
+        s.transactionWeight = 0
+        s.ackWaitMs = 30_000
+        s.costs = costs
+        return s
+    }
+
     static var profile: CostModel {
         var c = CostModel()
         c.publishRttUs = 1_000
@@ -89,15 +103,9 @@ struct CostModelTests {
     /// than one that was never cut off.
     @Test func aHealedPartitionTakesLongerToConverge() throws {
         func converged(partition: Bool) throws -> Int64 {
-            var s = Scenario()
-            s.nodes = 3
-            s.shards = 2
-            s.durationMs = 4_000
-            s.keys = 200
+            var s = Self.steadyWrites(nodes: 3, shards: 2, durationMs: 4_000, keys: 200, costs: Self.profile)
             s.writeIntervalMsMin = 10
             s.writeIntervalMsMax = 25
-            s.ackWaitMs = 30_000
-            s.costs = Self.profile
             if partition { s.faults = [Fault(kind: .partition, node: 3, atMs: 1_000, durationMs: 3_000)] }
             let r = try Simulation(scenario: s, seed: 2).run()
             #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
@@ -111,18 +119,9 @@ struct CostModelTests {
     /// lets the cluster keep up with fewer writes.
     @Test func dearerMessagesLowerTheSustainableWriteRate() throws {
         func rate(serverMessageUs: Double) throws -> Double {
-            var s = Scenario()
-            s.nodes = 2
-            s.shards = 1
-            s.durationMs = 1_000
-            s.keys = 10_000
-            s.deleteWeight = 0
-            s.transactionWeight = 0
-            s.ackWaitMs = 30_000
             var costs = Self.profile
             costs.serverMessageUs = serverMessageUs
-            s.costs = costs
-            return try Simulation.sustainableWriteRate(s, seed: 1)
+            return try Simulation.sustainableWriteRate(Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10_000, costs: costs), seed: 1)
         }
         let cheap = try rate(serverMessageUs: 500), dear = try rate(serverMessageUs: 2_000)
         #expect(cheap > 0 && dear > 0)
