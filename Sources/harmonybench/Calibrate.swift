@@ -140,7 +140,7 @@ struct Calibrate: ParsableCommand {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("calibrate-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let schema = "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)"
+        let schema = Self.benchSchema
         let logs = [CollectingLog(), CollectingLog()]
         var nodes: [ReplicationNode] = []
         for i in 1...2 {
@@ -156,15 +156,8 @@ struct Calibrate: ParsableCommand {
         }
         defer { for n in nodes { n.stop() } }
         let app = try SQLiteOpener().open(path: "\(directory)/node1.db")
-        let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
         let appStarted = DispatchTime.now().uptimeNanoseconds
-        for start in stride(from: 0, to: rows, by: 1_000) {
-            try app.transaction {
-                for id in start..<min(rows, start + 1_000) {
-                    try insert.execute([.integer(Int64(id)), .text("row-\(id)"), .real(Double(id) / 3), .integer(Int64(id) * 7)])
-                }
-            }
-        }
+        try Self.insertBenchRows(into: app, count: rows)
         var run = CoreRun()
         run.appSeconds = Double(DispatchTime.now().uptimeNanoseconds - appStarted) / 1e9
         var stored: [IncomingMessage] = []
@@ -205,6 +198,20 @@ struct Calibrate: ParsableCommand {
         return run
     }
 
+    static let benchSchema = "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)"
+
+    /// The application's load in every measurement: rows 0..<count, 1,000 per transaction, as `harmonybench live` does.
+    static func insertBenchRows(into app: Database, count: Int) throws {
+        let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
+        for start in stride(from: 0, to: count, by: 1_000) {
+            try app.transaction {
+                for id in start..<min(count, start + 1_000) {
+                    try insert.execute([.integer(Int64(id)), .text("row-\(id)"), .real(Double(id) / 3), .integer(Int64(id) * 7)])
+                }
+            }
+        }
+    }
+
     // MARK: The live processes
 
     /// CPU time per row of each live process while `liveRows` rows replicate (1,000 per transaction on node 1,
@@ -241,21 +248,14 @@ struct Calibrate: ParsableCommand {
     func liveCPU(shards: Int) throws -> LiveRun {
         let metricsPorts = (1...3).map { _ in EmbeddedNATSServer.freePort() }
         let cluster = try BenchCluster(nodes: 3, shards: shards,
-                                       schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
+                                       schema: Self.benchSchema,
                                        binary: binary, extra: { "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[$0 - 1])\"" })
         defer { cluster.stop() }
         let pids = cluster.processes.map(\.pid) + [Self.natsPID(cluster.nats)].compactMap { $0 }
         guard pids.count == 4 else { throw ValidationError("cannot find the nats-server process") }
         let before = pids.map(Self.cpuSeconds)
         let app = try SQLiteOpener().open(path: cluster.dbPath(1))
-        let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
-        for start in stride(from: 0, to: liveRows, by: 1_000) {
-            try app.transaction {
-                for id in start..<min(liveRows, start + 1_000) {
-                    try insert.execute([.integer(Int64(id)), .text("row-\(id)"), .real(Double(id) / 3), .integer(Int64(id) * 7)])
-                }
-            }
-        }
+        try Self.insertBenchRows(into: app, count: liveRows)
         let readers = try (2...3).map { try Database.readOnly(path: cluster.dbPath($0)) }
         try waitFor(seconds: 300, "every node to have the rows") {
             try readers.allSatisfy { try $0.scalar("SELECT count(*) FROM bench")?.int64 == Int64(liveRows) }

@@ -78,6 +78,7 @@ struct LiveBench: ParsableCommand {
         let done = nodeDone.withLock { $0.compactMap { $0 } }
         try waitFor(seconds: 30, "node 2 to apply the probes") { try dbs[1].scalar("SELECT count(*) FROM bench WHERE id >= 10000000")?.int64 == nextID - 10_000_000 }
         let bulkMessages = try loggedMessages(dbs[1]) - messagesBefore - loaded.count
+        let messagesPerRow = String(format: "%.4f", Double(bulkMessages) / Double(rows))
         let elapsed = done.max()!
         // Where the time goes: the application's own inserts (with capture triggers) versus replication behind them.
         print(String(format: "loader committed everything at %.2f s; nodes complete at %@ s",
@@ -85,7 +86,7 @@ struct LiveBench: ParsableCommand {
         let rate = Double(rows) / elapsed
         if loaded.isEmpty { loaded = [0] }
         print(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
-        print(String(format: "messages per bulk row: %.4f (%d messages)", Double(bulkMessages) / Double(rows), bulkMessages))
+        print("messages per bulk row: \(messagesPerRow) (\(bulkMessages) messages)")
         print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
         let rss = cluster.peakRSSMegabytes()
@@ -110,7 +111,7 @@ struct LiveBench: ParsableCommand {
             | latency under load, p50 | \(msText(percentile(loaded, 50))) ms | |
             | latency under load, p99 | \(msText(percentile(loaded, 99))) ms | |
             | peak RSS per node (VmHWM) | \(rssText(rss)) | ≤ 64 MiB at 1M rows |
-            | log messages per bulk row | \(String(format: "%.4f", Double(bulkMessages) / Double(rows))) | |
+            | log messages per bulk row | \(messagesPerRow) | |
 
             """
         print(text)
@@ -120,7 +121,7 @@ struct LiveBench: ParsableCommand {
                 {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
                  "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99)))},
-                 "messages_per_row": \(String(format: "%.4f", Double(bulkMessages) / Double(rows))), "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
+                 "messages_per_row": \(messagesPerRow), "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
     }
