@@ -102,13 +102,7 @@ public enum ScenarioLoader {
             s.storageFaults.writeErrorPermille = try bounded(t, "write_error_permille", 0, 0...1000)
             s.storageFaults.fsyncErrorPermille = try bounded(t, "fsync_error_permille", 0, 0...1000)
         }
-        if let t = try root.table("costs") {
-            let costs = try parseCosts(t)
-            s.costs = costs.model
-            s.publishBatchMax = costs.publishBatchMax ?? s.publishBatchMax
-            s.publishInFlightMax = costs.publishInFlightMax ?? s.publishInFlightMax
-            s.publishTimeoutMs = costs.publishAckTimeoutMs ?? s.publishTimeoutMs
-        }
+        if let t = try root.table("costs") { try applyCosts(t, to: &s) }
         if let t = try root.table("swarm") {
             try t.rejectUnknownKeys(allowed: ["enabled"])
             s.swarm = try t.bool("enabled") ?? false
@@ -141,14 +135,11 @@ public enum ScenarioLoader {
         let root = try TOMLReader(parsing: text)
         try root.rejectUnknownKeys(allowed: ["costs"])
         guard let t = try root.table("costs") else { throw SimulationError.invalid("the profile has no [costs] table") }
-        let costs = try parseCosts(t)
-        s.costs = costs.model
-        s.publishBatchMax = costs.publishBatchMax ?? s.publishBatchMax
-        s.publishInFlightMax = costs.publishInFlightMax ?? s.publishInFlightMax
-        s.publishTimeoutMs = costs.publishAckTimeoutMs ?? s.publishTimeoutMs
+        try applyCosts(t, to: &s)
     }
 
-    static func parseCosts(_ t: TOMLReader) throws -> (model: CostModel, publishBatchMax: Int?, publishInFlightMax: Int?, publishAckTimeoutMs: Int64?) {
+    /// A `[costs]` table: the cost model, and the live sidecar's settings it goes with, which replace the scenario's.
+    static func applyCosts(_ t: TOMLReader, to s: inout Scenario) throws {
         try t.rejectUnknownKeys(allowed: ["publish_rtt_us", "server_message_us", "server_byte_ns", "server_message_us_4_streams",
                                           "scan_change_us", "publish_message_us", "apply_batch_us", "apply_message_us", "apply_change_us",
                                           "app_insert_row_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
@@ -182,10 +173,10 @@ public enum ScenarioLoader {
         m.cores = try bounded(t, "cores", m.cores, 0...1024)
         _ = try cost("bytes_per_change", 0)  // informational: the simulator encodes with the real codec
         _ = try bounded(t, "max_ack_pending", 4096, 1...1_000_000)  // informational: never reached at these loads
-        let batch = t.contains("publish_batch_max") ? try bounded(t, "publish_batch_max", 128, 1...4096) : nil
-        let inFlight = t.contains("publish_in_flight_max") ? try bounded(t, "publish_in_flight_max", 4096, 1...100_000) : nil
-        let ackTimeout = t.contains("publish_ack_timeout_ms") ? Int64(try bounded(t, "publish_ack_timeout_ms", 10_000, 1...600_000)) : nil
-        return (m, batch, inFlight, ackTimeout)
+        s.costs = m
+        s.publishBatchMax = try bounded(t, "publish_batch_max", s.publishBatchMax, 1...4096)
+        s.publishInFlightMax = try bounded(t, "publish_in_flight_max", s.publishInFlightMax, 1...100_000)
+        s.publishTimeoutMs = Int64(try bounded(t, "publish_ack_timeout_ms", Int(s.publishTimeoutMs), 1...600_000))
     }
 
     static func bounded(_ t: TOMLReader, _ key: String, _ defaultValue: Int, _ range: ClosedRange<Int>) throws -> Int {
