@@ -198,15 +198,26 @@ final class LiveCluster {
 
     func startLines(_ i: Int) -> Int { log(i).components(separatedBy: "node \(i) started on ").count - 1 }
 
+    /// The log sentences node `i` writes once each front end its config enables listens: the front ends
+    /// start after "started on", so a client that connects on that line alone can be refused.
+    func frontEndLines(_ i: Int) -> [String] {
+        guard let text = try? String(contentsOfFile: configPath(i), encoding: .utf8),
+              let config = try? RuntimeConfig.parse(text) else { return [] }
+        return (config.http.enable ? ["HTTP API on "] : []) + (config.postgres.enable ? ["PostgreSQL wire protocol on "] : [])
+    }
+
     /// Ready when this launch logged that it replicates (after its streams exist and capture is installed),
-    /// and its triggers are there.
+    /// its triggers are there, and the front ends its config enables listen.
     func waitUntilInstalled(_ i: Int) throws {
         do {
             try waitUntil("node \(i) started replicating", timeoutSeconds: readyTimeoutSeconds) {
                 if let p = processes[i], !p.isRunning {
                     throw E2EError("node \(i) exited with status \(p.terminationStatus); its log ends:\n\(log(i).suffix(1500))")
                 }
+                let sinceLaunch = log(i).components(separatedBy: "node \(i) started on ").dropFirst(startsLogged[i, default: 0] + 1)
+                    .joined(separator: "node \(i) started on ")
                 return startLines(i) > startsLogged[i, default: 0]
+                    && frontEndLines(i).allSatisfy { sinceLaunch.contains($0) }
                     && (try? sqlite(dbPath(i), "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock';"))?.hasPrefix("1") == true
             }
         } catch {

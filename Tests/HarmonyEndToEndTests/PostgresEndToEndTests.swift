@@ -313,7 +313,8 @@ func startHoldingClient(port: Int, _ body: String) throws -> (Process, Pipe) {
         let ports = distinctFreePorts(3)
         let c = try cluster(ports: ports, certificate: certificate)
         _ = c
-        #expect(try psql(port: ports[2], password: Self.password, ["CREATE TABLE t (id INTEGER PRIMARY KEY)"]).status == 0)
+        let created = try psql(port: ports[2], password: Self.password, ["CREATE TABLE t (id INTEGER PRIMARY KEY)"])
+        try #require(created.status == 0, "\(created.out)")
 
         func errorResponse(_ bytes: [UInt8]) -> String? {
             guard bytes.first == UInt8(ascii: "E") else { return nil }
