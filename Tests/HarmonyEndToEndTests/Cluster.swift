@@ -209,15 +209,17 @@ final class LiveCluster {
     /// Ready when this launch logged that it replicates (after its streams exist and capture is installed),
     /// its triggers are there, and the front ends its config enables listen.
     func waitUntilInstalled(_ i: Int) throws {
+        let frontEnds = frontEndLines(i)
         do {
             try waitUntil("node \(i) started replicating", timeoutSeconds: readyTimeoutSeconds) {
                 if let p = processes[i], !p.isRunning {
                     throw E2EError("node \(i) exited with status \(p.terminationStatus); its log ends:\n\(log(i).suffix(1500))")
                 }
-                let sinceLaunch = log(i).components(separatedBy: "node \(i) started on ").dropFirst(startsLogged[i, default: 0] + 1)
-                    .joined(separator: "node \(i) started on ")
-                return startLines(i) > startsLogged[i, default: 0]
-                    && frontEndLines(i).allSatisfy { sinceLaunch.contains($0) }
+                let started = "node \(i) started on "
+                let launches = log(i).components(separatedBy: started)
+                let sinceLaunch = launches.dropFirst(startsLogged[i, default: 0] + 1).joined(separator: started)
+                return launches.count - 1 > startsLogged[i, default: 0]
+                    && frontEnds.allSatisfy { sinceLaunch.contains($0) }
                     && (try? sqlite(dbPath(i), "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock';"))?.hasPrefix("1") == true
             }
         } catch {
