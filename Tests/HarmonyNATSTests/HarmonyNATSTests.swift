@@ -247,6 +247,36 @@ struct HarmonyNATSTests {
         }
     }
 
+    @Test("plain publish and subscribe: a wildcard subscriber gets subject and bytes; none after close; JetStream's stored messages pass by too")
+    func corePublishSubscribe() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let (connection, js) = try open(server)
+        defer { js.close(); connection.close() }
+        let got = Collector<CoreMessage>()
+        let sub = try connection.subscribe(subject: "hints.*") { got.append($0) }
+        let big = [UInt8](repeating: 7, count: 100_000)
+        try connection.publish(subject: "hints.1", payload: [1, 2, 3])
+        try connection.publish(subject: "hints.22", payload: big)
+        try connection.publish(subject: "hints.1.deeper", payload: [9])  // not matched by "*"
+        try connection.publish(subject: "hints.3", payload: [])
+        #expect(waitUntil(seconds: 5) { got.count == 3 })
+        #expect(got.all.map(\.subject) == ["hints.1", "hints.22", "hints.3"])
+        #expect(got.all.map(\.payload) == [[1, 2, 3], big, []])
+        // A stream's subject is a plain subject too: a core subscriber sees what JetStream stores.
+        _ = try js.ensureStream(name: "core", subjects: ["hints.9"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        try publish(js, subject: "hints.9", count: 2, prefix: "c")
+        #expect(waitUntil(seconds: 5) { got.count == 5 })
+        sub.close()
+        sub.close()
+        try connection.publish(subject: "hints.1", payload: [4])
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(got.count == 5)
+        connection.close()
+        #expect(throws: NATSError.self) { try connection.publish(subject: "hints.1", payload: [5]) }
+        #expect(throws: NATSError.self) { try connection.subscribe(subject: "hints.*") { _ in } }
+    }
+
     @Test("closing in any order stays safe; calls after close fail cleanly")
     func lifecycle() throws {
         let server = try NATSTestServer.start()
