@@ -35,6 +35,8 @@ public struct OutgoingMessage: Sendable, Hashable {
     public var payload: [UInt8]
     /// Returned in the acknowledgement so the core knows which change-log row to mark published.
     public var token: Int64
+    /// Once the log stores it, the runtime also offers it to the other nodes as a hint (`hintArrived`).
+    public var hint: Bool = false
 }
 
 /// A message the log delivers to the core.
@@ -86,6 +88,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case markPublishedFailed(count: Int, error: String)
     case applied(shard: Int, sequence: UInt64, table: String, version: RowVersion, won: Bool)
     case duplicate(shard: Int, sequence: UInt64)
+    /// A message applied ahead of its turn (`hintArrived`): its changes, and the versions of those that won.
+    case hintApplied(shard: Int, sequence: UInt64, changes: Int, won: [RowVersion])
     case parked(shard: Int, sequence: UInt64, reason: String)
     /// A change to a table this node dropped: discarded (counted), never waited for.
     case discarded(shard: Int, sequence: UInt64, table: String)

@@ -30,6 +30,14 @@ public struct NodeConfig: Sendable, Equatable {
     /// In-flight room for the newest pending changes while a backlog drains (at most a quarter of the window), so
     /// small commits are not stuck behind a bulk load.
     public var priorityLaneMax: Int = 64
+    /// `replication_log.hints`: a small message the log has stored is also offered to the other nodes at once
+    /// over plain NATS, so one that is behind applies it (last-writer-wins) ahead of its backlog (`hintArrived`).
+    public var hints: Bool = true
+    /// Only messages up to this size are offered as hints (a small commit, not a bulk batch).
+    public var hintBytesMax: Int = 8 * 1024
+    /// A hint applies only when at least this many messages before it are not yet applied here; closer than that,
+    /// its in-order copy is about to arrive anyway and applying it twice would only cost a transaction.
+    public var hintLeadMin: UInt64 = 4
     /// A batch is closed before its rows' approximate size passes this (NATS's default max payload is 1 MiB).
     public var publishBatchBytesMax: Int = 256 * 1024
     /// The log's largest message (the server's `max_payload`, told by the runtime): bigger messages go in parts.

@@ -112,6 +112,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Make another node's index or view with SQLite's legacy reading of a double-quoted column this node has dropped
     /// as a string: the object indexes a constant here, and every later DROP COLUMN on the database fails on it.
     public static let dependentOnDroppedColumnAsString = PlantedBugs(rawValue: 1 << 50)
+    /// Apply a hint (a message offered ahead of its turn) as it comes, without comparing versions: an older change
+    /// overwrites a newer one the backlog already brought.
+    public static let hintIgnoresVersion = PlantedBugs(rawValue: 1 << 51)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -164,6 +167,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("merge-drops-renamed-columns", .mergeDropsRenamedColumns),
         ("definitions-ahead-only-version-zero", .definitionsAheadOnlyVersionZero),
         ("dependent-on-dropped-column-as-string", .dependentOnDroppedColumnAsString),
+        ("hint-ignores-version", .hintIgnoresVersion),
     ]
 }
 

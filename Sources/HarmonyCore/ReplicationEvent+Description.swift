@@ -15,6 +15,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard) message \(sequence): \(won ? "applied" : "skipped (the row already has a newer version)") change \(version) to \(quoteIdentifier(table))"
         case .duplicate(let shard, let sequence):
             return "shard \(shard) message \(sequence) was already applied; acknowledged again"
+        case .hintApplied(let shard, let sequence, let changes, let won):
+            return "shard \(shard) message \(sequence) applied ahead of its turn (a hint): \(won.count) of \(changes) change(s) won; its in-order copy will find them applied"
         case .changeRefused(let table, let key, let bytes, let limit):
             return "a change to \(quoteIdentifier(table)) (\(key)) is \(bytes) bytes, above max_row_bytes (\(limit)): it is not published and was parked in \(Bookkeeping.parkedTable); raise max_row_bytes and run -parked-retry, or -parked-discard it"
         case .discarded(let shard, let sequence, let table):

@@ -20,8 +20,11 @@ extension ReplicationNode {
                 let limit = min(config.scanMaxChanges, fifoMax - inFlight.count)
                 let page = try readPendingPage(limit: limit)
                 if page.end == scanCursor { break }
-                try sendPage(page)
+                // A page with more behind it is a backlog receivers take in order; the last one may be hinted.
+                try sendPage(page, hint: page.rowsRead < limit)
                 scanCursor = page.end
+                // A commit made while this window is read goes out within a page, not after the whole window.
+                try publishNewestFirst()
             }
             guard config.replicateDDL && definitionsToPublish else { return }
         }
@@ -36,18 +39,24 @@ extension ReplicationNode {
     /// changes go out ahead of it, so a small commit made meanwhile becomes visible elsewhere without waiting for
     /// the whole backlog. Order between different rows does not matter to last-writer-wins, and an older entry of
     /// the same row is found superseded when the scan reaches it.
+    ///
+    /// Each entry is considered by the lane once (`laneFloor`): later calls look only at commits made since, so the
+    /// lane carries new small commits, not the backlog's tail page after page (the scan gets to that).
     func publishNewestFirst() throws {
         let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
         guard room > 0 else { return }
-        let page = try readPendingPage(limit: room, newestAfter: scanCursor + Int64(config.scanMaxChanges))
-        try sendPage(page)
+        let page = try readPendingPage(limit: room, newestAfter: max(scanCursor + Int64(config.scanMaxChanges), laneFloor))
+        laneFloor = max(laneFloor, page.records.map(\.id).max() ?? 0, page.superseded.max() ?? 0)
+        try sendPage(page, hint: true)
         if config.plantedBugs.contains(.laneMovesScanCursor), let newest = page.records.map(\.id).max() {
             scanCursor = max(scanCursor, newest)
         }
     }
 
     /// Sends a page's changes in per-shard batches, marks its superseded entries published and parks oversized ones.
-    func sendPage(_ page: PendingPage) throws {
+    /// `hint`: its small messages of user rows may be offered to receivers ahead of their turn (`OutgoingMessage.hint`);
+    /// never for pages of a backlog, which receivers take in order anyway.
+    func sendPage(_ page: PendingPage, hint: Bool) throws {
         var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
         var batches: [Int: PendingBatch] = [:]
         for (id, record) in page.records {
@@ -60,13 +69,13 @@ extension ReplicationNode {
                 continue
             }
             if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > batchBytesMax {
-                try send(open, shard: shard)
+                try send(open, shard: shard, hint: hint)
                 batches[shard] = nil
             }
             batches[shard, default: PendingBatch()].add(record, id: id, bytes: size)
         }
         // Shard order, not dictionary order: the simulator must see the same publishes for the same seed.
-        for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard) }
+        for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard, hint: hint) }
         // Entries with nothing to send: superseded by a later write (here or from another node), or whose
         // table is gone. The later write, if it is this node's, has an entry of its own.
         if !page.superseded.isEmpty { try markPublished(page.superseded) }
@@ -115,6 +124,8 @@ extension ReplicationNode {
         var superseded: [Int64] = []
         /// The last change-log id read (the cursor once the page is handled).
         var end: Int64
+        /// Entries the read returned, in flight ones included: fewer than asked means nothing pending lies beyond.
+        var rowsRead = 0
     }
 
     /// Reads a page inside one read transaction whose schema is the captured one, so every row image matches
@@ -137,6 +148,7 @@ extension ReplicationNode {
                     """)
                 var page = PendingPage(end: scanCursor)
                 for row in try scan.query([.integer(newestAfter ?? scanCursor), .integer(Int64(limit))]) {
+                    page.rowsRead += 1
                     guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
                     if newestAfter == nil {
                         precondition(id > page.end, "change-log ids out of order: \(id) after \(page.end)")
@@ -195,7 +207,7 @@ extension ReplicationNode {
 
     /// Hands one message to the log: a single change as it is, several as a batch the receiver applies atomically.
     /// Its rows count as in flight from here until the log answers.
-    func send(_ batch: PendingBatch, shard: Int) throws {
+    func send(_ batch: PendingBatch, shard: Int, hint offered: Bool = false) throws {
         precondition(!batch.ids.isEmpty && batch.ids.count <= config.publishBatchMax, "batch of \(batch.ids.count) changes")
         precondition(batch.ids.count == 1 || batch.bytes <= batchBytesMax, "batch of \(batch.bytes) bytes")
         let token = batch.ids[0]
@@ -217,7 +229,10 @@ extension ReplicationNode {
         precondition(inFlight.count <= config.publishInFlightMax, "\(inFlight.count) changes in flight, limit \(config.publishInFlightMax)")
         if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished(batch.ids) }
         guard payload.count > partBytesMax else {
-            env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token))
+            // A small commit of user rows may skip ahead of a receiver's backlog; definitions and requests never do.
+            let hint = offered && config.hints && payload.count <= config.hintBytesMax
+                && batch.records.allSatisfy { !$0.table.hasPrefix(Bookkeeping.prefix) }
+            env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token, hint: hint))
             try crashPoint(.afterPublishHandoff)
             return
         }

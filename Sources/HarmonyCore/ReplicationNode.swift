@@ -62,6 +62,8 @@ public final class ReplicationNode {
     /// Part tokens are negative, so they never meet a change-log id.
     var lastPartToken: Int64 = 0
     var scanCursor: Int64 = 0
+    /// The newest change-log id the priority lane has looked at; it only looks above it (`publishNewestFirst`).
+    var laneFloor: Int64 = 0
     /// DDL may be waiting to be published (set by every capture refresh, cleared once none is pending).
     var definitionsToPublish = true
     var retryFrom: Int64?
@@ -71,6 +73,8 @@ public final class ReplicationNode {
     var epochKeys: [String: [Int64: [String]]] = [:]
     /// Apply statements per table shape; cleared whenever capture is re-installed (the schema may have moved).
     var applySQLCache: [ApplySQLKey: ApplySQL] = [:]
+    /// Tables with a unique index besides the key (hints skip them), read once per schema version.
+    var uniqueIndexTables: [String: Bool] = [:]
     /// Column positions of each existing change-log table's `SELECT *`, per table name; cleared with the caches above.
     var changeLogLayouts: [String: ChangeLogLayout] = [:]
 
@@ -265,6 +269,7 @@ public final class ReplicationNode {
         preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered
         epochKeys.removeAll()
         applySQLCache.removeAll()
+        uniqueIndexTables.removeAll()
         changeLogLayouts.removeAll()
         tableAliases = try ChangeCapture.tableAliases(db)
         tableStates = config.replicateDDL ? try SchemaObjects.tableStates(db) : [:]
