@@ -62,23 +62,60 @@ extension LiveNode {
                 continue
             }
             guard !batch.isEmpty else { continue }
-            let done = DispatchSemaphore(value: 0)
-            queue.async { [weak self] in
-                defer { done.signal() }
-                guard let self, self.core != nil, !stop.raised else { return }  // a replaced consumer's batch
-                for m in batch { self.queueOnly.value.delivered[shard, default: [:]][m.streamSequence] = m }
-                let started = ContinuousClock.now
-                self.withCore("applying shard \(shard)") {
-                    try $0.messagesArrived(shard: shard, batch.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
+            // In chunks, each its own transaction: hints (and the node's other work) wait for one chunk at most,
+            // not for a whole batch of bulk messages.
+            let chunks = Self.applyChunks(batch.map(\.payload.count), bytesMax: Self.applyChunkBytesMax)
+            for (index, chunk) in chunks.enumerated() {
+                let messages = Array(batch[chunk])
+                let done = DispatchSemaphore(value: 0)
+                let appliedAll = Mutex(true)
+                queue.async { [weak self] in
+                    defer { done.signal() }
+                    guard let self, self.core != nil, !stop.raised else { return }  // a replaced consumer's batch
+                    self.applyPendingHints()
+                    for m in messages { self.queueOnly.value.delivered[shard, default: [:]][m.streamSequence] = m }
+                    let started = ContinuousClock.now
+                    self.withCore("applying shard \(shard)") {
+                        try $0.messagesArrived(shard: shard, messages.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })
+                    }
+                    self.metrics.applyBatchSeconds.record(ContinuousClock.now - started)
+                    let applied = (self.core?.checkpoint(shard) ?? 0) >= messages.last!.streamSequence
+                    appliedAll.withLock { $0 = applied }
                 }
-                self.metrics.applyBatchSeconds.record(ContinuousClock.now - started)
+                done.wait()
+                if index < chunks.count - 1, !appliedAll.withLock({ $0 }) {
+                    // Held back (a schema, a gap, a failed transaction): the core answered its chunk; the rest is
+                    // asked for again after the same delay the core gives what it holds back.
+                    for m in batch[chunks[index + 1].lowerBound...] { try? m.nak(delayMs: nodeConfig.retryDelayMs) }
+                    break
+                }
             }
-            done.wait()
         }
     }
 }
 
 extension LiveNode {
+    /// Payload bytes applied in one transaction at most (always at least one message): a few hundred small rows,
+    /// some 10-30 ms of work, which is what a hint may have to wait for.
+    static let applyChunkBytesMax = 32 * 1024
+
+    /// Consecutive index ranges of at most `bytesMax` bytes each (a larger message alone).
+    static func applyChunks(_ sizes: [Int], bytesMax: Int) -> [Range<Int>] {
+        var chunks: [Range<Int>] = []
+        var start = 0
+        var bytes = 0
+        for (i, size) in sizes.enumerated() {
+            if i > start && bytes + size > bytesMax {
+                chunks.append(start..<i)
+                start = i
+                bytes = 0
+            }
+            bytes += size
+        }
+        if start < sizes.count { chunks.append(start..<sizes.count) }
+        return chunks
+    }
+
     /// True only when the server answers that the shard's consumer does not exist (not when it cannot be asked).
     func consumerIsGone(shard: Int) -> Bool {
         do {

@@ -26,10 +26,12 @@ extension LiveNode {
             return
         }
         queueOnly.value.inFlight[message.messageID] = token
+        if message.hint { hintOffers.offer(message.messageID, shard: message.shard, payload: message.payload) }
         do {
             try js.publishAsync(subject: "\(Self.subjectPrefix).\(message.shard)", payload: message.payload, messageID: message.messageID)
         } catch {
             queueOnly.value.inFlight[message.messageID] = nil
+            _ = hintOffers.take(message.messageID)
             queueOnly.value.lastPublishError = "\(error)"
             enqueue("answering a publish") { $0.publishFailed(token: token) }
         }

@@ -50,6 +50,10 @@ public final class LiveNode: @unchecked Sendable {
     }
     var jetStream: JetStream?
     var connection: NATSConnection?
+    /// Other nodes' hints (see LiveNode+Hints), and those received but not yet handed to the core.
+    var hintSubscription: CoreSubscription?
+    let pendingHints = PendingHints()
+    let hintOffers = HintOffers()
     var snapshots: SnapshotService?
     /// The core's snapshot port: `snapshots`, or one that answers every request with "disabled".
     var snapshotPort: (any SnapshotStorePort)?
@@ -103,7 +107,9 @@ public final class LiveNode: @unchecked Sendable {
         let connection = try NATSConnection(options)
         self.connection = connection
         serverMaxPayload = connection.maxPayload
+        let offers = hintOffers, origin = config.node.nodeID
         let js = try connection.jetStream(publishAsyncMaxPending: config.node.publishInFlightMax) { [weak self] result in
+            LiveNode.sendHint(result, offers: offers, connection: connection, origin: origin)
             guard let node = self else { return }
             node.queue.async { node.publishResult(result) }
         }
@@ -162,6 +168,7 @@ public final class LiveNode: @unchecked Sendable {
             let nowMs = WallClock.nowMs
             for shard in router.shards { queueOnly.value.progress.lastProgressMs[shard] = nowMs }
         }
+        try subscribeToHints(connection)
         if config.prometheus.enable {
             let server = try MetricsServer(bind: config.prometheus.bind) { [weak self] path in
                 self?.respond(path) ?? MetricsServer.Response(status: 503, body: "stopping\n")
@@ -212,6 +219,7 @@ public final class LiveNode: @unchecked Sendable {
         queueOnly.value.delivered.removeAll()
         queueOnly.value.inFlight.removeAll()
         queueOnly.value.ackedTokens.removeAll()
+        hintOffers.removeAll()
         queue.asyncAfter(deadline: .now() + .milliseconds(Int(delayMs))) { [weak self] in self?.restartCore() }
     }
 
@@ -296,6 +304,7 @@ public final class LiveNode: @unchecked Sendable {
         }
         let subscriptions = queue.sync { Array(queueOnly.value.subscriptions.values) }
         for s in subscriptions { s.close() }
+        hintSubscription?.close()
         connection?.close()
         databaseLock?.release()
         log.info("node \(config.node.nodeID) stopped")

@@ -13,7 +13,7 @@ final class NodeMetrics: Sendable {
     enum Count: Int, CaseIterable {
         case published, publishFailures, appliedWon, appliedLost, appliedEcho, duplicates, parked, schemaPauses, gaps
         case refused, discarded, schemaChanges, schemaChangeFailures, applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
-        case holeRepairs, repairRequests
+        case holeRepairs, repairRequests, hintsApplied
 
         /// Name (after `harmonylite_`), label, help.
         var definition: (name: String, label: (String, String)?, help: String) {
@@ -40,6 +40,7 @@ final class NodeMetrics: Sendable {
             case .coreRestarts: return ("core_restarts_total", nil, "Times the replication core threw and was restarted from its checkpoints.")
             case .holeRepairs: return ("hole_repairs_total", nil, "Times this node skipped a hole in the log no snapshot could fill, and sent all its rows again.")
             case .repairRequests: return ("repair_requests_total", nil, "Other nodes' hole repairs this node answered by sending all its rows again.")
+            case .hintsApplied: return ("hints_applied_total", nil, "Small messages applied ahead of a backlog on their stream (their in-order copies then count as lost).")
             }
         }
     }
@@ -101,6 +102,11 @@ final class NodeMetrics: Sendable {
                 if nowMs > 0 { replicationLagSeconds.record(Double(max(0, nowMs - version.physicalMs)) / 1000) }
             }
         case .duplicate: add(.duplicates)
+        case .hintApplied(_, _, _, let won):
+            add(.hintsApplied)
+            for version in won where version.node != nodeID && nowMs > 0 {
+                replicationLagSeconds.record(Double(max(0, nowMs - version.physicalMs)) / 1000)
+            }
         case .parked: add(.parked)
         case .schemaPaused: add(.schemaPauses)
         case .gap: add(.gaps)

@@ -155,7 +155,7 @@ public struct RuntimeConfig: Sendable, Equatable {
         c.node.tables = TableFilter(include: try root.stringArray("include_tables") ?? [], exclude: try root.stringArray("exclude_tables") ?? [])
 
         if let r = try root.table("replication_log") {
-            try r.rejectUnknownKeys(allowed: ["shards", "max_entries", "replicas", "compress", "hole_repair_after_seconds"])
+            try r.rejectUnknownKeys(allowed: ["shards", "max_entries", "replicas", "compress", "hole_repair_after_seconds", "hints"])
             // 0: a node behind the log's start waits for a snapshot for good.
             let repairAfter = try nonNegative(r, "hole_repair_after_seconds", 600)
             c.node.holeRepairAfterMs = repairAfter == 0 ? nil : Int64(repairAfter) * 1000
@@ -166,6 +166,7 @@ public struct RuntimeConfig: Sendable, Equatable {
             c.maxEntries = Int64(maxEntries)
             c.replicas = try positive(r, "replicas", c.replicas)
             c.node.compress = try r.bool("compress") ?? false
+            c.node.hints = try r.bool("hints") ?? c.node.hints
         }
         if let n = try root.table("nats") {
             try n.rejectUnknownKeys(allowed: [

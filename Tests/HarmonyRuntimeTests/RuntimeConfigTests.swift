@@ -57,6 +57,13 @@ struct RuntimeConfigTests {
         #expect(c.nats.urls.isEmpty)  // embedded nats-server
         #expect(c.node.holeRepairAfterMs == 600_000)
         #expect(c.nats.bindAddress == "127.0.0.1:4222")
+        #expect(c.node.hints)
+    }
+
+    @Test func hintsCanBeSwitchedOff() throws {
+        let c = try RuntimeConfig.parse("db_path = \"app.db\"\n[replication_log]\nhints = false\n")
+        #expect(!c.node.hints)
+        #expect(throws: (any Error).self) { try RuntimeConfig.parse("db_path = \"app.db\"\n[replication_log]\nhints = \"yes\"\n") }
     }
 
     /// `hole_repair_after_seconds = 0` keeps a node behind the log's start waiting for a snapshot for good.

@@ -1,0 +1,33 @@
+import Testing
+@testable import HarmonyRuntime
+
+@Suite("Hints on the wire, and fetched batches cut into apply chunks")
+struct HintWireTests {
+    @Test func aHintSurvivesTheWire() {
+        let hint = LiveNode.Hint(shard: 3, sequence: 0x0102_0304_0506_0708, origin: 42, payload: [9, 8, 7])
+        let back = LiveNode.Hint.decode(subject: "harmonylite.hints.3", hint.encoded(), shards: 1...4)
+        #expect(back == hint)
+    }
+
+    /// Stray or hostile publishes on the hint subjects: never a hint, never a crash.
+    @Test(arguments: [
+        ("harmonylite.hints.3", [UInt8]()),                                        // empty
+        ("harmonylite.hints.3", [UInt8](repeating: 1, count: 16)),                  // header only
+        ("harmonylite.hints.9", [UInt8](repeating: 1, count: 20)),                  // a shard this node does not have
+        ("harmonylite.hints.x", [UInt8](repeating: 1, count: 20)),                  // not a shard number
+        ("harmonylite.hints.-1", [UInt8](repeating: 1, count: 20)),
+        ("harmonylite.hints.3", [UInt8](repeating: 0, count: 8) + [UInt8](repeating: 1, count: 12)),  // sequence 0
+        ("other.subject", [UInt8](repeating: 1, count: 20)),
+    ])
+    func strayBytesAreNoHint(subject: String, bytes: [UInt8]) {
+        #expect(LiveNode.Hint.decode(subject: subject, bytes, shards: 1...4) == nil)
+    }
+
+    @Test func chunksStayUnderTheLimitAndKeepOrder() {
+        #expect(LiveNode.applyChunks([], bytesMax: 100) == [])
+        #expect(LiveNode.applyChunks([10, 20, 30], bytesMax: 100) == [0..<3])
+        #expect(LiveNode.applyChunks([60, 50, 40, 10, 200, 1], bytesMax: 100) == [0..<1, 1..<4, 4..<5, 5..<6])
+        // A message larger than the limit goes alone.
+        #expect(LiveNode.applyChunks([500], bytesMax: 100) == [0..<1])
+    }
+}
