@@ -60,6 +60,8 @@ public struct Scenario: Sendable, Equatable {
     public var cleanupIntervalMs: Int64 = 5_000
     /// Changes per published message (1: every change its own message, the path message ids matter most on).
     public var publishBatchMax = 128
+    /// `replication_log.hints`: small messages also offered to the other nodes ahead of their turn.
+    public var hints = true
     /// Change-log entries read per scan page, and changes in flight at once (small values make backlogs, which
     /// the publisher's priority lane then works on).
     public var scanMaxChanges = 512

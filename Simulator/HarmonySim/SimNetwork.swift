@@ -38,6 +38,23 @@ extension Simulation {
         push(.ackArrives(node: node, shard: shard, sequence: sequence, nakDelayMs: nakDelayMs), at: nowMs + networkDelay())
     }
 
+    /// The publisher heard the log store its message (at `atMs`) and offers it to every other node over plain NATS:
+    /// each copy may be lost, duplicated or late, and reaches only a node connected when it arrives.
+    func sendHint(from node: Int, shard: Int, _ message: IncomingMessage, atMs: Int64) {
+        func delay() -> Int64 {
+            if let costs = scenario.costs { return Self.ms(costs.publishRttUs / 2) }
+            return hintRandom.int(scenario.delayMsMin...max(scenario.delayMsMin, scenario.delayMsMax))
+        }
+        for other in nodes where other.id != node {
+            if hintRandom.chance(permille: scenario.lostAckPermille) { continue }
+            let arrival = atMs + delay() + delay()
+            push(.hintArrives(node: other.id, shard: shard, message: message, incarnation: other.incarnation), at: arrival)
+            if hintRandom.chance(permille: scenario.duplicatePermille) {
+                push(.hintArrives(node: other.id, shard: shard, message: message, incarnation: other.incarnation), at: arrival + delay())
+            }
+        }
+    }
+
     func pumpAll(shard: Int, fromMs: Int64? = nil) {
         for node in nodes where node.sidecarUp { push(.pump(node: node.id, shard: shard), at: (fromMs ?? nowMs) + networkDelay()) }
     }

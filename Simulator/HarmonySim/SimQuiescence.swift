@@ -19,6 +19,12 @@ extension Simulation {
             } else {
                 conflictsResolved += 1
             }
+        case .hintApplied(_, _, _, let won):
+            let n = nodes[node - 1]
+            for version in won {
+                recordApplied(node: node, version)
+                n.maxAppliedHLC = max(n.maxAppliedHLC, version.hlc)
+            }
         case .restored(let sequences, _, _):
             // A restore applies every version the snapshot holds: later local writes must be newer (causality).
             let n = nodes[node - 1]

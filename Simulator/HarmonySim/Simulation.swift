@@ -23,6 +23,8 @@ enum SimEvent {
     case acksFlush(node: Int, incarnation: Int)
     case pump(node: Int, shard: Int)
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
+    /// Another node's message, stored at `sequence`, offered ahead of its turn over plain NATS (best effort).
+    case hintArrives(node: Int, shard: Int, message: IncomingMessage, incarnation: Int)
     case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
     case workload(node: Int)
     /// One step of the schema workload (see `Scenario.ddlIntervalMs`).
@@ -65,6 +67,9 @@ public final class Simulation {
     var netRandom: SimRandom
     var workRandom: SimRandom
     var ddlRandom: SimRandom
+    /// Hints draw their losses, delays and tie-breaks from their own stream: a run where no hint applies keeps the
+    /// fault schedule it had without hints.
+    var hintRandom: SimRandom
     /// Names the schema workload has used (columns, indexes, views), so each new one is new.
     var ddlCounter = 0
     private var crashRandom: SimRandom
@@ -124,6 +129,7 @@ public final class Simulation {
         crashRandom = root.fork("crash-points")
         interleaveRandom = root.fork("interleave")
         ddlRandom = root.fork("schema-workload")
+        hintRandom = root.fork("hints")
         var bugs: PlantedBugs = []
         for name in scenario.plantedBugs {
             guard let bug = PlantedBugs.all.first(where: { $0.name == name })?.bug else {
@@ -185,7 +191,11 @@ public final class Simulation {
     }
 
     func push(_ event: SimEvent, at timeMs: Int64) {
-        queue.push(event, at: max(timeMs, nowMs), tieBreak: tieRandom.next())
+        if case .hintArrives = event {
+            queue.push(event, at: max(timeMs, nowMs), tieBreak: hintRandom.next())
+        } else {
+            queue.push(event, at: max(timeMs, nowMs), tieBreak: tieRandom.next())
+        }
     }
 
     func trace(_ line: @autoclosure () -> String) {
@@ -255,6 +265,7 @@ public final class Simulation {
         config.messageBytesMax = scenario.maxPayloadBytes
         config.rowBytesMax = scenario.maxRowBytes
         config.replicateDDL = scenario.replicateDDL
+        config.hints = scenario.hints
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
@@ -378,7 +389,9 @@ public final class Simulation {
             }
             let n = nodes[id - 1]
             if n.canReceive && !netRandom.chance(permille: scenario.lostAckPermille) {
-                push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: storedMs + networkDelay())
+                let ackedMs = storedMs + networkDelay()
+                push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: ackedMs)
+                if let seq, message.hint { sendHint(from: id, shard: message.shard, IncomingMessage(sequence: seq, payload: message.payload), atMs: ackedMs) }
             } else {
                 push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
             }
@@ -448,6 +461,17 @@ public final class Simulation {
             chargeApply(node: id, messages)
             deliveryOutstanding.remove([id, shard])
             if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+
+        case .hintArrives(let id, let shard, let message, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation, node.canReceive else { return }
+            if let free = sidecarFreeAtMs(id), free > nowMs {
+                push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation), at: free)
+                return
+            }
+            trace("node \(id) hint shard \(shard) seq \(message.sequence)")
+            callCore(node) { try $0.hintArrived(shard: shard, sequence: message.sequence, payload: message.payload) }
+            chargeApply(node: id, [message])
 
         case .ackArrives(let id, let shard, let sequence, let nakDelayMs):
             guard serverUp else { return }

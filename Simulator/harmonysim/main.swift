@@ -232,6 +232,7 @@ struct PlantedBugsCommand: ParsableCommand {
 
     /// The scenario that exposes each bug.
     static let targets: [(bug: String, scenario: String)] = [
+        ("hint-ignores-version", "swarm.toml"),
         ("apply-in-arrival-order", "partition.toml"),
         ("skip-own-messages", "late-joiner.toml"),
         ("mark-published-before-ack", "partition.toml"),
