@@ -11,8 +11,9 @@ final class BenchCluster {
     var processes: [ChildProcess] = []
     let nodes: Int
 
-    /// `schema` runs on every database first; `extra(i)` is appended to node i's config.toml.
-    init(nodes: Int, shards: Int, schema: String, binary: String, extra: (Int) -> String = { _ in "" }) throws {
+    /// `schema` runs on every database first; `extra(i)` is appended to node i's config.toml; `hints`: the
+    /// `replication_log.hints` setting of every node.
+    init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, extra: (Int) -> String = { _ in "" }) throws {
         self.nodes = nodes
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -27,6 +28,7 @@ final class BenchCluster {
                 [replication_log]
                 shards = \(shards)
                 max_entries = 0
+                hints = \(hints)
                 [nats]
                 urls = ["nats://127.0.0.1:\(port)"]
                 \(extra(i))

@@ -273,17 +273,22 @@ struct Calibrate: ParsableCommand {
                        batchesPerRow: Double(batches.reduce(0, +)) / Double(batches.count) / Double(liveRows))
     }
 
-    /// Transactions a live node applied delivered batches in, from its Prometheus endpoint (read with curl).
+    /// Transactions a live node applied delivered batches in, from its Prometheus endpoint.
     static func appliedBatches(directory: String, port: Int) throws -> Int {
+        Int(try metric("harmonylite_apply_batch_seconds_count", directory: directory, port: port))
+    }
+
+    /// One unlabelled sample of a live node's Prometheus endpoint (read with curl).
+    static func metric(_ name: String, directory: String, port: Int) throws -> Double {
         let out = "\(directory)/metrics-\(port).txt"
         let curl = try ChildProcess.spawn("/usr/bin/env", ["curl", "-sf", "http://127.0.0.1:\(port)/metrics"],
                                           environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: out, stderr: nil)
         guard curl.wait(timeoutSeconds: 10) == 0, let text = try? String(contentsOfFile: out, encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("harmonylite_apply_batch_seconds_count") }),
-              let count = Int(line.split(separator: " ").last ?? "") else {
-            throw ValidationError("cannot read harmonylite_apply_batch_seconds_count from the node's metrics on port \(port)")
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name + " ") }),
+              let value = Double(line.split(separator: " ").last ?? "") else {
+            throw ValidationError("cannot read \(name) from the node's metrics on port \(port)")
         }
-        return count
+        return value
     }
 
     static func natsPID(_ server: EmbeddedNATSServer) -> pid_t? {

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
+import HarmonyCodec
 import HarmonyCore
+import HarmonyNATS
 import HarmonyRuntime
 import HarmonySQLite
 import Synchronization
@@ -17,11 +19,14 @@ struct LiveBench: ParsableCommand {
     @Option(help: "Shards.") var shards = 4
     @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+    @Flag(name: .customLong("no-hints"), help: "Run the nodes with replication_log.hints = false (the baseline for hints).") var noHints = false
 
     func run() throws {
+        let metricsPort = EmbeddedNATSServer.freePort()
         let cluster = try BenchCluster(nodes: 3, shards: shards,
                                        schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
-                                       binary: binary)
+                                       binary: binary, hints: !noHints,
+                                       extra: { $0 == 2 ? "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"" : "" })
         defer { cluster.stop() }
         let dir = cluster.directory
         let dbs = try (1...3).map { try SQLiteOpener().open(path: cluster.dbPath($0)) }
@@ -71,7 +76,9 @@ struct LiveBench: ParsableCommand {
         loader.start()
         watcher.start()
         // Probes only while the bulk load is still replicating: that is what "under load" means.
-        var loaded = try latencies(dbs, count: samples, nextID: &nextID, stopWhen: {
+        let watch = try LogWatch(natsPort: cluster.nats.port, firstProbe: nextID)
+        defer { watch.close() }
+        var loaded = try latenciesUnderLoad(dbs, count: samples, nextID: &nextID, watch: watch, stopWhen: {
             !nodeDone.withLock { $0.contains(nil) } || Date().timeIntervalSince(start) > 300
         })
         try waitFor(seconds: 300, "every node to have the bulk rows") { !nodeDone.withLock { $0.contains(nil) } }
@@ -88,20 +95,26 @@ struct LiveBench: ParsableCommand {
         print(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
         print("messages per bulk row: \(messagesPerRow) (\(bulkMessages) messages)")
         print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
+        let toLog = watch.delays(\.onLog), toHint = watch.delays(\.hinted)
+        print("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
+        let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: metricsPort))
+        print("hints applied on node 2: \(hintsApplied)\(noHints ? " (hints off)" : "")")
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
         let rss = cluster.peakRSSMegabytes()
         print("peak RSS per node: \(rssText(rss))")
         let text = """
             # Live replication: throughput and visibility delay
 
-            Command: `swift build -c release && .build/release/harmonybench live --rows \(rows) --batch \(batch) --shards \(shards)`
+            Command: `swift build -c release && .build/release/harmonybench live --rows \(rows) --batch \(batch) --shards \(shards) --samples \(samples)\(noHints ? " --no-hints" : "")`
             Setup: one nats-server (JetStream, file store) and 3 harmonylite processes on this machine (\(machine)), \(shards) shards.
             Bulk: \(rows) rows inserted on node 1 in \(batch)-row transactions; timed until all 3 nodes have every row.
-            Latency: a single-row commit on node 1 until a reader on node 2 sees it (polling every 0.2 ms), up to \(samples) samples;
-            under load, probes are taken only until every node has the bulk rows.
+            Latency: a single-row commit on node 1 until a reader on node 2 sees it, up to \(samples) samples. At idle one probe
+            at a time (polling every 0.2 ms); under load one every 20 ms without waiting for the last (node 2 looked at every
+            1 ms), only until every node has the bulk rows. Hints \(noHints ? "off" : "on"): \(hintsApplied) applied on node 2.
             The application committed all bulk rows (with capture triggers) after \(String(format: "%.2f", loaderDone.withLock { $0 } ?? .nan)) s;
-            the nodes had them all after \(done.map { String(format: "%.2f", $0) }.joined(separator: ", ")) s. Publishing is first in,
-            first out, so a probe committed behind that backlog waits for it: that wait is the latency under load.
+            the nodes had them all after \(done.map { String(format: "%.2f", $0) }.joined(separator: ", ")) s. A probe goes out through the
+            sender's priority lane ahead of its backlog and, as a hint, skips the receiver's; a plain NATS subscriber notes
+            when each probe was stored on the log, which splits its delay between sender and receiver.
 
             | figure | value | target |
             |---|---|---|
@@ -109,7 +122,9 @@ struct LiveBench: ParsableCommand {
             | latency at idle, p50 | \(msText(percentile(idle, 50))) ms | < 10 ms |
             | latency at idle, p99 | \(msText(percentile(idle, 99))) ms | < 50 ms |
             | latency under load, p50 | \(msText(percentile(loaded, 50))) ms | |
-            | latency under load, p99 | \(msText(percentile(loaded, 99))) ms | |
+            | latency under load, p99 | \(msText(percentile(loaded, 99))) ms | < 100 ms |
+            | latency under load, samples | \(loaded.count) | |
+            | commit to stored on the log under load, p50 / p99 | \(msText(percentile(toLog, 50))) / \(msText(percentile(toLog, 99))) ms | |
             | peak RSS per node (VmHWM) | \(rssText(rss)) | ≤ 64 MiB at 1M rows |
             | log messages per bulk row | \(messagesPerRow) | |
 
@@ -120,7 +135,9 @@ struct LiveBench: ParsableCommand {
             try """
                 {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
-                 "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99)))},
+                 "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99))), "samples": \(loaded.count)},
+                 "hints": \(!noHints), "hints_applied": \(hintsApplied),
+                 "stored_ms": {"p50": \(msText(percentile(toLog, 50))), "p99": \(msText(percentile(toLog, 99)))},
                  "messages_per_row": \(messagesPerRow), "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
@@ -129,6 +146,46 @@ struct LiveBench: ParsableCommand {
     /// Messages the log has delivered to this node on all its streams (its checkpoints are stream sequences).
     func loggedMessages(_ db: Database) throws -> Int {
         Int(try db.scalar("SELECT coalesce(sum(seq), 0) FROM \(Bookkeeping.checkpointTable)")?.int64 ?? 0)
+    }
+
+    /// A single-row commit on node 1 every `intervalMs` (without waiting for the previous one to show up), each
+    /// timed until a reader on node 2 sees it: a probe stuck behind a backlog does not hold back the next ones, so
+    /// the samples cover the whole load. Stops committing when `stopWhen` says so, then waits up to 30 s for the rest.
+    func latenciesUnderLoad(_ dbs: [Database], count: Int, intervalMs: Double = 20, nextID: inout Int64, watch: LogWatch,
+                            stopWhen: () -> Bool) throws -> [Double] {
+        var committedAt: [Int64: UInt64] = [:]
+        var seen: Set<Int64> = []
+        var out: [Double] = []
+        let reader = try dbs[1].prepare("SELECT id FROM bench WHERE id >= ? AND id < ?")
+        let first = nextID
+        var nextCommit: UInt64 = 0
+        var lastLook: UInt64 = 0
+        var giveUpAt = UInt64.max
+        while true {
+            let now = DispatchTime.now().uptimeNanoseconds
+            let committing = committedAt.count < count && !stopWhen()
+            if !committing {
+                if seen.count == committedAt.count || now > giveUpAt { break }
+                giveUpAt = min(giveUpAt, now + 30_000_000_000)
+            } else if now >= nextCommit {
+                try dbs[0].execute("INSERT INTO bench (id, name, at) VALUES (?, 'probe', 0)", [.integer(nextID)])
+                committedAt[nextID] = DispatchTime.now().uptimeNanoseconds
+                watch.committed(nextID, atNs: committedAt[nextID]!)
+                nextID += 1
+                nextCommit = now + UInt64(intervalMs * 1e6)
+            }
+            // Look on node 2 every millisecond for probes not seen yet (a hint can show them out of order).
+            if now - lastLook >= 1_000_000 {
+                lastLook = now
+                let lookedAt = DispatchTime.now().uptimeNanoseconds
+                for row in try reader.query([.integer(first), .integer(nextID)]) {
+                    guard let id = row[0].int64, let t0 = committedAt[id], seen.insert(id).inserted else { continue }
+                    out.append(Double(lookedAt - t0) / 1e6)
+                }
+            }
+            usleep(200)
+        }
+        return out
     }
 
     /// Commit one row on node 1, time until node 2 can read it.
@@ -160,3 +217,54 @@ func percentile(_ xs: [Double], _ p: Double) -> Double {
 }
 
 func msText(_ x: Double) -> String { String(format: "%.1f", x) }
+
+/// Where a probe's time goes: a plain NATS subscriber on the change subjects (JetStream's stored messages pass
+/// through them) and on the hint subjects notes when each probe row first went by, next to its commit time.
+final class LogWatch: Sendable {
+    struct Probe: Sendable {
+        var committed: UInt64 = 0
+        var onLog: UInt64 = 0
+        var hinted: UInt64 = 0
+    }
+    /// A class, so the subscription handlers can hold it before `self` is whole.
+    final class Probes: Sendable { let all = Mutex<[Int64: Probe]>([:]) }
+    private let probes = Probes()
+    private let connection: NATSConnection
+    private let subscriptions: [CoreSubscription]
+
+    init(natsPort: Int, firstProbe: Int64) throws {
+        let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(natsPort)"], name: "harmonybench-watch"))
+        self.connection = connection
+        let probes = self.probes
+        func watch(_ subject: String, hinted: Bool, skip: Int) throws -> CoreSubscription {
+            try connection.subscribe(subject: subject) { message in
+                let now = DispatchTime.now().uptimeNanoseconds
+                guard message.payload.count > skip, message.payload.count < 64 * 1024 else { return }  // probes travel alone or in small batches
+                let payload = Array(message.payload.dropFirst(skip))
+                guard !EnvelopeCodec.isPart(payload), let records = try? EnvelopeCodec.decodeAll(payload) else { return }
+                for r in records where r.table == "bench" {
+                    guard let id = r.primaryKey.first?.value.int64, id >= firstProbe else { continue }
+                    probes.all.withLock {
+                        if hinted { if $0[id, default: Probe()].hinted == 0 { $0[id, default: Probe()].hinted = now } }
+                        else if $0[id, default: Probe()].onLog == 0 { $0[id, default: Probe()].onLog = now }
+                    }
+                }
+            }
+        }
+        subscriptions = [try watch(LiveNode.subjectPrefix + ".*", hinted: false, skip: 0), try watch(LiveNode.hintSubjectPrefix + ".*", hinted: true, skip: 16)]
+    }
+
+    func committed(_ id: Int64, atNs: UInt64) { probes.all.withLock { $0[id, default: Probe()].committed = atNs } }
+
+    /// Commit to `stamp`, in ms, for the probes that got one.
+    func delays(_ stamp: KeyPath<Probe, UInt64>) -> [Double] {
+        probes.all.withLock { all in
+            all.values.compactMap { p in p.committed > 0 && p[keyPath: stamp] >= p.committed ? Double(p[keyPath: stamp] - p.committed) / 1e6 : nil }
+        }
+    }
+
+    func close() {
+        for s in subscriptions { s.close() }
+        connection.close()
+    }
+}

@@ -44,14 +44,21 @@ struct HintTests {
     /// One message per change, so a few hundred inserts are a backlog of as many messages.
     static func oneChangePerMessage(_ c: inout NodeConfig) { c.publishBatchMax = 1 }
 
+    /// Two nodes; node 1's `rows` inserts (ids 1...rows, name 'bulk') are on the log, one message each, and node 2
+    /// has applied none of them.
+    static func backlog(_ rows: Int, schema: String = usersSchema) throws -> TestCluster {
+        let c = try TestCluster(nodes: 2, schema: schema, configure: oneChangePerMessage)
+        try c.apps[0].transaction {
+            for k in 1...rows { try c.apps[0].execute("INSERT INTO users (id, name, score) VALUES (?, ?, 0)", [.integer(Int64(k)), .text("bulk\(k)")]) }
+        }
+        _ = try c.publishKeepingHints(0)
+        return c
+    }
+
     /// Node 2 has not applied any of node 1's 200 inserts when node 1 updates one of them: the update's hint makes it
     /// visible at once, the backlog applied afterwards does not undo it, and the checkpoint moved only in order.
     @Test func aSmallCommitBehindABacklogIsVisibleAtOnceAndStays() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema, configure: Self.oneChangePerMessage)
-        try c.apps[0].transaction {
-            for k in 1...200 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'bulk', 0)", [.integer(Int64(k))]) }
-        }
-        _ = try c.publishKeepingHints(0)
+        let c = try Self.backlog(200)
         try c.apps[0].execute("UPDATE users SET name = 'probe' WHERE id = 7")
         let hints = try c.publishKeepingHints(0)
         #expect(hints.count == 1)
@@ -67,11 +74,7 @@ struct HintTests {
 
     /// A delete ahead of its turn leaves a tombstone: the row's older insert, still in the backlog, does not bring it back.
     @Test func aHintedDeleteIsNotUndoneByTheBacklog() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema, configure: Self.oneChangePerMessage)
-        try c.apps[0].transaction {
-            for k in 1...20 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'bulk', 0)", [.integer(Int64(k))]) }
-        }
-        _ = try c.publishKeepingHints(0)
+        let c = try Self.backlog(20)
         try c.apps[0].execute("DELETE FROM users WHERE id = 3")
         for h in try c.publishKeepingHints(0) { try c.nodes[1].hintArrived(shard: h.shard, sequence: h.sequence, payload: h.payload) }
         #expect(c.hintsApplied(1).count == 1)
@@ -82,11 +85,7 @@ struct HintTests {
 
     /// A hint older than what the receiver already has (its own later write) loses, as its in-order copy would.
     @Test func anOlderHintLosesToANewerRow() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema, configure: Self.oneChangePerMessage)
-        try c.apps[0].transaction {
-            for k in 1...20 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'bulk', 0)", [.integer(Int64(k))]) }
-        }
-        _ = try c.publishKeepingHints(0)
+        let c = try Self.backlog(20)
         try c.apps[0].execute("INSERT INTO users VALUES (100, 'from node 1', 0)")
         let hints = try c.publishKeepingHints(0)
         // Node 2's later write has the greater version: its clock is a minute ahead of node 1's write.
@@ -116,12 +115,7 @@ struct HintTests {
 
     /// Which of two rows wins a unique index besides the key depends on apply order: such a table's hints wait.
     @Test func aTableWithAnotherUniqueIndexTakesNoHints() throws {
-        let schema = "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT UNIQUE, score REAL);"
-        let c = try TestCluster(nodes: 2, schema: schema, configure: Self.oneChangePerMessage)
-        try c.apps[0].transaction {
-            for k in 1...20 { try c.apps[0].execute("INSERT INTO users VALUES (?, ?, 0)", [.integer(Int64(k)), .text("n\(k)")]) }
-        }
-        _ = try c.publishKeepingHints(0)
+        let c = try Self.backlog(20, schema: "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT UNIQUE, score REAL);")
         try c.apps[0].execute("UPDATE users SET score = 9 WHERE id = 1")
         for h in try c.publishKeepingHints(0) { try c.nodes[1].hintArrived(shard: h.shard, sequence: h.sequence, payload: h.payload) }
         #expect(c.hintsApplied(1).isEmpty)
