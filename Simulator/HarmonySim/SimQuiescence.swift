@@ -33,6 +33,11 @@ extension Simulation {
             if let app = n.app, let restoredMax = try? app.scalar("SELECT max(hlc) FROM \(quoteIdentifier(Bookkeeping.versionTable("kv")))")?.int64 {
                 n.maxAppliedHLC = max(n.maxAppliedHLC, restoredMax)
             }
+        case .schemaChangeFailed(let shard, let sequence, let object, let error)
+            where ["database or disk is full", "disk I/O error", "database is locked"].contains(where: error.contains):
+            // A disk that failed is not SQLite refusing the DDL: the apply is retried, and operators are never told to
+            // fix by hand an object that only met a bad disk (even if a later schema change happens to mend it).
+            violations.append("node \(node) reported another node's DDL for \(object) (shard \(shard) seq \(sequence)) as refused by SQLite, but the disk failed: \(error)")
         case .parked(let shard, let sequence, let reason):
             violations.append("node \(node) parked shard \(shard) seq \(sequence): \(reason)")
         default:

@@ -34,6 +34,31 @@ func expectNodesAgree(_ c: TestCluster, on sql: String, unless bug: PlantedBugs,
 struct DDLTests {
     static let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT);"
 
+    /// A disk that fills up in the middle of another node's CREATE INDEX is not SQLite refusing the index: the apply
+    /// fails whole and is retried, nothing is reported as diverged, and the index is made once the disk has room.
+    @Test(arguments: [PlantedBugs(), .ddlStorageFailureIsRefusal])
+    func aFullDiskDuringAnotherNodesDDLIsRetriedNotRefused(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].transaction {
+            for k in 1...3_000 { try c.apps[0].execute("INSERT INTO kv VALUES (?, ?)", [.integer(Int64(k)), .text(String(repeating: "v\(k)", count: 8))]) }
+        }
+        try c.settle()
+        let db = try #require(c.nodes[1].database)
+        let pages = try #require(try db.scalar("PRAGMA page_count")?.int64)
+        try db.execute("PRAGMA max_page_count = \(pages + 2)")  // the index needs far more
+        try c.apps[0].execute("CREATE INDEX kv_by_v ON kv (v)")
+        try c.publish(0)
+        try c.deliver(1)
+        let refused = c.events[1].events.contains { if case .schemaChangeFailed = $0 { return true } else { return false } }
+        #expect(refused == !bug.isEmpty, "a full disk reported as SQLite refusing the DDL")
+        let retried = c.events[1].events.contains { if case .applyBatchFailed = $0 { return true } else { return false } }
+        #expect(retried == bug.isEmpty, "the apply failed on the full disk and is asked for again")
+        try db.execute("PRAGMA max_page_count = 1073741823")
+        try c.deliver(1)
+        let indexed = try c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 'kv_by_v'") == [[1]]
+        #expect(indexed == bug.isEmpty, "the index is on node 2 once the disk has room")
+    }
+
     @Test func createTableOfEveryKindReachesTheOtherNodesWithItsRows() throws {
         let c = try TestCluster(nodes: 3, schema: Self.schema) { $0.shards = 2 }
         try c.apps[0].execute("""
