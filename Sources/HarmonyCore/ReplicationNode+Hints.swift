@@ -25,7 +25,7 @@ extension ReplicationNode {
         guard let records = try? EnvelopeCodec.decodeAll(payload, decompressedLimit: messageBytesAccepted), !records.isEmpty else { return }
         var changes: [ResolvedChange] = []
         for record in records {
-            guard let change = try hintedChange(db, record) else { return }
+            guard let change = hintedChange(db, record) else { return }
             changes.append(change)
         }
         var won: [RowVersion] = []
@@ -43,16 +43,16 @@ extension ReplicationNode {
     }
 
     /// The change a hinted record makes, or nil when only its in-order copy may apply it (see `hintArrived`).
-    func hintedChange(_ db: Database, _ record: ChangeRecord) throws -> ResolvedChange? {
+    func hintedChange(_ db: Database, _ record: ChangeRecord) -> ResolvedChange? {
         guard !record.table.hasPrefix(Bookkeeping.prefix), let table = captured[record.table], tableAliases[record.table] == nil,
               !droppedTables.contains(record.table), record.schemaHash == table.schema.hash,
               standing(of: record, in: record.table) == .current,
-              try !hasUniqueIndexBesidesKey(db, record.table)
+              (try? hasUniqueIndexBesidesKey(db, record.table)) == false  // unreadable: the in-order copy decides
         else { return nil }
         return try? resolveExactShape(record, against: table.schema)
     }
 
-    /// Last-writer-wins in its own savepoint, as the in-order path does.
+    /// Last-writer-wins, as the in-order path applies a change (a failure rolls back the whole hint).
     func applyHinted(_ db: Database, _ change: ResolvedChange) throws -> Bool {
         if config.plantedBugs.contains(.hintIgnoresVersion) {
             try db.execute(applySQL(change).write, change.operation == .delete ? change.key : change.row.map(\.value))
