@@ -20,6 +20,7 @@ extension Simulation {
                 conflictsResolved += 1
             }
         case .hintApplied(_, _, _, let won):
+            hintsApplied += 1
             let n = nodes[node - 1]
             for version in won {
                 recordApplied(node: node, version)
