@@ -6,6 +6,10 @@ public enum Bookkeeping {
     /// One row: the hybrid-logical clock, this node's id, and the flag that silences capture while the sidecar applies.
     public static let clockTable = "__harmonylite___clock"
     public static let globalLog = "__harmonylite___change_log_global"
+    /// What the capture triggers write: table, kind, epoch and key of each local change, in commit order. The sidecar
+    /// stamps versions on these and moves them into the change logs (`ChangeCapture.stampCaptured`), so an application
+    /// write costs one insert of bookkeeping, not four.
+    public static let captureQueue = "__harmonylite___capture_queue"
     /// Per-stream sequence checkpoints, advanced in the same transaction as the apply.
     public static let checkpointTable = "__harmonylite___checkpoint"
     /// Every schema epoch of every captured table: its hash, columns and key, so old change-log rows publish with the shape they were written in.

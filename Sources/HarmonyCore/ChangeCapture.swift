@@ -67,6 +67,14 @@ public enum ChangeCapture {
                 table_name TEXT NOT NULL,
                 state INTEGER NOT NULL DEFAULT 0
             );
+            CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.captureQueue)) (
+                id INTEGER PRIMARY KEY,
+                table_name TEXT NOT NULL,
+                type TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                ms INTEGER NOT NULL,
+                k1
+            );
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.checkpointTable)) (
                 stream TEXT PRIMARY KEY,
                 seq INTEGER NOT NULL
@@ -128,13 +136,17 @@ public enum ChangeCapture {
     @discardableResult
     public static func install(_ db: Database, nodeID: Int64, filter: TableFilter, refuseKeyless: Bool = true,
                                replicateDDL: Bool = false, findRecreated: Bool = true, plantedBugs: PlantedBugs = [],
-                               skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
+                               collectStampedVersions: Bool = false, skippedKeyless: ((Set<String>) -> Void)? = nil,
+                               stamped: ((StampedChanges) -> Void)? = nil) throws -> [String: CapturedTable] {
         let body = { () throws -> [String: CapturedTable] in
             // Renaming bookkeeping tables and columns must not re-check the user's views and triggers: one view that
             // names a missing table would otherwise make every rename fail (see `ReplicationNode.execute`).
             try db.execute("PRAGMA legacy_alter_table = ON")
             defer { try? db.execute("PRAGMA legacy_alter_table = OFF") }
             try installBookkeeping(db, nodeID: nodeID)
+            // Writes captured under the triggers being replaced get their versions first, with the keys and change
+            // logs they were written for (a rename or a new epoch below must not meet them unstamped).
+            if let done = try stampCaptured(db, collectVersions: collectStampedVersions) { stamped?(done) }
             let (schemas, keyless) = try SchemaReader.admittedSchemas(db, filter: filter)
             if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
             if !keyless.isEmpty { skippedKeyless?(Set(keyless)) }
@@ -282,6 +294,7 @@ public enum ChangeCapture {
                             encodeNames(schema.columns), encodeNames(schema.primaryKey)])
         }
         try ensureChangeLog(db, schema)
+        try ensureQueueKeys(db, count: schema.primaryKey.count)
         let versionsRebuilt = try ensureVersionTable(db, schema)
         try createTriggers(db, schema, epoch: epoch, plantedBugs: plantedBugs)
         // Rows written while no trigger was there to see them: before the first install, after a -cleanup, or
@@ -482,21 +495,15 @@ public enum ChangeCapture {
         }
     }
 
-    /// The statements one captured change runs: bump the clock, log the key, link it globally, stamp its version.
-    static func captureBody(_ schema: TableSchema, epoch: Int64, type: String, source: String, deleted: Bool) -> String {
-        let clock = q(Bookkeeping.clockTable)
-        let valNames = schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()
-        let valValues = schema.primaryKey.map { ", \(source).\(q($0))" }.joined()
-        let keyNames = schema.primaryKey.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")
-        let keyValues = schema.primaryKey.map { "\(source).\(q($0))" }.joined(separator: ", ")
+    /// The one statement a captured change runs: queue its table, kind, epoch, key and wall-clock time. Versions, the
+    /// change log and the global order are the sidecar's work (`stampCaptured`), done in bulk and off the
+    /// application's commit path.
+    static func captureBody(_ schema: TableSchema, epoch: Int64, type: String, source: String) -> String {
+        let keyNames = (1...schema.primaryKey.count).map { ", k\($0)" }.joined()
+        let keyValues = schema.primaryKey.map { ", \(source).\(q($0))" }.joined()
         return """
-              UPDATE \(clock) SET hlc = max(hlc + 1, \(nowMsSQL) << \(RowVersion.logicalBits));
-              INSERT INTO \(q(Bookkeeping.changeLog(schema.name))) (type, hlc, node, epoch\(valNames))
-                SELECT '\(type)', hlc, node_id, \(epoch)\(valValues) FROM \(clock);
-              INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (last_insert_rowid(), \(quoteLiteral(schema.name)));
-              INSERT INTO \(q(Bookkeeping.versionTable(schema.name))) (\(keyNames), hlc, node, deleted)
-                SELECT \(keyValues), hlc, node_id, \(deleted ? 1 : 0) FROM \(clock) WHERE true
-                ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted;
+              INSERT INTO \(q(Bookkeeping.captureQueue)) (table_name, type, epoch, ms\(keyNames))
+                VALUES (\(quoteLiteral(schema.name)), '\(type)', \(epoch), \(nowMsSQL)\(keyValues));
             """
     }
 
@@ -511,14 +518,14 @@ public enum ChangeCapture {
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "insert"))) AFTER INSERT ON \(t)
             WHEN \(notApplying)
             BEGIN
-            \(captureBody(schema, epoch: epoch, type: "insert", source: "NEW", deleted: false))
+            \(captureBody(schema, epoch: epoch, type: "insert", source: "NEW"))
             END
             """)
         try db.execute("""
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "update"))) AFTER UPDATE ON \(t)
             WHEN \(notApplying) AND (\(sameKey))
             BEGIN
-            \(captureBody(schema, epoch: epoch, type: "update", source: "NEW", deleted: false))
+            \(captureBody(schema, epoch: epoch, type: "update", source: "NEW"))
             END
             """)
         // A primary-key change is a delete of the old key followed by a write of the new one.
@@ -526,15 +533,15 @@ public enum ChangeCapture {
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "update_key"))) AFTER UPDATE ON \(t)
             WHEN \(notApplying) AND NOT (\(sameKey))
             BEGIN
-            \(plantedBugs.contains(.keyChangeWithoutDelete) ? "" : captureBody(schema, epoch: epoch, type: "delete", source: "OLD", deleted: true))
-            \(captureBody(schema, epoch: epoch, type: "update", source: "NEW", deleted: false))
+            \(plantedBugs.contains(.keyChangeWithoutDelete) ? "" : captureBody(schema, epoch: epoch, type: "delete", source: "OLD"))
+            \(captureBody(schema, epoch: epoch, type: "update", source: "NEW"))
             END
             """)
         try db.execute("""
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "delete"))) AFTER DELETE ON \(t)
             WHEN \(notApplying)
             BEGIN
-            \(captureBody(schema, epoch: epoch, type: "delete", source: "OLD", deleted: true))
+            \(captureBody(schema, epoch: epoch, type: "delete", source: "OLD"))
             END
             """)
     }
@@ -542,7 +549,8 @@ public enum ChangeCapture {
     /// Local changes captured but not yet acknowledged by the log; nil when capture was never installed.
     public static func unpublishedChanges(_ db: Database) throws -> Int64? {
         guard try db.tableExists(Bookkeeping.globalLog) else { return nil }
-        return try db.scalar("SELECT count(*) FROM \(q(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
+        let queued = try db.tableExists(Bookkeeping.captureQueue) ? db.scalar("SELECT count(*) FROM \(q(Bookkeeping.captureQueue))")?.int64 ?? 0 : 0
+        return try queued + (db.scalar("SELECT count(*) FROM \(q(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0)
     }
 
     /// Removes every harmonylite trigger and bookkeeping table; user tables and their rows are untouched.

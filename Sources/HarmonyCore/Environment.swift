@@ -83,6 +83,8 @@ public protocol ReplicationLog: AnyObject {
 /// Things the core reports for logs and metrics; never needed for correctness.
 public enum ReplicationEvent: Sendable, Hashable {
     case published(count: Int)
+    /// Local writes the triggers queued got their versions (`ChangeCapture.stampCaptured`).
+    case localChangesStamped(StampedChanges)
     case publishFailed(token: Int64)
     /// The log acknowledged these changes but marking them published failed; they are sent again later.
     case markPublishedFailed(count: Int, error: String)
@@ -174,6 +176,13 @@ public protocol SnapshotStorePort: AnyObject {
 
 public protocol ReplicationEventSink: AnyObject {
     func record(_ event: ReplicationEvent)
+    /// Whether `localChangesStamped` should carry every stamped write's version (an oracle's need; reading them
+    /// back costs a pass over the queue, so logs and metrics go without).
+    var wantsStampedVersions: Bool { get }
+}
+
+extension ReplicationEventSink {
+    public var wantsStampedVersions: Bool { false }
 }
 
 /// Everything outside the core, injected: the same core runs live and in the simulator.

@@ -74,6 +74,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let alterForgetsMergedRenames = PlantedBugs(rawValue: 1 << 33)
     /// Leave a concurrently dropped column in place when an index on it makes SQLite refuse to drop it again.
     public static let redropBlockedByIndex = PlantedBugs(rawValue: 1 << 34)
+    /// Apply remote changes before stamping the local writes queued meanwhile: they are compared against stale versions.
+    public static let applyBeforeStamping = PlantedBugs(rawValue: 1 << 52)
     /// The priority lane moves the scan cursor past what it sent, so the backlog it jumped is never scanned.
     public static let laneMovesScanCursor = PlantedBugs(rawValue: 1 << 35)
     /// Send rows of any generation of a renamed table's old name to its new name, even those of a table made again
@@ -160,6 +162,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("pre-existing-never-sent", .preExistingNeverSent),
         ("dependent-outlives-its-table", .dependentOutlivesItsTable),
         ("redrop-blocked-by-broken-view", .redropBlockedByBrokenView),
+        ("apply-before-stamping", .applyBeforeStamping),
         ("history-overrides-state-renames", .historyOverridesStateRenames),
         ("dependent-of-renamed-table-dropped", .dependentOfRenamedTableDropped),
         ("rename-to-forgets-merged-names", .renameToForgetsMergedNames),

@@ -63,6 +63,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard): applying a batch failed (\(error)); nothing was applied and it is asked for again"
         case .cleanedUp(let rows):
             return "deleted \(rows) published change-log row(s)"
+        case .localChangesStamped(let stamped):
+            return "stamped versions on \(stamped.count) local change(s)"
         case .captureInstalled(let tables):
             return "change capture installed on \(tables) table(s)"
         case .tableSkipped(let table, let reason):

@@ -45,7 +45,9 @@ extension ReplicationNode {
         }
         env.interleave?(.beforeApplyTransaction)
         do {
-            try db.transaction(.immediate) {
+            // Every local write committed before this transaction gets its version first: last-writer-wins below
+            // compares against it.
+            try writeTransaction(db, stamp: !config.plantedBugs.contains(.applyBeforeStamping)) {
                 // Inside the transaction: no other connection can ever see capture switched off.
                 try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
                 var maxHLC: Int64 = 0

@@ -30,7 +30,7 @@ extension ReplicationNode {
         }
         var won: [RowVersion] = []
         do {
-            try db.transaction(.immediate) {
+            try writeTransaction(db) {
                 try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
                 for change in changes where try applyHinted(db, change) { won.append(change.version) }
                 let maxHLC = changes.map(\.version.hlc).max() ?? 0

@@ -53,7 +53,7 @@ extension ReplicationNode {
         guard restoreNeeded, isRunning, let since = restoreNeededSinceMs else { return }
         let db = requireDatabase()
         var skipped: [(shard: Int, from: UInt64, to: UInt64)] = []
-        try db.transaction(.immediate) {
+        try writeTransaction(db) {
             for shard in router.shards {
                 let at = checkpoint(shard), first = streamStates[shard]!.firstSequence
                 guard at + 1 < first else { continue }

@@ -60,7 +60,7 @@ extension ReplicationNode {
             }
             let shard = router.shards.first { router.streamName(shard: $0) == row[1].string } ?? 1
             let message = IncomingMessage(sequence: UInt64(max(0, row[2].int64 ?? 0)), payload: row[3].bytes ?? [])
-            let outcome: ParkedRetryOutcome = try db.transaction(.immediate) {
+            let outcome: ParkedRetryOutcome = try writeTransaction(db) {
                 try db.execute("UPDATE \(clock) SET applying = 1", [])
                 try db.execute("SAVEPOINT harmonylite_retry", [])
                 var events: [ReplicationEvent] = []

@@ -136,6 +136,7 @@ extension ReplicationNode {
         let db = requireDatabase()
         for _ in 0..<10 {
             try refreshCaptureIfSchemaChanged()
+            try stampLocalChangesIfQueued()
             // DDL found just now goes out first (its rows, a renamed table's sent again, are already in the log).
             if config.replicateDDL && definitionsToPublish && !config.plantedBugs.contains(.rowsAheadOfNewDefinitions) {
                 return PendingPage(end: scanCursor)

@@ -58,7 +58,7 @@ extension ReplicationNode {
         let db = requireDatabase()
         try db.execute("VACUUM INTO \(quoteLiteral(path))")
         let copy = try env.opener.open(path: path)
-        let pending = try copy.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
+        let pending = try ChangeCapture.unpublishedChanges(copy) ?? 0
         if pending > 0 && !config.plantedBugs.contains(.snapshotWithPendingChanges) {
             return .waitingForAcknowledgements(pending: pending)
         }
@@ -69,6 +69,7 @@ extension ReplicationNode {
             let logs = try copy.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE '\(Bookkeeping.prefix)%_change_log' ESCAPE '\\'")
             for row in logs { if let name = row[0].string { try copy.execute("DELETE FROM \(quoteIdentifier(name))") } }
             try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.globalLog))")
+            if try copy.tableExists(Bookkeeping.captureQueue) { try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.captureQueue))") }
             try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.parkedTable))")
             try copy.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0")
         }
@@ -224,7 +225,7 @@ extension ReplicationNode {
                          "restore of shard \(shard) would resume before the stream's first sequence")
         }
         var rowsRestored = 0
-        try db.transaction(.immediate) {
+        try writeTransaction(db) {
             try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
             // Read under the write lock, before the snapshot replaces the rows they describe.
             let local = try localChanges()

@@ -66,6 +66,8 @@ public final class ReplicationNode {
     var laneFloor: Int64 = 0
     /// DDL may be waiting to be published (set by every capture refresh, cleared once none is pending).
     var definitionsToPublish = true
+    /// Local writes stamped inside the transaction now open: reported once it commits, forgotten if it rolls back.
+    var stampsAwaitingCommit: [StampedChanges] = []
     var retryFrom: Int64?
     var retryDelayMs: Int64
     var schemaVersion: Int64 = -1
@@ -147,7 +149,46 @@ public final class ReplicationNode {
     /// nothing is ever sent, so nothing is pending (the newest change-log row is kept, unsent, for its id).
     public func pendingChangeCount() throws -> Int64 {
         guard config.publish else { return 0 }
-        return try requireDatabase().scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
+        return try ChangeCapture.unpublishedChanges(requireDatabase()) ?? 0
+    }
+
+    /// Stamps the local writes queued since the last look, inside the caller's write transaction (see
+    /// `ChangeCapture.stampCaptured`): the first thing every transaction that reads versions or the logs does.
+    func stampLocalChanges(_ db: Database) throws {
+        precondition(db.isInTransaction, "local writes are stamped inside the transaction that reads their versions")
+        if let stamped = try ChangeCapture.stampCaptured(db, collectVersions: env.events?.wantsStampedVersions ?? false) {
+            stampsAwaitingCommit.append(stamped)
+        }
+    }
+
+    /// Reports the stamps of the transaction that just ended, if it committed.
+    func transactionEnded(committed: Bool) {
+        if committed { for stamped in stampsAwaitingCommit { env.events?.record(.localChangesStamped(stamped)) } }
+        stampsAwaitingCommit.removeAll()
+    }
+
+    /// A write transaction of the core's: local writes committed before it are stamped first, and their stamps are
+    /// reported only if it commits.
+    func writeTransaction<T>(_ db: Database, stamp: Bool = true, _ body: () throws -> T) throws -> T {
+        do {
+            let result = try db.transaction(.immediate) {
+                if stamp { try stampLocalChanges(db) }
+                return try body()
+            }
+            transactionEnded(committed: true)
+            return result
+        } catch {
+            transactionEnded(committed: false)
+            throw error
+        }
+    }
+
+    /// Stamps queued local writes in a transaction of their own, if there are any (one cheap read when there are none).
+    func stampLocalChangesIfQueued() throws {
+        let db = requireDatabase()
+        guard try db.tableExists(Bookkeeping.captureQueue),
+              try db.scalar("SELECT EXISTS (SELECT 1 FROM \(quoteIdentifier(Bookkeeping.captureQueue)))")?.int64 == 1 else { return }
+        try writeTransaction(db) {}
     }
 
     /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.
@@ -259,11 +300,22 @@ public final class ReplicationNode {
     /// changed by the sidecar's own hand (remote DDL applied, a restore), never a table the application recreated.
     func refreshCapture(afterOwnDDL: Bool = false) throws {
         let db = requireDatabase()
-        // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
-        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
-                                             replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,
-                                             plantedBugs: config.plantedBugs) { skipped in
-            for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
+        // Inside the caller's transaction, the caller reports the install's stamps; in its own, they are reported here.
+        let ownTransaction = !db.isInTransaction
+        // Local writes first, in a transaction of their own, so the install's stamp below finds the queue empty.
+        if ownTransaction { try stampLocalChangesIfQueued() }
+        do {
+            // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
+            captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
+                                                 replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,
+                                                 plantedBugs: config.plantedBugs,
+                                                 collectStampedVersions: env.events?.wantsStampedVersions ?? false) { skipped in
+                for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
+            } stamped: { self.stampsAwaitingCommit.append($0) }
+            if ownTransaction { transactionEnded(committed: true) }
+        } catch {
+            if ownTransaction { transactionEnded(committed: false) }
+            throw error
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
         preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered

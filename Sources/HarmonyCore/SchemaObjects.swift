@@ -231,7 +231,7 @@ public enum SchemaObjects {
         return try db.scalar("SELECT id FROM \(table) WHERE type = ? AND name = ?", [.text(o.type), .text(o.name)])?.int64 ?? 0
     }
 
-    /// Advances the node's clock for one DDL and returns its version (the same rule the capture triggers follow).
+    /// Advances the node's clock for one DDL and returns its version (the same rule local writes are stamped by).
     static func nextVersion(_ db: Database) throws -> RowVersion {
         let clock = quoteIdentifier(Bookkeeping.clockTable)
         try db.execute("UPDATE \(clock) SET hlc = max(hlc + 1, \(ChangeCapture.nowMsSQL) << \(RowVersion.logicalBits))", [])

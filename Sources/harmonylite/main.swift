@@ -256,7 +256,7 @@ enum CaptureStatus {
             Swift.print("no harmonylite capture installed")
             return
         }
-        let pending = try db.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0
+        let pending = try ChangeCapture.unpublishedChanges(db) ?? 0
         let published = try db.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 1")?.int64 ?? 0
         let parked = try db.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.parkedTable))")?.int64 ?? 0
         Swift.print("changes pending: \(pending), published awaiting cleanup: \(published), parked messages: \(parked)")

@@ -14,6 +14,12 @@ func temporaryDatabase(_ schema: String) throws -> (path: String, db: Database) 
     return (path, db)
 }
 
+/// What the sidecar does before it reads the logs: version the application's queued writes.
+@discardableResult
+func stamp(_ db: Database) throws -> StampedChanges? {
+    try db.transaction(.immediate) { try ChangeCapture.stampCaptured(db) }
+}
+
 func count(_ db: Database, _ table: String, where condition: String = "1") throws -> Int64 {
     try db.scalar("SELECT count(*) FROM \(quoteIdentifier(table)) WHERE \(condition)")?.int64 ?? -1
 }
@@ -34,7 +40,12 @@ struct CaptureTests {
             INSERT INTO "my table" VALUES ('k', 1, 2.5);
             DELETE FROM "my table";
             """, arguments: ["-cmd", "PRAGMA trusted_schema=OFF"])
+        // The triggers only queue; the sidecar stamps versions and logs the changes in commit order.
+        #expect(try count(db, Bookkeeping.captureQueue) == 4 && count(db, Bookkeeping.globalLog) == 0)
+        #expect(try stamp(db)?.count == 4)
+        #expect(try count(db, Bookkeeping.captureQueue) == 0)
         #expect(try count(db, Bookkeeping.globalLog) == 4)
+        #expect(try db.query("SELECT table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) ORDER BY id") == [["order"], ["order"], ["my table"], ["my table"]])
         // The log names keys only; the publisher reads the row when it sends it.
         let log = try db.query("SELECT type, node, \"val_select\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
         #expect(log == [["insert", 7, 1], ["update", 7, 1]])
@@ -49,6 +60,7 @@ struct CaptureTests {
         try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
         try db.execute("INSERT INTO \"order\" VALUES (1, 'x', NULL)")
         try db.execute("UPDATE \"order\" SET \"select\" = 2 WHERE \"select\" = 1")
+        try stamp(db)
         let log = try db.query("SELECT type, \"val_select\" FROM \"__harmonylite__order_change_log\" ORDER BY id")
         #expect(log == [["insert", 1], ["delete", 1], ["update", 2]])
         let versions = try db.query("SELECT \"pk_select\", deleted FROM \"__harmonylite__order_version\" ORDER BY 1")
@@ -77,7 +89,7 @@ struct CaptureTests {
         #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter()).keys.sorted() == ["a", "b"])
         #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter(exclude: ["b"])).keys.sorted() == ["a"])
         try db.execute("INSERT INTO b VALUES (1)")
-        #expect(try count(db, Bookkeeping.globalLog) == 0)  // b's triggers were removed when it was excluded
+        #expect(try count(db, Bookkeeping.captureQueue) == 0)  // b's triggers were removed when it was excluded
         #expect(try ChangeCapture.install(db, nodeID: 1, filter: TableFilter(include: ["b"])).keys.sorted() == ["b"])
     }
 
@@ -91,6 +103,7 @@ struct CaptureTests {
         #expect(second["users"]!.previousHash == first["users"]!.schema.hash)
         #expect(second["users"]!.schema.columns == ["id", "name", "score", "email"])
         try db.execute("INSERT INTO users VALUES (2, 'after', 2, 'a@b')")
+        try stamp(db)
         let log = try db.query("SELECT epoch, val_id FROM \"__harmonylite__users_change_log\" ORDER BY id")
         #expect(log == [[1, 1], [2, 2]])
         // Re-installing an unchanged schema is a no-op for epochs.
@@ -113,13 +126,15 @@ struct CaptureTests {
             DELETE FROM users WHERE user_id = 1;
             """)
         #expect(try db.query("SELECT * FROM users") == [[2, "bb", nil]])
-        #expect(try count(db, Bookkeeping.globalLog) == 4)
+        #expect(try count(db, Bookkeeping.captureQueue) == 4)
         let captured = try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
         #expect(captured["users"]!.schema.columns == ["user_id", "full_name", "email"])
         #expect(captured["users"]!.schema.primaryKey == ["user_id"])
         // The version table follows the renamed key; tombstones and versions survive.
         #expect(try db.query("SELECT pk_user_id, deleted FROM \"__harmonylite__users_version\" ORDER BY 1") == [[1, 1], [2, 0]])
+        #expect(try count(db, Bookkeeping.globalLog) == 4)  // the install stamped them first
         _ = try runSQLiteShell(path, "INSERT INTO users VALUES (3, 'c', 'c@x');")
+        try stamp(db)
         #expect(try count(db, Bookkeeping.globalLog) == 5)
     }
 
@@ -148,6 +163,7 @@ struct CaptureTests {
         #expect(leftovers == Bookkeeping.clockTable + "\n")
         try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
         try db.execute("INSERT INTO \"order\" VALUES (3, 'after', NULL)")
+        try stamp(db)
         #expect(try db.scalar("SELECT hlc FROM \(quoteIdentifier(Bookkeeping.versionTable("order"))) WHERE pk_select = 3")?.int64 ?? 0 > ahead)
         try ChangeCapture.removeAll(db, keepClock: false)
         #expect(try runSQLiteShell(path, "SELECT name FROM sqlite_schema WHERE name LIKE '%harmonylite%';").isEmpty)

@@ -141,6 +141,7 @@ struct PublishAndGateTests {
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)")
         try c.publish(0)
         try c.apps[0].execute("INSERT INTO users VALUES (4, 'd', 4)")  // pending
+        try stamp(c.apps[0])  // logged, as the sidecar's next look does, but not published
         try c.nodes[0].timerFired(.cleanup)
         #expect(try c.changeLogCount(0) == 1)
         #expect(try c.pendingChanges(0) == 1)
@@ -318,6 +319,7 @@ struct RuntimeDDLTests {
         try ChangeCapture.install(db, nodeID: 1, filter: TableFilter())
         #expect(try count(db, Bookkeeping.globalLog) == 2)
         try db.execute("INSERT INTO users VALUES (3, 'real', 0)")
+        try stamp(db)
         let versions = try db.query("SELECT hlc FROM \(quoteIdentifier(Bookkeeping.versionTable("users"))) ORDER BY pk_id").compactMap { $0[0].int64 }
         #expect(versions.count == 3 && versions[0] < versions[1])
         #expect(versions[1] < 1 << 48 && versions[2] > 1 << 56)

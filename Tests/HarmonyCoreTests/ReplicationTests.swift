@@ -235,7 +235,9 @@ struct ReplicationTests {
         #expect(try c.rows(0, "SELECT * FROM users") == [[1, "a", 1.0]])
     }
 
+    /// The row's version, once the node's queued writes are stamped (as its sidecar does before it reads them).
     func version(_ c: TestCluster, node: Int, id: Int64) throws -> RowVersion {
+        try stamp(c.apps[node])
         let row = try #require(try c.rows(node, "SELECT hlc, node FROM \(quoteIdentifier(Bookkeeping.versionTable("users"))) WHERE pk_id = \(id)").first)
         return RowVersion(hlc: row[0].int64!, node: row[1].int64!)
     }

@@ -175,12 +175,14 @@ final class TestCluster {
     }
 
     func pendingChanges(_ i: Int) throws -> Int {
-        Int(try apps[i].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64 ?? 0)
+        Int(try ChangeCapture.unpublishedChanges(apps[i]) ?? 0)
     }
 
     func rows(_ i: Int, _ sql: String) throws -> [[DatabaseValue]] { try apps[i].query(sql) }
 
     func changeLogCount(_ i: Int) throws -> Int {
+        // Captured changes: those logged, and those the triggers queued that the sidecar has not stamped yet.
         Int(try apps[i].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog))")?.int64 ?? 0)
+            + Int(try apps[i].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? 0)
     }
 }

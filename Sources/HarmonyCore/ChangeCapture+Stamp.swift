@@ -1,0 +1,107 @@
+import HarmonyCodec
+import HarmonySQLite
+
+/// Local writes stamped in one go: queue ids `firstQueueID...lastQueueID`, in commit order, got versions of this node.
+public struct StampedChanges: Sendable, Hashable {
+    public var firstQueueID: Int64
+    public var lastQueueID: Int64
+    public var count: Int
+    /// Each queue id's hybrid-logical time, when the caller asked for them (the simulator's oracle does).
+    public var hlcs: [Int64: Int64]
+}
+
+extension ChangeCapture {
+    /// Gives every queued local write its version and moves it into its table's change log, the global log and the
+    /// version table: what the triggers did row by row before, done here in a few set-wise statements.
+    ///
+    /// Must run inside a write transaction, before anything reads versions or the logs: then no application write can
+    /// come between, the whole queue is taken, and a remote change is compared against every local write committed
+    /// before it. Each write gets the version it would have got at its commit (see `stampedQueueSQL`), so causality,
+    /// a node's own order and last-writer-wins by write time hold as when the triggers stamped them.
+    /// `collectVersions`: report each queue id's version (for an oracle). Returns nil when nothing was queued.
+    @discardableResult
+    public static func stampCaptured(_ db: Database, collectVersions: Bool = false) throws -> StampedChanges? {
+        precondition(db.isInTransaction, "versions are stamped inside the transaction that reads them")
+        let queue = q(Bookkeeping.captureQueue), clock = q(Bookkeeping.clockTable)
+        guard try db.tableExists(Bookkeeping.captureQueue),
+              let range = try db.query("SELECT min(id), max(id), count(*) FROM \(queue)").first,
+              let first = range[0].int64, let last = range[1].int64, let count = range[2].int64 else { return nil }
+        guard let clockNow = try db.scalar("SELECT hlc FROM \(clock)")?.int64 else {
+            throw CorruptBookkeeping(description: "the clock row of \(Bookkeeping.clockTable) is missing")
+        }
+        let stampedQueue = stampedQueueSQL(clock: clockNow, firstID: first)
+        var linked: [(table: String, firstNewID: Int64)] = []
+        let groups = try db.query("SELECT DISTINCT table_name, epoch FROM \(queue) ORDER BY table_name, epoch")
+        for group in groups {
+            guard let table = group[0].string, let epoch = group[1].int64 else { continue }
+            // A table dropped (its change log forgotten) since the write: the row is gone, nothing to send.
+            guard try db.tableExists(Bookkeeping.changeLog(table)), try db.tableExists(Bookkeeping.versionTable(table)) else { continue }
+            let history = try epochs(db, table: table)
+            guard let written = history.first(where: { $0.epoch == epoch })?.primaryKey, let current = history.first?.primaryKey,
+                  !written.isEmpty else { continue }
+            let log = q(Bookkeeping.changeLog(table))
+            if !linked.contains(where: { $0.table == table }) {
+                linked.append((table, (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1))
+            }
+            let keys = (1...written.count).map { "k\($0)" }.joined(separator: ", ")
+            let match: [DatabaseValue] = [.text(table), .integer(epoch)]
+            try db.execute("""
+                INSERT INTO \(log) (type, hlc, node, epoch, \(written.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")))
+                SELECT type, hlc, (SELECT node_id FROM \(clock)), epoch, \(keys) FROM (\(stampedQueue))
+                WHERE table_name = ? AND epoch = ? ORDER BY id
+                """, match)
+            // The version table is keyed by the current key columns (a renamed one renamed there too); a key of
+            // another shape rebuilt it, and rows logged under the old one have no version to keep there.
+            guard current.count == written.count else { continue }
+            try db.execute("""
+                INSERT INTO \(q(Bookkeeping.versionTable(table))) (\(current.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
+                SELECT \(keys), hlc, (SELECT node_id FROM \(clock)), type = 'delete' FROM (\(stampedQueue))
+                WHERE table_name = ? AND epoch = ? ORDER BY id
+                ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
+                """, match)
+        }
+        // One global order over every table, the commit order (the versions increase with it).
+        if !linked.isEmpty {
+            let parts = linked.map { entry in
+                "SELECT id, \(quoteLiteral(entry.table)) AS t, hlc FROM \(q(Bookkeeping.changeLog(entry.table))) WHERE id >= \(entry.firstNewID)"
+            }
+            try db.execute("""
+                INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
+                SELECT id, t FROM (\(parts.joined(separator: " UNION ALL "))) ORDER BY hlc
+                """)
+        }
+        var hlcs: [Int64: Int64] = [:]
+        if collectVersions {
+            for row in try db.query("SELECT id, hlc FROM (\(stampedQueue)) ORDER BY id") {
+                if let id = row[0].int64, let hlc = row[1].int64 { hlcs[id] = hlc }
+            }
+        }
+        try db.execute("UPDATE \(clock) SET hlc = max(hlc, (SELECT max(hlc) FROM (\(stampedQueue))))")
+        // No WHERE: SQLite empties the whole table at once, and inside this write transaction nothing else was queued.
+        try db.execute("DELETE FROM \(queue)")
+        return StampedChanges(firstQueueID: first, lastQueueID: last, count: Int(count), hlcs: hlcs)
+    }
+
+    /// The queue with each change's version: the hybrid-logical clock run over the queue in commit order, from the
+    /// clock as it is now, `hlc = max(previous + 1, ms << 16)`. Every core transaction that moves the clock (an apply,
+    /// a hint, a restore, DDL) stamps the queue first, so the clock here is the one each write saw when it committed,
+    /// and the versions are those the triggers would have given at write time.
+    ///
+    /// In closed form over the queue ids (gaps only add to the logical part):
+    /// `hlc(i) = id(i) + max(clock - firstID + 1, max over j <= i of ((ms(j) << 16) - id(j)))`.
+    static func stampedQueueSQL(clock: Int64, firstID: Int64) -> String {
+        let floor = clock - firstID + 1
+        return """
+            SELECT *, id + max(\(floor), max((ms << \(RowVersion.logicalBits)) - id) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING)) AS hlc
+            FROM \(q(Bookkeeping.captureQueue))
+            """
+    }
+
+    /// The queue holds one `kN` column per key column of the widest key captured; columns are only ever added.
+    static func ensureQueueKeys(_ db: Database, count: Int) throws {
+        let existing = Set(try db.query("SELECT name FROM pragma_table_info(?, 'main')", [.text(Bookkeeping.captureQueue)]).compactMap { $0[0].string })
+        for n in 1...max(count, 1) where !existing.contains("k\(n)") {
+            try db.execute("ALTER TABLE \(q(Bookkeeping.captureQueue)) ADD COLUMN k\(n)")
+        }
+    }
+}
