@@ -31,6 +31,7 @@ extension Simulation {
                 n.maxAppliedHLC = 0
                 n.highestCheckpoint.removeAll()
                 n.lastLocalHLC = 0
+                n.pendingCaptures.removeAll()
             }
         case .powerLoss:
             for n in targets where n.machineUp { losePower(n) }

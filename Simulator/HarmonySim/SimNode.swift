@@ -2,6 +2,15 @@ import HarmonyCodec
 import HarmonyCore
 import HarmonySQLite
 
+/// A committed application write waiting for its version: its capture-queue id, and the row it left.
+struct PendingCapture {
+    var queueID: Int64
+    var key: Int64
+    var deleted: Bool
+    var row: [DatabaseValue]?
+    var atMs: Int64
+}
+
 /// One simulated machine: the application's connection, the sidecar's core, its clock and its links to NATS.
 final class SimNode {
     let id: Int
@@ -29,6 +38,9 @@ final class SimNode {
     var timerGenerations: [NodeTimer: UInt64] = [:]
     /// The version of this node's latest application write; the next must be greater (reset by a power loss or wipe).
     var lastLocalHLC: Int64 = 0
+    /// Application writes the triggers queued and the sidecar has not stamped yet, in commit order: they join the
+    /// history, with their versions, when the core reports the stamp (`ReplicationEvent.localChangesStamped`).
+    var pendingCaptures: [PendingCapture] = []
     /// Per shard, the highest checkpoint this node's cores have shown since its last restore or wiped disk.
     var highestCheckpoint: [Int: UInt64] = [:]
     /// Highest version this node applied from others (and won); any later local write must exceed it.
@@ -91,4 +103,6 @@ final class SimLogPort: SimNodePort, ReplicationLog {
 /// Feeds the core's events into the trace and the causality tracking.
 final class SimEventSink: SimNodePort, ReplicationEventSink {
     func record(_ event: ReplicationEvent) { sim.coreEvent(node: node, event) }
+    /// The oracle judges every write by the version it got.
+    var wantsStampedVersions: Bool { true }
 }

@@ -19,6 +19,8 @@ extension Simulation {
             } else {
                 conflictsResolved += 1
             }
+        case .localChangesStamped(let stamped):
+            writesStamped(nodes[node - 1], stamped)
         case .hintApplied(_, _, _, let won):
             hintsApplied += 1
             let n = nodes[node - 1]
@@ -71,7 +73,7 @@ extension Simulation {
                 blockers.append("node \(n.id) down")
                 continue
             }
-            let pending = (try? app.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE state = 0")?.int64) ?? -1
+            let pending = (try? ChangeCapture.unpublishedChanges(app)) ?? -1
             if pending != 0 { blockers.append("node \(n.id) has \(pending) unpublished changes") }
             for shard in 1...scenario.shards {
                 let last = jetStream.state(shard: shard).lastSequence

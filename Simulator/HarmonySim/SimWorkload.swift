@@ -67,7 +67,7 @@ extension Simulation {
         let touched = Set(keys + newKeys.filter { $0 > 0 }).sorted()
         node.cleanedUpKeys?.formUnion(touched)
         do {
-            let before = try Dictionary(touched.map { ($0, try versionOf(app, key: $0)) }, uniquingKeysWith: { a, _ in a })
+            let queuedBefore = try lastQueueID(app)
             try app.transaction(.immediate) {
                 for (i, (op, key)) in zip(ops, keys).enumerated() {
                     node.writeCounter += 1
@@ -100,23 +100,73 @@ extension Simulation {
                     }
                 }
             }
-            let previousLocalHLC = node.lastLocalHLC
-            for key in touched {
-                guard let after = try versionOf(app, key: key), after != before[key] ?? nil else { continue }
-                let row = try app.query("SELECT * FROM kv WHERE k = ?", [.integer(key)]).first
-                history.append(WriteRecord(node: node.id, key: key, version: after.version, row: after.deleted ? nil : row, atMs: nowMs))
-                if after.version.hlc <= node.maxAppliedHLC {
-                    violations.append("causality: node \(node.id) wrote key \(key) at \(nowMs) ms with version \(after.version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")
+            // Per key, the transaction's last queued change: earlier ones of the same key are superseded, never sent.
+            if let queuedBefore {
+                var last: [Int64: (id: Int64, deleted: Bool)] = [:]
+                for change in try queuedChanges(app, after: queuedBefore) { last[change.key] = (change.id, change.deleted) }
+                for (key, change) in last.sorted(by: { $0.value.id < $1.value.id }) {
+                    let row = change.deleted ? nil : try app.query("SELECT * FROM kv WHERE k = ?", [.integer(key)]).first
+                    node.pendingCaptures.append(PendingCapture(queueID: change.id, key: key, deleted: change.deleted, row: row, atMs: nowMs))
                 }
-                // A node's own versions strictly increase (two writes with one version would share a message id).
-                if after.version.hlc <= previousLocalHLC {
-                    violations.append("node \(node.id) wrote key \(key) at \(nowMs) ms with version \(after.version), not above its own earlier write's \(RowVersion(hlc: previousLocalHLC, node: Int64(node.id)))")
-                }
-                node.lastLocalHLC = max(node.lastLocalHLC, after.version.hlc)
             }
             trace("node \(node.id) write ops \(ops) keys \(keys)\(newKeys.contains { $0 > 0 } ? " to \(newKeys)" : "")\(valueBytes.map { " of \($0) bytes" } ?? "")")
         } catch {
             violations.append("node \(node.id): application write failed: \(error)")
+        }
+    }
+
+    /// The capture queue's newest id (0 when empty); nil while capture was never installed (or after a -cleanup).
+    func lastQueueID(_ db: Database) throws -> Int64? {
+        guard try db.tableExists(Bookkeeping.captureQueue) else { return nil }
+        return try db.scalar("SELECT coalesce(max(id), 0) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? 0
+    }
+
+    /// The changes to `kv` the triggers queued after `id`, in commit order.
+    func queuedChanges(_ db: Database, after id: Int64) throws -> [(id: Int64, key: Int64, deleted: Bool)] {
+        try db.query("SELECT id, k1, type FROM \(quoteIdentifier(Bookkeeping.captureQueue)) WHERE id > ? AND table_name = 'kv' ORDER BY id",
+                     [.integer(id)]).map { ($0[0].int64 ?? 0, $0[1].int64 ?? 0, $0[2].string == "delete") }
+    }
+
+    /// The core stamped versions on queued writes: they join the history now, and must be above every version the
+    /// node had applied (causality) and above its own earlier writes.
+    func writesStamped(_ node: SimNode, _ stamped: StampedChanges) {
+        let previousLocalHLC = node.lastLocalHLC
+        var unstamped = 0
+        for capture in node.pendingCaptures {
+            guard let hlc = stamped.hlcs[capture.queueID] else {
+                unstamped += 1
+                continue
+            }
+            let version = RowVersion(hlc: hlc, node: Int64(node.id))
+            history.append(WriteRecord(node: node.id, key: capture.key, version: version, row: capture.row, atMs: capture.atMs))
+            if version.hlc <= node.maxAppliedHLC {
+                violations.append("causality: node \(node.id) wrote key \(capture.key) at \(capture.atMs) ms and stamped it at \(nowMs) ms with version \(version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")
+            }
+            // A node's own versions strictly increase (two writes with one version would share a message id).
+            if version.hlc <= previousLocalHLC {
+                violations.append("node \(node.id) stamped key \(capture.key) at \(nowMs) ms with version \(version), not above its own earlier write's \(RowVersion(hlc: previousLocalHLC, node: Int64(node.id)))")
+            }
+            node.lastLocalHLC = max(node.lastLocalHLC, version.hlc)
+        }
+        // The stamp takes the whole queue: a write left out would never get a version, nor be sent.
+        if unstamped > 0 {
+            violations.append("node \(node.id) stamped queue ids \(stamped.firstQueueID)...\(stamped.lastQueueID) at \(nowMs) ms but left \(unstamped) captured write(s) unstamped")
+        }
+        node.pendingCaptures.removeAll()
+    }
+
+    /// After a power loss, the queue holds what reached the disk: writes that vanished are gone, and writes whose
+    /// stamp vanished are queued again (their first versions are loss candidates, `awaitingPowerBack`).
+    func reloadPendingCaptures(_ node: SimNode, _ app: Database) throws {
+        guard try app.tableExists(Bookkeeping.captureQueue) else {
+            node.pendingCaptures.removeAll()
+            return
+        }
+        let known = Dictionary(node.pendingCaptures.map { ($0.queueID, $0) }, uniquingKeysWith: { a, _ in a })
+        node.pendingCaptures = try queuedChanges(app, after: 0).map { change in
+            if let capture = known[change.id], capture.key == change.key, capture.deleted == change.deleted { return capture }
+            let row = change.deleted ? nil : try app.query("SELECT * FROM kv WHERE k = ?", [.integer(change.key)]).first
+            return PendingCapture(queueID: change.id, key: change.key, deleted: change.deleted, row: row, atMs: nowMs)
         }
     }
 

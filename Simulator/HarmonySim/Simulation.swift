@@ -228,6 +228,7 @@ public final class Simulation {
                 let current = try versionOf(app, key: w.key)
                 if current == nil || current!.version < w.version { lossCandidates.append(w.version) }
             }
+            try reloadPendingCaptures(node, app)
             // The power loss may have undone the correction of a value above max_row_bytes but not the value.
             if scenario.oversizedValuePermille > 0 {
                 for row in try app.query("SELECT k FROM kv WHERE length(v) > ? ORDER BY k", [.integer(Int64(scenario.maxRowBytes))]) {

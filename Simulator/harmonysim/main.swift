@@ -248,6 +248,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("drop-changes-when-mark-fails", "storage-faults.toml"),
         ("snapshot-with-pending-changes", "snapshot-faults.toml"),
         ("capture-off-outside-apply-transaction", "crash.toml"),
+        ("apply-before-stamping", "crash.toml"),
         ("publish-oversized-rows", "large-rows.toml"),
         ("parts-in-memory", "large-rows.toml"),
         ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
