@@ -16,20 +16,21 @@ extension ChangeCapture {
     ///
     /// Must run inside a write transaction, before anything reads versions or the logs: then no application write can
     /// come between, the whole queue is taken, and a remote change is compared against every local write committed
-    /// before it. Each write gets the version it would have got at its commit (see `stampedQueueSQL`), so causality,
+    /// before it. Each write gets the version it would have got at its commit (see `hlcRuns`), so causality,
     /// a node's own order and last-writer-wins by write time hold as when the triggers stamped them.
     /// `collectVersions`: report each queue id's version (for an oracle). Returns nil when nothing was queued.
     @discardableResult
     public static func stampCaptured(_ db: Database, collectVersions: Bool = false) throws -> StampedChanges? {
         precondition(db.isInTransaction, "versions are stamped inside the transaction that reads them")
         let queue = q(Bookkeeping.captureQueue), clock = q(Bookkeeping.clockTable)
-        guard try db.tableExists(Bookkeeping.captureQueue),
-              let range = try db.query("SELECT min(id), max(id), count(*) FROM \(queue)").first,
-              let first = range[0].int64, let last = range[1].int64, let count = range[2].int64 else { return nil }
+        guard try db.tableExists(Bookkeeping.captureQueue) else { return nil }
         guard let clockNow = try db.scalar("SELECT hlc FROM \(clock)")?.int64 else {
             throw CorruptBookkeeping(description: "the clock row of \(Bookkeeping.clockTable) is missing")
         }
-        let stampedQueue = stampedQueueSQL(clock: clockNow, firstID: first)
+        let stamps = try hlcRuns(db, clock: clockNow, collectVersions: collectVersions)
+        guard let first = stamps.runs.first?.from, let last = stamps.runs.last?.to, let newest = stamps.newest else { return nil }
+        let setHLC = try db.cached("UPDATE \(queue) SET hlc = id + ? WHERE id BETWEEN ? AND ?")
+        for run in stamps.runs { try setHLC.execute([.integer(run.offset), .integer(run.from), .integer(run.to)]) }
         var linked: [(table: String, firstNewID: Int64)] = []
         let groups = try db.query("SELECT DISTINCT table_name, epoch FROM \(queue) ORDER BY table_name, epoch")
         for group in groups {
@@ -47,7 +48,7 @@ extension ChangeCapture {
             let match: [DatabaseValue] = [.text(table), .integer(epoch)]
             try db.execute("""
                 INSERT INTO \(log) (type, hlc, node, epoch, \(written.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")))
-                SELECT type, hlc, (SELECT node_id FROM \(clock)), epoch, \(keys) FROM (\(stampedQueue))
+                SELECT type, hlc, (SELECT node_id FROM \(clock)), epoch, \(keys) FROM \(queue)
                 WHERE table_name = ? AND epoch = ? ORDER BY id
                 """, match)
             // The version table is keyed by the current key columns (a renamed one renamed there too); a key of
@@ -55,7 +56,7 @@ extension ChangeCapture {
             guard current.count == written.count else { continue }
             try db.execute("""
                 INSERT INTO \(q(Bookkeeping.versionTable(table))) (\(current.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
-                SELECT \(keys), hlc, (SELECT node_id FROM \(clock)), type = 'delete' FROM (\(stampedQueue))
+                SELECT \(keys), hlc, (SELECT node_id FROM \(clock)), type = 'delete' FROM \(queue)
                 WHERE table_name = ? AND epoch = ? ORDER BY id
                 ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
                 """, match)
@@ -70,31 +71,41 @@ extension ChangeCapture {
                 SELECT id, t FROM (\(parts.joined(separator: " UNION ALL "))) ORDER BY hlc
                 """)
         }
-        var hlcs: [Int64: Int64] = [:]
-        if collectVersions {
-            for row in try db.query("SELECT id, hlc FROM (\(stampedQueue)) ORDER BY id") {
-                if let id = row[0].int64, let hlc = row[1].int64 { hlcs[id] = hlc }
-            }
-        }
-        try db.execute("UPDATE \(clock) SET hlc = max(hlc, (SELECT max(hlc) FROM (\(stampedQueue))))")
+        try db.execute("UPDATE \(clock) SET hlc = max(hlc, ?)", [.integer(newest)])
         // No WHERE: SQLite empties the whole table at once, and inside this write transaction nothing else was queued.
         try db.execute("DELETE FROM \(queue)")
-        return StampedChanges(firstQueueID: first, lastQueueID: last, count: Int(count), hlcs: hlcs)
+        return StampedChanges(firstQueueID: first, lastQueueID: last, count: stamps.count, hlcs: stamps.hlcs)
     }
 
-    /// The queue with each change's version: the hybrid-logical clock run over the queue in commit order, from the
-    /// clock as it is now, `hlc = max(previous + 1, ms << 16)`. Every core transaction that moves the clock (an apply,
-    /// a hint, a restore, DDL) stamps the queue first, so the clock here is the one each write saw when it committed,
-    /// and the versions are those the triggers would have given at write time.
+    /// The queued changes' versions: the hybrid-logical clock run over the queue in commit order, from the clock as it
+    /// is now, `hlc = max(previous + 1, ms << 16)`. Every core transaction that moves the clock (an apply, a hint, a
+    /// restore, DDL) stamps the queue first, so the clock here is the one each write saw when it committed, and the
+    /// versions are those the triggers would have given at write time.
     ///
-    /// In closed form over the queue ids (gaps only add to the logical part):
-    /// `hlc(i) = id(i) + max(clock - firstID + 1, max over j <= i of ((ms(j) << 16) - id(j)))`.
-    static func stampedQueueSQL(clock: Int64, firstID: Int64) -> String {
-        let floor = clock - firstID + 1
-        return """
-            SELECT *, id + max(\(floor), max((ms << \(RowVersion.logicalBits)) - id) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING)) AS hlc
-            FROM \(q(Bookkeeping.captureQueue))
-            """
+    /// With queue ids for the count (gaps only add to the logical part) that is `hlc = id + offset`, the offset
+    /// growing only where a write's millisecond overtakes the clock: one run of ids per such step (one for a bulk
+    /// load), each set with a single UPDATE.
+    static func hlcRuns(_ db: Database, clock: Int64, collectVersions: Bool)
+        throws -> (runs: [(from: Int64, to: Int64, offset: Int64)], newest: Int64?, count: Int, hlcs: [Int64: Int64]) {
+        var runs: [(from: Int64, to: Int64, offset: Int64)] = []
+        var offset = Int64.min, count = 0
+        var hlcs: [Int64: Int64] = [:]
+        for row in try db.query("SELECT id, ms FROM \(q(Bookkeeping.captureQueue)) ORDER BY id") {
+            guard let id = row[0].int64 else { continue }
+            // A millisecond outside 1970...~4200 (written by hand, not by a trigger) stands for no time at all.
+            let ms = row[1].int64.flatMap { (0..<(Int64(1) << 46)).contains($0) ? $0 : nil } ?? 0
+            if runs.isEmpty { offset = clock - id + 1 }
+            let candidate = (ms << RowVersion.logicalBits) - id
+            if runs.isEmpty || candidate > offset {
+                offset = max(offset, candidate)
+                runs.append((id, id, offset))
+            } else {
+                runs[runs.count - 1].to = id
+            }
+            count += 1
+            if collectVersions { hlcs[id] = id + offset }
+        }
+        return (runs, runs.last.map { $0.to + $0.offset }, count, hlcs)
     }
 
     /// The queue holds one `kN` column per key column of the widest key captured; columns are only ever added.

@@ -73,6 +73,7 @@ public enum ChangeCapture {
                 type TEXT NOT NULL,
                 epoch INTEGER NOT NULL,
                 ms INTEGER NOT NULL,
+                hlc INTEGER,
                 k1
             );
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.checkpointTable)) (
