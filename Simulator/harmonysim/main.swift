@@ -273,8 +273,10 @@ struct PlantedBugsCommand: ParsableCommand {
     /// (the sweep stops at the first seed that catches them). Each is also caught by a unit test of the core.
     /// ddl-storage-failure-is-refusal needs a disk failing inside a DDL statement (most failures come at commit);
     /// DDLTests.aFullDiskDuringAnotherNodesDDLIsRetriedNotRefused makes one happen every time.
+    /// restore-without-clock-advance needs a write right after a restore whose snapshot came from a node with a faster
+    /// clock (2 of seeds 1..60); SnapshotTests.aWriteAfterARestoreIsNewerThanEverythingRestored makes one every time.
     static let atLeastSeeds: [String: UInt64] = ["alias-any-generation": 100, "rename-keeps-rows-local": 60,
-                                                 "ddl-storage-failure-is-refusal": 100]
+                                                 "ddl-storage-failure-is-refusal": 100, "restore-without-clock-advance": 60]
 
     func run() throws {
         let requested = try parseSeeds(seeds)
