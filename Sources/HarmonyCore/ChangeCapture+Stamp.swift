@@ -90,10 +90,14 @@ extension ChangeCapture {
         var runs: [(from: Int64, to: Int64, offset: Int64)] = []
         var offset = Int64.min, count = 0
         var hlcs: [Int64: Int64] = [:]
-        for row in try db.query("SELECT id, ms FROM \(q(Bookkeeping.captureQueue)) ORDER BY id") {
-            guard let id = row[0].int64 else { continue }
+        // Row by row, not collected: a queue can hold a whole bulk load.
+        let read = try db.cached("SELECT id, ms FROM \(q(Bookkeeping.captureQueue)) ORDER BY id")
+        try read.bind([])
+        defer { read.reset() }
+        while try read.step() {
+            guard let id = read.column(0).int64 else { continue }
             // A millisecond outside 1970...~4200 (written by hand, not by a trigger) stands for no time at all.
-            let ms = row[1].int64.flatMap { (0..<(Int64(1) << 46)).contains($0) ? $0 : nil } ?? 0
+            let ms = read.column(1).int64.flatMap { (0..<(Int64(1) << 46)).contains($0) ? $0 : nil } ?? 0
             if runs.isEmpty { offset = clock - id + 1 }
             let candidate = (ms << RowVersion.logicalBits) - id
             if runs.isEmpty || candidate > offset {

@@ -364,7 +364,9 @@ extension ReplicationNode {
         precondition(ids.allSatisfy { !inFlight.contains($0) } || config.plantedBugs.contains(.markPublishedBeforeAck),
                      "a change is marked published while still in flight")
         let db = requireDatabase()
-        try db.transaction(.immediate) {
+        // Writes queued meanwhile are stamped in the same transaction: the next page finds them without a write
+        // transaction of its own.
+        try writeTransaction(db) {
             let mark = try db.cached("UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 1 WHERE id = ?")
             for id in ids { try mark.execute([.integer(id)]) }
         }

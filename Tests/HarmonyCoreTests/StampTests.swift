@@ -86,6 +86,21 @@ struct StampTests {
         }
     }
 
+    /// A stamp on its own is committed without a sync, but the connection goes back to syncing: applies and marks that
+    /// are acknowledged to the log must be on disk first.
+    @Test func theStampAloneIsNotSyncedAndEverythingElseStaysSynced() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        let sidecar = c.nodes[0].requireDatabase()
+        let synchronous = try #require(try sidecar.scalar("PRAGMA synchronous")?.int64)
+        #expect(synchronous == 2)  // FULL, SQLite's default
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.nodes[0].stampLocalChangesIfQueued()
+        #expect(try count(c.apps[0], Bookkeeping.captureQueue) == 0)
+        #expect(try sidecar.scalar("PRAGMA synchronous")?.int64 == synchronous)
+        try c.settle()
+        #expect(try c.rows(1, "SELECT name FROM users") == [["a"]])
+    }
+
     /// The stamp of a transaction that rolls back is not reported, and the writes are stamped again next time.
     @Test func aStampThatRollsBackIsStampedAgain() throws {
         let (_, db) = try temporaryDatabase(usersSchema)
