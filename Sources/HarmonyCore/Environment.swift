@@ -85,8 +85,6 @@ public enum ReplicationEvent: Sendable, Hashable {
     case published(count: Int)
     /// Local writes the triggers queued got their versions (`ChangeCapture.stampCaptured`).
     case localChangesStamped(StampedChanges)
-    /// Stamping queued local writes before publishing failed (busy, full or failing disk); they stay queued.
-    case stampFailed(error: String)
     case publishFailed(token: Int64)
     /// The log acknowledged these changes but marking them published failed; they are sent again later.
     case markPublishedFailed(count: Int, error: String)

@@ -63,8 +63,6 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard): applying a batch failed (\(error)); nothing was applied and it is asked for again"
         case .cleanedUp(let rows):
             return "deleted \(rows) published change-log row(s)"
-        case .stampFailed(let error):
-            return "stamping the application's queued writes before publishing failed (\(error)); they stay queued and are stamped at the next look"
         case .localChangesStamped(let stamped):
             return "stamped versions on \(stamped.count) local change(s)"
         case .captureInstalled(let tables):

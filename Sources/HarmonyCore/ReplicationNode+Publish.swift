@@ -136,13 +136,7 @@ extension ReplicationNode {
         let db = requireDatabase()
         for _ in 0..<10 {
             try refreshCaptureIfSchemaChanged()
-            do {
-                try stampLocalChangesIfQueued()
-            } catch let error as SQLiteError where error.isTransientStorageFailure {
-                // The application holds the write lock past the busy timeout, or the disk is full: what is stamped
-                // goes out now, the rest at the next look (the scan timer), never a core restart over it.
-                env.events?.record(.stampFailed(error: "\(error.storageFailureSummary): \(error.description)"))
-            }
+            try stampLocalChangesIfQueued()
             // DDL found just now goes out first (its rows, a renamed table's sent again, are already in the log).
             if config.replicateDDL && definitionsToPublish && !config.plantedBugs.contains(.rowsAheadOfNewDefinitions) {
                 return PendingPage(end: scanCursor)

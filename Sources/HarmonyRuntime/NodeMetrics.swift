@@ -19,7 +19,7 @@ final class NodeMetrics: Sendable {
         var definition: (name: String, label: (String, String)?, help: String) {
             switch self {
             case .published: return ("published_changes_total", nil, "Local changes the log acknowledged.")
-            case .publishFailures: return ("publish_failures_total", nil, "Publishes refused or timed out, acknowledged changes not marked, and failed stamps of queued writes (all retried).")
+            case .publishFailures: return ("publish_failures_total", nil, "Publishes refused or timed out, and acknowledged changes not marked (all retried).")
             case .appliedWon, .appliedLost, .appliedEcho:
                 let result = self == .appliedWon ? "won" : self == .appliedLost ? "lost" : "echo"
                 return ("applied_changes_total", ("result", result),
@@ -93,7 +93,7 @@ final class NodeMetrics: Sendable {
     func record(_ event: ReplicationEvent, nowMs: Int64 = 0) {
         switch event {
         case .published(let count): add(.published, count)
-        case .publishFailed, .markPublishedFailed, .stampFailed: add(.publishFailures)
+        case .publishFailed, .markPublishedFailed: add(.publishFailures)
         case .applied(_, _, _, let version, let won):
             if version.node == nodeID {
                 add(.appliedEcho)  // our own change back from the stream: not a conflict

@@ -101,22 +101,6 @@ struct StampTests {
         #expect(try c.rows(1, "SELECT name FROM users") == [["a"]])
     }
 
-    /// An application holding the write lock past the busy timeout delays the stamp, reported; it does not restart
-    /// the core, and the writes go out once the lock is free.
-    @Test func aStampThatCannotGetTheLockIsReportedAndRetried() throws {
-        let c = try TestCluster(nodes: 2, schema: usersSchema)
-        try c.nodes[0].requireDatabase().setBusyTimeout(ms: 20)
-        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
-        let holder = try SQLiteOpener().open(path: c.nodes[0].config.databasePath)
-        try holder.execute("BEGIN IMMEDIATE")
-        try c.nodes[0].databaseChanged()
-        #expect(c.events[0].events.contains { if case .stampFailed(let error) = $0 { error.contains("busy") } else { false } })
-        #expect(try count(c.apps[0], Bookkeeping.captureQueue) == 1)
-        try holder.execute("COMMIT")
-        try c.settle()
-        #expect(try c.rows(1, "SELECT name FROM users") == [["a"]])
-    }
-
     /// The stamp of a transaction that rolls back is not reported, and the writes are stamped again next time.
     @Test func aStampThatRollsBackIsStampedAgain() throws {
         let (_, db) = try temporaryDatabase(usersSchema)
