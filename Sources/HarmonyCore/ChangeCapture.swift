@@ -137,8 +137,7 @@ public enum ChangeCapture {
     @discardableResult
     public static func install(_ db: Database, nodeID: Int64, filter: TableFilter, refuseKeyless: Bool = true,
                                replicateDDL: Bool = false, findRecreated: Bool = true, plantedBugs: PlantedBugs = [],
-                               collectStampedVersions: Bool = false, skippedKeyless: ((Set<String>) -> Void)? = nil,
-                               stamped: ((StampedChanges) -> Void)? = nil) throws -> [String: CapturedTable] {
+                               skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
         let body = { () throws -> [String: CapturedTable] in
             // Renaming bookkeeping tables and columns must not re-check the user's views and triggers: one view that
             // names a missing table would otherwise make every rename fail (see `ReplicationNode.execute`).
@@ -146,8 +145,9 @@ public enum ChangeCapture {
             defer { try? db.execute("PRAGMA legacy_alter_table = OFF") }
             try installBookkeeping(db, nodeID: nodeID)
             // Writes captured under the triggers being replaced get their versions first, with the keys and change
-            // logs they were written for (a rename or a new epoch below must not meet them unstamped).
-            if let done = try stampCaptured(db, collectVersions: collectStampedVersions) { stamped?(done) }
+            // logs they were written for (a rename or a new epoch below must not meet them unstamped). A running node
+            // has stamped (and reported) them already; this is for the command line and other callers.
+            try stampCaptured(db)
             let (schemas, keyless) = try SchemaReader.admittedSchemas(db, filter: filter)
             if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
             if !keyless.isEmpty { skippedKeyless?(Set(keyless)) }

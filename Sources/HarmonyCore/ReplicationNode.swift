@@ -307,22 +307,14 @@ public final class ReplicationNode {
     /// changed by the sidecar's own hand (remote DDL applied, a restore), never a table the application recreated.
     func refreshCapture(afterOwnDDL: Bool = false) throws {
         let db = requireDatabase()
-        // Inside the caller's transaction, the caller reports the install's stamps; in its own, they are reported here.
-        let ownTransaction = !db.isInTransaction
-        // Local writes first, in a transaction of their own, so the install's stamp below finds the queue empty.
-        if ownTransaction { try stampLocalChangesIfQueued() }
-        do {
-            // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
-            captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
-                                                 replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,
-                                                 plantedBugs: config.plantedBugs,
-                                                 collectStampedVersions: env.events?.wantsStampedVersions ?? false) { skipped in
-                for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
-            } stamped: { self.stampsAwaitingCommit.append($0) }
-            if ownTransaction { transactionEnded(committed: true) }
-        } catch {
-            if ownTransaction { transactionEnded(committed: false) }
-            throw error
+        // Local writes first, so the install's own stamp finds the queue empty: inside the caller's transaction that
+        // transaction stamped them, and outside one they are stamped (and reported) here.
+        if !db.isInTransaction { try stampLocalChangesIfQueued() }
+        // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
+        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
+                                             replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,
+                                             plantedBugs: config.plantedBugs) { skipped in
+            for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
         preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered
