@@ -37,17 +37,27 @@ public enum EnvelopeCodec {
     }
 
     public static func encode(_ record: ChangeRecord, compress: Bool = false) throws -> [UInt8] {
-        let body = CBOREncoder.encode(recordMap(record))
-        if compress { return [formatZstd] + (try Zstd.compress(body)) }
-        return [formatPlain] + body
+        var out: [UInt8] = []
+        out.reserveCapacity(approximateSize(record) + 1)
+        if compress {
+            writeRecord(record, into: &out)
+            return [formatZstd] + (try Zstd.compress(out))
+        }
+        out.append(formatPlain)
+        writeRecord(record, into: &out)
+        return out
     }
 
     /// One message carrying several records, applied in order and atomically by the receiver.
     public static func encodeBatch(_ records: [ChangeRecord], compress: Bool = false) throws -> [UInt8] {
         precondition(!records.isEmpty && records.count <= batchRecordsMax, "batch of \(records.count) records")
-        let body = CBOREncoder.encode(.array(records.map(recordMap)))
-        if compress { return [formatBatchZstd] + (try Zstd.compress(body)) }
-        return [formatBatchPlain] + body
+        var out: [UInt8] = []
+        out.reserveCapacity(records.reduce(16) { $0 + approximateSize($1) })
+        if !compress { out.append(formatBatchPlain) }
+        CBOREncoder.head(4, UInt64(records.count), into: &out)
+        for r in records { writeRecord(r, into: &out) }
+        if compress { return [formatBatchZstd] + (try Zstd.compress(out)) }
+        return out
     }
 
     /// Decodes either format into the records it carries, in order.
@@ -55,141 +65,229 @@ public enum EnvelopeCodec {
     public static func decodeAll(_ bytes: [UInt8], decompressedLimit: Int = decompressedBytesMax) throws -> [ChangeRecord] {
         guard let format = bytes.first else { throw EnvelopeError.empty }
         guard format == formatBatchPlain || format == formatBatchZstd else { return [try decode(bytes, decompressedLimit: decompressedLimit)] }
-        let body = format == formatBatchZstd
-            ? try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedLimit) : Array(bytes.dropFirst())
-        guard case .array(let items) = try CBORDecoder.decode(body) else { throw EnvelopeError.malformed("batch is not an array") }
-        guard !items.isEmpty, items.count <= batchRecordsMax else { throw EnvelopeError.malformed("batch has \(items.count) records") }
-        return try items.map(record)
+        return try withCheckedBody(bytes, compressed: format == formatBatchZstd, limit: decompressedLimit) { body in
+            var reader = CBORReader(body)
+            let h = try reader.head()
+            guard h.major == 4 else { throw EnvelopeError.malformed("batch is not an array") }
+            let count = Int(h.argument)
+            guard count > 0, count <= batchRecordsMax else { throw EnvelopeError.malformed("batch has \(count) records") }
+            var records: [ChangeRecord] = []
+            records.reserveCapacity(count)
+            var previous: ChangeRecord?
+            for _ in 0..<count {
+                let r = try record(&reader, like: previous)
+                records.append(r)
+                previous = r
+            }
+            return records
+        }
     }
 
-    static func recordMap(_ record: ChangeRecord) -> CBOR {
-        var entries: [(CBOR, CBOR)] = [
-            (.unsigned(Key.version.rawValue), .unsigned(envelopeVersion)),
-            (.unsigned(Key.origin.rawValue), CBOR(record.originNode)),
-            (.unsigned(Key.table.rawValue), .text(record.table)),
-            (.unsigned(Key.operation.rawValue), .text(record.operation.rawValue)),
-            (.unsigned(Key.primaryKey.rawValue), columns(record.primaryKey)),
-            (.unsigned(Key.row.rawValue), columns(record.row)),
-            (.unsigned(Key.hlc.rawValue), CBOR(record.version.hlc)),
-            (.unsigned(Key.versionNode.rawValue), CBOR(record.version.node)),
-            (.unsigned(Key.schema.rawValue), .text(record.schemaHash)),
-        ]
-        if let d = record.definition {
-            entries.append((.unsigned(Key.definition.rawValue),
-                            .array([CBOR(d.generation), CBOR(d.version.hlc), CBOR(d.version.node)])))
+    /// Writes a record's map straight into `out` (no `CBOR` tree): keys 0–8 in order, then 9 when the record names
+    /// its table definition. Values are written as `CBOREncoder` writes them, in the shortest head.
+    static func writeRecord(_ record: ChangeRecord, into out: inout [UInt8]) {
+        CBOREncoder.head(5, record.definition == nil ? 9 : 10, into: &out)
+        func key(_ k: Key) { CBOREncoder.head(0, k.rawValue, into: &out) }
+        func int(_ v: Int64) { v >= 0 ? CBOREncoder.head(0, UInt64(v), into: &out) : CBOREncoder.head(1, UInt64(-(v + 1)), into: &out) }
+        func text(_ s: String) {
+            var s = s
+            s.withUTF8 { u in
+                CBOREncoder.head(3, UInt64(u.count), into: &out)
+                out.append(contentsOf: u)
+            }
         }
-        return .map(entries)
+        func columns(_ cols: [ChangeRecord.Column]) {
+            CBOREncoder.head(4, UInt64(cols.count), into: &out)
+            for c in cols {
+                out.append(0x82)  // [name, value]
+                text(c.name)
+                switch c.value {
+                case .null: out.append(0xF6)
+                case .integer(let i): int(i)
+                case .real(let d):
+                    out.append(0xFB)
+                    let bits = d.bitPattern
+                    for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8((bits >> UInt64(shift)) & 0xFF)) }
+                case .text(let t): text(t)
+                case .blob(let b):
+                    CBOREncoder.head(2, UInt64(b.count), into: &out)
+                    out.append(contentsOf: b)
+                }
+            }
+        }
+        key(.version); CBOREncoder.head(0, envelopeVersion, into: &out)
+        key(.origin); int(record.originNode)
+        key(.table); text(record.table)
+        key(.operation); text(record.operation.rawValue)
+        key(.primaryKey); columns(record.primaryKey)
+        key(.row); columns(record.row)
+        key(.hlc); int(record.version.hlc)
+        key(.versionNode); int(record.version.node)
+        key(.schema); text(record.schemaHash)
+        if let d = record.definition {
+            key(.definition)
+            out.append(0x83)
+            int(d.generation); int(d.version.hlc); int(d.version.node)
+        }
+    }
+
+    /// Room to reserve for a record's encoding: a little over what it usually takes.
+    static func approximateSize(_ r: ChangeRecord) -> Int {
+        func size(_ v: DatabaseValue) -> Int {
+            switch v {
+            case .null: return 1
+            case .integer, .real: return 9
+            case .text(let s): return s.utf8.count + 9
+            case .blob(let b): return b.count + 9
+            }
+        }
+        return 96 + r.table.utf8.count + r.schemaHash.utf8.count
+            + (r.row + r.primaryKey).reduce(0) { $0 + $1.name.utf8.count + 10 + size($1.value) }
     }
 
     public static func decode(_ bytes: [UInt8], decompressedLimit: Int = decompressedBytesMax) throws -> ChangeRecord {
         guard let format = bytes.first else { throw EnvelopeError.empty }
-        let body: [UInt8]
         switch format {
-        case formatPlain: body = Array(bytes.dropFirst())
-        case formatZstd: body = try Zstd.decompress(Array(bytes.dropFirst()), limit: decompressedLimit)
+        case formatPlain, formatZstd:
+            return try withCheckedBody(bytes, compressed: format == formatZstd, limit: decompressedLimit) { body in
+                var reader = CBORReader(body)
+                return try record(&reader, like: nil)
+            }
         case formatPart: throw EnvelopeError.malformed("this is one part of a split message; it decodes only joined with the others")
         default: throw EnvelopeError.unknownFormat(format)
         }
-        return try record(try CBORDecoder.decode(body))
     }
 
-    static func record(_ value: CBOR) throws -> ChangeRecord {
-        guard case .map(let entries) = value else {
-            throw EnvelopeError.malformed("record is not a map")
+    /// Runs `decode` on the message's CBOR body (after the format byte, decompressed if need be) once the whole body
+    /// has passed every CBOR check, so a malformed body fails with the CBOR error wherever it lies, before any
+    /// check of the record's fields.
+    static func withCheckedBody<T>(_ bytes: [UInt8], compressed: Bool, limit: Int,
+                                   _ decode: (UnsafeBufferPointer<UInt8>) throws -> T) throws -> T {
+        func checked(_ body: UnsafeBufferPointer<UInt8>) throws -> T {
+            var reader = CBORReader(body)
+            try reader.skip(depth: 0)
+            guard reader.offset == body.count else { throw CBORError.trailingBytes(offset: reader.offset) }
+            return try decode(body)
         }
-        // Known keys are 0...9: a fixed table instead of a dictionary per record (this runs for every change applied).
-        var fields = [CBOR?](repeating: nil, count: Int(Key.definition.rawValue) + 1)
-        var unknownKeys = Set<UInt64>()
-        for (k, v) in entries {
-            guard case .unsigned(let key) = k else { throw EnvelopeError.malformed("map key is not an unsigned integer") }
-            if key < UInt64(fields.count) {
-                guard fields[Int(key)] == nil else { throw EnvelopeError.malformed("duplicate key \(key)") }
-                fields[Int(key)] = v
-            } else {
-                // Unknown keys (a later envelope version) are ignored, but still must not repeat.
-                guard unknownKeys.insert(key).inserted else { throw EnvelopeError.malformed("duplicate key \(key)") }
+        if compressed {
+            return try Zstd.decompress(Array(bytes.dropFirst()), limit: limit).withUnsafeBufferPointer(checked)
+        }
+        return try bytes.withUnsafeBufferPointer { try checked(UnsafeBufferPointer(rebasing: $0[1...])) }
+    }
+
+    /// One record map, read in place from a checked body. `previous`, the batch's record before it, lends its
+    /// table name, schema hash and column names when the bytes are the same, so a batch allocates them once.
+    static func record(_ reader: inout CBORReader, like previous: ChangeRecord?) throws -> ChangeRecord {
+        let map = try reader.head()
+        guard map.major == 5 else { throw EnvelopeError.malformed("record is not a map") }
+        // Known keys are 0...9: where each one's value starts, found in one pass over the map.
+        let known = Int(Key.definition.rawValue) + 1
+        return try withUnsafeTemporaryAllocation(of: Int.self, capacity: known) { at in
+            at.initialize(repeating: -1)
+            var unknownKeys = Set<UInt64>()
+            for _ in 0..<Int(map.argument) {
+                let k = try reader.head()
+                guard k.major == 0 else { throw EnvelopeError.malformed("map key is not an unsigned integer") }
+                if k.argument < UInt64(known) {
+                    guard at[Int(k.argument)] < 0 else { throw EnvelopeError.malformed("duplicate key \(k.argument)") }
+                    at[Int(k.argument)] = reader.offset
+                } else {
+                    // Unknown keys (a later envelope version) are ignored, but still must not repeat.
+                    guard unknownKeys.insert(k.argument).inserted else { throw EnvelopeError.malformed("duplicate key \(k.argument)") }
+                }
+                try reader.skip(depth: 1)
             }
-        }
-        func field(_ key: Key) throws -> CBOR {
-            guard let v = fields[Int(key.rawValue)] else { throw EnvelopeError.malformed("missing field \(key)") }
-            return v
-        }
-        func int(_ key: Key) throws -> Int64 {
-            guard let v = try field(key).int64 else { throw EnvelopeError.malformed("field \(key) is not a 64-bit integer") }
-            return v
-        }
-        func text(_ key: Key) throws -> String {
-            guard case .text(let s) = try field(key) else { throw EnvelopeError.malformed("field \(key) is not text") }
-            return s
-        }
-        guard case .unsigned(let version) = try field(.version), version == envelopeVersion else {
-            throw EnvelopeError.malformed("unsupported envelope version")
-        }
-        guard let operation = ChangeOperation(rawValue: try text(.operation)) else {
-            throw EnvelopeError.malformed("unknown operation")
-        }
-        let table = try text(.table)
-        guard !table.isEmpty else { throw EnvelopeError.malformed("empty table name") }
-        let primaryKey = try decodeColumns(try field(.primaryKey), what: "primary key")
-        guard !primaryKey.isEmpty else { throw EnvelopeError.malformed("empty primary key") }
-        let row = try decodeColumns(try field(.row), what: "row")
-        if operation == .upsert && row.isEmpty { throw EnvelopeError.malformed("upsert without row values") }
-        var decoded = ChangeRecord(originNode: try int(.origin), table: table, operation: operation,
-                                   primaryKey: primaryKey, row: row,
-                                   version: RowVersion(hlc: try int(.hlc), node: try int(.versionNode)),
-                                   schemaHash: try text(.schema))
-        if let d = fields[Int(Key.definition.rawValue)] {
-            guard case .array(let parts) = d, parts.count == 3, let g = parts[0].int64, g >= 0,
-                  let h = parts[1].int64, let n = parts[2].int64 else {
-                throw EnvelopeError.malformed("table definition version is not a generation and a version")
+            let body = reader.bytes
+            func field(_ key: Key) throws -> CBORReader.Head {
+                let offset = at[Int(key.rawValue)]
+                guard offset >= 0 else { throw EnvelopeError.malformed("missing field \(key)") }
+                var r = CBORReader(body, at: offset)
+                return try r.head()
             }
-            decoded.definition = TableDefinitionVersion(generation: g, version: RowVersion(hlc: h, node: n))
+            func int(_ key: Key) throws -> Int64 {
+                guard let v = CBORReader.int64(try field(key)) else { throw EnvelopeError.malformed("field \(key) is not a 64-bit integer") }
+                return v
+            }
+            func text(_ key: Key, like known: String?) throws -> String {
+                let h = try field(key)
+                guard h.major == 3 else { throw EnvelopeError.malformed("field \(key) is not text") }
+                var r = CBORReader(body, at: at[Int(key.rawValue)])
+                _ = try r.head()
+                if let known, r.textEquals(h, known) { return known }
+                return r.text(h)
+            }
+            let version = try field(.version)
+            guard version.major == 0, version.argument == envelopeVersion else {
+                throw EnvelopeError.malformed("unsupported envelope version")
+            }
+            guard let operation = ChangeOperation(rawValue: try text(.operation, like: previous?.operation.rawValue)) else {
+                throw EnvelopeError.malformed("unknown operation")
+            }
+            let table = try text(.table, like: previous?.table)
+            guard !table.isEmpty else { throw EnvelopeError.malformed("empty table name") }
+            _ = try field(.primaryKey)
+            let primaryKey = try decodeColumns(body, at: at[Int(Key.primaryKey.rawValue)], what: "primary key", like: previous?.primaryKey)
+            guard !primaryKey.isEmpty else { throw EnvelopeError.malformed("empty primary key") }
+            _ = try field(.row)
+            let row = try decodeColumns(body, at: at[Int(Key.row.rawValue)], what: "row", like: previous?.row)
+            if operation == .upsert && row.isEmpty { throw EnvelopeError.malformed("upsert without row values") }
+            var decoded = ChangeRecord(originNode: try int(.origin), table: table, operation: operation,
+                                       primaryKey: primaryKey, row: row,
+                                       version: RowVersion(hlc: try int(.hlc), node: try int(.versionNode)),
+                                       schemaHash: try text(.schema, like: previous?.schemaHash))
+            if at[Int(Key.definition.rawValue)] >= 0 {
+                var r = CBORReader(body, at: at[Int(Key.definition.rawValue)])
+                let h = try r.head()
+                func part() throws -> Int64? { CBORReader.int64(try r.head()) }
+                guard h.major == 4, h.argument == 3, let g = try part(), g >= 0, let hlc = try part(), let node = try part() else {
+                    throw EnvelopeError.malformed("table definition version is not a generation and a version")
+                }
+                decoded.definition = TableDefinitionVersion(generation: g, version: RowVersion(hlc: hlc, node: node))
+            }
+            return decoded
         }
-        return decoded
     }
 
-    /// Columns travel as an array of [name, value] pairs so their order is kept.
-    static func columns(_ cols: [ChangeRecord.Column]) -> CBOR {
-        .array(cols.map { .array([.text($0.name), value($0.value)]) })
-    }
+    // Columns travel as an array of [name, value] pairs so their order is kept.
 
-    static func value(_ v: DatabaseValue) -> CBOR {
-        switch v {
-        case .null: return .null
-        case .integer(let i): return CBOR(i)
-        case .real(let d): return .double(d)
-        case .text(let s): return .text(s)
-        case .blob(let b): return .bytes(b)
-        }
-    }
-
-    static func decodeColumns(_ c: CBOR, what: String) throws -> [ChangeRecord.Column] {
-        guard case .array(let items) = c else { throw EnvelopeError.malformed("\(what) is not an array") }
+    /// A column list read in place; `like` (the previous record's list) lends names with the same bytes.
+    static func decodeColumns(_ body: UnsafeBufferPointer<UInt8>, at offset: Int, what: String,
+                              like previous: [ChangeRecord.Column]?) throws -> [ChangeRecord.Column] {
+        var reader = CBORReader(body, at: offset)
+        let list = try reader.head()
+        guard list.major == 4 else { throw EnvelopeError.malformed("\(what) is not an array") }
+        let count = Int(list.argument)
         var columns: [ChangeRecord.Column] = []
-        columns.reserveCapacity(items.count)
+        columns.reserveCapacity(count)
         // Rows are short: a linear scan finds a repeated name faster than hashing; a set only for wide (or hostile) rows.
-        var seen: Set<String>? = items.count > 32 ? Set(minimumCapacity: items.count) : nil
-        for item in items {
-            guard case .array(let pair) = item, pair.count == 2, case .text(let name) = pair[0] else {
-                throw EnvelopeError.malformed("\(what) entry is not a [name, value] pair")
+        var seen: Set<String>? = count > 32 ? Set(minimumCapacity: count) : nil
+        for i in 0..<count {
+            let pair = try reader.head()
+            guard pair.major == 4, pair.argument == 2 else { throw EnvelopeError.malformed("\(what) entry is not a [name, value] pair") }
+            let nameHead = try reader.head()
+            guard nameHead.major == 3 else { throw EnvelopeError.malformed("\(what) entry is not a [name, value] pair") }
+            let name: String
+            if let previous, i < previous.count, reader.textEquals(nameHead, previous[i].name) {
+                name = previous[i].name
+            } else {
+                name = reader.text(nameHead)
             }
             let repeated = seen != nil ? !seen!.insert(name).inserted : columns.contains { $0.name == name }
             guard !repeated else { throw EnvelopeError.malformed("\(what) repeats column \(name)") }
-            columns.append(ChangeRecord.Column(name, try databaseValue(pair[1], column: name)))
+            let v = try reader.head()
+            let value: DatabaseValue
+            switch v.major {
+            case 0, 1:
+                guard let i = CBORReader.int64(v) else { throw EnvelopeError.malformed("integer for column \(name) exceeds 64 bits") }
+                value = .integer(i)
+            case 2: value = .blob(reader.blob(v))
+            case 3: value = .text(reader.text(v))
+            case 7 where v.info == 22: value = .null
+            case 7 where CBORReader.double(v) != nil: value = .real(CBORReader.double(v)!)
+            default: throw EnvelopeError.malformed("value for column \(name) has an unsupported type")
+            }
+            columns.append(ChangeRecord.Column(name, value))
         }
         return columns
-    }
-
-    static func databaseValue(_ c: CBOR, column: String) throws -> DatabaseValue {
-        switch c {
-        case .null: return .null
-        case .unsigned, .negative:
-            guard let i = c.int64 else { throw EnvelopeError.malformed("integer for column \(column) exceeds 64 bits") }
-            return .integer(i)
-        case .double(let d): return .real(d)
-        case .text(let s): return .text(s)
-        case .bytes(let b): return .blob(b)
-        default: throw EnvelopeError.malformed("value for column \(column) has an unsupported type")
-        }
     }
 }

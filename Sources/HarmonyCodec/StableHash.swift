@@ -13,9 +13,15 @@ public struct StableHash {
         }
     }
 
+    /// One byte: the separators and type tags, without an array per call (this runs for every published change).
+    public mutating func combine(byte b: UInt8) {
+        value ^= UInt64(b)
+        value = value &* 0x0000_0100_0000_01B3
+    }
+
     public mutating func combine(_ text: String) {
         combine(bytes: text.utf8)
-        combine(bytes: [0])  // separator so ("ab","c") and ("a","bc") differ
+        combine(byte: 0)  // separator so ("ab","c") and ("a","bc") differ
     }
 
     public mutating func combine(_ n: Int64) {
@@ -25,11 +31,11 @@ public struct StableHash {
     /// Type tag first, so integer 1, real 1.0 and text '1' hash differently.
     public mutating func combine(_ v: DatabaseValue) {
         switch v {
-        case .null: combine(bytes: [0])
-        case .integer(let i): combine(bytes: [1]); combine(i)
-        case .real(let d): combine(bytes: [2]); combine(Int64(bitPattern: d.bitPattern))
-        case .text(let s): combine(bytes: [3]); combine(Int64(s.utf8.count)); combine(bytes: s.utf8)
-        case .blob(let b): combine(bytes: [4]); combine(Int64(b.count)); combine(bytes: b)
+        case .null: combine(byte: 0)
+        case .integer(let i): combine(byte: 1); combine(i)
+        case .real(let d): combine(byte: 2); combine(Int64(bitPattern: d.bitPattern))
+        case .text(let s): combine(byte: 3); combine(Int64(s.utf8.count)); combine(bytes: s.utf8)
+        case .blob(let b): combine(byte: 4); combine(Int64(b.count)); combine(bytes: b)
         }
     }
 

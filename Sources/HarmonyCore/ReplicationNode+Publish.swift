@@ -288,14 +288,15 @@ extension ReplicationNode {
         let db = requireDatabase()
         let logTable = Bookkeeping.changeLog(table)
         if changeLogLayouts[logTable] == nil, try !db.tableExists(logTable) { return nil }
-        let read = try db.cached("SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
+        let read = try db.cached(changeLogLayouts[logTable]?.readSQL ?? "SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
         try read.bind([.integer(changeID)])
         defer { try? read.bind([]) }  // resets the statement so it holds no read lock
         guard try read.step() else { return nil }
         if changeLogLayouts[logTable]?.columnCount != read.columnCount {
             var index: [String: Int] = [:]
             for i in 0..<read.columnCount { index[read.columnName(i)] = i }
-            changeLogLayouts[logTable] = ChangeLogLayout(columnCount: read.columnCount, index: index)
+            changeLogLayouts[logTable] = ChangeLogLayout(columnCount: read.columnCount, index: index,
+                                                         readSQL: "SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
         }
         let layout = changeLogLayouts[logTable]!
         func at(_ name: String) -> DatabaseValue { layout.index[name].map { read.column($0) } ?? .null }
@@ -312,7 +313,13 @@ extension ReplicationNode {
         }
         let key = zip(schema.primaryKey, positions).map { ChangeRecord.Column($0, $1.map { read.column($0) } ?? .null) }
         let keyValues = key.map(\.value)
-        let sql = rowReadSQL(schema)
+        let sql: (version: String, row: String)
+        if let known = rowReadSQLCache[table], known.schema == schema {
+            sql = known.sql
+        } else {
+            sql = rowReadSQL(schema)
+            rowReadSQLCache[table] = (schema, sql)
+        }
         guard let current = try db.cached(sql.version).query(keyValues).first,
               current[0].int64 == hlc, current[1].int64 == node else { return nil }
         let version = RowVersion(hlc: hlc, node: node)

@@ -79,6 +79,8 @@ public final class ReplicationNode {
     var uniqueIndexTables: [String: Bool] = [:]
     /// Column positions of each existing change-log table's `SELECT *`, per table name; cleared with the caches above.
     var changeLogLayouts: [String: ChangeLogLayout] = [:]
+    /// `rowReadSQL` of each captured table's schema, built once instead of once per published change.
+    var rowReadSQLCache: [String: (schema: TableSchema, sql: (version: String, row: String))] = [:]
 
     /// Where each field sits in a change-log row, so publishing reads values by position instead of by name.
     struct ChangeLogLayout {
@@ -86,6 +88,8 @@ public final class ReplicationNode {
         var index: [String: Int]
         /// Per epoch: positions of the key columns (nil: the log has no such column).
         var keyPositions: [Int64: [Int?]] = [:]
+        /// The `SELECT * … WHERE id = ?` that reads one entry.
+        var readSQL: String
     }
 
     public init(config: NodeConfig, environment: NodeEnvironment) {
@@ -322,6 +326,7 @@ public final class ReplicationNode {
         applySQLCache.removeAll()
         uniqueIndexTables.removeAll()
         changeLogLayouts.removeAll()
+        rowReadSQLCache.removeAll()
         tableAliases = try ChangeCapture.tableAliases(db)
         tableStates = config.replicateDDL ? try SchemaObjects.tableStates(db) : [:]
         definitionsToPublish = config.replicateDDL

@@ -30,6 +30,11 @@ public final class Database {
     let handle: OpaquePointer
     public let path: String
     private var statementCache: [String: Statement] = [:]
+    /// The statements used last, checked before the dictionary: the apply path runs the same few statements for
+    /// every change, and comparing a string with the one it was copied from is cheaper than hashing it.
+    private var recentStatements: [(sql: String, statement: Statement)] = []
+    private var recentNext = 0
+    private static let recentMax = 8
     /// Keeps the authorizer and progress closures alive while SQLite holds pointers to them.
     var authorizerBox: AnyObject?
     var progressBox: AnyObject?
@@ -55,6 +60,7 @@ public final class Database {
     }
 
     deinit {
+        recentStatements.removeAll()
         statementCache.removeAll()
         sqlite3_close_v2(handle)
     }
@@ -84,14 +90,29 @@ public final class Database {
 
     /// A prepared statement kept for the connection's lifetime: use for SQL that runs repeatedly.
     public func cached(_ sql: String) throws -> Statement {
-        if let s = statementCache[sql] { return s }
-        let s = try Statement(database: self, sql: sql)
-        statementCache[sql] = s
+        for entry in recentStatements where entry.sql == sql { return entry.statement }
+        let s: Statement
+        if let known = statementCache[sql] {
+            s = known
+        } else {
+            s = try Statement(database: self, sql: sql)
+            statementCache[sql] = s
+        }
+        if recentStatements.count < Self.recentMax {
+            recentStatements.append((sql, s))
+        } else {
+            recentStatements[recentNext] = (sql, s)
+            recentNext = (recentNext + 1) % Self.recentMax
+        }
         return s
     }
 
     /// Drops cached statements; needed after DDL that the cached SQL depends on.
-    public func clearStatementCache() { statementCache.removeAll() }
+    public func clearStatementCache() {
+        statementCache.removeAll()
+        recentStatements.removeAll()
+        recentNext = 0
+    }
 
     public func execute(_ sql: String, _ arguments: [DatabaseValue]) throws {
         try cached(sql).execute(arguments)
@@ -160,6 +181,8 @@ extension Database {
 
 /// Doubles every occurrence of a quote character, SQL's escape for quotes inside quotes.
 func doubling(_ quote: Character, in text: String) -> String {
+    // Nearly every name has no quote in it, and quoting runs for every statement built: skip the copy then.
+    guard text.utf8.contains(quote.asciiValue!) else { return text }
     var out = ""
     out.reserveCapacity(text.utf8.count + 2)
     for ch in text {

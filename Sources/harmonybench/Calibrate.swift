@@ -21,9 +21,18 @@ struct Calibrate: ParsableCommand {
     @Option(help: "Where to write the profile.") var output = "reports/cost-profile.toml"
     @Option(help: "Rows for the live phase (3 harmonylite processes), whose CPU time per row is measured.") var liveRows = 30_000
     @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
+    @Flag(help: "Measure only the core's costs on real SQLite files (no servers), print them and write nothing.")
+    var coreOnly = false
 
     func run() throws {
         var figures: [String: [Double]] = [:]
+        if coreOnly {
+            for round in 1...rounds {
+                let core = try measureCore().figures
+                print("round \(round): " + core.keys.sorted().map { "\($0) \(String(format: "%.2f", core[$0]!))" }.joined(separator: ", "))
+            }
+            return
+        }
         for round in 1...rounds {
             let core = try measureCore()
             let server = try measureServer(payloadBytes: Int(core.bytesPerChange * 128))
