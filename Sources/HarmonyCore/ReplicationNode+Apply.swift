@@ -184,24 +184,44 @@ extension ReplicationNode {
         // A batch applies atomically: if one record must wait for a schema, the whole message waits.
         let eventsBefore = events.count
         try db.execute("SAVEPOINT harmonylite_message", [])
-        for record in records {
-            let outcome = try applyRecord(db, shard: shard, message, record, inBatch: true, maxHLC: &maxHLC, events: &events)
-            if case .paused = outcome {
-                try db.execute("ROLLBACK TO harmonylite_message", [])
-                try db.execute("RELEASE harmonylite_message", [])
-                events.removeSubrange(eventsBefore...)
-                return outcome
+        func applyAll(eachInSavepoint: Bool) throws -> ApplyOutcome {
+            for record in records {
+                let outcome = try applyRecord(db, shard: shard, message, record, inBatch: true, inSavepoint: eachInSavepoint,
+                                              maxHLC: &maxHLC, events: &events)
+                if case .paused = outcome {
+                    try db.execute("ROLLBACK TO harmonylite_message", [])
+                    try db.execute("RELEASE harmonylite_message", [])
+                    events.removeSubrange(eventsBefore...)
+                    return outcome
+                }
             }
+            try db.execute("RELEASE harmonylite_message", [])
+            return .consumed
         }
-        try db.execute("RELEASE harmonylite_message", [])
-        return .consumed
+        // Rows of user tables go without a savepoint each: a savepoint per record makes SQLite copy every page the
+        // record touches into its sub-journal again. If one fails a constraint, the message is undone and applied
+        // again with a savepoint per record, so that only the failing record is parked, as before.
+        // Bookkeeping records (requests) always take the careful path.
+        let userRowsOnly = records.allSatisfy { !$0.table.hasPrefix(Bookkeeping.prefix) }
+        guard userRowsOnly else { return try applyAll(eachInSavepoint: true) }
+        do {
+            return try applyAll(eachInSavepoint: false)
+        } catch is ConstraintFailedWithoutSavepoint {
+            try db.execute("ROLLBACK TO harmonylite_message", [])
+            events.removeSubrange(eventsBefore...)
+            return try applyAll(eachInSavepoint: true)
+        }
     }
+
+    /// A record applied without a savepoint of its own failed a constraint: its message must be applied again with one.
+    struct ConstraintFailedWithoutSavepoint: Error {}
 
     /// One record: schema gate, shape check, then last-writer-wins inside its own savepoint.
     /// `inBatch`: the message carries other records too; a parked record then keeps only its own payload, so
     /// each parked row is one change an operator can retry or discard.
-    func applyRecord(_ db: Database, shard: Int, _ message: IncomingMessage, _ decoded: ChangeRecord, inBatch: Bool = false, maxHLC: inout Int64,
-                     events: inout [ReplicationEvent]) throws -> ApplyOutcome {
+    /// `inSavepoint` false: the caller undoes the whole message if a constraint fails (`ConstraintFailedWithoutSavepoint`).
+    func applyRecord(_ db: Database, shard: Int, _ message: IncomingMessage, _ decoded: ChangeRecord, inBatch: Bool = false,
+                     inSavepoint: Bool = true, maxHLC: inout Int64, events: inout [ReplicationEvent]) throws -> ApplyOutcome {
         var record = decoded
         if config.plantedBugs.contains(.dropSchemaHashOnDecode) { record.schemaHash = "" }
         maxHLC = max(maxHLC, record.version.hlc)
@@ -268,7 +288,7 @@ extension ReplicationNode {
             return .consumed
         }
 
-        try db.execute("SAVEPOINT harmonylite_apply", [])  // cached statements: this runs once per message
+        if inSavepoint { try db.execute("SAVEPOINT harmonylite_apply", []) }  // cached statements: this runs once per message
         do {
             let won = try applyLWW(db, change)
             if won, writtenAs != nil, config.replicateDDL, !config.plantedBugs.contains(.renameKeepsRowsLocal) {
@@ -277,9 +297,10 @@ extension ReplicationNode {
                 try ChangeCapture.logChange(db, table.schema, epoch: table.epoch, key: change.key, version: change.version,
                                             deleted: change.operation == .delete)
             }
-            try db.execute("RELEASE harmonylite_apply", [])
+            if inSavepoint { try db.execute("RELEASE harmonylite_apply", []) }
             events.append(.applied(shard: shard, sequence: message.sequence, table: record.table, version: record.version, won: won))
         } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
+            guard inSavepoint else { throw ConstraintFailedWithoutSavepoint() }
             try db.execute("ROLLBACK TO harmonylite_apply", [])
             try db.execute("RELEASE harmonylite_apply", [])
             try park(db, shard: shard, parkable(message, decoded, inBatch), reason: "cannot apply to \(quoteIdentifier(record.table)): \(error.message)", events: &events)

@@ -286,21 +286,29 @@ extension ReplicationNode {
         guard let captured = captured[table] else { return nil }
         let schema = captured.schema
         let db = requireDatabase()
-        let logTable = Bookkeeping.changeLog(table)
-        if changeLogLayouts[logTable] == nil, try !db.tableExists(logTable) { return nil }
-        let read = try db.cached(changeLogLayouts[logTable]?.readSQL ?? "SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
+        // One lookup per change for what is known about the table's change log (built on first use, and again
+        // whenever the log's columns change).
+        let readSQL: String
+        if let known = changeLogLayouts[table] {
+            readSQL = known.readSQL
+        } else {
+            let logTable = Bookkeeping.changeLog(table)
+            guard try db.tableExists(logTable) else { return nil }
+            readSQL = "SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?"
+        }
+        let read = try db.cached(readSQL)
         try read.bind([.integer(changeID)])
-        defer { try? read.bind([]) }  // resets the statement so it holds no read lock
+        defer { read.reset() }  // holds no read lock once done
         guard try read.step() else { return nil }
-        if changeLogLayouts[logTable]?.columnCount != read.columnCount {
+        if changeLogLayouts[table]?.columnCount != read.columnCount {
             var index: [String: Int] = [:]
             for i in 0..<read.columnCount { index[read.columnName(i)] = i }
-            changeLogLayouts[logTable] = ChangeLogLayout(columnCount: read.columnCount, index: index,
-                                                         readSQL: "SELECT * FROM \(quoteIdentifier(logTable)) WHERE id = ?")
+            changeLogLayouts[table] = ChangeLogLayout(columnCount: read.columnCount, index: index, readSQL: readSQL,
+                                                      hlc: index["hlc"], node: index["node"], epoch: index["epoch"])
         }
-        let layout = changeLogLayouts[logTable]!
-        func at(_ name: String) -> DatabaseValue { layout.index[name].map { read.column($0) } ?? .null }
-        guard let hlc = at("hlc").int64, let node = at("node").int64, let epoch = at("epoch").int64,
+        let layout = changeLogLayouts[table]!
+        func at(_ position: Int?) -> DatabaseValue { position.map { read.column($0) } ?? .null }
+        guard let hlc = at(layout.hlc).int64, let node = at(layout.node).int64, let epoch = at(layout.epoch).int64,
               let entryKey = try primaryKey(table: table, epoch: epoch),
               entryKey.map({ captured.currentNameOf[$0] ?? $0 }) == schema.primaryKey  // a renamed key column is still the key
         else { return nil }
@@ -309,7 +317,7 @@ extension ReplicationNode {
             positions = known
         } else {
             positions = entryKey.map { layout.index[Bookkeeping.valueColumn($0)] }
-            changeLogLayouts[logTable]!.keyPositions[epoch] = positions
+            changeLogLayouts[table]!.keyPositions[epoch] = positions
         }
         let key = zip(schema.primaryKey, positions).map { ChangeRecord.Column($0, $1.map { read.column($0) } ?? .null) }
         let keyValues = key.map(\.value)
@@ -320,17 +328,25 @@ extension ReplicationNode {
             sql = rowReadSQL(schema)
             rowReadSQLCache[table] = (schema, sql)
         }
-        guard let current = try db.cached(sql.version).query(keyValues).first,
-              current[0].int64 == hlc, current[1].int64 == node else { return nil }
+        let versionRead = try db.cached(sql.version)
+        try versionRead.bind(keyValues)
+        defer { versionRead.reset() }
+        guard try versionRead.step(), versionRead.column(0).int64 == hlc, versionRead.column(1).int64 == node else { return nil }
         let version = RowVersion(hlc: hlc, node: node)
         var record: ChangeRecord
-        if current[2].int64 == 1 {
+        if versionRead.column(2).int64 == 1 {
             record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
                                   version: version, schemaHash: schema.hash)
         } else {
-            guard let values = try db.cached(sql.row).query(keyValues).first else { return nil }
+            let rowRead = try db.cached(sql.row)
+            try rowRead.bind(keyValues)
+            defer { rowRead.reset() }
+            guard try rowRead.step() else { return nil }
+            var row: [ChangeRecord.Column] = []
+            row.reserveCapacity(schema.columns.count)
+            for (i, name) in schema.columns.enumerated() { row.append(ChangeRecord.Column(name, rowRead.column(i))) }
             record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
-                                  row: zip(schema.columns, values).map { ChangeRecord.Column($0, $1) }, version: version, schemaHash: schema.hash)
+                                  row: row, version: version, schemaHash: schema.hash)
         }
         record.definition = tableStates[table].map(\.definition)
         return record

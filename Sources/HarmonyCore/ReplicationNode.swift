@@ -77,7 +77,7 @@ public final class ReplicationNode {
     var applySQLCache: [ApplySQLKey: ApplySQL] = [:]
     /// Tables with a unique index besides the key (hints skip them), read once per schema version.
     var uniqueIndexTables: [String: Bool] = [:]
-    /// Column positions of each existing change-log table's `SELECT *`, per table name; cleared with the caches above.
+    /// Column positions of each captured table's change log (`SELECT *`), per table name; cleared with the caches above.
     var changeLogLayouts: [String: ChangeLogLayout] = [:]
     /// `rowReadSQL` of each captured table's schema, built once instead of once per published change.
     var rowReadSQLCache: [String: (schema: TableSchema, sql: (version: String, row: String))] = [:]
@@ -86,10 +86,11 @@ public final class ReplicationNode {
     struct ChangeLogLayout {
         var columnCount: Int
         var index: [String: Int]
-        /// Per epoch: positions of the key columns (nil: the log has no such column).
-        var keyPositions: [Int64: [Int?]] = [:]
         /// The `SELECT * … WHERE id = ?` that reads one entry.
         var readSQL: String
+        var hlc: Int?, node: Int?, epoch: Int?
+        /// Per epoch: positions of the key columns (nil: the log has no such column).
+        var keyPositions: [Int64: [Int?]] = [:]
     }
 
     public init(config: NodeConfig, environment: NodeEnvironment) {

@@ -2,6 +2,8 @@ import CSQLite
 
 // SQLITE_TRANSIENT is a macro casting -1 to a function pointer; Swift cannot import it.
 let sqliteTransient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
+/// What empty text binds from: any valid pointer with length 0 (SQLite copies nothing from it).
+nonisolated(unsafe) let emptyText = UnsafeRawPointer(("" as StaticString).utf8Start).assumingMemoryBound(to: CChar.self)
 
 /// A prepared statement owned by one connection; reset and rebound for each use.
 public final class Statement {
@@ -47,10 +49,12 @@ public final class Statement {
         case .integer(let v): rc = sqlite3_bind_int64(handle, index, v)
         case .real(let v): rc = sqlite3_bind_double(handle, index, v)
         case .text(let v):
-            // Bind by byte count so text containing NUL characters survives intact.
-            rc = v.utf8CString.withUnsafeBufferPointer { buf in
-                sqlite3_bind_text64(handle, index, buf.baseAddress, sqlite3_uint64(buf.count - 1),
-                                    sqliteTransient, UInt8(SQLITE_UTF8))
+            // Bind by byte count so text containing NUL characters survives intact, from the string's own UTF-8
+            // (no copy into a C string). Empty text needs a non-nil pointer, or SQLite binds NULL.
+            var text = v
+            rc = text.withUTF8 { buf in
+                sqlite3_bind_text64(handle, index, buf.isEmpty ? emptyText : UnsafeRawPointer(buf.baseAddress!).assumingMemoryBound(to: CChar.self),
+                                    sqlite3_uint64(buf.count), sqliteTransient, UInt8(SQLITE_UTF8))
             }
         case .blob(let v):
             rc = v.withUnsafeBytes { buf in

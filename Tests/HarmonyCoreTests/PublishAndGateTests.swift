@@ -239,6 +239,30 @@ struct PublishAndGateTests {
         #expect(c.nodes[1].checkpoint(1) == 2)
     }
 
+    /// Rows of a batch apply without a savepoint each; when one fails a local constraint, the message is undone and
+    /// applied again row by row, so the other rows land, only the failing row is parked (alone), and each applied
+    /// row is reported once.
+    @Test func aBatchWithOneRowFailingAConstraintAppliesTheRest() throws {
+        let schema = "CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT UNIQUE);"
+        let c = try TestCluster(nodes: 2, schema: schema) { $0.shards = 1 }
+        try c.apps[1].execute("INSERT INTO accounts VALUES (2, 'taken@x')")
+        try c.apps[0].transaction {
+            for (id, email) in [(10, "a@x"), (11, "taken@x"), (12, "c@x")] {
+                try c.apps[0].execute("INSERT INTO accounts VALUES (?, ?)", [.integer(Int64(id)), .text(email)])
+            }
+        }
+        try c.publish(0)
+        #expect(c.streams.messages(shard: 1).count == 1)  // one batch of three
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT id, email FROM accounts ORDER BY id") == [[2, "taken@x"], [10, "a@x"], [12, "c@x"]])
+        let parked = try ReplicationNode.parkedMessages(c.apps[1])
+        #expect(parked.map(\.key) == ["id=11"])
+        #expect(parked.first?.reason.contains("UNIQUE") == true)
+        #expect(c.nodes[1].checkpoint(1) == 1)
+        // Applied once each: the versions of rows 10 and 12 are node 1's, and nothing of row 11 is.
+        #expect(try c.rows(1, "SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.versionTable("accounts"))) WHERE node = 1") == [[2]])
+    }
+
     /// An operator can list parked messages, apply them again once the cause is gone (checkpoints stay), and
     /// discard what cannot be saved; a retry that still fails keeps the message with the new reason.
     @Test func parkedMessagesCanBeListedRetriedAndDiscarded() throws {
