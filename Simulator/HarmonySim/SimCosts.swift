@@ -28,8 +28,9 @@ extension Simulation {
     /// is done. The machine's cores are shared as Linux's scheduler shares them: a worker that has used less CPU so
     /// far runs ahead of busier ones (a receiver woken by a batch preempts a long-running publisher), and what it
     /// takes beyond an equal share is time the busier running workers lose.
-    func runJob(_ worker: CostWorker, _ cost: Double) -> Double {
-        let start = max(nowUs, busyUntilUs[worker, default: 0])
+    /// `at`: the job runs from then, ahead of work already queued on the worker, which moves back by as long.
+    func runJob(_ worker: CostWorker, _ cost: Double, at preemptUs: Double? = nil) -> Double {
+        let start = preemptUs ?? max(nowUs, busyUntilUs[worker, default: 0])
         var duration = cost
         if let cores = scenario.costs?.cores, cores > 0 {
             let mine = cpuUsedUs[worker, default: 0]
@@ -44,15 +45,35 @@ extension Simulation {
             }
         }
         cpuUsedUs[worker, default: 0] += cost
-        busyUntilUs[worker] = start + duration
+        busyUntilUs[worker] = preemptUs == nil ? start + duration : max(start, busyUntilUs[worker, default: 0]) + duration
         return start + duration
     }
 
     /// The sidecar reads and encodes the message's changes before it leaves; publishes queue behind each other and
     /// behind applies on the node's one worker. Returns when the message leaves the node.
+    /// A small commit offered as a hint (the priority lane's) was found between two pages of a backlog being read:
+    /// it leaves at the end of the page being read now, ahead of the pages after it, as the live core's lane does.
     func publishDepartureMs(node: Int, _ message: OutgoingMessage) -> Int64 {
         guard let costs = scenario.costs else { return nowMs }
-        let done = runJob(.sidecar(node), costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(Self.changes(message.payload).count))
+        let changes = Self.changes(message.payload).count
+        let cost = costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(changes)
+        var ends = pageEndsUs[node, default: []].filter { $0 > nowUs }
+        let done: Double
+        if message.hint, let pageEnd = ends.first, pageEnd < busyUntilUs[.sidecar(node), default: 0] {
+            done = runJob(.sidecar(node), cost, at: pageEnd)
+            ends = ends.map { $0 + (done - pageEnd) }
+        } else {
+            done = runJob(.sidecar(node), cost)
+            // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
+            if !message.hint {
+                pageChanges[node, default: 0] += changes
+                if pageChanges[node]! >= scenario.scanMaxChanges {
+                    ends.append(done)
+                    pageChanges[node] = 0
+                }
+            }
+        }
+        pageEndsUs[node] = ends
         return Self.ms(done)
     }
 

@@ -109,6 +109,12 @@ public final class Simulation {
     var busyUntilUs: [CostWorker: Double] = [:]
     /// CPU time each worker has used so far: who runs first when they compete for the cores (`runJob`).
     var cpuUsedUs: [CostWorker: Double] = [:]
+    /// With a cost model: when each node's sidecar finishes reading the scan's pages now queued on it (ascending). The
+    /// live core looks for new commits between pages, so a small commit goes out at the next page's end, not after
+    /// them all.
+    var pageEndsUs: [Int: [Double]] = [:]
+    /// Changes read since the last page end, per node.
+    var pageChanges: [Int: Int] = [:]
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
     var storedMessages = 0, storedBytes = 0
     /// With a cost model, as the live fetch loop: one batch per node and shard delivered and not yet applied.
