@@ -57,24 +57,32 @@ extension Simulation {
         guard let costs = scenario.costs else { return nowMs }
         let changes = Self.changes(message.payload).count
         let cost = costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(changes)
-        var ends = pageEndsUs[node, default: []].filter { $0 > nowUs }
-        let done: Double
-        if message.hint, let pageEnd = ends.first, pageEnd < busyUntilUs[.sidecar(node), default: 0] {
-            done = runJob(.sidecar(node), cost, at: pageEnd)
-            ends = ends.map { $0 + (done - pageEnd) }
-        } else {
-            done = runJob(.sidecar(node), cost)
-            // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
-            if !message.hint {
-                pageChanges[node, default: 0] += changes
-                if pageChanges[node]! >= scenario.scanMaxChanges {
-                    ends.append(done)
-                    pageChanges[node] = 0
-                }
+        if message.hint, let handoff = nextHandoffUs(node) { return Self.ms(runAhead(node, cost, at: handoff)) }
+        let done = runJob(.sidecar(node), cost)
+        // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
+        if !message.hint {
+            pageChanges[node, default: 0] += changes
+            if pageChanges[node]! >= scenario.scanMaxChanges {
+                handoffsUs[node, default: []].append(done)
+                pageChanges[node] = 0
             }
         }
-        pageEndsUs[node] = ends
         return Self.ms(done)
+    }
+
+    /// The next moment (after now) node `id`'s busy sidecar could take other work, if it is busy past one.
+    func nextHandoffUs(_ id: Int) -> Double? {
+        let busy = busyUntilUs[.sidecar(id), default: 0]
+        handoffsUs[id] = handoffsUs[id, default: []].filter { $0 > nowUs && $0 < busy }
+        return handoffsUs[id]!.first
+    }
+
+    /// Runs a job on node `id`'s sidecar from `at` (a hand-off point), ahead of the work queued after it, which, with
+    /// its hand-off points, moves back by as long.
+    func runAhead(_ id: Int, _ cost: Double, at: Double) -> Double {
+        let done = runJob(.sidecar(id), cost, at: at)
+        handoffsUs[id] = handoffsUs[id, default: []].map { $0 >= at ? $0 + (done - at) : $0 }
+        return done
     }
 
     /// The server's time over one stored message: returns when it is done (now without costs).
@@ -87,17 +95,34 @@ extension Simulation {
         return Self.ms(done)
     }
 
-    /// The sidecar applied a delivered batch (one transaction): it is busy for that long.
-    func chargeApply(node: Int, _ messages: [IncomingMessage]) {
+    /// The sidecar applied a delivered batch: as the live runtime does, in chunks of at most
+    /// `applyChunkBytes` payload bytes, each its own transaction, with a hand-off point after each.
+    /// `ahead`: a hint taken at a hand-off point, ahead of the chunks queued after it.
+    func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) {
         guard let costs = scenario.costs else { return }
-        var cost = costs.applyBatchUs + costs.applyMessageUs * Double(messages.count)
-        for m in messages {
-            let c = Self.changes(m.payload)
-            cost += c.origin == Int64(node) ? Double(c.count) * costs.applyOwnChangeUs
-                : costs.runtimeApplyMessageUs + Double(c.count) * (costs.applyChangeUs + costs.runtimeApplyChangeUs)
+        var cost = 0.0, bytes = 0
+        func finishChunk() {
+            let total = costs.applyBatchUs + cost
+            if ahead {
+                _ = runAhead(node, total, at: nowUs)
+            } else {
+                handoffsUs[node, default: []].append(runJob(.sidecar(node), total))
+            }
+            cost = 0
+            bytes = 0
         }
-        _ = runJob(.sidecar(node), cost)
+        for m in messages {
+            if bytes > 0 && bytes + m.payload.count > Self.applyChunkBytes { finishChunk() }
+            let c = Self.changes(m.payload)
+            cost += costs.applyMessageUs + (c.origin == Int64(node) ? Double(c.count) * costs.applyOwnChangeUs
+                : costs.runtimeApplyMessageUs + Double(c.count) * (costs.applyChangeUs + costs.runtimeApplyChangeUs))
+            bytes += m.payload.count
+        }
+        if bytes > 0 || cost > 0 { finishChunk() }
     }
+
+    /// The live runtime's `LiveNode.applyChunkBytesMax`: payload bytes applied in one transaction at most.
+    static let applyChunkBytes = 32 * 1024
 
     /// Where a node first had a version (applied, or superseded by a newer one there), for lag figures.
     func recordApplied(node: Int, _ version: RowVersion) {

@@ -24,7 +24,8 @@ enum SimEvent {
     case pump(node: Int, shard: Int)
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
     /// Another node's message, stored at `sequence`, offered ahead of its turn over plain NATS (best effort).
-    case hintArrives(node: Int, shard: Int, message: IncomingMessage, incarnation: Int)
+    /// `handoff`: rescheduled to a hand-off point of its node's busy sidecar (`handoffsUs`), where it runs ahead.
+    case hintArrives(node: Int, shard: Int, message: IncomingMessage, incarnation: Int, handoff: Bool = false)
     case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
     case workload(node: Int)
     /// One step of the schema workload (see `Scenario.ddlIntervalMs`).
@@ -109,10 +110,11 @@ public final class Simulation {
     var busyUntilUs: [CostWorker: Double] = [:]
     /// CPU time each worker has used so far: who runs first when they compete for the cores (`runJob`).
     var cpuUsedUs: [CostWorker: Double] = [:]
-    /// With a cost model: when each node's sidecar finishes reading the scan's pages now queued on it (ascending). The
-    /// live core looks for new commits between pages, so a small commit goes out at the next page's end, not after
-    /// them all.
-    var pageEndsUs: [Int: [Double]] = [:]
+    /// With a cost model: the moments each node's sidecar could turn to other work inside what is queued on it now
+    /// (ascending): the end of each page of the scan and of each apply chunk. The live core looks for new commits
+    /// between pages, and the live runtime applies a delivery in chunks of `LiveNode.applyChunkBytesMax`, so a small
+    /// commit or a hint waits for one page or chunk, not for all of them.
+    var handoffsUs: [Int: [Double]] = [:]
     /// Changes read since the last page end, per node.
     var pageChanges: [Int: Int] = [:]
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
@@ -471,18 +473,22 @@ public final class Simulation {
             deliveryOutstanding.remove([id, shard])
             if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
 
-        case .hintArrives(let id, let shard, let message, let incarnation):
+        case .hintArrives(let id, let shard, let message, let incarnation, let handoff):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation, node.canReceive else { return }
-            if let free = sidecarFreeAtMs(id), free > nowMs {
-                push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation), at: free)
+            if !handoff, let free = sidecarFreeAtMs(id), free > nowMs {
+                if let next = nextHandoffUs(id) {
+                    push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation, handoff: true), at: Self.ms(next))
+                } else {
+                    push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation), at: free)
+                }
                 return
             }
             trace("node \(id) hint shard \(shard) seq \(message.sequence)")
             let appliedBefore = hintsApplied
             callCore(node) { try $0.hintArrived(shard: shard, sequence: message.sequence, payload: message.payload) }
             // Ignored, a hint costs a live node next to nothing (it is dropped before it is decoded, mostly).
-            if hintsApplied > appliedBefore { chargeApply(node: id, [message]) }
+            if hintsApplied > appliedBefore { chargeApply(node: id, [message], ahead: handoff) }
 
         case .ackArrives(let id, let shard, let sequence, let nakDelayMs):
             guard serverUp else { return }
