@@ -10,16 +10,21 @@ final class BenchCluster {
     let nats: EmbeddedNATSServer
     var processes: [ChildProcess] = []
     let nodes: Int
+    /// Per node in `relayed`: the relay its NATS connection goes through, to cut it off from the log and heal it.
+    var relays: [Int: TCPRelay] = [:]
 
     /// `schema` runs on every database first; `extra(i)` is appended to node i's config.toml; `hints`: the
     /// `replication_log.hints` setting of every node.
-    init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, extra: (Int) -> String = { _ in "" }) throws {
+    /// `relayed`: nodes that reach nats-server through a `TCPRelay` (`relays`).
+    init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, relayed: Set<Int> = [],
+         extra: (Int) -> String = { _ in "" }) throws {
         self.nodes = nodes
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let port = EmbeddedNATSServer.freePort()
         nats = try EmbeddedNATSServer(bindAddress: "127.0.0.1:\(port)", storeDirectory: directory + "/nats", serverName: "bench")
         try nats.start()
+        for i in relayed.sorted() { relays[i] = try TCPRelay(upstreamPort: port) }
         for i in 1...nodes {
             try SQLiteOpener().open(path: dbPath(i)).execute(schema)
             try """
@@ -30,11 +35,12 @@ final class BenchCluster {
                 max_entries = 0
                 hints = \(hints)
                 [nats]
-                urls = ["nats://127.0.0.1:\(port)"]
+                urls = ["nats://127.0.0.1:\(relays[i]?.port ?? port)"]
                 \(extra(i))
                 """.write(toFile: "\(directory)/node\(i).toml", atomically: true, encoding: .utf8)
             processes.append(try ChildProcess.spawn(binary, ["-config", "\(directory)/node\(i).toml"],
-                                                    environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: nil, stderr: nil))
+                                                    environment: ProcessInfo.processInfo.environment, stdin: nil,
+                                                    stdout: "\(directory)/node\(i).log", stderr: "\(directory)/node\(i).log", appendOutput: true))
         }
         for i in 1...nodes {
             let db = try Database.readOnly(path: dbPath(i))
@@ -58,14 +64,17 @@ final class BenchCluster {
     }
 
     private var stopped = false
+    /// Leave the files in place at `stop` (a failed run, for inspection).
+    var keep = false
 
     func stop() {
         guard !stopped else { return }
         stopped = true
         for p in processes { p.terminate(graceSeconds: 10) }
         processes.removeAll()
+        for r in relays.values { r.stop() }
         nats.stop()
-        try? FileManager.default.removeItem(atPath: directory)
+        if !keep { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     deinit { stop() }
