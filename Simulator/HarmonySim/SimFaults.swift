@@ -64,7 +64,18 @@ extension Simulation {
         trace("fault end \(f.kind.rawValue) node \(f.node)")
         switch f.kind {
         case .partition, .partitionToNATS, .partitionFromNATS:
-            for n in targets { n.canSend = true; n.canReceive = true; resume(n) }
+            for n in targets {
+                n.canSend = true
+                n.canReceive = true
+                if scenario.costs != nil {
+                    // Live, the node's client gets its connection back at its next reconnect attempt.
+                    let back = nowMs + reconnectDelayMs()
+                    flushReconnectBuffer(n, atMs: back)
+                    resume(n, atMs: back)
+                } else {
+                    resume(n)
+                }
+            }
         case .crash:
             for n in targets where n.machineUp && !n.sidecarUp { startSidecar(n) }
         case .wipe, .powerLoss:
@@ -87,10 +98,12 @@ extension Simulation {
     }
 
     /// After connectivity returns: consumers pump again and pending changes get scanned.
-    func resume(_ n: SimNode) {
+    /// `atMs`: when the node's connection is back (now unless given).
+    func resume(_ n: SimNode, atMs: Int64? = nil) {
         guard n.sidecarUp else { return }
-        for shard in 1...scenario.shards { push(.pump(node: n.id, shard: shard), at: nowMs + networkDelay()) }
-        push(.databaseChanged(node: n.id, incarnation: n.incarnation), at: nowMs + 1)
+        let back = atMs ?? nowMs
+        for shard in 1...scenario.shards { push(.pump(node: n.id, shard: shard), at: back + networkDelay()) }
+        push(.databaseChanged(node: n.id, incarnation: n.incarnation), at: back + 1)
     }
 
     /// The machine loses power: processes die without closing cleanly, and every file falls back to what

@@ -11,9 +11,30 @@ extension Simulation {
         let n = nodes[node - 1]
         if n.canSend && serverUp {
             push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: publishDepartureMs(node: node, message) + networkDelay())
+        } else if scenario.costs != nil && serverUp {
+            // Cut off from the server: libnats keeps the publish and sends it once it has reconnected (the core
+            // still hears of a failure if no ack comes within the timeout, and sends the changes again).
+            n.reconnectBuffer.append((message, publishDepartureMs(node: node, message), false))
+            push(.bufferedPublishTimedOut(node: node, token: message.token, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
         } else {
             push(.publishResult(node: node, token: message.token, ok: false, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
         }
+    }
+
+    /// With a cost model, when a cut-off node gets its connection back: libnats reconnects at its next attempt (every
+    /// `natsReconnectWaitMs`, at a phase drawn here), then sends what it held; those whose ack the core stopped waiting
+    /// for are stored all the same (the log drops copies), but their late acks no longer reach the core.
+    func reconnectDelayMs() -> Int64 { netRandom.int(0...Self.natsReconnectWaitMs) }
+
+    /// `NATSConnection`'s default wait between reconnect attempts.
+    static let natsReconnectWaitMs: Int64 = 2_000
+
+    func flushReconnectBuffer(_ n: SimNode, atMs: Int64) {
+        for held in n.reconnectBuffer {
+            push(.publishArrives(node: n.id, message: held.message, incarnation: held.timedOut ? -1 : n.incarnation, sentMs: atMs),
+                 at: max(held.departsMs, atMs) + networkDelay())
+        }
+        n.reconnectBuffer.removeAll()
     }
 
     func subscribe(node: Int, shard: Int, fromSequence: UInt64) {

@@ -31,6 +31,9 @@ final class SimNode {
     /// A `duplicate-id` fault: another process consumes as this node.
     var impostorRunning = false
     var canSend = true
+    /// With a cost model: publishes made while cut off from NATS, held as libnats holds them (its reconnect buffer)
+    /// and sent once the connection is back; `timedOut` once the core was told the publish failed.
+    var reconnectBuffer: [(message: OutgoingMessage, departsMs: Int64, timedOut: Bool)] = []
     var canReceive = true
     var clockOffsetMs: Int64 = 0
     var driftPpm: Int64 = 0

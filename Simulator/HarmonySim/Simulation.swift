@@ -18,6 +18,8 @@ enum SimEvent {
     case timer(node: Int, timer: NodeTimer, generation: UInt64, incarnation: Int)
     case publishArrives(node: Int, message: OutgoingMessage, incarnation: Int, sentMs: Int64)
     case publishResult(node: Int, token: Int64, ok: Bool, incarnation: Int)
+    /// A publish held in a cut-off node's reconnect buffer (cost model) went unacknowledged for the publish timeout.
+    case bufferedPublishTimedOut(node: Int, token: Int64, incarnation: Int)
     /// With a cost model: the acknowledgements that reached a busy sidecar, handed to its core together once it is
     /// free (as the live node's queue gathers them into one transaction).
     case acksFlush(node: Int, incarnation: Int)
@@ -264,6 +266,7 @@ public final class Simulation {
 
     func startSidecar(_ node: SimNode) {
         node.incarnation += 1
+        node.reconnectBuffer.removeAll()  // the old process's client and what it held are gone
         acksWaiting[node.id] = nil
         node.timerGenerations.removeAll()
         var config = NodeConfig(nodeID: Int64(node.id), databasePath: node.databasePath)
@@ -406,6 +409,13 @@ public final class Simulation {
             } else {
                 push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
             }
+
+        case .bufferedPublishTimedOut(let id, let token, let incarnation):
+            let node = nodes[id - 1]
+            guard node.incarnation == incarnation, let i = node.reconnectBuffer.firstIndex(where: { $0.message.token == token && !$0.timedOut })
+            else { return }
+            node.reconnectBuffer[i].timedOut = true
+            push(.publishResult(node: id, token: token, ok: false, incarnation: incarnation), at: nowMs)
 
         case .publishResult(let id, let token, let ok, let incarnation):
             let node = nodes[id - 1]
