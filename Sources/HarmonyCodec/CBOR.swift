@@ -122,105 +122,16 @@ public enum CBOREncoder {
 
 /// Decodes untrusted bytes: every length is checked against what remains, nesting is bounded,
 /// so malformed or hostile input throws instead of crashing, hanging or allocating wildly.
-public struct CBORDecoder {
+/// (The tree is built by `CBORReader`, which the envelope decoder uses without building one.)
+public enum CBORDecoder {
     public static let depthMax = 32
 
-    private let bytes: [UInt8]
-    private var offset = 0
-
     public static func decode(_ bytes: [UInt8]) throws -> CBOR {
-        var d = CBORDecoder(bytes: bytes)
-        let v = try d.value(depth: 0)
-        guard d.offset == bytes.count else { throw CBORError.trailingBytes(offset: d.offset) }
-        return v
-    }
-
-    init(bytes: [UInt8]) { self.bytes = bytes }
-
-    private mutating func byte() throws -> UInt8 {
-        guard offset < bytes.count else { throw CBORError.truncated(offset: offset) }
-        defer { offset += 1 }
-        return bytes[offset]
-    }
-
-    private mutating func uint(_ count: Int) throws -> UInt64 {
-        guard bytes.count - offset >= count else { throw CBORError.truncated(offset: offset) }
-        var v: UInt64 = 0
-        for i in 0..<count { v = (v << 8) | UInt64(bytes[offset + i]) }
-        offset += count
-        return v
-    }
-
-    private mutating func argument(_ info: UInt8, at start: Int) throws -> UInt64 {
-        switch info {
-        case 0..<24: return UInt64(info)
-        case 24: return try uint(1)
-        case 25: return try uint(2)
-        case 26: return try uint(4)
-        case 27: return try uint(8)
-        case 31: throw CBORError.unsupported("indefinite length", offset: start)
-        default: throw CBORError.unsupported("additional information \(info)", offset: start)
-        }
-    }
-
-    /// A length that must fit in what remains: each element needs at least `minBytesEach` bytes.
-    private func checkedLength(_ n: UInt64, minBytesEach: Int, at start: Int) throws -> Int {
-        let remaining = UInt64(bytes.count - offset)
-        guard n <= remaining / UInt64(minBytesEach) else { throw CBORError.truncated(offset: start) }
-        return Int(n)
-    }
-
-    private mutating func value(depth: Int) throws -> CBOR {
-        let start = offset
-        guard depth <= Self.depthMax else { throw CBORError.tooDeep(offset: start) }
-        let initial = try byte()
-        let major = initial >> 5
-        let info = initial & 0x1F
-        switch major {
-        case 0: return .unsigned(try argument(info, at: start))
-        case 1: return .negative(try argument(info, at: start))
-        case 2:
-            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
-            let n = try checkedLength(declared, minBytesEach: 1, at: start)
-            defer { offset += n }
-            return .bytes(Array(bytes[offset..<offset + n]))
-        case 3:
-            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
-            let n = try checkedLength(declared, minBytesEach: 1, at: start)
-            guard let s = String(validating: bytes[offset..<offset + n], as: UTF8.self) else {
-                throw CBORError.invalidUTF8(offset: start)
-            }
-            offset += n
-            return .text(s)
-        case 4:
-            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
-            let n = try checkedLength(declared, minBytesEach: 1, at: start)
-            var a: [CBOR] = []
-            a.reserveCapacity(n)
-            for _ in 0..<n { a.append(try value(depth: depth + 1)) }
-            return .array(a)
-        case 5:
-            let declared = try argument(info, at: start)  // advance first: checkedLength reads the new offset
-            let n = try checkedLength(declared, minBytesEach: 2, at: start)
-            var m: [(CBOR, CBOR)] = []
-            m.reserveCapacity(n)
-            for _ in 0..<n {
-                let k = try value(depth: depth + 1)
-                let v = try value(depth: depth + 1)
-                m.append((k, v))
-            }
-            return .map(m)
-        case 6: throw CBORError.unsupported("tag", offset: start)
-        default:
-            switch info {
-            case 20: return .bool(false)
-            case 21: return .bool(true)
-            case 22: return .null
-            case 25: return .double(halfToDouble(UInt16(try uint(2))))
-            case 26: return .double(Double(Float(bitPattern: UInt32(try uint(4)))))
-            case 27: return .double(Double(bitPattern: try uint(8)))
-            default: throw CBORError.unsupported("simple value \(info)", offset: start)
-            }
+        try bytes.withUnsafeBufferPointer { buffer in
+            var reader = CBORReader(buffer)
+            let v = try reader.value(depth: 0)
+            guard reader.offset == buffer.count else { throw CBORError.trailingBytes(offset: reader.offset) }
+            return v
         }
     }
 }

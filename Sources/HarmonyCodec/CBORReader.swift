@@ -90,6 +90,49 @@ struct CBORReader {
         }
     }
 
+    /// One value as a `CBOR` tree, with the same checks as `skip` (for `CBORDecoder`: message parts, stored
+    /// definitions, tests).
+    mutating func value(depth: Int) throws -> CBOR {
+        guard depth <= CBORDecoder.depthMax else { throw CBORError.tooDeep(offset: offset) }
+        let h = try head()
+        switch h.major {
+        case 0: return .unsigned(h.argument)
+        case 1: return .negative(h.argument)
+        case 2:
+            _ = try length(h, minBytesEach: 1)
+            return .bytes(blob(h))
+        case 3:
+            let n = try length(h, minBytesEach: 1)
+            guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[offset..<offset + n]), as: UTF8.self) else {
+                throw CBORError.invalidUTF8(offset: h.start)
+            }
+            offset += n
+            return .text(s)
+        case 4:
+            let n = try length(h, minBytesEach: 1)
+            var items: [CBOR] = []
+            items.reserveCapacity(n)
+            for _ in 0..<n { items.append(try value(depth: depth + 1)) }
+            return .array(items)
+        case 5:
+            let n = try length(h, minBytesEach: 2)
+            var entries: [(CBOR, CBOR)] = []
+            entries.reserveCapacity(n)
+            for _ in 0..<n {
+                let k = try value(depth: depth + 1)
+                entries.append((k, try value(depth: depth + 1)))
+            }
+            return .map(entries)
+        default:
+            switch h.info {
+            case 20: return .bool(false)
+            case 21: return .bool(true)
+            case 22: return .null
+            default: return .double(Self.double(h)!)  // `head` lets only floats through besides these
+            }
+        }
+    }
+
     /// ASCII is checked here byte by byte; anything else by the standard library's own validation.
     static func isValidUTF8(_ text: UnsafeBufferPointer<UInt8>) -> Bool {
         if !text.contains(where: { $0 >= 0x80 }) { return true }

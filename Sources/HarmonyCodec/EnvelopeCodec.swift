@@ -38,7 +38,7 @@ public enum EnvelopeCodec {
 
     public static func encode(_ record: ChangeRecord, compress: Bool = false) throws -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(approximateSize(record) + 1)
+        out.reserveCapacity(Self.reserveBytesPerRecord)
         if compress {
             writeRecord(record, into: &out)
             return [formatZstd] + (try Zstd.compress(out))
@@ -52,7 +52,7 @@ public enum EnvelopeCodec {
     public static func encodeBatch(_ records: [ChangeRecord], compress: Bool = false) throws -> [UInt8] {
         precondition(!records.isEmpty && records.count <= batchRecordsMax, "batch of \(records.count) records")
         var out: [UInt8] = []
-        out.reserveCapacity(records.reduce(16) { $0 + approximateSize($1) })
+        out.reserveCapacity(records.count * Self.reserveBytesPerRecord)
         if !compress { out.append(formatBatchPlain) }
         CBOREncoder.head(4, UInt64(records.count), into: &out)
         for r in records { writeRecord(r, into: &out) }
@@ -131,19 +131,9 @@ public enum EnvelopeCodec {
         }
     }
 
-    /// Room to reserve for a record's encoding: a little over what it usually takes.
-    static func approximateSize(_ r: ChangeRecord) -> Int {
-        func size(_ v: DatabaseValue) -> Int {
-            switch v {
-            case .null: return 1
-            case .integer, .real: return 9
-            case .text(let s): return s.utf8.count + 9
-            case .blob(let b): return b.count + 9
-            }
-        }
-        return 96 + r.table.utf8.count + r.schemaHash.utf8.count
-            + (r.row + r.primaryKey).reduce(0) { $0 + $1.name.utf8.count + 10 + size($1.value) }
-    }
+    /// Room reserved per record before encoding: a small row's size, so most messages are written without growing
+    /// the buffer (a larger one grows it as usual).
+    static let reserveBytesPerRecord = 160
 
     public static func decode(_ bytes: [UInt8], decompressedLimit: Int = decompressedBytesMax) throws -> ChangeRecord {
         guard let format = bytes.first else { throw EnvelopeError.empty }
