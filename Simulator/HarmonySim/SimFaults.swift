@@ -68,7 +68,8 @@ extension Simulation {
                 n.canSend = true
                 n.canReceive = true
                 if scenario.costs != nil {
-                    // Live, the node's client gets its connection back at its next reconnect attempt.
+                    // Live, the node's client gets its connection back at its next reconnect attempt. (A shortcut:
+                    // what the node publishes between the heal and that attempt goes straight out.)
                     let back = nowMs + reconnectDelayMs()
                     flushReconnectBuffer(n, atMs: back)
                     resume(n, atMs: back)
