@@ -102,8 +102,11 @@ public enum CBOREncoder {
         case .negative(let v): head(1, v, into: &out)
         case .bytes(let b): head(2, UInt64(b.count), into: &out); out.append(contentsOf: b)
         case .text(let s):
-            let u = Array(s.utf8)
-            head(3, UInt64(u.count), into: &out); out.append(contentsOf: u)
+            var s = s  // its own UTF-8, without a copy into an array first
+            s.withUTF8 { u in
+                head(3, UInt64(u.count), into: &out)
+                out.append(contentsOf: u)
+            }
         case .array(let a):
             head(4, UInt64(a.count), into: &out)
             for e in a { encode(e, into: &out) }

@@ -83,51 +83,42 @@ public enum EnvelopeCodec {
         }
     }
 
-    /// Writes a record's map straight into `out` (no `CBOR` tree): keys 0–8 in order, then 9 when the record names
-    /// its table definition. Values are written as `CBOREncoder` writes them, in the shortest head.
+    /// Writes a record's map straight into `out` (no tree of the whole record): keys 0–8 in order, then 9 when the
+    /// record names its table definition. Each value is written by `CBOREncoder`.
     static func writeRecord(_ record: ChangeRecord, into out: inout [UInt8]) {
-        CBOREncoder.head(5, record.definition == nil ? 9 : 10, into: &out)
-        func key(_ k: Key) { CBOREncoder.head(0, k.rawValue, into: &out) }
-        func int(_ v: Int64) { v >= 0 ? CBOREncoder.head(0, UInt64(v), into: &out) : CBOREncoder.head(1, UInt64(-(v + 1)), into: &out) }
-        func text(_ s: String) {
-            var s = s
-            s.withUTF8 { u in
-                CBOREncoder.head(3, UInt64(u.count), into: &out)
-                out.append(contentsOf: u)
-            }
-        }
+        func put(_ value: CBOR) { CBOREncoder.encode(value, into: &out) }
+        func put(_ key: Key, _ value: CBOR) { put(.unsigned(key.rawValue)); put(value) }
         func columns(_ cols: [ChangeRecord.Column]) {
             CBOREncoder.head(4, UInt64(cols.count), into: &out)
             for c in cols {
                 out.append(0x82)  // [name, value]
-                text(c.name)
-                switch c.value {
-                case .null: out.append(0xF6)
-                case .integer(let i): int(i)
-                case .real(let d):
-                    out.append(0xFB)
-                    let bits = d.bitPattern
-                    for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8((bits >> UInt64(shift)) & 0xFF)) }
-                case .text(let t): text(t)
-                case .blob(let b):
-                    CBOREncoder.head(2, UInt64(b.count), into: &out)
-                    out.append(contentsOf: b)
-                }
+                put(.text(c.name))
+                put(value(c.value))
             }
         }
-        key(.version); CBOREncoder.head(0, envelopeVersion, into: &out)
-        key(.origin); int(record.originNode)
-        key(.table); text(record.table)
-        key(.operation); text(record.operation.rawValue)
-        key(.primaryKey); columns(record.primaryKey)
-        key(.row); columns(record.row)
-        key(.hlc); int(record.version.hlc)
-        key(.versionNode); int(record.version.node)
-        key(.schema); text(record.schemaHash)
+        CBOREncoder.head(5, record.definition == nil ? 9 : 10, into: &out)
+        put(.version, .unsigned(envelopeVersion))
+        put(.origin, CBOR(record.originNode))
+        put(.table, .text(record.table))
+        put(.operation, .text(record.operation.rawValue))
+        put(.unsigned(Key.primaryKey.rawValue)); columns(record.primaryKey)
+        put(.unsigned(Key.row.rawValue)); columns(record.row)
+        put(.hlc, CBOR(record.version.hlc))
+        put(.versionNode, CBOR(record.version.node))
+        put(.schema, .text(record.schemaHash))
         if let d = record.definition {
-            key(.definition)
-            out.append(0x83)
-            int(d.generation); int(d.version.hlc); int(d.version.node)
+            put(.definition, .array([CBOR(d.generation), CBOR(d.version.hlc), CBOR(d.version.node)]))
+        }
+    }
+
+    /// A column value as CBOR: integers, floats, text and bytes as themselves, NULL as null.
+    static func value(_ v: DatabaseValue) -> CBOR {
+        switch v {
+        case .null: return .null
+        case .integer(let i): return CBOR(i)
+        case .real(let d): return .double(d)
+        case .text(let s): return .text(s)
+        case .blob(let b): return .bytes(b)
         }
     }
 
@@ -188,25 +179,24 @@ public enum EnvelopeCodec {
                 try reader.skip(depth: 1)
             }
             let body = reader.bytes
-            func field(_ key: Key) throws -> CBORReader.Head {
+            /// A field's head, and a reader just past it.
+            func field(_ key: Key) throws -> (head: CBORReader.Head, reader: CBORReader) {
                 let offset = at[Int(key.rawValue)]
                 guard offset >= 0 else { throw EnvelopeError.malformed("missing field \(key)") }
                 var r = CBORReader(body, at: offset)
-                return try r.head()
+                return (try r.head(), r)
             }
             func int(_ key: Key) throws -> Int64 {
-                guard let v = CBORReader.int64(try field(key)) else { throw EnvelopeError.malformed("field \(key) is not a 64-bit integer") }
+                guard let v = CBORReader.int64(try field(key).head) else { throw EnvelopeError.malformed("field \(key) is not a 64-bit integer") }
                 return v
             }
             func text(_ key: Key, like known: String?) throws -> String {
-                let h = try field(key)
+                var (h, r) = try field(key)
                 guard h.major == 3 else { throw EnvelopeError.malformed("field \(key) is not text") }
-                var r = CBORReader(body, at: at[Int(key.rawValue)])
-                _ = try r.head()
                 if let known, r.textEquals(h, known) { return known }
                 return r.text(h)
             }
-            let version = try field(.version)
+            let version = try field(.version).head
             guard version.major == 0, version.argument == envelopeVersion else {
                 throw EnvelopeError.malformed("unsupported envelope version")
             }
@@ -215,19 +205,16 @@ public enum EnvelopeCodec {
             }
             let table = try text(.table, like: previous?.table)
             guard !table.isEmpty else { throw EnvelopeError.malformed("empty table name") }
-            _ = try field(.primaryKey)
-            let primaryKey = try decodeColumns(body, at: at[Int(Key.primaryKey.rawValue)], what: "primary key", like: previous?.primaryKey)
+            let primaryKey = try decodeColumns(try field(.primaryKey), what: "primary key", like: previous?.primaryKey)
             guard !primaryKey.isEmpty else { throw EnvelopeError.malformed("empty primary key") }
-            _ = try field(.row)
-            let row = try decodeColumns(body, at: at[Int(Key.row.rawValue)], what: "row", like: previous?.row)
+            let row = try decodeColumns(try field(.row), what: "row", like: previous?.row)
             if operation == .upsert && row.isEmpty { throw EnvelopeError.malformed("upsert without row values") }
             var decoded = ChangeRecord(originNode: try int(.origin), table: table, operation: operation,
                                        primaryKey: primaryKey, row: row,
                                        version: RowVersion(hlc: try int(.hlc), node: try int(.versionNode)),
                                        schemaHash: try text(.schema, like: previous?.schemaHash))
             if at[Int(Key.definition.rawValue)] >= 0 {
-                var r = CBORReader(body, at: at[Int(Key.definition.rawValue)])
-                let h = try r.head()
+                var (h, r) = try field(.definition)
                 func part() throws -> Int64? { CBORReader.int64(try r.head()) }
                 guard h.major == 4, h.argument == 3, let g = try part(), g >= 0, let hlc = try part(), let node = try part() else {
                     throw EnvelopeError.malformed("table definition version is not a generation and a version")
@@ -241,10 +228,9 @@ public enum EnvelopeCodec {
     // Columns travel as an array of [name, value] pairs so their order is kept.
 
     /// A column list read in place; `like` (the previous record's list) lends names with the same bytes.
-    static func decodeColumns(_ body: UnsafeBufferPointer<UInt8>, at offset: Int, what: String,
+    static func decodeColumns(_ field: (head: CBORReader.Head, reader: CBORReader), what: String,
                               like previous: [ChangeRecord.Column]?) throws -> [ChangeRecord.Column] {
-        var reader = CBORReader(body, at: offset)
-        let list = try reader.head()
+        var (list, reader) = field
         guard list.major == 4 else { throw EnvelopeError.malformed("\(what) is not an array") }
         let count = Int(list.argument)
         var columns: [ChangeRecord.Column] = []
