@@ -322,11 +322,11 @@ extension ReplicationNode {
         let key = zip(schema.primaryKey, positions).map { ChangeRecord.Column($0, $1.map { read.column($0) } ?? .null) }
         let keyValues = key.map(\.value)
         let sql: (version: String, row: String)
-        if let known = rowReadSQLCache[table], known.schema == schema {
-            sql = known.sql
+        if let known = rowReadSQLCache[table] {
+            sql = known
         } else {
             sql = rowReadSQL(schema)
-            rowReadSQLCache[table] = (schema, sql)
+            rowReadSQLCache[table] = sql
         }
         let versionRead = try db.cached(sql.version)
         try versionRead.bind(keyValues)

@@ -79,8 +79,9 @@ public final class ReplicationNode {
     var uniqueIndexTables: [String: Bool] = [:]
     /// Column positions of each captured table's change log (`SELECT *`), per table name; cleared with the caches above.
     var changeLogLayouts: [String: ChangeLogLayout] = [:]
-    /// `rowReadSQL` of each captured table's schema, built once instead of once per published change.
-    var rowReadSQLCache: [String: (schema: TableSchema, sql: (version: String, row: String))] = [:]
+    /// `rowReadSQL` of each captured table, built once instead of once per published change (cleared with the caches
+    /// above at every install, the only place a captured schema changes).
+    var rowReadSQLCache: [String: (version: String, row: String)] = [:]
 
     /// Where each field sits in a change-log row, so publishing reads values by position instead of by name.
     struct ChangeLogLayout {
