@@ -96,6 +96,7 @@ let package = Package(
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
             "HarmonyCore", "HarmonyCodec", "HarmonyCoreTesting", "HarmonySQLite", "HarmonyRuntime", "HarmonyAPI", "HarmonyNATS",
+            "HarmonyTestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -288,19 +288,20 @@ public final class JetStream: @unchecked Sendable {
                 }
             }
 
+            // Our own inbox and pull requests, not js_PullSubscribe (see PullSubscription for why).
+            var cInbox: UnsafeMutablePointer<natsInbox>? = nil
+            try check(natsInbox_Create(&cInbox), "making an inbox for \(what)")
+            defer { natsInbox_Destroy(cInbox) }
+            let inbox = String(cString: UnsafeRawPointer(cInbox!).assumingMemoryBound(to: CChar.self))
             var sub: OpaquePointer? = nil
-            try stream.withCString { cStream in
-                try durable.withCString { cDurable in
-                    var so = jsSubOptions()
-                    jsSubOptions_Init(&so)
-                    so.Stream = cStream
-                    so.Consumer = cDurable   // bind: libnats neither creates nor deletes it
-                    jerr = jsErrCode(0)
-                    try check(js_PullSubscribe(&sub, js, subject, cDurable, nil, &so, &jerr), jsCode: jerr,
-                              "pull-subscribing to \(what) (subject \(subject))")
-                }
+            try connection.withHandle { nc in
+                try check(natsConnection_SubscribeSync(&sub, nc, inbox), "subscribing to the inbox of \(what)")
             }
-            return PullSubscription(handle: SubscriptionHandle(sub!), jetStream: self, description: what)
+            // No client-side cap: the consumer's max ack pending already bounds what can wait here, and a capped
+            // inbox would drop messages that then come back only after the ack wait.
+            _ = natsSubscription_SetPendingLimits(sub, -1, -1)
+            return PullSubscription(inbox: InboxSubscription(sub!), inboxSubject: inbox, stream: stream, durable: durable,
+                                    jetStream: self, description: what)
         }
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HarmonyRuntime
 import HarmonySQLite
+import HarmonyTestSupport
 
 /// Live harmonylite processes on one nats-server, on scratch databases, for the live benchmarks: started with
 /// their capture installed, stopped (and their files removed) at the end, and asked for their peak memory.

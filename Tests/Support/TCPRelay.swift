@@ -1,16 +1,17 @@
 import Foundation
 import Synchronization
 
-/// A TCP relay on 127.0.0.1 between one node and nats-server that can be cut and healed: cutting closes every
+/// A TCP relay on 127.0.0.1 between a client (a node, a test's connection) and nats-server that can be cut and healed: cutting closes every
 /// relayed connection and turns new ones away at once, as a partition between that node and the log would.
-final class TCPRelay: @unchecked Sendable {
-    let port: Int
+public final class TCPRelay: @unchecked Sendable {
+    /// Where the node connects (127.0.0.1).
+    public let port: Int
     private let listener: Int32
     private let upstreamPort: Int
     /// Whether connections are cut, and the sockets of every live relayed connection.
     private let state = Mutex<(cut: Bool, stopped: Bool, sockets: Set<Int32>)>((false, false, []))
 
-    init(upstreamPort: Int) throws {
+    public init(upstreamPort: Int) throws {
         self.upstreamPort = upstreamPort
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RelayError("socket: \(String(cString: strerror(errno)))") }
@@ -31,8 +32,8 @@ final class TCPRelay: @unchecked Sendable {
         thread.start()
     }
 
-    struct RelayError: Error, CustomStringConvertible {
-        var description: String
+    public struct RelayError: Error, CustomStringConvertible {
+        public var description: String
         init(_ d: String) { description = d }
     }
 
@@ -45,14 +46,14 @@ final class TCPRelay: @unchecked Sendable {
     }
 
     /// Cuts (every relayed connection closed, new ones closed on arrival) or heals.
-    func setCut(_ cut: Bool) {
+    public func setCut(_ cut: Bool) {
         state.withLock { s in
             s.cut = cut
             if cut { for fd in s.sockets { shutdown(fd, Int32(SHUT_RDWR)) } }
         }
     }
 
-    func stop() {
+    public func stop() {
         state.withLock { s in
             s.stopped = true
             for fd in s.sockets { shutdown(fd, Int32(SHUT_RDWR)) }
