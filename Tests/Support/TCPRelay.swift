@@ -108,7 +108,8 @@ public final class TCPRelay: @unchecked Sendable {
             guard n > 0 else { return }
             var sent = 0
             while sent < n {
-                let w = buffer.withUnsafeBytes { write(to, $0.baseAddress! + sent, n - sent) }
+                // send, not write: a peer cut a moment ago must not raise SIGPIPE and kill the whole process.
+                let w = buffer.withUnsafeBytes { send(to, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
                 guard w > 0 else { return }
                 sent += w
             }
