@@ -263,6 +263,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("concurrent-drop-undone", "ddl-races.toml"),
         ("recreated-table-seen-as-alter", "ddl-races.toml"),
         ("ddl-storage-failure-is-refusal", "ddl-storage.toml"),
+        ("drop-and-add-read-as-rename", "ddl-storage.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
         ("alias-any-generation", "ddl.toml"),
         ("rename-keeps-rows-local", "ddl.toml"),
@@ -275,8 +276,12 @@ struct PlantedBugsCommand: ParsableCommand {
     /// DDLTests.aFullDiskDuringAnotherNodesDDLIsRetriedNotRefused makes one happen every time.
     /// restore-without-clock-advance needs a write right after a restore whose snapshot came from a node with a faster
     /// clock (2 of seeds 1..60); SnapshotTests.aWriteAfterARestoreIsNewerThanEverythingRestored makes one every time.
+    /// drop-and-add-read-as-rename needs a DROP and an ADD of the same type on one table while that node's sidecar is
+    /// down, then a concurrent ALTER elsewhere (seeds 34 and 95 of 1..100);
+    /// DDLTests.aDropAndAnAddOfTheSameDefinitionAreNotARename makes one every time.
     static let atLeastSeeds: [String: UInt64] = ["alias-any-generation": 100, "rename-keeps-rows-local": 60,
-                                                 "ddl-storage-failure-is-refusal": 100, "restore-without-clock-advance": 60]
+                                                 "ddl-storage-failure-is-refusal": 100, "restore-without-clock-advance": 60,
+                                                 "drop-and-add-read-as-rename": 100]
 
     func run() throws {
         let requested = try parseSeeds(seeds)

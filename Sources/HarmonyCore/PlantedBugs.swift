@@ -117,6 +117,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Apply a hint (a message offered ahead of its turn) as it comes, without comparing versions: an older change
     /// overwrites a newer one the backlog already brought.
     public static let hintIgnoresVersion = PlantedBugs(rawValue: 1 << 51)
+    /// Take a DROP COLUMN of the last column plus an ADD COLUMN of the same definition, seen in one look, for a RENAME
+    /// COLUMN although no value came over: the other nodes keep the dropped column's values under the new name.
+    public static let dropAndAddReadAsRename = PlantedBugs(rawValue: 1 << 53)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -171,6 +174,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("definitions-ahead-only-version-zero", .definitionsAheadOnlyVersionZero),
         ("dependent-on-dropped-column-as-string", .dependentOnDroppedColumnAsString),
         ("hint-ignores-version", .hintIgnoresVersion),
+        ("drop-and-add-read-as-rename", .dropAndAddReadAsRename),
     ]
 }
 

@@ -307,13 +307,25 @@ public enum SchemaObjects {
                     for (from, to) in CreateTableText.renamedColumns(from: old, to: o.sql) where object.columnRenames[from] == nil {
                         object.columnRenames[from] = to
                     }
+                    // A column gone from the end and one of the same definition added are a rename only if values came
+                    // along: a DROP plus an ADD seen together (the sidecar was down, or both ran between two looks)
+                    // leave the new column at its default in every row not written since. Taken for a rename, the
+                    // other nodes would keep the dropped column's values under the new name while this node has none.
+                    if !plantedBugs.contains(.dropAndAddReadAsRename) {
+                        let key = captured[o.name]?.schema.primaryKey ?? []
+                        let wasColumns = Set(columnNames(old))
+                        for (from, to) in object.columnRenames.sorted(by: { $0.key < $1.key }) where wasColumns.contains(from) && !wasColumns.contains(to) {
+                            if try valuesCarried(db, table: o.name, column: to, primaryKey: key) == false { object.columnRenames[from] = nil }
+                        }
+                    }
                     // Several new columns with the gone one's definition (RENAME COLUMN a TO b plus ADD COLUMN c of the
                     // same type, seen in one look): the renamed one kept its values, an added one holds only its
                     // default. When exactly one holds anything else, that is the rename; when none does, a rename and
                     // a DROP plus ADD leave the same rows.
                     for (from, candidates) in CreateTableText.ambiguousRenames(from: old, to: o.sql)
                     where object.columnRenames[from] == nil && !object.columnRenames.values.contains(where: candidates.contains) {
-                        let holding = try candidates.filter { try holdsNonDefaultValue(db, table: o.name, column: $0) }
+                        let key = captured[o.name]?.schema.primaryKey ?? []
+                        let holding = try candidates.filter { try valuesCarried(db, table: o.name, column: $0, primaryKey: key) == true }
                         if holding.count == 1, !plantedBugs.contains(.ambiguousRenameDropsValues) { object.columnRenames[from] = holding[0] }
                     }
                 }
@@ -356,11 +368,35 @@ public enum SchemaObjects {
         }
     }
 
-    /// Whether any row has something other than the column's declared default (NULL when it declares none).
-    static func holdsNonDefaultValue(_ db: Database, table: String, column: String) throws -> Bool {
+    /// Whether a column's values were carried over from another column (RENAME COLUMN) or left at its default (ADD
+    /// COLUMN), told by the rows that have no change of this node's still to publish: true when one of them holds
+    /// something other than the declared default (NULL when it declares none), false when all of them hold the default,
+    /// nil when there are none. A pending row goes out with everything it holds now, whichever way the DDL is read, so
+    /// it tells nothing; and with no other row either reading leaves every node the same values.
+    static func valuesCarried(_ db: Database, table: String, column: String, primaryKey: [String]) throws -> Bool? {
         let q = quoteIdentifier
         let declared = try db.scalar("SELECT dflt_value FROM pragma_table_info(?) WHERE name = ?", [.text(table), .text(column)])?.string
-        return try db.scalar("SELECT EXISTS (SELECT 1 FROM \(q(table)) WHERE \(q(column)) IS NOT (\(declared ?? "NULL")))")?.int64 == 1
+        let nonDefault = "t.\(q(column)) IS NOT (\(declared ?? "NULL"))"
+        let log = Bookkeeping.changeLog(table), versions = Bookkeeping.versionTable(table)
+        var settled = "1", arguments: [DatabaseValue] = []
+        if !primaryKey.isEmpty, try db.tableExists(log), try db.tableExists(versions) {
+            let logKey = primaryKey.map { "cl." + q(Bookkeeping.valueColumn($0)) }
+            let sameVersion = primaryKey.map { "v.\(q(Bookkeeping.keyColumn($0))) IS cl.\(q(Bookkeeping.valueColumn($0)))" }.joined(separator: " AND ")
+            settled = """
+                (\(primaryKey.map { "t." + q($0) }.joined(separator: ", "))) NOT IN (
+                    SELECT \(logKey.joined(separator: ", ")) FROM \(q(log)) AS cl
+                    JOIN \(q(Bookkeeping.globalLog)) AS g ON g.change_table_id = cl.id AND g.table_name = ?1 AND g.state = 0
+                    JOIN \(q(versions)) AS v ON \(sameVersion) AND v.hlc = cl.hlc AND v.node = cl.node
+                    WHERE \(logKey.map { "\($0) IS NOT NULL" }.joined(separator: " AND ")))
+                """
+            arguments = [.text(table)]
+        }
+        let row = try db.query("""
+            SELECT EXISTS (SELECT 1 FROM \(q(table)) AS t WHERE \(settled) AND \(nonDefault)),
+                   EXISTS (SELECT 1 FROM \(q(table)) AS t WHERE \(settled))
+            """, arguments).first
+        if row?[0].int64 == 1 { return true }
+        return row?[1].int64 == 1 ? false : nil
     }
 
     /// The definition version of every table that exists in the replicated schema state, by name.

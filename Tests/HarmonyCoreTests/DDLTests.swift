@@ -457,6 +457,55 @@ struct DDLTests {
         }
     }
 
+    /// DROP COLUMN of the last column and ADD COLUMN of the same definition, seen in one look (the sidecar was down, or
+    /// both ran between two looks), read by the text alone as RENAME COLUMN. Only a rename carries values over: here the
+    /// new column holds its default but in a row written since, which goes out whole anyway. Taken for a rename, the
+    /// other node keeps the dropped column's values under the new name (`drop-and-add-read-as-rename`).
+    @Test(arguments: [PlantedBugs(), .dropAndAddReadAsRename])
+    func aDropAndAnAddOfTheSameDefinitionAreNotARename(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'x', 5), (2, 'y', 6)")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t DROP COLUMN b; ALTER TABLE t ADD COLUMN c INTEGER; UPDATE t SET c = 9 WHERE id = 2;")
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t ORDER BY id"
+        #expect(try c.rows(0, sql) == [[1, "x", .null], [2, "y", 9]])
+        if bug.isEmpty {
+            #expect(try c.rows(1, sql) == c.rows(0, sql))
+        } else {
+            #expect(try c.rows(1, sql) != c.rows(0, sql))
+        }
+    }
+
+    /// A column filled and sent, then renamed: the values written before the rename came over, so the look reads the
+    /// rename it is, even though every value was written after the column's ADD.
+    @Test func aColumnFilledThenRenamedKeepsItsValuesEverywhere() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);")
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'x'), (2, 'y')")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t ADD COLUMN b INTEGER")
+        try c.settle()
+        try c.apps[0].execute("UPDATE t SET b = 7 WHERE id = 1")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN b TO c")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["t"])
+        #expect(try c.rows(1, "SELECT * FROM t ORDER BY id") == [[1, "x", 7], [2, "y", .null]])
+    }
+
+    /// A rename seen in the same look as the only write that gave the column a value: nothing tells it from a DROP
+    /// plus an ADD, and both readings end the same, because that row goes out with its value under the new name.
+    @Test func aRenameWhoseOnlyValueIsUnsentConverges() throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);")
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'x', NULL), (2, 'y', NULL)")
+        try c.settle()
+        try c.apps[0].execute("UPDATE t SET b = 7 WHERE id = 1; ALTER TABLE t RENAME COLUMN b TO c;")
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["t"])
+        #expect(try c.rows(1, "SELECT * FROM t ORDER BY id") == [[1, "x", 7], [2, "y", .null]])
+    }
+
     /// A name taken on two nodes by objects of different kinds at once: SQLite refuses each node the other's
     /// CREATE. The node goes on, reports it, and names the object as diverged (what `/health` and the
     /// `harmonylite_schema_objects_diverged` gauge show).
