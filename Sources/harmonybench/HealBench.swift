@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import HarmonyRuntime
 import HarmonySQLite
-import Synchronization
 
 /// How long a live 3-node cluster takes to converge once a node cut off from NATS gets its connection back: the
 /// figure `harmonysim bench scenarios/capacity/partition-heal.toml` predicts, measured on real processes.
@@ -70,46 +69,13 @@ struct HealBench: ParsableCommand {
         let cluster = try BenchCluster(nodes: 3, shards: shards, schema: "CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
                                        binary: binary, relayed: [3])
         defer { cluster.stop() }
-        let stop = Atomic<Bool>(false)
-        let written = Atomic<Int>(0)
-        let failure = Mutex<String?>(nil)
-        var threads: [Thread] = []
-        let done = DispatchGroup()
-        for node in 1...3 {
-            let path = cluster.dbPath(node)
-            let keys = self.keys
-            done.enter()
-            let thread = Thread {
-                defer { done.leave() }
-                do {
-                    let db = try SQLiteOpener().open(path: path)
-                    let upsert = try db.prepare("INSERT INTO kv (id, v) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET v = excluded.v")
-                    var count = 0
-                    while !stop.load(ordering: .relaxed) {
-                        count += 1
-                        try upsert.execute([.integer(Int64.random(in: 1...Int64(keys))), .text("n\(node)w\(count)")])
-                        written.add(1, ordering: .relaxed)
-                        Thread.sleep(forTimeInterval: Double.random(in: 0.010...0.025))
-                    }
-                } catch {
-                    failure.withLock { $0 = "writer on node \(node): \(error)" }
-                }
-            }
-            threads.append(thread)
-            thread.start()
-        }
+        let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, intervalSeconds: 0.010...0.025)
         Thread.sleep(forTimeInterval: cutAt)
         cluster.relays[3]!.setCut(true)
         Thread.sleep(forTimeInterval: cutFor)
-        stop.store(true, ordering: .relaxed)
-        let readers = try (1...3).map { i -> Database in
-            let db = try Database.readOnly(path: cluster.dbPath(i))
-            try db.setBusyTimeout(ms: 5_000)  // a reader can meet a checkpoint's brief lock
-            return db
-        }
-        func content(_ db: Database) throws -> String {
-            try db.scalar("SELECT count(*) || '|' || coalesce(group_concat(id || '=' || v, ','), '') FROM (SELECT id, v FROM kv ORDER BY id)")?.string ?? ""
-        }
+        try writers.stop()  // the writes stop at the heal
+        let check = try BenchReaders(cluster: cluster, nodes: 1...3)
+        let readers = check.databases
         // The cut must have kept node 3 apart: it lacks what the others wrote meanwhile, and they lack its writes.
         let missing = try readers[2].scalar("SELECT count(*) FROM kv WHERE v LIKE 'n1w%'")?.int64 ?? 0
         let present = try readers[0].scalar("SELECT count(*) FROM kv WHERE v LIKE 'n1w%'")?.int64 ?? 0
@@ -120,27 +86,19 @@ struct HealBench: ParsableCommand {
         }
         cluster.relays[3]!.setCut(false)
         let healed = Date()
-        done.wait()
-        if let message = failure.withLock({ $0 }) { throw ValidationError(message) }
         do {
-            try waitFor(seconds: 120, "every node to hold the same rows after the heal") {
-                let all = try readers.map(content)
-                return all.allSatisfy { $0 == all[0] }
-            }
+            try waitFor(seconds: 120, "every node to hold the same rows after the heal") { try check.allEqual }
         } catch {
             // What differs, to tell a slow heal from one that never comes.
-            let rows = try readers.map { db in
-                Dictionary(uniqueKeysWithValues: try db.query("SELECT id, v FROM kv").map { ($0[0].int64 ?? 0, $0[1].string ?? "") })
-            }
-            let differing = Set(rows[0].keys).union(rows[2].keys).filter { rows[0][$0] != rows[2][$0] }.count
+            let differing = try check.differing(from: 2)
             let dead = cluster.processes.enumerated().filter { !$0.element.isRunning }.map { "node \($0.offset + 1)" }
             cluster.keep = true
             let note = "\(differing) keys differ between nodes 1 and 3; " + (dead.isEmpty ? "every node still running"
                 : "\(dead.joined(separator: ", ")) exited (logs in \(cluster.directory))")
-            return Run(shards: shards, writes: written.load(ordering: .relaxed), convergedMs: nil, note: note,
+            return Run(shards: shards, writes: writers.written, convergedMs: nil, note: note,
                        apartAtHeal: (present - missing, ownOnly - ownSeen))
         }
-        return Run(shards: shards, writes: written.load(ordering: .relaxed), convergedMs: Date().timeIntervalSince(healed) * 1000,
+        return Run(shards: shards, writes: writers.written, convergedMs: Date().timeIntervalSince(healed) * 1000,
                    apartAtHeal: (present - missing, ownOnly - ownSeen))
     }
 }

@@ -9,7 +9,7 @@ struct HarmonyBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "harmonybench",
         abstract: "harmonylite benchmarks.",
-        subcommands: [TriggerCost.self, AddColumnCost.self, LiveBench.self, HTTPBench.self, KVWriteBench.self, Calibrate.self, HealBench.self])
+        subcommands: [TriggerCost.self, AddColumnCost.self, LiveBench.self, HTTPBench.self, KVWriteBench.self, Calibrate.self, HealBench.self, RateBench.self])
 }
 
 struct TriggerCost: ParsableCommand {
@@ -92,7 +92,7 @@ struct TriggerCost: ParsableCommand {
         let queued = try ChangeCapture.unpublishedChanges(db) ?? 0
         precondition(queued == rows, "triggers captured \(queued) of \(rows) rows")
         let stampStart = DispatchTime.now().uptimeNanoseconds
-        try db.transaction(.immediate) { try ChangeCapture.stampCaptured(db) }
+        _ = try db.transaction(.immediate) { try ChangeCapture.stampCaptured(db) }
         let stamped = Double(DispatchTime.now().uptimeNanoseconds - stampStart) / 1e9
         let logged = try db.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog))")?.int64 ?? 0
         precondition(logged == rows, "stamping logged \(logged) of \(rows) rows")

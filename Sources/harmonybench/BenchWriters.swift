@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import HarmonySQLite
+import Synchronization
+
+/// One application writer per node of a bench cluster: single-row upserts of random keys into `kv`, through
+/// `SQLiteOpener` (WAL, synchronous=FULL) as an application would, until stopped.
+final class BenchWriters: @unchecked Sendable {
+    private let stopFlag = Atomic<Bool>(false)
+    private let count = Atomic<Int>(0)
+    private let failure = Mutex<String?>(nil)
+    private let done = DispatchGroup()
+
+    /// `intervalSeconds`: the gap each writer leaves after a write, drawn evenly from the range; with `openLoop`, the
+    /// writes are instead scheduled at that mean rate from the start, so a slow commit is caught up, not skipped.
+    init(cluster: BenchCluster, nodes: [Int], keys: Int, intervalSeconds: ClosedRange<Double>, openLoop: Bool = false) {
+        for node in nodes {
+            let path = cluster.dbPath(node)
+            done.enter()
+            let thread = Thread { [self] in
+                defer { done.leave() }
+                do {
+                    let db = try SQLiteOpener().open(path: path)
+                    let upsert = try db.prepare("INSERT INTO kv (id, v) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET v = excluded.v")
+                    var n = 0
+                    var next = Date()
+                    while !stopFlag.load(ordering: .relaxed) {
+                        n += 1
+                        try upsert.execute([.integer(Int64.random(in: 1...Int64(keys))), .text("n\(node)w\(n)")])
+                        count.add(1, ordering: .relaxed)
+                        let gap = Double.random(in: intervalSeconds)
+                        if openLoop {
+                            next = next.addingTimeInterval(gap)
+                            let wait = next.timeIntervalSinceNow
+                            if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+                        } else {
+                            Thread.sleep(forTimeInterval: gap)
+                        }
+                    }
+                } catch {
+                    failure.withLock { $0 = "writer on node \(node): \(error)" }
+                }
+            }
+            thread.start()
+        }
+    }
+
+    var written: Int { count.load(ordering: .relaxed) }
+
+    /// Stops every writer and waits for them; throws the first writer's failure.
+    func stop() throws {
+        stopFlag.store(true, ordering: .relaxed)
+        done.wait()
+        if let message = failure.withLock({ $0 }) { throw ValidationError(message) }
+    }
+}
+
+/// Read-only views of a bench cluster's databases, to tell when every node holds the same rows of `kv`.
+struct BenchReaders {
+    let databases: [Database]
+
+    init(cluster: BenchCluster, nodes: ClosedRange<Int>) throws {
+        databases = try nodes.map { i in
+            let db = try Database.readOnly(path: cluster.dbPath(i))
+            try db.setBusyTimeout(ms: 5_000)  // a reader can meet a checkpoint's brief lock
+            return db
+        }
+    }
+
+    func content(_ db: Database) throws -> String {
+        try db.scalar("SELECT count(*) || '|' || coalesce(group_concat(id || '=' || v, ','), '') FROM (SELECT id, v FROM kv ORDER BY id)")?.string ?? ""
+    }
+
+    var allEqual: Bool {
+        get throws {
+            let all = try databases.map(content)
+            return all.allSatisfy { $0 == all[0] }
+        }
+    }
+
+    /// Keys whose row differs between the first and the `other`th database (to tell a slow convergence from none).
+    func differing(from other: Int) throws -> Int {
+        let rows = try databases.map { db in
+            Dictionary(uniqueKeysWithValues: try db.query("SELECT id, v FROM kv").map { ($0[0].int64 ?? 0, $0[1].string ?? "") })
+        }
+        return Set(rows[0].keys).union(rows[other].keys).filter { rows[0][$0] != rows[other][$0] }.count
+    }
+}

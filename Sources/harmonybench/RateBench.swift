@@ -1,0 +1,81 @@
+import ArgumentParser
+import Foundation
+
+/// The live counterpart of `harmonysim bench ... --find-rate`: at each offered rate, every node's application writes
+/// single-row upserts for a while, and the rate is kept up with when the cluster settles within a tenth of that time
+/// (at least 1 s) once the writes stop, the model's criterion.
+struct RateBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rate",
+        abstract: "Offer single-row writes at rising rates on every node; report which rates the cluster keeps up with.")
+
+    @Option(help: "Offered rates, writes per second over all three nodes, comma-separated.") var rates = "300,600,1200,1800,2400"
+    @Option(help: "Keys the writers share: 10 for the hot-keys shape, 100000 for uniform.") var keys = 10
+    @Option(help: "Shards.") var shards = 1
+    @Option(help: "Seconds of writing at each rate.") var seconds = 10.0
+    @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
+    @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+
+    struct Run {
+        var offered: Int
+        var written: Int
+        var settledMs: Double?
+        var keptUp: Bool
+    }
+
+    func run() throws {
+        let offered = rates.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }.filter { $0 > 0 }
+        guard !offered.isEmpty, seconds > 0 else { throw ValidationError("give at least one positive rate and a positive --seconds") }
+        let settleLimitMs = max(1_000, seconds * 100)
+        var runs: [Run] = []
+        for rate in offered {
+            let cluster = try BenchCluster(nodes: 3, shards: shards, schema: "CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+                                           binary: binary)
+            defer { cluster.stop() }
+            // Each node a third of the rate, scheduled (open loop) so a slow commit is caught up, not skipped.
+            let mean = 3.0 / Double(rate)
+            let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
+            Thread.sleep(forTimeInterval: seconds)
+            try writers.stop()
+            let stopped = Date()
+            let check = try BenchReaders(cluster: cluster, nodes: 1...3)
+            var settled: Double? = nil
+            do {
+                try waitFor(seconds: 120, "every node to hold the same rows once the writes stop") { try check.allEqual }
+                settled = Date().timeIntervalSince(stopped) * 1000
+            } catch {
+                cluster.keep = true
+            }
+            let run = Run(offered: rate, written: writers.written, settledMs: settled, keptUp: settled.map { $0 <= settleLimitMs } ?? false)
+            print("offered \(rate) writes/s: \(run.written) written (\(Int(Double(run.written) / seconds)) rows/s); "
+                  + (settled.map { String(format: "every node equal %.0f ms after the writes stopped", $0) } ?? "not equal within 120 s (kept \(cluster.directory))"))
+            runs.append(run)
+        }
+        let best = runs.filter(\.keptUp).map { Int(Double($0.written) / seconds) }.max()
+        let lines = runs.map { r in
+            "| \(r.offered) | \(Int(Double(r.written) / seconds)) | \(r.settledMs.map { String(format: "%.0f ms", $0) } ?? "not in 120 s") | \(r.keptUp ? "yes" : "no") |"
+        }
+        let text = """
+            # Sustainable write rate, live
+
+            Command: `swift build -c release && .build/release/harmonybench rate --rates \(rates) --keys \(keys) --shards \(shards) --seconds \(seconds)`
+            Machine: \(machineDescription()); SQLite \(sqliteVersion()); one nats-server and 3 harmonylite processes on it.
+            Every node's application upserts random keys of \(keys) (single-row autocommit, WAL, synchronous=FULL) at a third
+            of the offered rate, open loop, for \(seconds) s. Kept up with: every node holds the same rows within
+            \(Int(settleLimitMs)) ms of the writes stopping (a tenth of the writing, at least 1 s: `--find-rate`'s criterion).
+
+            | offered writes/s | rows written/s | every node equal after the writes stop | kept up |
+            |---|---|---|---|
+            \(lines.joined(separator: "\n"))
+
+            Highest rate kept up with: \(best.map { "\($0) rows/s" } ?? "none of those offered").
+
+            """
+        print(text)
+        if let report {
+            try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
+            let json = runs.map { #"{"offered": \#($0.offered), "written": \#($0.written), "settled_ms": \#($0.settledMs.map { String(Int($0)) } ?? "null"), "kept_up": \#($0.keptUp)}"# }
+            try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
+        }
+    }
+}
