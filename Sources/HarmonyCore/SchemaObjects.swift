@@ -304,6 +304,7 @@ public enum SchemaObjects {
                     }
                 }
                 if let old = before?.localSQL {
+                    let key = captured[o.name]?.schema.primaryKey ?? []  // to tell rows with a change still to send
                     for (from, to) in CreateTableText.renamedColumns(from: old, to: o.sql) where object.columnRenames[from] == nil {
                         object.columnRenames[from] = to
                     }
@@ -312,7 +313,6 @@ public enum SchemaObjects {
                     // leave the new column at its default in every row not written since. Taken for a rename, the
                     // other nodes would keep the dropped column's values under the new name while this node has none.
                     if !plantedBugs.contains(.dropAndAddReadAsRename) {
-                        let key = captured[o.name]?.schema.primaryKey ?? []
                         let wasColumns = Set(columnNames(old))
                         for (from, to) in object.columnRenames.sorted(by: { $0.key < $1.key }) where wasColumns.contains(from) && !wasColumns.contains(to) {
                             if try valuesCarried(db, table: o.name, column: to, primaryKey: key) == false { object.columnRenames[from] = nil }
@@ -324,7 +324,6 @@ public enum SchemaObjects {
                     // a DROP plus ADD leave the same rows.
                     for (from, candidates) in CreateTableText.ambiguousRenames(from: old, to: o.sql)
                     where object.columnRenames[from] == nil && !object.columnRenames.values.contains(where: candidates.contains) {
-                        let key = captured[o.name]?.schema.primaryKey ?? []
                         let holding = try candidates.filter { try valuesCarried(db, table: o.name, column: $0, primaryKey: key) == true }
                         if holding.count == 1, !plantedBugs.contains(.ambiguousRenameDropsValues) { object.columnRenames[from] = holding[0] }
                     }
