@@ -99,6 +99,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case schemaChangeApplied(shard: Int, sequence: UInt64, object: String, dropped: Bool, version: RowVersion)
     /// Another node's DDL that SQLite refused here: this node's schema now differs from the cluster's for that object.
     case schemaChangeFailed(shard: Int, sequence: UInt64, object: String, error: String)
+    /// Another node's index or trigger made on a table whose definition has not arrived here yet: made when it does.
+    case schemaChangeWaiting(shard: Int, sequence: UInt64, object: String, table: String)
     case schemaPaused(shard: Int, sequence: UInt64, table: String, remoteHash: String)
     case schemaResumed(shard: Int)
     case gap(shard: Int, expected: UInt64, got: UInt64)

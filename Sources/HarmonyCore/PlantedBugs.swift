@@ -120,6 +120,12 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Take a DROP COLUMN of the last column plus an ADD COLUMN of the same definition, seen in one look, for a RENAME
     /// COLUMN although no value came over: the other nodes keep the dropped column's values under the new name.
     public static let dropAndAddReadAsRename = PlantedBugs(rawValue: 1 << 53)
+    /// Record an index or trigger made on a newer generation of a table that is not here yet as gone with that
+    /// table: when the table's definition arrives (on another shard), the dependent is missing here for good.
+    public static let dependentAheadOfItsTableDropped = PlantedBugs(rawValue: 1 << 54)
+    /// Keep a view, index or trigger made before the first install to this node (the rule for tables, which rows ask
+    /// for): one the application made on this node alone while the others replicated never reaches them.
+    public static let preExistingDependentsKept = PlantedBugs(rawValue: 1 << 55)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -175,6 +181,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("dependent-on-dropped-column-as-string", .dependentOnDroppedColumnAsString),
         ("hint-ignores-version", .hintIgnoresVersion),
         ("drop-and-add-read-as-rename", .dropAndAddReadAsRename),
+        ("dependent-ahead-of-its-table-dropped", .dependentAheadOfItsTableDropped),
+        ("pre-existing-dependents-kept", .preExistingDependentsKept),
     ]
 }
 

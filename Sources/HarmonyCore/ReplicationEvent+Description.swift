@@ -25,6 +25,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard) message \(sequence): another node's DDL \(dropped ? "dropping" : "defining") \(object) (version \(version)) was applied"
         case .schemaChangeFailed(let shard, let sequence, let object, let error):
             return "shard \(shard) message \(sequence): another node's DDL for \(object) could not be run here (\(error)); this node's \(object) now differs from the cluster's. Fix it by hand to match the other nodes (sqlite_schema), or run the DDL again on any node"
+        case .schemaChangeWaiting(let shard, let sequence, let object, let table):
+            return "shard \(shard) message \(sequence): another node's DDL for \(object) was made on a version of table \(quoteIdentifier(table)) that has not arrived here yet; it is made when that table's definition arrives"
         case .parked(let shard, let sequence, let reason):
             return "shard \(shard) message \(sequence) could not be applied and was parked in \(Bookkeeping.parkedTable): \(reason)"
         case .schemaPaused(let shard, let sequence, let table, let remoteHash):

@@ -91,8 +91,13 @@ extension ReplicationNode {
         let now = attempted.now
         var failure = attempted.failure
         if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
-        if failure != nil, incoming.isDependent, incoming.sql != nil, try !db.tableExists(incoming.tableName),
-           try !renamedHere(db, incoming) {
+        var waitsForItsTable = false
+        if failure != nil, incoming.isDependent, incoming.sql != nil, try madeOnATableNotHereYet(db, incoming) {
+            // Made on a generation of its table this node has not had yet (that definition comes on another shard, or
+            // further on this one): kept as an unapplied definition, made when the table arrives.
+            waitsForItsTable = true
+        } else if failure != nil, incoming.isDependent, incoming.sql != nil, try !db.tableExists(incoming.tableName),
+                  try !renamedHere(db, incoming) {
             // Made on a table that was dropped here meanwhile: it went with that table, as on the nodes that had it.
             stored.sql = nil
             failure = nil
@@ -100,10 +105,12 @@ extension ReplicationNode {
         try SchemaObjects.store(db, stored, localSQL: now)
         if incoming.type == "table" && incoming.sql == nil && (incoming.renamed == nil || config.plantedBugs.contains(.dependentOfRenamedTableDropped)) {
             // Its indexes and triggers went with it, in the same version (a rename moved them; see `renamedHere`).
+            // Not those made on a later generation of it, waiting here for that table's definition.
             try db.execute("""
                 UPDATE \(SchemaObjects.table) SET sql = NULL, local_sql = NULL, hlc = ?, node = ?
-                WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL
-                """, [.integer(incoming.version.hlc), .integer(incoming.version.node), .text(incoming.name)])
+                WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL AND (table_generation IS NULL OR table_generation <= ?4 OR ?5)
+                """, [.integer(incoming.version.hlc), .integer(incoming.version.node), .text(incoming.name), .integer(incoming.generation),
+                      .integer(config.plantedBugs.contains(.dependentAheadOfItsTableDropped) ? 1 : 0)])
         }
         if failure == nil, let local { try keepConcurrentDrops(db, winner: incoming, over: local.object) }
         if failure == nil, incoming.type == "table", incoming.sql != nil, let local, local.localSQL != nil, incoming.generation > local.object.generation {
@@ -124,7 +131,9 @@ extension ReplicationNode {
         // re-install as DDL of this node's and published: every node that saw the same side effect publishes the
         // same text, and a node that did not (the object was made elsewhere after the rename) receives it.
         try refreshCapture(afterOwnDDL: true)
-        if let failure, now != stored.sql {
+        if waitsForItsTable, now != stored.sql {
+            events.append(.schemaChangeWaiting(shard: shard, sequence: message.sequence, object: incoming.description, table: incoming.tableName))
+        } else if let failure, now != stored.sql {
             events.append(.schemaChangeFailed(shard: shard, sequence: message.sequence, object: incoming.description, error: failure))
         } else {
             events.append(.schemaChangeApplied(shard: shard, sequence: message.sequence, object: incoming.description,
@@ -222,6 +231,16 @@ extension ReplicationNode {
     /// Whether an index or trigger was made on a table this node has since renamed (not dropped): on the nodes that
     /// made it, that rename moves it onto the new name, and each publishes the moved text as its own DDL, which
     /// lands here. Until then it waits unapplied; taking it for dropped would outrank the moved text for good.
+    /// True when an index or trigger was made on a generation of its table newer than any this node has had (or on
+    /// a table this node has no state for): that table's definition is still on its way, so failing to make the
+    /// dependent here says nothing about a drop. Recording it as gone would lose it for good once the table
+    /// arrives, since the dependent's version no longer outranks itself.
+    func madeOnATableNotHereYet(_ db: Database, _ dependent: SchemaObject) throws -> Bool {
+        guard !config.plantedBugs.contains(.dependentAheadOfItsTableDropped) else { return false }
+        guard let current = try SchemaObjects.generation(ofTableOrView: dependent.tableName, db) else { return true }
+        return (dependent.tableGeneration ?? 0) > current
+    }
+
     func renamedHere(_ db: Database, _ dependent: SchemaObject) throws -> Bool {
         guard !config.plantedBugs.contains(.dependentOfRenamedTableDropped),
               let table = try SchemaObjects.load(db, type: "table", name: dependent.tableName)?.object,
@@ -260,6 +279,15 @@ extension ReplicationNode {
             WHERE sql IS NOT NULL AND local_sql IS NOT sql ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, id
             """).map(SchemaObjects.object)
         for entry in unapplied {
+            if entry.object.isDependent, let made = entry.object.tableGeneration,
+               let current = try SchemaObjects.generation(ofTableOrView: entry.object.tableName, db), made < current,
+               !config.plantedBugs.contains(.dependentOutlivesItsTable) {
+                // It waited for a table that was dropped and made again since: it went with that table.
+                var gone = entry.object
+                gone.sql = nil
+                try SchemaObjects.store(db, gone, localSQL: nil)
+                continue
+            }
             let (now, failure) = try attempt(db, entry.object)
             if failure == nil { try SchemaObjects.store(db, entry.object, localSQL: now) }
         }

@@ -1,8 +1,9 @@
 import HarmonyCodec
 import HarmonySQLite
 
-/// Objects that existed before a node's first install are recorded at version zero and not sent: every node is
-/// expected to have its own copy (the seeds' rule: the same schema everywhere before replicating). When one node's
+/// Objects that existed before a node's first install are recorded at version zero: every node is expected to have
+/// its own copy (the seeds' rule: the same schema everywhere before replicating). Views, indexes and triggers go out
+/// once at that install (see `SchemaObjects.detect`); tables are sent only on request. When one node's
 /// application made a table the others never had (before that node's sidecar first ran, while the others already
 /// replicated), its rows would wait for good elsewhere. A node that receives such rows asks every node for their
 /// pre-existing definitions; each answers by sending its own at version zero, which fill gaps and lose to every

@@ -244,7 +244,8 @@ public enum SchemaObjects {
     /// Compares `sqlite_schema` with what this node last saw and records every difference as DDL of this node's,
     /// linked from the global log so it is published in order with the data written around it. `renamedTables`:
     /// old name -> new name for the tables this install found renamed. On the first look (no state yet) every
-    /// object is recorded as pre-existing, with version zero, and nothing is published: each node has its own copy.
+    /// object is recorded as pre-existing, with version zero: each node has its own copy. Tables are sent only on
+    /// request (see `ReplicationNode+PreExisting`); views, indexes and triggers go out once, at version zero.
     /// `recreated`: tables dropped and created again since the last look (a new generation even if the text matches).
     static func detect(_ db: Database, captured: [String: CapturedTable], renamedTables: [String: String], recreated: Set<String> = [],
                        filter: TableFilter, plantedBugs: PlantedBugs = []) throws {
@@ -351,7 +352,15 @@ public enum SchemaObjects {
                 }
             }
             let id = try store(db, object, localSQL: o.sql)
-            if !fresh { changed.append(id) }
+            if !fresh {
+                changed.append(id)
+            } else if o.type != "table", !plantedBugs.contains(.preExistingDependentsKept) {
+                // A view, index or trigger made before the first install goes out once, at version zero: it loses to
+                // every recorded state and ties with every node's own copy, so it only fills gaps. Unlike a table's,
+                // nothing would ever ask for it (no rows name it) when the application made it on this node alone
+                // (before the sidecar first ran, while the others already replicated).
+                changed.append(id)
+            }
         }
         for (key, before) in known.sorted(by: { $0.value.id < $1.value.id }) where !seen.contains(key) && before.localSQL != nil {
             var object = before.object

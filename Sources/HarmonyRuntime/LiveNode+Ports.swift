@@ -138,7 +138,8 @@ final class LiveEvents: ReplicationEventSink {
         case .snapshotFailed(let reason):
             log.warning("snapshot failed: \(reason)", metadata: event.logMetadata)
             node?.snapshotAttemptEnded(event)
-        case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .gap, .repairRequested, .preExistingDefinitionsAsked, .preExistingDefinitionsSent: log.info("\(event)", metadata: event.logMetadata)
+        case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .gap, .repairRequested, .preExistingDefinitionsAsked, .preExistingDefinitionsSent,
+             .schemaChangeWaiting: log.info("\(event)", metadata: event.logMetadata)
         case .holeRepaired: log.warning("\(event)", metadata: event.logMetadata)
         case .captureInstalled:
             log.info("\(event)", metadata: event.logMetadata)

@@ -23,6 +23,8 @@ extension ReplicationEvent {
                     "dropped": .string(dropped ? "true" : "false"), "version": .string(version.description)]
         case .schemaChangeFailed(let shard, let sequence, let object, let error):
             return ["event": "schema_change_failed", "shard": n(shard), "sequence": n(sequence), "object": .string(object), "reason": .string(error)]
+        case .schemaChangeWaiting(let shard, let sequence, let object, let table):
+            return ["event": "schema_change_waiting", "shard": n(shard), "sequence": n(sequence), "object": .string(object), "table": .string(table)]
         case .parked(let shard, let sequence, let reason):
             return ["event": "parked", "shard": n(shard), "sequence": n(sequence), "reason": .string(reason)]
         case .schemaPaused(let shard, let sequence, let table, let remoteHash):

@@ -252,13 +252,40 @@ struct DDLTests {
         #expect(try c.rows(1, "SELECT count(*) FROM kv WHERE extra IS NULL") == [[0]])
     }
 
-    /// What existed before capture was installed is each node's own: nothing is published for it.
-    @Test func preExistingObjectsAreNotPublished() throws {
-        let c = try TestCluster(nodes: 1, schema: Self.schema + "CREATE INDEX kv_v ON kv (v);")
+    /// What existed before capture was installed is each node's own copy (version zero). A table is sent only when
+    /// another node asks; a view, index or trigger goes out once, at version zero, and changes nothing where the
+    /// object is already (its copy there ties).
+    @Test func preExistingObjectsGoOutOnlyAsVersionZeroCopies() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema + "CREATE INDEX kv_v ON kv (v);")
         try c.publish(0)
-        #expect(c.streams.messages(shard: 1).isEmpty)
+        let sent = try c.streams.messages(shard: 1).flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        #expect(sent.map { $0.primaryKey.map(\.value) } == [[.text("index"), .text("kv_v")]])
+        #expect(sent.allSatisfy { $0.version == .zero })
         let states = try SchemaObjects.all(c.apps[0]).map(\.object)
         #expect(states.map(\.name).sorted() == ["kv", "kv_v"] && states.allSatisfy { $0.version == RowVersion(hlc: 0, node: 0) })
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(c.events[1].events.allSatisfy { if case .schemaChangeApplied = $0 { return false } else { return true } })
+    }
+
+    /// Node 2's application made a view and an index before node 2's sidecar first ran (its first starts failed),
+    /// while node 1 already replicated. No row names them, so nothing would ask for them: they go out at version
+    /// zero and node 1 makes them (`pre-existing-dependents-kept`: they stay on node 2 alone).
+    @Test(arguments: [PlantedBugs(), .preExistingDependentsKept])
+    func aViewAndAnIndexMadeBeforeTheFirstInstallReachTheOtherNodes(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 1, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO kv VALUES (1, 'one')")
+        try c.settle()
+        try c.addNode(schema: Self.schema + "CREATE VIEW kv_ones AS SELECT k FROM kv WHERE v = 'one'; CREATE INDEX kv_v ON kv (v);") {
+            $0.plantedBugs = bug
+        }
+        try c.settle()
+        #expect(try (userSchema(c, 0) == userSchema(c, 1)) == bug.isEmpty)
+        if bug.isEmpty {
+            #expect(try c.rows(0, "SELECT * FROM kv_ones") == [[1]])
+            #expect(try c.rows(1, "SELECT * FROM kv_ones") == [[1]])
+            #expect(try c.nodes[0].divergedSchemaObjects().isEmpty)
+        }
     }
 
     @Test func replicateDDLFalsePublishesNoDDL() throws {
@@ -584,6 +611,37 @@ struct DDLTests {
         try c.settle()
         try expectSameEverywhere(c, tables: ["t"])
         #expect(try c.rows(1, "SELECT * FROM t") == [[1, "a", 7]])
+        #expect(c.events.allSatisfy { !$0.events.contains { if case .schemaChangeFailed = $0 { return true } else { return false } } })
+    }
+    /// Node 1 dropped table s; node 2 dropped it too and made it again with an index. Node 1, held back on a row
+    /// of a table only node 2 had, applies the definitions it finds further on ahead: the index, of which it knows
+    /// nothing, comes before the new s, which it has a (dropped) state for. The index was made on that new s: it
+    /// waits for it, and node 1 ends with it (`dependent-ahead-of-its-table-dropped`: node 1 records it as gone with
+    /// the s it dropped, at the index's own version, and never makes it).
+    @Test(arguments: [PlantedBugs(), .dependentAheadOfItsTableDropped])
+    func anIndexAppliedAheadOfItsTablesNewDefinitionIsMadeWhenTheTableArrives(bug: PlantedBugs) throws {
+        let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT); CREATE TABLE s (id INTEGER PRIMARY KEY, a TEXT);"
+        let c = try TestCluster(nodes: 1, schema: schema) { $0.plantedBugs = bug }
+        try c.addNode(schema: schema + "CREATE TABLE late (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO late VALUES (7, 'seven');") {
+            $0.plantedBugs = bug
+        }
+        try c.apps[0].execute("DROP TABLE s")
+        try c.publish(0)
+        try c.publish(1)
+        try c.apps[1].execute("DROP TABLE s")
+        try c.publish(1)
+        try c.apps[1].execute("CREATE TABLE s (id INTEGER PRIMARY KEY, a TEXT, b INTEGER); CREATE INDEX ix ON s (a);")
+        try c.publish(1)
+        try c.settle()
+        #expect(try c.rows(1, "SELECT name FROM sqlite_schema WHERE name = 'ix'") == [["ix"]])
+        let indexHere = try c.rows(0, "SELECT name FROM sqlite_schema WHERE name = 'ix'") == [["ix"]]
+        #expect(indexHere == bug.isEmpty)
+        if bug.isEmpty {
+            try expectSameEverywhere(c, tables: ["late", "s"])
+            #expect(try c.nodes[0].divergedSchemaObjects().isEmpty)
+            let waited = c.events[0].events.contains { if case .schemaChangeWaiting(_, _, "index \"ix\"", "s") = $0 { return true } else { return false } }
+            #expect(waited, "the index was applied ahead of its table, as this test means to show")
+        }
         #expect(c.events.allSatisfy { !$0.events.contains { if case .schemaChangeFailed = $0 { return true } else { return false } } })
     }
 }
