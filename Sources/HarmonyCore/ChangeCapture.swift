@@ -44,8 +44,9 @@ public struct CapturedTable: Sendable, Equatable {
 /// key in the table's change log, links it from the global log, and stamps the row's version, all inside
 /// the writer's own transaction. They name key columns only, so every `ALTER TABLE` SQLite allows (DROP and
 /// RENAME COLUMN included) goes through them; the publisher reads the row as it is when it sends it
-/// (last-writer-wins only needs a row's latest state and version). While the sidecar applies remote changes it sets `applying = 1` in its
-/// own transaction, which no other connection can observe, so its writes are never captured.
+/// (last-writer-wins only needs a row's latest state and version). The sidecar's own connection runs with triggers
+/// switched off (`Database.setTriggersEnabled`), so its writes are never captured and the triggers test nothing per
+/// row. The clock row's `applying` column is kept for databases installed by older versions and no longer read.
 public enum ChangeCapture {
     static func q(_ s: String) -> String { quoteIdentifier(s) }
 
@@ -510,21 +511,19 @@ public enum ChangeCapture {
 
     static func createTriggers(_ db: Database, _ schema: TableSchema, epoch: Int64, plantedBugs: PlantedBugs = []) throws {
         let t = q(schema.name)
-        let notApplying = "(SELECT applying FROM \(q(Bookkeeping.clockTable))) = 0"
         let sameKey = schema.primaryKey.map { "OLD.\(q($0)) IS NEW.\(q($0))" }.joined(separator: " AND ")
         for kind in ["insert", "update", "update_key", "delete"] {
             try db.execute("DROP TRIGGER IF EXISTS \(q(Bookkeeping.trigger(schema.name, kind)))")
         }
         try db.execute("""
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "insert"))) AFTER INSERT ON \(t)
-            WHEN \(notApplying)
             BEGIN
             \(captureBody(schema, epoch: epoch, type: "insert", source: "NEW"))
             END
             """)
         try db.execute("""
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "update"))) AFTER UPDATE ON \(t)
-            WHEN \(notApplying) AND (\(sameKey))
+            WHEN \(sameKey)
             BEGIN
             \(captureBody(schema, epoch: epoch, type: "update", source: "NEW"))
             END
@@ -532,7 +531,7 @@ public enum ChangeCapture {
         // A primary-key change is a delete of the old key followed by a write of the new one.
         try db.execute("""
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "update_key"))) AFTER UPDATE ON \(t)
-            WHEN \(notApplying) AND NOT (\(sameKey))
+            WHEN NOT (\(sameKey))
             BEGIN
             \(plantedBugs.contains(.keyChangeWithoutDelete) ? "" : captureBody(schema, epoch: epoch, type: "delete", source: "OLD"))
             \(captureBody(schema, epoch: epoch, type: "update", source: "NEW"))
@@ -540,7 +539,6 @@ public enum ChangeCapture {
             """)
         try db.execute("""
             CREATE TRIGGER \(q(Bookkeeping.trigger(schema.name, "delete"))) AFTER DELETE ON \(t)
-            WHEN \(notApplying)
             BEGIN
             \(captureBody(schema, epoch: epoch, type: "delete", source: "OLD"))
             END

@@ -32,8 +32,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let dropChangesWhenMarkFails = PlantedBugs(rawValue: 1 << 12)
     /// Take a snapshot even while some of this node's own changes are not yet acknowledged by the log.
     public static let snapshotWithPendingChanges = PlantedBugs(rawValue: 1 << 13)
-    /// Switch capture off (`applying = 1`) in its own statement before the apply transaction, not inside it.
-    public static let captureOffOutsideApplyTransaction = PlantedBugs(rawValue: 1 << 15)
+    /// Leave triggers on for the sidecar's own connection: every change it applies is captured again as a local
+    /// write, stamped with a newer version and sent back out, so the cluster never goes quiet.
+    public static let sidecarWritesCaptured = PlantedBugs(rawValue: 1 << 15)
     /// Send changes above `max_row_bytes` like any other instead of refusing them.
     public static let publishOversizedRows = PlantedBugs(rawValue: 1 << 16)
     /// Keep received parts of split messages in memory, not in the apply transaction: a crash loses them.
@@ -142,7 +143,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("ack-failed-apply", .ackFailedApply),
         ("drop-changes-when-mark-fails", .dropChangesWhenMarkFails),
         ("snapshot-with-pending-changes", .snapshotWithPendingChanges),
-        ("capture-off-outside-apply-transaction", .captureOffOutsideApplyTransaction),
+        ("sidecar-writes-captured", .sidecarWritesCaptured),
         ("publish-oversized-rows", .publishOversizedRows),
         ("parts-in-memory", .partsInMemory),
         ("no-resubscribe-on-stall", .noResubscribeOnStall),

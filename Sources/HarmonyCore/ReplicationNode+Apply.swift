@@ -40,16 +40,11 @@ extension ReplicationNode {
             try saveCheckpoint(db, shard: shard, sequence: last.sequence)
             try crashPoint(.afterCheckpointBeforeApply)
         }
-        if config.plantedBugs.contains(.captureOffOutsideApplyTransaction) {
-            try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
-        }
         env.interleave?(.beforeApplyTransaction)
         do {
             // Every local write committed before this transaction gets its version first: last-writer-wins below
             // compares against it.
             try writeTransaction(db, stamp: !config.plantedBugs.contains(.applyBeforeStamping)) {
-                // Inside the transaction: no other connection can ever see capture switched off.
-                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
                 var maxHLC: Int64 = 0
                 var halted = false
                 for message in ordered {
@@ -103,7 +98,7 @@ extension ReplicationNode {
                     try saveCheckpoint(db, shard: shard, sequence: next - 1)
                 }
                 let observed = config.plantedBugs.contains(.noClockAdvanceOnReceipt) ? 0 : maxHLC
-                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0, hlc = max(hlc, ?)",
+                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)",
                                [.integer(observed)])
             }
         } catch let error as SQLiteError {

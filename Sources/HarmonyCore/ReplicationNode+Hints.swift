@@ -31,10 +31,9 @@ extension ReplicationNode {
         var won: [RowVersion] = []
         do {
             try writeTransaction(db) {
-                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
                 for change in changes where try applyHinted(db, change) { won.append(change.version) }
                 let maxHLC = changes.map(\.version.hlc).max() ?? 0
-                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0, hlc = max(hlc, ?)", [.integer(maxHLC)])
+                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)", [.integer(maxHLC)])
             }
         } catch is SQLiteError {
             return  // its in-order copy applies it (or parks it, with the reason) in its turn

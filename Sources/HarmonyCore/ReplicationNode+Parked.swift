@@ -61,7 +61,6 @@ extension ReplicationNode {
             let shard = router.shards.first { router.streamName(shard: $0) == row[1].string } ?? 1
             let message = IncomingMessage(sequence: UInt64(max(0, row[2].int64 ?? 0)), payload: row[3].bytes ?? [])
             let outcome: ParkedRetryOutcome = try writeTransaction(db) {
-                try db.execute("UPDATE \(clock) SET applying = 1", [])
                 try db.execute("SAVEPOINT harmonylite_retry", [])
                 var events: [ReplicationEvent] = []
                 var maxHLC: Int64 = 0
@@ -85,7 +84,7 @@ extension ReplicationNode {
                         try db.execute("UPDATE \(parked) SET error = ? WHERE id = ?", [.text(reason), .integer(id)])
                     }
                 }
-                try db.execute("UPDATE \(clock) SET applying = 0, hlc = max(hlc, ?)", [.integer(outcome == .applied ? maxHLC : 0)])
+                try db.execute("UPDATE \(clock) SET hlc = max(hlc, ?)", [.integer(outcome == .applied ? maxHLC : 0)])
                 return outcome
             }
             results.append((id, outcome))

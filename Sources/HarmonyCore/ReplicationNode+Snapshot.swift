@@ -63,15 +63,14 @@ extension ReplicationNode {
             return .waitingForAcknowledgements(pending: pending)
         }
         if let reason = try dropUnreplicatedTables(copy) { return .skipped(reason: reason) }
+        try copy.setTriggersEnabled(false)  // the copy's triggers stay silent
         try copy.transaction(.immediate) {
-            try copy.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1")  // the copy's triggers stay silent
             try dropRefusedRows(copy)
             let logs = try copy.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE '\(Bookkeeping.prefix)%_change_log' ESCAPE '\\'")
             for row in logs { if let name = row[0].string { try copy.execute("DELETE FROM \(quoteIdentifier(name))") } }
             try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.globalLog))")
             if try copy.tableExists(Bookkeeping.captureQueue) { try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.captureQueue))") }
             try copy.execute("DELETE FROM \(quoteIdentifier(Bookkeeping.parkedTable))")
-            try copy.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0")
         }
         var sequences: [String: UInt64] = [:]
         for row in try copy.query("SELECT stream, seq FROM \(quoteIdentifier(Bookkeeping.checkpointTable))") {
@@ -226,7 +225,6 @@ extension ReplicationNode {
         }
         var rowsRestored = 0
         try writeTransaction(db) {
-            try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 1", [])
             // Read under the write lock, before the snapshot replaces the rows they describe.
             let local = try localChanges()
             for table in tables { rowsRestored += try copyFromSnapshot(db, table) }
@@ -238,7 +236,7 @@ extension ReplicationNode {
             let clockSource = config.plantedBugs.contains(.restoreWithoutClockAdvance)
                 ? "0" : "(SELECT max(hlc) FROM \(snap).\(quoteIdentifier(Bookkeeping.clockTable)))"
             try db.execute("""
-                UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET applying = 0, hlc = max(hlc, coalesce(\(clockSource), 0))
+                UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, coalesce(\(clockSource), 0))
                 """, [])
             try crashPoint(.beforeRestoreCommit)
         }
