@@ -19,6 +19,7 @@ struct LiveBench: ParsableCommand {
     @Option(help: "Shards.") var shards = 4
     @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+    @Flag(help: "Print each probe's commit time and its delay to the log, in commit order.") var probeTimes = false
     @Flag(name: .customLong("no-hints"), help: "Run the nodes with replication_log.hints = false (the baseline for hints).") var noHints = false
 
     func run() throws {
@@ -96,6 +97,7 @@ struct LiveBench: ParsableCommand {
         print("messages per bulk row: \(messagesPerRow) (\(bulkMessages) messages)")
         print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
         let toLog = watch.delays(\.onLog), toHint = watch.delays(\.hinted)
+        if probeTimes { watch.printProbeTimes() }
         print("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
         let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: metricsPort))
         print("hints applied on node 2: \(hintsApplied)\(noHints ? " (hints off)" : "")")
@@ -260,6 +262,18 @@ final class LogWatch: Sendable {
     func delays(_ stamp: KeyPath<Probe, UInt64>) -> [Double] {
         probes.all.withLock { all in
             all.values.compactMap { p in p.committed > 0 && p[keyPath: stamp] >= p.committed ? Double(p[keyPath: stamp] - p.committed) / 1e6 : nil }
+        }
+    }
+
+    /// One line per probe under load, in commit order: when it was committed (ms after the first probe) and how long
+    /// it took to be stored on the log (-1: never seen there), so a tail can be placed in the load's timeline.
+    func printProbeTimes() {
+        probes.all.withLock { all in
+            let t0 = all.values.map(\.committed).filter { $0 > 0 }.min() ?? 0
+            for (id, p) in all.sorted(by: { $0.value.committed < $1.value.committed }) where p.committed > 0 {
+                let stored = p.onLog >= p.committed ? String(format: "%.1f", Double(p.onLog - p.committed) / 1e6) : "-1"
+                print("probe \(id): committed at \(String(format: "%.1f", Double(p.committed - t0) / 1e6)) ms, stored on the log after \(stored) ms")
+            }
         }
     }
 
