@@ -122,7 +122,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// COLUMN although no value came over: the other nodes keep the dropped column's values under the new name.
     public static let dropAndAddReadAsRename = PlantedBugs(rawValue: 1 << 53)
     /// Record an index or trigger made on a newer generation of a table that is not here yet as gone with that
-    /// table: when the table's definition arrives (on another shard), the dependent is missing here for good.
+    /// table: when the table's definition arrives (applied ahead of it, behind a held-back row), the dependent is
+    /// missing here for good.
     public static let dependentAheadOfItsTableDropped = PlantedBugs(rawValue: 1 << 54)
     /// Keep a view, index or trigger made before the first install to this node (the rule for tables, which rows ask
     /// for): one the application made on this node alone while the others replicated never reaches them.

@@ -93,8 +93,8 @@ extension ReplicationNode {
         if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
         var waitsForItsTable = false
         if failure != nil, incoming.isDependent, incoming.sql != nil, try madeOnATableNotHereYet(db, incoming) {
-            // Made on a generation of its table this node has not had yet (that definition comes on another shard, or
-            // further on this one): kept as an unapplied definition, made when the table arrives.
+            // Made on a generation of its table this node has not had yet: kept as an unapplied definition, made when
+            // the table arrives.
             waitsForItsTable = true
         } else if failure != nil, incoming.isDependent, incoming.sql != nil, try !db.tableExists(incoming.tableName),
                   try !renamedHere(db, incoming) {
@@ -228,19 +228,20 @@ extension ReplicationNode {
         }
     }
 
-    /// Whether an index or trigger was made on a table this node has since renamed (not dropped): on the nodes that
-    /// made it, that rename moves it onto the new name, and each publishes the moved text as its own DDL, which
-    /// lands here. Until then it waits unapplied; taking it for dropped would outrank the moved text for good.
-    /// True when an index or trigger was made on a generation of its table newer than any this node has had (or on
-    /// a table this node has no state for): that table's definition is still on its way, so failing to make the
-    /// dependent here says nothing about a drop. Recording it as gone would lose it for good once the table
-    /// arrives, since the dependent's version no longer outranks itself.
+    /// True when an index or trigger was made on a generation of its table newer than any this node has had, or on a
+    /// table this node has no state for: that table's definition has not arrived (DDL found further on the stream
+    /// and applied ahead of it, behind a held-back row; a pre-existing copy sent before the table is asked for), so
+    /// failing to make the dependent here says nothing about a drop. Recording it as gone would lose it for good once
+    /// the table arrives, since the dependent's version no longer outranks itself.
     func madeOnATableNotHereYet(_ db: Database, _ dependent: SchemaObject) throws -> Bool {
         guard !config.plantedBugs.contains(.dependentAheadOfItsTableDropped) else { return false }
         guard let current = try SchemaObjects.generation(ofTableOrView: dependent.tableName, db) else { return true }
         return (dependent.tableGeneration ?? 0) > current
     }
 
+    /// Whether an index or trigger was made on a table this node has since renamed (not dropped): on the nodes that
+    /// made it, that rename moves it onto the new name, and each publishes the moved text as its own DDL, which
+    /// lands here. Until then it waits unapplied; taking it for dropped would outrank the moved text for good.
     func renamedHere(_ db: Database, _ dependent: SchemaObject) throws -> Bool {
         guard !config.plantedBugs.contains(.dependentOfRenamedTableDropped),
               let table = try SchemaObjects.load(db, type: "table", name: dependent.tableName)?.object,
@@ -264,11 +265,25 @@ extension ReplicationNode {
     }
 
     /// Objects whose replicated definition this node could not take (SQLite refused it here): `type "name"` each, in
-    /// name order. Empty when this node's schema is the cluster's.
+    /// name order. Empty when this node's schema is the cluster's. Those waiting for their table are not among them.
     public func divergedSchemaObjects() throws -> [String] {
+        try unappliedSchemaObjects().filter { !$0.waitsForTable }.map(\.description)
+    }
+
+    /// Indexes and triggers made on a table whose definition has not arrived here: `type "name" on "table"` each.
+    public func schemaObjectsWaitingForTheirTable() throws -> [String] {
+        try unappliedSchemaObjects().filter(\.waitsForTable).map { "\($0.description) on \(quoteIdentifier($0.table))" }
+    }
+
+    private func unappliedSchemaObjects() throws -> [(description: String, table: String, waitsForTable: Bool)] {
         guard config.replicateDDL, try requireDatabase().tableExists(Bookkeeping.ddlTable) else { return [] }
-        return try requireDatabase().query("SELECT type, name FROM \(SchemaObjects.table) WHERE sql IS NOT local_sql ORDER BY name, type")
-            .compactMap { row in row[1].string.map { "\(row[0].string ?? "object") \(quoteIdentifier($0))" } }
+        let db = try requireDatabase()
+        return try db.query("SELECT \(SchemaObjects.columns) FROM \(SchemaObjects.table) WHERE sql IS NOT local_sql ORDER BY name, type")
+            .map(SchemaObjects.object).map { entry in
+                let o = entry.object
+                let waits = o.isDependent && o.sql != nil && entry.localSQL == nil ? try madeOnATableNotHereYet(db, o) : false
+                return (o.description, o.tableName, waits)
+            }
     }
 
     /// Objects whose winning definition SQLite refused earlier (an index that arrived before its table's rename, a

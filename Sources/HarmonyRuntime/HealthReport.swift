@@ -16,6 +16,10 @@ struct ProgressWatch: Sendable {
     /// Since when a replicated DDL has been refused here with none applied after it, and SQLite's last reason.
     var schemaRefusedSinceMs: Int64?
     var lastSchemaRefusal: String?
+    /// Since when an index or trigger waits for its table's definition with no DDL applied after it, and when DDL
+    /// was last applied (an object may still wait after that, for another table).
+    var schemaWaitingSinceMs: Int64?
+    var lastSchemaAppliedMs: Int64?
 
     mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
         switch event {
@@ -37,8 +41,12 @@ struct ProgressWatch: Sendable {
         case .schemaChangeFailed(_, _, let object, let error):
             if schemaRefusedSinceMs == nil { schemaRefusedSinceMs = nowMs }
             lastSchemaRefusal = "\(object): \(error)"
+        case .schemaChangeWaiting:
+            if schemaWaitingSinceMs == nil { schemaWaitingSinceMs = nowMs }
         case .schemaChangeApplied:
             schemaRefusedSinceMs = nil  // refused ones are retried after each applied one: give them that chance
+            schemaWaitingSinceMs = nil
+            lastSchemaAppliedMs = nowMs
         case .restored, .holeRepaired:
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
@@ -114,6 +122,13 @@ struct HealthReport: Sendable {
             reasons.append("this node's schema differs from the cluster's for \(r.divergedSchemaObjects.count) object(s) (\(objects)): SQLite refused "
                            + "the replicated DDL here\(watch.lastSchemaRefusal.map { " (last: \($0))" } ?? ""). Make each object match another "
                            + "node's sqlite_schema by hand, or run the DDL again on any node")
+        }
+        let waitingSince = watch.schemaWaitingSinceMs ?? watch.lastSchemaAppliedMs ?? 0
+        if !r.schemaObjectsWaitingForTheirTable.isEmpty, nowMs - waitingSince >= stallMs {
+            let objects = r.schemaObjectsWaitingForTheirTable.prefix(5).joined(separator: ", ") + (r.schemaObjectsWaitingForTheirTable.count > 5 ? ", ..." : "")
+            reasons.append("\(r.schemaObjectsWaitingForTheirTable.count) replicated index(es) or trigger(s) wait for a table whose definition has "
+                           + "not reached this node (\(objects)). If that table exists only on the node that made them (created there "
+                           + "before its sidecar first ran, with no rows, so nothing asks for it), create it here as it is there")
         }
         if let since = watch.publishFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
             reasons.append("publishes have failed for \((nowMs - since) / 1000) s; \(r.pendingChanges) local change(s) wait to be sent")

@@ -36,6 +36,7 @@ extension LiveNode {
             streamLasts: core?.streamStates.mapValues(\.lastSequence) ?? [:],
             pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,
             pendingChanges: (try? core?.pendingChangeCount()) ?? 0, parkedMessages: (try? core?.parkedCount()) ?? 0,
-            divergedSchemaObjects: (try? core?.divergedSchemaObjects()) ?? [])
+            divergedSchemaObjects: (try? core?.divergedSchemaObjects()) ?? [],
+            schemaObjectsWaitingForTheirTable: (try? core?.schemaObjectsWaitingForTheirTable()) ?? [])
     }
 }

@@ -17,4 +17,6 @@ struct NodeReadings: Sendable {
     var parkedMessages: Int64 = 0
     /// Schema objects whose replicated DDL SQLite refused here (`table "t"`, ...).
     var divergedSchemaObjects: [String] = []
+    /// Replicated indexes and triggers waiting for their table's definition (`index "ix" on "t"`, ...).
+    var schemaObjectsWaitingForTheirTable: [String] = []
 }

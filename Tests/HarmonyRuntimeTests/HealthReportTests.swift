@@ -63,6 +63,23 @@ struct HealthReportTests {
         #expect(HealthReport.evaluate(readings(), watch: watch, nowMs: 62_000, stallMs: stallMs).healthy)
     }
 
+    /// An index made on a table whose definition has not arrived waits for it: healthy while DDL still arrives,
+    /// unhealthy once stall_seconds pass without any, with advice for the one case where it never comes.
+    @Test func anIndexWaitingForItsTableTurnsUnhealthyAfterStallSeconds() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        watch.record(.schemaChangeWaiting(shard: 1, sequence: 5, object: "index \"ix\"", table: "s"), nowMs: 1_000)
+        var r = readings()
+        r.schemaObjectsWaitingForTheirTable = ["index \"ix\" on \"s\""]
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: 60_000, stallMs: stallMs).healthy)
+        watch.record(.schemaChangeApplied(shard: 1, sequence: 6, object: "table \"t\"", dropped: false, version: .zero), nowMs: 30_000)
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: 89_000, stallMs: stallMs).healthy)
+        let report = HealthReport.evaluate(r, watch: watch, nowMs: 90_000, stallMs: stallMs)
+        #expect(!report.healthy)
+        #expect(report.reasons.first?.hasPrefix("1 replicated index(es) or trigger(s) wait for a table whose definition has not reached this node "
+                                                + "(index \"ix\" on \"s\")") == true)
+        #expect(HealthReport.evaluate(readings(), watch: watch, nowMs: 91_000, stallMs: stallMs).healthy)
+    }
+
     @Test func needingASnapshotWithSnapshotsDisabledIsUnhealthyAtOnce() {
         var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
         watch.record(.behindLogStart(shard: 1, checkpoint: 0, firstSequence: 90), nowMs: 0)
