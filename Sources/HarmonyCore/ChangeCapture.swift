@@ -40,9 +40,9 @@ public struct CapturedTable: Sendable, Equatable {
 /// Installs and removes the change-data-capture triggers and bookkeeping tables.
 ///
 /// The triggers use only built-in SQL (no application functions), so the stock `sqlite3` shell writes
-/// through them with default settings. Each local write bumps the hybrid-logical clock, records the row's
-/// key in the table's change log, links it from the global log, and stamps the row's version, all inside
-/// the writer's own transaction. They name key columns only, so every `ALTER TABLE` SQLite allows (DROP and
+/// through them with default settings. Each local write adds one row to the capture queue (table, kind, schema
+/// epoch, key, wall-clock millisecond) inside the writer's own transaction; the sidecar stamps versions on the
+/// queue later and moves it into the change logs (`stampCaptured`). They name key columns only, so every `ALTER TABLE` SQLite allows (DROP and
 /// RENAME COLUMN included) goes through them; the publisher reads the row as it is when it sends it
 /// (last-writer-wins only needs a row's latest state and version). The sidecar's own connection runs with triggers
 /// switched off (`Database.setTriggersEnabled`), so its writes are never captured and the triggers test nothing per
