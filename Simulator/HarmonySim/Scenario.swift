@@ -14,6 +14,9 @@ public struct Scenario: Sendable, Equatable {
     public var keys = 40
     public var writeIntervalMsMin: Int64 = 20
     public var writeIntervalMsMax: Int64 = 200
+    /// Application transactions each writing node commits, one after the other, at each step of the workload: rates
+    /// above one a millisecond, which integer-millisecond intervals cannot give (set by `--find-rate`).
+    public var writesPerStep = 1
     /// Relative weights of the operation kinds.
     public var insertWeight = 4, updateWeight = 4, deleteWeight = 1, transactionWeight = 1
     /// Writes that move a row to another primary key (`UPDATE kv SET k = ...`), captured as delete + write.

@@ -70,6 +70,15 @@ extension Simulation {
         return Self.ms(done)
     }
 
+    /// With a cost model, when node `id`'s look at its database must wait: its sidecar is busy past now with no page
+    /// or chunk ending before (where the live core looks between pages). Returns when the work of the look before
+    /// ends (the live core then goes back to its queue), or when the sidecar is free.
+    func lookWaitsForSidecar(_ id: Int) -> Int64? {
+        guard scenario.costs != nil, let freeMs = sidecarFreeAtMs(id), freeMs > nowMs, nextHandoffUs(id) == nil else { return nil }
+        lookEndsUs[id] = lookEndsUs[id, default: []].filter { $0 > nowUs }
+        return lookEndsUs[id]!.first.map { Self.ms($0) } ?? freeMs
+    }
+
     /// The next moment (after now) node `id`'s busy sidecar could take other work, if it is busy past one.
     func nextHandoffUs(_ id: Int) -> Double? {
         let busy = busyUntilUs[.sidecar(id), default: 0]
@@ -177,26 +186,37 @@ extension Simulation {
     /// The highest write rate the cluster keeps up with under `scenario`'s costs: every writing node writes at a steady
     /// mean interval, bisected in half milliseconds (intervals of k and k + 1 ms drawn evenly); a rate counts as kept
     /// up with when the cluster settles within a tenth of the run (at least 1 s) once writes stop, since a backlog
-    /// that grows without bound takes ever longer to drain.
+    /// that grows without bound takes ever longer to drain. Past one write a millisecond, each node commits 2, 4, 8 ...
+    /// transactions every millisecond, up to `writesPerStepMax` (64 by default), the search's ceiling.
     ///
     /// The answer counts the row changes committed per second of writing at that interval, not the statements run:
     /// an UPDATE of a key no row has yet changes nothing, so with sparse keys (uniform over 100,000) about half the
     /// statements write nothing, and counting them doubled that shape's rate next to hot keys, where every one writes.
-    public static func sustainableWriteRate(_ scenario: Scenario, seed: UInt64) throws -> Double {
+    public static func sustainableWriteRate(_ scenario: Scenario, seed: UInt64, writesPerStepMax: Int = 64) throws -> Double {
         var committedPerSecond: [Int64: Double] = [:]
-        func keepsUp(halfMs: Int64) throws -> Bool {
+        func keepsUp(halfMs: Int64, perStep: Int = 1) throws -> Bool {
             var s = scenario
             s.writeIntervalMsMin = halfMs / 2
             s.writeIntervalMsMax = (halfMs + 1) / 2
+            s.writesPerStep = perStep
+            let key = halfMs == 2 && perStep > 1 ? -Int64(perStep) : halfMs
             let r = try Simulation(scenario: s, seed: seed).run()
             guard r.passed, let capacity = r.capacity, let settled = capacity.convergedAfterHealMs,
                   settled <= max(1_000, s.durationMs / 10) else { return false }
-            committedPerSecond[halfMs] = Double(capacity.writes) * 1_000 / Double(max(1, s.durationMs))
+            committedPerSecond[key] = Double(capacity.writes) * 1_000 / Double(max(1, s.durationMs))
             return true
         }
         var fast: Int64 = 2, slow: Int64 = 2_000  // in half milliseconds; the answer lies in (fast, slow]
         guard try keepsUp(halfMs: slow) else { return 0 }
-        if try keepsUp(halfMs: fast) { return committedPerSecond[fast] ?? 0 }
+        if try keepsUp(halfMs: fast) {
+            var kept = committedPerSecond[fast] ?? 0
+            var perStep = 2
+            while perStep <= writesPerStepMax, try keepsUp(halfMs: 2, perStep: perStep) {
+                kept = committedPerSecond[-Int64(perStep)] ?? kept
+                perStep *= 2
+            }
+            return kept
+        }
         while slow - fast > 1 {
             let mid = (fast + slow) / 2
             if try keepsUp(halfMs: mid) { slow = mid } else { fast = mid }

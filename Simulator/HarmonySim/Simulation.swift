@@ -119,6 +119,11 @@ public final class Simulation {
     var handoffsUs: [Int: [Double]] = [:]
     /// Changes read since the last page end, per node.
     var pageChanges: [Int: Int] = [:]
+    /// With a cost model: nodes whose look at the database waits for their busy sidecar (one look for every commit
+    /// made meanwhile, as the live change watcher queues one look on the node's serial queue).
+    var lookDeferredToMs: [Int: Int64] = [:]
+    /// With a cost model: when the work of each of a node's looks ends on its sidecar (a later look can run there).
+    var lookEndsUs: [Int: [Double]] = [:]
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
     var storedMessages = 0, storedBytes = 0
     /// With a cost model, as the live fetch loop: one batch per node and shard delivered and not yet applied.
@@ -519,7 +524,7 @@ public final class Simulation {
         case .workload(let id):
             let node = nodes[id - 1]
             guard nowMs < scenario.durationMs, node.machineUp else { return }
-            performWrite(node)
+            for _ in 0..<max(1, scenario.writesPerStep) { performWrite(node) }
             push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
 
         case .schemaStep:
@@ -531,7 +536,21 @@ public final class Simulation {
         case .databaseChanged(let id, let incarnation):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation else { return }
+            // A look that waited runs at its turn, whatever was queued on the sidecar behind it meanwhile.
+            if lookDeferredToMs[id] != nowMs, let freeMs = lookWaitsForSidecar(id) {
+                // One look already waits (this is not it): it takes this commit too.
+                if let pending = lookDeferredToMs[id], pending > nowMs { return }
+                lookDeferredToMs[id] = freeMs
+                push(.databaseChanged(node: id, incarnation: incarnation), at: freeMs)
+                return
+            }
+            lookDeferredToMs[id] = nil
             callCore(node) { try $0.databaseChanged() }
+            // The live core goes back to its serial queue when the look's work is done: a look queued meanwhile runs
+            // there, not after everything queued on the node since.
+            if scenario.costs != nil, let busy = busyUntilUs[.sidecar(id)], busy > nowUs {
+                lookEndsUs[id, default: []].append(busy)
+            }
 
         case .faultStart(let index):
             startFault(faults[index], index: index)

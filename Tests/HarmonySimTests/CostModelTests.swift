@@ -175,6 +175,37 @@ struct CostModelTests {
         #expect(dear < cheap, "sustainable: \(dear) writes/s with dear messages, \(cheap) with cheap ones")
     }
 
+    /// The live change watcher queues one look on the node's serial queue, however many commits it saw meanwhile:
+    /// while the sidecar is busy, commits wait for one look and leave together. One node commits a row every
+    /// millisecond and each message costs its sidecar 3 ms: a look per commit would send a message per write and
+    /// fall further behind for good; one look per busy spell sends about one message per three writes.
+    @Test func commitsMadeWhileTheSidecarIsBusyLeaveInOneLook() throws {
+        var costs = Self.profile
+        costs.runtimePublishMessageUs = 3_000
+        var s = Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10, costs: costs)
+        s.writerNodes = [1]
+        s.writeIntervalMsMin = 1
+        s.writeIntervalMsMax = 1
+        s.detectDelayMsMax = 0
+        let r = try Simulation(scenario: s, seed: 1).run()
+        let capacity = try #require(r.capacity)
+        #expect(r.passed)
+        #expect(capacity.writes > 900)
+        #expect(Double(capacity.messages) < Double(capacity.writes) * 0.6, "\(capacity.messages) messages for \(capacity.writes) writes")
+    }
+
+    /// Integer-millisecond intervals stop at one write a millisecond per node; past that each node commits several
+    /// transactions a millisecond. Two nodes on a cheap profile keep up with more than the 2,000 writes/s that
+    /// intervals alone could offer.
+    @Test func theSustainableRateSearchGoesPastOneWriteAMillisecond() throws {
+        var costs = Self.profile
+        costs.runtimeApplyMessageUs = 10
+        costs.applyBatchUs = 20
+        let rate = try Simulation.sustainableWriteRate(Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10, costs: costs), seed: 1,
+                                                       writesPerStepMax: 2)
+        #expect(rate > 2_500, "\(rate) writes/s")
+    }
+
     /// The sustainable rate counts row changes committed, not statements run: an UPDATE of a key no row has changes
     /// nothing. Over 100,000 sparse keys, half the statements are such updates, and the rate is about half the rate of
     /// the same workload of upserts only, at the same (cheap enough to keep up) interval.
