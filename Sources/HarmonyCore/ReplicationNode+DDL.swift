@@ -81,9 +81,7 @@ extension ReplicationNode {
             return .consumed
         }
         var stored = incoming
-        if incoming.isDependent, let made = incoming.tableGeneration,
-           let current = try SchemaObjects.generation(ofTableOrView: incoming.tableName, db), made < current,
-           !config.plantedBugs.contains(.dependentOutlivesItsTable) {
+        if try madeOnATableDroppedSince(db, incoming) {
             // Made on a table dropped since (another node had dropped it and made it again): it went with that table.
             stored.sql = nil
         }
@@ -106,11 +104,11 @@ extension ReplicationNode {
         if incoming.type == "table" && incoming.sql == nil && (incoming.renamed == nil || config.plantedBugs.contains(.dependentOfRenamedTableDropped)) {
             // Its indexes and triggers went with it, in the same version (a rename moved them; see `renamedHere`).
             // Not those made on a later generation of it, waiting here for that table's definition.
+            let notLater = config.plantedBugs.contains(.dependentAheadOfItsTableDropped) ? "" : " AND (table_generation IS NULL OR table_generation <= ?4)"
             try db.execute("""
-                UPDATE \(SchemaObjects.table) SET sql = NULL, local_sql = NULL, hlc = ?, node = ?
-                WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL AND (table_generation IS NULL OR table_generation <= ?4 OR ?5)
-                """, [.integer(incoming.version.hlc), .integer(incoming.version.node), .text(incoming.name), .integer(incoming.generation),
-                      .integer(config.plantedBugs.contains(.dependentAheadOfItsTableDropped) ? 1 : 0)])
+                UPDATE \(SchemaObjects.table) SET sql = NULL, local_sql = NULL, hlc = ?1, node = ?2
+                WHERE type IN ('index', 'trigger') AND tbl_name = ?3 AND sql IS NOT NULL\(notLater)
+                """, [.integer(incoming.version.hlc), .integer(incoming.version.node), .text(incoming.name), .integer(incoming.generation)])
         }
         if failure == nil, let local { try keepConcurrentDrops(db, winner: incoming, over: local.object) }
         if failure == nil, incoming.type == "table", incoming.sql != nil, let local, local.localSQL != nil, incoming.generation > local.object.generation {
@@ -228,6 +226,14 @@ extension ReplicationNode {
         }
     }
 
+    /// True when an index or trigger was made on an older generation of its table than the one this node has: that
+    /// table was dropped and made again since, and the dependent went with it, as on the nodes that had it.
+    func madeOnATableDroppedSince(_ db: Database, _ dependent: SchemaObject) throws -> Bool {
+        guard dependent.isDependent, let made = dependent.tableGeneration, !config.plantedBugs.contains(.dependentOutlivesItsTable),
+              let current = try SchemaObjects.generation(ofTableOrView: dependent.tableName, db) else { return false }
+        return made < current
+    }
+
     /// True when an index or trigger was made on a generation of its table newer than any this node has had, or on a
     /// table this node has no state for: that table's definition has not arrived (DDL found further on the stream
     /// and applied ahead of it, behind a held-back row; a pre-existing copy sent before the table is asked for), so
@@ -276,8 +282,8 @@ extension ReplicationNode {
     }
 
     private func unappliedSchemaObjects() throws -> [(description: String, table: String, waitsForTable: Bool)] {
-        guard config.replicateDDL, try requireDatabase().tableExists(Bookkeeping.ddlTable) else { return [] }
-        let db = try requireDatabase()
+        let db = requireDatabase()
+        guard config.replicateDDL, try db.tableExists(Bookkeeping.ddlTable) else { return [] }
         return try db.query("SELECT \(SchemaObjects.columns) FROM \(SchemaObjects.table) WHERE sql IS NOT local_sql ORDER BY name, type")
             .map(SchemaObjects.object).map { entry in
                 let o = entry.object
@@ -294,9 +300,7 @@ extension ReplicationNode {
             WHERE sql IS NOT NULL AND local_sql IS NOT sql ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, id
             """).map(SchemaObjects.object)
         for entry in unapplied {
-            if entry.object.isDependent, let made = entry.object.tableGeneration,
-               let current = try SchemaObjects.generation(ofTableOrView: entry.object.tableName, db), made < current,
-               !config.plantedBugs.contains(.dependentOutlivesItsTable) {
+            if try madeOnATableDroppedSince(db, entry.object) {
                 // It waited for a table that was dropped and made again since: it went with that table.
                 var gone = entry.object
                 gone.sql = nil
