@@ -75,8 +75,7 @@ extension Simulation {
     /// ends (the live core then goes back to its queue), or when the sidecar is free.
     func lookWaitsForSidecar(_ id: Int) -> Int64? {
         guard scenario.costs != nil, let freeMs = sidecarFreeAtMs(id), freeMs > nowMs, nextHandoffUs(id) == nil else { return nil }
-        lookEndsUs[id] = lookEndsUs[id, default: []].filter { $0 > nowUs }
-        return lookEndsUs[id]!.first.map { Self.ms($0) } ?? freeMs
+        return lookEndsUs[id, default: []].first { $0 > nowUs }.map { Self.ms($0) } ?? freeMs
     }
 
     /// The next moment (after now) node `id`'s busy sidecar could take other work, if it is busy past one.
@@ -194,35 +193,38 @@ extension Simulation {
     /// an UPDATE of a key no row has yet changes nothing, so with sparse keys (uniform over 100,000) about half the
     /// statements write nothing, and counting them doubled that shape's rate next to hot keys, where every one writes.
     public static func sustainableWriteRate(_ scenario: Scenario, seed: UInt64, writesPerStepMax: Int = 8) throws -> Double {
-        var committedPerSecond: [Int64: Double] = [:]
-        func keepsUp(halfMs: Int64, perStep: Int = 1) throws -> Bool {
+        /// Rows committed per second of writing when the cluster keeps up at this interval; nil when it does not.
+        func keptUpRate(halfMs: Int64, perStep: Int = 1) throws -> Double? {
             var s = scenario
             s.writeIntervalMsMin = halfMs / 2
             s.writeIntervalMsMax = (halfMs + 1) / 2
             s.writesPerStep = perStep
-            let key = halfMs == 2 && perStep > 1 ? -Int64(perStep) : halfMs
             let r = try Simulation(scenario: s, seed: seed).run()
             guard r.passed, let capacity = r.capacity, let settled = capacity.convergedAfterHealMs,
-                  settled <= max(1_000, s.durationMs / 10) else { return false }
-            committedPerSecond[key] = Double(capacity.writes) * 1_000 / Double(max(1, s.durationMs))
-            return true
+                  settled <= max(1_000, s.durationMs / 10) else { return nil }
+            return Double(capacity.writes) * 1_000 / Double(max(1, s.durationMs))
         }
         var fast: Int64 = 2, slow: Int64 = 2_000  // in half milliseconds; the answer lies in (fast, slow]
-        guard try keepsUp(halfMs: slow) else { return 0 }
-        if try keepsUp(halfMs: fast) {
-            var kept = committedPerSecond[fast] ?? 0
+        guard var kept = try keptUpRate(halfMs: slow) else { return 0 }
+        if let fastest = try keptUpRate(halfMs: fast) {
+            kept = fastest
             var perStep = 2
-            while perStep <= writesPerStepMax, try keepsUp(halfMs: 2, perStep: perStep) {
-                kept = committedPerSecond[-Int64(perStep)] ?? kept
+            while perStep <= writesPerStepMax, let rate = try keptUpRate(halfMs: fast, perStep: perStep) {
+                kept = rate
                 perStep *= 2
             }
             return kept
         }
         while slow - fast > 1 {
             let mid = (fast + slow) / 2
-            if try keepsUp(halfMs: mid) { slow = mid } else { fast = mid }
+            if let rate = try keptUpRate(halfMs: mid) {
+                slow = mid
+                kept = rate
+            } else {
+                fast = mid
+            }
         }
-        return committedPerSecond[slow] ?? 0
+        return kept
     }
 }
 

@@ -119,8 +119,8 @@ public final class Simulation {
     var handoffsUs: [Int: [Double]] = [:]
     /// Changes read since the last page end, per node.
     var pageChanges: [Int: Int] = [:]
-    /// With a cost model: nodes whose look at the database waits for their busy sidecar (one look for every commit
-    /// made meanwhile, as the live change watcher queues one look on the node's serial queue).
+    /// With a cost model: when each node's waiting look at its database runs (one look for every commit made while
+    /// its sidecar was busy, as the live change watcher queues one look on the node's serial queue).
     var lookDeferredToMs: [Int: Int64] = [:]
     /// With a cost model: when the work of each of a node's looks ends on its sidecar (a later look can run there).
     var lookEndsUs: [Int: [Double]] = [:]
@@ -549,7 +549,7 @@ public final class Simulation {
             // The live core goes back to its serial queue when the look's work is done: a look queued meanwhile runs
             // there, not after everything queued on the node since.
             if scenario.costs != nil, let busy = busyUntilUs[.sidecar(id)], busy > nowUs {
-                lookEndsUs[id, default: []].append(busy)
+                lookEndsUs[id] = lookEndsUs[id, default: []].filter { $0 > nowUs } + [busy]  // past ends are of no use
             }
 
         case .faultStart(let index):
