@@ -312,6 +312,21 @@ extension ReplicationNode {
         }
     }
 
+    /// DDL the application ran here may be what an unapplied definition waited for (the table an index was made on,
+    /// created by hand as /health advises): they are tried again, as after another node's DDL. True when one was made.
+    func retryUnappliedAfterLocalDDL(_ db: Database) throws -> Bool {
+        guard try db.tableExists(Bookkeeping.ddlTable),
+              try (db.scalar("SELECT count(*) FROM \(SchemaObjects.table) WHERE sql IS NOT NULL AND local_sql IS NOT sql")?.int64 ?? 0) > 0
+        else { return false }
+        let before = try db.scalar("PRAGMA schema_version")?.int64
+        if db.isInTransaction {
+            try retryUnappliedDefinitions(db)
+        } else {
+            try writeTransaction(db) { try retryUnappliedDefinitions(db) }
+        }
+        return try db.scalar("PRAGMA schema_version")?.int64 != before
+    }
+
     /// Runs one definition inside a savepoint (undone if SQLite refuses it); returns the object's `sqlite_schema`
     /// text afterwards and SQLite's reason when it refused. A busy, full or failing disk is not a refusal: it
     /// fails the whole apply, which is retried.

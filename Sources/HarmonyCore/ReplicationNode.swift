@@ -340,6 +340,7 @@ public final class ReplicationNode {
         schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
         precondition(schemaVersion >= 0, "PRAGMA schema_version unreadable on \(config.databasePath)")
         env.events?.record(.captureInstalled(tables: captured.count))
+        if config.replicateDDL, !afterOwnDDL, try retryUnappliedAfterLocalDDL(db) { try refreshCapture(afterOwnDDL: true) }
     }
 
     /// One cheap pragma per call; DDL by the application (e.g. ALTER TABLE ADD COLUMN) triggers a re-install.

@@ -268,6 +268,22 @@ struct DDLTests {
         #expect(c.events[1].events.allSatisfy { if case .schemaChangeApplied = $0 { return false } else { return true } })
     }
 
+    /// Node 2's application made an empty table and an index on it before node 2's sidecar first ran. No row asks for
+    /// the table, so node 1 holds the index, waiting for it. The operator creates the table on node 1 as /health
+    /// advises: the index is made at once, and nothing is left waiting or diverged.
+    @Test func anIndexWaitingForATableIsMadeWhenTheApplicationCreatesThatTable() throws {
+        let c = try TestCluster(nodes: 1, schema: Self.schema)
+        try c.settle()
+        try c.addNode(schema: Self.schema + "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); CREATE INDEX notes_body ON notes (body);")
+        try c.settle()
+        #expect(try c.nodes[0].schemaObjectsWaitingForTheirTable() == ["index \"notes_body\" on \"notes\""])
+        try c.apps[0].execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        try c.settle()
+        #expect(try c.nodes[0].schemaObjectsWaitingForTheirTable().isEmpty)
+        #expect(try c.nodes[0].divergedSchemaObjects().isEmpty)
+        try expectSameEverywhere(c, tables: ["kv", "notes"])
+    }
+
     /// Node 2's application made a view and an index before node 2's sidecar first ran (its first starts failed),
     /// while node 1 already replicated. No row names them, so nothing would ask for them: they go out at version
     /// zero and node 1 makes them (`pre-existing-dependents-kept`: they stay on node 2 alone).
