@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import HarmonyCore
+import HarmonyNATS
+import HarmonyRuntime
 
 /// The live counterpart of `harmonysim bench ... --find-rate`: at each offered rate, every node's application writes
 /// single-row upserts for a while, and the rate is kept up with when the cluster settles within a tenth of that time
@@ -21,6 +24,14 @@ struct RateBench: ParsableCommand {
         var written: Int
         var settledMs: Double?
         var keptUp: Bool
+        /// What each written row cost, from the writes' start until every node was equal: CPU time (µs) of the three
+        /// harmonylite processes and nats-server, messages the log stored, and transactions each applying node made.
+        var cpuPerRowUs: [Double]
+        var messagesPerRow: Double
+        var applyBatchesPerRow: Double
+        /// The application's average wait for the write lock, and how long each write then held it (µs).
+        var lockWaitUs: Double
+        var lockHoldUs: Double
     }
 
     func run() throws {
@@ -29,9 +40,14 @@ struct RateBench: ParsableCommand {
         let settleLimitMs = max(1_000, seconds * 100)
         var runs: [Run] = []
         for rate in offered {
+            let metricsPorts = (1...3).map { _ in EmbeddedNATSServer.freePort() }
             let cluster = try BenchCluster(nodes: 3, shards: shards, schema: "CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-                                           binary: binary)
+                                           binary: binary, extra: { "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[$0 - 1])\"" })
             defer { cluster.stop() }
+            let nodePIDs: [pid_t] = cluster.processes.map { $0.pid }
+            let pids: [pid_t] = nodePIDs + [Calibrate.natsPID(cluster.nats)].compactMap { $0 }
+            let batchesBefore = try metricsPorts.map { try Calibrate.appliedBatches(directory: cluster.directory, port: $0) }
+            let cpuBefore = pids.map(Calibrate.cpuSeconds)
             // Each node a third of the rate, scheduled (open loop) so a slow commit is caught up, not skipped.
             let mean = 3.0 / Double(rate)
             let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
@@ -46,14 +62,31 @@ struct RateBench: ParsableCommand {
             } catch {
                 cluster.keep = true
             }
-            let run = Run(offered: rate, written: writers.written, settledMs: settled, keptUp: settled.map { $0 <= settleLimitMs } ?? false)
-            print("offered \(rate) writes/s: \(run.written) written (\(Int(Double(run.written) / seconds)) rows/s); "
-                  + (settled.map { String(format: "every node equal %.0f ms after the writes stopped", $0) } ?? "not equal within 120 s (kept \(cluster.directory))"))
+            let rows = Double(max(1, writers.written))
+            let cpuAfter: [Double] = pids.map(Calibrate.cpuSeconds)
+            let cpu: [Double] = zip(cpuAfter, cpuBefore).map { ($0 - $1) / rows * 1e6 }
+            var batches = 0.0
+            for (port, before) in zip(metricsPorts, batchesBefore) {
+                batches += Double(try Calibrate.appliedBatches(directory: cluster.directory, port: port) - before)
+            }
+            let messages = try storedMessages(cluster)
+            let keptUp = settled.map { $0 <= settleLimitMs } ?? false
+            let run = Run(offered: rate, written: writers.written, settledMs: settled, keptUp: keptUp,
+                          cpuPerRowUs: cpu, messagesPerRow: messages / rows, applyBatchesPerRow: batches / 3 / rows,
+                          lockWaitUs: writers.averageLockWaitUs, lockHoldUs: writers.averageLockHoldUs)
+            let outcome: String = settled.map { String(format: "every node equal %.0f ms after the writes stopped", $0) }
+                ?? "not equal within 120 s (kept \(cluster.directory))"
+            let costs = String(format: "; application write waited %.0f µs for the lock, held it %.0f µs; per row: %.3f messages, %.3f applied transactions per node, CPU µs ",
+                               run.lockWaitUs, run.lockHoldUs, run.messagesPerRow, run.applyBatchesPerRow)
+                + cpu.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " (nodes 1-3 / nats-server)"
+            print("offered \(rate) writes/s: \(run.written) written (\(Int(Double(run.written) / seconds)) rows/s); " + outcome + costs)
             runs.append(run)
         }
         let best = runs.filter(\.keptUp).map { Int(Double($0.written) / seconds) }.max()
         let lines = runs.map { r in
-            "| \(r.offered) | \(Int(Double(r.written) / seconds)) | \(r.settledMs.map { String(format: "%.0f ms", $0) } ?? "not in 120 s") | \(r.keptUp ? "yes" : "no") |"
+            "| \(r.offered) | \(Int(Double(r.written) / seconds)) | \(r.settledMs.map { String(format: "%.0f ms", $0) } ?? "not in 120 s") | \(r.keptUp ? "yes" : "no") | "
+                + String(format: "%.0f / %.0f µs | %.3f | %.3f | ", r.lockWaitUs, r.lockHoldUs, r.messagesPerRow, r.applyBatchesPerRow)
+                + r.cpuPerRowUs.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " |"
         }
         let text = """
             # Sustainable write rate, live
@@ -64,8 +97,13 @@ struct RateBench: ParsableCommand {
             of the offered rate, open loop, for \(seconds) s. Kept up with: every node holds the same rows within
             \(Int(settleLimitMs)) ms of the writes stopping (a tenth of the writing, at least 1 s: `--find-rate`'s criterion).
 
-            | offered writes/s | rows written/s | every node equal after the writes stop | kept up |
-            |---|---|---|---|
+            Application write: how long one upsert (BEGIN IMMEDIATE, the upsert, COMMIT) waited for SQLite's write lock,
+            and how long it then held it, fsync included (averages).
+            Per row written, from the writes' start until every node was equal: messages the log stored, transactions each
+            applying node made (average of the three), and CPU time of each harmonylite process and of nats-server.
+
+            | offered writes/s | rows written/s | every node equal after the writes stop | kept up | application write: lock wait / held | messages per row | applied transactions per row | CPU µs per row: nodes 1 / 2 / 3 / nats-server |
+            |---|---|---|---|---|---|---|---|
             \(lines.joined(separator: "\n"))
 
             Highest rate kept up with: \(best.map { "\($0) rows/s" } ?? "none of those offered").
@@ -74,8 +112,23 @@ struct RateBench: ParsableCommand {
         print(text)
         if let report {
             try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
-            let json = runs.map { #"{"offered": \#($0.offered), "written": \#($0.written), "settled_ms": \#($0.settledMs.map { String(Int($0)) } ?? "null"), "kept_up": \#($0.keptUp)}"# }
+            let json = runs.map { r in
+                #"{"offered": \#(r.offered), "written": \#(r.written), "settled_ms": \#(r.settledMs.map { String(Int($0)) } ?? "null"), "kept_up": \#(r.keptUp), "lock_wait_us": \#(Int(r.lockWaitUs)), "lock_hold_us": \#(Int(r.lockHoldUs)), "#
+                + #""messages_per_row": \#(r.messagesPerRow), "applied_transactions_per_row": \#(r.applyBatchesPerRow), "#
+                + #""cpu_us_per_row": [\#(r.cpuPerRowUs.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}"#
+            }
             try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
+    }
+
+
+    /// Messages every shard's stream holds.
+    func storedMessages(_ cluster: BenchCluster) throws -> Double {
+        let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(cluster.nats.port)"], name: "harmonybench-rate"))
+        defer { connection.close() }
+        let js = try connection.jetStream { _ in }
+        defer { js.close() }
+        let router = ShardRouter(shardCount: shards)
+        return try router.shards.reduce(0.0) { $0 + Double(try js.streamState(name: router.streamName(shard: $1)).messages) }
     }
 }
