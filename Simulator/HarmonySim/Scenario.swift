@@ -133,6 +133,15 @@ public struct CostModel: Sendable, Equatable {
     public var runtimeServerMessageUs = 0.0
     /// The application inserting one row with the capture triggers, in transactions of 1,000 (the bulk load's pace).
     public var appInsertRowUs = 0.0
+    /// How long one of the application's single-row commits holds SQLite's write lock (its fsync included), with
+    /// three applications committing on the machine at once. 0: no lock model (the sidecar never waits for the lock).
+    public var appCommitUs = 0.0
+    /// A look that finds commits, beyond its changes and messages (its stamp transaction): CPU, and wall time on top.
+    public var lookUs = 0.0
+    public var lookWaitUs = 0.0
+    /// Marking a look's messages published when their acks come (one transaction): CPU, and wall time on top.
+    public var ackFlushUs = 0.0
+    public var ackFlushWaitUs = 0.0
     /// Messages per delivery (the live sidecar fetches 256).
     public var deliverBatch = 256
     /// Cores of the machine every process shares (the sidecars, the server and the application, as when a live

@@ -143,7 +143,7 @@ public enum ScenarioLoader {
     static func applyCosts(_ t: TOMLReader, to s: inout Scenario) throws {
         try t.rejectUnknownKeys(allowed: ["publish_rtt_us", "server_message_us", "server_byte_ns", "server_message_us_4_streams",
                                           "scan_change_us", "publish_message_us", "apply_batch_us", "apply_message_us", "apply_change_us",
-                                          "app_insert_row_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
+                                          "app_insert_row_us", "app_commit_us", "look_us", "look_wait_us", "ack_flush_us", "ack_flush_wait_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
                                           "publish_in_flight_max", "publish_ack_timeout_ms", "cores", "apply_own_change_us", "runtime_publish_change_us",
                                           "runtime_apply_change_us", "server_change_us", "runtime_publish_message_us",
                                           "runtime_apply_message_us", "runtime_server_message_us"])
@@ -163,6 +163,11 @@ public enum ScenarioLoader {
         m.applyMessageUs = try cost("apply_message_us", 0)
         m.applyChangeUs = try cost("apply_change_us", 0)
         m.appInsertRowUs = try cost("app_insert_row_us", 0)
+        m.appCommitUs = try cost("app_commit_us", 0)
+        m.lookUs = try cost("look_us", 0)
+        m.lookWaitUs = try cost("look_wait_us", 0)
+        m.ackFlushUs = try cost("ack_flush_us", 0)
+        m.ackFlushWaitUs = try cost("ack_flush_wait_us", 0)
         m.applyOwnChangeUs = try cost("apply_own_change_us", 0)
         m.runtimePublishChangeUs = try cost("runtime_publish_change_us", 0)
         m.runtimeApplyChangeUs = try cost("runtime_apply_change_us", 0)

@@ -13,9 +13,12 @@ extension Simulation {
     var nowUs: Double { Double(nowMs) * 1_000 }
 
     /// When node `id`'s sidecar is free again (nil without costs).
+    /// A sidecar asleep in SQLite's busy handler (`SimWriteLock`) is not free either.
     func sidecarFreeAtMs(_ id: Int) -> Int64? {
-        guard scenario.costs != nil, let busy = busyUntilUs[.sidecar(id)] else { return nil }
-        return Self.ms(busy)
+        guard scenario.costs != nil else { return nil }
+        let busy = busyUntilUs[.sidecar(id)], sleep = writeLock.sleepUntilUs[id]
+        guard busy != nil || sleep != nil else { return nil }
+        return Self.ms(max(busy ?? 0, sleep ?? 0))
     }
 
     /// Changes a stored payload carries (a part of a split message counts as one), and the node that sent them.
@@ -29,8 +32,10 @@ extension Simulation {
     /// far runs ahead of busier ones (a receiver woken by a batch preempts a long-running publisher), and what it
     /// takes beyond an equal share is time the busier running workers lose.
     /// `at`: the job runs from then, ahead of work already queued on the worker, which moves back by as long.
-    func runJob(_ worker: CostWorker, _ cost: Double, at preemptUs: Double? = nil) -> Double {
-        let start = preemptUs ?? max(nowUs, busyUntilUs[worker, default: 0])
+    /// `waitUs`: wall time on top that uses no core (a commit waiting for the disk).
+    func runJob(_ worker: CostWorker, _ cost: Double, waitUs: Double = 0, at preemptUs: Double? = nil) -> Double {
+        var start = preemptUs ?? max(nowUs, busyUntilUs[worker, default: 0])
+        if preemptUs == nil, case .sidecar(let id) = worker { start = max(start, writeLock.sleepUntilUs[id, default: 0]) }
         var duration = cost
         if let cores = scenario.costs?.cores, cores > 0 {
             let mine = cpuUsedUs[worker, default: 0]
@@ -44,6 +49,7 @@ extension Simulation {
                 for b in busier { busyUntilUs[b]! += taken / Double(busier.count) / fair }
             }
         }
+        duration += waitUs
         cpuUsedUs[worker, default: 0] += cost
         busyUntilUs[worker] = preemptUs == nil ? start + duration : max(start, busyUntilUs[worker, default: 0]) + duration
         return start + duration
@@ -56,9 +62,21 @@ extension Simulation {
     func publishDepartureMs(node: Int, _ message: OutgoingMessage) -> Int64 {
         guard let costs = scenario.costs else { return nowMs }
         let changes = Self.changes(message.payload).count
-        let cost = costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(changes)
-        if message.hint, let handoff = nextHandoffUs(node) { return Self.ms(runAhead(node, cost, at: handoff)) }
-        let done = runJob(.sidecar(node), cost)
+        var cost = costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(changes)
+        var waitUs = 0.0
+        // The first message of a look carries the look's own cost (its stamp transaction, which holds the write lock).
+        let stamps = lookPublishing.remove(node) != nil
+        if stamps {
+            cost += costs.lookUs
+            waitUs = costs.lookWaitUs
+        }
+        if message.hint, let handoff = nextHandoffUs(node) {
+            let done = runAhead(node, cost, at: handoff)
+            if stamps { lookStampEndUs[node] = done }
+            return Self.ms(done)
+        }
+        let done = runJob(.sidecar(node), cost, waitUs: waitUs)
+        if stamps { lookStampEndUs[node] = done }
         // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
         if !message.hint {
             pageChanges[node, default: 0] += changes
@@ -96,7 +114,7 @@ extension Simulation {
     /// The server's time over one stored message: returns when it is done (now without costs).
     func chargeServer(_ message: OutgoingMessage) -> Int64 {
         guard let costs = scenario.costs else { return nowMs }
-        let done = runJob(.server, costs.serverMessageUs + costs.runtimeServerMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000
+        let done = runJob(.server(message.shard), costs.serverMessageUs + costs.runtimeServerMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000
                                               + costs.serverChangeUs * Double(Self.changes(message.payload).count))
         storedMessages += 1
         storedBytes += message.payload.count
@@ -106,15 +124,19 @@ extension Simulation {
     /// The sidecar applied a delivered batch: as the live runtime does, in chunks of at most
     /// `applyChunkBytes` payload bytes, each its own transaction, with a hand-off point after each.
     /// `ahead`: a hint taken at a hand-off point, ahead of the chunks queued after it.
-    func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) {
-        guard let costs = scenario.costs else { return }
-        var cost = 0.0, bytes = 0
+    /// Returns when the last chunk's transaction ends (nil without costs).
+    @discardableResult
+    func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) -> Double? {
+        guard let costs = scenario.costs else { return nil }
+        var cost = 0.0, bytes = 0, lastEndUs: Double? = nil
         func finishChunk() {
             let total = costs.applyBatchUs + cost
             if ahead {
-                _ = runAhead(node, total, at: nowUs)
+                lastEndUs = runAhead(node, total, at: nowUs)
             } else {
-                handoffsUs[node, default: []].append(runJob(.sidecar(node), total))
+                let end = runJob(.sidecar(node), total)
+                handoffsUs[node, default: []].append(end)
+                lastEndUs = end
             }
             cost = 0
             bytes = 0
@@ -127,6 +149,7 @@ extension Simulation {
             bytes += m.payload.count
         }
         if bytes > 0 || cost > 0 { finishChunk() }
+        return lastEndUs
     }
 
     /// The live runtime's `LiveNode.applyChunkBytesMax`: payload bytes applied in one transaction at most.
@@ -182,6 +205,25 @@ extension Simulation {
 }
 
 extension Simulation {
+    /// `scenario` with its writing nodes together offering `writesPerSecond` single-row writes: each at a steady mean
+    /// interval (whole milliseconds drawn evenly around it), or past one a millisecond, several every millisecond.
+    public static func offering(_ scenario: Scenario, writesPerSecond: Int) -> Scenario {
+        var s = scenario
+        let writers = Double(scenario.writerNodes.isEmpty ? scenario.nodes : scenario.writerNodes.count)
+        let perNodeMs = Double(writesPerSecond) / writers / 1_000  // writes a millisecond, each node
+        if perNodeMs >= 1 {
+            s.writeIntervalMsMin = 1
+            s.writeIntervalMsMax = 1
+            s.writesPerStep = Int(perNodeMs.rounded())
+        } else {
+            let halfMs = max(2, Int64((2 / perNodeMs).rounded()))  // the interval in half milliseconds, as the rate search draws it
+            s.writeIntervalMsMin = halfMs / 2
+            s.writeIntervalMsMax = (halfMs + 1) / 2
+            s.writesPerStep = 1
+        }
+        return s
+    }
+
     /// The highest write rate the cluster keeps up with under `scenario`'s costs: every writing node writes at a steady
     /// mean interval, bisected in half milliseconds (intervals of k and k + 1 ms drawn evenly); a rate counts as kept
     /// up with when the cluster settles within a tenth of the run (at least 1 s) once writes stop, since a backlog
@@ -229,9 +271,10 @@ extension Simulation {
 }
 
 /// What takes the machine's time in the cost model: a node's sidecar (one serial worker, as its core's queue is),
-/// the server, and the application's bulk loader.
+/// the server (one worker per stream), and the application's bulk loader.
 enum CostWorker: Hashable {
-    case sidecar(Int), server, loader
+    /// The server's work for one stream (shard): streams are serialized, different streams run side by side.
+    case sidecar(Int), server(Int), loader
 }
 
 /// Figures of one run with a cost model.

@@ -7,7 +7,8 @@ import HarmonySQLite
 /// The application on every node: plain SQL writes through its own connection, each committed write recorded
 /// with the version it got (the history the checkers judge against).
 extension Simulation {
-    func performWrite(_ node: SimNode) {
+    /// `slot` of `slots`: its place among the writes the node makes this millisecond (for the lock model's timeline).
+    func performWrite(_ node: SimNode, slot: Int = 0, of slots: Int = 1) {
         guard node.app != nil else { return }
         let opWeights = scenario.insertWeight + scenario.updateWeight + scenario.deleteWeight + scenario.keyChangeWeight
         let total = opWeights + scenario.transactionWeight
@@ -40,6 +41,9 @@ extension Simulation {
             push(.correctOversized(node: node.id, key: keys[0]), at: nowMs + 200)
         } else {
             runWrite(node, ops: ops, keys: keys, newKeys: newKeys)
+        }
+        if let commitUs = scenario.costs?.appCommitUs, commitUs > 0 {
+            writeLock.applicationCommitted(node: node.id, atMs: nowMs, slot: slot, of: slots, commitUs: commitUs)
         }
         if node.sidecarUp {
             push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + workRandom.int(0...scenario.detectDelayMsMax))

@@ -112,6 +112,12 @@ public final class Simulation {
     var busyUntilUs: [CostWorker: Double] = [:]
     /// CPU time each worker has used so far: who runs first when they compete for the cores (`runJob`).
     var cpuUsedUs: [CostWorker: Double] = [:]
+
+    /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
+    public var cpuUsedBySidecarsAndServerUs: [Double] {
+        nodes.map { cpuUsedUs[.sidecar($0.id), default: 0] }
+            + [cpuUsedUs.filter { if case .server = $0.key { true } else { false } }.values.reduce(0, +)]
+    }
     /// With a cost model: the moments each node's sidecar could turn to other work inside what is queued on it now
     /// (ascending): the end of each page of the scan and of each apply chunk. The live core looks for new commits
     /// between pages, and the live runtime applies a delivery in chunks of `LiveNode.applyChunkBytesMax`, so a small
@@ -124,6 +130,15 @@ public final class Simulation {
     var lookDeferredToMs: [Int: Int64] = [:]
     /// With a cost model: when the work of each of a node's looks ends on its sidecar (a later look can run there).
     var lookEndsUs: [Int: [Double]] = [:]
+    /// With a lock model: the lock model's state (`SimWriteLock`).
+    var writeLock = SimWriteLock()
+    /// Nodes whose look is running now: its first message carries the look's own cost.
+    var lookPublishing: Set<Int> = []
+    /// When the stamp transaction of each node's running look ended (it held the write lock until then).
+    var lookStampEndUs: [Int: Double] = [:]
+    /// With a lock model: how often sidecars slept for the write lock, and for how long in all.
+    public internal(set) var lockWaits = 0
+    public internal(set) var lockWaitedMs: Int64 = 0
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
     var storedMessages = 0, storedBytes = 0
     /// With a cost model, as the live fetch loop: one batch per node and shard delivered and not yet applied.
@@ -147,6 +162,7 @@ public final class Simulation {
         interleaveRandom = root.fork("interleave")
         ddlRandom = root.fork("schema-workload")
         hintRandom = root.fork("hints")
+        writeLock.random = root.fork("write-lock")
         var bugs: PlantedBugs = []
         for name in scenario.plantedBugs {
             guard let bug = PlantedBugs.all.first(where: { $0.name == name })?.bug else {
@@ -444,8 +460,20 @@ public final class Simulation {
                 push(.acksFlush(node: id, incarnation: incarnation), at: free)
                 return
             }
+            if let until = waitForWriteLock(.acks(node: id), node: id) {
+                acksWaiting[id] = tokens
+                push(.acksFlush(node: id, incarnation: incarnation), at: until)
+                return
+            }
             trace("node \(id) takes \(tokens.count) acks together")
+            if let costs = scenario.costs, costs.ackFlushUs + costs.ackFlushWaitUs > 0 {
+                sidecarHoldsWriteLock(id, untilUs: runJob(.sidecar(id), costs.ackFlushUs, waitUs: costs.ackFlushWaitUs))
+            }
+            // Marking them published stamps the commits queued meanwhile, which then leave as a look's would.
+            if scenario.costs != nil { lookPublishing.insert(id) }
             callCore(node) { try $0.publishAcknowledged(tokens: tokens) }
+            lookPublishing.remove(id)
+            sidecarHoldsWriteLock(id, untilUs: lookStampEndUs.removeValue(forKey: id))
 
         case .pump(let id, let shard):
             let node = nodes[id - 1]
@@ -482,9 +510,13 @@ public final class Simulation {
                 push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: free)
                 return
             }
+            if let until = waitForWriteLock(.apply(node: id, shard: shard), node: id) {
+                push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: until)
+                return
+            }
             trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
-            chargeApply(node: id, messages)
+            sidecarHoldsWriteLock(id, untilUs: chargeApply(node: id, messages))
             deliveryOutstanding.remove([id, shard])
             if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
 
@@ -524,7 +556,8 @@ public final class Simulation {
         case .workload(let id):
             let node = nodes[id - 1]
             guard nowMs < scenario.durationMs, node.machineUp else { return }
-            for _ in 0..<max(1, scenario.writesPerStep) { performWrite(node) }
+            let slots = max(1, scenario.writesPerStep)
+            for slot in 0..<slots { performWrite(node, slot: slot, of: slots) }
             push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
 
         case .schemaStep:
@@ -536,6 +569,13 @@ public final class Simulation {
         case .databaseChanged(let id, let incarnation):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation else { return }
+            // Another job sleeps for the write lock: the look is queued behind it, whatever its turn.
+            if let sleepEndMs = lookWaitsForLockSleep(id) {
+                if let pending = lookDeferredToMs[id], pending > nowMs { return }
+                lookDeferredToMs[id] = sleepEndMs
+                push(.databaseChanged(node: id, incarnation: incarnation), at: sleepEndMs)
+                return
+            }
             // A look that waited runs at its turn, whatever was queued on the sidecar behind it meanwhile.
             if lookDeferredToMs[id] != nowMs, let freeMs = lookWaitsForSidecar(id) {
                 // One look already waits (this is not it): it takes this commit too.
@@ -544,8 +584,17 @@ public final class Simulation {
                 push(.databaseChanged(node: id, incarnation: incarnation), at: freeMs)
                 return
             }
+            if let until = waitForWriteLock(.look(node: id), node: id) {
+                lookDeferredToMs[id] = until
+                push(.databaseChanged(node: id, incarnation: incarnation), at: until)
+                return
+            }
             lookDeferredToMs[id] = nil
+            writeLock.unlooked[id] = 0
+            if scenario.costs != nil { lookPublishing.insert(id) }
             callCore(node) { try $0.databaseChanged() }
+            lookPublishing.remove(id)
+            sidecarHoldsWriteLock(id, untilUs: lookStampEndUs.removeValue(forKey: id))
             // The live core goes back to its serial queue when the look's work is done: a look queued meanwhile runs
             // there, not after everything queued on the node since.
             if scenario.costs != nil, let busy = busyUntilUs[.sidecar(id)], busy > nowUs {

@@ -375,12 +375,15 @@ struct Bench: ParsableCommand {
     @Option(help: "With --profile: write an SVG chart of throughput and lag p50 against shard count to this path.") var chart: String?
     @Flag(help: "With --profile: also find the highest write rate the cluster keeps up with, per shard count (bisected, first seed).")
     var findRate = false
+    @Option(help: "With --profile: offer these rates (writes/s over all writing nodes, comma-separated) instead, as `harmonybench rate` does live, and report each one's rows/s, messages per row and settling time.")
+    var rates: String?
 
     func run() throws {
         var scenario: Scenario
         do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
         if let profile {
             try ScenarioLoader.applyProfile(try String(contentsOfFile: profile, encoding: .utf8), to: &scenario)
+            if let rates { return try predictRates(scenario, rates) }
             return try predict(scenario)
         }
         let range = try parseSeeds(seeds)
@@ -477,6 +480,64 @@ extension Bench {
                                         left: .init(label: base.bulkRows > 0 ? "bulk rows/s" : "sustainable writes/s", values: throughputs),
                                         right: .init(label: "lag p50 (ms)", values: lagP50s))
             try picture.svg.write(toFile: chart, atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// The model's side of `harmonybench rate`: each offered rate for the scenario's run, per shard count, with
+    /// what the live benchmark reports beside it (rows written per second, messages per row, settling).
+    func predictRates(_ base: Scenario, _ text: String) throws {
+        let offered = text.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !offered.isEmpty, offered.allSatisfy({ $0 > 0 }) else { throw ValidationError("--rates takes positive writes per second, comma-separated") }
+        let range = try parseSeeds(seeds)
+        var rows: [String] = [], json: [String] = []
+        for count in shards.split(separator: ",").compactMap({ Int($0) }) {
+            for rate in offered {
+                var scenario = Simulation.offering(base, writesPerSecond: rate)
+                scenario.shards = count
+                var written = 0.0, messages = 0.0, settled: [Int64] = [], kept = 0, waits = 0.0, waitedMs = 0.0, cpu: [Double] = []
+                for seed in range {
+                    let sim = try Simulation(scenario: scenario, seed: seed)
+                    let r = sim.run()
+                    guard let c = r.capacity else { continue }
+                    written += Double(c.writes)
+                    messages += Double(c.messages)
+                    waits += Double(sim.lockWaits)
+                    waitedMs += Double(sim.lockWaitedMs)
+                    let used = sim.cpuUsedBySidecarsAndServerUs
+                    cpu = cpu.isEmpty ? used : zip(cpu, used).map { $0 + $1 }
+                    if r.passed, let ms = c.convergedAfterHealMs {
+                        settled.append(ms)
+                        if ms <= max(1_000, scenario.durationMs / 10) { kept += 1 }
+                    }
+                }
+                let n = Double(range.count), seconds = Double(scenario.durationMs) / 1000
+                let settledText = settled.count == range.count ? "\(settled.max()!) ms" : "not every seed"
+                let cpuText = cpu.map { String(format: "%.0f", $0 / max(1, written)) }.joined(separator: " / ")
+                rows.append(String(format: "| %d | %d | %.0f | %@ | %d/%d | %.3f | %.0f / %.0f ms | %@ |", count, rate, written / n / seconds, settledText,
+                                   kept, range.count, messages / max(1, written), waits / n, waitedMs / n, cpuText))
+                json.append(String(format: "{\"shards\": %d, \"offered\": %d, \"rows_per_s\": %.0f, \"settled_ms\": %d, \"kept_up\": %d, \"seeds\": %d, \"messages_per_row\": %.4f, \"lock_waits\": %.0f, \"lock_waited_ms\": %.0f, \"cpu_us_per_row\": [%@]}",
+                                   count, rate, written / n / seconds, settled.count == range.count ? Int(settled.max()!) : -1, kept, range.count,
+                                   messages / max(1, written), waits / n, waitedMs / n, cpu.map { String(format: "%.1f", $0 / max(1, written)) }.joined(separator: ", ")))
+            }
+        }
+        let out = """
+            # Predicted by the cost model, per offered rate
+
+            Command: `harmonysim bench \(file) --shards \(shards) --seeds \(seeds) --profile \(profile ?? "") --rates \(text)`.
+            Scenario: \(base.name), \(base.nodes) nodes, \(base.keys) keys; the offered rate is spread evenly over the writing nodes for \(base.durationMs / 1000) s.
+            Settled: from the end of the writes until every node holds the same rows with nothing in flight (the worst seed); kept up: within a tenth of the run, at least 1 s (the live `harmonybench rate`'s criterion).
+            Lock waits: times a sidecar slept in SQLite's busy handler for the write lock, and how long in all (per run).
+            CPU per row: what each node's sidecar and the server were charged, per row written (as `harmonybench rate` reports the live processes' CPU time).
+
+            | shards | offered writes/s | rows written/s | settled | kept up | messages per row | lock waits / slept | CPU µs per row: nodes / server |
+            |---|---|---|---|---|---|---|---|
+            \(rows.joined(separator: "\n"))
+
+            """
+        print(out)
+        if let report {
+            try out.write(toFile: report + ".md", atomically: true, encoding: .utf8)
+            try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
     }
 

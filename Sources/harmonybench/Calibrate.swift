@@ -28,13 +28,18 @@ struct Calibrate: ParsableCommand {
         var figures: [String: [Double]] = [:]
         if coreOnly {
             for round in 1...rounds {
-                let core = try measureCore().figures
+                var core = try measureCore().figures
+                core.merge(try measureLooks(scanChangeUs: core["scan_change_us"] ?? 0, publishMessageUs: core["publish_message_us"] ?? 0)) { a, _ in a }
+                core["app_commit_us"] = try measureApplicationCommit()
                 print("round \(round): " + core.keys.sorted().map { "\($0) \(String(format: "%.2f", core[$0]!))" }.joined(separator: ", "))
             }
             return
         }
         for round in 1...rounds {
-            let core = try measureCore()
+            var core = try measureCore()
+            core.figures.merge(try measureLooks(scanChangeUs: core.figures["scan_change_us"] ?? 0,
+                                                publishMessageUs: core.figures["publish_message_us"] ?? 0)) { a, _ in a }
+            core.figures["app_commit_us"] = try measureApplicationCommit()
             let server = try measureServer(payloadBytes: Int(core.bytesPerChange * 128))
             let live = try measureLive(core: core.figures)
             for (k, v) in core.figures.merging(server, uniquingKeysWith: { a, _ in a }).merging(live, uniquingKeysWith: { a, _ in a }) {
@@ -67,6 +72,16 @@ struct Calibrate: ParsableCommand {
             apply_change_us = \(f(m["apply_change_us"]))
             # The application inserting one row with the capture triggers, 1,000 rows per transaction.
             app_insert_row_us = \(f(m["app_insert_row_us"]))
+            # How long one of the application's single-row commits holds SQLite's write lock (upsert, capture trigger,
+            # commit and fsync), three applications committing back to back on this machine. A sidecar that finds the
+            # lock held sleeps in SQLite's busy handler (1, 2, 5, 10 ... ms) and takes every commit made meanwhile.
+            app_commit_us = \(f(m["app_commit_us"]))
+            # A look that finds one commit, beyond its change and its message (its stamp transaction), and marking
+            # its message published on the ack: CPU time, and the wall time on top (the commits' fsync).
+            look_us = \(f(m["look_us"]))
+            look_wait_us = \(f(m["look_wait_us"]))
+            ack_flush_us = \(f(m["ack_flush_us"]))
+            ack_flush_wait_us = \(f(m["ack_flush_wait_us"]))
             # This node's own messages coming back, applied as no-ops (they are delivered to every node).
             apply_own_change_us = \(f(m["apply_own_change_us"]))
             # What the live processes spend per row beyond the core's work above (the runtime: libnats, fetching,
@@ -229,6 +244,10 @@ struct Calibrate: ParsableCommand {
         // At 1 shard and at 8: more shards split the same rows into more, smaller messages, so the two runs separate
         // the runtime's cost per message from its cost per change.
         let one = try liveCPU(shards: 1), eight = try liveCPU(shards: 8)
+        for (name, run) in [("1 shard", one), ("8 shards", eight)] {
+            print(String(format: "live bulk load, %@: per row %.4f messages, %.4f applied transactions per applying node, CPU µs ",
+                         name, run.messagesPerRow, run.batchesPerRow) + run.cpu.map { String(format: "%.1f", $0) }.joined(separator: " / "))
+        }
         let scan = core["scan_change_us"] ?? 0, own = core["apply_own_change_us"] ?? 0
         let applyChange = core["apply_change_us"] ?? 0, applyBatch = core["apply_batch_us"] ?? 0
         func fit(_ a: Double, _ b: Double, core: (LiveRun) -> Double) -> (change: Double, message: Double) {

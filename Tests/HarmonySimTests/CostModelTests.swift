@@ -84,7 +84,7 @@ struct CostModelTests {
     @Test func aLightWorkerRunsAheadOfBusierOnesWhichPayForIt() throws {
         let sim = try Simulation(scenario: Self.bulk(Self.profile), seed: 1)
         // Node 1's sidecar and the server have used much CPU and have work queued far ahead; node 2 is idle.
-        for hog in [CostWorker.sidecar(1), .server] {
+        for hog in [CostWorker.sidecar(1), .server(1)] {
             sim.busyUntilUs[hog] = 1_000_000
             sim.cpuUsedUs[hog] = 500_000
         }
@@ -92,11 +92,11 @@ struct CostModelTests {
         // Two cores, three running: node 2 took 1/3 of a core beyond its equal share of 2/3 for 1 ms; each hog
         // loses half of that, at its own equal share.
         #expect(abs(sim.busyUntilUs[.sidecar(1)]! - 1_000_250) < 1e-6)
-        #expect(abs(sim.busyUntilUs[.server]! - 1_000_250) < 1e-6)
+        #expect(abs(sim.busyUntilUs[.server(1)]! - 1_000_250) < 1e-6)
         // The busiest worker gets an equal share, and nobody pays for it: with three others running, 1 ms takes 2 ms.
         sim.cpuUsedUs[.loader] = 900_000
         #expect(abs(sim.runJob(.loader, 1_000) - 2_000) < 1e-6)
-        #expect(abs(sim.busyUntilUs[.server]! - 1_000_250) < 1e-6)
+        #expect(abs(sim.busyUntilUs[.server(1)]! - 1_000_250) < 1e-6)
     }
 
     /// As the live runtime, a delivery is applied in chunks of 32 KiB, each its own transaction; work that comes
@@ -194,6 +194,83 @@ struct CostModelTests {
         #expect(Double(capacity.messages) < Double(capacity.writes) * 0.6, "\(capacity.messages) messages for \(capacity.writes) writes")
     }
 
+    /// One node's application commits 2 rows a millisecond, each holding SQLite's write lock for `appCommitUs`; the
+    /// profile is cheap, so the sidecar's CPU never batches. Returns the run and its messages per write.
+    static func lockedWrites(appCommitUs: Double, perMs: Int = 2, intervalMs: Int64 = 1) throws -> (Simulation, SimulationResult, Double) {
+        var costs = Self.profile
+        costs.runtimeApplyMessageUs = 10
+        costs.applyBatchUs = 20
+        costs.appCommitUs = appCommitUs
+        var s = Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 100_000, costs: costs)
+        s.insertWeight = 1
+        s.updateWeight = 0
+        s.writerNodes = [1]
+        s.writeIntervalMsMin = intervalMs
+        s.writeIntervalMsMax = intervalMs
+        s.writesPerStep = perMs
+        s.detectDelayMsMax = 0
+        let sim = try Simulation(scenario: s, seed: 1)
+        let r = sim.run()
+        let capacity = try #require(r.capacity)
+        return (sim, r, Double(capacity.messages) / Double(max(1, capacity.writes)))
+    }
+
+    /// Live, a sidecar that finds the application holding SQLite's write lock sleeps in SQLite's busy handler (1, 2,
+    /// 5 ms ...), and its next look takes every commit made meanwhile: at 2,000 commits a second holding the lock
+    /// 300 µs each, the sidecar sleeps often and sends far fewer messages than writes. Without the lock (no
+    /// `app_commit_us`) the cheap sidecar looks at nearly every commit.
+    @Test func aSidecarThatFindsTheLockHeldSleepsAndItsNextLookTakesMore() throws {
+        let (free, freeRun, freeRatio) = try Self.lockedWrites(appCommitUs: 0)
+        let (locked, lockedRun, lockedRatio) = try Self.lockedWrites(appCommitUs: 300)
+        #expect(freeRun.passed && lockedRun.passed)
+        #expect(free.lockWaits == 0)
+        #expect(locked.lockWaits > 0 && locked.lockWaitedMs > 0)
+        #expect(freeRatio > 0.3, "without the lock: \(freeRatio) messages per write (two commits a millisecond)")
+        #expect(lockedRatio < freeRatio * 0.6, "with the lock: \(lockedRatio) messages per write, without: \(freeRatio)")
+        // At 100 commits a second the lock is seldom held when the sidecar looks: nearly a message per write.
+        let (_, slowRun, slowRatio) = try Self.lockedWrites(appCommitUs: 300, perMs: 1, intervalMs: 10)
+        #expect(slowRun.passed)
+        #expect(slowRatio > 0.8, "at 100 writes/s: \(slowRatio) messages per write")
+    }
+
+    /// An application whose commits hold the lock all the time (1,100 µs each, one a millisecond) starves its
+    /// sidecar: almost nothing leaves while it writes, and everything does, in a few looks, once it stops; the
+    /// cluster then converges.
+    @Test func anApplicationHoldingTheLockAllTheTimeStarvesItsSidecarUntilItStops() throws {
+        let (sim, r, ratio) = try Self.lockedWrites(appCommitUs: 1_100, perMs: 1)
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        #expect(sim.lockWaitedMs > 500)
+        #expect(ratio < 0.05, "\(ratio) messages per write")
+        let capacity = try #require(r.capacity)
+        #expect(capacity.convergedAfterHealMs != nil)
+        #expect(Self.percentile50(capacity.lagsMs) > 100, "lag p50 \(Self.percentile50(capacity.lagsMs)) ms")
+    }
+
+    static func percentile50(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+
+    /// A look costs its own work (its stamp transaction) on top of its changes and messages, and so does marking
+    /// messages published when their acks come (whose transaction stamps the commits queued meanwhile, which then
+    /// leave too): when each costs 3 ms, a node committing a row every millisecond gathers several in each.
+    @Test func eachLookCostsItsOwnWork() throws {
+        func messagesPerWrite(lookUs: Double) throws -> Double {
+            var costs = Self.profile
+            costs.lookUs = lookUs
+            costs.ackFlushUs = lookUs
+            var s = Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10, costs: costs)
+            s.writerNodes = [1]
+            s.writeIntervalMsMin = 1
+            s.writeIntervalMsMax = 1
+            s.detectDelayMsMax = 0
+            let r = try Simulation(scenario: s, seed: 1).run()
+            #expect(r.passed)
+            let capacity = try #require(r.capacity)
+            return Double(capacity.messages) / Double(max(1, capacity.writes))
+        }
+        let cheap = try messagesPerWrite(lookUs: 0), dear = try messagesPerWrite(lookUs: 3_000)
+        #expect(cheap > 0.8, "\(cheap) messages per write with free looks")
+        #expect(dear < 0.6, "\(dear) messages per write with 3 ms looks")
+    }
+
     /// Integer-millisecond intervals stop at one write a millisecond per node; past that each node commits several
     /// transactions a millisecond. Two nodes on a cheap profile keep up with more than the 2,000 writes/s that
     /// intervals alone could offer.
@@ -243,8 +320,23 @@ struct CostModelTests {
         #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\nscan_change_us = -1\n", to: &s) }
         #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\nscan_cost = 1\n", to: &s) }
         #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\npublish_ack_timeout_ms = 0\n", to: &s) }
-        try ScenarioLoader.applyProfile("[costs]\nscan_change_us = 12.5\ncores = 2\npublish_batch_max = 64\npublish_ack_timeout_ms = 10000\n", to: &s)
+        #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\napp_commit_us = -300\n", to: &s) }
+        try ScenarioLoader.applyProfile("""
+            [costs]
+            scan_change_us = 12.5
+            cores = 2
+            publish_batch_max = 64
+            publish_ack_timeout_ms = 10000
+            app_commit_us = 300
+            look_us = 270
+            look_wait_us = 4
+            ack_flush_us = 110
+            ack_flush_wait_us = 170
+
+            """, to: &s)
         #expect(s.costs?.scanChangeUs == 12.5 && s.costs?.cores == 2 && s.publishBatchMax == 64)
+        #expect(s.costs?.appCommitUs == 300 && s.costs?.lookUs == 270 && s.costs?.lookWaitUs == 4)
+        #expect(s.costs?.ackFlushUs == 110 && s.costs?.ackFlushWaitUs == 170)
         // The live sidecar's ack timeout replaces the scenario's: it decides when a publish lost in a partition is sent again.
         #expect(s.publishTimeoutMs == 10_000)
     }

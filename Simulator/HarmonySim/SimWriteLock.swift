@@ -1,0 +1,110 @@
+import Foundation
+
+/// SQLite's one write lock per database, between the application's commits and the sidecar. Live, a sidecar that
+/// finds the lock held sleeps in SQLite's default busy handler, 1, 2, 5, 10 … up to 100 ms between tries, and under a
+/// steady stream of application commits it may need several tries: meanwhile more commits pile up, and its next look
+/// takes them all. That, not the sidecar's CPU, is what batches single-row commits on a busy node (`harmonybench rate`
+/// shows 1 message per row at 300 writes/s and 0.01 at 6,000). Without `app_commit_us` the model has no lock.
+///
+/// The lock is a timeline per node, in microseconds. Each application commit holds it for `app_commit_us`, from a
+/// moment drawn inside its millisecond (the writes of one millisecond spread over it), or when its busy handler
+/// next tries if the sidecar holds it then; an application that waited catches up with commits back to back, as
+/// live. The sidecar holds it
+/// for the work of a look, an applied chunk or an ack flush. A sidecar try at a moment some commit holds it sleeps
+/// SQLite's next interval and tries again then.
+struct SimWriteLock {
+    /// sqliteDefaultBusyCallback's sleeps between tries, in ms; past the last, 100 ms each.
+    static let busyHandlerSleepsMs: [Int64] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100]
+    /// The sidecar's busy timeout (`Database`'s default): past it the statement fails, and the sidecar tries again.
+    static let busyTimeoutMs: Int64 = 5_000
+
+    var random = SimRandom(seed: 0)
+    /// Per node: the application's commits' holds of the lock, in order (starts ascending), the recent ones only.
+    var applicationHolds: [Int: [(startUs: Double, endUs: Double)]] = [:]
+    /// Per node: until when the sidecar holds the lock (the end of its last job that took it).
+    var sidecarHoldUntilUs: [Int: Double] = [:]
+    /// Per node: application commits since the sidecar last looked (a look with nothing new takes no lock).
+    var unlooked: [Int: Int] = [:]
+    /// Per node: until when its sidecar sleeps in the busy handler (µs); it does no other work meanwhile.
+    var sleepUntilUs: [Int: Double] = [:]
+    /// Each job sleeping in the busy handler: the tries it has made, and the moment of its next (µs).
+    var waiting: [WaitingJob: (tries: Int, nextTryUs: Double)] = [:]
+
+    /// What on a sidecar waited for the lock.
+    enum WaitingJob: Hashable {
+        case look(node: Int), apply(node: Int, shard: Int), acks(node: Int)
+    }
+
+    /// One application commit made in millisecond `atMs`, the `slot`-th of `of` that millisecond: it holds the lock
+    /// for `commitUs` from a moment drawn inside its share of the millisecond, or from when the lock is free.
+    mutating func applicationCommitted(node: Int, atMs: Int64, slot: Int, of slots: Int, commitUs: Double) {
+        let share = 1_000 / Double(max(1, slots))
+        let drawn = Double(atMs) * 1_000 + share * (Double(slot) + Double(random.below(1_000)) / 1_000)
+        var holds = applicationHolds[node, default: []]
+        var start = max(drawn, holds.last?.endUs ?? 0)
+        // The sidecar holds it: the application sleeps in its own busy handler, and the commits it owes since
+        // follow back to back.
+        var tries = 0
+        while start < sidecarHoldUntilUs[node, default: 0] {
+            start += Double(Self.busyHandlerSleepsMs[min(tries, Self.busyHandlerSleepsMs.count - 1)]) * 1_000
+            tries += 1
+        }
+        holds.append((start, start + commitUs))
+        // Holds long past cannot cover a try any more (the busy handler's tries are at most 100 ms apart).
+        if holds.count > 64, holds[0].endUs < Double(atMs) * 1_000 - 1_000_000 {
+            holds.removeAll { $0.endUs < Double(atMs) * 1_000 - 1_000_000 }
+        }
+        applicationHolds[node] = holds
+        unlooked[node, default: 0] += 1
+    }
+
+    /// Whether one of the application's commits holds node `node`'s lock at `atUs`.
+    func heldByApplication(node: Int, atUs: Double) -> Bool {
+        guard let holds = applicationHolds[node] else { return false }
+        for hold in holds.reversed() {
+            if hold.endUs <= atUs { return false }  // the ones before it ended earlier still
+            if hold.startUs <= atUs { return true }
+        }
+        return false
+    }
+}
+
+extension Simulation {
+    /// With a lock model: when node `id`'s sidecar wakes, if it sleeps in the busy handler for another job than
+    /// its look, which then waits behind that job as on the live serial queue.
+    func lookWaitsForLockSleep(_ id: Int) -> Int64? {
+        guard writeLock.waiting[.look(node: id)] == nil, let until = writeLock.sleepUntilUs[id] else { return nil }
+        let wakeMs = Self.ms(until)
+        return wakeMs > nowMs ? wakeMs : nil
+    }
+
+    /// With a lock model: whether `job`, about to run on node `id`'s sidecar now, must first sleep for the write lock.
+    /// Returns when to try again (the sidecar sleeps until then), or nil to run it now.
+    func waitForWriteLock(_ job: SimWriteLock.WaitingJob, node id: Int) -> Int64? {
+        guard let commitUs = scenario.costs?.appCommitUs, commitUs > 0 else { return nil }
+        let previous = writeLock.waiting[job]
+        if previous == nil, case .look = job, writeLock.unlooked[id, default: 0] == 0 { return nil }
+        let tries = previous?.tries ?? 0
+        let tryUs = previous?.nextTryUs ?? max(nowUs, busyUntilUs[.sidecar(id), default: 0])
+        let sleeps = SimWriteLock.busyHandlerSleepsMs
+        let slept = sleeps.prefix(tries).reduce(0, +) + Int64(max(0, tries - sleeps.count)) * sleeps.last!
+        guard writeLock.heldByApplication(node: id, atUs: tryUs), slept < SimWriteLock.busyTimeoutMs else {
+            writeLock.waiting[job] = nil
+            return nil
+        }
+        let sleep = sleeps[min(tries, sleeps.count - 1)]
+        let wakeUs = tryUs + Double(sleep) * 1_000
+        writeLock.waiting[job] = (tries + 1, wakeUs)
+        writeLock.sleepUntilUs[id] = max(writeLock.sleepUntilUs[id, default: 0], wakeUs)
+        if previous == nil { lockWaits += 1 }
+        lockWaitedMs += sleep
+        return Self.ms(wakeUs)
+    }
+
+    /// With a lock model: node `id`'s sidecar holds the lock until `untilUs`, the end of a transaction that took it
+    /// (a look's stamp, an applied delivery, an ack flush); reading and publishing pages take no write lock.
+    func sidecarHoldsWriteLock(_ id: Int, untilUs: Double?) {
+        guard let commitUs = scenario.costs?.appCommitUs, commitUs > 0, let untilUs else { return }
+        writeLock.sidecarHoldUntilUs[id] = max(writeLock.sidecarHoldUntilUs[id, default: 0], untilUs)
+    }
+}
