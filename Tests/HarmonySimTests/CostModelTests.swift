@@ -35,6 +35,16 @@ struct CostModelTests {
         return s
     }
 
+    /// Two nodes; node 1 commits a row on one of 10 keys every millisecond, seen at once, under `costs`.
+    static func oneWriterEveryMillisecond(_ costs: CostModel) -> Scenario {
+        var s = steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10, costs: costs)
+        s.writerNodes = [1]
+        s.writeIntervalMsMin = 1
+        s.writeIntervalMsMax = 1
+        s.detectDelayMsMax = 0
+        return s
+    }
+
     static var profile: CostModel {
         var c = CostModel()
         c.publishRttUs = 1_000
@@ -182,12 +192,7 @@ struct CostModelTests {
     @Test func commitsMadeWhileTheSidecarIsBusyLeaveInOneLook() throws {
         var costs = Self.profile
         costs.runtimePublishMessageUs = 3_000
-        var s = Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10, costs: costs)
-        s.writerNodes = [1]
-        s.writeIntervalMsMin = 1
-        s.writeIntervalMsMax = 1
-        s.detectDelayMsMax = 0
-        let r = try Simulation(scenario: s, seed: 1).run()
+        let r = try Simulation(scenario: Self.oneWriterEveryMillisecond(costs), seed: 1).run()
         let capacity = try #require(r.capacity)
         #expect(r.passed)
         #expect(capacity.writes > 900)
@@ -256,12 +261,7 @@ struct CostModelTests {
             var costs = Self.profile
             costs.lookUs = lookUs
             costs.ackFlushUs = lookUs
-            var s = Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10, costs: costs)
-            s.writerNodes = [1]
-            s.writeIntervalMsMin = 1
-            s.writeIntervalMsMax = 1
-            s.detectDelayMsMax = 0
-            let r = try Simulation(scenario: s, seed: 1).run()
+            let r = try Simulation(scenario: Self.oneWriterEveryMillisecond(costs), seed: 1).run()
             #expect(r.passed)
             let capacity = try #require(r.capacity)
             return Double(capacity.messages) / Double(max(1, capacity.writes))
