@@ -23,8 +23,8 @@ struct SimWriteLock {
     var applicationHolds: [Int: [(startUs: Double, endUs: Double)]] = [:]
     /// Per node: until when the sidecar holds the lock (the end of its last job that took it).
     var sidecarHoldUntilUs: [Int: Double] = [:]
-    /// Per node: application commits since the sidecar last looked (a look with nothing new takes no lock).
-    var unlooked: [Int: Int] = [:]
+    /// Nodes whose application committed since their sidecar last looked (a look with nothing new takes no lock).
+    var unlooked: Set<Int> = []
     /// Per node: until when its sidecar sleeps in the busy handler (µs); it does no other work meanwhile.
     var sleepUntilUs: [Int: Double] = [:]
     /// Each job sleeping in the busy handler: the tries it has made, and the moment of its next (µs).
@@ -55,7 +55,7 @@ struct SimWriteLock {
             holds.removeAll { $0.endUs < Double(atMs) * 1_000 - 1_000_000 }
         }
         applicationHolds[node] = holds
-        unlooked[node, default: 0] += 1
+        unlooked.insert(node)
     }
 
     /// Whether one of the application's commits holds node `node`'s lock at `atUs`.
@@ -83,7 +83,7 @@ extension Simulation {
     func waitForWriteLock(_ job: SimWriteLock.WaitingJob, node id: Int) -> Int64? {
         guard let commitUs = scenario.costs?.appCommitUs, commitUs > 0 else { return nil }
         let previous = writeLock.waiting[job]
-        if previous == nil, case .look = job, writeLock.unlooked[id, default: 0] == 0 { return nil }
+        if previous == nil, case .look = job, !writeLock.unlooked.contains(id) { return nil }
         let tries = previous?.tries ?? 0
         let tryUs = previous?.nextTryUs ?? max(nowUs, busyUntilUs[.sidecar(id), default: 0])
         let sleeps = SimWriteLock.busyHandlerSleepsMs

@@ -354,6 +354,15 @@ public final class Simulation {
     }
 
     /// Calls into a node's core with its clock set; a crash at a crash point is an expected outcome.
+    /// A core call that may stamp the application's queued commits and send them, as a look does: with a cost model
+    /// its first message carries the look's own cost, and its stamp holds the write lock.
+    func callCoreAsLook(_ node: SimNode, _ body: (ReplicationNode) throws -> Void) {
+        if scenario.costs != nil { lookPublishing.insert(node.id) }
+        callCore(node, body)
+        lookPublishing.remove(node.id)
+        sidecarHoldsWriteLock(node.id, untilUs: lookStampEndUs.removeValue(forKey: node.id))
+    }
+
     func callCore(_ node: SimNode, _ body: (ReplicationNode) throws -> Void) {
         guard node.sidecarUp, let core = node.core else { return }
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
@@ -470,10 +479,7 @@ public final class Simulation {
                 sidecarHoldsWriteLock(id, untilUs: runJob(.sidecar(id), costs.ackFlushUs, waitUs: costs.ackFlushWaitUs))
             }
             // Marking them published stamps the commits queued meanwhile, which then leave as a look's would.
-            if scenario.costs != nil { lookPublishing.insert(id) }
-            callCore(node) { try $0.publishAcknowledged(tokens: tokens) }
-            lookPublishing.remove(id)
-            sidecarHoldsWriteLock(id, untilUs: lookStampEndUs.removeValue(forKey: id))
+            callCoreAsLook(node) { try $0.publishAcknowledged(tokens: tokens) }
 
         case .pump(let id, let shard):
             let node = nodes[id - 1]
@@ -569,32 +575,21 @@ public final class Simulation {
         case .databaseChanged(let id, let incarnation):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation else { return }
+            /// The look runs at `ms` instead; `joining`: unless one already waits for later, which takes this commit too.
+            func deferLook(to ms: Int64, joining: Bool = true) {
+                if joining, let pending = lookDeferredToMs[id], pending > nowMs { return }
+                lookDeferredToMs[id] = ms
+                push(.databaseChanged(node: id, incarnation: incarnation), at: ms)
+            }
             // Another job sleeps for the write lock: the look is queued behind it, whatever its turn.
-            if let sleepEndMs = lookWaitsForLockSleep(id) {
-                if let pending = lookDeferredToMs[id], pending > nowMs { return }
-                lookDeferredToMs[id] = sleepEndMs
-                push(.databaseChanged(node: id, incarnation: incarnation), at: sleepEndMs)
-                return
-            }
+            if let sleepEndMs = lookWaitsForLockSleep(id) { return deferLook(to: sleepEndMs) }
             // A look that waited runs at its turn, whatever was queued on the sidecar behind it meanwhile.
-            if lookDeferredToMs[id] != nowMs, let freeMs = lookWaitsForSidecar(id) {
-                // One look already waits (this is not it): it takes this commit too.
-                if let pending = lookDeferredToMs[id], pending > nowMs { return }
-                lookDeferredToMs[id] = freeMs
-                push(.databaseChanged(node: id, incarnation: incarnation), at: freeMs)
-                return
-            }
-            if let until = waitForWriteLock(.look(node: id), node: id) {
-                lookDeferredToMs[id] = until
-                push(.databaseChanged(node: id, incarnation: incarnation), at: until)
-                return
-            }
+            if lookDeferredToMs[id] != nowMs, let freeMs = lookWaitsForSidecar(id) { return deferLook(to: freeMs) }
+            // This look sleeps for the lock itself.
+            if let until = waitForWriteLock(.look(node: id), node: id) { return deferLook(to: until, joining: false) }
             lookDeferredToMs[id] = nil
-            writeLock.unlooked[id] = 0
-            if scenario.costs != nil { lookPublishing.insert(id) }
-            callCore(node) { try $0.databaseChanged() }
-            lookPublishing.remove(id)
-            sidecarHoldsWriteLock(id, untilUs: lookStampEndUs.removeValue(forKey: id))
+            writeLock.unlooked.remove(id)
+            callCoreAsLook(node) { try $0.databaseChanged() }
             // The live core goes back to its serial queue when the look's work is done: a look queued meanwhile runs
             // there, not after everything queued on the node since.
             if scenario.costs != nil, let busy = busyUntilUs[.sidecar(id)], busy > nowUs {

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import HarmonyCore
+import HarmonyNATS
 import HarmonyRuntime
 import HarmonySQLite
 import HarmonyTestSupport
@@ -11,15 +13,22 @@ final class BenchCluster {
     let nats: EmbeddedNATSServer
     var processes: [ChildProcess] = []
     let nodes: Int
+    let shards: Int
+    /// Each node's Prometheus port (1-based node i at index i - 1), when made with `metrics`.
+    let metricsPorts: [Int]
     /// Per node in `relayed`: the relay its NATS connection goes through, to cut it off from the log and heal it.
     var relays: [Int: TCPRelay] = [:]
 
     /// `schema` runs on every database first; `extra(i)` is appended to node i's config.toml; `hints`: the
     /// `replication_log.hints` setting of every node.
-    /// `relayed`: nodes that reach nats-server through a `TCPRelay` (`relays`).
+    /// `relayed`: nodes that reach nats-server through a `TCPRelay` (`relays`). `metrics`: every node serves
+    /// Prometheus metrics on a port of its own (`metricsPorts`).
     init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, relayed: Set<Int> = [],
-         extra: (Int) -> String = { _ in "" }) throws {
+         metrics: Bool = false, extra: (Int) -> String = { _ in "" }) throws {
         self.nodes = nodes
+        self.shards = shards
+        let metricsPorts = metrics ? (1...nodes).map { _ in EmbeddedNATSServer.freePort() } : []
+        self.metricsPorts = metricsPorts
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let port = EmbeddedNATSServer.freePort()
@@ -37,6 +46,7 @@ final class BenchCluster {
                 hints = \(hints)
                 [nats]
                 urls = ["nats://127.0.0.1:\(relays[i]?.port ?? port)"]
+                \(metrics ? "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\"" : "")
                 \(extra(i))
                 """.write(toFile: "\(directory)/node\(i).toml", atomically: true, encoding: .utf8)
             processes.append(try ChildProcess.spawn(binary, ["-config", "\(directory)/node\(i).toml"],
@@ -62,6 +72,27 @@ final class BenchCluster {
             let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") ?? .nan
             return kilobytes / 1024
         }
+    }
+
+    /// CPU time (s) each harmonylite process and then nats-server has used so far.
+    func cpuSeconds() throws -> [Double] {
+        guard let server = Calibrate.natsPID(nats) else { throw ValidationError("cannot find the nats-server process") }
+        return (processes.map(\.pid) + [server]).map(Calibrate.cpuSeconds)
+    }
+
+    /// Transactions each node has applied delivered batches in so far (made with `metrics`).
+    func appliedBatches() throws -> [Int] {
+        try metricsPorts.map { try Calibrate.appliedBatches(directory: directory, port: $0) }
+    }
+
+    /// Messages every shard's stream holds.
+    func storedMessages() throws -> Double {
+        let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(nats.port)"], name: "harmonybench"))
+        defer { connection.close() }
+        let js = try connection.jetStream { _ in }
+        defer { js.close() }
+        let router = ShardRouter(shardCount: shards)
+        return try router.shards.reduce(0.0) { $0 + Double(try js.streamState(name: router.streamName(shard: $1)).messages) }
     }
 
     private var stopped = false

@@ -274,14 +274,9 @@ struct Calibrate: ParsableCommand {
     }
 
     func liveCPU(shards: Int) throws -> LiveRun {
-        let metricsPorts = (1...3).map { _ in EmbeddedNATSServer.freePort() }
-        let cluster = try BenchCluster(nodes: 3, shards: shards,
-                                       schema: Self.benchSchema,
-                                       binary: binary, extra: { "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[$0 - 1])\"" })
+        let cluster = try BenchCluster(nodes: 3, shards: shards, schema: Self.benchSchema, binary: binary, metrics: true)
         defer { cluster.stop() }
-        let pids = cluster.processes.map(\.pid) + [Self.natsPID(cluster.nats)].compactMap { $0 }
-        guard pids.count == 4 else { throw ValidationError("cannot find the nats-server process") }
-        let before = pids.map(Self.cpuSeconds)
+        let before = try cluster.cpuSeconds()
         let app = try SQLiteOpener().open(path: cluster.dbPath(1))
         try Self.insertBenchRows(into: app, count: liveRows)
         let readers = try (2...3).map { try Database.readOnly(path: cluster.dbPath($0)) }
@@ -289,14 +284,9 @@ struct Calibrate: ParsableCommand {
             try readers.allSatisfy { try $0.scalar("SELECT count(*) FROM bench")?.int64 == Int64(liveRows) }
         }
         Thread.sleep(forTimeInterval: 0.5)  // the last acknowledgements
-        let spent = zip(pids.map(Self.cpuSeconds), before).map { ($0 - $1) / Double(liveRows) * 1e6 }
-        let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(cluster.nats.port)"], name: "harmonybench-calibrate"))
-        defer { connection.close() }
-        let js = try connection.jetStream { _ in }
-        defer { js.close() }
-        let router = ShardRouter(shardCount: shards)
-        let messages = try router.shards.reduce(0.0) { $0 + Double(try js.streamState(name: router.streamName(shard: $1)).messages) }
-        let batches = try metricsPorts[1...].map { try Self.appliedBatches(directory: cluster.directory, port: $0) }
+        let spent = zip(try cluster.cpuSeconds(), before).map { ($0 - $1) / Double(liveRows) * 1e6 }
+        let messages = try cluster.storedMessages()
+        let batches = try cluster.appliedBatches().dropFirst()
         return LiveRun(cpu: spent, messagesPerRow: messages / Double(liveRows),
                        batchesPerRow: Double(batches.reduce(0, +)) / Double(batches.count) / Double(liveRows))
     }

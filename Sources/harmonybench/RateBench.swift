@@ -1,8 +1,5 @@
 import ArgumentParser
 import Foundation
-import HarmonyCore
-import HarmonyNATS
-import HarmonyRuntime
 
 /// The live counterpart of `harmonysim bench ... --find-rate`: at each offered rate, every node's application writes
 /// single-row upserts for a while, and the rate is kept up with when the cluster settles within a tenth of that time
@@ -40,14 +37,11 @@ struct RateBench: ParsableCommand {
         let settleLimitMs = max(1_000, seconds * 100)
         var runs: [Run] = []
         for rate in offered {
-            let metricsPorts = (1...3).map { _ in EmbeddedNATSServer.freePort() }
             let cluster = try BenchCluster(nodes: 3, shards: shards, schema: "CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-                                           binary: binary, extra: { "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[$0 - 1])\"" })
+                                           binary: binary, metrics: true)
             defer { cluster.stop() }
-            let nodePIDs: [pid_t] = cluster.processes.map { $0.pid }
-            let pids: [pid_t] = nodePIDs + [Calibrate.natsPID(cluster.nats)].compactMap { $0 }
-            let batchesBefore = try metricsPorts.map { try Calibrate.appliedBatches(directory: cluster.directory, port: $0) }
-            let cpuBefore = pids.map(Calibrate.cpuSeconds)
+            let batchesBefore = try cluster.appliedBatches()
+            let cpuBefore = try cluster.cpuSeconds()
             // Each node a third of the rate, scheduled (open loop) so a slow commit is caught up, not skipped.
             let mean = 3.0 / Double(rate)
             let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
@@ -63,13 +57,9 @@ struct RateBench: ParsableCommand {
                 cluster.keep = true
             }
             let rows = Double(max(1, writers.written))
-            let cpuAfter: [Double] = pids.map(Calibrate.cpuSeconds)
-            let cpu: [Double] = zip(cpuAfter, cpuBefore).map { ($0 - $1) / rows * 1e6 }
-            var batches = 0.0
-            for (port, before) in zip(metricsPorts, batchesBefore) {
-                batches += Double(try Calibrate.appliedBatches(directory: cluster.directory, port: port) - before)
-            }
-            let messages = try storedMessages(cluster)
+            let cpu: [Double] = zip(try cluster.cpuSeconds(), cpuBefore).map { ($0 - $1) / rows * 1e6 }
+            let batches = Double(zip(try cluster.appliedBatches(), batchesBefore).map { $0 - $1 }.reduce(0, +))
+            let messages = try cluster.storedMessages()
             let keptUp = settled.map { $0 <= settleLimitMs } ?? false
             let run = Run(offered: rate, written: writers.written, settledMs: settled, keptUp: keptUp,
                           cpuPerRowUs: cpu, messagesPerRow: messages / rows, applyBatchesPerRow: batches / 3 / rows,
@@ -119,16 +109,5 @@ struct RateBench: ParsableCommand {
             }
             try ("[" + json.joined(separator: ",\n ") + "]\n").write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
-    }
-
-
-    /// Messages every shard's stream holds.
-    func storedMessages(_ cluster: BenchCluster) throws -> Double {
-        let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(cluster.nats.port)"], name: "harmonybench-rate"))
-        defer { connection.close() }
-        let js = try connection.jetStream { _ in }
-        defer { js.close() }
-        let router = ShardRouter(shardCount: shards)
-        return try router.shards.reduce(0.0) { $0 + Double(try js.streamState(name: router.streamName(shard: $1)).messages) }
     }
 }
