@@ -378,6 +378,12 @@ struct Bench: ParsableCommand {
     @Option(help: "With --profile: offer these rates (writes/s over all writing nodes, comma-separated) instead, as `harmonybench rate` does live, and report each one's rows/s, messages per row and settling time.")
     var rates: String?
 
+    func validate() throws {
+        if profile == nil, rates != nil || findRate || chart != nil {
+            throw ValidationError("--rates, --find-rate and --chart predict with a cost model: give it with --profile FILE (harmonybench calibrate writes one, e.g. reports/cost-profile.toml)")
+        }
+    }
+
     func run() throws {
         var scenario: Scenario
         do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
