@@ -21,6 +21,14 @@ struct LiveBench: ParsableCommand {
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
     @Flag(help: "Print each probe's commit time and its delay to the log, in commit order.") var probeTimes = false
     @Flag(name: .customLong("no-hints"), help: "Run the nodes with replication_log.hints = false (the baseline for hints).") var noHints = false
+    @Option(help: "Node the single-row probes are committed on: 1 shares the bulk writer's SQLite file (and its write lock), 3 does not. Node 2 reads them.")
+    var probeNode = 1
+
+    func validate() throws {
+        guard probeNode == 1 || probeNode == 3 else {
+            throw ValidationError("--probe-node takes 1 (the bulk writer's node) or 3 (another node); node 2 is where probes are read")
+        }
+    }
 
     func run() throws {
         let metricsPort = EmbeddedNATSServer.freePort()
@@ -38,7 +46,7 @@ struct LiveBench: ParsableCommand {
 
         // Node 2's checkpoints sum to the messages the log delivered on every stream: messages per row.
         let messagesBefore = try loggedMessages(dbs[1])
-        // Bulk load on node 1 while a second thread samples latency from node 1 to node 2.
+        // Bulk load on node 1 while a second thread samples latency from the probe node to node 2.
         let start = Date()
         let loaderDone = Mutex<Double?>(nil)
         let loader = Thread {
@@ -79,7 +87,9 @@ struct LiveBench: ParsableCommand {
         // Probes only while the bulk load is still replicating: that is what "under load" means.
         let watch = try LogWatch(natsPort: cluster.nats.port, firstProbe: nextID)
         defer { watch.close() }
-        var loaded = try latenciesUnderLoad(dbs, count: samples, nextID: &nextID, watch: watch, stopWhen: {
+        // How long each probe's own INSERT took: the application waiting for its node's write lock.
+        var commitWaits: [Double] = []
+        var loaded = try latenciesUnderLoad(dbs, count: samples, nextID: &nextID, watch: watch, commitWaits: &commitWaits, stopWhen: {
             !nodeDone.withLock { $0.contains(nil) } || Date().timeIntervalSince(start) > 300
         })
         try waitFor(seconds: 300, "every node to have the bulk rows") { !nodeDone.withLock { $0.contains(nil) } }
@@ -99,6 +109,7 @@ struct LiveBench: ParsableCommand {
         let toLog = watch.delays(\.onLog), toHint = watch.delays(\.hinted)
         if probeTimes { watch.printProbeTimes() }
         print("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
+        print("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
         let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: metricsPort))
         print("hints applied on node 2: \(hintsApplied)\(noHints ? " (hints off)" : "")")
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
@@ -107,10 +118,10 @@ struct LiveBench: ParsableCommand {
         let text = """
             # Live replication: throughput and visibility delay
 
-            Command: `swift build -c release && .build/release/harmonybench live --rows \(rows) --batch \(batch) --shards \(shards) --samples \(samples)\(noHints ? " --no-hints" : "")`
+            Command: `swift build -c release && .build/release/harmonybench live --rows \(rows) --batch \(batch) --shards \(shards) --samples \(samples)\(noHints ? " --no-hints" : "")\(probeNode == 1 ? "" : " --probe-node \(probeNode)")`
             Setup: one nats-server (JetStream, file store) and 3 harmonylite processes on this machine (\(machine)), \(shards) shards.
             Bulk: \(rows) rows inserted on node 1 in \(batch)-row transactions; timed until all 3 nodes have every row.
-            Latency: a single-row commit on node 1 until a reader on node 2 sees it, up to \(samples) samples. At idle one probe
+            Latency: a single-row commit on node \(probeNode)\(probeNode == 1 ? " (the bulk writer's)" : " (not the bulk writer's)") until a reader on node 2 sees it, up to \(samples) samples. At idle one probe
             at a time (polling every 0.2 ms); under load one every 20 ms without waiting for the last (node 2 looked at every
             1 ms), only until every node has the bulk rows. Hints \(noHints ? "off" : "on"): \(hintsApplied) applied on node 2.
             The application committed all bulk rows (with capture triggers) after \(String(format: "%.2f", loaderDone.withLock { $0 } ?? .nan)) s;
@@ -127,6 +138,7 @@ struct LiveBench: ParsableCommand {
             | latency under load, p99 | \(msText(percentile(loaded, 99))) ms | < 100 ms |
             | latency under load, samples | \(loaded.count) | |
             | commit to stored on the log under load, p50 / p99 | \(msText(percentile(toLog, 50))) / \(msText(percentile(toLog, 99))) ms | |
+            | the probe's own INSERT under load, p50 / p99 / max | \(msText(percentile(commitWaits, 50))) / \(msText(percentile(commitWaits, 99))) / \(msText(commitWaits.max() ?? .nan)) ms | |
             | peak RSS per node (VmHWM) | \(rssText(rss)) | ≤ 64 MiB at 1M rows |
             | log messages per bulk row | \(messagesPerRow) | |
 
@@ -138,7 +150,8 @@ struct LiveBench: ParsableCommand {
                 {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
                  "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99))), "samples": \(loaded.count)},
-                 "hints": \(!noHints), "hints_applied": \(hintsApplied),
+                 "probe_node": \(probeNode), "hints": \(!noHints), "hints_applied": \(hintsApplied),
+                 "probe_insert_ms": {"p50": \(msText(percentile(commitWaits, 50))), "p99": \(msText(percentile(commitWaits, 99)))},
                  "stored_ms": {"p50": \(msText(percentile(toLog, 50))), "p99": \(msText(percentile(toLog, 99)))},
                  "messages_per_row": \(messagesPerRow), "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
@@ -150,47 +163,74 @@ struct LiveBench: ParsableCommand {
         Int(try db.scalar("SELECT coalesce(sum(seq), 0) FROM \(Bookkeeping.checkpointTable)")?.int64 ?? 0)
     }
 
-    /// A single-row commit on node 1 every `intervalMs` (without waiting for the previous one to show up), each
+    /// A single-row commit on the probe node every `intervalMs` (without waiting for the previous one to show up), each
     /// timed until a reader on node 2 sees it: a probe stuck behind a backlog does not hold back the next ones, so
     /// the samples cover the whole load. Stops committing when `stopWhen` says so, then waits up to 30 s for the rest.
+    /// The reader has a thread of its own: a probe INSERT waiting for its node's write lock must not stop the clock
+    /// on the probes already committed.
     func latenciesUnderLoad(_ dbs: [Database], count: Int, intervalMs: Double = 20, nextID: inout Int64, watch: LogWatch,
-                            stopWhen: () -> Bool) throws -> [Double] {
+                            commitWaits: inout [Double], stopWhen: () -> Bool) throws -> [Double] {
         var committedAt: [Int64: UInt64] = [:]
-        var seen: Set<Int64> = []
-        var out: [Double] = []
-        let reader = try dbs[1].prepare("SELECT id FROM bench WHERE id >= ? AND id < ?")
         let first = nextID
+        let committedBelow = Mutex<Int64>(first)
+        let firstSeen = Mutex<[Int64: UInt64]>([:])
+        let stopReading = Mutex(false)
+        let readerDone = DispatchSemaphore(value: 0)
+        let node2 = dbs[1].path
+        let reader = Thread {
+            defer { readerDone.signal() }
+            do {
+                let db = try SQLiteOpener().open(path: node2)
+                let look = try db.prepare("SELECT id FROM bench WHERE id >= ? AND id < ?")
+                // Every millisecond, for probes not seen yet (a hint can show them out of order).
+                while !stopReading.withLock({ $0 }) {
+                    let below = committedBelow.withLock { $0 }
+                    let lookedAt = DispatchTime.now().uptimeNanoseconds
+                    for row in try look.query([.integer(first), .integer(below)]) {
+                        guard let id = row[0].int64 else { continue }
+                        firstSeen.withLock { if $0[id] == nil { $0[id] = lookedAt } }
+                    }
+                    usleep(1_000)
+                }
+            } catch { print("probe reader: \(error)") }
+        }
+        reader.start()
+        defer {
+            stopReading.withLock { $0 = true }
+            readerDone.wait()
+        }
         var nextCommit: UInt64 = 0
-        var lastLook: UInt64 = 0
         var giveUpAt = UInt64.max
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
             let committing = committedAt.count < count && !stopWhen()
             if !committing {
-                if seen.count == committedAt.count || now > giveUpAt { break }
+                if firstSeen.withLock({ $0.count }) >= committedAt.count || now > giveUpAt { break }
                 giveUpAt = min(giveUpAt, now + 30_000_000_000)
             } else if now >= nextCommit {
-                try dbs[0].execute("INSERT INTO bench (id, name, at) VALUES (?, 'probe', 0)", [.integer(nextID)])
-                committedAt[nextID] = DispatchTime.now().uptimeNanoseconds
-                watch.committed(nextID, atNs: committedAt[nextID]!)
+                try dbs[probeNode - 1].execute("INSERT INTO bench (id, name, at) VALUES (?, 'probe', 0)", [.integer(nextID)])
+                let committed = DispatchTime.now().uptimeNanoseconds
+                committedAt[nextID] = committed
+                commitWaits.append(Double(committed - now) / 1e6)
+                watch.committed(nextID, atNs: committed)
                 nextID += 1
+                committedBelow.withLock { $0 = nextID }
                 nextCommit = now + UInt64(intervalMs * 1e6)
-            }
-            // Look on node 2 every millisecond for probes not seen yet (a hint can show them out of order).
-            if now - lastLook >= 1_000_000 {
-                lastLook = now
-                let lookedAt = DispatchTime.now().uptimeNanoseconds
-                for row in try reader.query([.integer(first), .integer(nextID)]) {
-                    guard let id = row[0].int64, let t0 = committedAt[id], seen.insert(id).inserted else { continue }
-                    out.append(Double(lookedAt - t0) / 1e6)
-                }
             }
             usleep(200)
         }
-        return out
+        // A probe can be seen a moment before its INSERT returned here: zero, not negative.
+        return firstSeen.withLock { seen in
+            committedAt.sorted { $0.key < $1.key }.compactMap { id, t0 in
+                seen[id].map { t in
+                    watch.seen(id, atNs: max(t, t0))
+                    return Double(max(t, t0) - t0) / 1e6
+                }
+            }
+        }
     }
 
-    /// Commit one row on node 1, time until node 2 can read it.
+    /// Commit one row on the probe node, time until node 2 can read it.
     func latencies(_ dbs: [Database], count: Int, nextID: inout Int64, stopWhen: () -> Bool = { false }) throws -> [Double] {
         var out: [Double] = []
         let reader = try dbs[1].prepare("SELECT 1 FROM bench WHERE id = ?")
@@ -199,7 +239,7 @@ struct LiveBench: ParsableCommand {
             let id = nextID
             nextID += 1
             let t0 = DispatchTime.now().uptimeNanoseconds
-            try dbs[0].execute("INSERT INTO bench (id, name, at) VALUES (?, 'probe', 0)", [.integer(id)])
+            try dbs[probeNode - 1].execute("INSERT INTO bench (id, name, at) VALUES (?, 'probe', 0)", [.integer(id)])
             let deadline = t0 + 10_000_000_000
             while DispatchTime.now().uptimeNanoseconds < deadline {
                 if try !reader.query([.integer(id)]).isEmpty { break }
@@ -227,6 +267,7 @@ final class LogWatch: Sendable {
         var committed: UInt64 = 0
         var onLog: UInt64 = 0
         var hinted: UInt64 = 0
+        var seen: UInt64 = 0
     }
     /// A class, so the subscription handlers can hold it before `self` is whole.
     final class Probes: Sendable { let all = Mutex<[Int64: Probe]>([:]) }
@@ -257,6 +298,7 @@ final class LogWatch: Sendable {
     }
 
     func committed(_ id: Int64, atNs: UInt64) { probes.all.withLock { $0[id, default: Probe()].committed = atNs } }
+    func seen(_ id: Int64, atNs: UInt64) { probes.all.withLock { $0[id, default: Probe()].seen = atNs } }
 
     /// Commit to `stamp`, in ms, for the probes that got one.
     func delays(_ stamp: KeyPath<Probe, UInt64>) -> [Double] {
@@ -266,13 +308,14 @@ final class LogWatch: Sendable {
     }
 
     /// One line per probe under load, in commit order: when it was committed (ms after the first probe) and how long
-    /// it took to be stored on the log (-1: never seen there), so a tail can be placed in the load's timeline.
+    /// it took to be stored on the log, sent as a hint and seen on node 2 (-1: never), so a tail can be placed in
+    /// the load's timeline and on the sender's or the receiver's side.
     func printProbeTimes() {
         probes.all.withLock { all in
             let t0 = all.values.map(\.committed).filter { $0 > 0 }.min() ?? 0
             for (id, p) in all.sorted(by: { $0.value.committed < $1.value.committed }) where p.committed > 0 {
-                let stored = p.onLog >= p.committed ? String(format: "%.1f", Double(p.onLog - p.committed) / 1e6) : "-1"
-                print("probe \(id): committed at \(String(format: "%.1f", Double(p.committed - t0) / 1e6)) ms, stored on the log after \(stored) ms")
+                func after(_ t: UInt64) -> String { t >= p.committed ? String(format: "%.1f", Double(t - p.committed) / 1e6) : "-1" }
+                print("probe \(id): committed at \(String(format: "%.1f", Double(p.committed - t0) / 1e6)) ms, stored on the log after \(after(p.onLog)) ms, hinted after \(after(p.hinted)) ms, seen after \(after(p.seen)) ms")
             }
         }
     }
