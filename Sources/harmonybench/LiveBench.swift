@@ -47,6 +47,7 @@ struct LiveBench: ParsableCommand {
         // Node 2's checkpoints sum to the messages the log delivered on every stream: messages per row.
         let messagesBefore = try loggedMessages(dbs[1])
         // Bulk load on node 1 while a second thread samples latency from the probe node to node 2.
+        let cpuBefore = try cluster.cpuSeconds()
         let start = Date()
         let loaderDone = Mutex<Double?>(nil)
         let loader = Thread {
@@ -94,6 +95,9 @@ struct LiveBench: ParsableCommand {
         })
         try waitFor(seconds: 300, "every node to have the bulk rows") { !nodeDone.withLock { $0.contains(nil) } }
         let done = nodeDone.withLock { $0.compactMap { $0 } }
+        // CPU per bulk row of each process (the probes' share is a few hundred rows against the load's).
+        let cpuPerRow = zip(try cluster.cpuSeconds(), cpuBefore).map { ($0 - $1) / Double(rows) * 1e6 }
+        let cpuText = cpuPerRow.map { String(format: "%.1f", $0) }.joined(separator: " / ")
         try waitFor(seconds: 30, "node 2 to apply the probes") { try dbs[1].scalar("SELECT count(*) FROM bench WHERE id >= 10000000")?.int64 == nextID - 10_000_000 }
         let bulkMessages = try loggedMessages(dbs[1]) - messagesBefore - loaded.count
         let messagesPerRow = String(format: "%.4f", Double(bulkMessages) / Double(rows))
@@ -105,6 +109,7 @@ struct LiveBench: ParsableCommand {
         if loaded.isEmpty { loaded = [0] }
         print(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
         print("messages per bulk row: \(messagesPerRow) (\(bulkMessages) messages)")
+        print("CPU per bulk row, node 1 / 2 / 3 / nats-server: \(cpuText) µs")
         print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
         let toLog = watch.delays(\.onLog), toHint = watch.delays(\.hinted)
         if probeTimes { watch.printProbeTimes() }
@@ -141,6 +146,7 @@ struct LiveBench: ParsableCommand {
             | the probe's own INSERT under load, p50 / p99 / max | \(msText(percentile(commitWaits, 50))) / \(msText(percentile(commitWaits, 99))) / \(msText(commitWaits.max() ?? .nan)) ms | |
             | peak RSS per node (VmHWM) | \(rssText(rss)) | ≤ 64 MiB at 1M rows |
             | log messages per bulk row | \(messagesPerRow) | |
+            | CPU per bulk row, node 1 / 2 / 3 / nats-server | \(cpuText) µs | |
 
             """
         print(text)
@@ -153,7 +159,7 @@ struct LiveBench: ParsableCommand {
                  "probe_node": \(probeNode), "hints": \(!noHints), "hints_applied": \(hintsApplied),
                  "probe_insert_ms": {"p50": \(msText(percentile(commitWaits, 50))), "p99": \(msText(percentile(commitWaits, 99)))},
                  "stored_ms": {"p50": \(msText(percentile(toLog, 50))), "p99": \(msText(percentile(toLog, 99)))},
-                 "messages_per_row": \(messagesPerRow), "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
+                 "messages_per_row": \(messagesPerRow), "cpu_us_per_row": [\(cpuPerRow.map { String(format: "%.2f", $0) }.joined(separator: ", "))], "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
     }
