@@ -118,7 +118,7 @@ let package = Package(
         ]),
         // Real nats-server, real harmonylite processes, the sqlite3 shell as the application.
         .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyRuntime", "HarmonySQLite", "HarmonyTestSupport"]),
-        .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore"]),
+        .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore", "HarmonyCoreTesting", "HarmonyCodec", "HarmonySQLite"]),
         .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCoreTesting", "HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -76,6 +76,10 @@ public struct Scenario: Sendable, Equatable {
     public var maxRowBytes = 64 << 20
     /// `replicate_ddl` of every node.
     public var replicateDDL = true
+    /// Local writes stamped (and published rows deleted) per transaction, and the pause between such batches
+    /// (`NodeConfig.lockBatchRows`, `lockPauseMs`): small values make a restarted sidecar's queue a "bulk import".
+    public var lockBatchRows = 5_000
+    public var lockPauseMs: Int64 = 20
 
     /// Chance (per mille) that the sidecar dies at each crash point the core passes (between two durable steps).
     public var crashPointPermille = 0

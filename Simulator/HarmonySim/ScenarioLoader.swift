@@ -78,7 +78,7 @@ public enum ScenarioLoader {
         }
         if let t = try root.table("core") {
             try t.rejectUnknownKeys(allowed: ["scan_interval_ms", "cleanup_interval_ms", "crash_point_permille", "interleave_permille", "publish_batch_max", "max_row_bytes", "planted_bugs", "replicate_ddl",
-                                                "scan_max_changes", "publish_in_flight_max", "hole_repair_after_ms", "hints"])
+                                                "scan_max_changes", "publish_in_flight_max", "hole_repair_after_ms", "hints", "lock_batch_rows", "lock_pause_ms"])
             s.scanIntervalMs = Int64(try bounded(t, "scan_interval_ms", Int(s.scanIntervalMs), 1...3_600_000))
             s.cleanupIntervalMs = Int64(try bounded(t, "cleanup_interval_ms", Int(s.cleanupIntervalMs), 1...3_600_000))
             s.crashPointPermille = try bounded(t, "crash_point_permille", s.crashPointPermille, 0...1000)
@@ -90,6 +90,8 @@ public enum ScenarioLoader {
             s.maxRowBytes = try bounded(t, "max_row_bytes", s.maxRowBytes, 1024...(1 << 30))
             s.replicateDDL = try t.bool("replicate_ddl") ?? s.replicateDDL
             s.hints = try t.bool("hints") ?? s.hints
+            s.lockBatchRows = try bounded(t, "lock_batch_rows", s.lockBatchRows, 1...1_000_000)
+            s.lockPauseMs = Int64(try bounded(t, "lock_pause_ms", Int(s.lockPauseMs), 0...60_000))
             s.plantedBugs = try t.stringArray("planted_bugs") ?? []
             let known = Set(PlantedBugsNames.all)
             if let bad = s.plantedBugs.first(where: { !known.contains($0) }) {
@@ -262,6 +264,8 @@ public enum ScenarioWriter {
             max_row_bytes = \(s.maxRowBytes)
             replicate_ddl = \(s.replicateDDL)
             hints = \(s.hints)
+            lock_batch_rows = \(s.lockBatchRows)
+            lock_pause_ms = \(s.lockPauseMs)
             planted_bugs = [\(s.plantedBugs.map { "\"\($0)\"" }.joined(separator: ", "))]
 
             [storage]

@@ -136,7 +136,13 @@ extension Simulation {
     func writesStamped(_ node: SimNode, _ stamped: StampedChanges) {
         let previousLocalHLC = node.lastLocalHLC
         var unstamped = 0
+        var stillQueued: [PendingCapture] = []
         for capture in node.pendingCaptures {
+            // A stamp takes the oldest writes, up to a batch's end (publishing's own stamp may stop short).
+            if capture.queueID > stamped.lastQueueID {
+                stillQueued.append(capture)
+                continue
+            }
             guard let hlc = stamped.hlcs[capture.queueID] else {
                 unstamped += 1
                 continue
@@ -152,11 +158,12 @@ extension Simulation {
             }
             node.lastLocalHLC = max(node.lastLocalHLC, version.hlc)
         }
-        // The stamp takes the whole queue: a write left out would never get a version, nor be sent.
+        // The stamp takes the queue from its oldest write on, without holes: a write left out would never get a
+        // version, nor be sent.
         if unstamped > 0 {
-            violations.append("node \(node.id) stamped queue ids \(stamped.firstQueueID)...\(stamped.lastQueueID) at \(nowMs) ms but left \(unstamped) captured write(s) unstamped")
+            violations.append("node \(node.id) stamped queue ids \(stamped.firstQueueID)...\(stamped.lastQueueID) at \(nowMs) ms but left \(unstamped) captured write(s) among them unstamped")
         }
-        node.pendingCaptures.removeAll()
+        node.pendingCaptures = stillQueued
     }
 
     /// After a power loss, the queue holds what reached the disk: writes that vanished are gone, and writes whose

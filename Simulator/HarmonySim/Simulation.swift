@@ -302,6 +302,8 @@ public final class Simulation {
         config.replicateDDL = scenario.replicateDDL
         config.hints = scenario.hints
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
+        config.lockBatchRows = scenario.lockBatchRows
+        config.lockPauseMs = scenario.lockPauseMs
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
         config.deliveryStallResubscribeMs = 4 * scenario.ackWaitMs

@@ -249,6 +249,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("snapshot-with-pending-changes", "snapshot-faults.toml"),
         ("sidecar-writes-captured", "crash.toml"),
         ("apply-before-stamping", "crash.toml"),
+        ("apply-stamps-one-batch", "bulk-import.toml"),
         ("publish-oversized-rows", "large-rows.toml"),
         ("parts-in-memory", "large-rows.toml"),
         ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
@@ -283,9 +284,13 @@ struct PlantedBugsCommand: ParsableCommand {
     /// DDLTests.aDropAndAnAddOfTheSameDefinitionAreNotARename makes one every time.
     /// apply-newer-definition-stripped showed in seeds 1..20 only through DROP-plus-ADD pairs read as renames; read as
     /// what they are, the first seed that catches it is 35.
+    /// apply-stamps-one-batch needs a change from another node to arrive for a key an import still holds unstamped
+    /// and newer (seed 23 is the first); BulkImportTests.changesFromOtherNodesWaitUntilTheImportIsStamped makes one
+    /// every time.
     static let atLeastSeeds: [String: UInt64] = ["alias-any-generation": 100, "rename-keeps-rows-local": 60,
                                                  "ddl-storage-failure-is-refusal": 400, "restore-without-clock-advance": 60,
-                                                 "drop-and-add-read-as-rename": 100, "apply-newer-definition-stripped": 60]
+                                                 "drop-and-add-read-as-rename": 100, "apply-newer-definition-stripped": 60,
+                                                 "apply-stamps-one-batch": 60]
 
     func run() throws {
         let requested = try parseSeeds(seeds)

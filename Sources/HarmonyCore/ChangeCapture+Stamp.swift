@@ -19,20 +19,28 @@ extension ChangeCapture {
     /// before it. Each write gets the version it would have got at its commit (see `hlcRuns`), so causality,
     /// a node's own order and last-writer-wins by write time hold as when the triggers stamped them.
     /// `collectVersions`: report each queue id's version (for an oracle). Returns nil when nothing was queued.
+    ///
+    /// `limit`: stamp only the oldest `limit` writes and leave the rest queued. Their versions are the same as in one
+    /// stamp of the whole queue: each depends only on the clock and the writes before it, and the clock is left at
+    /// the last one stamped. Only a transaction that reads no versions may stop short (publishing's own stamp);
+    /// one that applies changes must take the whole queue.
     @discardableResult
-    public static func stampCaptured(_ db: Database, collectVersions: Bool = false) throws -> StampedChanges? {
+    public static func stampCaptured(_ db: Database, collectVersions: Bool = false, limit: Int? = nil) throws -> StampedChanges? {
         precondition(db.isInTransaction, "versions are stamped inside the transaction that reads them")
+        precondition(limit.map { $0 > 0 } ?? true, "a stamp limit of \(limit ?? 0) writes")
         let queue = q(Bookkeeping.captureQueue), clock = q(Bookkeeping.clockTable)
         guard try db.tableExists(Bookkeeping.captureQueue) else { return nil }
         guard let clockNow = try db.scalar("SELECT hlc FROM \(clock)")?.int64 else {
             throw CorruptBookkeeping(description: "the clock row of \(Bookkeeping.clockTable) is missing")
         }
-        let stamps = try hlcRuns(db, clock: clockNow, collectVersions: collectVersions)
+        let stamps = try hlcRuns(db, clock: clockNow, collectVersions: collectVersions, limit: limit)
         guard let first = stamps.runs.first?.from, let last = stamps.runs.last?.to, let newest = stamps.newest else { return nil }
         let setHLC = try db.cached("UPDATE \(queue) SET hlc = id + ? WHERE id BETWEEN ? AND ?")
         for run in stamps.runs { try setHLC.execute([.integer(run.offset), .integer(run.from), .integer(run.to)]) }
+        // Everything below reads only the writes stamped here (all of them when there is no limit).
+        let taken = limit == nil ? "" : " AND id <= \(last)"
         var linked: [(table: String, firstNewID: Int64)] = []
-        let groups = try db.query("SELECT DISTINCT table_name, epoch FROM \(queue) ORDER BY table_name, epoch")
+        let groups = try db.query("SELECT DISTINCT table_name, epoch FROM \(queue) WHERE 1\(taken) ORDER BY table_name, epoch")
         for group in groups {
             guard let table = group[0].string, let epoch = group[1].int64 else { continue }
             // A table dropped (its change log forgotten) since the write: the row is gone, nothing to send.
@@ -49,7 +57,7 @@ extension ChangeCapture {
             try db.execute("""
                 INSERT INTO \(log) (type, hlc, node, epoch, \(written.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")))
                 SELECT type, hlc, (SELECT node_id FROM \(clock)), epoch, \(keys) FROM \(queue)
-                WHERE table_name = ? AND epoch = ? ORDER BY id
+                WHERE table_name = ? AND epoch = ?\(taken) ORDER BY id
                 """, match)
             // The version table is keyed by the current key columns (a renamed one renamed there too); a key of
             // another shape rebuilt it, and rows logged under the old one have no version to keep there.
@@ -57,7 +65,7 @@ extension ChangeCapture {
             try db.execute("""
                 INSERT INTO \(q(Bookkeeping.versionTable(table))) (\(current.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
                 SELECT \(keys), hlc, (SELECT node_id FROM \(clock)), type = 'delete' FROM \(queue)
-                WHERE table_name = ? AND epoch = ? ORDER BY id
+                WHERE table_name = ? AND epoch = ?\(taken) ORDER BY id
                 ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
                 """, match)
         }
@@ -72,8 +80,12 @@ extension ChangeCapture {
                 """)
         }
         try db.execute("UPDATE \(clock) SET hlc = max(hlc, ?)", [.integer(newest)])
-        // No WHERE: SQLite empties the whole table at once, and inside this write transaction nothing else was queued.
-        try db.execute("DELETE FROM \(queue)")
+        if limit == nil {
+            // No WHERE: SQLite empties the whole table at once, and inside this write transaction nothing else was queued.
+            try db.execute("DELETE FROM \(queue)")
+        } else {
+            try db.execute("DELETE FROM \(queue) WHERE id <= ?", [.integer(last)])
+        }
         return StampedChanges(firstQueueID: first, lastQueueID: last, count: stamps.count, hlcs: stamps.hlcs)
     }
 
@@ -85,14 +97,14 @@ extension ChangeCapture {
     /// With queue ids for the count (gaps only add to the logical part) that is `hlc = id + offset`, the offset
     /// growing only where a write's millisecond overtakes the clock: one run of ids per such step (one for a bulk
     /// load), each set with a single UPDATE.
-    static func hlcRuns(_ db: Database, clock: Int64, collectVersions: Bool)
+    static func hlcRuns(_ db: Database, clock: Int64, collectVersions: Bool, limit: Int? = nil)
         throws -> (runs: [(from: Int64, to: Int64, offset: Int64)], newest: Int64?, count: Int, hlcs: [Int64: Int64]) {
         var runs: [(from: Int64, to: Int64, offset: Int64)] = []
         var offset = Int64.min, count = 0
         var hlcs: [Int64: Int64] = [:]
         // Row by row, not collected: a queue can hold a whole bulk load.
-        let read = try db.cached("SELECT id, ms FROM \(q(Bookkeeping.captureQueue)) ORDER BY id")
-        try read.bind([])
+        let read = try db.cached("SELECT id, ms FROM \(q(Bookkeeping.captureQueue)) ORDER BY id LIMIT ?")
+        try read.bind([.integer(Int64(limit ?? -1))])
         defer { read.reset() }
         while try read.step() {
             guard let id = read.column(0).int64 else { continue }

@@ -17,6 +17,8 @@ public enum NodeTimer: Hashable, Sendable, CaseIterable {
     case snapshot
     /// The lease holder tries its snapshot again once its own changes may be acknowledged.
     case snapshotRetry
+    /// Stamping a large queue, or deleting many published rows, goes on after leaving the write lock to the applications.
+    case bookkeepingResume
 }
 
 /// Time as the node sees it. The live runtime reads the wall clock; the simulator skews and jumps it.
@@ -132,6 +134,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case snapshotFailed(reason: String)
     case applyBatchFailed(shard: Int, error: String)
     case cleanedUp(rows: Int)
+    /// A bulk import's local writes are stamped a batch at a time; changes from other nodes wait until it is done.
+    case stampingBulkImport(queued: Int64)
     /// A local change above `max_row_bytes`: parked locally and never published.
     case changeRefused(table: String, key: String, bytes: Int, limit: Int)
     case captureInstalled(tables: Int)

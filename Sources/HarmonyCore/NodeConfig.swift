@@ -69,6 +69,11 @@ public struct NodeConfig: Sendable, Equatable {
     public var snapshotKeep: Int = 3
     /// How long a snapshot lease lasts if its holder dies before giving it back.
     public var snapshotLeaseMs: Int64 = 10 * 60_000
+    /// Local writes stamped, or published change-log rows deleted, in one transaction at most: the bookkeeping of a
+    /// bulk import then holds SQLite's write lock for milliseconds at a time, not for seconds.
+    public var lockBatchRows: Int = 5_000
+    /// Between two such batches the write lock is left to the applications for this long.
+    public var lockPauseMs: Int64 = 20
     /// Simulator only: deliberately wrong behaviours for the planted-bug suite. Empty in production.
     public var plantedBugs: PlantedBugs = []
 
@@ -92,6 +97,8 @@ public struct NodeConfig: Sendable, Equatable {
         if snapshotIntervalMs < 0 { errors.append("snapshot.interval must not be negative, got \(snapshotIntervalMs)") }
         if snapshotKeep < 1 { errors.append("snapshot.keep must be at least 1, got \(snapshotKeep)") }
         if snapshotLeaseMs < 1 { errors.append("the snapshot lease must last at least 1 ms") }
+        if lockBatchRows < 1 { errors.append("the bookkeeping batch must be at least 1 row, got \(lockBatchRows)") }
+        if lockPauseMs < 0 { errors.append("the pause between bookkeeping batches must not be negative, got \(lockPauseMs) ms") }
         return errors
     }
 }

@@ -77,6 +77,12 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let redropBlockedByIndex = PlantedBugs(rawValue: 1 << 34)
     /// Apply remote changes before stamping the local writes queued meanwhile: they are compared against stale versions.
     public static let applyBeforeStamping = PlantedBugs(rawValue: 1 << 52)
+    /// Apply remote changes during a bulk import after stamping only one batch of it, as publishing may: the rest
+    /// of the queue is compared against stale versions.
+    public static let applyStampsOneBatch = PlantedBugs(rawValue: 1 << 56)
+    /// Commit a stamp that stops short without syncing it, like a whole one: the first batches of an import go out
+    /// carrying later writes still queued, and a power cut can take those writes while the copies stay out.
+    public static let partialStampNotSynced = PlantedBugs(rawValue: 1 << 57)
     /// The priority lane moves the scan cursor past what it sent, so the backlog it jumped is never scanned.
     public static let laneMovesScanCursor = PlantedBugs(rawValue: 1 << 35)
     /// Send rows of any generation of a renamed table's old name to its new name, even those of a table made again
@@ -174,6 +180,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("dependent-outlives-its-table", .dependentOutlivesItsTable),
         ("redrop-blocked-by-broken-view", .redropBlockedByBrokenView),
         ("apply-before-stamping", .applyBeforeStamping),
+        ("apply-stamps-one-batch", .applyStampsOneBatch),
+        ("partial-stamp-not-synced", .partialStampNotSynced),
         ("history-overrides-state-renames", .historyOverridesStateRenames),
         ("dependent-of-renamed-table-dropped", .dependentOfRenamedTableDropped),
         ("rename-to-forgets-merged-names", .renameToForgetsMergedNames),

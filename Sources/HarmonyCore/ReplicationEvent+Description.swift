@@ -65,6 +65,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard): applying a batch failed (\(error)); nothing was applied and it is asked for again"
         case .cleanedUp(let rows):
             return "deleted \(rows) published change-log row(s)"
+        case .stampingBulkImport(let queued):
+            return "\(queued) local writes are queued (a bulk import): they get their versions a batch at a time, leaving SQLite's write lock to applications in between; changes from other nodes apply once that is done"
         case .localChangesStamped(let stamped):
             return "stamped versions on \(stamped.count) local change(s)"
         case .captureInstalled(let tables):

@@ -27,6 +27,20 @@ extension ReplicationNode {
             for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.restoreRetryMs) }
             return
         }
+        if !config.plantedBugs.contains(.applyStampsOneBatch), try stampBacklogIsLarge(db) {
+            // Applying must stamp every queued local write first, and stamping a bulk import at once holds the write
+            // lock for seconds. So these wait (asked for again after a pause) while the import is stamped a batch at
+            // a time, the lock left to the applications in between.
+            if !applyHeldForStamping {
+                applyHeldForStamping = true
+                let queued = try db.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? 0
+                env.events?.record(.stampingBulkImport(queued: queued))
+            }
+            try stampLocalChangesIfQueued()
+            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
+            return
+        }
+        applyHeldForStamping = false
         var next = start + 1
         var acks: [UInt64] = []
         var naks: [(UInt64, Int64)] = []
@@ -44,7 +58,8 @@ extension ReplicationNode {
         do {
             // Every local write committed before this transaction gets its version first: last-writer-wins below
             // compares against it.
-            try writeTransaction(db, stamp: !config.plantedBugs.contains(.applyBeforeStamping)) {
+            try writeTransaction(db, stamp: !config.plantedBugs.contains(.applyBeforeStamping),
+                                 stampLimit: config.plantedBugs.contains(.applyStampsOneBatch) ? config.lockBatchRows : nil) {
                 var maxHLC: Int64 = 0
                 var halted = false
                 for message in ordered {

@@ -22,6 +22,8 @@ extension ReplicationNode {
         guard sequence > checkpoint(shard) + config.hintLeadMin else { return }
         let db = requireDatabase()
         try refreshCaptureIfSchemaChanged()
+        // Applying stamps the whole queue first; during a bulk import that is the in-order copy's job, later.
+        guard try !stampBacklogIsLarge(db) else { return }
         guard let records = try? EnvelopeCodec.decodeAll(payload, decompressedLimit: messageBytesAccepted), !records.isEmpty else { return }
         var changes: [ResolvedChange] = []
         for record in records {

@@ -387,9 +387,9 @@ extension ReplicationNode {
         precondition(ids.allSatisfy { !inFlight.contains($0) } || config.plantedBugs.contains(.markPublishedBeforeAck),
                      "a change is marked published while still in flight")
         let db = requireDatabase()
-        // Writes queued meanwhile are stamped in the same transaction: the next page finds them without a write
-        // transaction of its own.
-        try writeTransaction(db) {
+        // Writes queued meanwhile are stamped in the same transaction (one batch of them at most, none while the
+        // lock is left to the applications): the next page finds them without a write transaction of its own.
+        try writeTransaction(db, stamp: !bookkeepingPaused, stampLimit: config.lockBatchRows) {
             let mark = try db.cached("UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 1 WHERE id = ?")
             for id in ids { try mark.execute([.integer(id)]) }
         }
@@ -426,25 +426,40 @@ extension ReplicationNode {
     /// Deletes published change-log rows. The newest global row is always kept so row ids are never
     /// reused (SQLite reuses max(rowid)+1), which would otherwise let a new change hide behind the scan cursor.
     /// With `publish = false` nothing will ever be sent, so pending rows go too.
+    ///
+    /// At most `lockBatchRows` entries per transaction, the oldest first; the rest go after a pause that leaves the
+    /// write lock to the applications (deleting a 100,000-row import's entries at once held it for 0.4 s).
     public func cleanupPublished() throws {
+        guard !bookkeepingPaused else {
+            cleanupUnfinished = true
+            return
+        }
         let db = requireDatabase()
         let global = quoteIdentifier(Bookkeeping.globalLog)
         let condition = config.publish ? "state = 1" : "1"
-        let removed: Int = try db.transaction(.immediate) {
-            guard let maxID = try db.scalar("SELECT max(id) FROM \(global)")?.int64 else { return 0 }
+        let (removed, more): (Int, Bool) = try db.transaction(.immediate) {
+            guard let maxID = try db.scalar("SELECT max(id) FROM \(global)")?.int64 else { return (0, false) }
+            // The newest entry always stays: its id is where the next one continues.
+            let batchEnd = try db.scalar("SELECT id FROM \(global) WHERE \(condition) AND id < ? ORDER BY id LIMIT 1 OFFSET ?",
+                                         [.integer(maxID), .integer(Int64(config.lockBatchRows - 1))])?.int64
+            let below = batchEnd.map { $0 + 1 } ?? maxID
             let tables = try db.query("SELECT DISTINCT table_name FROM \(global) WHERE \(condition) AND id < ? ORDER BY table_name",
-                                      [.integer(maxID)]).compactMap { $0[0].string }
+                                      [.integer(below)]).compactMap { $0[0].string }
             for table in tables {
                 let log = Bookkeeping.changeLog(table)
                 guard try db.tableExists(log) else { continue }
                 try db.execute("""
                     DELETE FROM \(quoteIdentifier(log)) WHERE id IN (
                         SELECT change_table_id FROM \(global) WHERE \(condition) AND table_name = ? AND id < ?)
-                    """, [.text(table), .integer(maxID)])
+                    """, [.text(table), .integer(below)])
             }
-            try db.execute("DELETE FROM \(global) WHERE \(condition) AND id < ?", [.integer(maxID)])
-            return db.changes
+            try db.execute("DELETE FROM \(global) WHERE \(condition) AND id < ?", [.integer(below)])
+            return (db.changes, batchEnd != nil && batchEnd! + 1 < maxID)
         }
         if removed > 0 { env.events?.record(.cleanedUp(rows: removed)) }
+        if more {
+            cleanupUnfinished = true
+            pauseBookkeeping()
+        }
     }
 }

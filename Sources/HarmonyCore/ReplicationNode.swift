@@ -68,6 +68,14 @@ public final class ReplicationNode {
     var definitionsToPublish = true
     /// Local writes stamped inside the transaction now open: reported once it commits, forgotten if it rolls back.
     var stampsAwaitingCommit: [StampedChanges] = []
+    /// True between two batches of a large queue's stamping or of a large cleanup: SQLite's write lock is left to
+    /// the applications until `.bookkeepingResume` fires (`lockBatchRows`, `lockPauseMs`).
+    var bookkeepingPaused = false
+    /// The cleanup stopped after one batch and goes on when the pause ends.
+    var cleanupUnfinished = false
+
+    /// Changes from other nodes are held back while a bulk import is stamped (reported once per import).
+    var applyHeldForStamping = false
     var retryFrom: Int64?
     var retryDelayMs: Int64
     var schemaVersion: Int64 = -1
@@ -161,11 +169,31 @@ public final class ReplicationNode {
 
     /// Stamps the local writes queued since the last look, inside the caller's write transaction (see
     /// `ChangeCapture.stampCaptured`): the first thing every transaction that reads versions or the logs does.
-    func stampLocalChanges(_ db: Database) throws {
+    /// `limit`: only the oldest that many (a transaction that reads no versions); returns whether it stopped short.
+    @discardableResult
+    func stampLocalChanges(_ db: Database, limit: Int? = nil) throws -> Bool {
         precondition(db.isInTransaction, "local writes are stamped inside the transaction that reads their versions")
-        if let stamped = try ChangeCapture.stampCaptured(db, collectVersions: env.events?.wantsStampedVersions ?? false) {
-            stampsAwaitingCommit.append(stamped)
+        guard let stamped = try ChangeCapture.stampCaptured(db, collectVersions: env.events?.wantsStampedVersions ?? false, limit: limit) else {
+            return false
         }
+        stampsAwaitingCommit.append(stamped)
+        return limit.map { stamped.count >= $0 } ?? false
+    }
+
+    /// Leaves SQLite's write lock to the applications for `lockPauseMs` before the next batch of bookkeeping.
+    func pauseBookkeeping() {
+        bookkeepingPaused = true
+        env.clock.schedule(.bookkeepingResume, afterMs: config.lockPauseMs)
+    }
+
+    /// More local writes queued than one stamping batch: a bulk import, stamped a batch at a time.
+    func stampBacklogIsLarge(_ db: Database) throws -> Bool {
+        guard try db.tableExists(Bookkeeping.captureQueue) else { return false }
+        // Queue ids are consecutive (only a stamp deletes, from the oldest on), so this reads two index ends (one
+        // min or max per SELECT: SQLite scans the whole table for `max(id) - min(id)`).
+        let queue = quoteIdentifier(Bookkeeping.captureQueue)
+        let span = try db.scalar("SELECT (SELECT max(id) FROM \(queue)) - (SELECT min(id) FROM \(queue)) + 1")?.int64 ?? 0
+        return span > Int64(config.lockBatchRows)
     }
 
     /// Reports the stamps of the transaction that just ended, if it committed.
@@ -176,12 +204,16 @@ public final class ReplicationNode {
 
     /// A write transaction of the core's: local writes committed before it are stamped first, and their stamps are
     /// reported only if it commits.
-    func writeTransaction<T>(_ db: Database, stamp: Bool = true, _ body: () throws -> T) throws -> T {
+    /// `stampLimit`: stamp only that many of the oldest (see `stampLocalChanges`); a stamp that stops short
+    /// pauses the node's bookkeeping, so the applications get the lock before the next batch.
+    func writeTransaction<T>(_ db: Database, stamp: Bool = true, stampLimit: Int? = nil, _ body: () throws -> T) throws -> T {
         do {
+            var stoppedShort = false
             let result = try db.transaction(.immediate) {
-                if stamp { try stampLocalChanges(db) }
+                if stamp { stoppedShort = try stampLocalChanges(db, limit: stampLimit) }
                 return try body()
             }
+            if stoppedShort { pauseBookkeeping() }
             transactionEnded(committed: true)
             return result
         } catch {
@@ -195,14 +227,23 @@ public final class ReplicationNode {
     /// That commit is not synced to disk (synchronous=NORMAL for it alone): a stamp lost to a power cut goes with the
     /// clock it advanced, so the next one gives the same writes the same versions, and any later synced commit makes it
     /// durable first (the WAL is written in order). Syncing it cost every application commit a second fsync's wait.
-    func stampLocalChangesIfQueued() throws {
+    /// A stamp that stops short is synced: publishing reads each row as it is now, so the first batches of an import
+    /// can go out carrying a later write still queued behind them, and that write must then survive a power cut (its
+    /// own stamp corrects the copies sent under the earlier version).
+    ///
+    /// At most `lockBatchRows` writes at a time: stamping a million-row import in one transaction held SQLite's write
+    /// lock for seconds, and the application's next write waited (or failed with SQLITE_BUSY) all that time.
+    /// `all`: the whole queue, pause or not (a capture install must find it empty).
+    func stampLocalChangesIfQueued(all: Bool = false) throws {
         let db = requireDatabase()
-        guard try db.tableExists(Bookkeeping.captureQueue),
+        guard all || !bookkeepingPaused, try db.tableExists(Bookkeeping.captureQueue),
               try db.scalar("SELECT EXISTS (SELECT 1 FROM \(quoteIdentifier(Bookkeeping.captureQueue)))")?.int64 == 1 else { return }
+        let partial = try !all && stampBacklogIsLarge(db) && !config.plantedBugs.contains(.partialStampNotSynced)
         let synchronous = try db.scalar("PRAGMA synchronous")?.int64 ?? 2
-        if synchronous > 1 { try db.execute("PRAGMA synchronous = NORMAL") }
-        defer { if synchronous > 1 { try? db.execute("PRAGMA synchronous = \(synchronous)") } }
-        try writeTransaction(db) {}
+        let lowered = synchronous > 1 && !partial
+        if lowered { try db.execute("PRAGMA synchronous = NORMAL") }
+        defer { if lowered { try? db.execute("PRAGMA synchronous = \(synchronous)") } }
+        try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) {}
     }
 
     /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.
@@ -239,6 +280,16 @@ public final class ReplicationNode {
             beginSnapshot(forced: false)
         case .snapshotRetry:
             try retrySnapshotIfWaiting()
+        case .bookkeepingResume:
+            bookkeepingPaused = false
+            // Stamping first: publishing waits for it. Publishing stamps the next batch itself; a node that does not
+            // publish still needs its queue stamped.
+            if config.publish { try publishPending() } else { try stampLocalChangesIfQueued() }
+            // Deleting published rows can wait until the import is stamped (one batch per pause, not both).
+            if !bookkeepingPaused && cleanupUnfinished {
+                cleanupUnfinished = false
+                try cleanupPublished()
+            }
         }
     }
 
@@ -316,7 +367,7 @@ public final class ReplicationNode {
         let db = requireDatabase()
         // Local writes first, so the install's own stamp finds the queue empty: inside the caller's transaction that
         // transaction stamped them, and outside one they are stamped (and reported) here.
-        if !db.isInTransaction { try stampLocalChangesIfQueued() }
+        if !db.isInTransaction { try stampLocalChangesIfQueued(all: true) }
         // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
         captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
                                              replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,

@@ -139,7 +139,7 @@ final class LiveEvents: ReplicationEventSink {
             log.warning("snapshot failed: \(reason)", metadata: event.logMetadata)
             node?.snapshotAttemptEnded(event)
         case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .gap, .repairRequested, .preExistingDefinitionsAsked, .preExistingDefinitionsSent,
-             .schemaChangeWaiting: log.info("\(event)", metadata: event.logMetadata)
+             .schemaChangeWaiting, .stampingBulkImport: log.info("\(event)", metadata: event.logMetadata)
         case .holeRepaired: log.warning("\(event)", metadata: event.logMetadata)
         case .captureInstalled:
             log.info("\(event)", metadata: event.logMetadata)

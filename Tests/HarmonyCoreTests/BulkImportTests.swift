@@ -1,0 +1,149 @@
+import Foundation
+import HarmonyCodec
+@testable import HarmonyCore
+import HarmonySQLite
+import Testing
+
+/// A bulk import's bookkeeping (stamping its writes, deleting them once published) goes in batches with pauses, so
+/// the application that made the import can write again at once instead of waiting seconds for SQLite's write lock.
+@Suite("Bulk imports: bookkeeping in batches")
+struct BulkImportTests {
+    /// `rows` rows in one application transaction.
+    func importRows(_ db: Database, _ ids: ClosedRange<Int>, name: (Int) -> String = { "row \($0)" }) throws {
+        try db.transaction {
+            for id in ids { try db.execute("INSERT INTO users VALUES (?, ?, ?)", [.integer(Int64(id)), .text(name(id)), .real(Double(id))]) }
+        }
+    }
+
+    /// Fires node `i`'s due timers, moving its clock by `ms`, until no bookkeeping pause is left (bounded).
+    func resumeBookkeeping(_ c: TestCluster, _ i: Int, stepMs: Int64 = 20) throws -> Int {
+        var pauses = 0
+        for _ in 0..<1_000 {
+            guard c.nodes[i].bookkeepingPaused else { return pauses }
+            pauses += 1
+            for timer in c.clocks[i].advance(byMs: stepMs) { try c.nodes[i].timerFired(timer) }
+        }
+        Issue.record("bookkeeping still paused after 1,000 pauses")
+        return pauses
+    }
+
+    /// The versions of a queue stamped a batch at a time are those of one stamp of the whole queue.
+    @Test func aQueueStampedInBatchesGetsTheVersionsOfOneStamp() throws {
+        func stampedVersions(limit: Int?) throws -> (versions: [[DatabaseValue]], clock: Int64?, batches: Int) {
+            let (_, db) = try temporaryDatabase(usersSchema)
+            try ChangeCapture.install(db, nodeID: 2, filter: TableFilter())
+            try importRows(db, 1...40)
+            try db.execute("UPDATE users SET name = 'again' WHERE id IN (3, 17, 33)")
+            // The same milliseconds in both databases, a step forward in the middle of the queue.
+            try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.captureQueue)) SET ms = CASE WHEN id < 20 THEN 1700000000000 ELSE 1700000000005 END")
+            var batches = 0
+            while try db.transaction(.immediate, { try ChangeCapture.stampCaptured(db, limit: limit) }) != nil { batches += 1 }
+            let versions = try db.query("SELECT pk_id, hlc, node, deleted FROM \(quoteIdentifier(Bookkeeping.versionTable("users"))) ORDER BY pk_id")
+            return (versions, try db.scalar("SELECT hlc FROM \(quoteIdentifier(Bookkeeping.clockTable))")?.int64, batches)
+        }
+        let whole = try stampedVersions(limit: nil)
+        let inBatches = try stampedVersions(limit: 7)
+        #expect(whole.batches == 1 && inBatches.batches == 7)  // 43 writes
+        #expect(whole.versions.count == 40)
+        #expect(inBatches.versions == whole.versions)
+        #expect(inBatches.clock == whole.clock)
+    }
+
+    /// The sidecar stamps an import `lockBatchRows` at a time and holds no transaction in between: the application
+    /// writes during the pause. Each batch goes out as soon as it is stamped, and everything arrives.
+    @Test func anImportIsStampedInBatchesAndTheApplicationWritesBetweenThem() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) {
+            $0.lockBatchRows = 10
+            $0.lockPauseMs = 20
+        }
+        try importRows(c.apps[0], 1...35)
+        try c.nodes[0].databaseChanged()
+        #expect(try count(c.apps[0], Bookkeeping.captureQueue) == 25)
+        #expect(c.nodes[0].bookkeepingPaused)
+        #expect(c.clocks[0].scheduled[.bookkeepingResume] == c.clocks[0].nowMs + 20)
+        let firstBatch = try c.ports[0].pendingPublishes.flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        #expect(firstBatch.compactMap { $0.primaryKey.first?.value.int64 }.sorted() == Array(1...10))
+        // The lock is free: an application connection that will not wait at all gets it.
+        let impatient = try SQLiteOpener().open(path: c.apps[0].path)
+        try impatient.execute("PRAGMA busy_timeout = 0")
+        try impatient.execute("INSERT INTO users VALUES (100, 'during the pause', 0)")
+        // A look during the pause stamps nothing more.
+        try c.nodes[0].databaseChanged()
+        #expect(try count(c.apps[0], Bookkeeping.captureQueue) == 26)
+        let pauses = try resumeBookkeeping(c, 0)
+        #expect(pauses == 3)  // 10 at the look, then 10, 10 and the last 6
+        #expect(try count(c.apps[0], Bookkeeping.captureQueue) == 0)
+        try c.settle()
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[.integer(36)]])
+        #expect(try c.rows(1, "SELECT name FROM users WHERE id = 100") == [["during the pause"]])
+    }
+
+    /// A node importing holds back changes from other nodes (applying would stamp the whole import at once) and says
+    /// so once; they apply when the import is stamped, and a remote write older than one of the import's loses to it.
+    /// (With `apply-stamps-one-batch` the apply stamps only the first batch: the remote row overwrites an import row
+    /// still queued, whose newer version then carries the remote's values everywhere.)
+    @Test(arguments: [PlantedBugs(), .applyStampsOneBatch])
+    func changesFromOtherNodesWaitUntilTheImportIsStamped(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) {
+            $0.lockBatchRows = 10
+            $0.plantedBugs = bug
+        }
+        try c.apps[1].execute("INSERT INTO users VALUES (35, 'older, node 2', 0), (200, 'node 2 only', 0)")
+        try c.publish(1)
+        usleep(5_000)  // versions carry milliseconds: node 1's import is unambiguously the newer
+        try importRows(c.apps[0], 1...35)
+        try c.deliver(0)
+        if bug.isEmpty {
+            #expect(try c.rows(0, "SELECT count(*) FROM users WHERE id = 200") == [[.integer(0)]])
+            #expect(!(c.ports[0].naks[1, default: []] + c.ports[0].naks[2, default: []]).isEmpty)
+            let told = c.events[0].events.filter { if case .stampingBulkImport = $0 { true } else { false } }
+            #expect(told.count == 1)
+            #expect("\(told.first!)".contains("35 local writes are queued"))
+            try c.deliver(0)  // asked again during the import: still waiting, and not told twice
+            #expect(c.events[0].events.filter { if case .stampingBulkImport = $0 { true } else { false } }.count == 1)
+            _ = try resumeBookkeeping(c, 0)
+        }
+        try c.settle()
+        for i in 0..<2 { try c.deliver(i) }
+        let expected: [[DatabaseValue]] = [["row 35"]]
+        if bug.isEmpty {
+            #expect(try c.rows(0, "SELECT name FROM users WHERE id = 35") == expected)
+            #expect(try c.rows(1, "SELECT name FROM users WHERE id = 35") == expected)
+            #expect(try c.rows(0, "SELECT name FROM users WHERE id = 200") == [["node 2 only"]])
+        } else {
+            #expect(try c.rows(0, "SELECT name FROM users WHERE id = 35") != expected)
+        }
+    }
+
+    /// Published entries are deleted `lockBatchRows` at a time, oldest first, with the lock left to the application
+    /// between batches; the newest entry stays, as before.
+    @Test func publishedEntriesAreDeletedInBatches() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.lockBatchRows = 10 }
+        try importRows(c.apps[0], 1...35)
+        try c.publish(0)
+        _ = try resumeBookkeeping(c, 0)
+        try c.settle()
+        #expect(try count(c.apps[0], Bookkeeping.globalLog, where: "state = 1") == 35)
+        try c.nodes[0].cleanupPublished()
+        #expect(try count(c.apps[0], Bookkeeping.globalLog) == 25)
+        #expect(try count(c.apps[0], Bookkeeping.changeLog("users")) == 25)
+        #expect(c.nodes[0].bookkeepingPaused)
+        // The periodic cleanup meeting a pause leaves the rest to the pause's end.
+        try c.nodes[0].timerFired(.cleanup)
+        #expect(try count(c.apps[0], Bookkeeping.globalLog) == 25)
+        _ = try resumeBookkeeping(c, 0)
+        #expect(try count(c.apps[0], Bookkeeping.globalLog) == 1)
+        let deleted = c.events[0].events.compactMap { if case .cleanedUp(let rows) = $0 { rows } else { nil } }
+        #expect(deleted == [10, 10, 10, 4])
+    }
+
+    /// A batch of no rows or a negative pause is refused with its reason.
+    @Test func aBookkeepingBatchOfNoRowsIsRefused() {
+        var config = NodeConfig(nodeID: 1, databasePath: "/tmp/x.db")
+        config.lockBatchRows = 0
+        config.lockPauseMs = -1
+        let errors = config.validationErrors()
+        #expect(errors.contains { $0.contains("bookkeeping batch must be at least 1 row") })
+        #expect(errors.contains { $0.contains("must not be negative") })
+    }
+}
