@@ -285,7 +285,7 @@ struct PlantedBugsCommand: ParsableCommand {
     /// apply-newer-definition-stripped showed in seeds 1..20 only through DROP-plus-ADD pairs read as renames; read as
     /// what they are, the first seed that catches it is 35.
     /// apply-stamps-one-batch needs a change from another node to arrive for a key an import still holds unstamped
-    /// and newer (seed 23 is the first); BulkImportTests.changesFromOtherNodesWaitUntilTheImportIsStamped makes one
+    /// and newer (seed 15 is the first); BulkImportTests.changesFromOtherNodesWaitUntilTheImportIsStamped makes one
     /// every time.
     static let atLeastSeeds: [String: UInt64] = ["alias-any-generation": 100, "rename-keeps-rows-local": 60,
                                                  "ddl-storage-failure-is-refusal": 400, "restore-without-clock-advance": 60,

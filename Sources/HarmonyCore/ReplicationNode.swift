@@ -68,11 +68,20 @@ public final class ReplicationNode {
     var definitionsToPublish = true
     /// Local writes stamped inside the transaction now open: reported once it commits, forgotten if it rolls back.
     var stampsAwaitingCommit: [StampedChanges] = []
-    /// True between two batches of a large queue's stamping or of a large cleanup: SQLite's write lock is left to
-    /// the applications until `.bookkeepingResume` fires (`lockBatchRows`, `lockPauseMs`).
-    var bookkeepingPaused = false
+    /// When the pause after a batch of a large queue's stamping or of a large cleanup ends (node clock): until then
+    /// SQLite's write lock is left to the applications (`lockBatchRows`, `lockPauseMs`). Work the core does
+    /// meanwhile without the lock (reading and sending what is stamped) counts toward the pause, so a node busy
+    /// publishing stamps its next batch as soon as the pause has passed, not when the timer gets its turn.
+    var bookkeepingPausedUntilMs: Int64?
+    var bookkeepingPaused: Bool {
+        guard let until = bookkeepingPausedUntilMs else { return false }
+        let now = env.clock.nowMs
+        return now < until && now >= until - config.lockPauseMs  // a clock that jumped back ends the pause
+    }
     /// The cleanup stopped after one batch and goes on when the pause ends.
     var cleanupUnfinished = false
+    /// The capture queue's newest id when a stamp last stopped short (nil once a stamp took the whole queue).
+    var queueNewestAtPartialStamp: Int64?
 
     /// Changes from other nodes are held back while a bulk import is stamped (reported once per import).
     var applyHeldForStamping = false
@@ -182,8 +191,19 @@ public final class ReplicationNode {
 
     /// Leaves SQLite's write lock to the applications for `lockPauseMs` before the next batch of bookkeeping.
     func pauseBookkeeping() {
-        bookkeepingPaused = true
+        bookkeepingPausedUntilMs = env.clock.nowMs + config.lockPauseMs
         env.clock.schedule(.bookkeepingResume, afterMs: config.lockPauseMs)
+    }
+
+    /// After a stamp that stopped short: pause for the applications, unless they are writing faster than a quarter
+    /// of a batch per batch. A bulk load still running would then outrun a paced stamp and leave every newer commit
+    /// (a small one included) unstamped, so unsendable, for seconds; unpaced, the stamp keeps up and the loader
+    /// waits for the lock as it did before batches.
+    func pauseUnlessOutrun(_ db: Database) throws {
+        let newest = try db.scalar("SELECT max(id) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? 0
+        let grown = newest - (queueNewestAtPartialStamp ?? newest)
+        queueNewestAtPartialStamp = newest
+        if grown < Int64(max(config.lockBatchRows / 4, 1)) { pauseBookkeeping() }
     }
 
     /// More local writes queued than one stamping batch: a bulk import, stamped a batch at a time.
@@ -213,7 +233,7 @@ public final class ReplicationNode {
                 if stamp { stoppedShort = try stampLocalChanges(db, limit: stampLimit) }
                 return try body()
             }
-            if stoppedShort { pauseBookkeeping() }
+            if stoppedShort { try pauseUnlessOutrun(db) } else if stamp { queueNewestAtPartialStamp = nil }
             transactionEnded(committed: true)
             return result
         } catch {
@@ -281,7 +301,7 @@ public final class ReplicationNode {
         case .snapshotRetry:
             try retrySnapshotIfWaiting()
         case .bookkeepingResume:
-            bookkeepingPaused = false
+            bookkeepingPausedUntilMs = nil
             // Stamping first: publishing waits for it. Publishing stamps the next batch itself; a node that does not
             // publish still needs its queue stamped.
             if config.publish { try publishPending() } else { try stampLocalChangesIfQueued() }

@@ -9,7 +9,7 @@ struct HarmonyBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "harmonybench",
         abstract: "harmonylite benchmarks.",
-        subcommands: [TriggerCost.self, AddColumnCost.self, LiveBench.self, HTTPBench.self, KVWriteBench.self, Calibrate.self, HealBench.self, RateBench.self])
+        subcommands: [TriggerCost.self, AddColumnCost.self, LiveBench.self, ImportBench.self, HTTPBench.self, KVWriteBench.self, Calibrate.self, HealBench.self, RateBench.self])
 }
 
 struct TriggerCost: ParsableCommand {

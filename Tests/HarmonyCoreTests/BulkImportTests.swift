@@ -78,6 +78,25 @@ struct BulkImportTests {
         #expect(try c.rows(1, "SELECT name FROM users WHERE id = 100") == [["during the pause"]])
     }
 
+    /// An application writing faster than a quarter of a batch per batch (a bulk load still running) is not
+    /// paused for: the stamp keeps up with it, or every newer commit would wait, unstamped, behind the load. Once
+    /// the load stops growing the queue, the pauses come back.
+    @Test func aLoadStillRunningIsStampedWithoutPauses() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.lockBatchRows = 10 }
+        try importRows(c.apps[0], 1...35)
+        try c.nodes[0].databaseChanged()
+        #expect(c.nodes[0].bookkeepingPaused)
+        try importRows(c.apps[0], 36...45)  // ten more during the pause: the load goes on
+        for timer in c.clocks[0].advance(byMs: 20) { try c.nodes[0].timerFired(timer) }
+        // Two batches at the pause's end, back to back (35 left before it); then the queue stopped growing.
+        #expect(try count(c.apps[0], Bookkeeping.captureQueue) == 15)
+        #expect(c.nodes[0].bookkeepingPaused)
+        _ = try resumeBookkeeping(c, 0)
+        try c.settle()
+        #expect(try count(c.apps[0], Bookkeeping.captureQueue) == 0)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[.integer(45)]])
+    }
+
     /// A node importing holds back changes from other nodes (applying would stamp the whole import at once) and says
     /// so once; they apply when the import is stamped, and a remote write older than one of the import's loses to it.
     /// (With `apply-stamps-one-batch` the apply stamps only the first batch: the remote row overwrites an import row
