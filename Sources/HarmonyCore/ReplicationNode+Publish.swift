@@ -428,7 +428,7 @@ extension ReplicationNode {
     /// With `publish = false` nothing will ever be sent, so pending rows go too.
     ///
     /// At most `lockBatchRows` entries per transaction, the oldest first; the rest go after a pause that leaves the
-    /// write lock to the applications (deleting a 100,000-row import's entries at once held it for 0.4 s).
+    /// write lock to the applications (deleting everything published in 5 s at once held it for about half a second).
     public func cleanupPublished() throws {
         guard !bookkeepingPaused else {
             cleanupUnfinished = true

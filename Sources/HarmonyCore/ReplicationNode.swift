@@ -233,8 +233,13 @@ public final class ReplicationNode {
                 if stamp { stoppedShort = try stampLocalChanges(db, limit: stampLimit) }
                 return try body()
             }
-            if stoppedShort { try pauseUnlessOutrun(db) } else if stamp { queueNewestAtPartialStamp = nil }
             transactionEnded(committed: true)
+            if stoppedShort {
+                // A read that fails here must not undo the report above: pause as for an application.
+                if (try? pauseUnlessOutrun(db)) == nil { pauseBookkeeping() }
+            } else if stamp {
+                queueNewestAtPartialStamp = nil
+            }
             return result
         } catch {
             transactionEnded(committed: false)
@@ -258,6 +263,9 @@ public final class ReplicationNode {
         let db = requireDatabase()
         guard all || !bookkeepingPaused, try db.tableExists(Bookkeeping.captureQueue),
               try db.scalar("SELECT EXISTS (SELECT 1 FROM \(quoteIdentifier(Bookkeeping.captureQueue)))")?.int64 == 1 else { return }
+        // Read before the transaction: an application committing more than a batch between this read and BEGIN
+        // would make an unsynced stamp stop short, and its batch could go out before the next synced commit (the
+        // mark of what was published) makes the later writes durable. A window of microseconds, left open.
         let partial = try !all && stampBacklogIsLarge(db) && !config.plantedBugs.contains(.partialStampNotSynced)
         let synchronous = try db.scalar("PRAGMA synchronous")?.int64 ?? 2
         let lowered = synchronous > 1 && !partial
