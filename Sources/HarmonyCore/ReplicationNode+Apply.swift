@@ -33,8 +33,7 @@ extension ReplicationNode {
             // a time, the lock left to the applications in between.
             if !applyHeldForStamping {
                 applyHeldForStamping = true
-                let queued = try db.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? 0
-                env.events?.record(.stampingBulkImport(queued: queued))
+                env.events?.record(.stampingBulkImport(queued: try queuedWrites(db)))
             }
             try stampLocalChangesIfQueued()
             for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }

@@ -206,14 +206,18 @@ public final class ReplicationNode {
         if grown < Int64(max(config.lockBatchRows / 4, 1)) { pauseBookkeeping() }
     }
 
+    /// Local writes queued (0 when none, or capture was never installed). Queue ids are consecutive (only a stamp
+    /// deletes, from the oldest on), so this reads two index ends (one min or max per SELECT: SQLite scans the
+    /// whole table for `max(id) - min(id)`, or for `count(*)`).
+    func queuedWrites(_ db: Database) throws -> Int64 {
+        guard try db.tableExists(Bookkeeping.captureQueue) else { return 0 }
+        let queue = quoteIdentifier(Bookkeeping.captureQueue)
+        return try db.scalar("SELECT (SELECT max(id) FROM \(queue)) - (SELECT min(id) FROM \(queue)) + 1")?.int64 ?? 0
+    }
+
     /// More local writes queued than one stamping batch: a bulk import, stamped a batch at a time.
     func stampBacklogIsLarge(_ db: Database) throws -> Bool {
-        guard try db.tableExists(Bookkeeping.captureQueue) else { return false }
-        // Queue ids are consecutive (only a stamp deletes, from the oldest on), so this reads two index ends (one
-        // min or max per SELECT: SQLite scans the whole table for `max(id) - min(id)`).
-        let queue = quoteIdentifier(Bookkeeping.captureQueue)
-        let span = try db.scalar("SELECT (SELECT max(id) FROM \(queue)) - (SELECT min(id) FROM \(queue)) + 1")?.int64 ?? 0
-        return span > Int64(config.lockBatchRows)
+        try queuedWrites(db) > Int64(config.lockBatchRows)
     }
 
     /// Reports the stamps of the transaction that just ended, if it committed.
@@ -261,12 +265,13 @@ public final class ReplicationNode {
     /// `all`: the whole queue, pause or not (a capture install must find it empty).
     func stampLocalChangesIfQueued(all: Bool = false) throws {
         let db = requireDatabase()
-        guard all || !bookkeepingPaused, try db.tableExists(Bookkeeping.captureQueue),
-              try db.scalar("SELECT EXISTS (SELECT 1 FROM \(quoteIdentifier(Bookkeeping.captureQueue)))")?.int64 == 1 else { return }
+        guard all || !bookkeepingPaused else { return }
+        let queued = try queuedWrites(db)
+        guard queued > 0 else { return }
         // Read before the transaction: an application committing more than a batch between this read and BEGIN
         // would make an unsynced stamp stop short, and its batch could go out before the next synced commit (the
         // mark of what was published) makes the later writes durable. A window of microseconds, left open.
-        let partial = try !all && stampBacklogIsLarge(db) && !config.plantedBugs.contains(.partialStampNotSynced)
+        let partial = !all && queued > Int64(config.lockBatchRows) && !config.plantedBugs.contains(.partialStampNotSynced)
         let synchronous = try db.scalar("PRAGMA synchronous")?.int64 ?? 2
         let lowered = synchronous > 1 && !partial
         if lowered { try db.execute("PRAGMA synchronous = NORMAL") }
