@@ -176,6 +176,13 @@ public final class ReplicationNode {
         return try ChangeCapture.unpublishedChanges(requireDatabase()) ?? 0
     }
 
+    /// The local writes still queued while changes from other nodes wait for a bulk import's stamping (nil: none
+    /// wait), so `/health` can tell a shard held back on purpose from a stalled one.
+    public func bulkImportHoldingDeliveries() throws -> Int64? {
+        guard applyHeldForStamping, let db = database, try stampBacklogIsLarge(db) else { return nil }
+        return try queuedWrites(db)
+    }
+
     /// Stamps the local writes queued since the last look, inside the caller's write transaction (see
     /// `ChangeCapture.stampCaptured`): the first thing every transaction that reads versions or the logs does.
     /// `limit`: only the oldest that many (a transaction that reads no versions); returns whether it stopped short.
@@ -364,8 +371,8 @@ public final class ReplicationNode {
             needRestore()
             return
         }
-        // A shard held back on purpose (waiting for this node's schema) is not stalled.
-        guard state.lastSequence > at, pausedShards[shard] == nil else {
+        // A shard held back on purpose (waiting for this node's schema, or for a bulk import's stamping) is not stalled.
+        guard state.lastSequence > at, pausedShards[shard] == nil, (try? bulkImportHoldingDeliveries()) == nil else {
             stalledSince[shard] = nil
             return
         }

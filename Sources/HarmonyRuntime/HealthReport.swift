@@ -20,6 +20,8 @@ struct ProgressWatch: Sendable {
     /// was last applied (an object may still wait after that, for another table).
     var schemaWaitingSinceMs: Int64?
     var lastSchemaAppliedMs: Int64?
+    /// When local writes were last stamped: while a bulk import is stamped, that is the progress deliveries wait on.
+    var lastStampMs: Int64?
 
     mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
         switch event {
@@ -47,6 +49,8 @@ struct ProgressWatch: Sendable {
             schemaRefusedSinceMs = nil  // refused ones are retried after each applied one: give them that chance
             schemaWaitingSinceMs = nil
             lastSchemaAppliedMs = nowMs
+        case .localChangesStamped:
+            lastStampMs = nowMs
         case .restored, .holeRepaired:
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
@@ -105,6 +109,17 @@ struct HealthReport: Sendable {
                 if nowMs - since >= stallMs {
                     reasons.append("shard \(shard) has waited \(state.seconds) s at message \(checkpoint + 1) for a schema this node does not have: "
                                    + "run the same schema change here")
+                }
+            } else if let queued = r.bulkImportQueued, let last, last > checkpoint {
+                // Held back on purpose: applying must wait until every local write has its version. Stuck only if
+                // the stamping itself stopped.
+                let idleMs = nowMs - max(watch.lastStampMs ?? 0, watch.lastProgressMs[shard] ?? nowMs)
+                state.state = "waiting for a bulk import to be stamped"
+                state.seconds = idleMs / 1000
+                if idleMs >= stallMs {
+                    reasons.append("shard \(shard) waits at message \(checkpoint) of \(last) until \(queued) queued local writes (a bulk import) "
+                                   + "are stamped, and none has been stamped for \(state.seconds) s: see the log for why (a long transaction holding "
+                                   + "SQLite's write lock, a full disk)")
                 }
             } else if let last, last > checkpoint {
                 let idleMs = nowMs - (watch.lastProgressMs[shard] ?? nowMs)

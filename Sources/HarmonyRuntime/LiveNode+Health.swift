@@ -37,6 +37,7 @@ extension LiveNode {
             pausedShards: Set(core?.pausedShards.keys.map { $0 } ?? []), restoreNeeded: core?.restoreNeeded ?? false,
             pendingChanges: (try? core?.pendingChangeCount()) ?? 0, parkedMessages: (try? core?.parkedCount()) ?? 0,
             divergedSchemaObjects: (try? core?.divergedSchemaObjects()) ?? [],
-            schemaObjectsWaitingForTheirTable: (try? core?.schemaObjectsWaitingForTheirTable()) ?? [])
+            schemaObjectsWaitingForTheirTable: (try? core?.schemaObjectsWaitingForTheirTable()) ?? [],
+            bulkImportQueued: (try? core?.bulkImportHoldingDeliveries()) ?? nil)
     }
 }

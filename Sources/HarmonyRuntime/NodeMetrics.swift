@@ -54,6 +54,7 @@ final class NodeMetrics: Sendable {
     private let pendingChanges: Gauge
     private let parkedMessages: Gauge
     private let divergedSchemaObjects: Gauge
+    private let bulkImportQueued: Gauge
 
     static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "harmonylite", metricName: name, unitName: "", helpText: help)
@@ -83,6 +84,8 @@ final class NodeMetrics: Sendable {
         pendingChanges = registry.makeGauge(descriptor: Self.descriptor("pending_changes", "Local changes not yet acknowledged by the log."))
         parkedMessages = registry.makeGauge(descriptor: Self.descriptor("parked_messages", "Messages waiting in __harmonylite___parked (harmonylite -parked lists them)."))
         divergedSchemaObjects = registry.makeGauge(descriptor: Self.descriptor("schema_objects_diverged", "Schema objects whose replicated DDL SQLite refused on this node."))
+        bulkImportQueued = registry.makeGauge(descriptor: Self.descriptor(
+            "bulk_import_queued", "Local writes of a bulk import still to be stamped while changes from other nodes wait for them (0: none wait)."))
     }
 
     func add(_ count: Count, _ amount: Int = 1) {
@@ -134,6 +137,7 @@ final class NodeMetrics: Sendable {
             pendingChanges.set(Double(r.pendingChanges))
             parkedMessages.set(Double(r.parkedMessages))
             divergedSchemaObjects.set(Double(r.divergedSchemaObjects.count))
+            bulkImportQueued.set(Double(r.bulkImportQueued ?? 0))
         }
         return registry.emitToString()
     }
@@ -143,6 +147,6 @@ final class NodeMetrics: Sendable {
         Set(Count.allCases.map { "harmonylite_" + $0.definition.name }).sorted()
             + ["harmonylite_apply_batch_seconds", "harmonylite_replication_lag_seconds", "harmonylite_checkpoint",
                "harmonylite_schema_paused", "harmonylite_waiting_for_snapshot", "harmonylite_pending_changes", "harmonylite_parked_messages",
-               "harmonylite_schema_objects_diverged"]
+               "harmonylite_schema_objects_diverged", "harmonylite_bulk_import_queued"]
     }
 }

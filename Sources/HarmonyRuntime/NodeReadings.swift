@@ -19,4 +19,6 @@ struct NodeReadings: Sendable {
     var divergedSchemaObjects: [String] = []
     /// Replicated indexes and triggers waiting for their table's definition (`index "ix" on "t"`, ...).
     var schemaObjectsWaitingForTheirTable: [String] = []
+    /// Local writes of a bulk import still to be stamped while changes from other nodes wait for it (nil: none wait).
+    var bulkImportQueued: Int64?
 }

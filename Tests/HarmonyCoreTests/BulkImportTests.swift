@@ -134,6 +134,37 @@ struct BulkImportTests {
         }
     }
 
+    /// Deliveries held back on purpose while an import is stamped are not a stalled consumer: the node does not
+    /// recreate it however long the import takes, and says how many writes it still waits for (`/health` shows it).
+    @Test func deliveriesHeldForAnImportAreNotAStall() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) {
+            $0.lockBatchRows = 10
+            $0.deliveryStallResubscribeMs = 10_000
+        }
+        try c.apps[1].execute("INSERT INTO users VALUES (500, 'node 2', 0)")
+        try c.publish(1)
+        try importRows(c.apps[0], 1...200)
+        try c.deliver(0)
+        #expect(c.nodes[0].checkpoint(1) == 0)
+        #expect(try c.nodes[0].bulkImportHoldingDeliveries() == 190)
+        let subscribed = c.ports[0].deliverFrom
+        for _ in 0..<4 {
+            _ = c.clocks[0].advance(byMs: 6_000)  // the stamping's own timers are not fired: it (nearly) stands still
+            try c.nodes[0].timerFired(.cleanup)  // asks for the streams' ranges
+            c.answerStreamStates(0)
+        }
+        #expect(try (c.nodes[0].bulkImportHoldingDeliveries() ?? 0) > 10)
+        #expect(!c.events[0].events.contains { if case .deliveryStalled = $0 { true } else { false } })
+        #expect(c.ports[0].deliverFrom == subscribed)
+        for _ in 0..<100 where try c.nodes[0].bulkImportHoldingDeliveries() != nil {
+            try c.nodes[0].databaseChanged()
+            _ = try resumeBookkeeping(c, 0)
+        }
+        #expect(try c.nodes[0].bulkImportHoldingDeliveries() == nil)
+        try c.deliver(0)
+        #expect(try c.rows(0, "SELECT name FROM users WHERE id = 500") == [["node 2"]])
+    }
+
     /// Published entries are deleted `lockBatchRows` at a time, oldest first, with the lock left to the application
     /// between batches; the newest entry stays, as before.
     @Test func publishedEntriesAreDeletedInBatches() throws {

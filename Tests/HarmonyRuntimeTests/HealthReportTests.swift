@@ -34,6 +34,25 @@ struct HealthReportTests {
         #expect(HealthReport.evaluate(behind, watch: watch, nowMs: stallMs + 1, stallMs: stallMs).healthy)
     }
 
+    /// Deliveries held back while a bulk import of many millions of rows is stamped are not a stall while batches
+    /// keep being stamped; once stamping stops for stall_seconds the node says so, and why it waits.
+    @Test func aShardHeldForABulkImportIsHealthyWhileStampingMoves() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        var r = readings(lasts: [1: 50, 2: 10])
+        r.bulkImportQueued = 4_000_000
+        let stamp = StampedChanges(firstQueueID: 1, lastQueueID: 5_000, count: 5_000, hlcs: [:])
+        for at in stride(from: Int64(1_000), through: 3 * stallMs, by: 1_000) { watch.record(.localChangesStamped(stamp), nowMs: at) }
+        let moving = HealthReport.evaluate(r, watch: watch, nowMs: 3 * stallMs + 500, stallMs: stallMs)
+        #expect(moving.healthy, "\(moving.reasons)")
+        #expect(moving.shards.first?.state == "waiting for a bulk import to be stamped")
+        let stopped = HealthReport.evaluate(r, watch: watch, nowMs: 4 * stallMs, stallMs: stallMs)
+        #expect(!stopped.healthy)
+        #expect(stopped.reasons.first?.hasPrefix("shard 1 waits at message 10 of 50 until 4000000 queued local writes (a bulk import) are stamped, and none has been stamped for 60 s") == true)
+        // The same shard without an import to wait for is simply stalled.
+        r.bulkImportQueued = nil
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: 3 * stallMs + 500, stallMs: stallMs).shards.first?.state == "stalled")
+    }
+
     @Test func aSchemaPauseTurnsUnhealthyAfterStallSecondsAndSaysWhatToDo() {
         var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
         watch.record(.schemaPaused(shard: 2, sequence: 11, table: "t", remoteHash: "x"), nowMs: 1_000)
