@@ -85,6 +85,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let partialStampNotSynced = PlantedBugs(rawValue: 1 << 57)
     /// The priority lane moves the scan cursor past what it sent, so the backlog it jumped is never scanned.
     public static let laneMovesScanCursor = PlantedBugs(rawValue: 1 << 35)
+    /// After a bulk import's stamping, the priority lane sends only the newest few of the small writes stamped behind
+    /// it, and leaves the rest to the scan, behind the whole import.
+    public static let laneTakesNewestOnly = PlantedBugs(rawValue: 1 << 58)
     /// Send rows of any generation of a renamed table's old name to its new name, even those of a table made again
     /// under the old name and dropped since.
     public static let aliasAnyGeneration = PlantedBugs(rawValue: 1 << 36)
@@ -171,6 +174,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("alter-forgets-merged-renames", .alterForgetsMergedRenames),
         ("redrop-blocked-by-index", .redropBlockedByIndex),
         ("lane-moves-scan-cursor", .laneMovesScanCursor),
+        ("lane-takes-newest-only", .laneTakesNewestOnly),
         ("alias-any-generation", .aliasAnyGeneration),
         ("rename-keeps-rows-local", .renameKeepsRowsLocal),
         ("definitions-in-log-order", .definitionsInLogOrder),

@@ -41,16 +41,31 @@ extension ReplicationNode {
     /// the same row is found superseded when the scan reaches it.
     ///
     /// Each entry is considered by the lane once (`laneFloor`): later calls look only at commits made since, so the
-    /// lane carries new small commits, not the backlog's tail page after page (the scan gets to that).
+    /// lane carries new small commits, not the backlog's tail page after page (the scan gets to that). The one
+    /// exception is the last batch of a bulk import's stamping (`laneWalk`): the small writes the application made
+    /// while the import was stamped a batch at a time are stamped there all at once, behind the import, more of them
+    /// than the lane takes at a time; the lane walks down through that batch on later calls, newest first, or all but
+    /// the newest few would wait for the scan to get through the whole import.
     func publishNewestFirst() throws {
-        let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
+        var room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
         guard room > 0 else { return }
-        let page = try readPendingPage(limit: room, newestAfter: max(scanCursor + Int64(config.scanMaxChanges), laneFloor))
-        laneFloor = max(laneFloor, page.records.map(\.id).max() ?? 0, page.superseded.max() ?? 0)
+        let scanReach = scanCursor + Int64(config.scanMaxChanges)
+        let page = try readPendingPage(limit: room, newestAfter: max(scanReach, laneFloor))
+        laneFloor = max(laneFloor, page.newestRead ?? 0)
         try sendPage(page, hint: true)
+        room -= page.records.count
         if config.plantedBugs.contains(.laneMovesScanCursor), let newest = page.records.map(\.id).max() {
             scanCursor = max(scanCursor, newest)
         }
+        guard room > 0, let walk = laneWalk else { return }
+        let above = max(walk.above, scanReach)
+        guard above + 1 < walk.below else {
+            laneWalk = nil
+            return
+        }
+        let rest = try readPendingPage(limit: room, newestAfter: above, below: walk.below)
+        laneWalk = rest.rowsRead == room ? rest.oldestRead.map { (above: above, below: $0) } : nil
+        try sendPage(rest, hint: false)
     }
 
     /// Sends a page's changes in per-shard batches, marks its superseded entries published and parks oversized ones.
@@ -126,13 +141,16 @@ extension ReplicationNode {
         var end: Int64
         /// Entries the read returned, in flight ones included: fewer than asked means nothing pending lies beyond.
         var rowsRead = 0
+        /// For the lane's newest-first reads: the first and last id read, in flight ones included.
+        var newestRead: Int64?
+        var oldestRead: Int64?
     }
 
     /// Reads a page inside one read transaction whose schema is the captured one, so every row image matches
     /// the schema hash it is sent with (an ALTER the sidecar has not seen yet is picked up first).
-    /// `newestAfter`: the newest pending entries above that id, newest first, for the priority lane (the scan
-    /// cursor does not move for them); nil: the oldest past the scan cursor.
-    func readPendingPage(limit: Int, newestAfter: Int64? = nil) throws -> PendingPage {
+    /// `newestAfter`: the newest pending entries above that id (and below `below`), newest first, for the priority
+    /// lane (the scan cursor does not move for them); nil: the oldest past the scan cursor.
+    func readPendingPage(limit: Int, newestAfter: Int64? = nil, below: Int64 = .max) throws -> PendingPage {
         let db = requireDatabase()
         for _ in 0..<10 {
             try refreshCaptureIfSchemaChanged()
@@ -145,15 +163,19 @@ extension ReplicationNode {
                 guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion else { return nil }
                 let scan = try db.cached("""
                     SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
-                    WHERE state = 0 AND id > ? ORDER BY id \(newestAfter == nil ? "" : "DESC") LIMIT ?
+                    WHERE state = 0 AND id > ? AND id < ? ORDER BY id \(newestAfter == nil ? "" : "DESC") LIMIT ?
                     """)
                 var page = PendingPage(end: scanCursor)
-                for row in try scan.query([.integer(newestAfter ?? scanCursor), .integer(Int64(limit))]) {
+                for row in try scan.query([.integer(newestAfter ?? scanCursor), .integer(newestAfter == nil ? .max : below),
+                                           .integer(Int64(limit))]) {
                     page.rowsRead += 1
                     guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
                     if newestAfter == nil {
                         precondition(id > page.end, "change-log ids out of order: \(id) after \(page.end)")
                         page.end = id
+                    } else {
+                        page.newestRead = page.newestRead ?? id
+                        page.oldestRead = id
                     }
                     if inFlight.contains(id) { continue }
                     if let record = try changeRecord(table: table, changeID: changeID) {

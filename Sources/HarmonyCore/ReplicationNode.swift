@@ -64,6 +64,9 @@ public final class ReplicationNode {
     var scanCursor: Int64 = 0
     /// The newest change-log id the priority lane has looked at; it only looks above it (`publishNewestFirst`).
     var laneFloor: Int64 = 0
+    /// Pending entries the lane is to walk through, newest first, on its next calls (ids strictly between the two):
+    /// the last batch of a bulk import's stamping, with the small writes made meanwhile.
+    var laneWalk: (above: Int64, below: Int64)?
     /// DDL may be waiting to be published (set by every capture refresh, cleared once none is pending).
     var definitionsToPublish = true
     /// Local writes stamped inside the transaction now open: reported once it commits, forgotten if it rolls back.
@@ -222,6 +225,11 @@ public final class ReplicationNode {
         return try db.scalar("SELECT (SELECT max(id) FROM \(queue)) - (SELECT min(id) FROM \(queue)) + 1")?.int64 ?? 0
     }
 
+    /// The global log's newest id (0 when empty): one index lookup.
+    func newestChangeLogID(_ db: Database) throws -> Int64 {
+        try db.scalar("SELECT max(id) FROM \(quoteIdentifier(Bookkeeping.globalLog))")?.int64 ?? 0
+    }
+
     /// More local writes queued than one stamping batch: a bulk import, stamped a batch at a time.
     func stampBacklogIsLarge(_ db: Database) throws -> Bool {
         try queuedWrites(db) > Int64(config.lockBatchRows)
@@ -240,8 +248,12 @@ public final class ReplicationNode {
     func writeTransaction<T>(_ db: Database, stamp: Bool = true, stampLimit: Int? = nil, _ body: () throws -> T) throws -> T {
         do {
             var stoppedShort = false
+            var newestBeforeLastBatch: Int64?
             let result = try db.transaction(.immediate) {
-                if stamp { stoppedShort = try stampLocalChanges(db, limit: stampLimit) }
+                if stamp {
+                    if queueNewestAtPartialStamp != nil { newestBeforeLastBatch = try newestChangeLogID(db) }
+                    stoppedShort = try stampLocalChanges(db, limit: stampLimit)
+                }
                 return try body()
             }
             transactionEnded(committed: true)
@@ -249,6 +261,11 @@ public final class ReplicationNode {
                 // A read that fails here must not undo the report above: pause as for an application.
                 if (try? pauseUnlessOutrun(db)) == nil { pauseBookkeeping() }
             } else if stamp {
+                // The last batch of an import holds the small writes made while it was stamped: the priority lane
+                // walks through all of it, not only its newest few (`publishNewestFirst`).
+                if let newestBeforeLastBatch, !config.plantedBugs.contains(.laneTakesNewestOnly) {
+                    laneWalk = (above: newestBeforeLastBatch, below: .max)
+                }
                 queueNewestAtPartialStamp = nil
             }
             return result
@@ -322,9 +339,9 @@ public final class ReplicationNode {
             try retrySnapshotIfWaiting()
         case .bookkeepingResume:
             bookkeepingPausedUntilMs = nil
-            // Stamping first: publishing waits for it. Publishing stamps the next batch itself; a node that does not
-            // publish still needs its queue stamped.
-            if config.publish { try publishPending() } else { try stampLocalChangesIfQueued() }
+            // Stamping first, whether or not the publish window has room: changes from other nodes wait for it.
+            try stampLocalChangesIfQueued()
+            if config.publish { try publishPending() }
             // Deleting published rows can wait until the import is stamped (one batch per pause, not both).
             if !bookkeepingPaused && cleanupUnfinished {
                 cleanupUnfinished = false

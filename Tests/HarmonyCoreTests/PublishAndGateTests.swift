@@ -1,5 +1,5 @@
 import HarmonyCodec
-import HarmonyCore
+@testable import HarmonyCore
 import HarmonySQLite
 import Testing
 
@@ -42,6 +42,59 @@ struct PublishAndGateTests {
         #expect(try c.pendingChanges(0) == 0)
         let delivered = c.streams.messages(shard: 1).flatMap { (try? EnvelopeCodec.decodeAll($0.payload)) ?? [] }
         #expect(Set(delivered.map { $0.primaryKey.first?.value }).count == 2001)
+    }
+
+    /// Small commits made while a bulk import is stamped a batch at a time are stamped all at once behind it, more
+    /// of them than the lane takes at a time: the lane walks through that last batch on its next calls instead of
+    /// leaving all but the newest 64 to the scan, behind the whole import. (With `lane-takes-newest-only` the last of
+    /// them goes out after the import.)
+    @Test(arguments: [PlantedBugs(), .laneTakesNewestOnly])
+    func smallCommitsMadeWhileAnImportIsStampedGoOutAheadOfIt(bugs: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema) {
+            $0.publishInFlightMax = 256
+            $0.scanMaxChanges = 64
+            $0.lockBatchRows = 500
+            $0.plantedBugs = bugs
+        }
+        try c.apps[0].execute("""
+            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+            INSERT INTO users SELECT i, 'bulk', i FROM n;
+            """)
+        try c.nodes[0].databaseChanged()  // the first batch, then a pause
+        // The application writes while the import is stamped; no publish is acknowledged meanwhile (a slow log).
+        var small: Int64 = 100_000
+        for _ in 0..<100 where c.nodes[0].bookkeepingPaused {
+            for _ in 0..<50 {
+                small += 1
+                try c.apps[0].execute("INSERT INTO users VALUES (?, 'small', 0)", [.integer(small)])
+            }
+            for timer in c.clocks[0].advance(byMs: 20) { try c.nodes[0].timerFired(timer) }
+        }
+        #expect(try c.rows(0, "SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.captureQueue))") == [[0]])
+        let smallCount = Int(small - 100_000)
+        #expect(smallCount > 256)
+        var bulkSent = 0, smallSent = 0, bulkSentWhenSmallDone: Int?
+        for _ in 0..<1_000 {
+            let round = c.ports[0].pendingPublishes
+            if round.isEmpty { break }
+            c.ports[0].pendingPublishes.removeAll()
+            for m in round {
+                c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload)
+                for record in try EnvelopeCodec.decodeAll(m.payload) {
+                    if (record.primaryKey.first?.value.int64 ?? 0) > 100_000 { smallSent += 1 } else { bulkSent += 1 }
+                }
+            }
+            if smallSent == smallCount && bulkSentWhenSmallDone == nil { bulkSentWhenSmallDone = bulkSent }
+            try c.nodes[0].publishAcknowledged(tokens: round.map(\.token))
+        }
+        #expect(try c.pendingChanges(0) == 0)
+        #expect(bulkSent == 3000 && smallSent == smallCount)
+        let bulkAhead = try #require(bulkSentWhenSmallDone)
+        if bugs.isEmpty {
+            #expect(bulkAhead < 1_000, "the small commits went out behind \(bulkAhead) of the import's 3000 rows")
+        } else {
+            #expect(bulkAhead == 3000)
+        }
     }
 
     @Test func failedPublishIsRetriedWithTheSameMessageID() throws {
