@@ -64,7 +64,14 @@ extension ReplicationNode {
             return
         }
         let rest = try readPendingPage(limit: room, newestAfter: above, below: walk.below)
-        laneWalk = rest.rowsRead == room ? rest.oldestRead.map { (above: above, below: $0) } : nil
+        // A stamp during the read may have begun a newer walk; a read cut short for DDL to go first ends none.
+        if let current = laneWalk, current == walk {
+            if rest.rowsRead == room, let oldest = rest.oldestRead {
+                laneWalk = (above: above, below: oldest)
+            } else if rest.rowsRead > 0 || !(config.replicateDDL && definitionsToPublish) {
+                laneWalk = nil
+            }
+        }
         try sendPage(rest, hint: false)
     }
 
