@@ -5,6 +5,14 @@ import Testing
 
 @Suite("Publishing, cleanup, options, schema gate and hostile input")
 struct PublishAndGateTests {
+    /// Rows 1...`rows` of `users` in one statement, one transaction: a bulk load.
+    func insertBulk(_ db: Database, rows: Int) throws {
+        try db.execute("""
+            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < \(rows))
+            INSERT INTO users SELECT i, 'bulk', i FROM n;
+            """)
+    }
+
     @Test func changeIsMarkedPublishedOnlyAfterAcknowledgement() throws {
         let c = try TestCluster(nodes: 1, schema: usersSchema) { $0.publishBatchMax = 1 }  // checks one message per change
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1), (2, 'b', 2)")
@@ -27,10 +35,7 @@ struct PublishAndGateTests {
             $0.scanMaxChanges = 64
             $0.priorityLaneMax = lane
         }
-        try c.apps[0].execute("""
-            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
-            INSERT INTO users SELECT i, 'bulk', i FROM n;
-            """)
+        try insertBulk(c.apps[0], rows: 2000)
         try c.apps[0].execute("INSERT INTO users VALUES (100000, 'small commit', 0)")
         try c.nodes[0].databaseChanged()
         let firstRound = c.ports[0].pendingPublishes
@@ -56,10 +61,7 @@ struct PublishAndGateTests {
             $0.lockBatchRows = 500
             $0.plantedBugs = bugs
         }
-        try c.apps[0].execute("""
-            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
-            INSERT INTO users SELECT i, 'bulk', i FROM n;
-            """)
+        try insertBulk(c.apps[0], rows: 3000)
         try c.nodes[0].databaseChanged()  // the first batch, then a pause
         // The application writes while the import is stamped; no publish is acknowledged meanwhile (a slow log).
         var small: Int64 = 100_000
