@@ -137,7 +137,7 @@ public struct RuntimeConfig: Sendable, Equatable {
     public static func parse(_ text: String) throws -> RuntimeConfig {
         let root = try TOMLReader(parsing: text)
         try root.rejectUnknownKeys(allowed: [
-            "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "max_row_bytes", "publish", "replicate", "replicate_ddl",
+            "db_path", "node_id", "seq_map_path", "cleanup_interval", "scan_max_changes", "lock_batch_rows", "lock_pause_ms", "max_row_bytes", "publish", "replicate", "replicate_ddl",
             "include_tables", "exclude_tables", "replication_log", "nats", "logging", "prometheus", "snapshot", "health", "http", "postgres",
         ])
         let dbPath = try root.required("db_path", root.string)
@@ -147,6 +147,9 @@ public struct RuntimeConfig: Sendable, Equatable {
         c.seqMapPath = try root.string("seq_map_path")
         c.node.cleanupIntervalMs = Int64(try positive(root, "cleanup_interval", Int(c.node.cleanupIntervalMs)))
         c.node.scanMaxChanges = try positive(root, "scan_max_changes", c.node.scanMaxChanges)
+        // A bulk import's bookkeeping: rows per transaction, and the pause left to the applications between them.
+        c.node.lockBatchRows = try positive(root, "lock_batch_rows", c.node.lockBatchRows)
+        c.node.lockPauseMs = Int64(try nonNegative(root, "lock_pause_ms", Int(c.node.lockPauseMs)))
         c.node.rowBytesMax = try positive(root, "max_row_bytes", c.node.rowBytesMax)
         if c.node.rowBytesMax < 1024 { throw root.error(at: "max_row_bytes", "key 'max_row_bytes' must be at least 1024 bytes, got \(c.node.rowBytesMax)") }
         c.node.publish = try root.bool("publish") ?? true

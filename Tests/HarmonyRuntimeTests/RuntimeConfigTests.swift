@@ -60,6 +60,17 @@ struct RuntimeConfigTests {
         #expect(c.node.hints)
     }
 
+    /// A bulk import's bookkeeping batches: 5,000 rows and 20 ms by default; an import-heavy node can trade the
+    /// applications' lock waits for a faster stamp.
+    @Test func bulkImportBatchesCanBeTuned() throws {
+        let defaults = try RuntimeConfig.parse("db_path = \"a.db\"\n")
+        #expect(defaults.node.lockBatchRows == 5_000 && defaults.node.lockPauseMs == 20)
+        let c = try RuntimeConfig.parse("db_path = \"a.db\"\nlock_batch_rows = 20000\nlock_pause_ms = 0\n")
+        #expect(c.node.lockBatchRows == 20_000 && c.node.lockPauseMs == 0)
+        #expect(throws: (any Error).self) { try RuntimeConfig.parse("db_path = \"a.db\"\nlock_batch_rows = 0\n") }
+        #expect(throws: (any Error).self) { try RuntimeConfig.parse("db_path = \"a.db\"\nlock_pause_ms = -5\n") }
+    }
+
     @Test func hintsCanBeSwitchedOff() throws {
         let c = try RuntimeConfig.parse("db_path = \"app.db\"\n[replication_log]\nhints = false\n")
         #expect(!c.node.hints)
