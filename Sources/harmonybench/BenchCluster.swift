@@ -19,12 +19,13 @@ final class BenchCluster {
     /// Per node in `relayed`: the relay its NATS connection goes through, to cut it off from the log and heal it.
     var relays: [Int: TCPRelay] = [:]
 
-    /// `schema` runs on every database first; `extra(i)` is appended to node i's config.toml; `hints`: the
+    /// `schema` runs on every database first; `settings`: top-level keys of every node's config.toml; `extra(i)` is
+    /// appended to node i's config.toml; `hints`: the
     /// `replication_log.hints` setting of every node.
     /// `relayed`: nodes that reach nats-server through a `TCPRelay` (`relays`). `metrics`: every node serves
     /// Prometheus metrics on a port of its own (`metricsPorts`).
     init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, relayed: Set<Int> = [],
-         metrics: Bool = false, extra: (Int) -> String = { _ in "" }) throws {
+         metrics: Bool = false, settings: String = "", extra: (Int) -> String = { _ in "" }) throws {
         self.nodes = nodes
         self.shards = shards
         let metricsPorts = metrics ? (1...nodes).map { _ in EmbeddedNATSServer.freePort() } : []
@@ -40,6 +41,7 @@ final class BenchCluster {
             try """
                 db_path = "\(dbPath(i))"
                 node_id = \(i)
+                \(settings)
                 [replication_log]
                 shards = \(shards)
                 max_entries = 0

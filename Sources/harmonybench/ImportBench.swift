@@ -16,11 +16,22 @@ struct ImportBench: ParsableCommand {
     @Option(help: "How long the application keeps writing single rows after the import, one every 10 ms.") var seconds = 8.0
     @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+    @Option(help: "config.toml lock_batch_rows of every node (default: harmonylite's).") var lockBatchRows: Int?
+    @Option(help: "config.toml lock_pause_ms of every node (default: harmonylite's).") var lockPauseMs: Int?
 
     func validate() throws {
         guard rows >= 1 else { throw ValidationError("--rows takes a positive number of rows") }
         guard (1...5).contains(nodes) else { throw ValidationError("--nodes takes 1 to 5 harmonylite processes") }
         guard seconds > 0 && seconds <= 600 else { throw ValidationError("--seconds takes a duration from 0 to 600 s") }
+        if let lockBatchRows, lockBatchRows < 1 { throw ValidationError("--lock-batch-rows takes a positive number of rows") }
+        if let lockPauseMs, lockPauseMs < 0 { throw ValidationError("--lock-pause-ms takes 0 or more milliseconds") }
+    }
+
+    /// The bookkeeping settings given, as config.toml lines, and as they read in the report's command.
+    var lockSettings: (toml: String, flags: String) {
+        let keys = [lockBatchRows.map { ("lock_batch_rows", $0) }, lockPauseMs.map { ("lock_pause_ms", $0) }].compactMap { $0 }
+        return (keys.map { "\($0.0) = \($0.1)" }.joined(separator: "\n"),
+                keys.map { " --\($0.0.replacingOccurrences(of: "_", with: "-")) \($0.1)" }.joined())
     }
 
     struct Write {
@@ -32,7 +43,7 @@ struct ImportBench: ParsableCommand {
     func run() throws {
         let cluster = try BenchCluster(nodes: nodes, shards: 1,
                                        schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL)",
-                                       binary: binary)
+                                       binary: binary, settings: lockSettings.toml)
         defer { cluster.stop() }
         // The application's connection, as an application opens it (SQLite's busy handler, waiting up to 5 s).
         let app = try SQLiteOpener().open(path: cluster.dbPath(1))
@@ -93,7 +104,7 @@ struct ImportBench: ParsableCommand {
         let text = """
             # A bulk import and the application's next writes
 
-            Command: `harmonybench import --rows \(rows) --nodes \(nodes) --seconds \(seconds)`
+            Command: `harmonybench import --rows \(rows) --nodes \(nodes) --seconds \(seconds)\(lockSettings.flags)`
             Machine: \(machine). One nats-server and \(nodes) harmonylite process(es) on it.
             The application imports \(rows) rows in one transaction on node 1 (\(String(format: "%.2f", imported)) s, capture triggers
             included), then writes one row every 10 ms for \(seconds) s: BEGIN IMMEDIATE (timed: its wait for SQLite's write
