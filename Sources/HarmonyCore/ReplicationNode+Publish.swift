@@ -467,7 +467,8 @@ extension ReplicationNode {
         let global = quoteIdentifier(Bookkeeping.globalLog)
         let condition = config.publish ? "state = 1" : "1"
         let (removed, more): (Int, Bool) = try db.transaction(.immediate) {
-            guard let maxID = try db.scalar("SELECT max(id) FROM \(global)")?.int64 else { return (0, false) }
+            let maxID = try newestChangeLogID(db)
+            guard maxID > 0 else { return (0, false) }  // ids start at 1: an empty log
             // The newest entry always stays: its id is where the next one continues.
             let batchEnd = try db.scalar("SELECT id FROM \(global) WHERE \(condition) AND id < ? ORDER BY id LIMIT 1 OFFSET ?",
                                          [.integer(maxID), .integer(Int64(config.lockBatchRows - 1))])?.int64

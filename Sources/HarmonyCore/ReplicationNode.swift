@@ -182,8 +182,9 @@ public final class ReplicationNode {
     /// The local writes still queued while changes from other nodes wait for a bulk import's stamping (nil: none
     /// wait), so `/health` can tell a shard held back on purpose from a stalled one.
     public func bulkImportHoldingDeliveries() throws -> Int64? {
-        guard applyHeldForStamping, let db = database, try stampBacklogIsLarge(db) else { return nil }
-        return try queuedWrites(db)
+        guard applyHeldForStamping, let db = database else { return nil }
+        let queued = try queuedWrites(db)
+        return queued > Int64(config.lockBatchRows) ? queued : nil
     }
 
     /// Stamps the local writes queued since the last look, inside the caller's write transaction (see

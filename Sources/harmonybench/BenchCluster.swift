@@ -20,8 +20,7 @@ final class BenchCluster {
     var relays: [Int: TCPRelay] = [:]
 
     /// `schema` runs on every database first; `settings`: top-level keys of every node's config.toml; `extra(i)` is
-    /// appended to node i's config.toml; `hints`: the
-    /// `replication_log.hints` setting of every node.
+    /// appended to node i's config.toml; `hints`: the `replication_log.hints` setting of every node.
     /// `relayed`: nodes that reach nats-server through a `TCPRelay` (`relays`). `metrics`: every node serves
     /// Prometheus metrics on a port of its own (`metricsPorts`).
     init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, relayed: Set<Int> = [],
