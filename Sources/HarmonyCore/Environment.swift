@@ -136,6 +136,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case cleanedUp(rows: Int)
     /// A bulk import's local writes are stamped a batch at a time; changes from other nodes wait until it is done.
     case stampingBulkImport(queued: Int64)
+    /// Stamping the queued local writes failed (another connection held SQLite's write lock past the busy timeout,
+    /// a full or failing disk): they stay queued and the stamp is tried again after `retryInMs`.
+    case stampFailed(queued: Int64, error: String, retryInMs: Int64)
     /// A local change above `max_row_bytes`: parked locally and never published.
     case changeRefused(table: String, key: String, bytes: Int, limit: Int)
     case captureInstalled(tables: Int)

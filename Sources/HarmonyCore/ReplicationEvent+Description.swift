@@ -67,6 +67,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "deleted \(rows) published change-log row(s)"
         case .stampingBulkImport(let queued):
             return "\(queued) local writes are queued (a bulk import): they get their versions a batch at a time, leaving SQLite's write lock to applications in between; changes from other nodes apply once that is done"
+        case .stampFailed(let queued, let error, let retryInMs):
+            return "stamping \(queued) queued local write(s) failed (\(error)); they stay queued, unsent, and the stamp is tried again in \(retryInMs) ms"
         case .localChangesStamped(let stamped):
             return "stamped versions on \(stamped.count) local change(s)"
         case .captureInstalled(let tables):

@@ -76,10 +76,12 @@ public final class ReplicationNode {
     /// meanwhile without the lock (reading and sending what is stamped) counts toward the pause, so a node busy
     /// publishing stamps its next batch as soon as the pause has passed, not when the timer gets its turn.
     var bookkeepingPausedUntilMs: Int64?
+    /// How long the pause now running was set for: `lockPauseMs`, or a retry's delay after a failed stamp.
+    var bookkeepingPauseMs: Int64 = 0
     var bookkeepingPaused: Bool {
         guard let until = bookkeepingPausedUntilMs else { return false }
         let now = env.clock.nowMs
-        return now < until && now >= until - config.lockPauseMs  // a clock that jumped back ends the pause
+        return now < until && now >= until - bookkeepingPauseMs  // a clock that jumped back ends the pause
     }
     /// The cleanup stopped after one batch and goes on when the pause ends.
     var cleanupUnfinished = false
@@ -200,10 +202,13 @@ public final class ReplicationNode {
         return limit.map { stamped.count >= $0 } ?? false
     }
 
-    /// Leaves SQLite's write lock to the applications for `lockPauseMs` before the next batch of bookkeeping.
-    func pauseBookkeeping() {
-        bookkeepingPausedUntilMs = env.clock.nowMs + config.lockPauseMs
-        env.clock.schedule(.bookkeepingResume, afterMs: config.lockPauseMs)
+    /// Leaves SQLite's write lock to the applications for `lockPauseMs` (or `delayMs`) before the next batch of
+    /// bookkeeping.
+    func pauseBookkeeping(forMs delayMs: Int64? = nil) {
+        let pause = delayMs ?? config.lockPauseMs
+        bookkeepingPausedUntilMs = env.clock.nowMs + pause
+        bookkeepingPauseMs = pause
+        env.clock.schedule(.bookkeepingResume, afterMs: pause)
     }
 
     /// After a stamp that stopped short: pause for the applications, unless they are writing faster than a quarter
@@ -301,7 +306,16 @@ public final class ReplicationNode {
         let lowered = synchronous > 1 && !partial
         if lowered { try db.execute("PRAGMA synchronous = NORMAL") }
         defer { if lowered { try? db.execute("PRAGMA synchronous = \(synchronous)") } }
-        try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) {}
+        do {
+            try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) {}
+        } catch let error as SQLiteError where error.isTransientStorageFailure && !all && !config.plantedBugs.contains(.stampFailureRestartsCore) {
+            // An application holding the write lock past the busy timeout, or a full disk: the writes stay queued
+            // and nothing was stamped. Try again after a pause rather than restart the core, which would meet the
+            // same lock; meanwhile the rest goes on (what is stamped is sent, deliveries are asked for again).
+            let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs
+            env.events?.record(.stampFailed(queued: queued, error: "\(error.storageFailureSummary): \(error.description)", retryInMs: delayMs))
+            pauseBookkeeping(forMs: delayMs)
+        }
     }
 
     /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.

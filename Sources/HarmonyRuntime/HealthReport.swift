@@ -22,6 +22,9 @@ struct ProgressWatch: Sendable {
     var lastSchemaAppliedMs: Int64?
     /// When local writes were last stamped: while a bulk import is stamped, that is the progress deliveries wait on.
     var lastStampMs: Int64?
+    /// Since when stamping local writes fails with none stamped after, and the last reason.
+    var stampFailingSinceMs: Int64?
+    var lastStampFailure: String?
 
     mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
         switch event {
@@ -51,6 +54,11 @@ struct ProgressWatch: Sendable {
             lastSchemaAppliedMs = nowMs
         case .localChangesStamped:
             lastStampMs = nowMs
+            stampFailingSinceMs = nil
+            lastStampFailure = nil
+        case .stampFailed(_, let error, _):
+            if stampFailingSinceMs == nil { stampFailingSinceMs = nowMs }
+            lastStampFailure = error
         case .restored, .holeRepaired:
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
@@ -144,6 +152,10 @@ struct HealthReport: Sendable {
             reasons.append("\(r.schemaObjectsWaitingForTheirTable.count) replicated index(es) or trigger(s) wait for a table whose definition has "
                            + "not reached this node (\(objects)). If that table exists only on the node that made them (created there "
                            + "before its sidecar first ran, with no rows, so nothing asks for it), create it here as it is there")
+        }
+        if let since = watch.stampFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
+            reasons.append("local writes have not been stamped for \((nowMs - since) / 1000) s, so they cannot be sent (\(watch.lastStampFailure ?? "no reason given")): "
+                           + "another connection holds SQLite's write lock (a long transaction), or the disk is full or failing")
         }
         if let since = watch.publishFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
             reasons.append("publishes have failed for \((nowMs - since) / 1000) s; \(r.pendingChanges) local change(s) wait to be sent")

@@ -13,7 +13,7 @@ final class NodeMetrics: Sendable {
     enum Count: Int, CaseIterable {
         case published, publishFailures, appliedWon, appliedLost, appliedEcho, duplicates, parked, schemaPauses, gaps
         case refused, discarded, schemaChanges, schemaChangeFailures, applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
-        case holeRepairs, repairRequests, hintsApplied
+        case holeRepairs, repairRequests, hintsApplied, stampFailures
 
         /// Name (after `harmonylite_`), label, help.
         var definition: (name: String, label: (String, String)?, help: String) {
@@ -40,6 +40,7 @@ final class NodeMetrics: Sendable {
             case .coreRestarts: return ("core_restarts_total", nil, "Times the replication core threw and was restarted from its checkpoints.")
             case .holeRepairs: return ("hole_repairs_total", nil, "Times this node skipped a hole in the log no snapshot could fill, and sent all its rows again.")
             case .repairRequests: return ("repair_requests_total", nil, "Other nodes' hole repairs this node answered by sending all its rows again.")
+            case .stampFailures: return ("stamp_failures_total", nil, "Stamps of queued local writes that failed (busy, disk full, I/O) and were retried after a pause.")
             case .hintsApplied: return ("hints_applied_total", nil, "Small messages applied ahead of a backlog on their stream (their in-order copies then count as lost).")
             }
         }
@@ -118,6 +119,7 @@ final class NodeMetrics: Sendable {
         case .schemaChangeApplied: add(.schemaChanges)
         case .schemaChangeFailed: add(.schemaChangeFailures)
         case .applyBatchFailed: add(.applyBatchFailures)
+        case .stampFailed: add(.stampFailures)
         case .restored: add(.restores)
         case .holeRepaired: add(.holeRepairs)
         case .repairRequested: add(.repairRequests)

@@ -53,6 +53,8 @@ extension ReplicationEvent {
             return ["event": "change_refused", "table": .string(table), "key": .string(key), "bytes": n(bytes), "limit": n(limit)]
         case .cleanedUp(let rows): return ["event": "cleaned_up", "rows": n(rows)]
         case .stampingBulkImport(let queued): return ["event": "stamping_bulk_import", "queued": n(queued)]
+        case .stampFailed(let queued, let error, let retryInMs):
+            return ["event": "stamp_failed", "queued": n(queued), "reason": .string(error), "retry_in_ms": n(retryInMs)]
         case .localChangesStamped(let stamped): return ["event": "local_changes_stamped", "changes": n(stamped.count)]
         case .captureInstalled(let tables): return ["event": "capture_installed", "tables": n(tables)]
         case .tableSkipped(let table, let reason): return ["event": "table_skipped", "table": .string(table), "reason": .string(reason)]

@@ -99,6 +99,60 @@ struct PublishAndGateTests {
         }
     }
 
+    /// An application holding SQLite's write lock past the busy timeout while the sidecar stamps (here in the middle
+    /// of a paced bulk import, then for one small commit): the stamp is tried again after `retryDelayMs`, not in a
+    /// loop and not by restarting the core; nothing is lost and every write goes out once the lock is released.
+    /// (With `stamp-failure-restarts-core` the busy stamp throws out of the core.)
+    @Test(arguments: [PlantedBugs(), .stampFailureRestartsCore])
+    func aStampThatMeetsAHeldLockIsTriedAgainAfterAPause(bugs: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 0, schema: usersSchema)
+        c.opener = SQLiteOpener(busyTimeoutMs: 20)
+        try c.addNode(schema: usersSchema) {
+            $0.lockBatchRows = 500
+            $0.plantedBugs = bugs
+        }
+        try insertBulk(c.apps[0], rows: 2000)
+        try c.nodes[0].databaseChanged()  // the first batch, then a pause
+        #expect(c.nodes[0].bookkeepingPaused)
+        try c.apps[0].execute("BEGIN IMMEDIATE")
+        try c.apps[0].execute("INSERT INTO users VALUES (100001, 'held', 0)")
+        let resume = try #require(c.clocks[0].scheduled[.bookkeepingResume])
+        c.clocks[0].nowMs = resume
+        guard bugs.isEmpty else {
+            #expect(throws: SQLiteError.self) { try c.nodes[0].timerFired(.bookkeepingResume) }
+            try c.apps[0].execute("ROLLBACK")
+            return
+        }
+        try c.nodes[0].timerFired(.bookkeepingResume)
+        let failures = { c.events[0].events.filter { if case .stampFailed(1500, let e, 250) = $0 { return e.contains("busy") } else { return false } }.count }
+        #expect(failures() == 1)
+        #expect(c.clocks[0].scheduled[.bookkeepingResume] == resume + 250)
+        // Publishing and deliveries meanwhile do not try again before the retry is due.
+        try c.nodes[0].databaseChanged()
+        #expect(failures() == 1)
+        for timer in c.clocks[0].advance(byMs: 250) { try c.nodes[0].timerFired(timer) }
+        #expect(failures() == 2)
+        try c.apps[0].execute("COMMIT")
+        for _ in 0..<100 where try c.rows(0, "SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.captureQueue))") != [[0]] {
+            for timer in c.clocks[0].advance(byMs: 250) { try c.nodes[0].timerFired(timer) }
+        }
+        try c.publish(0)
+        #expect(try c.pendingChanges(0) == 0)
+        let delivered = c.streams.messages(shard: 1).flatMap { (try? EnvelopeCodec.decodeAll($0.payload)) ?? [] }
+        #expect(Set(delivered.compactMap { $0.primaryKey.first?.value.int64 }).count == 2001)
+        #expect(failures() == 2)
+
+        // A small commit whose stamp meets the lock: the same.
+        try c.apps[0].execute("INSERT INTO users VALUES (100002, 'small', 0)")
+        try c.apps[0].execute("BEGIN IMMEDIATE")
+        try c.nodes[0].databaseChanged()
+        #expect(c.events[0].events.contains { if case .stampFailed(1, _, 250) = $0 { return true } else { return false } })
+        try c.apps[0].execute("COMMIT")
+        for timer in c.clocks[0].advance(byMs: 250) { try c.nodes[0].timerFired(timer) }
+        try c.publish(0)
+        #expect(try c.pendingChanges(0) == 0)
+    }
+
     @Test func failedPublishIsRetriedWithTheSameMessageID() throws {
         let c = try TestCluster(nodes: 1, schema: usersSchema)
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")

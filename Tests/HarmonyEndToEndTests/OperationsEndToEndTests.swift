@@ -199,6 +199,52 @@ struct OperationsEndToEndTests {
         #expect(try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n")
     }
 
+    /// An application transaction holds SQLite's write lock past the sidecar's busy timeout (5 s) while an import is
+    /// stamped a batch at a time: the stamp is tried again after a pause instead of restarting the core, `/health`
+    /// says why after stall_seconds, and every row arrives once the lock is released.
+    @Test func aLongApplicationTransactionDuringAnImportPausesStampingNotTheNode() throws {
+        let metricsPorts = distinctFreePorts(2)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
+            "lock_batch_rows = 100\nlock_pause_ms = 300\n[health]\nstall_seconds = 2\n"
+                + "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\""
+        }
+        try sqlite(c.dbPath(1), """
+            WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 2000)
+            INSERT INTO items (id, name) SELECT k, 'imported' FROM n;
+            """)
+        // The import takes about 20 pauses of 300 ms to stamp; the application takes the lock for 20 s right away.
+        // Each of the sidecar's tries waits out its busy timeout: marking published what the log acknowledged fails
+        // too (then publishes are retried), and both reasons show.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        holder.arguments = [c.dbPath(1)]
+        let input = Pipe()
+        holder.standardInput = input
+        holder.standardOutput = FileHandle.nullDevice
+        try holder.run()
+        input.fileHandleForWriting.write(Data(".timeout 5000\nBEGIN IMMEDIATE;\nINSERT INTO items (id, name) VALUES (5000, 'held');\n.shell sleep 20\nCOMMIT;\n".utf8))
+        try input.fileHandleForWriting.close()
+        defer { if holder.isRunning { holder.terminate() } }
+        var reasons: [String] = []
+        try waitUntil("node 1's /health says its stamps fail", timeoutSeconds: 30) {
+            guard let health = try? httpGet(port: metricsPorts[0], path: "/health"), health.status == 503 else { return false }
+            let json = try JSONSerialization.jsonObject(with: Data(health.body.utf8)) as? [String: Any]
+            reasons = json?["reasons"] as? [String] ?? []
+            return reasons.contains { $0.contains("local writes have not been stamped for") }
+        }
+        #expect(reasons.contains { $0.contains("database is locked") && $0.contains("another connection holds SQLite's write lock") }, "\(reasons)")
+        #expect(!reasons.contains { $0.contains("replication stopped") }, "\(reasons)")
+        holder.waitUntilExit()
+        #expect(holder.terminationStatus == 0)
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "2001\n", timeoutSeconds: 60)
+        try waitUntil("node 1 is healthy again", timeoutSeconds: 10) { (try? httpGet(port: metricsPorts[0], path: "/health"))?.status == 200 }
+        let metrics = try httpGet(port: metricsPorts[0], path: "/metrics").body
+        #expect(metricValues(metrics, "harmonylite_core_restarts_total ") == [0])
+        #expect(metricValues(metrics, "harmonylite_stamp_failures_total ").contains { $0 >= 1 })
+        #expect(c.log(1).contains("failed (database busy"), "\(c.log(1).suffix(2000))")
+        #expect(!c.log(1).contains("replication stopped"))
+    }
+
     /// The seeds' procedure: stop a node, `-cleanup`, let the application write while capture is absent, restart.
     /// Nothing is lost: the row written meanwhile reaches the other node, and the other node's newer writes win
     /// over this node's copies (captured again with versions below any real write). With a log trimmed past the

@@ -53,6 +53,24 @@ struct HealthReportTests {
         #expect(HealthReport.evaluate(r, watch: watch, nowMs: 3 * stallMs + 500, stallMs: stallMs).shards.first?.state == "stalled")
     }
 
+    /// Stamping that keeps failing (an application's long transaction) leaves local writes unsendable: retried
+    /// quietly for stall_seconds, then 503 with SQLite's reason, and healthy again at the next stamp.
+    @Test func stampsThatKeepFailingTurnUnhealthyWithTheReason() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        var r = readings()
+        r.pendingChanges = 3
+        for at in stride(from: Int64(1_000), through: stallMs + 1_000, by: 250) {
+            watch.record(.stampFailed(queued: 3, error: "database busy (another connection holds the lock): database is locked", retryInMs: 250), nowMs: at)
+        }
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: stallMs, stallMs: stallMs).healthy)
+        let report = HealthReport.evaluate(r, watch: watch, nowMs: stallMs + 1_000, stallMs: stallMs)
+        #expect(report.reasons == ["local writes have not been stamped for 60 s, so they cannot be sent (database busy (another connection holds "
+                                   + "the lock): database is locked): another connection holds SQLite's write lock (a long transaction), or the "
+                                   + "disk is full or failing"])
+        watch.record(.localChangesStamped(StampedChanges(firstQueueID: 1, lastQueueID: 3, count: 3, hlcs: [:])), nowMs: stallMs + 1_500)
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: stallMs + 2_000, stallMs: stallMs).healthy)
+    }
+
     @Test func aSchemaPauseTurnsUnhealthyAfterStallSecondsAndSaysWhatToDo() {
         var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
         watch.record(.schemaPaused(shard: 2, sequence: 11, table: "t", remoteHash: "x"), nowMs: 1_000)
