@@ -45,7 +45,9 @@ public final class PullSubscription: @unchecked Sendable {
     /// Blocks up to timeoutMs; returns [] on timeout. Returns early with fewer than `batch` messages
     /// when the server has no more right now. Never returns more than `batch`: anything beyond waits on the
     /// inbox for the next call. Not for concurrent use from several threads.
-    public func fetch(batch: Int, timeoutMs: Int64) throws -> [FetchedMessage] {
+    /// `maxBytes`: the server sends at most that many bytes of messages per request (JetStream's `max_bytes`), so a
+    /// batch of large messages cannot fill the caller's memory; a single message above it still comes, alone.
+    public func fetch(batch: Int, timeoutMs: Int64, maxBytes: Int? = nil) throws -> [FetchedMessage] {
         guard batch > 0, timeoutMs > 0 else {
             throw NATSError.usage("fetching from \(what): batch (\(batch)) and timeoutMs (\(timeoutMs)) must be positive")
         }
@@ -72,6 +74,7 @@ public final class PullSubscription: @unchecked Sendable {
         // ask again and wait for the first message up to the deadline (as libnats' simple fetch does).
         var noWait = batch - result.count > 1
         var sendRequest = true
+        var bytesLimit = maxBytes
         while result.count < batch {
             let now = DispatchTime.now().uptimeNanoseconds
             guard now < deadline else { break }
@@ -79,7 +82,8 @@ public final class PullSubscription: @unchecked Sendable {
             guard remainingMs > 0 else { break }
             if sendRequest {
                 sendRequest = false
-                try sendPullRequest(batch: batch - result.count, expiresMs: remainingMs, noWait: noWait)
+                try sendPullRequest(batch: bytesLimit == nil && maxBytes != nil ? 1 : batch - result.count, expiresMs: remainingMs,
+                                    noWait: noWait, maxBytes: bytesLimit)
             }
             guard let item = try next(held, waitMs: remainingMs) else { break }
             switch item {
@@ -95,6 +99,14 @@ public final class PullSubscription: @unchecked Sendable {
                 }
                 return result
             case .requestEnded:
+                return result
+            case .maxBytesReached:
+                // The next message alone is larger than the limit: ask for it by itself, without one.
+                if result.isEmpty && bytesLimit != nil {
+                    bytesLimit = nil
+                    sendRequest = true
+                    continue
+                }
                 return result
             case .failed(let text):
                 if result.isEmpty { throw NATSError.usage("fetching up to \(batch) messages from \(what): \(text)") }
@@ -121,6 +133,8 @@ public final class PullSubscription: @unchecked Sendable {
         case noMessages
         /// 408 or 409 "... Completed": a request expired or was fulfilled.
         case requestEnded
+        /// 409 "Message Size Exceeds MaxBytes": the request's `max_bytes` is used up, or the next message alone is larger.
+        case maxBytesReached
         /// Anything else: the consumer was deleted, too many waiting requests, no JetStream (503)...
         case failed(String)
     }
@@ -154,6 +168,7 @@ public final class PullSubscription: @unchecked Sendable {
         case "404": return .noMessages
         case "408": return .requestEnded
         case "409" where text.lowercased().contains("completed"): return .requestEnded
+        case "409" where text.lowercased().contains("maxbytes"): return .maxBytesReached
         case "": return .failed("a message without JetStream metadata arrived on the consumer's inbox")
         default: return .failed("the server answered \(status) \(text)")
         }
@@ -161,11 +176,12 @@ public final class PullSubscription: @unchecked Sendable {
 
     /// One pull request answered on this subscription's inbox (internal so tests can leave one unclaimed, as a fetch
     /// that gave up does).
-    func sendPullRequest(batch: Int, expiresMs: Int64, noWait: Bool) throws {
+    func sendPullRequest(batch: Int, expiresMs: Int64, noWait: Bool, maxBytes: Int? = nil) throws {
         // Expire a little before our own deadline so the server's answer is not left for the next fetch.
         let expiresNs = (expiresMs >= 20 ? expiresMs - 10 : expiresMs) * 1_000_000
         var body = "{\"batch\":\(batch),\"expires\":\(expiresNs)"
         if noWait { body += ",\"no_wait\":true" }
+        if let maxBytes { body += ",\"max_bytes\":\(maxBytes)" }
         body += "}"
         try connection.withHandle { nc in
             let s = body.withCString { natsConnection_PublishRequestString(nc, requestSubject, inboxSubject, $0) }

@@ -46,7 +46,7 @@ extension LiveNode {
         while !stopped.load(ordering: .relaxed) && !stop.raised {
             let batch: [FetchedMessage]
             do {
-                batch = try subscription.fetch(batch: 256, timeoutMs: 250)
+                batch = try subscription.fetch(batch: 256, timeoutMs: 250, maxBytes: Self.fetchBytesMax)
             } catch {
                 if stopped.load(ordering: .relaxed) || stop.raised { return }
                 if consumerIsGone(shard: shard) {
@@ -98,6 +98,10 @@ extension LiveNode {
     /// Payload bytes applied in one transaction at most (always at least one message): a few hundred small rows,
     /// some 10-30 ms of work, which is what a hint may have to wait for.
     static let applyChunkBytesMax = 32 * 1024
+    /// At most this many bytes of messages per fetch: a node busy with its own bulk load held 256 of its echoed bulk
+    /// messages per shard while it caught up, 15 MB at 4 shards (heaptrack, `harmonybench live --rows 1000000`), and
+    /// went past the 64 MiB budget; 1 MiB is still about 80 bulk messages a fetch.
+    static let fetchBytesMax = 1 << 20
 
     /// Consecutive index ranges of at most `bytesMax` bytes each (a larger message alone).
     static func applyChunks(_ sizes: [Int], bytesMax: Int) -> [Range<Int>] {

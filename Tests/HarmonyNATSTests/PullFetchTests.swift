@@ -102,4 +102,39 @@ struct PullFetchTests {
         #expect(after.sizes.allSatisfy { $0 <= 32 }, "fetch sizes \(after.sizes)")
         #expect(after.seen == Set((101...1_100).map { UInt64($0) }), "\(after.seen.count) of 1000 after the heal")
     }
+    /// A node catching up on large messages must not hold a whole batch of them: with `maxBytes` each fetch holds at
+    /// most that many bytes, in stream order, and a message larger than the limit still arrives (alone), never stuck.
+    @Test("a fetch with maxBytes stays within it, and a message above it still arrives")
+    func fetchesStayWithinMaxBytes() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let (connection, js) = try connect(server.url, name: "bytes")
+        defer { js.close(); connection.close() }
+        _ = try js.ensureStream(name: "pile", subjects: ["pile.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        let sub = try js.pullSubscribe(stream: "pile", subject: "pile.>", durable: "bytes", startSequence: 0,
+                                       ackWaitMs: 30_000, maxAckPending: 10_000)
+        defer { sub.close() }
+        let sizes = [100_000, 100_000, 100_000, 100_000, 100_000, 450_000, 100_000, 100_000, 20_000, 20_000]
+        for (i, size) in sizes.enumerated() {
+            try js.publishAsync(subject: "pile.a", payload: Array(repeating: UInt8(i), count: size), messageID: "b\(i)")
+        }
+        try js.waitForPublishes(timeoutMs: 10_000)
+
+        var fetched: [[Int]] = []
+        var seen: [UInt64] = []
+        let deadline = Date().addingTimeInterval(20)
+        while seen.count < sizes.count && Date() < deadline {
+            let got = try sub.fetch(batch: 256, timeoutMs: 500, maxBytes: 250_000)
+            if got.isEmpty { continue }
+            fetched.append(got.map(\.payload.count))
+            for m in got {
+                seen.append(m.streamSequence)
+                try m.ack()
+            }
+        }
+        #expect(seen == (1...UInt64(sizes.count)).map { $0 }, "\(seen)")
+        #expect(fetched.allSatisfy { $0.count == 1 || $0.reduce(0, +) <= 250_000 }, "\(fetched)")
+        #expect(fetched.contains([450_000]), "\(fetched)")
+        #expect(fetched.count >= 5, "\(fetched)")  // 1,190,000 bytes, 250,000 a fetch at most
+    }
 }
