@@ -16,6 +16,15 @@ struct PullFetchTests {
         return (connection, try connection.jetStream { _ in })
     }
 
+    /// A connection to `server`, the stream "pile" and a durable pull consumer on it.
+    private func openPile(on server: NATSTestServer, durable: String) throws -> (NATSConnection, JetStream, PullSubscription) {
+        let (connection, js) = try connect(server.url, name: durable)
+        _ = try js.ensureStream(name: "pile", subjects: ["pile.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        let sub = try js.pullSubscribe(stream: "pile", subject: "pile.>", durable: durable, startSequence: 0,
+                                       ackWaitMs: 30_000, maxAckPending: 10_000)
+        return (connection, js, sub)
+    }
+
     private func publish(_ js: JetStream, count: Int, from first: Int) throws {
         for i in first..<(first + count) {
             try js.publishAsync(subject: "pile.a", payload: Array("m\(i)".utf8), messageID: "m\(i)")
@@ -43,12 +52,8 @@ struct PullFetchTests {
     func leftoversAndAPileStayWithinTheBatch() throws {
         let server = try NATSTestServer.start()
         defer { server.stop() }
-        let (connection, js) = try connect(server.url, name: "pile")
-        defer { js.close(); connection.close() }
-        _ = try js.ensureStream(name: "pile", subjects: ["pile.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
-        let sub = try js.pullSubscribe(stream: "pile", subject: "pile.>", durable: "pile", startSequence: 0,
-                                       ackWaitMs: 30_000, maxAckPending: 10_000)
-        defer { sub.close() }
+        let (connection, js, sub) = try openPile(on: server, durable: "pile")
+        defer { sub.close(); js.close(); connection.close() }
 
         for round in 0..<5 {
             let base = round * 215
@@ -102,18 +107,15 @@ struct PullFetchTests {
         #expect(after.sizes.allSatisfy { $0 <= 32 }, "fetch sizes \(after.sizes)")
         #expect(after.seen == Set((101...1_100).map { UInt64($0) }), "\(after.seen.count) of 1000 after the heal")
     }
+
     /// A node catching up on large messages must not hold a whole batch of them: with `maxBytes` each fetch holds at
     /// most that many bytes, in stream order, and a message larger than the limit still arrives (alone), never stuck.
     @Test("a fetch with maxBytes stays within it, and a message above it still arrives")
     func fetchesStayWithinMaxBytes() throws {
         let server = try NATSTestServer.start()
         defer { server.stop() }
-        let (connection, js) = try connect(server.url, name: "bytes")
-        defer { js.close(); connection.close() }
-        _ = try js.ensureStream(name: "pile", subjects: ["pile.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
-        let sub = try js.pullSubscribe(stream: "pile", subject: "pile.>", durable: "bytes", startSequence: 0,
-                                       ackWaitMs: 30_000, maxAckPending: 10_000)
-        defer { sub.close() }
+        let (connection, js, sub) = try openPile(on: server, durable: "bytes")
+        defer { sub.close(); js.close(); connection.close() }
         let sizes = [100_000, 100_000, 100_000, 100_000, 100_000, 450_000, 100_000, 100_000, 20_000, 20_000]
         for (i, size) in sizes.enumerated() {
             try js.publishAsync(subject: "pile.a", payload: Array(repeating: UInt8(i), count: size), messageID: "b\(i)")
