@@ -134,6 +134,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case snapshotFailed(reason: String)
     case applyBatchFailed(shard: Int, error: String)
     case cleanedUp(rows: Int)
+    /// Deleting published change-log rows failed (busy, disk full, I/O): they stay, and it is tried again after
+    /// `retryInMs`.
+    case cleanupFailed(error: String, retryInMs: Int64)
     /// A bulk import's local writes are stamped a batch at a time; changes from other nodes wait until it is done.
     case stampingBulkImport(queued: Int64)
     /// Stamping the queued local writes failed (another connection held SQLite's write lock past the busy timeout,

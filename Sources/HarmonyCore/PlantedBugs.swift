@@ -88,8 +88,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// After a bulk import's stamping, the priority lane sends only the newest few of the small writes stamped behind
     /// it, and leaves the rest to the scan, behind the whole import.
     public static let laneTakesNewestOnly = PlantedBugs(rawValue: 1 << 58)
-    /// Let a stamp that meets a held write lock or a full disk throw out of the core, which then restarts (and meets
-    /// the same lock) instead of trying again after a pause.
+    /// Let a stamp or a cleanup that meets a held write lock or a full disk throw out of the core, which then restarts
+    /// (and meets the same lock) instead of trying again after a pause.
     public static let stampFailureRestartsCore = PlantedBugs(rawValue: 1 << 59)
     /// Send rows of any generation of a renamed table's old name to its new name, even those of a table made again
     /// under the old name and dropped since.

@@ -63,6 +63,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "snapshot failed: \(reason)"
         case .applyBatchFailed(let shard, let error):
             return "shard \(shard): applying a batch failed (\(error)); nothing was applied and it is asked for again"
+        case .cleanupFailed(let error, let retryInMs):
+            return "deleting published change-log rows failed (\(error)); they stay, and it is tried again in \(retryInMs) ms"
         case .cleanedUp(let rows):
             return "deleted \(rows) published change-log row(s)"
         case .stampingBulkImport(let queued):

@@ -466,7 +466,8 @@ extension ReplicationNode {
         let db = requireDatabase()
         let global = quoteIdentifier(Bookkeeping.globalLog)
         let condition = config.publish ? "state = 1" : "1"
-        let (removed, more): (Int, Bool) = try db.transaction(.immediate) {
+        let cleaned: (removed: Int, more: Bool)
+        do { cleaned = try db.transaction(.immediate) {
             let maxID = try newestChangeLogID(db)
             guard maxID > 0 else { return (0, false) }  // ids start at 1: an empty log
             // The newest entry always stays: its id is where the next one continues.
@@ -485,9 +486,17 @@ extension ReplicationNode {
             }
             try db.execute("DELETE FROM \(global) WHERE \(condition) AND id < ?", [.integer(below)])
             return (db.changes, batchEnd != nil && batchEnd! + 1 < maxID)
+        } } catch let error as SQLiteError where error.isTransientStorageFailure && !config.plantedBugs.contains(.stampFailureRestartsCore) {
+            // As for a stamp: an application's long transaction or a full disk. The published rows stay until the
+            // next cleanup; pause rather than restart the core, which would meet the same lock.
+            let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs
+            env.events?.record(.cleanupFailed(error: "\(error.storageFailureSummary): \(error.description)", retryInMs: delayMs))
+            cleanupUnfinished = true
+            pauseBookkeeping(forMs: delayMs)
+            return
         }
-        if removed > 0 { env.events?.record(.cleanedUp(rows: removed)) }
-        if more {
+        if cleaned.removed > 0 { env.events?.record(.cleanedUp(rows: cleaned.removed)) }
+        if cleaned.more {
             cleanupUnfinished = true
             pauseBookkeeping()
         }

@@ -127,7 +127,7 @@ final class LiveEvents: ReplicationEventSink {
             if let line = repeats.admit("\(event) (\(reason))", key: "publish failed", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .discarded(_, _, let table):
             if let line = repeats.admit("\(event)", key: "discarded \(table)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
-        case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed, .stampFailed:
+        case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed, .stampFailed, .cleanupFailed:
             if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .snapshotTaken(let name):
             log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")", metadata: event.logMetadata)

@@ -151,6 +151,19 @@ struct PublishAndGateTests {
         for timer in c.clocks[0].advance(byMs: 250) { try c.nodes[0].timerFired(timer) }
         try c.publish(0)
         #expect(try c.pendingChanges(0) == 0)
+
+        // The periodic cleanup of published rows meeting the lock: the same; the rows go at the retry.
+        let global = quoteIdentifier(Bookkeeping.globalLog)
+        #expect(try c.rows(0, "SELECT count(*) > 1 FROM \(global)") == [[1]])
+        #expect(!c.nodes[0].bookkeepingPaused)
+        try c.apps[0].execute("BEGIN IMMEDIATE")
+        try c.nodes[0].timerFired(.cleanup)
+        #expect(c.events[0].events.contains { if case .cleanupFailed(let e, 250) = $0 { return e.contains("busy") } else { return false } })
+        try c.apps[0].execute("COMMIT")
+        for _ in 0..<20 where try c.rows(0, "SELECT count(*) FROM \(global)") != [[1]] {
+            for timer in c.clocks[0].advance(byMs: 250) { try c.nodes[0].timerFired(timer) }
+        }
+        #expect(try c.rows(0, "SELECT count(*) FROM \(global)") == [[1]])  // the newest entry always stays
     }
 
     @Test func failedPublishIsRetriedWithTheSameMessageID() throws {

@@ -237,7 +237,13 @@ struct OperationsEndToEndTests {
         holder.waitUntilExit()
         #expect(holder.terminationStatus == 0)
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "2001\n", timeoutSeconds: 60)
-        try waitUntil("node 1 is healthy again", timeoutSeconds: 10) { (try? httpGet(port: metricsPorts[0], path: "/health"))?.status == 200 }
+        var lastHealth = ""
+        let healthy = (try? waitUntil("node 1 is healthy again", timeoutSeconds: 30) {
+            guard let health = try? httpGet(port: metricsPorts[0], path: "/health") else { return false }
+            lastHealth = health.body
+            return health.status == 200
+        }) != nil
+        #expect(healthy, "\(lastHealth)")
         let metrics = try httpGet(port: metricsPorts[0], path: "/metrics").body
         #expect(metricValues(metrics, "harmonylite_core_restarts_total ") == [0])
         #expect(metricValues(metrics, "harmonylite_stamp_failures_total ").contains { $0 >= 1 })
