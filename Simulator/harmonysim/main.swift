@@ -280,8 +280,8 @@ struct PlantedBugsCommand: ParsableCommand {
     /// restore-without-clock-advance needs a write right after a restore whose snapshot came from a node with a faster
     /// clock (2 of seeds 1..60); SnapshotTests.aWriteAfterARestoreIsNewerThanEverythingRestored makes one every time.
     /// drop-and-add-read-as-rename needs a DROP and an ADD of the same type on one table while that node's sidecar is
-    /// down, then a concurrent ALTER elsewhere (seeds 178 and 264 of 1..400; 34 and 95 before a failed stamp was tried
-    /// again in place instead of restarting the core, which moved every later fault);
+    /// down, then a concurrent ALTER elsewhere (seed 264 is the first; 178 and 264 of 1..400 while only a failed stamp
+    /// was tried again in place, 34 and 95 before either a stamp or a cleanup was: each moved every later fault);
     /// DDLTests.aDropAndAnAddOfTheSameDefinitionAreNotARename makes one every time.
     /// apply-newer-definition-stripped showed in seeds 1..20 only through DROP-plus-ADD pairs read as renames; read as
     /// what they are, the first seed that catches it is 35.
