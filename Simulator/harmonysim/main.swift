@@ -269,6 +269,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("alias-any-generation", "ddl.toml"),
         ("rename-keeps-rows-local", "ddl.toml"),
         ("hole-repair-without-resend", "hole-repair.toml"),
+        ("echoes-survive-restore", "snapshot-faults.toml"),
     ]
 
     /// Bugs whose scenario shows them only in rarer schedules: searched up to this seed whatever `--seeds` says
@@ -285,13 +286,15 @@ struct PlantedBugsCommand: ParsableCommand {
     /// DDLTests.aDropAndAnAddOfTheSameDefinitionAreNotARename makes one every time.
     /// apply-newer-definition-stripped showed in seeds 1..20 only through DROP-plus-ADD pairs read as renames; read as
     /// what they are, the first seed that catches it is 35.
+    /// echoes-survive-restore needs a node to restore a snapshot while a message it sent before is still on its way
+    /// back (seeds 24 and 27 of 1..30 catch it); EchoTests.ownMessagesApplyAgainAfterARestore makes one every time.
     /// apply-stamps-one-batch needs a change from another node to arrive for a key an import still holds unstamped
     /// and newer (seed 15 is the first); BulkImportTests.changesFromOtherNodesWaitUntilTheImportIsStamped makes one
     /// every time.
     static let atLeastSeeds: [String: UInt64] = ["alias-any-generation": 100, "rename-keeps-rows-local": 60,
                                                  "ddl-storage-failure-is-refusal": 400, "restore-without-clock-advance": 60,
                                                  "drop-and-add-read-as-rename": 300, "apply-newer-definition-stripped": 60,
-                                                 "apply-stamps-one-batch": 60]
+                                                 "apply-stamps-one-batch": 60, "echoes-survive-restore": 60]
 
     func run() throws {
         let requested = try parseSeeds(seeds)

@@ -92,6 +92,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case markPublishedFailed(count: Int, error: String)
     case applied(shard: Int, sequence: UInt64, table: String, version: RowVersion, won: Bool)
     case duplicate(shard: Int, sequence: UInt64)
+    /// This node's own messages back from the log, consumed without being applied: the database already holds what
+    /// they carry (`OwnEchoes`).
+    case echoesConsumed(shard: Int, messages: Int)
     /// A message applied ahead of its turn (`hintArrived`): its changes, and the versions of those that won.
     case hintApplied(shard: Int, sequence: UInt64, changes: Int, won: [RowVersion])
     case parked(shard: Int, sequence: UInt64, reason: String)

@@ -91,6 +91,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Let a stamp or a cleanup that meets a held write lock or a full disk throw out of the core, which then restarts
     /// (and meets the same lock) instead of trying again after a pause.
     public static let stampFailureRestartsCore = PlantedBugs(rawValue: 1 << 59)
+    /// A snapshot restore keeps the remembered own messages, so one sent before it is skipped after it although the
+    /// restored rows are older than what it carries.
+    public static let echoesSurviveRestore = PlantedBugs(rawValue: 1 << 60)
     /// Send rows of any generation of a renamed table's old name to its new name, even those of a table made again
     /// under the old name and dropped since.
     public static let aliasAnyGeneration = PlantedBugs(rawValue: 1 << 36)
@@ -179,6 +182,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("lane-moves-scan-cursor", .laneMovesScanCursor),
         ("lane-takes-newest-only", .laneTakesNewestOnly),
         ("stamp-failure-restarts-core", .stampFailureRestartsCore),
+        ("echoes-survive-restore", .echoesSurviveRestore),
         ("alias-any-generation", .aliasAnyGeneration),
         ("rename-keeps-rows-local", .renameKeepsRowsLocal),
         ("definitions-in-log-order", .definitionsInLogOrder),

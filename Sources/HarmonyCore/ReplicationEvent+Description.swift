@@ -69,6 +69,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "deleted \(rows) published change-log row(s)"
         case .stampingBulkImport(let queued):
             return "\(queued) local writes are queued (a bulk import): they get their versions a batch at a time, leaving SQLite's write lock to applications in between; changes from other nodes apply once that is done"
+        case .echoesConsumed(let shard, let messages):
+            return "shard \(shard): \(messages) of this node's own message(s) came back from the log and were consumed without applying them (this database already holds them)"
         case .stampFailed(let queued, let error, let retryInMs):
             return "stamping \(queued) queued local write(s) failed (\(error)); they stay queued, unsent, and the stamp is tried again in \(retryInMs) ms"
         case .localChangesStamped(let stamped):

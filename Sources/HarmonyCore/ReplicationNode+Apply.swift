@@ -35,8 +35,9 @@ extension ReplicationNode {
                 applyHeldForStamping = true
                 env.events?.record(.stampingBulkImport(queued: try queuedWrites(db)))
             }
+            let consumed = try consumeLeadingEchoes(db, shard: shard, ordered, from: start)
             try stampLocalChangesIfQueued()
-            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
+            for m in ordered where m.sequence > consumed { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
             return
         }
         applyHeldForStamping = false
@@ -49,6 +50,7 @@ extension ReplicationNode {
         var lookedAhead = false
         var definitionsAppliedAhead = false
         var events: [ReplicationEvent] = []
+        var echoes: [OwnEchoes.Key] = []
         if config.plantedBugs.contains(.checkpointOutsideApplyTransaction), let last = ordered.last, last.sequence > start {
             try saveCheckpoint(db, shard: shard, sequence: last.sequence)
             try crashPoint(.afterCheckpointBeforeApply)
@@ -78,6 +80,12 @@ extension ReplicationNode {
                         gapSeen = true
                         events.append(.gap(shard: shard, expected: next, got: message.sequence))
                         naks.append((message.sequence, config.retryDelayMs))
+                        continue
+                    }
+                    if pausedAt == nil, pausedShards[shard] == nil, let echo = ownEchoes.match(message.payload) {
+                        echoes.append(echo)
+                        acks.append(message.sequence)
+                        next += 1
                         continue
                     }
                     preExistingTableMissing = nil
@@ -130,6 +138,8 @@ extension ReplicationNode {
         }
         precondition(next - 1 >= start, "checkpoint of shard \(shard) moved back from \(start) to \(next - 1)")
         checkpoints[shard] = next - 1
+        for echo in echoes { ownEchoes.remove(echo) }
+        if !echoes.isEmpty { events.append(.echoesConsumed(shard: shard, messages: echoes.count)) }
         try crashPoint(.afterApplyCommitBeforeAck)
         if let pausedAt {
             if pausedShards[shard] == nil { env.clock.schedule(.schemaCheck, afterMs: config.schemaCheckIntervalMs) }

@@ -260,8 +260,9 @@ extension ReplicationNode {
         if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished(batch.ids) }
         guard payload.count > partBytesMax else {
             // A small commit of user rows may skip ahead of a receiver's backlog; definitions and requests never do.
-            let hint = offered && config.hints && payload.count <= config.hintBytesMax
-                && batch.records.allSatisfy { !$0.table.hasPrefix(Bookkeeping.prefix) }
+            let userRowsOnly = batch.records.allSatisfy { !$0.table.hasPrefix(Bookkeeping.prefix) }
+            let hint = offered && config.hints && payload.count <= config.hintBytesMax && userRowsOnly
+            if userRowsOnly && config.replicate { ownEchoes.insert(payload) }
             env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token, hint: hint))
             try crashPoint(.afterPublishHandoff)
             return

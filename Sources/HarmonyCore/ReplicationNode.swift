@@ -52,6 +52,8 @@ public final class ReplicationNode {
 
     // Publishing state.
     var inFlight: Set<Int64> = []
+    /// Messages of user rows this core sent and has not had back from the log yet (see `OwnEchoes`).
+    var ownEchoes = OwnEchoes()
     /// Batched publishes: the token a message was sent with -> every change-log row it carries.
     var batchMembers: [Int64: [Int64]] = [:]
     /// Split messages: each part's token -> the whole message's token, and per message the parts not yet acked.
@@ -167,6 +169,7 @@ public final class ReplicationNode {
         batchMembers.removeAll()
         partOwners.removeAll()
         partsUnacked.removeAll()
+        ownEchoes.removeAll()
         streamStateRequested.removeAll()
         snapshotAttempt = .idle
         database = nil

@@ -28,7 +28,7 @@ struct ProgressWatch: Sendable {
 
     mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
         switch event {
-        case .applied(let shard, _, _, _, _), .duplicate(let shard, _), .parked(let shard, _, _):
+        case .applied(let shard, _, _, _, _), .duplicate(let shard, _), .parked(let shard, _, _), .echoesConsumed(let shard, _):
             lastProgressMs[shard] = nowMs
         case .schemaPaused(let shard, _, _, _):
             if pausedSinceMs[shard] == nil { pausedSinceMs[shard] = nowMs }

@@ -13,7 +13,7 @@ final class NodeMetrics: Sendable {
     enum Count: Int, CaseIterable {
         case published, publishFailures, appliedWon, appliedLost, appliedEcho, duplicates, parked, schemaPauses, gaps
         case refused, discarded, schemaChanges, schemaChangeFailures, applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
-        case holeRepairs, repairRequests, hintsApplied, stampFailures
+        case holeRepairs, repairRequests, hintsApplied, stampFailures, echoesConsumed
 
         /// Name (after `harmonylite_`), label, help.
         var definition: (name: String, label: (String, String)?, help: String) {
@@ -41,6 +41,7 @@ final class NodeMetrics: Sendable {
             case .holeRepairs: return ("hole_repairs_total", nil, "Times this node skipped a hole in the log no snapshot could fill, and sent all its rows again.")
             case .repairRequests: return ("repair_requests_total", nil, "Other nodes' hole repairs this node answered by sending all its rows again.")
             case .stampFailures: return ("stamp_failures_total", nil, "Stamps of queued local writes that failed (busy, disk full, I/O) and were retried after a pause.")
+            case .echoesConsumed: return ("echo_messages_consumed_total", nil, "This node's own messages back from the log, consumed without applying them: the database already holds what they carry.")
             case .hintsApplied: return ("hints_applied_total", nil, "Small messages applied ahead of a backlog on their stream (their in-order copies then count as lost).")
             }
         }
@@ -106,6 +107,7 @@ final class NodeMetrics: Sendable {
                 if nowMs > 0 { replicationLagSeconds.record(Double(max(0, nowMs - version.physicalMs)) / 1000) }
             }
         case .duplicate: add(.duplicates)
+        case .echoesConsumed(_, let messages): add(.echoesConsumed, messages)
         case .hintApplied(_, _, _, let won):
             add(.hintsApplied)
             for version in won where version.node != nodeID && nowMs > 0 {

@@ -14,6 +14,7 @@ extension ReplicationEvent {
             return ["event": "applied", "shard": n(shard), "sequence": n(sequence), "table": .string(table),
                     "version": .string(version.description), "result": .string(won ? "won" : "lost")]
         case .duplicate(let shard, let sequence): return ["event": "duplicate", "shard": n(shard), "sequence": n(sequence)]
+        case .echoesConsumed(let shard, let messages): return ["event": "echoes_consumed", "shard": n(shard), "messages": n(messages)]
         case .hintApplied(let shard, let sequence, let changes, let won):
             return ["event": "hint_applied", "shard": n(shard), "sequence": n(sequence), "changes": n(changes), "won": n(won.count)]
         case .discarded(let shard, let sequence, let table):

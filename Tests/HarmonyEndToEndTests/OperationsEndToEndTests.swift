@@ -247,6 +247,8 @@ struct OperationsEndToEndTests {
         let metrics = try httpGet(port: metricsPorts[0], path: "/metrics").body
         #expect(metricValues(metrics, "harmonylite_core_restarts_total ") == [0])
         #expect(metricValues(metrics, "harmonylite_stamp_failures_total ").contains { $0 >= 1 })
+        // The import's own messages came back and were consumed without being applied a second time.
+        #expect(metricValues(metrics, "harmonylite_echo_messages_consumed_total ").contains { $0 >= 1 })
         #expect(c.log(1).contains("failed (database busy"), "\(c.log(1).suffix(2000))")
         #expect(!c.log(1).contains("replication stopped"))
     }

@@ -1,0 +1,108 @@
+import HarmonySQLite
+
+/// This node's own messages, remembered by their bytes from the moment they are sent until the log delivers them
+/// back, so the copy each node also receives of its own writes is consumed without being decoded or applied.
+///
+/// Safe because such a message carries rows read from this database at publish time, at their current versions;
+/// last-writer-wins can only have kept them or something newer since, so applying it would change nothing. The one
+/// step that can take a row back to something older is a snapshot restore, which forgets every entry (`removeAll`);
+/// a new core starts with none. Only messages of user rows are remembered: definitions and requests, and messages
+/// sent in parts, take the full path. Before this, a node loading a million rows spent a fifth of its CPU applying
+/// its own rows a second time, and held them (fetched again and again) while an import was stamped.
+struct OwnEchoes {
+    /// Length and two independent 64-bit mixes of a payload: never stored, compared only within one process.
+    struct Key: Hashable {
+        var bytes: Int
+        var a: UInt64
+        var b: UInt64
+    }
+
+    /// Entries kept at most; beyond that the oldest half is forgotten (those messages are then applied as before).
+    static let capacity = 65_536
+
+    private var serials: [Key: Int] = [:]
+    /// How many entries have each payload length: a delivery of another length is not hashed at all.
+    private var lengths: [Int: Int] = [:]
+    private var nextSerial = 0
+
+    var count: Int { serials.count }
+
+    static func key(_ payload: [UInt8]) -> Key {
+        var a: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(payload.count)
+        var b: UInt64 = 0xC2B2_AE3D_27D4_EB4F &+ UInt64(payload.count)
+        payload.withUnsafeBytes { raw in
+            var i = 0
+            while i + 8 <= raw.count {
+                let word = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                a = (a ^ word) &* 0x0000_0100_0000_01B3
+                a ^= a >> 29
+                b = (b &+ word) &* 0xFF51_AFD7_ED55_8CCD
+                b ^= b >> 33
+                i += 8
+            }
+            var tail: UInt64 = 0x80
+            while i < raw.count {
+                tail = tail << 8 | UInt64(raw[i])
+                i += 1
+            }
+            a = (a ^ tail) &* 0x0000_0100_0000_01B3
+            a ^= a >> 31
+            b = (b &+ tail) &* 0xFF51_AFD7_ED55_8CCD
+            b ^= b >> 33
+        }
+        return Key(bytes: payload.count, a: a, b: b)
+    }
+
+    mutating func insert(_ payload: [UInt8]) {
+        let key = Self.key(payload)
+        if serials.updateValue(nextSerial, forKey: key) == nil { lengths[key.bytes, default: 0] += 1 }
+        nextSerial += 1
+        if serials.count > Self.capacity {
+            let oldestKept = nextSerial - Self.capacity / 2
+            for (key, serial) in serials where serial < oldestKept { remove(key) }
+        }
+    }
+
+    /// The payload's key if this node sent exactly these bytes and has not seen them back yet.
+    func match(_ payload: [UInt8]) -> Key? {
+        guard lengths[payload.count] != nil else { return nil }
+        let key = Self.key(payload)
+        return serials[key] == nil ? nil : key
+    }
+
+    mutating func remove(_ key: Key) {
+        guard serials.removeValue(forKey: key) != nil else { return }
+        if let n = lengths[key.bytes], n > 1 { lengths[key.bytes] = n - 1 } else { lengths[key.bytes] = nil }
+    }
+
+    mutating func removeAll() {
+        serials.removeAll()
+        lengths.removeAll()
+    }
+}
+
+extension ReplicationNode {
+    /// Consumes, without the stamp, the run of this node's own messages that starts right after the checkpoint,
+    /// while a bulk import holds every other delivery back (`messagesArrived`): they need no comparison with the
+    /// queued writes, and holding them only made the runtime fetch them again every `retryDelayMs`. Returns the
+    /// new checkpoint (unchanged when the run is empty or its checkpoint could not be written).
+    func consumeLeadingEchoes(_ db: Database, shard: Int, _ ordered: [IncomingMessage], from start: UInt64) throws -> UInt64 {
+        guard pausedShards[shard] == nil, ownEchoes.count > 0 else { return start }
+        var run: [(sequence: UInt64, key: OwnEchoes.Key)] = []
+        for message in ordered where message.sequence > start {
+            guard message.sequence == start + UInt64(run.count) + 1, let key = ownEchoes.match(message.payload) else { break }
+            run.append((message.sequence, key))
+        }
+        guard let last = run.last?.sequence else { return start }
+        do {
+            try writeTransaction(db, stamp: false) { try saveCheckpoint(db, shard: shard, sequence: last) }
+        } catch is SQLiteError {
+            return start  // asked for again with the rest
+        }
+        checkpoints[shard] = last
+        for entry in run { ownEchoes.remove(entry.key) }
+        env.events?.record(.echoesConsumed(shard: shard, messages: run.count))
+        for entry in run { env.log.ack(shard: shard, sequence: entry.sequence) }
+        return last
+    }
+}
