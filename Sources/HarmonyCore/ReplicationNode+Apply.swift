@@ -35,8 +35,15 @@ extension ReplicationNode {
                 applyHeldForStamping = true
                 env.events?.record(.stampingBulkImport(queued: try queuedWrites(db)))
             }
-            let consumed = try consumeLeadingEchoes(db, shard: shard, ordered, from: start)
-            try stampLocalChangesIfQueued()
+            let echoes = leadingEchoes(shard: shard, ordered, from: start)
+            var consumed = start
+            let committed = try stampLocalChangesIfQueued(alongside: echoes.last.map { last in
+                { db in try self.saveCheckpoint(db, shard: shard, sequence: last.sequence) }
+            })
+            if committed, let last = echoes.last?.sequence {
+                consumedEchoes(shard: shard, echoes)
+                consumed = last
+            }
             for m in ordered where m.sequence > consumed { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
             return
         }

@@ -82,27 +82,26 @@ struct OwnEchoes {
 }
 
 extension ReplicationNode {
-    /// Consumes, without the stamp, the run of this node's own messages that starts right after the checkpoint,
-    /// while a bulk import holds every other delivery back (`messagesArrived`): they need no comparison with the
-    /// queued writes, and holding them only made the runtime fetch them again every `retryDelayMs`. Returns the
-    /// new checkpoint (unchanged when the run is empty or its checkpoint could not be written).
-    func consumeLeadingEchoes(_ db: Database, shard: Int, _ ordered: [IncomingMessage], from start: UInt64) throws -> UInt64 {
-        guard pausedShards[shard] == nil, ownEchoes.count > 0 else { return start }
+    /// The run of this node's own messages that starts right after the checkpoint. While a bulk import holds every
+    /// other delivery back (`messagesArrived`), these are consumed in the import's next stamp transaction: they need
+    /// no comparison with the queued writes, and holding them only made the runtime fetch them again every
+    /// `retryDelayMs`. Riding on the stamp's transaction takes SQLite's write lock no more often than before.
+    func leadingEchoes(shard: Int, _ ordered: [IncomingMessage], from start: UInt64) -> [(sequence: UInt64, key: OwnEchoes.Key)] {
+        guard pausedShards[shard] == nil, ownEchoes.count > 0 else { return [] }
         var run: [(sequence: UInt64, key: OwnEchoes.Key)] = []
         for message in ordered where message.sequence > start {
             guard message.sequence == start + UInt64(run.count) + 1, let key = ownEchoes.match(message.payload) else { break }
             run.append((message.sequence, key))
         }
-        guard let last = run.last?.sequence else { return start }
-        do {
-            try writeTransaction(db, stamp: false) { try saveCheckpoint(db, shard: shard, sequence: last) }
-        } catch is SQLiteError {
-            return start  // asked for again with the rest
-        }
+        return run
+    }
+
+    /// After the transaction that saved the checkpoint past `run` committed.
+    func consumedEchoes(shard: Int, _ run: [(sequence: UInt64, key: OwnEchoes.Key)]) {
+        guard let last = run.last?.sequence else { return }
         checkpoints[shard] = last
         for entry in run { ownEchoes.remove(entry.key) }
         env.events?.record(.echoesConsumed(shard: shard, messages: run.count))
         for entry in run { env.log.ack(shard: shard, sequence: entry.sequence) }
-        return last
     }
 }

@@ -296,21 +296,26 @@ public final class ReplicationNode {
     /// At most `lockBatchRows` writes at a time: stamping a million-row import in one transaction held SQLite's write
     /// lock for seconds, and the application's next write waited (or failed with SQLITE_BUSY) all that time.
     /// `all`: the whole queue, pause or not (a capture install must find it empty).
-    func stampLocalChangesIfQueued(all: Bool = false) throws {
+    /// `alongside`: more to write in the stamp's transaction (own messages consumed during an import). Returns
+    /// whether a stamp transaction committed.
+    @discardableResult
+    func stampLocalChangesIfQueued(all: Bool = false, alongside: ((Database) throws -> Void)? = nil) throws -> Bool {
         let db = requireDatabase()
-        guard all || !bookkeepingPaused else { return }
+        guard all || !bookkeepingPaused else { return false }
         let queued = try queuedWrites(db)
-        guard queued > 0 else { return }
+        guard queued > 0 else { return false }
         // Read before the transaction: an application committing more than a batch between this read and BEGIN
         // would make an unsynced stamp stop short, and its batch could go out before the next synced commit (the
         // mark of what was published) makes the later writes durable. A window of microseconds, left open.
         let partial = !all && queued > Int64(config.lockBatchRows) && !config.plantedBugs.contains(.partialStampNotSynced)
         let synchronous = try db.scalar("PRAGMA synchronous")?.int64 ?? 2
-        let lowered = synchronous > 1 && !partial
+        // A checkpoint written alongside is acknowledged right after: it must survive a power cut.
+        let lowered = synchronous > 1 && !partial && alongside == nil
         if lowered { try db.execute("PRAGMA synchronous = NORMAL") }
         defer { if lowered { try? db.execute("PRAGMA synchronous = \(synchronous)") } }
         do {
-            try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) {}
+            try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) { try alongside?(db) }
+            return true
         } catch let error as SQLiteError where error.isTransientStorageFailure && !all && !config.plantedBugs.contains(.stampFailureRestartsCore) {
             // An application holding the write lock past the busy timeout, or a full disk: the writes stay queued
             // and nothing was stamped. Try again after a pause rather than restart the core, which would meet the
@@ -318,6 +323,7 @@ public final class ReplicationNode {
             let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs
             env.events?.record(.stampFailed(queued: queued, error: "\(error.storageFailureSummary): \(error.description)", retryInMs: delayMs))
             pauseBookkeeping(forMs: delayMs)
+            return false
         }
     }
 
