@@ -7,8 +7,8 @@ import HarmonySQLite
 /// last-writer-wins can only have kept them or something newer since, so applying it would change nothing. The one
 /// step that can take a row back to something older is a snapshot restore, which forgets every entry (`removeAll`);
 /// a new core starts with none. Only messages of user rows are remembered: definitions and requests, and messages
-/// sent in parts, take the full path. Before this, a node loading a million rows spent a fifth of its CPU applying
-/// its own rows a second time, and held them (fetched again and again) while an import was stamped.
+/// sent in parts, take the full path. Before this, applying its own rows a second time cost a node 3.5–5.8 µs a
+/// row on the core alone, and while an import was stamped it held them (fetched again every `retryDelayMs`).
 struct OwnEchoes {
     /// Length and two independent 64-bit mixes of a payload: never stored, compared only within one process.
     struct Key: Hashable {
