@@ -30,7 +30,19 @@ struct LiveBench: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() throws { _ = try measure() }
+
+    /// What `calibrate` takes from a live run: the benchmark's own probes and watchers share the cores with the
+    /// nodes, so the cost model charges them (`observer_us_per_ms`).
+    struct Figures {
+        var rowsPerSecond: Double
+        /// CPU of this process beyond the loader's inserts, per millisecond of the bulk load's replication.
+        var observerUsPerMs: Double
+    }
+
+    /// Runs the benchmark; prints and writes the report unless `quiet`.
+    func measure(quiet: Bool = false) throws -> Figures {
+        let say: (String) -> Void = { if !quiet { print($0) } }
         let metricsPort = EmbeddedNATSServer.freePort()
         let cluster = try BenchCluster(nodes: 3, shards: shards,
                                        schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
@@ -42,7 +54,7 @@ struct LiveBench: ParsableCommand {
 
         var nextID: Int64 = 10_000_000
         let idle = try latencies(dbs, count: samples, nextID: &nextID)
-        print("idle latency: p50 \(msText(percentile(idle, 50))) ms, p99 \(msText(percentile(idle, 99))) ms")
+        say("idle latency: p50 \(msText(percentile(idle, 50))) ms, p99 \(msText(percentile(idle, 99))) ms")
 
         // Node 2's checkpoints sum to the messages the log delivered on every stream: messages per row.
         let messagesBefore = try loggedMessages(dbs[1])
@@ -51,8 +63,14 @@ struct LiveBench: ParsableCommand {
         let benchCPUBefore = Calibrate.cpuSeconds(getpid())
         let start = Date()
         let loaderDone = Mutex<Double?>(nil)
+        // The loader's own CPU, apart from the probes' and watchers': the application's share of this process.
+        let loaderCPU = Mutex<Double>(0)
         let loader = Thread {
-            defer { loaderDone.withLock { $0 = Date().timeIntervalSince(start) } }
+            let cpuStart = threadCPUSeconds()
+            defer {
+                loaderCPU.withLock { $0 = threadCPUSeconds() - cpuStart }
+                loaderDone.withLock { $0 = Date().timeIntervalSince(start) }
+            }
             do {
                 let db = try SQLiteOpener().open(path: "\(dir)/node1.db")
                 let insert = try db.prepare("INSERT INTO bench (id, name, value) VALUES (?, ?, ?)")
@@ -108,29 +126,36 @@ struct LiveBench: ParsableCommand {
         let cpuPerRow = zip(try cluster.cpuSeconds(), cpuBefore).map { ($0 - $1) / Double(rows) * 1e6 }
         let cpuText = cpuPerRow.map { String(format: "%.1f", $0) }.joined(separator: " / ")
         // This process shares the cores: the application's inserts (with capture triggers), probes and watchers.
-        let benchCPUText = String(format: "%.1f", (Calibrate.cpuSeconds(getpid()) - benchCPUBefore) / Double(rows) * 1e6)
+        let benchCPUSeconds = Calibrate.cpuSeconds(getpid()) - benchCPUBefore, window = Date().timeIntervalSince(start)
+        let benchCPU = benchCPUSeconds / Double(rows) * 1e6
+        let loaderCPUPerRow = loaderCPU.withLock { $0 } / Double(rows) * 1e6
+        let observerUsPerMs = (benchCPUSeconds - loaderCPU.withLock { $0 }) * 1e6 / (window * 1_000)
+        let benchCPUText = String(format: "%.1f (the application's inserts %.1f; probes and watchers %.1f, which is %.0f µs a millisecond)",
+                                  benchCPU, loaderCPUPerRow, benchCPU - loaderCPUPerRow, observerUsPerMs)
         try waitFor(seconds: 30, "node 2 to apply the probes") { try dbs[1].scalar("SELECT count(*) FROM bench WHERE id >= 10000000")?.int64 == nextID - 10_000_000 }
         let bulkMessages = try loggedMessages(dbs[1]) - messagesBefore - loaded.count
         let messagesPerRow = String(format: "%.4f", Double(bulkMessages) / Double(rows))
         let elapsed = done.max()!
         // Where the time goes: the application's own inserts (with capture triggers) versus replication behind them.
-        print(String(format: "loader committed everything at %.2f s; nodes complete at %@ s",
+        say(String(format: "loader committed everything at %.2f s; nodes complete at %@ s",
                      loaderDone.withLock { $0 } ?? .nan, done.map { String(format: "%.2f", $0) }.joined(separator: ", ")))
         let rate = Double(rows) / elapsed
         if loaded.isEmpty { loaded = [0] }
-        print(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
-        print("messages per bulk row: \(messagesPerRow) (\(bulkMessages) messages)")
-        print("CPU per bulk row, node 1 / 2 / 3 / nats-server: \(cpuText) µs; this benchmark (the application's inserts, probes, watchers): \(benchCPUText) µs")
-        print("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
+        say(String(format: "bulk: %d rows in %.2f s = %.0f rows/s end to end (every node has every row)", rows, elapsed, rate))
+        say("messages per bulk row: \(messagesPerRow) (\(bulkMessages) messages)")
+        say("CPU per bulk row, node 1 / 2 / 3 / nats-server: \(cpuText) µs; this benchmark: \(benchCPUText) µs")
+        say("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
         let toLog = watch.delays(\.onLog), toHint = watch.delays(\.hinted)
         if probeTimes { watch.printProbeTimes() }
-        print("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
-        print("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
+        say("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
+        say("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
         let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: metricsPort))
-        print("hints applied on node 2: \(hintsApplied)\(noHints ? " (hints off)" : "")")
+        say("hints applied on node 2: \(hintsApplied)\(noHints ? " (hints off)" : "")")
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
         let rss = cluster.peakRSSMegabytes()
-        print("peak RSS per node: \(rssText(rss))")
+        say("peak RSS per node: \(rssText(rss))")
+        let figures = Figures(rowsPerSecond: rate, observerUsPerMs: observerUsPerMs)
+        if quiet { return figures }
         let text = """
             # Live replication: throughput and visibility delay
 
@@ -158,10 +183,10 @@ struct LiveBench: ParsableCommand {
             | peak RSS per node (VmHWM) | \(rssText(rss)) | ≤ 64 MiB at 1M rows |
             | log messages per bulk row | \(messagesPerRow) | |
             | CPU per bulk row, node 1 / 2 / 3 / nats-server | \(cpuText) µs | |
-            | CPU per bulk row of this benchmark (the application's inserts, probes, watchers) | \(benchCPUText) µs | |
+            | CPU per bulk row of this benchmark | \(benchCPUText) µs | |
 
             """
-        print(text)
+        say(text)
         if let report {
             try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
             try """
@@ -174,6 +199,7 @@ struct LiveBench: ParsableCommand {
                  "messages_per_row": \(messagesPerRow), "cpu_us_per_row": [\(cpuPerRow.map { String(format: "%.2f", $0) }.joined(separator: ", "))], "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
+        return figures
     }
 
     /// Messages the log has delivered to this node on all its streams (its checkpoints are stream sequences).
@@ -200,13 +226,22 @@ struct LiveBench: ParsableCommand {
             do {
                 let db = try SQLiteOpener().open(path: node2)
                 let look = try db.prepare("SELECT id FROM bench WHERE id >= ? AND id < ?")
-                // Every millisecond, for probes not seen yet (a hint can show them out of order).
+                // Every millisecond, for probes not seen yet (a hint can show them out of order): from the lowest id
+                // not seen, so a look reads the few probes in flight, not every probe of the run.
+                var unseenFrom = first, seenAbove = Set<Int64>()
                 while !stopReading.withLock({ $0 }) {
                     let below = committedBelow.withLock { $0 }
                     let lookedAt = DispatchTime.now().uptimeNanoseconds
-                    for row in try look.query([.integer(first), .integer(below)]) {
-                        guard let id = row[0].int64 else { continue }
-                        firstSeen.withLock { if $0[id] == nil { $0[id] = lookedAt } }
+                    if unseenFrom < below {
+                        var seenNow: [Int64] = []
+                        for row in try look.query([.integer(unseenFrom), .integer(below)]) {
+                            if let id = row[0].int64, !seenAbove.contains(id) { seenNow.append(id) }
+                        }
+                        if !seenNow.isEmpty {
+                            firstSeen.withLock { for id in seenNow where $0[id] == nil { $0[id] = lookedAt } }
+                            seenAbove.formUnion(seenNow)
+                            while seenAbove.remove(unseenFrom) != nil { unseenFrom += 1 }
+                        }
                     }
                     usleep(1_000)
                 }
@@ -235,7 +270,10 @@ struct LiveBench: ParsableCommand {
                 committedBelow.withLock { $0 = nextID }
                 nextCommit = now + UInt64(intervalMs * 1e6)
             }
-            usleep(200)
+            // Until the next commit is due, at most 1 ms (waking every 0.2 ms cost the cores the nodes share).
+            let later = DispatchTime.now().uptimeNanoseconds
+            let untilNext = committing && nextCommit > later ? (nextCommit - later) / 1_000 : 1_000
+            usleep(UInt32(max(100, min(1_000, untilNext))))
         }
         // A probe can be seen a moment before its INSERT returned here: zero, not negative.
         return firstSeen.withLock { seen in
@@ -300,7 +338,10 @@ final class LogWatch: Sendable {
         func watch(_ subject: String, hinted: Bool, skip: Int) throws -> CoreSubscription {
             try connection.subscribe(subject: subject) { message in
                 let now = DispatchTime.now().uptimeNanoseconds
-                guard message.payload.count > skip, message.payload.count < 64 * 1024 else { return }  // probes travel alone or in small batches
+                // Probes travel alone or in small batches: decoding every bulk message (128 rows, about 14 KiB) cost
+                // this process about as much as decoding costs a receiving node. A probe inside a full message goes
+                // without a time here (the report gives how many probes got one).
+                guard message.payload.count > skip, message.payload.count < 4 * 1024 else { return }
                 let payload = Array(message.payload.dropFirst(skip))
                 guard !EnvelopeCodec.isPart(payload), let records = try? EnvelopeCodec.decodeAll(payload) else { return }
                 for r in records where r.table == "bench" {
@@ -342,4 +383,11 @@ final class LogWatch: Sendable {
         for s in subscriptions { s.close() }
         connection.close()
     }
+}
+
+/// CPU time the calling thread has used (user and system): one thread's share of this process.
+func threadCPUSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }
