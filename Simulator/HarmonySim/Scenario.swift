@@ -146,6 +146,9 @@ public struct CostModel: Sendable, Equatable {
     /// Marking a look's messages published when their acks come (one transaction): CPU, and wall time on top.
     public var ackFlushUs = 0.0
     public var ackFlushWaitUs = 0.0
+    /// CPU the live benchmark's own probes and watchers take per millisecond while a bulk load replicates (its
+    /// reader looks at a node every millisecond): they share the machine's cores with everything else.
+    public var observerUsPerMs = 0.0
     /// Messages per delivery (the live sidecar fetches 256).
     public var deliverBatch = 256
     /// Cores of the machine every process shares (the sidecars, the server and the application, as when a live

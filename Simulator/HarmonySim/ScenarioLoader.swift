@@ -148,7 +148,7 @@ public enum ScenarioLoader {
                                           "app_insert_row_us", "app_commit_us", "look_us", "look_wait_us", "ack_flush_us", "ack_flush_wait_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
                                           "publish_in_flight_max", "publish_ack_timeout_ms", "cores", "apply_own_change_us", "runtime_publish_change_us",
                                           "runtime_apply_change_us", "server_change_us", "runtime_publish_message_us",
-                                          "runtime_apply_message_us", "runtime_server_message_us"])
+                                          "runtime_apply_message_us", "runtime_server_message_us", "observer_us_per_ms"])
         func cost(_ key: String, _ value: Double) throws -> Double {
             guard let v = try t.double(key) ?? t.int(key).map(Double.init) else { return value }
             guard v >= 0, v < 1e9 else { throw t.error(at: key, "key '\(t.fullKey(key))' must be a cost from 0 up, got \(v)") }
@@ -177,6 +177,7 @@ public enum ScenarioLoader {
         m.runtimePublishMessageUs = try cost("runtime_publish_message_us", 0)
         m.runtimeApplyMessageUs = try cost("runtime_apply_message_us", 0)
         m.runtimeServerMessageUs = try cost("runtime_server_message_us", 0)
+        m.observerUsPerMs = try cost("observer_us_per_ms", 0)
         m.deliverBatch = try bounded(t, "deliver_batch", m.deliverBatch, 1...100_000)
         m.cores = try bounded(t, "cores", m.cores, 0...1024)
         _ = try cost("bytes_per_change", 0)  // informational: the simulator encodes with the real codec

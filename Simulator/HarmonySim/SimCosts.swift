@@ -73,10 +73,12 @@ extension Simulation {
         if message.hint, let handoff = nextHandoffUs(node) {
             let done = runAhead(node, cost, at: handoff)
             if stamps { lookStampEndUs[node] = done }
+            noteHintSent(message, atUs: done)
             return Self.ms(done)
         }
         let done = runJob(.sidecar(node), cost, waitUs: waitUs)
         if stamps { lookStampEndUs[node] = done }
+        if message.hint { noteHintSent(message, atUs: done) }
         // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
         if !message.hint {
             pageChanges[node, default: 0] += changes
@@ -86,6 +88,13 @@ extension Simulation {
             }
         }
         return Self.ms(done)
+    }
+
+    /// When each version first left its node in a hint: the sender's share of a write's lag, as `harmonybench live`
+    /// splits it (a plain subscriber on the hint subjects).
+    func noteHintSent(_ message: OutgoingMessage, atUs: Double) {
+        guard let records = try? EnvelopeCodec.decodeAll(message.payload) else { return }
+        for r in records where hintSentAtMs[r.version] == nil { hintSentAtMs[r.version] = Self.ms(atUs) }
     }
 
     /// With a cost model, when node `id`'s look at its database must wait: its sidecar is busy past now with no page
@@ -159,6 +168,7 @@ extension Simulation {
     func recordApplied(node: Int, _ version: RowVersion) {
         guard scenario.costs != nil, appliedAtMs[version]?[node] == nil else { return }
         appliedAtMs[version, default: [:]][node] = nowMs
+        if bulkVersions.contains(version) { bulkApplied[node, default: 0] += 1 }
     }
 
     /// One transaction of the bulk load on node 1: `bulkBatch` new keys above the workload's, then the next one
@@ -178,11 +188,21 @@ extension Simulation {
         push(.bulkStep(offset: offset + count), at: max(Self.ms(done), nowMs + 1))
     }
 
+    /// The live benchmark's probes and watchers, every millisecond until every node has the bulk load: they take
+    /// `observer_us_per_ms` of the cores the nodes share, as its reader looking at a node every millisecond does.
+    func observerTick() {
+        guard let costs = scenario.costs, costs.observerUsPerMs > 0 else { return }
+        let writer = nodes[0].id
+        guard nodes.contains(where: { $0.id != writer && bulkApplied[$0.id, default: 0] < scenario.bulkRows }) else { return }
+        _ = runJob(.observer, costs.observerUsPerMs)
+        push(.observerTick, at: nowMs + 1)
+    }
+
     /// What capacity planning reads from a run with a cost model.
     func capacityFigures() -> CapacityFigures? {
         guard scenario.costs != nil else { return nil }
-        var lags: [Double] = [], bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0
-        var probes: [(atMs: Int64, nextMs: Int64)] = []
+        var lags: [Double] = [], hintLags: [Double] = [], bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0
+        var probes: [(atMs: Int64, nextMs: Int64, hintMs: Int64?)] = []
         for w in history {
             let others = nodes.map(\.id).filter { $0 != w.node }
             let times = others.compactMap { appliedAtMs[w.version]?[$0] }
@@ -193,12 +213,15 @@ extension Simulation {
             } else {
                 // As the live benchmark measures: until the next node has it.
                 let next = w.node % nodes.count + 1
-                probes.append((w.atMs, appliedAtMs[w.version]?[next] ?? last))
+                probes.append((w.atMs, appliedAtMs[w.version]?[next] ?? last, hintSentAtMs[w.version]))
             }
         }
         // With a bulk load, only the writes made while it replicates (the live benchmark's "under load").
-        for p in probes where bulkSeen == 0 || p.atMs < bulkDone { lags.append(Double(p.nextMs - p.atMs)) }
-        return CapacityFigures(lagsMs: lags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil,
+        for p in probes where bulkSeen == 0 || p.atMs < bulkDone {
+            lags.append(Double(p.nextMs - p.atMs))
+            if let h = p.hintMs { hintLags.append(Double(max(0, h - p.atMs))) }
+        }
+        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil,
                                writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
                                convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
     }
@@ -271,16 +294,18 @@ extension Simulation {
 }
 
 /// What takes the machine's time in the cost model: a node's sidecar (one serial worker, as its core's queue is),
-/// the server (one worker per stream), and the application's bulk loader.
+/// the server (one worker per stream), the application's bulk loader, and the live benchmark's probes and watchers.
 enum CostWorker: Hashable {
     /// The server's work for one stream (shard): streams are serialized, different streams run side by side.
-    case sidecar(Int), server(Int), loader
+    case sidecar(Int), server(Int), loader, observer
 }
 
 /// Figures of one run with a cost model.
 public struct CapacityFigures: Sendable {
     /// Commit-to-visible-on-every-other-node delay of each workload write (not the bulk load's), in ms.
     public var lagsMs: [Double]
+    /// For the same writes, commit to leaving the writer's node as a hint (those sent as one): the sender's share.
+    public var hintLagsMs: [Double]
     /// Bulk rows every node had, and when the last of them reached the last node.
     public var bulkRows: Int
     public var bulkDoneMs: Int64?

@@ -149,6 +149,7 @@ extension Simulation {
             }
             let version = RowVersion(hlc: hlc, node: Int64(node.id))
             history.append(WriteRecord(node: node.id, key: capture.key, version: version, row: capture.row, atMs: capture.atMs))
+            if scenario.costs != nil, scenario.bulkRows > 0, capture.key > Int64(scenario.keys) { bulkVersions.insert(version) }
             if version.hlc <= node.maxAppliedHLC {
                 violations.append("causality: node \(node.id) wrote key \(capture.key) at \(capture.atMs) ms and stamped it at \(nowMs) ms with version \(version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")
             }

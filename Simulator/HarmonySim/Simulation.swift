@@ -52,6 +52,7 @@ enum SimEvent {
     case quiesceCheck
     /// The next transaction of the bulk load (`Scenario.bulkRows`), from row `offset`.
     case bulkStep(offset: Int)
+    case observerTick
 }
 
 /// Runs one scenario with one seed: the real `ReplicationNode` on real SQLite files, driven by a
@@ -112,6 +113,12 @@ public final class Simulation {
     var busyUntilUs: [CostWorker: Double] = [:]
     /// CPU time each worker has used so far: who runs first when they compete for the cores (`runJob`).
     var cpuUsedUs: [CostWorker: Double] = [:]
+    /// With a cost model: the bulk load's versions, and how many of them each node has had (`observerTick` runs until
+    /// every node has them all).
+    var bulkVersions: Set<RowVersion> = []
+    var bulkApplied: [Int: Int] = [:]
+    /// With a cost model: when each version first left its node in a hint (`noteHintSent`).
+    var hintSentAtMs: [RowVersion: Int64] = [:]
 
     /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
     public var cpuUsedBySidecarsAndServerUs: [Double] {
@@ -209,7 +216,10 @@ public final class Simulation {
         for (i, f) in faults.enumerated() { push(.faultStart(index: i), at: f.atMs) }
         push(.heal, at: scenario.healMs)
         if scenario.ddlIntervalMs > 0 { push(.schemaStep, at: ddlRandom.int(0...scenario.ddlIntervalMs)) }
-        if scenario.bulkRows > 0 { push(.bulkStep(offset: 0), at: 0) }
+        if scenario.bulkRows > 0 {
+            push(.bulkStep(offset: 0), at: 0)
+            if (scenario.costs?.observerUsPerMs ?? 0) > 0 { push(.observerTick, at: 0) }
+        }
         var eventsMax = 5_000_000
         while let entry = queue.pop() {
             eventsMax -= 1
@@ -643,6 +653,9 @@ public final class Simulation {
 
         case .bulkStep(let offset):
             bulkStep(offset: offset)
+
+        case .observerTick:
+            observerTick()
         }
     }
 

@@ -41,7 +41,8 @@ struct Calibrate: ParsableCommand {
                                                 publishMessageUs: core.figures["publish_message_us"] ?? 0)) { a, _ in a }
             core.figures["app_commit_us"] = try measureApplicationCommit()
             let server = try measureServer(payloadBytes: Int(core.bytesPerChange * 128))
-            let live = try measureLive(core: core.figures)
+            var live = try measureLive(core: core.figures)
+            live["observer_us_per_ms"] = try measureObservers()
             for (k, v) in core.figures.merging(server, uniquingKeysWith: { a, _ in a }).merging(live, uniquingKeysWith: { a, _ in a }) {
                 figures[k, default: []].append(v)
             }
@@ -50,7 +51,7 @@ struct Calibrate: ParsableCommand {
         let m = figures.mapValues { median($0) }
         let text = """
             # Cost profile: what one step costs on the machine that measured it. Read by `harmonysim bench --profile`.
-            # Measured by `harmonybench calibrate --rows \(rows) --messages \(messages) --rounds \(rounds)` (medians of the rounds)
+            # Measured by `harmonybench calibrate --rows \(rows) --messages \(messages) --rounds \(rounds) --live-rows \(liveRows)` (medians of the rounds)
             # on \(machineDescription()), SQLite \(sqliteVersion()), one nats-server (JetStream, file store) on loopback.
             [costs]
             # A publish and its ack, one at a time, as the sidecar publishes (asynchronously, through libnats): the
@@ -95,6 +96,10 @@ struct Calibrate: ParsableCommand {
             runtime_apply_message_us = \(f(m["runtime_apply_message_us"]))
             server_change_us = \(f(m["server_change_us"]))
             runtime_server_message_us = \(f(m["runtime_server_message_us"]))
+            # What `harmonybench live`'s own probes and watchers take per millisecond while a bulk load replicates
+            # (its reader looks at node 2 every millisecond): CPU of that benchmark beyond the application's inserts,
+            # from a live run of \(liveRows) rows at 4 shards. They share the cores with the nodes.
+            observer_us_per_ms = \(f(m["observer_us_per_ms"]))
             # Encoded size of one change of the benchmark table (id, name, value, at), in a 128-change message.
             bytes_per_change = \(f(m["bytes_per_change"]))
             # Cores every process on this machine shares (the live benchmarks run the server, three sidecars and the
@@ -273,6 +278,14 @@ struct Calibrate: ParsableCommand {
             "runtime_apply_change_us": applying.change, "runtime_apply_message_us": applying.message,
             "server_change_us": server.change, "runtime_server_message_us": server.message,
         ]
+    }
+
+    /// CPU per millisecond of `harmonybench live`'s probes and watchers, from a quiet run of that benchmark.
+    func measureObservers() throws -> Double {
+        let figures = try LiveBench.parse(["--rows", "\(liveRows)", "--shards", "4", "--samples", "300", "--binary", binary]).measure(quiet: true)
+        print(String(format: "live benchmark at 4 shards: %.0f rows/s; its probes and watchers %.1f µs of CPU a millisecond",
+                     figures.rowsPerSecond, figures.observerUsPerMs))
+        return figures.observerUsPerMs
     }
 
     /// What one live run cost per row: CPU time of each process (the 3 harmonylite processes, then nats-server),

@@ -315,6 +315,36 @@ struct CostModelTests {
         #expect(try done(oneCore) > base)
     }
 
+    /// The live benchmark's own probes and watchers share the cores with the nodes until every node has the bulk
+    /// load, then stop: charged, they make the predicted load slower; the figures keep every check.
+    @Test func theBenchmarksObserversTakeTheirShareOfTheCoresWhileTheLoadReplicates() throws {
+        func run(observerUsPerMs: Double) throws -> (Simulation, CapacityFigures) {
+            var costs = Self.profile
+            costs.observerUsPerMs = observerUsPerMs
+            let sim = try Simulation(scenario: Self.bulk(costs), seed: 3)
+            let r = sim.run()
+            #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+            return (sim, try #require(r.capacity))
+        }
+        let (quietSim, quiet) = try run(observerUsPerMs: 0)
+        let (watchedSim, watched) = try run(observerUsPerMs: 500)
+        #expect(quietSim.cpuUsedUs[.observer] == nil)
+        let done = try #require(watched.bulkDoneMs)
+        #expect(done > (try #require(quiet.bulkDoneMs)))
+        // One look every millisecond from the start until the last node had the last bulk row, then none.
+        let used = try #require(watchedSim.cpuUsedUs[.observer])
+        #expect(used >= 500 * Double(done - 1) && used <= 500 * Double(done + 1), "observer CPU \(used) µs, bulk done at \(done) ms")
+    }
+
+    /// The sender's share of a probe's lag (until it left as a hint), as `harmonybench live` splits it.
+    @Test func theLagIsSplitAtTheHintLeavingTheWriter() throws {
+        let r = try Simulation(scenario: Self.bulk(Self.profile), seed: 5).run()
+        let c = try #require(r.capacity)
+        #expect(!c.hintLagsMs.isEmpty && c.hintLagsMs.count <= c.lagsMs.count)
+        #expect(Self.percentile50(c.hintLagsMs) <= Self.percentile50(c.lagsMs))
+        #expect(c.hintLagsMs.allSatisfy { $0 >= 0 })
+    }
+
     @Test func aProfileWithAnUnknownOrNegativeCostIsRefused() throws {
         var s = Scenario()
         #expect(throws: (any Error).self) { try ScenarioLoader.applyProfile("[costs]\nscan_change_us = -1\n", to: &s) }
@@ -332,8 +362,10 @@ struct CostModelTests {
             look_wait_us = 4
             ack_flush_us = 110
             ack_flush_wait_us = 170
+            observer_us_per_ms = 98
 
             """, to: &s)
+        #expect(s.costs?.observerUsPerMs == 98)
         #expect(s.costs?.scanChangeUs == 12.5 && s.costs?.cores == 2 && s.publishBatchMax == 64)
         #expect(s.costs?.appCommitUs == 300 && s.costs?.lookUs == 270 && s.costs?.lookWaitUs == 4)
         #expect(s.costs?.ackFlushUs == 110 && s.costs?.ackFlushWaitUs == 170)
