@@ -272,7 +272,7 @@ struct LiveBench: ParsableCommand {
             }
             // Until the next commit is due, at most 1 ms (waking every 0.2 ms cost the cores the nodes share).
             let later = DispatchTime.now().uptimeNanoseconds
-            let untilNext = committing && nextCommit > later ? (nextCommit - later) / 1_000 : 1_000
+            let untilNext = committing ? (nextCommit > later ? (nextCommit - later) / 1_000 : 0) : 1_000
             usleep(UInt32(max(100, min(1_000, untilNext))))
         }
         // A probe can be seen a moment before its INSERT returned here: zero, not negative.
