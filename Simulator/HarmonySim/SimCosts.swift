@@ -73,12 +73,10 @@ extension Simulation {
         if message.hint, let handoff = nextHandoffUs(node) {
             let done = runAhead(node, cost, at: handoff)
             if stamps { lookStampEndUs[node] = done }
-            noteHintSent(message, atUs: done)
             return Self.ms(done)
         }
         let done = runJob(.sidecar(node), cost, waitUs: waitUs)
         if stamps { lookStampEndUs[node] = done }
-        if message.hint { noteHintSent(message, atUs: done) }
         // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
         if !message.hint {
             pageChanges[node, default: 0] += changes
@@ -90,11 +88,12 @@ extension Simulation {
         return Self.ms(done)
     }
 
-    /// When each version first left its node in a hint: the sender's share of a write's lag, as `harmonybench live`
-    /// splits it (a plain subscriber on the hint subjects).
-    func noteHintSent(_ message: OutgoingMessage, atUs: Double) {
-        guard let records = try? EnvelopeCodec.decodeAll(message.payload) else { return }
-        for r in records where hintSentAtMs[r.version] == nil { hintSentAtMs[r.version] = Self.ms(atUs) }
+    /// When each version was first sent as a hint (once the log has stored its message and the ack is back, as the
+    /// live node sends it): the sender's share of a write's lag, as `harmonybench live` splits it (a plain
+    /// subscriber on the hint subjects).
+    func noteHintSent(_ payload: [UInt8], atMs: Int64) {
+        guard scenario.costs != nil, let records = try? EnvelopeCodec.decodeAll(payload) else { return }
+        for r in records where hintSentAtMs[r.version] == nil { hintSentAtMs[r.version] = atMs }
     }
 
     /// With a cost model, when node `id`'s look at its database must wait: its sidecar is busy past now with no page
@@ -304,7 +303,7 @@ enum CostWorker: Hashable {
 public struct CapacityFigures: Sendable {
     /// Commit-to-visible-on-every-other-node delay of each workload write (not the bulk load's), in ms.
     public var lagsMs: [Double]
-    /// For the same writes, commit to leaving the writer's node as a hint (those sent as one): the sender's share.
+    /// For the same writes, commit to being sent as a hint once the log stored it (those sent as one): the sender's share.
     public var hintLagsMs: [Double]
     /// Bulk rows every node had, and when the last of them reached the last node.
     public var bulkRows: Int

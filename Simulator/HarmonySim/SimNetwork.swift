@@ -62,6 +62,7 @@ extension Simulation {
     /// The publisher heard the log store its message (at `atMs`) and offers it to every other node over plain NATS:
     /// each copy may be lost, duplicated or late, and reaches only a node connected when it arrives.
     func sendHint(from node: Int, shard: Int, _ message: IncomingMessage, atMs: Int64) {
+        noteHintSent(message.payload, atMs: atMs)
         func delay() -> Int64 {
             if let costs = scenario.costs { return Self.ms(costs.publishRttUs / 2) }
             return hintRandom.int(scenario.delayMsMin...max(scenario.delayMsMin, scenario.delayMsMax))

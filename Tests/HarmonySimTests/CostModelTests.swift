@@ -336,8 +336,8 @@ struct CostModelTests {
         #expect(used >= 500 * Double(done - 1) && used <= 500 * Double(done + 1), "observer CPU \(used) µs, bulk done at \(done) ms")
     }
 
-    /// The sender's share of a probe's lag (until it left as a hint), as `harmonybench live` splits it.
-    @Test func theLagIsSplitAtTheHintLeavingTheWriter() throws {
+    /// The sender's share of a probe's lag (until it was sent as a hint), as `harmonybench live` splits it.
+    @Test func theLagIsSplitWhereTheWriterSendsTheHint() throws {
         let r = try Simulation(scenario: Self.bulk(Self.profile), seed: 5).run()
         let c = try #require(r.capacity)
         #expect(!c.hintLagsMs.isEmpty && c.hintLagsMs.count <= c.lagsMs.count)
