@@ -117,7 +117,7 @@ public final class Simulation {
     /// every node has them all).
     var bulkVersions: Set<RowVersion> = []
     var bulkApplied: [Int: Int] = [:]
-    /// With a cost model: when each version first left its node in a hint (`noteHintSent`).
+    /// With a cost model: when each version was first sent as a hint, after the log stored it (`noteHintSent`).
     var hintSentAtMs: [RowVersion: Int64] = [:]
 
     /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
