@@ -128,8 +128,9 @@ struct LiveBench: ParsableCommand {
         // This process shares the cores: the application's inserts (with capture triggers), probes and watchers.
         let benchCPUSeconds = Calibrate.cpuSeconds(getpid()) - benchCPUBefore, window = Date().timeIntervalSince(start)
         let benchCPU = benchCPUSeconds / Double(rows) * 1e6
-        let loaderCPUPerRow = loaderCPU.withLock { $0 } / Double(rows) * 1e6
-        let observerUsPerMs = (benchCPUSeconds - loaderCPU.withLock { $0 }) * 1e6 / (window * 1_000)
+        let loaderSeconds = loaderCPU.withLock { $0 }
+        let loaderCPUPerRow = loaderSeconds / Double(rows) * 1e6
+        let observerUsPerMs = (benchCPUSeconds - loaderSeconds) * 1e6 / (window * 1_000)
         let benchCPUText = String(format: "%.1f (the application's inserts %.1f; probes and watchers %.1f, which is %.0f µs a millisecond)",
                                   benchCPU, loaderCPUPerRow, benchCPU - loaderCPUPerRow, observerUsPerMs)
         try waitFor(seconds: 30, "node 2 to apply the probes") { try dbs[1].scalar("SELECT count(*) FROM bench WHERE id >= 10000000")?.int64 == nextID - 10_000_000 }
