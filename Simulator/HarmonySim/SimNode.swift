@@ -9,6 +9,9 @@ struct PendingCapture {
     var deleted: Bool
     var row: [DatabaseValue]?
     var atMs: Int64
+    /// The version it was sent under ahead of its stamp (`ReplicationEvent.sentAheadOfStamp`), if it was: it joined
+    /// the history then, and the stamp must give it exactly that version.
+    var aheadHLC: Int64?
 }
 
 /// One simulated machine: the application's connection, the sidecar's core, its clock and its links to NATS.

@@ -21,6 +21,8 @@ extension Simulation {
             }
         case .localChangesStamped(let stamped):
             writesStamped(nodes[node - 1], stamped)
+        case .sentAheadOfStamp(let versions):
+            writesSentAhead(nodes[node - 1], versions)
         case .hintApplied(_, _, _, let won):
             hintsApplied += 1
             let n = nodes[node - 1]

@@ -131,6 +131,24 @@ extension Simulation {
                      [.integer(id)]).map { ($0[0].int64 ?? 0, $0[1].int64 ?? 0, $0[2].string == "delete") }
     }
 
+    /// The core sent queued writes ahead of their stamp: they join the history now, under the versions sent (the
+    /// stamp must give the same ones, `writesStamped`).
+    func writesSentAhead(_ node: SimNode, _ versions: [Int64: Int64]) {
+        for i in node.pendingCaptures.indices {
+            let capture = node.pendingCaptures[i]
+            guard let hlc = versions[capture.queueID] else { continue }
+            if let earlier = capture.aheadHLC {
+                if earlier != hlc {
+                    violations.append("node \(node.id) sent its write of key \(capture.key) ahead of its stamp twice, as \(earlier) and \(hlc)")
+                }
+                continue
+            }
+            node.pendingCaptures[i].aheadHLC = hlc
+            history.append(WriteRecord(node: node.id, key: capture.key, version: RowVersion(hlc: hlc, node: Int64(node.id)),
+                                       row: capture.row, atMs: capture.atMs))
+        }
+    }
+
     /// The core stamped versions on queued writes: they join the history now, and must be above every version the
     /// node had applied (causality) and above its own earlier writes.
     func writesStamped(_ node: SimNode, _ stamped: StampedChanges) {
@@ -148,7 +166,14 @@ extension Simulation {
                 continue
             }
             let version = RowVersion(hlc: hlc, node: Int64(node.id))
-            history.append(WriteRecord(node: node.id, key: capture.key, version: version, row: capture.row, atMs: capture.atMs))
+            if let ahead = capture.aheadHLC {
+                // Other nodes may already hold it under the version it was sent with.
+                if ahead != hlc {
+                    violations.append("node \(node.id) sent its write of key \(capture.key) (queue id \(capture.queueID)) ahead of its stamp as version \(RowVersion(hlc: ahead, node: Int64(node.id))), then stamped it \(version)")
+                }
+            } else {
+                history.append(WriteRecord(node: node.id, key: capture.key, version: version, row: capture.row, atMs: capture.atMs))
+            }
             if scenario.costs != nil, scenario.bulkRows > 0, capture.key > Int64(scenario.keys) { bulkVersions.insert(version) }
             if version.hlc <= node.maxAppliedHLC {
                 violations.append("causality: node \(node.id) wrote key \(capture.key) at \(capture.atMs) ms and stamped it at \(nowMs) ms with version \(version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")

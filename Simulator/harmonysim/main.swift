@@ -266,6 +266,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("ddl-storage-failure-is-refusal", "ddl-storage.toml"),
         ("drop-and-add-read-as-rename", "ddl-storage.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
+        ("ahead-of-stamp-from-clock-only", "bulk-import.toml"),
         ("alias-any-generation", "ddl.toml"),
         ("rename-keeps-rows-local", "ddl.toml"),
         ("hole-repair-without-resend", "hole-repair.toml"),

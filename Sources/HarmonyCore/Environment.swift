@@ -87,6 +87,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case published(count: Int)
     /// Local writes the triggers queued got their versions (`ChangeCapture.stampCaptured`).
     case localChangesStamped(StampedChanges)
+    /// Local writes sent before their stamp (`sendAheadOfStamp`): each queue id's version, which the stamp must give.
+    case sentAheadOfStamp(versions: [Int64: Int64])
     case publishFailed(token: Int64)
     /// The log acknowledged these changes but marking them published failed; they are sent again later.
     case markPublishedFailed(count: Int, error: String)

@@ -88,6 +88,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// After a bulk import's stamping, the priority lane sends only the newest few of the small writes stamped behind
     /// it, and leaves the rest to the scan, behind the whole import.
     public static let laneTakesNewestOnly = PlantedBugs(rawValue: 1 << 58)
+    /// Send writes ahead of their stamp under a version from the clock alone, not the milliseconds queued before them:
+    /// the stamp then gives them another version than the one other nodes already hold.
+    public static let aheadOfStampFromClockOnly = PlantedBugs(rawValue: 1 << 61)
     /// Let a stamp or a cleanup that meets a held write lock or a full disk throw out of the core, which then restarts
     /// (and meets the same lock) instead of trying again after a pause.
     public static let stampFailureRestartsCore = PlantedBugs(rawValue: 1 << 59)
@@ -181,6 +184,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("redrop-blocked-by-index", .redropBlockedByIndex),
         ("lane-moves-scan-cursor", .laneMovesScanCursor),
         ("lane-takes-newest-only", .laneTakesNewestOnly),
+        ("ahead-of-stamp-from-clock-only", .aheadOfStampFromClockOnly),
         ("stamp-failure-restarts-core", .stampFailureRestartsCore),
         ("echoes-survive-restore", .echoesSurviveRestore),
         ("alias-any-generation", .aliasAnyGeneration),

@@ -75,6 +75,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "stamping \(queued) queued local write(s) failed (\(error)); they stay queued, unsent, and the stamp is tried again in \(retryInMs) ms"
         case .localChangesStamped(let stamped):
             return "stamped versions on \(stamped.count) local change(s)"
+        case .sentAheadOfStamp(let versions):
+            return "sent \(versions.count) local change(s) ahead of a stamp backlog (queue ids \(versions.keys.min() ?? 0)...\(versions.keys.max() ?? 0))"
         case .captureInstalled(let tables):
             return "change capture installed on \(tables) table(s)"
         case .tableSkipped(let table, let reason):

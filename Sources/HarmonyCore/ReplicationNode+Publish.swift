@@ -46,13 +46,20 @@ extension ReplicationNode {
     /// while the import was stamped a batch at a time are stamped there all at once, behind the import, more of them
     /// than the lane takes at a time; the lane walks down through that batch on later calls, newest first, or all but
     /// the newest few would wait for the scan to get through the whole import.
+    ///
+    /// Commits still waiting behind a large stamp backlog go too, ahead of their stamp (`sendAheadOfStamp`); they
+    /// take no room in the window, which the backlog may fill.
     func publishNewestFirst() throws {
         var room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
-        guard room > 0 else { return }
+        guard room > 0 else {
+            try sendAheadOfStamp(room: priorityLaneMax)
+            return
+        }
         let scanReach = scanCursor + Int64(config.scanMaxChanges)
         let page = try readPendingPage(limit: room, newestAfter: max(scanReach, laneFloor))
         laneFloor = max(laneFloor, page.newestRead ?? 0)
         try sendPage(page, hint: true)
+        try sendAheadOfStamp(room: priorityLaneMax)
         room -= page.records.count
         if config.plantedBugs.contains(.laneMovesScanCursor), let newest = page.records.map(\.id).max() {
             scanCursor = max(scanCursor, newest)

@@ -69,6 +69,9 @@ public final class ReplicationNode {
     /// Pending entries the lane is to walk through, newest first, on its next calls (ids strictly between the two):
     /// the last batch of a bulk import's stamping, with the small writes made meanwhile.
     var laneWalk: (above: Int64, below: Int64)?
+    /// How far the lane ahead of the stamp has looked into the capture queue (`sendAheadOfStamp`); nil: not yet, or
+    /// the queue it looked at was stamped to its end since.
+    var aheadLane: AheadLane?
     /// DDL may be waiting to be published (set by every capture refresh, cleared once none is pending).
     var definitionsToPublish = true
     /// Local writes stamped inside the transaction now open: reported once it commits, forgotten if it rolls back.
@@ -202,6 +205,8 @@ public final class ReplicationNode {
             return false
         }
         stampsAwaitingCommit.append(stamped)
+        // Everything the lane ahead knew is stamped: the queue may be empty, and its ids may start again at 1.
+        if let lane = aheadLane, stamped.lastQueueID >= lane.through { aheadLane = nil }
         return limit.map { stamped.count >= $0 } ?? false
     }
 

@@ -58,6 +58,7 @@ extension ReplicationEvent {
         case .stampFailed(let queued, let error, let retryInMs):
             return ["event": "stamp_failed", "queued": n(queued), "reason": .string(error), "retry_in_ms": n(retryInMs)]
         case .localChangesStamped(let stamped): return ["event": "local_changes_stamped", "changes": n(stamped.count)]
+        case .sentAheadOfStamp(let versions): return ["event": "sent_ahead_of_stamp", "changes": n(versions.count)]
         case .captureInstalled(let tables): return ["event": "capture_installed", "tables": n(tables)]
         case .tableSkipped(let table, let reason): return ["event": "table_skipped", "table": .string(table), "reason": .string(reason)]
         }

@@ -64,9 +64,10 @@ struct PublishAndGateTests {
         try insertBulk(c.apps[0], rows: 3000)
         try c.nodes[0].databaseChanged()  // the first batch, then a pause
         // The application writes while the import is stamped; no publish is acknowledged meanwhile (a slow log).
+        // More of them between two looks than the lane takes, so none goes ahead of the stamp (`sendAheadOfStamp`).
         var small: Int64 = 100_000
         for _ in 0..<100 where c.nodes[0].bookkeepingPaused {
-            for _ in 0..<50 {
+            for _ in 0..<70 {
                 small += 1
                 try c.apps[0].execute("INSERT INTO users VALUES (?, 'small', 0)", [.integer(small)])
             }
