@@ -35,7 +35,8 @@ extension ReplicationNode {
         let candidate = "((CASE WHEN typeof(ms) = 'integer' AND ms >= 0 AND ms < \(Int64(1) << 46) THEN ms ELSE 0 END) << \(RowVersion.logicalBits)) - id"
         let found: (records: [(queueID: Int64, record: ChangeRecord)], versions: [Int64: Int64])? = try db.transaction(.deferred) {
             guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion,
-                  let ends = try db.query("SELECT min(id), max(id) FROM \(queue)").first,
+                  // One min or max per SELECT: with both in one, SQLite reads the whole queue.
+                  let ends = try db.query("SELECT (SELECT min(id) FROM \(queue)), (SELECT max(id) FROM \(queue))").first,
                   let oldest = ends[0].int64, let newest = ends[1].int64 else { return nil }
             // Queue ids start again at 1 once the queue was emptied: what the lane knew is gone with it.
             if let lane = aheadLane, lane.through > newest || lane.through < oldest - 1 { aheadLane = nil }
