@@ -50,7 +50,7 @@ extension ReplicationNode {
     /// Commits still waiting behind a large stamp backlog go too, ahead of their stamp (`sendAheadOfStamp`); they
     /// take no room in the window, which the backlog may fill.
     func publishNewestFirst() throws {
-        var room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
+        let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
         guard room > 0 else {
             try sendAheadOfStamp(room: priorityLaneMax)
             return
@@ -60,20 +60,22 @@ extension ReplicationNode {
         laneFloor = max(laneFloor, page.newestRead ?? 0)
         try sendPage(page, hint: true)
         try sendAheadOfStamp(room: priorityLaneMax)
-        room -= page.records.count
         if config.plantedBugs.contains(.laneMovesScanCursor), let newest = page.records.map(\.id).max() {
             scanCursor = max(scanCursor, newest)
         }
-        guard room > 0, let walk = laneWalk else { return }
+        // The walk leaves half of the lane free: with all of it taken, a commit made meanwhile would find no room (and
+        // not even be stamped) until the log acknowledged some of the walk.
+        let walkRoom = min(priorityLaneMax, config.publishInFlightMax - inFlight.count) - priorityLaneMax / 2
+        guard walkRoom > 0, let walk = laneWalk else { return }
         let above = max(walk.above, scanReach)
         guard above + 1 < walk.below else {
             laneWalk = nil
             return
         }
-        let rest = try readPendingPage(limit: room, newestAfter: above, below: walk.below)
+        let rest = try readPendingPage(limit: walkRoom, newestAfter: above, below: walk.below)
         // A stamp during the read may have begun a newer walk; a read cut short for DDL to go first ends none.
         if let current = laneWalk, current == walk {
-            if rest.rowsRead == room, let oldest = rest.oldestRead {
+            if rest.rowsRead == walkRoom, let oldest = rest.oldestRead {
                 laneWalk = (above: above, below: oldest)
             } else if rest.rowsRead > 0 || !(config.replicateDDL && definitionsToPublish) {
                 laneWalk = nil

@@ -100,6 +100,30 @@ struct PublishAndGateTests {
         }
     }
 
+    /// While the lane walks through an import's last batch and the log acknowledges nothing, a commit made meanwhile
+    /// still finds room in the lane: the walk leaves half of it free. With all of it taken, the commit was not even
+    /// stamped until the log acknowledged part of the walk.
+    @Test func aCommitMadeWhileTheLaneWalksGoesOutAtOnce() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema) {
+            $0.publishInFlightMax = 256
+            $0.scanMaxChanges = 64
+        }
+        try insertBulk(c.apps[0], rows: 3000)
+        // A walk through the whole backlog, and nothing newer for the lane's own page to take.
+        c.nodes[0].laneWalk = (above: 0, below: .max)
+        c.nodes[0].laneFloor = .max
+        // Looks with nothing acknowledged in between (a slow log): each gives the walk another turn.
+        for _ in 0..<3 { try c.nodes[0].databaseChanged() }
+        #expect(c.nodes[0].laneWalk != nil, "the walk is under way")
+        #expect(c.nodes[0].inFlight.count == 256 - 32, "\(256 - c.nodes[0].inFlight.count) of the window left free")
+        c.ports[0].pendingPublishes.removeAll()  // sent, not acknowledged yet
+        c.nodes[0].laneFloor = 0
+        try c.apps[0].execute("INSERT INTO users VALUES (200000, 'late', 0)")
+        try c.nodes[0].databaseChanged()
+        let sent = try c.ports[0].pendingPublishes.flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        #expect(sent.contains { $0.primaryKey.first?.value == .integer(200_000) })
+    }
+
     /// An application holding SQLite's write lock past the busy timeout while the sidecar stamps (here in the middle
     /// of a paced bulk import, then for one small commit): the stamp is tried again after `retryDelayMs`, not in a
     /// loop and not by restarting the core; nothing is lost and every write goes out once the lock is released.
