@@ -8,11 +8,7 @@ import Testing
 /// waiting for the whole import to be stamped.
 @Suite("Commits sent ahead of a stamp backlog")
 struct AheadOfStampTests {
-    func importRows(_ db: Database, _ ids: ClosedRange<Int>) throws {
-        try db.transaction {
-            for id in ids { try db.execute("INSERT INTO users VALUES (?, ?, ?)", [.integer(Int64(id)), .text("row \(id)"), .real(Double(id))]) }
-        }
-    }
+    func importRows(_ db: Database, _ ids: ClosedRange<Int>) throws { try BulkImportTests().importRows(db, ids) }
 
     func queued(_ c: TestCluster) throws -> Int64 {
         try c.apps[0].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? -1
