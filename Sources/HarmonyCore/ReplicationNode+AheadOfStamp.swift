@@ -113,7 +113,7 @@ extension ReplicationNode {
             return (records, versions)
         }
         guard let found, !found.records.isEmpty else { return 0 }
-        try sendAhead(found.records.map(\.record))
+        try sendAhead(found.records)
         var sent: [Int64: Int64] = [:]
         for (queueID, record) in found.records { sent[queueID] = record.version.hlc }
         env.events?.record(.sentAheadOfStamp(versions: sent))
@@ -129,23 +129,9 @@ extension ReplicationNode {
     /// hints. Their tokens are fresh negative ones that no part or change-log row has: acknowledgements and failures
     /// of them change nothing (`messageToken(acking:)`, `publishFailed`). A change too large for one message, or
     /// above `max_row_bytes`, waits for the scan, which parts or parks it.
-    func sendAhead(_ records: [ChangeRecord]) throws {
-        var batches: [Int: [ChangeRecord]] = [:]
-        var bytes: [Int: Int] = [:]
-        func flush(_ shard: Int) throws {
-            guard let batch = batches.removeValue(forKey: shard), !batch.isEmpty else { return }
-            bytes[shard] = 0
-            let payload: [UInt8]
-            let messageID: String
-            if batch.count == 1 {
-                payload = try EnvelopeCodec.encode(batch[0], compress: config.compress)
-                messageID = batch[0].messageID
-            } else {
-                payload = try EnvelopeCodec.encodeBatch(batch, compress: config.compress)
-                var h = StableHash()
-                for r in batch { h.combine(r.messageID) }
-                messageID = "\(config.nodeID)-b\(batch.count)-\(h.hex)"
-            }
+    func sendAhead(_ records: [(queueID: Int64, record: ChangeRecord)]) throws {
+        _ = try inShardBatches(records.map { ($0.queueID, $0.record) }) { batch, shard in
+            let (payload, messageID) = try encodedMessage(batch.records)
             guard payload.count <= partBytesMax else { return }
             if config.replicate { ownEchoes.insert(payload) }
             lastPartToken -= 1
@@ -155,16 +141,5 @@ extension ReplicationNode {
             env.log.publish(OutgoingMessage(shard: shard, messageID: "\(messageID)-ahead", payload: payload, token: lastPartToken, hint: hint))
             try crashPoint(.afterPublishHandoff)
         }
-        for record in records {
-            let size = Self.approximateBytes(record)
-            guard size <= config.rowBytesMax else { continue }
-            let shard = router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
-            if let open = batches[shard], open.count >= config.publishBatchMax || bytes[shard, default: 0] + size > batchBytesMax {
-                try flush(shard)
-            }
-            batches[shard, default: []].append(record)
-            bytes[shard, default: 0] += size
-        }
-        for shard in batches.keys.sorted() { try flush(shard) }
     }
 }

@@ -88,29 +88,52 @@ extension ReplicationNode {
     /// `hint`: its small messages of user rows may be offered to receivers ahead of their turn (`OutgoingMessage.hint`);
     /// never for pages of a backlog, which receivers take in order anyway.
     func sendPage(_ page: PendingPage, hint: Bool) throws {
-        var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
-        var batches: [Int: PendingBatch] = [:]
-        for (id, record) in page.records {
-            // DDL goes to one stream, so every node applies it in the order it was made (an index after its table).
-            let shard = record.table == Bookkeeping.ddlTable ? router.shards.lowerBound
-                : router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
-            let size = Self.approximateBytes(record)
-            if size > config.rowBytesMax && !config.plantedBugs.contains(.publishOversizedRows) {
-                oversized.append((id, record, size))
-                continue
-            }
-            if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > batchBytesMax {
-                try send(open, shard: shard, hint: hint)
-                batches[shard] = nil
-            }
-            batches[shard, default: PendingBatch()].add(record, id: id, bytes: size)
+        let oversized = try inShardBatches(page.records, oversizedSent: config.plantedBugs.contains(.publishOversizedRows)) {
+            try send($0, shard: $1, hint: hint)
         }
-        // Shard order, not dictionary order: the simulator must see the same publishes for the same seed.
-        for shard in batches.keys.sorted() { try send(batches[shard]!, shard: shard, hint: hint) }
         // Entries with nothing to send: superseded by a later write (here or from another node), or whose
         // table is gone. The later write, if it is this node's, has an entry of its own.
         if !page.superseded.isEmpty { try markPublished(page.superseded) }
         if !oversized.isEmpty { try refuseOversized(oversized) }
+    }
+
+    /// Groups changes into per-shard batches, each closed at `publishBatchMax` changes or `batchBytesMax` bytes, and
+    /// hands each to `close` as it fills, the rest in shard order (not dictionary order: the simulator must see the
+    /// same publishes for the same seed). Returns the changes above `max_row_bytes`, left out (unless
+    /// `oversizedSent`).
+    func inShardBatches(_ changes: [(id: Int64, record: ChangeRecord)], oversizedSent: Bool = false,
+                        _ close: (PendingBatch, Int) throws -> Void) throws -> [(id: Int64, record: ChangeRecord, bytes: Int)] {
+        var oversized: [(id: Int64, record: ChangeRecord, bytes: Int)] = []
+        var batches: [Int: PendingBatch] = [:]
+        for (id, record) in changes {
+            // DDL goes to one stream, so every node applies it in the order it was made (an index after its table).
+            let shard = record.table == Bookkeeping.ddlTable ? router.shards.lowerBound
+                : router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
+            let size = Self.approximateBytes(record)
+            if size > config.rowBytesMax && !oversizedSent {
+                oversized.append((id, record, size))
+                continue
+            }
+            if let open = batches[shard], open.ids.count >= config.publishBatchMax || open.bytes + size > batchBytesMax {
+                try close(open, shard)
+                batches[shard] = nil
+            }
+            batches[shard, default: PendingBatch()].add(record, id: id, bytes: size)
+        }
+        for shard in batches.keys.sorted() { try close(batches[shard]!, shard) }
+        return oversized
+    }
+
+    /// A message's bytes and id: a single change as it is, several as a batch the receiver applies atomically. Same
+    /// content, same id, so a republished batch is deduplicated; any other grouping is a new message, which is
+    /// harmless: applying a change twice changes nothing.
+    func encodedMessage(_ records: [ChangeRecord]) throws -> (payload: [UInt8], messageID: String) {
+        if records.count == 1 {
+            return (try EnvelopeCodec.encode(records[0], compress: config.compress), records[0].messageID)
+        }
+        var h = StableHash()
+        for r in records { h.combine(r.messageID) }
+        return (try EnvelopeCodec.encodeBatch(records, compress: config.compress), "\(config.nodeID)-b\(records.count)-\(h.hex)")
     }
 
     /// DDL goes out before any data, each change its own message on the first stream, and data waits until the log
@@ -250,20 +273,8 @@ extension ReplicationNode {
         precondition(!batch.ids.isEmpty && batch.ids.count <= config.publishBatchMax, "batch of \(batch.ids.count) changes")
         precondition(batch.ids.count == 1 || batch.bytes <= batchBytesMax, "batch of \(batch.bytes) bytes")
         let token = batch.ids[0]
-        let payload: [UInt8]
-        let messageID: String
-        if batch.records.count == 1 {
-            payload = try EnvelopeCodec.encode(batch.records[0], compress: config.compress)
-            messageID = batch.records[0].messageID
-        } else {
-            payload = try EnvelopeCodec.encodeBatch(batch.records, compress: config.compress)
-            // Same content, same id, so a republished batch is deduplicated; any other grouping is a new message,
-            // which is harmless: applying a change twice changes nothing.
-            var h = StableHash()
-            for r in batch.records { h.combine(r.messageID) }
-            messageID = "\(config.nodeID)-b\(batch.records.count)-\(h.hex)"
-            batchMembers[token] = batch.ids
-        }
+        let (payload, messageID) = try encodedMessage(batch.records)
+        if batch.ids.count > 1 { batchMembers[token] = batch.ids }
         for id in batch.ids { precondition(inFlight.insert(id).inserted, "change \(id) sent twice while in flight") }
         precondition(inFlight.count <= config.publishInFlightMax, "\(inFlight.count) changes in flight, limit \(config.publishInFlightMax)")
         if config.plantedBugs.contains(.markPublishedBeforeAck) { try markPublished(batch.ids) }
