@@ -24,6 +24,9 @@ public struct Scenario: Sendable, Equatable {
     /// Application writes made right after an ALTER, before the sidecar notices it (they race its re-install).
     public var writesRacingAlter = 0
     public var transactionOpsMax = 4
+    /// Single writes go through a second application connection (a request handler beside a bulk loader): the
+    /// sidecar can tell them from the transactions around them (`WriterStretches`).
+    public var smallWritesOwnConnection = false
     /// Chance (per mille) that a write's value is `largeValueBytes` long: above the payload limit, sent in parts.
     public var largeValuePermille = 0
     public var largeValueBytes = 6_000

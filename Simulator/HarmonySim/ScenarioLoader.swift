@@ -24,7 +24,8 @@ public enum ScenarioLoader {
             try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
                                               "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max",
                                               "writes_racing_alter", "large_value_permille", "large_value_bytes", "oversized_value_permille",
-                                              "ddl_interval_ms", "ddl_kinds", "bulk_rows", "bulk_batch", "writer_node"])
+                                              "ddl_interval_ms", "ddl_kinds", "bulk_rows", "bulk_batch", "writer_node",
+                                              "small_writes_connection"])
             s.bulkRows = try bounded(t, "bulk_rows", s.bulkRows, 0...10_000_000)
             s.bulkBatch = try bounded(t, "bulk_batch", s.bulkBatch, 1...100_000)
             let writer = try bounded(t, "writer_node", 0, 0...s.nodes)
@@ -39,6 +40,7 @@ public enum ScenarioLoader {
             s.writesRacingAlter = try bounded(t, "writes_racing_alter", s.writesRacingAlter, 0...10)
             s.transactionWeight = try bounded(t, "transaction_weight", s.transactionWeight, 0...1000)
             s.transactionOpsMax = try bounded(t, "transaction_ops_max", s.transactionOpsMax, 2...100)
+            s.smallWritesOwnConnection = try t.bool("small_writes_connection") ?? s.smallWritesOwnConnection
             s.largeValuePermille = try bounded(t, "large_value_permille", s.largeValuePermille, 0...1000)
             s.largeValueBytes = try bounded(t, "large_value_bytes", s.largeValueBytes, 1...(16 << 20))
             s.oversizedValuePermille = try bounded(t, "oversized_value_permille", s.oversizedValuePermille, 0...1000)
@@ -229,6 +231,7 @@ public enum ScenarioWriter {
             writes_racing_alter = \(s.writesRacingAlter)
             transaction_weight = \(s.transactionWeight)
             transaction_ops_max = \(s.transactionOpsMax)
+            small_writes_connection = \(s.smallWritesOwnConnection)
             large_value_permille = \(s.largeValuePermille)
             large_value_bytes = \(s.largeValueBytes)
             oversized_value_permille = \(s.oversizedValuePermille)

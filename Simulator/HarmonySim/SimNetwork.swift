@@ -9,6 +9,9 @@ import HarmonySQLite
 extension Simulation {
     func publish(from node: Int, _ message: OutgoingMessage) {
         let n = nodes[node - 1]
+        if message.messageID.hasSuffix("-ahead"), let records = try? EnvelopeCodec.decodeAll(message.payload) {
+            for record in records where record.table == "kv" { n.sentAheadRows[record.version.hlc] = record }
+        }
         if n.canSend && serverUp {
             push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: publishDepartureMs(node: node, message) + networkDelay())
         } else if scenario.costs != nil && serverUp {

@@ -22,7 +22,13 @@ final class SimNode {
     /// The sidecar's: same clock and disk, with the node's storage faults.
     let sidecarVFS: SimVFS
     let databasePath: String
-    var app: Database?
+    var app: Database? {
+        didSet { if app == nil { smallWriter = nil } }
+    }
+    /// The application's second connection, for single writes (`Scenario.smallWritesOwnConnection`).
+    var smallWriter: Database?
+    /// Rows this node just sent ahead of their stamp, by version, until the event saying so checks them.
+    var sentAheadRows: [Int64: ChangeRecord] = [:]
     var core: ReplicationNode?
     /// Bumped at every restart, so events addressed to a dead process are dropped.
     var incarnation = 0

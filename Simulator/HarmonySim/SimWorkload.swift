@@ -70,9 +70,11 @@ extension Simulation {
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
         let touched = Set(keys + newKeys.filter { $0 > 0 }).sorted()
         node.cleanedUpKeys?.formUnion(touched)
+        // A single write may come from the application's second connection; everything is read through the first.
+        let writer = ops.count == 1 ? node.smallWriter ?? app : app
         do {
             let queuedBefore = try lastQueueID(app)
-            try app.transaction(.immediate) {
+            try writer.transaction(.immediate) {
                 for (i, (op, key)) in zip(ops, keys).enumerated() {
                     node.writeCounter += 1
                     let tag = "n\(node.id)w\(node.writeCounter)"
@@ -83,23 +85,23 @@ extension Simulation {
                     switch op {
                     case 0:
                         if node.hasExtraColumn {
-                            try app.execute("INSERT INTO kv (k, v, n, extra) VALUES (?, ?, 1, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1, extra = excluded.extra",
+                            try writer.execute("INSERT INTO kv (k, v, n, extra) VALUES (?, ?, 1, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1, extra = excluded.extra",
                                             [.integer(key), value, value])
                         } else {
-                            try app.execute("INSERT INTO kv (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
+                            try writer.execute("INSERT INTO kv (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
                                             [.integer(key), value])
                         }
                     case 1:
                         if node.hasExtraColumn {
-                            try app.execute("UPDATE kv SET v = ?, n = n + 1, extra = ? WHERE k = ?", [value, value, .integer(key)])
+                            try writer.execute("UPDATE kv SET v = ?, n = n + 1, extra = ? WHERE k = ?", [value, value, .integer(key)])
                         } else {
-                            try app.execute("UPDATE kv SET v = ?, n = n + 1 WHERE k = ?", [value, .integer(key)])
+                            try writer.execute("UPDATE kv SET v = ?, n = n + 1 WHERE k = ?", [value, .integer(key)])
                         }
                     case 2:
-                        try app.execute("DELETE FROM kv WHERE k = ?", [.integer(key)])
+                        try writer.execute("DELETE FROM kv WHERE k = ?", [.integer(key)])
                     default:
                         // Move the row to a free key, as an application renumbering or merging records would.
-                        try app.execute("UPDATE kv SET k = ?1, v = ?2, n = n + 1 WHERE k = ?3 AND NOT EXISTS (SELECT 1 FROM kv WHERE k = ?1)",
+                        try writer.execute("UPDATE kv SET k = ?1, v = ?2, n = n + 1 WHERE k = ?3 AND NOT EXISTS (SELECT 1 FROM kv WHERE k = ?1)",
                                         [.integer(newKeys[i]), value, .integer(key)])
                     }
                 }
@@ -134,6 +136,7 @@ extension Simulation {
     /// The core sent queued writes ahead of their stamp: they join the history now, under the versions sent (the
     /// stamp must give the same ones, `writesStamped`).
     func writesSentAhead(_ node: SimNode, _ versions: [Int64: Int64]) {
+        defer { node.sentAheadRows.removeAll() }
         for i in node.pendingCaptures.indices {
             let capture = node.pendingCaptures[i]
             guard let hlc = versions[capture.queueID] else { continue }
@@ -144,6 +147,19 @@ extension Simulation {
                 continue
             }
             node.pendingCaptures[i].aheadHLC = hlc
+            // The row sent must be the one this write left: a later write's row under this version would be a state
+            // of the row that never had this version anywhere.
+            if let sent = node.sentAheadRows[hlc] {
+                let sentRow = sent.operation == .delete ? nil : sent.row.map(\.value)
+                let same = switch (sentRow, capture.row) {
+                case (nil, nil): true
+                case (let have?, let want?): SimulationCheckers.matches(have, want) || SimulationCheckers.matches(want, have)
+                default: false
+                }
+                if !same || capture.deleted != (sent.operation == .delete) {
+                    violations.append("node \(node.id) sent key \(capture.key) ahead of its stamp as version \(RowVersion(hlc: hlc, node: Int64(node.id))) with \(sentRow.map { SimulationCheckers.brief($0) } ?? "a delete"), but that write left \(capture.row.map { SimulationCheckers.brief($0) } ?? "a delete")")
+                }
+            }
             history.append(WriteRecord(node: node.id, key: capture.key, version: RowVersion(hlc: hlc, node: Int64(node.id)),
                                        row: capture.row, atMs: capture.atMs))
         }

@@ -264,6 +264,12 @@ public final class Simulation {
             try app.disableCheckpointOnClose()
             try app.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
             node.app = app
+            if scenario.smallWritesOwnConnection {
+                let second = try node.vfs.opener.open(path: node.databasePath)
+                try second.execute("PRAGMA synchronous=NORMAL")
+                try second.disableCheckpointOnClose()
+                node.smallWriter = second
+            }
             // A write that survived the power loss on its own disk is owed to everyone; only vanished ones may be lost.
             for w in awaitingPowerBack.removeValue(forKey: node.id) ?? [] {
                 let current = try versionOf(app, key: w.key)

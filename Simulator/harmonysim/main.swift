@@ -267,6 +267,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("drop-and-add-read-as-rename", "ddl-storage.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
         ("ahead-of-stamp-from-clock-only", "bulk-import.toml"),
+        ("ahead-lane-ignores-later-writes", "small-commits.toml"),
         ("alias-any-generation", "ddl.toml"),
         ("rename-keeps-rows-local", "ddl.toml"),
         ("hole-repair-without-resend", "hole-repair.toml"),

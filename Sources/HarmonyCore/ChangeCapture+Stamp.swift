@@ -8,6 +8,18 @@ public struct StampedChanges: Sendable, Hashable {
     public var count: Int
     /// Each queue id's hybrid-logical time, when the caller asked for them (the simulator's oracle does).
     public var hlcs: [Int64: Int64]
+    /// The global-log ids of the writes that look like small commits (`WriterStretches`), when asked for: the
+    /// priority lane sends them before the rest.
+    public var smallCommits: [Int64] = []
+    /// Where the stretches stood at the last write stamped, for the next stamp to go on from.
+    public var writerTail: WriterStretches.Tail?
+
+    public init(firstQueueID: Int64, lastQueueID: Int64, count: Int, hlcs: [Int64: Int64]) {
+        self.firstQueueID = firstQueueID
+        self.lastQueueID = lastQueueID
+        self.count = count
+        self.hlcs = hlcs
+    }
 }
 
 extension ChangeCapture {
@@ -24,8 +36,12 @@ extension ChangeCapture {
     /// stamp of the whole queue: each depends only on the clock and the writes before it, and the clock is left at
     /// the last one stamped. Only a transaction that reads no versions may stop short (publishing's own stamp);
     /// one that applies changes must take the whole queue.
+    ///
+    /// `findSmallCommits`: pick out the writes that look like small commits (`WriterStretches`), going on from
+    /// `writerTail` (where the previous stamp's stretches stood).
     @discardableResult
-    public static func stampCaptured(_ db: Database, collectVersions: Bool = false, limit: Int? = nil) throws -> StampedChanges? {
+    public static func stampCaptured(_ db: Database, collectVersions: Bool = false, limit: Int? = nil,
+                                     findSmallCommits: Bool = false, writerTail: WriterStretches.Tail? = nil) throws -> StampedChanges? {
         precondition(db.isInTransaction, "versions are stamped inside the transaction that reads them")
         precondition(limit.map { $0 > 0 } ?? true, "a stamp limit of \(limit ?? 0) writes")
         let queue = q(Bookkeeping.captureQueue), clock = q(Bookkeeping.clockTable)
@@ -33,7 +49,10 @@ extension ChangeCapture {
         guard let clockNow = try db.scalar("SELECT hlc FROM \(clock)")?.int64 else {
             throw CorruptBookkeeping(description: "the clock row of \(Bookkeeping.clockTable) is missing")
         }
-        let stamps = try hlcRuns(db, clock: clockNow, collectVersions: collectVersions, limit: limit)
+        var stretches = findSmallCommits ? WriterStretches(after: writerTail) : nil
+        let stamps = try hlcRuns(db, clock: clockNow, collectVersions: collectVersions, limit: limit, stretches: &stretches)
+        // A stamp that stopped short may have cut a stretch: the next one decides it.
+        let smallQueueIDs = stretches?.finish(countingOpen: limit.map { stamps.count < $0 } ?? true) ?? []
         guard let first = stamps.runs.first?.from, let last = stamps.runs.last?.to, let newest = stamps.newest else { return nil }
         let setHLC = try db.cached("UPDATE \(queue) SET hlc = id + ? WHERE id BETWEEN ? AND ?")
         for run in stamps.runs { try setHLC.execute([.integer(run.offset), .integer(run.from), .integer(run.to)]) }
@@ -70,7 +89,9 @@ extension ChangeCapture {
                 """, match)
         }
         // One global order over every table, the commit order (the versions increase with it).
+        var smallCommits: [Int64] = []
         if !linked.isEmpty {
+            let globalBefore = smallQueueIDs.isEmpty ? 0 : try db.scalar("SELECT coalesce(max(id), 0) FROM \(q(Bookkeeping.globalLog))")?.int64 ?? 0
             let parts = linked.map { entry in
                 "SELECT id, \(quoteLiteral(entry.table)) AS t, hlc FROM \(q(Bookkeeping.changeLog(entry.table))) WHERE id >= \(entry.firstNewID)"
             }
@@ -78,6 +99,10 @@ extension ChangeCapture {
                 INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
                 SELECT id, t FROM (\(parts.joined(separator: " UNION ALL "))) ORDER BY hlc
                 """)
+            if !smallQueueIDs.isEmpty {
+                smallCommits = try globalIDs(db, versions: smallQueueIDs.compactMap { stamps.version(of: $0) }, tables: linked.map(\.table),
+                                             after: globalBefore)
+            }
         }
         try db.execute("UPDATE \(clock) SET hlc = max(hlc, ?)", [.integer(newest)])
         if limit == nil {
@@ -86,7 +111,24 @@ extension ChangeCapture {
         } else {
             try db.execute("DELETE FROM \(queue) WHERE id <= ?", [.integer(last)])
         }
-        return StampedChanges(firstQueueID: first, lastQueueID: last, count: stamps.count, hlcs: stamps.hlcs)
+        var stamped = StampedChanges(firstQueueID: first, lastQueueID: last, count: stamps.count, hlcs: stamps.hlcs)
+        stamped.smallCommits = smallCommits
+        stamped.writerTail = stretches?.tail
+        return stamped
+    }
+
+    /// The global-log ids, past `after`, of this node's changes with these versions (a stamp's own entries).
+    static func globalIDs(_ db: Database, versions: [Int64], tables: [String], after: Int64) throws -> [Int64] {
+        guard !versions.isEmpty else { return [] }
+        let list = versions.map(String.init).joined(separator: ", ")
+        var ids: [Int64] = []
+        for table in tables {
+            ids += try db.query("""
+                SELECT g.id FROM \(q(Bookkeeping.globalLog)) g JOIN \(q(Bookkeeping.changeLog(table))) c ON c.id = g.change_table_id
+                WHERE g.id > ? AND g.table_name = ? AND c.hlc IN (\(list))
+                """, [.integer(after), .text(table)]).compactMap { $0[0].int64 }
+        }
+        return ids.sorted()
     }
 
     /// The queued changes' versions: the hybrid-logical clock run over the queue in commit order, from the clock as it
@@ -97,13 +139,14 @@ extension ChangeCapture {
     /// With queue ids for the count (gaps only add to the logical part) that is `hlc = id + offset`, the offset
     /// growing only where a write's millisecond overtakes the clock: one run of ids per such step (one for a bulk
     /// load), each set with a single UPDATE.
-    static func hlcRuns(_ db: Database, clock: Int64, collectVersions: Bool, limit: Int? = nil)
-        throws -> (runs: [(from: Int64, to: Int64, offset: Int64)], newest: Int64?, count: Int, hlcs: [Int64: Int64]) {
+    /// `stretches`, when given, is fed every write (`WriterStretches`).
+    static func hlcRuns(_ db: Database, clock: Int64, collectVersions: Bool, limit: Int? = nil, stretches: inout WriterStretches?)
+        throws -> HLCRuns {
         var runs: [(from: Int64, to: Int64, offset: Int64)] = []
         var offset = Int64.min, count = 0
         var hlcs: [Int64: Int64] = [:]
         // Row by row, not collected: a queue can hold a whole bulk load.
-        let read = try db.cached("SELECT id, ms FROM \(q(Bookkeeping.captureQueue)) ORDER BY id LIMIT ?")
+        let read = try db.cached("SELECT id, ms\(stretches == nil ? "" : ", writer_changes") FROM \(q(Bookkeeping.captureQueue)) ORDER BY id LIMIT ?")
         try read.bind([.integer(Int64(limit ?? -1))])
         defer { read.reset() }
         while try read.step() {
@@ -120,8 +163,28 @@ extension ChangeCapture {
             }
             count += 1
             if collectVersions { hlcs[id] = id + offset }
+            stretches?.add(queueID: id, writerChanges: read.column(2).int64)
         }
-        return (runs, runs.last.map { $0.to + $0.offset }, count, hlcs)
+        return HLCRuns(runs: runs, newest: runs.last.map { $0.to + $0.offset }, count: count, hlcs: hlcs)
+    }
+
+    /// The versions a stamp gives: `id + offset` over each run of queue ids.
+    struct HLCRuns {
+        var runs: [(from: Int64, to: Int64, offset: Int64)]
+        var newest: Int64?
+        var count: Int
+        var hlcs: [Int64: Int64]
+
+        func version(of queueID: Int64) -> Int64? {
+            // The last run starting at or before the id (runs are in id order and cover the ids stamped).
+            var low = 0, high = runs.count
+            while low < high {
+                let mid = (low + high) / 2
+                if runs[mid].from <= queueID { low = mid + 1 } else { high = mid }
+            }
+            guard low > 0, queueID <= runs[low - 1].to else { return nil }
+            return queueID + runs[low - 1].offset
+        }
     }
 
     /// The queue holds one `kN` column per key column of the widest key captured; columns are only ever added.

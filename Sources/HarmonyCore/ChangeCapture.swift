@@ -75,7 +75,8 @@ public enum ChangeCapture {
                 epoch INTEGER NOT NULL,
                 ms INTEGER NOT NULL,
                 hlc INTEGER,
-                k1
+                k1,
+                writer_changes INTEGER
             );
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.checkpointTable)) (
                 stream TEXT PRIMARY KEY,
@@ -117,10 +118,14 @@ public enum ChangeCapture {
             ON CONFLICT (id) DO UPDATE SET node_id = ?1, applying = 0
             """, [.integer(nodeID)])
         // Alias tables made before aliases named the renamed table's generation gain the column (NULL: any).
-        if try !db.query("SELECT 1 FROM pragma_table_info(?) WHERE name = 'generation'", [.text(Bookkeeping.aliasTable)]).isEmpty {
-            return
-        }
-        try db.execute("ALTER TABLE \(q(Bookkeeping.aliasTable)) ADD COLUMN generation INTEGER")
+        try addColumnIfMissing(db, table: Bookkeeping.aliasTable, column: "generation", type: "INTEGER")
+        // Queues made before writes named their connection's count gain it (NULL: written by the older triggers).
+        try addColumnIfMissing(db, table: Bookkeeping.captureQueue, column: "writer_changes", type: "INTEGER")
+    }
+
+    static func addColumnIfMissing(_ db: Database, table: String, column: String, type: String) throws {
+        guard try db.query("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", [.text(table), .text(column)]).isEmpty else { return }
+        try db.execute("ALTER TABLE \(q(table)) ADD COLUMN \(q(column)) \(type)")
     }
 
     /// Installs or refreshes capture on every admitted table, in one transaction.
@@ -504,8 +509,8 @@ public enum ChangeCapture {
         let keyNames = (1...schema.primaryKey.count).map { ", k\($0)" }.joined()
         let keyValues = schema.primaryKey.map { ", \(source).\(q($0))" }.joined()
         return """
-              INSERT INTO \(q(Bookkeeping.captureQueue)) (table_name, type, epoch, ms\(keyNames))
-                VALUES (\(quoteLiteral(schema.name)), '\(type)', \(epoch), \(nowMsSQL)\(keyValues));
+              INSERT INTO \(q(Bookkeeping.captureQueue)) (table_name, type, epoch, ms, writer_changes\(keyNames))
+                VALUES (\(quoteLiteral(schema.name)), '\(type)', \(epoch), \(nowMsSQL), total_changes()\(keyValues));
             """
     }
 

@@ -91,6 +91,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Send writes ahead of their stamp under a version from the clock alone, not the milliseconds queued before them:
     /// the stamp then gives them another version than the one other nodes already hold.
     public static let aheadOfStampFromClockOnly = PlantedBugs(rawValue: 1 << 61)
+    /// Send a small commit ahead of its stamp although a later write of the same row is queued: it carries that
+    /// later write's row under its own, older version.
+    public static let aheadLaneIgnoresLaterWrites = PlantedBugs(rawValue: 1 << 62)
     /// Let a stamp or a cleanup that meets a held write lock or a full disk throw out of the core, which then restarts
     /// (and meets the same lock) instead of trying again after a pause.
     public static let stampFailureRestartsCore = PlantedBugs(rawValue: 1 << 59)
@@ -185,6 +188,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("lane-moves-scan-cursor", .laneMovesScanCursor),
         ("lane-takes-newest-only", .laneTakesNewestOnly),
         ("ahead-of-stamp-from-clock-only", .aheadOfStampFromClockOnly),
+        ("ahead-lane-ignores-later-writes", .aheadLaneIgnoresLaterWrites),
         ("stamp-failure-restarts-core", .stampFailureRestartsCore),
         ("echoes-survive-restore", .echoesSurviveRestore),
         ("alias-any-generation", .aliasAnyGeneration),

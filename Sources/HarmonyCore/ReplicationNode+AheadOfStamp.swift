@@ -8,7 +8,13 @@ extension ReplicationNode {
     struct AheadLane: Equatable {
         var through: Int64
         var candidateMax: Int64?
+        /// Where the writer stretches stood at `through` (`WriterStretches`).
+        var writerTail: WriterStretches.Tail?
     }
+
+    /// The most queued writes one look reads: a look at a huge import goes through it over several looks, so that no
+    /// single one holds up the core for long.
+    static let aheadLookWritesMax: Int64 = 100_000
 
     /// While a large stamp backlog keeps new commits unstamped (a bulk import stamped a batch at a time, with pauses
     /// for the applications), sends the commits made since the last look ahead of their stamp, so a single-row commit
@@ -18,22 +24,24 @@ extension ReplicationNode {
     /// (`ChangeCapture.hlcRuns`), and every transaction that moves the clock stamps the queue first: one read
     /// transaction computes exactly the version the stamp writes later. The scan sends the write again once it is
     /// stamped, with the same version, and receivers resolve either copy by last-writer-wins (the later one changes
-    /// nothing). Only the newest change of each row goes; an older one still
-    /// queued loses to it everywhere.
+    /// nothing). Only the newest change of each row goes, and only if no later write of that row is queued; an older
+    /// one still queued loses to it everywhere.
     ///
-    /// Only when everything committed since the last look fits in `room`: a look that finds more (the bulk itself
-    /// still being written) only moves past it, and so does the first look at a backlog. Nothing here counts as in flight or is marked published; a copy the
+    /// Everything committed since the last look goes when it fits in `room`. A look that finds more (the bulk itself
+    /// still being written, or the first look at a backlog) sends only the writes that look like small commits of
+    /// another connection (`WriterStretches`). Nothing here counts as in flight or is marked published; a copy the
     /// log refuses is simply sent again by the scan. Returns how many changes went out.
     @discardableResult
     func sendAheadOfStamp(room: Int) throws -> Int {
         // No stamp stopped short since the queue was last emptied: no backlog (the common case costs nothing here).
-        guard room > 0, config.publish, queueNewestAtPartialStamp != nil, !(config.replicateDDL && definitionsToPublish) else { return 0 }
+        guard room > 0, config.publish, queueNewestAtPartialStamp != nil, queueRecordsWriters,
+              !(config.replicateDDL && definitionsToPublish) else { return 0 }
         let db = requireDatabase()
         guard try db.tableExists(Bookkeeping.captureQueue) else { return 0 }
         let queue = quoteIdentifier(Bookkeeping.captureQueue)
         // The queue's milliseconds as `hlcRuns` reads them: outside 1970...~4200, no time at all.
         let candidate = "((CASE WHEN typeof(ms) = 'integer' AND ms >= 0 AND ms < \(Int64(1) << 46) THEN ms ELSE 0 END) << \(RowVersion.logicalBits)) - id"
-        let found: (records: [(queueID: Int64, record: ChangeRecord)], versions: [Int64: Int64])? = try db.transaction(.deferred) {
+        let found: [(queueID: Int64, record: ChangeRecord)]? = try db.transaction(.deferred) {
             guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion,
                   // One min or max per SELECT: with both in one, SQLite reads the whole queue.
                   let ends = try db.query("SELECT (SELECT min(id) FROM \(queue)), (SELECT max(id) FROM \(queue))").first,
@@ -42,82 +50,110 @@ extension ReplicationNode {
             if let lane = aheadLane, lane.through > newest || lane.through < oldest - 1 { aheadLane = nil }
             // A small queue is stamped whole by the next stamp, pause or not; nothing to go ahead of.
             guard newest - oldest + 1 > Int64(config.lockBatchRows) else { return nil }
-            func remember(_ through: Int64, _ max: Int64?) { aheadLane = AheadLane(through: through, candidateMax: max) }
-            // The first look takes the whole queue as the backlog: it reads its largest candidate once, sends nothing.
-            guard let lane = aheadLane else {
-                remember(newest, try db.scalar("SELECT max(\(candidate)) FROM \(queue)")?.int64)
-                return nil
-            }
+            // The first look reads the whole queue, from where the stamps' stretches stood: the stamps took every write
+            // before the oldest queued one.
+            let lane = aheadLane ?? AheadLane(through: oldest - 1, candidateMax: nil, writerTail: stampWriterTail)
             let from = lane.through
             guard newest > from else { return nil }
-            // A candidate left over from writes stamped since never exceeds `clock - oldest + 1`, which the stamp
-            // starts from, so the remembered maximum stands for everything below the new entries.
+            // The first look's window is the whole backlog, not commits made since a look.
+            let everything = aheadLane != nil && newest - from <= Int64(room)
+            let through = min(newest, from + Self.aheadLookWritesMax)
+            // Which entries look like small commits.
+            var stretches = WriterStretches(after: lane.writerTail)
+            var ids: [Int64] = []
+            do {
+                let read = try db.cached("SELECT id, writer_changes FROM \(queue) WHERE id > ? AND id <= ? ORDER BY id")
+                try read.bind([.integer(from), .integer(through)])
+                defer { read.reset() }
+                while try read.step() {
+                    guard let id = read.column(0).int64 else { continue }
+                    if everything { ids.append(id) }
+                    stretches.add(queueID: id, writerChanges: read.column(1).int64)
+                }
+            }
+            let chosen = everything ? ids : stretches.finish(countingOpen: through == newest)
+            // Each chosen entry's version, as the stamp will write it: a candidate left over from writes stamped since
+            // never exceeds `clock - oldest + 1`, which the stamp starts from, so the remembered maximum stands for
+            // everything below the new entries; the rest is the largest candidate up to the entry.
             var running = lane.candidateMax
-            if newest - from > Int64(room) {
-                let newMax = try db.scalar("SELECT max(\(candidate)) FROM \(queue) WHERE id > ?", [.integer(from)])?.int64
-                remember(newest, [running, newMax].compactMap { $0 }.max())
-                return nil
+            var hlcOf: [Int64: Int64] = [:]
+            let rangeMax = try db.cached("SELECT max(\(candidate)) FROM \(queue) WHERE id > ? AND id <= ?")
+            func runUp(_ low: Int64, _ high: Int64) throws {
+                guard high > low else { return }
+                if let m = try rangeMax.query([.integer(low), .integer(high)]).first?[0].int64 { running = max(running ?? m, m) }
             }
             guard let clock = try db.query("SELECT hlc, node_id FROM \(quoteIdentifier(Bookkeeping.clockTable))").first,
                   let clockNow = clock[0].int64, let originNode = clock[1].int64 else { return nil }
-            let read = try db.cached("SELECT *, \(candidate) AS candidate FROM \(queue) WHERE id > ? ORDER BY id")
-            let entries = try read.query([.integer(from)])
-            let columns = (0..<read.columnCount).map { read.columnName($0) }
-            func column(_ name: String) -> Int? { columns.firstIndex(of: name) }
-            guard let idAt = column("id"), let tableAt = column("table_name"), let typeAt = column("type"),
-                  let epochAt = column("epoch"), let candidateAt = column("candidate") else { return nil }
-            // Each entry's version, in commit order, as the stamp will write it.
-            var versions: [Int64: Int64] = [:]
             let start = clockNow - oldest + 1
-            for entry in entries {
-                guard let id = entry[idAt].int64 else { continue }
-                let own = entry[candidateAt].int64 ?? Int64.min
-                running = max(running ?? own, own)
-                let offset = config.plantedBugs.contains(.aheadOfStampFromClockOnly) ? start : max(start, running!)
-                versions[id] = id + offset
+            var low = from
+            for id in chosen {
+                // One by one when they are all taken (a few at most): each is the candidate itself plus what is before.
+                try runUp(low, id)
+                low = id
+                let offset = config.plantedBugs.contains(.aheadOfStampFromClockOnly) ? start : max(start, running ?? start)
+                hlcOf[id] = id + offset
             }
-            remember(newest, running)
-            // Newest first, one change per row: the row as it is now, under the version of its newest write.
-            var seen: Set<String> = []
-            var records: [(queueID: Int64, record: ChangeRecord)] = []
-            for entry in entries.reversed() {
-                guard let id = entry[idAt].int64, let hlc = versions[id], let table = entry[tableAt].string,
-                      let type = entry[typeAt].string, let epoch = entry[epochAt].int64,
-                      !table.hasPrefix(Bookkeeping.prefix), let captured = captured[table],
-                      let entryKey = try primaryKey(table: table, epoch: epoch),
-                      entryKey.map({ captured.currentNameOf[$0] ?? $0 }) == captured.schema.primaryKey
-                else { continue }
-                let schema = captured.schema
-                let keyValues = (1...entryKey.count).map { n in column("k\(n)").map { entry[$0] } ?? .null }
-                guard seen.insert(rowIdentity(table, keyValues)).inserted else { continue }
-                let key = zip(schema.primaryKey, keyValues).map { ChangeRecord.Column($0, $1) }
-                let version = RowVersion(hlc: hlc, node: originNode)
-                var record: ChangeRecord
-                if type == "delete" {
-                    record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
-                                          version: version, schemaHash: schema.hash)
-                } else {
-                    let sql = rowReadSQLCache[table] ?? rowReadSQL(schema)
-                    rowReadSQLCache[table] = sql
-                    let read = try db.cached(sql.row)
-                    try read.bind(keyValues)
-                    defer { read.reset() }
-                    guard try read.step() else { continue }
-                    let row = schema.columns.enumerated().map { ChangeRecord.Column($1, read.column($0)) }
-                    record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
-                                          row: row, version: version, schemaHash: schema.hash)
-                }
-                record.definition = tableStates[table].map(\.definition)
-                records.append((id, record))
-            }
-            return (records, versions)
+            try runUp(low, through)
+            aheadLane = AheadLane(through: through, candidateMax: running, writerTail: stretches.tail)
+            guard !chosen.isEmpty else { return [] }
+            return try changesAhead(db, chosen: chosen, hlcOf: hlcOf, originNode: originNode, room: room, checkLater: !everything)
         }
-        guard let found, !found.records.isEmpty else { return 0 }
-        try sendAhead(found.records)
+        guard let found, !found.isEmpty else { return 0 }
+        try sendAhead(found)
         var sent: [Int64: Int64] = [:]
-        for (queueID, record) in found.records { sent[queueID] = record.version.hlc }
+        for (queueID, record) in found { sent[queueID] = record.version.hlc }
         env.events?.record(.sentAheadOfStamp(versions: sent))
-        return found.records.count
+        return found.count
+    }
+
+    /// The changes for the chosen queue entries, newest first and at most `room`: one per row, the row as it is now
+    /// under the version of its newest write. `checkLater`: the chosen entries are not all that was queued after
+    /// them, so an entry whose row has a later write queued is left to the stamp (sent now, it would carry that
+    /// later write's row under its own, older version).
+    private func changesAhead(_ db: Database, chosen: [Int64], hlcOf: [Int64: Int64], originNode: Int64, room: Int,
+                              checkLater: Bool) throws -> [(queueID: Int64, record: ChangeRecord)] {
+        let queue = quoteIdentifier(Bookkeeping.captureQueue)
+        let entryRead = try db.cached("SELECT * FROM \(queue) WHERE id = ?")
+        var seen: Set<String> = []
+        var records: [(queueID: Int64, record: ChangeRecord)] = []
+        for id in chosen.reversed() where records.count < room {
+            guard let hlc = hlcOf[id], let entry = try entryRead.query([.integer(id)]).first else { continue }
+            let columns = (0..<entryRead.columnCount).map { entryRead.columnName($0) }
+            func column(_ name: String) -> DatabaseValue { columns.firstIndex(of: name).map { entry[$0] } ?? .null }
+            guard let table = column("table_name").string, let type = column("type").string, let epoch = column("epoch").int64,
+                  !table.hasPrefix(Bookkeeping.prefix), let captured = captured[table],
+                  let entryKey = try primaryKey(table: table, epoch: epoch),
+                  entryKey.map({ captured.currentNameOf[$0] ?? $0 }) == captured.schema.primaryKey
+            else { continue }
+            let schema = captured.schema
+            let keyValues = (1...entryKey.count).map { column("k\($0)") }
+            guard seen.insert(rowIdentity(table, keyValues)).inserted else { continue }
+            if checkLater && !config.plantedBugs.contains(.aheadLaneIgnoresLaterWrites) {
+                let sameKey = (1...entryKey.count).map { "k\($0) IS ?" }.joined(separator: " AND ")
+                let later = try db.cached("SELECT 1 FROM \(queue) WHERE id > ? AND table_name = ? AND \(sameKey) LIMIT 1")
+                guard try later.query([.integer(id), .text(table)] + keyValues).isEmpty else { continue }
+            }
+            let key = zip(schema.primaryKey, keyValues).map { ChangeRecord.Column($0, $1) }
+            let version = RowVersion(hlc: hlc, node: originNode)
+            var record: ChangeRecord
+            if type == "delete" {
+                record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
+                                      version: version, schemaHash: schema.hash)
+            } else {
+                let sql = rowReadSQLCache[table] ?? rowReadSQL(schema)
+                rowReadSQLCache[table] = sql
+                let read = try db.cached(sql.row)
+                try read.bind(keyValues)
+                defer { read.reset() }
+                guard try read.step() else { continue }
+                let row = schema.columns.enumerated().map { ChangeRecord.Column($1, read.column($0)) }
+                record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
+                                      row: row, version: version, schemaHash: schema.hash)
+            }
+            record.definition = tableStates[table].map(\.definition)
+            records.append((id, record))
+        }
+        return records
     }
 
     /// A row's identity within one look: its table and key values.

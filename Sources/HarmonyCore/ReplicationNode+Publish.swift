@@ -50,6 +50,7 @@ extension ReplicationNode {
     /// Commits still waiting behind a large stamp backlog go too, ahead of their stamp (`sendAheadOfStamp`); they
     /// take no room in the window, which the backlog may fill.
     func publishNewestFirst() throws {
+        try publishSmallCommits()
         let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
         guard room > 0 else {
             try sendAheadOfStamp(room: priorityLaneMax)
@@ -82,6 +83,22 @@ extension ReplicationNode {
             }
         }
         try sendPage(rest, hint: false)
+    }
+
+    /// Small commits found by the stamp (`smallCommitsPending`) go first, the newest if the lane has no room for all:
+    /// a single-row commit made while a bulk writer's transactions were queued around it does not wait for them.
+    /// Those within the scan's next page are left to it: they would not wait anyway, and taken apart from the page
+    /// they would cost messages of their own (with many connections each writing a row, every write is a small
+    /// commit).
+    func publishSmallCommits() throws {
+        let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
+        guard room > 0, !smallCommitsPending.isEmpty else { return }
+        let scanReach = scanCursor + Int64(config.scanMaxChanges)
+        let taken = Array(smallCommitsPending.filter { $0 > scanReach && !inFlight.contains($0) }.suffix(room))
+        let gone = Set(taken)
+        smallCommitsPending.removeAll { gone.contains($0) || $0 <= scanReach || inFlight.contains($0) }
+        guard !taken.isEmpty else { return }
+        try sendPage(try readPendingPage(limit: taken.count, only: taken), hint: true)
     }
 
     /// Sends a page's changes in per-shard batches, marks its superseded entries published and parks oversized ones.
@@ -189,7 +206,8 @@ extension ReplicationNode {
     /// the schema hash it is sent with (an ALTER the sidecar has not seen yet is picked up first).
     /// `newestAfter`: the newest pending entries above that id (and below `below`), newest first, for the priority
     /// lane (the scan cursor does not move for them); nil: the oldest past the scan cursor.
-    func readPendingPage(limit: Int, newestAfter: Int64? = nil, below: Int64 = .max) throws -> PendingPage {
+    /// `only`: just these entries, those still pending (the lane's small commits).
+    func readPendingPage(limit: Int, newestAfter: Int64? = nil, below: Int64 = .max, only ids: [Int64]? = nil) throws -> PendingPage {
         let db = requireDatabase()
         for _ in 0..<10 {
             try refreshCaptureIfSchemaChanged()
@@ -205,6 +223,19 @@ extension ReplicationNode {
                     WHERE state = 0 AND id > ? AND id < ? ORDER BY id \(newestAfter == nil ? "" : "DESC") LIMIT ?
                     """)
                 var page = PendingPage(end: scanCursor)
+                if let ids {
+                    let entry = try db.cached("SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE id = ? AND state = 0")
+                    for id in ids.prefix(limit) where !inFlight.contains(id) {
+                        guard let row = try entry.query([.integer(id)]).first, let changeID = row[1].int64, let table = row[2].string else { continue }
+                        page.rowsRead += 1
+                        if let record = try changeRecord(table: table, changeID: changeID) {
+                            page.records.append((id, record))
+                        } else {
+                            page.superseded.append(id)
+                        }
+                    }
+                    return page
+                }
                 for row in try scan.query([.integer(newestAfter ?? scanCursor), .integer(newestAfter == nil ? .max : below),
                                            .integer(Int64(limit))]) {
                     page.rowsRead += 1

@@ -72,6 +72,14 @@ public final class ReplicationNode {
     /// How far the lane ahead of the stamp has looked into the capture queue (`sendAheadOfStamp`); nil: not yet, or
     /// the queue it looked at was stamped to its end since.
     var aheadLane: AheadLane?
+    /// Global-log ids of stamped writes that look like small commits (`WriterStretches`), oldest first: the priority
+    /// lane sends them before anything else, wherever they sit in the backlog.
+    var smallCommitsPending: [Int64] = []
+    /// Where the stamps' writer stretches stood at the last write stamped.
+    var stampWriterTail: WriterStretches.Tail?
+    /// The capture queue has the `writer_changes` column: not before this process's first capture install (an
+    /// older version's queue gains it there, and a stamp comes first).
+    var queueRecordsWriters = false
     /// DDL may be waiting to be published (set by every capture refresh, cleared once none is pending).
     var definitionsToPublish = true
     /// Local writes stamped inside the transaction now open: reported once it commits, forgotten if it rolls back.
@@ -175,6 +183,10 @@ public final class ReplicationNode {
         ownEchoes.removeAll()
         streamStateRequested.removeAll()
         snapshotAttempt = .idle
+        smallCommitsPending.removeAll()
+        stampWriterTail = nil
+        queueRecordsWriters = false
+        aheadLane = nil
         database = nil
     }
 
@@ -201,7 +213,8 @@ public final class ReplicationNode {
     @discardableResult
     func stampLocalChanges(_ db: Database, limit: Int? = nil) throws -> Bool {
         precondition(db.isInTransaction, "local writes are stamped inside the transaction that reads their versions")
-        guard let stamped = try ChangeCapture.stampCaptured(db, collectVersions: env.events?.wantsStampedVersions ?? false, limit: limit) else {
+        guard let stamped = try ChangeCapture.stampCaptured(db, collectVersions: env.events?.wantsStampedVersions ?? false, limit: limit,
+                                                            findSmallCommits: queueRecordsWriters, writerTail: stampWriterTail) else {
             return false
         }
         stampsAwaitingCommit.append(stamped)
@@ -251,7 +264,13 @@ public final class ReplicationNode {
 
     /// Reports the stamps of the transaction that just ended, if it committed.
     func transactionEnded(committed: Bool) {
-        if committed { for stamped in stampsAwaitingCommit { env.events?.record(.localChangesStamped(stamped)) } }
+        if committed {
+            for stamped in stampsAwaitingCommit {
+                env.events?.record(.localChangesStamped(stamped))
+                stampWriterTail = stamped.writerTail
+                smallCommitsPending = Array((smallCommitsPending + stamped.smallCommits).suffix(WriterStretches.keptMax))
+            }
+        }
         stampsAwaitingCommit.removeAll()
     }
 
@@ -461,6 +480,7 @@ public final class ReplicationNode {
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
+        queueRecordsWriters = true
         preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered
         epochKeys.removeAll()
         applySQLCache.removeAll()
