@@ -12,8 +12,8 @@ extension ReplicationNode {
         var writerTail: WriterStretches.Tail?
     }
 
-    /// The most queued writes one look reads: a look at a huge import goes through it over several looks, so that no
-    /// single one holds up the core for long.
+    /// The most queued writes one look reads one by one, the newest: reading a whole huge import that way would hold
+    /// up the core.
     static let aheadLookWritesMax: Int64 = 100_000
 
     /// While a large stamp backlog keeps new commits unstamped (a bulk import stamped a batch at a time, with pauses
@@ -53,17 +53,30 @@ extension ReplicationNode {
             // The first look reads the whole queue, from where the stamps' stretches stood: the stamps took every write
             // before the oldest queued one.
             let lane = aheadLane ?? AheadLane(through: oldest - 1, candidateMax: nil, writerTail: stampWriterTail)
-            let from = lane.through
-            guard newest > from else { return nil }
+            guard newest > lane.through else { return nil }
             // The first look's window is the whole backlog, not commits made since a look.
-            let everything = aheadLane != nil && newest - from <= Int64(room)
-            let through = min(newest, from + Self.aheadLookWritesMax)
-            // Which entries look like small commits.
-            var stretches = WriterStretches(after: lane.writerTail)
+            let everything = aheadLane != nil && newest - lane.through <= Int64(room)
+            // A candidate left over from writes stamped since never exceeds `clock - oldest + 1`, which the stamp
+            // starts from, so the remembered maximum stands for everything below the new entries.
+            var running = lane.candidateMax
+            let rangeMax = try db.cached("SELECT max(\(candidate)) FROM \(queue) WHERE id > ? AND id <= ?")
+            func runUp(_ low: Int64, _ high: Int64) throws {
+                guard high > low else { return }
+                if let m = try rangeMax.query([.integer(low), .integer(high)]).first?[0].int64 { running = max(running ?? m, m) }
+            }
+            // Only the newest `aheadLookWritesMax` are read one by one (a small commit made now is among them); older
+            // ones (the first look at a huge import) count only toward the versions, and are left to the stamp.
+            var from = lane.through, tail = lane.writerTail
+            if newest - from > Self.aheadLookWritesMax {
+                try runUp(from, newest - Self.aheadLookWritesMax)
+                from = newest - Self.aheadLookWritesMax
+                tail = nil
+            }
+            var stretches = WriterStretches(after: tail)
             var ids: [Int64] = []
             do {
                 let read = try db.cached("SELECT id, writer_changes FROM \(queue) WHERE id > ? AND id <= ? ORDER BY id")
-                try read.bind([.integer(from), .integer(through)])
+                try read.bind([.integer(from), .integer(newest)])
                 defer { read.reset() }
                 while try read.step() {
                     guard let id = read.column(0).int64 else { continue }
@@ -71,17 +84,9 @@ extension ReplicationNode {
                     stretches.add(queueID: id, writerChanges: read.column(1).int64)
                 }
             }
-            let chosen = everything ? ids : stretches.finish(countingOpen: through == newest)
-            // Each chosen entry's version, as the stamp will write it: a candidate left over from writes stamped since
-            // never exceeds `clock - oldest + 1`, which the stamp starts from, so the remembered maximum stands for
-            // everything below the new entries; the rest is the largest candidate up to the entry.
-            var running = lane.candidateMax
+            let chosen = everything ? ids : stretches.finish()
+            // Each chosen entry's version, as the stamp will write it: the largest candidate up to the entry.
             var hlcOf: [Int64: Int64] = [:]
-            let rangeMax = try db.cached("SELECT max(\(candidate)) FROM \(queue) WHERE id > ? AND id <= ?")
-            func runUp(_ low: Int64, _ high: Int64) throws {
-                guard high > low else { return }
-                if let m = try rangeMax.query([.integer(low), .integer(high)]).first?[0].int64 { running = max(running ?? m, m) }
-            }
             guard let clock = try db.query("SELECT hlc, node_id FROM \(quoteIdentifier(Bookkeeping.clockTable))").first,
                   let clockNow = clock[0].int64, let originNode = clock[1].int64 else { return nil }
             let start = clockNow - oldest + 1
@@ -93,8 +98,8 @@ extension ReplicationNode {
                 let offset = config.plantedBugs.contains(.aheadOfStampFromClockOnly) ? start : max(start, running ?? start)
                 hlcOf[id] = id + offset
             }
-            try runUp(low, through)
-            aheadLane = AheadLane(through: through, candidateMax: running, writerTail: stretches.tail)
+            try runUp(low, newest)
+            aheadLane = AheadLane(through: newest, candidateMax: running, writerTail: stretches.tail)
             guard !chosen.isEmpty else { return [] }
             return try changesAhead(db, chosen: chosen, hlcOf: hlcOf, originNode: originNode, room: room, checkLater: !everything)
         }
