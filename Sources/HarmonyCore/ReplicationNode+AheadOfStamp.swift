@@ -34,7 +34,9 @@ extension ReplicationNode {
     @discardableResult
     func sendAheadOfStamp(room: Int) throws -> Int {
         // No stamp stopped short since the queue was last emptied: no backlog (the common case costs nothing here).
-        guard room > 0, config.publish, queueNewestAtPartialStamp != nil, queueRecordsWriters,
+        // Or the stamp keeps missing the lock (an application writing back to back): the queue waits, however small.
+        let lockedOut = lockMissedSinceMs != nil
+        guard room > 0, config.publish, queueNewestAtPartialStamp != nil || lockedOut, queueRecordsWriters,
               !(config.replicateDDL && definitionsToPublish) else { return 0 }
         let db = requireDatabase()
         guard try db.tableExists(Bookkeeping.captureQueue) else { return 0 }
@@ -49,7 +51,7 @@ extension ReplicationNode {
             // Queue ids start again at 1 once the queue was emptied: what the lane knew is gone with it.
             if let lane = aheadLane, lane.through > newest || lane.through < oldest - 1 { aheadLane = nil }
             // A small queue is stamped whole by the next stamp, pause or not; nothing to go ahead of.
-            guard newest - oldest + 1 > Int64(config.lockBatchRows) else { return nil }
+            guard newest - oldest + 1 > Int64(config.lockBatchRows) || lockedOut else { return nil }
             // The first look reads the whole queue, from where the stamps' stretches stood: the stamps took every write
             // before the oldest queued one.
             let lane = aheadLane ?? AheadLane(through: oldest - 1, candidateMax: nil, writerTail: stampWriterTail)

@@ -77,6 +77,8 @@ public final class ReplicationNode {
     var smallCommitsPending: [Int64] = []
     /// Where the stamps' writer stretches stood at the last write stamped.
     var stampWriterTail: WriterStretches.Tail?
+    /// When a brief wait for the lock during a stamp backlog first missed it (`stampLocalChangesIfQueued`).
+    var lockMissedSinceMs: Int64?
     /// The capture queue has the `writer_changes` column: not before this process's first capture install (an
     /// older version's queue gains it there, and a stamp comes first).
     var queueRecordsWriters = false
@@ -186,6 +188,7 @@ public final class ReplicationNode {
         smallCommitsPending.removeAll()
         stampWriterTail = nil
         queueRecordsWriters = false
+        lockMissedSinceMs = nil
         aheadLane = nil
         database = nil
     }
@@ -265,6 +268,7 @@ public final class ReplicationNode {
     /// Reports the stamps of the transaction that just ended, if it committed.
     func transactionEnded(committed: Bool) {
         if committed {
+            lockMissedSinceMs = nil  // the core had the lock
             for stamped in stampsAwaitingCommit {
                 env.events?.record(.localChangesStamped(stamped))
                 stampWriterTail = stamped.writerTail
@@ -337,9 +341,28 @@ public final class ReplicationNode {
         let lowered = synchronous > 1 && !partial && alongside == nil
         if lowered { try db.execute("PRAGMA synchronous = NORMAL") }
         defer { if lowered { try? db.execute("PRAGMA synchronous = \(synchronous)") } }
+        // Publishing's own stamp waits for the lock only `lock_pause_ms`: an application committing back to back would
+        // otherwise keep the core in SQLite's busy handler for its whole load, and the lane could send no small
+        // commit ahead of its stamp meanwhile (that needs no lock). Missed, the stamp is tried again after a pause.
+        let mayWaitBriefly = !all && queueRecordsWriters
+        let savedTimeout = mayWaitBriefly ? try db.scalar("PRAGMA busy_timeout")?.int64 ?? 0 : 0
+        let brief = mayWaitBriefly && savedTimeout > config.lockPauseMs
+        if brief { try db.execute("PRAGMA busy_timeout = \(config.lockPauseMs)") }
+        defer { if brief { try? db.execute("PRAGMA busy_timeout = \(savedTimeout)") } }
         do {
             try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) { try alongside?(db) }
             return true
+        } catch let error as SQLiteError where error.isBusy && brief && !config.plantedBugs.contains(.stampFailureRestartsCore) {
+            // An application's turn, not yet a failure: said as one once the lock was missed for as long as a plain
+            // wait would have lasted.
+            let since = lockMissedSinceMs ?? env.clock.nowMs
+            lockMissedSinceMs = since
+            if env.clock.nowMs - since >= savedTimeout {
+                env.events?.record(.stampFailed(queued: queued, error: "\(error.storageFailureSummary): \(error.description)", retryInMs: config.lockPauseMs))
+                lockMissedSinceMs = nil
+            }
+            pauseBookkeeping()
+            return false
         } catch let error as SQLiteError where error.isTransientStorageFailure && !all && !config.plantedBugs.contains(.stampFailureRestartsCore) {
             // An application holding the write lock past the busy timeout, or a full disk: the writes stay queued
             // and nothing was stamped. Try again after a pause rather than restart the core, which would meet the

@@ -151,4 +151,56 @@ struct SmallCommitTests {
         try c.deliver(1)
         #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == c.rows(0, "SELECT * FROM users ORDER BY id"))
     }
+
+    /// An application that holds the write lock (a loader between its transactions, most of the time) keeps the
+    /// sidecar's stamp waiting only `lock_pause_ms`, not the whole busy timeout: the lane still sends a small commit
+    /// ahead of its stamp meanwhile. A lock missed for as long as a plain wait would have lasted is reported as a
+    /// failed stamp, as before.
+    @Test func aStampBacklogWaitsForTheLockOnlyBriefly() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) {
+            $0.lockBatchRows = 500
+            $0.lockPauseMs = 20
+        }
+        let other = try otherConnection(c)
+        try importRows(c.apps[0], 1...3000)
+        try c.nodes[0].databaseChanged()  // the first batch, then a pause: a backlog
+        #expect(c.nodes[0].bookkeepingPaused)
+        _ = try AheadOfStampTests().takePublishes(c)
+        try other.execute("INSERT INTO users VALUES (100000, 'small', 0)")
+        let holder = try SQLiteOpener().open(path: c.apps[0].path)
+        try holder.execute("BEGIN IMMEDIATE")
+        func failures() -> Int { c.events[0].events.filter { if case .stampFailed = $0 { true } else { false } }.count }
+        for timer in c.clocks[0].advance(byMs: 20) { try c.nodes[0].timerFired(timer) }
+        let ahead = try c.ports[0].pendingPublishes.filter { $0.messageID.hasSuffix("-ahead") }.flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        #expect(keys(ahead) == [100_000])
+        #expect(failures() == 0)
+        #expect(c.nodes[0].bookkeepingPaused)
+        // Held past the busy timeout (5 s): now it is a failure /health shows.
+        for timer in c.clocks[0].advance(byMs: 5_000) { try c.nodes[0].timerFired(timer) }
+        #expect(failures() == 1)
+        try holder.execute("COMMIT")
+        try AheadOfStampTests().drain(c)
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[.integer(3001)]])
+    }
+
+    /// The loader has just begun: nothing is stamped yet, and the first stamp already misses the lock. The small
+    /// commit made between the loader's transactions goes out ahead of its stamp at once, the loader's rows do not.
+    @Test func aFirstStampThatMissesTheLockLetsTheLaneSendAhead() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        let other = try otherConnection(c)
+        try importRows(c.apps[0], 1...1000)
+        try other.execute("INSERT INTO users VALUES (100000, 'small', 0)")
+        try importRows(c.apps[0], 1001...1200)
+        let holder = try SQLiteOpener().open(path: c.apps[0].path)
+        try holder.execute("BEGIN IMMEDIATE")
+        try c.nodes[0].databaseChanged()
+        let ahead = try c.ports[0].pendingPublishes.filter { $0.messageID.hasSuffix("-ahead") }.flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        #expect(keys(ahead) == [100_000])
+        #expect(!c.events[0].events.contains { if case .stampFailed = $0 { true } else { false } })
+        try holder.execute("COMMIT")
+        try AheadOfStampTests().drain(c)
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[.integer(1201)]])
+    }
 }
