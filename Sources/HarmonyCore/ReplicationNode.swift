@@ -77,7 +77,8 @@ public final class ReplicationNode {
     var smallCommitsPending: [Int64] = []
     /// Where the stamps' writer stretches stood at the last write stamped.
     var stampWriterTail: WriterStretches.Tail?
-    /// When a brief wait for the lock during a stamp backlog first missed it (`stampLocalChangesIfQueued`).
+    /// When publishing's brief wait for an application's write lock first missed it (`stampLocalChangesIfQueued`); nil
+    /// once the core had the lock again. Meanwhile the lane ahead of the stamp keeps looking.
     var lockMissedSinceMs: Int64?
     /// The capture queue has the `writer_changes` column: not before this process's first capture install (an
     /// older version's queue gains it there, and a stamp comes first).
