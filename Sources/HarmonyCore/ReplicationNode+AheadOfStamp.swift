@@ -141,23 +141,11 @@ extension ReplicationNode {
                 guard try later.query([.integer(id), .text(table)] + keyValues).isEmpty else { continue }
             }
             let key = zip(schema.primaryKey, keyValues).map { ChangeRecord.Column($0, $1) }
-            let version = RowVersion(hlc: hlc, node: originNode)
-            var record: ChangeRecord
-            if type == "delete" {
-                record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
-                                      version: version, schemaHash: schema.hash)
-            } else {
-                let sql = rowReadSQLCache[table] ?? rowReadSQL(schema)
-                rowReadSQLCache[table] = sql
-                let read = try db.cached(sql.row)
-                try read.bind(keyValues)
-                defer { read.reset() }
-                guard try read.step() else { continue }
-                let row = schema.columns.enumerated().map { ChangeRecord.Column($1, read.column($0)) }
-                record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
-                                      row: row, version: version, schemaHash: schema.hash)
-            }
-            record.definition = tableStates[table].map(\.definition)
+            let sql = rowReadSQLCache[table] ?? rowReadSQL(schema)
+            rowReadSQLCache[table] = sql
+            guard let record = try currentChange(table: table, schema: schema, key: key, keyValues: keyValues,
+                                                 version: RowVersion(hlc: hlc, node: originNode), deleted: type == "delete",
+                                                 rowSQL: sql.row) else { continue }
             records.append((id, record))
         }
         return records

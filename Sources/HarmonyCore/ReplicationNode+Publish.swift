@@ -218,24 +218,28 @@ extension ReplicationNode {
             }
             let page: PendingPage? = try db.transaction(.deferred) {
                 guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion else { return nil }
-                let scan = try db.cached("""
-                    SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
-                    WHERE state = 0 AND id > ? AND id < ? ORDER BY id \(newestAfter == nil ? "" : "DESC") LIMIT ?
-                    """)
                 var page = PendingPage(end: scanCursor)
+                // Each entry not in flight: its change as it is now, or superseded.
+                func take(_ id: Int64, _ changeID: Int64, _ table: String) throws {
+                    if let record = try changeRecord(table: table, changeID: changeID) {
+                        page.records.append((id, record))
+                    } else {
+                        page.superseded.append(id)
+                    }
+                }
                 if let ids {
                     let entry = try db.cached("SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE id = ? AND state = 0")
                     for id in ids.prefix(limit) where !inFlight.contains(id) {
                         guard let row = try entry.query([.integer(id)]).first, let changeID = row[1].int64, let table = row[2].string else { continue }
                         page.rowsRead += 1
-                        if let record = try changeRecord(table: table, changeID: changeID) {
-                            page.records.append((id, record))
-                        } else {
-                            page.superseded.append(id)
-                        }
+                        try take(id, changeID, table)
                     }
                     return page
                 }
+                let scan = try db.cached("""
+                    SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
+                    WHERE state = 0 AND id > ? AND id < ? ORDER BY id \(newestAfter == nil ? "" : "DESC") LIMIT ?
+                    """)
                 for row in try scan.query([.integer(newestAfter ?? scanCursor), .integer(newestAfter == nil ? .max : below),
                                            .integer(Int64(limit))]) {
                     page.rowsRead += 1
@@ -248,11 +252,7 @@ extension ReplicationNode {
                         page.oldestRead = id
                     }
                     if inFlight.contains(id) { continue }
-                    if let record = try changeRecord(table: table, changeID: changeID) {
-                        page.records.append((id, record))
-                    } else {
-                        page.superseded.append(id)
-                    }
+                    try take(id, changeID, table)
                 }
                 return page
             }
@@ -413,13 +413,20 @@ extension ReplicationNode {
         try versionRead.bind(keyValues)
         defer { versionRead.reset() }
         guard try versionRead.step(), versionRead.column(0).int64 == hlc, versionRead.column(1).int64 == node else { return nil }
-        let version = RowVersion(hlc: hlc, node: node)
+        return try currentChange(table: table, schema: schema, key: key, keyValues: keyValues, version: RowVersion(hlc: hlc, node: node),
+                                 deleted: versionRead.column(2).int64 == 1, rowSQL: sql.row)
+    }
+
+    /// The change a row's latest write stands for, under `version`: a delete, or the row as it is now in the captured
+    /// schema's columns (`rowSQL`, from `rowReadSQL`). Nil when the row is gone.
+    func currentChange(table: String, schema: TableSchema, key: [ChangeRecord.Column], keyValues: [DatabaseValue],
+                       version: RowVersion, deleted: Bool, rowSQL: String) throws -> ChangeRecord? {
         var record: ChangeRecord
-        if versionRead.column(2).int64 == 1 {
+        if deleted {
             record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
                                   version: version, schemaHash: schema.hash)
         } else {
-            let rowRead = try db.cached(sql.row)
+            let rowRead = try requireDatabase().cached(rowSQL)
             try rowRead.bind(keyValues)
             defer { rowRead.reset() }
             guard try rowRead.step() else { return nil }
