@@ -27,6 +27,9 @@ public struct Scenario: Sendable, Equatable {
     /// Single writes go through a second application connection (a request handler beside a bulk loader): the
     /// sidecar can tell them from the transactions around them (`WriterStretches`).
     public var smallWritesOwnConnection = false
+    /// `NodeConfig.publishPagesPerCall` of every node; nil: 1 with a cost model (time passes between a backlog's pages,
+    /// as live), 0 without (the live node's one call). Not a scenario key: tests compare the two.
+    public var publishPagesPerCall: Int?
     /// Chance (per mille) that a write's value is `largeValueBytes` long: above the payload limit, sent in parts.
     public var largeValuePermille = 0
     public var largeValueBytes = 6_000
@@ -143,6 +146,10 @@ public struct CostModel: Sendable, Equatable {
     /// How long one of the application's single-row commits holds SQLite's write lock (its fsync included), with
     /// three applications committing on the machine at once. 0: no lock model (the sidecar never waits for the lock).
     public var appCommitUs = 0.0
+    /// Stamping one queued write (its version, change-log and global-log rows), in the stamp's own transaction, which
+    /// holds the write lock: charged when the stamp happens, not when the change is read (`scanChangeUs` is without it).
+    /// 0: stamping costs nothing apart from reading (profiles calibrated before it was measured apart).
+    public var stampChangeUs = 0.0
     /// A look that finds commits, beyond its changes and messages (its stamp transaction): CPU, and wall time on top.
     public var lookUs = 0.0
     public var lookWaitUs = 0.0

@@ -88,6 +88,25 @@ extension Simulation {
         return Self.ms(done)
     }
 
+    /// A stamp transaction of `changes` queued writes on node `node`: its sidecar's time, holding the write lock, ahead of
+    /// whatever the same core call sends after it (those pages read what it stamped).
+    func chargeStamp(node: Int, changes: Int) {
+        guard let costs = scenario.costs, costs.stampChangeUs > 0, changes > 0 else { return }
+        let done = runJob(.sidecar(node), costs.stampChangeUs * Double(changes))
+        sidecarHoldsWriteLock(node, untilUs: done)
+    }
+
+    /// With a cost model, while node `id`'s core is part way through a backlog's pages (`publishContinuing`): when to
+    /// try again, just after the next page's turn (nil: run now).
+    func waitsForPublishLoop(_ id: Int) -> Int64? {
+        guard let incarnation = publishContinuing[id] else { return nil }
+        guard incarnation == nodes[id - 1].incarnation, nodes[id - 1].sidecarUp else {
+            publishContinuing[id] = nil
+            return nil
+        }
+        return max(nowMs, sidecarFreeAtMs(id) ?? nowMs) + 1
+    }
+
     /// When each version was first sent as a hint (once the log has stored its message and the ack is back, as the
     /// live node sends it): the sender's share of a write's lag, as `harmonybench live` splits it (a plain
     /// subscriber on the hint subjects).
@@ -184,6 +203,7 @@ extension Simulation {
         runWrite(node, ops: Array(repeating: 0, count: count), keys: keys, newKeys: Array(repeating: 0, count: count))
         if node.sidecarUp { push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs) }
         let done = runJob(.loader, (scenario.costs?.appInsertRowUs ?? 0) * Double(count))
+        if offset + count >= scenario.bulkRows { bulkCommittedMs = Self.ms(done) }
         push(.bulkStep(offset: offset + count), at: max(Self.ms(done), nowMs + 1))
     }
 
@@ -220,7 +240,7 @@ extension Simulation {
             lags.append(Double(p.nextMs - p.atMs))
             if let h = p.hintMs { hintLags.append(Double(max(0, h - p.atMs))) }
         }
-        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil,
+        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
                                writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
                                convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
     }
@@ -308,6 +328,8 @@ public struct CapacityFigures: Sendable {
     /// Bulk rows every node had, and when the last of them reached the last node.
     public var bulkRows: Int
     public var bulkDoneMs: Int64?
+    /// When the application committed the bulk load's last transaction (the live benchmark reports the same).
+    public var bulkCommittedMs: Int64?
     public var writes: Int
     /// Writes some node never had as that version (superseded there before it arrived, or lost).
     public var notEverywhere: Int

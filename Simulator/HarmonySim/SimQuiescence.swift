@@ -21,6 +21,7 @@ extension Simulation {
             }
         case .localChangesStamped(let stamped):
             writesStamped(nodes[node - 1], stamped)
+            chargeStamp(node: node, changes: stamped.count)
         case .sentAheadOfStamp(let versions):
             writesSentAhead(nodes[node - 1], versions)
         case .hintApplied(_, _, _, let won):

@@ -117,6 +117,8 @@ public final class Simulation {
     /// every node has them all).
     var bulkVersions: Set<RowVersion> = []
     var bulkApplied: [Int: Int] = [:]
+    /// When the application committed the bulk load's last transaction (with a cost model).
+    var bulkCommittedMs: Int64?
     /// With a cost model: when each version was first sent as a hint, after the log stored it (`noteHintSent`).
     var hintSentAtMs: [RowVersion: Int64] = [:]
 
@@ -135,6 +137,10 @@ public final class Simulation {
     /// With a cost model: when each node's waiting look at its database runs (one look for every commit made while
     /// its sidecar was busy, as the live change watcher queues one look on the node's serial queue).
     var lookDeferredToMs: [Int: Int64] = [:]
+    /// With a cost model, nodes whose core read a page of a backlog and goes on with the next once its sidecar is done
+    /// (`NodeConfig.publishPagesPerCall`), with the incarnation that asked: the live core reads the pages in one call,
+    /// so what queues on its sidecar meanwhile (acks, looks, deliveries) waits for the last page.
+    var publishContinuing: [Int: Int] = [:]
     /// With a cost model: when the work of each of a node's looks ends on its sidecar (a later look can run there).
     var lookEndsUs: [Int: [Double]] = [:]
     /// With a lock model: the lock model's state (`SimWriteLock`).
@@ -326,6 +332,8 @@ public final class Simulation {
         config.snapshotIntervalMs = scenario.snapshotIntervalMs
         config.snapshotKeep = scenario.snapshotKeep
         config.snapshotLeaseMs = 30_000
+        // Time passes between the pages of a backlog only if each is a call of its own (the order of steps is the same).
+        config.publishPagesPerCall = scenario.publishPagesPerCall ?? (scenario.costs == nil ? 0 : 1)
         let env = NodeEnvironment(clock: SimNodeClock(sim: self, node: node.id), log: SimLogPort(sim: self, node: node.id),
                                   opener: SimOpener(vfs: node.sidecarVFS), events: SimEventSink(sim: self, node: node.id),
                                   snapshots: SimSnapshotPort(sim: self, node: node.id),
@@ -408,6 +416,7 @@ public final class Simulation {
 
     func scheduleTimer(node: Int, timer: NodeTimer, afterMs: Int64) {
         let n = nodes[node - 1]
+        if timer == .publishContinue { publishContinuing[node] = n.incarnation }
         let generation = (n.timerGenerations[timer] ?? 0) + 1
         n.timerGenerations[timer] = generation
         push(.timer(node: node, timer: timer, generation: generation, incarnation: n.incarnation), at: nowMs + max(afterMs, 0))
@@ -420,6 +429,15 @@ public final class Simulation {
         case .timer(let id, let timer, let generation, let incarnation):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation, node.timerGenerations[timer] == generation else { return }
+            // The rest of a backlog goes on once the sidecar is done with the page before (and whatever queued on it
+            // meanwhile, as on the live serial queue).
+            if timer == .publishContinue {
+                if let free = sidecarFreeAtMs(id), free > nowMs {
+                    push(.timer(node: id, timer: timer, generation: generation, incarnation: incarnation), at: free)
+                    return
+                }
+                publishContinuing[id] = nil
+            }
             trace("node \(id) timer \(timer)")
             callCore(node) { try $0.timerFired(timer) }
 
@@ -482,6 +500,11 @@ public final class Simulation {
             let node = nodes[id - 1]
             let tokens = acksWaiting.removeValue(forKey: id) ?? []
             guard node.incarnation == incarnation, !tokens.isEmpty else { return }
+            if let later = waitsForPublishLoop(id) {
+                acksWaiting[id] = tokens
+                push(.acksFlush(node: id, incarnation: incarnation), at: later)
+                return
+            }
             if let free = sidecarFreeAtMs(id), free > nowMs {
                 acksWaiting[id] = tokens
                 push(.acksFlush(node: id, incarnation: incarnation), at: free)
@@ -532,6 +555,10 @@ public final class Simulation {
             }
             if let free = sidecarFreeAtMs(id), free > nowMs {
                 push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: free)
+                return
+            }
+            if let later = waitsForPublishLoop(id) {
+                push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: later)
                 return
             }
             if let until = waitForWriteLock(.apply(node: id, shard: shard), node: id) {
@@ -598,6 +625,10 @@ public final class Simulation {
                 if joining, let pending = lookDeferredToMs[id], pending > nowMs { return }
                 lookDeferredToMs[id] = ms
                 push(.databaseChanged(node: id, incarnation: incarnation), at: ms)
+            }
+            if let later = waitsForPublishLoop(id) {
+                push(.databaseChanged(node: id, incarnation: incarnation), at: later)
+                return
             }
             // Another job sleeps for the write lock: the look is queued behind it, whatever its turn.
             if let sleepEndMs = lookWaitsForLockSleep(id) { return deferLook(to: sleepEndMs) }

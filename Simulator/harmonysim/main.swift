@@ -444,12 +444,12 @@ extension Bench {
     func predict(_ base: Scenario) throws {
         let range = try parseSeeds(seeds)
         var rows: [String] = [], json: [String] = []
-        var throughputs: [Double] = [], lagP50s: [Double] = []
+        var throughputs: [Double] = [], lagP50s: [Double] = [], committedLines: [String] = []
         let counts = shards.split(separator: ",").compactMap { Int($0) }
         for count in counts {
             var scenario = base
             scenario.shards = count
-            var rates: [Double] = [], lags: [Double] = [], hintLags: [Double] = [], converged: [Double] = [], messages = 0, bytes = 0, writes = 0, passed = 0
+            var rates: [Double] = [], lags: [Double] = [], hintLags: [Double] = [], converged: [Double] = [], committed: [Double] = [], messages = 0, bytes = 0, writes = 0, passed = 0
             for seed in range {
                 let r = try Simulation(scenario: scenario, seed: seed).run()
                 passed += r.passed ? 1 : 0
@@ -458,6 +458,7 @@ extension Bench {
                 lags += c.lagsMs
                 hintLags += c.hintLagsMs
                 if let ms = c.convergedAfterHealMs { converged.append(Double(ms)) }
+                if let ms = c.bulkCommittedMs { committed.append(Double(ms)) }
                 messages += c.messages; bytes += c.bytes; writes += c.writes
             }
             let rate = rates.isEmpty ? Double.nan : rates.reduce(0, +) / Double(rates.count)
@@ -468,6 +469,7 @@ extension Bench {
             let sustainable = findRate ? try Simulation.sustainableWriteRate(scenario, seed: range.lowerBound) : nil
             throughputs.append(rate.isNaN ? sustainable ?? .nan : rate)
             lagP50s.append(p50)
+            if !committed.isEmpty { committedLines.append(String(format: "%d shard(s): %.2f s", count, committed.reduce(0, +) / Double(committed.count) / 1000)) }
             rows.append(String(format: "| %d | %@ | %.0f | %@ | %.0f | %@ | %.3f | %.0f | %d/%d |", count, rate.isNaN ? "-" : String(format: "%.0f", rate),
                                p50, hintP50.isNaN ? "-" : String(format: "%.0f", hintP50), p99, convergence.isNaN ? "-" : String(format: "%.0f", convergence), perWrite, bytesPerWrite, passed, range.count)
                         + (sustainable.map { String(format: " %.0f |", $0) } ?? ""))
@@ -486,7 +488,7 @@ extension Bench {
             | shards | bulk rows/s | lag p50 ms | of which to sent as a hint, p50 ms | lag p99 ms | converged after heal ms | messages per write | bytes per write | passed |\(findRate ? " sustainable writes/s |" : "")
             |---|---|---|---|---|---|---|---|---|\(findRate ? "---|" : "")
             \(rows.joined(separator: "\n"))
-
+            \(committedLines.isEmpty ? "" : "\nThe application committed the bulk load after (mean over seeds): " + committedLines.joined(separator: ", ") + ".\n")
             """
         print(text)
         if let report {

@@ -19,6 +19,8 @@ public enum NodeTimer: Hashable, Sendable, CaseIterable {
     case snapshotRetry
     /// Stamping a large queue, or deleting many published rows, goes on after leaving the write lock to the applications.
     case bookkeepingResume
+    /// Publishing a backlog goes on after the work queued meanwhile (`NodeConfig.publishPagesPerCall`).
+    case publishContinue
 }
 
 /// Time as the node sees it. The live runtime reads the wall clock; the simulator skews and jumps it.

@@ -27,6 +27,10 @@ public struct NodeConfig: Sendable, Equatable {
     public var publishInFlightMax: Int = 4_096
     /// Changes of one shard sent together in one message (1 = a message per change).
     public var publishBatchMax: Int = 128
+    /// Pages of the scan (`scanMaxChanges` each) one call reads before it returns and asks to go on
+    /// (`NodeTimer.publishContinue`). 0: the whole window in one call, as the live node does. The cost model sets 1, so
+    /// that simulated time passes between pages (the same steps in the same order, in calls of a page each).
+    public var publishPagesPerCall: Int = 0
     /// In-flight room for the newest pending changes while a backlog drains (at most a quarter of the window), so
     /// small commits are not stuck behind a bulk load.
     public var priorityLaneMax: Int = 64

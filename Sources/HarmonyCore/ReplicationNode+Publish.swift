@@ -16,6 +16,7 @@ extension ReplicationNode {
             if config.replicateDDL, try publishDefinitionsFirst() { return }
             try publishNewestFirst()
             let fifoMax = config.publishInFlightMax - priorityLaneMax
+            var pages = 0
             while inFlight.count < fifoMax {
                 let limit = min(config.scanMaxChanges, fifoMax - inFlight.count)
                 let page = try readPendingPage(limit: limit)
@@ -23,6 +24,15 @@ extension ReplicationNode {
                 // A page with more behind it is a backlog receivers take in order; the last one may be hinted.
                 try sendPage(page, hint: page.rowsRead < limit)
                 scanCursor = page.end
+                pages += 1
+                if config.publishPagesPerCall > 0 && pages >= config.publishPagesPerCall {
+                    // The acks, looks and deliveries that queued meanwhile go first, then the rest (if any: a short
+                    // page was the last; a commit made since has a look of its own).
+                    if page.rowsRead == limit {
+                        env.clock.schedule(.publishContinue, afterMs: 0)
+                    }
+                    return
+                }
                 // A commit made while this window is read goes out within a page, not after the whole window.
                 try publishNewestFirst()
             }

@@ -409,6 +409,8 @@ public final class ReplicationNode {
             beginSnapshot(forced: false)
         case .snapshotRetry:
             try retrySnapshotIfWaiting()
+        case .publishContinue:
+            if config.publish { try publishPending() }
         case .bookkeepingResume:
             bookkeepingPausedUntilMs = nil
             // Stamping first, whether or not the publish window has room: changes from other nodes wait for it.

@@ -26,6 +26,38 @@ struct PublishAndGateTests {
         #expect(try c.pendingChanges(0) == 1)
     }
 
+    /// `publishPagesPerCall = 1` (the cost model's setting, so simulated time passes between pages): a call reads one
+    /// page of a backlog and asks to go on (`publishContinue`); each time it goes on it reads the next, and the last
+    /// page asks nothing more. The backlog goes out once, in order, as in the live node's one call.
+    @Test func aBacklogReadAPageACallGoesOnWhenAsked() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema) {
+            $0.scanMaxChanges = 64
+            $0.priorityLaneMax = 0
+            $0.publishPagesPerCall = 1
+        }
+        try insertBulk(c.apps[0], rows: 300)
+        try c.nodes[0].databaseChanged()
+        func sentKeys() -> [Int64] {
+            c.ports[0].pendingPublishes.flatMap { (try? EnvelopeCodec.decodeAll($0.payload)) ?? [] }.compactMap { $0.primaryKey.first?.value.int64 }
+        }
+        #expect(sentKeys() == Array(1...64))
+        var calls = 1
+        while c.clocks[0].scheduled[.publishContinue] != nil {
+            #expect(c.clocks[0].scheduled[.publishContinue] == c.clocks[0].nowMs, "goes on at once, after what is queued")
+            for timer in c.clocks[0].advance(byMs: 0) { try c.nodes[0].timerFired(timer) }
+            calls += 1
+            #expect(calls <= 5)
+        }
+        #expect(calls == 5)  // 4 full pages of 64 and the last 44
+        #expect(sentKeys() == Array(1...300))
+        // The live node's setting: the whole backlog in one call, nothing left to go on with.
+        let live = try TestCluster(nodes: 1, schema: usersSchema) { $0.scanMaxChanges = 64; $0.priorityLaneMax = 0 }
+        try insertBulk(live.apps[0], rows: 300)
+        try live.nodes[0].databaseChanged()
+        #expect(live.ports[0].pendingPublishes.flatMap { (try? EnvelopeCodec.decodeAll($0.payload)) ?? [] }.count == 300)
+        #expect(live.clocks[0].scheduled[.publishContinue] == nil)
+    }
+
     /// A single-row commit made behind a bulk backlog goes out in the first round of publishes (the priority lane)
     /// instead of after the whole backlog; with the lane off (0) it waits. Either way every change arrives once.
     @Test(arguments: [64, 0])
