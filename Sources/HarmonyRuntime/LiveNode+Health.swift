@@ -16,13 +16,47 @@ extension LiveNode {
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
                                           body: metrics.render(queue.sync { readingsOnQueue() }))
         case "/health":
-            // The core's state and the progress watch in one look, so an event between two reads cannot mix them.
-            let (readings, watch) = queue.sync { (readingsOnQueue(), queueOnly.value.progress) }
-            let report = HealthReport.evaluate(readings, watch: watch, nowMs: WallClock.nowMs, stallMs: config.health.stallSeconds * 1000)
+            let report = healthReport(waitMs: Self.healthWaitMs)
             return MetricsServer.Response(status: report.healthy ? 200 : 503, contentType: "application/json", body: report.json)
         default:
             return MetricsServer.Response(status: 404, body: "try /metrics or /health\n")
         }
+    }
+
+    /// How long `/health` waits for the node's queue: a checker (a load balancer, a watchdog) should get its answer
+    /// in well under a second, also while the core spends seconds in one call (SQLite's busy handler waiting for an
+    /// application's long transaction, up to the busy timeout).
+    static let healthWaitMs = 500
+
+    /// The core's state and the progress watch, read in one look on the queue (so an event between two reads cannot
+    /// mix them). If the queue does not get to it within `waitMs`, the last look stands in, and the call that holds
+    /// the queue is said to be a stall once it has run `stall_seconds`.
+    func healthReport(waitMs: Int) -> HealthReport {
+        let stallMs = config.health.stallSeconds * 1000
+        let look = HealthLook()
+        let queued = healthLookQueued.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+        if queued {
+            queue.async { [self] in
+                look.result.withLock { $0 = (readingsOnQueue(), queueOnly.value.progress) }
+                healthLookQueued.store(false, ordering: .relaxed)
+                look.done.signal()
+            }
+        }
+        if queued, look.done.wait(timeout: .now() + .milliseconds(waitMs)) == .success, let fresh = look.result.withLock({ $0 }) {
+            lastHealthLook.withLock { $0 = fresh }
+            return HealthReport.evaluate(fresh.readings, watch: fresh.watch, nowMs: WallClock.nowMs, stallMs: stallMs)
+        }
+        let nowMs = WallClock.nowMs
+        let startedMs = coreCallStartedMs.load(ordering: .relaxed)
+        let busyMs = startedMs > 0 ? nowMs - startedMs : 0
+        var report = lastHealthLook.withLock { $0 }.map { HealthReport.evaluate($0.readings, watch: $0.watch, nowMs: nowMs, stallMs: stallMs) }
+            ?? HealthReport(healthy: true, reasons: [], shards: [], pendingChanges: 0)
+        if busyMs >= stallMs {
+            report.healthy = false
+            report.reasons.append("the replication core has been busy with one task for \(busyMs / 1000) s (waiting for SQLite's write lock, "
+                                  + "held by another connection's long transaction, or applying a large batch); this report is from before it")
+        }
+        return report
     }
 
     /// Queue only: the core's state now.
@@ -40,4 +74,10 @@ extension LiveNode {
             schemaObjectsWaitingForTheirTable: (try? core?.schemaObjectsWaitingForTheirTable()) ?? [],
             bulkImportQueued: (try? core?.bulkImportHoldingDeliveries()) ?? nil)
     }
+}
+
+/// One `/health` look at the queue, which may answer after the checker stopped waiting.
+final class HealthLook: Sendable {
+    let result = Mutex<(readings: NodeReadings, watch: ProgressWatch)?>(nil)
+    let done = DispatchSemaphore(value: 0)
 }

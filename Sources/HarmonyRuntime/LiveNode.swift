@@ -69,6 +69,12 @@ public final class LiveNode: @unchecked Sendable {
     let metrics: NodeMetrics
     var metricsServer: MetricsServer?
     let stopped = Atomic<Bool>(false)
+    /// When the core call running on the queue began (0: none runs), so `/health` can say how long one has taken.
+    let coreCallStartedMs = Atomic<Int64>(0)
+    /// The last readings `/health` got from the queue, answered from while the queue is busy.
+    let lastHealthLook = Mutex<(readings: NodeReadings, watch: ProgressWatch)?>(nil)
+    /// A `/health` look waits on the queue: checkers polling a blocked queue do not pile more up behind it.
+    let healthLookQueued = Atomic<Bool>(false)
     /// Requests the core must not wait for (stream ranges) run here and answer on `queue`.
     let requests = DispatchQueue(label: "harmonylite.requests")
 
@@ -200,6 +206,8 @@ public final class LiveNode: @unchecked Sendable {
     func withCore(_ what: @autoclosure () -> String, _ body: (ReplicationNode) throws -> Void) {
         dispatchPrecondition(condition: .onQueue(queue))
         guard let core else { return }
+        coreCallStartedMs.store(WallClock.nowMs, ordering: .relaxed)
+        defer { coreCallStartedMs.store(0, ordering: .relaxed) }
         do { try body(core) } catch { coreFailed(error, while: what()) }
     }
 

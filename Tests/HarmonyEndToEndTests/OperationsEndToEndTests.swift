@@ -201,7 +201,8 @@ struct OperationsEndToEndTests {
 
     /// An application transaction holds SQLite's write lock past the sidecar's busy timeout (5 s) while an import is
     /// stamped a batch at a time: the stamp is tried again after a pause instead of restarting the core, `/health`
-    /// says why after stall_seconds, and every row arrives once the lock is released.
+    /// says why after stall_seconds, and every row arrives once the lock is released. Meanwhile `/health` answers
+    /// promptly although the core spends up to 5 s at a time in SQLite's busy handler.
     @Test func aLongApplicationTransactionDuringAnImportPausesStampingNotTheNode() throws {
         let metricsPorts = distinctFreePorts(2)
         let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
@@ -225,13 +226,20 @@ struct OperationsEndToEndTests {
         input.fileHandleForWriting.write(Data(".timeout 5000\nBEGIN IMMEDIATE;\nINSERT INTO items (id, name) VALUES (5000, 'held');\n.shell sleep 20\nCOMMIT;\n".utf8))
         try input.fileHandleForWriting.close()
         defer { if holder.isRunning { holder.terminate() } }
-        var reasons: [String] = []
+        var reasons: [String] = [], slowest = 0.0
+        /// node 1's /health, timed: while the lock is held its core blocks for up to the busy timeout at a time.
+        func health() -> (status: Int, body: String)? {
+            let started = Date()
+            defer { slowest = max(slowest, Date().timeIntervalSince(started)) }
+            return try? httpGet(port: metricsPorts[0], path: "/health")
+        }
         try waitUntil("node 1's /health says its stamps fail", timeoutSeconds: 30) {
-            guard let health = try? httpGet(port: metricsPorts[0], path: "/health"), health.status == 503 else { return false }
+            guard let health = health(), health.status == 503 else { return false }
             let json = try JSONSerialization.jsonObject(with: Data(health.body.utf8)) as? [String: Any]
             reasons = json?["reasons"] as? [String] ?? []
             return reasons.contains { $0.contains("local writes have not been stamped for") }
         }
+        #expect(slowest < 2.5, "the slowest /health took \(slowest) s while the core waited for the lock")
         #expect(reasons.contains { $0.contains("database is locked") && $0.contains("another connection holds SQLite's write lock") }, "\(reasons)")
         #expect(!reasons.contains { $0.contains("replication stopped") }, "\(reasons)")
         holder.waitUntilExit()
@@ -251,6 +259,51 @@ struct OperationsEndToEndTests {
         #expect(metricValues(metrics, "harmonylite_echo_messages_consumed_total ").contains { $0 >= 1 })
         #expect(c.log(1).contains("failed (database busy"), "\(c.log(1).suffix(2000))")
         #expect(!c.log(1).contains("replication stopped"))
+    }
+
+    /// A load balancer's health check gets its answer at once, also while the node's core waits in SQLite's busy
+    /// handler: here an application holds node 1's write lock for 12 s while a change from node 2 waits to be applied,
+    /// and each try to apply it waits out the busy timeout (5 s). `/health` used to wait for that call, so a check
+    /// with a timeout of a second or two failed without a reason. Now it answers within half a second from the last
+    /// look at the core, and once the call has lasted stall_seconds, 503 says so. The change arrives afterwards.
+    @Test func healthAnswersAtOnceWhileTheCoreWaitsForTheWriteLock() throws {
+        let metricsPort = distinctFreePorts(1)[0]
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
+            i == 1 ? "[health]\nstall_seconds = 2\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"" : ""
+        }
+        #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        holder.arguments = [c.dbPath(1)]
+        let input = Pipe()
+        holder.standardInput = input
+        holder.standardOutput = FileHandle.nullDevice
+        try holder.run()
+        input.fileHandleForWriting.write(Data(".timeout 5000\nBEGIN IMMEDIATE;\nINSERT INTO items (id, name) VALUES (2, 'held');\n.shell sleep 12\nCOMMIT;\n".utf8))
+        try input.fileHandleForWriting.close()
+        defer { if holder.isRunning { holder.terminate() } }
+        let probe = try Database(path: c.dbPath(1))  // no busy timeout: a held lock fails at once
+        try waitUntil("node 1's application holds the lock", timeoutSeconds: 10) {
+            guard (try? probe.execute("BEGIN IMMEDIATE")) != nil else { return true }
+            try probe.execute("ROLLBACK")
+            return false
+        }
+        try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (1, 'from node 2');")
+        var slowest = 0.0, answers = 0, busyReason: String?
+        try waitUntil("node 1's /health says its core has been busy with one call", timeoutSeconds: 10) {
+            let started = Date()
+            let health = try httpGet(port: metricsPort, path: "/health")
+            slowest = max(slowest, Date().timeIntervalSince(started))
+            answers += 1
+            let json = try JSONSerialization.jsonObject(with: Data(health.body.utf8)) as? [String: Any]
+            busyReason = (json?["reasons"] as? [String] ?? []).first { $0.contains("the replication core has been busy with one task for") }
+            return health.status == 503 && busyReason != nil
+        }
+        #expect(busyReason?.contains("SQLite's write lock") == true, "\(busyReason ?? "")")
+        #expect(slowest < 2.5, "the slowest of \(answers) /health answers took \(slowest) s while the core waited for the lock")
+        holder.waitUntilExit()
+        _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;", expected: "1|from node 2\n2|held\n", timeoutSeconds: 60)
+        try waitUntil("node 1 is healthy again", timeoutSeconds: 30) { try httpGet(port: metricsPort, path: "/health").status == 200 }
     }
 
     /// The seeds' procedure: stop a node, `-cleanup`, let the application write while capture is absent, restart.
