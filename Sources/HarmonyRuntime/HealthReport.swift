@@ -6,6 +6,9 @@ import HarmonyCore
 struct ProgressWatch: Sendable {
     /// Per shard: when its checkpoint last moved (or the node started).
     var lastProgressMs: [Int: Int64] = [:]
+    /// Per shard: when the first delivery since the checkpoint last moved reached the core. A node quiet for an hour
+    /// has been stuck since its next message came, not for the hour.
+    var deliveredSinceProgressMs: [Int: Int64] = [:]
     /// Per shard: since when it waits for a schema this node does not have.
     var pausedSinceMs: [Int: Int64] = [:]
     /// Since when publishes fail without one succeeding.
@@ -26,15 +29,28 @@ struct ProgressWatch: Sendable {
     var stampFailingSinceMs: Int64?
     var lastStampFailure: String?
 
+    /// Messages of `shard` were handed to the core.
+    mutating func delivered(shard: Int, nowMs: Int64) {
+        if deliveredSinceProgressMs[shard] == nil { deliveredSinceProgressMs[shard] = nowMs }
+    }
+
+    /// Since when `shard` has waited without its checkpoint moving: from its first delivery since it last moved, or
+    /// (no delivery reached the core) from that move.
+    func stalledSinceMs(shard: Int, nowMs: Int64) -> Int64 {
+        deliveredSinceProgressMs[shard] ?? lastProgressMs[shard] ?? nowMs
+    }
+
     mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
         switch event {
         case .applied(let shard, _, _, _, _), .duplicate(let shard, _), .parked(let shard, _, _), .echoesConsumed(let shard, _):
             lastProgressMs[shard] = nowMs
+            deliveredSinceProgressMs[shard] = nil
         case .schemaPaused(let shard, _, _, _):
             if pausedSinceMs[shard] == nil { pausedSinceMs[shard] = nowMs }
         case .schemaResumed(let shard):
             pausedSinceMs[shard] = nil
             lastProgressMs[shard] = nowMs
+            deliveredSinceProgressMs[shard] = nil
         case .publishFailed, .markPublishedFailed:
             if publishFailingSinceMs == nil { publishFailingSinceMs = nowMs }
         case .published:
@@ -63,6 +79,7 @@ struct ProgressWatch: Sendable {
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
             for shard in lastProgressMs.keys { lastProgressMs[shard] = nowMs }
+            deliveredSinceProgressMs.removeAll()
         default:
             break
         }
@@ -130,7 +147,7 @@ struct HealthReport: Sendable {
                                    + "SQLite's write lock, a full disk)")
                 }
             } else if let last, last > checkpoint {
-                let idleMs = nowMs - (watch.lastProgressMs[shard] ?? nowMs)
+                let idleMs = nowMs - watch.stalledSinceMs(shard: shard, nowMs: nowMs)
                 state.state = "catching up"
                 state.seconds = idleMs / 1000
                 if idleMs >= stallMs {

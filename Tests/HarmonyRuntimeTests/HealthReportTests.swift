@@ -34,6 +34,23 @@ struct HealthReportTests {
         #expect(HealthReport.evaluate(behind, watch: watch, nowMs: stallMs + 1, stallMs: stallMs).healthy)
     }
 
+    /// A node quiet for longer than stall_seconds that then gets a message has been stuck since that message reached
+    /// its core, not since its checkpoint last moved: held up 5 s by an application's lock, it used to say "has not
+    /// moved for 17 s". Redeliveries of the same message do not restart the clock; progress does.
+    @Test func aQuietNodeIsStalledOnlyStallSecondsAfterItsNextDelivery() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        let behind = readings(checkpoints: [1: 10, 2: 10], lasts: [1: 11, 2: 10])
+        let arrived = 10 * stallMs
+        watch.delivered(shard: 1, nowMs: arrived)
+        #expect(HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs - 1, stallMs: stallMs).healthy)
+        let stuck = HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs, stallMs: stallMs)
+        #expect(stuck.reasons == ["shard 1 has not moved for 60 s at message 10 of 11"])
+        watch.delivered(shard: 1, nowMs: arrived + stallMs)
+        #expect(!HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs + 1, stallMs: stallMs).healthy)
+        watch.record(.applied(shard: 1, sequence: 11, table: "t", version: RowVersion(hlc: 1, node: 2), won: true), nowMs: arrived + stallMs + 2)
+        #expect(HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs + 3, stallMs: stallMs).healthy)
+    }
+
     /// Deliveries held back while a bulk import of many millions of rows is stamped are not a stall while batches
     /// keep being stamped; once stamping stops for stall_seconds the node says so, and why it waits.
     @Test func aShardHeldForABulkImportIsHealthyWhileStampingMoves() {
