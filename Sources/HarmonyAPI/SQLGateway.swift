@@ -189,6 +189,11 @@ public final class SQLGateway: Sendable {
         let db = c.database
         db.setLastInsertRowID(0)
         let changesBefore = db.totalChanges
+        // The columns only after the first step: a cached statement prepared before another connection changed the
+        // table is prepared again by SQLite on that step, and its new columns (names and count) exist only then.
+        // Read before, `SELECT *` answered the old names over the new values after an ALTER.
+        var hasRow: Bool
+        do { hasRow = try s.step() } catch { throw failure(error, on: c, index: index) }
         let columns = s.columnCount
         w.raw(#"{"columns":["#)
         if columns == 0 {
@@ -202,7 +207,7 @@ public final class SQLGateway: Sendable {
         w.raw(#"],"rows":["#)
         var rows = 0
         do {
-            while try s.step() {
+            while hasRow {
                 if rows > 0 { w.raw(",") }
                 w.raw("[")
                 for i in 0..<columns {
@@ -214,6 +219,7 @@ public final class SQLGateway: Sendable {
                 guard w.bytes.count <= config.maxResultBytes else {
                     throw APIError(status: 400, "\(prefix(index))the result is larger than max_result_bytes (\(config.maxResultBytes)); add a LIMIT or page with WHERE", statement: index)
                 }
+                hasRow = try s.step()
             }
         } catch let e as APIError {
             throw e

@@ -458,11 +458,13 @@ public final class PGSession {
     private func describe(_ portal: Portal) throws(PGError) -> [PGColumn] {
         if let columns = portal.columns { return columns }
         try refuseInFailedTransaction(portal.prepared.command)
-        var columns = try describe(prepared: portal.prepared)
-        if case .sqlite(let s, _) = portal.prepared.command, !columns.isEmpty, s.isReadOnly, portal.rowsSent == 0 {
+        if case .sqlite(let s, _) = portal.prepared.command, s.columnCount > 0, s.isReadOnly, portal.rowsSent == 0 {
             try startRequestedTransaction(for: s)
             if try step(s) { portal.peeked = s.row() } else { portal.exhausted = true }
         }
+        // The columns after that first step: a statement prepared before another connection changed its table is
+        // prepared again by SQLite on the step, with the new columns (read before, they did not match the rows).
+        var columns = try describe(prepared: portal.prepared)
         for i in columns.indices {
             if case .sqlite(let s, _) = portal.prepared.command {
                 columns[i].typeOID = PGType.oid(declared: s.declaredType(i), sample: portal.peeked?[i])
@@ -585,8 +587,18 @@ public final class PGSession {
             return
         }
         let columns = try describe(portal)
+        if !s.isReadOnly && portal.rowsSent == 0 {
+            // A write with RETURNING runs on its first step, so a changed result is checked before it, against the
+            // statement compiled anew; otherwise the write would run and then be refused.
+            let fresh: Statement
+            do { fresh = try db.prepare(s.sql) } catch { throw sqlError(error) }
+            guard fresh.columnCount == columns.count else { throw Self.resultChanged }
+        }
         var sent = 0
         func send(_ row: [DatabaseValue]) throws(PGError) {
+            // A statement that was not read before it was described (a write with RETURNING) can still meet a table
+            // changed since: PostgreSQL's own answer for a prepared statement whose result changed.
+            guard row.count == columns.count else { throw Self.resultChanged }
             var values: [[UInt8]?] = []
             values.reserveCapacity(row.count)
             for (i, v) in row.enumerated() {
@@ -612,6 +624,11 @@ public final class PGSession {
         let rows = ["INSERT", "UPDATE", "DELETE"].contains(keyword) ? db.changes : portal.rowsSent
         emit(.commandComplete(Self.tag(keyword: keyword, sql: s.sql, rows: rows, query: true)))
     }
+
+    /// A statement described before another connection changed its table's columns: PostgreSQL's own answer when a
+    /// prepared statement's result changes.
+    static let resultChanged = PGError("0A000", "cached plan must not change result type: another connection changed the table's columns "
+                                       + "since this statement was described; prepare it again")
 
     /// PostgreSQL's command tag: "INSERT 0 n", "UPDATE n", "SELECT n", "CREATE TABLE"...
     static func tag(keyword: String, sql: String, rows: Int, query: Bool = false) -> String {

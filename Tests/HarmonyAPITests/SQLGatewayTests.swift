@@ -195,6 +195,32 @@ final class GatewayFixture {
         #expect(try checkpoint.query("PRAGMA wal_checkpoint(TRUNCATE)").first?.first == .integer(0))
     }
 
+    /// A query the gateway has run before keeps its compiled statement; another connection (an application, a
+    /// replicated ALTER) then changes the table. SQLite compiles the statement again on its first step, and the
+    /// answer must name the new columns over the new values: it used to read the names (and their count) before
+    /// that step, so `SELECT *` after DROP COLUMN put the old names over shifted values.
+    @Test func aQueryAfterAnotherConnectionAltersTheTableNamesTheNewColumns() throws {
+        let f = try GatewayFixture()
+        _ = try f.post(#"{"sql": "INSERT INTO t (id, i, r, s) VALUES (1, 10, 1.5, 'one')"}"#)
+        func select() throws -> (columns: [String], row: [JSONValue]) {
+            let reply = try f.post(#"{"sql": "SELECT * FROM t"}"#)
+            #expect(reply.status == 200, "\(reply.json)")
+            guard case .array(let names)? = reply.json["columns"], case .array(let rows)? = reply.json["rows"],
+                  case .array(let first)? = rows.first else { Issue.record("\(reply.json)"); return ([], []) }
+            return (names.compactMap { if case .string(let n) = $0 { n } else { nil } }, first)
+        }
+        for _ in 0..<3 { #expect(try select().columns == ["id", "i", "r", "s", "b"]) }
+        let other = try SQLiteOpener().open(path: f.path)
+        try other.execute("ALTER TABLE t DROP COLUMN r")
+        let dropped = try select()
+        #expect(dropped.columns == ["id", "i", "s", "b"])
+        #expect(dropped.row == [.integer(1), .integer(10), .string("one"), .null], "\(dropped.row)")
+        try other.execute("ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'x'")
+        let added = try select()
+        #expect(added.columns == ["id", "i", "s", "b", "extra"])
+        #expect(added.row.count == 5 && added.row.last == .string("x"), "\(added.row)")
+    }
+
     @Test func aResultLargerThanTheLimitIsRefusedNotBuilt() throws {
         let f = try GatewayFixture(maxResultBytes: 10_000)
         let reply = try f.post(#"{"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000) SELECT x FROM c"}"#)

@@ -106,6 +106,44 @@ final class SessionFixture {
         #expect(e.code == "42601" && replies.count == 2 && replies.last == .readyForQuery(status: UInt8(ascii: "I")))
     }
 
+    /// A named statement prepared once and executed again (psycopg's prepared statements, JDBC's after a few runs)
+    /// after another connection changed the table: SQLite prepares it again on its first step, and the row
+    /// description must be the new one. It used to describe the old columns over the new rows, and a row longer
+    /// than its description indexed past it and stopped the whole process.
+    @Test func aPreparedStatementRunAfterAnotherConnectionAltersTheTableDescribesTheNewColumns() throws {
+        let f = try SessionFixture()
+        f.login()
+        _ = f.send(.query("INSERT INTO t VALUES (1, 'a', 1.5)"))
+        _ = f.send(.parse(name: "all", query: "SELECT * FROM t", parameterTypes: []), .sync)
+        func run() -> [BackendMessage] {
+            f.send(.bind(portal: "", statement: "all", parameterFormats: [], parameters: [], resultFormats: []),
+                   .describe(kind: UInt8(ascii: "P"), name: ""), .execute(portal: "", maxRows: 0), .sync)
+        }
+        func names(_ replies: [BackendMessage]) -> [String] {
+            replies.compactMap { if case .rowDescription(let c) = $0 { c.map(\.name) } else { nil } }.first ?? []
+        }
+        #expect(names(run()) == ["id", "v", "r"])
+        let other = try SQLiteOpener().open(path: f.path)
+        try other.execute("ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'x'")
+        let added = run()
+        #expect(names(added) == ["id", "v", "r", "extra"])
+        #expect(added.contains(.dataRow([SessionFixture.text("1"), SessionFixture.text("a"), SessionFixture.text("1.5"), SessionFixture.text("x")])), "\(added)")
+        try other.execute("ALTER TABLE t DROP COLUMN r")
+        let dropped = run()
+        #expect(names(dropped) == ["id", "v", "extra"])
+        #expect(dropped.contains(.dataRow([SessionFixture.text("1"), SessionFixture.text("a"), SessionFixture.text("x")])), "\(dropped)")
+        // A write with RETURNING is described before it runs: changed meanwhile, it is refused with PostgreSQL's error
+        // before it writes anything, not run and then crash the process.
+        _ = f.send(.parse(name: "ret", query: "INSERT INTO t (id, v) VALUES (2, 'b') RETURNING *", parameterTypes: []),
+                   .bind(portal: "r", statement: "ret", parameterFormats: [], parameters: [], resultFormats: []),
+                   .describe(kind: UInt8(ascii: "P"), name: "r"), .flush)
+        try other.execute("ALTER TABLE t ADD COLUMN more TEXT")
+        let returned = f.send(.execute(portal: "r", maxRows: 0), .sync)
+        guard case .error(let e)? = returned.first else { Issue.record("\(returned)"); return }
+        #expect(e.code == "0A000" && e.message.contains("cached plan must not change result type"))
+        #expect(try other.scalar("SELECT count(*) FROM t WHERE id = 2")?.int64 == 0, "the refused write did not run")
+    }
+
     @Test func aFailedStatementInATransactionBlocksAllButRollback() throws {
         let f = try SessionFixture()
         f.login()
