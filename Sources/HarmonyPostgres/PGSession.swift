@@ -402,7 +402,15 @@ public final class PGSession {
                 guard let statement else { return (.empty, "") }
                 return (.sqlite(statement, tag: keyword), rest)
             } catch {
-                throw sqlError(error)
+                let failure = sqlError(error)
+                // psql's \d and GUI tools read PostgreSQL's catalogs, which SQLite has not: say that, not "syntax error".
+                let statementText = text.prefix { $0 != ";" }.lowercased()
+                if failure.code != "42501", statementText.contains("pg_catalog") || statementText.contains("information_schema") || statementText.contains("pg_class") {
+                    throw PGError("0A000", "PostgreSQL's catalogs (pg_catalog, information_schema) are not available: this is SQLite. "
+                                  + "List tables with SELECT name FROM sqlite_schema WHERE type = 'table', a table's columns with "
+                                  + "SELECT * FROM pragma_table_info('t'); psql's \\d commands do not work", detail: failure.message)
+                }
+                throw failure
             }
         }
     }

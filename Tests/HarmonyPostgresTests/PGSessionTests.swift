@@ -144,6 +144,20 @@ final class SessionFixture {
         #expect(try other.scalar("SELECT count(*) FROM t WHERE id = 2")?.int64 == 0, "the refused write did not run")
     }
 
+    /// psql's `\\d` reads pg_catalog, which SQLite has not: the error says so and what to run instead, instead of
+    /// SQLite's "near "(": syntax error".
+    @Test func catalogQueriesAreRefusedWithWhatToRunInstead() throws {
+        let f = try SessionFixture()
+        f.login()
+        let replies = f.send(.query("SELECT n.nspname as \"Schema\", c.relname as \"Name\" FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2;"))
+        guard case .error(let e)? = replies.first else { Issue.record("\(replies)"); return }
+        #expect(e.code == "0A000" && e.message.contains("sqlite_schema") && e.message.contains("\\d"), "\(e.message)")
+        #expect(replies.last == .readyForQuery(status: UInt8(ascii: "I")))
+        // An ordinary mistake keeps SQLite's own message.
+        guard case .error(let typo)? = f.send(.query("SELEC 1")).first else { Issue.record("accepted"); return }
+        #expect(typo.code == "42601")
+    }
+
     @Test func aFailedStatementInATransactionBlocksAllButRollback() throws {
         let f = try SessionFixture()
         f.login()
