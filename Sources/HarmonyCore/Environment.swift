@@ -19,7 +19,7 @@ public enum NodeTimer: Hashable, Sendable, CaseIterable {
     case snapshotRetry
     /// Stamping a large queue, or deleting many published rows, goes on after leaving the write lock to the applications.
     case bookkeepingResume
-    /// Publishing a backlog goes on after the work queued meanwhile (`NodeConfig.publishPagesPerCall`).
+    /// Publishing a backlog goes on with its next page (`NodeConfig.publishPagesPerCall`).
     case publishContinue
 }
 

@@ -26,8 +26,8 @@ extension ReplicationNode {
                 scanCursor = page.end
                 pages += 1
                 if config.publishPagesPerCall > 0 && pages >= config.publishPagesPerCall {
-                    // The acks, looks and deliveries that queued meanwhile go first, then the rest (if any: a short
-                    // page was the last; a commit made since has a look of its own).
+                    // The next page in a call of its own, which begins with the lane as this loop goes on with it (none
+                    // after a short page: it was the last, and a commit made since has a look of its own).
                     if page.rowsRead == limit {
                         env.clock.schedule(.publishContinue, afterMs: 0)
                     }
