@@ -104,9 +104,12 @@ public final class LiveNode: @unchecked Sendable {
         let log = self.log
         options.onRetry = { log.warning("\($0)") }
         let waitSeconds = config.nats.reconnectWaitSeconds
-        options.onConnectionChange = { change in
+        options.onConnectionChange = { [weak self] change in
             switch change {
-            case .disconnected(let url): log.warning("lost the connection to NATS at \(url); reconnecting every \(waitSeconds) s (changes wait in the database)")
+            case .disconnected(let url):
+                // Closing it on a graceful stop is no loss worth a warning in every clean shutdown's log.
+                guard self?.stopped.load(ordering: .relaxed) != true else { return }
+                log.warning("lost the connection to NATS at \(url); reconnecting every \(waitSeconds) s (changes wait in the database)")
             case .reconnected(let url): log.info("reconnected to NATS at \(url)")
             }
         }
