@@ -122,7 +122,9 @@ struct HealthReport: Sendable {
         var shards: [ShardState] = []
         for shard in r.checkpoints.keys.sorted() {
             let checkpoint = r.checkpoints[shard] ?? 0
-            let last = r.streamLasts[shard]
+            // As last reported (at subscribe and on the cleanup timer): the node has applied up to its checkpoint, so
+            // the stream holds at least that much, whatever an older report said.
+            let last = r.streamLasts[shard].map { max($0, checkpoint) }
             var state = ShardState(shard: shard, checkpoint: checkpoint, streamLast: last, state: "ok", seconds: 0)
             if !r.replicate {
                 state.state = "not replicating"
