@@ -80,6 +80,10 @@ public final class ReplicationNode {
     /// When publishing's brief wait for an application's write lock first missed it (`stampLocalChangesIfQueued`); nil
     /// once the core had the lock again. Meanwhile the lane ahead of the stamp keeps looking.
     var lockMissedSinceMs: Int64?
+    /// The core connection's `PRAGMA synchronous` and busy timeout as opened, which a stamp lowers for itself and
+    /// puts back (read once at start, not on every stamp).
+    var connectionSynchronous: Int64 = 2
+    var connectionBusyTimeoutMs: Int64 = 0
     /// The capture queue has the `writer_changes` column: not before this process's first capture install (an
     /// older version's queue gains it there, and a stamp comes first).
     var queueRecordsWriters = false
@@ -149,6 +153,9 @@ public final class ReplicationNode {
         // application's writes only. The application's connections are unaffected.
         // The triggers test nothing per row, so this is the only thing that keeps the sidecar's writes uncaptured.
         if !config.plantedBugs.contains(.sidecarWritesCaptured) { try db.setTriggersEnabled(false) }
+        // Read once: only the stamp changes them on this connection, and it puts them back.
+        connectionSynchronous = try db.scalar("PRAGMA synchronous")?.int64 ?? 2
+        connectionBusyTimeoutMs = try db.scalar("PRAGMA busy_timeout")?.int64 ?? 0
         database = db
         try refreshCapture()
         for row in try db.query("SELECT stream, seq FROM \(quoteIdentifier(Bookkeeping.checkpointTable))") {
@@ -337,7 +344,7 @@ public final class ReplicationNode {
         // would make an unsynced stamp stop short, and its batch could go out before the next synced commit (the
         // mark of what was published) makes the later writes durable. A window of microseconds, left open.
         let partial = !all && queued > Int64(config.lockBatchRows) && !config.plantedBugs.contains(.partialStampNotSynced)
-        let synchronous = try db.scalar("PRAGMA synchronous")?.int64 ?? 2
+        let synchronous = connectionSynchronous
         // A checkpoint written alongside is acknowledged right after: it must survive a power cut.
         let lowered = synchronous > 1 && !partial && alongside == nil
         if lowered { try db.execute("PRAGMA synchronous = NORMAL") }
@@ -346,10 +353,10 @@ public final class ReplicationNode {
         // otherwise keep the core in SQLite's busy handler for its whole load, and the lane could send no small
         // commit ahead of its stamp meanwhile (that needs no lock). Missed, the stamp is tried again after a pause.
         let mayWaitBriefly = !all && queueRecordsWriters
-        let savedTimeout = mayWaitBriefly ? try db.scalar("PRAGMA busy_timeout")?.int64 ?? 0 : 0
+        let savedTimeout = mayWaitBriefly ? connectionBusyTimeoutMs : 0
         let brief = mayWaitBriefly && savedTimeout > config.lockPauseMs
-        if brief { try db.execute("PRAGMA busy_timeout = \(config.lockPauseMs)") }
-        defer { if brief { try? db.execute("PRAGMA busy_timeout = \(savedTimeout)") } }
+        if brief { try db.setBusyTimeout(ms: Int32(clamping: config.lockPauseMs)) }
+        defer { if brief { try? db.setBusyTimeout(ms: Int32(clamping: savedTimeout)) } }
         do {
             try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) { try alongside?(db) }
             return true
