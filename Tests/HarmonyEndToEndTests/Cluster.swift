@@ -329,6 +329,21 @@ final class RawSocket {
     }
 }
 
+/// The `sqlite3` shell as an application with a long transaction: it takes `path`'s write lock (BEGIN IMMEDIATE),
+/// runs `sql` in it, holds it for `seconds` and commits. Returns the running shell.
+func holdWriteLock(_ path: String, seconds: Int, writing sql: String) throws -> Process {
+    let holder = Process()
+    holder.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+    holder.arguments = [path]
+    let input = Pipe()
+    holder.standardInput = input
+    holder.standardOutput = FileHandle.nullDevice
+    try holder.run()
+    input.fileHandleForWriting.write(Data(".timeout 5000\nBEGIN IMMEDIATE;\n\(sql)\n.shell sleep \(seconds)\nCOMMIT;\n".utf8))
+    try input.fileHandleForWriting.close()
+    return holder
+}
+
 /// A plain HTTP GET to 127.0.0.1 (status and body), enough for a node's /metrics and /health.
 func httpGet(port: Int, path: String) throws -> (status: Int, body: String) {
     let connection = try RawSocket(port: port, timeoutSeconds: 5)

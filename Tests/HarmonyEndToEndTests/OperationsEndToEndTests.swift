@@ -216,15 +216,7 @@ struct OperationsEndToEndTests {
         // The import takes about 20 pauses of 300 ms to stamp; the application takes the lock for 20 s right away.
         // Each of the sidecar's tries waits out its busy timeout: marking published what the log acknowledged fails
         // too (then publishes are retried), and both reasons show.
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-        holder.arguments = [c.dbPath(1)]
-        let input = Pipe()
-        holder.standardInput = input
-        holder.standardOutput = FileHandle.nullDevice
-        try holder.run()
-        input.fileHandleForWriting.write(Data(".timeout 5000\nBEGIN IMMEDIATE;\nINSERT INTO items (id, name) VALUES (5000, 'held');\n.shell sleep 20\nCOMMIT;\n".utf8))
-        try input.fileHandleForWriting.close()
+        let holder = try holdWriteLock(c.dbPath(1), seconds: 20, writing: "INSERT INTO items (id, name) VALUES (5000, 'held');")
         defer { if holder.isRunning { holder.terminate() } }
         var reasons: [String] = [], slowest = 0.0
         /// node 1's /health, timed: while the lock is held its core blocks for up to the busy timeout at a time.
@@ -272,15 +264,7 @@ struct OperationsEndToEndTests {
             i == 1 ? "[health]\nstall_seconds = 2\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"" : ""
         }
         #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-        holder.arguments = [c.dbPath(1)]
-        let input = Pipe()
-        holder.standardInput = input
-        holder.standardOutput = FileHandle.nullDevice
-        try holder.run()
-        input.fileHandleForWriting.write(Data(".timeout 5000\nBEGIN IMMEDIATE;\nINSERT INTO items (id, name) VALUES (2, 'held');\n.shell sleep 12\nCOMMIT;\n".utf8))
-        try input.fileHandleForWriting.close()
+        let holder = try holdWriteLock(c.dbPath(1), seconds: 12, writing: "INSERT INTO items (id, name) VALUES (2, 'held');")
         defer { if holder.isRunning { holder.terminate() } }
         let probe = try Database(path: c.dbPath(1))  // no busy timeout: a held lock fails at once
         try waitUntil("node 1's application holds the lock", timeoutSeconds: 10) {
