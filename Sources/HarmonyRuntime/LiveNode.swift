@@ -176,6 +176,8 @@ public final class LiveNode: @unchecked Sendable {
             schemaChanged()
             let nowMs = WallClock.nowMs
             for shard in router.shards { queueOnly.value.progress.lastProgressMs[shard] = nowMs }
+            // What /health answers from if its first look finds the queue busy.
+            lastHealthLook.withLock { $0 = (readingsOnQueue(), queueOnly.value.progress) }
         }
         try subscribeToHints(connection)
         if config.prometheus.enable {
