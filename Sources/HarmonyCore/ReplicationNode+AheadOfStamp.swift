@@ -141,11 +141,9 @@ extension ReplicationNode {
                 guard try later.query([.integer(id), .text(table)] + keyValues).isEmpty else { continue }
             }
             let key = zip(schema.primaryKey, keyValues).map { ChangeRecord.Column($0, $1) }
-            let sql = rowReadSQLCache[table] ?? rowReadSQL(schema)
-            rowReadSQLCache[table] = sql
             guard let record = try currentChange(table: table, schema: schema, key: key, keyValues: keyValues,
                                                  version: RowVersion(hlc: hlc, node: originNode), deleted: type == "delete",
-                                                 rowSQL: sql.row) else { continue }
+                                                 rowSQL: capturedRowReadSQL(schema).row) else { continue }
             records.append((id, record))
         }
         return records

@@ -412,13 +412,7 @@ extension ReplicationNode {
         }
         let key = zip(schema.primaryKey, positions).map { ChangeRecord.Column($0, $1.map { read.column($0) } ?? .null) }
         let keyValues = key.map(\.value)
-        let sql: (version: String, row: String)
-        if let known = rowReadSQLCache[table] {
-            sql = known
-        } else {
-            sql = rowReadSQL(schema)
-            rowReadSQLCache[table] = sql
-        }
+        let sql = capturedRowReadSQL(schema)
         let versionRead = try db.cached(sql.version)
         try versionRead.bind(keyValues)
         defer { versionRead.reset() }
@@ -448,6 +442,14 @@ extension ReplicationNode {
         }
         record.definition = tableStates[table].map(\.definition)
         return record
+    }
+
+    /// `rowReadSQL` of a captured table's schema, built once per table (until capture is refreshed).
+    func capturedRowReadSQL(_ schema: TableSchema) -> (version: String, row: String) {
+        if let known = rowReadSQLCache[schema.name] { return known }
+        let sql = rowReadSQL(schema)
+        rowReadSQLCache[schema.name] = sql
+        return sql
     }
 
     /// The two reads behind `changeRecord`: a key's current version, and its row in the captured schema's columns.

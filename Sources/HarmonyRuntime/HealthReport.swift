@@ -34,6 +34,12 @@ struct ProgressWatch: Sendable {
         if deliveredSinceProgressMs[shard] == nil { deliveredSinceProgressMs[shard] = nowMs }
     }
 
+    /// `shard`'s checkpoint moved: the deliveries waiting since are behind it.
+    mutating func moved(shard: Int, nowMs: Int64) {
+        lastProgressMs[shard] = nowMs
+        deliveredSinceProgressMs[shard] = nil
+    }
+
     /// Since when `shard` has waited without its checkpoint moving: from its first delivery since it last moved, or
     /// (no delivery reached the core) from that move.
     func stalledSinceMs(shard: Int, nowMs: Int64) -> Int64 {
@@ -43,14 +49,12 @@ struct ProgressWatch: Sendable {
     mutating func record(_ event: ReplicationEvent, nowMs: Int64) {
         switch event {
         case .applied(let shard, _, _, _, _), .duplicate(let shard, _), .parked(let shard, _, _), .echoesConsumed(let shard, _):
-            lastProgressMs[shard] = nowMs
-            deliveredSinceProgressMs[shard] = nil
+            moved(shard: shard, nowMs: nowMs)
         case .schemaPaused(let shard, _, _, _):
             if pausedSinceMs[shard] == nil { pausedSinceMs[shard] = nowMs }
         case .schemaResumed(let shard):
             pausedSinceMs[shard] = nil
-            lastProgressMs[shard] = nowMs
-            deliveredSinceProgressMs[shard] = nil
+            moved(shard: shard, nowMs: nowMs)
         case .publishFailed, .markPublishedFailed:
             if publishFailingSinceMs == nil { publishFailingSinceMs = nowMs }
         case .published:

@@ -37,7 +37,7 @@ extension LiveNode {
         let queued = healthLookQueued.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
         if queued {
             queue.async { [self] in
-                look.result.withLock { $0 = (readingsOnQueue(), queueOnly.value.progress) }
+                look.result.withLock { $0 = coreLookOnQueue() }
                 healthLookQueued.store(false, ordering: .relaxed)
                 look.done.signal()
             }
@@ -59,6 +59,10 @@ extension LiveNode {
         return report
     }
 
+    /// Queue only: the core's state and the progress watch, in one look so that an event between two reads cannot
+    /// mix them.
+    func coreLookOnQueue() -> CoreLook { (readingsOnQueue(), queueOnly.value.progress) }
+
     /// Queue only: the core's state now.
     func readingsOnQueue() -> NodeReadings {
         let core = self.core
@@ -78,6 +82,6 @@ extension LiveNode {
 
 /// One `/health` look at the queue, which may answer after the checker stopped waiting.
 final class HealthLook: Sendable {
-    let result = Mutex<(readings: NodeReadings, watch: ProgressWatch)?>(nil)
+    let result = Mutex<LiveNode.CoreLook?>(nil)
     let done = DispatchSemaphore(value: 0)
 }

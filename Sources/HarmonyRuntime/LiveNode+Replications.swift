@@ -32,7 +32,7 @@ extension LiveNode {
     /// server is also asked about each consumer, so call this off the node's queue.
     public func replications(named name: String? = nil) -> [ReplicationStatus] {
         let shards = router.shards.filter { name == nil || durableName(shard: $0) == name }
-        var (readings, watch) = queue.sync { (readingsOnQueue(), queueOnly.value.progress) }
+        var (readings, watch) = queue.sync { coreLookOnQueue() }
         for shard in shards {
             if let live = try? jetStream?.streamState(name: router.streamName(shard: shard)) { readings.streamLasts[shard] = live.lastSequence }
         }

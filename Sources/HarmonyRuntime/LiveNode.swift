@@ -72,7 +72,9 @@ public final class LiveNode: @unchecked Sendable {
     /// When the core call running on the queue began (0: none runs), so `/health` can say how long one has taken.
     let coreCallStartedMs = Atomic<Int64>(0)
     /// The last readings `/health` got from the queue, answered from while the queue is busy.
-    let lastHealthLook = Mutex<(readings: NodeReadings, watch: ProgressWatch)?>(nil)
+    let lastHealthLook = Mutex<CoreLook?>(nil)
+    /// What `/health` judges from (`coreLookOnQueue`).
+    typealias CoreLook = (readings: NodeReadings, watch: ProgressWatch)
     /// A `/health` look waits on the queue: checkers polling a blocked queue do not pile more up behind it.
     let healthLookQueued = Atomic<Bool>(false)
     /// Requests the core must not wait for (stream ranges) run here and answer on `queue`.
@@ -177,7 +179,7 @@ public final class LiveNode: @unchecked Sendable {
             let nowMs = WallClock.nowMs
             for shard in router.shards { queueOnly.value.progress.lastProgressMs[shard] = nowMs }
             // What /health answers from if its first look finds the queue busy.
-            lastHealthLook.withLock { $0 = (readingsOnQueue(), queueOnly.value.progress) }
+            lastHealthLook.withLock { $0 = coreLookOnQueue() }
         }
         try subscribeToHints(connection)
         if config.prometheus.enable {
