@@ -462,6 +462,16 @@ extension ReplicationNode {
         precondition(change.key.count == change.table.primaryKey.count, "change to \(change.table.name) with \(change.key.count) key values")
         precondition(db.isInTransaction, "a change applies only inside the apply (or restore) transaction")
         let sql = applySQL(change)
+        let version: [DatabaseValue] = [.integer(change.version.hlc), .integer(change.version.node),
+                                        .integer(change.operation == .delete ? 1 : 0)]
+        if !config.plantedBugs.contains(.applyInArrivalOrder) && !config.plantedBugs.contains(.dropTombstones) {
+            // One statement compares and records the version (SQLite counts no change when the DO UPDATE's WHERE
+            // is false); the row is written only when it won. A failed write rolls the version back with it.
+            try db.execute(sql.stampVersionIfNewer, change.key + version)
+            guard db.changes > 0 else { return false }
+            try db.execute(sql.write, change.operation == .delete ? change.key : change.row.map(\.value))
+            return true
+        }
         if let current = try db.query(sql.currentVersion, change.key).first,
            let hlc = current[0].int64, let node = current[1].int64,
            RowVersion(hlc: hlc, node: node) >= change.version,
@@ -474,8 +484,7 @@ extension ReplicationNode {
             try db.execute(sql.forgetVersion, change.key)
             return true
         }
-        try db.execute(sql.stampVersion, change.key + [.integer(change.version.hlc), .integer(change.version.node),
-                                                      .integer(change.operation == .delete ? 1 : 0)])
+        try db.execute(sql.stampVersion, change.key + version)
         return true
     }
 
@@ -492,6 +501,8 @@ extension ReplicationNode {
         var currentVersion: String
         var write: String
         var stampVersion: String
+        /// `stampVersion` only where the change's version is above the stored one (nothing stored wins too).
+        var stampVersionIfNewer: String
         var forgetVersion: String
     }
 
@@ -528,6 +539,11 @@ extension ReplicationNode {
             stampVersion: """
                 INSERT INTO \(versionTable) (\(keyNames), hlc, node, deleted) VALUES (\(keyPlaceholders), ?, ?, ?)
                 ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
+                """,
+            stampVersionIfNewer: """
+                INSERT INTO \(versionTable) (\(keyNames), hlc, node, deleted) VALUES (\(keyPlaceholders), ?, ?, ?)
+                ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
+                WHERE (excluded.hlc, excluded.node) > (\(versionTable).hlc, \(versionTable).node)
                 """,
             forgetVersion: "DELETE FROM \(versionTable) WHERE \(keyMatch)")
         applySQLCache[key] = sql
