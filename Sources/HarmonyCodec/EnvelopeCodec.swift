@@ -65,17 +65,16 @@ public enum EnvelopeCodec {
     public static func decodeAll(_ bytes: [UInt8], decompressedLimit: Int = decompressedBytesMax) throws -> [ChangeRecord] {
         guard let format = bytes.first else { throw EnvelopeError.empty }
         guard format == formatBatchPlain || format == formatBatchZstd else { return [try decode(bytes, decompressedLimit: decompressedLimit)] }
-        return try withCheckedBody(bytes, compressed: format == formatBatchZstd, limit: decompressedLimit) { body in
-            var reader = CBORReader(body)
+        return try withCheckedBody(bytes, compressed: format == formatBatchZstd, limit: decompressedLimit) { reader in
             let h = try reader.head()
             guard h.major == 4 else { throw EnvelopeError.malformed("batch is not an array") }
-            let count = Int(h.argument)
+            let count = try reader.length(h, minBytesEach: 1)
             guard count > 0, count <= batchRecordsMax else { throw EnvelopeError.malformed("batch has \(count) records") }
             var records: [ChangeRecord] = []
             records.reserveCapacity(count)
             var previous: ChangeRecord?
             for _ in 0..<count {
-                let r = try record(&reader, like: previous)
+                let r = try record(&reader, like: previous, valueDepth: 2)
                 records.append(r)
                 previous = r
             }
@@ -130,9 +129,8 @@ public enum EnvelopeCodec {
         guard let format = bytes.first else { throw EnvelopeError.empty }
         switch format {
         case formatPlain, formatZstd:
-            return try withCheckedBody(bytes, compressed: format == formatZstd, limit: decompressedLimit) { body in
-                var reader = CBORReader(body)
-                return try record(&reader, like: nil)
+            return try withCheckedBody(bytes, compressed: format == formatZstd, limit: decompressedLimit) { reader in
+                try record(&reader, like: nil, valueDepth: 1)
             }
         case formatPart: throw EnvelopeError.malformed("this is one part of a split message; it decodes only joined with the others")
         default: throw EnvelopeError.unknownFormat(format)
@@ -142,13 +140,31 @@ public enum EnvelopeCodec {
     /// Runs `decode` on the message's CBOR body (after the format byte, decompressed if need be) once the whole body
     /// has passed every CBOR check, so a malformed body fails with the CBOR error wherever it lies, before any
     /// check of the record's fields.
+    ///
+    /// A body that decodes is read once: `decode` checks each value it passes on the way, as the whole-body walk
+    /// would (so it must read exactly one top-level item, skipping values at the walk's depths). Only a body that
+    /// fails, or leaves bytes after its item, is walked whole, to report the CBOR error first where there is one.
     static func withCheckedBody<T>(_ bytes: [UInt8], compressed: Bool, limit: Int,
-                                   _ decode: (UnsafeBufferPointer<UInt8>) throws -> T) throws -> T {
+                                   _ decode: (inout CBORReader) throws -> T) throws -> T {
         func checked(_ body: UnsafeBufferPointer<UInt8>) throws -> T {
+            func wholeBodyCheck() throws {
+                var walk = CBORReader(body)
+                try walk.skip(depth: 0)
+                guard walk.offset == body.count else { throw CBORError.trailingBytes(offset: walk.offset) }
+            }
             var reader = CBORReader(body)
-            try reader.skip(depth: 0)
-            guard reader.offset == body.count else { throw CBORError.trailingBytes(offset: reader.offset) }
-            return try decode(body)
+            let decoded: T
+            do {
+                decoded = try decode(&reader)
+            } catch {
+                try wholeBodyCheck()
+                throw error
+            }
+            guard reader.offset == body.count else {
+                try wholeBodyCheck()
+                throw CBORError.trailingBytes(offset: reader.offset)
+            }
+            return decoded
         }
         if compressed {
             return try Zstd.decompress(Array(bytes.dropFirst()), limit: limit).withUnsafeBufferPointer(checked)
@@ -158,7 +174,8 @@ public enum EnvelopeCodec {
 
     /// One record map, read in place from a checked body. `previous`, the batch's record before it, lends its
     /// table name, schema hash and column names when the bytes are the same, so a batch allocates them once.
-    static func record(_ reader: inout CBORReader, like previous: ChangeRecord?) throws -> ChangeRecord {
+    /// `valueDepth`: the nesting depth of the record's values in the whole body (1 alone, 2 in a batch).
+    static func record(_ reader: inout CBORReader, like previous: ChangeRecord?, valueDepth: Int) throws -> ChangeRecord {
         let map = try reader.head()
         guard map.major == 5 else { throw EnvelopeError.malformed("record is not a map") }
         // Known keys are 0...9: where each one's value starts, found in one pass over the map.
@@ -166,7 +183,8 @@ public enum EnvelopeCodec {
         return try withUnsafeTemporaryAllocation(of: Int.self, capacity: known) { at in
             at.initialize(repeating: -1)
             var unknownKeys = Set<UInt64>()
-            for _ in 0..<Int(map.argument) {
+            // Checked against the bytes left, as the whole-body walk does (a hostile length would not fit an Int).
+            for _ in 0..<(try reader.length(map, minBytesEach: 2)) {
                 let k = try reader.head()
                 guard k.major == 0 else { throw EnvelopeError.malformed("map key is not an unsigned integer") }
                 if k.argument < UInt64(known) {
@@ -176,7 +194,7 @@ public enum EnvelopeCodec {
                     // Unknown keys (a later envelope version) are ignored, but still must not repeat.
                     guard unknownKeys.insert(k.argument).inserted else { throw EnvelopeError.malformed("duplicate key \(k.argument)") }
                 }
-                try reader.skip(depth: 1)
+                try reader.skip(depth: valueDepth)
             }
             let body = reader.bytes
             /// A field's head, and a reader just past it.
