@@ -54,14 +54,18 @@ extension ChangeCapture {
         // A stamp that stopped short may have cut a stretch: the next one decides it.
         let smallQueueIDs = stretches?.finish(countingOpen: limit.map { stamps.count < $0 } ?? true) ?? []
         guard let first = stamps.runs.first?.from, let last = stamps.runs.last?.to, let newest = stamps.newest else { return nil }
-        let setHLC = try db.cached("UPDATE \(queue) SET hlc = id + ? WHERE id BETWEEN ? AND ?")
-        for run in stamps.runs { try setHLC.execute([.integer(run.offset), .integer(run.from), .integer(run.to)]) }
+        // One run (a bulk load, or any stamp whose writes' milliseconds never overtook the clock) gives every write
+        // `id + offset`, computed where the versions are copied; more runs set the queue's hlc a run at a time first.
+        let oneRun = stamps.runs.count == 1
+        let hlc = oneRun ? "(id + ?3)" : "hlc"
+        if !oneRun {
+            let setHLC = try db.cached("UPDATE \(queue) SET hlc = id + ? WHERE id BETWEEN ? AND ?")
+            for run in stamps.runs { try setHLC.execute([.integer(run.offset), .integer(run.from), .integer(run.to)]) }
+        }
         // Everything below reads only the writes stamped here (all of them when there is no limit).
         let taken = limit == nil ? "" : " AND id <= \(last)"
         var linked: [(table: String, firstNewID: Int64)] = []
-        let groups = try db.query("SELECT DISTINCT table_name, epoch FROM \(queue) WHERE 1\(taken) ORDER BY table_name, epoch")
-        for group in groups {
-            guard let table = group[0].string, let epoch = group[1].int64 else { continue }
+        for (table, epoch) in stamps.groups {
             // A table dropped (its change log forgotten) since the write: the row is gone, nothing to send.
             guard try db.tableExists(Bookkeeping.changeLog(table)), try db.tableExists(Bookkeeping.versionTable(table)) else { continue }
             let history = try epochs(db, table: table)
@@ -72,19 +76,19 @@ extension ChangeCapture {
                 linked.append((table, (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1))
             }
             let keys = (1...written.count).map { "k\($0)" }.joined(separator: ", ")
-            let match: [DatabaseValue] = [.text(table), .integer(epoch)]
+            let match: [DatabaseValue] = [.text(table), .integer(epoch)] + (oneRun ? [.integer(stamps.runs[0].offset)] : [])
             try db.execute("""
                 INSERT INTO \(log) (type, hlc, node, epoch, \(written.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")))
-                SELECT type, hlc, (SELECT node_id FROM \(clock)), epoch, \(keys) FROM \(queue)
-                WHERE table_name = ? AND epoch = ?\(taken) ORDER BY id
+                SELECT type, \(hlc), (SELECT node_id FROM \(clock)), epoch, \(keys) FROM \(queue)
+                WHERE table_name = ?1 AND epoch = ?2\(taken) ORDER BY id
                 """, match)
             // The version table is keyed by the current key columns (a renamed one renamed there too); a key of
             // another shape rebuilt it, and rows logged under the old one have no version to keep there.
             guard current.count == written.count else { continue }
             try db.execute("""
                 INSERT INTO \(q(Bookkeeping.versionTable(table))) (\(current.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
-                SELECT \(keys), hlc, (SELECT node_id FROM \(clock)), type = 'delete' FROM \(queue)
-                WHERE table_name = ? AND epoch = ?\(taken) ORDER BY id
+                SELECT \(keys), \(hlc), (SELECT node_id FROM \(clock)), type = 'delete' FROM \(queue)
+                WHERE table_name = ?1 AND epoch = ?2\(taken) ORDER BY id
                 ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
                 """, match)
         }
@@ -145,8 +149,12 @@ extension ChangeCapture {
         var runs: [(from: Int64, to: Int64, offset: Int64)] = []
         var offset = Int64.min, count = 0
         var hlcs: [Int64: Int64] = [:]
+        var groups: [(table: String, epoch: Int64)] = []
+        var latest: (table: String, epoch: Int64)?
         // Row by row, not collected: a queue can hold a whole bulk load.
-        let read = try db.cached("SELECT id, ms\(stretches == nil ? "" : ", writer_changes") FROM \(q(Bookkeeping.captureQueue)) ORDER BY id LIMIT ?")
+        let read = try db.cached("""
+            SELECT id, ms, table_name, epoch\(stretches == nil ? "" : ", writer_changes") FROM \(q(Bookkeeping.captureQueue)) ORDER BY id LIMIT ?
+            """)
         try read.bind([.integer(Int64(limit ?? -1))])
         defer { read.reset() }
         while try read.step() {
@@ -163,9 +171,20 @@ extension ChangeCapture {
             }
             count += 1
             if collectVersions { hlcs[id] = id + offset }
-            stretches?.add(queueID: id, writerChanges: read.column(2).int64)
+            stretches?.add(queueID: id, writerChanges: read.column(4).int64)
+            // The tables and epochs written, as SELECT DISTINCT would find them (text compared byte for byte), in
+            // the same pass: a bulk load's writes are one run of the same pair, checked in place.
+            let epoch = read.column(3).int64
+            if let latest, epoch == latest.epoch, read.columnTextEquals(2, latest.table) { continue }
+            guard let table = read.column(2).string, let epoch else { continue }
+            latest = (table, epoch)
+            if !groups.contains(where: { $0.epoch == epoch && $0.table.utf8.elementsEqual(table.utf8) }) { groups.append((table, epoch)) }
         }
-        return HLCRuns(runs: runs, newest: runs.last.map { $0.to + $0.offset }, count: count, hlcs: hlcs)
+        // In SQLite's order (BINARY: bytes), as `ORDER BY table_name, epoch` gave them.
+        groups.sort { a, b in
+            a.table.utf8.elementsEqual(b.table.utf8) ? a.epoch < b.epoch : a.table.utf8.lexicographicallyPrecedes(b.table.utf8)
+        }
+        return HLCRuns(runs: runs, newest: runs.last.map { $0.to + $0.offset }, count: count, hlcs: hlcs, groups: groups)
     }
 
     /// The versions a stamp gives: `id + offset` over each run of queue ids.
@@ -174,6 +193,8 @@ extension ChangeCapture {
         var newest: Int64?
         var count: Int
         var hlcs: [Int64: Int64]
+        /// Each table and epoch the stamped writes name, once.
+        var groups: [(table: String, epoch: Int64)]
 
         func version(of queueID: Int64) -> Int64? {
             // The last run starting at or before the id (runs are in id order and cover the ids stamped).

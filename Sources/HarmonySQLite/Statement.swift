@@ -96,6 +96,16 @@ public final class Statement {
         }
     }
 
+    /// Whether column `i` holds exactly this text, compared in place (no String made): for row-by-row scans that
+    /// only need to notice when a value changes.
+    public func columnTextEquals(_ i: Int, _ text: String) -> Bool {
+        let idx = Int32(i)
+        guard sqlite3_column_type(handle, idx) == SQLITE_TEXT else { return false }
+        let n = Int(sqlite3_column_bytes(handle, idx))
+        guard let p = sqlite3_column_text(handle, idx) else { return text.isEmpty }
+        return text.utf8.count == n && UnsafeBufferPointer(start: p, count: n).elementsEqual(text.utf8)
+    }
+
     public func row() -> [DatabaseValue] { (0..<columnCount).map { column($0) } }
 
     /// Runs to completion, ignoring rows.
