@@ -216,8 +216,20 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
     /// For tests and operators: the running child's pid.
     public var processIdentifier: Int32? { state.withLock { $0.process?.isRunning == true ? $0.process?.pid : nil } }
 
-    /// A free TCP port on 127.0.0.1, for tests and for `bind_address = "127.0.0.1:0"`.
+    /// A free TCP port on 127.0.0.1, for tests and for `bind_address = "127.0.0.1:0"`. Never the same one twice in a
+    /// process: the kernel may offer a port again once its probe socket is closed, and two servers told the same
+    /// port collide (a benchmark gave nats-server and a node's metrics the same one; the node could not start).
     public static func freePort() -> Int {
+        for _ in 0..<100 {
+            let port = probeFreePort()
+            if handedOut.withLock({ $0.insert(port).inserted }) { return port }
+        }
+        return probeFreePort()
+    }
+
+    private static let handedOut = Mutex<Set<Int>>([])
+
+    private static func probeFreePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()

@@ -36,6 +36,13 @@ struct EmbeddedServerTests {
         try server.waitUntilReady(timeoutMs: 10_000)
     }
 
+    /// Tests and benchmarks give each server a port of its own from here: a port handed out twice would make two of
+    /// them collide (the kernel offers the same free port again often enough that 1,000 probes repeat some).
+    @Test func freePortsAreNeverHandedOutTwice() {
+        let ports = (0..<1_000).map { _ in EmbeddedNATSServer.freePort() }
+        #expect(Set(ports).count == ports.count)
+    }
+
     @Test func badBindAddressIsRefused() {
         #expect(throws: EmbeddedServerError.self) { try EmbeddedNATSServer(bindAddress: "nonsense", storeDirectory: "/tmp/x", serverName: "x") }
     }
