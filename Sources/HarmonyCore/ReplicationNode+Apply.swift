@@ -24,7 +24,7 @@ extension ReplicationNode {
         let start = checkpoint(shard)
         if restoreNeeded {
             // Waiting for a snapshot: nothing may apply over the hole; the restore resubscribes every shard.
-            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.restoreRetryMs) }
+            holdBack(shard: shard, ordered.map(\.sequence).filter { $0 > start }, delayMs: config.restoreRetryMs)
             return
         }
         if !config.plantedBugs.contains(.applyStampsOneBatch), try stampBacklogIsLarge(db) {
@@ -44,7 +44,7 @@ extension ReplicationNode {
                 consumedEchoes(shard: shard, echoes)
                 consumed = last
             }
-            for m in ordered where m.sequence > consumed { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.retryDelayMs) }
+            holdBack(shard: shard, ordered.map(\.sequence).filter { $0 > consumed }, delayMs: config.retryDelayMs)
             return
         }
         applyHeldForStamping = false
@@ -84,9 +84,13 @@ extension ReplicationNode {
                     if halted { naks.append((message.sequence, config.retryDelayMs)); continue }
                     if message.sequence > next {
                         halted = true
-                        gapSeen = true
-                        events.append(.gap(shard: shard, expected: next, got: message.sequence))
                         naks.append((message.sequence, config.retryDelayMs))
+                        // Not a gap when this node itself sent `next` back for later (a pause, a bulk stamp): the
+                        // log delivers what follows meanwhile, and `next` comes again after its delay.
+                        if !isHeldBackHere(shard: shard, next) {
+                            gapSeen = true
+                            events.append(.gap(shard: shard, expected: next, got: message.sequence))
+                        }
                         continue
                     }
                     if pausedAt == nil, pausedShards[shard] == nil, let echo = ownEchoes.match(message.payload) {
@@ -140,7 +144,7 @@ extension ReplicationNode {
                 return
             }
             let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs
-            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: delayMs) }
+            holdBack(shard: shard, ordered.map(\.sequence).filter { $0 > start }, delayMs: delayMs)
             return
         }
         precondition(next - 1 >= start, "checkpoint of shard \(shard) moved back from \(start) to \(next - 1)")
@@ -159,6 +163,7 @@ extension ReplicationNode {
         Self.checkDisjointAndOrdered(acks: acks, naks: naks.map(\.0))
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
+        if let longest = naks.map(\.1).max() { noteHeldBack(shard: shard, naks.map(\.0), delayMs: longest) }
         // Rows held back for a definition may fit now: ask for them again at once instead of after the pause delay.
         if events.contains(where: {
             if case .schemaChangeApplied = $0 { return true }
@@ -171,6 +176,42 @@ extension ReplicationNode {
         if definitionsAppliedAhead, pausedShards[shard] != nil { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
         // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides.
         if gapSeen { requestStreamState(shard) }
+    }
+
+    /// Messages this node sent back for later: `from...through` of one shard, due again before `untilMs`.
+    struct HeldBack {
+        var from: UInt64
+        var through: UInt64
+        var untilMs: Int64
+    }
+
+    /// Sends `sequences` (in order) back to the log for `delayMs`, and remembers it (`isHeldBackHere`).
+    func holdBack(shard: Int, _ sequences: [UInt64], delayMs: Int64) {
+        for sequence in sequences { env.log.nak(shard: shard, sequence: sequence, delayMs: delayMs) }
+        noteHeldBack(shard: shard, sequences, delayMs: delayMs)
+    }
+
+    /// Remembers sequences just sent back: what follows them may be delivered first, and that is no gap. Remembered
+    /// for twice the delay and a second more after the first of them was last sent back, so a message that never
+    /// comes back (gone from the stream meanwhile) is still found missing, only that much later (sending back what
+    /// follows it, again and again, does not put that off).
+    func noteHeldBack(shard: Int, _ sequences: [UInt64], delayMs: Int64) {
+        guard let first = sequences.first, let last = sequences.last else { return }
+        let untilMs = env.clock.nowMs + 2 * delayMs + 1_000
+        if var held = heldBack[shard], env.clock.nowMs < held.untilMs, first <= held.through + 1, last + 1 >= held.from {
+            if first <= held.from { held.untilMs = untilMs }
+            held.from = min(held.from, first)
+            held.through = max(held.through, last)
+            heldBack[shard] = held
+        } else {
+            heldBack[shard] = HeldBack(from: first, through: last, untilMs: untilMs)
+        }
+    }
+
+    /// Whether this node sent `sequence` back to the log itself, recently enough that it is still on its way.
+    func isHeldBackHere(shard: Int, _ sequence: UInt64) -> Bool {
+        guard let held = heldBack[shard] else { return false }
+        return held.from <= sequence && sequence <= held.through && env.clock.nowMs < held.untilMs
     }
 
     /// One delivery's answers: every message is acked or nak'd at most once, each list in sequence order, and
