@@ -14,7 +14,7 @@ extension LiveNode {
         switch path {
         case "/metrics":
             return MetricsServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                          body: metrics.render(queue.sync { readingsOnQueue() }))
+                                          body: metrics.render(recentCoreLook(waitMs: Self.healthWaitMs).look.readings))
         case "/health":
             let report = healthReport(waitMs: Self.healthWaitMs)
             return MetricsServer.Response(status: report.healthy ? 200 : 503, contentType: "application/json", body: report.json)
@@ -33,6 +33,20 @@ extension LiveNode {
     /// the queue is said to be a stall once it has run `stall_seconds`.
     func healthReport(waitMs: Int) -> HealthReport {
         let stallMs = config.health.stallSeconds * 1000
+        let (look, busyMs) = recentCoreLook(waitMs: waitMs)
+        var report = HealthReport.evaluate(look.readings, watch: look.watch, nowMs: WallClock.nowMs, stallMs: stallMs)
+        if let busy = Self.busySentence(busyMs: busyMs, stallMs: stallMs) {
+            report.healthy = false
+            report.reasons.append(busy + "; this report is from before it")
+        }
+        return report
+    }
+
+    /// A look at the core for `/health`, `/metrics` and `GET /replications`: taken on the queue if it gets to it
+    /// within `waitMs`, else the last one taken (at start at the latest), with how long the call holding the queue
+    /// has run (0 for a fresh look). A checker or a scraper gets its answer in well under a second, also while the
+    /// core waits seconds for SQLite's write lock.
+    func recentCoreLook(waitMs: Int) -> (look: CoreLook, busyMs: Int64) {
         let look = HealthLook()
         let queued = healthLookQueued.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
         if queued {
@@ -44,19 +58,19 @@ extension LiveNode {
         }
         if queued, look.done.wait(timeout: .now() + .milliseconds(waitMs)) == .success, let fresh = look.result.withLock({ $0 }) {
             lastHealthLook.withLock { $0 = fresh }
-            return HealthReport.evaluate(fresh.readings, watch: fresh.watch, nowMs: WallClock.nowMs, stallMs: stallMs)
+            return (fresh, 0)
         }
-        let nowMs = WallClock.nowMs
         let startedMs = coreCallStartedMs.load(ordering: .relaxed)
-        let busyMs = startedMs > 0 ? nowMs - startedMs : 0
-        var report = lastHealthLook.withLock { $0 }.map { HealthReport.evaluate($0.readings, watch: $0.watch, nowMs: nowMs, stallMs: stallMs) }
-            ?? HealthReport(healthy: true, reasons: [], shards: [], pendingChanges: 0)
-        if busyMs >= stallMs {
-            report.healthy = false
-            report.reasons.append("the replication core has been busy with one task for \(busyMs / 1000) s (waiting for SQLite's write lock, "
-                                  + "held by another connection's long transaction, or applying a large batch); this report is from before it")
-        }
-        return report
+        let busyMs = startedMs > 0 ? WallClock.nowMs - startedMs : 0
+        // Filled before the servers that ask start (`start`); the queue is the only other source.
+        return (lastHealthLook.withLock { $0 } ?? queue.sync { coreLookOnQueue() }, busyMs)
+    }
+
+    /// Said once the call holding the core has run `stall_seconds`.
+    static func busySentence(busyMs: Int64, stallMs: Int64) -> String? {
+        guard busyMs >= stallMs else { return nil }
+        return "the replication core has been busy with one task for \(busyMs / 1000) s (waiting for SQLite's write lock, "
+            + "held by another connection's long transaction, or applying a large batch)"
     }
 
     /// Queue only: the core's state and the progress watch, in one look so that an event between two reads cannot

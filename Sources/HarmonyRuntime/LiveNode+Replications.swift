@@ -29,10 +29,13 @@ extension LiveNode {
 
     /// Each shard's replication status (only the one whose consumer is `name`, when given). Its state is the
     /// one `/health` gives the shard, judged with the stream's last sequence asked of the server just now; the
-    /// server is also asked about each consumer, so call this off the node's queue.
+    /// server is also asked about each consumer, so call this off the node's queue. The node's side is the look
+    /// `/health` takes (the last one, while the core is busy for long).
     public func replications(named name: String? = nil) -> [ReplicationStatus] {
         let shards = router.shards.filter { name == nil || durableName(shard: $0) == name }
-        var (readings, watch) = queue.sync { coreLookOnQueue() }
+        let stallMs = config.health.stallSeconds * 1000
+        let (look, busyMs) = recentCoreLook(waitMs: Self.healthWaitMs)
+        var (readings, watch) = look
         for shard in shards {
             if let live = try? jetStream?.streamState(name: router.streamName(shard: shard)) { readings.streamLasts[shard] = live.lastSequence }
         }
@@ -46,6 +49,10 @@ extension LiveNode {
             var (state, detail) = health.shards.first { $0.shard == shard }.map { Self.replicationState($0) } ?? ("replicating", nil)
             if consumer == nil, readings.replicate {
                 detail = (detail.map { $0 + "; " } ?? "") + "the server has no consumer \(durableName(shard: shard)); the node makes it again from its checkpoint"
+            }
+            if let busy = Self.busySentence(busyMs: busyMs, stallMs: stallMs) {
+                state = "stalled"
+                detail = (detail.map { $0 + "; " } ?? "") + busy + "; the checkpoint is from before it"
             }
             return ReplicationStatus(name: durableName(shard: shard), shard: shard, stream: stream,
                                      subject: "\(Self.subjectPrefix).\(shard)", checkpoint: checkpoint, streamLastSequence: last,

@@ -259,9 +259,12 @@ struct OperationsEndToEndTests {
     /// with a timeout of a second or two failed without a reason. Now it answers within half a second from the last
     /// look at the core, and once the call has lasted stall_seconds, 503 says so. The change arrives afterwards.
     @Test func healthAnswersAtOnceWhileTheCoreWaitsForTheWriteLock() throws {
-        let metricsPort = distinctFreePorts(1)[0]
+        let ports = distinctFreePorts(2)
+        let metricsPort = ports[0]
+        let api = Curl(port: ports[1], token: nil)
         let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
-            i == 1 ? "[health]\nstall_seconds = 2\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"" : ""
+            i == 1 ? "[health]\nstall_seconds = 2\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"\n"
+                + "[http]\nenable = true\nbind = \"127.0.0.1:\(ports[1])\"" : ""
         }
         #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
         let holder = try holdWriteLock(c.dbPath(1), seconds: 12, writing: "INSERT INTO items (id, name) VALUES (2, 'held');")
@@ -285,6 +288,16 @@ struct OperationsEndToEndTests {
         }
         #expect(busyReason?.contains("SQLite's write lock") == true, "\(busyReason ?? "")")
         #expect(slowest < 2.5, "the slowest of \(answers) /health answers took \(slowest) s while the core waited for the lock")
+        // A Prometheus scrape and the API's replication status answer as quickly, from the same look.
+        var started = Date()
+        let scrape = try httpGet(port: metricsPort, path: "/metrics")
+        let scrapeSeconds = Date().timeIntervalSince(started)
+        #expect(scrape.status == 200 && scrape.body.contains("harmonylite_"), "\(scrape.body.prefix(300))")
+        started = Date()
+        let status = try api.call("GET", "/replications")
+        let statusSeconds = Date().timeIntervalSince(started)
+        #expect(status.status == 200 && status.body.contains("\"stalled\"") && status.body.contains("busy with one task"), "\(status.body)")
+        #expect(scrapeSeconds < 2.5 && statusSeconds < 2.5, "/metrics took \(scrapeSeconds) s, GET /replications \(statusSeconds) s")
         holder.waitUntilExit()
         _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;", expected: "1|from node 2\n2|held\n", timeoutSeconds: 60)
         try waitUntil("node 1 is healthy again", timeoutSeconds: 30) { try httpGet(port: metricsPort, path: "/health").status == 200 }
