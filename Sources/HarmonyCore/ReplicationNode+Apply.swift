@@ -24,7 +24,7 @@ extension ReplicationNode {
         let start = checkpoint(shard)
         if restoreNeeded {
             // Waiting for a snapshot: nothing may apply over the hole; the restore resubscribes every shard.
-            holdBack(shard: shard, ordered.map(\.sequence).filter { $0 > start }, delayMs: config.restoreRetryMs)
+            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.restoreRetryMs) }
             return
         }
         if !config.plantedBugs.contains(.applyStampsOneBatch), try stampBacklogIsLarge(db) {
@@ -85,8 +85,8 @@ extension ReplicationNode {
                     if message.sequence > next {
                         halted = true
                         naks.append((message.sequence, config.retryDelayMs))
-                        // Not a gap when this node itself sent `next` back for later (a pause, a bulk stamp): the
-                        // log delivers what follows meanwhile, and `next` comes again after its delay.
+                        // Not a gap when this node itself sent `next` back for later while it stamped an import:
+                        // the log delivers what follows meanwhile, and `next` comes again after its delay.
                         if !isHeldBackHere(shard: shard, next) {
                             gapSeen = true
                             events.append(.gap(shard: shard, expected: next, got: message.sequence))
@@ -144,7 +144,7 @@ extension ReplicationNode {
                 return
             }
             let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs
-            holdBack(shard: shard, ordered.map(\.sequence).filter { $0 > start }, delayMs: delayMs)
+            for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: delayMs) }
             return
         }
         precondition(next - 1 >= start, "checkpoint of shard \(shard) moved back from \(start) to \(next - 1)")
@@ -163,7 +163,6 @@ extension ReplicationNode {
         Self.checkDisjointAndOrdered(acks: acks, naks: naks.map(\.0))
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
-        if let longest = naks.map(\.1).max() { noteHeldBack(shard: shard, naks.map(\.0), delayMs: longest) }
         // Rows held back for a definition may fit now: ask for them again at once instead of after the pause delay.
         if events.contains(where: {
             if case .schemaChangeApplied = $0 { return true }
@@ -178,24 +177,21 @@ extension ReplicationNode {
         if gapSeen { requestStreamState(shard) }
     }
 
-    /// Messages this node sent back for later: `from...through` of one shard, due again before `untilMs`.
+    /// Messages this node sent back for later while it stamped an import: `from...through` of one shard, due again
+    /// before `untilMs`. (Only those: a schema pause or a failed batch still reports what is delivered past it as a
+    /// gap and asks the log, whose answer also moves a stalled shard on.)
     struct HeldBack {
         var from: UInt64
         var through: UInt64
         var untilMs: Int64
     }
 
-    /// Sends `sequences` (in order) back to the log for `delayMs`, and remembers it (`isHeldBackHere`).
+    /// Sends `sequences` (in order) back to the log for `delayMs`, and remembers them: what follows them may be
+    /// delivered first, and that is no gap (`isHeldBackHere`). Remembered for twice the delay and a second more after
+    /// the first of them was last sent back, so a message that never comes back (gone from the stream meanwhile) is
+    /// still found missing, only that much later.
     func holdBack(shard: Int, _ sequences: [UInt64], delayMs: Int64) {
         for sequence in sequences { env.log.nak(shard: shard, sequence: sequence, delayMs: delayMs) }
-        noteHeldBack(shard: shard, sequences, delayMs: delayMs)
-    }
-
-    /// Remembers sequences just sent back: what follows them may be delivered first, and that is no gap. Remembered
-    /// for twice the delay and a second more after the first of them was last sent back, so a message that never
-    /// comes back (gone from the stream meanwhile) is still found missing, only that much later (sending back what
-    /// follows it, again and again, does not put that off).
-    func noteHeldBack(shard: Int, _ sequences: [UInt64], delayMs: Int64) {
         guard let first = sequences.first, let last = sequences.last else { return }
         let untilMs = env.clock.nowMs + 2 * delayMs + 1_000
         if var held = heldBack[shard], env.clock.nowMs < held.untilMs, first <= held.through + 1, last + 1 >= held.from {
