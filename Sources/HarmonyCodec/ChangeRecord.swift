@@ -84,9 +84,21 @@ public struct ChangeRecord: Sendable, Hashable {
     /// hash of table and key: a node gives each change its own version, but a clock that fell back (a power loss
     /// and a backwards clock step) could repeat one, and two rows must then still be two messages.
     public var messageID: String {
+        "\(version.node)-\(version.hlc)-\(operation == .delete ? "d" : "u")-\(rowHash.hex)"
+    }
+
+    /// What `messageID` says, fed to a batch's hash without making the string (this runs for every published change).
+    public func combineIdentity(into h: inout StableHash) {
+        h.combine(version.node)
+        h.combine(version.hlc)
+        h.combine(byte: operation == .delete ? 1 : 0)
+        h.combine(Int64(bitPattern: rowHash.value))
+    }
+
+    private var rowHash: StableHash {
         var h = StableHash()
         h.combine(table)
         for c in primaryKey { h.combine(c.value) }
-        return "\(version.node)-\(version.hlc)-\(operation == .delete ? "d" : "u")-\(h.hex)"
+        return h
     }
 }

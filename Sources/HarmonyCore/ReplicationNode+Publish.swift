@@ -159,7 +159,7 @@ extension ReplicationNode {
             return (try EnvelopeCodec.encode(records[0], compress: config.compress), records[0].messageID)
         }
         var h = StableHash()
-        for r in records { h.combine(r.messageID) }
+        for r in records { r.combineIdentity(into: &h) }
         return (try EnvelopeCodec.encodeBatch(records, compress: config.compress), "\(config.nodeID)-b\(records.count)-\(h.hex)")
     }
 
@@ -379,8 +379,9 @@ extension ReplicationNode {
         let db = requireDatabase()
         // One lookup per change for what is known about the table's change log (built on first use, and again
         // whenever the log's columns change).
+        var known = changeLogLayouts[table]
         let readSQL: String
-        if let known = changeLogLayouts[table] {
+        if let known {
             readSQL = known.readSQL
         } else {
             let logTable = Bookkeeping.changeLog(table)
@@ -391,13 +392,14 @@ extension ReplicationNode {
         try read.bind([.integer(changeID)])
         defer { read.reset() }  // holds no read lock once done
         guard try read.step() else { return nil }
-        if changeLogLayouts[table]?.columnCount != read.columnCount {
+        if known?.columnCount != read.columnCount {
             var index: [String: Int] = [:]
             for i in 0..<read.columnCount { index[read.columnName(i)] = i }
-            changeLogLayouts[table] = ChangeLogLayout(columnCount: read.columnCount, index: index, readSQL: readSQL,
-                                                      hlc: index["hlc"], node: index["node"], epoch: index["epoch"])
+            known = ChangeLogLayout(columnCount: read.columnCount, index: index, readSQL: readSQL,
+                                    hlc: index["hlc"], node: index["node"], epoch: index["epoch"])
+            changeLogLayouts[table] = known
         }
-        let layout = changeLogLayouts[table]!
+        guard let layout = known else { return nil }
         func at(_ position: Int?) -> DatabaseValue { position.map { read.column($0) } ?? .null }
         guard let hlc = at(layout.hlc).int64, let node = at(layout.node).int64, let epoch = at(layout.epoch).int64,
               let entryKey = try primaryKey(table: table, epoch: epoch),
