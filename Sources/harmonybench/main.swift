@@ -28,6 +28,7 @@ struct TriggerCost: ParsableCommand {
 
     func run() throws {
         var autoBase: [Double] = [], autoTrig: [Double] = [], batchBase: [Double] = [], batchTrig: [Double] = [], stamp: [Double] = []
+        var batchFiring: [Double] = [], batchOneRow: [Double] = []
         for round in 0..<rounds {
             // Alternate which variant goes first so drift in machine load hits both.
             let order = round % 2 == 0 ? [false, true] : [true, false]
@@ -36,9 +37,12 @@ struct TriggerCost: ParsableCommand {
                 let b = try measure(triggers: triggers, rows: batchRows, oneTransaction: true)
                 if triggers { autoTrig.append(a); batchTrig.append(b.insert); stamp.append(b.stamp / Double(batchRows)) } else { autoBase.append(a); batchBase.append(b.insert) }
             }
+            batchFiring.append(try measure(floor: Self.firingOnly, rows: batchRows))
+            batchOneRow.append(try measure(floor: Self.oneMinimalRow, rows: batchRows))
         }
         let autoRatio = median(autoTrig) / median(autoBase)
         let batchRatio = median(batchTrig) / median(batchBase)
+        let firingRatio = median(batchFiring) / median(batchBase), oneRowRatio = median(batchOneRow) / median(batchBase)
         let machine = machineDescription()
         let lines = [
             "# Trigger cost",
@@ -54,6 +58,13 @@ struct TriggerCost: ParsableCommand {
             "",
             "The triggers queue each change; the sidecar stamps versions on the queue later, in its own transaction, off the",
             "application's commit path: \(us(median(stamp))) µs per row for the \(batchRows)-row batch (median).",
+            "",
+            "What any per-row trigger costs here, in the same rounds (\(batchRows) INSERTs in one transaction, no capture):",
+            "",
+            "| trigger | time | ratio |",
+            "|---|---|---|",
+            "| `SELECT 1` (firing a trigger, nothing else) | \(ms(median(batchFiring))) ms | \(fmt(firingRatio))x |",
+            "| one row into a two-column table (`'b', NEW.id`) | \(ms(median(batchOneRow))) ms | \(fmt(oneRowRatio))x |",
         ]
         let text = lines.joined(separator: "\n") + "\n"
         print(text)
@@ -64,20 +75,34 @@ struct TriggerCost: ParsableCommand {
                  "autocommit_us_per_row": {"baseline": \(us(median(autoBase))), "triggers": \(us(median(autoTrig))), "ratio": \(fmt(autoRatio))},
                  "batch_ms": {"baseline": \(ms(median(batchBase))), "triggers": \(ms(median(batchTrig))), "ratio": \(fmt(batchRatio))},
                  "sidecar_stamp_us_per_row": \(us(median(stamp))),
+                 "batch_floor_ratio": {"firing_only": \(fmt(firingRatio)), "one_minimal_row": \(fmt(oneRowRatio))},
                  "machine": "\(machine)"}
                 """
             try json.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
     }
 
+    /// The floor under any capture trigger: firing one that does nothing, and one that adds the smallest row.
+    static let firingOnly = "CREATE TRIGGER floor_trigger AFTER INSERT ON bench BEGIN SELECT 1; END"
+    static let oneMinimalRow = """
+        CREATE TABLE floor_queue (id INTEGER PRIMARY KEY, t TEXT, k);
+        CREATE TRIGGER floor_trigger AFTER INSERT ON bench BEGIN INSERT INTO floor_queue (t, k) VALUES ('b', NEW.id); END
+        """
+
+    /// Seconds to insert `rows` rows in one transaction under a trigger that is not capture's (`floor`).
+    func measure(floor: String, rows: Int) throws -> Double {
+        try measure(triggers: false, rows: rows, oneTransaction: true, setup: floor).insert
+    }
+
     /// Seconds to insert `rows` rows into a fresh database, with or without capture installed, and then (with
-    /// capture) seconds for the sidecar to stamp them.
-    func measure(triggers: Bool, rows: Int, oneTransaction: Bool) throws -> (insert: Double, stamp: Double) {
+    /// capture) seconds for the sidecar to stamp them. `setup` runs first (another trigger to compare with).
+    func measure(triggers: Bool, rows: Int, oneTransaction: Bool, setup: String? = nil) throws -> (insert: Double, stamp: Double) {
         let path = (directory as NSString).appendingPathComponent("harmonybench-\(UUID().uuidString).db")
         defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
         let db = try SQLiteOpener().open(path: path)
         try db.execute("PRAGMA synchronous=\(synchronous)")
         try db.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, payload BLOB)")
+        if let setup { try db.execute(setup) }
         if triggers { try ChangeCapture.install(db, nodeID: 1, filter: TableFilter()) }
         let insert = try db.prepare("INSERT INTO bench (id, name, value, payload) VALUES (?, ?, ?, ?)")
         let payload = DatabaseValue.blob(Array(repeating: 0xAB, count: 64))
