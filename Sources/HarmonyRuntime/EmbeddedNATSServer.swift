@@ -216,29 +216,37 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
     /// For tests and operators: the running child's pid.
     public var processIdentifier: Int32? { state.withLock { $0.process?.isRunning == true ? $0.process?.pid : nil } }
 
-    /// A free TCP port on 127.0.0.1, for tests and for `bind_address = "127.0.0.1:0"`. Never the same one twice in a
-    /// process: the kernel may offer a port again once its probe socket is closed, and two servers told the same
-    /// port collide (a benchmark gave nats-server and a node's metrics the same one; the node could not start).
+    /// A free TCP port on 127.0.0.1 for a server that a test or a benchmark starts: free when handed out, never the
+    /// same one twice in a process, and from below the kernel's ephemeral range (32768 up on Linux). A port the kernel
+    /// picks (bind to port 0) can be offered again, or taken by an outgoing connection before the server binds it: a
+    /// benchmark once gave nats-server and a node's metrics the same port, and a node's metrics port went to another
+    /// process's connection, and the node could not start. The ports start where the process id puts them in
+    /// 20000..<30000, so processes running at once rarely try the same ones.
     public static func freePort() -> Int {
-        for _ in 0..<100 {
-            let port = probeFreePort()
-            if handedOut.withLock({ $0.insert(port).inserted }) { return port }
+        for _ in 0..<(32768 - 20000) {
+            let port = nextPort.withLock { next -> Int in
+                let port = next
+                next = next + 1 < 32768 ? next + 1 : 20000
+                return port
+            }
+            if handedOut.withLock({ $0.insert(port).inserted }), canBindLoopback(port) { return port }
         }
-        return probeFreePort()
+        preconditionFailure("no free port on 127.0.0.1 in 20000..<32768")
     }
 
+    private static let nextPort = Mutex<Int>(20000 + Int(getpid() % 500) * 20)
     private static let handedOut = Mutex<Set<Int>>([])
 
-    private static func probeFreePort() -> Int {
+    private static func canBindLoopback(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
-        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return Int(UInt16(bigEndian: addr.sin_port))
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
     }
 }

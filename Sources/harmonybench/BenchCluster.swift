@@ -56,8 +56,15 @@ final class BenchCluster {
         }
         for i in 1...nodes {
             let db = try Database.readOnly(path: dbPath(i))
-            try waitFor(seconds: 30, "node \(i)'s sidecar to install capture") {
-                try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1
+            do {
+                try waitFor(seconds: 30, "node \(i)'s sidecar to install capture") {
+                    try db.scalar("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite___clock'")?.int64 == 1
+                }
+            } catch {
+                // The node's own words say why (a port taken, a lock held...); the files stay for a look.
+                keep = true
+                let log = (try? String(contentsOfFile: "\(directory)/node\(i).log", encoding: .utf8)) ?? "(no log)"
+                throw ValidationError("\(error); node \(i)'s log (\(directory)/node\(i).log) ends:\n\(log.split(separator: "\n").suffix(8).joined(separator: "\n"))")
             }
         }
         Thread.sleep(forTimeInterval: 0.5)

@@ -258,36 +258,11 @@ final class LiveCluster {
     }
 }
 
-/// `count` different free TCP ports on 127.0.0.1 (asked of the kernel one by one, duplicates skipped; bounded).
-/// Ports for the servers one test starts, each free when handed out and never handed out twice in this process.
-/// They come from below the kernel's ephemeral range (32768 up on Linux): a port the kernel picked for us can be
-/// taken, before our server binds it, by an outgoing connection of another test running alongside, which is how a
-/// node's PostgreSQL listener once lost its port in CI.
+/// Ports for the servers one test starts (`EmbeddedNATSServer.freePort`: each free when handed out, never twice in
+/// this process, from below the kernel's ephemeral range, where an outgoing connection of another test running
+/// alongside could take it before our server binds it, which is how a node's PostgreSQL listener once lost its port in CI).
 func distinctFreePorts(_ count: Int) -> [Int] {
-    var ports: [Int] = []
-    for _ in 0..<(count * 200) where ports.count < count {
-        let port = nextTestPort.add(1, ordering: .relaxed).newValue
-        if canBindLoopback(port) { ports.append(port) }
-    }
-    precondition(ports.count == count, "could not find \(count) free ports")
-    return ports
-}
-
-/// Starts where this process's id puts it in 20000..<30000, so test processes running at once rarely overlap.
-let nextTestPort = Atomic<Int>(20000 + Int(getpid() % 500) * 20)
-
-func canBindLoopback(_ port: Int) -> Bool {
-    guard port < 32768 else { return false }
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = UInt16(port).bigEndian
-    addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-    return withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
+    (0..<count).map { _ in EmbeddedNATSServer.freePort() }
 }
 
 func waitUntil(_ what: String, timeoutSeconds: Double, _ condition: () throws -> Bool) throws {
