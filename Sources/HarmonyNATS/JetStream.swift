@@ -176,6 +176,16 @@ public final class JetStream: @unchecked Sendable {
                 var info: UnsafeMutablePointer<jsStreamInfo>? = nil
                 var jerr = jsErrCode(0)
                 var s = js_AddStream(&info, js, &cfg, nil, &jerr)
+                // Nodes starting together create the same stream at the same moment, and the server can check one
+                // request's subjects against the other's new stream before its name counts: "subjects overlap".
+                // Asked again, the name exists (same config: fine; another: updated below). A stream of another
+                // name that really holds these subjects answers the same each time, and that error stands.
+                for _ in 0..<3 where s != NATS_OK && jerr == JSStreamSubjectOverlapErr {
+                    usleep(100_000)
+                    info = nil
+                    jerr = jsErrCode(0)
+                    s = js_AddStream(&info, js, &cfg, nil, &jerr)
+                }
                 var action = "adding stream \(name) (subjects \(subjects.joined(separator: ",")))"
                 if s != NATS_OK && jerr == JSStreamNameExistErr {
                     // Exists with a different configuration: bring it in line.

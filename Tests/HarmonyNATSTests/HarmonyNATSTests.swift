@@ -49,6 +49,51 @@ struct HarmonyNATSTests {
         #expect(state == StreamState(firstSequence: 3, lastSequence: 5, messages: 3))
     }
 
+    /// Nodes started together (a compose file, a test cluster) create the same streams at the same moment. The
+    /// server may check the second request's subjects against the first's stream before its name is taken and
+    /// answer "subjects overlap with an existing stream": a benchmark's node died of that at start.
+    @Test("ensureStream from several connections at once: every one succeeds")
+    func ensureStreamConcurrently() throws {
+        let failures = Collector<String>()
+        // A fresh server each round: the streams are the first it makes, as when a cluster starts.
+        for round in 0..<12 {
+            let server = try NATSTestServer.start()
+            defer { server.stop() }
+            let clients = try (0..<3).map { _ in try open(server) }
+            defer { for (connection, js) in clients { js.close(); connection.close() } }
+            let start = DispatchSemaphore(value: 0)
+            let group = DispatchGroup()
+            for (_, js) in clients {
+                DispatchQueue.global().async(group: group) {
+                    start.wait()
+                    for shard in 1...4 {
+                        do {
+                            _ = try js.ensureStream(name: "race-\(round)-\(shard)", subjects: ["race.\(round).\(shard)"],
+                                                    maxMessages: 0, replicas: 1, duplicateWindowMs: 120_000)
+                        } catch {
+                            failures.append("round \(round) shard \(shard): \(error)")
+                        }
+                    }
+                }
+            }
+            for _ in clients { start.signal() }
+            #expect(group.wait(timeout: .now() + 30) == .success)
+        }
+        #expect(failures.all.isEmpty, "\(failures.all.prefix(3))")
+    }
+
+    /// The retry for a concurrent creation must not hide a real overlap: another stream holding the subjects.
+    @Test("ensureStream over another stream's subjects fails, naming the overlap")
+    func ensureStreamOverAnotherStreamsSubjectsFails() throws {
+        let server = try NATSTestServer.start()
+        defer { server.stop() }
+        let (connection, js) = try open(server)
+        defer { js.close(); connection.close() }
+        _ = try js.ensureStream(name: "theirs", subjects: ["shared.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 120_000)
+        #expect { _ = try js.ensureStream(name: "mine", subjects: ["shared.1"], maxMessages: 0, replicas: 1, duplicateWindowMs: 120_000) }
+            throws: { "\($0)".contains("subjects overlap") && "\($0)".contains("adding stream mine") }
+    }
+
     @Test("1000 async publishes get sequences 1...1000; a repeated id is a duplicate")
     func publishAsyncAndDedup() throws {
         let server = try NATSTestServer.start()
