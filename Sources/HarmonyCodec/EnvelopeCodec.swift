@@ -137,9 +137,8 @@ public enum EnvelopeCodec {
         }
     }
 
-    /// Runs `decode` on the message's CBOR body (after the format byte, decompressed if need be) once the whole body
-    /// has passed every CBOR check, so a malformed body fails with the CBOR error wherever it lies, before any
-    /// check of the record's fields.
+    /// Runs `decode` on the message's CBOR body (after the format byte, decompressed if need be), so that a malformed
+    /// body fails with the CBOR error wherever it lies, before any check of the record's fields.
     ///
     /// A body that decodes is read once: `decode` checks each value it passes on the way, as the whole-body walk
     /// would (so it must read exactly one top-level item, skipping values at the walk's depths). Only a body that
@@ -172,7 +171,7 @@ public enum EnvelopeCodec {
         return try bytes.withUnsafeBufferPointer { try checked(UnsafeBufferPointer(rebasing: $0[1...])) }
     }
 
-    /// One record map, read in place from a checked body. `previous`, the batch's record before it, lends its
+    /// One record map, read in place, every value checked as it is skipped (`withCheckedBody`). `previous`, the batch's record before it, lends its
     /// table name, schema hash and column names when the bytes are the same, so a batch allocates them once.
     /// `valueDepth`: the nesting depth of the record's values in the whole body (1 alone, 2 in a batch).
     static func record(_ reader: inout CBORReader, like previous: ChangeRecord?, valueDepth: Int) throws -> ChangeRecord {

@@ -110,7 +110,7 @@ public final class ReplicationNode {
 
     /// Changes from other nodes are held back while a bulk import is stamped (reported once per import).
     var applyHeldForStamping = false
-    /// Per shard, the messages this node last asked the log to deliver again later (`HeldBack`).
+    /// Per shard, the messages this node last sent back to the log while it stamped an import (`HeldBack`).
     var heldBack: [Int: HeldBack] = [:]
     var retryFrom: Int64?
     var retryDelayMs: Int64

@@ -218,9 +218,9 @@ public final class EmbeddedNATSServer: @unchecked Sendable {
 
     /// A free TCP port on 127.0.0.1 for a server that a test or a benchmark starts: free when handed out, never the
     /// same one twice in a process, and from below the kernel's ephemeral range (32768 up on Linux). A port the kernel
-    /// picks (bind to port 0) can be offered again, or taken by an outgoing connection before the server binds it: a
-    /// benchmark once gave nats-server and a node's metrics the same port, and a node's metrics port went to another
-    /// process's connection, and the node could not start. The ports start where the process id puts them in
+    /// picks (bind to port 0) can be offered again (a benchmark once gave nats-server and a node's metrics the same
+    /// port, and the node could not start), or taken by an outgoing connection before the server binds it (the
+    /// end-to-end tests once lost a PostgreSQL listener's port that way). The ports start where the process id puts them in
     /// 20000..<30000, so processes running at once rarely try the same ones.
     public static func freePort() -> Int {
         for _ in 0..<(32768 - 20000) {

@@ -47,12 +47,13 @@ extension LiveNode {
             let last = readings.streamLasts[shard]
             let consumer = try? jetStream?.consumerInfo(stream: stream, durable: durableName(shard: shard))
             var (state, detail) = health.shards.first { $0.shard == shard }.map { Self.replicationState($0) } ?? ("replicating", nil)
+            func add(_ sentence: String) { detail = (detail.map { $0 + "; " } ?? "") + sentence }
             if consumer == nil, readings.replicate {
-                detail = (detail.map { $0 + "; " } ?? "") + "the server has no consumer \(durableName(shard: shard)); the node makes it again from its checkpoint"
+                add("the server has no consumer \(durableName(shard: shard)); the node makes it again from its checkpoint")
             }
             if let busy = Self.busySentence(busyMs: busyMs, stallMs: stallMs) {
                 state = "stalled"
-                detail = (detail.map { $0 + "; " } ?? "") + busy + "; the checkpoint is from before it"
+                add(busy + "; the checkpoint is from before it")
             }
             return ReplicationStatus(name: durableName(shard: shard), shard: shard, stream: stream,
                                      subject: "\(Self.subjectPrefix).\(shard)", checkpoint: checkpoint, streamLastSequence: last,
