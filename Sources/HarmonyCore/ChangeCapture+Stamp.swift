@@ -13,6 +13,8 @@ public struct StampedChanges: Sendable, Hashable {
     public var smallCommits: [Int64] = []
     /// Where the stretches stood at the last write stamped, for the next stamp to go on from.
     public var writerTail: WriterStretches.Tail?
+    /// Writes left unreplicated, per table: their primary key held NULL (see `nullKeyFree`).
+    public var nullKeyWrites: [String: NullKeyWrites] = [:]
 
     public init(firstQueueID: Int64, lastQueueID: Int64, count: Int, hlcs: [Int64: Int64]) {
         self.firstQueueID = firstQueueID
@@ -20,6 +22,13 @@ public struct StampedChanges: Sendable, Hashable {
         self.count = count
         self.hlcs = hlcs
     }
+}
+
+/// A table's writes that stayed on this node because their primary key held NULL.
+public struct NullKeyWrites: Sendable, Hashable {
+    /// The key's columns as the writes named them.
+    public var key: [String]
+    public var count = 0
 }
 
 extension ChangeCapture {
@@ -51,6 +60,7 @@ extension ChangeCapture {
         }
         var stretches = findSmallCommits ? WriterStretches(after: writerTail) : nil
         let stamps = try hlcRuns(db, clock: clockNow, collectVersions: collectVersions, limit: limit, stretches: &stretches)
+        var nullKeyWrites: [String: NullKeyWrites] = [:]
         // A stamp that stopped short may have cut a stretch: the next one decides it.
         let smallQueueIDs = stretches?.finish(countingOpen: limit.map { stamps.count < $0 } ?? true) ?? []
         guard let first = stamps.runs.first?.from, let last = stamps.runs.last?.to, let newest = stamps.newest else { return nil }
@@ -65,7 +75,7 @@ extension ChangeCapture {
         // Everything below reads only the writes stamped here (all of them when there is no limit).
         let taken = limit == nil ? "" : " AND id <= \(last)"
         var linked: [(table: String, firstNewID: Int64)] = []
-        for (table, epoch) in stamps.groups {
+        for (table, epoch, queued) in stamps.groups {
             // A table dropped (its change log forgotten) since the write: the row is gone, nothing to send.
             guard try db.tableExists(Bookkeeping.changeLog(table)), try db.tableExists(Bookkeeping.versionTable(table)) else { continue }
             let history = try epochs(db, table: table)
@@ -75,20 +85,22 @@ extension ChangeCapture {
             if !linked.contains(where: { $0.table == table }) {
                 linked.append((table, (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1))
             }
-            let keys = (1...written.count).map { "k\($0)" }.joined(separator: ", ")
+            let keyColumns = (1...written.count).map { "k\($0)" }
+            let keys = keyColumns.joined(separator: ", "), keyed = nullKeyFree(keyColumns)
             let match: [DatabaseValue] = [.text(table), .integer(epoch)] + (oneRun ? [.integer(stamps.runs[0].offset)] : [])
             try db.execute("""
                 INSERT INTO \(log) (type, hlc, node, epoch, \(written.map { q(Bookkeeping.valueColumn($0)) }.joined(separator: ", ")))
                 SELECT type, \(hlc), (SELECT node_id FROM \(clock)), epoch, \(keys) FROM \(queue)
-                WHERE table_name = ?1 AND epoch = ?2\(taken) ORDER BY id
+                WHERE table_name = ?1 AND epoch = ?2\(taken) AND \(keyed) ORDER BY id
                 """, match)
+            if db.changes < queued { nullKeyWrites[table, default: NullKeyWrites(key: written)].count += queued - db.changes }
             // The version table is keyed by the current key columns (a renamed one renamed there too); a key of
             // another shape rebuilt it, and rows logged under the old one have no version to keep there.
             guard current.count == written.count else { continue }
             try db.execute("""
                 INSERT INTO \(q(Bookkeeping.versionTable(table))) (\(current.map { q(Bookkeeping.keyColumn($0)) }.joined(separator: ", ")), hlc, node, deleted)
                 SELECT \(keys), \(hlc), (SELECT node_id FROM \(clock)), type = 'delete' FROM \(queue)
-                WHERE table_name = ?1 AND epoch = ?2\(taken) ORDER BY id
+                WHERE table_name = ?1 AND epoch = ?2\(taken) AND \(keyed) ORDER BY id
                 ON CONFLICT DO UPDATE SET hlc = excluded.hlc, node = excluded.node, deleted = excluded.deleted
                 """, match)
         }
@@ -118,7 +130,15 @@ extension ChangeCapture {
         var stamped = StampedChanges(firstQueueID: first, lastQueueID: last, count: stamps.count, hlcs: stamps.hlcs)
         stamped.smallCommits = smallCommits
         stamped.writerTail = stretches?.tail
+        stamped.nullKeyWrites = nullKeyWrites
         return stamped
+    }
+
+    /// SQL true when none of `columns` is NULL. SQLite lets a rowid table's primary key hold NULL (and several rows
+    /// the same NULL key), but no other node could find such a row by its key, and a version table's key is NOT
+    /// NULL: such writes stay on this node, reported, instead of failing every stamp after them.
+    static func nullKeyFree(_ columns: [String]) -> String {
+        columns.map { "\($0) IS NOT NULL" }.joined(separator: " AND ")
     }
 
     /// The global-log ids, past `after`, of this node's changes with these versions (a stamp's own entries).
@@ -149,8 +169,8 @@ extension ChangeCapture {
         var runs: [(from: Int64, to: Int64, offset: Int64)] = []
         var offset = Int64.min, count = 0
         var hlcs: [Int64: Int64] = [:]
-        var groups: [(table: String, epoch: Int64)] = []
-        var latest: (table: String, epoch: Int64)?
+        var groups: [(table: String, epoch: Int64, count: Int)] = []
+        var latest: Int?  // index in groups of the last write's table and epoch
         // Row by row, not collected: a queue can hold a whole bulk load.
         let read = try db.cached("""
             SELECT id, ms, table_name, epoch\(stretches == nil ? "" : ", writer_changes") FROM \(q(Bookkeeping.captureQueue)) ORDER BY id LIMIT ?
@@ -175,10 +195,18 @@ extension ChangeCapture {
             // The tables and epochs written, as SELECT DISTINCT would find them (text compared byte for byte), in
             // the same pass: a bulk load's writes are one run of the same pair, checked in place.
             let epoch = read.column(3).int64
-            if let latest, epoch == latest.epoch, read.columnTextEquals(2, latest.table) { continue }
+            if let latest, epoch == groups[latest].epoch, read.columnTextEquals(2, groups[latest].table) {
+                groups[latest].count += 1
+                continue
+            }
             guard let table = read.column(2).string, let epoch else { continue }
-            latest = (table, epoch)
-            if !groups.contains(where: { $0.epoch == epoch && $0.table.utf8.elementsEqual(table.utf8) }) { groups.append((table, epoch)) }
+            if let known = groups.firstIndex(where: { $0.epoch == epoch && $0.table.utf8.elementsEqual(table.utf8) }) {
+                latest = known
+            } else {
+                groups.append((table, epoch, 0))
+                latest = groups.count - 1
+            }
+            groups[latest!].count += 1
         }
         // In SQLite's order (BINARY: bytes), as `ORDER BY table_name, epoch` gave them.
         groups.sort { a, b in
@@ -193,8 +221,8 @@ extension ChangeCapture {
         var newest: Int64?
         var count: Int
         var hlcs: [Int64: Int64]
-        /// Each table and epoch the stamped writes name, once.
-        var groups: [(table: String, epoch: Int64)]
+        /// Each table and epoch the stamped writes name, once, with how many writes name it.
+        var groups: [(table: String, epoch: Int64, count: Int)]
 
         func version(of queueID: Int64) -> Int64? {
             // The last run starting at or before the id (runs are in id order and cover the ids stamped).

@@ -35,6 +35,8 @@ public struct CapturedTable: Sendable, Equatable {
     public var olderHashes: Set<String> = []
     /// Earlier names of columns renamed since (RENAME COLUMN), old name -> current name, over every epoch.
     public var currentNameOf: [String: String] = [:]
+    /// Rows this install found without a version whose primary key holds NULL: left out, never replicated.
+    public var nullKeyRows = 0
 }
 
 /// Installs and removes the change-data-capture triggers and bookkeeping tables.
@@ -306,13 +308,13 @@ public enum ChangeCapture {
         try createTriggers(db, schema, epoch: epoch, plantedBugs: plantedBugs)
         // Rows written while no trigger was there to see them: before the first install, after a -cleanup, or
         // between CREATE TABLE and this install. Never lost, never newer than the cluster's (see `backfill`).
-        if known.isEmpty || versionsRebuilt { try backfill(db, schema, epoch: epoch, plantedBugs: plantedBugs) }
+        let nullKeyRows = known.isEmpty || versionsRebuilt ? try backfill(db, schema, epoch: epoch, plantedBugs: plantedBugs) : 0
         precondition(epoch >= 1 && epoch >= (latest?.epoch ?? 0), "schema epoch of \(schema.name) went from \(latest?.epoch ?? 0) to \(epoch)")
         // Oldest first, ending with the current schema: follow each column's names through every rename.
         let history = known.reversed().map(\.columns) + (latest?.hash == schema.hash ? [] : [schema.columns])
         return CapturedTable(schema: schema, epoch: epoch, previousHash: previousHash,
                              olderHashes: Set(known.map(\.hash)).subtracting([schema.hash]),
-                             currentNameOf: currentNames(through: history))
+                             currentNameOf: currentNames(through: history), nullKeyRows: nullKeyRows)
     }
 
     /// Old name -> current name for every column renamed somewhere along `history` (column lists, oldest first).
@@ -358,7 +360,9 @@ public enum ChangeCapture {
     /// 2^57). Such a row fills a gap where the cluster has no row for its key and loses every conflict, so a row
     /// written while capture was absent is never lost and never overrides newer cluster state; a later backfill
     /// (another -cleanup) still beats an earlier one.
-    static func backfill(_ db: Database, _ schema: TableSchema, epoch: Int64, plantedBugs: PlantedBugs = []) throws {
+    /// Returns how many rows were left out because their primary key holds NULL (see `nullKeyFree`).
+    @discardableResult
+    static func backfill(_ db: Database, _ schema: TableSchema, epoch: Int64, plantedBugs: PlantedBugs = []) throws -> Int {
         let log = q(Bookkeeping.changeLog(schema.name)), versions = q(Bookkeeping.versionTable(schema.name))
         let clock = q(Bookkeeping.clockTable)
         let firstNew = (try db.scalar("SELECT coalesce(max(id), 0) FROM \(log)")?.int64 ?? 0) + 1
@@ -370,9 +374,11 @@ public enum ChangeCapture {
         try db.execute("""
             INSERT INTO \(log) (type, hlc, node, epoch\(schema.primaryKey.map { ", " + q(Bookkeeping.valueColumn($0)) }.joined()))
             SELECT 'insert', \(base) + row_number() OVER (ORDER BY \(keyOrder)), (SELECT node_id FROM \(clock)), \(epoch)\(schema.primaryKey.map { ", t." + q($0) }.joined())
-            FROM \(q(schema.name)) t WHERE \(unversioned) ORDER BY \(keyOrder)
+            FROM \(q(schema.name)) t WHERE \(unversioned) AND \(nullKeyFree(schema.primaryKey.map { "t." + q($0) })) ORDER BY \(keyOrder)
             """)
         try linkAndStamp(db, schema, firstNewID: firstNew)
+        let nullKey = schema.primaryKey.map { "t.\(q($0)) IS NULL" }.joined(separator: " OR ")
+        return Int(try db.scalar("SELECT count(*) FROM \(q(schema.name)) t WHERE \(nullKey)")?.int64 ?? 0)
     }
 
     /// After a RENAME TO (this node's, or another's applied here), every row and tombstone of the table is sent

@@ -151,6 +151,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case stampFailed(queued: Int64, error: String, retryInMs: Int64)
     /// A local change above `max_row_bytes`: parked locally and never published.
     case changeRefused(table: String, key: String, bytes: Int, limit: Int)
+    /// Rows of `table` whose primary key (`key`) holds NULL, written (`atInstall`: found at capture install) and
+    /// left on this node: no other node could find them by their key.
+    case nullKeyNotReplicated(table: String, key: [String], rows: Int, atInstall: Bool)
     case captureInstalled(tables: Int)
     case tableSkipped(table: String, reason: String)
 }

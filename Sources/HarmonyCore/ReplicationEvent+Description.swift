@@ -17,6 +17,9 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard) message \(sequence) was already applied; acknowledged again"
         case .hintApplied(let shard, let sequence, let changes, let won):
             return "shard \(shard) message \(sequence) applied ahead of its turn (a hint): \(won.count) of \(changes) change(s) won; its in-order copy will find them applied"
+        case .nullKeyNotReplicated(let table, let key, let rows, let atInstall):
+            let columns = key.map(quoteIdentifier).joined(separator: ", ")
+            return "\(rows) \(atInstall ? "row(s) found" : "write(s)") in \(quoteIdentifier(table)) with NULL in the primary key (\(columns)) \(atInstall ? "are" : "were") not replicated and stay on this node only: SQLite allows NULL in a rowid table's key, but no other node could find such a row by it. Declare the key columns NOT NULL and give these rows a key"
         case .changeRefused(let table, let key, let bytes, let limit):
             return "a change to \(quoteIdentifier(table)) (\(key)) is \(bytes) bytes, above max_row_bytes (\(limit)): it is not published and was parked in \(Bookkeeping.parkedTable); raise max_row_bytes and run -parked-retry, or -parked-discard it"
         case .discarded(let shard, let sequence, let table):

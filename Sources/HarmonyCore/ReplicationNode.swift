@@ -281,6 +281,9 @@ public final class ReplicationNode {
             lockMissedSinceMs = nil  // the core had the lock
             for stamped in stampsAwaitingCommit {
                 env.events?.record(.localChangesStamped(stamped))
+                for (table, writes) in stamped.nullKeyWrites.sorted(by: { $0.key < $1.key }) {
+                    env.events?.record(.nullKeyNotReplicated(table: table, key: writes.key, rows: writes.count, atInstall: false))
+                }
                 stampWriterTail = stamped.writerTail
                 smallCommitsPending = Array((smallCommitsPending + stamped.smallCommits).suffix(WriterStretches.keptMax))
             }
@@ -532,6 +535,9 @@ public final class ReplicationNode {
         schemaVersion = try db.scalar("PRAGMA schema_version")?.int64 ?? -1
         precondition(schemaVersion >= 0, "PRAGMA schema_version unreadable on \(config.databasePath)")
         env.events?.record(.captureInstalled(tables: captured.count))
+        for (table, c) in captured.sorted(by: { $0.key < $1.key }) where c.nullKeyRows > 0 {
+            env.events?.record(.nullKeyNotReplicated(table: table, key: c.schema.primaryKey, rows: c.nullKeyRows, atInstall: true))
+        }
         if config.replicateDDL, !afterOwnDDL, try retryUnappliedAfterLocalDDL(db) { try refreshCapture(afterOwnDDL: true) }
     }
 

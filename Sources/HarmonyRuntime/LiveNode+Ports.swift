@@ -127,6 +127,8 @@ final class LiveEvents: ReplicationEventSink {
             if let line = repeats.admit("\(event) (\(reason))", key: "publish failed", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .discarded(_, _, let table):
             if let line = repeats.admit("\(event)", key: "discarded \(table)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
+        case .nullKeyNotReplicated(let table, _, _, _):
+            if let line = repeats.admit("\(event)", key: "null key \(table)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed, .stampFailed, .cleanupFailed:
             if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .snapshotTaken(let name):

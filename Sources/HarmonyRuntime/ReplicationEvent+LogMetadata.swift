@@ -50,6 +50,9 @@ extension ReplicationEvent {
         case .snapshotSkipped(let reason): return ["event": "snapshot_skipped", "reason": .string(reason)]
         case .snapshotFailed(let reason): return ["event": "snapshot_failed", "reason": .string(reason)]
         case .applyBatchFailed(let shard, let error): return ["event": "apply_batch_failed", "shard": n(shard), "reason": .string(error)]
+        case .nullKeyNotReplicated(let table, let key, let rows, let atInstall):
+            return ["event": "null_key_not_replicated", "table": .string(table), "key": .string(key.joined(separator: ", ")), "rows": n(rows),
+                    "found_at_install": .string(atInstall ? "true" : "false")]
         case .changeRefused(let table, let key, let bytes, let limit):
             return ["event": "change_refused", "table": .string(table), "key": .string(key), "bytes": n(bytes), "limit": n(limit)]
         case .cleanedUp(let rows): return ["event": "cleaned_up", "rows": n(rows)]

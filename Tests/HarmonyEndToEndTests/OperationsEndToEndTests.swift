@@ -199,6 +199,26 @@ struct OperationsEndToEndTests {
         #expect(try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n")
     }
 
+    /// The sqlite3 shell writes a row whose primary key holds NULL (SQLite allows it in a rowid table): the node
+    /// says, in a sentence and in `refused_changes_total`, that the row stays local, and every later write replicates.
+    /// Before, that write failed every stamp after it and nothing this node wrote was published again.
+    @Test func aRowWithNullInItsPrimaryKeyStaysLocalAndReplicationGoesOn() throws {
+        let metricsPorts = distinctFreePorts(2)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema + "CREATE TABLE pair (x INT, y TEXT, z, PRIMARY KEY (x, y));", shards: 1) { i in
+            "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\""
+        }
+        try sqlite(c.dbPath(1), "INSERT INTO pair VALUES (1, NULL, 'no key'), (1, 'a', 'keyed');")
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'after');")
+        try waitUntil("both rows reach node 2", timeoutSeconds: 30) {
+            try c.query(2, "SELECT (SELECT group_concat(z) FROM pair) || ' ' || (SELECT name FROM items);") == "keyed after\n"
+        }
+        try waitUntil("node 1 says why", timeoutSeconds: 10) { c.log(1).contains("1 write(s) in \"pair\" with NULL in the primary key (\"x\", \"y\") were not replicated") }
+        let metrics = try httpGet(port: metricsPorts[0], path: "/metrics").body
+        #expect(metrics.contains("harmonylite_refused_changes_total 1"), "\(metrics)")
+        #expect(try httpGet(port: metricsPorts[0], path: "/health").status == 200)
+        #expect(try c.query(1, "SELECT z FROM pair WHERE y IS NULL;") == "no key\n")
+    }
+
     /// An application transaction holds SQLite's write lock past the sidecar's busy timeout (5 s) while an import is
     /// stamped a batch at a time: the stamp is tried again after a pause instead of restarting the core, `/health`
     /// says why after stall_seconds, and every row arrives once the lock is released. Meanwhile `/health` answers
