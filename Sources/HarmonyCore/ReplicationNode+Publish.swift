@@ -375,6 +375,53 @@ extension ReplicationNode {
         if table == Bookkeeping.ddlTable { return try definitionRecord(id: changeID) }
         if let request = requestRecord(table, changeID: changeID) { return request }
         guard let captured = captured[table] else { return nil }
+        if let record = try joinedChangeRecord(table: table, schema: captured.schema, changeID: changeID) { return record }
+        return try changeRecordStepwise(table: table, captured: captured, changeID: changeID)
+    }
+
+    /// The usual case of `changeRecord` in one statement: the entry, its row's version and the row, joined on the
+    /// key values the entry logged (`t.k IS e.val_k` compares as `t.k IS ?` with that value bound: the table's
+    /// column is on the left, so its affinity and collation apply). `.none` when the entry is not the usual case
+    /// (logged under a key with other column names, or every key value NULL); `.some(nil)` when there is
+    /// nothing to send.
+    func joinedChangeRecord(table: String, schema: TableSchema, changeID: Int64) throws -> ChangeRecord?? {
+        let db = requireDatabase()
+        let read: Statement
+        do { read = try db.cached(capturedRowReadSQL(schema).joined) } catch { return .none }  // the stepwise read says why
+        try read.bind([.integer(changeID)])
+        defer { read.reset() }
+        guard try read.step() else { return .some(nil) }
+        // Columns: entry hlc, node, epoch; version hlc, node, deleted; the entry's key values; the row's columns.
+        guard let hlc = read.column(0).int64, let node = read.column(1).int64, let epoch = read.column(2).int64,
+              let entryKey = try primaryKey(table: table, epoch: epoch) else { return .some(nil) }
+        guard entryKey == schema.primaryKey else { return .none }
+        let keyCount = schema.primaryKey.count
+        let key = schema.primaryKey.enumerated().map { ChangeRecord.Column($1, read.column(6 + $0)) }
+        guard read.column(3).int64 == hlc, read.column(4).int64 == node else { return .some(nil) }
+        var record: ChangeRecord
+        let version = RowVersion(hlc: hlc, node: node)
+        if read.column(5).int64 == 1 {
+            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
+                                  version: version, schemaHash: schema.hash)
+        } else {
+            // The row is there when a key column the entry gave a value for is not NULL in the join.
+            guard let present = key.firstIndex(where: { $0.value != .null }) else { return .none }
+            let rowStart = 6 + keyCount
+            guard let keyPosition = schema.columns.firstIndex(of: schema.primaryKey[present]),
+                  read.column(rowStart + keyPosition) != .null else { return .some(nil) }
+            var row: [ChangeRecord.Column] = []
+            row.reserveCapacity(schema.columns.count)
+            for (i, name) in schema.columns.enumerated() { row.append(ChangeRecord.Column(name, read.column(rowStart + i))) }
+            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
+                                  row: row, version: version, schemaHash: schema.hash)
+        }
+        record.definition = tableStates[table].map(\.definition)
+        return .some(record)
+    }
+
+    /// `changeRecord` a statement at a time, for any entry: its key found by its epoch's column names (a renamed
+    /// key column is still the key).
+    func changeRecordStepwise(table: String, captured: CapturedTable, changeID: Int64) throws -> ChangeRecord? {
         let schema = captured.schema
         let db = requireDatabase()
         // One lookup per change for what is known about the table's change log (built on first use, and again
@@ -447,9 +494,24 @@ extension ReplicationNode {
     }
 
     /// `rowReadSQL` of a captured table's schema, built once per table (until capture is refreshed).
-    func capturedRowReadSQL(_ schema: TableSchema) -> (version: String, row: String) {
+    func capturedRowReadSQL(_ schema: TableSchema) -> (version: String, row: String, joined: String) {
         if let known = rowReadSQLCache[schema.name] { return known }
-        let sql = rowReadSQL(schema)
+        let (version, row) = rowReadSQL(schema)
+        let e = "e", v = "v", t = "t"
+        func on(_ left: String, _ column: (String) -> String) -> String {
+            schema.primaryKey.map { "\(left).\(quoteIdentifier(column($0))) IS \(e).\(quoteIdentifier(Bookkeeping.valueColumn($0)))" }
+                .joined(separator: " AND ")
+        }
+        let selected = ["\(e).hlc", "\(e).node", "\(e).epoch", "\(v).hlc", "\(v).node", "\(v).deleted"]
+            + schema.primaryKey.map { "\(e).\(quoteIdentifier(Bookkeeping.valueColumn($0)))" }
+            + schema.columns.map { "\(t).\(quoteIdentifier($0))" }
+        let joined = """
+            SELECT \(selected.joined(separator: ", ")) FROM \(quoteIdentifier(Bookkeeping.changeLog(schema.name))) AS \(e)
+            LEFT JOIN \(quoteIdentifier(Bookkeeping.versionTable(schema.name))) AS \(v) ON \(on(v, Bookkeeping.keyColumn))
+            LEFT JOIN \(quoteIdentifier(schema.name)) AS \(t) ON \(on(t, { $0 }))
+            WHERE \(e).id = ?
+            """
+        let sql = (version, row, joined)
         rowReadSQLCache[schema.name] = sql
         return sql
     }
