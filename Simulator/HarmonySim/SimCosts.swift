@@ -180,7 +180,7 @@ extension Simulation {
     }
 
     /// The live runtime's `LiveNode.applyChunkBytesMax`: payload bytes applied in one transaction at most.
-    static let applyChunkBytes = 32 * 1024
+    static let applyChunkBytes = 64 * 1024
 
     /// Where a node first had a version (applied, or superseded by a newer one there), for lag figures.
     func recordApplied(node: Int, _ version: RowVersion) {

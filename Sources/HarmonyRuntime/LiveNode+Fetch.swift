@@ -96,9 +96,11 @@ extension LiveNode {
 }
 
 extension LiveNode {
-    /// Payload bytes applied in one transaction at most (always at least one message): a few hundred small rows,
-    /// some 10-30 ms of work, which is what a hint may have to wait for.
-    static let applyChunkBytesMax = 32 * 1024
+    /// Payload bytes applied in one transaction at most (always at least one message): about 500 small rows, some
+    /// 4 ms of CPU plus one commit's fsync, which is what a hint may have to wait for. 32 KiB made the commit
+    /// (writing the WAL, fsync) 16% of a receiver's CPU in a bulk load; 64 KiB took receivers from 7.2-7.6 to
+    /// 6.7-7.2 µs per row (`harmonybench live --shards 4 --rows 200000`, four alternating pairs).
+    static let applyChunkBytesMax = 64 * 1024
     /// At most this many bytes of messages per fetch: a node busy with its own bulk load held 256 of its echoed bulk
     /// messages per shard while it caught up, 15 MB at 4 shards (heaptrack, `harmonybench live --rows 1000000`), and
     /// went past the 64 MiB budget; 1 MiB is still about 80 bulk messages a fetch.

@@ -109,25 +109,25 @@ struct CostModelTests {
         #expect(abs(sim.busyUntilUs[.server(1)]! - 1_000_250) < 1e-6)
     }
 
-    /// As the live runtime, a delivery is applied in chunks of 32 KiB, each its own transaction; work that comes
+    /// As the live runtime, a delivery is applied in chunks of 64 KiB, each its own transaction; work that comes
     /// meanwhile (a hint) runs at the end of the chunk being applied, ahead of the chunks after it, not after them all.
     @Test func aDeliveryIsAppliedInChunksThatOtherWorkCanRunBetween() throws {
         var costs = Self.profile
         costs.cores = 0  // no sharing: the figures are the costs themselves
         let sim = try Simulation(scenario: Self.bulk(costs), seed: 1)
-        // Ten messages of 100 changes each (about 9 KiB) from node 1: three fit in a chunk, so four chunks.
+        // Ten messages of 200 changes each (about 18 KiB) from node 1: three fit in a chunk, so four chunks.
         let messages = try (0..<10).map { m in
-            let records = (0..<100).map { i in
-                ChangeRecord(originNode: 1, table: "kv", operation: .upsert, primaryKey: [.init("k", .integer(Int64(m * 100 + i)))],
-                             row: [.init("k", .integer(Int64(m * 100 + i))), .init("v", .text(String(repeating: "x", count: 60)))],
-                             version: RowVersion(hlc: Int64(m * 100 + i + 1), node: 1), schemaHash: "h")
+            let records = (0..<200).map { i in
+                ChangeRecord(originNode: 1, table: "kv", operation: .upsert, primaryKey: [.init("k", .integer(Int64(m * 200 + i)))],
+                             row: [.init("k", .integer(Int64(m * 200 + i))), .init("v", .text(String(repeating: "x", count: 60)))],
+                             version: RowVersion(hlc: Int64(m * 200 + i + 1), node: 1), schemaHash: "h")
             }
             return IncomingMessage(sequence: UInt64(m + 1), payload: try EnvelopeCodec.encodeBatch(records))
         }
-        #expect(messages.allSatisfy { (8_000..<Simulation.applyChunkBytes / 3).contains($0.payload.count) })
+        #expect(messages.allSatisfy { (Simulation.applyChunkBytes / 4..<Simulation.applyChunkBytes / 3).contains($0.payload.count) })
         sim.chargeApply(node: 2, messages)
-        let chunk = costs.applyBatchUs + 3 * (costs.runtimeApplyMessageUs + 100 * costs.applyChangeUs)
-        let total = 4 * costs.applyBatchUs + 10 * (costs.runtimeApplyMessageUs + 100 * costs.applyChangeUs)
+        let chunk = costs.applyBatchUs + 3 * (costs.runtimeApplyMessageUs + 200 * costs.applyChangeUs)
+        let total = 4 * costs.applyBatchUs + 10 * (costs.runtimeApplyMessageUs + 200 * costs.applyChangeUs)
         #expect(abs(sim.busyUntilUs[.sidecar(2)]! - total) < 1e-6)
         let first = try #require(sim.nextHandoffUs(2))
         #expect(abs(first - chunk) < 1e-6)
