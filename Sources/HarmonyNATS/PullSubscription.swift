@@ -159,7 +159,7 @@ public final class PullSubscription: @unchecked Sendable {
             return .message(FetchedMessage(payload: bytes(natsMsg_GetData(msg), Int(natsMsg_GetDataLength(msg))),
                                            reply: reply, connection: connection,
                                            streamSequence: meta!.pointee.Sequence.Stream,
-                                           deliveries: meta!.pointee.NumDelivered))
+                                           deliveries: meta!.pointee.NumDelivered, storedAtNs: meta!.pointee.Timestamp))
         }
         let status = header(msg, "Status") ?? ""
         let text = header(msg, "Description") ?? ""
@@ -196,14 +196,17 @@ public final class FetchedMessage: @unchecked Sendable {
     /// How many times the server has delivered this message (1 on first delivery).
     public let deliveries: UInt64
     public let payload: [UInt8]
+    /// When the server stored the message, in nanoseconds since 1970 (its clock).
+    public let storedAtNs: Int64
     /// The `$JS.ACK...` subject the server gave the message.
     private let reply: String
     private let connection: NATSConnection
     private let lock = NSLock()
     private var answered = false
 
-    init(payload: [UInt8], reply: String, connection: NATSConnection, streamSequence: UInt64, deliveries: UInt64) {
+    init(payload: [UInt8], reply: String, connection: NATSConnection, streamSequence: UInt64, deliveries: UInt64, storedAtNs: Int64) {
         self.payload = payload
+        self.storedAtNs = storedAtNs
         self.reply = reply
         self.connection = connection
         self.streamSequence = streamSequence

@@ -129,7 +129,9 @@ struct HarmonyNATSTests {
         let (connection, js) = try open(server)
         defer { js.close(); connection.close() }
         _ = try js.ensureStream(name: "pull", subjects: ["pull.>"], maxMessages: 0, replicas: 1, duplicateWindowMs: 0)
+        let publishedFrom = Int64(Date().timeIntervalSince1970 * 1e9)
         try publish(js, subject: "pull.a", count: 1000, prefix: "p")
+        let publishedBy = Int64(Date().timeIntervalSince1970 * 1e9)
 
         let sub = try js.pullSubscribe(stream: "pull", subject: "pull.>", durable: "applier-1",
                                        startSequence: 500, ackWaitMs: 30_000, maxAckPending: 1000)
@@ -137,6 +139,9 @@ struct HarmonyNATSTests {
         try #require(batch.count == 10)
         #expect(batch.map(\.streamSequence) == Array(500...509))
         #expect(batch.allSatisfy { $0.deliveries == 1 })
+        // The server's clock, on this machine: when each message was stored, in order.
+        #expect(batch.allSatisfy { (publishedFrom - 1_000_000...publishedBy + 1_000_000).contains($0.storedAtNs) }, "\(batch.map(\.storedAtNs))")
+        #expect(batch.map(\.storedAtNs) == batch.map(\.storedAtNs).sorted())
         #expect(batch[0].payload == Array("payload 500".utf8))
         for m in batch.dropLast() { try m.ack() }
         try batch[0].ack()  // acking twice is harmless
