@@ -23,7 +23,7 @@ final class BenchCluster {
     /// appended to node i's config.toml; `hints`: the `replication_log.hints` setting of every node.
     /// `relayed`: nodes that reach nats-server through a `TCPRelay` (`relays`). `metrics`: every node serves
     /// Prometheus metrics on a port of its own (`metricsPorts`).
-    init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, relayed: Set<Int> = [],
+    init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, compress: Bool = false, relayed: Set<Int> = [],
          metrics: Bool = false, settings: String = "", extra: (Int) -> String = { _ in "" }) throws {
         self.nodes = nodes
         self.shards = shards
@@ -45,6 +45,7 @@ final class BenchCluster {
                 shards = \(shards)
                 max_entries = 0
                 hints = \(hints)
+                compress = \(compress)
                 [nats]
                 urls = ["nats://127.0.0.1:\(relays[i]?.port ?? port)"]
                 \(metrics ? "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPorts[i - 1])\"" : "")

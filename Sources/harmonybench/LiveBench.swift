@@ -21,6 +21,7 @@ struct LiveBench: ParsableCommand {
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
     @Flag(help: "Print each probe's commit time and its delay to the log, in commit order.") var probeTimes = false
     @Flag(name: .customLong("no-hints"), help: "Run the nodes with replication_log.hints = false (the baseline for hints).") var noHints = false
+    @Flag(help: "Run the nodes with replication_log.compress = true (zstd), as the seeds' production configuration does.") var compress = false
     @Option(help: "Node the single-row probes are committed on: 1 shares the bulk writer's SQLite file (and its write lock), 3 does not. Node 2 reads them.")
     var probeNode = 1
 
@@ -46,7 +47,7 @@ struct LiveBench: ParsableCommand {
         let metricsPort = EmbeddedNATSServer.freePort()
         let cluster = try BenchCluster(nodes: 3, shards: shards,
                                        schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
-                                       binary: binary, hints: !noHints,
+                                       binary: binary, hints: !noHints, compress: compress,
                                        extra: { $0 == 2 ? "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"" : "" })
         defer { cluster.stop() }
         let dir = cluster.directory
@@ -161,12 +162,12 @@ struct LiveBench: ParsableCommand {
         let text = """
             # Live replication: throughput and visibility delay
 
-            Command: `swift build -c release && .build/release/harmonybench live --rows \(rows) --batch \(batch) --shards \(shards) --samples \(samples)\(noHints ? " --no-hints" : "")\(probeNode == 1 ? "" : " --probe-node \(probeNode)")`
+            Command: `swift build -c release && .build/release/harmonybench live --rows \(rows) --batch \(batch) --shards \(shards) --samples \(samples)\(noHints ? " --no-hints" : "")\(compress ? " --compress" : "")\(probeNode == 1 ? "" : " --probe-node \(probeNode)")`
             Setup: one nats-server (JetStream, file store) and 3 harmonylite processes on this machine (\(machine)), \(shards) shards.
             Bulk: \(rows) rows inserted on node 1 in \(batch)-row transactions; timed until all 3 nodes have every row.
             Latency: a single-row commit on node \(probeNode)\(probeNode == 1 ? " (the bulk writer's)" : " (not the bulk writer's)") until a reader on node 2 sees it, up to \(samples) samples. At idle one probe
             at a time (polling every 0.2 ms); under load one every 20 ms without waiting for the last (node 2 looked at every
-            1 ms), only until every node has the bulk rows. Hints \(noHints ? "off" : "on"): \(hintsApplied) applied on node 2.
+            1 ms), only until every node has the bulk rows. Hints \(noHints ? "off" : "on"): \(hintsApplied) applied on node 2.\(compress ? " Messages compressed (zstd)." : "")
             The application committed all bulk rows (with capture triggers) after \(String(format: "%.2f", loaderDone.withLock { $0 } ?? .nan)) s;
             the nodes had them all after \(done.map { String(format: "%.2f", $0) }.joined(separator: ", ")) s. A probe goes out through the
             sender's priority lane ahead of its backlog and, as a hint, skips the receiver's; the time the server stored
@@ -195,7 +196,7 @@ struct LiveBench: ParsableCommand {
                 {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
                  "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99))), "samples": \(loaded.count)},
-                 "probe_node": \(probeNode), "hints": \(!noHints), "hints_applied": \(hintsApplied),
+                 "probe_node": \(probeNode), "hints": \(!noHints), "compress": \(compress), "hints_applied": \(hintsApplied),
                  "probe_insert_ms": {"p50": \(msText(percentile(commitWaits, 50))), "p99": \(msText(percentile(commitWaits, 99)))},
                  "stored_ms": {"p50": \(msText(percentile(toLog, 50))), "p99": \(msText(percentile(toLog, 99)))},
                  "messages_per_row": \(messagesPerRow), "cpu_us_per_row": [\(cpuPerRow.map { String(format: "%.2f", $0) }.joined(separator: ", "))], "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
