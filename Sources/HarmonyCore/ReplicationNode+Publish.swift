@@ -398,25 +398,14 @@ extension ReplicationNode {
         let keyCount = schema.primaryKey.count
         let key = schema.primaryKey.enumerated().map { ChangeRecord.Column($1, read.column(6 + $0)) }
         guard read.column(3).int64 == hlc, read.column(4).int64 == node else { return .some(nil) }
-        var record: ChangeRecord
         let version = RowVersion(hlc: hlc, node: node)
-        if read.column(5).int64 == 1 {
-            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
-                                  version: version, schemaHash: schema.hash)
-        } else {
-            // The row is there when a key column the entry gave a value for is not NULL in the join.
-            guard let present = key.firstIndex(where: { $0.value != .null }) else { return .none }
-            let rowStart = 6 + keyCount
-            guard let keyPosition = schema.columns.firstIndex(of: schema.primaryKey[present]),
-                  read.column(rowStart + keyPosition) != .null else { return .some(nil) }
-            var row: [ChangeRecord.Column] = []
-            row.reserveCapacity(schema.columns.count)
-            for (i, name) in schema.columns.enumerated() { row.append(ChangeRecord.Column(name, read.column(rowStart + i))) }
-            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
-                                  row: row, version: version, schemaHash: schema.hash)
-        }
-        record.definition = tableStates[table].map(\.definition)
-        return .some(record)
+        if read.column(5).int64 == 1 { return .some(localRecord(table: table, schema: schema, key: key, version: version, row: nil)) }
+        // The row is there when a key column the entry gave a value for is not NULL in the join.
+        guard let present = key.firstIndex(where: { $0.value != .null }) else { return .none }
+        let rowStart = 6 + keyCount
+        guard let keyPosition = schema.columns.firstIndex(of: schema.primaryKey[present]),
+              read.column(rowStart + keyPosition) != .null else { return .some(nil) }
+        return .some(localRecord(table: table, schema: schema, key: key, version: version, row: (read, rowStart)))
     }
 
     /// `changeRecord` a statement at a time, for any entry: its key found by its epoch's column names (a renamed
@@ -474,21 +463,25 @@ extension ReplicationNode {
     /// schema's columns (`rowSQL`, from `rowReadSQL`). Nil when the row is gone.
     func currentChange(table: String, schema: TableSchema, key: [ChangeRecord.Column], keyValues: [DatabaseValue],
                        version: RowVersion, deleted: Bool, rowSQL: String) throws -> ChangeRecord? {
-        var record: ChangeRecord
-        if deleted {
-            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .delete, primaryKey: key, row: [],
-                                  version: version, schemaHash: schema.hash)
-        } else {
-            let rowRead = try requireDatabase().cached(rowSQL)
-            try rowRead.bind(keyValues)
-            defer { rowRead.reset() }
-            guard try rowRead.step() else { return nil }
-            var row: [ChangeRecord.Column] = []
+        if deleted { return localRecord(table: table, schema: schema, key: key, version: version, row: nil) }
+        let rowRead = try requireDatabase().cached(rowSQL)
+        try rowRead.bind(keyValues)
+        defer { rowRead.reset() }
+        guard try rowRead.step() else { return nil }
+        return localRecord(table: table, schema: schema, key: key, version: version, row: (rowRead, 0))
+    }
+
+    /// This node's change as it is sent: a delete (`row` nil), or an upsert of the row in the captured schema's
+    /// columns, read from the statement's current row from column `from` on.
+    func localRecord(table: String, schema: TableSchema, key: [ChangeRecord.Column], version: RowVersion,
+                     row source: (statement: Statement, from: Int)?) -> ChangeRecord {
+        var row: [ChangeRecord.Column] = []
+        if let source {
             row.reserveCapacity(schema.columns.count)
-            for (i, name) in schema.columns.enumerated() { row.append(ChangeRecord.Column(name, rowRead.column(i))) }
-            record = ChangeRecord(originNode: config.nodeID, table: table, operation: .upsert, primaryKey: key,
-                                  row: row, version: version, schemaHash: schema.hash)
+            for (i, name) in schema.columns.enumerated() { row.append(ChangeRecord.Column(name, source.statement.column(source.from + i))) }
         }
+        var record = ChangeRecord(originNode: config.nodeID, table: table, operation: source == nil ? .delete : .upsert, primaryKey: key,
+                                  row: row, version: version, schemaHash: schema.hash)
         record.definition = tableStates[table].map(\.definition)
         return record
     }
