@@ -3,6 +3,15 @@ import HarmonyCodec
 import HarmonyCore
 import HarmonySQLite
 
+/// A fetched batch waiting for its node's sidecar (`Simulation.deliveryLine`).
+struct WaitingDelivery {
+    var shard: Int
+    var messages: [IncomingMessage]
+    var incarnation: Int
+    /// When it joined the line.
+    var joinedMs: Int64
+}
+
 /// The cost model (`Scenario.costs`): each node's sidecar is one serial worker whose reading, encoding and applying
 /// take the profile's time, and the server stores one message at a time. Without a cost model every function here
 /// leaves time as it is, so the correctness scenarios replay exactly as before.
@@ -33,20 +42,35 @@ extension Simulation {
     /// takes beyond an equal share is time the busier running workers lose.
     /// `at`: the job runs from then, ahead of work already queued on the worker, which moves back by as long.
     /// `waitUs`: wall time on top that uses no core (a commit waiting for the disk).
-    func runJob(_ worker: CostWorker, _ cost: Double, waitUs: Double = 0, at preemptUs: Double? = nil) -> Double {
-        var start = preemptUs ?? max(nowUs, busyUntilUs[worker, default: 0])
+    /// `notBeforeUs`: the job's work arrived then, to the microsecond (now, at the whole millisecond, by default).
+    func runJob(_ worker: CostWorker, _ cost: Double, waitUs: Double = 0, at preemptUs: Double? = nil, notBeforeUs: Double? = nil) -> Double {
+        var earliest = notBeforeUs ?? nowUs
+        if case .sidecar(let id) = worker, let resume = resumeAtUs[id] { earliest = min(earliest, resume) }
+        var start = preemptUs ?? max(earliest, busyUntilUs[worker, default: 0])
         if preemptUs == nil, case .sidecar(let id) = worker { start = max(start, writeLock.sleepUntilUs[id, default: 0]) }
         var duration = cost
         if let cores = scenario.costs?.cores, cores > 0 {
-            let mine = cpuUsedUs[worker, default: 0]
-            let running = busyUntilUs.filter { $0.key != worker && $0.value > start }
-            let busier = running.keys.filter { cpuUsedUs[$0, default: 0] > mine }
-            let rate = min(1, Double(cores) / Double(1 + running.count - busier.count))
-            let fair = min(1, Double(cores) / Double(1 + running.count))
+            // The server's streams are goroutines of one process, run on as many threads as there are cores: the
+            // scheduler shares the cores among the processes' threads, not among streams. Its CPU so far is the
+            // whole server's, spread over those threads.
+            let serverUsed = (1...max(1, scenario.shards)).reduce(0.0) { $0 + cpuUsedUs[.server($1), default: 0] } / Double(cores)
+            func used(_ w: CostWorker) -> Double { w.isServer ? serverUsed : cpuUsedUs[w, default: 0] }
+            let mine = used(worker)
+            let running = busyUntilUs.filter { $0.key != worker && $0.value > start && !(worker.isServer && $0.key.isServer) }.keys
+            let servers = running.filter(\.isServer)
+            let others = running.filter { !$0.isServer }
+            let serverSeats = Double(min(servers.count, cores))
+            let serverBusier = !servers.isEmpty && serverUsed > mine
+            let busier = others.filter { used($0) > mine }
+            let contenders = Double(others.count) + serverSeats
+            let ahead = contenders - Double(busier.count) - (serverBusier ? serverSeats : 0)
+            let rate = min(1, Double(cores) / (1 + ahead))
+            let fair = min(1, Double(cores) / (1 + contenders))
             duration = cost / rate
             if rate > fair {
                 let taken = duration * (rate - fair)
-                for b in busier { busyUntilUs[b]! += taken / Double(busier.count) / fair }
+                let losers = busier + (serverBusier ? servers : [])
+                for b in losers { busyUntilUs[b]! += taken / Double(losers.count) / fair }
             }
         }
         duration += waitUs
@@ -55,12 +79,15 @@ extension Simulation {
         return start + duration
     }
 
+    /// One way between a node and the server with a cost model: half the calibrated publish round trip, in µs.
+    var hopUs: Double? { scenario.costs.map { $0.publishRttUs / 2 } }
+
     /// The sidecar reads and encodes the message's changes before it leaves; publishes queue behind each other and
-    /// behind applies on the node's one worker. Returns when the message leaves the node.
+    /// behind applies on the node's one worker. Returns when the message leaves the node, to the microsecond.
     /// A small commit offered as a hint (the priority lane's) was found between two pages of a backlog being read:
     /// it leaves at the end of the page being read now, ahead of the pages after it, as the live core's lane does.
-    func publishDepartureMs(node: Int, _ message: OutgoingMessage) -> Int64 {
-        guard let costs = scenario.costs else { return nowMs }
+    func publishDepartureUs(node: Int, _ message: OutgoingMessage) -> Double {
+        guard let costs = scenario.costs else { return nowUs }
         let changes = Self.changes(message.payload).count
         var cost = costs.publishMessageUs + costs.runtimePublishMessageUs + (costs.scanChangeUs + costs.runtimePublishChangeUs) * Double(changes)
         var waitUs = 0.0
@@ -73,7 +100,7 @@ extension Simulation {
         if message.hint, let handoff = nextHandoffUs(node) {
             let done = runAhead(node, cost, at: handoff)
             if stamps { lookStampEndUs[node] = done }
-            return Self.ms(done)
+            return done
         }
         let done = runJob(.sidecar(node), cost, waitUs: waitUs)
         if stamps { lookStampEndUs[node] = done }
@@ -85,7 +112,7 @@ extension Simulation {
                 pageChanges[node] = 0
             }
         }
-        return Self.ms(done)
+        return done
     }
 
     /// A stamp transaction of `changes` queued writes on node `node`: its sidecar's time, holding the write lock, ahead of
@@ -107,9 +134,9 @@ extension Simulation {
         return max(nowMs, sidecarFreeAtMs(id) ?? nowMs) + 1
     }
 
-    /// When each version was first sent as a hint (once the log has stored its message and the ack is back, as the
-    /// live node sends it): the sender's share of a write's lag, as `harmonybench live` splits it (a plain
-    /// subscriber on the hint subjects).
+    /// When each version was first seen as a hint by a subscriber (sent once the log has stored its message and the
+    /// ack is back, as the live node sends it): the sender's share of a write's lag, as `harmonybench live` splits it
+    /// (a plain subscriber on the hint subjects).
     func noteHintSent(_ payload: [UInt8], atMs: Int64) {
         guard scenario.costs != nil, let records = try? EnvelopeCodec.decodeAll(payload) else { return }
         for r in records where hintSentAtMs[r.version] == nil { hintSentAtMs[r.version] = atMs }
@@ -138,38 +165,45 @@ extension Simulation {
         return done
     }
 
-    /// The server's time over one stored message: returns when it is done (now without costs).
-    func chargeServer(_ message: OutgoingMessage) -> Int64 {
-        guard let costs = scenario.costs else { return nowMs }
+    /// The server's time over one stored message, from its arrival (`arrivalUs`, to the microsecond): returns when
+    /// it is done, in µs (now without costs).
+    func chargeServer(_ message: OutgoingMessage, arrivalUs: Double?) -> Double {
+        guard let costs = scenario.costs else { return nowUs }
         let done = runJob(.server(message.shard), costs.serverMessageUs + costs.runtimeServerMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000
-                                              + costs.serverChangeUs * Double(Self.changes(message.payload).count))
+                                              + costs.serverChangeUs * Double(Self.changes(message.payload).count), notBeforeUs: arrivalUs)
         storedMessages += 1
         storedBytes += message.payload.count
-        return Self.ms(done)
+        return done
     }
 
     /// The sidecar applied a delivered batch: as the live runtime does, in chunks of at most
     /// `applyChunkBytes` payload bytes, each its own transaction, with a hand-off point after each.
     /// `ahead`: a hint taken at a hand-off point, ahead of the chunks queued after it.
-    /// Returns when the last chunk's transaction ends (nil without costs).
+    /// Returns when the last chunk's transaction ends (nil without costs). What the call applied (`applying`, from
+    /// the core's events) becomes visible on the node when the transaction of its message commits, not before.
     @discardableResult
     func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) -> Double? {
         guard let costs = scenario.costs else { return nil }
         var cost = 0.0, bytes = 0, lastEndUs: Double? = nil
+        var chunkMessages: [IncomingMessage] = []
         func finishChunk() {
             let total = costs.applyBatchUs + cost
+            let end: Double
             if ahead {
-                lastEndUs = runAhead(node, total, at: nowUs)
+                end = runAhead(node, total, at: nowUs)
             } else {
-                let end = runJob(.sidecar(node), total)
+                end = runJob(.sidecar(node), total)
                 handoffsUs[node, default: []].append(end)
-                lastEndUs = end
             }
+            lastEndUs = end
+            commitVisible(node: node, chunkMessages, atUs: end)
             cost = 0
             bytes = 0
+            chunkMessages = []
         }
         for m in messages {
             if bytes > 0 && bytes + m.payload.count > Self.applyChunkBytes { finishChunk() }
+            chunkMessages.append(m)
             let c = Self.changes(m.payload)
             cost += costs.applyMessageUs + (c.origin == Int64(node) ? Double(c.count) * costs.applyOwnChangeUs
                 : costs.runtimeApplyMessageUs + Double(c.count) * (costs.applyChangeUs + costs.runtimeApplyChangeUs))
@@ -179,6 +213,24 @@ extension Simulation {
         return lastEndUs
     }
 
+    /// Puts a delivery in node `id`'s line (`first`: back where it was, at the head) and makes sure a turn comes by
+    /// `turnAtMs`.
+    func joinDeliveryLine(_ id: Int, _ delivery: WaitingDelivery, first: Bool = false, turnAtMs: Int64) {
+        if !first, let from = delivery.messages.first?.sequence, let to = delivery.messages.last?.sequence {
+            trace("node \(id) shard \(delivery.shard) seq \(from)...\(to) waits for the sidecar")
+        }
+        if first { deliveryLine[id, default: []].insert(delivery, at: 0) } else { deliveryLine[id, default: []].append(delivery) }
+        if let due = deliveryTurnAtMs[id], due <= max(turnAtMs, nowMs) { return }
+        scheduleDeliveryTurn(id, atMs: turnAtMs)
+    }
+
+    /// A turn asked for a time already past (a retry whose time has come) is taken now.
+    func scheduleDeliveryTurn(_ id: Int, atMs: Int64) {
+        let at = max(atMs, nowMs)
+        deliveryTurnAtMs[id] = at
+        push(.deliveryTurn(node: id), at: at)
+    }
+
     /// The live runtime's `LiveNode.applyChunkBytesMax`: payload bytes applied in one transaction at most.
     static let applyChunkBytes = 64 * 1024
 
@@ -186,7 +238,23 @@ extension Simulation {
     func recordApplied(node: Int, _ version: RowVersion) {
         guard scenario.costs != nil, appliedAtMs[version]?[node] == nil else { return }
         appliedAtMs[version, default: [:]][node] = nowMs
-        if bulkVersions.contains(version) { bulkApplied[node, default: 0] += 1 }
+        applying.insert(version)
+        if bulkVersions.contains(version) {
+            bulkApplied[node, default: 0] += 1
+            bulkVisibleMs = max(bulkVisibleMs, nowMs)
+        }
+    }
+
+    /// The versions of `messages` applied in this call are visible on `node` once their transaction commits at
+    /// `atUs` (a reader looking then sees them at the next whole millisecond).
+    func commitVisible(node: Int, _ messages: [IncomingMessage], atUs: Double) {
+        guard !applying.isEmpty else { return }
+        for m in messages {
+            for r in (try? EnvelopeCodec.decodeAll(m.payload)) ?? [] where applying.remove(r.version) != nil {
+                appliedAtMs[r.version]?[node] = Self.ms(atUs)
+                if bulkVersions.contains(r.version) { bulkVisibleMs = max(bulkVisibleMs, Self.ms(atUs)) }
+            }
+        }
     }
 
     /// One transaction of the bulk load on node 1: `bulkBatch` new keys above the workload's, then the next one
@@ -212,7 +280,7 @@ extension Simulation {
     func observerTick() {
         guard let costs = scenario.costs, costs.observerUsPerMs > 0 else { return }
         let writer = nodes[0].id
-        guard nodes.contains(where: { $0.id != writer && bulkApplied[$0.id, default: 0] < scenario.bulkRows }) else { return }
+        guard nodes.contains(where: { $0.id != writer && bulkApplied[$0.id, default: 0] < scenario.bulkRows }) || nowMs < bulkVisibleMs else { return }
         _ = runJob(.observer, costs.observerUsPerMs)
         push(.observerTick, at: nowMs + 1)
     }
@@ -317,6 +385,11 @@ extension Simulation {
 enum CostWorker: Hashable {
     /// The server's work for one stream (shard): streams are serialized, different streams run side by side.
     case sidecar(Int), server(Int), loader, observer
+
+    var isServer: Bool {
+        if case .server = self { return true }
+        return false
+    }
 }
 
 /// Figures of one run with a cost model.

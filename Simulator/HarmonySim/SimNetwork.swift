@@ -13,11 +13,16 @@ extension Simulation {
             for record in records where record.table == "kv" { n.sentAheadRows[record.version.hlc] = record }
         }
         if n.canSend && serverUp {
-            push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: publishDepartureMs(node: node, message) + networkDelay())
+            let departsUs = publishDepartureUs(node: node, message)
+            if let hop = hopUs {
+                push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs, arrivalUs: departsUs + hop), at: Self.ms(departsUs + hop))
+            } else {
+                push(.publishArrives(node: node, message: message, incarnation: n.incarnation, sentMs: nowMs), at: Self.ms(departsUs) + networkDelay())
+            }
         } else if scenario.costs != nil && serverUp {
             // Cut off from the server: libnats keeps the publish and sends it once it has reconnected (the core
             // still hears of a failure if no ack comes within the timeout, and sends the changes again).
-            n.reconnectBuffer.append((message, publishDepartureMs(node: node, message), false))
+            n.reconnectBuffer.append((message, Self.ms(publishDepartureUs(node: node, message)), false))
             push(.bufferedPublishTimedOut(node: node, token: message.token, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
         } else {
             push(.publishResult(node: node, token: message.token, ok: false, incarnation: n.incarnation), at: nowMs + scenario.publishTimeoutMs)
@@ -62,17 +67,20 @@ extension Simulation {
         push(.ackArrives(node: node, shard: shard, sequence: sequence, nakDelayMs: nakDelayMs), at: nowMs + networkDelay())
     }
 
-    /// The publisher heard the log store its message (at `atMs`) and offers it to every other node over plain NATS:
-    /// each copy may be lost, duplicated or late, and reaches only a node connected when it arrives.
-    func sendHint(from node: Int, shard: Int, _ message: IncomingMessage, atMs: Int64) {
-        noteHintSent(message.payload, atMs: atMs)
+    /// The publisher heard the log store its message (at `atMs`; with a cost model `atUs`, to the microsecond) and
+    /// offers it to every other node over plain NATS: each copy may be lost, duplicated or late, and reaches only a
+    /// node connected when it arrives. With costs a copy takes two hops (to the server, on to the node), as long
+    /// as it takes any subscriber, and that is when it counts as sent (`noteHintSent`).
+    func sendHint(from node: Int, shard: Int, _ message: IncomingMessage, atMs: Int64, atUs: Double? = nil) {
         func delay() -> Int64 {
             if let costs = scenario.costs { return Self.ms(costs.publishRttUs / 2) }
             return hintRandom.int(scenario.delayMsMin...max(scenario.delayMsMin, scenario.delayMsMax))
         }
+        let relayedMs: Int64? = if let atUs, let hop = hopUs { Self.ms(atUs + 2 * hop) } else { nil }
+        noteHintSent(message.payload, atMs: relayedMs ?? atMs)
         for other in nodes where other.id != node {
             if hintRandom.chance(permille: scenario.lostAckPermille) { continue }
-            let arrival = atMs + delay() + delay()
+            let arrival = relayedMs ?? atMs + delay() + delay()
             push(.hintArrives(node: other.id, shard: shard, message: message, incarnation: other.incarnation), at: arrival)
             if hintRandom.chance(permille: scenario.duplicatePermille) {
                 push(.hintArrives(node: other.id, shard: shard, message: message, incarnation: other.incarnation), at: arrival + delay())

@@ -16,7 +16,8 @@ public struct WriteRecord: Sendable {
 
 enum SimEvent {
     case timer(node: Int, timer: NodeTimer, generation: UInt64, incarnation: Int)
-    case publishArrives(node: Int, message: OutgoingMessage, incarnation: Int, sentMs: Int64)
+    /// `arrivalUs`: with a cost model, when it reached the server to the microsecond (the event runs at the next whole ms).
+    case publishArrives(node: Int, message: OutgoingMessage, incarnation: Int, sentMs: Int64, arrivalUs: Double? = nil)
     case publishResult(node: Int, token: Int64, ok: Bool, incarnation: Int)
     /// A publish held in a cut-off node's reconnect buffer (cost model) went unacknowledged for the publish timeout.
     case bufferedPublishTimedOut(node: Int, token: Int64, incarnation: Int)
@@ -24,7 +25,11 @@ enum SimEvent {
     /// free (as the live node's queue gathers them into one transaction).
     case acksFlush(node: Int, incarnation: Int)
     case pump(node: Int, shard: Int)
-    case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int)
+    /// `joinedLineMs`: taken from the node's line of deliveries waiting for its sidecar (`deliveryLine`), which it
+    /// joined then.
+    case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int, joinedLineMs: Int64? = nil)
+    /// With a cost model: node N's sidecar may take the first delivery waiting in its line.
+    case deliveryTurn(node: Int)
     /// Another node's message, stored at `sequence`, offered ahead of its turn over plain NATS (best effort).
     /// `handoff`: rescheduled to a hand-off point of its node's busy sidecar (`handoffsUs`), where it runs ahead.
     case hintArrives(node: Int, shard: Int, message: IncomingMessage, incarnation: Int, handoff: Bool = false)
@@ -117,10 +122,23 @@ public final class Simulation {
     /// every node has them all).
     var bulkVersions: Set<RowVersion> = []
     var bulkApplied: [Int: Int] = [:]
+    /// With a cost model, when the last bulk row applied so far becomes visible (its transaction commits).
+    var bulkVisibleMs: Int64 = 0
     /// When the application committed the bulk load's last transaction (with a cost model).
     var bulkCommittedMs: Int64?
-    /// With a cost model: when each version was first sent as a hint, after the log stored it (`noteHintSent`).
+    /// With a cost model: when a subscriber first had each version as a hint, sent after the log stored it (`noteHintSent`).
     var hintSentAtMs: [RowVersion: Int64] = [:]
+    /// With a cost model, while a core call continues node N's backlog: when its sidecar ended the page before, to
+    /// the microsecond (its work starts then, not at the whole millisecond the event ran at).
+    var resumeAtUs: [Int: Double] = [:]
+    /// With a cost model, versions the core call under way applied: visible once their transaction's cost is
+    /// charged (`commitVisible`).
+    var applying: Set<RowVersion> = []
+    /// With a cost model, deliveries waiting for node N's sidecar, in the order they came: the live node's fetch
+    /// threads hand their batches to its one serial queue, which takes them first come first served.
+    var deliveryLine: [Int: [WaitingDelivery]] = [:]
+    /// When node N's next `.deliveryTurn` is due.
+    var deliveryTurnAtMs: [Int: Int64] = [:]
 
     /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
     public var cpuUsedBySidecarsAndServerUs: [Double] {
@@ -437,11 +455,15 @@ public final class Simulation {
                     return
                 }
                 publishContinuing[id] = nil
+                // The live serial queue takes the next page the moment the page before ends; this event woke at
+                // the next whole millisecond.
+                if let ended = busyUntilUs[.sidecar(id)], ended > nowUs - 1_000 { resumeAtUs[id] = ended }
             }
             trace("node \(id) timer \(timer)")
             callCore(node) { try $0.timerFired(timer) }
+            resumeAtUs[id] = nil
 
-        case .publishArrives(let id, let message, let incarnation, let sentMs):
+        case .publishArrives(let id, let message, let incarnation, let sentMs, let arrivalUs):
             guard serverUp else {
                 push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
                 return
@@ -456,7 +478,8 @@ public final class Simulation {
             trace("store shard \(message.shard) id \(message.messageID) -> \(seq.map(String.init) ?? "duplicate")")
             // With costs, the server takes its time over each message (stored now, in arrival order, but delivered
             // and acknowledged only once the server is done with it).
-            let storedMs = chargeServer(message)
+            let storedUs = chargeServer(message, arrivalUs: arrivalUs)
+            let storedMs = Self.ms(storedUs)
             if seq != nil {
                 pumpAll(shard: message.shard, fromMs: storedMs)
                 for r in landedParts.records(in: message.payload) {
@@ -469,9 +492,13 @@ public final class Simulation {
             }
             let n = nodes[id - 1]
             if n.canReceive && !netRandom.chance(permille: scenario.lostAckPermille) {
-                let ackedMs = storedMs + networkDelay()
+                // With costs, one hop back from the moment the server is done, to the microsecond.
+                let ackedUs = hopUs.map { storedUs + $0 }
+                let ackedMs = ackedUs.map { Self.ms($0) } ?? storedMs + networkDelay()
                 push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: ackedMs)
-                if let seq, message.hint { sendHint(from: id, shard: message.shard, IncomingMessage(sequence: seq, payload: message.payload), atMs: ackedMs) }
+                if let seq, message.hint {
+                    sendHint(from: id, shard: message.shard, IncomingMessage(sequence: seq, payload: message.payload), atMs: ackedMs, atUs: ackedUs)
+                }
             } else {
                 push(.publishResult(node: id, token: message.token, ok: false, incarnation: incarnation), at: sentMs + scenario.publishTimeoutMs)
             }
@@ -547,29 +574,54 @@ public final class Simulation {
                 push(.pump(node: id, shard: shard), at: deadline)
             }
 
-        case .deliver(let id, let shard, let messages, let incarnation):
+        case .deliver(let id, let shard, let messages, let incarnation, let joinedLineMs):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation, node.canReceive else {
                 if deliveryOutstanding.remove([id, shard]) != nil { push(.pump(node: id, shard: shard), at: nowMs + 1) }
                 return
             }
+            let fromLine = joinedLineMs != nil
+            let delivery = WaitingDelivery(shard: shard, messages: messages, incarnation: incarnation, joinedMs: joinedLineMs ?? nowMs)
+            // With costs, a delivery waits behind those already in line, first come first served.
+            if !fromLine, deliveryLine[id]?.isEmpty == false {
+                return joinDeliveryLine(id, delivery, turnAtMs: deliveryTurnAtMs[id] ?? nowMs)
+            }
             if let free = sidecarFreeAtMs(id), free > nowMs {
-                push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: free)
-                return
+                return joinDeliveryLine(id, delivery, first: fromLine, turnAtMs: free)
             }
             if let later = waitsForPublishLoop(id) {
+                if scenario.costs != nil { return joinDeliveryLine(id, delivery, first: fromLine, turnAtMs: later) }
                 push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: later)
                 return
             }
             if let until = waitForWriteLock(.apply(node: id, shard: shard), node: id) {
+                if scenario.costs != nil { return joinDeliveryLine(id, delivery, first: fromLine, turnAtMs: until) }
                 push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: until)
                 return
             }
             trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
+            applying = []
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
             sidecarHoldsWriteLock(id, untilUs: chargeApply(node: id, messages))
+            applying = []
             deliveryOutstanding.remove([id, shard])
             if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+
+        case .deliveryTurn(let id):
+            guard deliveryTurnAtMs[id] == nowMs else { return }  // a later or earlier turn replaced this one
+            deliveryTurnAtMs[id] = nil
+            guard var line = deliveryLine[id], !line.isEmpty else { return }
+            if let free = sidecarFreeAtMs(id), free > nowMs { return scheduleDeliveryTurn(id, atMs: free) }
+            let first = line.removeFirst()
+            deliveryLine[id] = line
+            // The queue takes the next batch the moment the work before it ends (or it came), not at the whole
+            // millisecond this turn woke at.
+            if let ended = busyUntilUs[.sidecar(id)], ended > nowUs - 1_000 { resumeAtUs[id] = max(ended, Double(first.joinedMs) * 1_000) }
+            handle(.deliver(node: id, shard: first.shard, messages: first.messages, incarnation: first.incarnation, joinedLineMs: first.joinedMs))
+            resumeAtUs[id] = nil
+            if deliveryLine[id]?.isEmpty == false && deliveryTurnAtMs[id] == nil {
+                scheduleDeliveryTurn(id, atMs: max(nowMs, sidecarFreeAtMs(id) ?? nowMs))
+            }
 
         case .hintArrives(let id, let shard, let message, let incarnation, let handoff):
             let node = nodes[id - 1]
@@ -584,9 +636,11 @@ public final class Simulation {
             }
             trace("node \(id) hint shard \(shard) seq \(message.sequence)")
             let appliedBefore = hintsApplied
+            applying = []
             callCore(node) { try $0.hintArrived(shard: shard, sequence: message.sequence, payload: message.payload) }
             // Ignored, a hint costs a live node next to nothing (it is dropped before it is decoded, mostly).
             if hintsApplied > appliedBefore { chargeApply(node: id, [message], ahead: handoff) }
+            applying = []
 
         case .ackArrives(let id, let shard, let sequence, let nakDelayMs):
             guard serverUp else { return }

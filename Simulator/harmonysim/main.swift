@@ -481,7 +481,7 @@ extension Bench {
 
             Command: `harmonysim bench \(file) --shards \(shards) --seeds \(seeds) --profile \(profile ?? "")`.
             Scenario: \(base.name), \(base.nodes) nodes\(base.bulkRows > 0 ? ", a bulk load of \(base.bulkRows) rows on node 1 in \(base.bulkBatch)-row transactions" : ""), workload writes on \(base.writerNodes.isEmpty ? "every node" : "node " + base.writerNodes.map(String.init).joined(separator: ", ")) meanwhile; means over seeds.
-            Throughput: bulk rows per second until the last node has them all. Lag: a workload write's commit until the next node (node 1's: node 2) has it, while the bulk load replicates (without a bulk load: every write); of which to sent as a hint: until the writer's node sent it as a hint, once the log had stored it (the sender's share; "-": no hints).
+            Throughput: bulk rows per second until the last node has them all. Lag: a workload write's commit until the next node (node 1's: node 2) has it, while the bulk load replicates (without a bulk load: every write); of which to sent as a hint: until a subscriber on the hint subjects has it, sent once the log stored it, as `harmonybench live` measures (the sender's share; "-": no hints). Has it: once the transaction applying it commits.
             Converged: from the heal at \(base.healMs) ms (faults and writes over) until every node holds the same rows with nothing in flight, checked every 100 ms ("-": not every seed converged).
 
             \(findRate ? "Sustainable: the highest rate of single-row writes (every writing node at a steady mean interval, bisected in half milliseconds) after which the cluster still settles within a tenth of the run once writes stop; above it the backlog grows without bound.\n" : "")
