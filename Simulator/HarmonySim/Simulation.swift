@@ -25,6 +25,8 @@ enum SimEvent {
     /// free (as the live node's queue gathers them into one transaction).
     case acksFlush(node: Int, incarnation: Int)
     case pump(node: Int, shard: Int)
+    /// With a cost model: node N's fetch thread for a shard asks for the next batch, its last one applied.
+    case fetchNext(node: Int, shard: Int, incarnation: Int)
     /// `joinedLineMs`: taken from the node's line of deliveries waiting for its sidecar (`deliveryLine`), which it
     /// joined then.
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int, joinedLineMs: Int64? = nil)
@@ -602,10 +604,22 @@ public final class Simulation {
             trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
             applying = []
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
-            sidecarHoldsWriteLock(id, untilUs: chargeApply(node: id, messages))
+            let appliedUs = chargeApply(node: id, messages)
+            sidecarHoldsWriteLock(id, untilUs: appliedUs)
             applying = []
+            if let appliedUs, let hop = hopUs {
+                // The live fetch thread waits until the core has applied its batch, then asks for the next one:
+                // none is fetched meanwhile, and the request takes a hop to the server.
+                push(.fetchNext(node: id, shard: shard, incarnation: incarnation), at: Self.ms(appliedUs + hop))
+                return
+            }
             deliveryOutstanding.remove([id, shard])
             if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+
+        case .fetchNext(let id, let shard, let incarnation):
+            guard deliveryOutstanding.remove([id, shard]) != nil, nodes[id - 1].incarnation == incarnation else { return }
+            trace("node \(id) shard \(shard) asks for its next batch")
+            handle(.pump(node: id, shard: shard))
 
         case .deliveryTurn(let id):
             guard deliveryTurnAtMs[id] == nowMs else { return }  // a later or earlier turn replaced this one

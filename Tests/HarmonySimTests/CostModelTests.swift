@@ -173,6 +173,38 @@ struct CostModelTests {
         }
     }
 
+    /// The live fetch thread waits until the core has applied its batch before it asks for the next one: a
+    /// receiver never has a shard's next batch fetched while it still applies the last, so a busy receiver falls
+    /// behind the log in bigger batches rather than by many small ones.
+    @Test func aReceiverAsksForItsNextBatchOnceItAppliedTheLast() throws {
+        var costs = Self.profile
+        costs.cores = 0
+        var s = Self.bulk(costs, shards: 2)
+        s.bulkRows = 10_000
+        let r = try Simulation(scenario: s, seed: 3, trace: true).run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        var asks = 0
+        for node in [2, 3] {
+            for shard in 1...2 {
+                // This shard's receives and asks, in order: each batch received is followed by its ask before the next.
+                var lastReceiveMs: Int64?
+                for line in r.trace {
+                    let ms = Int64(line.prefix { $0 != " " }) ?? 0
+                    if line.contains("node \(node) receives shard \(shard) seq ") {
+                        #expect(lastReceiveMs == nil, "node \(node) shard \(shard) received a batch at \(ms) ms before asking for it")
+                        lastReceiveMs = ms
+                    } else if line.hasSuffix("node \(node) shard \(shard) asks for its next batch"), let received = lastReceiveMs {
+                        // Applying a batch takes a transaction at least (600 µs here), so the ask comes a millisecond later or more.
+                        #expect(ms >= received + 1, "node \(node) shard \(shard) asked at \(ms) ms for the batch after the one received at \(received) ms")
+                        lastReceiveMs = nil
+                        asks += 1
+                    }
+                }
+            }
+        }
+        #expect(asks > 20)
+    }
+
     /// As the live runtime, a delivery is applied in chunks of 64 KiB, each its own transaction; work that comes
     /// meanwhile (a hint) runs at the end of the chunk being applied, ahead of the chunks after it, not after them all.
     @Test func aDeliveryIsAppliedInChunksThatOtherWorkCanRunBetween() throws {
