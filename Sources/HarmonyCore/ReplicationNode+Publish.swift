@@ -547,9 +547,24 @@ extension ReplicationNode {
         // Writes queued meanwhile are stamped in the same transaction (one batch of them at most, none while the
         // lock is left to the applications): the next page finds them without a write transaction of its own.
         try writeTransaction(db, stamp: !bookkeepingPaused, stampLimit: config.lockBatchRows) {
-            let mark = try db.cached("UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 1 WHERE id = ?")
-            for id in ids { try mark.execute([.integer(id)]) }
+            // The acks of a flush cover whole pages, whose ids run on without gaps once sorted (each message holds
+            // one shard's share of a page): one statement per run, not one per change.
+            let mark = try db.cached("UPDATE \(quoteIdentifier(Bookkeeping.globalLog)) SET state = 1 WHERE id BETWEEN ? AND ?")
+            for run in Self.contiguousRuns(ids) { try mark.execute([.integer(run.lowerBound), .integer(run.upperBound)]) }
         }
+    }
+
+    /// `ids` sorted and cut where they skip a number: [7, 3, 4, 5, 9] gives 3...5, 7...7, 9...9.
+    static func contiguousRuns(_ ids: [Int64]) -> [ClosedRange<Int64>] {
+        var runs: [ClosedRange<Int64>] = []
+        for id in ids.sorted() {
+            if let last = runs.last, id <= last.upperBound + 1 {
+                runs[runs.count - 1] = last.lowerBound...max(last.upperBound, id)
+            } else {
+                runs.append(id...id)
+            }
+        }
+        return runs
     }
 
     /// The log refused or timed out: the row stays pending and is sent again after a backoff.

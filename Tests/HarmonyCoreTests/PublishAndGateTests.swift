@@ -26,6 +26,30 @@ struct PublishAndGateTests {
         #expect(try c.pendingChanges(0) == 1)
     }
 
+    /// Acknowledged changes are marked published a run of ids at a time: a flush of some shards' messages marks
+    /// exactly their changes, whatever gaps the other shards' messages leave between them, and nothing else.
+    @Test func anAcknowledgementMarksExactlyItsMessagesChanges() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema) { $0.shards = 4; $0.publishBatchMax = 16 }
+        try insertBulk(c.apps[0], rows: 300)
+        try c.nodes[0].databaseChanged()
+        let sent = c.ports[0].pendingPublishes
+        #expect(sent.count > 8 && Set(sent.map(\.shard)) == [1, 2, 3, 4])
+        func keys(_ messages: [OutgoingMessage]) -> Set<Int64> {
+            Set(messages.flatMap { (try? EnvelopeCodec.decodeAll($0.payload)) ?? [] }.compactMap { $0.primaryKey.first?.value.int64 })
+        }
+        let acked = sent.filter { $0.shard == 1 || $0.shard == 3 }.enumerated().filter { $0.offset % 3 != 1 }.map(\.element)
+        try c.nodes[0].publishAcknowledged(tokens: acked.map(\.token))
+        let log = quoteIdentifier(Bookkeeping.changeLog("users")), global = quoteIdentifier(Bookkeeping.globalLog)
+        let key = quoteIdentifier(Bookkeeping.valueColumn("id"))
+        let published = try c.apps[0].query("""
+            SELECT c.\(key) FROM \(global) g JOIN \(log) c ON c.id = g.change_table_id WHERE g.state = 1
+            """).compactMap { $0[0].int64 }
+        #expect(published.count == keys(acked).count)
+        #expect(Set(published) == keys(acked))
+        #expect(try c.pendingChanges(0) == 300 - keys(acked).count)
+        #expect(ReplicationNode.contiguousRuns([7, 3, 4, 5, 9, 4]) == [3...5, 7...7, 9...9])
+    }
+
     /// `publishPagesPerCall = 1` (the cost model's setting, so simulated time passes between pages): a call reads one
     /// page of a backlog and asks to go on (`publishContinue`); each time it goes on it reads the next, and the last
     /// page asks nothing more. The backlog goes out once, in order, as in the live node's one call.
