@@ -12,6 +12,10 @@ public struct Scenario: Sendable, Equatable {
 
     // Workload.
     public var keys = 40
+    /// Tables the writes spread over: `kv` and, past 1, `kv2` ... `kvN` of the same columns, each write (or
+    /// transaction) to one drawn evenly (the "many tables" shape). The oracle judges `kv`; the other tables must
+    /// end equal on every node (`schema-convergence`), and every table's writes count for capacity figures.
+    public var tables = 1
     public var writeIntervalMsMin: Int64 = 20
     public var writeIntervalMsMax: Int64 = 200
     /// Application transactions each writing node commits, one after the other, at each step of the workload: rates

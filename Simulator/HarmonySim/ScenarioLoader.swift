@@ -21,7 +21,7 @@ public enum ScenarioLoader {
             s.quiesceWithinMs = Int64(try bounded(t, "quiesce_within_ms", Int(s.quiesceWithinMs), 100...86_400_000))
         }
         if let t = try root.table("workload") {
-            try t.rejectUnknownKeys(allowed: ["keys", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
+            try t.rejectUnknownKeys(allowed: ["keys", "tables", "write_interval_ms_min", "write_interval_ms_max", "insert_weight", "update_weight",
                                               "delete_weight", "key_change_weight", "transaction_weight", "transaction_ops_max",
                                               "writes_racing_alter", "large_value_permille", "large_value_bytes", "oversized_value_permille",
                                               "ddl_interval_ms", "ddl_kinds", "bulk_rows", "bulk_batch", "writer_node",
@@ -31,6 +31,7 @@ public enum ScenarioLoader {
             let writer = try bounded(t, "writer_node", 0, 0...s.nodes)
             s.writerNodes = writer == 0 ? [] : [writer]
             s.keys = try bounded(t, "keys", s.keys, 1...1_000_000)
+            s.tables = try bounded(t, "tables", s.tables, 1...100)
             s.writeIntervalMsMin = Int64(try bounded(t, "write_interval_ms_min", Int(s.writeIntervalMsMin), 1...3_600_000))
             s.writeIntervalMsMax = Int64(try bounded(t, "write_interval_ms_max", Int(s.writeIntervalMsMax), Int(s.writeIntervalMsMin)...3_600_000))
             s.insertWeight = try bounded(t, "insert_weight", s.insertWeight, 0...1000)
@@ -223,6 +224,7 @@ public enum ScenarioWriter {
 
             [workload]
             keys = \(s.keys)
+            tables = \(s.tables)
             write_interval_ms_min = \(s.writeIntervalMsMin)
             write_interval_ms_max = \(s.writeIntervalMsMax)
             insert_weight = \(s.insertWeight)

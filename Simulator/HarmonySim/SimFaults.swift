@@ -192,7 +192,7 @@ extension Simulation {
         for key in keys.sorted() {
             guard let v = try? versionOf(app, key: key), !v.deleted else { continue }
             // Captured with no write behind it, such a row must lose to every real write of its key.
-            let earlier = history.filter { $0.key == key && !versionlessCaptures.contains($0.version) }
+            let earlier = history.filter { $0.table == "kv" && $0.key == key && !versionlessCaptures.contains($0.version) }
             if let newest = earlier.max(by: { $0.version < $1.version }), newest.version < v.version {
                 violations.append("node \(n.id): key \(key), written while capture was absent, got version \(v.version), above the real write \(newest.version) by node \(newest.node): it overrides cluster state")
             }

@@ -10,7 +10,8 @@ extension Simulation {
     func publish(from node: Int, _ message: OutgoingMessage) {
         let n = nodes[node - 1]
         if message.messageID.hasSuffix("-ahead"), let records = try? EnvelopeCodec.decodeAll(message.payload) {
-            for record in records where record.table == "kv" { n.sentAheadRows[record.version.hlc] = record }
+            let tables = Set(workloadTables)
+            for record in records where tables.contains(record.table) { n.sentAheadRows[record.version.hlc] = record }
         }
         if n.canSend && serverUp {
             let departsUs = publishDepartureUs(node: node, message)

@@ -5,6 +5,7 @@ import HarmonySQLite
 /// A committed application write waiting for its version: its capture-queue id, and the row it left.
 struct PendingCapture {
     var queueID: Int64
+    var table = "kv"
     var key: Int64
     var deleted: Bool
     var row: [DatabaseValue]?

@@ -7,6 +7,9 @@ import HarmonySQLite
 /// The application on every node: plain SQL writes through its own connection, each committed write recorded
 /// with the version it got (the history the checkers judge against).
 extension Simulation {
+    /// The tables the workload writes: `kv`, then `kv2` ... (`Scenario.tables`).
+    var workloadTables: [String] { ["kv"] + (1..<max(1, scenario.tables)).map { "kv\($0 + 1)" } }
+
     /// `slot` of `slots`: its place among the writes the node makes this millisecond (for the lock model's timeline).
     func performWrite(_ node: SimNode, slot: Int = 0, of slots: Int = 1) {
         guard node.app != nil else { return }
@@ -40,7 +43,9 @@ extension Simulation {
             runWrite(node, ops: [0], keys: keys, newKeys: newKeys, valueBytes: scenario.maxRowBytes + 1)
             push(.correctOversized(node: node.id, key: keys[0]), at: nowMs + 200)
         } else {
-            runWrite(node, ops: ops, keys: keys, newKeys: newKeys)
+            // Drawn only with several tables, so single-table scenarios replay as before.
+            let table = scenario.tables > 1 ? workloadTables[Int(workRandom.below(UInt64(scenario.tables)))] : "kv"
+            runWrite(node, ops: ops, keys: keys, newKeys: newKeys, table: table)
         }
         if let commitUs = scenario.costs?.appCommitUs, commitUs > 0 {
             writeLock.applicationCommitted(node: node.id, atMs: nowMs, slot: slot, of: slots, commitUs: commitUs)
@@ -65,7 +70,8 @@ extension Simulation {
 
     /// One application transaction of `ops` (0 insert, 1 update, 2 delete, 3 key change) on `keys`, recorded in the
     /// history with the versions it got. `valueBytes`: the written values' length, instead of the usual short tag.
-    func runWrite(_ node: SimNode, ops: [Int], keys: [Int64], newKeys: [Int64], valueBytes: Int? = nil) {
+    /// `table`: `kv` or another of the workload's tables (which never gain the ALTER scenarios' extra column).
+    func runWrite(_ node: SimNode, ops: [Int], keys: [Int64], newKeys: [Int64], valueBytes: Int? = nil, table: String = "kv") {
         guard let app = node.app else { return }
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
         let touched = Set(keys + newKeys.filter { $0 > 0 }).sorted()
@@ -82,40 +88,41 @@ extension Simulation {
                     let large = valueBytes == nil && scenario.largeValuePermille > 0 && workRandom.chance(permille: scenario.largeValuePermille)
                     let length = valueBytes ?? (large ? scenario.largeValueBytes : 0)
                     let value = DatabaseValue.text(tag + String(repeating: "L", count: length))
+                    let extra = node.hasExtraColumn && table == "kv"
                     switch op {
                     case 0:
-                        if node.hasExtraColumn {
+                        if extra {
                             try writer.execute("INSERT INTO kv (k, v, n, extra) VALUES (?, ?, 1, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1, extra = excluded.extra",
                                             [.integer(key), value, value])
                         } else {
-                            try writer.execute("INSERT INTO kv (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
+                            try writer.execute("INSERT INTO \(table) (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = n + 1",
                                             [.integer(key), value])
                         }
                     case 1:
-                        if node.hasExtraColumn {
+                        if extra {
                             try writer.execute("UPDATE kv SET v = ?, n = n + 1, extra = ? WHERE k = ?", [value, value, .integer(key)])
                         } else {
-                            try writer.execute("UPDATE kv SET v = ?, n = n + 1 WHERE k = ?", [value, .integer(key)])
+                            try writer.execute("UPDATE \(table) SET v = ?, n = n + 1 WHERE k = ?", [value, .integer(key)])
                         }
                     case 2:
-                        try writer.execute("DELETE FROM kv WHERE k = ?", [.integer(key)])
+                        try writer.execute("DELETE FROM \(table) WHERE k = ?", [.integer(key)])
                     default:
                         // Move the row to a free key, as an application renumbering or merging records would.
-                        try writer.execute("UPDATE kv SET k = ?1, v = ?2, n = n + 1 WHERE k = ?3 AND NOT EXISTS (SELECT 1 FROM kv WHERE k = ?1)",
+                        try writer.execute("UPDATE \(table) SET k = ?1, v = ?2, n = n + 1 WHERE k = ?3 AND NOT EXISTS (SELECT 1 FROM \(table) WHERE k = ?1)",
                                         [.integer(newKeys[i]), value, .integer(key)])
                     }
                 }
             }
             // Per key, the transaction's last queued change: earlier ones of the same key are superseded, never sent.
             if let queuedBefore {
-                var last: [Int64: (id: Int64, deleted: Bool)] = [:]
-                for change in try queuedChanges(app, after: queuedBefore) { last[change.key] = (change.id, change.deleted) }
-                for (key, change) in last.sorted(by: { $0.value.id < $1.value.id }) {
-                    let row = change.deleted ? nil : try app.query("SELECT * FROM kv WHERE k = ?", [.integer(key)]).first
-                    node.pendingCaptures.append(PendingCapture(queueID: change.id, key: key, deleted: change.deleted, row: row, atMs: nowMs))
+                var last: [String: (id: Int64, table: String, key: Int64, deleted: Bool)] = [:]
+                for change in try queuedChanges(app, after: queuedBefore) { last["\(change.table) \(change.key)"] = (change.id, change.table, change.key, change.deleted) }
+                for change in last.values.sorted(by: { $0.id < $1.id }) {
+                    let row = change.deleted ? nil : try app.query("SELECT * FROM \(change.table) WHERE k = ?", [.integer(change.key)]).first
+                    node.pendingCaptures.append(PendingCapture(queueID: change.id, table: change.table, key: change.key, deleted: change.deleted, row: row, atMs: nowMs))
                 }
             }
-            trace("node \(node.id) write ops \(ops) keys \(keys)\(newKeys.contains { $0 > 0 } ? " to \(newKeys)" : "")\(valueBytes.map { " of \($0) bytes" } ?? "")")
+            trace("node \(node.id) write ops \(ops) keys \(keys)\(newKeys.contains { $0 > 0 } ? " to \(newKeys)" : "")\(valueBytes.map { " of \($0) bytes" } ?? "")\(table == "kv" ? "" : " in \(table)")")
         } catch {
             violations.append("node \(node.id): application write failed: \(error)")
         }
@@ -127,10 +134,11 @@ extension Simulation {
         return try db.scalar("SELECT coalesce(max(id), 0) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? 0
     }
 
-    /// The changes to `kv` the triggers queued after `id`, in commit order.
-    func queuedChanges(_ db: Database, after id: Int64) throws -> [(id: Int64, key: Int64, deleted: Bool)] {
-        try db.query("SELECT id, k1, type FROM \(quoteIdentifier(Bookkeeping.captureQueue)) WHERE id > ? AND table_name = 'kv' ORDER BY id",
-                     [.integer(id)]).map { ($0[0].int64 ?? 0, $0[1].int64 ?? 0, $0[2].string == "delete") }
+    /// The changes to the workload's tables the triggers queued after `id`, in commit order.
+    func queuedChanges(_ db: Database, after id: Int64) throws -> [(id: Int64, table: String, key: Int64, deleted: Bool)] {
+        let tables = workloadTables.map(quoteLiteral).joined(separator: ", ")
+        return try db.query("SELECT id, table_name, k1, type FROM \(quoteIdentifier(Bookkeeping.captureQueue)) WHERE id > ? AND table_name IN (\(tables)) ORDER BY id",
+                            [.integer(id)]).map { ($0[0].int64 ?? 0, $0[1].string ?? "kv", $0[2].int64 ?? 0, $0[3].string == "delete") }
     }
 
     /// The core sent queued writes ahead of their stamp: they join the history now, under the versions sent (the
@@ -149,7 +157,7 @@ extension Simulation {
             node.pendingCaptures[i].aheadHLC = hlc
             // The row sent must be the one this write left: a later write's row under this version would be a state
             // of the row that never had this version anywhere.
-            if let sent = node.sentAheadRows[hlc] {
+            if let sent = node.sentAheadRows[hlc], sent.table == capture.table {
                 let sentRow = sent.operation == .delete ? nil : sent.row.map(\.value)
                 let same = switch (sentRow, capture.row) {
                 case (nil, nil): true
@@ -161,7 +169,7 @@ extension Simulation {
                 }
             }
             history.append(WriteRecord(node: node.id, key: capture.key, version: RowVersion(hlc: hlc, node: Int64(node.id)),
-                                       row: capture.row, atMs: capture.atMs))
+                                       row: capture.row, atMs: capture.atMs, table: capture.table))
         }
     }
 
@@ -188,9 +196,9 @@ extension Simulation {
                     violations.append("node \(node.id) sent its write of key \(capture.key) (queue id \(capture.queueID)) ahead of its stamp as version \(RowVersion(hlc: ahead, node: Int64(node.id))), then stamped it \(version)")
                 }
             } else {
-                history.append(WriteRecord(node: node.id, key: capture.key, version: version, row: capture.row, atMs: capture.atMs))
+                history.append(WriteRecord(node: node.id, key: capture.key, version: version, row: capture.row, atMs: capture.atMs, table: capture.table))
             }
-            if scenario.costs != nil, scenario.bulkRows > 0, capture.key > Int64(scenario.keys) { bulkVersions.insert(version) }
+            if scenario.costs != nil, scenario.bulkRows > 0, capture.table == "kv", capture.key > Int64(scenario.keys) { bulkVersions.insert(version) }
             if version.hlc <= node.maxAppliedHLC {
                 violations.append("causality: node \(node.id) wrote key \(capture.key) at \(capture.atMs) ms and stamped it at \(nowMs) ms with version \(version), not above \(RowVersion(hlc: node.maxAppliedHLC, node: 0).description) it had applied")
             }
@@ -217,9 +225,9 @@ extension Simulation {
         }
         let known = Dictionary(node.pendingCaptures.map { ($0.queueID, $0) }, uniquingKeysWith: { a, _ in a })
         node.pendingCaptures = try queuedChanges(app, after: 0).map { change in
-            if let capture = known[change.id], capture.key == change.key, capture.deleted == change.deleted { return capture }
-            let row = change.deleted ? nil : try app.query("SELECT * FROM kv WHERE k = ?", [.integer(change.key)]).first
-            return PendingCapture(queueID: change.id, key: change.key, deleted: change.deleted, row: row, atMs: nowMs)
+            if let capture = known[change.id], capture.table == change.table, capture.key == change.key, capture.deleted == change.deleted { return capture }
+            let row = change.deleted ? nil : try app.query("SELECT * FROM \(change.table) WHERE k = ?", [.integer(change.key)]).first
+            return PendingCapture(queueID: change.id, table: change.table, key: change.key, deleted: change.deleted, row: row, atMs: nowMs)
         }
     }
 

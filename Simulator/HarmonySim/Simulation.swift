@@ -12,6 +12,8 @@ public struct WriteRecord: Sendable {
     /// The whole row after the write, or nil when the write deleted it.
     public var row: [DatabaseValue]?
     public var atMs: Int64
+    /// `kv`, or another of the workload's tables (`Scenario.tables`).
+    public var table = "kv"
 }
 
 enum SimEvent {
@@ -289,6 +291,9 @@ public final class Simulation {
             try app.execute("PRAGMA synchronous=NORMAL")
             try app.disableCheckpointOnClose()
             try app.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
+            for table in workloadTables.dropFirst() {
+                try app.execute("CREATE TABLE IF NOT EXISTS \(table) (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
+            }
             node.app = app
             if scenario.smallWritesOwnConnection {
                 let second = try node.vfs.opener.open(path: node.databasePath)

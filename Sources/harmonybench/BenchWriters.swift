@@ -3,8 +3,9 @@ import Foundation
 import HarmonySQLite
 import Synchronization
 
-/// One application writer per node of a bench cluster: single-row upserts of random keys into `kv`, through
-/// `SQLiteOpener` (WAL, synchronous=FULL) as an application would, until stopped.
+/// One application writer per node of a bench cluster: single-row upserts of random keys into `kv` (or, with
+/// `tables` above 1, into one of `kv`, `kv2` ... drawn evenly), through `SQLiteOpener` (WAL, synchronous=FULL) as an
+/// application would, until stopped.
 final class BenchWriters: @unchecked Sendable {
     private let stopFlag = Atomic<Bool>(false)
     private let count = Atomic<Int>(0)
@@ -15,7 +16,7 @@ final class BenchWriters: @unchecked Sendable {
 
     /// `intervalSeconds`: the gap each writer leaves after a write, drawn evenly from the range; with `openLoop`, the
     /// writes are instead scheduled at that mean rate from the start, so a slow commit is caught up, not skipped.
-    init(cluster: BenchCluster, nodes: [Int], keys: Int, intervalSeconds: ClosedRange<Double>, openLoop: Bool = false) {
+    init(cluster: BenchCluster, nodes: [Int], keys: Int, tables: Int = 1, intervalSeconds: ClosedRange<Double>, openLoop: Bool = false) {
         for node in nodes {
             let path = cluster.dbPath(node)
             done.enter()
@@ -23,7 +24,9 @@ final class BenchWriters: @unchecked Sendable {
                 defer { done.leave() }
                 do {
                     let db = try SQLiteOpener().open(path: path)
-                    let upsert = try db.prepare("INSERT INTO kv (id, v) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET v = excluded.v")
+                    let upserts = try BenchTables.names(tables).map { table in
+                        try db.prepare("INSERT INTO \(table) (id, v) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET v = excluded.v")
+                    }
                     var n = 0
                     var next = Date()
                     while !stopFlag.load(ordering: .relaxed) {
@@ -33,7 +36,7 @@ final class BenchWriters: @unchecked Sendable {
                         let began = DispatchTime.now().uptimeNanoseconds
                         try db.execute("BEGIN IMMEDIATE")
                         let locked = DispatchTime.now().uptimeNanoseconds
-                        try upsert.execute([.integer(Int64.random(in: 1...Int64(keys))), .text("n\(node)w\(n)")])
+                        try upserts[Int.random(in: 0..<upserts.count)].execute([.integer(Int64.random(in: 1...Int64(keys))), .text("n\(node)w\(n)")])
                         try db.execute("COMMIT")
                         let committed = DispatchTime.now().uptimeNanoseconds
                         waitNs.add(Int(locked - began), ordering: .relaxed)
@@ -72,11 +75,23 @@ final class BenchWriters: @unchecked Sendable {
     }
 }
 
-/// Read-only views of a bench cluster's databases, to tell when every node holds the same rows of `kv`.
+/// The tables the writers spread over: `kv`, then `kv2` ... `kvN`, the same columns.
+enum BenchTables {
+    static func names(_ count: Int) -> [String] { ["kv"] + (1..<max(1, count)).map { "kv\($0 + 1)" } }
+
+    static func schema(_ count: Int) -> String {
+        names(count).map { "CREATE TABLE \($0) (id INTEGER PRIMARY KEY, v TEXT NOT NULL);" }.joined(separator: "\n")
+    }
+}
+
+/// Read-only views of a bench cluster's databases, to tell when every node holds the same rows of `kv` (and of the
+/// writers' other tables).
 struct BenchReaders {
     let databases: [Database]
+    let tables: [String]
 
-    init(cluster: BenchCluster, nodes: ClosedRange<Int>) throws {
+    init(cluster: BenchCluster, nodes: ClosedRange<Int>, tables: Int = 1) throws {
+        self.tables = BenchTables.names(tables)
         databases = try nodes.map { i in
             let db = try Database.readOnly(path: cluster.dbPath(i))
             try db.setBusyTimeout(ms: 5_000)  // a reader can meet a checkpoint's brief lock
@@ -85,7 +100,9 @@ struct BenchReaders {
     }
 
     func content(_ db: Database) throws -> String {
-        try db.scalar("SELECT count(*) || '|' || coalesce(group_concat(id || '=' || v, ','), '') FROM (SELECT id, v FROM kv ORDER BY id)")?.string ?? ""
+        try tables.map { table in
+            try db.scalar("SELECT count(*) || '|' || coalesce(group_concat(id || '=' || v, ','), '') FROM (SELECT id, v FROM \(table) ORDER BY id)")?.string ?? ""
+        }.joined(separator: "\n")
     }
 
     var allEqual: Bool {

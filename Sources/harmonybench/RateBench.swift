@@ -11,6 +11,7 @@ struct RateBench: ParsableCommand {
 
     @Option(help: "Offered rates, writes per second over all three nodes, comma-separated.") var rates = "300,600,1200,1800,2400"
     @Option(help: "Keys the writers share: 10 for the hot-keys shape, 100000 for uniform.") var keys = 10
+    @Option(help: "Tables the writes spread over (kv, kv2 ...), each write to one drawn evenly: 20 for the many-tables shape.") var tables = 1
     @Option(help: "Shards.") var shards = 1
     @Option(help: "Seconds of writing at each rate.") var seconds = 10.0
     @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
@@ -34,21 +35,22 @@ struct RateBench: ParsableCommand {
     func run() throws {
         let offered = rates.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }.filter { $0 > 0 }
         guard !offered.isEmpty, seconds > 0 else { throw ValidationError("give at least one positive rate and a positive --seconds") }
+        guard (1...100).contains(tables) else { throw ValidationError("--tables must be between 1 and 100, got \(tables)") }
         let settleLimitMs = max(1_000, seconds * 100)
         var runs: [Run] = []
         for rate in offered {
-            let cluster = try BenchCluster(nodes: 3, shards: shards, schema: "CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+            let cluster = try BenchCluster(nodes: 3, shards: shards, schema: BenchTables.schema(tables),
                                            binary: binary, metrics: true)
             defer { cluster.stop() }
             let batchesBefore = try cluster.appliedBatches()
             let cpuBefore = try cluster.cpuSeconds()
             // Each node a third of the rate, scheduled (open loop) so a slow commit is caught up, not skipped.
             let mean = 3.0 / Double(rate)
-            let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
+            let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, tables: tables, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
             Thread.sleep(forTimeInterval: seconds)
             try writers.stop()
             let stopped = Date()
-            let check = try BenchReaders(cluster: cluster, nodes: 1...3)
+            let check = try BenchReaders(cluster: cluster, nodes: 1...3, tables: tables)
             var settled: Double? = nil
             do {
                 try waitFor(seconds: 120, "every node to hold the same rows once the writes stop") { try check.allEqual }
@@ -81,9 +83,9 @@ struct RateBench: ParsableCommand {
         let text = """
             # Sustainable write rate, live
 
-            Command: `swift build -c release && .build/release/harmonybench rate --rates \(rates) --keys \(keys) --shards \(shards) --seconds \(seconds)`
+            Command: `swift build -c release && .build/release/harmonybench rate --rates \(rates) --keys \(keys)\(tables > 1 ? " --tables \(tables)" : "") --shards \(shards) --seconds \(seconds)`
             Machine: \(machineDescription()); SQLite \(sqliteVersion()); one nats-server and 3 harmonylite processes on it.
-            Every node's application upserts random keys of \(keys) (single-row autocommit, WAL, synchronous=FULL) at a third
+            Every node's application upserts random keys of \(keys)\(tables > 1 ? " in one of \(tables) tables drawn evenly" : "") (single-row autocommit, WAL, synchronous=FULL) at a third
             of the offered rate, open loop, for \(seconds) s. Kept up with: every node holds the same rows within
             \(Int(settleLimitMs)) ms of the writes stopping (a tenth of the writing, at least 1 s: `--find-rate`'s criterion).
 
