@@ -132,14 +132,7 @@ struct CostModelTests {
         var costs = Self.profile
         costs.cores = 0
         let sim = try Simulation(scenario: Self.bulk(costs), seed: 1)
-        let messages = try (0..<10).map { m in
-            let records = (0..<200).map { i in
-                ChangeRecord(originNode: 1, table: "kv", operation: .upsert, primaryKey: [.init("k", .integer(Int64(m * 200 + i)))],
-                             row: [.init("k", .integer(Int64(m * 200 + i))), .init("v", .text(String(repeating: "x", count: 60)))],
-                             version: RowVersion(hlc: Int64(m * 200 + i + 1), node: 1), schemaHash: "h")
-            }
-            return IncomingMessage(sequence: UInt64(m + 1), payload: try EnvelopeCodec.encodeBatch(records))
-        }
+        let messages = try Self.tenMessagesOf200Changes()
         // What the core reported applied in this call, at 0 ms: three messages make a chunk (see the test above).
         for v in 1...2_000 { sim.recordApplied(node: 2, RowVersion(hlc: Int64(v), node: 1)) }
         sim.chargeApply(node: 2, messages)
@@ -212,14 +205,7 @@ struct CostModelTests {
         costs.cores = 0  // no sharing: the figures are the costs themselves
         let sim = try Simulation(scenario: Self.bulk(costs), seed: 1)
         // Ten messages of 200 changes each (about 18 KiB) from node 1: three fit in a chunk, so four chunks.
-        let messages = try (0..<10).map { m in
-            let records = (0..<200).map { i in
-                ChangeRecord(originNode: 1, table: "kv", operation: .upsert, primaryKey: [.init("k", .integer(Int64(m * 200 + i)))],
-                             row: [.init("k", .integer(Int64(m * 200 + i))), .init("v", .text(String(repeating: "x", count: 60)))],
-                             version: RowVersion(hlc: Int64(m * 200 + i + 1), node: 1), schemaHash: "h")
-            }
-            return IncomingMessage(sequence: UInt64(m + 1), payload: try EnvelopeCodec.encodeBatch(records))
-        }
+        let messages = try Self.tenMessagesOf200Changes()
         #expect(messages.allSatisfy { (Simulation.applyChunkBytes / 4..<Simulation.applyChunkBytes / 3).contains($0.payload.count) })
         sim.chargeApply(node: 2, messages)
         let chunk = costs.applyBatchUs + 3 * (costs.runtimeApplyMessageUs + 200 * costs.applyChangeUs)
@@ -348,6 +334,18 @@ struct CostModelTests {
     }
 
     static func percentile50(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+
+    /// Ten messages of 200 changes each from node 1 (about 18 KiB each, so three fit in a 64 KiB chunk), versions 1...2000.
+    static func tenMessagesOf200Changes() throws -> [IncomingMessage] {
+        try (0..<10).map { m in
+            let records = (0..<200).map { i in
+                ChangeRecord(originNode: 1, table: "kv", operation: .upsert, primaryKey: [.init("k", .integer(Int64(m * 200 + i)))],
+                             row: [.init("k", .integer(Int64(m * 200 + i))), .init("v", .text(String(repeating: "x", count: 60)))],
+                             version: RowVersion(hlc: Int64(m * 200 + i + 1), node: 1), schemaHash: "h")
+            }
+            return IncomingMessage(sequence: UInt64(m + 1), payload: try EnvelopeCodec.encodeBatch(records))
+        }
+    }
 
     /// A look costs its own work (its stamp transaction) on top of its changes and messages, and so does marking
     /// messages published when their acks come (whose transaction stamps the commits queued meanwhile, which then
