@@ -111,4 +111,18 @@ extension Calibrate {
         guard total.commits > 0 else { throw ValidationError("no application commit in \(seconds) s") }
         return Double(total.ns) / 1_000 / Double(total.commits)
     }
+
+    /// The same hold while three harmonylite processes replicate what the applications write (`harmonybench rate`'s
+    /// shape at `rate` writes/s over the three nodes): the sidecars' transactions and fsyncs share the disk, so each
+    /// commit holds the lock longer than with the applications alone, and that longer hold is what the sidecars meet.
+    func measureApplicationCommitReplicating(rate: Int = 6_000, seconds: Double = 3) throws -> Double {
+        let cluster = try BenchCluster(nodes: 3, shards: 1, schema: BenchTables.schema(1), binary: binary)
+        defer { cluster.stop() }
+        let mean = 3.0 / Double(rate)
+        let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: 100_000, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
+        Thread.sleep(forTimeInterval: seconds)
+        try writers.stop()
+        guard writers.written > 0 else { throw ValidationError("no application commit in \(seconds) s beside the sidecars") }
+        return writers.averageLockHoldUs
+    }
 }
