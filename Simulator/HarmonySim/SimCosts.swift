@@ -32,8 +32,14 @@ extension Simulation {
 
     /// Changes a stored payload carries (a part of a split message counts as one), and the node that sent them.
     static func changes(_ payload: [UInt8]) -> (count: Int, origin: Int64?) {
-        guard !EnvelopeCodec.isPart(payload), let records = try? EnvelopeCodec.decodeAll(payload) else { return (1, nil) }
+        guard let records = records(payload) else { return (1, nil) }
         return (records.count, records.first?.originNode)
+    }
+
+    /// The changes a stored payload carries; nil for a part of a split message (or one that does not decode).
+    static func records(_ payload: [UInt8]) -> [ChangeRecord]? {
+        guard !EnvelopeCodec.isPart(payload) else { return nil }
+        return try? EnvelopeCodec.decodeAll(payload)
     }
 
     /// Runs `cost` microseconds of work on a serial worker (a sidecar, the server, the loader) and returns when it
@@ -185,7 +191,7 @@ extension Simulation {
     func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) -> Double? {
         guard let costs = scenario.costs else { return nil }
         var cost = 0.0, bytes = 0, lastEndUs: Double? = nil
-        var chunkMessages: [IncomingMessage] = []
+        var chunkVersions: [RowVersion] = []
         func finishChunk() {
             let total = costs.applyBatchUs + cost
             let end: Double
@@ -196,17 +202,18 @@ extension Simulation {
                 handoffsUs[node, default: []].append(end)
             }
             lastEndUs = end
-            commitVisible(node: node, chunkMessages, atUs: end)
+            commitVisible(node: node, chunkVersions, atUs: end)
             cost = 0
             bytes = 0
-            chunkMessages = []
+            chunkVersions = []
         }
         for m in messages {
             if bytes > 0 && bytes + m.payload.count > Self.applyChunkBytes { finishChunk() }
-            chunkMessages.append(m)
-            let c = Self.changes(m.payload)
-            cost += costs.applyMessageUs + (c.origin == Int64(node) ? Double(c.count) * costs.applyOwnChangeUs
-                : costs.runtimeApplyMessageUs + Double(c.count) * (costs.applyChangeUs + costs.runtimeApplyChangeUs))
+            let records = Self.records(m.payload)
+            if !applying.isEmpty { chunkVersions += records?.map(\.version) ?? [] }
+            let count = Double(records?.count ?? 1)
+            cost += costs.applyMessageUs + (records?.first?.originNode == Int64(node) ? count * costs.applyOwnChangeUs
+                : costs.runtimeApplyMessageUs + count * (costs.applyChangeUs + costs.runtimeApplyChangeUs))
             bytes += m.payload.count
         }
         if bytes > 0 || cost > 0 { finishChunk() }
@@ -245,15 +252,12 @@ extension Simulation {
         }
     }
 
-    /// The versions of `messages` applied in this call are visible on `node` once their transaction commits at
-    /// `atUs` (a reader looking then sees them at the next whole millisecond).
-    func commitVisible(node: Int, _ messages: [IncomingMessage], atUs: Double) {
-        guard !applying.isEmpty else { return }
-        for m in messages {
-            for r in (try? EnvelopeCodec.decodeAll(m.payload)) ?? [] where applying.remove(r.version) != nil {
-                appliedAtMs[r.version]?[node] = Self.ms(atUs)
-                if bulkVersions.contains(r.version) { bulkVisibleMs = max(bulkVisibleMs, Self.ms(atUs)) }
-            }
+    /// Of `versions` (a transaction's), those applied in this call are visible on `node` once it commits at `atUs`
+    /// (a reader looking then sees them at the next whole millisecond).
+    func commitVisible(node: Int, _ versions: [RowVersion], atUs: Double) {
+        for v in versions where applying.remove(v) != nil {
+            appliedAtMs[v]?[node] = Self.ms(atUs)
+            if bulkVersions.contains(v) { bulkVisibleMs = max(bulkVisibleMs, Self.ms(atUs)) }
         }
     }
 

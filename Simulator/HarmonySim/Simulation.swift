@@ -290,8 +290,7 @@ public final class Simulation {
             // A typical WAL application: commits are not fsynced until a checkpoint; a power loss can drop them.
             try app.execute("PRAGMA synchronous=NORMAL")
             try app.disableCheckpointOnClose()
-            try app.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
-            for table in workloadTables.dropFirst() {
+            for table in workloadTables {
                 try app.execute("CREATE TABLE IF NOT EXISTS \(table) (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
             }
             node.app = app
@@ -593,19 +592,14 @@ public final class Simulation {
             if !fromLine, deliveryLine[id]?.isEmpty == false {
                 return joinDeliveryLine(id, delivery, turnAtMs: deliveryTurnAtMs[id] ?? nowMs)
             }
-            if let free = sidecarFreeAtMs(id), free > nowMs {
-                return joinDeliveryLine(id, delivery, first: fromLine, turnAtMs: free)
+            /// Tries again at `ms`; with costs from the line, keeping its place (the head, if it came from there).
+            func wait(until ms: Int64) {
+                if scenario.costs != nil { return joinDeliveryLine(id, delivery, first: fromLine, turnAtMs: ms) }
+                push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: ms)
             }
-            if let later = waitsForPublishLoop(id) {
-                if scenario.costs != nil { return joinDeliveryLine(id, delivery, first: fromLine, turnAtMs: later) }
-                push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: later)
-                return
-            }
-            if let until = waitForWriteLock(.apply(node: id, shard: shard), node: id) {
-                if scenario.costs != nil { return joinDeliveryLine(id, delivery, first: fromLine, turnAtMs: until) }
-                push(.deliver(node: id, shard: shard, messages: messages, incarnation: incarnation), at: until)
-                return
-            }
+            if let free = sidecarFreeAtMs(id), free > nowMs { return wait(until: free) }
+            if let later = waitsForPublishLoop(id) { return wait(until: later) }
+            if let until = waitForWriteLock(.apply(node: id, shard: shard), node: id) { return wait(until: until) }
             trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
             applying = []
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
