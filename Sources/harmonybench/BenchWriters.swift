@@ -59,6 +59,13 @@ final class BenchWriters: @unchecked Sendable {
         }
     }
 
+    /// Writers on nodes 1-3 offering `rate` writes/s together: each node a third of it, scheduled (open loop) so a
+    /// slow commit is caught up, not skipped, as `harmonybench rate` offers its rates.
+    static func offering(_ rate: Int, on cluster: BenchCluster, keys: Int, tables: Int = 1) -> BenchWriters {
+        let mean = 3.0 / Double(rate)
+        return BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, tables: tables, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
+    }
+
     var written: Int { count.load(ordering: .relaxed) }
 
     /// Average time one write waited for SQLite's write lock, in µs.

@@ -118,8 +118,7 @@ extension Calibrate {
     func measureApplicationCommitReplicating(rate: Int = 6_000, seconds: Double = 3) throws -> Double {
         let cluster = try BenchCluster(nodes: 3, shards: 1, schema: BenchTables.schema(1), binary: binary)
         defer { cluster.stop() }
-        let mean = 3.0 / Double(rate)
-        let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: 100_000, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
+        let writers = BenchWriters.offering(rate, on: cluster, keys: 100_000)
         Thread.sleep(forTimeInterval: seconds)
         try writers.stop()
         guard writers.written > 0 else { throw ValidationError("no application commit in \(seconds) s beside the sidecars") }

@@ -44,9 +44,7 @@ struct RateBench: ParsableCommand {
             defer { cluster.stop() }
             let batchesBefore = try cluster.appliedBatches()
             let cpuBefore = try cluster.cpuSeconds()
-            // Each node a third of the rate, scheduled (open loop) so a slow commit is caught up, not skipped.
-            let mean = 3.0 / Double(rate)
-            let writers = BenchWriters(cluster: cluster, nodes: [1, 2, 3], keys: keys, tables: tables, intervalSeconds: mean * 0.5...mean * 1.5, openLoop: true)
+            let writers = BenchWriters.offering(rate, on: cluster, keys: keys, tables: tables)
             Thread.sleep(forTimeInterval: seconds)
             try writers.stop()
             let stopped = Date()
