@@ -253,6 +253,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("publish-oversized-rows", "large-rows.toml"),
         ("parts-in-memory", "large-rows.toml"),
         ("no-resubscribe-on-stall", "duplicate-node-id.toml"),
+        ("stall-ignores-gaps", "lost-delivery.toml"),
         ("backfill-at-current-time", "operations.toml"),
         ("pause-on-older-unknown-schema", "operations.toml"),
         ("ddl-last-arrival-wins", "ddl-races.toml"),

@@ -116,8 +116,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     /// The log could not tell a stream's range (unreachable, timed out); the core asks again when it next needs it.
     case streamStateUnknown(shard: Int)
     case behindLogStart(shard: Int, checkpoint: UInt64, firstSequence: UInt64)
-    /// Deliveries stopped: the stream holds up to `lastSequence`, the checkpoint stood at `checkpoint` for `forMs`.
-    case deliveryStalled(shard: Int, checkpoint: UInt64, lastSequence: UInt64, forMs: Int64)
+    /// Deliveries stopped: the stream holds up to `lastSequence`, the checkpoint stood at `checkpoint` for `forMs`;
+    /// `laterDelivered`: messages after the missing one reached this node meanwhile.
+    case deliveryStalled(shard: Int, checkpoint: UInt64, lastSequence: UInt64, forMs: Int64, laterDelivered: Bool)
     case restoreRequested
     case restoreFailed(reason: String)
     /// A snapshot replaced the database (`rows` rows in `tables` tables); replay resumes after these sequences

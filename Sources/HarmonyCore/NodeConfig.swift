@@ -61,6 +61,10 @@ public struct NodeConfig: Sendable, Equatable {
     public var storageRetryDelayMs: Int64 = 1_000
     /// How long a shard's checkpoint may stand still while its stream holds more before its consumer is recreated.
     public var deliveryStallResubscribeMs: Int64 = 60_000
+    /// How long the message after a shard's checkpoint may stay missing while later ones are delivered before the
+    /// consumer is recreated from it. Well under JetStream's ack wait (30 s), after which the server would send a lost
+    /// delivery again; longer than this node's own redelivery delays for a failed batch (`storageRetryDelayMs`).
+    public var missingDeliveryResubscribeMs: Int64 = 3_000
     /// How long a node behind the log's start waits before asking for a snapshot again.
     public var restoreRetryMs: Int64 = 5_000
     /// How long a node behind the log's start waits for a snapshot it can restore before it repairs the hole

@@ -41,6 +41,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let partsInMemory = PlantedBugs(rawValue: 1 << 17)
     /// Never recreate a consumer whose deliveries stopped while the stream holds more.
     public static let noResubscribeOnStall = PlantedBugs(rawValue: 1 << 18)
+    /// Treat a message missing while later ones arrive like any stall: wait `deliveryStallResubscribeMs` (or for the
+    /// log's ack wait) instead of `missingDeliveryResubscribeMs`.
+    public static let stallIgnoresGaps = PlantedBugs(rawValue: 1 << 14)
     /// Capture versionless rows (after a -cleanup) with the current time, as real writes: stale copies win.
     public static let backfillAtCurrentTime = PlantedBugs(rawValue: 1 << 19)
     /// Pause on every schema this node does not know, even one whose columns it all has (an older one).
@@ -169,6 +172,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("publish-oversized-rows", .publishOversizedRows),
         ("parts-in-memory", .partsInMemory),
         ("no-resubscribe-on-stall", .noResubscribeOnStall),
+        ("stall-ignores-gaps", .stallIgnoresGaps),
         ("backfill-at-current-time", .backfillAtCurrentTime),
         ("pause-on-older-unknown-schema", .pauseOnOlderUnknownSchema),
         ("ddl-last-arrival-wins", .ddlLastArrivalWins),

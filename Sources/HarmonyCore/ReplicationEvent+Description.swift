@@ -40,8 +40,10 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard) delivered message \(got) while \(expected) is next; held back, and the stream's range is checked"
         case .streamStateUnknown(let shard):
             return "shard \(shard): the log could not say which messages its stream holds; asked again later"
-        case .deliveryStalled(let shard, let checkpoint, let lastSequence, let forMs):
+        case .deliveryStalled(let shard, let checkpoint, let lastSequence, let forMs, false):
             return "shard \(shard): nothing applied past message \(checkpoint) for \(forMs / 1000) s while the stream holds up to \(lastSequence); recreating this node's consumer from \(checkpoint + 1) (another process running with this node_id, or a lost consumer, takes deliveries away)"
+        case .deliveryStalled(let shard, let checkpoint, _, let forMs, true):
+            return "shard \(shard): message \(checkpoint + 1) never arrived while later ones did, for \(Double(forMs) / 1000) s; recreating this node's consumer from it (its delivery was lost when a connection dropped, or another process running with this node_id took it)"
         case .behindLogStart(let shard, let checkpoint, let firstSequence):
             return "shard \(shard): this node applied up to message \(checkpoint) but the stream now starts at \(firstSequence); it needs a snapshot"
         case .restoreRequested:

@@ -173,8 +173,12 @@ extension ReplicationNode {
         }
         // Definitions a held-back message waits for were found further on: ask for it again now, not after the pause.
         if definitionsAppliedAhead, pausedShards[shard] != nil { env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1) }
-        // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides.
-        if gapSeen { requestStreamState(shard) }
+        // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides, and also
+        // whether the missing message has stayed missing too long (`streamStateArrived`).
+        if gapSeen {
+            if gapSince[shard]?.checkpoint != checkpoints[shard] { gapSince[shard] = (checkpoint(shard), env.clock.nowMs) }
+            requestStreamState(shard)
+        }
     }
 
     /// Messages this node sent back for later while it stamped an import: `from...through` of one shard, due again

@@ -45,6 +45,9 @@ public final class ReplicationNode {
     var streamStateRequested: Set<Int> = []
     /// Per shard: the checkpoint a stream was first seen to hold messages past, and when (node clock).
     var stalledSince: [Int: (checkpoint: UInt64, sinceMs: Int64)] = [:]
+    /// Per shard: the checkpoint at which a later message was first delivered while the next one was not, and when
+    /// (node clock). Such a message is missing, not late: the consumer has moved past it (`missingDeliveryResubscribeMs`).
+    var gapSince: [Int: (checkpoint: UInt64, sinceMs: Int64)] = [:]
     /// The snapshot this node is taking, if any, and when (node clock) the attempt began.
     var snapshotAttempt = SnapshotAttempt.idle
     var snapshotAttemptStartedMs: Int64 = 0
@@ -194,6 +197,7 @@ public final class ReplicationNode {
         partsUnacked.removeAll()
         ownEchoes.removeAll()
         streamStateRequested.removeAll()
+        gapSince.removeAll()
         snapshotAttempt = .idle
         smallCommitsPending.removeAll()
         stampWriterTail = nil
@@ -479,15 +483,33 @@ public final class ReplicationNode {
             stalledSince[shard] = nil
             return
         }
+        if let gap = gapSince[shard], gap.checkpoint == at, !config.plantedBugs.contains(.stallIgnoresGaps) {
+            // Later messages came and this one did not: the consumer moved past it (its delivery lost when a
+            // connection dropped, or taken by another process as this node). JetStream sends it again only after its
+            // ack wait (30 s), or never; every message after it waits here meanwhile.
+            let missingMs = env.clock.nowMs - gap.sinceMs
+            if missingMs >= config.missingDeliveryResubscribeMs {
+                resubscribeStalled(shard: shard, checkpoint: at, lastSequence: state.lastSequence, forMs: missingMs, laterDelivered: true)
+                return
+            }
+        }
         guard let since = stalledSince[shard], since.checkpoint == at else {
             stalledSince[shard] = (at, env.clock.nowMs)
             return
         }
         let stalledMs = env.clock.nowMs - since.sinceMs
-        guard stalledMs >= config.deliveryStallResubscribeMs, !config.plantedBugs.contains(.noResubscribeOnStall) else { return }
-        env.events?.record(.deliveryStalled(shard: shard, checkpoint: at, lastSequence: state.lastSequence, forMs: stalledMs))
+        guard stalledMs >= config.deliveryStallResubscribeMs else { return }
+        resubscribeStalled(shard: shard, checkpoint: at, lastSequence: state.lastSequence, forMs: stalledMs, laterDelivered: false)
+    }
+
+    /// Recreates a shard's consumer from the message after its checkpoint: deliveries stopped reaching this node.
+    private func resubscribeStalled(shard: Int, checkpoint: UInt64, lastSequence: UInt64, forMs: Int64, laterDelivered: Bool) {
+        guard !config.plantedBugs.contains(.noResubscribeOnStall) else { return }
+        env.events?.record(.deliveryStalled(shard: shard, checkpoint: checkpoint, lastSequence: lastSequence, forMs: forMs,
+                                            laterDelivered: laterDelivered))
         stalledSince[shard] = nil
-        env.log.subscribe(shard: shard, fromSequence: at + 1)
+        gapSince[shard] = nil
+        env.log.subscribe(shard: shard, fromSequence: checkpoint + 1)
     }
 
     /// Lets the simulator crash the node between two durable steps.

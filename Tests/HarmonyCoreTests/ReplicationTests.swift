@@ -246,9 +246,9 @@ struct ReplicationTests {
 
 @Suite("Deliveries that stop reaching a node")
 struct DeliveryStallTests {
-    /// Another process consuming as this node (a duplicate node_id) acks messages this node never sees; the
-    /// stream still holds them but the consumer never redelivers them. Once the checkpoint has stood still for
-    /// `deliveryStallResubscribeMs` while the stream holds more, the node recreates its consumer from checkpoint + 1.
+    /// Another process consuming as this node (a duplicate node_id) took and acked every message this node would
+    /// have had: nothing reaches it, so it sees no gap, while the stream holds more. Once the checkpoint has stood
+    /// still for `deliveryStallResubscribeMs`, the node recreates its consumer from checkpoint + 1.
     @Test(arguments: [false, true])
     func stalledShardRecreatesItsConsumer(plantedBug: Bool) throws {
         let c = try TestCluster(nodes: 2, schema: usersSchema) {
@@ -256,8 +256,8 @@ struct DeliveryStallTests {
             if plantedBug { $0.plantedBugs.insert(.noResubscribeOnStall) }
         }
         for k in 1...6 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'x', 0)", [.integer(Int64(k))]) ; try c.publish(0) }
-        // The impostor took messages 1...3 and acked them: node 1's consumer now starts at 4.
-        c.ports[1].deliverFrom[1] = 4
+        // The impostor took messages 1...6 and acked them: node 1's consumer has nothing left to deliver.
+        c.ports[1].deliverFrom[1] = 7
         try c.deliver(1)
         #expect(c.nodes[1].checkpoint(1) == 0)
         // Periodic range checks: the first notes the stall, a later one past the limit acts on it.
@@ -265,10 +265,39 @@ struct DeliveryStallTests {
             _ = c.clocks[1].advance(byMs: 6_000)
             try c.nodes[1].timerFired(.cleanup)
             c.answerStreamStates(1)
-            if step == 0 { #expect(c.ports[1].deliverFrom[1] == 4) }
+            if step == 0 { #expect(c.ports[1].deliverFrom[1] == 7) }
         }
         try c.deliver(1)
         #expect(c.nodes[1].checkpoint(1) == (plantedBug ? 0 : 6))
-        #expect(c.events[1].events.contains { if case .deliveryStalled(1, 0, 6, _) = $0 { return true } else { return false } } == !plantedBug)
+        #expect(c.events[1].events.contains {
+            if case .deliveryStalled(1, 0, 6, _, false) = $0 { return true } else { return false }
+        } == !plantedBug)
+    }
+
+    /// The answer to a fetch was lost when the connection dropped (a partition began): the consumer moved past
+    /// message 1 and delivers 2...6, each held back behind the missing one, and JetStream would send message 1 again
+    /// only after its ack wait (30 s). Once it has stayed missing for `missingDeliveryResubscribeMs` while later ones
+    /// came, the node recreates its consumer from it; the slow stall check (60 s) would wait on.
+    @Test(arguments: [false, true])
+    func missingDeliveryRecreatesTheConsumerSoon(plantedBug: Bool) throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) {
+            if plantedBug { $0.plantedBugs.insert(.stallIgnoresGaps) }
+        }
+        for k in 1...6 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'x', 0)", [.integer(Int64(k))]) ; try c.publish(0) }
+        c.ports[1].deliverFrom[1] = 2
+        // Later messages keep coming (each redelivery of what was held back shows the gap again).
+        for _ in 0..<2 {
+            try c.deliver(1)
+            #expect(c.nodes[1].checkpoint(1) == 0)
+            #expect(c.ports[1].deliverFrom[1] == 2)
+            _ = c.clocks[1].advance(byMs: 1_600)
+        }
+        try c.deliver(1)
+        try c.deliver(1)
+        #expect(c.nodes[1].checkpoint(1) == (plantedBug ? 0 : 6))
+        #expect(c.events[1].events.contains {
+            if case .deliveryStalled(1, 0, 6, 3_200, true) = $0 { return true } else { return false }
+        } == !plantedBug)
+        #expect(!c.events[1].events.contains { if case .deliveryStalled(_, _, _, _, false) = $0 { return true } else { return false } })
     }
 }
