@@ -111,9 +111,12 @@ extension ChangeCapture {
             let parts = linked.map { entry in
                 "SELECT id, \(quoteLiteral(entry.table)) AS t, hlc FROM \(q(Bookkeeping.changeLog(entry.table))) WHERE id >= \(entry.firstNewID)"
             }
+            // One table written under one epoch (a bulk load): its log ids were given in queue order, whose versions
+            // increase with it, so id order is version order and SQLite needs no sort.
+            let order = linked.count == 1 && stamps.groups.count == 1 ? "id" : "hlc"
             try db.execute("""
                 INSERT INTO \(q(Bookkeeping.globalLog)) (change_table_id, table_name)
-                SELECT id, t FROM (\(parts.joined(separator: " UNION ALL "))) ORDER BY hlc
+                SELECT id, t FROM (\(parts.joined(separator: " UNION ALL "))) ORDER BY \(order)
                 """)
             if !smallQueueIDs.isEmpty {
                 smallCommits = try globalIDs(db, versions: smallQueueIDs.compactMap { stamps.version(of: $0) }, tables: linked.map(\.table),
@@ -121,8 +124,9 @@ extension ChangeCapture {
             }
         }
         try db.execute("UPDATE \(clock) SET hlc = max(hlc, ?)", [.integer(newest)])
-        if limit == nil {
-            // No WHERE: SQLite empties the whole table at once, and inside this write transaction nothing else was queued.
+        if limit.map({ stamps.count < $0 }) ?? true {
+            // The whole queue was taken. No WHERE: SQLite empties the whole table at once, and inside this write
+            // transaction nothing else was queued.
             try db.execute("DELETE FROM \(queue)")
         } else {
             try db.execute("DELETE FROM \(queue) WHERE id <= ?", [.integer(last)])
