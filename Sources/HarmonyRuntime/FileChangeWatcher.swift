@@ -46,10 +46,30 @@ public final class FileChangeWatcher: @unchecked Sendable {
         source.resume()
     }
 
-    deinit { source.cancel() }
+    /// Queue only (`pause`, `unpause` and `cancel` are called on the watcher's queue).
+    private var paused = false
+
+    deinit { cancel() }
 
     /// Stops watching; the descriptor is closed once the source has finished its last event.
-    public func cancel() { source.cancel() }
+    public func cancel() {
+        unpause()  // libdispatch never runs the cancel handler of a suspended source, and traps releasing one
+        source.cancel()
+    }
+
+    /// Stops reading events while something else looks often anyway: the kernel keeps (and merges) them, and
+    /// `unpause` hands over what came meanwhile at once. Every event read is a thread woken, one per commit.
+    public func pause() {
+        guard !paused else { return }
+        paused = true
+        source.suspend()
+    }
+
+    public func unpause() {
+        guard paused else { return }
+        paused = false
+        source.resume()
+    }
 
     struct WatchError: Error, CustomStringConvertible {
         var description: String
@@ -185,19 +205,30 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
 
     /// A WAL commit writes its frames (inotify sees those), syncs, and only then publishes them in the `-shm`
     /// index, which is mmapped and raises no event: a look right at the event can be too early. So look now,
-    /// then every 1 ms for `followUpFastMs` and every 5 ms until `followUpWindowMs` after the last event.
+    /// then every 1 ms for `followUpFastMs` and every 5 ms until `followUpWindowMs` after the last change.
     /// A database nobody writes costs nothing.
+    ///
+    /// While the 1 ms looks run, inotify is not read: under a steady load each commit's events woke two threads (the
+    /// event, then the queue). A change a look finds counts as an event, so the 1 ms looks go on while commits do;
+    /// once they are `followUpFastMs` apart, inotify takes over again, with whatever it queued meanwhile.
     private func filesChanged() {
         check()
+        noteActivity()
+    }
+
+    private func noteActivity() {
         lastFileEventNs = DispatchTime.now().uptimeNanoseconds
         if followUpPhase != .fast {
             followUpPhase = .fast
             followUp?.schedule(deadline: .now() + .milliseconds(1), repeating: .milliseconds(1), leeway: .microseconds(250))
+            #if canImport(Glibc)
+            watcher?.pause()
+            #endif
         }
     }
 
     private func followUpFired() {
-        check()
+        if check() { noteActivity() }
         let sinceMs = (DispatchTime.now().uptimeNanoseconds &- lastFileEventNs) / 1_000_000
         if sinceMs >= Self.followUpWindowMs {
             followUpPhase = .idle
@@ -205,19 +236,27 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
         } else if sinceMs >= Self.followUpFastMs && followUpPhase == .fast {
             followUpPhase = .slow
             followUp?.schedule(deadline: .now() + .milliseconds(5), repeating: .milliseconds(5), leeway: .milliseconds(1))
+            // Commits further apart than the fast looks' window are seen by inotify again, at once.
+            #if canImport(Glibc)
+            watcher?.unpause()
+            #endif
         }
     }
 
-    /// One cheap pragma: it moves only when some other connection committed since the last look.
-    func check() {
-        guard let connection else { return }
+    /// One cheap pragma: it moves only when some other connection committed since the last look. Returns whether
+    /// it moved.
+    @discardableResult
+    func check() -> Bool {
+        guard let connection else { return false }
         do {
             let version = try connection.scalar("PRAGMA data_version")?.int64 ?? -1
-            guard version != lastDataVersion else { return }
+            guard version != lastDataVersion else { return false }
             lastDataVersion = version
             try onChange()
+            return true
         } catch {
             log.error("change detection: \(error)")
+            return false
         }
     }
 }

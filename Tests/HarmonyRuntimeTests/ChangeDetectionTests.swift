@@ -88,6 +88,57 @@ struct ChangeDetectionTests {
         #expect(wakeups.wait(ms: 200), "no wakeup within 200 ms of a WAL commit")
     }
 
+    /// A paused watcher reads nothing; unpaused, it hands over what came meanwhile at once. Cancelled while paused,
+    /// it lets go of its descriptor (libdispatch traps on releasing a suspended source).
+    @Test func aPausedWatcherHandsOverWhatCameMeanwhile() throws {
+        let dir = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/app.db"
+        let writer = try SQLiteOpener().open(path: path)
+        try writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        let queue = DispatchQueue(label: "test.pause")
+        let wakeups = Wakeups()
+        let watcher = try FileChangeWatcher(databasePath: path, queue: queue) { wakeups.hit() }
+        queue.sync { watcher.pause() }
+        try writer.execute("INSERT INTO t (id) VALUES (1)")
+        #expect(!wakeups.wait(ms: 150), "a paused watcher woke")
+        queue.sync { watcher.unpause() }
+        #expect(wakeups.wait(ms: 200), "the commit made while paused was not handed over")
+        queue.sync { watcher.pause() }
+        queue.sync { watcher.cancel() }
+    }
+
+    /// Commits every 2 ms: the monitor looks every millisecond while they come, with inotify resting, and the last
+    /// commit is still seen at once; stopped in the middle of such a stretch, it stops cleanly.
+    @Test func steadyCommitsAreSeenWhileInotifyRests() throws {
+        let dir = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/app.db"
+        let writer = try SQLiteOpener().open(path: path)
+        try writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        let reader = try Database.readOnly(path: path)
+        let queue = DispatchQueue(label: "test.steady")
+        let seen = Mutex<Int64>(0)
+        let monitor = DatabaseChangeMonitor(databasePath: path, queue: queue, safetyPollMs: nil, logger: Logger(label: "test")) {
+            let newest = try reader.scalar("SELECT coalesce(max(id), 0) FROM t")?.int64 ?? 0
+            seen.withLock { $0 = max($0, newest) }
+        }
+        try queue.sync { try monitor.start() }
+        for round in 0..<3 {
+            let first = Int64(round * 100)
+            for id in first + 1...first + 100 {
+                try writer.execute("INSERT INTO t (id) VALUES (?)", [.integer(id)])
+                Thread.sleep(forTimeInterval: 0.002)
+            }
+            let deadline = DispatchTime.now() + .milliseconds(100)
+            while seen.withLock({ $0 }) < first + 100 && DispatchTime.now() < deadline { Thread.sleep(forTimeInterval: 0.001) }
+            #expect(seen.withLock { $0 } == first + 100, "round \(round): the last commit was not seen within 100 ms")
+            // Quiet long enough for inotify to take over again (or not, in the last round: stopped while it rests).
+            if round < 2 { Thread.sleep(forTimeInterval: 0.3) }
+        }
+        queue.sync { monitor.stop() }
+    }
+
     /// Without inotify the monitor polls every few milliseconds, and a commit still wakes it quickly.
     @Test func fallsBackToPollingWithoutInotify() throws {
         let dir = try scratchDirectory()
