@@ -154,6 +154,11 @@ public struct CostModel: Sendable, Equatable {
     /// holds the write lock: charged when the stamp happens, not when the change is read (`scanChangeUs` is without it).
     /// 0: stamping costs nothing apart from reading (profiles calibrated before it was measured apart).
     public var stampChangeUs = 0.0
+    /// Each table beyond the first that a stamp's writes name (its statements per table, and reading the rows with
+    /// each table's statements to send them), and that an apply transaction's changes name (each table's B-trees).
+    /// 0: a table costs nothing of its own (profiles calibrated before it was measured).
+    public var stampTableUs = 0.0
+    public var applyTableUs = 0.0
     /// A look that finds commits, beyond its changes and messages (its stamp transaction): CPU, and wall time on top.
     public var lookUs = 0.0
     public var lookWaitUs = 0.0

@@ -151,7 +151,7 @@ public enum ScenarioLoader {
                                           "app_insert_row_us", "app_commit_us", "look_us", "look_wait_us", "ack_flush_us", "ack_flush_wait_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
                                           "publish_in_flight_max", "publish_ack_timeout_ms", "cores", "apply_own_change_us", "runtime_publish_change_us",
                                           "runtime_apply_change_us", "server_change_us", "runtime_publish_message_us",
-                                          "runtime_apply_message_us", "runtime_server_message_us", "observer_us_per_ms", "stamp_change_us"])
+                                          "runtime_apply_message_us", "runtime_server_message_us", "observer_us_per_ms", "stamp_change_us", "stamp_table_us", "apply_table_us"])
         func cost(_ key: String, _ value: Double) throws -> Double {
             guard let v = try t.double(key) ?? t.int(key).map(Double.init) else { return value }
             guard v >= 0, v < 1e9 else { throw t.error(at: key, "key '\(t.fullKey(key))' must be a cost from 0 up, got \(v)") }
@@ -171,6 +171,8 @@ public enum ScenarioLoader {
         m.appCommitUs = try cost("app_commit_us", 0)
         m.lookUs = try cost("look_us", 0)
         m.stampChangeUs = try cost("stamp_change_us", 0)
+        m.stampTableUs = try cost("stamp_table_us", 0)
+        m.applyTableUs = try cost("apply_table_us", 0)
         m.lookWaitUs = try cost("look_wait_us", 0)
         m.ackFlushUs = try cost("ack_flush_us", 0)
         m.ackFlushWaitUs = try cost("ack_flush_wait_us", 0)

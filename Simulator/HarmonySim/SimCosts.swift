@@ -123,9 +123,12 @@ extension Simulation {
 
     /// A stamp transaction of `changes` queued writes on node `node`: its sidecar's time, holding the write lock, ahead of
     /// whatever the same core call sends after it (those pages read what it stamped).
-    func chargeStamp(node: Int, changes: Int) {
-        guard let costs = scenario.costs, costs.stampChangeUs > 0, changes > 0 else { return }
-        let done = runJob(.sidecar(node), costs.stampChangeUs * Double(changes))
+    /// `tables`: how many tables the stamped writes name.
+    func chargeStamp(node: Int, changes: Int, tables: Int) {
+        guard let costs = scenario.costs, changes > 0 else { return }
+        let cost = costs.stampChangeUs * Double(changes) + costs.stampTableUs * Double(max(0, tables - 1))
+        guard cost > 0 else { return }
+        let done = runJob(.sidecar(node), cost)
         sidecarHoldsWriteLock(node, untilUs: done)
     }
 
@@ -192,8 +195,9 @@ extension Simulation {
         guard let costs = scenario.costs else { return nil }
         var cost = 0.0, bytes = 0, lastEndUs: Double? = nil
         var chunkVersions: [RowVersion] = []
+        var chunkTables: Set<String> = []
         func finishChunk() {
-            let total = costs.applyBatchUs + cost
+            let total = costs.applyBatchUs + cost + costs.applyTableUs * Double(max(0, chunkTables.count - 1))
             let end: Double
             if ahead {
                 end = runAhead(node, total, at: nowUs)
@@ -206,14 +210,17 @@ extension Simulation {
             cost = 0
             bytes = 0
             chunkVersions = []
+            chunkTables = []
         }
         for m in messages {
             if bytes > 0 && bytes + m.payload.count > Self.applyChunkBytes { finishChunk() }
             let records = Self.records(m.payload)
             if !applying.isEmpty { chunkVersions += records?.map(\.version) ?? [] }
             let count = Double(records?.count ?? 1)
-            cost += costs.applyMessageUs + (records?.first?.originNode == Int64(node) ? count * costs.applyOwnChangeUs
+            let own = records?.first?.originNode == Int64(node)
+            cost += costs.applyMessageUs + (own ? count * costs.applyOwnChangeUs
                 : costs.runtimeApplyMessageUs + count * (costs.applyChangeUs + costs.runtimeApplyChangeUs))
+            if !own, costs.applyTableUs > 0, let records { chunkTables.formUnion(records.map(\.table)) }
             bytes += m.payload.count
         }
         if bytes > 0 || cost > 0 { finishChunk() }

@@ -20,8 +20,8 @@ extension Simulation {
                 conflictsResolved += 1
             }
         case .localChangesStamped(let stamped):
-            writesStamped(nodes[node - 1], stamped)
-            chargeStamp(node: node, changes: stamped.count)
+            let tables = writesStamped(nodes[node - 1], stamped)
+            chargeStamp(node: node, changes: stamped.count, tables: tables)
         case .sentAheadOfStamp(let versions):
             writesSentAhead(nodes[node - 1], versions)
         case .hintApplied(_, _, _, let won):

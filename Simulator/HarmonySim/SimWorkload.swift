@@ -174,17 +174,20 @@ extension Simulation {
     }
 
     /// The core stamped versions on queued writes: they join the history now, and must be above every version the
-    /// node had applied (causality) and above its own earlier writes.
-    func writesStamped(_ node: SimNode, _ stamped: StampedChanges) {
+    /// node had applied (causality) and above its own earlier writes. Returns how many tables the stamped writes name.
+    @discardableResult
+    func writesStamped(_ node: SimNode, _ stamped: StampedChanges) -> Int {
         let previousLocalHLC = node.lastLocalHLC
         var unstamped = 0
         var stillQueued: [PendingCapture] = []
+        var tables: Set<String> = []
         for capture in node.pendingCaptures {
             // A stamp takes the oldest writes, up to a batch's end (publishing's own stamp may stop short).
             if capture.queueID > stamped.lastQueueID {
                 stillQueued.append(capture)
                 continue
             }
+            tables.insert(capture.table)
             guard let hlc = stamped.hlcs[capture.queueID] else {
                 unstamped += 1
                 continue
@@ -214,6 +217,7 @@ extension Simulation {
             violations.append("node \(node.id) stamped queue ids \(stamped.firstQueueID)...\(stamped.lastQueueID) at \(nowMs) ms but left \(unstamped) captured write(s) among them unstamped")
         }
         node.pendingCaptures = stillQueued
+        return tables.count
     }
 
     /// After a power loss, the queue holds what reached the disk: writes that vanished are gone, and writes whose

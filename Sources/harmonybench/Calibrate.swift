@@ -30,6 +30,7 @@ struct Calibrate: ParsableCommand {
             for round in 1...rounds {
                 var core = try measureCore().figures
                 core.merge(try measureLooks(scanChangeUs: core["scan_change_us"] ?? 0, publishMessageUs: core["publish_message_us"] ?? 0)) { a, _ in a }
+                core.merge(try measureTables()) { a, _ in a }
                 core["app_commit_us"] = try measureApplicationCommit()
                 print("round \(round): " + core.keys.sorted().map { "\($0) \(String(format: "%.2f", core[$0]!))" }.joined(separator: ", "))
             }
@@ -39,6 +40,7 @@ struct Calibrate: ParsableCommand {
             var core = try measureCore()
             core.figures.merge(try measureLooks(scanChangeUs: core.figures["scan_change_us"] ?? 0,
                                                 publishMessageUs: core.figures["publish_message_us"] ?? 0)) { a, _ in a }
+            core.figures.merge(try measureTables()) { a, _ in a }
             core.figures["app_commit_us"] = try measureApplicationCommitReplicating()
             let server = try measureServer(payloadBytes: Int(core.bytesPerChange * 128))
             var live = try measureLive(core: core.figures)
@@ -74,6 +76,11 @@ struct Calibrate: ParsableCommand {
             apply_batch_us = \(f(m["apply_batch_us"]))
             apply_message_us = \(f(m["apply_message_us"]))
             apply_change_us = \(f(m["apply_change_us"]))
+            # Each table beyond the first that a stamp's writes name (its statements per table, and reading the rows
+            # with each table's statements to send them), and that an apply transaction's changes name (each table's
+            # B-trees): CPU time, from looks of 20 single-row commits on one table against one on each of 20 tables.
+            stamp_table_us = \(f(m["stamp_table_us"]))
+            apply_table_us = \(f(m["apply_table_us"]))
             # The application inserting one row with the capture triggers, 1,000 rows per transaction.
             app_insert_row_us = \(f(m["app_insert_row_us"]))
             # How long one of the application's single-row commits holds SQLite's write lock (upsert, capture trigger,

@@ -143,6 +143,40 @@ struct CostModelTests {
         #expect(sim.appliedAtMs[RowVersion(hlc: 2_000, node: 1)]?[2] == Simulation.ms(try #require(sim.busyUntilUs[.sidecar(2)])))
     }
 
+    /// Each table beyond the first costs a stamp `stamp_table_us` and an apply transaction `apply_table_us`
+    /// (`harmonybench calibrate` measures both): a stamp of 10 writes over 5 tables costs 4 tables more than one of
+    /// 10 writes on one, and a chunk whose changes name 3 tables costs 2 more. Node 2's own messages come back
+    /// without being applied, and cost no table.
+    @Test func eachTableBeyondTheFirstCostsAStampAndAnApply() throws {
+        var costs = Self.profile
+        costs.cores = 0
+        costs.stampChangeUs = 2
+        costs.stampTableUs = 50
+        costs.applyTableUs = 20
+        let sim = try Simulation(scenario: Self.bulk(costs), seed: 1)
+        sim.chargeStamp(node: 1, changes: 10, tables: 1)
+        let oneTableUs: Double = sim.cpuUsedUs[.sidecar(1)] ?? 0
+        #expect(abs(oneTableUs - 20) < 1e-9)
+        sim.chargeStamp(node: 1, changes: 10, tables: 5)
+        let fiveTablesUs: Double = (sim.cpuUsedUs[.sidecar(1)] ?? 0) - oneTableUs
+        #expect(abs(fiveTablesUs - 220) < 1e-9, "a stamp over 5 tables: \(fiveTablesUs) µs")
+
+        func message(from node: Int64, tables: [String], sequence: UInt64) throws -> IncomingMessage {
+            let records = tables.enumerated().map { i, table in
+                ChangeRecord(originNode: node, table: table, operation: .upsert, primaryKey: [.init("k", .integer(Int64(i)))],
+                             row: [.init("k", .integer(Int64(i))), .init("v", .text("x"))],
+                             version: RowVersion(hlc: Int64(i + 1), node: node), schemaHash: "h")
+            }
+            return IncomingMessage(sequence: sequence, payload: try EnvelopeCodec.encodeBatch(records))
+        }
+        let oneTable = try sim.chargeApply(node: 2, [message(from: 1, tables: ["kv", "kv", "kv"], sequence: 1)])
+        let start = try #require(sim.busyUntilUs[.sidecar(2)])
+        let threeTables = try sim.chargeApply(node: 2, [message(from: 1, tables: ["kv", "kv2", "kv3"], sequence: 2)])
+        #expect(abs((try #require(threeTables) - start) - (try #require(oneTable) - 0) - 2 * 20) < 1e-6)
+        let own = try sim.chargeApply(node: 2, [message(from: 2, tables: ["kv", "kv2", "kv3"], sequence: 3)])
+        #expect(abs((try #require(own) - (try #require(threeTables))) - (costs.applyBatchUs + costs.applyMessageUs + 3 * costs.applyOwnChangeUs)) < 1e-6)
+    }
+
     /// The live node's fetch threads hand their batches to one serial queue, which takes them first come first
     /// served: with eight shards' batches waiting for a busy receiver, each is applied in the order it came, so none
     /// waits more than a round of the others.
@@ -488,7 +522,7 @@ struct CostModelTests {
                 "node 1's sidecar: \(with.us) µs with stamps at 3 µs a write, \(without.us) µs without")
 
         let sim = try Simulation(scenario: scenario(stampUs: 3), seed: 1)
-        sim.chargeStamp(node: 1, changes: 1_000)
+        sim.chargeStamp(node: 1, changes: 1_000, tables: 1)
         let holdUs = try #require(sim.writeLock.sidecarHoldUntilUs[1])
         #expect(holdUs >= 3_000, "a 1,000-write stamp holds the lock until \(holdUs) µs")
         sim.writeLock.applicationCommitted(node: 1, atMs: 0, slot: 0, of: 1, commitUs: 250)
