@@ -94,6 +94,11 @@ final class BenchCluster {
         try metricsPorts.map { try Calibrate.appliedBatches(directory: directory, port: $0) }
     }
 
+    /// Hints each node has applied so far (made with `metrics`).
+    func appliedHints() throws -> [Int] {
+        try metricsPorts.map { Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: directory, port: $0)) }
+    }
+
     /// Messages every shard's stream holds.
     func storedMessages() throws -> Double {
         let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(nats.port)"], name: "harmonybench"))

@@ -16,6 +16,7 @@ struct RateBench: ParsableCommand {
     @Option(help: "Seconds of writing at each rate.") var seconds = 10.0
     @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
+    @Flag(name: .customLong("no-hints"), help: "Run the nodes with replication_log.hints = false.") var noHints = false
 
     struct Run {
         var offered: Int
@@ -40,7 +41,7 @@ struct RateBench: ParsableCommand {
         var runs: [Run] = []
         for rate in offered {
             let cluster = try BenchCluster(nodes: 3, shards: shards, schema: BenchTables.schema(tables),
-                                           binary: binary, metrics: true)
+                                           binary: binary, hints: !noHints, metrics: true)
             defer { cluster.stop() }
             let batchesBefore = try cluster.appliedBatches()
             let cpuBefore = try cluster.cpuSeconds()
@@ -60,14 +61,15 @@ struct RateBench: ParsableCommand {
             let cpu: [Double] = zip(try cluster.cpuSeconds(), cpuBefore).map { ($0 - $1) / rows * 1e6 }
             let batches = Double(zip(try cluster.appliedBatches(), batchesBefore).map { $0 - $1 }.reduce(0, +))
             let messages = try cluster.storedMessages()
+            let hints = Double(try cluster.appliedHints().reduce(0, +))
             let keptUp = settled.map { $0 <= settleLimitMs } ?? false
             let run = Run(offered: rate, written: writers.written, settledMs: settled, keptUp: keptUp,
                           cpuPerRowUs: cpu, messagesPerRow: messages / rows, applyBatchesPerRow: batches / 3 / rows,
                           lockWaitUs: writers.averageLockWaitUs, lockHoldUs: writers.averageLockHoldUs)
             let outcome: String = settled.map { String(format: "every node equal %.0f ms after the writes stopped", $0) }
                 ?? "not equal within 120 s (kept \(cluster.directory))"
-            let costs = String(format: "; application write waited %.0f µs for the lock, held it %.0f µs; per row: %.3f messages, %.3f applied transactions per node, CPU µs ",
-                               run.lockWaitUs, run.lockHoldUs, run.messagesPerRow, run.applyBatchesPerRow)
+            let costs = String(format: "; application write waited %.0f µs for the lock, held it %.0f µs; per row: %.3f messages, %.3f applied transactions and %.4f hints applied per node, CPU µs ",
+                               run.lockWaitUs, run.lockHoldUs, run.messagesPerRow, run.applyBatchesPerRow, hints / 3 / rows)
                 + cpu.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " (nodes 1-3 / nats-server)"
             print("offered \(rate) writes/s: \(run.written) written (\(Int(Double(run.written) / seconds)) rows/s); " + outcome + costs)
             runs.append(run)
@@ -81,7 +83,7 @@ struct RateBench: ParsableCommand {
         let text = """
             # Sustainable write rate, live
 
-            Command: `swift build -c release && .build/release/harmonybench rate --rates \(rates) --keys \(keys)\(tables > 1 ? " --tables \(tables)" : "") --shards \(shards) --seconds \(seconds)`
+            Command: `swift build -c release && .build/release/harmonybench rate --rates \(rates) --keys \(keys)\(tables > 1 ? " --tables \(tables)" : "") --shards \(shards) --seconds \(seconds)\(noHints ? " --no-hints" : "")`
             Machine: \(machineDescription()); SQLite \(sqliteVersion()); one nats-server and 3 harmonylite processes on it.
             Every node's application upserts random keys of \(keys)\(tables > 1 ? " in one of \(tables) tables drawn evenly" : "") (single-row autocommit, WAL, synchronous=FULL) at a third
             of the offered rate, open loop, for \(seconds) s. Kept up with: every node holds the same rows within
