@@ -134,6 +134,9 @@ public struct CostModel: Sendable, Equatable {
     public var applyBatchUs = 0.0
     public var applyMessageUs = 0.0
     public var applyChangeUs = 0.0
+    /// Applying a change whose key is scattered among many (a single-row writer's), not the next of a bulk load's:
+    /// it lands on another page of the table and of its version table. nil: as `applyChangeUs`.
+    public var applyScatteredChangeUs: Double?
     /// This node's own messages coming back, applied as no-ops, per change.
     public var applyOwnChangeUs = 0.0
     /// What the live processes spend per change beyond the core's work (libnats, fetching, acknowledging): on the

@@ -151,7 +151,7 @@ public enum ScenarioLoader {
                                           "app_insert_row_us", "app_commit_us", "look_us", "look_wait_us", "ack_flush_us", "ack_flush_wait_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
                                           "publish_in_flight_max", "publish_ack_timeout_ms", "cores", "apply_own_change_us", "runtime_publish_change_us",
                                           "runtime_apply_change_us", "server_change_us", "runtime_publish_message_us",
-                                          "runtime_apply_message_us", "runtime_server_message_us", "observer_us_per_ms", "stamp_change_us", "stamp_table_us", "apply_table_us"])
+                                          "runtime_apply_message_us", "runtime_server_message_us", "observer_us_per_ms", "stamp_change_us", "stamp_table_us", "apply_table_us", "apply_scattered_change_us"])
         func cost(_ key: String, _ value: Double) throws -> Double {
             guard let v = try t.double(key) ?? t.int(key).map(Double.init) else { return value }
             guard v >= 0, v < 1e9 else { throw t.error(at: key, "key '\(t.fullKey(key))' must be a cost from 0 up, got \(v)") }
@@ -167,6 +167,8 @@ public enum ScenarioLoader {
         m.applyBatchUs = try cost("apply_batch_us", 0)
         m.applyMessageUs = try cost("apply_message_us", 0)
         m.applyChangeUs = try cost("apply_change_us", 0)
+        let scattered = try cost("apply_scattered_change_us", -1)  // absent: -1, as apply_change_us
+        m.applyScatteredChangeUs = scattered < 0 ? nil : scattered
         m.appInsertRowUs = try cost("app_insert_row_us", 0)
         m.appCommitUs = try cost("app_commit_us", 0)
         m.lookUs = try cost("look_us", 0)

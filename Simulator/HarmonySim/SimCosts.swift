@@ -219,12 +219,20 @@ extension Simulation {
             let count = Double(records?.count ?? 1)
             let own = records?.first?.originNode == Int64(node)
             cost += costs.applyMessageUs + (own ? count * costs.applyOwnChangeUs
-                : costs.runtimeApplyMessageUs + count * (costs.applyChangeUs + costs.runtimeApplyChangeUs))
+                : costs.runtimeApplyMessageUs + count * costs.runtimeApplyChangeUs + changesApplyUs(records, costs))
             if !own, costs.applyTableUs > 0, let records { chunkTables.formUnion(records.map(\.table)) }
             bytes += m.payload.count
         }
         if bytes > 0 || cost > 0 { finishChunk() }
         return lastEndUs
+    }
+
+    /// The core's time over a message's changes: a bulk load's rows at `applyChangeUs`, the single-row writers'
+    /// (their keys scattered) at `applyScatteredChangeUs`; a part of a split message as one change.
+    func changesApplyUs(_ records: [ChangeRecord]?, _ costs: CostModel) -> Double {
+        guard let records else { return costs.applyChangeUs }
+        guard let scattered = costs.applyScatteredChangeUs else { return Double(records.count) * costs.applyChangeUs }
+        return records.reduce(0.0) { $0 + (bulkVersions.contains($1.version) ? costs.applyChangeUs : scattered) }
     }
 
     /// Puts a delivery in node `id`'s line (`first`: back where it was, at the head) and makes sure a turn comes by

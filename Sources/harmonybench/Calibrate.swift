@@ -76,6 +76,9 @@ struct Calibrate: ParsableCommand {
             apply_batch_us = \(f(m["apply_batch_us"]))
             apply_message_us = \(f(m["apply_message_us"]))
             apply_change_us = \(f(m["apply_change_us"]))
+            # The same per change when the keys are scattered (a fifth of 100,000 keys, at random) instead of one after
+            # another: what the single-row writers' changes cost (the bulk load's rows keep apply_change_us).
+            apply_scattered_change_us = \(f(m["apply_scattered_change_us"]))
             # Each table beyond the first that a stamp's writes name (its statements per table, and reading the rows
             # with each table's statements to send them), and that an apply transaction's changes name (each table's
             # B-trees): CPU time, from looks of 20 single-row commits on one table against one on each of 20 tables.
@@ -155,10 +158,16 @@ struct Calibrate: ParsableCommand {
         let (change, message) = solve2(
             (Double(batched.changes), Double(batched.messages), batched.applySeconds - Double(batched.batches) * batch),
             (Double(single.changes), Double(single.messages), single.applySeconds - Double(single.batches) * batch))
+        // The batched run again with the rows' keys scattered: each change lands on another page of the table and of
+        // its version table, where the bulk load's keys fill one page after another.
+        let scattered = try publishAndApply(changesPerMessage: 128, messagesPerBatch: 256, scattered: true)
+        let scatteredChange = (scattered.applySeconds - Double(scattered.batches) * batch - Double(scattered.messages) * max(0, message))
+            / Double(scattered.changes)
         return ([
             "scan_change_us": max(0, scan) * 1e6, "publish_message_us": max(0, perMessage) * 1e6,
             "stamp_change_us": try measureStamp() * 1e6,
             "apply_batch_us": batch * 1e6, "apply_message_us": max(0, message) * 1e6, "apply_change_us": max(0, change) * 1e6,
+            "apply_scattered_change_us": max(0, scatteredChange) * 1e6,
             "bytes_per_change": batched.bytesPerChange, "app_insert_row_us": batched.appSeconds / Double(batched.changes) * 1e6,
             "apply_own_change_us": batched.ownApplySeconds / Double(batched.changes) * 1e6,
         ], batched.bytesPerChange)
@@ -201,7 +210,7 @@ struct Calibrate: ParsableCommand {
         var publishSeconds = 0.0, applySeconds = 0.0, bytesPerChange = 0.0, appSeconds = 0.0, ownApplySeconds = 0.0
     }
 
-    func publishAndApply(changesPerMessage: Int, messagesPerBatch: Int, rows count: Int? = nil) throws -> CoreRun {
+    func publishAndApply(changesPerMessage: Int, messagesPerBatch: Int, rows count: Int? = nil, scattered: Bool = false) throws -> CoreRun {
         let rows = count ?? self.rows
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("calibrate-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -224,7 +233,7 @@ struct Calibrate: ParsableCommand {
         defer { for n in nodes { n.stop() } }
         let app = try SQLiteOpener().open(path: "\(directory)/node1.db")
         let appStarted = DispatchTime.now().uptimeNanoseconds
-        try Self.insertBenchRows(into: app, count: rows)
+        try Self.insertBenchRows(into: app, count: rows, scattered: scattered)
         var run = CoreRun()
         run.appSeconds = Double(DispatchTime.now().uptimeNanoseconds - appStarted) / 1e9
         var stored: [IncomingMessage] = []
@@ -277,11 +286,18 @@ struct Calibrate: ParsableCommand {
     static let benchSchema = "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)"
 
     /// The application's load in every measurement: rows 0..<count, 1,000 per transaction, as `harmonybench live` does.
-    static func insertBenchRows(into app: Database, count: Int) throws {
+    /// `scattered`: the same count of rows with ids spread at random over five times as many (a fixed sequence), as the
+    /// single-row writers of `harmonybench rate` spread theirs over 100,000 keys.
+    static func insertBenchRows(into app: Database, count: Int, scattered: Bool = false) throws {
         let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
+        var ids = Array(0..<count)
+        if scattered {
+            var generator = SplitMix64(seed: 15)
+            ids = Array(Array(0..<(5 * count)).shuffled(using: &generator).prefix(count))
+        }
         for start in stride(from: 0, to: count, by: 1_000) {
             try app.transaction {
-                for id in start..<min(count, start + 1_000) {
+                for id in ids[start..<min(count, start + 1_000)] {
                     try insert.execute([.integer(Int64(id)), .text("row-\(id)"), .real(Double(id) / 3), .integer(Int64(id) * 7)])
                 }
             }
@@ -444,4 +460,17 @@ final class CollectingLog: ReplicationLog {
     func ack(shard: Int, sequence: UInt64) {}
     func nak(shard: Int, sequence: UInt64, delayMs: Int64) {}
     func requestStreamState(shard: Int) {}
+}
+
+/// A fixed sequence of pseudo-random numbers (SplitMix64), so every calibration scatters the same keys.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

@@ -177,6 +177,24 @@ struct CostModelTests {
         #expect(abs((try #require(own) - (try #require(threeTables))) - (costs.applyBatchUs + costs.applyMessageUs + 3 * costs.applyOwnChangeUs)) < 1e-6)
     }
 
+    /// A single-row writer's change lands on another page of the table than the one before it, where a bulk load's
+    /// next row fills the same page: with `apply_scattered_change_us` the first costs that, the bulk load's rows keep
+    /// `apply_change_us`. Without the key, both cost `apply_change_us` (profiles calibrated before it was measured).
+    @Test func aScatteredKeyCostsItsOwnApply() throws {
+        var costs = Self.profile
+        costs.cores = 0
+        costs.applyScatteredChangeUs = costs.applyChangeUs + 2
+        let messages = try Self.tenMessagesOf200Changes()
+        let records = try EnvelopeCodec.decodeAll(messages[0].payload)
+        let sim = try Simulation(scenario: Self.bulk(costs), seed: 1)
+        #expect(abs(sim.changesApplyUs(records, costs) - 200 * (costs.applyChangeUs + 2)) < 1e-6)
+        for r in records.prefix(150) { sim.bulkVersions.insert(r.version) }
+        #expect(abs(sim.changesApplyUs(records, costs) - (200 * costs.applyChangeUs + 50 * 2)) < 1e-6)
+        costs.applyScatteredChangeUs = nil
+        #expect(abs(sim.changesApplyUs(records, costs) - 200 * costs.applyChangeUs) < 1e-6)
+        #expect(abs(sim.changesApplyUs(nil, costs) - costs.applyChangeUs) < 1e-6)
+    }
+
     /// The live node's fetch threads hand their batches to one serial queue, which takes them first come first
     /// served: with eight shards' batches waiting for a busy receiver, each is applied in the order it came, so none
     /// waits more than a round of the others.
