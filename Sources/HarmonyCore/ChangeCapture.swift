@@ -52,8 +52,9 @@ public struct CapturedTable: Sendable, Equatable {
 public enum ChangeCapture {
     static func q(_ s: String) -> String { quoteIdentifier(s) }
 
-    /// SQLite's 'now' in milliseconds since the Unix epoch, computed with built-in functions only.
-    static let nowMsSQL = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    /// SQLite's 'now' in milliseconds since the Unix epoch, computed with built-in functions only. `julianday()` with
+    /// no argument is 'now' without parsing the string: a capture trigger runs this for every row written.
+    static let nowMsSQL = "CAST((julianday() - 2440587.5) * 86400000.0 AS INTEGER)"
 
     /// Creates the bookkeeping tables (idempotent) and records this node's id in the clock row.
     public static func installBookkeeping(_ db: Database, nodeID: Int64) throws {
