@@ -176,7 +176,7 @@ extension ReplicationNode {
         // A gap is a hole only if the stream no longer holds what we miss; the log's answer decides, and also
         // whether the missing message has stayed missing too long (`streamStateArrived`).
         if gapSeen {
-            if gapSince[shard]?.checkpoint != checkpoints[shard] { gapSince[shard] = (checkpoint(shard), env.clock.nowMs) }
+            if gapSince[shard]?.checkpoint != checkpoint(shard) { gapSince[shard] = (checkpoint(shard), env.clock.nowMs) }
             requestStreamState(shard)
         }
     }

@@ -27,15 +27,28 @@ func scratchDirectory() throws -> String {
     return dir
 }
 
+/// `app.db` (WAL) in a scratch directory, holding `table`, and the connection that made it (the application).
+struct ScratchDatabase {
+    let directory: String
+    let writer: Database
+    var path: String { directory + "/app.db" }
+
+    init(table: String = "CREATE TABLE t (id INTEGER PRIMARY KEY)") throws {
+        directory = try scratchDirectory()
+        writer = try SQLiteOpener().open(path: directory + "/app.db")  // WAL mode
+        try writer.execute(table)
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
 @Suite("Change detection: inotify on the database and its WAL", .serialized)
 struct ChangeDetectionTests {
     /// With the safety poll off, only inotify can wake the monitor: a commit from another connection must do so quickly.
     @Test func monitorWakesOnAnotherConnectionsCommitWithoutPolling() throws {
-        let dir = try scratchDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = dir + "/app.db"
-        let writer = try SQLiteOpener().open(path: path)  // WAL mode
-        try writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        let scratch = try ScratchDatabase(table: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        defer { scratch.remove() }
+        let path = scratch.path, writer = scratch.writer
 
         let queue = DispatchQueue(label: "test.monitor")
         let wakeups = Wakeups()
@@ -68,11 +81,9 @@ struct ChangeDetectionTests {
 
     /// The raw watcher reports the database's and WAL's writes and ignores other files in the same directory.
     @Test func watcherFiltersToTheDatabaseAndItsWAL() throws {
-        let dir = try scratchDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = dir + "/app.db"
-        let writer = try SQLiteOpener().open(path: path)
-        try writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        let scratch = try ScratchDatabase()
+        defer { scratch.remove() }
+        let dir = scratch.directory, path = scratch.path, writer = scratch.writer
 
         let queue = DispatchQueue(label: "test.watcher")
         let wakeups = Wakeups()
@@ -91,11 +102,9 @@ struct ChangeDetectionTests {
     /// A paused watcher reads nothing; unpaused, it hands over what came meanwhile at once. Cancelled while paused,
     /// it lets go of its descriptor (libdispatch traps on releasing a suspended source).
     @Test func aPausedWatcherHandsOverWhatCameMeanwhile() throws {
-        let dir = try scratchDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = dir + "/app.db"
-        let writer = try SQLiteOpener().open(path: path)
-        try writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        let scratch = try ScratchDatabase()
+        defer { scratch.remove() }
+        let path = scratch.path, writer = scratch.writer
         let queue = DispatchQueue(label: "test.pause")
         let wakeups = Wakeups()
         let watcher = try FileChangeWatcher(databasePath: path, queue: queue) { wakeups.hit() }
@@ -111,11 +120,9 @@ struct ChangeDetectionTests {
     /// Commits every 2 ms: the monitor looks every millisecond while they come, with inotify resting, and the last
     /// commit is still seen at once; stopped in the middle of such a stretch, it stops cleanly.
     @Test func steadyCommitsAreSeenWhileInotifyRests() throws {
-        let dir = try scratchDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = dir + "/app.db"
-        let writer = try SQLiteOpener().open(path: path)
-        try writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        let scratch = try ScratchDatabase()
+        defer { scratch.remove() }
+        let path = scratch.path, writer = scratch.writer
         let reader = try Database.readOnly(path: path)
         let queue = DispatchQueue(label: "test.steady")
         let seen = Mutex<Int64>(0)
@@ -141,11 +148,9 @@ struct ChangeDetectionTests {
 
     /// Without inotify the monitor polls every few milliseconds, and a commit still wakes it quickly.
     @Test func fallsBackToPollingWithoutInotify() throws {
-        let dir = try scratchDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = dir + "/app.db"
-        let writer = try SQLiteOpener().open(path: path)
-        try writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        let scratch = try ScratchDatabase()
+        defer { scratch.remove() }
+        let path = scratch.path, writer = scratch.writer
 
         let queue = DispatchQueue(label: "test.polling")
         let wakeups = Wakeups()
