@@ -215,22 +215,9 @@ struct Calibrate: ParsableCommand {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("calibrate-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let schema = Self.benchSchema
-        let logs = [CollectingLog(), CollectingLog()]
-        var nodes: [ReplicationNode] = []
-        let clocks = [ManualClock(), ManualClock()]
-        for i in 1...2 {
-            let path = "\(directory)/node\(i).db"
-            try SQLiteOpener().open(path: path).execute(schema)
-            var config = NodeConfig(nodeID: Int64(i), databasePath: path)
-            config.shards = 1
-            config.publishBatchMax = changesPerMessage
-            let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: clocks[i - 1], log: logs[i - 1], opener: SQLiteOpener()))
-            try node.start()
-            node.streamStateArrived(shard: 1, StreamState(firstSequence: 0, lastSequence: 0))
-            nodes.append(node)
-        }
-        defer { for n in nodes { n.stop() } }
+        let cores = try CalibrationCores(2, in: directory, schema: Self.benchSchema) { $0.publishBatchMax = changesPerMessage }
+        defer { cores.stop() }
+        let (nodes, logs, clocks) = (cores.nodes, cores.logs, cores.clocks)
         let app = try SQLiteOpener().open(path: "\(directory)/node1.db")
         let appStarted = DispatchTime.now().uptimeNanoseconds
         try Self.insertBenchRows(into: app, count: rows, scattered: scattered)

@@ -14,16 +14,10 @@ extension Calibrate {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("calibrate-looks-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let path = "\(directory)/node1.db"
-        try SQLiteOpener().open(path: path).execute(Self.benchSchema)
-        var config = NodeConfig(nodeID: 1, databasePath: path)
-        config.shards = 1
-        let log = CollectingLog()
-        let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: ManualClock(), log: log, opener: SQLiteOpener()))
-        try node.start()
-        node.streamStateArrived(shard: 1, StreamState(firstSequence: 0, lastSequence: 0))
-        defer { node.stop() }
-        let app = try SQLiteOpener().open(path: path)
+        let cores = try CalibrationCores(1, in: directory, schema: Self.benchSchema)
+        defer { cores.stop() }
+        let (node, log) = (cores.nodes[0], cores.logs[0])
+        let app = try SQLiteOpener().open(path: "\(directory)/node1.db")
         let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
         var look = Spent(), ack = Spent()
         for id in 0..<looks {

@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import HarmonyCodec
 import HarmonyCore
-import HarmonyCoreTesting
 import HarmonySQLite
 
 extension Calibrate {
@@ -43,19 +42,9 @@ extension Calibrate {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let names = BenchTables.names(tables)
-        let logs = [CollectingLog(), CollectingLog()]
-        var nodes: [ReplicationNode] = []
-        for i in 1...2 {
-            let path = "\(directory)/node\(i).db"
-            try SQLiteOpener().open(path: path).execute(BenchTables.schema(tables))
-            var config = NodeConfig(nodeID: Int64(i), databasePath: path)
-            config.shards = 1
-            let node = ReplicationNode(config: config, environment: NodeEnvironment(clock: ManualClock(), log: logs[i - 1], opener: SQLiteOpener()))
-            try node.start()
-            node.streamStateArrived(shard: 1, StreamState(firstSequence: 0, lastSequence: 0))
-            nodes.append(node)
-        }
-        defer { for n in nodes { n.stop() } }
+        let cores = try CalibrationCores(2, in: directory, schema: BenchTables.schema(tables))
+        defer { cores.stop() }
+        let (nodes, logs) = (cores.nodes, cores.logs)
         let app = try SQLiteOpener().open(path: "\(directory)/node1.db")
         let inserts = try names.map { try app.prepare("INSERT INTO \(quoteIdentifier($0)) (id, v) VALUES (?, ?)") }
         var sender = Spent(), receiver = Spent()
@@ -77,8 +66,9 @@ extension Calibrate {
             }
             try receiver.time { try nodes[1].messagesArrived(shard: 1, delivered) }
         }
+        let applier = try SQLiteOpener().open(path: "\(directory)/node2.db")
         let applied = try names.reduce(0) { total, table in
-            total + (try SQLiteOpener().open(path: "\(directory)/node2.db").scalar("SELECT count(*) FROM \(quoteIdentifier(table))")?.int64 ?? 0)
+            total + (try applier.scalar("SELECT count(*) FROM \(quoteIdentifier(table))")?.int64 ?? 0)
         }
         guard applied == id else { throw ValidationError("node 2 applied \(applied) of \(id) rows over \(tables) tables") }
         return TableLooks(looks: looks, senderUs: sender.cpuUs, receiverUs: receiver.cpuUs)
