@@ -29,6 +29,8 @@ struct TriggerCost: ParsableCommand {
     func run() throws {
         var autoBase: [Double] = [], autoTrig: [Double] = [], batchBase: [Double] = [], batchTrig: [Double] = [], stamp: [Double] = []
         var batchFiring: [Double] = [], batchOneRow: [Double] = []
+        // The same transaction with a statement that cannot fail part way (see `abortFree`).
+        var freeBase: [Double] = [], freeFiring: [Double] = [], freeOneRow: [Double] = [], freeOneCall: [Double] = [], freeCapture: [Double] = []
         for round in 0..<rounds {
             // Alternate which variant goes first so drift in machine load hits both.
             let order = round % 2 == 0 ? [false, true] : [true, false]
@@ -39,10 +41,16 @@ struct TriggerCost: ParsableCommand {
             }
             batchFiring.append(try measure(floor: Self.firingOnly, rows: batchRows))
             batchOneRow.append(try measure(floor: Self.oneMinimalRow, rows: batchRows))
+            freeBase.append(try measure(triggers: false, rows: batchRows, oneTransaction: true, abortFree: true).insert)
+            freeFiring.append(try measure(floor: Self.firingOnly, rows: batchRows, abortFree: true))
+            freeOneRow.append(try measure(floor: Self.oneMinimalRow, rows: batchRows, abortFree: true))
+            freeOneCall.append(try measure(floor: Self.oneRowOneCall, rows: batchRows, abortFree: true))
+            freeCapture.append(try measure(triggers: true, rows: batchRows, oneTransaction: true, abortFree: true).insert)
         }
         let autoRatio = median(autoTrig) / median(autoBase)
         let batchRatio = median(batchTrig) / median(batchBase)
         let firingRatio = median(batchFiring) / median(batchBase), oneRowRatio = median(batchOneRow) / median(batchBase)
+        func free(_ xs: [Double]) -> String { "\(ms(median(xs))) ms | \(fmt(median(xs) / median(freeBase)))x" }
         let machine = machineDescription()
         let lines = [
             "# Trigger cost",
@@ -65,6 +73,22 @@ struct TriggerCost: ParsableCommand {
             "|---|---|---|",
             "| `SELECT 1` (firing a trigger, nothing else) | \(ms(median(batchFiring))) ms | \(fmt(firingRatio))x |",
             "| one row into a two-column table (`'b', NEW.id`) | \(ms(median(batchOneRow))) ms | \(fmt(oneRowRatio))x |",
+            "",
+            "Where that floor comes from: SQLite's statement journal. Inside a transaction, a statement that writes more",
+            "than one row (any trigger makes it so) and could fail part way gets a savepoint of its own, and each page it",
+            "changes is copied to the journal first, for every statement. An INSERT into a table with a primary key can",
+            "always fail part way (a duplicate key), so every trigger on it pays. A statement that cannot (`INSERT OR",
+            "REPLACE` into a table whose columns allow NULL) pays only if the trigger can: a NOT NULL column it fills, or",
+            "any function call. Capture calls two (`julianday()` for the write's millisecond, `total_changes()` for the",
+            "priority lane's small commits), so it pays there too. The same \(batchRows) rows, `INSERT OR REPLACE`, no NOT NULL column:",
+            "",
+            "| trigger | time | ratio |",
+            "|---|---|---|",
+            "| none | \(free(freeBase)) |",
+            "| `SELECT 1` | \(free(freeFiring)) |",
+            "| one row, `'b', NEW.id` | \(free(freeOneRow)) |",
+            "| one row, `'b', NEW.id, julianday()` | \(free(freeOneCall)) |",
+            "| capture's | \(free(freeCapture)) |",
         ]
         let text = lines.joined(separator: "\n") + "\n"
         print(text)
@@ -76,6 +100,8 @@ struct TriggerCost: ParsableCommand {
                  "batch_ms": {"baseline": \(ms(median(batchBase))), "triggers": \(ms(median(batchTrig))), "ratio": \(fmt(batchRatio))},
                  "sidecar_stamp_us_per_row": \(us(median(stamp))),
                  "batch_floor_ratio": {"firing_only": \(fmt(firingRatio)), "one_minimal_row": \(fmt(oneRowRatio))},
+                 "abort_free_batch_ratio": {"firing_only": \(fmt(median(freeFiring) / median(freeBase))), "one_minimal_row": \(fmt(median(freeOneRow) / median(freeBase))),
+                   "one_row_one_call": \(fmt(median(freeOneCall) / median(freeBase))), "capture": \(fmt(median(freeCapture) / median(freeBase)))},
                  "machine": "\(machine)"}
                 """
             try json.write(toFile: report + ".json", atomically: true, encoding: .utf8)
@@ -89,22 +115,29 @@ struct TriggerCost: ParsableCommand {
         CREATE TRIGGER floor_trigger AFTER INSERT ON bench BEGIN INSERT INTO floor_queue (t, k) VALUES ('b', NEW.id); END
         """
 
+    /// The smallest row, with one function call: enough for SQLite to keep a statement journal.
+    static let oneRowOneCall = """
+        CREATE TABLE floor_queue (id INTEGER PRIMARY KEY, t TEXT, k, ms);
+        CREATE TRIGGER floor_trigger AFTER INSERT ON bench BEGIN INSERT INTO floor_queue (t, k, ms) VALUES ('b', NEW.id, julianday()); END
+        """
     /// Seconds to insert `rows` rows in one transaction under a trigger that is not capture's (`floor`).
-    func measure(floor: String, rows: Int) throws -> Double {
-        try measure(triggers: false, rows: rows, oneTransaction: true, setup: floor).insert
+    func measure(floor: String, rows: Int, abortFree: Bool = false) throws -> Double {
+        try measure(triggers: false, rows: rows, oneTransaction: true, setup: floor, abortFree: abortFree).insert
     }
 
     /// Seconds to insert `rows` rows into a fresh database, with or without capture installed, and then (with
     /// capture) seconds for the sidecar to stamp them. `setup` runs first (another trigger to compare with).
-    func measure(triggers: Bool, rows: Int, oneTransaction: Bool, setup: String? = nil) throws -> (insert: Double, stamp: Double) {
+    /// `abortFree`: `INSERT OR REPLACE` into a table whose columns allow NULL, a statement that cannot fail part way,
+    /// so SQLite needs no statement journal for it unless a trigger can fail.
+    func measure(triggers: Bool, rows: Int, oneTransaction: Bool, setup: String? = nil, abortFree: Bool = false) throws -> (insert: Double, stamp: Double) {
         let path = (directory as NSString).appendingPathComponent("harmonybench-\(UUID().uuidString).db")
         defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
         let db = try SQLiteOpener().open(path: path)
         try db.execute("PRAGMA synchronous=\(synchronous)")
-        try db.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, payload BLOB)")
+        try db.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT\(abortFree ? "" : " NOT NULL"), value REAL, payload BLOB)")
         if let setup { try db.execute(setup) }
         if triggers { try ChangeCapture.install(db, nodeID: 1, filter: TableFilter()) }
-        let insert = try db.prepare("INSERT INTO bench (id, name, value, payload) VALUES (?, ?, ?, ?)")
+        let insert = try db.prepare("INSERT\(abortFree ? " OR REPLACE" : "") INTO bench (id, name, value, payload) VALUES (?, ?, ?, ?)")
         let payload = DatabaseValue.blob(Array(repeating: 0xAB, count: 64))
         let start = DispatchTime.now().uptimeNanoseconds
         if oneTransaction { try db.execute("BEGIN") }
