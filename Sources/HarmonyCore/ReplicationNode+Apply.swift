@@ -252,7 +252,20 @@ extension ReplicationNode {
         let eventsBefore = events.count
         try db.execute("SAVEPOINT harmonylite_message", [])
         func applyAll(eachInSavepoint: Bool) throws -> ApplyOutcome {
+            // Without a savepoint per record, consecutive upserts of one table go together (`applyRun`).
+            var run: [ResolvedChange] = []
             for record in records {
+                if !eachInSavepoint, let change = appendableChange(record) {
+                    if let first = run.first, first.table.name != change.table.name {
+                        try applyRun(db, shard: shard, message, run, events: &events)
+                        run.removeAll(keepingCapacity: true)
+                    }
+                    maxHLC = max(maxHLC, record.version.hlc)
+                    run.append(change)
+                    continue
+                }
+                try applyRun(db, shard: shard, message, run, events: &events)
+                run.removeAll(keepingCapacity: true)
                 let outcome = try applyRecord(db, shard: shard, message, record, inBatch: true, inSavepoint: eachInSavepoint,
                                               maxHLC: &maxHLC, events: &events)
                 if case .paused = outcome {
@@ -262,6 +275,7 @@ extension ReplicationNode {
                     return outcome
                 }
             }
+            try applyRun(db, shard: shard, message, run, events: &events)
             try db.execute("RELEASE harmonylite_message", [])
             return .consumed
         }

@@ -122,6 +122,8 @@ public final class ReplicationNode {
     var epochKeys: [String: [Int64: [String]]] = [:]
     /// Apply statements per table shape; cleared whenever capture is re-installed (the schema may have moved).
     var applySQLCache: [ApplySQLKey: ApplySQL] = [:]
+    /// Multi-row apply statements per table and row count (`applyRun`); cleared with the cache above.
+    var batchApplySQLCache: [BatchApplyKey: BatchApplySQL] = [:]
     /// Tables with a unique index besides the key (hints skip them), read once per schema version.
     var uniqueIndexTables: [String: Bool] = [:]
     /// Column positions of each captured table's change log (`SELECT *`), per table name; cleared with the caches above.
@@ -544,6 +546,7 @@ public final class ReplicationNode {
         preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered
         epochKeys.removeAll()
         applySQLCache.removeAll()
+        batchApplySQLCache.removeAll()
         uniqueIndexTables.removeAll()
         changeLogLayouts.removeAll()
         rowReadSQLCache.removeAll()

@@ -1,0 +1,142 @@
+import HarmonyCodec
+import HarmonySQLite
+
+/// Applying a message's new rows of one table in multi-row statements.
+///
+/// One change at a time costs two statements (the version, then the row), and SQLite's fixed cost of a statement
+/// (bind, step, halt, reset) was a sixth of what a receiving node spent applying a bulk load. A bulk load's messages
+/// carry new rows: integer keys in ascending order, none of which the table has a version for (the priority lane
+/// may have sent later keys first). Such a run cannot conflict with a row here, so it goes as one multi-row INSERT of
+/// versions and one of rows, and every change in it wins (a key no version names is new here, as the per-change
+/// upsert would find).
+///
+/// The statements are `INSERT OR FAIL`, not upserts: an upsert's DO UPDATE, or any statement that could fail part
+/// way, makes SQLite copy each page a multi-row statement touches into a statement journal first (beyond 64 KiB, into
+/// a file), which cost more than it saved. If a row does conflict (one without a version, which capture never
+/// leaves) or breaks a constraint, the message is applied again a change at a time (`ConstraintFailedWithoutSavepoint`).
+extension ReplicationNode {
+    /// The most rows one statement carries: runs are cut into powers of two up to this, so a table has at most
+    /// nine statement shapes of each kind.
+    static let batchApplyRowsMax = 256
+
+    struct BatchApplySQL {
+        var insertVersions: String
+        var insertRows: String
+    }
+
+    struct BatchApplyKey: Hashable {
+        var table: String
+        var rows: Int
+    }
+
+    /// The change a record makes if it may join a run: an upsert of exactly this node's shape and current definition
+    /// (what `applyRecord` would apply straight away: no alias, pause, park or mapping), keyed by one integer. Nil:
+    /// the record takes `applyRecord`.
+    func appendableChange(_ record: ChangeRecord) -> ResolvedChange? {
+        let bugs = config.plantedBugs
+        guard record.operation == .upsert, record.primaryKey.count == 1, case .integer = record.primaryKey[0].value,
+              !record.table.hasPrefix(Bookkeeping.prefix),
+              !bugs.contains(.applyInArrivalOrder), !bugs.contains(.dropTombstones), !bugs.contains(.dropSchemaHashOnDecode),
+              !(bugs.contains(.skipOwnMessages) && record.originNode == config.nodeID),
+              let table = captured[record.table], record.schemaHash == table.schema.hash,
+              standing(of: record, in: record.table) == .current
+        else { return nil }
+        return try? resolveExactShape(record, against: table.schema)
+    }
+
+    /// Applies a run of `appendableChange`s of one table, in order, and records each outcome as `applyRecord` does.
+    /// New keys in ascending order go in multi-row statements (`appendsToTable`); any other run, a change at a time. Only inside a message's own savepoint (see the type's comment).
+    func applyRun(_ db: Database, shard: Int, _ message: IncomingMessage, _ run: [ResolvedChange],
+                  events: inout [ReplicationEvent]) throws {
+        guard let first = run.first else { return }
+        do {
+            if run.count > 1, try appendsToTable(db, run) {
+                try insertAppended(db, run)
+                for change in run {
+                    events.append(.applied(shard: shard, sequence: message.sequence, table: change.table.name, version: change.version, won: true))
+                }
+                return
+            }
+            for change in run {
+                let won = try applyLWW(db, change)
+                events.append(.applied(shard: shard, sequence: message.sequence, table: first.table.name, version: change.version, won: won))
+            }
+        } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
+            throw ConstraintFailedWithoutSavepoint()
+        }
+    }
+
+    /// Whether the run's integer keys ascend strictly and the version table holds no key between its first and
+    /// last (so none of them): one probe of the version table's key index. A real key there that equals an integer
+    /// one numerically lies in that range too; text and blobs sort above every number.
+    func appendsToTable(_ db: Database, _ run: [ResolvedChange]) throws -> Bool {
+        var previous = Int64.min
+        for change in run {
+            guard case .integer(let key) = change.key[0], key > previous else { return false }
+            previous = key
+        }
+        let table = run[0].table
+        let key = quoteIdentifier(Bookkeeping.keyColumn(table.primaryKey[0]))
+        let probe = try db.cached("SELECT 1 FROM \(quoteIdentifier(Bookkeeping.versionTable(table.name))) WHERE \(key) BETWEEN ? AND ? LIMIT 1")
+        try probe.bind([run[0].key[0], .integer(previous)])
+        defer { probe.reset() }
+        return try !probe.step()
+    }
+
+    /// The run's versions, then its rows, in statements of `statementSizes` rows.
+    func insertAppended(_ db: Database, _ run: [ResolvedChange]) throws {
+        let schema = run[0].table
+        var start = 0
+        for rows in Self.statementSizes(run.count, parametersPerRow: max(schema.columns.count, 4), limit: db.variableLimit) {
+            let sql = batchApplySQL(schema, rows: rows)
+            var versions: [DatabaseValue] = [], values: [DatabaseValue] = []
+            versions.reserveCapacity(rows * 4)
+            values.reserveCapacity(rows * schema.columns.count)
+            for change in run[start..<(start + rows)] {
+                versions.append(change.key[0])
+                versions.append(.integer(change.version.hlc))
+                versions.append(.integer(change.version.node))
+                versions.append(.integer(0))
+                for column in change.row { values.append(column.value) }
+            }
+            try db.cached(sql.insertVersions).execute(versions)
+            try db.cached(sql.insertRows).execute(values)
+            start += rows
+        }
+    }
+
+    /// `count` rows as statement sizes: as many of the largest that fits SQLite's limit on parameters as count
+    /// allows, then the remainder's powers of two.
+    static func statementSizes(_ count: Int, parametersPerRow: Int, limit: Int) -> [Int] {
+        var largest = batchApplyRowsMax
+        while largest > 1 && largest * parametersPerRow > limit { largest /= 2 }
+        var sizes = Array(repeating: largest, count: count / largest)
+        var rest = count % largest, size = largest / 2
+        while rest > 0 {
+            if rest >= size { sizes.append(size); rest -= size }
+            size /= 2
+        }
+        return sizes
+    }
+
+    /// The multi-row inserts for `rows` changes of the table's exact shape.
+    func batchApplySQL(_ schema: TableSchema, rows: Int) -> BatchApplySQL {
+        let key = BatchApplyKey(table: schema.name, rows: rows)
+        if let cached = batchApplySQLCache[key] { return cached }
+        func values(_ count: Int) -> String {
+            let row = "(" + Array(repeating: "?", count: count).joined(separator: ", ") + ")"
+            return Array(repeating: row, count: rows).joined(separator: ", ")
+        }
+        let sql = BatchApplySQL(
+            insertVersions: """
+                INSERT OR FAIL INTO \(quoteIdentifier(Bookkeeping.versionTable(schema.name)))
+                (\(quoteIdentifier(Bookkeeping.keyColumn(schema.primaryKey[0]))), hlc, node, deleted) VALUES \(values(4))
+                """,
+            insertRows: """
+                INSERT OR FAIL INTO \(quoteIdentifier(schema.name)) (\(schema.columns.map(quoteIdentifier).joined(separator: ", ")))
+                VALUES \(values(schema.columns.count))
+                """)
+        batchApplySQLCache[key] = sql
+        return sql
+    }
+}
