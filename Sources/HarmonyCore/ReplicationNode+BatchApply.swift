@@ -5,10 +5,9 @@ import HarmonySQLite
 ///
 /// One change at a time costs two statements (the version, then the row), and SQLite's fixed cost of a statement
 /// (bind, step, halt, reset) was a sixth of what a receiving node spent applying a bulk load. A bulk load's messages
-/// carry new rows: integer keys in ascending order, none of which the table has a version for (the priority lane
-/// may have sent later keys first). Such a run cannot conflict with a row here, so it goes as one multi-row INSERT of
-/// versions and one of rows, and every change in it wins (a key no version names is new here, as the per-change
-/// upsert would find).
+/// carry new rows: keys none of which the table has a version for. Such a run cannot conflict with a row here, so it
+/// goes as one multi-row INSERT of versions and one of rows, and every change in it wins (a key no version names is
+/// new here, as the per-change upsert would find).
 ///
 /// The statements are `INSERT OR FAIL`, not upserts: an upsert's DO UPDATE, or any statement that could fail part
 /// way, makes SQLite copy each page a multi-row statement touches into a statement journal first (beyond 64 KiB, into
@@ -18,6 +17,10 @@ extension ReplicationNode {
     /// The most rows one statement carries: runs are cut into powers of two up to this, so a table has at most
     /// nine statement shapes of each kind.
     static let batchApplyRowsMax = 256
+    /// The most parameters one statement binds: a prepared statement's program grows with its rows times columns,
+    /// and each table keeps up to nine sizes of each, so wide tables get fewer rows a statement (a wide row's own
+    /// work outweighs a statement's fixed cost anyway).
+    static let batchApplyParametersMax = 2_048
 
     struct BatchApplySQL {
         var insertVersions: String
@@ -30,12 +33,11 @@ extension ReplicationNode {
     }
 
     /// The change a record makes if it may join a run: an upsert of exactly this node's shape and current definition
-    /// (what `applyRecord` would apply straight away: no alias, pause, park or mapping), keyed by one integer. Nil:
+    /// (what `applyRecord` would apply straight away: no alias, pause, park or mapping), keyed by one column. Nil:
     /// the record takes `applyRecord`.
     func appendableChange(_ record: ChangeRecord) -> ResolvedChange? {
         let bugs = config.plantedBugs
-        guard record.operation == .upsert, record.primaryKey.count == 1, case .integer = record.primaryKey[0].value,
-              !record.table.hasPrefix(Bookkeeping.prefix),
+        guard record.operation == .upsert, record.primaryKey.count == 1, !record.table.hasPrefix(Bookkeeping.prefix),
               !bugs.contains(.applyInArrivalOrder), !bugs.contains(.dropTombstones), !bugs.contains(.dropSchemaHashOnDecode),
               !(bugs.contains(.skipOwnMessages) && record.originNode == config.nodeID),
               let table = captured[record.table], record.schemaHash == table.schema.hash,
@@ -45,12 +47,12 @@ extension ReplicationNode {
     }
 
     /// Applies a run of `appendableChange`s of one table, in order, and records each outcome as `applyRecord` does.
-    /// New keys in ascending order go in multi-row statements (`appendsToTable`); any other run, a change at a time. Only inside a message's own savepoint (see the type's comment).
+    /// New keys go in multi-row statements (`keysAreNew`); any other run, a change at a time. Only inside a message's own savepoint (see the type's comment).
     func applyRun(_ db: Database, shard: Int, _ message: IncomingMessage, _ run: [ResolvedChange],
                   events: inout [ReplicationEvent]) throws {
         guard let first = run.first else { return }
         do {
-            if run.count > 1, try appendsToTable(db, run) {
+            if run.count > 1, try keysAreNew(db, run) {
                 try insertAppended(db, run)
                 for change in run {
                     events.append(.applied(shard: shard, sequence: message.sequence, table: change.table.name, version: change.version, won: true))
@@ -66,28 +68,45 @@ extension ReplicationNode {
         }
     }
 
-    /// Whether the run's integer keys ascend strictly and the version table holds no key between its first and
-    /// last (so none of them): one probe of the version table's key index. A real key there that equals an integer
-    /// one numerically lies in that range too; text and blobs sort above every number.
-    func appendsToTable(_ db: Database, _ run: [ResolvedChange]) throws -> Bool {
-        var previous = Int64.min
+    /// Whether the run's keys are distinct and none of them has a version here: integer keys with no version between
+    /// the smallest and the largest, or else one probe of the version table's key index per statement's worth of keys
+    /// (the shards interleave a bulk load's keys, so a message's key range often holds other messages' rows). Both
+    /// compare as the index does: a real key there equal to an integer one numerically is found; text under the
+    /// key's collation too.
+    func keysAreNew(_ db: Database, _ run: [ResolvedChange]) throws -> Bool {
+        var seen = Set<DatabaseValue>(minimumCapacity: run.count)
         for change in run {
-            guard case .integer(let key) = change.key[0], key > previous else { return false }
-            previous = key
+            guard change.key[0] != .null, seen.insert(change.key[0]).inserted else { return false }
         }
         let table = run[0].table
-        let key = quoteIdentifier(Bookkeeping.keyColumn(table.primaryKey[0]))
-        let probe = try db.cached("SELECT 1 FROM \(quoteIdentifier(Bookkeeping.versionTable(table.name))) WHERE \(key) BETWEEN ? AND ? LIMIT 1")
-        try probe.bind([run[0].key[0], .integer(previous)])
-        defer { probe.reset() }
-        return try !probe.step()
+        let versions = quoteIdentifier(Bookkeeping.versionTable(table.name)), key = quoteIdentifier(Bookkeeping.keyColumn(table.primaryKey[0]))
+        // One shard's bulk load: nothing at all between the run's smallest and largest integer key, one index seek.
+        let integers = run.compactMap { change -> Int64? in if case .integer(let k) = change.key[0] { k } else { nil } }
+        if integers.count == run.count, let low = integers.min(), let high = integers.max() {
+            let range = try db.cached("SELECT 1 FROM \(versions) WHERE \(key) BETWEEN ? AND ? LIMIT 1")
+            try range.bind([.integer(low), .integer(high)])
+            let found = try range.step()
+            range.reset()
+            if !found { return true }
+        }
+        var start = 0
+        for rows in Self.statementSizes(run.count, parametersPerRow: 1, limit: parameterLimit(db)) {
+            let list = Array(repeating: "?", count: rows).joined(separator: ", ")
+            let probe = try db.cached("SELECT 1 FROM \(versions) WHERE \(key) IN (\(list)) LIMIT 1")
+            try probe.bind(run[start..<(start + rows)].map { $0.key[0] })
+            let found = try probe.step()
+            probe.reset()
+            if found { return false }
+            start += rows
+        }
+        return true
     }
 
     /// The run's versions, then its rows, in statements of `statementSizes` rows.
     func insertAppended(_ db: Database, _ run: [ResolvedChange]) throws {
         let schema = run[0].table
         var start = 0
-        for rows in Self.statementSizes(run.count, parametersPerRow: max(schema.columns.count, 4), limit: db.variableLimit) {
+        for rows in Self.statementSizes(run.count, parametersPerRow: max(schema.columns.count, 4), limit: parameterLimit(db)) {
             let sql = batchApplySQL(schema, rows: rows)
             var versions: [DatabaseValue] = [], values: [DatabaseValue] = []
             versions.reserveCapacity(rows * 4)
@@ -104,6 +123,8 @@ extension ReplicationNode {
             start += rows
         }
     }
+
+    func parameterLimit(_ db: Database) -> Int { min(db.variableLimit, Self.batchApplyParametersMax) }
 
     /// `count` rows as statement sizes: as many of the largest that fits SQLite's limit on parameters as count
     /// allows, then the remainder's powers of two.
