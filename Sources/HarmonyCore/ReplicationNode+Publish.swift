@@ -230,8 +230,13 @@ extension ReplicationNode {
                 guard try db.scalar("PRAGMA schema_version")?.int64 == schemaVersion else { return nil }
                 var page = PendingPage(end: scanCursor)
                 // Each entry not in flight: its change as it is now, or superseded.
+                var prefetched: [String: [Int64: ChangeRecord??]] = [:]
                 func take(_ id: Int64, _ changeID: Int64, _ table: String) throws {
-                    if let record = try changeRecord(table: table, changeID: changeID) {
+                    let read: ChangeRecord? = switch prefetched[table]?[changeID] {
+                    case .some(.some(let known)): known
+                    default: try changeRecord(table: table, changeID: changeID)  // not read ahead, or not the usual case
+                    }
+                    if let record = read {
                         page.records.append((id, record))
                     } else {
                         page.superseded.append(id)
@@ -250,8 +255,14 @@ extension ReplicationNode {
                     SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog))
                     WHERE state = 0 AND id > ? AND id < ? ORDER BY id \(newestAfter == nil ? "" : "DESC") LIMIT ?
                     """)
-                for row in try scan.query([.integer(newestAfter ?? scanCursor), .integer(newestAfter == nil ? .max : below),
-                                           .integer(Int64(limit))]) {
+                let rows = try scan.query([.integer(newestAfter ?? scanCursor), .integer(newestAfter == nil ? .max : below),
+                                           .integer(Int64(limit))])
+                let entries = rows.compactMap { row -> (changeID: Int64, table: String)? in
+                    guard let id = row[0].int64, !inFlight.contains(id), let changeID = row[1].int64, let table = row[2].string else { return nil }
+                    return (changeID, table)
+                }
+                prefetched = try joinedRecords(entries)
+                for row in rows {
                     page.rowsRead += 1
                     guard let id = row[0].int64, let changeID = row[1].int64, let table = row[2].string else { continue }
                     if newestAfter == nil {
@@ -391,6 +402,11 @@ extension ReplicationNode {
         try read.bind([.integer(changeID)])
         defer { read.reset() }
         guard try read.step() else { return .some(nil) }
+        return try joinedRecord(read, table: table, schema: schema)
+    }
+
+    /// The change of the joined read's current row (`joinedChangeRecord`'s columns, from the first).
+    func joinedRecord(_ read: Statement, table: String, schema: TableSchema) throws -> ChangeRecord?? {
         // Columns: entry hlc, node, epoch; version hlc, node, deleted; the entry's key values; the row's columns.
         guard let hlc = read.column(0).int64, let node = read.column(1).int64, let epoch = read.column(2).int64,
               let entryKey = try primaryKey(table: table, epoch: epoch) else { return .some(nil) }
@@ -406,6 +422,37 @@ extension ReplicationNode {
         guard let keyPosition = schema.columns.firstIndex(of: schema.primaryKey[present]),
               read.column(rowStart + keyPosition) != .null else { return .some(nil) }
         return .some(localRecord(table: table, schema: schema, key: key, version: version, row: (read, rowStart)))
+    }
+
+    /// The joined reads of a page's entries, a table at a time: one statement over each table's range of change-log
+    /// ids (a bulk load's page is one table's consecutive ids) instead of one per entry. Keyed by table, then change
+    /// id; an id in range with no change-log row maps to nothing to send, as its own read would. Tables whose ids
+    /// lie far apart (more than 4 ids in the range per entry), and bookkeeping kinds, are left to `changeRecord`.
+    func joinedRecords(_ entries: [(changeID: Int64, table: String)]) throws -> [String: [Int64: ChangeRecord??]] {
+        var ranges: [String: (low: Int64, high: Int64, count: Int)] = [:]
+        for entry in entries where !entry.table.hasPrefix(Bookkeeping.prefix) && captured[entry.table] != nil {
+            let known = ranges[entry.table]
+            ranges[entry.table] = (min(known?.low ?? .max, entry.changeID), max(known?.high ?? .min, entry.changeID), (known?.count ?? 0) + 1)
+        }
+        var found: [String: [Int64: ChangeRecord??]] = [:]
+        let db = requireDatabase()
+        for (table, range) in ranges.sorted(by: { $0.key < $1.key })
+        where range.count > 1 && range.high - range.low < Int64(range.count) * 4 {
+            guard let schema = captured[table]?.schema else { continue }
+            let read: Statement
+            do { read = try db.cached(capturedRowReadSQL(schema).joinedRange) } catch { continue }  // each entry alone says why
+            try read.bind([.integer(range.low), .integer(range.high)])
+            defer { read.reset() }
+            var records: [Int64: ChangeRecord??] = [:]
+            for id in range.low...range.high { records[id] = .some(nil) }
+            let idColumn = 6 + schema.primaryKey.count + schema.columns.count
+            while try read.step() {
+                guard let id = read.column(idColumn).int64 else { continue }
+                records[id] = try joinedRecord(read, table: table, schema: schema)
+            }
+            found[table] = records
+        }
+        return found
     }
 
     /// `changeRecord` a statement at a time, for any entry: its key found by its epoch's column names (a renamed
@@ -487,7 +534,7 @@ extension ReplicationNode {
     }
 
     /// `rowReadSQL` of a captured table's schema, built once per table (until capture is refreshed).
-    func capturedRowReadSQL(_ schema: TableSchema) -> (version: String, row: String, joined: String) {
+    func capturedRowReadSQL(_ schema: TableSchema) -> (version: String, row: String, joined: String, joinedRange: String) {
         if let known = rowReadSQLCache[schema.name] { return known }
         let (version, row) = rowReadSQL(schema)
         let e = "e", v = "v", t = "t"
@@ -498,13 +545,15 @@ extension ReplicationNode {
         let selected = ["\(e).hlc", "\(e).node", "\(e).epoch", "\(v).hlc", "\(v).node", "\(v).deleted"]
             + schema.primaryKey.map { "\(e).\(quoteIdentifier(Bookkeeping.valueColumn($0)))" }
             + schema.columns.map { "\(t).\(quoteIdentifier($0))" }
-        let joined = """
-            SELECT \(selected.joined(separator: ", ")) FROM \(quoteIdentifier(Bookkeeping.changeLog(schema.name))) AS \(e)
+        let from = """
+            FROM \(quoteIdentifier(Bookkeeping.changeLog(schema.name))) AS \(e)
             LEFT JOIN \(quoteIdentifier(Bookkeeping.versionTable(schema.name))) AS \(v) ON \(on(v, Bookkeeping.keyColumn))
             LEFT JOIN \(quoteIdentifier(schema.name)) AS \(t) ON \(on(t, { $0 }))
-            WHERE \(e).id = ?
             """
-        let sql = (version, row, joined)
+        let joined = "SELECT \(selected.joined(separator: ", ")) \(from) WHERE \(e).id = ?"
+        // The same for a range of entries, each row followed by its entry's id.
+        let joinedRange = "SELECT \(selected.joined(separator: ", ")), \(e).id \(from) WHERE \(e).id BETWEEN ? AND ?"
+        let sql = (version, row, joined, joinedRange)
         rowReadSQLCache[schema.name] = sql
         return sql
     }

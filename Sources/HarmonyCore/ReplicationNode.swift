@@ -130,7 +130,7 @@ public final class ReplicationNode {
     var changeLogLayouts: [String: ChangeLogLayout] = [:]
     /// `rowReadSQL` of each captured table, built once instead of once per published change (cleared with the caches
     /// above at every install, the only place a captured schema changes).
-    var rowReadSQLCache: [String: (version: String, row: String, joined: String)] = [:]
+    var rowReadSQLCache: [String: (version: String, row: String, joined: String, joinedRange: String)] = [:]
 
     /// Where each field sits in a change-log row, so publishing reads values by position instead of by name.
     struct ChangeLogLayout {

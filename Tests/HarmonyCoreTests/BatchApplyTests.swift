@@ -111,3 +111,34 @@ struct BatchApplyTests {
         }
     }
 }
+
+/// A page of pending changes is read a table at a time, one statement over each table's range of change-log ids
+/// (`joinedRecords`); what goes out must be what reading each entry alone sends.
+@Suite("Reading a page of changes in one statement per table")
+struct PageReadTests {
+    @Test func aPageReadTogetherSendsEachRowsNewestChangeOnce() throws {
+        let c = try TestCluster(nodes: 2, schema: BatchApplyTests.schema + "CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER);") {
+            $0.shards = 1
+        }
+        let app = c.apps[0]
+        try BatchApplyTests.insertItems(app, from: 1, count: 100)
+        try app.transaction {
+            try app.execute("UPDATE items SET name = 'changed' WHERE id = 50")  // the first entry of 50 is superseded
+            try app.execute("DELETE FROM items WHERE id = 60")                   // 60 goes as a delete, once
+            try app.execute("INSERT INTO tags VALUES ('a', 1), ('b', 2)")         // another table in the same page
+            try app.execute("UPDATE items SET price = -1 WHERE id = 70")
+        }
+        try c.publish(0)
+        let sent = try c.streams.messages(shard: 1).flatMap { try EnvelopeCodec.decodeAll($0.payload) }
+        let items = sent.filter { $0.table == "items" }
+        #expect(items.count == 100)
+        #expect(Set(items.map { $0.primaryKey[0].value }).count == 100)
+        #expect(items.first { $0.primaryKey[0].value == 50 }?.row.first { $0.name == "name" }?.value == "changed")
+        #expect(items.first { $0.primaryKey[0].value == 60 }?.operation == .delete)
+        #expect(items.first { $0.primaryKey[0].value == 70 }?.row.first { $0.name == "price" }?.value == .real(-1))
+        #expect(sent.filter { $0.table == "tags" }.map { $0.primaryKey[0].value } == ["a", "b"])
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT * FROM items ORDER BY id") == c.rows(0, "SELECT * FROM items ORDER BY id"))
+        #expect(try c.rows(1, "SELECT * FROM tags ORDER BY name") == [["a", 1], ["b", 2]])
+    }
+}
