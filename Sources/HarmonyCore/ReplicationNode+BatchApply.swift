@@ -47,7 +47,8 @@ extension ReplicationNode {
     }
 
     /// Applies a run of `appendableChange`s of one table, in order, and records each outcome as `applyRecord` does.
-    /// New keys go in multi-row statements (`keysAreNew`); any other run, a change at a time. Only inside a message's own savepoint (see the type's comment).
+    /// New keys go in multi-row statements (`keysAreNew`); any other run, a change at a time. Only inside a message's
+    /// own savepoint (see the type's comment).
     func applyRun(_ db: Database, shard: Int, _ message: IncomingMessage, _ run: [ResolvedChange],
                   events: inout [ReplicationEvent]) throws {
         guard let first = run.first else { return }
