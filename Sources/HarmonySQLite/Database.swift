@@ -85,11 +85,11 @@ public final class Database {
         }
     }
 
-    /// A fresh prepared statement, owned by the caller.
     /// The most parameters one statement may take (`SQLITE_LIMIT_VARIABLE_NUMBER`: 32766 by default, 999 in
     /// builds before 3.32 or configured lower).
     public var variableLimit: Int { Int(sqlite3_limit(handle, SQLITE_LIMIT_VARIABLE_NUMBER, -1)) }
 
+    /// A fresh prepared statement, owned by the caller.
     public func prepare(_ sql: String) throws -> Statement { try Statement(database: self, sql: sql) }
 
     /// A prepared statement kept for the connection's lifetime: use for SQL that runs repeatedly.
