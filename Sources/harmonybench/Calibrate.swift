@@ -6,6 +6,7 @@ import HarmonyCoreTesting
 import HarmonyNATS
 import HarmonyRuntime
 import HarmonySQLite
+import HarmonyTestSupport
 import Synchronization
 
 /// Measures, on this machine, the costs a capacity model needs: the real nats-server's publish round trip and
@@ -279,7 +280,7 @@ struct Calibrate: ParsableCommand {
         let insert = try app.prepare("INSERT INTO bench (id, name, value, at) VALUES (?, ?, ?, ?)")
         var ids = Array(0..<count)
         if scattered {
-            var generator = SplitMix64(seed: 15)
+            var generator = SplitMix64(state: 15)  // a fixed sequence: every calibration scatters the same keys
             ids = Array(Array(0..<(5 * count)).shuffled(using: &generator).prefix(count))
         }
         for start in stride(from: 0, to: count, by: 1_000) {
@@ -449,15 +450,3 @@ final class CollectingLog: ReplicationLog {
     func requestStreamState(shard: Int) {}
 }
 
-/// A fixed sequence of pseudo-random numbers (SplitMix64), so every calibration scatters the same keys.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
