@@ -25,6 +25,10 @@ extension ReplicationNode {
     struct BatchApplySQL {
         var insertVersions: String
         var insertRows: String
+        /// Whether any of `rows` keys has a version (`keysAreNew`).
+        var probeKeys: String
+        /// Whether any key between two has a version (the same for every row count).
+        var probeRange: String
     }
 
     struct BatchApplyKey: Hashable {
@@ -51,7 +55,7 @@ extension ReplicationNode {
     /// own savepoint (see the type's comment).
     func applyRun(_ db: Database, shard: Int, _ message: IncomingMessage, _ run: [ResolvedChange],
                   events: inout [ReplicationEvent]) throws {
-        guard let first = run.first else { return }
+        guard !run.isEmpty else { return }
         do {
             if run.count > 1, try keysAreNew(db, run) {
                 try insertAppended(db, run)
@@ -62,7 +66,7 @@ extension ReplicationNode {
             }
             for change in run {
                 let won = try applyLWW(db, change)
-                events.append(.applied(shard: shard, sequence: message.sequence, table: first.table.name, version: change.version, won: won))
+                events.append(.applied(shard: shard, sequence: message.sequence, table: change.table.name, version: change.version, won: won))
             }
         } catch let error as SQLiteError where error.isConstraint || error.primaryCode == 20 /* SQLITE_MISMATCH */ {
             throw ConstraintFailedWithoutSavepoint()
@@ -80,20 +84,19 @@ extension ReplicationNode {
             guard change.key[0] != .null, seen.insert(change.key[0]).inserted else { return false }
         }
         let table = run[0].table
-        let versions = quoteIdentifier(Bookkeeping.versionTable(table.name)), key = quoteIdentifier(Bookkeeping.keyColumn(table.primaryKey[0]))
+        let sizes = Self.statementSizes(run.count, parametersPerRow: 1, limit: parameterLimit(db))
         // One shard's bulk load: nothing at all between the run's smallest and largest integer key, one index seek.
         let integers = run.compactMap { change -> Int64? in if case .integer(let k) = change.key[0] { k } else { nil } }
         if integers.count == run.count, let low = integers.min(), let high = integers.max() {
-            let range = try db.cached("SELECT 1 FROM \(versions) WHERE \(key) BETWEEN ? AND ? LIMIT 1")
+            let range = try db.cached(batchApplySQL(table, rows: sizes[0]).probeRange)
             try range.bind([.integer(low), .integer(high)])
             let found = try range.step()
             range.reset()
             if !found { return true }
         }
         var start = 0
-        for rows in Self.statementSizes(run.count, parametersPerRow: 1, limit: parameterLimit(db)) {
-            let list = Array(repeating: "?", count: rows).joined(separator: ", ")
-            let probe = try db.cached("SELECT 1 FROM \(versions) WHERE \(key) IN (\(list)) LIMIT 1")
+        for rows in sizes {
+            let probe = try db.cached(batchApplySQL(table, rows: rows).probeKeys)
             try probe.bind(run[start..<(start + rows)].map { $0.key[0] })
             let found = try probe.step()
             probe.reset()
@@ -141,7 +144,7 @@ extension ReplicationNode {
         return sizes
     }
 
-    /// The multi-row inserts for `rows` changes of the table's exact shape.
+    /// The multi-row inserts and key probes for `rows` changes of the table's exact shape.
     func batchApplySQL(_ schema: TableSchema, rows: Int) -> BatchApplySQL {
         let key = BatchApplyKey(table: schema.name, rows: rows)
         if let cached = batchApplySQLCache[key] { return cached }
@@ -149,15 +152,18 @@ extension ReplicationNode {
             let row = "(" + Array(repeating: "?", count: count).joined(separator: ", ") + ")"
             return Array(repeating: row, count: rows).joined(separator: ", ")
         }
+        let versions = quoteIdentifier(Bookkeeping.versionTable(schema.name))
+        let keyColumn = quoteIdentifier(Bookkeeping.keyColumn(schema.primaryKey[0]))
         let sql = BatchApplySQL(
             insertVersions: """
-                INSERT OR FAIL INTO \(quoteIdentifier(Bookkeeping.versionTable(schema.name)))
-                (\(quoteIdentifier(Bookkeeping.keyColumn(schema.primaryKey[0]))), hlc, node, deleted) VALUES \(values(4))
+                INSERT OR FAIL INTO \(versions) (\(keyColumn), hlc, node, deleted) VALUES \(values(4))
                 """,
             insertRows: """
                 INSERT OR FAIL INTO \(quoteIdentifier(schema.name)) (\(schema.columns.map(quoteIdentifier).joined(separator: ", ")))
                 VALUES \(values(schema.columns.count))
-                """)
+                """,
+            probeKeys: "SELECT 1 FROM \(versions) WHERE \(keyColumn) IN (\(Array(repeating: "?", count: rows).joined(separator: ", "))) LIMIT 1",
+            probeRange: "SELECT 1 FROM \(versions) WHERE \(keyColumn) BETWEEN ? AND ? LIMIT 1")
         batchApplySQLCache[key] = sql
         return sql
     }
