@@ -62,7 +62,7 @@ struct LiveBench: ParsableCommand {
         // Bulk load on node 1 while a second thread samples latency from the probe node to node 2.
         let cpuBefore = try cluster.cpuSeconds()
         let benchCPUBefore = Calibrate.cpuSeconds(getpid())
-        let start = Date()
+        let start = Date(), startUptimeNs = DispatchTime.now().uptimeNanoseconds
         let loaderDone = Mutex<Double?>(nil)
         // The loader's own CPU, apart from the probes' and watchers': the application's share of this process.
         let loaderCPU = Mutex<Double>(0)
@@ -149,6 +149,8 @@ struct LiveBench: ParsableCommand {
         say("latency under load: p50 \(msText(percentile(loaded, 50))) ms, p99 \(msText(percentile(loaded, 99))) ms (\(loaded.count) samples)")
         try watch.readStoredTimes(shards: shards)
         let toLog = watch.delays(\.onLog), toHint = watch.delays(\.hinted)
+        let sentAll = watch.lastBulkStoredSeconds(after: startUptimeNs)
+        say(String(format: "the log stored the last bulk message at %.2f s (the nodes had every row after %.2f s)", sentAll ?? .nan, elapsed))
         if probeTimes { watch.printProbeTimes() }
         say("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
         say("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
@@ -176,6 +178,7 @@ struct LiveBench: ParsableCommand {
             | figure | value | target |
             |---|---|---|
             | end-to-end throughput | \(String(format: "%.0f", rate)) rows/s | ≥ 20,000 rows/s |
+            | the log stored the last bulk message, the nodes had every row | \(String(format: "%.2f", sentAll ?? .nan)) s, \(String(format: "%.2f", elapsed)) s | |
             | latency at idle, p50 | \(msText(percentile(idle, 50))) ms | < 10 ms |
             | latency at idle, p99 | \(msText(percentile(idle, 99))) ms | < 50 ms |
             | latency under load, p50 | \(msText(percentile(loaded, 50))) ms | |
@@ -193,7 +196,7 @@ struct LiveBench: ParsableCommand {
         if let report {
             try text.write(toFile: report + ".md", atomically: true, encoding: .utf8)
             try """
-                {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)),
+                {"rows": \(rows), "batch": \(batch), "shards": \(shards), "rows_per_s": \(Int(rate)), "last_bulk_stored_s": \(String(format: "%.3f", sentAll ?? -1)),
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
                  "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99))), "samples": \(loaded.count)},
                  "probe_node": \(probeNode), "hints": \(!noHints), "compress": \(compress), "hints_applied": \(hintsApplied),
@@ -336,6 +339,9 @@ final class LogWatch: Sendable {
     /// A class, so the subscription handlers can hold it before `self` is whole.
     final class Probes: Sendable { let all = Mutex<[Int64: Probe]>([:]) }
     private let probes = Probes()
+    /// When the log stored the last message carrying a bulk row (uptime ns; 0: none read yet): the sender's end of
+    /// the load, against which the nodes' completion says whether sending or applying set the pace.
+    private let lastBulkStored = Mutex<UInt64>(0)
     private let connection: NATSConnection
     private let subscriptions: [CoreSubscription]
     private let firstProbe: Int64
@@ -385,6 +391,7 @@ final class LogWatch: Sendable {
                 for m in try subscription.fetch(batch: 256, timeoutMs: 1_000) {
                     read = max(read, m.streamSequence)
                     let stored = UInt64(max(0, m.storedAtNs - wallMinusUptime))
+                    if Self.carriesBulkRow(m.payload, below: firstProbe) { lastBulkStored.withLock { $0 = max($0, stored) } }
                     for id in Self.probeIDs(m.payload, from: firstProbe) {
                         probes.all.withLock { all in
                             if all[id, default: Probe()].onLog == 0 || stored < all[id]!.onLog { all[id, default: Probe()].onLog = stored }
@@ -393,6 +400,19 @@ final class LogWatch: Sendable {
                 }
             }
         }
+    }
+
+    /// Whether a stored message carries a bulk row (an id below the probes'), decoding the parts of a split one too.
+    static func carriesBulkRow(_ payload: [UInt8], below firstProbe: Int64) -> Bool {
+        guard !EnvelopeCodec.isPart(payload) else { return true }  // only a large message is split: bulk
+        guard let records = try? EnvelopeCodec.decodeAll(payload) else { return false }
+        return records.contains { $0.table == "bench" && ($0.primaryKey.first?.value.int64 ?? firstProbe) < firstProbe }
+    }
+
+    /// Seconds from `startNs` (uptime) to when the log stored the last bulk message (nil: none was read).
+    func lastBulkStoredSeconds(after startNs: UInt64) -> Double? {
+        let t = lastBulkStored.withLock { $0 }
+        return t == 0 ? nil : (Double(t) - Double(startNs)) / 1e9
     }
 
     func committed(_ id: Int64, atNs: UInt64) { probes.all.withLock { $0[id, default: Probe()].committed = atNs } }
