@@ -32,11 +32,14 @@ enum SimEvent {
     /// `joinedLineMs`: taken from the node's line of deliveries waiting for its sidecar (`deliveryLine`), which it
     /// joined then.
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int, joinedLineMs: Int64? = nil)
+    /// With a cost model: node N's fetch thread hands the rest of its batch over, the chunk before applied at `readyUs`.
+    case nextChunk(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int, readyUs: Double)
     /// With a cost model: node N's sidecar may take the first delivery waiting in its line.
     case deliveryTurn(node: Int)
     /// Another node's message, stored at `sequence`, offered ahead of its turn over plain NATS (best effort).
     /// `handoff`: rescheduled to a hand-off point of its node's busy sidecar (`handoffsUs`), where it runs ahead.
-    case hintArrives(node: Int, shard: Int, message: IncomingMessage, incarnation: Int, handoff: Bool = false)
+    /// `waited`: it waited for the sidecar, in `hintsWaiting`.
+    case hintArrives(node: Int, shard: Int, message: IncomingMessage, incarnation: Int, handoff: Bool = false, waited: Bool = false)
     case ackArrives(node: Int, shard: Int, sequence: UInt64, nakDelayMs: Int64?)
     case workload(node: Int)
     /// One step of the schema workload (see `Scenario.ddlIntervalMs`).
@@ -120,8 +123,12 @@ public final class Simulation {
     /// With a cost model: when each node's sidecar, the server and the application's loader are next free
     /// (microseconds of simulated time), when each node first had each version, and what the log stored.
     var busyUntilUs: [CostWorker: Double] = [:]
-    /// CPU time each worker has used so far: who runs first when they compete for the cores (`runJob`).
+    /// CPU time each worker has used so far (for the reports and tests).
     var cpuUsedUs: [CostWorker: Double] = [:]
+    /// The part of a core each running worker gets for the rest of its work (`runJob`).
+    var shareOf: [CostWorker: Double] = [:]
+    /// With a cost model, hints waiting for node N's busy sidecar (`hintArrives`), taken before its next chunk.
+    var hintsWaiting: [Int: [WaitingHint]] = [:]
     /// With a cost model: the bulk load's versions, and how many of them each node has had (`observerTick` runs until
     /// every node has them all).
     var bulkVersions: Set<RowVersion> = []
@@ -147,7 +154,7 @@ public final class Simulation {
     /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
     public var cpuUsedBySidecarsAndServerUs: [Double] {
         nodes.map { cpuUsedUs[.sidecar($0.id), default: 0] }
-            + [cpuUsedUs.filter { if case .server = $0.key { true } else { false } }.values.reduce(0, +)]
+            + [(1...max(1, scenario.shards)).reduce(0.0) { $0 + cpuUsedUs[.server($1), default: 0] + cpuUsedUs[.serverRelay($1), default: 0] }]
     }
     /// With a cost model: the moments each node's sidecar could turn to other work inside what is queued on it now
     /// (ascending): the end of each page of the scan and of each apply chunk. The live core looks for new commits
@@ -600,12 +607,27 @@ public final class Simulation {
             if let free = sidecarFreeAtMs(id), free > nowMs { return wait(until: free) }
             if let later = waitsForPublishLoop(id) { return wait(until: later) }
             if let until = waitForWriteLock(.apply(node: id, shard: shard), node: id) { return wait(until: until) }
+            // With costs, as the live fetch thread hands its batch over: a chunk at a time, each its own transaction,
+            // the hints that came meanwhile taken first.
+            var messages = messages, rest: [IncomingMessage] = []
+            if scenario.costs != nil {
+                for hint in hintsWaiting.removeValue(forKey: id) ?? [] where hint.incarnation == incarnation { takeHint(node, shard: hint.shard, hint.message, ahead: false) }
+                let chunk = Self.firstApplyChunk(messages.map(\.payload.count))
+                rest = Array(messages[chunk...])
+                messages = Array(messages[..<chunk])
+            }
             trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
             applying = []
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
             let appliedUs = chargeApply(node: id, messages)
             sidecarHoldsWriteLock(id, untilUs: appliedUs)
             applying = []
+            if let appliedUs, !rest.isEmpty {
+                // The fetch thread hands the next chunk over once this one is applied (behind whatever came meanwhile),
+                // and asks for its next batch after the last.
+                push(.nextChunk(node: id, shard: shard, messages: rest, incarnation: incarnation, readyUs: appliedUs), at: Self.ms(appliedUs))
+                return
+            }
             if let appliedUs, let hop = hopUs {
                 // The live fetch thread waits until the core has applied its batch, then asks for the next one:
                 // none is fetched meanwhile, and the request takes a hop to the server.
@@ -614,6 +636,15 @@ public final class Simulation {
             }
             deliveryOutstanding.remove([id, shard])
             if jetStream.hasWork(node: id, shard: shard) { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+
+        case .nextChunk(let id, let shard, let messages, let incarnation, let readyUs):
+            guard nodes[id - 1].incarnation == incarnation, nodes[id - 1].canReceive else {
+                if deliveryOutstanding.remove([id, shard]) != nil { push(.pump(node: id, shard: shard), at: nowMs + 1) }
+                return
+            }
+            // Joined when the chunk before it was applied, to the microsecond (`deliveryTurn` starts it no earlier).
+            let chunk = WaitingDelivery(shard: shard, messages: messages, incarnation: incarnation, joinedMs: Int64((readyUs / 1_000).rounded(.down)))
+            joinDeliveryLine(id, chunk, turnAtMs: nowMs)
 
         case .fetchNext(let id, let shard, let incarnation):
             guard deliveryOutstanding.remove([id, shard]) != nil, nodes[id - 1].incarnation == incarnation else { return }
@@ -636,24 +667,25 @@ public final class Simulation {
                 scheduleDeliveryTurn(id, atMs: max(nowMs, sidecarFreeAtMs(id) ?? nowMs))
             }
 
-        case .hintArrives(let id, let shard, let message, let incarnation, let handoff):
+        case .hintArrives(let id, let shard, let message, let incarnation, let handoff, let waited):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation, node.canReceive else { return }
+            if waited {
+                // Unless the turn of a chunk took it first (`.deliver`, as the live queue takes its pending hints
+                // before each chunk).
+                guard let i = hintsWaiting[id]?.firstIndex(where: { $0.shard == shard && $0.message.sequence == message.sequence }) else { return }
+                hintsWaiting[id]!.remove(at: i)
+            }
             if !handoff, let free = sidecarFreeAtMs(id), free > nowMs {
+                hintsWaiting[id, default: []].append(WaitingHint(shard: shard, message: message, incarnation: incarnation))
                 if let next = nextHandoffUs(id) {
-                    push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation, handoff: true), at: Self.ms(next))
+                    push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation, handoff: true, waited: true), at: Self.ms(next))
                 } else {
-                    push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation), at: free)
+                    push(.hintArrives(node: id, shard: shard, message: message, incarnation: incarnation, waited: true), at: free)
                 }
                 return
             }
-            trace("node \(id) hint shard \(shard) seq \(message.sequence)")
-            let appliedBefore = hintsApplied
-            applying = []
-            callCore(node) { try $0.hintArrived(shard: shard, sequence: message.sequence, payload: message.payload) }
-            // Ignored, a hint costs a live node next to nothing (it is dropped before it is decoded, mostly).
-            if hintsApplied > appliedBefore { chargeApply(node: id, [message], ahead: handoff) }
-            applying = []
+            takeHint(node, shard: shard, message, ahead: handoff)
 
         case .ackArrives(let id, let shard, let sequence, let nakDelayMs):
             guard serverUp else { return }

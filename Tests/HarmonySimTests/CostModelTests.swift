@@ -1,5 +1,5 @@
 import HarmonyCodec
-import HarmonyCore
+@testable import HarmonyCore
 @testable import HarmonySim
 import Testing
 
@@ -88,25 +88,33 @@ struct CostModelTests {
         #expect(handed.reduce(0, +) > handed.count)
     }
 
-    /// The cores are shared as Linux shares them: a worker that has used little CPU (a receiver woken by a batch)
-    /// runs at full speed beside busier ones, which lose what it takes beyond an equal share; the busiest worker
-    /// gets an equal share. Measured live, node 2's queue was mostly idle while node 1 published a backlog.
-    @Test func aLightWorkerRunsAheadOfBusierOnesWhichPayForIt() throws {
+    /// The cores are shared equally among the workers running, as Linux shares them among runnable threads: a
+    /// worker that has used little CPU (a receiver woken by a batch) gets no more than its share, and takes it from
+    /// those already running, whose work ends later by what they lose. No CPU is made up: the cores never do more
+    /// than two cores' work.
+    @Test func theCoresAreSharedEquallyAndAWorkerThatStartsSlowsThoseRunning() throws {
         let sim = try Simulation(scenario: Self.bulk(Self.profile), seed: 1)
-        // Node 1's sidecar and the server have used much CPU and have work queued far ahead; node 2 is idle.
-        for hog in [CostWorker.sidecar(1), .server(1)] {
-            sim.busyUntilUs[hog] = 1_000_000
-            sim.cpuUsedUs[hog] = 500_000
+        // Node 1's sidecar and the server have much CPU behind them and work queued far ahead; node 2 is idle.
+        for busy in [CostWorker.sidecar(1), .server(1)] {
+            sim.busyUntilUs[busy] = 1_000_000
+            sim.cpuUsedUs[busy] = 500_000
         }
-        #expect(sim.runJob(.sidecar(2), 1_000) == 1_000)
-        // Two cores, three running: node 2 took 1/3 of a core beyond its equal share of 2/3 for 1 ms; each hog
-        // loses half of that, at its own equal share.
-        #expect(abs(sim.busyUntilUs[.sidecar(1)]! - 1_000_250) < 1e-6)
-        #expect(abs(sim.busyUntilUs[.server(1)]! - 1_000_250) < 1e-6)
-        // The busiest worker gets an equal share, and nobody pays for it: with three others running, 1 ms takes 2 ms.
-        sim.cpuUsedUs[.loader] = 900_000
+        // Two cores, three running: node 2 gets 2/3 of a core, so 1 ms of work takes 1.5 ms ...
+        #expect(abs(sim.runJob(.sidecar(2), 1_000) - 1_500) < 1e-6)
+        // ... and each of the two others ran at 2/3 instead of 1 for those 1.5 ms: it lost 0.5 ms of CPU, which at
+        // 2/3 of a core takes it 0.75 ms. Together they lost the 1 ms node 2 used.
+        #expect(abs(sim.busyUntilUs[.sidecar(1)]! - 1_000_750) < 1e-6)
+        #expect(abs(sim.busyUntilUs[.server(1)]! - 1_000_750) < 1e-6)
+        // The loader starts while all three run: half a core, 2 ms for 1 ms of work, however much CPU it used before.
+        sim.cpuUsedUs[.loader] = 0
         #expect(abs(sim.runJob(.loader, 1_000) - 2_000) < 1e-6)
-        #expect(abs(sim.busyUntilUs[.server(1)]! - 1_000_250) < 1e-6)
+        // Node 2 ran at 2/3 until its end at 1.5 ms, then half: it lost 1/6 of a core for 1.5 ms, 0.5 ms at half a core.
+        #expect(abs(sim.busyUntilUs[.sidecar(2)]! - 2_000) < 1e-6)
+        // A worker that starts alone gets a whole core, and a second one beside it too (two cores).
+        let idle = try Simulation(scenario: Self.bulk(Self.profile), seed: 1)
+        #expect(abs(idle.runJob(.sidecar(2), 1_000) - 1_000) < 1e-6)
+        #expect(abs(idle.runJob(.sidecar(3), 1_000) - 1_000) < 1e-6)
+        #expect(abs(idle.busyUntilUs[.sidecar(2)]! - 1_000) < 1e-6)
     }
 
     /// nats-server's streams are goroutines of one process, which the kernel sees as at most a thread per core: eight
@@ -123,6 +131,69 @@ struct CostModelTests {
         sim.cpuUsedUs[.sidecar(2)] = 500_000
         // Node 2 and the server's two threads on two cores: 1 ms of work takes 1.5 ms (as eight processes, 4.5 ms).
         #expect(abs(sim.runJob(.sidecar(2), 1_000) - 1_500) < 1e-6)
+    }
+
+    /// Only storing a message is serialized on its stream: the server's other work on it (reading it off the
+    /// connection, handing it to the consumers, their acks) runs on other threads. A message that comes behind
+    /// another is stored once that one is stored, not once it has been relayed, and the relaying still uses CPU.
+    @Test func aMessageWaitsForTheOnesBeforeItToBeStoredNotRelayed() throws {
+        var costs = Self.profile
+        costs.cores = 0
+        costs.serverMessageUs = 10
+        costs.serverByteNs = 0
+        costs.serverChangeUs = 2
+        costs.runtimeServerMessageUs = 100
+        let sim = try Simulation(scenario: Self.bulk(costs), seed: 1)
+        let messages = try Self.tenMessagesOf200Changes().prefix(2).map { OutgoingMessage(shard: 1, messageID: "m\($0.sequence)", payload: $0.payload, token: Int64($0.sequence)) }
+        #expect(abs(sim.chargeServer(messages[0], arrivalUs: 0) - 10) < 1e-6)
+        #expect(abs(sim.chargeServer(messages[1], arrivalUs: 0) - 20) < 1e-6)
+        #expect(abs((sim.cpuUsedUs[.serverRelay(1)] ?? 0) - 2 * (100 + 200 * 2)) < 1e-6)
+        #expect(abs(sim.cpuUsedBySidecarsAndServerUs.last! - 2 * (10 + 100 + 200 * 2)) < 1e-6)
+    }
+
+    /// As the live fetch thread hands a batch to the node's queue, the core gets it a chunk at a time, and takes the
+    /// hints that came meanwhile before the next chunk: a probe whose message is in a later chunk of a batch being
+    /// applied goes in ahead of that chunk. Handed the whole batch at once, the core would have applied the probe's
+    /// message in order before its hint came, and the hint would find nothing to do.
+    @Test func aBatchReachesTheCoreAChunkAtATimeWithHintsBetween() throws {
+        var s = Self.bulk(Self.profile, shards: 1)
+        s.bulkRows = 20_000
+        s.bulkBatch = 1_000
+        s.smallWritesOwnConnection = true
+        s.writeIntervalMsMin = 5
+        s.writeIntervalMsMax = 5
+        let r = try Simulation(scenario: s, seed: 2, trace: true).run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        var lastEnd: UInt64?, chunksAfterTheFirst = 0, hintsBetweenChunks = 0, hintSinceLastChunk = false
+        for line in r.trace {
+            if let range = line.range(of: #"node 2 receives shard 1 seq \d+\.\.\.\d+"#, options: .regularExpression) {
+                let seqs = line[range].split(separator: " ").last!.components(separatedBy: "...").compactMap { UInt64($0) }
+                if let lastEnd, seqs[0] == lastEnd + 1 {
+                    chunksAfterTheFirst += 1
+                    if hintSinceLastChunk { hintsBetweenChunks += 1 }
+                }
+                lastEnd = seqs[1]
+                hintSinceLastChunk = false
+            } else if line.hasSuffix("node 2 shard 1 asks for its next batch") {
+                lastEnd = nil
+            } else if line.contains("node 2 shard 1 message"), line.contains("applied ahead of its turn") {
+                hintSinceLastChunk = true
+            }
+        }
+        #expect(chunksAfterTheFirst > 10, "node 2 was never handed a batch's later chunk")
+        #expect(hintsBetweenChunks > 0, "no hint was taken between two chunks of a batch")
+    }
+
+    /// A batch splits where the live runtime splits it (`LiveNode.applyChunks`): at most 64 KiB of payload a chunk,
+    /// and always at least one message, however large.
+    @Test func aBatchSplitsIntoChunksOf64KiBAsTheLiveRuntimeSplitsIt() {
+        let k = 1_024
+        #expect(Simulation.firstApplyChunk([]) == 0)
+        #expect(Simulation.firstApplyChunk([100 * k]) == 1)
+        #expect(Simulation.firstApplyChunk([100 * k, 1]) == 1)
+        #expect(Simulation.firstApplyChunk([30 * k, 30 * k, 30 * k]) == 2)
+        #expect(Simulation.firstApplyChunk([32 * k, 32 * k, 1]) == 2)
+        #expect(Simulation.firstApplyChunk(Array(repeating: 14 * k, count: 10)) == 4)
     }
 
     /// A reader sees an applied row once its transaction commits: a version is visible on a node at the end of the
@@ -204,15 +275,18 @@ struct CostModelTests {
         let r = try Simulation(scenario: s, seed: 3, trace: true).run()
         #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
         for node in [2, 3] {
-            func batches(_ pattern: String) -> [String] {
-                r.trace.compactMap { line -> String? in
-                    guard let range = line.range(of: "node \(node) (receives )?shard \\d+ seq \\d+\\.\\.\\.\\d+\(pattern)", options: .regularExpression) else { return nil }
-                    return line[range].replacingOccurrences(of: "receives ", with: "").replacingOccurrences(of: " waits for the sidecar", with: "")
+            // A batch by its shard and first message: it is applied a chunk at a time, the rest waiting again.
+            func batches(waiting: Bool) -> [String] {
+                let pattern = waiting ? "node \(node) shard (\\d+) seq (\\d+)\\.\\.\\.\\d+ waits for the sidecar$" : "node \(node) receives shard (\\d+) seq (\\d+)\\.\\.\\.\\d+$"
+                let regex = try! Regex(pattern)
+                return r.trace.compactMap { line -> String? in
+                    guard let m = line.firstMatch(of: regex), let shard = m.output[1].substring, let first = m.output[2].substring else { return nil }
+                    return "shard \(shard) seq \(first)"
                 }
             }
-            let waited = batches(" waits for the sidecar")
+            let waited = batches(waiting: true)
             let waitedSet = Set(waited)
-            let applied = batches("$").filter { waitedSet.contains($0) }
+            let applied = batches(waiting: false).filter { waitedSet.contains($0) }
             #expect(waited.count > 20, "node \(node): only \(waited.count) batches waited")
             #expect(applied == waited, "node \(node) applied the batches that waited in another order")
         }
@@ -306,11 +380,15 @@ struct CostModelTests {
         }
     }
 
-    /// The highest sustainable write rate follows the costs: a message that costs the server four times as much
-    /// lets the cluster keep up with fewer writes.
+    /// The highest sustainable write rate follows the costs: where the server's cost per message is what limits the
+    /// cluster (the sidecars' own cost per message small), a message that costs the server four times as much lets
+    /// the cluster keep up with fewer writes. (With dear sidecars, a slower server makes bigger messages, and the
+    /// cluster keeps up with more writes: the receivers' cost per message is then what limits it.)
     @Test func dearerMessagesLowerTheSustainableWriteRate() throws {
         func rate(serverMessageUs: Double) throws -> Double {
             var costs = Self.profile
+            costs.runtimeApplyMessageUs = 50
+            costs.applyBatchUs = 50
             costs.serverMessageUs = serverMessageUs
             return try Simulation.sustainableWriteRate(Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10_000, costs: costs), seed: 1)
         }
@@ -491,7 +569,7 @@ struct CostModelTests {
     /// live: a single-row commit made while a window of the bulk load is read leaves within about a page, not once the
     /// whole window is read and acknowledged.
     @Test func aCommitMadeWhileABacklogIsReadLeavesBetweenItsPages() throws {
-        func lagP50(pagesPerCall: Int?) throws -> (sent: Double, seen: Double) {
+        func lagP50(pagesPerCall: Int?) throws -> (sent: Double, sentP90: Double, seen: Double) {
             var s = Self.bulk(Self.profile, shards: 1)
             s.bulkRows = 20_000
             s.bulkBatch = 1_000
@@ -502,12 +580,14 @@ struct CostModelTests {
             let r = try Simulation(scenario: s, seed: 1).run()
             #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
             let c = try #require(r.capacity)
-            return (Self.percentile50(c.hintLagsMs), Self.percentile50(c.lagsMs))
+            return (Self.percentile50(c.hintLagsMs), c.hintLagsMs.sorted()[c.hintLagsMs.count * 9 / 10], Self.percentile50(c.lagsMs))
         }
-        // The sender's share (until the probe is sent as a hint) is where the pages make the difference; the
-        // receiver's (applying 64 KiB transactions of this dear profile) is the same either way.
+        // The sender's share (until the probe is sent as a hint) is where the pages make the difference, most in its
+        // tail: a commit waits for the rest of one page, against the rest of a whole window. The receiver's share
+        // (applying 64 KiB transactions of this dear profile) is the same either way.
         let pages = try lagP50(pagesPerCall: nil), window = try lagP50(pagesPerCall: 0)
-        #expect(pages.sent < window.sent * 0.6, "sent as a hint after p50 \(pages.sent) ms a page at a time, \(window.sent) ms a window at a time")
+        #expect(pages.sent < window.sent, "sent as a hint after p50 \(pages.sent) ms a page at a time, \(window.sent) ms a window at a time")
+        #expect(pages.sentP90 < window.sentP90 * 0.7, "sent as a hint after p90 \(pages.sentP90) ms a page at a time, \(window.sentP90) ms a window at a time")
         #expect(pages.seen < window.seen, "seen after p50 \(pages.seen) ms a page at a time, \(window.seen) ms a window at a time")
     }
 
