@@ -173,6 +173,9 @@ public struct CostModel: Sendable, Equatable {
     public var observerUsPerMs = 0.0
     /// Messages per delivery (the live sidecar fetches 256).
     public var deliverBatch = 256
+    /// Payload bytes per delivery at most (the live sidecar fetches 1 MiB at most, `LiveNode.fetchBytesMax`): a
+    /// receiver behind the log applies what it holds before it asks for more, and a message stored meanwhile waits.
+    public var deliverBytesMax = 1 << 20
     /// Cores of the machine every process shares (the sidecars, the server and the application, as when a live
     /// benchmark runs them all on one machine); 0: each has a core of its own.
     public var cores = 0

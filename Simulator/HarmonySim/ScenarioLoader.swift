@@ -148,7 +148,7 @@ public enum ScenarioLoader {
     static func applyCosts(_ t: TOMLReader, to s: inout Scenario) throws {
         try t.rejectUnknownKeys(allowed: ["publish_rtt_us", "server_message_us", "server_byte_ns", "server_message_us_4_streams",
                                           "scan_change_us", "publish_message_us", "apply_batch_us", "apply_message_us", "apply_change_us",
-                                          "app_insert_row_us", "app_commit_us", "look_us", "look_wait_us", "ack_flush_us", "ack_flush_wait_us", "bytes_per_change", "deliver_batch", "max_ack_pending", "publish_batch_max",
+                                          "app_insert_row_us", "app_commit_us", "look_us", "look_wait_us", "ack_flush_us", "ack_flush_wait_us", "bytes_per_change", "deliver_batch", "deliver_bytes_max", "max_ack_pending", "publish_batch_max",
                                           "publish_in_flight_max", "publish_ack_timeout_ms", "cores", "apply_own_change_us", "runtime_publish_change_us",
                                           "runtime_apply_change_us", "server_change_us", "runtime_publish_message_us",
                                           "runtime_apply_message_us", "runtime_server_message_us", "observer_us_per_ms", "stamp_change_us", "stamp_table_us", "apply_table_us", "apply_scattered_change_us"])
@@ -187,6 +187,7 @@ public enum ScenarioLoader {
         m.runtimeServerMessageUs = try cost("runtime_server_message_us", 0)
         m.observerUsPerMs = try cost("observer_us_per_ms", 0)
         m.deliverBatch = try bounded(t, "deliver_batch", m.deliverBatch, 1...100_000)
+        m.deliverBytesMax = try bounded(t, "deliver_bytes_max", m.deliverBytesMax, 1...(1 << 30))
         m.cores = try bounded(t, "cores", m.cores, 0...1024)
         _ = try cost("bytes_per_change", 0)  // informational: the simulator encodes with the real codec
         _ = try bounded(t, "max_ack_pending", 4096, 1...1_000_000)  // informational: never reached at these loads

@@ -193,9 +193,10 @@ extension Simulation {
     /// does not wait for the ones before it to be relayed before it is stored.
     func chargeServer(_ message: OutgoingMessage, arrivalUs: Double?) -> Double {
         guard let costs = scenario.costs else { return nowUs }
+        let records = Self.records(message.payload)
         let done = runJob(.server(message.shard), costs.serverMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000, notBeforeUs: arrivalUs)
-        _ = runJob(.serverRelay(message.shard), costs.runtimeServerMessageUs + costs.serverChangeUs * Double(Self.changes(message.payload).count),
-                   notBeforeUs: arrivalUs)
+        _ = runJob(.serverRelay(message.shard), costs.runtimeServerMessageUs + costs.serverChangeUs * Double(records?.count ?? 1), notBeforeUs: arrivalUs)
+        if records?.contains(where: { bulkVersions.contains($0.version) }) == true { bulkStoredMs = max(bulkStoredMs ?? 0, Self.ms(done)) }
         storedMessages += 1
         storedBytes += message.payload.count
         return done
@@ -367,7 +368,7 @@ extension Simulation {
             if let h = p.hintMs { hintLags.append(Double(max(0, h - p.atMs))) }
         }
         return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
-                               writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
+                               bulkStoredMs: bulkStoredMs, writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
                                convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
     }
 }
@@ -465,6 +466,9 @@ public struct CapacityFigures: Sendable {
     public var bulkDoneMs: Int64?
     /// When the application committed the bulk load's last transaction (the live benchmark reports the same).
     public var bulkCommittedMs: Int64?
+    /// When the log stored the last message carrying bulk rows: the sender's end of the load (the live benchmark
+    /// reports the same), against `bulkDoneMs` the receivers'.
+    public var bulkStoredMs: Int64?
     public var writes: Int
     /// Writes some node never had as that version (superseded there before it arrived, or lost).
     public var notEverywhere: Int

@@ -137,6 +137,8 @@ public final class Simulation {
     var bulkVisibleMs: Int64 = 0
     /// When the application committed the bulk load's last transaction (with a cost model).
     var bulkCommittedMs: Int64?
+    /// When the log stored the last message carrying bulk rows (with a cost model).
+    var bulkStoredMs: Int64?
     /// With a cost model: when a subscriber first had each version as a hint, sent after the log stored it (`noteHintSent`).
     var hintSentAtMs: [RowVersion: Int64] = [:]
     /// With a cost model, while a core call continues node N's backlog: when its sidecar ended the page before, to
@@ -222,7 +224,8 @@ public final class Simulation {
         }
         jetStream = MemoryJetStream(duplicateWindowMs: scenario.duplicateWindowMs,
                                  maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs,
-                                 deliverBatchMax: scenario.costs?.deliverBatch ?? 64)
+                                 deliverBatchMax: scenario.costs?.deliverBatch ?? 64,
+                                 deliverBytesMax: scenario.costs?.deliverBytesMax ?? .max)
         let base = workDirectory ?? (FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory())
         directory = (base as NSString).appendingPathComponent("harmonysim-\(ProcessInfo.processInfo.processIdentifier)-\(seed)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -450,7 +450,7 @@ extension Bench {
         for count in counts {
             var scenario = base
             scenario.shards = count
-            var rates: [Double] = [], lags: [Double] = [], hintLags: [Double] = [], converged: [Double] = [], committed: [Double] = [], messages = 0, bytes = 0, writes = 0, passed = 0
+            var rates: [Double] = [], lags: [Double] = [], hintLags: [Double] = [], converged: [Double] = [], committed: [Double] = [], stored: [Double] = [], done: [Double] = [], messages = 0, bytes = 0, writes = 0, passed = 0
             for seed in range {
                 let r = try Simulation(scenario: scenario, seed: seed).run()
                 passed += r.passed ? 1 : 0
@@ -460,6 +460,8 @@ extension Bench {
                 hintLags += c.hintLagsMs
                 if let ms = c.convergedAfterHealMs { converged.append(Double(ms)) }
                 if let ms = c.bulkCommittedMs { committed.append(Double(ms)) }
+                if let ms = c.bulkStoredMs { stored.append(Double(ms)) }
+                if let ms = c.bulkDoneMs { done.append(Double(ms)) }
                 messages += c.messages; bytes += c.bytes; writes += c.writes
             }
             let rate = rates.isEmpty ? Double.nan : rates.reduce(0, +) / Double(rates.count)
@@ -470,7 +472,10 @@ extension Bench {
             let sustainable = findRate ? try Simulation.sustainableWriteRate(scenario, seed: range.lowerBound) : nil
             throughputs.append(rate.isNaN ? sustainable ?? .nan : rate)
             lagP50s.append(p50)
-            if !committed.isEmpty { committedLines.append(String(format: "%d shard(s): %.2f s", count, committed.reduce(0, +) / Double(committed.count) / 1000)) }
+            func seconds(_ xs: [Double]) -> Double { xs.isEmpty ? .nan : xs.reduce(0, +) / Double(xs.count) / 1000 }
+            if !committed.isEmpty {
+                committedLines.append(String(format: "%d shard(s): %.2f, %.2f, %.2f s", count, seconds(committed), seconds(stored), seconds(done)))
+            }
             rows.append(String(format: "| %d | %@ | %.0f | %@ | %.0f | %@ | %.3f | %.0f | %d/%d |", count, rate.isNaN ? "-" : String(format: "%.0f", rate),
                                p50, hintP50.isNaN ? "-" : String(format: "%.0f", hintP50), p99, convergence.isNaN ? "-" : String(format: "%.0f", convergence), perWrite, bytesPerWrite, passed, range.count)
                         + (sustainable.map { String(format: " %.0f |", $0) } ?? ""))
@@ -489,7 +494,7 @@ extension Bench {
             | shards | bulk rows/s | lag p50 ms | of which to sent as a hint, p50 ms | lag p99 ms | converged after heal ms | messages per write | bytes per write | passed |\(findRate ? " sustainable writes/s |" : "")
             |---|---|---|---|---|---|---|---|---|\(findRate ? "---|" : "")
             \(rows.joined(separator: "\n"))
-            \(committedLines.isEmpty ? "" : "\nThe application committed the bulk load after (mean over seeds): " + committedLines.joined(separator: ", ") + ".\n")
+            \(committedLines.isEmpty ? "" : "\nThe application committed the bulk load, the log stored its last message, and the last node had every row after (means over seeds): " + committedLines.joined(separator: "; ") + ".\n")
             """
         print(text)
         if let report {

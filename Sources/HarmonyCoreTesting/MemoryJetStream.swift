@@ -38,6 +38,8 @@ public final class MemoryJetStream {
     public let maxEntries: Int
     public let ackWaitMs: Int64
     public let deliverBatchMax: Int
+    /// Payload bytes per batch at most (always at least one message), as a fetch with `max_bytes` returns.
+    public let deliverBytesMax: Int
     private var streams: [Int: Stream] = [:]
     private var recentIDs: [String: Int64] = [:]
     private var consumers: [ConsumerKey: Consumer] = [:]
@@ -47,12 +49,13 @@ public final class MemoryJetStream {
     private let owner = pthread_self()
 
     /// Streams are created on first use, so `shards` only has to cover what callers name.
-    public init(duplicateWindowMs: Int64 = 120_000, maxEntries: Int = 0, ackWaitMs: Int64 = 30_000, deliverBatchMax: Int = 64) {
-        precondition(duplicateWindowMs >= 0 && maxEntries >= 0 && ackWaitMs > 0 && deliverBatchMax > 0, "invalid MemoryJetStream limits")
+    public init(duplicateWindowMs: Int64 = 120_000, maxEntries: Int = 0, ackWaitMs: Int64 = 30_000, deliverBatchMax: Int = 64, deliverBytesMax: Int = .max) {
+        precondition(duplicateWindowMs >= 0 && maxEntries >= 0 && ackWaitMs > 0 && deliverBatchMax > 0 && deliverBytesMax > 0, "invalid MemoryJetStream limits")
         self.duplicateWindowMs = duplicateWindowMs
         self.maxEntries = maxEntries
         self.ackWaitMs = ackWaitMs
         self.deliverBatchMax = deliverBatchMax
+        self.deliverBytesMax = deliverBytesMax
     }
 
     @inline(__always) private func checkThread() {
@@ -135,10 +138,15 @@ public final class MemoryJetStream {
         guard var c = consumers[key], nowMs >= c.pausedUntilMs, let s = streams[shard] else { return [] }
         // Sequences are contiguous from firstSequence, so the cursor indexes the array directly.
         var out: [IncomingMessage] = []
+        var bytes = 0
         var index = Int(max(c.cursor, s.firstSequence) - s.firstSequence)
         while index < s.messages.count && out.count < deliverBatchMax {
             let m = s.messages[index]
-            if c.pending[m.sequence] == nil { out.append(IncomingMessage(sequence: m.sequence, payload: m.payload)) }
+            if c.pending[m.sequence] == nil {
+                if !out.isEmpty && bytes + m.payload.count > deliverBytesMax { break }
+                out.append(IncomingMessage(sequence: m.sequence, payload: m.payload))
+                bytes += m.payload.count
+            }
             index += 1
         }
         for m in out { c.pending[m.sequence] = nowMs + ackWaitMs }

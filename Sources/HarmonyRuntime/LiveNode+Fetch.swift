@@ -104,7 +104,7 @@ extension LiveNode {
     /// At most this many bytes of messages per fetch: a node busy with its own bulk load held 256 of its echoed bulk
     /// messages per shard while it caught up, 15 MB at 4 shards (heaptrack, `harmonybench live --rows 1000000`), and
     /// went past the 64 MiB budget; 1 MiB is still about 80 bulk messages a fetch.
-    static let fetchBytesMax = 1 << 20
+    public static let fetchBytesMax = 1 << 20
 
     /// Consecutive index ranges of at most `bytesMax` bytes each (a larger message alone).
     static func applyChunks(_ sizes: [Int], bytesMax: Int) -> [Range<Int>] {

@@ -122,6 +122,7 @@ struct Calibrate: ParsableCommand {
             cores = \(ProcessInfo.processInfo.activeProcessorCount)
             # The live sidecar's settings these costs go with.
             deliver_batch = 256
+            deliver_bytes_max = \(LiveNode.fetchBytesMax)
             max_ack_pending = 4096
             publish_batch_max = \(NodeConfig(nodeID: 1, databasePath: "").publishBatchMax)
             publish_in_flight_max = \(NodeConfig(nodeID: 1, databasePath: "").publishInFlightMax)

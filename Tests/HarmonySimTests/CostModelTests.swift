@@ -1,5 +1,6 @@
 import HarmonyCodec
 @testable import HarmonyCore
+import HarmonyCoreTesting
 @testable import HarmonySim
 import Testing
 
@@ -182,6 +183,19 @@ struct CostModelTests {
         }
         #expect(chunksAfterTheFirst > 10, "node 2 was never handed a batch's later chunk")
         #expect(hintsBetweenChunks > 0, "no hint was taken between two chunks of a batch")
+    }
+
+    /// A delivery holds at most 1 MiB of payload, as the live fetch asks for (`LiveNode.fetchBytesMax`), and
+    /// always one message however large: a receiver behind the log applies what it holds before it asks again.
+    @Test func aDeliveryHoldsAtMostItsBytesAndAlwaysOneMessage() {
+        let log = MemoryJetStream(deliverBatchMax: 256, deliverBytesMax: 1 << 20)
+        for i in 0..<100 { log.store(shard: 1, messageID: "m\(i)", payload: [UInt8](repeating: 1, count: 14_000), nowMs: 0) }
+        log.store(shard: 1, messageID: "big", payload: [UInt8](repeating: 1, count: 2 << 20), nowMs: 0)
+        log.subscribe(node: 2, shard: 1, fromSequence: 1)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 0).count == (1 << 20) / 14_000)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 0).count == 100 - (1 << 20) / 14_000)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 0).map(\.payload.count) == [2 << 20])
+        #expect(Scenario().costs == nil && CostModel().deliverBytesMax == 1 << 20)
     }
 
     /// A batch splits where the live runtime splits it (`LiveNode.applyChunks`): at most 64 KiB of payload a chunk,
