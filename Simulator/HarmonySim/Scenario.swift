@@ -237,3 +237,19 @@ public struct Fault: Sendable, Equatable {
         self.driftPpm = driftPpm
     }
 }
+
+extension Scenario {
+    /// Why `harmonysim run` refuses this scenario without a cost model (nil: it does not). A bulk load is the
+    /// capacity-planning workload: without costs every step is free and deliveries reach a node in any order, and a
+    /// large load spends the run's events on batches held back and sent again (`scenarios/capacity/bulk-load.toml`,
+    /// 100,000 rows, ran out of its 5,000,000 events after 93 s).
+    public func needsACostModel(file: String) -> String? {
+        guard bulkRows > 0, costs == nil else { return nil }
+        return """
+            \(file): bulk_rows = \(bulkRows) is a capacity-planning workload, run under a cost model: without one every \
+            step is free and deliveries reach a node in any order, and the load's batches are held back and sent again until \
+            the run's events run out. Give it a cost profile: `harmonysim run \(file) --profile reports/cost-profile.toml` \
+            (`harmonybench calibrate` writes one), or `harmonysim bench \(file) --profile reports/cost-profile.toml` for the prediction.
+            """
+    }
+}

@@ -136,7 +136,8 @@ public enum ScenarioLoader {
         return s
     }
 
-    /// A cost profile file (`[costs]` only, as `harmonybench calibrate` writes it), for `harmonysim bench --profile`.
+    /// A cost profile file (`[costs]` only, as `harmonybench calibrate` writes it), for `harmonysim bench --profile`
+    /// and `harmonysim run --profile`.
     public static func applyProfile(_ text: String, to s: inout Scenario) throws {
         let root = try TOMLReader(parsing: text)
         try root.rejectUnknownKeys(allowed: ["costs"])

@@ -46,6 +46,17 @@ func fail(_ e: ExitMessage) -> Never {
     Foundation.exit(e.code.rawValue)
 }
 
+/// Puts the cost profile at `path` into `scenario`, or exits with what is wrong with it.
+func loadProfile(_ path: String, into scenario: inout Scenario) {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        fail(ExitMessage(code: .badScenario, message: "cannot read the cost profile \(path): \(error.localizedDescription) (`harmonybench calibrate --output \(path)` writes one)"))
+    }
+    do { try ScenarioLoader.applyProfile(text, to: &scenario) } catch {
+        fail(ExitMessage(code: .badScenario, message: "\(path): \(error)"))
+    }
+}
+
 /// Parses "1..500" or "7".
 func parseSeeds(_ text: String) throws -> ClosedRange<UInt64> {
     let parts = text.components(separatedBy: "..")
@@ -55,7 +66,8 @@ func parseSeeds(_ text: String) throws -> ClosedRange<UInt64> {
     return lo...hi
 }
 
-func summary(_ r: SimulationResult, file: String, wallSeconds: Double) -> String {
+/// `extra`: the options the run was given beyond the file and seed (a plant, a profile), for its reproduce line.
+func summary(_ r: SimulationResult, file: String, wallSeconds: Double, extra: [String] = []) -> String {
     var lines = [
         "scenario \(r.scenario)  seed \(r.seed)",
         String(format: "simulated %.1f s  events %d  faults %d  writes %d (%d lost unsynced)  conflicts resolved %d",
@@ -65,7 +77,7 @@ func summary(_ r: SimulationResult, file: String, wallSeconds: Double) -> String
     ]
     if let l = r.livenessFailure { lines.append("LIVENESS FAILURE: \(l)") }
     for f in r.correctnessFailures.prefix(10) { lines.append("CORRECTNESS FAILURE: \(f)") }
-    lines.append(r.passed ? String(format: "PASS (wall %.2f s)", wallSeconds) : "FAIL — reproduce: harmonysim run \(file) --seed \(r.seed) --trace")
+    lines.append(r.passed ? String(format: "PASS (wall %.2f s)", wallSeconds) : "FAIL — reproduce: harmonysim run \(file) --seed \(r.seed)\(extra.isEmpty ? "" : " " + extra.joined(separator: " ")) --trace")
     return lines.joined(separator: "\n")
 }
 
@@ -85,14 +97,19 @@ struct Run: ParsableCommand {
     @Option(help: "Switch on a planted bug (for the planted-bug suite).") var plant: [String] = []
     @Flag(help: "Print the readable event log.") var trace = false
     @Flag(help: "Stop a sweep at the first failing seed.") var stopOnFailure = false
+    @Option(help: "A cost profile (`harmonybench calibrate`): time advances by its costs, as `harmonysim bench --profile` runs the scenario (to trace one seed of a capacity scenario).")
+    var profile: String?
 
     func run() throws {
         var scenario: Scenario
         do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
         scenario.plantedBugs += plant
+        if let profile { loadProfile(profile, into: &scenario) }
+        if let refusal = scenario.needsACostModel(file: file) { fail(ExitMessage(code: .badScenario, message: refusal)) }
+        let extra = plant.flatMap { ["--plant", $0] } + (profile.map { ["--profile", $0] } ?? [])
         if let seeds {
             let range = try parseSeeds(seeds)
-            let code = sweep(file: file, seeds: range, extra: plant.flatMap { ["--plant", $0] }, jobs: jobs, stopOnFailure: stopOnFailure)
+            let code = sweep(file: file, seeds: range, extra: extra, jobs: jobs, stopOnFailure: stopOnFailure)
             Foundation.exit(code.rawValue)
         }
         let seed = self.seed ?? scenario.seed
@@ -104,9 +121,10 @@ struct Run: ParsableCommand {
             fail(ExitMessage(code: .simulatorCrash, message: "simulator crashed: \(error)"))
         }
         if trace { for line in result.trace { print(line) } }
-        print(summary(result, file: file, wallSeconds: now() - start))
+        print(summary(result, file: file, wallSeconds: now() - start, extra: extra))
         Foundation.exit(simExitCode(result).rawValue)
     }
+
 }
 
 struct SweepOutcome: Sendable {
@@ -400,7 +418,7 @@ struct Bench: ParsableCommand {
         var scenario: Scenario
         do { scenario = try loadScenario(file) } catch let e as ExitMessage { fail(e) }
         if let profile {
-            try ScenarioLoader.applyProfile(try String(contentsOfFile: profile, encoding: .utf8), to: &scenario)
+            loadProfile(profile, into: &scenario)
             if let rates { return try predictRates(scenario, rates) }
             return try predict(scenario)
         }

@@ -198,6 +198,18 @@ struct CostModelTests {
         #expect(Scenario().costs == nil && CostModel().deliverBytesMax == 1 << 20)
     }
 
+    /// `harmonysim run` refuses a bulk load without a cost model, and says what to give it: without costs every step
+    /// is free, deliveries come in any order, and the 100,000-row load ran out of the run's events after 93 s.
+    @Test func aBulkLoadWithoutACostModelIsRefusedWithAdvice() throws {
+        var s = Self.bulk(Self.profile)
+        #expect(s.needsACostModel(file: "bulk.toml") == nil)
+        s.costs = nil
+        let refusal = try #require(s.needsACostModel(file: "bulk.toml"))
+        #expect(refusal.contains("bulk_rows = 2000") && refusal.contains("harmonysim run bulk.toml --profile reports/cost-profile.toml"))
+        s.bulkRows = 0
+        #expect(s.needsACostModel(file: "bulk.toml") == nil)
+    }
+
     /// A batch splits where the live runtime splits it (`LiveNode.applyChunks`): at most 64 KiB of payload a chunk,
     /// and always at least one message, however large.
     @Test func aBatchSplitsIntoChunksOf64KiBAsTheLiveRuntimeSplitsIt() {
