@@ -22,6 +22,18 @@ struct CostModelTests {
         return s
     }
 
+    /// One shard, 20,000 rows in 1,000-row transactions on node 1, and a probe on a connection of its own every
+    /// `everyMs`, as `harmonybench live` commits them, under the test profile.
+    static func bulkWithProbes(everyMs: Int64) -> Scenario {
+        var s = bulk(profile, shards: 1)
+        s.bulkRows = 20_000
+        s.bulkBatch = 1_000
+        s.smallWritesOwnConnection = true
+        s.writeIntervalMsMin = everyMs
+        s.writeIntervalMsMax = everyMs
+        return s
+    }
+
     /// Every node writing single rows (inserts and updates, no multi-row transactions) under `costs`, no faults.
     static func steadyWrites(nodes: Int, shards: Int, durationMs: Int64, keys: Int, costs: CostModel) -> Scenario {
         var s = Scenario()
@@ -157,13 +169,7 @@ struct CostModelTests {
     /// applied goes in ahead of that chunk. Handed the whole batch at once, the core would have applied the probe's
     /// message in order before its hint came, and the hint would find nothing to do.
     @Test func aBatchReachesTheCoreAChunkAtATimeWithHintsBetween() throws {
-        var s = Self.bulk(Self.profile, shards: 1)
-        s.bulkRows = 20_000
-        s.bulkBatch = 1_000
-        s.smallWritesOwnConnection = true
-        s.writeIntervalMsMin = 5
-        s.writeIntervalMsMax = 5
-        let r = try Simulation(scenario: s, seed: 2, trace: true).run()
+        let r = try Simulation(scenario: Self.bulkWithProbes(everyMs: 5), seed: 2, trace: true).run()
         #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
         var lastEnd: UInt64?, chunksAfterTheFirst = 0, hintsBetweenChunks = 0, hintSinceLastChunk = false
         for line in r.trace {
@@ -596,12 +602,7 @@ struct CostModelTests {
     /// whole window is read and acknowledged.
     @Test func aCommitMadeWhileABacklogIsReadLeavesBetweenItsPages() throws {
         func lagP50(pagesPerCall: Int?) throws -> (sent: Double, sentP90: Double, seen: Double) {
-            var s = Self.bulk(Self.profile, shards: 1)
-            s.bulkRows = 20_000
-            s.bulkBatch = 1_000
-            s.smallWritesOwnConnection = true
-            s.writeIntervalMsMin = 20
-            s.writeIntervalMsMax = 20
+            var s = Self.bulkWithProbes(everyMs: 20)
             s.publishPagesPerCall = pagesPerCall
             let r = try Simulation(scenario: s, seed: 1).run()
             #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
