@@ -331,6 +331,11 @@ extension Simulation {
         if node.sidecarUp { push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs) }
         let done = runJob(.loader, (scenario.costs?.appInsertRowUs ?? 0) * Double(count))
         if offset + count >= scenario.bulkRows { bulkCommittedMs = Self.ms(done) }
+        if let commitUs = scenario.costs?.appCommitUs, commitUs > 0 {
+            // The load holds the write lock from its first transaction until its last commits.
+            writeLock.loaderHoldUntilUs[node.id] = offset + count >= scenario.bulkRows ? done : .infinity
+            writeLock.unlooked.insert(node.id)
+        }
         push(.bulkStep(offset: offset + count), at: max(Self.ms(done), nowMs + 1))
     }
 

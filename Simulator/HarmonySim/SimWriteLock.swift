@@ -21,6 +21,10 @@ struct SimWriteLock {
     var random = SimRandom(seed: 0)
     /// Per node: the application's commits' holds of the lock, in order (starts ascending), the recent ones only.
     var applicationHolds: [Int: [(startUs: Double, endUs: Double)]] = [:]
+    /// Per node: until when the application's bulk load holds the lock. Its transactions follow each other with no
+    /// gap a sleeping busy handler catches: live, node 1's sidecar stored nothing until the load was nearly
+    /// committed, and a probe's INSERT on the application's other connection waited up to 430 ms.
+    var loaderHoldUntilUs: [Int: Double] = [:]
     /// Per node: until when the sidecar holds the lock (the end of its last job that took it).
     var sidecarHoldUntilUs: [Int: Double] = [:]
     /// Nodes whose application committed since their sidecar last looked (a look with nothing new takes no lock).
@@ -33,6 +37,8 @@ struct SimWriteLock {
     /// What on a sidecar waited for the lock.
     enum WaitingJob: Hashable {
         case look(node: Int), apply(node: Int, shard: Int), acks(node: Int)
+        /// The walk through a backlog's pages, which stamps the rows it reaches (only while a bulk load holds the lock).
+        case walk(node: Int)
     }
 
     /// One application commit made in millisecond `atMs`, the `slot`-th of `of` that millisecond: it holds the lock
@@ -60,6 +66,7 @@ struct SimWriteLock {
 
     /// Whether one of the application's commits holds node `node`'s lock at `atUs`.
     func heldByApplication(node: Int, atUs: Double) -> Bool {
+        if atUs < loaderHoldUntilUs[node, default: 0] { return true }
         guard let holds = applicationHolds[node] else { return false }
         for hold in holds.reversed() {
             if hold.endUs <= atUs { return false }  // the ones before it ended earlier still

@@ -470,6 +470,12 @@ public final class Simulation {
                     push(.timer(node: id, timer: timer, generation: generation, incarnation: incarnation), at: free)
                     return
                 }
+                // While the application's load holds the write lock, the walk sleeps for it: it stamps the rows it
+                // reaches, which the load keeps adding.
+                if writeLock.loaderHoldUntilUs[id, default: 0] > nowUs, let until = waitForWriteLock(.walk(node: id), node: id) {
+                    push(.timer(node: id, timer: timer, generation: generation, incarnation: incarnation), at: until)
+                    return
+                }
                 publishContinuing[id] = nil
                 // The live serial queue takes the next page the moment the page before ends; this event woke at
                 // the next whole millisecond.
@@ -709,6 +715,12 @@ public final class Simulation {
         case .workload(let id):
             let node = nodes[id - 1]
             guard nowMs < scenario.durationMs, node.machineUp else { return }
+            if writeLock.loaderHoldUntilUs[id, default: 0] > nowUs {
+                // The application's other connection sleeps in its busy handler until the load is committed; its
+                // next write goes in after it (live, a probe's INSERT waited for the whole load).
+                push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
+                return
+            }
             let slots = max(1, scenario.writesPerStep)
             for slot in 0..<slots { performWrite(node, slot: slot, of: slots) }
             push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
