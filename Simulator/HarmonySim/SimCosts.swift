@@ -203,7 +203,7 @@ extension Simulation {
     }
 
     /// The sidecar applied a delivered batch: as the live runtime does, in chunks of at most
-    /// `applyChunkBytes` payload bytes, each its own transaction, with a hand-off point after each.
+    /// `ApplyChunks.bytesMax` payload bytes, each its own transaction, with a hand-off point after each.
     /// `ahead`: a hint taken at a hand-off point, ahead of the chunks queued after it.
     /// Returns when the last chunk's transaction ends (nil without costs). What the call applied (`applying`, from
     /// the core's events) becomes visible on the node when the transaction of its message commits, not before.
@@ -230,7 +230,7 @@ extension Simulation {
             chunkTables = []
         }
         for m in messages {
-            if bytes > 0 && bytes + m.payload.count > Self.applyChunkBytes { finishChunk() }
+            if bytes > 0 && bytes + m.payload.count > ApplyChunks.bytesMax { finishChunk() }
             let records = Self.records(m.payload)
             if !applying.isEmpty { chunkVersions += records?.map(\.version) ?? [] }
             let count = Double(records?.count ?? 1)
@@ -270,16 +270,8 @@ extension Simulation {
         push(.deliveryTurn(node: id), at: at)
     }
 
-    /// How many of a batch's messages (by payload size) go in its first chunk: as `LiveNode.applyChunks` splits a
-    /// fetched batch (at most `applyChunkBytes` bytes, always at least one message).
-    static func firstApplyChunk(_ sizes: [Int]) -> Int {
-        var bytes = 0
-        for (i, size) in sizes.enumerated() {
-            if i > 0 && bytes + size > applyChunkBytes { return i }
-            bytes += size
-        }
-        return sizes.count
-    }
+    /// How many of a batch's messages (by payload size) go in its first chunk, as the live runtime splits it.
+    static func firstApplyChunk(_ sizes: [Int]) -> Int { ApplyChunks.ranges(sizes).first?.count ?? 0 }
 
     /// A hint handed to node `node`'s core; applied, it costs what applying its message costs (`ahead`: at a
     /// hand-off point, ahead of the work queued after it).
@@ -292,9 +284,6 @@ extension Simulation {
         if hintsApplied > appliedBefore { chargeApply(node: node.id, [message], ahead: ahead) }
         applying = []
     }
-
-    /// The live runtime's `LiveNode.applyChunkBytesMax`: payload bytes applied in one transaction at most.
-    static let applyChunkBytes = 64 * 1024
 
     /// Where a node first had a version (applied, or superseded by a newer one there), for lag figures.
     func recordApplied(node: Int, _ version: RowVersion) {

@@ -64,9 +64,12 @@ struct SimWriteLock {
         unlooked.insert(node)
     }
 
-    /// Whether one of the application's commits holds node `node`'s lock at `atUs`.
+    /// Whether the application's bulk load holds node `node`'s lock at `atUs`.
+    func loadHoldsLock(node: Int, atUs: Double) -> Bool { atUs < loaderHoldUntilUs[node, default: 0] }
+
+    /// Whether one of the application's commits (or its bulk load) holds node `node`'s lock at `atUs`.
     func heldByApplication(node: Int, atUs: Double) -> Bool {
-        if atUs < loaderHoldUntilUs[node, default: 0] { return true }
+        if loadHoldsLock(node: node, atUs: atUs) { return true }
         guard let holds = applicationHolds[node] else { return false }
         for hold in holds.reversed() {
             if hold.endUs <= atUs { return false }  // the ones before it ended earlier still

@@ -160,7 +160,7 @@ public final class Simulation {
     }
     /// With a cost model: the moments each node's sidecar could turn to other work inside what is queued on it now
     /// (ascending): the end of each page of the scan and of each apply chunk. The live core looks for new commits
-    /// between pages, and the live runtime applies a delivery in chunks of `LiveNode.applyChunkBytesMax`, so a small
+    /// between pages, and the live runtime applies a delivery in chunks of `ApplyChunks.bytesMax`, so a small
     /// commit or a hint waits for one page or chunk, not for all of them.
     var handoffsUs: [Int: [Double]] = [:]
     /// Changes read since the last page end, per node.
@@ -472,7 +472,7 @@ public final class Simulation {
                 }
                 // While the application's load holds the write lock, the walk sleeps for it: it stamps the rows it
                 // reaches, which the load keeps adding.
-                if writeLock.loaderHoldUntilUs[id, default: 0] > nowUs, let until = waitForWriteLock(.walk(node: id), node: id) {
+                if writeLock.loadHoldsLock(node: id, atUs: nowUs), let until = waitForWriteLock(.walk(node: id), node: id) {
                     push(.timer(node: id, timer: timer, generation: generation, incarnation: incarnation), at: until)
                     return
                 }
@@ -715,14 +715,12 @@ public final class Simulation {
         case .workload(let id):
             let node = nodes[id - 1]
             guard nowMs < scenario.durationMs, node.machineUp else { return }
-            if writeLock.loaderHoldUntilUs[id, default: 0] > nowUs {
-                // The application's other connection sleeps in its busy handler until the load is committed; its
-                // next write goes in after it (live, a probe's INSERT waited for the whole load).
-                push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
-                return
+            // While the application's load holds the write lock, its other connection sleeps in its busy handler:
+            // its next write goes in after the load (live, a probe's INSERT waited for the whole load).
+            if !writeLock.loadHoldsLock(node: id, atUs: nowUs) {
+                let slots = max(1, scenario.writesPerStep)
+                for slot in 0..<slots { performWrite(node, slot: slot, of: slots) }
             }
-            let slots = max(1, scenario.writesPerStep)
-            for slot in 0..<slots { performWrite(node, slot: slot, of: slots) }
             push(.workload(node: id), at: nowMs + workRandom.int(scenario.writeIntervalMsMin...scenario.writeIntervalMsMax))
 
         case .schemaStep:

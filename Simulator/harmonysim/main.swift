@@ -124,7 +124,6 @@ struct Run: ParsableCommand {
         print(summary(result, file: file, wallSeconds: now() - start, extra: extra))
         Foundation.exit(simExitCode(result).rawValue)
     }
-
 }
 
 struct SweepOutcome: Sendable {

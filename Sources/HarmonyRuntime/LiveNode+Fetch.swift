@@ -64,7 +64,7 @@ extension LiveNode {
             guard !batch.isEmpty else { continue }
             // In chunks, each its own transaction: hints (and the node's other work) wait for one chunk at most,
             // not for a whole batch of bulk messages.
-            let chunks = Self.applyChunks(batch.map(\.payload.count), bytesMax: Self.applyChunkBytesMax)
+            let chunks = ApplyChunks.ranges(batch.map(\.payload.count))
             for (index, chunk) in chunks.enumerated() {
                 let messages = Array(batch[chunk])
                 let done = DispatchSemaphore(value: 0)
@@ -96,32 +96,10 @@ extension LiveNode {
 }
 
 extension LiveNode {
-    /// Payload bytes applied in one transaction at most (always at least one message): about 500 small rows, some
-    /// 4 ms of CPU plus one commit's fsync, which is what a hint may have to wait for. 32 KiB made the commit
-    /// (writing the WAL, fsync) 16% of a receiver's CPU in a bulk load; 64 KiB took receivers from 7.2-7.6 to
-    /// 6.7-7.2 µs per row (`harmonybench live --shards 4 --rows 200000`, four alternating pairs).
-    static let applyChunkBytesMax = 64 * 1024
     /// At most this many bytes of messages per fetch: a node busy with its own bulk load held 256 of its echoed bulk
     /// messages per shard while it caught up, 15 MB at 4 shards (heaptrack, `harmonybench live --rows 1000000`), and
     /// went past the 64 MiB budget; 1 MiB is still about 80 bulk messages a fetch.
     public static let fetchBytesMax = 1 << 20
-
-    /// Consecutive index ranges of at most `bytesMax` bytes each (a larger message alone).
-    static func applyChunks(_ sizes: [Int], bytesMax: Int) -> [Range<Int>] {
-        var chunks: [Range<Int>] = []
-        var start = 0
-        var bytes = 0
-        for (i, size) in sizes.enumerated() {
-            if i > start && bytes + size > bytesMax {
-                chunks.append(start..<i)
-                start = i
-                bytes = 0
-            }
-            bytes += size
-        }
-        if start < sizes.count { chunks.append(start..<sizes.count) }
-        return chunks
-    }
 
     /// True only when the server answers that the shard's consumer does not exist (not when it cannot be asked).
     func consumerIsGone(shard: Int) -> Bool {

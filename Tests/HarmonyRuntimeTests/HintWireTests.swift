@@ -1,3 +1,4 @@
+import HarmonyCore
 import Testing
 @testable import HarmonyRuntime
 
@@ -24,10 +25,10 @@ struct HintWireTests {
     }
 
     @Test func chunksStayUnderTheLimitAndKeepOrder() {
-        #expect(LiveNode.applyChunks([], bytesMax: 100) == [])
-        #expect(LiveNode.applyChunks([10, 20, 30], bytesMax: 100) == [0..<3])
-        #expect(LiveNode.applyChunks([60, 50, 40, 10, 200, 1], bytesMax: 100) == [0..<1, 1..<4, 4..<5, 5..<6])
+        #expect(ApplyChunks.ranges([], bytesMax: 100) == [])
+        #expect(ApplyChunks.ranges([10, 20, 30], bytesMax: 100) == [0..<3])
+        #expect(ApplyChunks.ranges([60, 50, 40, 10, 200, 1], bytesMax: 100) == [0..<1, 1..<4, 4..<5, 5..<6])
         // A message larger than the limit goes alone.
-        #expect(LiveNode.applyChunks([500], bytesMax: 100) == [0..<1])
+        #expect(ApplyChunks.ranges([500], bytesMax: 100) == [0..<1])
     }
 }

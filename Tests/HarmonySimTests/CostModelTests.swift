@@ -245,7 +245,7 @@ struct CostModelTests {
         #expect(free.firstStampMs < free.committedMs && free.writesDuringLoad > 0)
     }
 
-    /// A batch splits where the live runtime splits it (`LiveNode.applyChunks`): at most 64 KiB of payload a chunk,
+    /// A batch splits where the live runtime splits it (`ApplyChunks`): at most 64 KiB of payload a chunk,
     /// and always at least one message, however large.
     @Test func aBatchSplitsIntoChunksOf64KiBAsTheLiveRuntimeSplitsIt() {
         let k = 1_024
@@ -393,7 +393,7 @@ struct CostModelTests {
         let sim = try Simulation(scenario: Self.bulk(costs), seed: 1)
         // Ten messages of 200 changes each (about 18 KiB) from node 1: three fit in a chunk, so four chunks.
         let messages = try Self.tenMessagesOf200Changes()
-        #expect(messages.allSatisfy { (Simulation.applyChunkBytes / 4..<Simulation.applyChunkBytes / 3).contains($0.payload.count) })
+        #expect(messages.allSatisfy { (ApplyChunks.bytesMax / 4..<ApplyChunks.bytesMax / 3).contains($0.payload.count) })
         sim.chargeApply(node: 2, messages)
         let chunk = costs.applyBatchUs + 3 * (costs.runtimeApplyMessageUs + 200 * costs.applyChangeUs)
         let total = 4 * costs.applyBatchUs + 10 * (costs.runtimeApplyMessageUs + 200 * costs.applyChangeUs)
