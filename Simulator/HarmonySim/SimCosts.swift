@@ -341,7 +341,7 @@ extension Simulation {
     /// What capacity planning reads from a run with a cost model.
     func capacityFigures() -> CapacityFigures? {
         guard scenario.costs != nil else { return nil }
-        var lags: [Double] = [], hintLags: [Double] = [], bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0
+        var lags: [Double] = [], hintLags: [Double] = [], bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0, underLoad: [ProbeTimes] = []
         var probes: [(atMs: Int64, nextMs: Int64, hintMs: Int64?)] = []
         for w in history {
             let others = nodes.map(\.id).filter { $0 != w.node }
@@ -360,8 +360,10 @@ extension Simulation {
         for p in probes where bulkSeen == 0 || p.atMs < bulkDone {
             lags.append(Double(p.nextMs - p.atMs))
             if let h = p.hintMs { hintLags.append(Double(max(0, h - p.atMs))) }
+            underLoad.append(ProbeTimes(committedMs: p.atMs, hintedAfterMs: p.hintMs.map { max(0, $0 - p.atMs) }, seenAfterMs: p.nextMs - p.atMs))
         }
-        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
+        underLoad.sort { $0.committedMs < $1.committedMs }
+        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, probes: underLoad, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
                                bulkStoredMs: bulkStoredMs, writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
                                convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
     }
@@ -449,12 +451,21 @@ enum CostWorker: Hashable {
     }
 }
 
+/// One workload write under load, as `harmonybench live --probe-times` prints a probe (simulated ms).
+public struct ProbeTimes: Sendable {
+    public var committedMs: Int64
+    public var hintedAfterMs: Int64?
+    public var seenAfterMs: Int64
+}
+
 /// Figures of one run with a cost model.
 public struct CapacityFigures: Sendable {
     /// Commit-to-visible-on-every-other-node delay of each workload write (not the bulk load's), in ms.
     public var lagsMs: [Double]
     /// For the same writes, commit to being sent as a hint once the log stored it (those sent as one): the sender's share.
     public var hintLagsMs: [Double]
+    /// The same writes one by one, in commit order: to set beside `harmonybench live --probe-times`, probe by probe.
+    public var probes: [ProbeTimes]
     /// Bulk rows every node had, and when the last of them reached the last node.
     public var bulkRows: Int
     public var bulkDoneMs: Int64?

@@ -406,10 +406,12 @@ struct Bench: ParsableCommand {
     var findRate = false
     @Option(help: "With --profile: offer these rates (writes/s over all writing nodes, comma-separated) instead, as `harmonybench rate` does live, and report each one's rows/s, messages per row and settling time.")
     var rates: String?
+    @Flag(help: "With --profile: print each workload write under load of each shard count's first seed (committed at, sent as a hint after, next node had it after), as `harmonybench live --probe-times` prints its probes.")
+    var probeTimes = false
 
     func validate() throws {
-        if profile == nil, rates != nil || findRate || chart != nil {
-            throw ValidationError("--rates, --find-rate and --chart predict with a cost model: give it with --profile FILE (harmonybench calibrate writes one, e.g. reports/cost-profile.toml)")
+        if profile == nil, rates != nil || findRate || chart != nil || probeTimes {
+            throw ValidationError("--rates, --find-rate, --chart and --probe-times predict with a cost model: give it with --profile FILE (harmonybench calibrate writes one, e.g. reports/cost-profile.toml)")
         }
     }
 
@@ -472,6 +474,12 @@ extension Bench {
                 let r = try Simulation(scenario: scenario, seed: seed).run()
                 passed += r.passed ? 1 : 0
                 guard let c = r.capacity else { continue }
+                if probeTimes, seed == range.lowerBound {
+                    print("\(count) shard(s), seed \(seed), under load:")
+                    for p in c.probes {
+                        print("  write committed at \(p.committedMs) ms, hinted after \(p.hintedAfterMs.map(String.init) ?? "-") ms, seen after \(p.seenAfterMs) ms")
+                    }
+                }
                 if let done = c.bulkDoneMs, done > 0 { rates.append(Double(c.bulkRows) / (Double(done) / 1000)) }
                 lags += c.lagsMs
                 hintLags += c.hintLagsMs
