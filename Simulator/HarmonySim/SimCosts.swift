@@ -82,6 +82,7 @@ extension Simulation {
         duration += waitUs
         cpuUsedUs[worker, default: 0] += cost
         busyUntilUs[worker] = preemptUs == nil ? start + duration : max(start, busyUntilUs[worker, default: 0]) + duration
+        if case .sidecar(let id) = worker, let ends = coreCallWorkEndsUs[id] { coreCallWorkEndsUs[id] = max(ends, start + duration) }
         return start + duration
     }
 
@@ -358,9 +359,9 @@ extension Simulation {
         }
         // With a bulk load, only the writes made while it replicates (the live benchmark's "under load").
         for p in probes where bulkSeen == 0 || p.atMs < bulkDone {
-            lags.append(Double(p.nextMs - p.atMs))
+            lags.append(Double(max(0, p.nextMs - p.atMs)))
             if let h = p.hintMs { hintLags.append(Double(max(0, h - p.atMs))) }
-            underLoad.append(ProbeTimes(committedMs: p.atMs, hintedAfterMs: p.hintMs.map { max(0, $0 - p.atMs) }, seenAfterMs: p.nextMs - p.atMs))
+            underLoad.append(ProbeTimes(committedMs: p.atMs, hintedAfterMs: p.hintMs.map { max(0, $0 - p.atMs) }, seenAfterMs: max(0, p.nextMs - p.atMs)))
         }
         underLoad.sort { $0.committedMs < $1.committedMs }
         return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, probes: underLoad, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,

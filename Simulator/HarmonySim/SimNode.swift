@@ -98,7 +98,7 @@ class SimNodePort {
 
 /// The node's clock as its core sees it: skewed, drifting, jumping simulated time.
 final class SimNodeClock: SimNodePort, NodeClock {
-    var nowMs: Int64 { sim.nodes[node - 1].nowMs(simMs: sim.nowMs) }
+    var nowMs: Int64 { sim.nodes[node - 1].nowMs(simMs: sim.coreNowSimMs(node)) }
     func schedule(_ timer: NodeTimer, afterMs delayMs: Int64) { sim.scheduleTimer(node: node, timer: timer, afterMs: delayMs) }
 }
 

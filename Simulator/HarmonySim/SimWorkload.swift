@@ -37,6 +37,7 @@ extension Simulation {
         if node.cleanedUpKeys != nil { ops = ops.map { $0 >= 2 ? 1 : $0 } }
         let keys = ops.map { _ in workRandom.int(1...Int64(scenario.keys)) }
         let newKeys = ops.map { $0 == 3 ? workRandom.int(1...Int64(scenario.keys)) : 0 }
+        let capturesBefore = node.pendingCaptures.count
         if ops == [0] && scenario.oversizedValuePermille > 0 && workRandom.chance(permille: scenario.oversizedValuePermille) {
             // A value above max_row_bytes, committed on its own so the sidecar reads it when it publishes: refused and
             // parked. The application corrects it a little later, so the cluster still converges.
@@ -48,7 +49,10 @@ extension Simulation {
             runWrite(node, ops: ops, keys: keys, newKeys: newKeys, table: table)
         }
         if let commitUs = scenario.costs?.appCommitUs, commitUs > 0 {
-            writeLock.applicationCommitted(node: node.id, atMs: nowMs, slot: slot, of: slots, commitUs: commitUs)
+            let committedMs = Self.ms(writeLock.applicationCommitted(node: node.id, atMs: nowMs, slot: slot, of: slots, commitUs: commitUs))
+            // A write's lag counts from its commit, as the live benchmark's does from when its INSERT returned: the
+            // time it waited for the write lock (a stamp holding it) is the application's, reported apart live.
+            for i in capturesBefore..<node.pendingCaptures.count { node.pendingCaptures[i].atMs = committedMs }
         }
         if node.sidecarUp {
             push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + workRandom.int(0...scenario.detectDelayMsMax))

@@ -43,7 +43,9 @@ struct SimWriteLock {
 
     /// One application commit made in millisecond `atMs`, the `slot`-th of `of` that millisecond: it holds the lock
     /// for `commitUs` from a moment drawn inside its share of the millisecond, or from when the lock is free.
-    mutating func applicationCommitted(node: Int, atMs: Int64, slot: Int, of slots: Int, commitUs: Double) {
+    /// Returns when the commit is done (µs).
+    @discardableResult
+    mutating func applicationCommitted(node: Int, atMs: Int64, slot: Int, of slots: Int, commitUs: Double) -> Double {
         let share = 1_000 / Double(max(1, slots))
         let drawn = Double(atMs) * 1_000 + share * (Double(slot) + Double(random.below(1_000)) / 1_000)
         var holds = applicationHolds[node, default: []]
@@ -62,6 +64,7 @@ struct SimWriteLock {
         }
         applicationHolds[node] = holds
         unlooked.insert(node)
+        return start + commitUs
     }
 
     /// Whether the application's bulk load holds node `node`'s lock at `atUs`.

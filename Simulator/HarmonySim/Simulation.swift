@@ -144,6 +144,13 @@ public final class Simulation {
     /// With a cost model, while a core call continues node N's backlog: when its sidecar ended the page before, to
     /// the microsecond (its work starts then, not at the whole millisecond the event ran at).
     var resumeAtUs: [Int: Double] = [:]
+    /// With a cost model, during a call into node N's core: when the work it charged so far ends (µs). Live, the core's
+    /// clock moves on while a call works, and its calls follow each other on one queue: the core's clock
+    /// (`coreNowSimMs`) reads from there, and so does a timer the call sets.
+    var coreCallWorkEndsUs: [Int: Double] = [:]
+    /// With a cost model: where node N's last core call left its clock (simulated ms), which the next call does not go
+    /// back behind.
+    var coreClockMs: [Int: Int64] = [:]
     /// With a cost model, versions the core call under way applied: visible once their transaction's cost is
     /// charged (`commitVisible`).
     var applying: Set<RowVersion> = []
@@ -427,6 +434,12 @@ public final class Simulation {
         guard node.sidecarUp, let core = node.core else { return }
         node.vfs.time.nowMs = node.nowMs(simMs: nowMs)
         let injectedBefore = node.sidecarVFS.faults?.injected ?? 0
+        coreCallWorkEndsUs[node.id] = nowUs
+        defer {
+            if let ends = coreCallWorkEndsUs.removeValue(forKey: node.id), scenario.costs != nil {
+                coreClockMs[node.id] = max(coreClockMs[node.id] ?? 0, Self.ms(ends))
+            }
+        }
         do {
             try body(core)
         } catch is NodeCrashed {
@@ -448,12 +461,21 @@ public final class Simulation {
         }
     }
 
+    /// Node `node`'s core clock in simulated ms: now, or with a cost model, past the work its calls charged so far.
+    func coreNowSimMs(_ node: Int) -> Int64 {
+        guard scenario.costs != nil else { return nowMs }
+        return max(nowMs, coreClockMs[node] ?? 0, coreCallWorkEndsUs[node].map { Self.ms($0) } ?? 0)
+    }
+
     func scheduleTimer(node: Int, timer: NodeTimer, afterMs: Int64) {
         let n = nodes[node - 1]
         if timer == .publishContinue { publishContinuing[node] = n.incarnation }
         let generation = (n.timerGenerations[timer] ?? 0) + 1
         n.timerGenerations[timer] = generation
-        push(.timer(node: node, timer: timer, generation: generation, incarnation: n.incarnation), at: nowMs + max(afterMs, 0))
+        // With costs, from the core's clock: a stamp's pause for the applications starts once its transaction has
+        // committed, as live, not when the call began (the next batch then came as soon as the last ended, and
+        // stamping took node 1's sidecar from the pages waiting to be sent).
+        push(.timer(node: node, timer: timer, generation: generation, incarnation: n.incarnation), at: coreNowSimMs(node) + max(afterMs, 0))
     }
 
     // MARK: Event handling

@@ -684,6 +684,51 @@ struct CostModelTests {
         #expect(commit.startUs >= holdUs, "the application's commit took the lock at \(commit.startUs) µs, during the stamp")
     }
 
+    /// Live, a stamp that stops short pauses `lock_pause_ms` for the applications once its transaction has committed,
+    /// and the core's clock moved on while it stamped. In the model the core call is instant and its work is charged
+    /// after: the pause used to count from the call's start, so a stamp dearer than the pause came back to back, and
+    /// node 1's sidecar stamped the whole import before it sent much of it (live, it sends between the batches).
+    @Test func aStampsPauseForTheApplicationsStartsOnceItsTransactionCommits() throws {
+        var costs = Self.profile
+        costs.stampChangeUs = 6  // 5,000 writes a batch: 30 ms of a core, more than the 20 ms pause
+        costs.appCommitUs = 300  // the load holds the lock until it commits: then its 30,000 writes wait to be stamped
+        var s = Self.bulk(costs, shards: 1)
+        s.bulkRows = 30_000
+        s.bulkBatch = 1_000
+        let sim = try Simulation(scenario: s, seed: 1, trace: true)
+        let r = sim.run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        let stamps = r.trace.filter { $0.contains("node 1 stamped versions on 5000 local change(s)") }.compactMap { Int64($0.prefix { $0 != " " }) }
+        #expect(stamps.count >= 4)
+        let gaps = zip(stamps.dropFirst(), stamps).map { $0 - $1 }
+        #expect(gaps.allSatisfy { $0 >= 30 + s.lockPauseMs }, "node 1's 5,000-write stamps \(gaps) ms apart")
+    }
+
+    /// Live, a probe's lag counts from when its INSERT returned; the time it waited for the write lock (a stamp or a
+    /// look holding it) is the application's, reported apart. The model counts from the commit too: writes that
+    /// waited behind one of the sidecar's holds commit together at its end.
+    @Test func aWriteThatWaitedForTheLockCountsItsLagFromItsCommit() throws {
+        var costs = Self.profile
+        costs.runtimeApplyMessageUs = 10
+        costs.appCommitUs = 300
+        costs.lookUs = 20_000  // each look holds the lock 20 ms: writes every 2 ms wait behind it
+        var s = Self.steadyWrites(nodes: 2, shards: 1, durationMs: 500, keys: 100_000, costs: costs)
+        s.insertWeight = 1
+        s.updateWeight = 0
+        s.writerNodes = [1]
+        s.writeIntervalMsMin = 2
+        s.writeIntervalMsMax = 2
+        s.detectDelayMsMax = 0
+        let sim = try Simulation(scenario: s, seed: 1)
+        let r = sim.run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        let issued = sim.history.filter { $0.node == 1 }
+        let commitMoments = Set(issued.map(\.atMs))
+        #expect(commitMoments.count < issued.count * 3 / 4, "\(issued.count) writes committed at \(commitMoments.count) moments")
+        let capacity = try #require(r.capacity)
+        #expect(capacity.lagsMs.allSatisfy { $0 >= 0 })
+    }
+
     /// Time along the publish path is kept to the microsecond, not rounded up at every hop: an idle node's commit is
     /// read and leaves (30 µs), reaches the server half a round trip later, is stored (20 µs), and its ack is back
     /// after the other half; the hint then takes two hops, to the server and on, like any subscriber's copy. That is
