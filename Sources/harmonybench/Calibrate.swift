@@ -37,6 +37,7 @@ struct Calibrate: ParsableCommand {
             }
             return
         }
+        var liveRounds: [LiveRound] = []
         for round in 1...rounds {
             var core = try measureCore()
             core.figures.merge(try measureLooks(scanChangeUs: core.figures["scan_change_us"] ?? 0,
@@ -44,17 +45,21 @@ struct Calibrate: ParsableCommand {
             core.figures.merge(try measureTables()) { a, _ in a }
             core.figures["app_commit_us"] = try measureApplicationCommitReplicating()
             let server = try measureServer(payloadBytes: Int(core.bytesPerChange * 128))
-            var live = try measureLive(core: core.figures)
-            live["observer_us_per_ms"] = try measureObservers()
-            for (k, v) in core.figures.merging(server, uniquingKeysWith: { a, _ in a }).merging(live, uniquingKeysWith: { a, _ in a }) {
+            liveRounds.append(try measureLive(core: core.figures))
+            for (k, v) in core.figures.merging(server, uniquingKeysWith: { a, _ in a }) {
                 figures[k, default: []].append(v)
             }
+            figures["observer_us_per_ms", default: []].append(try measureObservers())
             print("round \(round): " + figures.keys.sorted().map { "\($0) \(String(format: "%.2f", figures[$0]!.last!))" }.joined(separator: ", "))
         }
-        let m = figures.mapValues { median($0) }
+        var m = figures.mapValues { median($0) }
+        let runtime = fitRuntime(liveRounds)
+        m.merge(runtime) { _, fitted in fitted }
+        print("the runtime's costs, fitted over the \(liveRounds.count * 2) live runs: " + runtime.keys.sorted().map { "\($0) \(String(format: "%.2f", runtime[$0]!))" }.joined(separator: ", "))
         let text = """
             # Cost profile: what one step costs on the machine that measured it. Read by `harmonysim bench --profile`.
-            # Measured by `harmonybench calibrate --rows \(rows) --messages \(messages) --rounds \(rounds) --live-rows \(liveRows)` (medians of the rounds)
+            # Measured by `harmonybench calibrate --rows \(rows) --messages \(messages) --rounds \(rounds) --live-rows \(liveRows)` (medians of the rounds,
+            # the runtime's costs below fitted over every round's live runs)
             # on \(machineDescription()), SQLite \(sqliteVersion()), one nats-server (JetStream, file store) on loopback.
             [costs]
             # A publish and its ack, one at a time, as the sidecar publishes (asynchronously, through libnats): the
@@ -103,8 +108,9 @@ struct Calibrate: ParsableCommand {
             # What the live processes spend per row beyond the core's work above (the runtime: libnats, fetching,
             # acknowledging, metrics), from their CPU time while \(liveRows) rows replicate through 3 harmonylite
             # processes: on the node that publishes them, on each node that applies them, and in nats-server.
-            # Each is fitted per change and per message from a run at 1 shard and one at 8 (smaller messages); the applying
-            # nodes' transactions, counted from their metrics, are charged at apply_batch_us first.
+            # Each is fitted per change and per message by a least-squares line through every round's runs at 1 shard and
+            # at 8 (smaller messages); the applying nodes' transactions, counted from their metrics, are charged at
+            # apply_batch_us first.
             runtime_publish_change_us = \(f(m["runtime_publish_change_us"]))
             runtime_publish_message_us = \(f(m["runtime_publish_message_us"]))
             runtime_apply_change_us = \(f(m["runtime_apply_change_us"]))
@@ -295,31 +301,58 @@ struct Calibrate: ParsableCommand {
 
     // MARK: The live processes
 
-    /// CPU time per row of each live process while `liveRows` rows replicate (1,000 per transaction on node 1,
-    /// 1 shard), minus what the core's own figures account for: the runtime's share.
-    func measureLive(core: [String: Double]) throws -> [String: Double] {
-        // At 1 shard and at 8: more shards split the same rows into more, smaller messages, so the two runs separate
-        // the runtime's cost per message from its cost per change.
+    /// One round's live runs, with the core's figures measured in the same round (subtracted from its own runs).
+    struct LiveRound {
+        var core: [String: Double]
+        var one: LiveRun
+        var eight: LiveRun
+    }
+
+    /// CPU time per row of each live process while `liveRows` rows replicate (1,000 per transaction on node 1), at 1
+    /// shard and at 8: more shards split the same rows into more, smaller messages, so the runs separate the runtime's
+    /// cost per message from its cost per change (`fitRuntime`).
+    func measureLive(core: [String: Double]) throws -> LiveRound {
         let one = try liveCPU(shards: 1), eight = try liveCPU(shards: 8)
         for (name, run) in [("1 shard", one), ("8 shards", eight)] {
             print(String(format: "live bulk load, %@: per row %.4f messages, %.4f applied transactions per applying node, CPU µs ",
                          name, run.messagesPerRow, run.batchesPerRow) + run.cpu.map { String(format: "%.1f", $0) }.joined(separator: " / "))
         }
-        let scan = core["scan_change_us"] ?? 0, own = core["apply_own_change_us"] ?? 0
-        let applyChange = core["apply_change_us"] ?? 0, applyBatch = core["apply_batch_us"] ?? 0
-        func fit(_ a: Double, _ b: Double, core: (LiveRun) -> Double) -> (change: Double, message: Double) {
-            let (change, message) = solve2((1, one.messagesPerRow, a - core(one)), (1, eight.messagesPerRow, b - core(eight)))
+        return LiveRound(core: core, one: one, eight: eight)
+    }
+
+    /// The live processes' CPU per row beyond what the core's figures account for (the runtime's share), split into a
+    /// cost per change and one per message by a least-squares line over every round's runs at once. A round's own two
+    /// runs gave 85-164 µs a message on one machine, swung by how many messages one 8-shard run happened to send, and
+    /// the median of each figure apart could take one round's slope with another's intercept.
+    func fitRuntime(_ rounds: [LiveRound]) -> [String: Double] {
+        func fit(_ point: (LiveRun, [String: Double]) -> Double) -> (change: Double, message: Double) {
+            let points = rounds.flatMap { r in [r.one, r.eight].map { (x: $0.messagesPerRow, y: point($0, r.core)) } }
+            let (change, message) = Self.leastSquaresLine(points)
             return (max(0, change), max(0, message))
         }
-        let publish = fit(one.cpu[0], eight.cpu[0]) { _ in scan + own }
+        let publish = fit { run, core in run.cpu[0] - (core["scan_change_us"] ?? 0) - (core["apply_own_change_us"] ?? 0) }
         // The applying nodes' transactions as they were counted live: a batch's commit is the core's cost, not the runtime's.
-        let applying = fit((one.cpu[1] + one.cpu[2]) / 2, (eight.cpu[1] + eight.cpu[2]) / 2) { applyChange + $0.batchesPerRow * applyBatch }
-        let server = fit(one.cpu[3], eight.cpu[3]) { _ in 0 }
+        let applying = fit { run, core in
+            (run.cpu[1] + run.cpu[2]) / 2 - (core["apply_change_us"] ?? 0) - run.batchesPerRow * (core["apply_batch_us"] ?? 0)
+        }
+        let server = fit { run, _ in run.cpu[3] }
         return [
             "runtime_publish_change_us": publish.change, "runtime_publish_message_us": publish.message,
             "runtime_apply_change_us": applying.change, "runtime_apply_message_us": applying.message,
             "server_change_us": server.change, "runtime_server_message_us": server.message,
         ]
+    }
+
+    /// The intercept and slope of the least-squares line through `points` (the slope 0 if every x is the same).
+    static func leastSquaresLine(_ points: [(x: Double, y: Double)]) -> (intercept: Double, slope: Double) {
+        let n = Double(points.count)
+        guard n > 0 else { return (0, 0) }
+        let meanX = points.reduce(0) { $0 + $1.x } / n, meanY = points.reduce(0) { $0 + $1.y } / n
+        let sxx = points.reduce(0) { $0 + ($1.x - meanX) * ($1.x - meanX) }
+        let sxy = points.reduce(0) { $0 + ($1.x - meanX) * ($1.y - meanY) }
+        guard sxx > 0 else { return (meanY, 0) }
+        let slope = sxy / sxx
+        return (meanY - slope * meanX, slope)
     }
 
     /// CPU per millisecond of `harmonybench live`'s probes and watchers, from a quiet run of that benchmark.
