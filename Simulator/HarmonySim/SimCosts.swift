@@ -197,7 +197,11 @@ extension Simulation {
         let records = Self.records(message.payload)
         let done = runJob(.server(message.shard), costs.serverMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000, notBeforeUs: arrivalUs)
         _ = runJob(.serverRelay(message.shard), costs.runtimeServerMessageUs + costs.serverChangeUs * Double(records?.count ?? 1), notBeforeUs: arrivalUs)
-        if records?.contains(where: { bulkVersions.contains($0.version) }) == true { bulkStoredMs = max(bulkStoredMs ?? 0, Self.ms(done)) }
+        let bulkRows = records?.count { bulkVersions.contains($0.version) } ?? 0
+        if bulkRows > 0 {
+            bulkStoredMs = max(bulkStoredMs ?? 0, Self.ms(done))
+            bulkRowsStoredByMs[Self.ms(done), default: 0] += bulkRows
+        }
         storedMessages += 1
         storedBytes += message.payload.count
         return done
@@ -364,7 +368,16 @@ extension Simulation {
             underLoad.append(ProbeTimes(committedMs: p.atMs, hintedAfterMs: p.hintMs.map { max(0, $0 - p.atMs) }, seenAfterMs: max(0, p.nextMs - p.atMs)))
         }
         underLoad.sort { $0.committedMs < $1.committedMs }
-        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, probes: underLoad, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
+        // The sender's and the next node's pace over the load, as `harmonybench live --probe-times` prints them.
+        var stored: [Int] = [], applied: [Int] = []
+        if bulkSeen > 0 {
+            let tenths = Int(bulkDone / 100) + 1
+            stored = Array(repeating: 0, count: tenths)
+            applied = Array(repeating: 0, count: tenths)
+            for (ms, rows) in bulkRowsStoredByMs where ms < Int64(tenths) * 100 { stored[Int(ms / 100)] += rows }
+            for v in bulkVersions { if let ms = appliedAtMs[v]?[2], ms < Int64(tenths) * 100 { applied[Int(ms / 100)] += 1 } }
+        }
+        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, probes: underLoad, bulkRowsStoredPer100Ms: stored, bulkRowsAppliedPer100Ms: applied, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
                                bulkStoredMs: bulkStoredMs, writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
                                convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
     }
@@ -467,6 +480,9 @@ public struct CapacityFigures: Sendable {
     public var hintLagsMs: [Double]
     /// The same writes one by one, in commit order: to set beside `harmonybench live --probe-times`, probe by probe.
     public var probes: [ProbeTimes]
+    /// Bulk rows the log stored, and node 2 had, in each 100 ms from the start: the sender's and a receiver's pace.
+    public var bulkRowsStoredPer100Ms: [Int]
+    public var bulkRowsAppliedPer100Ms: [Int]
     /// Bulk rows every node had, and when the last of them reached the last node.
     public var bulkRows: Int
     public var bulkDoneMs: Int64?

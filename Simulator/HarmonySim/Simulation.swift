@@ -139,6 +139,8 @@ public final class Simulation {
     var bulkCommittedMs: Int64?
     /// When the log stored the last message carrying bulk rows (with a cost model).
     var bulkStoredMs: Int64?
+    /// With a cost model: bulk rows in the messages the log stored, by the millisecond it stored them.
+    var bulkRowsStoredByMs: [Int64: Int] = [:]
     /// With a cost model: when a subscriber first had each version as a hint, sent after the log stored it (`noteHintSent`).
     var hintSentAtMs: [RowVersion: Int64] = [:]
     /// With a cost model, while a core call continues node N's backlog: when its sidecar ended the page before, to

@@ -406,7 +406,7 @@ struct Bench: ParsableCommand {
     var findRate = false
     @Option(help: "With --profile: offer these rates (writes/s over all writing nodes, comma-separated) instead, as `harmonybench rate` does live, and report each one's rows/s, messages per row and settling time.")
     var rates: String?
-    @Flag(help: "With --profile: print each workload write under load of each shard count's first seed (committed at, sent as a hint after, next node had it after), as `harmonybench live --probe-times` prints its probes.")
+    @Flag(help: "With --profile: print each workload write under load of each shard count's first seed (committed at, sent as a hint after, next node had it after), and the bulk rows the log stored and node 2 had in each 100 ms, as `harmonybench live --probe-times` prints them.")
     var probeTimes = false
 
     func validate() throws {
@@ -478,6 +478,10 @@ extension Bench {
                     print("\(count) shard(s), seed \(seed), under load:")
                     for p in c.probes {
                         print("  write committed at \(p.committedMs) ms, hinted after \(p.hintedAfterMs.map(String.init) ?? "-") ms, seen after \(p.seenAfterMs) ms")
+                    }
+                    if !c.bulkRowsStoredPer100Ms.isEmpty {
+                        print("  bulk rows the log stored per 100 ms: " + c.bulkRowsStoredPer100Ms.map(String.init).joined(separator: " "))
+                        print("  bulk rows node 2 had per 100 ms: " + c.bulkRowsAppliedPer100Ms.map(String.init).joined(separator: " "))
                     }
                 }
                 if let done = c.bulkDoneMs, done > 0 { rates.append(Double(c.bulkRows) / (Double(done) / 1000)) }

@@ -19,7 +19,7 @@ struct LiveBench: ParsableCommand {
     @Option(help: "Shards.") var shards = 4
     @Option(help: "Path to the harmonylite binary.") var binary = ".build/release/harmonylite"
     @Option(help: "Report path prefix (Markdown and JSON).") var report: String?
-    @Flag(help: "Print each probe's commit time and its delay to the log, in commit order.") var probeTimes = false
+    @Flag(help: "Print each probe's commit time and its delay to the log, in commit order, and the bulk rows the log stored and node 2 had in each 100 ms.") var probeTimes = false
     @Flag(name: .customLong("no-hints"), help: "Run the nodes with replication_log.hints = false (the baseline for hints).") var noHints = false
     @Flag(help: "Run the nodes with replication_log.compress = true (zstd), as the seeds' production configuration does.") var compress = false
     @Option(help: "Node the single-row probes are committed on: 1 shares the bulk writer's SQLite file (and its write lock), 3 does not. Node 2 reads them.")
@@ -87,6 +87,8 @@ struct LiveBench: ParsableCommand {
         }
         // Completion is watched on its own thread, so the latency sampler below cannot stretch the measured time.
         let nodeDone = Mutex<[Double?]>([nil, nil, nil])
+        // Node 2's run of bulk rows at each of the watcher's looks (seconds from the start, rows): a receiver's pace.
+        let node2Rows = Mutex<[(seconds: Double, rows: Int64)]>([])
         let watcher = Thread {
             do {
                 let readers = try (1...3).map { try SQLiteOpener().open(path: "\(dir)/node\($0).db") }
@@ -102,6 +104,7 @@ struct LiveBench: ParsableCommand {
                         guard try db.scalar("SELECT count(*) FROM bench WHERE id = ?", [.integer(seenBelow[i])])?.int64 == 1 else { continue }
                         // The end of the run of ids that starts at the watermark (the bulk ids are 0..<rows).
                         seenBelow[i] = try db.scalar(gap, [.integer(seenBelow[i]), .integer(Int64(rows))])?.int64 ?? seenBelow[i]
+                        if i == 1 { node2Rows.withLock { $0.append((Date().timeIntervalSince(start), seenBelow[1])) } }
                         if seenBelow[i] >= Int64(rows) {
                             let t = Date().timeIntervalSince(start)
                             nodeDone.withLock { $0[i] = t }
@@ -151,7 +154,20 @@ struct LiveBench: ParsableCommand {
         let toLog = watch.delays(\.onLog), toHint = watch.delays(\.hinted)
         let sentAll = watch.lastBulkStoredSeconds(after: startUptimeNs)
         say(String(format: "the log stored the last bulk message at %.2f s (the nodes had every row after %.2f s)", sentAll ?? .nan, elapsed))
-        if probeTimes { watch.printProbeTimes() }
+        if probeTimes {
+            watch.printProbeTimes()
+            say("bulk rows the log stored per 100 ms: " + watch.bulkRowsStoredPer100Ms(after: startUptimeNs).map(String.init).joined(separator: " "))
+            // The watcher looks about every 100 ms: rows node 2 had by each look, spread over the tenths since the last.
+            let looks = node2Rows.withLock { $0 }
+            var tenths: [Int] = [], previous: (seconds: Double, rows: Int64) = (0, 0)
+            for look in looks {
+                let i = Int(look.seconds * 10)
+                if tenths.count <= i { tenths += Array(repeating: 0, count: i + 1 - tenths.count) }
+                tenths[i] += Int(look.rows - previous.rows)
+                previous = look
+            }
+            say("bulk rows node 2 had per 100 ms (the watcher's looks, about every 100 ms): " + tenths.map(String.init).joined(separator: " "))
+        }
         say("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
         say("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
         let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: metricsPort))
@@ -342,6 +358,8 @@ final class LogWatch: Sendable {
     /// When the log stored the last message carrying a bulk row (uptime ns; 0: none read yet): the sender's end of
     /// the load, against which the nodes' completion says whether sending or applying set the pace.
     private let lastBulkStored = Mutex<UInt64>(0)
+    /// Each stored message's bulk rows and when the log stored it (uptime ns): the sender's pace over the load.
+    private let bulkStored = Mutex<[(atNs: UInt64, rows: Int)]>([])
     private let connection: NATSConnection
     private let subscriptions: [CoreSubscription]
     private let firstProbe: Int64
@@ -391,7 +409,10 @@ final class LogWatch: Sendable {
                 for m in try subscription.fetch(batch: 256, timeoutMs: 1_000) {
                     read = max(read, m.streamSequence)
                     let stored = UInt64(max(0, m.storedAtNs - wallMinusUptime))
-                    if Self.carriesBulkRow(m.payload, below: firstProbe) { lastBulkStored.withLock { $0 = max($0, stored) } }
+                    if let rows = Self.bulkRows(m.payload, below: firstProbe) {
+                        lastBulkStored.withLock { $0 = max($0, stored) }
+                        bulkStored.withLock { $0.append((stored, rows)) }
+                    }
                     for id in Self.probeIDs(m.payload, from: firstProbe) {
                         probes.all.withLock { all in
                             if all[id, default: Probe()].onLog == 0 || stored < all[id]!.onLog { all[id, default: Probe()].onLog = stored }
@@ -402,11 +423,26 @@ final class LogWatch: Sendable {
         }
     }
 
-    /// Whether a stored message carries a bulk row (an id below the probes'), decoding the parts of a split one too.
-    static func carriesBulkRow(_ payload: [UInt8], below firstProbe: Int64) -> Bool {
-        guard !EnvelopeCodec.isPart(payload) else { return true }  // only a large message is split: bulk
-        guard let records = try? EnvelopeCodec.decodeAll(payload) else { return false }
-        return records.contains { $0.table == "bench" && ($0.primaryKey.first?.value.int64 ?? firstProbe) < firstProbe }
+    /// The bulk rows (ids below the probes') a stored message carries; nil if none. A part of a split message is
+    /// bulk, its rows uncounted (0): only a large message is split.
+    static func bulkRows(_ payload: [UInt8], below firstProbe: Int64) -> Int? {
+        guard !EnvelopeCodec.isPart(payload) else { return 0 }
+        guard let records = try? EnvelopeCodec.decodeAll(payload) else { return nil }
+        let rows = records.count { $0.table == "bench" && ($0.primaryKey.first?.value.int64 ?? firstProbe) < firstProbe }
+        return rows > 0 ? rows : nil
+    }
+
+    /// Bulk rows the log stored in each 100 ms from `startNs` (uptime), up to the last.
+    func bulkRowsStoredPer100Ms(after startNs: UInt64) -> [Int] {
+        bulkStored.withLock { stored in
+            var tenths: [Int] = []
+            for (atNs, rows) in stored where atNs >= startNs {
+                let i = Int((atNs - startNs) / 100_000_000)
+                if tenths.count <= i { tenths += Array(repeating: 0, count: i + 1 - tenths.count) }
+                tenths[i] += rows
+            }
+            return tenths
+        }
     }
 
     /// Seconds from `startNs` (uptime) to when the log stored the last bulk message (nil: none was read).
