@@ -20,13 +20,27 @@ public final class MetricsServer: @unchecked Sendable {
     public let host: String
     public private(set) var port: Int
     private let handler: @Sendable (String) -> Response
+    /// Takes the next connection off the listener: the descriptor (negative on failure) and errno. `accept`, except
+    /// in tests, which make it fail.
+    let acceptConnection: @Sendable (Int32) -> (fd: Int32, error: Int32)
     private var listener: Int32 = -1
     private var thread: Thread?
     private let lock = NSLock()
     private var stopped = false
 
+    /// `accept(2)`, with its errno.
+    static let systemAccept: @Sendable (Int32) -> (fd: Int32, error: Int32) = { fd in
+        let client = accept(fd, nil, nil)
+        return (client, client < 0 ? errno : 0)
+    }
+
     /// `bind` is "host:port" (port 0 picks a free one; see `port` after `start`).
-    public init(bind: String, handler: @escaping @Sendable (_ path: String) -> Response) throws {
+    public convenience init(bind: String, handler: @escaping @Sendable (_ path: String) -> Response) throws {
+        try self.init(bind: bind, acceptConnection: Self.systemAccept, handler: handler)
+    }
+
+    init(bind: String, acceptConnection: @escaping @Sendable (Int32) -> (fd: Int32, error: Int32),
+         handler: @escaping @Sendable (_ path: String) -> Response) throws {
         guard let colon = bind.lastIndex(of: ":"), let port = Int(bind[bind.index(after: colon)...]), (0...65535).contains(port) else {
             throw MetricsServerError("prometheus bind address \"\(bind)\" is not host:port")
         }
@@ -34,6 +48,7 @@ public final class MetricsServer: @unchecked Sendable {
         self.host = host.isEmpty ? "0.0.0.0" : host
         self.port = port
         self.handler = handler
+        self.acceptConnection = acceptConnection
     }
 
     public func start() throws {
@@ -87,14 +102,21 @@ public final class MetricsServer: @unchecked Sendable {
     }
 
     private func acceptLoop(_ fd: Int32) {
+        var failures = 0
         while !isStopped {
-            let client = accept(fd, nil, nil)
-            if client < 0 {
-                if errno == EINTR { continue }
-                return  // closed by stop()
+            let (client, error) = acceptConnection(fd)
+            guard client < 0 else {
+                failures = 0
+                serve(client)
+                close(client)
+                continue
             }
-            serve(client)
-            close(client)
+            // Closed by stop(), or not a listener any more: nothing to wait for.
+            if isStopped || [EBADF, EINVAL, ENOTSOCK].contains(error) { return }
+            // Anything else passes: a connection reset before it was taken, or no descriptor free for it (EMFILE)
+            // while the node holds many. Returning here ended /metrics and /health for good, the node still running.
+            failures += 1
+            if error != EINTR && error != ECONNABORTED { usleep(failures < 10 ? 10_000 : 100_000) }
         }
     }
 

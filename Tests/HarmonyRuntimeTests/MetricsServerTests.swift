@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -30,6 +31,25 @@ struct MetricsServerTests {
         #expect(try get("/metrics", method: "DELETE").0 == 405)
         server.stop()
         #expect(throws: (any Error).self) { try get("/metrics") }
+    }
+
+    /// A failed accept (no descriptor free for the connection, say) is passing: the server goes on answering.
+    /// It used to return from its accept loop, and /metrics and /health were gone while the node ran.
+    @Test func aFailedAcceptDoesNotEndTheServer() throws {
+        let failuresLeft = Mutex(2)
+        let server = try MetricsServer(bind: "127.0.0.1:0", acceptConnection: { fd in
+            let fail = failuresLeft.withLock { left in
+                defer { left = max(0, left - 1) }
+                return left > 0
+            }
+            return fail ? (-1, EMFILE) : MetricsServer.systemAccept(fd)
+        }) { _ in .init(status: 200, body: "up\n") }
+        try server.start()
+        defer { server.stop() }
+        let client = BlockingHTTPClient(idleTimeoutSeconds: 5, transferTimeoutSeconds: 10)
+        let reply = try client.send(URLRequest(url: URL(string: "http://127.0.0.1:\(server.port)/health")!), what: "GET /health")
+        #expect(reply.status == 200 && reply.text == "up\n")
+        #expect(failuresLeft.withLock { $0 } == 0)
     }
 
     @Test func badBindAddressesAreRefused() {
