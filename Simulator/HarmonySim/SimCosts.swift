@@ -343,10 +343,13 @@ extension Simulation {
         push(.observerTick, at: nowMs + 1)
     }
 
+    /// The node whose copy of node `id`'s writes the lag figures time, as the live benchmark reads its probes on node 2.
+    func nextNode(after id: Int) -> Int { id % nodes.count + 1 }
+
     /// What capacity planning reads from a run with a cost model.
     func capacityFigures() -> CapacityFigures? {
         guard scenario.costs != nil else { return nil }
-        var lags: [Double] = [], hintLags: [Double] = [], bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0, underLoad: [ProbeTimes] = []
+        var bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0, underLoad: [ProbeTimes] = []
         var probes: [(atMs: Int64, nextMs: Int64, hintMs: Int64?)] = []
         for w in history {
             let others = nodes.map(\.id).filter { $0 != w.node }
@@ -357,14 +360,12 @@ extension Simulation {
                 bulkSeen += 1
             } else {
                 // As the live benchmark measures: until the next node has it.
-                let next = w.node % nodes.count + 1
+                let next = nextNode(after: w.node)
                 probes.append((w.atMs, appliedAtMs[w.version]?[next] ?? last, hintSentAtMs[w.version]))
             }
         }
         // With a bulk load, only the writes made while it replicates (the live benchmark's "under load").
         for p in probes where bulkSeen == 0 || p.atMs < bulkDone {
-            lags.append(Double(max(0, p.nextMs - p.atMs)))
-            if let h = p.hintMs { hintLags.append(Double(max(0, h - p.atMs))) }
             underLoad.append(ProbeTimes(committedMs: p.atMs, hintedAfterMs: p.hintMs.map { max(0, $0 - p.atMs) }, seenAfterMs: max(0, p.nextMs - p.atMs)))
         }
         underLoad.sort { $0.committedMs < $1.committedMs }
@@ -375,9 +376,10 @@ extension Simulation {
             stored = Array(repeating: 0, count: tenths)
             applied = Array(repeating: 0, count: tenths)
             for (ms, rows) in bulkRowsStoredByMs where ms < Int64(tenths) * 100 { stored[Int(ms / 100)] += rows }
-            for v in bulkVersions { if let ms = appliedAtMs[v]?[2], ms < Int64(tenths) * 100 { applied[Int(ms / 100)] += 1 } }
+            let receiver = nextNode(after: nodes[0].id)  // the bulk loader's, as for its probes
+            for v in bulkVersions { if let ms = appliedAtMs[v]?[receiver], ms < Int64(tenths) * 100 { applied[Int(ms / 100)] += 1 } }
         }
-        return CapacityFigures(lagsMs: lags, hintLagsMs: hintLags, probes: underLoad, bulkRowsStoredPer100Ms: stored, bulkRowsAppliedPer100Ms: applied, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
+        return CapacityFigures(probes: underLoad, bulkRowsStoredPer100Ms: stored, bulkRowsAppliedPer100Ms: applied, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
                                bulkStoredMs: bulkStoredMs, writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
                                convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
     }
@@ -474,12 +476,13 @@ public struct ProbeTimes: Sendable {
 
 /// Figures of one run with a cost model.
 public struct CapacityFigures: Sendable {
-    /// Commit-to-visible-on-every-other-node delay of each workload write (not the bulk load's), in ms.
-    public var lagsMs: [Double]
-    /// For the same writes, commit to being sent as a hint once the log stored it (those sent as one): the sender's share.
-    public var hintLagsMs: [Double]
-    /// The same writes one by one, in commit order: to set beside `harmonybench live --probe-times`, probe by probe.
+    /// Each workload write (not the bulk load's; with a bulk load, those made while it replicates) in commit order,
+    /// as `harmonybench live --probe-times` prints its probes.
     public var probes: [ProbeTimes]
+    /// Commit until the next node has it, of each of those writes, in ms.
+    public var lagsMs: [Double] { probes.map { Double($0.seenAfterMs) } }
+    /// For the same writes, commit to being sent as a hint once the log stored it (those sent as one): the sender's share.
+    public var hintLagsMs: [Double] { probes.compactMap { $0.hintedAfterMs.map(Double.init) } }
     /// Bulk rows the log stored, and node 2 had, in each 100 ms from the start: the sender's and a receiver's pace.
     public var bulkRowsStoredPer100Ms: [Int]
     public var bulkRowsAppliedPer100Ms: [Int]
