@@ -157,16 +157,10 @@ struct LiveBench: ParsableCommand {
         if probeTimes {
             watch.printProbeTimes()
             say("bulk rows the log stored per 100 ms: " + watch.bulkRowsStoredPer100Ms(after: startUptimeNs).map(String.init).joined(separator: " "))
-            // The watcher looks about every 100 ms: rows node 2 had by each look, spread over the tenths since the last.
+            // The watcher looks about every 100 ms: the rows node 2 gained since the look before, at each look.
             let looks = node2Rows.withLock { $0 }
-            var tenths: [Int] = [], previous: (seconds: Double, rows: Int64) = (0, 0)
-            for look in looks {
-                let i = Int(look.seconds * 10)
-                if tenths.count <= i { tenths += Array(repeating: 0, count: i + 1 - tenths.count) }
-                tenths[i] += Int(look.rows - previous.rows)
-                previous = look
-            }
-            say("bulk rows node 2 had per 100 ms (the watcher's looks, about every 100 ms): " + tenths.map(String.init).joined(separator: " "))
+            let gained = zip(looks, [(seconds: 0.0, rows: Int64(0))] + looks).map { (seconds: $0.seconds, rows: Int($0.rows - $1.rows)) }
+            say("bulk rows node 2 had per 100 ms (the watcher's looks, about every 100 ms): " + rowsPer100Ms(gained).map(String.init).joined(separator: " "))
         }
         say("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
         say("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
@@ -338,6 +332,17 @@ func percentile(_ xs: [Double], _ p: Double) -> Double {
 
 func msText(_ x: Double) -> String { String(format: "%.1f", x) }
 
+/// Rows counted at moments (seconds from a start), summed per 100 ms from that start up to the last.
+func rowsPer100Ms(_ counts: [(seconds: Double, rows: Int)]) -> [Int] {
+    var tenths: [Int] = []
+    for (seconds, rows) in counts {
+        let i = Int(seconds * 10)
+        if tenths.count <= i { tenths += Array(repeating: 0, count: i + 1 - tenths.count) }
+        tenths[i] += rows
+    }
+    return tenths
+}
+
 /// Where a probe's time goes: when the log stored the message carrying each probe row (read from the streams
 /// after the load, with the time the server stored it), and when a plain NATS subscriber on the hint subjects saw
 /// it go by, next to its commit time.
@@ -434,15 +439,7 @@ final class LogWatch: Sendable {
 
     /// Bulk rows the log stored in each 100 ms from `startNs` (uptime), up to the last.
     func bulkRowsStoredPer100Ms(after startNs: UInt64) -> [Int] {
-        bulkStored.withLock { stored in
-            var tenths: [Int] = []
-            for (atNs, rows) in stored where atNs >= startNs {
-                let i = Int((atNs - startNs) / 100_000_000)
-                if tenths.count <= i { tenths += Array(repeating: 0, count: i + 1 - tenths.count) }
-                tenths[i] += rows
-            }
-            return tenths
-        }
+        rowsPer100Ms(bulkStored.withLock { $0 }.filter { $0.atNs >= startNs }.map { (seconds: Double($0.atNs - startNs) / 1e9, rows: $0.rows) })
     }
 
     /// Seconds from `startNs` (uptime) to when the log stored the last bulk message (nil: none was read).
