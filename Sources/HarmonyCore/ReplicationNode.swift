@@ -394,6 +394,14 @@ public final class ReplicationNode {
     }
 
     /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.
+    /// `PRAGMA data_version` on the sidecar's connection (it moves only when another connection commits) and the
+    /// connection's `total_changes()` (only with the sidecar's own writes): how the runtime tells an application's
+    /// commit from the sidecar's. Nil before `start` and after `stop`.
+    public func connectionCounters() throws -> (dataVersion: Int64, ownWrites: Int64)? {
+        guard isRunning, let db = database else { return nil }
+        return (try db.scalar("PRAGMA data_version")?.int64 ?? -1, db.totalChanges)
+    }
+
     public func databaseChanged() throws {
         guard isRunning else { return }
         try refreshCaptureIfSchemaChanged()

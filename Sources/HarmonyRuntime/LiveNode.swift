@@ -169,7 +169,12 @@ public final class LiveNode: @unchecked Sendable {
             let core = makeCore()
             self.core = core
             // Watch first: a commit made while the core starts still moves data_version past what the monitor read.
-            let changes = DatabaseChangeMonitor(databasePath: config.node.databasePath, queue: queue, logger: log) { [weak self] in
+            // Looks read the core's connection, so the core's own commits (a receiver's applies) wake nothing.
+            let changes = DatabaseChangeMonitor(databasePath: config.node.databasePath, queue: queue, logger: log,
+                                                sidecarCounters: { [weak self] in
+                guard let counters = try self?.core?.connectionCounters() else { return nil }
+                return .init(dataVersion: counters.dataVersion, ownWrites: counters.ownWrites)
+            }) { [weak self] in
                 self?.withCore("reading local changes") { try $0.databaseChanged() }
             }
             try changes.start()

@@ -21,6 +21,27 @@ struct ReplicationTests {
         #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == expected)
     }
 
+    /// The runtime tells an application's commit from the sidecar's by these counters: applying another node's
+    /// change (or stamping and publishing) moves only `ownWrites`, an application's commit only `dataVersion`.
+    @Test func connectionCountersTellTheApplicationsCommitsFromTheSidecars() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        let start = try #require(try c.nodes[1].connectionCounters())
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'ann', 1.5)")
+        try c.publish(0)
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT name FROM users") == [["ann"]])
+        let applied = try #require(try c.nodes[1].connectionCounters())
+        #expect(applied.dataVersion == start.dataVersion)
+        #expect(applied.ownWrites > start.ownWrites)
+
+        try c.apps[1].execute("INSERT INTO users VALUES (2, 'bob', 2.5)")
+        let written = try #require(try c.nodes[1].connectionCounters())
+        #expect(written.dataVersion != applied.dataVersion)
+        #expect(written.ownWrites == applied.ownWrites)
+        c.nodes[1].stop()
+        #expect(try c.nodes[1].connectionCounters() == nil)
+    }
+
     @Test func threeNodesWithShardsConverge() throws {
         let c = try TestCluster(nodes: 3, schema: usersSchema) { $0.shards = 4 }
         for i in 0..<3 {

@@ -1,7 +1,7 @@
 import Dispatch
 import Foundation
 import HarmonyTestSupport
-import HarmonyRuntime
+@testable import HarmonyRuntime
 import HarmonySQLite
 import Logging
 import Synchronization
@@ -144,6 +144,74 @@ struct ChangeDetectionTests {
             if round < 2 { Thread.sleep(forTimeInterval: 0.3) }
         }
         queue.sync { monitor.stop() }
+    }
+
+    /// Commits 60 ms apart (an application writing now and then): each is seen at once, and each costs a dozen
+    /// looks. Looking every 1 ms for 20 ms and then every 5 ms, as the monitor used to, cost about 28 each.
+    @Test func sparseCommitsCostAFewLooksEach() throws {
+        let scratch = try ScratchDatabase()
+        defer { scratch.remove() }
+        let queue = DispatchQueue(label: "test.sparse")
+        let wakeups = Wakeups()
+        let monitor = DatabaseChangeMonitor(databasePath: scratch.path, queue: queue, safetyPollMs: nil,
+                                            logger: Logger(label: "test")) { wakeups.hit() }
+        try queue.sync { try monitor.start() }
+        defer { queue.sync { monitor.stop() } }
+        let before = queue.sync { monitor.looks }
+        for id in 1...10 {
+            wakeups.drain()
+            try scratch.writer.execute("INSERT INTO t (id) VALUES (?)", [.integer(Int64(id))])
+            #expect(wakeups.wait(ms: 100), "commit \(id) was not seen within 100 ms")
+            Thread.sleep(forTimeInterval: 0.06)
+        }
+        let looks = queue.sync { monitor.looks } - before
+        #expect(looks >= 10)
+        #expect(looks < 200, "\(looks) looks for 10 commits 60 ms apart")
+    }
+
+    /// The live node hands the monitor its own connection's counters: the sidecar's commits (a receiver applying a
+    /// bulk load) wake nothing and cost one late look each at most, and an application's commit, alone or among
+    /// the sidecar's, is still seen at once.
+    @Test func theSidecarsOwnCommitsWakeNothing() throws {
+        let scratch = try ScratchDatabase()
+        defer { scratch.remove() }
+        let sidecar = try SQLiteOpener().open(path: scratch.path)
+        let queue = DispatchQueue(label: "test.sidecar")
+        let wakeups = Wakeups()
+        let monitor = DatabaseChangeMonitor(databasePath: scratch.path, queue: queue, safetyPollMs: nil, logger: Logger(label: "test"),
+                                            sidecarCounters: {
+            .init(dataVersion: try sidecar.scalar("PRAGMA data_version")?.int64 ?? -1, ownWrites: sidecar.totalChanges)
+        }) { wakeups.hit() }
+        try queue.sync { try monitor.start() }
+        defer { queue.sync { monitor.stop() } }
+        let before = queue.sync { monitor.looks }
+        for id in 1...30 {
+            try queue.sync { try sidecar.execute("INSERT INTO t (id) VALUES (?)", [.integer(Int64(id))]) }
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        #expect(!wakeups.wait(ms: 100), "the sidecar's own commits woke the node")
+        let looks = queue.sync { monitor.looks } - before
+        #expect(looks <= 60, "\(looks) looks for 30 of the sidecar's own commits")
+
+        try scratch.writer.execute("INSERT INTO t (id) VALUES (100)")
+        #expect(wakeups.wait(ms: 200), "an application's commit was not seen")
+        Thread.sleep(forTimeInterval: 0.3)  // the looks after it are over
+        wakeups.drain()
+        for id in 101...120 {
+            try queue.sync { try sidecar.execute("INSERT INTO t (id) VALUES (?)", [.integer(Int64(id))]) }
+            if id == 110 { try scratch.writer.execute("INSERT INTO t (id) VALUES (1000)") }
+            Thread.sleep(forTimeInterval: 0.002)
+        }
+        #expect(wakeups.wait(ms: 200), "an application's commit among the sidecar's was not seen")
+    }
+
+    /// Looks stay 1 ms apart while a steady load's commits come, then spread out, never past the cap.
+    @Test func looksSpreadOutWhileNothingChanges() {
+        let periods = (0..<250).map { DatabaseChangeMonitor.followUpPeriodMs(sinceMs: UInt64($0)) }
+        #expect(periods[0..<4].allSatisfy { $0 == 1 })
+        #expect(zip(periods, periods.dropFirst()).allSatisfy { $0 <= $1 })
+        #expect(periods.allSatisfy { $0 <= DatabaseChangeMonitor.followUpPeriodMaxMs })
+        for (since, period) in periods.enumerated() where since >= 4 { #expect(period * 4 > since || period == DatabaseChangeMonitor.followUpPeriodMaxMs) }
     }
 
     /// Without inotify the monitor polls every few milliseconds, and a commit still wakes it quickly.
