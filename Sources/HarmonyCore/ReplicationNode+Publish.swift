@@ -104,9 +104,9 @@ extension ReplicationNode {
         let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
         guard room > 0, !smallCommitsPending.isEmpty else { return }
         let scanReach = scanCursor + Int64(config.scanMaxChanges)
-        let taken = Array(smallCommitsPending.filter { $0 > scanReach && !inFlight.contains($0) }.suffix(room))
+        let taken = Array(smallCommitsPending.filter { $0 > scanReach && !isOutstanding($0) }.suffix(room))
         let gone = Set(taken)
-        smallCommitsPending.removeAll { gone.contains($0) || $0 <= scanReach || inFlight.contains($0) }
+        smallCommitsPending.removeAll { gone.contains($0) || $0 <= scanReach || isOutstanding($0) }
         guard !taken.isEmpty else { return }
         try sendPage(try readPendingPage(limit: taken.count, only: taken), hint: true)
     }
@@ -120,7 +120,7 @@ extension ReplicationNode {
         }
         // Entries with nothing to send: superseded by a later write (here or from another node), or whose
         // table is gone. The later write, if it is this node's, has an entry of its own.
-        if !page.superseded.isEmpty { try markPublished(page.superseded) }
+        if !page.superseded.isEmpty { try markPublishedIfTheLockAllows(page.superseded) }
         if !oversized.isEmpty { try refuseOversized(oversized) }
     }
 
@@ -187,7 +187,7 @@ extension ReplicationNode {
         // earlier one (the table it is on).
         for row in pending {
             guard let id = row[0].int64, let objectID = row[1].int64 else { continue }
-            if inFlight.contains(id) { return true }
+            if isOutstanding(id) { return true }
             if let record = try definitionRecord(id: objectID) {
                 var batch = PendingBatch()
                 batch.add(record, id: id, bytes: Self.approximateBytes(record))
@@ -244,7 +244,7 @@ extension ReplicationNode {
                 }
                 if let ids {
                     let entry = try db.cached("SELECT id, change_table_id, table_name FROM \(quoteIdentifier(Bookkeeping.globalLog)) WHERE id = ? AND state = 0")
-                    for id in ids.prefix(limit) where !inFlight.contains(id) {
+                    for id in ids.prefix(limit) where !isOutstanding(id) {
                         guard let row = try entry.query([.integer(id)]).first, let changeID = row[1].int64, let table = row[2].string else { continue }
                         page.rowsRead += 1
                         try take(id, changeID, table)
@@ -258,7 +258,7 @@ extension ReplicationNode {
                 let rows = try scan.query([.integer(newestAfter ?? scanCursor), .integer(newestAfter == nil ? .max : below),
                                            .integer(Int64(limit))])
                 let entries = rows.compactMap { row -> (changeID: Int64, table: String)? in
-                    guard let id = row[0].int64, !inFlight.contains(id), let changeID = row[1].int64, let table = row[2].string else { return nil }
+                    guard let id = row[0].int64, !isOutstanding(id), let changeID = row[1].int64, let table = row[2].string else { return nil }
                     return (changeID, table)
                 }
                 prefetched = try joinedRecords(entries)
@@ -272,7 +272,7 @@ extension ReplicationNode {
                         page.newestRead = page.newestRead ?? id
                         page.oldestRead = id
                     }
-                    if inFlight.contains(id) { continue }
+                    if isOutstanding(id) { continue }
                     try take(id, changeID, table)
                 }
                 return page
@@ -570,22 +570,45 @@ extension ReplicationNode {
         let acked = tokens.compactMap(messageToken(acking:)).flatMap { batchMembers.removeValue(forKey: $0) ?? [$0] }
             .filter { inFlight.remove($0) != nil }
         guard !acked.isEmpty else { return }
-        do {
-            try markPublished(acked)
-        } catch let error as SQLiteError where error.isTransientStorageFailure {
-            // The log has them but they are still pending here: send them again after a backoff (the message ids
-            // make the log drop the copies) rather than restart the core over a busy or full disk.
-            env.events?.record(.markPublishedFailed(count: acked.count, error: "\(error.storageFailureSummary): \(error.description)"))
-            if config.plantedBugs.contains(.dropChangesWhenMarkFails) { return }
-            schedulePublishRetry(from: acked.min()!)
-            return
-        }
-        try crashPoint(.afterMarkPublished)
+        let marked = try markPublishedIfTheLockAllows(acked)
+        guard marked != .failed else { return }
+        if marked == .marked { try crashPoint(.afterMarkPublished) }
         retryDelayMs = config.publishRetryDelayMsMin
         env.events?.record(.published(count: acked.count))
         try publishPending()
         // The last acknowledgement may be the moment a waiting snapshot can be taken.
-        if inFlight.isEmpty { try retrySnapshotIfWaiting() }
+        if inFlight.isEmpty && publishedUnmarked.isEmpty { try retrySnapshotIfWaiting() }
+    }
+
+    /// True when a change-log id is sent and not yet acknowledged, or acknowledged and not yet marked published:
+    /// no read sends it (again).
+    func isOutstanding(_ id: Int64) -> Bool { inFlight.contains(id) || publishedUnmarked.contains(id) }
+
+    enum MarkOutcome { case marked, deferred, failed }
+
+    /// Marks `ids` published, with those a missed lock left unmarked before, waiting for the write lock only
+    /// `lock_pause_ms`. Missed (`deferred`), they wait in `publishedUnmarked` and the bookkeeping pauses
+    /// (`bookkeepingResume` tries again). A storage failure (`failed`) sends them again after a backoff (the message
+    /// ids make the log drop the copies) rather than restart the core over a full disk.
+    @discardableResult
+    func markPublishedIfTheLockAllows(_ ids: [Int64]) throws -> MarkOutcome {
+        let marking = publishedUnmarked.sorted() + ids
+        guard !marking.isEmpty else { return .marked }
+        let db = requireDatabase()
+        do {
+            try waitingBrieflyForTheLock(db, if: true) { try markPublished(marking) }
+        } catch let error as SQLiteError where error.isBusy && briefWaitsOnBusy && !config.plantedBugs.contains(.dropChangesWhenMarkFails) {
+            publishedUnmarked.formUnion(ids)
+            lockMissed(error) { .markPublishedFailed(count: marking.count, error: $0) }
+            return .deferred
+        } catch let error as SQLiteError where error.isTransientStorageFailure {
+            env.events?.record(.markPublishedFailed(count: marking.count, error: "\(error.storageFailureSummary): \(error.description)"))
+            publishedUnmarked.removeAll()
+            if !config.plantedBugs.contains(.dropChangesWhenMarkFails) { schedulePublishRetry(from: marking.min()!) }
+            return .failed
+        }
+        publishedUnmarked.removeAll()
+        return .marked
     }
 
     func markPublished(_ ids: [Int64]) throws {

@@ -55,6 +55,11 @@ public final class ReplicationNode {
 
     // Publishing state.
     var inFlight: Set<Int64> = []
+    /// Change-log ids the log has (acknowledged, or found superseded) whose marking as published missed the write
+    /// lock: an application held it, a bulk load's transactions back to back. Marked at the next try; meanwhile no
+    /// read sends them again, and the core goes on (the priority lane, sends ahead of the stamp) instead of sleeping
+    /// in SQLite's busy handler, where a single-row commit made as a million-row load began waited 4-9 s.
+    var publishedUnmarked: Set<Int64> = []
     /// Messages of user rows this core sent and has not had back from the log yet (see `OwnEchoes`).
     var ownEchoes = OwnEchoes()
     /// Batched publishes: the token a message was sent with -> every change-log row it carries.
@@ -194,6 +199,7 @@ public final class ReplicationNode {
     public func stop() {
         isRunning = false
         inFlight.removeAll()
+        publishedUnmarked.removeAll()
         batchMembers.removeAll()
         partOwners.removeAll()
         partsUnacked.removeAll()
@@ -363,24 +369,14 @@ public final class ReplicationNode {
         // Publishing's own stamp waits for the lock only `lock_pause_ms`: an application committing back to back would
         // otherwise keep the core in SQLite's busy handler for its whole load, and the lane could send no small
         // commit ahead of its stamp meanwhile (that needs no lock). Missed, the stamp is tried again after a pause.
-        let mayWaitBriefly = !all && queueRecordsWriters
-        let savedTimeout = mayWaitBriefly ? connectionBusyTimeoutMs : 0
-        let brief = mayWaitBriefly && savedTimeout > config.lockPauseMs
-        if brief { try db.setBusyTimeout(ms: Int32(clamping: config.lockPauseMs)) }
-        defer { if brief { try? db.setBusyTimeout(ms: Int32(clamping: savedTimeout)) } }
+        let brief = !all && queueRecordsWriters
         do {
-            try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) { try alongside?(db) }
-            return true
-        } catch let error as SQLiteError where error.isBusy && brief && !config.plantedBugs.contains(.stampFailureRestartsCore) {
-            // An application's turn, not yet a failure: said as one once the lock was missed for as long as a plain
-            // wait would have lasted.
-            let since = lockMissedSinceMs ?? env.clock.nowMs
-            lockMissedSinceMs = since
-            if env.clock.nowMs - since >= savedTimeout {
-                env.events?.record(.stampFailed(queued: queued, error: "\(error.storageFailureSummary): \(error.description)", retryInMs: config.lockPauseMs))
-                lockMissedSinceMs = nil
+            try waitingBrieflyForTheLock(db, if: brief) {
+                try writeTransaction(db, stampLimit: all ? nil : config.lockBatchRows) { try alongside?(db) }
             }
-            pauseBookkeeping()
+            return true
+        } catch let error as SQLiteError where error.isBusy && brief && briefWaitsOnBusy && !config.plantedBugs.contains(.stampFailureRestartsCore) {
+            lockMissed(error) { .stampFailed(queued: queued, error: $0, retryInMs: config.lockPauseMs) }
             return false
         } catch let error as SQLiteError where error.isTransientStorageFailure && !all && !config.plantedBugs.contains(.stampFailureRestartsCore) {
             // An application holding the write lock past the busy timeout, or a full disk: the writes stay queued
@@ -393,7 +389,31 @@ public final class ReplicationNode {
         }
     }
 
-    /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.
+    /// Whether the busy timeout is longer than `lock_pause_ms`, so that a brief wait is shorter than a plain one.
+    var briefWaitsOnBusy: Bool { connectionBusyTimeoutMs > config.lockPauseMs }
+
+    /// Runs `body` with the connection's busy timeout cut to `lock_pause_ms` (when `brief` and it is longer), so a
+    /// write transaction that finds an application holding the lock gives up soon instead of sleeping in SQLite's
+    /// busy handler for as long as that application keeps it.
+    func waitingBrieflyForTheLock<T>(_ db: Database, if brief: Bool, _ body: () throws -> T) throws -> T {
+        let cut = brief && briefWaitsOnBusy
+        if cut { try db.setBusyTimeout(ms: Int32(clamping: config.lockPauseMs)) }
+        defer { if cut { try? db.setBusyTimeout(ms: Int32(clamping: connectionBusyTimeoutMs)) } }
+        return try body()
+    }
+
+    /// A brief wait for the lock missed: an application's turn, not yet a failure. Said as one (`failure`) once the
+    /// lock was missed for as long as a plain wait would have lasted; the bookkeeping pauses and tries again.
+    func lockMissed(_ error: SQLiteError, failure: (String) -> ReplicationEvent) {
+        let since = lockMissedSinceMs ?? env.clock.nowMs
+        lockMissedSinceMs = since
+        if env.clock.nowMs - since >= connectionBusyTimeoutMs {
+            env.events?.record(failure("\(error.storageFailureSummary): \(error.description)"))
+            lockMissedSinceMs = nil
+        }
+        pauseBookkeeping()
+    }
+
     /// `PRAGMA data_version` on the sidecar's connection (it moves only when another connection commits) and the
     /// connection's `total_changes()` (only with the sidecar's own writes): how the runtime tells an application's
     /// commit from the sidecar's. Nil before `start` and after `stop`.
@@ -402,6 +422,7 @@ public final class ReplicationNode {
         return (try db.scalar("PRAGMA data_version")?.int64 ?? -1, db.totalChanges)
     }
 
+    /// A local write may have happened: re-read the schema if DDL ran, then publish pending changes.
     public func databaseChanged() throws {
         guard isRunning else { return }
         try refreshCaptureIfSchemaChanged()
@@ -439,7 +460,9 @@ public final class ReplicationNode {
             if config.publish { try publishPending() }
         case .bookkeepingResume:
             bookkeepingPausedUntilMs = nil
-            // Stamping first, whether or not the publish window has room: changes from other nodes wait for it.
+            // What the log has and a missed lock left unmarked, with a batch of the stamp; then stamping, whether or
+            // not the publish window has room: changes from other nodes wait for it.
+            if !publishedUnmarked.isEmpty { try markPublishedIfTheLockAllows([]) }
             try stampLocalChangesIfQueued()
             if config.publish { try publishPending() }
             // Deleting published rows can wait until the import is stamped (one batch per pause, not both).

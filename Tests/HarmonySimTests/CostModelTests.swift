@@ -231,7 +231,7 @@ struct CostModelTests {
             s.writeIntervalMsMin = 5
             s.writeIntervalMsMax = 5
             let sim = try Simulation(scenario: s, seed: 1, trace: true)
-            let r = try sim.run()
+            let r = sim.run()
             #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
             let committed = try #require(sim.bulkCommittedMs)
             let stamps = r.trace.filter { $0.contains("node 1 stamped versions on") }.compactMap { Int64($0.prefix { $0 != " " }) }
