@@ -198,6 +198,7 @@ extension Simulation {
         let done = runJob(.server(message.shard), costs.serverMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000, notBeforeUs: arrivalUs)
         _ = runJob(.serverRelay(message.shard), costs.runtimeServerMessageUs + costs.serverChangeUs * Double(records?.count ?? 1), notBeforeUs: arrivalUs)
         let bulkRows = records?.count { bulkVersions.contains($0.version) } ?? 0
+        for r in records ?? [] where storedAtMs[r.version] == nil { storedAtMs[r.version] = Self.ms(done) }
         if bulkRows > 0 {
             bulkStoredMs = max(bulkStoredMs ?? 0, Self.ms(done))
             bulkRowsStoredByMs[Self.ms(done), default: 0] += bulkRows
@@ -350,7 +351,7 @@ extension Simulation {
     func capacityFigures() -> CapacityFigures? {
         guard scenario.costs != nil else { return nil }
         var bulkDone: Int64 = 0, bulkSeen = 0, unseen = 0, underLoad: [ProbeTimes] = []
-        var probes: [(atMs: Int64, nextMs: Int64, hintMs: Int64?)] = []
+        var probes: [(atMs: Int64, nextMs: Int64, hintMs: Int64?, storedMs: Int64?)] = []
         for w in history {
             let others = nodes.map(\.id).filter { $0 != w.node }
             let times = others.compactMap { appliedAtMs[w.version]?[$0] }
@@ -361,12 +362,13 @@ extension Simulation {
             } else {
                 // As the live benchmark measures: until the next node has it.
                 let next = nextNode(after: w.node)
-                probes.append((w.atMs, appliedAtMs[w.version]?[next] ?? last, hintSentAtMs[w.version]))
+                probes.append((w.atMs, appliedAtMs[w.version]?[next] ?? last, hintSentAtMs[w.version], storedAtMs[w.version]))
             }
         }
         // With a bulk load, only the writes made while it replicates (the live benchmark's "under load").
         for p in probes where bulkSeen == 0 || p.atMs < bulkDone {
-            underLoad.append(ProbeTimes(committedMs: p.atMs, hintedAfterMs: p.hintMs.map { max(0, $0 - p.atMs) }, seenAfterMs: max(0, p.nextMs - p.atMs)))
+            underLoad.append(ProbeTimes(committedMs: p.atMs, storedAfterMs: p.storedMs.map { max(0, $0 - p.atMs) },
+                                        hintedAfterMs: p.hintMs.map { max(0, $0 - p.atMs) }, seenAfterMs: max(0, p.nextMs - p.atMs)))
         }
         underLoad.sort { $0.committedMs < $1.committedMs }
         // The sender's and the next node's pace over the load, as `harmonybench live --probe-times` prints them.
@@ -470,6 +472,8 @@ enum CostWorker: Hashable {
 /// One workload write under load, as `harmonybench live --probe-times` prints a probe (simulated ms).
 public struct ProbeTimes: Sendable {
     public var committedMs: Int64
+    /// Until the log stored the message carrying it: the sender's share with hints off.
+    public var storedAfterMs: Int64?
     public var hintedAfterMs: Int64?
     public var seenAfterMs: Int64
 }

@@ -141,6 +141,8 @@ public final class Simulation {
     var bulkStoredMs: Int64?
     /// With a cost model: bulk rows in the messages the log stored, by the millisecond it stored them.
     var bulkRowsStoredByMs: [Int64: Int] = [:]
+    /// With a cost model: when the log first stored each version (the message carrying it).
+    var storedAtMs: [RowVersion: Int64] = [:]
     /// With a cost model: when a subscriber first had each version as a hint, sent after the log stored it (`noteHintSent`).
     var hintSentAtMs: [RowVersion: Int64] = [:]
     /// With a cost model, while a core call continues node N's backlog: when its sidecar ended the page before, to

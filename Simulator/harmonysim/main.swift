@@ -406,7 +406,7 @@ struct Bench: ParsableCommand {
     var findRate = false
     @Option(help: "With --profile: offer these rates (writes/s over all writing nodes, comma-separated) instead, as `harmonybench rate` does live, and report each one's rows/s, messages per row and settling time.")
     var rates: String?
-    @Flag(help: "With --profile: print each workload write under load of each shard count's first seed (committed at, sent as a hint after, next node had it after), and the bulk rows the log stored and node 2 had in each 100 ms, as `harmonybench live --probe-times` prints them.")
+    @Flag(help: "With --profile: print each workload write under load of each shard count's first seed (committed at, stored on the log after, sent as a hint after, next node had it after), and the bulk rows the log stored and node 2 had in each 100 ms, as `harmonybench live --probe-times` prints them.")
     var probeTimes = false
 
     func validate() throws {
@@ -477,7 +477,7 @@ extension Bench {
                 if probeTimes, seed == range.lowerBound {
                     print("\(count) shard(s), seed \(seed), under load:")
                     for p in c.probes {
-                        print("  write committed at \(p.committedMs) ms, hinted after \(p.hintedAfterMs.map(String.init) ?? "-") ms, seen after \(p.seenAfterMs) ms")
+                        print("  write committed at \(p.committedMs) ms, stored on the log after \(p.storedAfterMs.map(String.init) ?? "-") ms, hinted after \(p.hintedAfterMs.map(String.init) ?? "-") ms, seen after \(p.seenAfterMs) ms")
                     }
                     if !c.bulkRowsStoredPer100Ms.isEmpty {
                         print("  bulk rows the log stored per 100 ms: " + c.bulkRowsStoredPer100Ms.map(String.init).joined(separator: " "))
