@@ -155,14 +155,7 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
 
     /// What the sidecar's own connection says: `PRAGMA data_version` there moves only when another connection
     /// commits, and `total_changes()` only with the sidecar's own writes.
-    public struct SidecarCounters: Sendable, Equatable {
-        public var dataVersion: Int64
-        public var ownWrites: Int64
-        public init(dataVersion: Int64, ownWrites: Int64) {
-            self.dataVersion = dataVersion
-            self.ownWrites = ownWrites
-        }
-    }
+    public typealias SidecarCounters = (dataVersion: Int64, ownWrites: Int64)
 
     /// `safetyPollMs` nil turns the slow poll off (tests use it to prove the inotify path alone wakes us);
     /// `watchFiles` false polls every `fallbackPollMs` as if inotify were unavailable. `sidecarCounters` (nil
@@ -308,7 +301,7 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
     private func counters() throws -> SidecarCounters? {
         if let sidecarCounters { return try sidecarCounters() }
         guard let connection else { return nil }
-        return SidecarCounters(dataVersion: try connection.scalar("PRAGMA data_version")?.int64 ?? -1, ownWrites: 0)
+        return (try connection.scalar("PRAGMA data_version")?.int64 ?? -1, 0)
     }
 
     /// One cheap pragma: it moves only when some other connection committed since the last look. Returns whether

@@ -171,10 +171,7 @@ public final class LiveNode: @unchecked Sendable {
             // Watch first: a commit made while the core starts still moves data_version past what the monitor read.
             // Looks read the core's connection, so the core's own commits (a receiver's applies) wake nothing.
             let changes = DatabaseChangeMonitor(databasePath: config.node.databasePath, queue: queue, logger: log,
-                                                sidecarCounters: { [weak self] in
-                guard let counters = try self?.core?.connectionCounters() else { return nil }
-                return .init(dataVersion: counters.dataVersion, ownWrites: counters.ownWrites)
-            }) { [weak self] in
+                                                sidecarCounters: { [weak self] in try self?.core?.connectionCounters() }) { [weak self] in
                 self?.withCore("reading local changes") { try $0.databaseChanged() }
             }
             try changes.start()

@@ -180,7 +180,7 @@ struct ChangeDetectionTests {
         let wakeups = Wakeups()
         let monitor = DatabaseChangeMonitor(databasePath: scratch.path, queue: queue, safetyPollMs: nil, logger: Logger(label: "test"),
                                             sidecarCounters: {
-            .init(dataVersion: try sidecar.scalar("PRAGMA data_version")?.int64 ?? -1, ownWrites: sidecar.totalChanges)
+            (try sidecar.scalar("PRAGMA data_version")?.int64 ?? -1, sidecar.totalChanges)
         }) { wakeups.hit() }
         try queue.sync { try monitor.start() }
         defer { queue.sync { monitor.stop() } }
