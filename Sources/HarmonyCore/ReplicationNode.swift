@@ -58,7 +58,7 @@ public final class ReplicationNode {
     /// Change-log ids the log has (acknowledged, or found superseded) whose marking as published missed the write
     /// lock: an application held it, a bulk load's transactions back to back. Marked at the next try; meanwhile no
     /// read sends them again, and the core goes on (the priority lane, sends ahead of the stamp) instead of sleeping
-    /// in SQLite's busy handler, where a single-row commit made as a million-row load began waited 4-9 s.
+    /// in SQLite's busy handler, where a single-row commit made as a million-row load began waited 3.5-7 s.
     var publishedUnmarked: Set<Int64> = []
     /// Messages of user rows this core sent and has not had back from the log yet (see `OwnEchoes`).
     var ownEchoes = OwnEchoes()

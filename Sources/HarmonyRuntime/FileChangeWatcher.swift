@@ -175,7 +175,9 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
     }
 
     /// Opens the watching connection and starts inotify (or the fast poll). Call on `queue`, before the core
-    /// first scans, so a commit landing in between still moves `data_version` past what was read here.
+    /// first scans, so a commit landing in between still moves `data_version` past what was read here. With
+    /// `sidecarCounters` and no core running yet there is nothing to read: the first look after it starts counts as
+    /// a change, so the core looks for local writes once more.
     public func start() throws {
         dispatchPrecondition(condition: .onQueue(queue))
         if sidecarCounters == nil {

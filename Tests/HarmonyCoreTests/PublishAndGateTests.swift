@@ -28,7 +28,7 @@ struct PublishAndGateTests {
 
     /// The log acknowledges while an application holds the write lock (a bulk load's transactions back to back): the
     /// core does not sleep in SQLite's busy handler until the application lets go (in a million-row load that held up
-    /// the priority lane, and a single-row commit made as it began showed up elsewhere after 4-9 s). The rows wait
+    /// the priority lane, and a single-row commit made as it began showed up elsewhere after 3.5-7 s). The rows wait
     /// unmarked, are not sent again meanwhile, and are marked once the lock is free.
     @Test func anAcknowledgementThatFindsTheLockHeldIsMarkedOnceItIsFree() throws {
         let c = try TestCluster(nodes: 1, schema: usersSchema)
