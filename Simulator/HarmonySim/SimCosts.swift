@@ -197,8 +197,15 @@ extension Simulation {
         let records = Self.records(message.payload)
         let done = runJob(.server(message.shard), costs.serverMessageUs + costs.serverByteNs * Double(message.payload.count) / 1_000, notBeforeUs: arrivalUs)
         _ = runJob(.serverRelay(message.shard), costs.runtimeServerMessageUs + costs.serverChangeUs * Double(records?.count ?? 1), notBeforeUs: arrivalUs)
-        let bulkRows = records?.count { bulkVersions.contains($0.version) } ?? 0
-        for r in records ?? [] where storedAtMs[r.version] == nil { storedAtMs[r.version] = Self.ms(done) }
+        // One pass: count the bulk rows, and note when each workload write was first stored (the probes' figure).
+        var bulkRows = 0
+        for r in records ?? [] {
+            if bulkVersions.contains(r.version) {
+                bulkRows += 1
+            } else if storedAtMs[r.version] == nil {
+                storedAtMs[r.version] = Self.ms(done)
+            }
+        }
         if bulkRows > 0 {
             bulkStoredMs = max(bulkStoredMs ?? 0, Self.ms(done))
             bulkRowsStoredByMs[Self.ms(done), default: 0] += bulkRows

@@ -141,7 +141,7 @@ public final class Simulation {
     var bulkStoredMs: Int64?
     /// With a cost model: bulk rows in the messages the log stored, by the millisecond it stored them.
     var bulkRowsStoredByMs: [Int64: Int] = [:]
-    /// With a cost model: when the log first stored each version (the message carrying it).
+    /// With a cost model: when the log first stored each workload write's version (bulk rows apart: nothing reads them).
     var storedAtMs: [RowVersion: Int64] = [:]
     /// With a cost model: when a subscriber first had each version as a hint, sent after the log stored it (`noteHintSent`).
     var hintSentAtMs: [RowVersion: Int64] = [:]

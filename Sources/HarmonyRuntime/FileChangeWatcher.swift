@@ -277,7 +277,10 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
         guard followUpPhase == .backingOff else { return }
         if check() {
             lookAgainSoon()
-        } else if (DispatchTime.now().uptimeNanoseconds &- lastActivityNs) / 1_000_000 >= Self.followUpWindowMs {
+            return
+        }
+        let sinceMs = (DispatchTime.now().uptimeNanoseconds &- lastActivityNs) / 1_000_000
+        if sinceMs >= Self.followUpWindowMs {
             followUpPhase = .idle
             followUpPeriodMs = 0
             followUp?.schedule(deadline: .distantFuture, repeating: .never)
@@ -285,7 +288,7 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
             watcher?.unpause()
             #endif
         } else {
-            setFollowUpPeriod(Self.followUpPeriodMs(sinceMs: (DispatchTime.now().uptimeNanoseconds &- lastActivityNs) / 1_000_000))
+            setFollowUpPeriod(Self.followUpPeriodMs(sinceMs: sinceMs))
         }
     }
 
