@@ -32,10 +32,15 @@ extension ReplicationNode {
         }
         var won: [RowVersion] = []
         do {
-            try writeTransaction(db) {
-                for change in changes where try applyHinted(db, change) { won.append(change.version) }
-                let maxHLC = changes.map(\.version.hlc).max() ?? 0
-                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)", [.integer(maxHLC)])
+            // Waiting out the busy timeout for a hint would hold the node's queue, and everything behind it, for
+            // seconds per hint while an application keeps the lock (ten hints held it 50 s, and /health answered
+            // from before the lock); its in-order copy waits instead.
+            try waitingBrieflyForTheLock(db, if: true) {
+                try writeTransaction(db) {
+                    for change in changes where try applyHinted(db, change) { won.append(change.version) }
+                    let maxHLC = changes.map(\.version.hlc).max() ?? 0
+                    try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)", [.integer(maxHLC)])
+                }
             }
         } catch is SQLiteError {
             return  // its in-order copy applies it (or parks it, with the reason) in its turn

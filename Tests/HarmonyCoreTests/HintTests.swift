@@ -159,6 +159,33 @@ struct HintTests {
         #expect(large.allSatisfy { !$0.hint })
     }
 
+    /// A hint that finds an application holding the write lock is dropped after `lock_pause_ms`, not after the busy
+    /// timeout: the node's queue ran one hint after another, each sleeping the full timeout, so while an application
+    /// kept its lock nothing else ran (ten hints held the queue 50 s, and /health answered from before the lock).
+    /// Its in-order copy applies it once the lock is free.
+    @Test func aHintThatFindsTheLockHeldIsDroppedWithoutWaitingOutTheBusyTimeout() throws {
+        let c = try TestCluster(nodes: 0, schema: usersSchema)
+        c.opener = SQLiteOpener(busyTimeoutMs: 10_000)
+        for _ in 0..<2 { try c.addNode(schema: usersSchema, configure: Self.oneChangePerMessage) }
+        try c.apps[0].transaction {
+            for k in 1...20 { try c.apps[0].execute("INSERT INTO users (id, name, score) VALUES (?, ?, 0)", [.integer(Int64(k)), .text("bulk\(k)")]) }
+        }
+        _ = try c.publishKeepingHints(0)
+        try c.apps[0].execute("UPDATE users SET name = 'probe' WHERE id = 7")
+        let hints = try c.publishKeepingHints(0)
+        #expect(hints.count == 1)
+        try c.apps[1].execute("BEGIN IMMEDIATE")  // node 2's application, for longer than the busy timeout
+        let started = ContinuousClock.now
+        for h in hints { try c.nodes[1].hintArrived(shard: h.shard, sequence: h.sequence, payload: h.payload) }
+        let waited = ContinuousClock.now - started
+        #expect(waited < .seconds(5), "a hint waited \(waited) for a lock held by the application (busy timeout 10 s)")
+        #expect(c.hintsApplied(1).isEmpty)
+        try c.apps[1].execute("COMMIT")
+        try c.deliver(1)
+        #expect(try c.rows(1, "SELECT name FROM users WHERE id = 7") == [["probe"]])
+        #expect(try c.rows(1, "SELECT * FROM users ORDER BY id") == c.rows(0, "SELECT * FROM users ORDER BY id"))
+    }
+
     /// A backlog goes to receivers in order anyway: only the newest changes (the lane's) and the last page of the scan
     /// are offered as hints, not the pages of a bulk load in front of them.
     @Test func aBacklogIsNotOffered() throws {
