@@ -9,6 +9,12 @@ struct ProgressWatch: Sendable {
     /// Per shard: when the first delivery since the checkpoint last moved reached the core. A node quiet for an hour
     /// has been stuck since its next message came, not for the hour.
     var deliveredSinceProgressMs: [Int: Int64] = [:]
+    /// Per shard: the highest sequence delivered to the core. The stream holds at least that much, also while the
+    /// range the node last asked for is older (an application's long transaction keeps the answer queued behind
+    /// applies that wait for its lock, and /health said "stream_last": 0 with ten messages waiting).
+    var highestDelivered: [Int: UInt64] = [:]
+    /// Per shard: why the last try to apply failed, until the checkpoint moves.
+    var lastApplyFailure: [Int: String] = [:]
     /// Per shard: since when it waits for a schema this node does not have.
     var pausedSinceMs: [Int: Int64] = [:]
     /// Since when publishes fail without one succeeding.
@@ -29,15 +35,17 @@ struct ProgressWatch: Sendable {
     var stampFailingSinceMs: Int64?
     var lastStampFailure: String?
 
-    /// Messages of `shard` were handed to the core.
-    mutating func delivered(shard: Int, nowMs: Int64) {
+    /// Messages of `shard` up to `sequence` were handed to the core.
+    mutating func delivered(shard: Int, through sequence: UInt64, nowMs: Int64) {
         if deliveredSinceProgressMs[shard] == nil { deliveredSinceProgressMs[shard] = nowMs }
+        highestDelivered[shard] = max(highestDelivered[shard] ?? 0, sequence)
     }
 
     /// `shard`'s checkpoint moved: the deliveries waiting since are behind it.
     mutating func moved(shard: Int, nowMs: Int64) {
         lastProgressMs[shard] = nowMs
         deliveredSinceProgressMs[shard] = nil
+        lastApplyFailure[shard] = nil
     }
 
     /// Since when `shard` has waited without its checkpoint moving: from its first delivery since it last moved, or
@@ -76,6 +84,8 @@ struct ProgressWatch: Sendable {
             lastStampMs = nowMs
             stampFailingSinceMs = nil
             lastStampFailure = nil
+        case .applyBatchFailed(let shard, let error):
+            lastApplyFailure[shard] = error
         case .stampFailed(_, let error, _):
             if stampFailingSinceMs == nil { stampFailingSinceMs = nowMs }
             lastStampFailure = error
@@ -84,6 +94,8 @@ struct ProgressWatch: Sendable {
             lastRestoreFailure = nil
             for shard in lastProgressMs.keys { lastProgressMs[shard] = nowMs }
             deliveredSinceProgressMs.removeAll()
+            highestDelivered.removeAll()  // the log may have been made again: its sequences start over
+            lastApplyFailure.removeAll()
         default:
             break
         }
@@ -126,9 +138,10 @@ struct HealthReport: Sendable {
         var shards: [ShardState] = []
         for shard in r.checkpoints.keys.sorted() {
             let checkpoint = r.checkpoints[shard] ?? 0
-            // As last reported (at subscribe and on the cleanup timer): the node has applied up to its checkpoint, so
-            // the stream holds at least that much, whatever an older report said.
-            let last = r.streamLasts[shard].map { max($0, checkpoint) }
+            // As last reported (at subscribe and on the cleanup timer): the node has applied up to its checkpoint and
+            // was delivered up to `highestDelivered`, so the stream holds at least that much, whatever an older report said.
+            let delivered = watch.highestDelivered[shard]
+            let last = (r.streamLasts[shard] ?? delivered).map { max($0, checkpoint, delivered ?? 0) }
             var state = ShardState(shard: shard, checkpoint: checkpoint, streamLast: last, state: "ok", seconds: 0)
             if !r.replicate {
                 state.state = "not replicating"
@@ -158,7 +171,8 @@ struct HealthReport: Sendable {
                 state.seconds = idleMs / 1000
                 if idleMs >= stallMs {
                     state.state = "stalled"
-                    reasons.append("shard \(shard) has not moved for \(state.seconds) s at message \(checkpoint) of \(last)")
+                    let why = watch.lastApplyFailure[shard].map { "; the last try to apply failed: \($0)" } ?? ""
+                    reasons.append("shard \(shard) has not moved for \(state.seconds) s at message \(checkpoint) of \(last)\(why)")
                 }
             }
             shards.append(state)

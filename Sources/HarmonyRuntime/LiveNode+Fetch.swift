@@ -74,7 +74,7 @@ extension LiveNode {
                     guard let self, self.core != nil, !stop.raised else { return }  // a replaced consumer's batch
                     self.applyPendingHints()
                     for m in messages { self.queueOnly.value.delivered[shard, default: [:]][m.streamSequence] = m }
-                    self.queueOnly.value.progress.delivered(shard: shard, nowMs: WallClock.nowMs)
+                    self.queueOnly.value.progress.delivered(shard: shard, through: messages.last!.streamSequence, nowMs: WallClock.nowMs)
                     let started = ContinuousClock.now
                     self.withCore("applying shard \(shard)") {
                         try $0.messagesArrived(shard: shard, messages.map { IncomingMessage(sequence: $0.streamSequence, payload: $0.payload) })

@@ -51,13 +51,17 @@ extension LiveNode {
         let queued = healthLookQueued.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
         if queued {
             queue.async { [self] in
-                look.result.withLock { $0 = coreLookOnQueue() }
+                let fresh = coreLookOnQueue()
+                look.result.withLock { $0 = fresh }
+                // Also when the asker stopped waiting: the next one answers from this look, not from one taken before
+                // (a look that came late used to be dropped, so a node held by an application's lock answered from
+                // its start for as long as the lock was held).
+                lastHealthLook.withLock { $0 = fresh }
                 healthLookQueued.store(false, ordering: .relaxed)
                 look.done.signal()
             }
         }
         if queued, look.done.wait(timeout: .now() + .milliseconds(waitMs)) == .success, let fresh = look.result.withLock({ $0 }) {
-            lastHealthLook.withLock { $0 = fresh }
             return (fresh, 0)
         }
         let startedMs = coreCallStartedMs.load(ordering: .relaxed)

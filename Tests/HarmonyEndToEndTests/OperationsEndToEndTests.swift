@@ -323,6 +323,43 @@ struct OperationsEndToEndTests {
         try waitUntil("node 1 is healthy again", timeoutSeconds: 30) { try httpGet(port: metricsPort, path: "/health").status == 200 }
     }
 
+    /// With stall_seconds above the busy timeout, no single call lasts long enough to be called stuck: each try to
+    /// apply waits 5 s for the lock, fails, and the queue is free in between. The shard itself must then turn the
+    /// node unhealthy. It did not: the stream's range was last asked for before node 2 wrote, so /health said 200
+    /// with "stream_last": 0 for as long as the application held the lock. Now what was delivered counts, and the
+    /// reason names the lock.
+    @Test func healthIs503WhileAnApplicationsLongTransactionKeepsTheNodeFromApplying() throws {
+        let metricsPort = distinctFreePorts(1)[0]
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
+            i == 1 ? "[health]\nstall_seconds = 6\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"\n" : ""
+        }
+        #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
+        let holder = try holdWriteLock(c.dbPath(1), seconds: 20, writing: "INSERT INTO items (id, name) VALUES (2, 'held');")
+        defer { if holder.isRunning { holder.terminate() } }
+        let probe = try Database(path: c.dbPath(1))  // no busy timeout: a held lock fails at once
+        try waitUntil("node 1's application holds the lock", timeoutSeconds: 10) {
+            guard (try? probe.execute("BEGIN IMMEDIATE")) != nil else { return true }
+            try probe.execute("ROLLBACK")
+            return false
+        }
+        for id in 3...5 { try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (\(id), 'from node 2');") }
+        var last: (status: Int, body: String) = (0, "")
+        try waitUntil("node 1's /health says its shard has not moved, and why", timeoutSeconds: 18) {
+            last = try httpGet(port: metricsPort, path: "/health")
+            return last.status == 503
+        }
+        let json = try JSONSerialization.jsonObject(with: Data(last.body.utf8)) as? [String: Any]
+        let reasons = json?["reasons"] as? [String] ?? []
+        #expect(reasons.contains { $0.hasPrefix("shard 1 has not moved for") && $0.contains("at message 0 of ") && $0.contains("; the last try to apply failed: database busy") },
+                "\(last.body)")
+        #expect(!reasons.contains { $0.contains("busy with one task") }, "each try lasts the busy timeout, below stall_seconds: \(last.body)")
+        #expect(holder.isRunning, "503 came only after the application let go")
+        holder.waitUntilExit()
+        _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;",
+                                     expected: "2|held\n3|from node 2\n4|from node 2\n5|from node 2\n", timeoutSeconds: 60)
+        try waitUntil("node 1 is healthy again", timeoutSeconds: 30) { try httpGet(port: metricsPort, path: "/health").status == 200 }
+    }
+
     /// The seeds' procedure: stop a node, `-cleanup`, let the application write while capture is absent, restart.
     /// Nothing is lost: the row written meanwhile reaches the other node, and the other node's newer writes win
     /// over this node's copies (captured again with versions below any real write). With a log trimmed past the

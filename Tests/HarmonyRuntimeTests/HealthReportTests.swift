@@ -45,14 +45,45 @@ struct HealthReportTests {
         var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
         let behind = readings(checkpoints: [1: 10, 2: 10], lasts: [1: 11, 2: 10])
         let arrived = 10 * stallMs
-        watch.delivered(shard: 1, nowMs: arrived)
+        watch.delivered(shard: 1, through: 11, nowMs: arrived)
         #expect(HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs - 1, stallMs: stallMs).healthy)
         let stuck = HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs, stallMs: stallMs)
         #expect(stuck.reasons == ["shard 1 has not moved for 60 s at message 10 of 11"])
-        watch.delivered(shard: 1, nowMs: arrived + stallMs)
+        watch.delivered(shard: 1, through: 11, nowMs: arrived + stallMs)
         #expect(!HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs + 1, stallMs: stallMs).healthy)
         watch.record(.applied(shard: 1, sequence: 11, table: "t", version: RowVersion(hlc: 1, node: 2), won: true), nowMs: arrived + stallMs + 2)
         #expect(HealthReport.evaluate(behind, watch: watch, nowMs: arrived + stallMs + 3, stallMs: stallMs).healthy)
+    }
+
+    /// An application's long transaction keeps a node from applying while the range it last asked the log for is
+    /// older than what was delivered since (by hand: 20 s into a 25 s hold, /health said 200 with "stream_last": 0 and
+    /// ten messages waiting). What reached the core counts as part of the stream, and the stall says why.
+    @Test func deliveriesTheCoreCouldNotApplyCountAsBehindEvenWhenTheStreamsRangeIsOld() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        let old = readings(checkpoints: [1: 0, 2: 0], lasts: [1: 0, 2: 0])
+        watch.delivered(shard: 1, through: 10, nowMs: 1_000)
+        watch.record(.applyBatchFailed(shard: 1, error: "database busy (another connection holds the lock)"), nowMs: 6_000)
+        let waiting = HealthReport.evaluate(old, watch: watch, nowMs: 1_000 + stallMs - 1, stallMs: stallMs)
+        #expect(waiting.healthy)
+        #expect(waiting.shards.map(\.streamLast) == [10, 0])
+        #expect(waiting.shards.map(\.state) == ["catching up", "ok"])
+        let stuck = HealthReport.evaluate(old, watch: watch, nowMs: 1_000 + stallMs, stallMs: stallMs)
+        #expect(!stuck.healthy)
+        #expect(stuck.reasons == ["shard 1 has not moved for 60 s at message 0 of 10; the last try to apply failed: "
+                                  + "database busy (another connection holds the lock)"])
+        // A stream whose range was never reported shows what was delivered.
+        let unknown = readings(checkpoints: [1: 0, 2: 0], lasts: [:])
+        #expect(HealthReport.evaluate(unknown, watch: watch, nowMs: 1_000 + stallMs, stallMs: stallMs).shards.map(\.streamLast) == [10, nil])
+        // Once it applies, the reason goes with the stall.
+        watch.record(.applied(shard: 1, sequence: 10, table: "t", version: RowVersion(hlc: 1, node: 2), won: true), nowMs: 1_000 + stallMs)
+        let applied = HealthReport.evaluate(readings(checkpoints: [1: 10, 2: 0], lasts: [1: 0, 2: 0]), watch: watch,
+                                            nowMs: 2_000 + stallMs, stallMs: stallMs)
+        #expect(applied.healthy && applied.shards.map(\.state) == ["ok", "ok"])
+        #expect(watch.lastApplyFailure.isEmpty)
+        // A restore may come from a log made again, whose sequences start over: what was delivered before says nothing.
+        watch.record(.restored(sequences: [3, 0], rows: 1, tables: 1), nowMs: 3_000 + stallMs)
+        #expect(HealthReport.evaluate(readings(checkpoints: [1: 3, 2: 0], lasts: [1: 3, 2: 0]), watch: watch, nowMs: 4_000 + 2 * stallMs,
+                                      stallMs: stallMs).healthy)
     }
 
     /// Deliveries held back while a bulk import of many millions of rows is stamped are not a stall while batches
