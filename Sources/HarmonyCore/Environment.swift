@@ -117,8 +117,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case streamStateUnknown(shard: Int)
     case behindLogStart(shard: Int, checkpoint: UInt64, firstSequence: UInt64)
     /// Deliveries stopped: the stream holds up to `lastSequence`, the checkpoint stood at `checkpoint` for `forMs`;
-    /// `laterDelivered`: messages after the missing one reached this node meanwhile.
-    case deliveryStalled(shard: Int, checkpoint: UInt64, lastSequence: UInt64, forMs: Int64, laterDelivered: Bool)
+    /// `laterDelivered`: messages after the missing one reached this node meanwhile; `sentBackHere`: the missing one
+    /// is one this node itself sent back to the log for later (the log did not deliver it again).
+    case deliveryStalled(shard: Int, checkpoint: UInt64, lastSequence: UInt64, forMs: Int64, laterDelivered: Bool, sentBackHere: Bool)
     case restoreRequested
     case restoreFailed(reason: String)
     /// A snapshot replaced the database (`rows` rows in `tables` tables); replay resumes after these sequences

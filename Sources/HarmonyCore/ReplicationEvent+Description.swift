@@ -40,9 +40,13 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard) delivered message \(got) while \(expected) is next; held back, and the stream's range is checked"
         case .streamStateUnknown(let shard):
             return "shard \(shard): the log could not say which messages its stream holds; asked again later"
-        case .deliveryStalled(let shard, let checkpoint, let lastSequence, let forMs, false):
+        case .deliveryStalled(let shard, let checkpoint, let lastSequence, let forMs, false, _):
             return "shard \(shard): nothing applied past message \(checkpoint) for \(forMs / 1000) s while the stream holds up to \(lastSequence); recreating this node's consumer from \(checkpoint + 1) (another process running with this node_id, or a lost consumer, takes deliveries away)"
-        case .deliveryStalled(let shard, let checkpoint, _, let forMs, true):
+        case .deliveryStalled(let shard, let checkpoint, _, let forMs, true, true):
+            // Seen after a million-row import on nats-server 2.9: a redelivery that finds no pull request waiting for
+            // it (the one it was meant for ended, or ran out of max_bytes) is put back only after the ack wait.
+            return "shard \(shard): message \(checkpoint + 1), which this node sent back to the log for later, has not come back for \(Double(forMs) / 1000) s while later ones did; recreating this node's consumer from it (the server can drop a redelivery that finds no fetch waiting for it, and would send it again only after the 30 s ack wait)"
+        case .deliveryStalled(let shard, let checkpoint, _, let forMs, true, false):
             return "shard \(shard): message \(checkpoint + 1) never arrived while later ones did, for \(Double(forMs) / 1000) s; recreating this node's consumer from it (its delivery was lost when a connection dropped, or another process running with this node_id took it)"
         case .behindLogStart(let shard, let checkpoint, let firstSequence):
             return "shard \(shard): this node applied up to message \(checkpoint) but the stream now starts at \(firstSequence); it needs a snapshot"

@@ -163,6 +163,7 @@ extension ReplicationNode {
         Self.checkDisjointAndOrdered(acks: acks, naks: naks.map(\.0))
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
+        if let first = naks.first?.0, let last = naks.last?.0 { noteSentBack(shard: shard, first...last) }
         // Rows held back for a definition may fit now: ask for them again at once instead of after the pause delay.
         if events.contains(where: {
             if case .schemaChangeApplied = $0 { return true }
@@ -197,6 +198,7 @@ extension ReplicationNode {
     func holdBack(shard: Int, _ sequences: [UInt64], delayMs: Int64) {
         for sequence in sequences { env.log.nak(shard: shard, sequence: sequence, delayMs: delayMs) }
         guard let first = sequences.first, let last = sequences.last else { return }
+        noteSentBack(shard: shard, first...last)
         let untilMs = env.clock.nowMs + 2 * delayMs + 1_000
         if var held = heldBack[shard], env.clock.nowMs < held.untilMs, first <= held.through + 1, last + 1 >= held.from {
             if first <= held.from { held.untilMs = untilMs }
@@ -206,6 +208,11 @@ extension ReplicationNode {
         } else {
             heldBack[shard] = HeldBack(from: first, through: last, untilMs: untilMs)
         }
+    }
+
+    func noteSentBack(shard: Int, _ span: ClosedRange<UInt64>) {
+        let known = sentBackSpan[shard] ?? span
+        sentBackSpan[shard] = min(known.lowerBound, span.lowerBound)...max(known.upperBound, span.upperBound)
     }
 
     /// Whether this node sent `sequence` back to the log itself, recently enough that it is still on its way.

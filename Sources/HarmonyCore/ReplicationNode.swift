@@ -120,6 +120,10 @@ public final class ReplicationNode {
     var applyHeldForStamping = false
     /// Per shard, the messages this node last sent back to the log while it stamped an import (`HeldBack`).
     var heldBack: [Int: HeldBack] = [:]
+    /// Per shard, the lowest and highest message this node sent back to the log for later since the shard's consumer
+    /// was last recreated: one inside that stays away while later ones come was dropped by the log, not taken by
+    /// another process (said so in `deliveryStalled`).
+    var sentBackSpan: [Int: ClosedRange<UInt64>] = [:]
     var retryFrom: Int64?
     var retryDelayMs: Int64
     var schemaVersion: Int64 = -1
@@ -538,8 +542,10 @@ public final class ReplicationNode {
     /// Recreates a shard's consumer from the message after its checkpoint: deliveries stopped reaching this node.
     private func resubscribeStalled(shard: Int, checkpoint: UInt64, lastSequence: UInt64, forMs: Int64, laterDelivered: Bool) {
         guard !config.plantedBugs.contains(.noResubscribeOnStall) else { return }
+        let sentBack = sentBackSpan[shard]?.contains(checkpoint + 1) ?? false
+        sentBackSpan[shard] = nil
         env.events?.record(.deliveryStalled(shard: shard, checkpoint: checkpoint, lastSequence: lastSequence, forMs: forMs,
-                                            laterDelivered: laterDelivered))
+                                            laterDelivered: laterDelivered, sentBackHere: laterDelivered && sentBack))
         stalledSince[shard] = nil
         gapSince[shard] = nil
         env.log.subscribe(shard: shard, fromSequence: checkpoint + 1)

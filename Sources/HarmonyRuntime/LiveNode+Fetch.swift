@@ -43,10 +43,11 @@ extension LiveNode {
 
     /// One thread per shard: fetch a batch, hand it to the queue, wait until the core has taken it.
     func fetchLoop(shard: Int, subscription: PullSubscription, stop: FetchStop) {
+        var largestRecent = 0
         while !stopped.load(ordering: .relaxed) && !stop.raised {
             let batch: [FetchedMessage]
             do {
-                batch = try subscription.fetch(batch: 256, timeoutMs: 250, maxBytes: Self.fetchBytesMax)
+                batch = try subscription.fetch(batch: Self.fetchCount(largestRecent: largestRecent), timeoutMs: 250, maxBytes: Self.fetchBytesMax)
             } catch {
                 if stopped.load(ordering: .relaxed) || stop.raised { return }
                 if consumerIsGone(shard: shard) {
@@ -62,6 +63,7 @@ extension LiveNode {
                 continue
             }
             guard !batch.isEmpty else { continue }
+            largestRecent = max(largestRecent / 2, batch.map(\.payload.count).max() ?? 0)
             // In chunks, each its own transaction: hints (and the node's other work) wait for one chunk at most,
             // not for a whole batch of bulk messages.
             let chunks = ApplyChunks.ranges(batch.map(\.payload.count))
@@ -100,6 +102,18 @@ extension LiveNode {
     /// messages per shard while it caught up, 15 MB at 4 shards (heaptrack, `harmonybench live --rows 1000000`), and
     /// went past the 64 MiB budget; 1 MiB is still about 80 bulk messages a fetch.
     public static let fetchBytesMax = 1 << 20
+
+    /// How many messages to ask for: as many as fit `fetchBytesMax` at the largest size seen lately (halved each
+    /// fetch), at most 256, so a request ends by its count rather than by running out of bytes. nats-server (2.9 and
+    /// later) drops a redelivery it had taken for a request that ran out of bytes, and sends it again only after the
+    /// ack wait: after a million-row import, four of node 1's held-back messages stayed away until its consumers were
+    /// recreated.
+    static func fetchCount(largestRecent: Int) -> Int {
+        min(256, max(1, fetchBytesMax / (largestRecent + fetchOverheadBytes)))
+    }
+
+    /// What the server counts against `max_bytes` besides a payload: subject, ack reply subject, headers.
+    static let fetchOverheadBytes = 256
 
     /// True only when the server answers that the shard's consumer does not exist (not when it cannot be asked).
     func consumerIsGone(shard: Int) -> Bool {

@@ -33,9 +33,9 @@ extension ReplicationEvent {
         case .schemaResumed(let shard): return ["event": "schema_resumed", "shard": n(shard)]
         case .gap(let shard, let expected, let got): return ["event": "gap", "shard": n(shard), "expected": n(expected), "sequence": n(got)]
         case .streamStateUnknown(let shard): return ["event": "stream_range_unknown", "shard": n(shard)]
-        case .deliveryStalled(let shard, let checkpoint, let last, let forMs, let laterDelivered):
+        case .deliveryStalled(let shard, let checkpoint, let last, let forMs, let laterDelivered, let sentBackHere):
             return ["event": "delivery_stalled", "shard": n(shard), "checkpoint": n(checkpoint), "last_sequence": n(last), "stalled_ms": n(forMs),
-                    "later_delivered": .stringConvertible(laterDelivered)]
+                    "later_delivered": .stringConvertible(laterDelivered), "sent_back_here": .stringConvertible(sentBackHere)]
         case .behindLogStart(let shard, let checkpoint, let first):
             return ["event": "behind_log_start", "shard": n(shard), "checkpoint": n(checkpoint), "first_sequence": n(first)]
         case .restoreRequested: return ["event": "restore_requested"]

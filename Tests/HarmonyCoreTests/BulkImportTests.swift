@@ -171,6 +171,42 @@ struct BulkImportTests {
         }
     }
 
+    /// A message this node sent back for later while it stamped an import, which the log then did not deliver again
+    /// while later ones came (nats-server 2.9 drops a redelivery that finds no fetch waiting), is recovered by
+    /// recreating the consumer, and the warning says so. After a million-row import it used to blame a dropped
+    /// connection or another process running with this node_id.
+    @Test func aHeldBackMessageThatDoesNotComeBackIsSaidToBeOneThisNodeSentBack() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.lockBatchRows = 10 }
+        for k in 1...3 { try c.apps[1].execute("INSERT INTO users VALUES (?, 'node 2', 0)", [.integer(Int64(500 + k))]); try c.publish(1) }
+        try importRows(c.apps[0], 1...200)
+        try c.deliver(0)
+        #expect(c.nodes[0].checkpoint(1) == 0)
+        #expect(c.ports[0].deliverFrom[1] == 1, "held back: asked for again")
+        for _ in 0..<100 where try c.nodes[0].bulkImportHoldingDeliveries() != nil {
+            try c.nodes[0].databaseChanged()
+            _ = try resumeBookkeeping(c, 0)
+        }
+        #expect(try c.nodes[0].bulkImportHoldingDeliveries() == nil)
+        // The log loses message 1's redelivery; 2 and 3 keep coming.
+        var stalled: [ReplicationEvent] = []
+        _ = c.clocks[0].advance(byMs: 2_000)
+        for _ in 0..<5 where stalled.isEmpty {
+            c.ports[0].deliverFrom[1] = 2
+            try c.deliver(0)
+            _ = c.clocks[0].advance(byMs: 1_600)
+            stalled = c.events[0].events.filter { if case .deliveryStalled = $0 { true } else { false } }
+        }
+        #expect(stalled.count == 1)
+        guard case .deliveryStalled(1, 0, 3, _, true, true)? = stalled.first else {
+            Issue.record("expected message 1, sent back here, to be reported missing: \(stalled)")
+            return
+        }
+        #expect(stalled.first?.description.contains("which this node sent back to the log for later") == true)
+        #expect(stalled.first?.description.contains("another process running with this node_id") == false)
+        try c.deliver(0)  // the recreated consumer starts at message 1
+        #expect(c.nodes[0].checkpoint(1) == 3)
+    }
+
     /// Deliveries held back on purpose while an import is stamped are not a stalled consumer: the node does not
     /// recreate it however long the import takes, and says how many writes it still waits for (`/health` shows it).
     @Test func deliveriesHeldForAnImportAreNotAStall() throws {

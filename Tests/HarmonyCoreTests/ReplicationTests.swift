@@ -291,7 +291,7 @@ struct DeliveryStallTests {
         try c.deliver(1)
         #expect(c.nodes[1].checkpoint(1) == (plantedBug ? 0 : 6))
         #expect(c.events[1].events.contains {
-            if case .deliveryStalled(1, 0, 6, _, false) = $0 { return true } else { return false }
+            if case .deliveryStalled(1, 0, 6, _, false, false) = $0 { return true } else { return false }
         } == !plantedBug)
     }
 
@@ -317,8 +317,8 @@ struct DeliveryStallTests {
         try c.deliver(1)
         #expect(c.nodes[1].checkpoint(1) == (plantedBug ? 0 : 6))
         #expect(c.events[1].events.contains {
-            if case .deliveryStalled(1, 0, 6, 3_200, true) = $0 { return true } else { return false }
+            if case .deliveryStalled(1, 0, 6, 3_200, true, false) = $0 { return true } else { return false }
         } == !plantedBug)
-        #expect(!c.events[1].events.contains { if case .deliveryStalled(_, _, _, _, false) = $0 { return true } else { return false } })
+        #expect(!c.events[1].events.contains { if case .deliveryStalled(_, _, _, _, false, _) = $0 { return true } else { return false } })
     }
 }
