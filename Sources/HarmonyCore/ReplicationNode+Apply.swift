@@ -22,6 +22,9 @@ extension ReplicationNode {
         ordered.reserveCapacity(messages.count)
         for m in messages.sorted(by: { $0.sequence < $1.sequence }) where m.sequence != ordered.last?.sequence { ordered.append(m) }
         let start = checkpoint(shard)
+        // The next message came, so it is not missing, whatever follows: one that keeps failing (a full disk) is asked
+        // for again and comes back; only one that stays away while later ones come is a lost delivery.
+        if ordered.contains(where: { $0.sequence == start + 1 }) { gapSince[shard] = nil }
         if restoreNeeded {
             // Waiting for a snapshot: nothing may apply over the hole; the restore resubscribes every shard.
             for m in ordered where m.sequence > start { env.log.nak(shard: shard, sequence: m.sequence, delayMs: config.restoreRetryMs) }

@@ -295,6 +295,43 @@ struct DeliveryStallTests {
         } == !plantedBug)
     }
 
+    /// A full disk makes every try to apply fail: the first message is asked for again after
+    /// `storageRetryDelayMs`, while the live runtime asks for the rest of its fetch sooner, so later messages keep
+    /// coming in between. The first one is not missing (it keeps coming and failing), so the consumer is not
+    /// recreated: by hand, a node on a full disk warned every 3 s that "message 12 never arrived ... another process
+    /// running with this node_id took it". Once the disk has room everything applies.
+    @Test func aBatchThatKeepsFailingOnAFullDiskIsNotAMissingDelivery() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.publishBatchMax = 1 }
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'first', 0)")
+        try c.settle()
+        let db = try #require(c.nodes[1].database)
+        let pages = try #require(try db.scalar("PRAGMA page_count")?.int64)
+        try db.execute("PRAGMA max_page_count = \(pages)")
+        let start = c.nodes[1].checkpoint(1)
+        try c.apps[0].transaction {
+            for k in 2...10 { try c.apps[0].execute("INSERT INTO users VALUES (?, ?, 0)", [.integer(Int64(k)), .text(String(repeating: "x", count: 3_000))]) }
+        }
+        try c.publish(0)
+        let all = c.streams.messages(shard: 1, from: start + 1)
+        #expect(all.count == 9)
+        for _ in 0..<6 {
+            try c.nodes[1].messagesArrived(shard: 1, all)  // the whole fetch: fails on the full disk
+            c.answerStreamStates(1)
+            _ = c.clocks[1].advance(byMs: 300)
+            try c.nodes[1].messagesArrived(shard: 1, Array(all.dropFirst()))  // the rest of it, asked for again sooner
+            c.answerStreamStates(1)
+            _ = c.clocks[1].advance(byMs: 700)
+        }
+        #expect(c.events[1].events.contains { if case .applyBatchFailed = $0 { true } else { false } })
+        #expect(!c.events[1].events.contains { if case .deliveryStalled = $0 { true } else { false } },
+                "\(c.events[1].events.filter { if case .deliveryStalled = $0 { true } else { false } })")
+        #expect(c.nodes[1].checkpoint(1) == start)
+        try db.execute("PRAGMA max_page_count = 1073741823")
+        try c.nodes[1].messagesArrived(shard: 1, all)
+        #expect(c.nodes[1].checkpoint(1) == start + 9)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[10]])
+    }
+
     /// The answer to a fetch was lost when the connection dropped (a partition began): the consumer moved past
     /// message 1 and delivers 2...6, each held back behind the missing one, and JetStream would send message 1 again
     /// only after its ack wait (30 s). Once it has stayed missing for `missingDeliveryResubscribeMs` while later ones
