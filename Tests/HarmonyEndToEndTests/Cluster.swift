@@ -319,6 +319,16 @@ func holdWriteLock(_ path: String, seconds: Int, writing sql: String) throws -> 
     return holder
 }
 
+/// Returns once another connection (a `holdWriteLock` holder) has SQLite's write lock on `path`.
+func waitUntilTheWriteLockIsHeld(_ path: String) throws {
+    let probe = try Database(path: path)  // no busy timeout: a held lock fails at once
+    try waitUntil("the application holds the write lock of \(path)", timeoutSeconds: 10) {
+        guard (try? probe.execute("BEGIN IMMEDIATE")) != nil else { return true }
+        try probe.execute("ROLLBACK")
+        return false
+    }
+}
+
 /// A plain HTTP GET to 127.0.0.1 (status and body), enough for a node's /metrics and /health.
 func httpGet(port: Int, path: String) throws -> (status: Int, body: String) {
     let connection = try RawSocket(port: port, timeoutSeconds: 5)

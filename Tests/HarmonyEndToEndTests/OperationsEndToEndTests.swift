@@ -289,12 +289,7 @@ struct OperationsEndToEndTests {
         #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
         let holder = try holdWriteLock(c.dbPath(1), seconds: 12, writing: "INSERT INTO items (id, name) VALUES (2, 'held');")
         defer { if holder.isRunning { holder.terminate() } }
-        let probe = try Database(path: c.dbPath(1))  // no busy timeout: a held lock fails at once
-        try waitUntil("node 1's application holds the lock", timeoutSeconds: 10) {
-            guard (try? probe.execute("BEGIN IMMEDIATE")) != nil else { return true }
-            try probe.execute("ROLLBACK")
-            return false
-        }
+        try waitUntilTheWriteLockIsHeld(c.dbPath(1))
         try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (1, 'from node 2');")
         var slowest = 0.0, answers = 0, busyReason: String?
         try waitUntil("node 1's /health says its core has been busy with one call", timeoutSeconds: 10) {
@@ -336,12 +331,7 @@ struct OperationsEndToEndTests {
         #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
         let holder = try holdWriteLock(c.dbPath(1), seconds: 20, writing: "INSERT INTO items (id, name) VALUES (2, 'held');")
         defer { if holder.isRunning { holder.terminate() } }
-        let probe = try Database(path: c.dbPath(1))  // no busy timeout: a held lock fails at once
-        try waitUntil("node 1's application holds the lock", timeoutSeconds: 10) {
-            guard (try? probe.execute("BEGIN IMMEDIATE")) != nil else { return true }
-            try probe.execute("ROLLBACK")
-            return false
-        }
+        try waitUntilTheWriteLockIsHeld(c.dbPath(1))
         for id in 3...5 { try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (\(id), 'from node 2');") }
         var last: (status: Int, body: String) = (0, "")
         try waitUntil("node 1's /health says its shard has not moved, and why", timeoutSeconds: 18) {
