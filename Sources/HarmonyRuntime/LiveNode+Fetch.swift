@@ -45,7 +45,7 @@ extension LiveNode {
     func fetchLoop(shard: Int, subscription: PullSubscription, stop: FetchStop) {
         var largestRecent = 0
         while !stopped.load(ordering: .relaxed) && !stop.raised {
-            let batch: [FetchedMessage]
+            var batch: [FetchedMessage]
             do {
                 batch = try subscription.fetch(batch: Self.fetchCount(largestRecent: largestRecent), timeoutMs: 250, maxBytes: Self.fetchBytesMax)
             } catch {
@@ -64,6 +64,7 @@ extension LiveNode {
             }
             guard !batch.isEmpty else { continue }
             largestRecent = max(largestRecent / 2, batch.map(\.payload.count).max() ?? 0)
+            batch = ApplyChunks.applyOrder(batch.map(\.streamSequence)).map { batch[$0] }
             // In chunks, each its own transaction: hints (and the node's other work) wait for one chunk at most,
             // not for a whole batch of bulk messages.
             let chunks = ApplyChunks.ranges(batch.map(\.payload.count))

@@ -24,6 +24,16 @@ struct HintWireTests {
         #expect(LiveNode.Hint.decode(subject: subject, bytes, shards: 1...4) == nil)
     }
 
+    /// Redeliveries of held-back messages come in any order; the message the core waits for goes in the first chunk.
+    @Test func aFetchedBatchIsAppliedInSequenceOrder() {
+        let fetched: [UInt64] = [472, 73, 51, 76, 51, 9_000]
+        let order = ApplyChunks.applyOrder(fetched)
+        #expect(order.map { fetched[$0] } == [51, 51, 73, 76, 472, 9_000])
+        #expect(order == [2, 4, 1, 3, 0, 5])
+        let firstChunk = ApplyChunks.ranges(order.map { _ in 30_000 }).first
+        #expect(firstChunk.map { order[$0].map { fetched[$0] } } == [51, 51])
+    }
+
     @Test func chunksStayUnderTheLimitAndKeepOrder() {
         #expect(ApplyChunks.ranges([], bytesMax: 100) == [])
         #expect(ApplyChunks.ranges([10, 20, 30], bytesMax: 100) == [0..<3])
