@@ -107,8 +107,8 @@ extension LiveNode {
     /// How many messages to ask for: as many as fit `fetchBytesMax` at the largest size seen lately (halved each
     /// fetch), at most 256, so a request ends by its count rather than by running out of bytes. nats-server (2.9 and
     /// later) drops a redelivery it had taken for a request that ran out of bytes, and sends it again only after the
-    /// ack wait: after a million-row import, four of node 1's held-back messages stayed away until its consumers were
-    /// recreated.
+    /// ack wait: in an instrumented million-row import, node 1's message 51, sent back 14 times while it stamped, then
+    /// stayed away 9.8 s, until its consumer was recreated.
     static func fetchCount(largestRecent: Int) -> Int {
         min(256, max(1, fetchBytesMax / (largestRecent + fetchOverheadBytes)))
     }
