@@ -54,8 +54,13 @@ private let publishAckHandler: jsPubAckHandler = { _, msg, pa, pae, closure in
     } else {
         var text = "publish failed"
         if let pae {
-            text = NATSError.statusText(pae.pointee.Err)
-            if let t = pae.pointee.ErrText { text += ": " + String(cString: t) }
+            // libnats gives a timeout as "Timeout" twice over; an operator reading the log wants what it means.
+            text = pae.pointee.Err == NATS_TIMEOUT
+                ? "no acknowledgement from JetStream in time (the server down, unreachable or overloaded)"
+                : NATSError.statusText(pae.pointee.Err)
+            if let t = pae.pointee.ErrText.map({ String(cString: $0) }), t.lowercased() != NATSError.statusText(pae.pointee.Err).lowercased() {
+                text += ": " + t
+            }
             if pae.pointee.ErrCode.rawValue != 0 { text += " [JetStream error \(pae.pointee.ErrCode.rawValue)]" }
         }
         result = PublishResult(messageID: id, sequence: nil, duplicate: false, error: text)

@@ -189,5 +189,7 @@ struct EndToEndTests {
         // The operator saw it: the lost connection and its return are logged, the failure rate-limited.
         #expect(c.log(1).contains("lost the connection to NATS at nats://127.0.0.1:") && c.log(1).contains("reconnected to NATS at"), "\(c.log(1))")
         #expect(c.log(1).contains("failed or timed out"))
+        // Why, in words (libnats's own text for it was "Timeout: Timeout").
+        #expect(c.log(1).contains("no acknowledgement from JetStream in time") && !c.log(1).contains("Timeout: Timeout"), "\(c.log(1))")
     }
 }
