@@ -63,11 +63,12 @@ extension LiveNode {
                 continue
             }
             guard !batch.isEmpty else { continue }
-            largestRecent = max(largestRecent / 2, batch.map(\.payload.count).max() ?? 0)
             batch = ApplyChunks.applyOrder(batch.map(\.streamSequence)).map { batch[$0] }
+            let sizes = batch.map(\.payload.count)
+            largestRecent = max(largestRecent / 2, sizes.max() ?? 0)
             // In chunks, each its own transaction: hints (and the node's other work) wait for one chunk at most,
             // not for a whole batch of bulk messages.
-            let chunks = ApplyChunks.ranges(batch.map(\.payload.count))
+            let chunks = ApplyChunks.ranges(sizes)
             for (index, chunk) in chunks.enumerated() {
                 let messages = Array(batch[chunk])
                 let done = DispatchSemaphore(value: 0)
