@@ -92,8 +92,12 @@ public enum ReplicationEvent: Sendable, Hashable {
     /// Local writes sent before their stamp (`sendAheadOfStamp`): each queue id's version, which the stamp must give.
     case sentAheadOfStamp(versions: [Int64: Int64])
     case publishFailed(token: Int64)
-    /// The log acknowledged these changes but marking them published failed; they are sent again later.
-    case markPublishedFailed(count: Int, error: String)
+    /// The log acknowledged these changes but marking them published failed: sent again after a backoff
+    /// (`sentAgain`, a storage failure), or kept and marked once the write lock is had again (an application's lock).
+    case markPublishedFailed(count: Int, error: String, sentAgain: Bool)
+    /// The core committed a write of its own again, `failedForMs` after a failed stamp or mark was first reported:
+    /// `/health` stops saying the node cannot write, and the log says it recovered.
+    case ownWritesResumed(failedForMs: Int64)
     case applied(shard: Int, sequence: UInt64, table: String, version: RowVersion, won: Bool)
     case duplicate(shard: Int, sequence: UInt64)
     /// This node's own messages back from the log, consumed without being applied: the database already holds what

@@ -9,8 +9,11 @@ extension ReplicationEvent: CustomStringConvertible {
             return "published \(count) change(s)"
         case .publishFailed(let token):
             return "publishing change \(token) failed or timed out; it is sent again after a backoff"
-        case .markPublishedFailed(let count, let error):
-            return "the log acknowledged \(count) change(s) but marking them published failed (\(error)); they are sent again"
+        case .markPublishedFailed(let count, let error, let sentAgain):
+            return "the log acknowledged \(count) change(s) but marking them published failed (\(error)); "
+                + (sentAgain ? "they are sent again after a backoff" : "the mark is tried again until the write lock is free, and local writes wait to be stamped meanwhile")
+        case .ownWritesResumed(let failedForMs):
+            return "this node writes to its database again, \(failedForMs / 1000) s after stamping or marking published first failed; queued local writes are stamped and sent"
         case .applied(let shard, let sequence, let table, let version, let won):
             return "shard \(shard) message \(sequence): \(won ? "applied" : "skipped (the row already has a newer version)") change \(version) to \(quoteIdentifier(table))"
         case .duplicate(let shard, let sequence):

@@ -599,10 +599,10 @@ extension ReplicationNode {
             try waitingBrieflyForTheLock(db, if: true) { try markPublished(marking) }
         } catch let error as SQLiteError where error.isBusy && briefWaitsOnBusy && !config.plantedBugs.contains(.dropChangesWhenMarkFails) {
             publishedUnmarked.formUnion(ids)
-            lockMissed(error) { .markPublishedFailed(count: marking.count, error: $0) }
+            lockMissed(error) { .markPublishedFailed(count: marking.count, error: $0, sentAgain: false) }
             return .deferred
         } catch let error as SQLiteError where error.isTransientStorageFailure {
-            env.events?.record(.markPublishedFailed(count: marking.count, error: "\(error.storageFailureSummary): \(error.description)"))
+            ownWriteFailed(.markPublishedFailed(count: marking.count, error: "\(error.storageFailureSummary): \(error.description)", sentAgain: true))
             publishedUnmarked.removeAll()
             if !config.plantedBugs.contains(.dropChangesWhenMarkFails) { schedulePublishRetry(from: marking.min()!) }
             return .failed

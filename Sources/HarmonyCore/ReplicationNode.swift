@@ -88,6 +88,9 @@ public final class ReplicationNode {
     /// When publishing's brief wait for an application's write lock first missed it (`stampLocalChangesIfQueued`); nil
     /// once the core had the lock again. Meanwhile the lane ahead of the stamp keeps looking.
     var lockMissedSinceMs: Int64?
+    /// When a failed stamp or mark was first reported with no write of the core committed since
+    /// (`ownWritesResumed` is said at the next commit).
+    var ownWriteFailureSinceMs: Int64?
     /// The core connection's `PRAGMA synchronous` and busy timeout as opened, which a stamp lowers for itself and
     /// puts back (read once at start, not on every stamp).
     var connectionSynchronous: Int64 = 2
@@ -215,6 +218,7 @@ public final class ReplicationNode {
         stampWriterTail = nil
         queueRecordsWriters = false
         lockMissedSinceMs = nil
+        ownWriteFailureSinceMs = nil
         aheadLane = nil
         database = nil
     }
@@ -295,6 +299,10 @@ public final class ReplicationNode {
     func transactionEnded(committed: Bool) {
         if committed {
             lockMissedSinceMs = nil  // the core had the lock
+            if let since = ownWriteFailureSinceMs {
+                ownWriteFailureSinceMs = nil
+                env.events?.record(.ownWritesResumed(failedForMs: env.clock.nowMs - since))
+            }
             for stamped in stampsAwaitingCommit {
                 env.events?.record(.localChangesStamped(stamped))
                 for (table, writes) in stamped.nullKeyWrites.sorted(by: { $0.key < $1.key }) {
@@ -387,7 +395,7 @@ public final class ReplicationNode {
             // and nothing was stamped. Try again after a pause rather than restart the core, which would meet the
             // same lock; meanwhile the rest goes on (what is stamped is sent, deliveries are asked for again).
             let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs
-            env.events?.record(.stampFailed(queued: queued, error: "\(error.storageFailureSummary): \(error.description)", retryInMs: delayMs))
+            ownWriteFailed(.stampFailed(queued: queued, error: "\(error.storageFailureSummary): \(error.description)", retryInMs: delayMs))
             pauseBookkeeping(forMs: delayMs)
             return false
         }
@@ -412,10 +420,16 @@ public final class ReplicationNode {
         let since = lockMissedSinceMs ?? env.clock.nowMs
         lockMissedSinceMs = since
         if env.clock.nowMs - since >= connectionBusyTimeoutMs {
-            env.events?.record(failure("\(error.storageFailureSummary): \(error.description)"))
+            ownWriteFailed(failure("\(error.storageFailureSummary): \(error.description)"))
             lockMissedSinceMs = nil
         }
         pauseBookkeeping()
+    }
+
+    /// Reports a failed stamp or mark (`failure`); the next write the core commits reports the recovery.
+    func ownWriteFailed(_ failure: ReplicationEvent) {
+        if ownWriteFailureSinceMs == nil { ownWriteFailureSinceMs = env.clock.nowMs }
+        env.events?.record(failure)
     }
 
     /// `PRAGMA data_version` on the sidecar's connection (it moves only when another connection commits) and the

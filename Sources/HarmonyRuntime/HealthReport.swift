@@ -31,9 +31,10 @@ struct ProgressWatch: Sendable {
     var lastSchemaAppliedMs: Int64?
     /// When local writes were last stamped: while a bulk import is stamped, that is the progress deliveries wait on.
     var lastStampMs: Int64?
-    /// Since when stamping local writes fails with none stamped after, and the last reason.
-    var stampFailingSinceMs: Int64?
-    var lastStampFailure: String?
+    /// Since when the core's own writes (stamping local writes, marking acknowledged ones published) fail with none
+    /// committed after, and the last reason: local writes then wait, unstamped or unmarked.
+    var ownWritesFailingSinceMs: Int64?
+    var lastOwnWriteFailure: String?
 
     /// Messages of `shard` up to `sequence` were handed to the core.
     mutating func delivered(shard: Int, through sequence: UInt64, nowMs: Int64) {
@@ -63,8 +64,13 @@ struct ProgressWatch: Sendable {
         case .schemaResumed(let shard):
             pausedSinceMs[shard] = nil
             moved(shard: shard, nowMs: nowMs)
-        case .publishFailed, .markPublishedFailed:
+        case .publishFailed:
             if publishFailingSinceMs == nil { publishFailingSinceMs = nowMs }
+        case .markPublishedFailed(let count, let error, _):
+            // The log has them; this database could not record it (an application's lock, a full disk). Stamping
+            // waits behind that mark, so it is the same failure as a stamp's, not a publish's.
+            if ownWritesFailingSinceMs == nil { ownWritesFailingSinceMs = nowMs }
+            lastOwnWriteFailure = "marking \(count) acknowledged change(s) published failed: \(error)"
         case .published:
             publishFailingSinceMs = nil
         case .behindLogStart:
@@ -82,13 +88,16 @@ struct ProgressWatch: Sendable {
             lastSchemaAppliedMs = nowMs
         case .localChangesStamped:
             lastStampMs = nowMs
-            stampFailingSinceMs = nil
-            lastStampFailure = nil
+            ownWritesFailingSinceMs = nil
+            lastOwnWriteFailure = nil
+        case .ownWritesResumed:
+            ownWritesFailingSinceMs = nil
+            lastOwnWriteFailure = nil
         case .applyBatchFailed(let shard, let error):
             lastApplyFailure[shard] = error
-        case .stampFailed(_, let error, _):
-            if stampFailingSinceMs == nil { stampFailingSinceMs = nowMs }
-            lastStampFailure = error
+        case .stampFailed(let queued, let error, _):
+            if ownWritesFailingSinceMs == nil { ownWritesFailingSinceMs = nowMs }
+            lastOwnWriteFailure = "stamping \(queued) queued local write(s) failed: \(error)"
         case .restored, .holeRepaired:
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
@@ -190,9 +199,10 @@ struct HealthReport: Sendable {
                            + "not reached this node (\(objects)). If that table exists only on the node that made them (created there "
                            + "before its sidecar first ran, with no rows, so nothing asks for it), create it here as it is there")
         }
-        if let since = watch.stampFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
-            reasons.append("local writes have not been stamped for \((nowMs - since) / 1000) s, so they cannot be sent (\(watch.lastStampFailure ?? "no reason given")): "
-                           + "another connection holds SQLite's write lock (a long transaction), or the disk is full or failing")
+        if let since = watch.ownWritesFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
+            reasons.append("local writes have not been stamped or marked published for \((nowMs - since) / 1000) s, so they wait to be sent "
+                           + "(\(watch.lastOwnWriteFailure ?? "no reason given")): another connection holds SQLite's write lock (a long "
+                           + "transaction), or the disk is full or failing")
         }
         if let since = watch.publishFailingSinceMs, r.pendingChanges > 0, nowMs - since >= stallMs {
             reasons.append("publishes have failed for \((nowMs - since) / 1000) s; \(r.pendingChanges) local change(s) wait to be sent")

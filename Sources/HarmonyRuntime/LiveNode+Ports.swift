@@ -131,6 +131,8 @@ final class LiveEvents: ReplicationEventSink {
             if let line = repeats.admit("\(event)", key: "null key \(table)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed, .stampFailed, .cleanupFailed:
             if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
+        case .ownWritesResumed:
+            log.info("\(event)", metadata: event.logMetadata)
         case .snapshotTaken(let name):
             log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")", metadata: event.logMetadata)
             node?.snapshotAttemptEnded(event)

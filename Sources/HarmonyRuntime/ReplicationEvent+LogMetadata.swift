@@ -9,7 +9,9 @@ extension ReplicationEvent {
         switch self {
         case .published(let count): return ["event": "published", "count": n(count)]
         case .publishFailed(let token): return ["event": "publish_failed", "change": n(token)]
-        case .markPublishedFailed(let count, let error): return ["event": "mark_published_failed", "count": n(count), "reason": .string(error)]
+        case .markPublishedFailed(let count, let error, let sentAgain):
+            return ["event": "mark_published_failed", "count": n(count), "reason": .string(error), "sent_again": .string("\(sentAgain)")]
+        case .ownWritesResumed(let failedForMs): return ["event": "own_writes_resumed", "failed_ms": n(failedForMs)]
         case .applied(let shard, let sequence, let table, let version, let won):
             return ["event": "applied", "shard": n(shard), "sequence": n(sequence), "table": .string(table),
                     "version": .string(version.description), "result": .string(won ? "won" : "lost")]

@@ -345,7 +345,8 @@ struct PublishAndGateTests {
         try c.apps[0].execute("BEGIN IMMEDIATE")
         try c.nodes[0].publishAcknowledged(tokens: [m.token])
         try c.apps[0].execute("COMMIT")
-        #expect(c.events[0].events.contains { if case .markPublishedFailed(1, let e) = $0 { return e.contains("busy") } else { return false } })
+        #expect(c.events[0].events.contains { if case .markPublishedFailed(1, let e, true) = $0 { return e.contains("busy") } else { return false } })
+        #expect(!c.events[0].events.contains { if case .ownWritesResumed = $0 { return true } else { return false } })
         #expect(try c.pendingChanges(0) == 1)
         #expect(c.clocks[0].scheduled[.publishRetry] != nil)
         try c.nodes[0].timerFired(.publishRetry)
@@ -353,6 +354,8 @@ struct PublishAndGateTests {
         try c.publish(0)
         #expect(try c.pendingChanges(0) == 0)
         #expect(c.streams.messages(shard: m.shard).count == 1)
+        // The mark that finally committed says the node writes again (`/health` stops reporting the failure).
+        #expect(c.events[0].events.contains { if case .ownWritesResumed = $0 { return true } else { return false } })
     }
 
     /// A publish that landed but whose ack was lost is sent again; the message id lets the log drop the copy.

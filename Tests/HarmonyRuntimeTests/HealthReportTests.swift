@@ -116,11 +116,32 @@ struct HealthReportTests {
         }
         #expect(HealthReport.evaluate(r, watch: watch, nowMs: stallMs, stallMs: stallMs).healthy)
         let report = HealthReport.evaluate(r, watch: watch, nowMs: stallMs + 1_000, stallMs: stallMs)
-        #expect(report.reasons == ["local writes have not been stamped for 60 s, so they cannot be sent (database busy (another connection holds "
-                                   + "the lock): database is locked): another connection holds SQLite's write lock (a long transaction), or the "
-                                   + "disk is full or failing"])
+        #expect(report.reasons == ["local writes have not been stamped or marked published for 60 s, so they wait to be sent (stamping 3 queued "
+                                   + "local write(s) failed: database busy (another connection holds the lock): database is locked): another "
+                                   + "connection holds SQLite's write lock (a long transaction), or the disk is full or failing"])
         watch.record(.localChangesStamped(StampedChanges(firstQueueID: 1, lastQueueID: 3, count: 3, hlcs: [:])), nowMs: stallMs + 1_500)
         #expect(HealthReport.evaluate(r, watch: watch, nowMs: stallMs + 2_000, stallMs: stallMs).healthy)
+    }
+
+    /// An application's lock that meets the mark of what the log acknowledged, not a stamp: the stamp waits behind
+    /// that mark, so the reason is the lock, not "publishes have failed" (publishing works). The mark that commits
+    /// at last clears it, even with nothing left to stamp.
+    @Test func marksThatKeepFailingSayTheLockNotThePublishes() {
+        var watch = ProgressWatch(lastProgressMs: [1: 0, 2: 0])
+        var r = readings()
+        r.pendingChanges = 1_900
+        watch.record(.published(count: 100), nowMs: 500)
+        for at in stride(from: Int64(5_000), through: stallMs + 5_000, by: 5_000) {
+            watch.record(.markPublishedFailed(count: 100, error: "database busy (another connection holds the lock): database is locked", sentAgain: false), nowMs: at)
+        }
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: stallMs + 4_000, stallMs: stallMs).healthy)
+        let report = HealthReport.evaluate(r, watch: watch, nowMs: stallMs + 5_000, stallMs: stallMs)
+        #expect(report.reasons == ["local writes have not been stamped or marked published for 60 s, so they wait to be sent (marking 100 "
+                                   + "acknowledged change(s) published failed: database busy (another connection holds the lock): database is "
+                                   + "locked): another connection holds SQLite's write lock (a long transaction), or the disk is full or failing"])
+        watch.record(.ownWritesResumed(failedForMs: stallMs), nowMs: stallMs + 6_000)
+        r.pendingChanges = 1
+        #expect(HealthReport.evaluate(r, watch: watch, nowMs: stallMs + 7_000, stallMs: stallMs).healthy)
     }
 
     @Test func aSchemaPauseTurnsUnhealthyAfterStallSecondsAndSaysWhatToDo() {
