@@ -56,6 +56,38 @@ struct PublishAndGateTests {
         #expect(c.ports[0].pendingPublishes.isEmpty, "rows the log has were sent again")
     }
 
+    /// An application's lock held past the busy timeout while acknowledged rows wait to be marked: the misses are
+    /// reported as one failed mark that waits for the lock (not "sent again": nothing is), and the mark that commits
+    /// once the lock is free reports that the node writes again, which is what clears `/health`'s reason.
+    @Test func aMarkThatMissesTheLockForTheBusyTimeoutIsReportedAndItsRecoveryToo() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema)
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob', 2.5)")
+        try c.nodes[0].databaseChanged()
+        let sent = c.ports[0].pendingPublishes
+        c.ports[0].pendingPublishes.removeAll()
+        for m in sent { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+        func reported(_ matching: (ReplicationEvent) -> Bool) -> Int { c.events[0].events.filter(matching).count }
+        let failedMark = { (e: ReplicationEvent) in if case .markPublishedFailed(2, let error, false) = e { return error.contains("busy") } else { return false } }
+        let resumed = { (e: ReplicationEvent) in if case .ownWritesResumed = e { return true } else { return false } }
+
+        try c.apps[0].execute("BEGIN IMMEDIATE")
+        try c.nodes[0].publishAcknowledged(tokens: sent.map(\.token))
+        let busyTimeoutMs = c.nodes[0].connectionBusyTimeoutMs
+        var waitedMs: Int64 = 0
+        while waitedMs < busyTimeoutMs + 500 {
+            for timer in c.clocks[0].advance(byMs: 250) { try c.nodes[0].timerFired(timer) }
+            waitedMs += 250
+        }
+        #expect(reported(failedMark) == 1, "\(c.events[0].events)")
+        #expect(reported(resumed) == 0)
+        #expect(c.ports[0].pendingPublishes.isEmpty, "rows the log has were sent again")
+        try c.apps[0].execute("COMMIT")
+
+        for timer in c.clocks[0].advance(byMs: 1_000) { try c.nodes[0].timerFired(timer) }
+        #expect(try c.pendingChanges(0) == 0)
+        #expect(reported(resumed) == 1, "\(c.events[0].events)")
+    }
+
     /// Acknowledged changes are marked published a run of ids at a time: a flush of some shards' messages marks
     /// exactly their changes, whatever gaps the other shards' messages leave between them, and nothing else.
     @Test func anAcknowledgementMarksExactlyItsMessagesChanges() throws {
