@@ -132,7 +132,8 @@ final class LiveEvents: ReplicationEventSink {
         case .applyBatchFailed, .behindLogStart, .restoreFailed, .streamStateUnknown, .markPublishedFailed, .stampFailed, .cleanupFailed:
             if let line = repeats.admit("\(event)", nowMs: nowMs) { log.warning("\(line)", metadata: event.logMetadata) }
         case .ownWritesResumed:
-            log.info("\(event)", metadata: event.logMetadata)
+            // Once per failure episode; a disk that fails on and off would say it every try, so repeats are held back.
+            if let line = repeats.admit("\(event)", key: "own writes resumed", nowMs: nowMs) { log.info("\(line)", metadata: event.logMetadata) }
         case .snapshotTaken(let name):
             log.info("snapshot \(name) saved to \(node?.snapshotStoreLocation ?? "the store")", metadata: event.logMetadata)
             node?.snapshotAttemptEnded(event)
