@@ -223,10 +223,21 @@ extension Simulation {
     @discardableResult
     func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) -> Double? {
         guard let costs = scenario.costs else { return nil }
-        var cost = 0.0, bytes = 0, lastEndUs: Double? = nil
-        var chunkVersions: [RowVersion] = []
-        var chunkTables: Set<String> = []
-        func finishChunk() {
+        var lastEndUs: Double? = nil
+        // The live runtime's own cut (`ApplyChunks.ranges`), so the model cannot drift from it.
+        for chunk in ApplyChunks.ranges(messages.map(\.payload.count)) {
+            var cost = 0.0
+            var chunkVersions: [RowVersion] = []
+            var chunkTables: Set<String> = []
+            for m in messages[chunk] {
+                let records = Self.records(m.payload)
+                if !applying.isEmpty { chunkVersions += records?.map(\.version) ?? [] }
+                let count = Double(records?.count ?? 1)
+                let own = records?.first?.originNode == Int64(node)
+                cost += costs.applyMessageUs + (own ? count * costs.applyOwnChangeUs
+                    : costs.runtimeApplyMessageUs + count * costs.runtimeApplyChangeUs + changesApplyUs(records, costs))
+                if !own, costs.applyTableUs > 0, let records { chunkTables.formUnion(records.map(\.table)) }
+            }
             let total = costs.applyBatchUs + cost + costs.applyTableUs * Double(max(0, chunkTables.count - 1))
             let end: Double
             if ahead {
@@ -237,23 +248,7 @@ extension Simulation {
             }
             lastEndUs = end
             commitVisible(node: node, chunkVersions, atUs: end)
-            cost = 0
-            bytes = 0
-            chunkVersions = []
-            chunkTables = []
         }
-        for m in messages {
-            if bytes > 0 && bytes + m.payload.count > ApplyChunks.bytesMax { finishChunk() }
-            let records = Self.records(m.payload)
-            if !applying.isEmpty { chunkVersions += records?.map(\.version) ?? [] }
-            let count = Double(records?.count ?? 1)
-            let own = records?.first?.originNode == Int64(node)
-            cost += costs.applyMessageUs + (own ? count * costs.applyOwnChangeUs
-                : costs.runtimeApplyMessageUs + count * costs.runtimeApplyChangeUs + changesApplyUs(records, costs))
-            if !own, costs.applyTableUs > 0, let records { chunkTables.formUnion(records.map(\.table)) }
-            bytes += m.payload.count
-        }
-        if bytes > 0 || cost > 0 { finishChunk() }
         return lastEndUs
     }
 
