@@ -55,10 +55,11 @@ private let publishAckHandler: jsPubAckHandler = { _, msg, pa, pae, closure in
         var text = "publish failed"
         if let pae {
             // libnats gives a timeout as "Timeout" twice over; an operator reading the log wants what it means.
+            let status = NATSError.statusText(pae.pointee.Err)
             text = pae.pointee.Err == NATS_TIMEOUT
                 ? "no acknowledgement from JetStream in time (the server down, unreachable or overloaded)"
-                : NATSError.statusText(pae.pointee.Err)
-            if let t = pae.pointee.ErrText.map({ String(cString: $0) }), t.lowercased() != NATSError.statusText(pae.pointee.Err).lowercased() {
+                : status
+            if let t = pae.pointee.ErrText.map({ String(cString: $0) }), t.lowercased() != status.lowercased() {
                 text += ": " + t
             }
             if pae.pointee.ErrCode.rawValue != 0 { text += " [JetStream error \(pae.pointee.ErrCode.rawValue)]" }
