@@ -26,18 +26,24 @@ struct PublishAndGateTests {
         #expect(try c.pendingChanges(0) == 1)
     }
 
+    /// Node 1's application inserts two rows; node 1 publishes them and the log stores them, not yet acknowledged.
+    static func twoRowsSentAndStored(_ c: TestCluster) throws -> [OutgoingMessage] {
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob', 2.5)")
+        try c.nodes[0].databaseChanged()
+        let sent = c.ports[0].pendingPublishes
+        c.ports[0].pendingPublishes.removeAll()
+        for m in sent { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+        return sent
+    }
+
     /// The log acknowledges while an application holds the write lock (a bulk load's transactions back to back): the
     /// core does not sleep in SQLite's busy handler until the application lets go (in a million-row load that held up
     /// the priority lane, and a single-row commit made as it began showed up elsewhere after 3.5-7 s). The rows wait
     /// unmarked, are not sent again meanwhile, and are marked once the lock is free.
     @Test func anAcknowledgementThatFindsTheLockHeldIsMarkedOnceItIsFree() throws {
         let c = try TestCluster(nodes: 1, schema: usersSchema)
-        try c.apps[0].execute("INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob', 2.5)")
-        try c.nodes[0].databaseChanged()
-        let sent = c.ports[0].pendingPublishes
+        let sent = try Self.twoRowsSentAndStored(c)
         #expect(!sent.isEmpty)
-        c.ports[0].pendingPublishes.removeAll()
-        for m in sent { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
 
         try c.apps[0].execute("BEGIN IMMEDIATE")  // the application's turn, for a while
         try c.nodes[0].publishAcknowledged(tokens: sent.map(\.token))
@@ -61,11 +67,7 @@ struct PublishAndGateTests {
     /// once the lock is free reports that the node writes again, which is what clears `/health`'s reason.
     @Test func aMarkThatMissesTheLockForTheBusyTimeoutIsReportedAndItsRecoveryToo() throws {
         let c = try TestCluster(nodes: 1, schema: usersSchema)
-        try c.apps[0].execute("INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob', 2.5)")
-        try c.nodes[0].databaseChanged()
-        let sent = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
-        for m in sent { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+        let sent = try Self.twoRowsSentAndStored(c)
         func reported(_ matching: (ReplicationEvent) -> Bool) -> Int { c.events[0].events.filter(matching).count }
         let failedMark = { (e: ReplicationEvent) in if case .markPublishedFailed(2, let error, false) = e { return error.contains("busy") } else { return false } }
         let resumed = { (e: ReplicationEvent) in if case .ownWritesResumed = e { return true } else { return false } }
