@@ -129,8 +129,9 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
     private var connection: Database?
     private var lastDataVersion: Int64 = -1
     private var lastOwnWrites: Int64 = 0
-    /// Whether the sidecar wrote between the last two looks (its commits raise file events too).
-    private var sidecarWroteSinceLastLook = false
+    /// The sidecar's write count when the last file event was read: an event after it wrote is most likely its own
+    /// commit's. Counted from events, not looks: a late look can run between its next commit and that commit's event.
+    private var ownWritesAtLastEvent: Int64 = 0
     /// Looks taken so far: each is a thread woken and a pragma run.
     private(set) var looks = 0
     private var poll: DispatchSourceTimer?
@@ -187,6 +188,7 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
         let first = try counters()
         lastDataVersion = first?.dataVersion ?? -1
         lastOwnWrites = first?.ownWrites ?? 0
+        ownWritesAtLastEvent = lastOwnWrites
         var pollMs = safetyPollMs
         #if canImport(Glibc)
         do {
@@ -240,11 +242,14 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
     /// events woke two threads (the event, then the queue). Once looks are `inotifyRestsBelowMs` apart or more,
     /// inotify takes over again, with whatever it queued meanwhile.
     ///
-    /// A file event that brought no other connection's commit, while the sidecar wrote, was most likely the
+    /// A file event that brought no other connection's commit, after the sidecar wrote, was most likely the
     /// sidecar's own commit: one look `lateLookMs` later covers an application commit that came with it and had not
     /// yet published its index, and nothing else is armed.
     private func filesChanged() {
-        if check() || !sidecarWroteSinceLastLook {
+        let changed = check()
+        let sidecarWrote = lastOwnWrites != ownWritesAtLastEvent
+        ownWritesAtLastEvent = lastOwnWrites
+        if changed || !sidecarWrote {
             lookAgainSoon()
         } else if followUpPhase == .idle {
             followUpPhase = .late
@@ -316,7 +321,6 @@ public final class DatabaseChangeMonitor: @unchecked Sendable {
         looks += 1
         do {
             guard let now = try counters() else { return false }
-            sidecarWroteSinceLastLook = now.ownWrites != lastOwnWrites
             lastOwnWrites = now.ownWrites
             let version = now.dataVersion
             guard version != lastDataVersion else { return false }
