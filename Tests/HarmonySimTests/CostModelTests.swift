@@ -353,6 +353,74 @@ struct CostModelTests {
         }
     }
 
+    /// A hint that comes while batches wait for a busy receiver waits with them, and the first of them takes it just
+    /// before its own chunk, as the live queue's next chunk takes the hints pending. Taken on its own whenever the
+    /// sidecar came free, a stream of hints (every node writing single rows at 8 shards, 2,000 writes/s, under the
+    /// calibrated costs of 12-05) kept in-order batches waiting for over a second (a trace: 1.7 s), and settling
+    /// waited for them.
+    @Test func hintsWaitWithTheBatchesAlreadyWaitingNotAheadOfThem() throws {
+        var s = try ScenarioLoader.parse("""
+            [simulation]
+            name = "eight-shards-single-rows"
+            nodes = 3
+            shards = 8
+            duration_ms = 2000
+            quiesce_within_ms = 300000
+            [workload]
+            keys = 100000
+            write_interval_ms_min = 1
+            write_interval_ms_max = 2
+            delete_weight = 0
+            update_weight = 0
+            transaction_weight = 0
+            [network]
+            detect_delay_ms_max = 2
+            [jetstream]
+            ack_wait_ms = 30000
+            [core]
+            scan_interval_ms = 1000
+            """)
+        try ScenarioLoader.applyProfile("""
+            [costs]
+            publish_rtt_us = 996
+            server_message_us = 7.1
+            server_byte_ns = 1.7
+            scan_change_us = 4.3
+            stamp_change_us = 2.2
+            publish_message_us = 1.3
+            apply_batch_us = 177
+            apply_message_us = 3.5
+            apply_change_us = 2.8
+            apply_scattered_change_us = 4.9
+            app_insert_row_us = 2.2
+            app_commit_us = 279
+            look_us = 205
+            ack_flush_us = 121
+            runtime_publish_message_us = 132
+            runtime_apply_message_us = 110
+            runtime_server_message_us = 193
+            cores = 2
+            """, to: &s)
+        let r = try Simulation(scenario: s, seed: 1, trace: true).run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        // When each batch began to wait, and how long until the node received it.
+        let waits = try Regex(#"^(\d+) node (\d) shard (\d+) seq (\d+)\.\.\.\d+ waits for the sidecar$"#)
+        let receives = try Regex(#"^(\d+) node (\d) receives shard (\d+) seq (\d+)\.\.\.\d+$"#)
+        var waitingSince: [String: Int] = [:], longestMs = 0, inOrder = 0
+        for line in r.trace {
+            if let m = line.firstMatch(of: waits), let at = Int(m.output[1].substring ?? "") {
+                waitingSince["\(m.output[2].substring!) \(m.output[3].substring!) \(m.output[4].substring!)"] = at
+            } else if let m = line.firstMatch(of: receives), let at = Int(m.output[1].substring ?? "") {
+                inOrder += 1
+                if let since = waitingSince.removeValue(forKey: "\(m.output[2].substring!) \(m.output[3].substring!) \(m.output[4].substring!)") {
+                    longestMs = max(longestMs, at - since)
+                }
+            }
+        }
+        #expect(inOrder > 100, "only \(inOrder) in-order batches received")
+        #expect(longestMs < 300, "an in-order batch waited \(longestMs) ms for its receiver's sidecar")
+    }
+
     /// The live fetch thread waits until the core has applied its batch before it asks for the next one: a
     /// receiver never has a shard's next batch fetched while it still applies the last, so a busy receiver falls
     /// behind the log in bigger batches rather than by many small ones.
@@ -650,21 +718,22 @@ struct CostModelTests {
     /// live: a single-row commit made while a window of the bulk load is read leaves within about a page, not once the
     /// whole window is read and acknowledged.
     @Test func aCommitMadeWhileABacklogIsReadLeavesBetweenItsPages() throws {
-        func lagP50(pagesPerCall: Int?) throws -> (sent: Double, sentP90: Double, seen: Double) {
+        func lagP50(pagesPerCall: Int?) throws -> (sent: Double, sentP90: Double) {
             var s = Self.bulkWithProbes(everyMs: 20)
             s.publishPagesPerCall = pagesPerCall
             let r = try Simulation(scenario: s, seed: 1).run()
             #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
             let c = try #require(r.capacity)
-            return (Self.percentile50(c.hintLagsMs), c.hintLagsMs.sorted()[c.hintLagsMs.count * 9 / 10], Self.percentile50(c.lagsMs))
+            return (Self.percentile50(c.hintLagsMs), c.hintLagsMs.sorted()[c.hintLagsMs.count * 9 / 10])
         }
         // The sender's share (until the probe is sent as a hint) is where the pages make the difference, most in its
-        // tail: a commit waits for the rest of one page, against the rest of a whole window. The receiver's share
-        // (applying 64 KiB transactions of this dear profile) is the same either way.
+        // tail: a commit waits for the rest of one page, against the rest of a whole window. The receiver's share is
+        // not compared: its hints wait with the batches in line (`hintsWaitWithTheBatchesAlreadyWaitingNotAheadOfThem`),
+        // so it depends on how the two ways of sending line the receiver's batches up (p50 seen 44 ms a page at a
+        // time, 37 a window at a time; before, with hints taken whenever the sidecar came free, 52 and 60).
         let pages = try lagP50(pagesPerCall: nil), window = try lagP50(pagesPerCall: 0)
         #expect(pages.sent < window.sent, "sent as a hint after p50 \(pages.sent) ms a page at a time, \(window.sent) ms a window at a time")
         #expect(pages.sentP90 < window.sentP90 * 0.7, "sent as a hint after p90 \(pages.sentP90) ms a page at a time, \(window.sentP90) ms a window at a time")
-        #expect(pages.seen < window.seen, "seen after p50 \(pages.seen) ms a page at a time, \(window.seen) ms a window at a time")
     }
 
     /// Stamping is charged when it happens, in its own transaction on the sidecar (`stamp_change_us`), not as part of
