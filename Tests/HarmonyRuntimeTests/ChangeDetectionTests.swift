@@ -169,20 +169,26 @@ struct ChangeDetectionTests {
         #expect(looks < 200, "\(looks) looks for 10 commits 60 ms apart")
     }
 
+    /// A started monitor that reads the counters of `scratch`'s sidecar connection (returned too), as the live node's does.
+    static func startedWithSidecarCounters(_ scratch: ScratchDatabase, queue: DispatchQueue, wakeups: Wakeups) throws -> (Database, DatabaseChangeMonitor) {
+        let sidecar = try SQLiteOpener().open(path: scratch.path)
+        let monitor = DatabaseChangeMonitor(databasePath: scratch.path, queue: queue, safetyPollMs: nil, logger: Logger(label: "test"),
+                                            sidecarCounters: {
+            (try sidecar.scalar("PRAGMA data_version")?.int64 ?? -1, sidecar.totalChanges)
+        }) { wakeups.hit() }
+        try queue.sync { try monitor.start() }
+        return (sidecar, monitor)
+    }
+
     /// The live node hands the monitor its own connection's counters: the sidecar's commits (a receiver applying a
     /// bulk load) wake nothing and cost one late look each at most, and an application's commit, alone or among
     /// the sidecar's, is still seen at once.
     @Test func theSidecarsOwnCommitsWakeNothing() throws {
         let scratch = try ScratchDatabase()
         defer { scratch.remove() }
-        let sidecar = try SQLiteOpener().open(path: scratch.path)
         let queue = DispatchQueue(label: "test.sidecar")
         let wakeups = Wakeups()
-        let monitor = DatabaseChangeMonitor(databasePath: scratch.path, queue: queue, safetyPollMs: nil, logger: Logger(label: "test"),
-                                            sidecarCounters: {
-            (try sidecar.scalar("PRAGMA data_version")?.int64 ?? -1, sidecar.totalChanges)
-        }) { wakeups.hit() }
-        try queue.sync { try monitor.start() }
+        let (sidecar, monitor) = try Self.startedWithSidecarCounters(scratch, queue: queue, wakeups: wakeups)
         defer { queue.sync { monitor.stop() } }
         let before = queue.sync { monitor.looks }
         for id in 1...30 {
@@ -212,14 +218,9 @@ struct ChangeDetectionTests {
     @Test func aLateLookThatRunsBeforeTheNextCommitsEventLeavesItTheSidecars() throws {
         let scratch = try ScratchDatabase()
         defer { scratch.remove() }
-        let sidecar = try SQLiteOpener().open(path: scratch.path)
         let queue = DispatchQueue(label: "test.latelook")
         let wakeups = Wakeups()
-        let monitor = DatabaseChangeMonitor(databasePath: scratch.path, queue: queue, safetyPollMs: nil, logger: Logger(label: "test"),
-                                            sidecarCounters: {
-            (try sidecar.scalar("PRAGMA data_version")?.int64 ?? -1, sidecar.totalChanges)
-        }) { wakeups.hit() }
-        try queue.sync { try monitor.start() }
+        let (sidecar, monitor) = try Self.startedWithSidecarCounters(scratch, queue: queue, wakeups: wakeups)
         defer { queue.sync { monitor.stop() } }
         try queue.sync { try sidecar.execute("INSERT INTO t (id) VALUES (1)") }
         let before = queue.sync { monitor.looks }
