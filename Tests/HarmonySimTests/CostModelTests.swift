@@ -406,13 +406,18 @@ struct CostModelTests {
         // When each batch began to wait, and how long until the node received it.
         let waits = try Regex(#"^(\d+) node (\d) shard (\d+) seq (\d+)\.\.\.\d+ waits for the sidecar$"#)
         let receives = try Regex(#"^(\d+) node (\d) receives shard (\d+) seq (\d+)\.\.\.\d+$"#)
+        /// A batch by its node, shard and first message, and the moment of the line (both patterns capture the same).
+        func batch(_ m: Regex<AnyRegexOutput>.Match) -> (key: String, atMs: Int)? {
+            guard let at = Int(m.output[1].substring ?? "") else { return nil }
+            return ("\(m.output[2].substring!) \(m.output[3].substring!) \(m.output[4].substring!)", at)
+        }
         var waitingSince: [String: Int] = [:], longestMs = 0, inOrder = 0
         for line in r.trace {
-            if let m = line.firstMatch(of: waits), let at = Int(m.output[1].substring ?? "") {
-                waitingSince["\(m.output[2].substring!) \(m.output[3].substring!) \(m.output[4].substring!)"] = at
-            } else if let m = line.firstMatch(of: receives), let at = Int(m.output[1].substring ?? "") {
+            if let m = line.firstMatch(of: waits), let (key, at) = batch(m) {
+                waitingSince[key] = at
+            } else if let m = line.firstMatch(of: receives), let (key, at) = batch(m) {
                 inOrder += 1
-                if let since = waitingSince.removeValue(forKey: "\(m.output[2].substring!) \(m.output[3].substring!) \(m.output[4].substring!)") {
+                if let since = waitingSince.removeValue(forKey: key) {
                     longestMs = max(longestMs, at - since)
                 }
             }
