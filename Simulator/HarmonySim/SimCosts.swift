@@ -3,13 +3,27 @@ import HarmonyCodec
 import HarmonyCore
 import HarmonySQLite
 
-/// A fetched batch waiting for its node's sidecar (`Simulation.deliveryLine`).
+/// A fetched batch waiting for its node's sidecar (`Simulation.deliveryLine`), or other work in line with the batches.
 struct WaitingDelivery {
+    /// What waits: live, every block on a node's serial queue waits for those queued before it.
+    enum Work: Equatable {
+        case batch
+        /// A look at the database: the change monitor's block, which takes every commit made until its turn.
+        case look
+        /// The publish acks that came meanwhile, marked published in one transaction (`acksWaiting`).
+        case acks
+    }
     var shard: Int
     var messages: [IncomingMessage]
     var incarnation: Int
     /// When it joined the line.
     var joinedMs: Int64
+    var work = Work.batch
+
+    /// A look or the acks, in line behind the batches before it (`shard` and `messages` unused).
+    static func other(_ work: Work, incarnation: Int, joinedMs: Int64) -> WaitingDelivery {
+        WaitingDelivery(shard: 0, messages: [], incarnation: incarnation, joinedMs: joinedMs, work: work)
+    }
 }
 
 /// A hint waiting for its node's busy sidecar (`Simulation.hintsWaiting`).
@@ -280,6 +294,16 @@ extension Simulation {
         if first { deliveryLine[id, default: []].insert(delivery, at: 0) } else { deliveryLine[id, default: []].append(delivery) }
         if let due = deliveryTurnAtMs[id], due <= max(turnAtMs, nowMs) { return }
         scheduleDeliveryTurn(id, atMs: turnAtMs)
+    }
+
+    /// With a cost model, while batches wait for node `id`'s sidecar: `work` waits behind them (unless the same work
+    /// waits in line already, which then covers this too). Returns whether it did.
+    func waitsInLine(_ work: WaitingDelivery.Work, node id: Int, incarnation: Int) -> Bool {
+        guard scenario.costs != nil, let line = deliveryLine[id], !line.isEmpty else { return false }
+        if !line.contains(where: { $0.work == work }) {
+            joinDeliveryLine(id, .other(work, incarnation: incarnation, joinedMs: nowMs), turnAtMs: deliveryTurnAtMs[id] ?? nowMs)
+        }
+        return true
     }
 
     /// A turn asked for a time already past (a retry whose time has come) is taken now.

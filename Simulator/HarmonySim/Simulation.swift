@@ -163,6 +163,8 @@ public final class Simulation {
     var deliveryLine: [Int: [WaitingDelivery]] = [:]
     /// When node N's next `.deliveryTurn` is due.
     var deliveryTurnAtMs: [Int: Int64] = [:]
+    /// Nodes whose acks' flush is taking its turn in the line now.
+    var acksTurn: Set<Int> = []
 
     /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
     public var cpuUsedBySidecarsAndServerUs: [Double] {
@@ -573,8 +575,15 @@ public final class Simulation {
 
         case .acksFlush(let id, let incarnation):
             let node = nodes[id - 1]
+            guard node.incarnation == incarnation, acksWaiting[id]?.isEmpty == false else {
+                acksWaiting[id] = nil
+                return
+            }
+            // Batches wait for the sidecar: the acks' block lines up behind them, as live (unless it had its turn, or
+            // sleeps for the write lock).
+            if !acksTurn.contains(id), writeLock.waiting[.acks(node: id)] == nil,
+               waitsInLine(.acks, node: id, incarnation: incarnation) { return }
             let tokens = acksWaiting.removeValue(forKey: id) ?? []
-            guard node.incarnation == incarnation, !tokens.isEmpty else { return }
             if let later = waitsForPublishLoop(id) {
                 acksWaiting[id] = tokens
                 push(.acksFlush(node: id, incarnation: incarnation), at: later)
@@ -677,6 +686,7 @@ public final class Simulation {
                 if deliveryOutstanding.remove([id, shard]) != nil { push(.pump(node: id, shard: shard), at: nowMs + 1) }
                 return
             }
+            trace("node \(id) shard \(shard) hands over the next chunk of its batch")
             // Joined when the chunk before it was applied, to the microsecond (`deliveryTurn` starts it no earlier).
             let chunk = WaitingDelivery(shard: shard, messages: messages, incarnation: incarnation, joinedMs: Int64((readyUs / 1_000).rounded(.down)))
             joinDeliveryLine(id, chunk, turnAtMs: nowMs)
@@ -696,7 +706,17 @@ public final class Simulation {
             // The queue takes the next batch the moment the work before it ends (or it came), not at the whole
             // millisecond this turn woke at.
             if let ended = busyUntilUs[.sidecar(id)], ended > nowUs - 1_000 { resumeAtUs[id] = max(ended, Double(first.joinedMs) * 1_000) }
-            handle(.deliver(node: id, shard: first.shard, messages: first.messages, incarnation: first.incarnation, joinedLineMs: first.joinedMs))
+            switch first.work {
+            case .batch:
+                handle(.deliver(node: id, shard: first.shard, messages: first.messages, incarnation: first.incarnation, joinedLineMs: first.joinedMs))
+            case .look:
+                lookDeferredToMs[id] = nowMs  // its turn: it waits for nothing queued behind it
+                handle(.databaseChanged(node: id, incarnation: first.incarnation))
+            case .acks:
+                acksTurn.insert(id)
+                handle(.acksFlush(node: id, incarnation: first.incarnation))
+                acksTurn.remove(id)
+            }
             resumeAtUs[id] = nil
             if deliveryLine[id]?.isEmpty == false && deliveryTurnAtMs[id] == nil {
                 scheduleDeliveryTurn(id, atMs: max(nowMs, sidecarFreeAtMs(id) ?? nowMs))
@@ -774,10 +794,11 @@ public final class Simulation {
                 lookDeferredToMs[id] = ms
                 push(.databaseChanged(node: id, incarnation: incarnation), at: ms)
             }
-            if let later = waitsForPublishLoop(id) {
-                push(.databaseChanged(node: id, incarnation: incarnation), at: later)
-                return
-            }
+            // The live core looks between a backlog's pages itself, inside its call: not a block on the queue.
+            if let later = waitsForPublishLoop(id) { return deferLook(to: later, joining: false) }
+            // Batches wait for the sidecar: the look lines up behind them, as the live monitor's block does on the
+            // serial queue (one look in line takes every commit made until its turn).
+            if lookDeferredToMs[id] != nowMs, waitsInLine(.look, node: id, incarnation: incarnation) { return }
             // Another job sleeps for the write lock: the look is queued behind it, whatever its turn.
             if let sleepEndMs = lookWaitsForLockSleep(id) { return deferLook(to: sleepEndMs) }
             // A look that waited runs at its turn, whatever was queued on the sidecar behind it meanwhile.

@@ -359,6 +359,34 @@ struct CostModelTests {
     /// calibrated costs of 12-05) kept in-order batches waiting for over a second (a trace: 1.7 s), and settling
     /// waited for them.
     @Test func hintsWaitWithTheBatchesAlreadyWaitingNotAheadOfThem() throws {
+        let r = try Simulation(scenario: Self.eightShardsOfSingleRows(hints: true), seed: 1, trace: true).run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        let batches = try Self.batchesInLine(r.trace)
+        #expect(batches.count > 100, "only \(batches.count) in-order batches received after waiting")
+        let longestMs = batches.map(\.waitedMs).max() ?? 0
+        #expect(longestMs < 300, "an in-order batch waited \(longestMs) ms for its receiver's sidecar")
+    }
+
+    /// Live, a look at the database and the flush of the publish acks that came meanwhile are blocks on the node's
+    /// serial queue like each batch's: they wait behind the batches queued before them. The model ran them whenever
+    /// the sidecar came free, ahead of every batch in line: here a batch saw 17.8 looks and flushes on average while
+    /// it waited, and waited 41.5 ms (2.9 and 6.1 ms since), and each look took one or two commits.
+    @Test func looksAndAckFlushesWaitBehindTheBatchesAlreadyWaiting() throws {
+        let r = try Simulation(scenario: Self.eightShardsOfSingleRows(hints: false), seed: 1, trace: true).run()
+        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        let batches = try Self.batchesInLine(r.trace)
+        #expect(batches.count > 100, "only \(batches.count) in-order batches received after waiting")
+        // Ahead of a batch are at most the other 7 shards' batches, one look and one flush, each taking one turn.
+        let stamps = batches.map(\.stampsMeanwhile)
+        let mean = Double(stamps.reduce(0, +)) / Double(max(1, stamps.count))
+        #expect(mean < 8, "a batch saw \(mean) looks and ack flushes on average while it waited for its turn")
+        let meanWaitMs = Double(batches.map(\.waitedMs).reduce(0, +)) / Double(max(1, batches.count))
+        #expect(meanWaitMs < 20, "a batch waited \(meanWaitMs) ms on average for its receiver's sidecar")
+    }
+
+    /// Three nodes each writing single rows every 1-2 ms, 8 shards, under the calibrated costs (written out, so the
+    /// test does not move with the profile).
+    static func eightShardsOfSingleRows(hints: Bool) throws -> Scenario {
         var s = try ScenarioLoader.parse("""
             [simulation]
             name = "eight-shards-single-rows"
@@ -379,6 +407,7 @@ struct CostModelTests {
             ack_wait_ms = 30000
             [core]
             scan_interval_ms = 1000
+            hints = \(hints)
             """)
         try ScenarioLoader.applyProfile("""
             [costs]
@@ -401,29 +430,32 @@ struct CostModelTests {
             runtime_server_message_us = 193
             cores = 2
             """, to: &s)
-        let r = try Simulation(scenario: s, seed: 1, trace: true).run()
-        #expect(r.passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
-        // When each batch began to wait, and how long until the node received it.
+        return s
+    }
+
+    /// Each in-order batch that waited for its node's sidecar, from a trace: how long, and how many stamps (looks
+    /// and ack flushes) that node made meanwhile.
+    static func batchesInLine(_ trace: [String]) throws -> [(waitedMs: Int, stampsMeanwhile: Int)] {
         let waits = try Regex(#"^(\d+) node (\d) shard (\d+) seq (\d+)\.\.\.\d+ waits for the sidecar$"#)
         let receives = try Regex(#"^(\d+) node (\d) receives shard (\d+) seq (\d+)\.\.\.\d+$"#)
+        let stamps = try Regex(#"^\d+ node (\d) stamped versions"#)
         /// A batch by its node, shard and first message, and the moment of the line (both patterns capture the same).
-        func batch(_ m: Regex<AnyRegexOutput>.Match) -> (key: String, atMs: Int)? {
-            guard let at = Int(m.output[1].substring ?? "") else { return nil }
-            return ("\(m.output[2].substring!) \(m.output[3].substring!) \(m.output[4].substring!)", at)
+        func batch(_ m: Regex<AnyRegexOutput>.Match) -> (key: String, node: String, atMs: Int)? {
+            guard let at = Int(m.output[1].substring ?? ""), let node = m.output[2].substring else { return nil }
+            return ("\(node) \(m.output[3].substring!) \(m.output[4].substring!)", String(node), at)
         }
-        var waitingSince: [String: Int] = [:], longestMs = 0, inOrder = 0
-        for line in r.trace {
-            if let m = line.firstMatch(of: waits), let (key, at) = batch(m) {
-                waitingSince[key] = at
-            } else if let m = line.firstMatch(of: receives), let (key, at) = batch(m) {
-                inOrder += 1
-                if let since = waitingSince.removeValue(forKey: key) {
-                    longestMs = max(longestMs, at - since)
-                }
+        var waiting: [String: (node: String, sinceMs: Int, stamps: Int)] = [:]
+        var batches: [(waitedMs: Int, stampsMeanwhile: Int)] = []
+        for line in trace {
+            if let m = line.firstMatch(of: waits), let (key, node, at) = batch(m) {
+                waiting[key] = (node, at, 0)
+            } else if let m = line.firstMatch(of: receives), let (key, _, at) = batch(m), let w = waiting.removeValue(forKey: key) {
+                batches.append((at - w.sinceMs, w.stamps))
+            } else if let m = line.firstMatch(of: stamps), let node = m.output[1].substring {
+                for (key, w) in waiting where w.node == node { waiting[key]!.stamps += 1 }
             }
         }
-        #expect(inOrder > 100, "only \(inOrder) in-order batches received")
-        #expect(longestMs < 300, "an in-order batch waited \(longestMs) ms for its receiver's sidecar")
+        return batches
     }
 
     /// The live fetch thread waits until the core has applied its batch before it asks for the next one: a
@@ -440,14 +472,22 @@ struct CostModelTests {
         for node in [2, 3] {
             for shard in 1...2 {
                 // This shard's receives and asks, in order: each batch received is followed by its ask before the next.
+                // A batch over a chunk's bytes is handed over a chunk at a time, each received in turn; its ask comes
+                // after the last.
                 var lastReceiveMs: Int64?
+                var chunkHandedOver = false
                 for line in r.trace {
                     let ms = Int64(line.prefix { $0 != " " }) ?? 0
                     if line.contains("node \(node) receives shard \(shard) seq ") {
-                        #expect(lastReceiveMs == nil, "node \(node) shard \(shard) received a batch at \(ms) ms before asking for it")
+                        #expect(lastReceiveMs == nil || chunkHandedOver, "node \(node) shard \(shard) received a batch at \(ms) ms before asking for it")
                         lastReceiveMs = ms
+                        chunkHandedOver = false
+                    } else if line.hasSuffix("node \(node) shard \(shard) hands over the next chunk of its batch") {
+                        #expect(lastReceiveMs != nil, "node \(node) shard \(shard) handed over a chunk at \(ms) ms of no batch received")
+                        chunkHandedOver = true
                     } else if line.hasSuffix("node \(node) shard \(shard) asks for its next batch"), let received = lastReceiveMs {
                         // Applying a batch takes a transaction at least (600 µs here), so the ask comes a millisecond later or more.
+                        #expect(!chunkHandedOver, "node \(node) shard \(shard) asked at \(ms) ms with a chunk of its batch still to apply")
                         #expect(ms >= received + 1, "node \(node) shard \(shard) asked at \(ms) ms for the batch after the one received at \(received) ms")
                         lastReceiveMs = nil
                         asks += 1
@@ -736,9 +776,12 @@ struct CostModelTests {
         // not compared: its hints wait with the batches in line (`hintsWaitWithTheBatchesAlreadyWaitingNotAheadOfThem`),
         // so it depends on how the two ways of sending line the receiver's batches up (p50 seen 44 ms a page at a
         // time, 37 a window at a time; before, with hints taken whenever the sidecar came free, 52 and 60).
+        // Sent, p50 / p90: 15 / 54 ms a page at a time, 19 / 70 a window at a time. The window's tail was 78 ms while
+        // looks and ack flushes ran ahead of the batches in line (`looksAndAckFlushesWaitBehindTheBatchesAlreadyWaiting`);
+        // a page at a time it was 53.
         let pages = try lagP50(pagesPerCall: nil), window = try lagP50(pagesPerCall: 0)
         #expect(pages.sent < window.sent, "sent as a hint after p50 \(pages.sent) ms a page at a time, \(window.sent) ms a window at a time")
-        #expect(pages.sentP90 < window.sentP90 * 0.7, "sent as a hint after p90 \(pages.sentP90) ms a page at a time, \(window.sentP90) ms a window at a time")
+        #expect(pages.sentP90 < window.sentP90 * 0.85, "sent as a hint after p90 \(pages.sentP90) ms a page at a time, \(window.sentP90) ms a window at a time")
     }
 
     /// Stamping is charged when it happens, in its own transaction on the sidecar (`stamp_change_us`), not as part of
