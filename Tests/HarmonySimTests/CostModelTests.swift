@@ -701,6 +701,35 @@ struct CostModelTests {
         #expect(rate > 2_500, "\(rate) writes/s")
     }
 
+    /// Past one write a millisecond per node the search doubles the writes per millisecond, then bisects between the
+    /// last kept up with and the first not: the answer is the highest count kept up with, not the power of two below
+    /// it (9,000 writes/s over three nodes lies between 6,000 and 12,000, where live clusters of 2 cores part ways).
+    @Test func theSustainableRateSearchBisectsBetweenItsDoublings() throws {
+        var costs = Self.profile
+        costs.runtimeApplyMessageUs = 10
+        costs.applyBatchUs = 20
+        costs.applyChangeUs = 400  // two nodes keep up with 6 writes a millisecond each, not 7
+        let scenario = Self.steadyWrites(nodes: 2, shards: 1, durationMs: 1_000, keys: 10_000, costs: costs)
+        /// Rows written per second at `perStep` writes a millisecond per node, if the cluster keeps up with them.
+        func keptUpRate(perStep: Int) throws -> Double? {
+            var s = scenario
+            s.writeIntervalMsMin = 1
+            s.writeIntervalMsMax = 1
+            s.writesPerStep = perStep
+            let r = try Simulation(scenario: s, seed: 1).run()
+            guard r.passed, let c = r.capacity, let settled = c.convergedAfterHealMs, settled <= 1_000 else { return nil }
+            return Double(c.writes) * 1_000 / Double(s.durationMs)
+        }
+        var highest = 0, highestRate = 0.0
+        while highest < 8, let rate = try keptUpRate(perStep: highest + 1) {
+            highest += 1
+            highestRate = rate
+        }
+        #expect(![1, 2, 4, 8].contains(highest), "the costs should put the answer between two doublings, not at \(highest)")
+        let found = try Simulation.sustainableWriteRate(scenario, seed: 1)
+        #expect(found == highestRate, "found \(found) writes/s; \(highest) writes a millisecond per node keep up, at \(highestRate)")
+    }
+
     /// The sustainable rate counts row changes committed, not statements run: an UPDATE of a key no row has changes
     /// nothing. Over 100,000 sparse keys, half the statements are such updates, so at the same interval the same
     /// workload writes about half the rows of upserts only (the rate is rows over the time of writing).
