@@ -297,10 +297,11 @@ extension Simulation {
     }
 
     /// With a cost model, while batches wait for node `id`'s sidecar: `work` waits behind them (unless the same work
-    /// waits in line already, which then covers this too). Returns whether it did.
+    /// of this sidecar's run waits in line already, which then covers this too; one of a crashed run's is dropped at
+    /// its turn). Returns whether it did.
     func waitsInLine(_ work: WaitingDelivery.Work, node id: Int, incarnation: Int) -> Bool {
         guard scenario.costs != nil, let line = deliveryLine[id], !line.isEmpty else { return false }
-        if !line.contains(where: { $0.work == work }) {
+        if !line.contains(where: { $0.work == work && $0.incarnation == incarnation }) {
             joinDeliveryLine(id, .other(work, incarnation: incarnation, joinedMs: nowMs), turnAtMs: deliveryTurnAtMs[id] ?? nowMs)
         }
         return true

@@ -384,6 +384,17 @@ struct CostModelTests {
         #expect(meanWaitMs < 20, "a batch waited \(meanWaitMs) ms on average for its receiver's sidecar")
     }
 
+    /// A look (or an ack flush) already in line stands for the next one of the same sidecar's run, not of a run
+    /// that crashed since: that one is dropped at its turn, and the new run's commit would wait for the slow scan.
+    @Test func aCrashedRunsLookInLineDoesNotStandForTheNextRuns() throws {
+        let sim = try Simulation(scenario: Self.bulk(Self.profile), seed: 1)
+        sim.deliveryLine[2] = [WaitingDelivery(shard: 1, messages: [], incarnation: 1, joinedMs: 0), .other(.look, incarnation: 1, joinedMs: 0)]
+        #expect(sim.waitsInLine(.look, node: 2, incarnation: 2))
+        #expect(sim.deliveryLine[2]!.filter { $0.work == .look }.map(\.incarnation) == [1, 2])
+        #expect(sim.waitsInLine(.look, node: 2, incarnation: 2))
+        #expect(sim.deliveryLine[2]!.count == 3, "a second look of the same run joined the line")
+    }
+
     /// Three nodes each writing single rows every 1-2 ms, 8 shards, under the calibrated costs (written out, so the
     /// test does not move with the profile).
     static func eightShardsOfSingleRows(hints: Bool) throws -> Scenario {
