@@ -25,7 +25,8 @@ enum SimEvent {
     case bufferedPublishTimedOut(node: Int, token: Int64, incarnation: Int)
     /// With a cost model: the acknowledgements that reached a busy sidecar, handed to its core together once it is
     /// free (as the live node's queue gathers them into one transaction).
-    case acksFlush(node: Int, incarnation: Int)
+    /// `lineTurn`: taken from the node's line of work waiting for its sidecar (`deliveryLine`), its turn come.
+    case acksFlush(node: Int, incarnation: Int, lineTurn: Bool = false)
     case pump(node: Int, shard: Int)
     /// With a cost model: node N's fetch thread for a shard asks for the next batch, its last one applied.
     case fetchNext(node: Int, shard: Int, incarnation: Int)
@@ -163,8 +164,6 @@ public final class Simulation {
     var deliveryLine: [Int: [WaitingDelivery]] = [:]
     /// When node N's next `.deliveryTurn` is due.
     var deliveryTurnAtMs: [Int: Int64] = [:]
-    /// Nodes whose acks' flush is taking its turn in the line now.
-    var acksTurn: Set<Int> = []
 
     /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
     public var cpuUsedBySidecarsAndServerUs: [Double] {
@@ -573,7 +572,7 @@ public final class Simulation {
                 if ok { try core.publishAcknowledged(tokens: [token]) } else { core.publishFailed(token: token) }
             }
 
-        case .acksFlush(let id, let incarnation):
+        case .acksFlush(let id, let incarnation, let lineTurn):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation, acksWaiting[id]?.isEmpty == false else {
                 acksWaiting[id] = nil
@@ -581,7 +580,7 @@ public final class Simulation {
             }
             // Batches wait for the sidecar: the acks' block lines up behind them, as live (unless it had its turn, or
             // sleeps for the write lock).
-            if !acksTurn.contains(id), writeLock.waiting[.acks(node: id)] == nil,
+            if !lineTurn, writeLock.waiting[.acks(node: id)] == nil,
                waitsInLine(.acks, node: id, incarnation: incarnation) { return }
             let tokens = acksWaiting.removeValue(forKey: id) ?? []
             if let later = waitsForPublishLoop(id) {
@@ -713,9 +712,7 @@ public final class Simulation {
                 lookDeferredToMs[id] = nowMs  // its turn: it waits for nothing queued behind it
                 handle(.databaseChanged(node: id, incarnation: first.incarnation))
             case .acks:
-                acksTurn.insert(id)
-                handle(.acksFlush(node: id, incarnation: first.incarnation))
-                acksTurn.remove(id)
+                handle(.acksFlush(node: id, incarnation: first.incarnation, lineTurn: true))
             }
             resumeAtUs[id] = nil
             if deliveryLine[id]?.isEmpty == false && deliveryTurnAtMs[id] == nil {
