@@ -40,6 +40,10 @@ extension Simulation {
     /// Simulated milliseconds, rounded up, for a time in microseconds.
     static func ms(_ us: Double) -> Int64 { Int64((us / 1_000).rounded(.up)) }
 
+    /// The millisecond a time in microseconds falls in: an event that must see the world as it was at that moment
+    /// runs then, before the work that starts later in the millisecond.
+    static func floorMs(_ us: Double) -> Int64 { Int64((us / 1_000).rounded(.down)) }
+
     var nowUs: Double { Double(nowMs) * 1_000 }
 
     /// When node `id`'s sidecar is free again (nil without costs).
@@ -95,6 +99,7 @@ extension Simulation {
         }
         duration += waitUs
         cpuUsedUs[worker, default: 0] += cost
+        jobStartUs[worker] = start
         busyUntilUs[worker] = preemptUs == nil ? start + duration : max(start, busyUntilUs[worker, default: 0]) + duration
         if case .sidecar(let id) = worker, let ends = coreCallWorkEndsUs[id] { coreCallWorkEndsUs[id] = max(ends, start + duration) }
         return start + duration
@@ -140,12 +145,12 @@ extension Simulation {
         }
         if message.hint, let handoff = nextHandoffUs(node) {
             let done = runAhead(node, cost, at: handoff)
-            if stamps { lookStampEndUs[node] = done }
+            if stamps { lookStampUs[node] = (jobStartUs[.sidecar(node)] ?? handoff, done) }
             handedOver(atUs: done)
             return done
         }
         let done = runJob(.sidecar(node), cost, waitUs: waitUs)
-        if stamps { lookStampEndUs[node] = done }
+        if stamps { lookStampUs[node] = (jobStartUs[.sidecar(node)] ?? nowUs, done) }
         handedOver(atUs: done)
         // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
         if !message.hint {
@@ -166,7 +171,7 @@ extension Simulation {
         let cost = costs.stampChangeUs * Double(changes) + costs.stampTableUs * Double(max(0, tables - 1))
         guard cost > 0 else { return }
         let done = runJob(.sidecar(node), cost)
-        sidecarHoldsWriteLock(node, untilUs: done)
+        sidecarHoldsWriteLock(node, fromUs: jobStartUs[.sidecar(node)], untilUs: done)
     }
 
     /// With a cost model, while node `id`'s core is part way through a backlog's pages (`publishContinuing`): when to
@@ -271,6 +276,7 @@ extension Simulation {
                 end = runJob(.sidecar(node), total)
                 handoffsUs[node, default: []].append(end)
             }
+            if lastEndUs == nil { applyStartUs[node] = jobStartUs[.sidecar(node)] }
             lastEndUs = end
             commitVisible(node: node, chunkVersions, atUs: end)
         }

@@ -26,6 +26,7 @@ extension Simulation {
                 lossCandidates += history.filter { $0.node == n.id }.map(\.version)
                 n.app = nil
                 n.machineUp = false
+                writeLock.applicationWaiting[n.id] = nil  // writes never committed
                 n.vfs.time.durability.forgetAll()
                 for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: n.databasePath + suffix) }
                 n.maxAppliedHLC = 0
@@ -115,6 +116,7 @@ extension Simulation {
         awaitingPowerBack[n.id, default: []] += history.filter { $0.node == n.id }
         n.app = nil
         n.machineUp = false
+        writeLock.applicationWaiting[n.id] = nil  // writes never committed
         do {
             try n.vfs.time.durability.losePower()
             try? FileManager.default.removeItem(atPath: n.databasePath + "-shm")  // shared memory does not survive

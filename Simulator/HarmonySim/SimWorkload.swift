@@ -4,6 +4,20 @@ import HarmonyCore
 import HarmonyCoreTesting
 import HarmonySQLite
 
+/// One application write as drawn, before it commits (with a lock model it may wait for the lock first).
+struct DrawnWrite {
+    /// 0 insert, 1 update, 2 delete, 3 key change, one per statement of the transaction.
+    var ops: [Int]
+    var keys: [Int64]
+    /// The key a key change moves its row to (0 for the other operations).
+    var newKeys: [Int64]
+    /// A value above max_row_bytes, which the application corrects a little later.
+    var oversized: Bool
+    var table: String
+    /// The moment the application wanted the lock (µs).
+    var drawnUs: Double
+}
+
 /// The application on every node: plain SQL writes through its own connection, each committed write recorded
 /// with the version it got (the history the checkers judge against).
 extension Simulation {
@@ -37,26 +51,76 @@ extension Simulation {
         if node.cleanedUpKeys != nil { ops = ops.map { $0 >= 2 ? 1 : $0 } }
         let keys = ops.map { _ in workRandom.int(1...Int64(scenario.keys)) }
         let newKeys = ops.map { $0 == 3 ? workRandom.int(1...Int64(scenario.keys)) : 0 }
+        let oversized = ops == [0] && scenario.oversizedValuePermille > 0 && workRandom.chance(permille: scenario.oversizedValuePermille)
+        // Drawn only with several tables, so single-table scenarios replay as before.
+        let table = oversized ? "kv" : scenario.tables > 1 ? workloadTables[Int(workRandom.below(UInt64(scenario.tables)))] : "kv"
+        var write = DrawnWrite(ops: ops, keys: keys, newKeys: newKeys, oversized: oversized, table: table, drawnUs: nowUs)
+        guard let commitUs = scenario.costs?.appCommitUs, commitUs > 0 else {
+            commitDrawnWrite(node, write)
+            return
+        }
+        write.drawnUs = writeLock.drawnMomentUs(atMs: nowMs, slot: slot, of: slots)
+        if writeLock.applicationWaiting[node.id] != nil {
+            writeLock.applicationWaiting[node.id]!.writes.append(write)  // behind the ones its connection still owes
+        } else if let startUs = writeLock.applicationMayCommit(node: node.id, atUs: write.drawnUs) {
+            commitDrawnWrite(node, write, lockFromUs: startUs)
+        } else {
+            // The sidecar holds the lock: the application sleeps in its busy handler and tries again then.
+            let tryUs = max(write.drawnUs, writeLock.applicationHolds[node.id]?.last?.endUs ?? 0)
+            let nextTryUs = tryUs + Double(SimWriteLock.busyHandlerSleepsMs[0]) * 1_000
+            writeLock.applicationWaiting[node.id] = ([write], 1, nextTryUs)
+            push(.applicationRetry(node: node.id), at: Self.floorMs(nextTryUs))
+        }
+    }
+
+    /// With a lock model, node `node`'s application tries again for the lock its waiting writes need: still held by
+    /// the sidecar, it sleeps the busy handler's next interval; free, it commits them all back to back.
+    func retryApplicationWrites(_ node: SimNode) {
+        guard var waiting = writeLock.applicationWaiting[node.id], let commitUs = scenario.costs?.appCommitUs else { return }
+        guard node.machineUp, node.app != nil else {
+            writeLock.applicationWaiting[node.id] = nil
+            return
+        }
+        guard let startUs = writeLock.applicationMayCommit(node: node.id, atUs: waiting.nextTryUs) else {
+            let sleeps = SimWriteLock.busyHandlerSleepsMs
+            waiting.nextTryUs += Double(sleeps[min(waiting.tries, sleeps.count - 1)]) * 1_000
+            waiting.tries += 1
+            writeLock.applicationWaiting[node.id] = waiting
+            push(.applicationRetry(node: node.id), at: Self.floorMs(waiting.nextTryUs))
+            return
+        }
+        writeLock.applicationWaiting[node.id] = nil
+        var fromUs = startUs
+        for write in waiting.writes {
+            fromUs = commitDrawnWrite(node, write, lockFromUs: max(fromUs, write.drawnUs)) ?? fromUs + commitUs
+        }
+    }
+
+    /// Commits a write drawn earlier; with a lock model it holds the lock from `lockFromUs`. Returns when it is done
+    /// (µs; nil without a lock model).
+    @discardableResult
+    func commitDrawnWrite(_ node: SimNode, _ write: DrawnWrite, lockFromUs: Double? = nil) -> Double? {
         let capturesBefore = node.pendingCaptures.count
-        if ops == [0] && scenario.oversizedValuePermille > 0 && workRandom.chance(permille: scenario.oversizedValuePermille) {
+        if write.oversized {
             // A value above max_row_bytes, committed on its own so the sidecar reads it when it publishes: refused and
             // parked. The application corrects it a little later, so the cluster still converges.
-            runWrite(node, ops: [0], keys: keys, newKeys: newKeys, valueBytes: scenario.maxRowBytes + 1)
-            push(.correctOversized(node: node.id, key: keys[0]), at: nowMs + 200)
+            runWrite(node, ops: write.ops, keys: write.keys, newKeys: write.newKeys, valueBytes: scenario.maxRowBytes + 1)
+            push(.correctOversized(node: node.id, key: write.keys[0]), at: nowMs + 200)
         } else {
-            // Drawn only with several tables, so single-table scenarios replay as before.
-            let table = scenario.tables > 1 ? workloadTables[Int(workRandom.below(UInt64(scenario.tables)))] : "kv"
-            runWrite(node, ops: ops, keys: keys, newKeys: newKeys, table: table)
+            runWrite(node, ops: write.ops, keys: write.keys, newKeys: write.newKeys, table: write.table)
         }
-        if let commitUs = scenario.costs?.appCommitUs, commitUs > 0 {
-            let committedMs = Self.ms(writeLock.applicationCommitted(node: node.id, atMs: nowMs, slot: slot, of: slots, commitUs: commitUs))
+        var doneUs: Double?
+        if let commitUs = scenario.costs?.appCommitUs, commitUs > 0, let lockFromUs {
+            doneUs = writeLock.applicationCommitted(node: node.id, startUs: lockFromUs, commitUs: commitUs)
+            applicationLockWaitUs += max(0, lockFromUs - write.drawnUs)
             // A write's lag counts from its commit, as the live benchmark's does from when its INSERT returned: the
             // time it waited for the write lock (a stamp holding it) is the application's, reported apart live.
-            for i in capturesBefore..<node.pendingCaptures.count { node.pendingCaptures[i].atMs = committedMs }
+            for i in capturesBefore..<node.pendingCaptures.count { node.pendingCaptures[i].atMs = Self.ms(doneUs!) }
         }
         if node.sidecarUp {
             push(.databaseChanged(node: node.id, incarnation: node.incarnation), at: nowMs + workRandom.int(0...scenario.detectDelayMsMax))
         }
+        return doneUs
     }
 
     /// Overwrites `key` if its value is above max_row_bytes (the application correcting a value its sidecar refused);

@@ -7,9 +7,9 @@ import Foundation
 /// shows 1 message per row at 300 writes/s and 0.01 at 6,000). Without `app_commit_us` the model has no lock.
 ///
 /// The lock is a timeline per node, in microseconds. Each application commit holds it for `app_commit_us`, from a
-/// moment drawn inside its millisecond (the writes of one millisecond spread over it), or when its busy handler
-/// next tries if the sidecar holds it then; an application that waited catches up with commits back to back, as
-/// live. The sidecar holds it
+/// moment drawn inside its millisecond (the writes of one millisecond spread over it), or, if the sidecar holds it
+/// then, from the first of its busy handler's tries (events) that finds it free; an application that waited catches
+/// up with commits back to back, as live. The sidecar holds it
 /// for the work of a look, an applied chunk or an ack flush. A sidecar try at a moment some commit holds it sleeps
 /// SQLite's next interval and tries again then.
 struct SimWriteLock {
@@ -25,8 +25,9 @@ struct SimWriteLock {
     /// gap a sleeping busy handler catches: live, node 1's sidecar stored nothing until the load was nearly
     /// committed, and a probe's INSERT on the application's other connection waited up to 430 ms.
     var loaderHoldUntilUs: [Int: Double] = [:]
-    /// Per node: until when the sidecar holds the lock (the end of its last job that took it).
-    var sidecarHoldUntilUs: [Int: Double] = [:]
+    /// Per node: the sidecar's transactions' holds of the lock, the recent ones only. A job queued behind the
+    /// sidecar's sleep in the busy handler holds it only from when it runs: until then the application may commit.
+    var sidecarHolds: [Int: [(startUs: Double, endUs: Double)]] = [:]
     /// Nodes whose application committed since their sidecar last looked (a look with nothing new takes no lock).
     var unlooked: Set<Int> = []
     /// Per node: until when its sidecar sleeps in the busy handler (µs); it does no other work meanwhile.
@@ -41,30 +42,50 @@ struct SimWriteLock {
         case walk(node: Int)
     }
 
-    /// One application commit made in millisecond `atMs`, the `slot`-th of `of` that millisecond: it holds the lock
-    /// for `commitUs` from a moment drawn inside its share of the millisecond, or from when the lock is free.
-    /// Returns when the commit is done (µs).
-    @discardableResult
-    mutating func applicationCommitted(node: Int, atMs: Int64, slot: Int, of slots: Int, commitUs: Double) -> Double {
+    /// Per node: the application's writes that wait for the lock while its connection sleeps in its busy handler,
+    /// the tries it has made and the moment of its next. Each try is an event, as the sidecar's are: live, the
+    /// application that retries into the sidecar's next transaction (the next batch in line) sleeps again, falls
+    /// behind and then commits what it owes back to back, which the sidecar's next look takes at once.
+    var applicationWaiting: [Int: (writes: [DrawnWrite], tries: Int, nextTryUs: Double)] = [:]
+
+    /// A moment drawn inside millisecond `atMs` for the `slot`-th of `slots` writes made in it (µs).
+    mutating func drawnMomentUs(atMs: Int64, slot: Int, of slots: Int) -> Double {
         let share = 1_000 / Double(max(1, slots))
-        let drawn = Double(atMs) * 1_000 + share * (Double(slot) + Double(random.below(1_000)) / 1_000)
+        return Double(atMs) * 1_000 + share * (Double(slot) + Double(random.below(1_000)) / 1_000)
+    }
+
+    /// When node `node`'s application, wanting the lock at `atUs`, can take it behind its own earlier commits;
+    /// nil while the sidecar holds it then (the application sleeps in its busy handler).
+    func applicationMayCommit(node: Int, atUs: Double) -> Double? {
+        let start = max(atUs, applicationHolds[node]?.last?.endUs ?? 0)
+        return heldBySidecar(node: node, atUs: start) ? nil : start
+    }
+
+    /// Whether one of node `node`'s sidecar transactions holds its lock at `atUs`.
+    func heldBySidecar(node: Int, atUs: Double) -> Bool {
+        sidecarHolds[node]?.contains { $0.startUs <= atUs && atUs < $0.endUs } ?? false
+    }
+
+    /// Node `node`'s sidecar holds the lock from `startUs` until `endUs`.
+    mutating func sidecarHeld(node: Int, fromUs startUs: Double, untilUs endUs: Double) {
+        var holds = sidecarHolds[node, default: []]
+        holds.append((startUs, endUs))
+        if holds.count > 64 { holds.removeAll { $0.endUs < endUs - 1_000_000 } }
+        sidecarHolds[node] = holds
+    }
+
+    /// One application commit holds node `node`'s lock for `commitUs` from `startUs`. Returns when it is done (µs).
+    @discardableResult
+    mutating func applicationCommitted(node: Int, startUs: Double, commitUs: Double) -> Double {
         var holds = applicationHolds[node, default: []]
-        var start = max(drawn, holds.last?.endUs ?? 0)
-        // The sidecar holds it: the application sleeps in its own busy handler, and the commits it owes since
-        // follow back to back.
-        var tries = 0
-        while start < sidecarHoldUntilUs[node, default: 0] {
-            start += Double(Self.busyHandlerSleepsMs[min(tries, Self.busyHandlerSleepsMs.count - 1)]) * 1_000
-            tries += 1
-        }
-        holds.append((start, start + commitUs))
+        holds.append((startUs, startUs + commitUs))
         // Holds long past cannot cover a try any more (the busy handler's tries are at most 100 ms apart).
-        if holds.count > 64, holds[0].endUs < Double(atMs) * 1_000 - 1_000_000 {
-            holds.removeAll { $0.endUs < Double(atMs) * 1_000 - 1_000_000 }
+        if holds.count > 64, holds[0].endUs < startUs - 1_000_000 {
+            holds.removeAll { $0.endUs < startUs - 1_000_000 }
         }
         applicationHolds[node] = holds
         unlooked.insert(node)
-        return start + commitUs
+        return startUs + commitUs
     }
 
     /// Whether the application's bulk load holds node `node`'s lock at `atUs`.
@@ -114,10 +135,10 @@ extension Simulation {
         return Self.ms(wakeUs)
     }
 
-    /// With a lock model: node `id`'s sidecar holds the lock until `untilUs`, the end of a transaction that took it
-    /// (a look's stamp, an applied delivery, an ack flush); reading and publishing pages take no write lock.
-    func sidecarHoldsWriteLock(_ id: Int, untilUs: Double?) {
+    /// With a lock model: node `id`'s sidecar holds the lock from `fromUs` until `untilUs`, a transaction that took
+    /// it (a look's stamp, an applied delivery, an ack flush); reading and publishing pages take no write lock.
+    func sidecarHoldsWriteLock(_ id: Int, fromUs: Double?, untilUs: Double?) {
         guard let commitUs = scenario.costs?.appCommitUs, commitUs > 0, let untilUs else { return }
-        writeLock.sidecarHoldUntilUs[id] = max(writeLock.sidecarHoldUntilUs[id, default: 0], untilUs)
+        writeLock.sidecarHeld(node: id, fromUs: fromUs ?? nowUs, untilUs: untilUs)
     }
 }

@@ -49,6 +49,8 @@ enum SimEvent {
     case cleanupRetry(node: Int, migrate: Bool, untilMs: Int64)
     /// The application overwrites a value of its own that was above max_row_bytes.
     case correctOversized(node: Int, key: Int64)
+    /// With a lock model, the application's busy handler wakes to try for the lock again (`SimWriteLock`).
+    case applicationRetry(node: Int)
     case databaseChanged(node: Int, incarnation: Int)
     case faultStart(index: Int)
     case faultEnd(index: Int)
@@ -77,7 +79,7 @@ public final class Simulation {
     let directory: String
     var nodes: [SimNode] = []
     var jetStream: MemoryJetStream
-    private(set) var nowMs: Int64 = 0
+    var nowMs: Int64 = 0
     var serverUp = true
     private var queue = EventQueue<SimEvent>()
     private var tieRandom: SimRandom
@@ -190,11 +192,18 @@ public final class Simulation {
     var writeLock = SimWriteLock()
     /// Nodes whose look is running now: its first message carries the look's own cost.
     var lookPublishing: Set<Int> = []
-    /// When the stamp transaction of each node's running look ended (it held the write lock until then).
-    var lookStampEndUs: [Int: Double] = [:]
+    /// When the stamp transaction of each node's running look began and ended (it held the write lock meanwhile).
+    var lookStampUs: [Int: (startUs: Double, endUs: Double)] = [:]
+    /// Per worker: when its last job began (after whatever it queued behind), for the write lock's holds.
+    var jobStartUs: [CostWorker: Double] = [:]
+    /// Per node: when the first chunk of its last applied delivery began.
+    var applyStartUs: [Int: Double] = [:]
     /// With a lock model: how often sidecars slept for the write lock, and for how long in all.
     public internal(set) var lockWaits = 0
     public internal(set) var lockWaitedMs: Int64 = 0
+    /// With a lock model: how long the application's writes waited for the lock in all, in µs (`harmonybench rate`
+    /// reports the live writers' average).
+    public internal(set) var applicationLockWaitUs = 0.0
     var appliedAtMs: [RowVersion: [Int: Int64]] = [:]
     var storedMessages = 0, storedBytes = 0
     /// With a cost model, as the live fetch loop: one batch per node and shard delivered and not yet applied.
@@ -432,7 +441,8 @@ public final class Simulation {
         if scenario.costs != nil { lookPublishing.insert(node.id) }
         callCore(node, body)
         lookPublishing.remove(node.id)
-        sidecarHoldsWriteLock(node.id, untilUs: lookStampEndUs.removeValue(forKey: node.id))
+        let stamp = lookStampUs.removeValue(forKey: node.id)
+        sidecarHoldsWriteLock(node.id, fromUs: stamp?.startUs, untilUs: stamp?.endUs)
     }
 
     func callCore(_ node: SimNode, _ body: (ReplicationNode) throws -> Void) {
@@ -600,7 +610,8 @@ public final class Simulation {
             }
             trace("node \(id) takes \(tokens.count) acks together")
             if let costs = scenario.costs, costs.ackFlushUs + costs.ackFlushWaitUs > 0 {
-                sidecarHoldsWriteLock(id, untilUs: runJob(.sidecar(id), costs.ackFlushUs, waitUs: costs.ackFlushWaitUs))
+                let doneUs = runJob(.sidecar(id), costs.ackFlushUs, waitUs: costs.ackFlushWaitUs)
+                sidecarHoldsWriteLock(id, fromUs: jobStartUs[.sidecar(id)], untilUs: doneUs)
             }
             // Marking them published stamps the commits queued meanwhile, which then leave as a look's would.
             callCoreAsLook(node) { try $0.publishAcknowledged(tokens: tokens) }
@@ -663,7 +674,7 @@ public final class Simulation {
             applying = []
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
             let appliedUs = chargeApply(node: id, messages)
-            sidecarHoldsWriteLock(id, untilUs: appliedUs)
+            sidecarHoldsWriteLock(id, fromUs: applyStartUs[id], untilUs: appliedUs)
             applying = []
             if let appliedUs, !rest.isEmpty {
                 // The fetch thread hands the next chunk over once this one is applied (behind whatever came meanwhile),
@@ -764,6 +775,9 @@ public final class Simulation {
 
         case .correctOversized(let id, let key):
             correctOversized(nodes[id - 1], key: key)
+
+        case .applicationRetry(let id):
+            retryApplicationWrites(nodes[id - 1])
 
         case .workload(let id):
             let node = nodes[id - 1]

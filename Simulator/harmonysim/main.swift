@@ -550,7 +550,7 @@ extension Bench {
             for rate in offered {
                 var scenario = Simulation.offering(base, writesPerSecond: rate)
                 scenario.shards = count
-                var written = 0.0, messages = 0.0, settled: [Int64] = [], kept = 0, waits = 0.0, waitedMs = 0.0, cpu: [Double] = []
+                var written = 0.0, messages = 0.0, settled: [Int64] = [], kept = 0, waits = 0.0, waitedMs = 0.0, appWaitUs = 0.0, cpu: [Double] = []
                 for seed in range {
                     let sim = try Simulation(scenario: scenario, seed: seed)
                     let r = sim.run()
@@ -559,6 +559,7 @@ extension Bench {
                     messages += Double(c.messages)
                     waits += Double(sim.lockWaits)
                     waitedMs += Double(sim.lockWaitedMs)
+                    appWaitUs += sim.applicationLockWaitUs
                     let used = sim.cpuUsedBySidecarsAndServerUs
                     cpu = cpu.isEmpty ? used : zip(cpu, used).map { $0 + $1 }
                     if r.passed, let ms = c.convergedAfterHealMs {
@@ -569,11 +570,11 @@ extension Bench {
                 let n = Double(range.count), seconds = Double(scenario.durationMs) / 1000
                 let settledText = settled.count == range.count ? "\(settled.max()!) ms" : "not every seed"
                 let cpuText = cpu.map { String(format: "%.0f", $0 / max(1, written)) }.joined(separator: " / ")
-                rows.append(String(format: "| %d | %d | %.0f | %@ | %d/%d | %.3f | %.0f / %.0f ms | %@ |", count, rate, written / n / seconds, settledText,
-                                   kept, range.count, messages / max(1, written), waits / n, waitedMs / n, cpuText))
-                json.append(String(format: "{\"shards\": %d, \"offered\": %d, \"rows_per_s\": %.0f, \"settled_ms\": %d, \"kept_up\": %d, \"seeds\": %d, \"messages_per_row\": %.4f, \"lock_waits\": %.0f, \"lock_waited_ms\": %.0f, \"cpu_us_per_row\": [%@]}",
+                rows.append(String(format: "| %d | %d | %.0f | %@ | %d/%d | %.0f µs | %.3f | %.0f / %.0f ms | %@ |", count, rate, written / n / seconds, settledText,
+                                   kept, range.count, appWaitUs / max(1, written), messages / max(1, written), waits / n, waitedMs / n, cpuText))
+                json.append(String(format: "{\"shards\": %d, \"offered\": %d, \"rows_per_s\": %.0f, \"settled_ms\": %d, \"kept_up\": %d, \"seeds\": %d, \"application_lock_wait_us\": %.1f, \"messages_per_row\": %.4f, \"lock_waits\": %.0f, \"lock_waited_ms\": %.0f, \"cpu_us_per_row\": [%@]}",
                                    count, rate, written / n / seconds, settled.count == range.count ? Int(settled.max()!) : -1, kept, range.count,
-                                   messages / max(1, written), waits / n, waitedMs / n, cpu.map { String(format: "%.1f", $0 / max(1, written)) }.joined(separator: ", ")))
+                                   appWaitUs / max(1, written), messages / max(1, written), waits / n, waitedMs / n, cpu.map { String(format: "%.1f", $0 / max(1, written)) }.joined(separator: ", ")))
             }
         }
         let out = """
@@ -582,11 +583,12 @@ extension Bench {
             Command: `harmonysim bench \(file) --shards \(shards) --seeds \(seeds) --profile \(profile ?? "") --rates \(text)`.
             Scenario: \(base.name), \(base.nodes) nodes, \(base.keys) keys; the offered rate is spread evenly over the writing nodes for \(base.durationMs / 1000) s.
             Settled: from the end of the writes until every node holds the same rows with nothing in flight (the worst seed); kept up: within a tenth of the run, at least 1 s (the live `harmonybench rate`'s criterion).
+            Application lock wait: how long a write waited for the write lock on average (`harmonybench rate` times the live writers' BEGIN IMMEDIATE).
             Lock waits: times a sidecar slept in SQLite's busy handler for the write lock, and how long in all (per run).
             CPU per row: what each node's sidecar and the server were charged, per row written (as `harmonybench rate` reports the live processes' CPU time).
 
-            | shards | offered writes/s | rows written/s | settled | kept up | messages per row | lock waits / slept | CPU µs per row: nodes / server |
-            |---|---|---|---|---|---|---|---|
+            | shards | offered writes/s | rows written/s | settled | kept up | application lock wait | messages per row | lock waits / slept | CPU µs per row: nodes / server |
+            |---|---|---|---|---|---|---|---|---|
             \(rows.joined(separator: "\n"))
 
             """
