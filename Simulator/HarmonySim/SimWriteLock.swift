@@ -55,10 +55,10 @@ struct SimWriteLock {
     }
 
     /// When node `node`'s application, wanting the lock at `atUs`, can take it behind its own earlier commits;
-    /// nil while the sidecar holds it then (the application sleeps in its busy handler).
+    /// nil while the sidecar or the application's bulk load holds it then (the application sleeps in its busy handler).
     func applicationMayCommit(node: Int, atUs: Double) -> Double? {
         let start = max(atUs, applicationHolds[node]?.last?.endUs ?? 0)
-        return heldBySidecar(node: node, atUs: start) ? nil : start
+        return heldBySidecar(node: node, atUs: start) || loadHoldsLock(node: node, atUs: start) ? nil : start
     }
 
     /// Whether one of node `node`'s sidecar transactions holds its lock at `atUs`.

@@ -424,6 +424,10 @@ struct CostModelTests {
         #expect(lock.applicationMayCommit(node: 1, atUs: 1_000) == 1_000)
         #expect(lock.applicationMayCommit(node: 1, atUs: 5_500) == nil)
         #expect(lock.applicationMayCommit(node: 1, atUs: 6_000) == 6_000)
+        // A write already waiting when the application's bulk load takes the lock waits for the load too.
+        lock.loaderHoldUntilUs[1] = 9_000
+        #expect(lock.applicationMayCommit(node: 1, atUs: 7_000) == nil)
+        #expect(lock.applicationMayCommit(node: 1, atUs: 9_000) == 9_000)
     }
 
     /// A look (or an ack flush) already in line stands for the next one of the same sidecar's run, not of a run
