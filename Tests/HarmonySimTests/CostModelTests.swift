@@ -415,6 +415,23 @@ struct CostModelTests {
                 "the write owed meanwhile followed back to back: \(holds)")
     }
 
+    /// Writes still waiting for the lock when the machine loses power were never committed: they must not commit
+    /// when the busy handler's next try comes (the machine may even be back by then).
+    @Test func writesWaitingForTheLockAreGoneWithThePower() throws {
+        let sim = try Simulation(scenario: Self.eightShardsOfSingleRows(hints: false), seed: 1)
+        let node = sim.nodes[0]
+        sim.bootMachine(node)
+        sim.writeLock.sidecarHeld(node: 1, fromUs: 0, untilUs: 1_000)
+        sim.performWrite(node)
+        let waiting = try #require(sim.writeLock.applicationWaiting[1], "the write found the sidecar's transaction holding the lock")
+        sim.losePower(node)
+        sim.bootMachine(node)
+        sim.nowMs = Simulation.floorMs(waiting.nextTryUs)
+        sim.retryApplicationWrites(node)
+        #expect(sim.writeLock.applicationHolds[1] == nil, "a write that never committed was committed after the power came back")
+        #expect(node.pendingCaptures.isEmpty)
+    }
+
     /// A sidecar job queued behind its sleep in the busy handler holds the lock only once it runs. The model kept
     /// only the end of the sidecar's last transaction, so the application waited out the sleep too: at 6,000
     /// writes/s its writes waited 2.8 ms for the lock on average (live 0.1 ms) while the sidecars slept.
