@@ -248,12 +248,13 @@ extension Simulation {
     /// The sidecar applied a delivered batch: as the live runtime does, in chunks of at most
     /// `ApplyChunks.bytesMax` payload bytes, each its own transaction, with a hand-off point after each.
     /// `ahead`: a hint taken at a hand-off point, ahead of the chunks queued after it.
-    /// Returns when the last chunk's transaction ends (nil without costs). What the call applied (`applying`, from
-    /// the core's events) becomes visible on the node when the transaction of its message commits, not before.
+    /// Returns when the first chunk's transaction begins and the last one's ends (nil without costs). What the call
+    /// applied (`applying`, from the core's events) becomes visible on the node when the transaction of its message
+    /// commits, not before.
     @discardableResult
-    func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) -> Double? {
+    func chargeApply(node: Int, _ messages: [IncomingMessage], ahead: Bool = false) -> (startUs: Double, endUs: Double)? {
         guard let costs = scenario.costs else { return nil }
-        var lastEndUs: Double? = nil
+        var firstStartUs: Double? = nil, lastEndUs: Double? = nil
         // The live runtime's own cut (`ApplyChunks.ranges`), so the model cannot drift from it.
         for chunk in ApplyChunks.ranges(messages.map(\.payload.count)) {
             var cost = 0.0
@@ -276,11 +277,11 @@ extension Simulation {
                 end = runJob(.sidecar(node), total)
                 handoffsUs[node, default: []].append(end)
             }
-            if lastEndUs == nil { applyStartUs[node] = jobStartUs[.sidecar(node)] }
+            if firstStartUs == nil { firstStartUs = jobStartUs[.sidecar(node)] }
             lastEndUs = end
             commitVisible(node: node, chunkVersions, atUs: end)
         }
-        return lastEndUs
+        return lastEndUs.map { (firstStartUs ?? $0, $0) }
     }
 
     /// The core's time over a message's changes: a bulk load's rows at `applyChangeUs`, the single-row writers'

@@ -66,28 +66,30 @@ extension Simulation {
             commitDrawnWrite(node, write, lockFromUs: startUs)
         } else {
             // The sidecar holds the lock: the application sleeps in its busy handler and tries again then.
-            let tryUs = max(write.drawnUs, writeLock.applicationHolds[node.id]?.last?.endUs ?? 0)
-            let nextTryUs = tryUs + Double(SimWriteLock.busyHandlerSleepsMs[0]) * 1_000
-            writeLock.applicationWaiting[node.id] = ([write], 1, nextTryUs)
-            push(.applicationRetry(node: node.id), at: Self.floorMs(nextTryUs))
+            applicationSleeps(node.id, ([write], 0, writeLock.applicationTurnUs(node: node.id, atUs: write.drawnUs)))
         }
+    }
+
+    /// Node `id`'s application failed a try for the lock at `waiting.nextTryUs`: it sleeps the busy handler's next
+    /// interval, and tries again then.
+    func applicationSleeps(_ id: Int, _ waiting: (writes: [DrawnWrite], tries: Int, nextTryUs: Double)) {
+        var waiting = waiting
+        waiting.nextTryUs += Double(SimWriteLock.busyHandlerSleepMs(afterTries: waiting.tries)) * 1_000
+        waiting.tries += 1
+        writeLock.applicationWaiting[id] = waiting
+        push(.applicationRetry(node: id), at: Self.floorMs(waiting.nextTryUs))
     }
 
     /// With a lock model, node `node`'s application tries again for the lock its waiting writes need: still held by
     /// the sidecar, it sleeps the busy handler's next interval; free, it commits them all back to back.
     func retryApplicationWrites(_ node: SimNode) {
-        guard var waiting = writeLock.applicationWaiting[node.id], let commitUs = scenario.costs?.appCommitUs else { return }
+        guard let waiting = writeLock.applicationWaiting[node.id], let commitUs = scenario.costs?.appCommitUs else { return }
         guard node.machineUp, node.app != nil else {
             writeLock.applicationWaiting[node.id] = nil
             return
         }
         guard let startUs = writeLock.applicationMayCommit(node: node.id, atUs: waiting.nextTryUs) else {
-            let sleeps = SimWriteLock.busyHandlerSleepsMs
-            waiting.nextTryUs += Double(sleeps[min(waiting.tries, sleeps.count - 1)]) * 1_000
-            waiting.tries += 1
-            writeLock.applicationWaiting[node.id] = waiting
-            push(.applicationRetry(node: node.id), at: Self.floorMs(waiting.nextTryUs))
-            return
+            return applicationSleeps(node.id, waiting)
         }
         writeLock.applicationWaiting[node.id] = nil
         var fromUs = startUs

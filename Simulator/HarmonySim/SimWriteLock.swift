@@ -15,6 +15,8 @@ import Foundation
 struct SimWriteLock {
     /// sqliteDefaultBusyCallback's sleeps between tries, in ms; past the last, 100 ms each.
     static let busyHandlerSleepsMs: [Int64] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100]
+    /// The busy handler's sleep after `tries` failed tries, in ms.
+    static func busyHandlerSleepMs(afterTries tries: Int) -> Int64 { busyHandlerSleepsMs[min(tries, busyHandlerSleepsMs.count - 1)] }
     /// The sidecar's busy timeout (`Database`'s default): past it the statement fails, and the sidecar tries again.
     static let busyTimeoutMs: Int64 = 5_000
 
@@ -57,9 +59,12 @@ struct SimWriteLock {
     /// When node `node`'s application, wanting the lock at `atUs`, can take it behind its own earlier commits;
     /// nil while the sidecar or the application's bulk load holds it then (the application sleeps in its busy handler).
     func applicationMayCommit(node: Int, atUs: Double) -> Double? {
-        let start = max(atUs, applicationHolds[node]?.last?.endUs ?? 0)
+        let start = applicationTurnUs(node: node, atUs: atUs)
         return heldBySidecar(node: node, atUs: start) || loadHoldsLock(node: node, atUs: start) ? nil : start
     }
+
+    /// When node `node`'s application, wanting the lock at `atUs`, tries for it: behind its own earlier commits.
+    func applicationTurnUs(node: Int, atUs: Double) -> Double { max(atUs, applicationHolds[node]?.last?.endUs ?? 0) }
 
     /// Whether one of node `node`'s sidecar transactions holds its lock at `atUs`.
     func heldBySidecar(node: Int, atUs: Double) -> Bool {
@@ -126,7 +131,7 @@ extension Simulation {
             writeLock.waiting[job] = nil
             return nil
         }
-        let sleep = sleeps[min(tries, sleeps.count - 1)]
+        let sleep = SimWriteLock.busyHandlerSleepMs(afterTries: tries)
         let wakeUs = tryUs + Double(sleep) * 1_000
         writeLock.waiting[job] = (tries + 1, wakeUs)
         writeLock.sleepUntilUs[id] = max(writeLock.sleepUntilUs[id, default: 0], wakeUs)

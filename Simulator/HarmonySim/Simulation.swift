@@ -196,8 +196,6 @@ public final class Simulation {
     var lookStampUs: [Int: (startUs: Double, endUs: Double)] = [:]
     /// Per worker: when its last job began (after whatever it queued behind), for the write lock's holds.
     var jobStartUs: [CostWorker: Double] = [:]
-    /// Per node: when the first chunk of its last applied delivery began.
-    var applyStartUs: [Int: Double] = [:]
     /// With a lock model: how often sidecars slept for the write lock, and for how long in all.
     public internal(set) var lockWaits = 0
     public internal(set) var lockWaitedMs: Int64 = 0
@@ -673,8 +671,9 @@ public final class Simulation {
             trace("node \(id) receives shard \(shard) seq \(messages.first!.sequence)...\(messages.last!.sequence)")
             applying = []
             callCore(node) { try $0.messagesArrived(shard: shard, messages) }
-            let appliedUs = chargeApply(node: id, messages)
-            sidecarHoldsWriteLock(id, fromUs: applyStartUs[id], untilUs: appliedUs)
+            let applied = chargeApply(node: id, messages)
+            let appliedUs = applied?.endUs
+            sidecarHoldsWriteLock(id, fromUs: applied?.startUs, untilUs: appliedUs)
             applying = []
             if let appliedUs, !rest.isEmpty {
                 // The fetch thread hands the next chunk over once this one is applied (behind whatever came meanwhile),

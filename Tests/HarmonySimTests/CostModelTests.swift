@@ -301,11 +301,11 @@ struct CostModelTests {
             }
             return IncomingMessage(sequence: sequence, payload: try EnvelopeCodec.encodeBatch(records))
         }
-        let oneTable = try sim.chargeApply(node: 2, [message(from: 1, tables: ["kv", "kv", "kv"], sequence: 1)])
+        let oneTable = try sim.chargeApply(node: 2, [message(from: 1, tables: ["kv", "kv", "kv"], sequence: 1)])?.endUs
         let start = try #require(sim.busyUntilUs[.sidecar(2)])
-        let threeTables = try sim.chargeApply(node: 2, [message(from: 1, tables: ["kv", "kv2", "kv3"], sequence: 2)])
+        let threeTables = try sim.chargeApply(node: 2, [message(from: 1, tables: ["kv", "kv2", "kv3"], sequence: 2)])?.endUs
         #expect(abs((try #require(threeTables) - start) - (try #require(oneTable) - 0) - 2 * 20) < 1e-6)
-        let own = try sim.chargeApply(node: 2, [message(from: 2, tables: ["kv", "kv2", "kv3"], sequence: 3)])
+        let own = try sim.chargeApply(node: 2, [message(from: 2, tables: ["kv", "kv2", "kv3"], sequence: 3)])?.endUs
         #expect(abs((try #require(own) - (try #require(threeTables))) - (costs.applyBatchUs + costs.applyMessageUs + 3 * costs.applyOwnChangeUs)) < 1e-6)
     }
 
