@@ -428,7 +428,8 @@ extension Simulation {
         }
         return CapacityFigures(probes: underLoad, bulkRowsStoredPer100Ms: stored, bulkRowsAppliedPer100Ms: applied, bulkRows: bulkSeen, bulkDoneMs: bulkSeen > 0 ? bulkDone : nil, bulkCommittedMs: bulkCommittedMs,
                                bulkStoredMs: bulkStoredMs, writes: history.count, notEverywhere: unseen, messages: storedMessages, bytes: storedBytes,
-                               convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) })
+                               convergedAfterHealMs: quiescedAtMs.map { max(0, $0 - scenario.healMs) },
+                               hintsAppliedOnNextNode: hintsAppliedOn[nextNode(after: nodes[0].id), default: 0])
     }
 }
 
@@ -567,4 +568,6 @@ public struct CapacityFigures: Sendable {
     /// From the heal (the end of the faults and of the writes) until every node holds the same rows and nothing is
     /// in flight, checked every 100 ms of simulated time; nil if the cluster never got there.
     public var convergedAfterHealMs: Int64?
+    /// Hints the first node's next node applied over the run (`harmonybench live` reports node 2's).
+    public var hintsAppliedOnNextNode: Int
 }

@@ -26,6 +26,7 @@ extension Simulation {
             writesSentAhead(nodes[node - 1], versions)
         case .hintApplied(_, _, _, let won):
             hintsApplied += 1
+            hintsAppliedOn[node, default: 0] += 1
             let n = nodes[node - 1]
             for version in won {
                 recordApplied(node: node, version)

@@ -471,7 +471,8 @@ extension Bench {
             scenario.shards = count
             var rates: [Double] = [], lags: [Double] = [], hintLags: [Double] = [], converged: [Double] = [], committed: [Double] = [], stored: [Double] = [], done: [Double] = [], messages = 0, bytes = 0, writes = 0, passed = 0
             for seed in range {
-                let r = try Simulation(scenario: scenario, seed: seed).run()
+                let sim = try Simulation(scenario: scenario, seed: seed)
+                let r = sim.run()
                 passed += r.passed ? 1 : 0
                 guard let c = r.capacity else { continue }
                 if probeTimes, seed == range.lowerBound {
@@ -483,6 +484,9 @@ extension Bench {
                         print("  bulk rows the log stored per 100 ms: " + c.bulkRowsStoredPer100Ms.map(String.init).joined(separator: " "))
                         print("  bulk rows node 2 had per 100 ms: " + c.bulkRowsAppliedPer100Ms.map(String.init).joined(separator: " "))
                     }
+                    print("  hints applied on node 2: \(c.hintsAppliedOnNextNode)")
+                    let cpu = sim.cpuUsedBySidecarsAndServerUs.map { String(format: "%.1f", $0 / Double(max(1, c.bulkRows))) }
+                    print("  CPU per bulk row, node 1 / 2 / 3 / nats-server: " + cpu.joined(separator: " / ") + " µs")
                 }
                 if let done = c.bulkDoneMs, done > 0 { rates.append(Double(c.bulkRows) / (Double(done) / 1000)) }
                 lags += c.lagsMs

@@ -364,6 +364,8 @@ final class LogWatch: Sendable {
     struct Probe: Sendable {
         var committed: UInt64 = 0
         var onLog: UInt64 = 0
+        /// Where the log stored the first message carrying it (shard, stream sequence), to find it in a node's trace.
+        var storedAs: (shard: Int, sequence: UInt64)? = nil
         var hinted: UInt64 = 0
         var seen: UInt64 = 0
     }
@@ -430,7 +432,10 @@ final class LogWatch: Sendable {
                     }
                     for id in Self.probeIDs(m.payload, from: firstProbe) {
                         probes.all.withLock { all in
-                            if all[id, default: Probe()].onLog == 0 || stored < all[id]!.onLog { all[id, default: Probe()].onLog = stored }
+                            if all[id, default: Probe()].onLog == 0 || stored < all[id]!.onLog {
+                                all[id, default: Probe()].onLog = stored
+                                all[id]!.storedAs = (shard, m.streamSequence)
+                            }
                         }
                     }
                 }
@@ -476,7 +481,8 @@ final class LogWatch: Sendable {
             let t0 = all.values.map(\.committed).filter { $0 > 0 }.min() ?? 0
             for (id, p) in all.sorted(by: { $0.value.committed < $1.value.committed }) where p.committed > 0 {
                 func after(_ t: UInt64) -> String { t >= p.committed ? String(format: "%.1f", Double(t - p.committed) / 1e6) : "-1" }
-                print("probe \(id): committed at \(String(format: "%.1f", Double(p.committed - t0) / 1e6)) ms, stored on the log after \(after(p.onLog)) ms, hinted after \(after(p.hinted)) ms, seen after \(after(p.seen)) ms")
+                let at = p.storedAs.map { " (shard \($0.shard), sequence \($0.sequence))" } ?? ""
+                print("probe \(id): committed at \(String(format: "%.1f", Double(p.committed - t0) / 1e6)) ms, stored on the log after \(after(p.onLog)) ms\(at), hinted after \(after(p.hinted)) ms, seen after \(after(p.seen)) ms")
             }
         }
     }
