@@ -107,13 +107,18 @@ extension Simulation {
 
     /// The part of a core `worker` gets while `running` run too: an equal share, as Linux's scheduler gives
     /// runnable tasks. nats-server's streams are goroutines of one process, which the kernel sees as at most a thread
-    /// per core: running streams count as that many threads, and streams do not take the cores from each other.
+    /// per core: running streams count as that many threads, and they share those threads' part among them. (Each
+    /// stream had taken a whole thread's part: at 8 shards the server's streams together could run on more cores
+    /// than the machine has, and its stores came back sooner than live.)
     func coreShare<Workers: Sequence>(_ worker: CostWorker, among running: Workers, cores: Int) -> Double where Workers.Element == CostWorker {
         var others = 0, servers = 0
-        for w in running where !(worker.isServer && w.isServer) {
+        for w in running {
             if w.isServer { servers += 1 } else { others += 1 }
         }
-        return min(1, Double(cores) / Double(1 + others + min(servers, cores)))
+        guard worker.isServer else { return min(1, Double(cores) / Double(1 + others + min(servers, cores))) }
+        let streams = servers + 1, threads = min(streams, cores)
+        let serverPart = min(Double(threads), Double(cores) * Double(threads) / Double(others + threads))
+        return min(1, serverPart / Double(streams))
     }
 
     /// One way between a node and the server with a cost model: half the calibrated publish round trip, in µs.
@@ -121,21 +126,17 @@ extension Simulation {
 
     /// The sidecar reads and encodes the message's changes before it leaves; publishes queue behind each other and
     /// behind applies on the node's one worker. Returns when the message leaves the node, to the microsecond.
-    /// The runtime's share of a publish (libnats writing it out, reading the ack and the message coming back) runs on
-    /// libnats's threads beside the core, as live: the core hands the message over asynchronously and reads on.
-    /// On the core's worker it held the modelled sender to about its receivers' pace after the stamp, where live it
-    /// stores rows faster than they apply them (the hints-off lag at 1 and 2 shards came out at 0.4-0.6 of live).
+    /// The runtime's share of a publish (handing it to libnats, the ack and the message coming back) takes the core's
+    /// time too: live, node 1's serial queue ran 91% of its CPU during an 8-shard bulk load and libnats's threads 9%
+    /// (`/proc/PID/task/*/stat`). Charged on a worker beside the core, it let the modelled sender through its pages
+    /// faster than live, and its receivers fell further behind per shard.
     /// A small commit offered as a hint (the priority lane's) was found between two pages of a backlog being read:
     /// it leaves at the end of the page being read now, ahead of the pages after it, as the live core's lane does.
     func publishDepartureUs(node: Int, _ message: OutgoingMessage) -> Double {
         guard let costs = scenario.costs else { return nowUs }
         let changes = Self.changes(message.payload).count
         var cost = costs.publishMessageUs + costs.scanChangeUs * Double(changes)
-        /// libnats's share, from when the core handed the message over.
-        func handedOver(atUs: Double) {
-            let ioUs = costs.runtimePublishMessageUs + costs.runtimePublishChangeUs * Double(changes)
-            if ioUs > 0 { _ = runJob(.publishIO(node), ioUs, notBeforeUs: atUs) }
-        }
+            + costs.runtimePublishMessageUs + costs.runtimePublishChangeUs * Double(changes)
         var waitUs = 0.0
         // The first message of a look carries the look's own cost (its stamp transaction, which holds the write lock).
         let stamps = lookPublishing.remove(node) != nil
@@ -146,12 +147,10 @@ extension Simulation {
         if message.hint, let handoff = nextHandoffUs(node) {
             let done = runAhead(node, cost, at: handoff)
             if stamps { lookStampUs[node] = (jobStartUs[.sidecar(node)] ?? handoff, done) }
-            handedOver(atUs: done)
             return done
         }
         let done = runJob(.sidecar(node), cost, waitUs: waitUs)
         if stamps { lookStampUs[node] = (jobStartUs[.sidecar(node)] ?? nowUs, done) }
-        handedOver(atUs: done)
         // A page of the scan ends every `scan_max_changes` changes (messages of 128 make 4 to a page of 512).
         if !message.hint {
             pageChanges[node, default: 0] += changes
@@ -517,9 +516,7 @@ extension Simulation {
 enum CostWorker: Hashable {
     /// `server`: the server storing one stream's (shard's) messages: each stream is serialized, different streams
     /// run side by side. `serverRelay`: the rest of the server's work on that stream's messages, on its other threads.
-    /// `publishIO`: a node's libnats threads sending its publishes and reading their acks, beside its core (a
-    /// receiver's fetch thread waits for its core to take each batch, so its runtime cost stays on `sidecar`).
-    case sidecar(Int), server(Int), serverRelay(Int), loader, observer, publishIO(Int)
+    case sidecar(Int), server(Int), serverRelay(Int), loader, observer
 
     /// One of nats-server's threads.
     var isServer: Bool {

@@ -169,10 +169,9 @@ public final class Simulation {
     /// When node N's next `.deliveryTurn` is due.
     var deliveryTurnAtMs: [Int: Int64] = [:]
 
-    /// With a cost model: CPU time (µs) each node's sidecar (its core and its libnats threads' publishing) and the
-    /// server used in the run, nodes first: what a live process's CPU time counts.
+    /// With a cost model: CPU time (µs) each node's sidecar and the server used in the run, nodes first.
     public var cpuUsedBySidecarsAndServerUs: [Double] {
-        nodes.map { cpuUsedUs[.sidecar($0.id), default: 0] + cpuUsedUs[.publishIO($0.id), default: 0] }
+        nodes.map { cpuUsedUs[.sidecar($0.id), default: 0] }
             + [(1...max(1, scenario.shards)).reduce(0.0) { $0 + cpuUsedUs[.server($1), default: 0] + cpuUsedUs[.serverRelay($1), default: 0] }]
     }
     /// With a cost model: the moments each node's sidecar could turn to other work inside what is queued on it now
