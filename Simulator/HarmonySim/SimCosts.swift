@@ -327,11 +327,11 @@ extension Simulation {
     /// hand-off point, ahead of the work queued after it).
     func takeHint(_ node: SimNode, shard: Int, _ message: IncomingMessage, ahead: Bool) {
         trace("node \(node.id) hint shard \(shard) seq \(message.sequence)")
-        let appliedBefore = hintsApplied
+        let appliedBefore = hintsAppliedOn[node.id, default: 0]
         applying = []
         callCore(node) { try $0.hintArrived(shard: shard, sequence: message.sequence, payload: message.payload) }
         // Ignored, a hint costs a live node next to nothing (it is dropped before it is decoded, mostly).
-        if hintsApplied > appliedBefore { chargeApply(node: node.id, [message], ahead: ahead) }
+        if hintsAppliedOn[node.id, default: 0] > appliedBefore { chargeApply(node: node.id, [message], ahead: ahead) }
         applying = []
     }
 

@@ -25,7 +25,6 @@ extension Simulation {
         case .sentAheadOfStamp(let versions):
             writesSentAhead(nodes[node - 1], versions)
         case .hintApplied(_, _, _, let won):
-            hintsApplied += 1
             hintsAppliedOn[node, default: 0] += 1
             let n = nodes[node - 1]
             for version in won {

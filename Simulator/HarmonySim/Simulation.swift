@@ -89,9 +89,8 @@ public final class Simulation {
     /// Hints draw their losses, delays and tie-breaks from their own stream: a run where no hint applies keeps the
     /// fault schedule it had without hints.
     var hintRandom: SimRandom
-    /// Hints the cores applied (`ReplicationEvent.hintApplied`), so only those cost apply time.
-    var hintsApplied = 0
-    /// The same per node, as `harmonybench live` reports node 2's.
+    /// Hints each node's core applied (`ReplicationEvent.hintApplied`): only those cost apply time, and
+    /// `harmonybench live` reports node 2's.
     var hintsAppliedOn: [Int: Int] = [:]
     /// Names the schema workload has used (columns, indexes, views), so each new one is new.
     var ddlCounter = 0
