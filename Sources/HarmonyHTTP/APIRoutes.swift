@@ -95,7 +95,7 @@ public final class APIRoutes: Sendable {
             return fail(w, APIError(status: 500, "cannot copy the database: \(error)"))
         }
         let stem = ((node.config.node.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension
-        return stream(scratch, filename: "\(stem)-node\(node.config.node.nodeID)-\(Self.timestamp()).db", w)
+        return stream(scratch, filename: "\(stem)-node\(node.config.node.nodeID)-\(UTCTimestamp.compactNow()).db", w)
     }
 
     private func takeSnapshot(_ w: ResponseWriter) -> Int {
@@ -148,13 +148,6 @@ public final class APIRoutes: Sendable {
         for suffix in ["", "-journal", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 
-    private static func timestamp() -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-        return f.string(from: Date())
-    }
 
     private func replications(_ w: ResponseWriter, name: String?) -> Int {
         let all = node.replications(named: name)

@@ -96,7 +96,7 @@ public final class ObjectStore: @unchecked Sendable {
             try? purge(subject: chunkPrefix + nuid)  // do not leave orphaned chunks behind
             throw error
         }
-        let info = ObjectInfo(name: name, bucket: bucket, nuid: nuid, size: size, mtime: Self.timestamp(), chunks: chunks,
+        let info = ObjectInfo(name: name, bucket: bucket, nuid: nuid, size: size, mtime: UTCTimestamp.iso8601Now(), chunks: chunks,
                               digest: digest(), deleted: nil, options: .init(maxChunkSize: Self.chunkSize))
         do {
             try publish(subject: metaPrefix + Self.encodedName(name), payload: Array(try JSONEncoder().encode(info)), rollup: true)
@@ -195,18 +195,12 @@ public final class ObjectStore: @unchecked Sendable {
         info.size = 0
         info.chunks = 0
         info.digest = nil
-        info.mtime = Self.timestamp()
+        info.mtime = UTCTimestamp.iso8601Now()
         try publish(subject: metaPrefix + Self.encodedName(name), payload: Array(try JSONEncoder().encode(info)), rollup: true)
         try purge(subject: chunkPrefix + nuid)
     }
 
     // MARK: Plumbing
-
-    static func timestamp() -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: Date())
-    }
 
     /// A synchronous publish (waits for the stream's ack); `rollup` replaces earlier messages of the subject.
     func publish(subject: String, payload: [UInt8], rollup: Bool) throws {

@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyNATS
 import Logging
 import Synchronization
 
@@ -50,7 +51,7 @@ public struct ConsoleLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         var all = mergedMetadata(handler: metadata, provider: metadataProvider, event: event.metadata)
-        var line = LogTimestamp.now()
+        var line = UTCTimestamp.iso8601Now()
         line += " "
         line += event.level.rawValue.uppercased()
         if let node = all.removeValue(forKey: "node") {
@@ -120,7 +121,7 @@ public struct JSONLogHandler: LogHandler {
     public func log(event: LogEvent) {
         let all = mergedMetadata(handler: metadata, provider: metadataProvider, event: event.metadata)
         var line = "{\"time\":\""
-        line += LogTimestamp.now()
+        line += UTCTimestamp.iso8601Now()
         line += "\",\"level\":\""
         line += event.level.rawValue
         line += "\""
@@ -206,31 +207,6 @@ private func appendHex(_ value: UInt32, digits: Int, to line: inout String) {
     let hex: [Character] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f"]
     for shift in stride(from: (digits - 1) * 4, through: 0, by: -4) {
         line.append(hex[Int((value >> UInt32(shift)) & 0xF)])
-    }
-}
-
-/// UTC timestamps with milliseconds (`2025-01-31T12:34:56.789Z`) from `clock_gettime` and `gmtime_r`:
-/// thread-safe, and no formatter object is built per line.
-enum LogTimestamp {
-    static func now() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return format(seconds: ts.tv_sec, milliseconds: Int(ts.tv_nsec / 1_000_000))
-    }
-
-    static func format(seconds: Int, milliseconds: Int) -> String {
-        var t = time_t(seconds)
-        var parts = tm()
-        gmtime_r(&t, &parts)
-        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 32) { buffer -> String in
-            let n = strftime(buffer.baseAddress!, buffer.count, "%Y-%m-%dT%H:%M:%S", &parts)
-            var text = String(decoding: UnsafeRawBufferPointer(start: buffer.baseAddress!, count: n), as: UTF8.self)
-            let ms = max(0, min(999, milliseconds))
-            text += ms < 10 ? ".00" : ms < 100 ? ".0" : "."
-            text += String(ms)
-            text += "Z"
-            return text
-        }
     }
 }
 

@@ -67,7 +67,7 @@ final class SchemaRegistry: @unchecked Sendable {
                     nodeID: nodeID, schemaHash: hash,
                     previousHash: last.map { $0.schemaHash == hash ? $0.previousHash : $0.schemaHash } ?? "",
                     version: (last?.version ?? 0) + (last?.schemaHash == hash ? 0 : 1),
-                    updatedAt: ISO8601DateFormatter().string(from: Date()), tables: tables)
+                    updatedAt: UTCTimestamp.iso8601Now(), tables: tables)
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
                 try bucket.put(SchemaRegistryEntry.key(nodeID: nodeID), Array(try encoder.encode(entry)))
