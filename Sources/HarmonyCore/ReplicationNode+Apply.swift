@@ -66,77 +66,88 @@ extension ReplicationNode {
             try crashPoint(.afterCheckpointBeforeApply)
         }
         env.interleave?(.beforeApplyTransaction)
+        // The core's turn at the write lock is brief, as a stamp's: an application committing back to back (a bulk load)
+        // would otherwise keep the node's queue in SQLite's busy handler up to the busy timeout, its own small commits,
+        // hints and acks waiting behind (an own message come back as a million-row load began held a single-row commit
+        // 4.7 s). Missed, the delivery goes back to the log for `retry_delay` (`applyMissedTheLock`).
+        let brief = queueRecordsWriters && !config.plantedBugs.contains(.ackFailedApply)
         do {
-            // Every local write committed before this transaction gets its version first: last-writer-wins below
-            // compares against it.
-            try writeTransaction(db, stamp: !config.plantedBugs.contains(.applyBeforeStamping),
-                                 stampLimit: config.plantedBugs.contains(.applyStampsOneBatch) ? config.lockBatchRows : nil) {
-                var maxHLC: Int64 = 0
-                var halted = false
-                for message in ordered {
-                    if message.sequence < next {
-                        acks.append(message.sequence)
-                        events.append(.duplicate(shard: shard, sequence: message.sequence))
-                        continue
-                    }
-                    if (halted || message.sequence > next), pausedAt != nil || pausedShards[shard] != nil, !preExistingDefinitionsAskedAt.isEmpty,
-                       try applyDefinitionsAhead(db, shard: shard, message, events: &events) {
-                        // Delivered singly behind the held-back message (a live consumer redelivers each on its own).
-                        definitionsAppliedAhead = true
-                    }
-                    if halted { naks.append((message.sequence, config.retryDelayMs)); continue }
-                    if message.sequence > next {
-                        halted = true
-                        naks.append((message.sequence, config.retryDelayMs))
-                        // Not a gap when this node itself sent `next` back for later while it stamped an import:
-                        // the log delivers what follows meanwhile, and `next` comes again after its delay.
-                        if !isHeldBackHere(shard: shard, next) {
-                            gapSeen = true
-                            events.append(.gap(shard: shard, expected: next, got: message.sequence))
+            try waitingBrieflyForTheLock(db, if: brief) {
+                // Every local write committed before this transaction gets its version first: last-writer-wins below
+                // compares against it.
+                try writeTransaction(db, stamp: !config.plantedBugs.contains(.applyBeforeStamping),
+                                     stampLimit: config.plantedBugs.contains(.applyStampsOneBatch) ? config.lockBatchRows : nil) {
+                    var maxHLC: Int64 = 0
+                    var halted = false
+                    for message in ordered {
+                        if message.sequence < next {
+                            acks.append(message.sequence)
+                            events.append(.duplicate(shard: shard, sequence: message.sequence))
+                            continue
                         }
-                        continue
-                    }
-                    if pausedAt == nil, pausedShards[shard] == nil, let echo = ownEchoes.match(message.payload) {
-                        echoes.append(echo)
-                        acks.append(message.sequence)
-                        next += 1
-                        continue
-                    }
-                    preExistingTableMissing = nil
-                    var outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events)
-                    if case .paused = outcome, !lookedAhead, preExistingTableMissing != nil {
-                        // The definitions it waits for may be further on this very stream (pre-existing ones, sent on
-                        // request): those apply first, and it is tried once more.
-                        lookedAhead = true
-                        var found = false
-                        for later in ordered where later.sequence > message.sequence {
-                            if try applyDefinitionsAhead(db, shard: shard, later, events: &events) { found = true }
+                        if (halted || message.sequence > next), pausedAt != nil || pausedShards[shard] != nil, !preExistingDefinitionsAskedAt.isEmpty,
+                           try applyDefinitionsAhead(db, shard: shard, message, events: &events) {
+                            // Delivered singly behind the held-back message (a live consumer redelivers each on its own).
+                            definitionsAppliedAhead = true
                         }
-                        if found { outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events) }
-                    }
-                    switch outcome {
-                    case .consumed:
-                        acks.append(message.sequence)
-                        next += 1
-                        if pausedShards[shard] != nil { resumed = true }
-                    case .paused(let table, let remoteHash):
-                        if let missing = preExistingTableMissing {
-                            try requestPreExistingDefinitions(db, table: missing, shard: shard, sequence: message.sequence, events: &events)
+                        if halted { naks.append((message.sequence, config.retryDelayMs)); continue }
+                        if message.sequence > next {
+                            halted = true
+                            naks.append((message.sequence, config.retryDelayMs))
+                            // Not a gap when this node itself sent `next` back for later while it stamped an import:
+                            // the log delivers what follows meanwhile, and `next` comes again after its delay.
+                            if !isHeldBackHere(shard: shard, next) {
+                                gapSeen = true
+                                events.append(.gap(shard: shard, expected: next, got: message.sequence))
+                            }
+                            continue
                         }
-                        halted = true
-                        pausedAt = message.sequence
-                        naks.append((message.sequence, config.schemaPauseDelayMs))
-                        events.append(.schemaPaused(shard: shard, sequence: message.sequence, table: table, remoteHash: remoteHash))
+                        if pausedAt == nil, pausedShards[shard] == nil, let echo = ownEchoes.match(message.payload) {
+                            echoes.append(echo)
+                            acks.append(message.sequence)
+                            next += 1
+                            continue
+                        }
+                        preExistingTableMissing = nil
+                        var outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events)
+                        if case .paused = outcome, !lookedAhead, preExistingTableMissing != nil {
+                            // The definitions it waits for may be further on this very stream (pre-existing ones, sent on
+                            // request): those apply first, and it is tried once more.
+                            lookedAhead = true
+                            var found = false
+                            for later in ordered where later.sequence > message.sequence {
+                                if try applyDefinitionsAhead(db, shard: shard, later, events: &events) { found = true }
+                            }
+                            if found { outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events) }
+                        }
+                        switch outcome {
+                        case .consumed:
+                            acks.append(message.sequence)
+                            next += 1
+                            if pausedShards[shard] != nil { resumed = true }
+                        case .paused(let table, let remoteHash):
+                            if let missing = preExistingTableMissing {
+                                try requestPreExistingDefinitions(db, table: missing, shard: shard, sequence: message.sequence, events: &events)
+                            }
+                            halted = true
+                            pausedAt = message.sequence
+                            naks.append((message.sequence, config.schemaPauseDelayMs))
+                            events.append(.schemaPaused(shard: shard, sequence: message.sequence, table: table, remoteHash: remoteHash))
+                        }
                     }
+                    if next - 1 > start {
+                        precondition(acks.last.map { $0 <= next - 1 } ?? false, "checkpoint \(next - 1) of shard \(shard) moves without an applied message")
+                        try saveCheckpoint(db, shard: shard, sequence: next - 1)
+                    }
+                    let observed = config.plantedBugs.contains(.noClockAdvanceOnReceipt) ? 0 : maxHLC
+                    try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)",
+                                   [.integer(observed)])
                 }
-                if next - 1 > start {
-                    precondition(acks.last.map { $0 <= next - 1 } ?? false, "checkpoint \(next - 1) of shard \(shard) moves without an applied message")
-                    try saveCheckpoint(db, shard: shard, sequence: next - 1)
-                }
-                let observed = config.plantedBugs.contains(.noClockAdvanceOnReceipt) ? 0 : maxHLC
-                try db.execute("UPDATE \(quoteIdentifier(Bookkeeping.clockTable)) SET hlc = max(hlc, ?)",
-                               [.integer(observed)])
             }
+        } catch let error as SQLiteError where error.isBusy && brief && briefWaitsOnBusy {
+            applyMissedTheLock(shard: shard, error)
+            holdBack(shard: shard, ordered.map(\.sequence).filter { $0 > start }, delayMs: config.retryDelayMs)
+            return
         } catch let error as SQLiteError {
             // Busy, disk full, I/O: nothing was applied or checkpointed; ask for all of it again later (soon when
             // only a lock was in the way, after a longer pause when the disk failed).
@@ -152,6 +163,7 @@ extension ReplicationNode {
         }
         precondition(next - 1 >= start, "checkpoint of shard \(shard) moved back from \(start) to \(next - 1)")
         checkpoints[shard] = next - 1
+        applyLockMissedSinceMs[shard] = nil
         for echo in echoes { ownEchoes.remove(echo) }
         if !echoes.isEmpty { events.append(.echoesConsumed(shard: shard, messages: echoes.count)) }
         try crashPoint(.afterApplyCommitBeforeAck)
@@ -182,6 +194,20 @@ extension ReplicationNode {
         if gapSeen {
             if gapSince[shard]?.checkpoint != checkpoint(shard) { gapSince[shard] = (checkpoint(shard), env.clock.nowMs) }
             requestStreamState(shard)
+        }
+    }
+
+    /// An apply's brief wait missed the lock: the application's turn, not yet a failure. Reported as a failed try
+    /// (`/health`'s reason for a shard that does not move, the failure count) once per busy timeout of misses, as
+    /// often as plain waits, each lasting the busy timeout, were. Meanwhile the lane ahead of the stamp looks too.
+    func applyMissedTheLock(shard: Int, _ error: SQLiteError) {
+        let now = env.clock.nowMs
+        if lockMissedSinceMs == nil { lockMissedSinceMs = now }
+        let since = applyLockMissedSinceMs[shard] ?? now
+        applyLockMissedSinceMs[shard] = since
+        if now - since >= connectionBusyTimeoutMs {
+            env.events?.record(.applyBatchFailed(shard: shard, error: "\(error.storageFailureSummary): \(error.description)"))
+            applyLockMissedSinceMs[shard] = now
         }
     }
 

@@ -682,7 +682,10 @@ extension ReplicationNode {
         let global = quoteIdentifier(Bookkeeping.globalLog)
         let condition = config.publish ? "state = 1" : "1"
         let cleaned: (removed: Int, more: Bool)
-        do { cleaned = try db.transaction(.immediate) {
+        // A brief wait for the lock, as a stamp's: cleaning can wait for an application's bulk load, the node's queue
+        // should not (a plain wait sleeps in SQLite's busy handler up to the busy timeout).
+        let brief = queueRecordsWriters
+        do { cleaned = try waitingBrieflyForTheLock(db, if: brief) { try db.transaction(.immediate) {
             let maxID = try newestChangeLogID(db)
             guard maxID > 0 else { return (0, false) }  // ids start at 1: an empty log
             // The newest entry always stays: its id is where the next one continues.
@@ -701,7 +704,11 @@ extension ReplicationNode {
             }
             try db.execute("DELETE FROM \(global) WHERE \(condition) AND id < ?", [.integer(below)])
             return (db.changes, batchEnd != nil && batchEnd! + 1 < maxID)
-        } } catch let error as SQLiteError where error.isTransientStorageFailure && !config.plantedBugs.contains(.stampFailureRestartsCore) {
+        } } } catch let error as SQLiteError where error.isBusy && brief && briefWaitsOnBusy && !config.plantedBugs.contains(.stampFailureRestartsCore) {
+            cleanupUnfinished = true
+            lockMissed(error) { .cleanupFailed(error: $0, retryInMs: config.lockPauseMs) }
+            return
+        } catch let error as SQLiteError where error.isTransientStorageFailure && !config.plantedBugs.contains(.stampFailureRestartsCore) {
             // As for a stamp: an application's long transaction or a full disk. The published rows stay until the
             // next cleanup; pause rather than restart the core, which would meet the same lock.
             let delayMs = error.isBusy ? config.retryDelayMs : config.storageRetryDelayMs

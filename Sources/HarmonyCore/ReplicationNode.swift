@@ -88,6 +88,8 @@ public final class ReplicationNode {
     /// When publishing's brief wait for an application's write lock first missed it (`stampLocalChangesIfQueued`); nil
     /// once the core had the lock again. Meanwhile the lane ahead of the stamp keeps looking.
     var lockMissedSinceMs: Int64?
+    /// Per shard: when an apply's brief wait first missed the lock since the last failure reported (`applyMissedTheLock`).
+    var applyLockMissedSinceMs: [Int: Int64] = [:]
     /// When a failed stamp or mark was first reported with no write of the core committed since
     /// (`ownWritesResumed` is said at the next commit).
     var ownWriteFailureSinceMs: Int64?
@@ -218,6 +220,7 @@ public final class ReplicationNode {
         stampWriterTail = nil
         queueRecordsWriters = false
         lockMissedSinceMs = nil
+        applyLockMissedSinceMs.removeAll()
         ownWriteFailureSinceMs = nil
         aheadLane = nil
         database = nil

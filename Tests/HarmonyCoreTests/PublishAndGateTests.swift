@@ -366,6 +366,69 @@ struct PublishAndGateTests {
         #expect(try c.rows(n, "SELECT id FROM users ORDER BY id") == [[1], [2]])
     }
 
+    /// An apply that finds the application holding the write lock gives up after `lock_pause_ms`, not after the busy
+    /// timeout, and its delivery goes back to the log: on a node whose application loads in back-to-back transactions,
+    /// one message arriving (its own, come back from the log) kept the node's queue in SQLite's busy handler, and a
+    /// single-row commit made meanwhile waited 4.7 s to be sent. The misses are reported once they have lasted a busy
+    /// timeout; once the lock is free the delivery applies, and that the node writes again is reported too.
+    @Test func anApplyThatFindsTheLockHeldGoesBackToTheLogWithoutWaitingOutTheBusyTimeout() throws {
+        let c = try TestCluster(nodes: 1, schema: usersSchema) { $0.publishBatchMax = 1 }
+        c.opener = SQLiteOpener(busyTimeoutMs: 10_000)
+        let n = try c.addNode(schema: usersSchema) { $0.publishBatchMax = 1 }
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'a', 1)")
+        try c.apps[0].execute("INSERT INTO users VALUES (2, 'b', 2)")
+        try c.publish(0)
+        func failures() -> [String] {
+            c.events[n].events.compactMap { if case .applyBatchFailed(1, let error) = $0 { error } else { nil } }
+        }
+
+        try c.apps[n].execute("BEGIN IMMEDIATE")  // node 2's application, for longer than the busy timeout
+        let started = ContinuousClock.now
+        try c.deliver(n)
+        let waited = ContinuousClock.now - started
+        #expect(waited < .seconds(5), "an apply waited \(waited) for a lock held by the application (busy timeout 10 s)")
+        #expect(c.nodes[n].checkpoint(1) == 0)
+        #expect(c.ports[n].naks[1] == [1, 2])
+        #expect(failures().isEmpty, "a brief miss is the application's turn, not a failure")
+        #expect(c.nodes[n].lockMissedSinceMs != nil, "the lane ahead of the stamp looks while the lock is missed")
+
+        // Redelivered every 250 ms for 10.5 s: one failed try reported, as one plain wait of the busy timeout was.
+        for _ in 0..<42 {
+            _ = c.clocks[n].advance(byMs: 250)
+            try c.deliver(n)
+        }
+        #expect(failures().count == 1, "\(failures())")
+        #expect(failures().allSatisfy { $0.contains("database busy") }, "\(failures())")
+        #expect(c.nodes[n].checkpoint(1) == 0)
+
+        try c.apps[n].execute("COMMIT")
+        try c.deliver(n)
+        #expect(c.nodes[n].checkpoint(1) == 2)
+        #expect(try c.rows(n, "SELECT id FROM users ORDER BY id") == [[1], [2]])
+        #expect(c.nodes[n].applyLockMissedSinceMs.isEmpty)
+    }
+
+    /// The periodic cleanup of published rows, too, waits for an application's lock only `lock_pause_ms`; the rows
+    /// go at the next try, after a pause.
+    @Test func aCleanupThatFindsTheLockHeldWaitsBriefly() throws {
+        let c = try TestCluster(nodes: 0, schema: usersSchema)
+        c.opener = SQLiteOpener(busyTimeoutMs: 10_000)
+        try c.addNode(schema: usersSchema)
+        for k in 1...3 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'a', 1)", [.integer(Int64(k))]) }
+        try c.publish(0)
+        let global = quoteIdentifier(Bookkeeping.globalLog)
+        #expect(try c.rows(0, "SELECT count(*) FROM \(global)") == [[3]])
+        try c.apps[0].execute("BEGIN IMMEDIATE")
+        let started = ContinuousClock.now
+        try c.nodes[0].timerFired(.cleanup)
+        let waited = ContinuousClock.now - started
+        #expect(waited < .seconds(5), "a cleanup waited \(waited) for a lock held by the application (busy timeout 10 s)")
+        #expect(!c.events[0].events.contains { if case .cleanupFailed = $0 { true } else { false } })
+        try c.apps[0].execute("COMMIT")
+        for timer in c.clocks[0].advance(byMs: 100) { try c.nodes[0].timerFired(timer) }
+        #expect(try c.rows(0, "SELECT count(*) FROM \(global)") == [[1]])  // the newest entry always stays
+    }
+
     /// The log acknowledged a change but the database was locked when marking it published: it is sent again
     /// after the backoff (the log drops the copy by its id) and marked then; nothing is lost, the core keeps running.
     @Test func acknowledgedChangeIsSentAgainWhenMarkingItFails() throws {

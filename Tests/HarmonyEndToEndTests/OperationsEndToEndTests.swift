@@ -283,15 +283,16 @@ struct OperationsEndToEndTests {
 
     /// A load balancer's health check gets its answer at once, also while the node's core waits in SQLite's busy
     /// handler: here an application holds node 1's write lock for 12 s while a change from node 2 waits to be applied,
-    /// and each try to apply it waits out the busy timeout (5 s). `/health` used to wait for that call, so a check
-    /// with a timeout of a second or two failed without a reason. Now it answers within half a second from the last
-    /// look at the core, and once the call has lasted stall_seconds, 503 says so. The change arrives afterwards.
+    /// and with `lock_pause_ms` at the busy timeout (an operator's choice; by default the core's waits are brief) each
+    /// try to apply it waits out the busy timeout (5 s). `/health` used to wait for that call, so a check with a
+    /// timeout of a second or two failed without a reason. Now it answers within half a second from the last look at
+    /// the core, and once the call has lasted stall_seconds, 503 says so. The change arrives afterwards.
     @Test func healthAnswersAtOnceWhileTheCoreWaitsForTheWriteLock() throws {
         let ports = distinctFreePorts(2)
         let metricsPort = ports[0]
         let api = Curl(port: ports[1], token: nil)
         let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
-            i == 1 ? "[health]\nstall_seconds = 2\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"\n"
+            i == 1 ? "lock_pause_ms = 5000\n[health]\nstall_seconds = 2\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"\n"
                 + "[http]\nenable = true\nbind = \"127.0.0.1:\(ports[1])\"" : ""
         }
         #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
@@ -326,11 +327,11 @@ struct OperationsEndToEndTests {
         try waitUntil("node 1 is healthy again", timeoutSeconds: 30) { try httpGet(port: metricsPort, path: "/health").status == 200 }
     }
 
-    /// With stall_seconds above the busy timeout, no single call lasts long enough to be called stuck: each try to
-    /// apply waits 5 s for the lock, fails, and the queue is free in between. The shard itself must then turn the
-    /// node unhealthy. It did not: the stream's range was last asked for before node 2 wrote, so /health said 200
-    /// with "stream_last": 0 for as long as the application held the lock. Now what was delivered counts, and the
-    /// reason names the lock.
+    /// No single call lasts long enough to be called stuck: each try to apply waits `lock_pause_ms` for the lock and
+    /// goes back to the log, a failed try reported per busy timeout (5 s) of them, and the queue is free in between. The
+    /// shard itself must then turn the node unhealthy. It did not: the stream's range was last asked for before node 2
+    /// wrote, so /health said 200 with "stream_last": 0 for as long as the application held the lock. Now what was
+    /// delivered counts, and the reason names the lock.
     @Test func healthIs503WhileAnApplicationsLongTransactionKeepsTheNodeFromApplying() throws {
         let metricsPort = distinctFreePorts(1)[0]
         let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
@@ -350,7 +351,7 @@ struct OperationsEndToEndTests {
         let reasons = json?["reasons"] as? [String] ?? []
         #expect(reasons.contains { $0.hasPrefix("shard 1 has not moved for") && $0.contains("at message 0 of ") && $0.contains("; the last try to apply failed: database busy") },
                 "\(last.body)")
-        #expect(!reasons.contains { $0.contains("busy with one task") }, "each try lasts the busy timeout, below stall_seconds: \(last.body)")
+        #expect(!reasons.contains { $0.contains("busy with one task") }, "each try lasts lock_pause_ms: \(last.body)")
         #expect(holder.isRunning, "503 came only after the application let go")
         holder.waitUntilExit()
         _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;",
