@@ -40,9 +40,12 @@ extension ReplicationNode {
             }
             let echoes = leadingEchoes(shard: shard, ordered, from: start)
             var consumed = start
-            let committed = try stampLocalChangesIfQueued(alongside: echoes.last.map { last in
+            var committed = try stampLocalChangesIfQueued(alongside: echoes.last.map { last in
                 { db in try self.saveCheckpoint(db, shard: shard, sequence: last.sequence) }
             })
+            if !committed, let last = echoes.last?.sequence {
+                committed = try checkpointPastEchoes(db, shard: shard, through: last)
+            }
             if committed, let last = echoes.last?.sequence {
                 consumedEchoes(shard: shard, echoes)
                 consumed = last
