@@ -148,7 +148,6 @@ public final class APIRoutes: Sendable {
         for suffix in ["", "-journal", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 
-
     private func replications(_ w: ResponseWriter, name: String?) -> Int {
         let all = node.replications(named: name)
         if let name {

@@ -20,7 +20,10 @@ public enum UTCTimestamp {
     }
 
     /// `20250131T123456Z`: a time that fits in a file name.
-    public static func compactNow() -> String { text(seconds: now().seconds, pattern: "%Y%m%dT%H%M%S") + "Z" }
+    public static func compactNow() -> String { compact(seconds: now().seconds) }
+
+    /// The same for a given time (S3 signs requests with it).
+    public static func compact(seconds: Int) -> String { text(seconds: seconds, pattern: "%Y%m%dT%H%M%S") + "Z" }
 
     private static func now() -> (seconds: Int, milliseconds: Int) {
         var ts = timespec()

@@ -3,6 +3,7 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+import HarmonyNATS
 
 /// Snapshots as objects in an S3 bucket (AWS, MinIO, moto, ...), addressed path-style
 /// (`http(s)://endpoint/bucket/path/name`) so any endpoint works without DNS per bucket. Every request is signed
@@ -273,10 +274,7 @@ struct AWSSignatureV4: Sendable {
 
     /// `20240102T030405Z` and `20240102`, in UTC.
     static func timestamps(_ date: Date) -> (String, String) {
-        var seconds = time_t(date.timeIntervalSince1970)
-        var t = tm()
-        gmtime_r(&seconds, &t)
-        let day = String(format: "%04d%02d%02d", Int(t.tm_year) + 1900, Int(t.tm_mon) + 1, Int(t.tm_mday))
-        return (day + String(format: "T%02d%02d%02dZ", Int(t.tm_hour), Int(t.tm_min), Int(t.tm_sec)), day)
+        let stamp = UTCTimestamp.compact(seconds: Int(date.timeIntervalSince1970))
+        return (stamp, String(stamp.prefix(8)))
     }
 }
