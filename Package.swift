@@ -45,9 +45,12 @@ let package = Package(
         // NATS and JetStream through libnats (the official C client): connection, streams, async publish, pull consumers, KV.
         .target(name: "HarmonyNATS", dependencies: ["CNats"]),
 
+        // Starting programs without Foundation's Process: posix_spawn with every inherited descriptor closed, reaped per child.
+        .target(name: "HarmonyProcess"),
+
         // The live runtime's pieces: config.toml, the embedded nats-server supervisor, log handlers, change detection.
         .target(name: "HarmonyRuntime", dependencies: [
-            "HarmonyCore", "HarmonyCodec", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS",
+            "HarmonyCore", "HarmonyCodec", "HarmonyTOML", "HarmonySQLite", "HarmonyNATS", "HarmonyProcess",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -96,7 +99,7 @@ let package = Package(
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
             "HarmonyCore", "HarmonyCodec", "HarmonyCoreTesting", "HarmonySQLite", "HarmonyRuntime", "HarmonyAPI", "HarmonyNATS",
-            "HarmonyTestSupport",
+            "HarmonyProcess", "HarmonyTestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -104,7 +107,7 @@ let package = Package(
         ]),
 
         // Helpers several test targets share (the sqlite3 shell, loopback ports, a seeded PRNG); tests only.
-        .target(name: "HarmonyTestSupport", path: "Tests/Support"),
+        .target(name: "HarmonyTestSupport", dependencies: ["HarmonyProcess"], path: "Tests/Support"),
         .testTarget(name: "HarmonySQLiteTests", dependencies: ["HarmonySQLite"]),
         .testTarget(name: "HarmonyAPITests", dependencies: ["HarmonyAPI", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyPostgresTests", dependencies: [
@@ -112,12 +115,12 @@ let package = Package(
         ]),
         .testTarget(name: "HarmonyCodecTests", dependencies: ["HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyTOMLTests", dependencies: ["HarmonyTOML", "HarmonyTestSupport"]),
-        .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS", "HarmonyTestSupport"]),
+        .testTarget(name: "HarmonyNATSTests", dependencies: ["HarmonyNATS", "HarmonyProcess", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonyRuntimeTests", dependencies: [
-            "HarmonyRuntime", "HarmonyCore", "HarmonySQLite", "HarmonyTestSupport", .product(name: "Logging", package: "swift-log"),
+            "HarmonyRuntime", "HarmonyCore", "HarmonyProcess", "HarmonySQLite", "HarmonyTestSupport", .product(name: "Logging", package: "swift-log"),
         ]),
         // Real nats-server, real harmonylite processes, the sqlite3 shell as the application.
-        .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyRuntime", "HarmonySQLite", "HarmonyTestSupport"]),
+        .testTarget(name: "HarmonyEndToEndTests", dependencies: ["HarmonyNATS", "HarmonyProcess", "HarmonyRuntime", "HarmonySQLite", "HarmonyTestSupport"]),
         .testTarget(name: "HarmonySimTests", dependencies: ["HarmonySim", "HarmonyCore", "HarmonyCoreTesting", "HarmonyCodec", "HarmonySQLite"]),
         .testTarget(name: "HarmonyCoreTests", dependencies: ["HarmonyCore", "HarmonyCoreTesting", "HarmonyCodec", "HarmonySQLite", "HarmonyTestSupport"]),
     ],

@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 import Synchronization
 
 public struct EmbeddedServerError: Error, CustomStringConvertible {

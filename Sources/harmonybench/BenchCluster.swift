@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HarmonyProcess
 import HarmonyCore
 import HarmonyNATS
 import HarmonyRuntime

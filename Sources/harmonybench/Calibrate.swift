@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HarmonyProcess
 import HarmonyCodec
 import HarmonyCore
 import HarmonyCoreTesting

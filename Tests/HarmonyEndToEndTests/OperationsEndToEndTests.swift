@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 import HarmonyNATS
 import HarmonyRuntime
 import HarmonySQLite

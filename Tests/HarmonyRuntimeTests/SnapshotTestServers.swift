@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 import HarmonyTestSupport
 #if canImport(FoundationNetworking)
 import FoundationNetworking

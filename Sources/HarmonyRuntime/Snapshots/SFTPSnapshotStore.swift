@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 
 /// Snapshots in a directory on an SSH server, through OpenSSH's `sftp -b -` (no SSH library to carry), with
 /// HarmonyLite's URL `sftp://user:password@host:port/path`. A password reaches ssh through `SSH_ASKPASS` (a tiny

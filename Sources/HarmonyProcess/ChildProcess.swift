@@ -4,10 +4,11 @@ public struct ChildProcessError: Error, CustomStringConvertible, Sendable {
     public var description: String
 }
 
-/// The one way harmonylite starts programs (sftp for the SFTP store, the embedded nats-server, the benchmark's
-/// nodes): posix_spawn, reaped with waitpid. Foundation's `Process` is not used because its one manager thread
-/// blocks in waitpid for any child that closes the descriptors it inherited (sshd does), which would stall every
-/// other Process in the program until that child exits.
+/// The one way harmonylite, its benchmark and its tests start programs (sftp for the SFTP store, the embedded
+/// nats-server, the benchmark's nodes, the tests' sqlite3 shells and clients): posix_spawn, reaped with waitpid.
+/// Foundation's `Process` is not used because its one manager thread blocks in waitpid for any child that closes the
+/// descriptors it inherited (sshd does), which would stall every other Process in the program until that child
+/// exits, and because it closes inherited descriptors from a list taken before the spawn.
 public final class ChildProcess: @unchecked Sendable {
     public let pid: pid_t
     private let lock = NSLock()
@@ -30,7 +31,11 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         #if !canImport(Darwin)
-        for fd in openDescriptors() where fd > 2 { posix_spawn_file_actions_addclose(&actions, fd) }
+        if let closeFrom = closeFromAction {
+            _ = closeFrom(&actions, 3)
+        } else {
+            for fd in openDescriptors() where fd > 2 { posix_spawn_file_actions_addclose(&actions, fd) }
+        }
         #endif
         posix_spawn_file_actions_addopen(&actions, 0, stdin ?? "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdout ?? "/dev/null", outputFlags, 0o600)
@@ -108,7 +113,18 @@ public final class ChildProcess: @unchecked Sendable {
         }
     }
 
-    /// This process's open descriptors, to close in the child (Linux: /proc/self/fd).
+    #if !canImport(Darwin)
+    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), looked up at run time because the Glibc
+    /// module leaves out GNU extensions. It closes in the child whatever is open when the child starts, including
+    /// descriptors another thread opened after we looked, which a list taken beforehand would let the child inherit:
+    /// a pipe's write end held by a long-lived child keeps that pipe's reader from ever seeing its end.
+    private static let closeFromAction: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    }()
+    #endif
+
+    /// This process's open descriptors, to close in the child where glibc cannot (Linux: /proc/self/fd).
     private static func openDescriptors() -> [Int32] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
     }
