@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 import Synchronization
 import HarmonyTestSupport
 import HarmonyRuntime
@@ -44,7 +45,7 @@ final class LiveCluster {
     /// The external server's client port (`.external` only).
     let natsPort: Int
     var nats: EmbeddedNATSServer?
-    var processes: [Int: Process] = [:]
+    var processes: [Int: ChildProcess] = [:]
     /// How many times each node's log said it had started when it was last launched.
     var startsLogged: [Int: Int] = [:]
     var nodeCount: Int
@@ -150,12 +151,11 @@ final class LiveCluster {
     /// SIGTERM every node (a clean stop also stops its embedded server), SIGKILL what lingers, then kill any
     /// nats-server still running on one of this cluster's stores, so no test leaves a process behind.
     func stopAll() {
-        for (_, p) in processes where p.isRunning { p.terminate() }
+        for (_, p) in processes where p.isRunning { kill(p.pid, SIGTERM) }
         let deadline = Date().addingTimeInterval(10)
-        for (_, p) in processes {
-            while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-            p.waitUntilExit()
+        for (_, p) in processes where p.wait(timeoutSeconds: max(0, deadline.timeIntervalSinceNow)) == nil {
+            kill(p.pid, SIGKILL)
+            _ = p.wait(timeoutSeconds: 30)
         }
         nats?.stop()
         for pid in natsServerPIDs() { kill(pid, SIGKILL) }
@@ -182,18 +182,9 @@ final class LiveCluster {
     }
 
     func launch(_ i: Int) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try harmonyliteBinary())
-        p.arguments = ["-config", configPath(i)]
-        let logPath = "\(directory)/node\(i).log"
-        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
-        guard let log = FileHandle(forWritingAtPath: logPath) else { throw E2EError("cannot open \(logPath)") }
-        log.seekToEndOfFile()
-        p.standardOutput = log
-        p.standardError = log
         startsLogged[i] = startLines(i)
-        try p.run()
-        processes[i] = p
+        processes[i] = try ChildProcess.spawn(try harmonyliteBinary(), ["-config", configPath(i)], environment: ProcessInfo.processInfo.environment,
+                                              stdin: nil, stdout: "\(directory)/node\(i).log", stderr: "\(directory)/node\(i).log", appendOutput: true)
     }
 
     func startLines(_ i: Int) -> Int { log(i).components(separatedBy: "node \(i) started on ").count - 1 }
@@ -212,8 +203,8 @@ final class LiveCluster {
         let frontEnds = frontEndLines(i)
         do {
             try waitUntil("node \(i) started replicating", timeoutSeconds: readyTimeoutSeconds) {
-                if let p = processes[i], !p.isRunning {
-                    throw E2EError("node \(i) exited with status \(p.terminationStatus); its log ends:\n\(log(i).suffix(1500))")
+                if let p = processes[i], let status = p.wait(timeoutSeconds: 0) {
+                    throw E2EError("node \(i) exited with status \(status); its log ends:\n\(log(i).suffix(1500))")
                 }
                 let started = "node \(i) started on "
                 let launches = log(i).components(separatedBy: started)
@@ -229,14 +220,17 @@ final class LiveCluster {
 
     func kill9(_ i: Int) {
         guard let p = processes[i] else { return }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        kill(p.pid, SIGKILL)
+        _ = p.wait(timeoutSeconds: 30)
     }
 
+    /// SIGTERM, as an operator stops a node; one that is still running 30 s later fails the test and is killed.
     func stop(_ i: Int) {
         guard let p = processes[i], p.isRunning else { return }
-        p.terminate()
-        p.waitUntilExit()
+        kill(p.pid, SIGTERM)
+        guard p.wait(timeoutSeconds: 30) == nil else { return }
+        Issue.record("node \(i) was still running 30 s after SIGTERM; its log ends:\n\(log(i).suffix(1500))")
+        kill9(i)
     }
 
     func log(_ i: Int) -> String { (try? String(contentsOfFile: "\(directory)/node\(i).log", encoding: .utf8)) ?? "" }
@@ -306,17 +300,12 @@ final class RawSocket {
 
 /// The `sqlite3` shell as an application with a long transaction: it takes `path`'s write lock (BEGIN IMMEDIATE),
 /// runs `sql` in it, holds it for `seconds` and commits. Returns the running shell.
-func holdWriteLock(_ path: String, seconds: Int, writing sql: String) throws -> Process {
-    let holder = Process()
-    holder.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-    holder.arguments = [path]
-    let input = Pipe()
-    holder.standardInput = input
-    holder.standardOutput = FileHandle.nullDevice
-    try holder.run()
-    input.fileHandleForWriting.write(Data(".timeout 5000\nBEGIN IMMEDIATE;\n\(sql)\n.shell sleep \(seconds)\nCOMMIT;\n".utf8))
-    try input.fileHandleForWriting.close()
-    return holder
+func holdWriteLock(_ path: String, seconds: Int, writing sql: String) throws -> ChildProcess {
+    let script = FileManager.default.temporaryDirectory.appendingPathComponent("hold-\(UUID().uuidString.prefix(8)).sql").path
+    try ".timeout 5000\nBEGIN IMMEDIATE;\n\(sql)\n.shell sleep \(seconds)\nCOMMIT;\n".write(toFile: script, atomically: true, encoding: .utf8)
+    defer { try? FileManager.default.removeItem(atPath: script) }  // the shell opened it as its stdin when it started
+    return try ChildProcess.spawn("/usr/bin/sqlite3", [path], environment: ProcessInfo.processInfo.environment,
+                                  stdin: script, stdout: nil, stderr: nil)
 }
 
 /// Returns once another connection (a `holdWriteLock` holder) has SQLite's write lock on `path`.
@@ -349,14 +338,9 @@ final class TestCertificate {
     init() throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-cert-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let openssl = Process()
-        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"]
-        openssl.standardError = FileHandle.nullDevice
-        try openssl.run()
-        openssl.waitUntilExit()
-        guard openssl.terminationStatus == 0 else { throw E2EError("openssl could not make a certificate") }
+        let openssl = try runToEnd("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                                                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"])
+        guard openssl.status == 0 else { throw E2EError("openssl could not make a certificate: \(openssl.errors)") }
     }
 
     deinit { try? FileManager.default.removeItem(atPath: directory) }
@@ -373,17 +357,8 @@ func runPython(_ script: String, _ arguments: [String], in directory: String, py
 
 /// Runs a program to its end: exit status and everything it wrote (stdout and stderr together).
 func runProgram(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: executable)
-    p.arguments = arguments
-    if let environment { p.environment = environment }
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    return (p.terminationStatus, text)
+    let run = try runToEnd(executable, arguments, mergeErrors: true, environment: environment ?? ProcessInfo.processInfo.environment)
+    return (run.status, run.output)
 }
 
 /// The values of every series in a Prometheus text body whose line starts with `prefix`.

@@ -19,21 +19,10 @@ struct Curl {
         for h in headers { args += ["-H", h] }
         if body != nil { args += ["--data-binary", "@-"] }
         args.append("\(scheme)://127.0.0.1:\(port)\(path)")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        p.arguments = args
-        let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
-        p.standardInput = stdin
-        p.standardOutput = stdout
-        p.standardError = stderr
-        try p.run()
-        if let body { stdin.fileHandleForWriting.write(Data(body.utf8)) }
-        try stdin.fileHandleForWriting.close()
-        let out = String(decoding: stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let err = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        guard p.terminationStatus == 0, let newline = out.lastIndex(of: "\n"), let status = Int(out[out.index(after: newline)...]) else {
-            throw E2EError("curl \(method) \(path) failed (\(p.terminationStatus)): \(err) \(out.suffix(300))")
+        let run = try runToEnd("/usr/bin/curl", args, input: body ?? "")
+        let out = run.output
+        guard run.status == 0, let newline = out.lastIndex(of: "\n"), let status = Int(out[out.index(after: newline)...]) else {
+            throw E2EError("curl \(method) \(path) failed (\(run.status)): \(run.errors) \(out.suffix(300))")
         }
         return (status, String(out[..<newline]))
     }

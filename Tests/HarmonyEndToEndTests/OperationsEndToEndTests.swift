@@ -238,7 +238,7 @@ struct OperationsEndToEndTests {
         // Whichever meets the lock first, the stamp or the mark of what the log acknowledged (the stamp then waits
         // behind the mark), the reason is the lock, never "publishes have failed": publishing works.
         let holder = try holdWriteLock(c.dbPath(1), seconds: 20, writing: "INSERT INTO items (id, name) VALUES (5000, 'held');")
-        defer { if holder.isRunning { holder.terminate() } }
+        defer { holder.terminate(graceSeconds: 2) }
         var reasons: [String] = [], slowest = 0.0
         /// node 1's /health, timed: while the lock is held its core blocks for up to the busy timeout at a time.
         func health() -> (status: Int, body: String)? {
@@ -259,8 +259,7 @@ struct OperationsEndToEndTests {
         #expect(slowest < 2.5, "the slowest /health took \(slowest) s while the core waited for the lock")
         #expect(reasons.contains { $0.contains("database is locked") && $0.contains("another connection holds SQLite's write lock") }, "\(reasons)")
         #expect(!reasons.contains { $0.contains("replication stopped") || $0.contains("publishes have failed") }, "\(reasons)")
-        holder.waitUntilExit()
-        #expect(holder.terminationStatus == 0)
+        #expect(holder.wait(timeoutSeconds: 40) == 0)
         _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "2001\n", timeoutSeconds: 60)
         var lastHealth = ""
         let healthy = (try? waitUntil("node 1 is healthy again", timeoutSeconds: 30) {
@@ -298,7 +297,7 @@ struct OperationsEndToEndTests {
         }
         #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
         let holder = try holdWriteLock(c.dbPath(1), seconds: 12, writing: "INSERT INTO items (id, name) VALUES (2, 'held');")
-        defer { if holder.isRunning { holder.terminate() } }
+        defer { holder.terminate(graceSeconds: 2) }
         try waitUntilTheWriteLockIsHeld(c.dbPath(1))
         try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (1, 'from node 2');")
         var slowest = 0.0, answers = 0, busyReason: String?
@@ -323,7 +322,7 @@ struct OperationsEndToEndTests {
         let statusSeconds = Date().timeIntervalSince(started)
         #expect(status.status == 200 && status.body.contains("\"stalled\"") && status.body.contains("busy with one task"), "\(status.body)")
         #expect(scrapeSeconds < 2.5 && statusSeconds < 2.5, "/metrics took \(scrapeSeconds) s, GET /replications \(statusSeconds) s")
-        holder.waitUntilExit()
+        _ = holder.wait(timeoutSeconds: 40)
         _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;", expected: "1|from node 2\n2|held\n", timeoutSeconds: 60)
         try waitUntil("node 1 is healthy again", timeoutSeconds: 30) { try httpGet(port: metricsPort, path: "/health").status == 200 }
     }
@@ -340,7 +339,7 @@ struct OperationsEndToEndTests {
         }
         #expect(try httpGet(port: metricsPort, path: "/health").status == 200)
         let holder = try holdWriteLock(c.dbPath(1), seconds: 20, writing: "INSERT INTO items (id, name) VALUES (2, 'held');")
-        defer { if holder.isRunning { holder.terminate() } }
+        defer { holder.terminate(graceSeconds: 2) }
         try waitUntilTheWriteLockIsHeld(c.dbPath(1))
         for id in 3...5 { try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (\(id), 'from node 2');") }
         var last: (status: Int, body: String) = (0, "")
@@ -354,7 +353,7 @@ struct OperationsEndToEndTests {
                 "\(last.body)")
         #expect(!reasons.contains { $0.contains("busy with one task") }, "each try lasts lock_pause_ms: \(last.body)")
         #expect(holder.isRunning, "503 came only after the application let go")
-        holder.waitUntilExit()
+        _ = holder.wait(timeoutSeconds: 40)
         _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;",
                                      expected: "2|held\n3|from node 2\n4|from node 2\n5|from node 2\n", timeoutSeconds: 60)
         try waitUntil("node 1 is healthy again", timeoutSeconds: 30) { try httpGet(port: metricsPort, path: "/health").status == 200 }
@@ -400,7 +399,7 @@ struct OperationsEndToEndTests {
             try waitUntil("node 1 published everything", timeoutSeconds: 30) {
                 try c.query(1, "SELECT count(*) FROM __harmonylite___change_log_global WHERE state = 0;") == "0\n"
             }
-            kill(c.processes[1]!.processIdentifier, SIGUSR1)
+            kill(c.processes[1]!.pid, SIGUSR1)
             try waitUntil("node 1 saved a snapshot", timeoutSeconds: 30) { c.log(1).contains(" saved") }
         }
         try c.start(2)

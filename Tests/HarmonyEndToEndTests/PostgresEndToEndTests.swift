@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 import HarmonyRuntime
 import HarmonyTestSupport
 import Testing
@@ -227,20 +228,25 @@ func startupMessage(user: String) -> [UInt8] {
     return withUnsafeBytes(of: Int32(body.count + 4).bigEndian, Array.init) + body
 }
 
-/// A psycopg client running `body` (with `c` connected to `port`), started and waited for until it prints its first
-/// line (by then it holds what the test needs it to hold); the process and its output.
-func startHoldingClient(port: Int, _ body: String) throws -> (Process, Pipe) {
-    let client = Process()
-    client.executableURL = URL(fileURLWithPath: venvPython())
-    client.arguments = ["-c", """
+/// A psycopg client running `body` (with `c` connected to `port`), started and waited for (at most 30 s) until it
+/// prints its first line (by then it holds what the test needs it to hold); the process and the file of its output.
+func startHoldingClient(port: Int, _ body: String) throws -> (ChildProcess, String) {
+    let output = FileManager.default.temporaryDirectory.appendingPathComponent("pg-client-\(UUID().uuidString.prefix(8)).out").path
+    let client = try ChildProcess.spawn(venvPython(), ["-c", """
         import time, psycopg
         c = psycopg.connect(host="127.0.0.1", port=\(port), user="app", password="\(PostgresEndToEndTests.password)", dbname="app", sslmode="disable")
-        """ + "\n" + body]
-    let output = Pipe()
-    client.standardOutput = output
-    client.standardError = output
-    try client.run()
-    _ = output.fileHandleForReading.availableData
+        """ + "\n" + body], environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: output, stderr: output)
+    func printed() -> String { String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: output))) ?? Data(), as: UTF8.self) }
+    do {
+        try waitUntil("the psycopg client prints its first line", timeoutSeconds: 30) {
+            if printed().contains("\n") { return true }
+            if let status = client.wait(timeoutSeconds: 0) { throw E2EError("the psycopg client exited (\(status)): \(printed())") }
+            return false
+        }
+    } catch {
+        client.terminate(graceSeconds: 1)
+        throw error
+    }
     return (client, output)
 }
 
@@ -353,8 +359,8 @@ func startHoldingClient(port: Int, _ body: String) throws -> (Process, Pipe) {
             c.execute("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n")
             """)
         Thread.sleep(forTimeInterval: 0.5)
-        kill(holder.processIdentifier, SIGKILL)
-        holder.waitUntilExit()
+        kill(holder.pid, SIGKILL)
+        _ = holder.wait(timeoutSeconds: 30)
         let next = try psql(port: ports[2], password: Self.password, ["INSERT INTO t VALUES (51)", "SELECT group_concat(id) FROM t"])
         #expect(next.status == 0 && next.out == "INSERT 0 1\n51\n", "\(next.out)")
         #expect(try psql(port: ports[2], password: Self.password, ["DELETE FROM t"]).status == 0)
@@ -373,8 +379,8 @@ func startHoldingClient(port: Int, _ body: String) throws -> (Process, Pipe) {
             """)
         let afterIdle = try psql(port: ports[2], password: Self.password, ["INSERT INTO t VALUES (61)"])
         #expect(afterIdle.status == 0, "\(afterIdle.out)")
-        idler.waitUntilExit()
-        let idlerText = String(decoding: idlerOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(idler.wait(timeoutSeconds: 30) != nil, "the idle client was still running")
+        let idlerText = String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: idlerOut))) ?? Data(), as: UTF8.self)
         #expect(idlerText.contains("idle-in-transaction timeout"), "\(idlerText)")
         #expect(try psql(port: ports[2], password: Self.password, ["SELECT group_concat(id) FROM t"]).out == "61\n")
         #expect(try psql(port: ports[2], password: Self.password, ["DELETE FROM t"]).status == 0)

@@ -1,6 +1,7 @@
 import Foundation
 import HarmonyNATS
 import HarmonyRuntime
+import HarmonyTestSupport
 import Synchronization
 import Testing
 
@@ -22,7 +23,7 @@ struct SnapshotEndToEndTests {
         #expect(firstSequences.allSatisfy { $0 > 1 }, "streams were not truncated: first sequences \(firstSequences)")
 
         // On demand, on a running sidecar: SIGUSR1.
-        kill(c.processes[2]!.processIdentifier, SIGUSR1)
+        kill(c.processes[2]!.pid, SIGUSR1)
         try waitUntil("node 2 saved a snapshot", timeoutSeconds: 30) { c.log(2).contains("snapshot harmonylite-snapshot-") && c.log(2).contains(" saved") }
         let objects = try ObjectStore(jetStream: js, bucket: "harmonylite-snapshots")
         #expect(try objects.list().count == 1)
@@ -52,7 +53,7 @@ struct SnapshotEndToEndTests {
         try waitUntil("nodes 1 and 2 have every row", timeoutSeconds: 60) {
             try c.query(1, "SELECT count(*) FROM items;") == "151\n" && c.query(2, "SELECT count(*) FROM items;") == "151\n"
         }
-        kill(c.processes[1]!.processIdentifier, SIGUSR1)
+        kill(c.processes[1]!.pid, SIGUSR1)
         try waitUntil("node 1 saved a snapshot", timeoutSeconds: 30) { c.log(1).contains(" saved") }
         try c.start(3)
         _ = try c.waitForConvergence("SELECT count(*), sum(qty) FROM items;", expected: "152|152\n", timeoutSeconds: 60)
@@ -226,20 +227,6 @@ struct SnapshotEndToEndTests {
 
 /// Runs the harmonylite binary to completion (bounded) and returns its exit code and combined output.
 func runHarmonylite(_ arguments: [String], timeoutSeconds: Double = 30) throws -> (code: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: try harmonyliteBinary())
-    p.arguments = arguments
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let data = Mutex(Data())
-    let reader = Thread { data.withLock { $0 = out.fileHandleForReading.readDataToEndOfFile() } }
-    reader.start()
-    let deadline = Date().addingTimeInterval(timeoutSeconds)
-    while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-    if p.isRunning { p.terminate(); p.waitUntilExit(); throw E2EError("harmonylite \(arguments) did not finish within \(timeoutSeconds) s") }
-    p.waitUntilExit()
-    while !reader.isFinished { Thread.sleep(forTimeInterval: 0.01) }
-    return (p.terminationStatus, String(decoding: data.withLock { $0 }, as: UTF8.self))
+    let run = try runToEnd(try harmonyliteBinary(), arguments, mergeErrors: true, timeoutSeconds: timeoutSeconds)
+    return (run.status, run.output)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 import HarmonyTestSupport
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +13,7 @@ import HarmonyNATS
 final class NATSTestServer: @unchecked Sendable {
     let port: Int
     let storeDir: URL
-    let process: Process
+    let process: ChildProcess
     private let lock = NSLock()
     private var stopped = false
 
@@ -32,7 +33,7 @@ final class NATSTestServer: @unchecked Sendable {
         throw StartError(description: "nats-server not found on PATH or in /usr/sbin")
     }
 
-    init(port: Int, storeDir: URL, process: Process) {
+    init(port: Int, storeDir: URL, process: ChildProcess) {
         self.port = port
         self.storeDir = storeDir
         self.process = process
@@ -51,27 +52,18 @@ final class NATSTestServer: @unchecked Sendable {
         // A freshly freed port can be grabbed by someone else before the server binds it: retry a few times.
         for _ in 0..<3 {
             let port = try Loopback.freePort()
-            let process = Process()
-            process.executableURL = exe
-            process.arguments = ["-js", "-a", "127.0.0.1", "-p", String(port),
-                                 "-sd", dir.appendingPathComponent("store-\(port)").path]
-            let log = try FileHandle(forWritingTo: logURL)
-            process.standardOutput = log
-            process.standardError = log
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            startWatchdog(serverPID: process.processIdentifier, storeDir: dir)
+            let process = try ChildProcess.spawn(exe.path, ["-js", "-a", "127.0.0.1", "-p", String(port),
+                                                            "-sd", dir.appendingPathComponent("store-\(port)").path],
+                                                 environment: ProcessInfo.processInfo.environment,
+                                                 stdin: nil, stdout: logURL.path, stderr: logURL.path, appendOutput: true)
+            startWatchdog(serverPID: process.pid, storeDir: dir)
             let server = NATSTestServer(port: port, storeDir: dir, process: process)
 
             let deadline = Date().addingTimeInterval(10)
             while Date() < deadline && process.isRunning {
-                if Loopback.accepts(port: port) {
-                    try? log.close()
-                    return server
-                }
+                if Loopback.accepts(port: port) { return server }
                 Thread.sleep(forTimeInterval: 0.05)
             }
-            try? log.close()
             let output = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
             lastError = StartError(description: "nats-server on 127.0.0.1:\(port) not ready within 10 s; log:\n\(output)")
             server.stop(removeStore: false)
@@ -84,31 +76,26 @@ final class NATSTestServer: @unchecked Sendable {
     /// pids every 0.5 s and exits on its own once either is gone.
     private static func startWatchdog(serverPID: Int32, storeDir: URL) {
         let me = ProcessInfo.processInfo.processIdentifier
-        let dog = Process()
-        dog.executableURL = URL(fileURLWithPath: "/bin/sh")
         // $0 = store directory (removed too when the test process died).
-        dog.arguments = ["-c",
-                         "while kill -0 \(me) 2>/dev/null && kill -0 \(serverPID) 2>/dev/null; do sleep 0.5; done; "
-                         + "if ! kill -0 \(me) 2>/dev/null; then kill -KILL \(serverPID) 2>/dev/null; sleep 0.3; rm -rf \"$0\"; fi; exit 0",
-                         storeDir.path]
-        dog.standardInput = FileHandle.nullDevice
-        dog.standardOutput = FileHandle.nullDevice
-        dog.standardError = FileHandle.nullDevice
-        try? dog.run()
+        _ = try? ChildProcess.spawn("/bin/sh", ["-c",
+                                                "while kill -0 \(me) 2>/dev/null && kill -0 \(serverPID) 2>/dev/null; do sleep 0.5; done; "
+                                                + "if ! kill -0 \(me) 2>/dev/null; then kill -KILL \(serverPID) 2>/dev/null; sleep 0.3; rm -rf \"$0\"; fi; exit 0",
+                                                storeDir.path],
+                                    environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: nil, stderr: nil)
     }
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) the server, to hold acks back.
     func pause() {
-        kill(process.processIdentifier, SIGSTOP)
+        kill(process.pid, SIGSTOP)
         // SIGSTOP lands when the server's threads next enter the kernel; until /proc says 'T' it may still answer.
         let deadline = Date().addingTimeInterval(2)
         while Date() < deadline {
-            let stat = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8)) ?? ""
+            let stat = (try? String(contentsOfFile: "/proc/\(process.pid)/stat", encoding: .utf8)) ?? ""
             if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T") { return }
             Thread.sleep(forTimeInterval: 0.005)
         }
     }
-    func resume() { kill(process.processIdentifier, SIGCONT) }
+    func resume() { kill(process.pid, SIGCONT) }
 
     /// Terminates the server (SIGTERM, then SIGKILL after 5 s) and removes its store. Idempotent.
     func stop(removeStore: Bool = true) {
@@ -118,17 +105,10 @@ final class NATSTestServer: @unchecked Sendable {
         lock.unlock()
         if !already && process.isRunning {
             resume()
-            process.terminate()
-            let deadline = Date().addingTimeInterval(5)
-            while process.isRunning && Date() < deadline {
-                Thread.sleep(forTimeInterval: 0.02)
-            }
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                let hardDeadline = Date().addingTimeInterval(2)
-                while process.isRunning && Date() < hardDeadline {
-                    Thread.sleep(forTimeInterval: 0.02)
-                }
+            kill(process.pid, SIGTERM)
+            if process.wait(timeoutSeconds: 5) == nil {
+                kill(process.pid, SIGKILL)
+                _ = process.wait(timeoutSeconds: 2)
             }
         }
         if removeStore { try? FileManager.default.removeItem(at: storeDir) }

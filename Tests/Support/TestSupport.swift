@@ -1,4 +1,5 @@
 import Foundation
+import HarmonyProcess
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,19 +30,47 @@ public struct SQLiteShellError: Error, CustomStringConvertible {
 /// `sql` on its stdin, `-batch -bail` plus `arguments`. Returns what it printed.
 @discardableResult
 public func runSQLiteShell(_ path: String, _ sql: String, arguments: [String] = []) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["sqlite3", "-batch", "-bail"] + arguments + [path]
-    let input = Pipe(), output = Pipe(), errors = Pipe()
-    p.standardInput = input; p.standardOutput = output; p.standardError = errors
-    try p.run()
-    input.fileHandleForWriting.write(Data(sql.utf8))
-    try input.fileHandleForWriting.close()
-    let out = output.fileHandleForReading.readDataToEndOfFile()
-    let err = errors.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw SQLiteShellError(path: path, message: String(decoding: err, as: UTF8.self)) }
-    return String(decoding: out, as: UTF8.self)
+    let run = try runToEnd("/usr/bin/env", ["sqlite3", "-batch", "-bail"] + arguments + [path], input: sql)
+    guard run.status == 0 else { throw SQLiteShellError(path: path, message: run.errors) }
+    return run.output
+}
+
+/// How a program run by `runToEnd` ended and what it printed.
+public struct ProgramRun: Sendable {
+    public var status: Int32
+    public var output: String
+    public var errors: String
+}
+
+/// A program `runToEnd` had to kill: it was still running at its deadline.
+public struct ProgramTimedOut: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Runs a program to its end: `input` on its stdin, its stdout and stderr (one stream with `mergeErrors`) captured
+/// in files, killed after `timeoutSeconds` with an error saying so. Files and `ChildProcess` rather than pipes and
+/// Foundation's `Process`: tests run in parallel, and a child started by another thread at the wrong moment could
+/// inherit a pipe's write end and keep its reader from ever seeing the end, or hold up `Process`'s one reaping thread.
+public func runToEnd(_ executable: String, _ arguments: [String], input: String = "", mergeErrors: Bool = false,
+                     environment: [String: String] = ProcessInfo.processInfo.environment,
+                     timeoutSeconds: Double = 120) throws -> ProgramRun {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("run-\(UUID().uuidString.prefix(12))").path
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let inputPath = directory + "/stdin", outputPath = directory + "/stdout"
+    let errorsPath = mergeErrors ? outputPath : directory + "/stderr"
+    try Data(input.utf8).write(to: URL(fileURLWithPath: inputPath))
+    let child = try ChildProcess.spawn(executable, arguments, environment: environment,
+                                       stdin: inputPath, stdout: outputPath, stderr: errorsPath)
+    let status = child.wait(timeoutSeconds: timeoutSeconds)
+    if status == nil { child.terminate(graceSeconds: 2) }
+    func text(_ path: String) -> String { String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data(), as: UTF8.self) }
+    let output = text(outputPath)
+    guard let status else {
+        throw ProgramTimedOut(description: "\(executable) \(arguments.joined(separator: " ")) was still running after \(timeoutSeconds) s; it printed: \(output.suffix(1000))")
+    }
+    let errors = mergeErrors ? "" : text(errorsPath)
+    return ProgramRun(status: status, output: output, errors: errors)
 }
 
 /// Ports on 127.0.0.1 for servers the tests start.
