@@ -39,17 +39,10 @@ extension ReplicationNode {
                 env.events?.record(.stampingBulkImport(queued: try queuedWrites(db)))
             }
             let echoes = leadingEchoes(shard: shard, ordered, from: start)
-            var consumed = start
-            var committed = try stampLocalChangesIfQueued(alongside: echoes.last.map { last in
+            let committed = try stampLocalChangesIfQueued(alongside: echoes.last.map { last in
                 { db in try self.saveCheckpoint(db, shard: shard, sequence: last.sequence) }
             })
-            if !committed, let last = echoes.last?.sequence {
-                committed = try checkpointPastEchoes(db, shard: shard, through: last)
-            }
-            if committed, let last = echoes.last?.sequence {
-                consumedEchoes(shard: shard, echoes)
-                consumed = last
-            }
+            let consumed = try consumeLeadingEchoes(db, shard: shard, echoes, savedWithTheStamp: committed) ?? start
             holdBack(shard: shard, ordered.map(\.sequence).filter { $0 > consumed }, delayMs: config.retryDelayMs)
             return
         }
@@ -64,6 +57,8 @@ extension ReplicationNode {
         var definitionsAppliedAhead = false
         var events: [ReplicationEvent] = []
         var echoes: [OwnEchoes.Key] = []
+        /// This node's own definitions applied the full way: remembered only for `leadingEchoes`, forgotten now.
+        var definitionEchoes: [OwnEchoes.Key] = []
         if config.plantedBugs.contains(.checkpointOutsideApplyTransaction), let last = ordered.last, last.sequence > start {
             try saveCheckpoint(db, shard: shard, sequence: last.sequence)
             try crashPoint(.afterCheckpointBeforeApply)
@@ -111,6 +106,7 @@ extension ReplicationNode {
                             next += 1
                             continue
                         }
+                        if let definition = ownEchoes.match(message.payload, definitions: true) { definitionEchoes.append(definition) }
                         preExistingTableMissing = nil
                         var outcome = try applyOne(db, shard: shard, message, maxHLC: &maxHLC, events: &events)
                         if case .paused = outcome, !lookedAhead, preExistingTableMissing != nil {
@@ -167,7 +163,8 @@ extension ReplicationNode {
         precondition(next - 1 >= start, "checkpoint of shard \(shard) moved back from \(start) to \(next - 1)")
         checkpoints[shard] = next - 1
         applyLockMissedSinceMs[shard] = nil
-        for echo in echoes { ownEchoes.remove(echo) }
+        for echo in echoes + definitionEchoes { ownEchoes.remove(echo) }
+        echoesConsumedCount += echoes.count
         if !echoes.isEmpty { events.append(.echoesConsumed(shard: shard, messages: echoes.count)) }
         try crashPoint(.afterApplyCommitBeforeAck)
         if let pausedAt {

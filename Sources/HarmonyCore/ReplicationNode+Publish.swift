@@ -334,7 +334,8 @@ extension ReplicationNode {
             // A small commit of user rows may skip ahead of a receiver's backlog; definitions and requests never do.
             let userRowsOnly = batch.records.allSatisfy { !$0.table.hasPrefix(Bookkeeping.prefix) }
             let hint = offered && config.hints && payload.count <= config.hintBytesMax && userRowsOnly
-            if userRowsOnly && config.replicate { ownEchoes.insert(payload) }
+            let definition = !userRowsOnly && batch.records.allSatisfy { $0.table == Bookkeeping.ddlTable }
+            if (userRowsOnly || definition) && config.replicate { ownEchoes.insert(payload, definition: definition) }
             env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token, hint: hint))
             try crashPoint(.afterPublishHandoff)
             return

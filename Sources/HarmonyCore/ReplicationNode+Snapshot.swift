@@ -241,6 +241,7 @@ extension ReplicationNode {
             try crashPoint(.beforeRestoreCommit)
         }
         checkpoints = restored
+        echoCheckpointsUnsaved.removeAll()
         // Rows may now be older than what this node sent before: its own messages coming back must apply again.
         if !config.plantedBugs.contains(.echoesSurviveRestore) { ownEchoes.removeAll() }
         // Reported before the crash point after the commit: the restore happened even if the process dies next.

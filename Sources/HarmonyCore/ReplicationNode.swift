@@ -90,6 +90,12 @@ public final class ReplicationNode {
     var lockMissedSinceMs: Int64?
     /// Per shard: when an apply's brief wait first missed the lock since the last failure reported (`applyMissedTheLock`).
     var applyLockMissedSinceMs: [Int: Int64] = [:]
+    /// Shards whose checkpoint moved past this node's own messages in memory only, while an import's loader kept the
+    /// write lock (`consumeLeadingEchoes`); the node's next write transaction of any kind writes them.
+    var echoCheckpointsUnsaved: Set<Int> = []
+    /// How many of this node's own messages it has consumed without applying them: the runtime hands over the next
+    /// part of a fetch at once while the parts are only these, which cost a lookup each.
+    public internal(set) var echoesConsumedCount = 0
     /// When a failed stamp or mark was first reported with no write of the core committed since
     /// (`ownWritesResumed` is said at the next commit).
     var ownWriteFailureSinceMs: Int64?
@@ -221,6 +227,7 @@ public final class ReplicationNode {
         queueRecordsWriters = false
         lockMissedSinceMs = nil
         applyLockMissedSinceMs.removeAll()
+        echoCheckpointsUnsaved.removeAll()
         ownWriteFailureSinceMs = nil
         aheadLane = nil
         database = nil
@@ -326,13 +333,17 @@ public final class ReplicationNode {
         do {
             var stoppedShort = false
             var newestBeforeLastBatch: Int64?
+            let unsaved = echoCheckpointsUnsaved.sorted()
             let result = try db.transaction(.immediate) {
                 if stamp {
                     if queueNewestAtPartialStamp != nil { newestBeforeLastBatch = try newestChangeLogID(db) }
                     stoppedShort = try stampLocalChanges(db, limit: stampLimit)
                 }
+                // Before the body, which may move one of these further.
+                for shard in unsaved { try saveCheckpoint(db, shard: shard, sequence: checkpoint(shard)) }
                 return try body()
             }
+            echoCheckpointsUnsaved.subtract(unsaved)
             transactionEnded(committed: true)
             if stoppedShort {
                 // A read that fails here must not undo the report above: pause as for an application.
