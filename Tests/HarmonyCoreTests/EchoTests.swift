@@ -23,6 +23,23 @@ struct EchoTests {
         events.events.filter { if case .applied = $0 { true } else { false } }.count
     }
 
+    /// Node 1's application loads 1,000 rows in one transaction; node 1 stamps and sends the first batch, then pauses.
+    func importStartsOnNode1(_ cluster: TestCluster, table: String) throws {
+        try cluster.apps[0].execute("BEGIN")
+        for k in 1...1_000 { try cluster.apps[0].execute("INSERT INTO \(table) VALUES (\(k), 'import')") }
+        try cluster.apps[0].execute("COMMIT")
+        try cluster.publish(0)
+    }
+
+    /// Node 1 stamps the rest of its import, taking shard 1's deliveries as they come, until it applies again.
+    func finishStamping(_ cluster: TestCluster) throws {
+        for _ in 0..<100 where cluster.nodes[0].applyHeldForStamping {
+            _ = cluster.clocks[0].advance(byMs: 1_000)
+            try cluster.nodes[0].timerFired(.bookkeepingResume)
+            try cluster.nodes[0].messagesArrived(shard: 1, cluster.streams.messages(shard: 1, from: cluster.nodes[0].checkpoint(1) + 1))
+        }
+    }
+
     @Test("a node's own messages are consumed without being decoded or applied; the other nodes apply them")
     func ownMessagesAreConsumedNotApplied() throws {
         let cluster = try TestCluster(nodes: 2, schema: Self.schema)
@@ -81,10 +98,7 @@ struct EchoTests {
     @Test("between an import's stamp batches, the node's own messages move its checkpoint at once")
     func ownMessagesMoveTheCheckpointWhileTheStampPauses() throws {
         let cluster = try TestCluster(nodes: 2, schema: Self.schema) { $0.lockBatchRows = 100 }
-        try cluster.apps[0].execute("BEGIN")
-        for k in 1...1_000 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'import')") }
-        try cluster.apps[0].execute("COMMIT")
-        try cluster.publish(0)  // the first batch stamped and sent, then a pause
+        try importStartsOnNode1(cluster, table: "kv")
         #expect(cluster.nodes[0].bookkeepingPaused)
         let sent = cluster.streams.lastSequence(shard: 1)
         #expect(sent >= 1)
@@ -99,11 +113,7 @@ struct EchoTests {
         #expect(cluster.ports[0].acks[1] == Array(1...sent))
         #expect(cluster.ports[0].naks[1] == [sent + 1], "node 2's message waits for the import's stamping")
         #expect(try cluster.apps[0].query("SELECT v FROM kv WHERE k = 5000").isEmpty)
-        for _ in 0..<100 where cluster.nodes[0].applyHeldForStamping {
-            _ = cluster.clocks[0].advance(byMs: 1_000)
-            try cluster.nodes[0].timerFired(.bookkeepingResume)
-            try cluster.nodes[0].messagesArrived(shard: 1, cluster.streams.messages(shard: 1, from: cluster.nodes[0].checkpoint(1) + 1))
-        }
+        try finishStamping(cluster)
         try cluster.settle()
         for i in 0..<2 { #expect(try count(cluster, i) == 1_001) }
     }
@@ -115,10 +125,7 @@ struct EchoTests {
     @Test("while the loader holds the lock, own messages move the checkpoint in memory and the next transaction saves it")
     func ownMessagesMoveTheCheckpointInMemoryWhileTheLoaderHoldsTheLock() throws {
         let cluster = try TestCluster(nodes: 2, schema: Self.schema) { $0.lockBatchRows = 100 }
-        try cluster.apps[0].execute("BEGIN")
-        for k in 1...1_000 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'import')") }
-        try cluster.apps[0].execute("COMMIT")
-        try cluster.publish(0)  // the first batch stamped and sent, then a pause
+        try importStartsOnNode1(cluster, table: "kv")
         let sent = cluster.streams.lastSequence(shard: 1)
         #expect(sent >= 1)
         try cluster.apps[1].execute("INSERT INTO kv VALUES (5000, 'from node 2')")
@@ -139,11 +146,7 @@ struct EchoTests {
         try cluster.nodes[0].timerFired(.bookkeepingResume)  // the import's next stamp: a write transaction
         #expect(try cluster.apps[0].scalar("SELECT max(seq) FROM \(quoteIdentifier(Bookkeeping.checkpointTable))")?.int64 == Int64(sent))
         #expect(cluster.nodes[0].echoCheckpointsUnsaved.isEmpty)
-        for _ in 0..<100 where cluster.nodes[0].applyHeldForStamping {
-            _ = cluster.clocks[0].advance(byMs: 1_000)
-            try cluster.nodes[0].timerFired(.bookkeepingResume)
-            try cluster.nodes[0].messagesArrived(shard: 1, cluster.streams.messages(shard: 1, from: cluster.nodes[0].checkpoint(1) + 1))
-        }
+        try finishStamping(cluster)
         try cluster.settle()
         for i in 0..<2 { #expect(try count(cluster, i) == 1_002) }
     }
@@ -157,10 +160,7 @@ struct EchoTests {
         try cluster.apps[0].execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
         try cluster.publish(0)  // the definition is sent; its copy comes back once the import has begun
         #expect(cluster.streams.lastSequence(shard: 1) == 1)
-        try cluster.apps[0].execute("BEGIN")
-        for k in 1...1_000 { try cluster.apps[0].execute("INSERT INTO items VALUES (\(k), 'import')") }
-        try cluster.apps[0].execute("COMMIT")
-        try cluster.publish(0)  // the first batch stamped and sent, then a pause
+        try importStartsOnNode1(cluster, table: "items")
         #expect(cluster.nodes[0].bookkeepingPaused)
         let sent = cluster.streams.lastSequence(shard: 1)
         #expect(sent >= 2, "the definition and the import's first batch")
@@ -173,11 +173,7 @@ struct EchoTests {
         #expect(cluster.nodes[0].applyHeldForStamping)
         #expect(cluster.nodes[0].checkpoint(1) == sent, "the definition and the rows after it, all this node's own")
         #expect(cluster.ports[0].naks[1] == [sent + 1], "node 2's message waits for the import's stamping")
-        for _ in 0..<100 where cluster.nodes[0].applyHeldForStamping {
-            _ = cluster.clocks[0].advance(byMs: 1_000)
-            try cluster.nodes[0].timerFired(.bookkeepingResume)
-            try cluster.nodes[0].messagesArrived(shard: 1, cluster.streams.messages(shard: 1, from: cluster.nodes[0].checkpoint(1) + 1))
-        }
+        try finishStamping(cluster)
         try cluster.settle()
         for i in 0..<2 {
             #expect(try cluster.apps[i].scalar("SELECT count(*) FROM items")?.int64 == 1_000)
