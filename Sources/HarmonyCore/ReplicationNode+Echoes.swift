@@ -8,8 +8,9 @@ import HarmonySQLite
 /// step that can take a row back to something older is a snapshot restore, which forgets every entry (`removeAll`);
 /// a new core starts with none. Messages of user rows are remembered, and this node's definitions, those only to
 /// move the checkpoint at the head of what an import holds back (`leadingEchoes`): applied, a definition still takes
-/// the full path. Requests, and messages sent in parts, are not remembered. Before this, applying its own rows a second time cost a node 3.5–5.8 µs a
-/// row on the core alone, and while an import was stamped it held them (fetched again every `retryDelayMs`).
+/// the full path. Requests, and messages sent in parts, are not remembered. Before this, applying its own rows a
+/// second time cost a node 3.5–5.8 µs a row on the core alone, and while an import was stamped it held them
+/// (fetched again every `retryDelayMs`).
 struct OwnEchoes {
     /// Length and two independent 64-bit mixes of a payload: never stored, compared only within one process.
     struct Key: Hashable {

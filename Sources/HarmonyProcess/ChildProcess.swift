@@ -118,9 +118,11 @@ public final class ChildProcess: @unchecked Sendable {
     /// module leaves out GNU extensions. It closes in the child whatever is open when the child starts, including
     /// descriptors another thread opened after we looked, which a list taken beforehand would let the child inherit:
     /// a pipe's write end held by a long-lived child keeps that pipe's reader from ever seeing its end.
-    private static let closeFromAction: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
-        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    private typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    private static let closeFromAction: CloseFrom? = {
+        let defaultScope = UnsafeMutableRawPointer(bitPattern: 0)  // RTLD_DEFAULT
+        guard let symbol = dlsym(defaultScope, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: CloseFrom.self)
     }()
     #endif
 
