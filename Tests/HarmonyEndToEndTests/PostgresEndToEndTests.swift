@@ -236,11 +236,10 @@ func startHoldingClient(port: Int, _ body: String) throws -> (ChildProcess, Stri
         import time, psycopg
         c = psycopg.connect(host="127.0.0.1", port=\(port), user="app", password="\(PostgresEndToEndTests.password)", dbname="app", sslmode="disable")
         """ + "\n" + body], environment: ProcessInfo.processInfo.environment, stdin: nil, stdout: output, stderr: output)
-    func printed() -> String { String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: output))) ?? Data(), as: UTF8.self) }
     do {
         try waitUntil("the psycopg client prints its first line", timeoutSeconds: 30) {
-            if printed().contains("\n") { return true }
-            if let status = client.wait(timeoutSeconds: 0) { throw E2EError("the psycopg client exited (\(status)): \(printed())") }
+            if fileText(output).contains("\n") { return true }
+            if let status = client.wait(timeoutSeconds: 0) { throw E2EError("the psycopg client exited (\(status)): \(fileText(output))") }
             return false
         }
     } catch {
@@ -380,7 +379,7 @@ func startHoldingClient(port: Int, _ body: String) throws -> (ChildProcess, Stri
         let afterIdle = try psql(port: ports[2], password: Self.password, ["INSERT INTO t VALUES (61)"])
         #expect(afterIdle.status == 0, "\(afterIdle.out)")
         #expect(idler.wait(timeoutSeconds: 30) != nil, "the idle client was still running")
-        let idlerText = String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: idlerOut))) ?? Data(), as: UTF8.self)
+        let idlerText = fileText(idlerOut)
         #expect(idlerText.contains("idle-in-transaction timeout"), "\(idlerText)")
         #expect(try psql(port: ports[2], password: Self.password, ["SELECT group_concat(id) FROM t"]).out == "61\n")
         #expect(try psql(port: ports[2], password: Self.password, ["DELETE FROM t"]).status == 0)

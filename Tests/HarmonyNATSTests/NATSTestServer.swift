@@ -105,11 +105,7 @@ final class NATSTestServer: @unchecked Sendable {
         lock.unlock()
         if !already && process.isRunning {
             resume()
-            kill(process.pid, SIGTERM)
-            if process.wait(timeoutSeconds: 5) == nil {
-                kill(process.pid, SIGKILL)
-                _ = process.wait(timeoutSeconds: 2)
-            }
+            process.terminate(graceSeconds: 5)
         }
         if removeStore { try? FileManager.default.removeItem(at: storeDir) }
     }

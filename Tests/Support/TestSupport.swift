@@ -64,13 +64,17 @@ public func runToEnd(_ executable: String, _ arguments: [String], input: String 
                                        stdin: inputPath, stdout: outputPath, stderr: errorsPath)
     let status = child.wait(timeoutSeconds: timeoutSeconds)
     if status == nil { child.terminate(graceSeconds: 2) }
-    func text(_ path: String) -> String { String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data(), as: UTF8.self) }
-    let output = text(outputPath)
+    let output = fileText(outputPath)
     guard let status else {
         throw ProgramTimedOut(description: "\(executable) \(arguments.joined(separator: " ")) was still running after \(timeoutSeconds) s; it printed: \(output.suffix(1000))")
     }
-    let errors = mergeErrors ? "" : text(errorsPath)
+    let errors = mergeErrors ? "" : fileText(errorsPath)
     return ProgramRun(status: status, output: output, errors: errors)
+}
+
+/// What a program wrote to the file at `path` so far, whatever its bytes ("" when there is no file yet).
+public func fileText(_ path: String) -> String {
+    String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data(), as: UTF8.self)
 }
 
 /// Ports on 127.0.0.1 for servers the tests start.
