@@ -380,6 +380,7 @@ public final class Simulation {
         config.cleanupIntervalMs = scenario.cleanupIntervalMs
         config.lockBatchRows = scenario.lockBatchRows
         config.lockPauseMs = scenario.lockPauseMs
+        config.logMaxMessages = Int64(scenario.maxEntries)
         config.plantedBugs = plantedBugs
         config.restoreRetryMs = 2_000
         config.deliveryStallResubscribeMs = 4 * scenario.ackWaitMs

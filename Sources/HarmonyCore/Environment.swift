@@ -152,6 +152,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case cleanupFailed(error: String, retryInMs: Int64)
     /// A bulk import's local writes are stamped a batch at a time; changes from other nodes wait until it is done.
     case stampingBulkImport(queued: Int64)
+    /// The stream of `shard` reaches `reach` messages past this node's checkpoint, half its `max_entries`: the node
+    /// holds its backlog until it has applied more (`unappliedMessageAtRisk`).
+    case sendingWaitsForApplying(shard: Int, checkpoint: UInt64, reach: UInt64, maxEntries: Int64)
     /// Stamping the queued local writes failed (another connection held SQLite's write lock past the busy timeout,
     /// a full or failing disk): they stay queued and the stamp is tried again after `retryInMs`.
     case stampFailed(queued: Int64, error: String, retryInMs: Int64)

@@ -55,6 +55,9 @@ public struct NodeConfig: Sendable, Equatable {
     public var schemaPauseDelayMs: Int64 = 5_000
     /// How often local schemas are re-read while paused.
     public var schemaCheckIntervalMs: Int64 = 5_000
+    /// `[replication_log] max_entries`: the messages each shard's stream keeps (0: no limit). A node holds its backlog
+    /// while a stream reaches half of it past its checkpoint (`unappliedMessageAtRisk`).
+    public var logMaxMessages: Int64 = 0
     /// Redelivery delay for a message that arrived ahead of a gap, or whose batch failed.
     public var retryDelayMs: Int64 = 250
     /// Redelivery delay for a batch whose transaction failed on the disk (full, I/O error) rather than a lock.

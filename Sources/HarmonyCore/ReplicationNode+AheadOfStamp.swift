@@ -167,6 +167,7 @@ extension ReplicationNode {
             let hint = config.hints && payload.count <= config.hintBytesMax
             // An id of its own: the scan's copy may be in flight at the same time, and the runtime matches the log's
             // answers to publishes by message id.
+            noteUnacked(token: lastPartToken, shard: shard)
             env.log.publish(OutgoingMessage(shard: shard, messageID: "\(messageID)-ahead", payload: payload, token: lastPartToken, hint: hint))
             try crashPoint(.afterPublishHandoff)
         }

@@ -18,6 +18,10 @@ extension ReplicationNode {
             let fifoMax = config.publishInFlightMax - priorityLaneMax
             var pages = 0
             while inFlight.count < fifoMax {
+                if unappliedMessageAtRisk() {
+                    try stampWhileBacklogWaits()
+                    break
+                }
                 let limit = min(config.scanMaxChanges, fifoMax - inFlight.count)
                 let page = try readPendingPage(limit: limit)
                 if page.end == scanCursor { break }
@@ -38,6 +42,39 @@ extension ReplicationNode {
             }
             guard config.replicateDDL && definitionsToPublish else { return }
         }
+    }
+
+    /// The scan's pages wait while sending them could push messages this node has yet to apply out of the stream
+    /// (`unappliedMessageAtRisk`); the stamping they drove goes on here, a batch a call, at once again unless the
+    /// applications get their pause (another node's message may be waiting for that stamp). The priority lane still
+    /// sends small commits. The scan goes on once the node has applied more (`resumeScanIfNoLongerAtRisk`).
+    func stampWhileBacklogWaits() throws {
+        if !scanWaitsForUnapplied, let (shard, reach) = shardAtRisk() {
+            env.events?.record(.sendingWaitsForApplying(shard: shard, checkpoint: checkpoint(shard), reach: reach,
+                                                        maxEntries: config.logMaxMessages))
+        }
+        scanWaitsForUnapplied = true
+        if try stampLocalChangesIfQueued(), !bookkeepingPaused, try stampBacklogIsLarge(requireDatabase()) {
+            env.clock.schedule(.publishContinue, afterMs: 0)
+        }
+    }
+
+    /// A message (or part) handed to the log and not answered yet: it will reach the stream, so it counts toward how
+    /// far the stream reaches (`shardAtRisk`).
+    func noteUnacked(token: Int64, shard: Int) {
+        if unackedShards.updateValue(shard, forKey: token) == nil { unackedMessages[shard, default: 0] += 1 }
+    }
+
+    func forgetUnacked(token: Int64) {
+        guard let shard = unackedShards.removeValue(forKey: token) else { return }
+        unackedMessages[shard, default: 1] -= 1
+    }
+
+    /// After a delivery: the scan goes on at once if it waited and the node has now applied enough.
+    func resumeScanIfNoLongerAtRisk() {
+        guard scanWaitsForUnapplied, !unappliedMessageAtRisk() else { return }
+        scanWaitsForUnapplied = false
+        env.clock.schedule(.publishContinue, afterMs: 0)
     }
 
     /// In-flight room kept for `publishNewestFirst`: a quarter of the window, at most `priorityLaneMax`.
@@ -61,6 +98,11 @@ extension ReplicationNode {
     /// take no room in the window, which the backlog may fill.
     func publishNewestFirst() throws {
         try publishSmallCommits()
+        // The newest stamped pages of a backlog wait with the scan (`unappliedMessageAtRisk`); small commits do not.
+        if unappliedMessageAtRisk() {
+            try sendAheadOfStamp(room: priorityLaneMax)
+            return
+        }
         let room = min(priorityLaneMax, config.publishInFlightMax - inFlight.count)
         guard room > 0 else {
             try sendAheadOfStamp(room: priorityLaneMax)
@@ -336,6 +378,7 @@ extension ReplicationNode {
             let hint = offered && config.hints && payload.count <= config.hintBytesMax && userRowsOnly
             let definition = !userRowsOnly && batch.records.allSatisfy { $0.table == Bookkeeping.ddlTable }
             if (userRowsOnly || definition) && config.replicate { ownEchoes.insert(payload, definition: definition) }
+            noteUnacked(token: token, shard: shard)
             env.log.publish(OutgoingMessage(shard: shard, messageID: messageID, payload: payload, token: token, hint: hint))
             try crashPoint(.afterPublishHandoff)
             return
@@ -351,6 +394,7 @@ extension ReplicationNode {
         for (i, part) in parts.enumerated() {
             lastPartToken -= 1
             partOwners[lastPartToken] = token
+            noteUnacked(token: lastPartToken, shard: shard)
             env.log.publish(OutgoingMessage(shard: shard, messageID: "\(groupID)-p\(i + 1)of\(parts.count)", payload: part, token: lastPartToken))
             // One crash point per message, as for a whole one; after the first part it leaves the rest unsent.
             if i == 0 { try crashPoint(.afterPublishHandoff) }
@@ -568,6 +612,7 @@ extension ReplicationNode {
     /// The log stored these messages: mark their change-log rows published, then keep publishing.
     public func publishAcknowledged(tokens: [Int64]) throws {
         guard isRunning else { return }
+        for token in tokens { forgetUnacked(token: token) }
         let acked = tokens.compactMap(messageToken(acking:)).flatMap { batchMembers.removeValue(forKey: $0) ?? [$0] }
             .filter { inFlight.remove($0) != nil }
         guard !acked.isEmpty else { return }
@@ -644,9 +689,11 @@ extension ReplicationNode {
     /// (If the publish did land, the message id makes the log drop the second copy.)
     public func publishFailed(token partOrMessage: Int64) {
         var token = partOrMessage
+        forgetUnacked(token: partOrMessage)
         if partOrMessage < 0 {
             // One lost part fails its whole message; acks of its other parts, arriving later, are ignored.
             guard let owner = partOwners[partOrMessage], partsUnacked.removeValue(forKey: owner) != nil else { return }
+            for (part, of) in partOwners where of == owner { forgetUnacked(token: part) }
             partOwners = partOwners.filter { $0.value != owner }
             token = owner
         }

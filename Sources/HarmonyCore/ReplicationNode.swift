@@ -129,6 +129,17 @@ public final class ReplicationNode {
 
     /// Changes from other nodes are held back while a bulk import is stamped (reported once per import).
     var applyHeldForStamping = false
+    /// The scan stopped sending while a stream reached half its `max_entries` past a checkpoint
+    /// (`stampWhileBacklogWaits`).
+    var scanWaitsForUnapplied = false
+    /// Per shard, the highest sequence delivered here since the node started (its own messages included), and the
+    /// highest the log acknowledged to this node's publishes.
+    var highestDelivered: [Int: UInt64] = [:]
+    var streamLast: [Int: UInt64] = [:]
+    /// This node's messages (and parts) handed to the log and not answered yet: the shard of each, and how many a
+    /// shard has.
+    var unackedShards: [Int64: Int] = [:]
+    var unackedMessages: [Int: Int] = [:]
     /// Per shard, the messages this node last sent back to the log while it stamped an import (`HeldBack`).
     var heldBack: [Int: HeldBack] = [:]
     /// Per shard, the lowest and highest message this node sent back to the log for later since the shard's consumer
@@ -228,6 +239,11 @@ public final class ReplicationNode {
         lockMissedSinceMs = nil
         applyLockMissedSinceMs.removeAll()
         echoCheckpointsUnsaved.removeAll()
+        scanWaitsForUnapplied = false
+        highestDelivered.removeAll()
+        streamLast.removeAll()
+        unackedShards.removeAll()
+        unackedMessages.removeAll()
         ownWriteFailureSinceMs = nil
         aheadLane = nil
         database = nil

@@ -25,7 +25,7 @@ extension LiveNode {
             enqueue("answering a publish") { $0.publishFailed(token: token) }
             return
         }
-        queueOnly.value.inFlight[message.messageID] = token
+        queueOnly.value.inFlight[message.messageID] = (token, message.shard)
         if message.hint { hintOffers.offer(message.messageID, shard: message.shard, payload: message.payload) }
         do {
             try js.publishAsync(subject: "\(Self.subjectPrefix).\(message.shard)", payload: message.payload, messageID: message.messageID)
@@ -38,7 +38,8 @@ extension LiveNode {
     }
 
     func publishResult(_ result: PublishResult) {
-        guard let token = queueOnly.value.inFlight.removeValue(forKey: result.messageID), let core else { return }
+        guard let (token, shard) = queueOnly.value.inFlight.removeValue(forKey: result.messageID), let core else { return }
+        if let sequence = result.sequence { core.streamReached(shard: shard, sequence: sequence) }
         if result.sequence != nil || result.duplicate {
             queueOnly.value.ackedTokens.append(token)
             if !queueOnly.value.flushScheduled {
@@ -145,6 +146,8 @@ final class LiveEvents: ReplicationEventSink {
             node?.snapshotAttemptEnded(event)
         case .schemaPaused, .schemaResumed, .restoreRequested, .restored, .gap, .repairRequested, .preExistingDefinitionsAsked, .preExistingDefinitionsSent,
              .schemaChangeWaiting, .stampingBulkImport: log.info("\(event)", metadata: event.logMetadata)
+        case .sendingWaitsForApplying(let shard, _, _, _):
+            if let line = repeats.admit("\(event)", key: "sending waits \(shard)", nowMs: nowMs) { log.info("\(line)", metadata: event.logMetadata) }
         case .holeRepaired: log.warning("\(event)", metadata: event.logMetadata)
         case .captureInstalled:
             log.info("\(event)", metadata: event.logMetadata)

@@ -27,7 +27,7 @@ public final class LiveNode: @unchecked Sendable {
         /// Messages fetched and handed to the core, awaiting its ack or nak.
         var delivered: [Int: [UInt64: FetchedMessage]] = [:]
         /// Publishes awaiting JetStream's answer: message id -> change-log token.
-        var inFlight: [String: Int64] = [:]
+        var inFlight: [String: (token: Int64, shard: Int)] = [:]
         var ackedTokens: [Int64] = []
         var flushScheduled = false
         /// The error contract: how long to wait before restarting a core that threw.

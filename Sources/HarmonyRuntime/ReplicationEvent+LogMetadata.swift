@@ -60,6 +60,9 @@ extension ReplicationEvent {
             return ["event": "change_refused", "table": .string(table), "key": .string(key), "bytes": n(bytes), "limit": n(limit)]
         case .cleanedUp(let rows): return ["event": "cleaned_up", "rows": n(rows)]
         case .stampingBulkImport(let queued): return ["event": "stamping_bulk_import", "queued": n(queued)]
+        case .sendingWaitsForApplying(let shard, let checkpoint, let reach, let maxEntries):
+            return ["event": "sending_waits_for_applying", "shard": n(shard), "checkpoint": n(checkpoint), "reach": n(reach),
+                    "max_entries": n(maxEntries)]
         case .cleanupFailed(let error, let retryInMs): return ["event": "cleanup_failed", "reason": .string(error), "retry_in_ms": n(retryInMs)]
         case .stampFailed(let queued, let error, let retryInMs):
             return ["event": "stamp_failed", "queued": n(queued), "reason": .string(error), "retry_in_ms": n(retryInMs)]

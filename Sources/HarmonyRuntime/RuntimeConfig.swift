@@ -171,6 +171,7 @@ public struct RuntimeConfig: Sendable, Equatable {
             c.node.compress = try r.bool("compress") ?? false
             c.node.hints = try r.bool("hints") ?? c.node.hints
         }
+        c.node.logMaxMessages = c.maxEntries
         if let n = try root.table("nats") {
             try n.rejectUnknownKeys(allowed: [
                 "urls", "connect_retries", "reconnect_wait_seconds", "user_name", "user_password", "token", "creds_file",

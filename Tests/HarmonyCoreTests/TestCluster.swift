@@ -7,7 +7,7 @@ import HarmonySQLite
 /// The test cluster's log is the shared in-memory JetStream (the simulator's too), with a dedup window
 /// longer than any test and time standing still: tests move messages by hand.
 extension MemoryJetStream {
-    static func forTests() -> MemoryJetStream { MemoryJetStream(duplicateWindowMs: Int64.max / 2) }
+    static func forTests(maxEntries: Int = 0) -> MemoryJetStream { MemoryJetStream(duplicateWindowMs: Int64.max / 2, maxEntries: maxEntries) }
 
     /// Stores unless the id was seen before; returns whether it was stored.
     @discardableResult
@@ -79,7 +79,7 @@ final class EventLog: ReplicationEventSink {
 /// Several real cores on real SQLite files, exchanging changes through `MemoryStreams` under test control.
 final class TestCluster {
     let directory: URL
-    let streams = MemoryJetStream.forTests()
+    let streams: MemoryJetStream
     var nodes: [ReplicationNode] = []
     var ports: [MemoryLogPort] = []
     var clocks: [ManualClock] = []
@@ -90,7 +90,9 @@ final class TestCluster {
     /// How nodes added from now on open their database (a test may shorten the busy timeout).
     var opener = SQLiteOpener()
 
-    init(nodes count: Int, schema: String, configure: (inout NodeConfig) -> Void = { _ in }) throws {
+    /// `maxEntries`: the messages each shard's stream keeps (0: all).
+    init(nodes count: Int, schema: String, maxEntries: Int = 0, configure: (inout NodeConfig) -> Void = { _ in }) throws {
+        streams = MemoryJetStream.forTests(maxEntries: maxEntries)
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("harmony-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         for _ in 0..<count { try addNode(schema: schema, configure: configure) }
@@ -130,6 +132,10 @@ final class TestCluster {
             if batch.isEmpty { return }
             ports[i].pendingPublishes.removeAll()
             for m in batch { streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+            // The runtime tells the core where the log stored each message (its acknowledgement says so).
+            for shard in Set(batch.map(\.shard)).sorted() {
+                nodes[i].streamReached(shard: shard, sequence: streams.lastSequence(shard: shard))
+            }
             try nodes[i].publishAcknowledged(tokens: batch.map(\.token))
         }
         fatalError("publish loop did not drain")

@@ -47,6 +47,7 @@ struct RuntimeConfigTests {
         #expect(c.node.databasePath == "/var/lib/harmonylite/data.db" && c.node.nodeID == 1)
         #expect(c.node.cleanupIntervalMs == 30_000 && c.node.shards == 4 && c.node.compress)
         #expect(c.maxEntries == 2048 && c.replicas == 3)
+        #expect(c.node.logMaxMessages == 2048, "the core holds its backlog before it would push its next message out")
         #expect(c.nats.urls.count == 2 && c.nats.connectRetries == 10 && c.nats.reconnectWaitSeconds == 5)
         #expect(c.logging.format == "json" && c.prometheus.enable && c.snapshot.store == "s3" && c.snapshot.intervalMs == 3_600_000)
     }
@@ -56,6 +57,7 @@ struct RuntimeConfigTests {
         #expect(c.node.nodeID == 1 && c.node.shards == 1 && c.node.publish && c.node.replicate)
         #expect(c.nats.urls.isEmpty)  // embedded nats-server
         #expect(c.node.holeRepairAfterMs == 600_000)
+        #expect(c.maxEntries == 1024 && c.node.logMaxMessages == 1024)
         #expect(c.nats.bindAddress == "127.0.0.1:4222")
         #expect(c.node.hints)
     }
