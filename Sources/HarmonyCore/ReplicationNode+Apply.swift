@@ -23,7 +23,7 @@ extension ReplicationNode {
         ordered.reserveCapacity(messages.count)
         for m in messages.sorted(by: { $0.sequence < $1.sequence }) where m.sequence != ordered.last?.sequence { ordered.append(m) }
         let start = checkpoint(shard)
-        highestDelivered[shard] = max(highestDelivered[shard, default: 0], ordered.last!.sequence)
+        streamReached(shard: shard, sequence: ordered.last!.sequence)
         // The next message came, so it is not missing, whatever follows: one that keeps failing (a full disk) is asked
         // for again and comes back; only one that stays away while later ones come is a lost delivery.
         if ordered.contains(where: { $0.sequence == start + 1 }) { gapSince[shard] = nil }
@@ -241,8 +241,8 @@ extension ReplicationNode {
         }
     }
 
-    /// The log stored one of this node's messages at `sequence` (its acknowledgement says where): how far the stream
-    /// reaches, for `unappliedMessageAtRisk`.
+    /// The log holds a message at `sequence`: one delivered here, or one of this node's, stored there (its
+    /// acknowledgement says where). How far the stream reaches, for `unappliedMessageAtRisk`.
     public func streamReached(shard: Int, sequence: UInt64) {
         streamLast[shard] = max(streamLast[shard, default: 0], sequence)
     }
@@ -260,8 +260,7 @@ extension ReplicationNode {
     func shardAtRisk() -> (shard: Int, reach: UInt64)? {
         guard config.logMaxMessages > 0, config.replicate, !restoreNeeded else { return nil }
         for shard in router.shards where pausedShards[shard] == nil {
-            let farthest = max(highestDelivered[shard, default: 0], streamLast[shard, default: 0])
-                + UInt64(max(0, unackedMessages[shard, default: 0]))
+            let farthest = streamLast[shard, default: 0] + UInt64(unackedMessages[shard, default: 0])
             let at = checkpoint(shard)
             if farthest >= at + UInt64(config.logMaxMessages / 2) { return (shard, farthest - at) }
         }

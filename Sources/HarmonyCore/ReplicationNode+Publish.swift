@@ -67,7 +67,7 @@ extension ReplicationNode {
 
     func forgetUnacked(token: Int64) {
         guard let shard = unackedShards.removeValue(forKey: token) else { return }
-        unackedMessages[shard, default: 1] -= 1
+        unackedMessages[shard, default: 0] -= 1  // noted, so at least 1
     }
 
     /// After a delivery: the scan goes on at once if it waited and the node has now applied enough.

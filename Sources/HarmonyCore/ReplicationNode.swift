@@ -132,9 +132,7 @@ public final class ReplicationNode {
     /// The scan stopped sending while a stream reached half its `max_entries` past a checkpoint
     /// (`stampWhileBacklogWaits`).
     var scanWaitsForUnapplied = false
-    /// Per shard, the highest sequence delivered here since the node started (its own messages included), and the
-    /// highest the log acknowledged to this node's publishes.
-    var highestDelivered: [Int: UInt64] = [:]
+    /// Per shard, the highest sequence delivered here or acknowledged to this node's publishes since it started.
     var streamLast: [Int: UInt64] = [:]
     /// This node's messages (and parts) handed to the log and not answered yet: the shard of each, and how many a
     /// shard has.
@@ -240,7 +238,6 @@ public final class ReplicationNode {
         applyLockMissedSinceMs.removeAll()
         echoCheckpointsUnsaved.removeAll()
         scanWaitsForUnapplied = false
-        highestDelivered.removeAll()
         streamLast.removeAll()
         unackedShards.removeAll()
         unackedMessages.removeAll()

@@ -6,8 +6,12 @@ public struct RuntimeConfig: Sendable, Equatable {
     public var node: NodeConfig
     /// `seq_map_path`: accepted for compatibility; checkpoints live in the database (advanced with each apply).
     public var seqMapPath: String?
-    /// `replication_log.max_entries`: messages kept per stream (0 = unlimited).
-    public var maxEntries: Int64 = 1024
+    /// `replication_log.max_entries`: messages kept per stream (0 = unlimited). Kept in the core's settings, which
+    /// hold a node's backlog within half of it (`NodeConfig.logMaxMessages`).
+    public var maxEntries: Int64 {
+        get { node.logMaxMessages }
+        set { node.logMaxMessages = newValue }
+    }
     /// `replication_log.replicas`: JetStream replicas per stream.
     public var replicas = 1
     public var nats = NATSSettings()
@@ -144,6 +148,7 @@ public struct RuntimeConfig: Sendable, Equatable {
         let nodeID = try root.int("node_id") ?? 1
         guard nodeID > 0 else { throw root.error(at: "node_id", "key 'node_id' must be a positive integer, got \(nodeID)") }
         var c = RuntimeConfig(node: NodeConfig(nodeID: Int64(nodeID), databasePath: dbPath))
+        c.maxEntries = 1024  // HarmonyLite's default
         c.seqMapPath = try root.string("seq_map_path")
         c.node.cleanupIntervalMs = Int64(try positive(root, "cleanup_interval", Int(c.node.cleanupIntervalMs)))
         c.node.scanMaxChanges = try positive(root, "scan_max_changes", c.node.scanMaxChanges)
@@ -171,7 +176,6 @@ public struct RuntimeConfig: Sendable, Equatable {
             c.node.compress = try r.bool("compress") ?? false
             c.node.hints = try r.bool("hints") ?? c.node.hints
         }
-        c.node.logMaxMessages = c.maxEntries
         if let n = try root.table("nats") {
             try n.rejectUnknownKeys(allowed: [
                 "urls", "connect_retries", "reconnect_wait_seconds", "user_name", "user_password", "token", "creds_file",

@@ -21,9 +21,7 @@ struct LogRetentionTests {
             if port.pendingPublishes.isEmpty { return }
             let batch = Array(port.pendingPublishes.prefix(10))
             port.pendingPublishes.removeFirst(batch.count)
-            for m in batch { cluster.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
-            cluster.nodes[0].streamReached(shard: 1, sequence: cluster.streams.lastSequence(shard: 1))
-            try cluster.nodes[0].publishAcknowledged(tokens: batch.map(\.token))
+            try cluster.store(0, batch)
             try cluster.deliver(0)
             try cluster.deliver(1)
         }

@@ -131,14 +131,19 @@ final class TestCluster {
             let batch = ports[i].pendingPublishes
             if batch.isEmpty { return }
             ports[i].pendingPublishes.removeAll()
-            for m in batch { streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
-            // The runtime tells the core where the log stored each message (its acknowledgement says so).
-            for shard in Set(batch.map(\.shard)).sorted() {
-                nodes[i].streamReached(shard: shard, sequence: streams.lastSequence(shard: shard))
-            }
-            try nodes[i].publishAcknowledged(tokens: batch.map(\.token))
+            try store(i, batch)
         }
         fatalError("publish loop did not drain")
+    }
+
+    /// The log stores node `i`'s messages and acknowledges them, telling the core where they went (as the runtime
+    /// passes on each acknowledgement's sequence).
+    func store(_ i: Int, _ batch: [OutgoingMessage]) throws {
+        for m in batch { streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+        for shard in Set(batch.map(\.shard)).sorted() {
+            nodes[i].streamReached(shard: shard, sequence: streams.lastSequence(shard: shard))
+        }
+        try nodes[i].publishAcknowledged(tokens: batch.map(\.token))
     }
 
     /// Answers node `i`'s stream-state requests with the streams' ranges now (`unknown`: with nil, as an unreachable log).
