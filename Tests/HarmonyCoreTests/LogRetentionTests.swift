@@ -102,4 +102,37 @@ struct LogRetentionTests {
         #expect(cluster.streams.lastSequence(shard: 1) >= 100, "all of it, though its checkpoint never moves")
         #expect(try cluster.pendingChanges(0) == 0)
     }
+
+    /// A stream deleted and made again starts its sequences over: what the node knew of the old one's reach would
+    /// hold its sending until its checkpoint passed it.
+    @Test("a restore forgets how far the stream reached, and the node sends its backlog again")
+    func aRestoreForgetsTheStreamsReach() throws {
+        let cluster = try TestCluster(nodes: 2, schema: Self.schema) {
+            $0.publishBatchMax = 10
+            $0.logMaxMessages = 1_000
+        }
+        for k in 1...10 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
+        try cluster.publish(0)
+        try cluster.deliver(0)
+        let path = cluster.directory.appendingPathComponent("snap.db").path
+        guard case .taken(let info) = try cluster.nodes[0].takeSnapshot(to: path) else {
+            Issue.record("node 1 took no snapshot")
+            return
+        }
+        cluster.nodes[1].streamReached(shard: 1, sequence: 10_000)  // the stream before it was made again
+        for shard in cluster.nodes[0].router.shards {
+            cluster.streams.truncate(shard: shard, before: (info.sequences[cluster.nodes[0].router.streamName(shard: shard)] ?? 0) + 1)
+        }
+        try cluster.nodes[1].timerFired(.cleanup)  // looks at where the streams start
+        cluster.answerStreamStates(1)
+        #expect(cluster.nodes[1].restoreNeeded)
+        try cluster.nodes[1].snapshotReady(at: path)
+        #expect(!cluster.nodes[1].restoreNeeded)
+        try cluster.apps[1].execute("BEGIN")
+        for k in 100..<1_100 { try cluster.apps[1].execute("INSERT INTO kv VALUES (\(k), 'node 2')") }
+        try cluster.apps[1].execute("COMMIT")
+        try cluster.publish(1)
+        #expect(try cluster.pendingChanges(1) == 0, "all 100 messages sent, well within half of max_entries")
+    }
 }
+
