@@ -155,6 +155,10 @@ public enum ReplicationEvent: Sendable, Hashable {
     /// The stream of `shard` reaches `reach` messages past this node's checkpoint, half its `max_entries`: the node
     /// holds its backlog until it has applied more (`unappliedMessageAtRisk`).
     case sendingWaitsForApplying(shard: Int, checkpoint: UInt64, reach: UInt64, maxEntries: Int64)
+    /// Messages this node sent back to the log for later are asked for again in order, from `from`, by recreating
+    /// its consumer: `afterStamping` when an import's stamping that held them is done, otherwise because `from` did
+    /// not come back when due while later ones did.
+    case sentBackAskedAgain(shard: Int, from: UInt64, afterStamping: Bool)
     /// Stamping the queued local writes failed (another connection held SQLite's write lock past the busy timeout,
     /// a full or failing disk): they stay queued and the stamp is tried again after `retryInMs`.
     case stampFailed(queued: Int64, error: String, retryInMs: Int64)

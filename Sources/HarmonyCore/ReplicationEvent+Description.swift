@@ -83,6 +83,10 @@ extension ReplicationEvent: CustomStringConvertible {
             return "\(queued) local writes are queued (a bulk import): they get their versions a batch at a time, leaving SQLite's write lock to applications in between; changes from other nodes apply once that is done"
         case .sendingWaitsForApplying(let shard, let checkpoint, let reach, let maxEntries):
             return "shard \(shard): the stream reaches \(reach) messages past this node's checkpoint (\(checkpoint)), half of max_entries (\(maxEntries)); this node holds back sending its backlog until it has applied more, so that it does not push messages it has yet to apply out of the stream"
+        case .sentBackAskedAgain(let shard, let from, true):
+            return "shard \(shard): the import is stamped; recreating this node's consumer from message \(from) so that the messages it sent back for later meanwhile come in order (the server redelivers them in no particular order, and can drop one)"
+        case .sentBackAskedAgain(let shard, let from, false):
+            return "shard \(shard): message \(from), which this node sent back to the log for later, did not come back when due while later ones did; recreating this node's consumer from it"
         case .echoesConsumed(let shard, let messages):
             return "shard \(shard): \(messages) of this node's own message(s) came back from the log and were consumed without applying them (this database already holds them)"
         case .stampFailed(let queued, let error, let retryInMs):

@@ -66,7 +66,7 @@ extension ReplicationNode {
             }
         }
         for s in skipped { checkpoints[s.shard] = s.to }
-        streamLast.removeAll()  // the log may have been made again: its sequences start over
+        forgetStreamPositions()  // the log may have been made again: its sequences start over
         // What it queued goes out once it has read up to where the streams end now: sent at once, it would push
         // out of a short log the very messages it is about to read, and the node would be behind again.
         publishHeldUntil = Dictionary(uniqueKeysWithValues: router.shards.map { ($0, streamStates[$0]!.lastSequence) })

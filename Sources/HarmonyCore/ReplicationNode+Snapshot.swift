@@ -242,7 +242,7 @@ extension ReplicationNode {
         }
         checkpoints = restored
         echoCheckpointsUnsaved.removeAll()
-        streamLast.removeAll()  // the log may have been made again: its sequences start over
+        forgetStreamPositions()  // the log may have been made again: its sequences start over
         // Rows may now be older than what this node sent before: its own messages coming back must apply again.
         if !config.plantedBugs.contains(.echoesSurviveRestore) { ownEchoes.removeAll() }
         // Reported before the crash point after the commit: the restore happened even if the process dies next.

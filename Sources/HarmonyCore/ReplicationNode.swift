@@ -129,6 +129,8 @@ public final class ReplicationNode {
 
     /// Changes from other nodes are held back while a bulk import is stamped (reported once per import).
     var applyHeldForStamping = false
+    /// Shards whose deliveries were sent back for later while an import was stamped, until one applies again.
+    var shardsHeldForStamping: Set<Int> = []
     /// The scan stopped sending while a stream reached half its `max_entries` past a checkpoint
     /// (`stampWhileBacklogWaits`).
     var scanWaitsForUnapplied = false
@@ -238,7 +240,7 @@ public final class ReplicationNode {
         applyLockMissedSinceMs.removeAll()
         echoCheckpointsUnsaved.removeAll()
         scanWaitsForUnapplied = false
-        streamLast.removeAll()
+        forgetStreamPositions()
         unackedShards.removeAll()
         unackedMessages.removeAll()
         ownWriteFailureSinceMs = nil

@@ -148,6 +148,8 @@ final class LiveEvents: ReplicationEventSink {
              .schemaChangeWaiting, .stampingBulkImport: log.info("\(event)", metadata: event.logMetadata)
         case .sendingWaitsForApplying(let shard, _, _, _):
             if let line = repeats.admit("\(event)", key: "sending waits \(shard)", nowMs: nowMs) { log.info("\(line)", metadata: event.logMetadata) }
+        case .sentBackAskedAgain(let shard, _, _):
+            if let line = repeats.admit("\(event)", key: "asked again \(shard)", nowMs: nowMs) { log.info("\(line)", metadata: event.logMetadata) }
         case .holeRepaired: log.warning("\(event)", metadata: event.logMetadata)
         case .captureInstalled:
             log.info("\(event)", metadata: event.logMetadata)

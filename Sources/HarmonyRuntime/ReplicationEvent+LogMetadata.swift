@@ -63,6 +63,8 @@ extension ReplicationEvent {
         case .sendingWaitsForApplying(let shard, let checkpoint, let reach, let maxEntries):
             return ["event": "sending_waits_for_applying", "shard": n(shard), "checkpoint": n(checkpoint), "reach": n(reach),
                     "max_entries": n(maxEntries)]
+        case .sentBackAskedAgain(let shard, let from, let afterStamping):
+            return ["event": "sent_back_asked_again", "shard": n(shard), "from": n(from), "after_stamping": .stringConvertible(afterStamping)]
         case .cleanupFailed(let error, let retryInMs): return ["event": "cleanup_failed", "reason": .string(error), "retry_in_ms": n(retryInMs)]
         case .stampFailed(let queued, let error, let retryInMs):
             return ["event": "stamp_failed", "queued": n(queued), "reason": .string(error), "retry_in_ms": n(retryInMs)]
