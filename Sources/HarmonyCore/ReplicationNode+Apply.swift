@@ -50,7 +50,10 @@ extension ReplicationNode {
             return
         }
         applyHeldForStamping = false
-        let stampingHoldEnded = shardsHeldForStamping.remove(shard) != nil
+        // The first apply after an import's stamping held this shard's deliveries: what it sent back meanwhile is asked
+        // for again in order (`askAgainInOrder`), so a message missing from this delivery is no gap.
+        let askAfterStamping = shardsHeldForStamping.remove(shard) != nil && pausedShards[shard] == nil
+            && (heldBack[shard]?.through ?? 0) > start
         // The first message this node sent back itself that a delivery skips when it should have come: asked for
         // again in order (`askAgainInOrder`), not reported as a gap.
         var sentBackSkipped: UInt64?
@@ -103,7 +106,7 @@ extension ReplicationNode {
                             // the log delivers what follows meanwhile, and `next` comes again after its delay. Once
                             // that delay is long past, it did not come when due: it is asked for again.
                             if isHeldBackHere(shard: shard, next) { continue }
-                            if pausedAt == nil, pausedShards[shard] == nil, isOverdueHere(shard: shard, next),
+                            if pausedAt == nil, pausedShards[shard] == nil, askAfterStamping || isOverdueHere(shard: shard, next),
                                !config.plantedBugs.contains(.stallIgnoresGaps) {
                                 sentBackSkipped = next
                             } else {
@@ -191,10 +194,8 @@ extension ReplicationNode {
         for seq in acks { env.log.ack(shard: shard, sequence: seq) }
         // What an import's stamping sent back comes again in whatever order the log redelivers it, each out-of-order
         // one sent back once more: 300 messages took 4 s that way, one 3 s more until it was found missing.
-        let sentBackAfterStamping = stampingHoldEnded && pausedAt == nil && pausedShards[shard] == nil
-            && (heldBack[shard]?.through ?? 0) > checkpoint(shard)
-        if sentBackAfterStamping || sentBackSkipped != nil {
-            askAgainInOrder(shard: shard, afterStamping: sentBackAfterStamping)
+        if sentBackSkipped != nil || askAfterStamping && pausedAt == nil && (heldBack[shard]?.through ?? 0) > checkpoint(shard) {
+            askAgainInOrder(shard: shard, afterStamping: askAfterStamping)
         } else {
             for (seq, delay) in naks { env.log.nak(shard: shard, sequence: seq, delayMs: delay) }
             if let first = naks.first?.0, let last = naks.last?.0 { noteSentBack(shard: shard, first...last) }

@@ -281,6 +281,57 @@ struct OperationsEndToEndTests {
         #expect(!c.log(1).contains("replication stopped"))
     }
 
+    /// A bulk import on one node while another node's application keeps writing, with a short stream: the other
+    /// node's messages wait on the importing node for the import's stamp, and the importing node must not push them
+    /// out of the stream meanwhile (with a 300,000-row import at the default `max_entries` it did, every time, and
+    /// then needed a snapshot: `scripts/import-beside-a-writer`). Here the stream keeps 64 messages and the import
+    /// sends about 300: node 1 ends with every row of both, does not need a snapshot, says it held its backlog back,
+    /// and `/health` is 200. Node 2 only sends (`replicate = false`): a receiver slower than the sender (a debug
+    /// build, 64 messages) falls behind such a stream on its own, which is what snapshots are for, not this rule.
+    @Test func anImportBesideAnotherWriterLeavesNoNodeBehindItsStream() throws {
+        let metricsPort = distinctFreePorts(1)[0]
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1, maxEntries: 64) { i in
+            i == 1 ? "lock_batch_rows = 500\n[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"\n" : "replicate = false\n"
+        }
+        // Node 2's application: a row every 100 ms for 2.5 s, as node 1 imports. (Its messages must stay fewer than the
+        // stream keeps while node 1 holds them for its stamp: at this stream's length and a debug build's pace, 25.)
+        let writerScript = c.directory + "/writer.py"
+        try """
+            import sqlite3, sys, time
+            c = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+            for k in range(25):
+                c.execute("INSERT INTO items (id, name) VALUES (?, 'from node 2')", (1000000 + k,))
+                time.sleep(0.1)
+            """.write(toFile: writerScript, atomically: true, encoding: .utf8)
+        let writer = try ChildProcess.spawn("/usr/bin/python3", [writerScript, c.dbPath(2)], environment: ProcessInfo.processInfo.environment,
+                                            stdin: nil, stdout: nil, stderr: c.directory + "/writer.err")
+        defer { writer.terminate(graceSeconds: 2) }
+        _ = try runPython("""
+            import sqlite3, sys
+            c = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+            for b in range(0, 40000, 1000):
+                c.execute("BEGIN")
+                c.executemany("INSERT INTO items (id, name) VALUES (?, 'imported')", ((k, ) for k in range(b + 1, b + 1001)))
+                c.execute("COMMIT")
+            """, [c.dbPath(1)], in: c.directory)
+        #expect(writer.wait(timeoutSeconds: 30) == 0)
+        var count = ""
+        let complete = (try? waitUntil("node 1 has every row", timeoutSeconds: 60) {
+            count = try c.query(1, "SELECT count(*) FROM items;")
+            return count == "40025\n"
+        }) != nil
+        #expect(complete, "node 1 has \(count) rows of 40025; its log: \(c.log(1).suffix(3000))")
+        #expect(!c.log(1).contains("needs a snapshot"), "\(c.log(1).suffix(3000))")
+        #expect(c.log(1).contains("holds back sending its backlog until it has applied more"), "\(c.log(1).suffix(3000))")
+        var lastHealth = ""
+        let healthy = (try? waitUntil("node 1 is healthy", timeoutSeconds: 30) {
+            guard let health = try? httpGet(port: metricsPort, path: "/health") else { return false }
+            lastHealth = health.body
+            return health.status == 200
+        }) != nil
+        #expect(healthy, "\(lastHealth)")
+    }
+
     /// A load balancer's health check gets its answer at once, also while the node's core waits in SQLite's busy
     /// handler: here an application holds node 1's write lock for 12 s while a change from node 2 waits to be applied,
     /// and with `lock_pause_ms` at the busy timeout (an operator's choice; by default the core's waits are brief) each
