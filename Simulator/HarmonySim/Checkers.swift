@@ -176,6 +176,15 @@ enum SwarmMix {
         scenario.snapshotIntervalMs = r.int(1_000...5_000)
     }
 
+    /// Sometimes nats-server's way with nak'd messages: each comes again on its own, in no particular order, and now
+    /// and then one is dropped until the ack wait.
+    static func drawRedelivery(_ scenario: inout Scenario, random: SimRandom) {
+        var r = random
+        guard r.chance(permille: 300) else { return }
+        scenario.scatteredRedelivery = true
+        scenario.droppedRedeliveryPermille = Int(r.int(0...30))
+    }
+
     /// Sometimes a small server payload limit with large values (sent in parts) and values above max_row_bytes
     /// (refused and parked).
     static func drawLargeRows(_ scenario: inout Scenario, random: SimRandom) {

@@ -62,6 +62,13 @@ public struct Scenario: Sendable, Equatable {
     public var ackWaitMs: Int64 = 3_000
     /// The server's `max_payload`: larger publishes are refused, as nats-server does.
     public var maxPayloadBytes = 1 << 20
+    /// How a nak'd message comes again. false: the consumer rewinds to it after the delay, the ones after it behind it,
+    /// in order. true (`redelivery = "scattered"`): nats-server's way, each on its own once due, in no particular order,
+    /// while new ones keep coming.
+    public var scatteredRedelivery = false
+    /// With scattered redelivery: redeliveries dropped until the ack wait (nats-server drops one that finds no fetch
+    /// waiting for it).
+    public var droppedRedeliveryPermille = 0
 
     // Snapshots in the simulated object store (0 = never taken).
     public var snapshotIntervalMs: Int64 = 0

@@ -68,11 +68,18 @@ public enum ScenarioLoader {
             s.detectDelayMsMax = Int64(try bounded(t, "detect_delay_ms_max", Int(s.detectDelayMsMax), 0...60_000))
         }
         if let t = try root.table("jetstream") {
-            try t.rejectUnknownKeys(allowed: ["duplicate_window_ms", "max_entries", "ack_wait_ms", "max_payload_bytes"])
+            try t.rejectUnknownKeys(allowed: ["duplicate_window_ms", "max_entries", "ack_wait_ms", "max_payload_bytes", "redelivery",
+                                              "dropped_redelivery_permille"])
             s.duplicateWindowMs = Int64(try bounded(t, "duplicate_window_ms", Int(s.duplicateWindowMs), 0...86_400_000))
             s.maxEntries = try bounded(t, "max_entries", s.maxEntries, 0...100_000_000)
             s.ackWaitMs = Int64(try bounded(t, "ack_wait_ms", Int(s.ackWaitMs), 10...600_000))
             s.maxPayloadBytes = try bounded(t, "max_payload_bytes", s.maxPayloadBytes, 2048...(64 << 20))
+            switch try t.string("redelivery") {
+            case nil, "in-order": s.scatteredRedelivery = false
+            case "scattered": s.scatteredRedelivery = true
+            case let other?: throw t.error(at: "redelivery", "redelivery is \"in-order\" or \"scattered\", not \"\(other)\"")
+            }
+            s.droppedRedeliveryPermille = try bounded(t, "dropped_redelivery_permille", s.droppedRedeliveryPermille, 0...1000)
         }
         if let t = try root.table("snapshot") {
             try t.rejectUnknownKeys(allowed: ["interval_ms", "keep"])
@@ -260,6 +267,8 @@ public enum ScenarioWriter {
             max_entries = \(s.maxEntries)
             ack_wait_ms = \(s.ackWaitMs)
             max_payload_bytes = \(s.maxPayloadBytes)
+            redelivery = "\(s.scatteredRedelivery ? "scattered" : "in-order")"
+            dropped_redelivery_permille = \(s.droppedRedeliveryPermille)
 
             [snapshot]
             interval_ms = \(s.snapshotIntervalMs)

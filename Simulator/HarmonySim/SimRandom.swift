@@ -53,4 +53,9 @@ public struct SimRandom: RandomNumberGenerator, Sendable {
     }
 
     public mutating func pick<T>(_ items: [T]) -> T { items[Int(below(UInt64(items.count)))] }
+    /// Fisher-Yates with `below`, so a seed orders the same on every toolchain (the standard library's may change).
+    public mutating func shuffle<T>(_ items: inout [T]) {
+        guard items.count > 1 else { return }
+        for i in stride(from: items.count - 1, to: 0, by: -1) { items.swapAt(i, Int(below(UInt64(i + 1)))) }
+    }
 }

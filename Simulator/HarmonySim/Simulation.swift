@@ -20,7 +20,8 @@ enum SimEvent {
     case timer(node: Int, timer: NodeTimer, generation: UInt64, incarnation: Int)
     /// `arrivalUs`: with a cost model, when it reached the server to the microsecond (the event runs at the next whole ms).
     case publishArrives(node: Int, message: OutgoingMessage, incarnation: Int, sentMs: Int64, arrivalUs: Double? = nil)
-    case publishResult(node: Int, token: Int64, ok: Bool, incarnation: Int)
+    /// `reached`: where the log stored it (its acknowledgement says so), which the core counts as its stream's reach.
+    case publishResult(node: Int, token: Int64, ok: Bool, incarnation: Int, reached: (shard: Int, sequence: UInt64)? = nil)
     /// A publish held in a cut-off node's reconnect buffer (cost model) went unacknowledged for the publish timeout.
     case bufferedPublishTimedOut(node: Int, token: Int64, incarnation: Int)
     /// With a cost model: the acknowledgements that reached a busy sidecar, handed to its core together once it is
@@ -84,6 +85,8 @@ public final class Simulation {
     private var queue = EventQueue<SimEvent>()
     private var tieRandom: SimRandom
     var netRandom: SimRandom
+    /// The server's order of redeliveries due at once, and which it drops (`Scenario.scatteredRedelivery`).
+    var redeliveryRandom: SimRandom
     var workRandom: SimRandom
     var ddlRandom: SimRandom
     /// Hints draw their losses, delays and tie-breaks from their own stream: a run where no hint applies keeps the
@@ -221,6 +224,7 @@ public final class Simulation {
         let root = SimRandom(seed: seed)
         tieRandom = root.fork("tie-break")
         netRandom = root.fork("network")
+        redeliveryRandom = root.fork("redelivery")
         workRandom = root.fork("workload")
         crashRandom = root.fork("crash-points")
         interleaveRandom = root.fork("interleave")
@@ -241,6 +245,7 @@ public final class Simulation {
             SwarmMix.drawStorage(&self.scenario, random: root.fork("swarm-storage"))
             SwarmMix.drawLargeRows(&self.scenario, random: root.fork("swarm-large-rows"))
             SwarmMix.drawSchemaWorkload(&self.scenario, random: root.fork("swarm-ddl"))
+            SwarmMix.drawRedelivery(&self.scenario, random: root.fork("swarm-redelivery"))
         }
         jetStream = MemoryJetStream(duplicateWindowMs: scenario.duplicateWindowMs,
                                  maxEntries: self.scenario.maxEntries, ackWaitMs: scenario.ackWaitMs,
@@ -257,6 +262,10 @@ public final class Simulation {
             let sidecarVFS = SimVFS(name: vfs.name + "-sidecar", sharing: vfs, faults: faults)
             nodes.append(SimNode(id: id, vfs: vfs, sidecarVFS: sidecarVFS,
                                  databasePath: (directory as NSString).appendingPathComponent("node\(id).db")))
+        }
+        if scenario.scatteredRedelivery {
+            jetStream.scatterRedeliveries = { [unowned self] due in self.redeliveryRandom.shuffle(&due) }
+            jetStream.dropRedelivery = { [unowned self] in self.redeliveryRandom.chance(permille: self.scenario.droppedRedeliveryPermille) }
         }
     }
 
@@ -554,7 +563,8 @@ public final class Simulation {
                 // With costs, one hop back from the moment the server is done, to the microsecond.
                 let ackedUs = hopUs.map { storedUs + $0 }
                 let ackedMs = ackedUs.map { Self.ms($0) } ?? storedMs + networkDelay()
-                push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation), at: ackedMs)
+                push(.publishResult(node: id, token: message.token, ok: true, incarnation: incarnation, reached: seq.map { (message.shard, $0) }),
+                     at: ackedMs)
                 if let seq, message.hint {
                     sendHint(from: id, shard: message.shard, IncomingMessage(sequence: seq, payload: message.payload), atMs: ackedMs, atUs: ackedUs)
                 }
@@ -569,9 +579,11 @@ public final class Simulation {
             node.reconnectBuffer[i].timedOut = true
             push(.publishResult(node: id, token: token, ok: false, incarnation: incarnation), at: nowMs)
 
-        case .publishResult(let id, let token, let ok, let incarnation):
+        case .publishResult(let id, let token, let ok, let incarnation, let reached):
             let node = nodes[id - 1]
             guard node.incarnation == incarnation else { return }
+            // As live: the acknowledgement's stream sequence reaches the core when it arrives, before the ack's flush.
+            if let reached, node.sidecarUp, let core = node.core { core.streamReached(shard: reached.shard, sequence: reached.sequence) }
             if ok, let free = sidecarFreeAtMs(id) {
                 acksWaiting[id, default: []].append(token)
                 if acksWaiting[id]!.count == 1 { push(.acksFlush(node: id, incarnation: incarnation), at: max(free, nowMs)) }

@@ -309,8 +309,9 @@ struct PlantedBugsCommand: ParsableCommand {
     /// echoes-survive-restore needs a node to restore a snapshot while a message it sent before is still on its way
     /// back (seeds 24 and 27 of 1..30 catch it); EchoTests.ownMessagesApplyAgainAfterARestore makes one every time.
     /// apply-stamps-one-batch needs a change from another node to arrive for a key an import still holds unstamped
-    /// and newer (seed 15 is the first); BulkImportTests.changesFromOtherNodesWaitUntilTheImportIsStamped makes one
-    /// every time.
+    /// and newer (seed 1 with `redelivery = "scattered"`; with in-order redelivery, once nodes asked for what they
+    /// sent back in order after a stamp, none of 1..60); BulkImportTests.changesFromOtherNodesWaitUntilTheImportIsStamped
+    /// makes one every time.
     static let atLeastSeeds: [String: UInt64] = ["alias-any-generation": 100, "rename-keeps-rows-local": 60,
                                                  "ddl-storage-failure-is-refusal": 400, "restore-without-clock-advance": 60,
                                                  "drop-and-add-read-as-rename": 300, "apply-newer-definition-stripped": 60,

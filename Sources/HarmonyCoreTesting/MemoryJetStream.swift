@@ -31,6 +31,8 @@ public final class MemoryJetStream {
         /// Delivered, not yet acked: sequence -> ack deadline.
         var pending: [UInt64: Int64] = [:]
         var pausedUntilMs: Int64 = 0
+        /// With `scatterRedeliveries`: nak'd messages -> when each is due again.
+        var redeliver: [UInt64: Int64] = [:]
     }
 
     public let duplicateWindowMs: Int64
@@ -40,6 +42,13 @@ public final class MemoryJetStream {
     public let deliverBatchMax: Int
     /// Payload bytes per batch at most (always at least one message), as a fetch with `max_bytes` returns.
     public let deliverBytesMax: Int
+    /// How a nak'd message comes again. nil: the consumer rewinds to it after the delay, and every later one comes
+    /// again behind it, in order. Set: nats-server's way, each nak'd message again on its own once due, while new
+    /// ones keep coming; this orders those due at once (a seeded shuffle: the server's order is no promise).
+    public var scatterRedeliveries: ((inout [UInt64]) -> Void)?
+    /// With `scatterRedeliveries`: whether a redelivery is dropped, to come again only after the ack wait
+    /// (nats-server drops one that finds no fetch waiting for it).
+    public var dropRedelivery: (() -> Bool)?
     private var streams: [Int: Stream] = [:]
     private var recentIDs: [String: Int64] = [:]
     private var consumers: [ConsumerKey: Consumer] = [:]
@@ -136,28 +145,43 @@ public final class MemoryJetStream {
         let key = ConsumerKey(node: node, shard: shard)
         checkThread()
         guard var c = consumers[key], nowMs >= c.pausedUntilMs, let s = streams[shard] else { return [] }
-        // Sequences are contiguous from firstSequence, so the cursor indexes the array directly.
         var out: [IncomingMessage] = []
         var bytes = 0
+        // Redeliveries due go first, in the server's order; one the stream no longer holds is gone for good.
+        if let scatter = scatterRedeliveries {
+            var due = c.redeliver.filter { $0.value <= nowMs }.map(\.key).sorted()
+            scatter(&due)
+            for sequence in due where out.count < deliverBatchMax {
+                guard sequence >= s.firstSequence else { c.redeliver[sequence] = nil; continue }
+                let m = s.messages[Int(sequence - s.firstSequence)]
+                if !out.isEmpty && bytes + m.payload.count > deliverBytesMax { break }
+                c.redeliver[sequence] = nil
+                out.append(IncomingMessage(sequence: m.sequence, payload: m.payload))
+                bytes += m.payload.count
+            }
+        }
+        // Sequences are contiguous from firstSequence, so the cursor indexes the array directly.
         var index = Int(max(c.cursor, s.firstSequence) - s.firstSequence)
+        var lastFromCursor: UInt64?
         while index < s.messages.count && out.count < deliverBatchMax {
             let m = s.messages[index]
-            if c.pending[m.sequence] == nil {
+            if c.pending[m.sequence] == nil && c.redeliver[m.sequence] == nil {
                 if !out.isEmpty && bytes + m.payload.count > deliverBytesMax { break }
                 out.append(IncomingMessage(sequence: m.sequence, payload: m.payload))
                 bytes += m.payload.count
+                lastFromCursor = m.sequence
             }
             index += 1
         }
         for m in out { c.pending[m.sequence] = nowMs + ackWaitMs }
-        if let last = out.last { c.cursor = last.sequence + 1 }
+        if let lastFromCursor { c.cursor = lastFromCursor + 1 }
         consumers[key] = c
         return out
     }
 
     public func hasWork(node: Int, shard: Int) -> Bool {
         guard let c = consumers[ConsumerKey(node: node, shard: shard)], let s = streams[shard] else { return false }
-        return max(c.cursor, s.firstSequence) <= s.lastSequence
+        return max(c.cursor, s.firstSequence) <= s.lastSequence || !c.redeliver.isEmpty
     }
 
     public func pausedUntil(node: Int, shard: Int) -> Int64 {
@@ -174,6 +198,16 @@ public final class MemoryJetStream {
         checkThread()
         let key = ConsumerKey(node: node, shard: shard)
         guard var c = consumers[key] else { return }
+        if scatterRedeliveries != nil {
+            guard c.pending.removeValue(forKey: sequence) != nil else { return }  // not out (acked, or already back)
+            if dropRedelivery?() == true {
+                c.pending[sequence] = nowMs + ackWaitMs
+            } else {
+                c.redeliver[sequence] = nowMs + delayMs
+            }
+            consumers[key] = c
+            return
+        }
         c.pending = c.pending.filter { $0.key < sequence }
         c.cursor = min(c.cursor, sequence)
         c.pausedUntilMs = max(c.pausedUntilMs, nowMs + delayMs)
@@ -188,6 +222,7 @@ public final class MemoryJetStream {
         let expired = c.pending.filter { $0.value <= nowMs }.keys
         guard let lowest = expired.min() else { return false }
         c.pending = c.pending.filter { $0.key < lowest }
+        c.redeliver = c.redeliver.filter { $0.key < lowest }  // the cursor brings them again
         c.cursor = min(c.cursor, lowest)
         consumers[key] = c
         return true

@@ -1,4 +1,5 @@
 import HarmonyCore
+import HarmonyCoreTesting
 @testable import HarmonySim
 import Testing
 
@@ -120,6 +121,69 @@ struct ScenarioLoaderTests {
         s.name = "round-trip"
         s.faults = [Fault(kind: .partition, node: 1, atMs: 5, durationMs: 6), Fault(kind: .clockDrift, node: 2, atMs: 7, durationMs: 8, driftPpm: 9)]
         s.plantedBugs = ["skip-own-messages"]
+        s.scatteredRedelivery = true
+        s.droppedRedeliveryPermille = 12
         #expect(try ScenarioLoader.parse(ScenarioWriter.toml(s)) == s)
+    }
+
+    @Test func redeliveryIsInOrderOrScattered() throws {
+        #expect(try ScenarioLoader.parse("[jetstream]\nredelivery = \"scattered\"\n").scatteredRedelivery)
+        #expect(try !ScenarioLoader.parse("[jetstream]\nredelivery = \"in-order\"\n").scatteredRedelivery)
+        #expect(throws: (any Error).self) { try ScenarioLoader.parse("[jetstream]\nredelivery = \"sorted\"\n") }
+    }
+}
+
+/// The simulated server's two ways with a nak'd message: the core must cope with nats-server's, where each comes
+/// again on its own, in no particular order, behind new ones, and one may be dropped until the ack wait.
+@Suite("harmonysim's JetStream redeliveries")
+struct RedeliveryTests {
+    func stream(scattered: Bool, drop: Bool = false) -> MemoryJetStream {
+        let log = MemoryJetStream(ackWaitMs: 1_000, deliverBatchMax: 10)
+        if scattered { log.scatterRedeliveries = { $0.reverse() } }
+        if drop { log.dropRedelivery = { true } }
+        for k in 1...5 { log.store(shard: 1, messageID: "m\(k)", payload: [UInt8(k)], nowMs: 0) }
+        log.subscribe(node: 2, shard: 1, fromSequence: 1)
+        return log
+    }
+
+    @Test func inOrderRewindsToTheNakdMessageAfterItsDelay() {
+        let log = stream(scattered: false)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 0).map(\.sequence) == [1, 2, 3, 4, 5])
+        for k: UInt64 in 2...5 { log.nak(node: 2, shard: 1, sequence: k, delayMs: 100, nowMs: 0) }
+        log.store(shard: 1, messageID: "m6", payload: [6], nowMs: 0)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 50).isEmpty)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 100).map(\.sequence) == [2, 3, 4, 5, 6])
+    }
+
+    @Test func scatteredSendsNewOnesAtOnceAndTheNakdOnesInTheServersOrder() {
+        let log = stream(scattered: true)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 0).map(\.sequence) == [1, 2, 3, 4, 5])
+        for k: UInt64 in 2...5 { log.nak(node: 2, shard: 1, sequence: k, delayMs: 100, nowMs: 0) }
+        log.store(shard: 1, messageID: "m6", payload: [6], nowMs: 0)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 50).map(\.sequence) == [6])
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 100).map(\.sequence) == [5, 4, 3, 2])
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 100).isEmpty)
+        // A new consumer from the checkpoint brings them in order at once.
+        log.subscribe(node: 2, shard: 1, fromSequence: 2)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 100).map(\.sequence) == [2, 3, 4, 5, 6])
+    }
+
+    @Test func theSwarmDrawsScatteredRedeliveryForSomeSeeds() {
+        let scattered = (1...20).filter { seed -> Bool in
+            var s = Scenario()
+            SwarmMix.drawRedelivery(&s, random: SimRandom(seed: UInt64(seed)).fork("swarm-redelivery"))
+            return s.scatteredRedelivery
+        }
+        #expect(!scattered.isEmpty && scattered.count < 20, "seeds drawing scattered redelivery: \(scattered)")
+    }
+
+    @Test func aDroppedRedeliveryComesOnlyAfterTheAckWait() {
+        let log = stream(scattered: true, drop: true)
+        _ = log.takeBatch(node: 2, shard: 1, nowMs: 0)
+        log.nak(node: 2, shard: 1, sequence: 3, delayMs: 100, nowMs: 0)
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 500).isEmpty)
+        #expect(!log.expireAcks(node: 2, shard: 1, nowMs: 999))
+        #expect(log.expireAcks(node: 2, shard: 1, nowMs: 1_000))
+        #expect(log.takeBatch(node: 2, shard: 1, nowMs: 1_000).map(\.sequence) == [1, 2, 3, 4, 5])
     }
 }
