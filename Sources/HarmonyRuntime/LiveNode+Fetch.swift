@@ -31,8 +31,7 @@ extension LiveNode {
             queueOnly.value.fetchStops[shard] = stop
             let thread = Thread { [weak self] in self?.fetchLoop(shard: shard, subscription: sub, stop: stop) }
             thread.name = "harmonylite-fetch-\(shard)"
-            queueOnly.value.fetchThreads.append(thread)
-            thread.start()
+            thread.start()  // a running Thread keeps itself; the stop flag ends it (none was ever read from a list)
         } catch {
             log.error("subscribing to shard \(shard) from \(fromSequence): \(error); retrying in \(delayMs) ms")
             queue.asyncAfter(deadline: .now() + .milliseconds(delayMs)) { [weak self] in

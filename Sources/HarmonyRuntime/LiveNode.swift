@@ -23,7 +23,6 @@ public final class LiveNode: @unchecked Sendable {
         var fetchStops: [Int: FetchStop] = [:]
         /// Bumped each time the core asks for a shard's subscription, so a pending retry of an older request gives up.
         var subscribeGeneration: [Int: Int] = [:]
-        var fetchThreads: [Thread] = []
         /// Messages fetched and handed to the core, awaiting its ack or nak.
         var delivered: [Int: [UInt64: FetchedMessage]] = [:]
         /// Publishes awaiting JetStream's answer: message id -> change-log token.
