@@ -320,9 +320,8 @@ struct DDLTests {
         for k in 1...3 { try c.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v', 'z\(k)')") }
         try c.publish(0)
         try c.deliver(0)
-        let path = c.directory.appendingPathComponent("newer.db").path
-        guard case .taken(let info) = try c.nodes[0].takeSnapshot(to: path) else { Issue.record("no snapshot"); return }
-        c.streams.truncate(shard: 1, before: (info.sequences.values.first ?? 0) + 1)
+        let (path, info) = try c.snapshot(0)
+        c.truncateStreams(after: info)
         try c.nodes[1].timerFired(.cleanup)
         c.answerStreamStates(1)
         #expect(c.nodes[1].restoreNeeded)

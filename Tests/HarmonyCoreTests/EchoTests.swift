@@ -207,18 +207,12 @@ struct EchoTests {
         for k in 1...10 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
         try cluster.publish(0)
         try cluster.deliver(0)
-        let path = cluster.directory.appendingPathComponent("snap.db").path
-        guard case .taken(let info) = try cluster.nodes[0].takeSnapshot(to: path) else {
-            Issue.record("node 1 took no snapshot")
-            return
-        }
+        let (path, info) = try cluster.snapshot(0)
         // Node 3 has consumed nothing yet; it writes two rows and publishes them in one message.
         try cluster.apps[2].execute("INSERT INTO kv VALUES (300, 'node 3'); INSERT INTO kv VALUES (301, 'node 3 too')")
         try cluster.publish(2)
         try cluster.nodes[2].timerFired(.cleanup)  // the older entry goes (the newest always stays)
-        for shard in cluster.nodes[0].router.shards {
-            cluster.streams.truncate(shard: shard, before: (info.sequences[cluster.nodes[0].router.streamName(shard: shard)] ?? 0) + 1)
-        }
+        cluster.truncateStreams(after: info)
         cluster.answerStreamStates(2)
         #expect(cluster.nodes[2].restoreNeeded)
         try cluster.nodes[2].snapshotReady(at: path)

@@ -114,15 +114,9 @@ struct LogRetentionTests {
         for k in 1...10 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
         try cluster.publish(0)
         try cluster.deliver(0)
-        let path = cluster.directory.appendingPathComponent("snap.db").path
-        guard case .taken(let info) = try cluster.nodes[0].takeSnapshot(to: path) else {
-            Issue.record("node 1 took no snapshot")
-            return
-        }
+        let (path, info) = try cluster.snapshot(0)
         cluster.nodes[1].streamReached(shard: 1, sequence: 10_000)  // the stream before it was made again
-        for shard in cluster.nodes[0].router.shards {
-            cluster.streams.truncate(shard: shard, before: (info.sequences[cluster.nodes[0].router.streamName(shard: shard)] ?? 0) + 1)
-        }
+        cluster.truncateStreams(after: info)
         try cluster.nodes[1].timerFired(.cleanup)  // looks at where the streams start
         cluster.answerStreamStates(1)
         #expect(cluster.nodes[1].restoreNeeded)

@@ -9,26 +9,6 @@ import Testing
 struct SnapshotTests {
     static let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT); CREATE INDEX kv_v ON kv (v);"
 
-    func snapshotPath(_ cluster: TestCluster, _ name: String = "snap") -> String {
-        cluster.directory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).db").path
-    }
-
-    /// Takes a snapshot on node `i`, expecting one.
-    func take(_ cluster: TestCluster, _ i: Int) throws -> (path: String, info: SnapshotInfo) {
-        let path = snapshotPath(cluster)
-        guard case .taken(let info) = try cluster.nodes[i].takeSnapshot(to: path) else {
-            throw SnapshotTestError("node \(i + 1) skipped its snapshot")
-        }
-        return (path, info)
-    }
-
-    /// Drops everything up to and including what the snapshot covers (and `extra` more), per shard.
-    func truncate(_ cluster: TestCluster, after info: SnapshotInfo, extra: UInt64 = 0) {
-        for shard in cluster.nodes[0].router.shards {
-            let covered = info.sequences[cluster.nodes[0].router.streamName(shard: shard)] ?? 0
-            cluster.streams.truncate(shard: shard, before: covered + 1 + extra)
-        }
-    }
 
     func kv(_ db: Database) throws -> [[DatabaseValue]] { try db.query("SELECT k, v FROM kv ORDER BY k") }
 
@@ -38,14 +18,14 @@ struct SnapshotTests {
         try cluster.settle()  // the index's pre-existing copy goes out at the first install
         try cluster.apps[0].execute("INSERT INTO kv VALUES (1, 'a'), (2, 'b')")
         try cluster.nodes[0].databaseChanged()  // handed to the log, not yet acknowledged
-        let early = snapshotPath(cluster)
+        let early = cluster.snapshotPath()
         guard case .waitingForAcknowledgements(let pending) = try cluster.nodes[0].takeSnapshot(to: early) else {
             Issue.record("snapshot taken with unacknowledged changes")
             return
         }
         #expect(pending == 2)
         try cluster.settle()
-        let (path, info) = try take(cluster, 0)
+        let (path, info) = try cluster.snapshot(0)
         let snap = try Database(path: path)
         #expect(try kv(snap) == [[.integer(1), .text("a")], [.integer(2), .text("b")]])
         #expect(try snap.scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.changeLog("kv")))")?.int64 == 0)
@@ -68,7 +48,7 @@ struct SnapshotTests {
             """) { $0.tables = TableFilter(exclude: ["secrets"]) }
         try cluster.apps[0].execute("INSERT INTO kv VALUES (1, 'a')")
         try cluster.settle()
-        let (path, _) = try take(cluster, 0)
+        let (path, _) = try cluster.snapshot(0)
         let snap = try Database(path: path)
         let tables = try snap.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '__harmonylite__%'").compactMap { $0[0].string }
         #expect(tables == ["kv"])
@@ -84,11 +64,11 @@ struct SnapshotTests {
         let cluster = try TestCluster(nodes: 2, schema: Self.schema)
         for k in 1...20 { try cluster.apps[k % 2].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
         try cluster.settle()
-        let (path, info) = try take(cluster, 0)
+        let (path, info) = try cluster.snapshot(0)
         // Writes after the snapshot: the newcomer must get them by replay.
         try cluster.apps[1].execute("UPDATE kv SET v = 'later' WHERE k = 3; DELETE FROM kv WHERE k = 4; INSERT INTO kv VALUES (99, 'new')")
         try cluster.settle()
-        truncate(cluster, after: info)
+        cluster.truncateStreams(after: info)
 
         let n = try cluster.addNode(schema: "")
         #expect(cluster.nodes[n].restoreNeeded)
@@ -123,8 +103,8 @@ struct SnapshotTests {
         for k in 1...10 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
         for i in 0..<2 { try cluster.publish(i) }
         for i in 0..<2 { try cluster.deliver(i) }
-        let (path, info) = try take(cluster, 0)
-        truncate(cluster, after: info)
+        let (path, info) = try cluster.snapshot(0)
+        cluster.truncateStreams(after: info)
         try cluster.deliver(2)
         try cluster.nodes[2].timerFired(.cleanup)
         cluster.answerStreamStates(2)
@@ -149,8 +129,8 @@ struct SnapshotTests {
         try cluster.apps[0].execute("UPDATE kv SET v = 'node 1 later' WHERE k = 5; INSERT INTO kv VALUES (11, 'v11')")
         for i in 0..<2 { try cluster.publish(i) }
         for i in 0..<2 { try cluster.deliver(i) }
-        let (path, info) = try take(cluster, 0)
-        truncate(cluster, after: info)
+        let (path, info) = try cluster.snapshot(0)
+        cluster.truncateStreams(after: info)
 
         try cluster.deliver(2)  // nothing newer than the hole: only the periodic check can see it
         #expect(!cluster.nodes[2].restoreNeeded)
@@ -175,7 +155,7 @@ struct SnapshotTests {
         let cluster = try TestCluster(nodes: 2, schema: Self.schema) { $0.replicateDDL = false }
         try cluster.apps[0].execute("INSERT INTO kv VALUES (1, 'a')")
         try cluster.settle()
-        let (old, _) = try take(cluster, 0)
+        let (old, _) = try cluster.snapshot(0)
         try cluster.apps[0].execute("INSERT INTO kv VALUES (2, 'b')")
         try cluster.settle()
         try cluster.apps[0].execute("INSERT INTO kv VALUES (3, 'c')")
@@ -198,7 +178,7 @@ struct SnapshotTests {
         // A snapshot with a column this node does not have yet: refused until the node migrates.
         try cluster.apps[0].execute("ALTER TABLE kv ADD COLUMN extra TEXT; UPDATE kv SET extra = 'x'")
         try cluster.settle()
-        let (wide, _) = try take(cluster, 0)
+        let (wide, _) = try cluster.snapshot(0)
         try cluster.nodes[n].snapshotReady(at: wide)
         #expect(cluster.nodes[n].restoreNeeded)
         #expect(cluster.events[n].events.contains { if case .restoreFailed(let r) = $0 { return r.contains("\"extra\"") } else { return false } })
@@ -215,8 +195,8 @@ struct SnapshotTests {
         let cluster = try TestCluster(nodes: 1, schema: Self.schema)
         for k in 1...5 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
         try cluster.settle()
-        let (path, info) = try take(cluster, 0)
-        truncate(cluster, after: info)
+        let (path, info) = try cluster.snapshot(0)
+        cluster.truncateStreams(after: info)
         let n = try cluster.addNode(schema: Self.schema)
         #expect(cluster.nodes[n].restoreNeeded)
         // A node that restarted knows no range yet; its restore request asked for them again.
@@ -237,8 +217,8 @@ struct SnapshotTests {
         let cluster = try TestCluster(nodes: 1, schema: Self.schema)
         for k in 1...5 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
         try cluster.settle()
-        let (path, info) = try take(cluster, 0)
-        truncate(cluster, after: info)
+        let (path, info) = try cluster.snapshot(0)
+        cluster.truncateStreams(after: info)
         var crashes = 1
         let n = try cluster.addNode(schema: Self.schema, crashPoint: { point in
             guard point == .beforeRestoreCommit, crashes > 0 else { return false }
@@ -268,11 +248,6 @@ struct SnapshotTests {
     }
 }
 
-struct SnapshotTestError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
 @Suite("Restoring a snapshot taken at another schema")
 struct RestoreAcrossSchemasTests {
     static let schema = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT, w TEXT);"
@@ -282,9 +257,8 @@ struct RestoreAcrossSchemasTests {
         for k in writes { try c.apps[0].execute("INSERT INTO kv (k, v) VALUES (\(k), 'v\(k)')") }
         try c.publish(0)
         try c.deliver(0)  // the snapshot covers the new messages only once its taker applied them
-        let path = c.directory.appendingPathComponent("snap-\(UUID().uuidString).db").path
-        guard case .taken(let info) = try c.nodes[0].takeSnapshot(to: path) else { throw SnapshotTestError("no snapshot") }
-        c.streams.truncate(shard: 1, before: (info.sequences.values.first ?? 0) + 1)
+        let (path, info) = try c.snapshot(0)
+        c.truncateStreams(after: info)
         try c.nodes[1].timerFired(.cleanup)
         c.answerStreamStates(1)
         #expect(c.nodes[1].restoreNeeded)

@@ -146,6 +146,28 @@ final class TestCluster {
         try nodes[i].publishAcknowledged(tokens: batch.map(\.token))
     }
 
+    /// A fresh file name for a snapshot in the cluster's directory.
+    func snapshotPath(_ name: String = "snap") -> String {
+        directory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).db").path
+    }
+
+    /// Takes a snapshot on node `i`, expecting one.
+    func snapshot(_ i: Int) throws -> (path: String, info: SnapshotInfo) {
+        let path = snapshotPath()
+        guard case .taken(let info) = try nodes[i].takeSnapshot(to: path) else {
+            throw SnapshotTestError("node \(i + 1) skipped its snapshot")
+        }
+        return (path, info)
+    }
+
+    /// Drops everything up to and including what the snapshot covers, per shard: the log's retention moved past it.
+    func truncateStreams(after info: SnapshotInfo) {
+        for shard in nodes[0].router.shards {
+            let covered = info.sequences[nodes[0].router.streamName(shard: shard)] ?? 0
+            streams.truncate(shard: shard, before: covered + 1)
+        }
+    }
+
     /// Answers node `i`'s stream-state requests with the streams' ranges now (`unknown`: with nil, as an unreachable log).
     func answerStreamStates(_ i: Int, unknown: Bool = false) {
         for _ in 0..<100 {
@@ -196,4 +218,9 @@ final class TestCluster {
         Int(try apps[i].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.globalLog))")?.int64 ?? 0)
             + Int(try apps[i].scalar("SELECT count(*) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64 ?? 0)
     }
+}
+
+struct SnapshotTestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
 }
