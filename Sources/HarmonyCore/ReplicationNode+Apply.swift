@@ -105,8 +105,9 @@ extension ReplicationNode {
                             // Not a gap when this node itself sent `next` back for later while it stamped an import:
                             // the log delivers what follows meanwhile, and `next` comes again after its delay. Once
                             // that delay is long past, it did not come when due: it is asked for again.
-                            if isHeldBackHere(shard: shard, next) { continue }
-                            if pausedAt == nil, pausedShards[shard] == nil, askAfterStamping || isOverdueHere(shard: shard, next),
+                            let sentBack = sentBackHere(shard: shard, next)
+                            if sentBack == .onItsWay { continue }
+                            if pausedAt == nil, pausedShards[shard] == nil, askAfterStamping || sentBack == .overdue,
                                !config.plantedBugs.contains(.stallIgnoresGaps) {
                                 sentBackSkipped = next
                             } else {
@@ -263,13 +264,18 @@ extension ReplicationNode {
     /// Recreates a shard's consumer from the message after its checkpoint, so that what this node sent back for later
     /// comes again in order now, instead of one by one in the log's order (each out of order one sent back again).
     func askAgainInOrder(shard: Int, afterStamping: Bool) {
-        let from = checkpoint(shard) + 1
-        env.events?.record(.sentBackAskedAgain(shard: shard, from: from, afterStamping: afterStamping))
+        env.events?.record(.sentBackAskedAgain(shard: shard, from: checkpoint(shard) + 1, afterStamping: afterStamping))
+        recreateConsumer(shard: shard)
+    }
+
+    /// Makes a shard's consumer again from the message after the checkpoint, and forgets what this node knew of the
+    /// old one's deliveries: what it sent back, what it missed, since when nothing moved.
+    func recreateConsumer(shard: Int) {
         heldBack[shard] = nil
         sentBackSpan[shard] = nil
         gapSince[shard] = nil
         stalledSince[shard] = nil
-        env.log.subscribe(shard: shard, fromSequence: from)
+        env.log.subscribe(shard: shard, fromSequence: checkpoint(shard) + 1)
     }
 
     /// What this node knows of its streams' sequences, forgotten when they may start over (a restore or a hole
@@ -312,17 +318,14 @@ extension ReplicationNode {
         sentBackSpan[shard] = min(known.lowerBound, span.lowerBound)...max(known.upperBound, span.upperBound)
     }
 
-    /// Whether this node sent `sequence` back to the log itself, recently enough that it is still on its way.
-    func isHeldBackHere(shard: Int, _ sequence: UInt64) -> Bool {
-        guard let held = heldBack[shard] else { return false }
-        return held.from <= sequence && sequence <= held.through && env.clock.nowMs < held.untilMs
-    }
+    /// A message this node sent back to the log itself (`holdBack`): still on its way, or long past due (the log
+    /// dropped its redelivery, or sends what this node sent back in another order).
+    enum SentBack { case onItsWay, overdue }
 
-    /// Whether this node sent `sequence` back to the log itself (`holdBack`) and it is long past due: the log dropped
-    /// its redelivery, or sends what this node sent back in another order.
-    func isOverdueHere(shard: Int, _ sequence: UInt64) -> Bool {
-        guard let held = heldBack[shard] else { return false }
-        return held.from <= sequence && sequence <= held.through && env.clock.nowMs >= held.untilMs
+    /// Whether, and how long ago, this node sent `sequence` back to the log itself (nil: it did not).
+    func sentBackHere(shard: Int, _ sequence: UInt64) -> SentBack? {
+        guard let held = heldBack[shard], held.from <= sequence, sequence <= held.through else { return nil }
+        return env.clock.nowMs < held.untilMs ? .onItsWay : .overdue
     }
 
     /// One delivery's answers: every message is acked or nak'd at most once, each list in sequence order, and

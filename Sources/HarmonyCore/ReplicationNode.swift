@@ -586,12 +586,9 @@ public final class ReplicationNode {
     private func resubscribeStalled(shard: Int, checkpoint: UInt64, lastSequence: UInt64, forMs: Int64, laterDelivered: Bool) {
         guard !config.plantedBugs.contains(.noResubscribeOnStall) else { return }
         let sentBack = sentBackSpan[shard]?.contains(checkpoint + 1) ?? false
-        sentBackSpan[shard] = nil
         env.events?.record(.deliveryStalled(shard: shard, checkpoint: checkpoint, lastSequence: lastSequence, forMs: forMs,
                                             laterDelivered: laterDelivered, sentBackHere: laterDelivered && sentBack))
-        stalledSince[shard] = nil
-        gapSince[shard] = nil
-        env.log.subscribe(shard: shard, fromSequence: checkpoint + 1)
+        recreateConsumer(shard: shard)
     }
 
     /// Lets the simulator crash the node between two durable steps.

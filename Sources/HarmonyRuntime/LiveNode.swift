@@ -25,7 +25,7 @@ public final class LiveNode: @unchecked Sendable {
         var subscribeGeneration: [Int: Int] = [:]
         /// Messages fetched and handed to the core, awaiting its ack or nak.
         var delivered: [Int: [UInt64: FetchedMessage]] = [:]
-        /// Publishes awaiting JetStream's answer: message id -> change-log token.
+        /// Publishes awaiting JetStream's answer: message id -> change-log token, and the shard whose stream it goes to.
         var inFlight: [String: (token: Int64, shard: Int)] = [:]
         var ackedTokens: [Int64] = []
         var flushScheduled = false
