@@ -85,6 +85,11 @@ extension ReplicationNode {
             // Made on a table dropped since (another node had dropped it and made it again): it went with that table.
             stored.sql = nil
         }
+        // A table renamed elsewhere from a table this node has (not renamed here yet): that table's state, as this
+        // node's concurrent DDL to it competes with the rename (`keepConcurrentDrops`).
+        let renamedFrom = try incoming.type == "table" && incoming.sql != nil && local?.object.generation != incoming.generation
+            ? incoming.renamed.flatMap { try SchemaObjects.load(db, type: "table", name: $0)?.object }.flatMap { $0.sql == nil ? nil : $0 }
+            : nil
         let attempted = try attempt(db, stored)
         let now = attempted.now
         var failure = attempted.failure
@@ -111,6 +116,7 @@ extension ReplicationNode {
                 """, [.integer(incoming.version.hlc), .integer(incoming.version.node), .text(incoming.name), .integer(incoming.generation)])
         }
         if failure == nil, let local { try keepConcurrentDrops(db, winner: incoming, over: local.object) }
+        if failure == nil, let renamedFrom { try keepConcurrentDrops(db, winner: incoming, over: renamedFrom, renamed: true) }
         if failure == nil, incoming.type == "table", incoming.sql != nil, let local, local.localSQL != nil, incoming.generation > local.object.generation {
             // The old table went, with its indexes and triggers; those the state still holds come back on the new one.
             for var dependent in try SchemaObjects.all(db).map(\.object)
@@ -189,9 +195,11 @@ extension ReplicationNode {
     /// never dropped it keep theirs. So a winning definition made without this node's (not based on it, or a CREATE
     /// of the same name made elsewhere, based on nothing) that has a column this node knew and no longer has is
     /// followed here by that column's DROP again, as this node's own DDL: it outranks the winner, and every node
-    /// ends without the column.
-    func keepConcurrentDrops(_ db: Database, winner: SchemaObject, over local: SchemaObject) throws {
-        guard winner.type == "table", let winnerSQL = winner.sql, let localSQL = local.sql, winner.generation == local.generation,
+    /// ends without the column. `renamed`: the winner is another node's RENAME TO of `local`'s table, which it replaces
+    /// here (a rename that raced a DROP COLUMN brought the column back, empty here and with its values on the renaming
+    /// node, and the two never agreed: harmonysim, `ddl.toml`).
+    func keepConcurrentDrops(_ db: Database, winner: SchemaObject, over local: SchemaObject, renamed: Bool = false) throws {
+        guard winner.type == "table", let winnerSQL = winner.sql, let localSQL = local.sql, renamed || winner.generation == local.generation,
               winner.basedOn != local.version, !config.plantedBugs.contains(.concurrentDropUndone) else { return }
         let q = quoteIdentifier
         let mine = Set(SchemaObjects.columnNames(localSQL))

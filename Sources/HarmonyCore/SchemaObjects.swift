@@ -282,6 +282,12 @@ public enum SchemaObjects {
                     // A CREATE: after a drop, of the next generation.
                     object.generation = before.map { $0.object.sql == nil ? $0.object.generation + 1 : $0.object.generation } ?? 0
                     object.renamed = renamedTables.first { $0.value == o.name }?.key
+                    // A RENAME TO replaced the old name's definition: a node that changed that table meanwhile tells
+                    // by it that the rename was made without its change (`keepConcurrentDrops`).
+                    if let from = object.renamed, let was = known["table\u{0}\(from)"]?.object, was.sql != nil,
+                       !plantedBugs.contains(.concurrentDropUndone) {
+                        object.basedOn = was.version
+                    }
                 }
             }
             if object.isDependent {
