@@ -167,6 +167,20 @@ enum SwarmMix {
         return faults.sorted { ($0.atMs, $0.node, $0.kind.rawValue) < ($1.atMs, $1.node, $1.kind.rawValue) }
     }
 
+    /// On three seeds in ten, one to four `consumer-lost` faults (one node's, or every node's) added to `faults`: a
+    /// consumer is legal to lose at any moment, and the node makes it again from its checkpoint wherever it was.
+    /// Drawn from their own stream, so the rest of each seed's mix stays as it was.
+    static func withConsumerLosses(_ faults: [Fault], scenario: Scenario, random: SimRandom) -> [Fault] {
+        var r = random
+        guard r.chance(permille: 300) else { return faults }
+        let horizon = max(scenario.durationMs * 4 / 5, 1)
+        var all = faults
+        for _ in 0..<r.int(1...4) {
+            all.append(Fault(kind: .consumerLost, node: Int(r.int(0...Int64(scenario.nodes))), atMs: r.int(0...horizon)))
+        }
+        return all.sorted { ($0.atMs, $0.node, $0.kind.rawValue) < ($1.atMs, $1.node, $1.kind.rawValue) }
+    }
+
     /// Sometimes a short retention (so partitioned, crashed or late nodes fall behind the log's start) with
     /// snapshots to come back from; otherwise the scenario's own settings.
     static func drawRetention(_ scenario: inout Scenario, random: SimRandom) {

@@ -225,6 +225,9 @@ public struct Fault: Sendable, Equatable {
         /// The same, with the application's `ALTER TABLE kv ADD COLUMN extra` run while the sidecar is away
         /// (HarmonyLite's per-node migration).
         case cleanupMigrate = "cleanup-migrate"
+        /// The server loses the node's durable consumers (an operator's `nats consumer rm`, a consumer lost with its
+        /// stream's leader): deliveries stop until the node's fetch finds it gone and makes it again from its checkpoint.
+        case consumerLost = "consumer-lost"
     }
 
     public var kind: Kind

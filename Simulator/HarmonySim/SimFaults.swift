@@ -50,6 +50,13 @@ extension Simulation {
             for n in targets where n.machineUp { runCleanup(n, migrate: f.kind == .cleanupMigrate, until: nowMs + f.durationMs) }
         case .serverRestart:
             serverUp = false
+        case .consumerLost:
+            for n in targets {
+                jetStream.unsubscribeAll(node: n.id)
+                guard n.sidecarUp else { continue }  // its start makes them again
+                for shard in 1...scenario.shards { push(.consumerGone(node: n.id, shard: shard, incarnation: n.incarnation), at: nowMs + consumerGoneNoticedMs()) }
+            }
+            return
         case .rollingAlter:
             for (i, n) in nodes.enumerated() { push(.alter(node: n.id), at: nowMs + Int64(i) * f.durationMs) }
             return
@@ -94,9 +101,25 @@ extension Simulation {
         case .serverRestart:
             serverUp = true
             for n in nodes { resume(n) }
-        case .clockJump, .rollingAlter, .lateJoin:
+        case .clockJump, .rollingAlter, .lateJoin, .consumerLost:
             break
         }
+    }
+
+    /// When the live fetch loop finds a lost consumer gone: its fetch in progress times out (250 ms), and the next
+    /// one is refused at once.
+    func consumerGoneNoticedMs() -> Int64 { netRandom.int(1...250) + networkDelay() }
+
+    /// The live fetch loop, refused by the server for a consumer it no longer has, makes the consumer again from the
+    /// node's checkpoint (`LiveNode.fetchLoop`); cut off from the server, it only sees fetches time out, and tries on.
+    func consumerGone(_ n: SimNode, shard: Int, incarnation: Int) {
+        guard n.incarnation == incarnation, n.sidecarUp, let core = n.core, core.isRunning else { return }
+        guard serverUp, n.canSend, n.canReceive else {
+            push(.consumerGone(node: n.id, shard: shard, incarnation: incarnation), at: nowMs + 500)
+            return
+        }
+        trace("node \(n.id) finds its consumer of shard \(shard) gone")
+        callCore(n) { $0.consumerLost(shard: shard) }
     }
 
     /// After connectivity returns: consumers pump again and pending changes get scanned.

@@ -31,6 +31,8 @@ enum SimEvent {
     case pump(node: Int, shard: Int)
     /// With a cost model: node N's fetch thread for a shard asks for the next batch, its last one applied.
     case fetchNext(node: Int, shard: Int, incarnation: Int)
+    /// A node's fetch finds its consumer gone from the server (`consumer-lost`) and makes it again.
+    case consumerGone(node: Int, shard: Int, incarnation: Int)
     /// `joinedLineMs`: taken from the node's line of deliveries waiting for its sidecar (`deliveryLine`), which it
     /// joined then.
     case deliver(node: Int, shard: Int, messages: [IncomingMessage], incarnation: Int, joinedLineMs: Int64? = nil)
@@ -239,7 +241,10 @@ public final class Simulation {
             bugs.insert(bug)
         }
         plantedBugs = bugs
-        faults = scenario.swarm ? SwarmMix.draw(scenario: scenario, random: root.fork("swarm")) : scenario.faults
+        faults = scenario.swarm
+            ? SwarmMix.withConsumerLosses(SwarmMix.draw(scenario: scenario, random: root.fork("swarm")), scenario: scenario,
+                                          random: root.fork("swarm-consumer-lost"))
+            : scenario.faults
         if scenario.swarm {
             SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention"))
             SwarmMix.drawStorage(&self.scenario, random: root.fork("swarm-storage"))
@@ -718,6 +723,9 @@ public final class Simulation {
             guard deliveryOutstanding.remove([id, shard]) != nil, nodes[id - 1].incarnation == incarnation else { return }
             trace("node \(id) shard \(shard) asks for its next batch")
             handle(.pump(node: id, shard: shard))
+
+        case .consumerGone(let id, let shard, let incarnation):
+            consumerGone(nodes[id - 1], shard: shard, incarnation: incarnation)
 
         case .deliveryTurn(let id):
             guard deliveryTurnAtMs[id] == nowMs else { return }  // a later or earlier turn replaced this one

@@ -159,6 +159,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     /// its consumer: `afterStamping` when an import's stamping that held them is done, otherwise because `from` did
     /// not come back when due while later ones did.
     case sentBackAskedAgain(shard: Int, from: UInt64, afterStamping: Bool)
+    /// The server no longer has this node's consumer of `shard` (deleted by hand, lost with its stream's leader): it
+    /// is made again from `from`, the message after the checkpoint.
+    case consumerLost(shard: Int, from: UInt64)
     /// Stamping the queued local writes failed (another connection held SQLite's write lock past the busy timeout,
     /// a full or failing disk): they stay queued and the stamp is tried again after `retryInMs`.
     case stampFailed(queued: Int64, error: String, retryInMs: Int64)

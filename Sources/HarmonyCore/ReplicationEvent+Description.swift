@@ -87,6 +87,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "shard \(shard): the import is stamped; recreating this node's consumer from message \(from) so that the messages it sent back for later meanwhile come in order (the server redelivers them in no particular order, and can drop one)"
         case .sentBackAskedAgain(let shard, let from, false):
             return "shard \(shard): message \(from), which this node sent back to the log for later, did not come back when due while later ones did; recreating this node's consumer from it"
+        case .consumerLost(let shard, let from):
+            return "shard \(shard): the server no longer has this node's consumer (deleted by hand?); making it again from message \(from), the one after this node's checkpoint"
         case .echoesConsumed(let shard, let messages):
             return "shard \(shard): \(messages) of this node's own message(s) came back from the log and were consumed without applying them (this database already holds them)"
         case .stampFailed(let queued, let error, let retryInMs):

@@ -268,6 +268,15 @@ extension ReplicationNode {
         recreateConsumer(shard: shard)
     }
 
+    /// The log's fetch for `shard` was refused: the server has no such consumer. Made again from the checkpoint, as
+    /// a new consumer: what this node knew of the old one's deliveries (sent back, missed) went with it.
+    public func consumerLost(shard: Int) {
+        precondition(router.shards.contains(shard), "consumer of shard \(shard), which this node does not have")
+        guard isRunning else { return }
+        env.events?.record(.consumerLost(shard: shard, from: checkpoint(shard) + 1))
+        recreateConsumer(shard: shard)
+    }
+
     /// Makes a shard's consumer again from the message after the checkpoint, and forgets what this node knew of the
     /// old one's deliveries: what it sent back, what it missed, since when nothing moved.
     func recreateConsumer(shard: Int) {

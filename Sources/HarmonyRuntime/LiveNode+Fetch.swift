@@ -51,9 +51,8 @@ extension LiveNode {
                 if stopped.load(ordering: .relaxed) || stop.raised { return }
                 if consumerIsGone(shard: shard) {
                     queue.async { [weak self] in
-                        guard let self, !stop.raised, let core = self.core, core.isRunning else { return }
-                        self.log.warning("the consumer of shard \(shard) is gone from the server (deleted?); making it again from this node's checkpoint")
-                        self.subscribe(shard: shard, fromSequence: core.checkpoint(shard) + 1)
+                        guard let self, !stop.raised, self.core?.isRunning == true else { return }
+                        self.withCore("making the consumer of shard \(shard) again") { $0.consumerLost(shard: shard) }
                     }
                     return
                 }

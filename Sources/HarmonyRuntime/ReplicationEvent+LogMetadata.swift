@@ -65,6 +65,7 @@ extension ReplicationEvent {
                     "max_entries": n(maxEntries)]
         case .sentBackAskedAgain(let shard, let from, let afterStamping):
             return ["event": "sent_back_asked_again", "shard": n(shard), "from": n(from), "after_stamping": .stringConvertible(afterStamping)]
+        case .consumerLost(let shard, let from): return ["event": "consumer_lost", "shard": n(shard), "from": n(from)]
         case .cleanupFailed(let error, let retryInMs): return ["event": "cleanup_failed", "reason": .string(error), "retry_in_ms": n(retryInMs)]
         case .stampFailed(let queued, let error, let retryInMs):
             return ["event": "stamp_failed", "queued": n(queued), "reason": .string(error), "retry_in_ms": n(retryInMs)]

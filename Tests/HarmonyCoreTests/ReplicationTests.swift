@@ -1,6 +1,6 @@
 import Foundation
 import HarmonyCodec
-import HarmonyCore
+@testable import HarmonyCore
 import HarmonySQLite
 import Testing
 
@@ -293,6 +293,26 @@ struct DeliveryStallTests {
         #expect(c.events[1].events.contains {
             if case .deliveryStalled(1, 0, 6, _, false, false) = $0 { return true } else { return false }
         } == !plantedBug)
+    }
+
+    /// The server no longer has a node's consumer (an operator's `nats consumer rm`): the fetch is refused, and the
+    /// node makes the consumer again from checkpoint + 1 at once, forgetting what it held back from the old one, instead
+    /// of waiting `deliveryStallResubscribeMs` for the stall check.
+    @Test func aLostConsumerIsMadeAgainFromTheCheckpoint() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        for k in 1...3 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'x', 0)", [.integer(Int64(k))]); try c.publish(0) }
+        try c.deliver(1)
+        #expect(c.nodes[1].checkpoint(1) == 3)
+        c.nodes[1].holdBack(shard: 1, [4], delayMs: 250)  // sent back to the consumer the server lost
+        for k in 4...6 { try c.apps[0].execute("INSERT INTO users VALUES (?, 'x', 0)", [.integer(Int64(k))]); try c.publish(0) }
+        c.ports[1].deliverFrom[1] = 99  // the server lost the consumer: nothing more comes from it
+        try c.nodes[1].consumerLost(shard: 1)
+        #expect(c.ports[1].deliverFrom[1] == 4)
+        #expect(c.nodes[1].heldBack[1] == nil)
+        #expect(c.events[1].events.contains(.consumerLost(shard: 1, from: 4)))
+        try c.deliver(1)
+        #expect(c.nodes[1].checkpoint(1) == 6)
+        #expect(try c.rows(1, "SELECT count(*) FROM users") == [[6]])
     }
 
     /// A full disk makes every try to apply fail: the first message is asked for again after

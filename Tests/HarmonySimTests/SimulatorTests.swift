@@ -66,6 +66,26 @@ struct SimulatorTests {
         #expect(caught)
     }
 
+    /// The server loses node 2's consumers, later every node's: each node's fetch finds its consumers gone and makes
+    /// them again from its checkpoint within the run (the stall check would take a minute), so the cluster quiesces
+    /// in the 2 s it is given and converges.
+    @Test func lostConsumersAreMadeAgainFromEachCheckpoint() throws {
+        var s = Scenario()
+        s.nodes = 3
+        s.shards = 2
+        s.durationMs = 5_000
+        s.quiesceWithinMs = 2_000
+        s.faults = [Fault(kind: .consumerLost, node: 2, atMs: 1_000), Fault(kind: .consumerLost, node: 0, atMs: 3_000)]
+        let sim = try Simulation(scenario: s, seed: 3, trace: true)
+        let r = sim.run()
+        let passed = r.passed
+        #expect(passed, "\(r.correctnessFailures) \(r.livenessFailure ?? "")")
+        #expect(sim.traceLines.filter { $0.contains("finds its consumer of shard") }.count == 2 + 3 * 2)
+        // Deliveries reach node 2 again between the two losses.
+        let node2Receives = sim.traceLines.filter { $0.contains("node 2 receives shard") }.compactMap { Int64($0.prefix { $0 != " " }) }
+        #expect(node2Receives.contains { (1_500..<3_000).contains($0) })
+    }
+
     @Test func livenessFailureWhenTheClusterCannotQuiesce() throws {
         var s = Scenario()
         s.nodes = 2
@@ -128,6 +148,7 @@ struct ScenarioLoaderTests {
 
     @Test func redeliveryIsInOrderOrScattered() throws {
         #expect(try ScenarioLoader.parse("[jetstream]\nredelivery = \"scattered\"\n").scatteredRedelivery)
+        #expect(try ScenarioLoader.parse("[[faults]]\nkind = \"consumer-lost\"\nat_ms = 5\n").faults == [Fault(kind: .consumerLost, node: 0, atMs: 5)])
         #expect(try !ScenarioLoader.parse("[jetstream]\nredelivery = \"in-order\"\n").scatteredRedelivery)
         #expect(throws: (any Error).self) { try ScenarioLoader.parse("[jetstream]\nredelivery = \"sorted\"\n") }
     }
