@@ -272,7 +272,7 @@ extension ReplicationNode {
     /// a new consumer: what this node knew of the old one's deliveries (sent back, missed) went with it.
     public func consumerLost(shard: Int) {
         precondition(router.shards.contains(shard), "consumer of shard \(shard), which this node does not have")
-        guard isRunning else { return }
+        guard isRunning, config.replicate else { return }
         env.events?.record(.consumerLost(shard: shard, from: checkpoint(shard) + 1))
         recreateConsumer(shard: shard)
     }

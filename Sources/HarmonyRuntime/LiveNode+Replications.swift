@@ -85,7 +85,7 @@ extension LiveNode {
         log.info("consumer \(name) deleted by an API request; making it again from this node's checkpoint")
         let from = queue.sync { () -> UInt64 in
             let checkpoint = core?.checkpoint(shard) ?? 0
-            if let core, core.isRunning, nodeConfig.replicate { subscribe(shard: shard, fromSequence: checkpoint + 1) }
+            withCore("making consumer \(name) again") { $0.consumerLost(shard: shard) }
             return checkpoint + 1
         }
         return (existed, from)
