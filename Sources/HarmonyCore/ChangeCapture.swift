@@ -146,6 +146,7 @@ public enum ChangeCapture {
     @discardableResult
     public static func install(_ db: Database, nodeID: Int64, filter: TableFilter, refuseKeyless: Bool = true,
                                replicateDDL: Bool = false, findRecreated: Bool = true, plantedBugs: PlantedBugs = [],
+                               sentChanges: Set<Int64> = [],
                                skippedKeyless: ((Set<String>) -> Void)? = nil) throws -> [String: CapturedTable] {
         let body = { () throws -> [String: CapturedTable] in
             // Renaming bookkeeping tables and columns must not re-check the user's views and triggers: one view that
@@ -185,7 +186,8 @@ public enum ChangeCapture {
                 for table in Set(renamedTables.values).sorted() where !plantedBugs.contains(.renameKeepsRowsLocal) {
                     if let c = captured[table] { try sendRowsAgain(db, c.schema, epoch: c.epoch) }
                 }
-                try SchemaObjects.detect(db, captured: captured, renamedTables: renamedTables, recreated: recreated, filter: filter, plantedBugs: plantedBugs)
+                try SchemaObjects.detect(db, captured: captured, renamedTables: renamedTables, recreated: recreated, filter: filter,
+                                         plantedBugs: plantedBugs, sentChanges: sentChanges)
                 try forgetDroppedTables(db)
             }
             db.clearStatementCache()

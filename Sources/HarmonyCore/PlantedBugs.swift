@@ -152,6 +152,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Keep a view, index or trigger made before the first install to this node (the rule for tables, which rows ask
     /// for): one the application made on this node alone while the others replicated never reaches them.
     public static let preExistingDependentsKept = PlantedBugs(rawValue: 1 << 55)
+    /// Tell a RENAME COLUMN from a DROP plus an ADD without the rows whose change this node has sent but not yet seen
+    /// acknowledged: their values went out under the old name, and read as a DROP the other nodes lose them.
+    public static let sentRowsTellNothing = PlantedBugs(rawValue: 1 << 63)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -217,6 +220,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("drop-and-add-read-as-rename", .dropAndAddReadAsRename),
         ("dependent-ahead-of-its-table-dropped", .dependentAheadOfItsTableDropped),
         ("pre-existing-dependents-kept", .preExistingDependentsKept),
+        ("sent-rows-tell-nothing", .sentRowsTellNothing),
     ]
 }
 

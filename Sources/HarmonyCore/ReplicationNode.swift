@@ -615,7 +615,7 @@ public final class ReplicationNode {
         // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
         captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
                                              replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,
-                                             plantedBugs: config.plantedBugs) { skipped in
+                                             plantedBugs: config.plantedBugs, sentChanges: inFlight.union(publishedUnmarked)) { skipped in
             for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
         }
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")

@@ -520,6 +520,33 @@ struct DDLTests {
         }
     }
 
+    /// A rename seen while the message of the only write that gave the column a value is still on its way to the
+    /// server (sent, not acknowledged). That message names the old column, so the write is no pending row that goes
+    /// out whole under the new name: it tells that values came over, and the rename is read as one. Read as a DROP
+    /// plus an ADD (`sent-rows-tell-nothing`), the other node drops the value the message brings, and keeps the new
+    /// column empty while this node has 7 (harmonysim swarm seed 165).
+    @Test(arguments: [PlantedBugs(), .sentRowsTellNothing])
+    func aRenameSeenWhileTheWriteBeforeItIsOnItsWayIsARename(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t VALUES (1, 'x', NULL), (2, 'y', NULL)")
+        try c.settle()
+        try c.apps[0].execute("UPDATE t SET b = 7 WHERE id = 1")
+        try c.nodes[0].databaseChanged()
+        let onItsWay = c.ports[0].pendingPublishes
+        #expect(onItsWay.count == 1)
+        c.ports[0].pendingPublishes.removeAll()
+        try c.apps[0].execute("ALTER TABLE t RENAME COLUMN b TO c")
+        try c.nodes[0].databaseChanged()
+        // The server stores the write and acknowledges it: the other node has it before the DDL, under the old name.
+        for m in onItsWay { _ = c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
+        try c.nodes[0].publishAcknowledged(tokens: onItsWay.map(\.token))
+        try c.settle()
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        let sql = "SELECT * FROM t ORDER BY id"
+        #expect(try c.rows(0, sql) == [[1, "x", 7], [2, "y", .null]])
+        #expect(try (c.rows(1, sql) == c.rows(0, sql)) == bug.isEmpty)
+    }
+
     /// A column filled and sent, then renamed: the values written before the rename came over, so the look reads the
     /// rename it is, even though every value was written after the column's ADD.
     @Test func aColumnFilledThenRenamedKeepsItsValuesEverywhere() throws {
