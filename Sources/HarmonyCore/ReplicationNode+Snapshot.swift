@@ -318,10 +318,15 @@ extension ReplicationNode {
     /// here, renamed here, or dropped here since (the snapshot was taken at a schema this node had before, so this
     /// node is the newer one). Extra local columns, from a later ADD COLUMN, take their defaults as they would
     /// have on the taker. A snapshot at a schema this node never had is newer: refused, with what to run.
-    /// Returns the tables with `localNames` filled in.
+    /// A table this node's schema state has dropped (the drop outranked the snapshot's definition in
+    /// `mergeDefinitions`) is not made again, and its snapshot rows went with it: made again, the install read it as a
+    /// CREATE of this node's, a new table every node made empty while only this node had the rows (harmonysim swarm
+    /// seed 267: a node after `-cleanup` restored a snapshot older than another node's DROP TABLE). Returns the tables
+    /// to copy, with `localNames` filled in.
     func createMissingTables(_ db: Database, _ snapshotTables: [SnapshotTable]) throws -> [SnapshotTable] {
         var created = false
         var tables = snapshotTables
+        var droppedHere = Set<Int>()
         for i in tables.indices {
             let table = tables[i]
             if let local = captured[table.name] {
@@ -346,6 +351,11 @@ extension ReplicationNode {
                 }
                 continue
             }
+            if config.replicateDDL, try !db.tableExists(table.name),
+               let state = try SchemaObjects.load(db, type: "table", name: table.name)?.object, state.sql == nil {
+                droppedHere.insert(i)
+                continue
+            }
             if try db.tableExists(table.name) { throw RestoreRefused(description: "table \(quoteIdentifier(table.name)) exists here but is not captured") }
             try db.transaction(.immediate) {
                 for sql in table.createSQL { try db.execute(sql) }
@@ -354,7 +364,7 @@ extension ReplicationNode {
             created = true
         }
         if created { try refreshCapture(afterOwnDDL: true) }
-        return tables
+        return tables.indices.filter { !droppedHere.contains($0) }.map { tables[$0] }
     }
 
     /// Replaces one table's rows and versions with the snapshot's, inside the restore transaction.
