@@ -16,8 +16,7 @@ struct AheadOfStampTests {
 
     /// Takes node 0's publishes, hands them to the log and acknowledges them; returns their records.
     func takePublishes(_ c: TestCluster) throws -> [ChangeRecord] {
-        let round = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
+        let round = c.takePublishes(0)
         for m in round { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
         try c.nodes[0].publishAcknowledged(tokens: round.map(\.token))
         return try round.flatMap { try EnvelopeCodec.decodeAll($0.payload) }

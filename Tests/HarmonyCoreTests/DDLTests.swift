@@ -453,8 +453,7 @@ struct DDLTests {
         try c.apps[0].execute("DROP TABLE t")
         try c.nodes[0].databaseChanged()
         // The DROP's publish is lost; by its retry, the state it reads is the CREATE.
-        let lost = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
+        let lost = c.takePublishes(0)
         try c.apps[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         for m in lost { c.nodes[0].publishFailed(token: m.token) }
         try c.nodes[0].timerFired(.publishRetry)
@@ -559,14 +558,12 @@ struct DDLTests {
         try c.settle()
         try c.apps[0].execute("UPDATE t SET b = 7 WHERE id = 1")
         try c.nodes[0].databaseChanged()
-        let onItsWay = c.ports[0].pendingPublishes
+        let onItsWay = c.takePublishes(0)
         #expect(onItsWay.count == 1)
-        c.ports[0].pendingPublishes.removeAll()
         try c.apps[0].execute("ALTER TABLE t RENAME COLUMN b TO c")
         try c.nodes[0].databaseChanged()
         // The server stores the write and acknowledges it: the other node has it before the DDL, under the old name.
-        for m in onItsWay { _ = c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
-        try c.nodes[0].publishAcknowledged(tokens: onItsWay.map(\.token))
+        try c.store(0, onItsWay)
         try c.settle()
         #expect(try userSchema(c, 0) == userSchema(c, 1))
         let sql = "SELECT * FROM t ORDER BY id"

@@ -94,8 +94,7 @@ struct LargeRowTests {
         let c = try cluster()
         try c.apps[0].execute("INSERT INTO blobs VALUES (1, ?), (2, x'00')", [.blob(blobBytes(10_000))])
         try c.nodes[0].databaseChanged()
-        let sent = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
+        let sent = c.takePublishes(0)
         let parts = sent.filter { EnvelopeCodec.isPart($0.payload) }
         #expect(parts.count >= 3 && parts.allSatisfy { $0.token < 0 })
         let whole = sent.filter { !EnvelopeCodec.isPart($0.payload) }
@@ -121,8 +120,7 @@ struct LargeRowTests {
         let data = blobBytes(12_000, seed: 9)
         try c.apps[0].execute("INSERT INTO blobs VALUES (1, ?)", [.blob(data)])
         try c.nodes[0].databaseChanged()
-        let first = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
+        let first = c.takePublishes(0)
         #expect(first.count >= 3)
         for m in first.dropLast() { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
         c.nodes[0].publishFailed(token: first.last!.token)

@@ -30,8 +30,7 @@ struct PublishAndGateTests {
     static func twoRowsSentAndStored(_ c: TestCluster) throws -> [OutgoingMessage] {
         try c.apps[0].execute("INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob', 2.5)")
         try c.nodes[0].databaseChanged()
-        let sent = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
+        let sent = c.takePublishes(0)
         for m in sent { c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }
         return sent
     }

@@ -105,8 +105,7 @@ struct RenameTableRaceTests {
         try c.settle()
         try c.apps[0].execute("CREATE INDEX ix ON t1 (v)")
         try c.nodes[0].databaseChanged()  // the index is recorded, not sent (the log does not answer)
-        let held = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
+        let held = c.takePublishes(0)
         try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
         for m in held { c.nodes[0].publishFailed(token: m.token) }
         try c.nodes[0].timerFired(.publishRetry)
@@ -128,8 +127,7 @@ struct RenameTableRaceTests {
         try c.settle()
         try c.apps[0].execute("INSERT INTO t1 VALUES (3, 'three')")
         try c.nodes[0].databaseChanged()
-        let inFlight = c.ports[0].pendingPublishes
-        c.ports[0].pendingPublishes.removeAll()
+        let inFlight = c.takePublishes(0)
         try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
         // The log acknowledges the write: the node publishes on before anything told it of the schema change.
         for m in inFlight { _ = c.streams.append(shard: m.shard, messageID: m.messageID, payload: m.payload) }

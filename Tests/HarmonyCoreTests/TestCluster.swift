@@ -136,6 +136,12 @@ final class TestCluster {
         fatalError("publish loop did not drain")
     }
 
+    /// Node `i`'s publishes so far, taken off its port before the log has them: sent, not stored or acknowledged yet.
+    func takePublishes(_ i: Int) -> [OutgoingMessage] {
+        defer { ports[i].pendingPublishes.removeAll() }
+        return ports[i].pendingPublishes
+    }
+
     /// The log stores node `i`'s messages and acknowledges them, telling the core where they went (as the runtime
     /// passes on each acknowledgement's sequence).
     func store(_ i: Int, _ batch: [OutgoingMessage]) throws {
