@@ -146,7 +146,7 @@ enum SwarmMix {
     static func draw(scenario: Scenario, random: SimRandom) -> [Fault] {
         var r = random
         var faults: [Fault] = []
-        let horizon = max(scenario.durationMs * 4 / 5, 1)
+        let horizon = faultHorizonMs(scenario)
         func node() -> Int { Int(r.int(1...Int64(scenario.nodes))) }
         let kinds: [Fault.Kind] = [.partition, .partitionToNATS, .partitionFromNATS, .crash, .powerLoss, .clockJump, .clockDrift, .serverRestart, .duplicateID, .cleanup]
         for kind in kinds where r.chance(permille: 500) {
@@ -164,7 +164,15 @@ enum SwarmMix {
         if scenario.nodes > 2 && r.chance(permille: 250) {
             faults.append(Fault(kind: .lateJoin, node: scenario.nodes, atMs: r.int(0...horizon)))
         }
-        return faults.sorted { ($0.atMs, $0.node, $0.kind.rawValue) < ($1.atMs, $1.node, $1.kind.rawValue) }
+        return inScheduleOrder(faults)
+    }
+
+    /// Drawn faults start in the first four fifths of the run, so each has time to end and be healed.
+    static func faultHorizonMs(_ scenario: Scenario) -> Int64 { max(scenario.durationMs * 4 / 5, 1) }
+
+    /// Faults by start time (node and kind breaking ties), the order a schedule is kept in.
+    static func inScheduleOrder(_ faults: [Fault]) -> [Fault] {
+        faults.sorted { ($0.atMs, $0.node, $0.kind.rawValue) < ($1.atMs, $1.node, $1.kind.rawValue) }
     }
 
     /// On three seeds in ten, one to four `consumer-lost` faults (one node's, or every node's) added to `faults`: a
@@ -173,12 +181,12 @@ enum SwarmMix {
     static func withConsumerLosses(_ faults: [Fault], scenario: Scenario, random: SimRandom) -> [Fault] {
         var r = random
         guard r.chance(permille: 300) else { return faults }
-        let horizon = max(scenario.durationMs * 4 / 5, 1)
+        let horizon = faultHorizonMs(scenario)
         var all = faults
         for _ in 0..<r.int(1...4) {
             all.append(Fault(kind: .consumerLost, node: Int(r.int(0...Int64(scenario.nodes))), atMs: r.int(0...horizon)))
         }
-        return all.sorted { ($0.atMs, $0.node, $0.kind.rawValue) < ($1.atMs, $1.node, $1.kind.rawValue) }
+        return inScheduleOrder(all)
     }
 
     /// Sometimes a short retention (so partitioned, crashed or late nodes fall behind the log's start) with

@@ -51,7 +51,7 @@ extension LiveNode {
                 if stopped.load(ordering: .relaxed) || stop.raised { return }
                 if consumerIsGone(shard: shard) {
                     queue.async { [weak self] in
-                        guard let self, !stop.raised, self.core?.isRunning == true else { return }
+                        guard let self, !stop.raised else { return }  // `consumerLost` does nothing unless the core runs
                         self.withCore("making the consumer of shard \(shard) again") { $0.consumerLost(shard: shard) }
                     }
                     return

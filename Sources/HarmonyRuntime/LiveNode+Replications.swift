@@ -82,7 +82,7 @@ extension LiveNode {
     public func deleteReplication(name: String) throws -> (existed: Bool, from: UInt64)? {
         guard let shard = router.shards.first(where: { durableName(shard: $0) == name }), let js = jetStream else { return nil }
         let existed = try js.deleteConsumer(stream: router.streamName(shard: shard), durable: name)
-        log.info("consumer \(name) deleted by an API request; making it again from this node's checkpoint")
+        log.info("consumer \(name) deleted by an API request")  // the core says that it makes it again, and from where
         let from = queue.sync { () -> UInt64 in
             let checkpoint = core?.checkpoint(shard) ?? 0
             withCore("making consumer \(name) again") { $0.consumerLost(shard: shard) }
