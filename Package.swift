@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "harmonylite",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],  // UInt128 (`PlantedBugs`)
     products: [
         .executable(name: "harmonylite", targets: ["harmonylite"]),
         .executable(name: "harmonybench", targets: ["harmonybench"]),

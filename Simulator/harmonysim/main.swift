@@ -275,7 +275,6 @@ struct PlantedBugsCommand: ParsableCommand {
         ("pause-on-older-unknown-schema", "operations.toml"),
         ("ddl-last-arrival-wins", "ddl-races.toml"),
         ("ddl-drop-not-final", "ddl-races.toml"),
-        ("apply-newer-definition-stripped", "ddl-races.toml"),
         ("lost-rename-drops-column", "ddl-races.toml"),
         ("apply-unseen-definition-stripped", "ddl-races.toml"),
         ("generation-jump-keeps-rows", "ddl-races.toml"),
@@ -283,6 +282,7 @@ struct PlantedBugsCommand: ParsableCommand {
         ("recreated-table-seen-as-alter", "ddl-races.toml"),
         ("ddl-storage-failure-is-refusal", "ddl-storage.toml"),
         ("drop-and-add-read-as-rename", "ddl-storage.toml"),
+        ("apply-newer-definition-stripped", "ddl-storage.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
         ("ahead-of-stamp-from-clock-only", "bulk-import.toml"),
         ("ahead-lane-ignores-later-writes", "small-commits.toml"),
@@ -293,8 +293,7 @@ struct PlantedBugsCommand: ParsableCommand {
     ]
 
     /// Bugs whose scenario shows them only in rarer schedules: searched up to this seed whatever `--seeds` says
-    /// (the sweep stops at the first seed that catches them). Each but apply-newer-definition-stripped is also caught by
-    /// a unit test of the core.
+    /// (the sweep stops at the first seed that catches them). Each is also caught by a unit test of the core.
     /// ddl-storage-failure-is-refusal needs a disk failing inside a DDL statement (most failures come at commit): 6 of
     /// seeds 301..900, the first at 321 (every injected fault moved when applying stopped writing the clock row's
     /// `applying` flag); DDLTests.aFullDiskDuringAnotherNodesDDLIsRetriedNotRefused makes one happen every time.
@@ -304,8 +303,9 @@ struct PlantedBugsCommand: ParsableCommand {
     /// down, then a concurrent ALTER elsewhere (seed 264 is the first; 178 and 264 of 1..400 while only a failed stamp
     /// was tried again in place, 34 and 95 before either a stamp or a cleanup was: each moved every later fault);
     /// DDLTests.aDropAndAnAddOfTheSameDefinitionAreNotARename makes one every time.
-    /// apply-newer-definition-stripped showed in seeds 1..20 only through DROP-plus-ADD pairs read as renames; read as
-    /// what they are, the first seed that catches it is 35.
+    /// (Not listed: apply-newer-definition-stripped. ddl-races.toml showed it only through other bugs, DROP-plus-ADD
+    /// pairs read as renames and then a write whose acknowledgement a crash lost, and passes 1..200 with it since both
+    /// were fixed; ddl-storage.toml catches it on seed 10.)
     /// echoes-survive-restore needs a node to restore a snapshot while a message it sent before is still on its way
     /// back (seeds 24 and 27 of 1..30 catch it); EchoTests.ownMessagesApplyAgainAfterARestore makes one every time.
     /// apply-stamps-one-batch needs a change from another node to arrive for a key an import still holds unstamped
@@ -314,7 +314,7 @@ struct PlantedBugsCommand: ParsableCommand {
     /// makes one every time.
     static let atLeastSeeds: [String: UInt64] = ["alias-any-generation": 100, "rename-keeps-rows-local": 60,
                                                  "ddl-storage-failure-is-refusal": 400, "restore-without-clock-advance": 60,
-                                                 "drop-and-add-read-as-rename": 300, "apply-newer-definition-stripped": 60,
+                                                 "drop-and-add-read-as-rename": 300,
                                                  "apply-stamps-one-batch": 60, "echoes-survive-restore": 60]
 
     func run() throws {

@@ -1,8 +1,8 @@
 /// Known-wrong behaviours the simulator switches on to prove its checkers catch them.
 /// All are off in production; each is tested only through `harmonysim`'s planted-bug suite.
 public struct PlantedBugs: OptionSet, Sendable, Hashable {
-    public let rawValue: UInt64
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public let rawValue: UInt128
+    public init(rawValue: UInt128) { self.rawValue = rawValue }
 
     /// Apply every change as it arrives, ignoring versions (last-arrival-wins).
     public static let applyInArrivalOrder = PlantedBugs(rawValue: 1 << 0)
@@ -155,6 +155,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Tell a RENAME COLUMN from a DROP plus an ADD without the rows whose change this node has sent but not yet seen
     /// acknowledged: their values went out under the old name, and read as a DROP the other nodes lose them.
     public static let sentRowsTellNothing = PlantedBugs(rawValue: 1 << 63)
+    /// Leave a column the look reads as added as it is on the other nodes (its default) whatever this node holds in it:
+    /// values from a rename whose source one look cannot name, or from a write delivered whose acknowledgement a crash
+    /// lost, stay on this node alone.
+    public static let addedValuesKeptLocal = PlantedBugs(rawValue: 1 << 64)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -221,6 +225,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("dependent-ahead-of-its-table-dropped", .dependentAheadOfItsTableDropped),
         ("pre-existing-dependents-kept", .preExistingDependentsKept),
         ("sent-rows-tell-nothing", .sentRowsTellNothing),
+        ("added-values-kept-local", .addedValuesKeptLocal),
     ]
 }
 
