@@ -159,6 +159,10 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// values from a rename whose source one look cannot name, or from a write delivered whose acknowledgement a crash
     /// lost, stay on this node alone.
     public static let addedValuesKeptLocal = PlantedBugs(rawValue: 1 << 64)
+    /// Keep an index or trigger that arrives for a table renamed here since under the old name, refused: where that
+    /// name's generation is the higher, it outranks the moved texts the nodes that had it first publish, and this node
+    /// never gets it.
+    public static let dependentKeptUnderOldTable = PlantedBugs(rawValue: 1 << 65)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -226,6 +230,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("pre-existing-dependents-kept", .preExistingDependentsKept),
         ("sent-rows-tell-nothing", .sentRowsTellNothing),
         ("added-values-kept-local", .addedValuesKeptLocal),
+        ("dependent-kept-under-old-table", .dependentKeptUnderOldTable),
     ]
 }
 

@@ -91,7 +91,7 @@ extension ReplicationNode {
             ? incoming.renamed.flatMap { try SchemaObjects.load(db, type: "table", name: $0)?.object }.flatMap { $0.sql == nil ? nil : $0 }
             : nil
         let attempted = try attempt(db, stored)
-        let now = attempted.now
+        var now = attempted.now
         var failure = attempted.failure
         if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
         var waitsForItsTable = false
@@ -104,6 +104,18 @@ extension ReplicationNode {
             // Made on a table that was dropped here meanwhile: it went with that table, as on the nodes that had it.
             stored.sql = nil
             failure = nil
+        } else if failure != nil, incoming.isDependent, let sql = incoming.sql, try !db.tableExists(incoming.tableName),
+                  let table = try renamedHereTo(db, incoming), !config.plantedBugs.contains(.dependentKeptUnderOldTable) {
+            // Made on a table renamed here before it arrived: it goes with the table, as SQLite moved it on the nodes
+            // that had it first; they send the moved text. Kept under the old name, it outranked those texts whenever
+            // the old name's generation was the higher, and never came here (harmonysim swarm seed 31). An index is
+            // moved here at once, in that same text; a trigger (whose body may name the table anywhere) waits for it.
+            stored.tableName = table
+            stored.tableGeneration = try SchemaObjects.generation(ofTableOrView: table, db) ?? 0
+            if incoming.type == "index", let moved = CreateIndexText.sql(sql, onTable: table) {
+                stored.sql = moved
+                (now, failure) = try attempt(db, stored)
+            }
         }
         try SchemaObjects.store(db, stored, localSQL: now)
         if incoming.type == "table" && incoming.sql == nil && (incoming.renamed == nil || config.plantedBugs.contains(.dependentOfRenamedTableDropped)) {
@@ -117,6 +129,14 @@ extension ReplicationNode {
         }
         if failure == nil, let local { try keepConcurrentDrops(db, winner: incoming, over: local.object) }
         if failure == nil, let renamedFrom { try keepConcurrentDrops(db, winner: incoming, over: renamedFrom, renamed: true) }
+        if failure == nil, incoming.type == "table", incoming.sql == nil, let to = incoming.renamed, let local, local.object.sql != nil,
+           incoming.basedOn != local.object.version, let target = try SchemaObjects.load(db, type: "table", name: to)?.object {
+            // A rename's old half, merging this node's table into one the new name already has here (made here or
+            // elsewhere meanwhile), after this node changed the old table: its DROP COLUMN is final against the rename
+            // here too. Otherwise its merged rows keep the column empty while the renaming node sends them full at the
+            // same versions, which this node skips (harmonysim swarm seed 208).
+            try keepConcurrentDrops(db, winner: target, over: local.object, renamed: true)
+        }
         if failure == nil, incoming.type == "table", incoming.sql != nil, let local, local.localSQL != nil, incoming.generation > local.object.generation {
             // The old table went, with its indexes and triggers; those the state still holds come back on the new one.
             for var dependent in try SchemaObjects.all(db).map(\.object)
@@ -257,10 +277,15 @@ extension ReplicationNode {
     /// made it, that rename moves it onto the new name, and each publishes the moved text as its own DDL, which
     /// lands here. Until then it waits unapplied; taking it for dropped would outrank the moved text for good.
     func renamedHere(_ db: Database, _ dependent: SchemaObject) throws -> Bool {
-        guard !config.plantedBugs.contains(.dependentOfRenamedTableDropped),
-              let table = try SchemaObjects.load(db, type: "table", name: dependent.tableName)?.object,
-              table.sql == nil, let now = table.renamed, table.generation == dependent.tableGeneration ?? 0 else { return false }
-        return try db.tableExists(now)
+        guard !config.plantedBugs.contains(.dependentOfRenamedTableDropped) else { return false }
+        return try renamedHereTo(db, dependent) != nil
+    }
+
+    /// The name the dependent's table (the generation it was made on) has here since a RENAME TO, if it has one.
+    func renamedHereTo(_ db: Database, _ dependent: SchemaObject) throws -> String? {
+        guard let table = try SchemaObjects.load(db, type: "table", name: dependent.tableName)?.object,
+              table.sql == nil, let now = table.renamed, table.generation == dependent.tableGeneration ?? 0 else { return nil }
+        return try db.tableExists(now) ? now : nil
     }
 
     /// Views that cannot be read now (they name a table or column that is gone), in name order.

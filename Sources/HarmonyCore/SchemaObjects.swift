@@ -460,6 +460,60 @@ public enum SchemaObjects {
     }
 }
 
+/// Just enough of SQLite's lexer to move a CREATE INDEX statement to another table.
+enum CreateIndexText {
+    /// The statement with the table after its top-level ON replaced by `table`, quoted as `ALTER TABLE ... RENAME TO`
+    /// writes it (`CREATE INDEX i ON "new" (c)`); nil when no ON is found.
+    static func sql(_ sql: String, onTable table: String) -> String? {
+        let chars = Array(sql.unicodeScalars)
+        var i = 0, depth = 0, afterOn = false
+        func word(at start: Int) -> Int {
+            var end = start
+            while end < chars.count, chars[end] == "_" || chars[end] == "$" || chars[end].properties.isAlphabetic
+                || ("0"..."9").contains(chars[end]) || chars[end].value > 127 { end += 1 }
+            return end
+        }
+        while i < chars.count {
+            let c = chars[i]
+            var end = i + 1
+            switch c {
+            case "'", "\"", "`", "[":
+                let close: Unicode.Scalar = c == "[" ? "]" : c
+                while end < chars.count {
+                    if chars[end] == close {
+                        if close != "]" && end + 1 < chars.count && chars[end + 1] == close { end += 2; continue }
+                        end += 1
+                        break
+                    }
+                    end += 1
+                }
+            case "-" where i + 1 < chars.count && chars[i + 1] == "-":
+                while end < chars.count && chars[end] != "\n" { end += 1 }
+                i = end
+                continue
+            case "/" where i + 1 < chars.count && chars[i + 1] == "*":
+                end = i + 2
+                while end + 1 < chars.count && !(chars[end] == "*" && chars[end + 1] == "/") { end += 1 }
+                i = min(end + 2, chars.count)
+                continue
+            case "(": depth += 1
+            case ")": depth -= 1
+            default:
+                if c.properties.isWhitespace { i += 1; continue }
+                if c == "_" || c.properties.isAlphabetic || c.value > 127 { end = word(at: i) }
+            }
+            if afterOn {
+                guard c != "(" && c != ")" && c != "'" else { return nil }
+                let before = String(String.UnicodeScalarView(chars[..<i])), after = String(String.UnicodeScalarView(chars[end...]))
+                return before + quoteIdentifier(table) + after
+            }
+            if depth == 0, end - i == 2, String(String.UnicodeScalarView(chars[i..<end])).uppercased() == "ON" { afterOn = true }
+            i = end
+        }
+        return nil
+    }
+}
+
 /// Just enough of SQLite's lexer to cut a CREATE TABLE statement into its column definitions.
 enum CreateTableText {
     /// Each column's name and definition text as written, in order; nil when the text has no column list.

@@ -9,6 +9,51 @@ import Testing
 struct RenameTableRaceTests {
     static let schema = "CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT);"
 
+    /// An index or trigger made on t1 while another node renamed t1 (made again before, so the old name's generation
+    /// is above the new name's): it ends on the new name everywhere, in the text SQLite gave it on the node that made
+    /// it. The renaming node moves an index at once, and a trigger when that text arrives
+    /// (`dependent-kept-under-old-table`: refused there, it outranks that text, and the renaming node never has it;
+    /// harmonysim swarm seed 31).
+    @Test(arguments: [PlantedBugs(), .dependentKeptUnderOldTable], ["CREATE INDEX ix ON t1 (v)",
+                      "CREATE TRIGGER tr AFTER INSERT ON t1 BEGIN SELECT 1; END"])
+    func anIndexOrTriggerMadeWhileItsTableWasRenamedElsewhereFollowsTheRename(bug: PlantedBugs, ddl: String) throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("DROP TABLE t1")
+        try c.settle()
+        try c.apps[0].execute("CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT)")
+        try c.settle()
+        try c.apps[1].execute(ddl)
+        try c.publish(1)
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        try c.publish(0)
+        try c.settle()
+        let moved = try #require(try c.rows(1, "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name IN ('ix', 'tr')").first)
+        #expect(moved[2] == "t2")
+        #expect(try userSchema(c, 0).contains(moved) == bug.isEmpty)
+        #expect(try (c.nodes[0].divergedSchemaObjects() == []) == bug.isEmpty)
+    }
+
+    /// Three at once: node 1 drops a column of t1, node 2 renames t1 to t2, node 3 makes a t2 of its own. Node 1
+    /// hears of node 3's t2 first, so the rename merges its t1 into that table: its DROP COLUMN is final there too.
+    /// Otherwise the merged rows keep the column empty on node 1, while node 2 sends them full at the same versions,
+    /// which node 1 skips (`concurrent-drop-undone`; harmonysim swarm seed 208).
+    @Test(arguments: [PlantedBugs(), .concurrentDropUndone])
+    func aDropColumnRacingARenameOntoANewTableIsFinal(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 3, schema: "CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT, w TEXT);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO t1 VALUES (1, 'a', 'x'), (2, 'b', 'y')")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE t1 DROP COLUMN w")
+        try c.apps[1].execute("ALTER TABLE t1 RENAME TO t2")
+        try c.apps[2].execute("CREATE TABLE t2 (id INTEGER PRIMARY KEY, v TEXT, w TEXT)")
+        for i in [2, 1, 0] { try c.publish(i) }
+        try c.settle()
+        for i in 1...2 {
+            #expect(try userSchema(c, i) == userSchema(c, 0))
+            #expect(try (c.rows(i, "SELECT * FROM t2 ORDER BY id") == c.rows(0, "SELECT * FROM t2 ORDER BY id")) == bug.isEmpty)
+        }
+        #expect(try (c.rows(0, "SELECT * FROM t2 ORDER BY id") == [[1, "a"], [2, "b"]]) == bug.isEmpty)
+    }
+
     /// One node renames t1 while another drops it, neither having heard of the other. The DROP wins t1 everywhere;
     /// the renamed table keeps its rows on every node, because the renaming node sends them again under the new name
     /// (`rename-keeps-rows-local`: the dropping node makes the new name empty and never gets them).
