@@ -220,14 +220,16 @@ enum SwarmMix {
         scenario.oversizedValuePermille = Int(r.int(0...30))
     }
 
-    /// Sometimes the schema workload: DDL from random nodes every few hundred ms, of a random subset of the kinds
-    /// that converge (RENAME TO races are known not to, see experimental/ddl-chaos.toml).
-    static func drawSchemaWorkload(_ scenario: inout Scenario, random: SimRandom) {
-        var r = random
+    /// Sometimes the schema workload: DDL from random nodes every few hundred ms, of a random subset of the kinds.
+    /// RENAME TO is drawn from a stream of its own (`renames`), so every other seed's mix stays as it was before it
+    /// joined.
+    static func drawSchemaWorkload(_ scenario: inout Scenario, random: SimRandom, renames: SimRandom) {
+        var r = random, renameDraw = renames
         guard scenario.ddlIntervalMs == 0, scenario.replicateDDL, r.chance(permille: 400) else { return }
         scenario.ddlIntervalMs = r.int(150...600)
         let optional = ["add-column", "drop-column", "rename-column", "drop-table", "create-index", "drop-index", "view", "kv-index"]
         scenario.ddlKinds = ["create-table"] + optional.filter { _ in r.chance(permille: 600) }
+        if renameDraw.chance(permille: 600) { scenario.ddlKinds.append("rename-table") }
     }
 
     /// Sometimes a faulty disk under the sidecars (busy locks, I/O errors, disk full, torn writes, failed fsyncs).

@@ -249,7 +249,7 @@ public final class Simulation {
             SwarmMix.drawRetention(&self.scenario, random: root.fork("swarm-retention"))
             SwarmMix.drawStorage(&self.scenario, random: root.fork("swarm-storage"))
             SwarmMix.drawLargeRows(&self.scenario, random: root.fork("swarm-large-rows"))
-            SwarmMix.drawSchemaWorkload(&self.scenario, random: root.fork("swarm-ddl"))
+            SwarmMix.drawSchemaWorkload(&self.scenario, random: root.fork("swarm-ddl"), renames: root.fork("swarm-rename-table"))
             SwarmMix.drawRedelivery(&self.scenario, random: root.fork("swarm-redelivery"))
         }
         jetStream = MemoryJetStream(duplicateWindowMs: scenario.duplicateWindowMs,
