@@ -163,6 +163,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// name's generation is the higher, it outranks the moved texts the nodes that had it first publish, and this node
     /// never gets it.
     public static let dependentKeptUnderOldTable = PlantedBugs(rawValue: 1 << 65)
+    /// Hold a row sent to a renamed table's old name, with a column this node cannot place, even when that name was
+    /// dropped and made again here since: the definition it waits for is of a generation gone here, and never comes.
+    public static let waitForAGoneGeneration = PlantedBugs(rawValue: 1 << 66)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -231,6 +234,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("sent-rows-tell-nothing", .sentRowsTellNothing),
         ("added-values-kept-local", .addedValuesKeptLocal),
         ("dependent-kept-under-old-table", .dependentKeptUnderOldTable),
+        ("wait-for-a-gone-generation", .waitForAGoneGeneration),
     ]
 }
 
