@@ -511,14 +511,19 @@ public enum ChangeCapture {
         }
     }
 
+    /// The capture queue and the columns every write queued into it fills, in order: the triggers and the sidecar's
+    /// own resends (`SchemaObjects.sendAddedValues`) name them from here so the two cannot drift apart.
+    static func queueInsertTarget(keyCount: Int) -> String {
+        "\(q(Bookkeeping.captureQueue)) (table_name, type, epoch, ms, writer_changes\((0..<keyCount).map { ", k\($0 + 1)" }.joined()))"
+    }
+
     /// The one statement a captured change runs: queue its table, kind, epoch, key and wall-clock time. Versions, the
     /// change log and the global order are the sidecar's work (`stampCaptured`), done in bulk and off the
     /// application's commit path.
     static func captureBody(_ schema: TableSchema, epoch: Int64, type: String, source: String) -> String {
-        let keyNames = (1...schema.primaryKey.count).map { ", k\($0)" }.joined()
         let keyValues = schema.primaryKey.map { ", \(source).\(q($0))" }.joined()
         return """
-              INSERT INTO \(q(Bookkeeping.captureQueue)) (table_name, type, epoch, ms, writer_changes\(keyNames))
+              INSERT INTO \(queueInsertTarget(keyCount: schema.primaryKey.count))
                 VALUES (\(quoteLiteral(schema.name)), '\(type)', \(epoch), \(nowMsSQL), total_changes()\(keyValues));
             """
     }

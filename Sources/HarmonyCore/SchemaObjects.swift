@@ -444,9 +444,9 @@ public enum SchemaObjects {
         }, uniquingKeysWith: { a, _ in a })
         let holding = columns.compactMap { c in info[c].flatMap { $0.generated ? nil : "t.\(q(c)) IS NOT (\($0.declared ?? "NULL"))" } }
         guard !holding.isEmpty else { return }
-        let keyNames = (1...key.count).map { ", k\($0)" }.joined(), keyValues = key.map { ", t.\(q($0))" }.joined()
+        let keyValues = key.map { ", t.\(q($0))" }.joined()
         try db.execute("""
-            INSERT INTO \(q(Bookkeeping.captureQueue)) (table_name, type, epoch, ms, writer_changes\(keyNames))
+            INSERT INTO \(ChangeCapture.queueInsertTarget(keyCount: key.count))
             SELECT ?, 'update', ?, \(ChangeCapture.nowMsSQL), total_changes()\(keyValues) FROM \(q(name)) AS t
             WHERE \(holding.joined(separator: " OR ")) ORDER BY \(key.map { "t." + q($0) }.joined(separator: ", "))
             """, [.text(name), .integer(table.epoch)])
