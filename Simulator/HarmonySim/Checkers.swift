@@ -53,18 +53,43 @@ enum SimulationCheckers {
         let first = contents(sim.nodes[0].app)
         for node in sim.nodes.dropFirst() {
             let other = contents(node.app)
+            func stateLine(_ name: String) -> String {
+                "  replicated state of \(quoteIdentifier(name)): node 1 \(ddlState(sim.nodes[0].app, name)); node \(node.id) \(ddlState(node.app, name))"
+            }
             if other.schema != first.schema {
                 let diff = Set(other.schema.map { "\($0)" }).symmetricDifference(first.schema.map { "\($0)" }).sorted()
                 problems.append("node \(node.id)'s schema differs from node 1's: \(diff.prefix(3).joined(separator: "; "))")
+                let names = Set(Set(other.schema).symmetricDifference(first.schema).compactMap { $0.count > 1 ? $0[1].string : nil })
+                for name in names.sorted().prefix(3) {
+                    problems.append(stateLine(name))
+                }
             } else {
                 for name in first.rows.keys.sorted() where other.rows[name] != first.rows[name] {
                     let mine = other.rows[name] ?? [], theirs = first.rows[name] ?? []
                     let diff = Set(mine.map { brief($0) }).symmetricDifference(theirs.map { brief($0) }).sorted().prefix(2)
                     problems.append("node \(node.id)'s table \(name) differs from node 1's (\(mine.count) vs \(theirs.count) rows; e.g. \(diff.joined(separator: ", ")))")
+                    problems.append(stateLine(name))
                 }
             }
         }
         return problems
+    }
+
+    /// A node's replicated schema state of one object (what it last took as the cluster's definition), for a
+    /// schema-convergence failure: which text, generation and version each node holds shows where the paths parted.
+    static func ddlState(_ db: Database?, _ name: String) -> String {
+        let rows = (try? db?.query("""
+            SELECT type, tbl_name, sql, local_sql, generation, hlc, node, renamed, table_generation
+            FROM \(quoteIdentifier(Bookkeeping.ddlTable)) WHERE name = ? ORDER BY type
+            """, [.text(name)])) ?? nil
+        guard let rows, !rows.isEmpty else { return "none" }
+        func text(_ v: DatabaseValue) -> String { v.string.map { "'\($0)'" } ?? "NULL" }
+        return rows.map { r in
+            let version = RowVersion(hlc: r[5].int64 ?? 0, node: r[6].int64 ?? 0)
+            let tableGeneration = r[8].int64.map(String.init) ?? "-"
+            return "\(r[0].string ?? "?") on \(r[1].string ?? "?") gen \(r[4].int64 ?? 0) table gen \(tableGeneration) version \(version)"
+                + " sql \(text(r[2])) local \(text(r[3]))\(r[7].string.map { " renamed \($0)" } ?? "")"
+        }.joined(separator: " | ")
     }
 
     /// A row for a failure line: long values (the large-rows scenario writes 6 KB ones) cut to their start and length.
