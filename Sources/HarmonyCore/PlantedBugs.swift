@@ -166,6 +166,23 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Hold a row sent to a renamed table's old name, with a column this node cannot place, even when that name was
     /// dropped and made again here since: the definition it waits for is of a generation gone here, and never comes.
     public static let waitForAGoneGeneration = PlantedBugs(rawValue: 1 << 66)
+    /// Let the indexes this node made on a renamed table's old name go with it when the rename's old half merges that
+    /// table into one the new name already has here: every node the index reaches later moves it onto the new name,
+    /// and this node's drop, ranked under the old table's generation, never reaches them.
+    public static let mergedRenameDropsIndex = PlantedBugs(rawValue: 1 << 67)
+    /// Keep quiet when a later index or trigger text loses to this node's state: a state no node sends (an index each
+    /// node moved onto a renamed table by itself) never reaches the node whose later text lost to it.
+    public static let movedDependentNeverSent = PlantedBugs(rawValue: 1 << 68)
+    /// Keep a losing ALTER's column names, and the names a rename's merge mapped, off the table the old one was
+    /// renamed to here: a row sent under the old name with a column the loser renamed loses that value, and a full
+    /// copy of it at the same version is skipped.
+    public static let lostRenameBeforeRenameTo = PlantedBugs(rawValue: 1 << 69)
+    /// Give a definition's message the id of its version and key alone: another node's copy of a state it sends
+    /// again under the author's version is dropped by JetStream as a duplicate of the author's first message.
+    public static let resentDefinitionDeduplicated = PlantedBugs(rawValue: 1 << 70)
+    /// Keep an index whose replacement SQLite refuses here: this node alone has an index the cluster's definition
+    /// replaced.
+    public static let outrankedIndexKept = PlantedBugs(rawValue: 1 << 71)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -235,6 +252,11 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("added-values-kept-local", .addedValuesKeptLocal),
         ("dependent-kept-under-old-table", .dependentKeptUnderOldTable),
         ("wait-for-a-gone-generation", .waitForAGoneGeneration),
+        ("merged-rename-drops-index", .mergedRenameDropsIndex),
+        ("moved-dependent-never-sent", .movedDependentNeverSent),
+        ("lost-rename-before-rename-to", .lostRenameBeforeRenameTo),
+        ("resent-definition-deduplicated", .resentDefinitionDeduplicated),
+        ("outranked-index-kept", .outrankedIndexKept),
     ]
 }
 

@@ -76,6 +76,34 @@ extension ReplicationNode {
                     try SchemaObjects.store(db, kept, localSQL: local.localSQL)
                     tableStates[kept.name] = try SchemaObjects.load(db, type: "table", name: kept.name)?.object
                 }
+                if local.object.sql == nil, let to = local.object.renamed, incoming.sql != nil,
+                   let target = try SchemaObjects.load(db, type: "table", name: to), target.object.sql != nil,
+                   !config.plantedBugs.contains(.lostRenameBeforeRenameTo) {
+                    // The table was renamed here since: the losing ALTER's names lead to the columns of the table it
+                    // is now. Rows still sent under the old name follow the alias there, and a column the loser
+                    // renamed would otherwise be taken for one the winner dropped, its value left at the default,
+                    // while the renaming node sends the row again with it at the same version (harmonysim swarm 475).
+                    var renamedLoser = incoming
+                    renamedLoser.generation = target.object.generation
+                    var moved = target.object
+                    moved.columnRenames = SchemaObjects.mergedRenames(winner: target.object, loser: renamedLoser)
+                    moved.knownColumns.formUnion(SchemaObjects.columnNames(incoming.sql))
+                    if moved != target.object {
+                        try SchemaObjects.store(db, moved, localSQL: target.localSQL)
+                        tableStates[to] = try SchemaObjects.load(db, type: "table", name: to)?.object
+                    }
+                }
+            }
+            if let local, local.object.isDependent, local.object.version < incoming.version,
+               local.object.tableName != incoming.tableName || local.object.sql != incoming.sql,
+               !config.plantedBugs.contains(.movedDependentNeverSent) {
+                // A later text that loses to the state this node holds was written without it. An index moved here
+                // onto a renamed table (`renamedHereTo`, `move(_:onto:_:)`) is such a state: every node works it out
+                // for itself, so none sends it, and a node that moved the index elsewhere (a concurrent RENAME TO of
+                // the same table) would keep its own for good (harmonysim swarm seed 475). Sent again, as it is.
+                try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
+                               [.integer(local.id), .text(Bookkeeping.ddlTable)])
+                definitionsToPublish = true
             }
             events.append(.applied(shard: shard, sequence: message.sequence, table: Bookkeeping.ddlTable, version: record.version, won: false))
             return .consumed
@@ -90,9 +118,11 @@ extension ReplicationNode {
         let renamedFrom = try incoming.type == "table" && incoming.sql != nil && local?.object.generation != incoming.generation
             ? incoming.renamed.flatMap { try SchemaObjects.load(db, type: "table", name: $0)?.object }.flatMap { $0.sql == nil ? nil : $0 }
             : nil
+        let following = try indexesFollowingAMerge(db, incoming)
         let attempted = try attempt(db, stored)
         var now = attempted.now
         var failure = attempted.failure
+        if failure == nil, let to = incoming.renamed { try move(following, onto: to, db) }
         if let local { stored.columnRenames = SchemaObjects.mergedRenames(winner: incoming, loser: local.object) }
         var waitsForItsTable = false
         if failure != nil, incoming.isDependent, incoming.sql != nil, try madeOnATableNotHereYet(db, incoming) {
@@ -207,6 +237,20 @@ extension ReplicationNode {
         }
         if !config.plantedBugs.contains(.renameKeepsRowsLocal) { try ChangeCapture.sendRowsAgain(db, to, epoch: into.epoch) }
         try ChangeCapture.recordAlias(db, old: source, current: target)
+        if config.replicateDDL, !config.plantedBugs.contains(.lostRenameBeforeRenameTo),
+           let state = try SchemaObjects.load(db, type: "table", name: target), state.object.sql != nil {
+            // Rows still sent under the old name follow the alias here and resolve by the target's names: those the
+            // merge just mapped go on mapping the same way (a column renamed on the old table and not on the target).
+            var kept = state.object
+            for (old, new) in names.sorted(by: { $0.key < $1.key }) where !to.columns.contains(old) && kept.columnRenames[old] == nil {
+                kept.columnRenames[old] = new
+            }
+            kept.knownColumns.formUnion(from.columns)
+            if kept != state.object {
+                try SchemaObjects.store(db, kept, localSQL: state.localSQL)
+                tableStates[target] = try SchemaObjects.load(db, type: "table", name: target)?.object
+            }
+        }
         return true
     }
 
@@ -251,6 +295,34 @@ extension ReplicationNode {
                 try db.execute("ROLLBACK TO harmonylite_redrop", [])  // a key column, or one a view or CHECK names: left as the winner has it
             }
             try db.execute("RELEASE harmonylite_redrop", [])
+        }
+    }
+
+    /// The indexes this node has on a table whose rename's old half is about to merge it into a table the new name
+    /// already has here (made here or elsewhere meanwhile). SQLite's DROP of the old table takes them along, where
+    /// every node that gets them later moves them onto the new name (`renamedHereTo`); this node's drop, ranked under
+    /// the old table's generation, never outranks those moves (harmonysim swarm seeds 435 and 475).
+    func indexesFollowingAMerge(_ db: Database, _ incoming: SchemaObject) throws -> [SchemaObject] {
+        guard incoming.type == "table", incoming.sql == nil, let to = incoming.renamed, !config.plantedBugs.contains(.mergedRenameDropsIndex),
+              try db.tableExists(incoming.name), try db.tableExists(to) else { return [] }
+        return try SchemaObjects.all(db).filter { entry in
+            entry.object.type == "index" && entry.object.tableName == incoming.name && entry.object.sql != nil
+                && entry.localSQL == entry.object.sql && (entry.object.tableGeneration ?? 0) == incoming.generation
+        }.map(\.object)
+    }
+
+    /// Makes each index again on `table`, in the text SQLite's RENAME TO would have given it, under its own version:
+    /// what the nodes that receive it after the rename make of it.
+    func move(_ indexes: [SchemaObject], onto table: String, _ db: Database) throws {
+        guard !indexes.isEmpty else { return }
+        let generation = try SchemaObjects.generation(ofTableOrView: table, db) ?? 0
+        for index in indexes {
+            guard let sql = index.sql, let moved = CreateIndexText.sql(sql, onTable: table) else { continue }
+            var stored = index
+            stored.tableName = table
+            stored.tableGeneration = generation
+            stored.sql = moved
+            try SchemaObjects.store(db, stored, localSQL: try attempt(db, stored).now)
         }
     }
 
@@ -364,6 +436,13 @@ extension ReplicationNode {
     /// text afterwards and SQLite's reason when it refused. A busy, full or failing disk is not a refusal: it
     /// fails the whole apply, which is retried.
     func attempt(_ db: Database, _ o: SchemaObject) throws -> (now: String?, failure: String?) {
+        if o.type == "index", !config.plantedBugs.contains(.outrankedIndexKept),
+           let existing = try SchemaObjects.currentSQL(db, type: "index", name: o.name), existing != o.sql {
+            // The index this definition outranks goes even when SQLite refuses the definition here (a column of
+            // it unknown here): kept, this node alone would have an index the cluster's definition replaced, and
+            // would go on publishing it as its own DDL (harmonysim swarm seed 475).
+            try db.execute("DROP INDEX \(quoteIdentifier(o.name))")
+        }
         try db.execute("SAVEPOINT harmonylite_ddl", [])
         var failure: String?
         do {

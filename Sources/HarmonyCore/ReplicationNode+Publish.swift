@@ -193,12 +193,26 @@ extension ReplicationNode {
         return oversized
     }
 
+    /// A change's message id. A definition's also names its content: another node sends a state again under its
+    /// author's version (`applyDefinition`), and what it holds there can differ from what the author sent (an index
+    /// it moved onto a renamed table); with the author's id, JetStream would drop it as a duplicate of the first.
+    static func messageID(of record: ChangeRecord) -> String {
+        guard record.table == Bookkeeping.ddlTable else { return record.messageID }
+        var h = StableHash()
+        for column in record.row {
+            h.combine(column.name)
+            h.combine(column.value)
+        }
+        return "\(record.messageID)-\(h.hex)"
+    }
+
     /// A message's bytes and id: a single change as it is, several as a batch the receiver applies atomically. Same
     /// content, same id, so a republished batch is deduplicated; any other grouping is a new message, which is
     /// harmless: applying a change twice changes nothing.
     func encodedMessage(_ records: [ChangeRecord]) throws -> (payload: [UInt8], messageID: String) {
         if records.count == 1 {
-            return (try EnvelopeCodec.encode(records[0], compress: config.compress), records[0].messageID)
+            let id = config.plantedBugs.contains(.resentDefinitionDeduplicated) ? records[0].messageID : Self.messageID(of: records[0])
+            return (try EnvelopeCodec.encode(records[0], compress: config.compress), id)
         }
         var h = StableHash()
         for r in records { r.combineIdentity(into: &h) }

@@ -196,7 +196,8 @@ struct SchemaLookTests {
 
     /// Node 1 made index ix on t while node 2, not knowing, renamed t to u. On node 1 the rename moves ix onto u, and
     /// node 1 sends the moved text; on node 2, ix waits for it instead of counting as gone with a dropped t
-    /// (`dependent-of-renamed-table-dropped`: node 2 never has ix, node 1 keeps it).
+    /// (`dependent-of-renamed-table-dropped`: node 2 never has ix; its drop outranks node 1's moved text, and since
+    /// losing texts are answered with the state that beat them, node 1 loses the application's index too).
     @Test(arguments: [PlantedBugs(), .dependentOfRenamedTableDropped])
     func anIndexMadeOnATableRenamedElsewhereFollowsTheRename(bug: PlantedBugs) throws {
         let c = try TestCluster(nodes: 2, schema: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER);") { $0.plantedBugs = bug }
@@ -210,8 +211,8 @@ struct SchemaLookTests {
         try c.deliver(0)
         try c.settle()
         let index = "SELECT tbl_name FROM sqlite_schema WHERE type = 'index' AND name = 'ix'"
-        #expect(try (c.rows(1, index) == [["u"]]) == bug.isEmpty)
-        #expect(try (userSchema(c, 0) == userSchema(c, 1)) == bug.isEmpty)
+        for i in 0...1 { #expect(try (c.rows(i, index) == [["u"]]) == bug.isEmpty) }
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
         #expect(try c.rows(0, "SELECT * FROM u") == [[1, "x", 5]])
         #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
         if bug.isEmpty { #expect(try c.nodes[1].divergedSchemaObjects().isEmpty) }
