@@ -279,10 +279,10 @@ struct PlantedBugsCommand: ParsableCommand {
         ("apply-unseen-definition-stripped", "ddl-races.toml"),
         ("generation-jump-keeps-rows", "ddl-races.toml"),
         ("concurrent-drop-undone", "ddl-races.toml"),
-        ("recreated-table-seen-as-alter", "ddl-races.toml"),
         ("ddl-storage-failure-is-refusal", "ddl-storage.toml"),
         ("drop-and-add-read-as-rename", "ddl-storage.toml"),
         ("apply-newer-definition-stripped", "ddl-storage.toml"),
+        ("recreated-table-seen-as-alter", "ddl-storage.toml"),
         ("lane-moves-scan-cursor", "partition.toml"),
         ("ahead-of-stamp-from-clock-only", "bulk-import.toml"),
         ("ahead-lane-ignores-later-writes", "small-commits.toml"),
@@ -305,7 +305,9 @@ struct PlantedBugsCommand: ParsableCommand {
     /// DDLTests.aDropAndAnAddOfTheSameDefinitionAreNotARename makes one every time.
     /// (Not listed: apply-newer-definition-stripped. ddl-races.toml showed it only through other bugs, DROP-plus-ADD
     /// pairs read as renames and then a write whose acknowledgement a crash lost, and passes 1..200 with it since both
-    /// were fixed; ddl-storage.toml catches it on seed 10.)
+    /// were fixed; ddl-storage.toml catches it on seed 10. Nor recreated-table-seen-as-alter there: ddl-races.toml
+    /// caught it on seed 20 alone, and on none of 1..200 once a rename's merge kept its indexes; ddl-storage.toml
+    /// catches it on seed 3, ddl.toml on 9.)
     /// echoes-survive-restore needs a node to restore a snapshot while a message it sent before is still on its way
     /// back (seeds 24 and 27 of 1..30 catch it); EchoTests.ownMessagesApplyAgainAfterARestore makes one every time.
     /// apply-stamps-one-batch needs a change from another node to arrive for a key an import still holds unstamped
