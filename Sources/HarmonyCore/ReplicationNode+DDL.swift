@@ -72,10 +72,7 @@ extension ReplicationNode {
                 var kept = local.object
                 kept.columnRenames = SchemaObjects.mergedRenames(winner: local.object, loser: incoming)
                 kept.knownColumns.formUnion(SchemaObjects.columnNames(incoming.sql))
-                if kept != local.object {
-                    try SchemaObjects.store(db, kept, localSQL: local.localSQL)
-                    tableStates[kept.name] = try SchemaObjects.load(db, type: "table", name: kept.name)?.object
-                }
+                try update(db, local, to: kept)
                 if local.object.sql == nil, let to = local.object.renamed, incoming.sql != nil,
                    let target = try SchemaObjects.load(db, type: "table", name: to), target.object.sql != nil,
                    !config.plantedBugs.contains(.lostRenameBeforeRenameTo) {
@@ -87,10 +84,7 @@ extension ReplicationNode {
                     renamedLoser.generation = target.object.generation
                     var moved = target.object
                     moved.columnRenames = SchemaObjects.mergedRenames(winner: target.object, loser: renamedLoser)
-                    if moved != target.object {
-                        try SchemaObjects.store(db, moved, localSQL: target.localSQL)
-                        tableStates[to] = try SchemaObjects.load(db, type: "table", name: to)?.object
-                    }
+                    try update(db, target, to: moved)
                 }
             }
             if let local, local.object.isDependent, local.object.version < incoming.version,
@@ -101,8 +95,7 @@ extension ReplicationNode {
                 // concurrent RENAME TO of the same table) would keep its own for good (harmonysim swarm seed 475).
                 // Sent again, as it is. (Not for a later text on the same table: no move is involved, and sending
                 // such states again made swarm seed 1021 end with an index refused on one node and made elsewhere.)
-                try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
-                               [.integer(local.id), .text(Bookkeeping.ddlTable)])
+                try SchemaObjects.queueForPublishing(db, id: local.id)
                 definitionsToPublish = true
             }
             events.append(.applied(shard: shard, sequence: message.sequence, table: Bookkeeping.ddlTable, version: record.version, won: false))
@@ -245,10 +238,7 @@ extension ReplicationNode {
             for (old, new) in names.sorted(by: { $0.key < $1.key }) where !to.columns.contains(old) && kept.columnRenames[old] == nil {
                 kept.columnRenames[old] = new
             }
-            if kept != state.object {
-                try SchemaObjects.store(db, kept, localSQL: state.localSQL)
-                tableStates[target] = try SchemaObjects.load(db, type: "table", name: target)?.object
-            }
+            try update(db, state, to: kept)
         }
         return true
     }
@@ -295,6 +285,14 @@ extension ReplicationNode {
             }
             try db.execute("RELEASE harmonylite_redrop", [])
         }
+    }
+
+    /// Writes a table's changed state (its column names, as a losing ALTER or a merge left them) and keeps the
+    /// in-memory copy rows are resolved by in step; nothing when nothing changed.
+    func update(_ db: Database, _ state: (id: Int64, object: SchemaObject, localSQL: String?), to updated: SchemaObject) throws {
+        guard updated != state.object else { return }
+        try SchemaObjects.store(db, updated, localSQL: state.localSQL)
+        tableStates[updated.name] = try SchemaObjects.load(db, type: "table", name: updated.name)?.object
     }
 
     /// The indexes this node has on a table whose rename's old half is about to merge it into a table the new name

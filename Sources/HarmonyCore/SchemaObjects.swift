@@ -388,10 +388,13 @@ public enum SchemaObjects {
             object.renamed = object.type == "table" ? renamedTables[object.name] : nil
             changed.append(try store(db, object, localSQL: nil))
         }
-        let log = quoteIdentifier(Bookkeeping.globalLog)
-        for id in changed {
-            try db.execute("INSERT INTO \(log) (change_table_id, table_name) VALUES (?, ?)", [.integer(id), .text(Bookkeeping.ddlTable)])
-        }
+        for id in changed { try queueForPublishing(db, id: id) }
+    }
+
+    /// Links one object's state (row `id`) into the global log, so it is published in order with the data around it.
+    static func queueForPublishing(_ db: Database, id: Int64) throws {
+        try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name) VALUES (?, ?)",
+                       [.integer(id), .text(Bookkeeping.ddlTable)])
     }
 
     /// Whether a column's values were carried over from another column (RENAME COLUMN) or left at its default (ADD
