@@ -119,7 +119,10 @@ enum SimulationCheckers {
             case (let want?, let have?) where matches(have, want): continue
             default:
                 let what = expected.map { "write \($0.version) by node \($0.node) at \($0.atMs) ms: \($0.row.map { "\($0)" } ?? "delete")" } ?? "no write"
-                problems.append("key \(key) is \(got.map { "\($0)" } ?? "absent") but the LWW winner is \(what)")
+                // Which write left the row found, and whether the oracle counted it lost: the first clue to a wrong winner.
+                let source = got.flatMap { have in sim.history.last { $0.table == name && $0.key == key && $0.row.map { matches(have, $0) } == true } }
+                let from = source.map { " (written as \($0.version) by node \($0.node) at \($0.atMs) ms\(sim.lostWrites.contains($0.version) ? ", counted lost" : ""))" } ?? ""
+                problems.append("key \(key) is \(got.map { "\($0)" } ?? "absent")\(from) but the LWW winner is \(what)")
             }
         }
         return problems

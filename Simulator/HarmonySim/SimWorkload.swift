@@ -188,6 +188,12 @@ extension Simulation {
                 var last: [String: (id: Int64, table: String, key: Int64, deleted: Bool)] = [:]
                 for change in try queuedChanges(app, after: queuedBefore) { last["\(change.table) \(change.key)"] = (change.id, change.table, change.key, change.deleted) }
                 for change in last.values.sorted(by: { $0.id < $1.id }) {
+                    // Queue ids start again only once the queue is empty: a write still pending under this id was
+                    // stamped by a transaction that never reported it (its version unknown to the oracle, and to the
+                    // priority lane's bookkeeping).
+                    if let earlier = node.pendingCaptures.first(where: { $0.queueID == change.id }) {
+                        violations.append("node \(node.id) queued a write under id \(change.id) at \(nowMs) ms while its write of key \(earlier.key) at \(earlier.atMs) ms under that id was never reported stamped")
+                    }
                     let row = change.deleted ? nil : try app.query("SELECT * FROM \(change.table) WHERE k = ?", [.integer(change.key)]).first
                     node.pendingCaptures.append(PendingCapture(queueID: change.id, table: change.table, key: change.key, deleted: change.deleted, row: row, atMs: nowMs))
                 }

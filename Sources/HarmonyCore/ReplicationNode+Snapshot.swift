@@ -258,7 +258,10 @@ extension ReplicationNode {
         guard try db.tableExists(Bookkeeping.ddlTable, in: snap) else { return }
         let theirs = try db.query("SELECT \(try SchemaObjects.columns(in: db, schema: snap)) FROM \(snap).\(SchemaObjects.table) ORDER BY id").map(SchemaObjects.object)
         var events: [ReplicationEvent] = []
-        try db.transaction(.immediate) {
+        // A write transaction of the core's: the re-install below stamps whatever the applications queued, and those
+        // stamps must be reported (in a bare transaction they went out unreported, and the oracle and the priority
+        // lane lost track of them: harmonysim swarm seed 1165, a restore refused after a disk full).
+        try writeTransaction(db) {
             for entry in theirs {
                 let o = entry.object
                 guard config.tables.admits(o.type == "view" ? o.name : o.tableName) else { continue }

@@ -609,15 +609,20 @@ public final class ReplicationNode {
     /// changed by the sidecar's own hand (remote DDL applied, a restore), never a table the application recreated.
     func refreshCapture(afterOwnDDL: Bool = false) throws {
         let db = requireDatabase()
-        // Local writes first, so the install's own stamp finds the queue empty: inside the caller's transaction that
-        // transaction stamped them, and outside one they are stamped (and reported) here.
+        // Local writes first, so the install's own stamp finds the queue empty: inside the caller's transaction (a
+        // `writeTransaction`) that transaction stamped them, and outside one they are stamped (and reported) here. The
+        // install then runs in a write transaction of the core's, so a write committed in between is stamped and
+        // reported too, not stamped unreported by the install.
         if !db.isInTransaction { try stampLocalChangesIfQueued(all: true) }
-        // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
-        captured = try ChangeCapture.install(db, nodeID: config.nodeID, filter: config.tables, refuseKeyless: !isRunning,
-                                             replicateDDL: config.replicateDDL, findRecreated: !afterOwnDDL,
-                                             plantedBugs: config.plantedBugs, sentChanges: inFlight.union(publishedUnmarked)) { skipped in
-            for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
+        let install = {
+            // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
+            try ChangeCapture.install(db, nodeID: self.config.nodeID, filter: self.config.tables, refuseKeyless: !self.isRunning,
+                                      replicateDDL: self.config.replicateDDL, findRecreated: !afterOwnDDL,
+                                      plantedBugs: self.config.plantedBugs, sentChanges: self.inFlight.union(self.publishedUnmarked)) { skipped in
+                for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
+            }
         }
+        captured = try db.isInTransaction ? install() : writeTransaction(db, install)
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
         queueRecordsWriters = true
         preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered
