@@ -23,6 +23,8 @@ public struct TableAlias: Sendable, Equatable {
     public var current: String
     /// The old name's generation when it was renamed; nil when not known (no replicated DDL, or an older alias).
     public var generation: Int64?
+    /// The generation `current` had when the rows went into it; nil when not known.
+    public var targetGeneration: Int64? = nil
 }
 
 /// One captured table at one schema epoch.
@@ -103,7 +105,8 @@ public enum ChangeCapture {
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.aliasTable)) (
                 old_name TEXT PRIMARY KEY,
                 table_name TEXT NOT NULL,
-                generation INTEGER
+                generation INTEGER,
+                target_generation INTEGER
             );
             CREATE TABLE IF NOT EXISTS \(q(Bookkeeping.partsTable)) (
                 stream TEXT NOT NULL,
@@ -122,6 +125,8 @@ public enum ChangeCapture {
             """, [.integer(nodeID)])
         // Alias tables made before aliases named the renamed table's generation gain the column (NULL: any).
         try addColumnIfMissing(db, table: Bookkeeping.aliasTable, column: "generation", type: "INTEGER")
+        // ... and the generation of the table the rows went into (NULL: not known, any).
+        try addColumnIfMissing(db, table: Bookkeeping.aliasTable, column: "target_generation", type: "INTEGER")
         // Queues made before writes named their connection's count gain it (NULL: written by the older triggers).
         try addColumnIfMissing(db, table: Bookkeeping.captureQueue, column: "writer_changes", type: "INTEGER")
     }
@@ -258,22 +263,36 @@ public enum ChangeCapture {
     /// Rows still sent to `old` go to `current` from now on; names that pointed at `old` follow (a table renamed twice).
     /// With replicated DDL the alias holds for the generation `old` had when it was renamed: a table made again
     /// under the old name later is another table, and rows of that one must not follow.
+    /// The generation of `current` the rows went into is kept too: once that table is dropped, what still comes for
+    /// the old name (an index made on it) went with it, even if a table of the new name was made again since.
     static func recordAlias(_ db: Database, old: String, current: String) throws {
-        let generation: DatabaseValue = try db.tableExists(Bookkeeping.ddlTable)
-            ? db.scalar("SELECT generation FROM \(q(Bookkeeping.ddlTable)) WHERE type = 'table' AND name = ?", [.text(old)]) ?? .null : .null
+        var generation: DatabaseValue = .null, target: DatabaseValue = .null
+        if try db.tableExists(Bookkeeping.ddlTable) {
+            generation = try db.scalar("SELECT generation FROM \(q(Bookkeeping.ddlTable)) WHERE type = 'table' AND name = ?", [.text(old)]) ?? .null
+            // The new name's state may not be this rename's yet (a local rename is recorded by the look after this):
+            // a dropped state is followed by the next generation, as the look will give it; none means the first.
+            target = try db.scalar("""
+                SELECT coalesce((SELECT CASE WHEN sql IS NULL THEN generation + 1 ELSE generation END FROM \(q(Bookkeeping.ddlTable))
+                                 WHERE type = 'table' AND name = ?), 0)
+                """, [.text(current)]) ?? .integer(0)
+        }
         try db.execute("""
-            INSERT INTO \(q(Bookkeeping.aliasTable)) (old_name, table_name, generation) VALUES (?, ?, ?)
-            ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name, generation = excluded.generation
-            """, [.text(old), .text(current), generation])
-        try db.execute("UPDATE \(q(Bookkeeping.aliasTable)) SET table_name = ? WHERE table_name = ?", [.text(current), .text(old)])
+            INSERT INTO \(q(Bookkeeping.aliasTable)) (old_name, table_name, generation, target_generation) VALUES (?, ?, ?, ?)
+            ON CONFLICT (old_name) DO UPDATE SET table_name = excluded.table_name, generation = excluded.generation,
+                target_generation = excluded.target_generation
+            """, [.text(old), .text(current), generation, target])
+        try db.execute("UPDATE \(q(Bookkeeping.aliasTable)) SET table_name = ?, target_generation = ? WHERE table_name = ?",
+                       [.text(current), target, .text(old)])
     }
 
     /// Old name -> current name (and the old name's generation when it was renamed, if known) of every table
     /// renamed here.
     public static func tableAliases(_ db: Database) throws -> [String: TableAlias] {
         var out: [String: TableAlias] = [:]
-        for row in try db.query("SELECT old_name, table_name, generation FROM \(q(Bookkeeping.aliasTable)) ORDER BY old_name") {
-            if let old = row[0].string, let current = row[1].string { out[old] = TableAlias(current: current, generation: row[2].int64) }
+        for row in try db.query("SELECT old_name, table_name, generation, target_generation FROM \(q(Bookkeeping.aliasTable)) ORDER BY old_name") {
+            if let old = row[0].string, let current = row[1].string {
+                out[old] = TableAlias(current: current, generation: row[2].int64, targetGeneration: row[3].int64)
+            }
         }
         return out
     }

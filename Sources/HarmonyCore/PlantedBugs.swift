@@ -183,6 +183,12 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Keep an index whose replacement SQLite refuses here: this node alone has an index the cluster's definition
     /// replaced.
     public static let outrankedIndexKept = PlantedBugs(rawValue: 1 << 71)
+    /// Move an index that arrives for a renamed table onto whatever table has the new name now, even one made again
+    /// after the renamed one was dropped: the nodes that had the index before that drop lost it with the table.
+    public static let dependentFollowsToRemadeTable = PlantedBugs(rawValue: 1 << 72)
+    /// Apply a row sent under a renamed table's old name to whatever table has the new name now, even one made again
+    /// after the renamed one was dropped: the nodes that had the row before that drop lost it with the table.
+    public static let rowFollowsToRemadeTable = PlantedBugs(rawValue: 1 << 73)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -257,6 +263,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("lost-rename-before-rename-to", .lostRenameBeforeRenameTo),
         ("resent-definition-deduplicated", .resentDefinitionDeduplicated),
         ("outranked-index-kept", .outrankedIndexKept),
+        ("dependent-follows-to-remade-table", .dependentFollowsToRemadeTable),
+        ("row-follows-to-remade-table", .rowFollowsToRemadeTable),
     ]
 }
 

@@ -354,7 +354,16 @@ extension ReplicationNode {
     func renamedHereTo(_ db: Database, _ dependent: SchemaObject) throws -> String? {
         guard let table = try SchemaObjects.load(db, type: "table", name: dependent.tableName)?.object,
               table.sql == nil, let now = table.renamed, table.generation == dependent.tableGeneration ?? 0 else { return nil }
-        return try db.tableExists(now) ? now : nil
+        guard try db.tableExists(now) else { return nil }
+        // The table the rename (or a rename's merge) filled must still be the one there: dropped since, it took the
+        // dependent with it, as on the nodes that moved it before the drop; one made again under the name is another
+        // table (harmonysim swarm seed 805: an index came after its table was renamed, dropped and made again).
+        if let alias = try ChangeCapture.tableAliases(db)[dependent.tableName], alias.current == now, let filled = alias.targetGeneration,
+           let current = try SchemaObjects.generation(ofTableOrView: now, db), current > filled,
+           !config.plantedBugs.contains(.dependentFollowsToRemadeTable) {
+            return nil
+        }
+        return now
     }
 
     /// Views that cannot be read now (they name a table or column that is gone), in name order.
