@@ -189,6 +189,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Apply a row sent under a renamed table's old name to whatever table has the new name now, even one made again
     /// after the renamed one was dropped: the nodes that had the row before that drop lost it with the table.
     public static let rowFollowsToRemadeTable = PlantedBugs(rawValue: 1 << 73)
+    /// Merge a snapshot's schema state in id order alone: an index made on a table before a rename comes before the
+    /// table's new name, and the restoring node refuses it for good.
+    public static let snapshotDependentsBeforeTables = PlantedBugs(rawValue: 1 << 74)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -265,6 +268,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("outranked-index-kept", .outrankedIndexKept),
         ("dependent-follows-to-remade-table", .dependentFollowsToRemadeTable),
         ("row-follows-to-remade-table", .rowFollowsToRemadeTable),
+        ("snapshot-dependents-before-tables", .snapshotDependentsBeforeTables),
     ]
 }
 

@@ -332,6 +332,32 @@ struct DDLTests {
         #expect(try c.rows(1, "SELECT z FROM kv ORDER BY k") == [["z1"], ["z2"], ["z3"]])
     }
 
+    /// A snapshot whose index was made on a table before a rename gave the table its name: the index's entry in the
+    /// schema state comes before the new name's, and the restoring node makes the table first, then the index
+    /// (`snapshot-dependents-before-tables`: refused for good with "no such table", and reported; harmonysim swarm
+    /// seed 492).
+    @Test(arguments: [PlantedBugs(), .snapshotDependentsBeforeTables])
+    func aSnapshotsIndexOnARenamedTableIsMadeAfterTheTable(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 1, schema: Self.schema + "CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("CREATE INDEX ix ON t1 (v)")
+        try c.publish(0)
+        try c.apps[0].execute("ALTER TABLE t1 RENAME TO t2")
+        try c.apps[0].execute("INSERT INTO t2 VALUES (1, 'a')")
+        try c.settle()
+        let (path, info) = try c.snapshot(0)
+        c.truncateStreams(after: info)
+        // A new node, which never had t1.
+        let n = try c.addNode(schema: Self.schema) { $0.plantedBugs = bug }
+        #expect(c.nodes[n].restoreNeeded)
+        try c.nodes[n].snapshotReady(at: path)
+        #expect(!c.nodes[n].restoreNeeded)
+        try c.settle()
+        #expect(try userSchema(c, 0).contains(["index", "ix", "t2", #"CREATE INDEX ix ON "t2" (v)"#]))
+        #expect(try (userSchema(c, n) == userSchema(c, 0)) == bug.isEmpty)
+        #expect(try (c.nodes[n].divergedSchemaObjects() == []) == bug.isEmpty)
+        #expect(try c.rows(n, "SELECT * FROM t2") == [[1, "a"]])
+    }
+
     /// A node restores a snapshot taken before another node's DROP TABLE, which this node had applied (its checkpoints
     /// were lost, as after `-cleanup`, and the log had moved past them). The drop outranks the snapshot's table, so
     /// the table is not made again and the replay drops nothing twice. Before, the restore made it again with the
