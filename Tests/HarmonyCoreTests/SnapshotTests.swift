@@ -190,8 +190,8 @@ struct SnapshotTests {
         #expect(try cluster.apps[n].query("SELECT k, v, extra FROM kv ORDER BY k") == cluster.apps[0].query("SELECT k, v, extra FROM kv ORDER BY k"))
     }
 
-    @Test("a restore waits until the log has told the streams' ranges, so an old snapshot cannot slip through")
-    func restoreWaitsForStreamRanges() throws {
+    /// Five rows on node 1, a snapshot of them, the streams cut after it, and a new node that needs that snapshot.
+    func newNodeBehindASnapshot() throws -> (cluster: TestCluster, node: Int, path: String) {
         let cluster = try TestCluster(nodes: 1, schema: Self.schema)
         for k in 1...5 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
         try cluster.settle()
@@ -199,6 +199,12 @@ struct SnapshotTests {
         cluster.truncateStreams(after: info)
         let n = try cluster.addNode(schema: Self.schema)
         #expect(cluster.nodes[n].restoreNeeded)
+        return (cluster, n, path)
+    }
+
+    @Test("a restore waits until the log has told the streams' ranges, so an old snapshot cannot slip through")
+    func restoreWaitsForStreamRanges() throws {
+        let (cluster, n, path) = try newNodeBehindASnapshot()
         // A node that restarted knows no range yet; its restore request asked for them again.
         cluster.nodes[n].streamStates.removeAll()
         try cluster.nodes[n].snapshotReady(at: path)
@@ -251,13 +257,7 @@ struct SnapshotTests {
     /// is reported like every other (health's progress, the priority lane and the simulator's oracle count on it;
     /// harmonysim swarm seed 1165 found it unreported).
     @Test func aWriteQueuedWhenTheSnapshotArrivesIsReportedStamped() throws {
-        let cluster = try TestCluster(nodes: 1, schema: Self.schema)
-        for k in 1...5 { try cluster.apps[0].execute("INSERT INTO kv VALUES (\(k), 'v\(k)')") }
-        try cluster.settle()
-        let (path, info) = try cluster.snapshot(0)
-        cluster.truncateStreams(after: info)
-        let n = try cluster.addNode(schema: Self.schema)
-        #expect(cluster.nodes[n].restoreNeeded)
+        let (cluster, n, path) = try newNodeBehindASnapshot()
         try cluster.apps[n].execute("INSERT INTO kv VALUES (42, 'local')")
         let queueID = try #require(try cluster.apps[n].scalar("SELECT max(id) FROM \(quoteIdentifier(Bookkeeping.captureQueue))")?.int64)
         try cluster.nodes[n].snapshotReady(at: path)
