@@ -25,6 +25,13 @@ public struct TableAlias: Sendable, Equatable {
     public var generation: Int64?
     /// The generation `current` had when the rows went into it; nil when not known.
     public var targetGeneration: Int64? = nil
+
+    /// Whether the table the rename filled was dropped since: the new name now has a later generation (`generation`
+    /// of its state here). What still comes for the old name went with that table.
+    public func filledTableIsGone(currentGeneration: Int64?) -> Bool {
+        guard let filled = targetGeneration, let currentGeneration else { return false }
+        return currentGeneration > filled
+    }
 }
 
 /// One captured table at one schema epoch.

@@ -440,8 +440,7 @@ extension ReplicationNode {
             || config.plantedBugs.contains(.aliasAnyGeneration) {
             // (Rows of a later table made under the old name are that table's: dropped here, they are discarded.)
             let current = alias.current
-            if let filled = alias.targetGeneration, let now = tableStates[current]?.generation, now > filled,
-               !config.plantedBugs.contains(.rowFollowsToRemadeTable) {
+            if alias.filledTableIsGone(currentGeneration: tableStates[current]?.generation), !config.plantedBugs.contains(.rowFollowsToRemadeTable) {
                 // The table the rename filled was dropped since (a table of that name made again is another one): the
                 // row went with it, as on the nodes that had it before the drop.
                 events.append(.discarded(shard: shard, sequence: message.sequence, table: record.table))

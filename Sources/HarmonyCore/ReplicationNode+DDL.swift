@@ -358,8 +358,8 @@ extension ReplicationNode {
         // The table the rename (or a rename's merge) filled must still be the one there: dropped since, it took the
         // dependent with it, as on the nodes that moved it before the drop; one made again under the name is another
         // table (harmonysim swarm seed 805: an index came after its table was renamed, dropped and made again).
-        if let alias = try ChangeCapture.tableAliases(db)[dependent.tableName], alias.current == now, let filled = alias.targetGeneration,
-           let current = try SchemaObjects.generation(ofTableOrView: now, db), current > filled,
+        if let alias = try ChangeCapture.tableAliases(db)[dependent.tableName], alias.current == now,
+           alias.filledTableIsGone(currentGeneration: try SchemaObjects.generation(ofTableOrView: now, db)),
            !config.plantedBugs.contains(.dependentFollowsToRemadeTable) {
             return nil
         }
