@@ -23,8 +23,9 @@ final class BenchCluster {
     /// `schema` runs on every database first; `settings`: top-level keys of every node's config.toml; `extra(i)` is
     /// appended to node i's config.toml; `hints`: the `replication_log.hints` setting of every node.
     /// `relayed`: nodes that reach nats-server through a `TCPRelay` (`relays`). `metrics`: every node serves
-    /// Prometheus metrics on a port of its own (`metricsPorts`).
-    init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, compress: Bool = false, relayed: Set<Int> = [],
+    /// Prometheus metrics on a port of its own (`metricsPorts`). `maxEntries`: `replication_log.max_entries` (0, no
+    /// limit, unless a benchmark asks for harmonylite's default of 1024 or another).
+    init(nodes: Int, shards: Int, schema: String, binary: String, hints: Bool = true, compress: Bool = false, maxEntries: Int = 0, relayed: Set<Int> = [],
          metrics: Bool = false, settings: String = "", extra: (Int) -> String = { _ in "" }) throws {
         self.nodes = nodes
         self.shards = shards
@@ -44,7 +45,7 @@ final class BenchCluster {
                 \(settings)
                 [replication_log]
                 shards = \(shards)
-                max_entries = 0
+                max_entries = \(maxEntries)
                 hints = \(hints)
                 compress = \(compress)
                 [nats]
