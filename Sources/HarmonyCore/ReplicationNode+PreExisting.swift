@@ -33,7 +33,7 @@ extension ReplicationNode {
         try db.execute("""
             INSERT INTO \(quoteIdentifier(Bookkeeping.globalLog)) (change_table_id, table_name)
             SELECT id, ? FROM \(SchemaObjects.table) WHERE hlc = 0 AND node = 0 AND sql IS NOT NULL
-            ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'view' THEN 1 ELSE 2 END, id
+            ORDER BY \(SchemaObjects.madeInDependencyOrder)
             """, [.text(Bookkeeping.ddlTable)])
         let queued = Int(try db.scalar("SELECT changes()")?.int64 ?? 0)
         if queued > 0 { definitionsToPublish = true }

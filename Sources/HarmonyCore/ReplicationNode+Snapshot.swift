@@ -259,8 +259,7 @@ extension ReplicationNode {
         // Tables first, then views, then what is made on them: an index made on a table before a rename gave the table
         // its current name comes earlier in id order than that name's definition, and made first it was refused here
         // for good ("no such table"; harmonysim swarm seed 492).
-        let order = config.plantedBugs.contains(.snapshotDependentsBeforeTables) ? "id"
-            : "CASE type WHEN 'table' THEN 0 WHEN 'view' THEN 1 ELSE 2 END, id"
+        let order = config.plantedBugs.contains(.snapshotDependentsBeforeTables) ? "id" : SchemaObjects.madeInDependencyOrder
         let theirs = try db.query("SELECT \(try SchemaObjects.columns(in: db, schema: snap)) FROM \(snap).\(SchemaObjects.table) ORDER BY \(order)")
             .map(SchemaObjects.object)
         var events: [ReplicationEvent] = []

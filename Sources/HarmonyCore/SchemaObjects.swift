@@ -49,6 +49,9 @@ public struct SchemaObject: Sendable, Equatable {
 /// Reads and records user schema objects, and finds the DDL the application ran since the last look.
 public enum SchemaObjects {
     static var table: String { quoteIdentifier(Bookkeeping.ddlTable) }
+    /// ORDER BY terms for making recorded objects from scratch: tables, then views, then the indexes and triggers made
+    /// on them, each in id order (an index made before its table's rename comes before the new name's entry).
+    static let madeInDependencyOrder = "CASE type WHEN 'table' THEN 0 WHEN 'view' THEN 1 ELSE 2 END, id"
 
     /// Creates the state table; true when it did not exist (every object present then counts as pre-existing).
     static func ensureTable(_ db: Database) throws -> Bool {
