@@ -99,6 +99,58 @@ struct ChangeDetectionTests {
         #expect(wakeups.wait(ms: 200), "no wakeup within 200 ms of a WAL commit")
     }
 
+    /// Another database in the same directory (a second application's, or another node's on a shared machine)
+    /// commits without waking the watcher's thread at all: watched on the directory, each of its WAL writes did.
+    @Test func anotherDatabaseInTheSameDirectoryWakesNothing() throws {
+        let scratch = try ScratchDatabase()
+        defer { scratch.remove() }
+        let other = try SQLiteOpener().open(path: scratch.directory + "/other.db")  // WAL mode
+        try other.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        let queue = DispatchQueue(label: "test.neighbour")
+        let wakeups = Wakeups()
+        let watcher = try FileChangeWatcher(databasePath: scratch.path, queue: queue) { wakeups.hit() }
+        defer { watcher.cancel() }
+
+        for id in 1...50 { try other.execute("INSERT INTO t (id) VALUES (?)", [.integer(Int64(id))]) }
+        #expect(!wakeups.wait(ms: 150), "another database's commits reached the callback")
+        #expect(queue.sync { watcher.wakeCount } == 0, "another database's commits woke the watcher")
+
+        try scratch.writer.execute("INSERT INTO t (id) VALUES (1)")
+        #expect(wakeups.wait(ms: 200), "no wakeup within 200 ms of a commit to the watched database")
+    }
+
+    /// The WAL does not exist while no connection is open (SQLite removes it at the last close): made after the
+    /// watch started, it is watched from its first commit on, and again once it was removed and made anew.
+    @Test func aWALMadeAfterTheWatchStartedIsWatched() throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/app.db"
+        do {
+            let setup = try SQLiteOpener().open(path: path)
+            try setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: path + "-wal"), "the WAL outlived its last connection")
+        let queue = DispatchQueue(label: "test.late-wal")
+        let wakeups = Wakeups()
+        let watcher = try FileChangeWatcher(databasePath: path, queue: queue) { wakeups.hit() }
+        defer { watcher.cancel() }
+
+        var next: Int64 = 1
+        for generation in 1...2 {
+            let writer = try SQLiteOpener().open(path: path)
+            wakeups.drain()
+            for _ in 1...3 {
+                try writer.execute("INSERT INTO t (id) VALUES (?)", [.integer(next)])
+                #expect(wakeups.wait(ms: 200), "no wakeup within 200 ms of commit \(next) (WAL number \(generation))")
+                next += 1
+                // The next commit must wake it through the WAL's own watch: wait out this one's events first.
+                Thread.sleep(forTimeInterval: 0.02)
+                wakeups.drain()
+            }
+            // The writer goes here: SQLite checkpoints and removes the WAL.
+        }
+    }
+
     /// A paused watcher reads nothing; unpaused, it hands over what came meanwhile at once. Cancelled while paused,
     /// it lets go of its descriptor (libdispatch traps on releasing a suspended source).
     @Test func aPausedWatcherHandsOverWhatCameMeanwhile() throws {
