@@ -165,7 +165,7 @@ struct LiveBench: ParsableCommand {
             let gained = zip(looks, [(seconds: 0.0, rows: Int64(0))] + looks).map { (seconds: $0.seconds, rows: Int($0.rows - $1.rows)) }
             say("bulk rows node 2 had per 100 ms (the watcher's looks, about every 100 ms): " + rowsPer100Ms(gained).map(String.init).joined(separator: " "))
         }
-        say("  of which commit to stored on the log: p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count)); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
+        say("  of which commit to stored on the log: \(toLog.isEmpty ? "n/a (\(storedTimesMissing))" : "p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count))"); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
         say("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
         let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: metricsPort))
         say("hints applied on node 2: \(hintsApplied)\(noHints ? " (hints off)" : "")")
@@ -213,8 +213,8 @@ struct LiveBench: ParsableCommand {
                  "idle_ms": {"p50": \(msText(percentile(idle, 50))), "p99": \(msText(percentile(idle, 99)))},
                  "load_ms": {"p50": \(msText(percentile(loaded, 50))), "p99": \(msText(percentile(loaded, 99))), "samples": \(loaded.count)},
                  "probe_node": \(probeNode), "hints": \(!noHints), "compress": \(compress), "hints_applied": \(hintsApplied),
-                 "probe_insert_ms": {"p50": \(msText(percentile(commitWaits, 50))), "p99": \(msText(percentile(commitWaits, 99)))},
-                 "stored_ms": {"p50": \(msText(percentile(toLog, 50))), "p99": \(msText(percentile(toLog, 99)))},
+                 "probe_insert_ms": {"p50": \(jsonMs(commitWaits, 50)), "p99": \(jsonMs(commitWaits, 99))},
+                 "stored_ms": {"p50": \(jsonMs(toLog, 50)), "p99": \(jsonMs(toLog, 99))},
                  "messages_per_row": \(messagesPerRow), "cpu_us_per_row": [\(cpuPerRow.map { String(format: "%.2f", $0) }.joined(separator: ", "))], "peak_rss_mib": [\(rss.map { String(format: "%.1f", $0) }.joined(separator: ", "))]}
                 """.write(toFile: report + ".json", atomically: true, encoding: .utf8)
         }
@@ -344,6 +344,9 @@ func percentile(_ xs: [Double], _ p: Double) -> Double {
 }
 
 func msText(_ x: Double) -> String { String(format: "%.1f", x) }
+
+/// A percentile for a JSON report: null when there were no samples (`nan` is not JSON), as `kvwrite` writes it.
+func jsonMs(_ samples: [Double], _ p: Double) -> String { samples.isEmpty ? "null" : msText(percentile(samples, p)) }
 
 /// Rows counted at moments (seconds from a start), summed per 100 ms from that start up to the last.
 func rowsPer100Ms(_ counts: [(seconds: Double, rows: Int)]) -> [Int] {
