@@ -101,6 +101,41 @@ final class BenchCluster {
         try metricsPorts.map { Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: directory, port: $0)) }
     }
 
+    /// The first node whose `/health` answers 503, with the reasons it gives (made with `metrics`; nil without).
+    func unhealthyNode() -> (node: Int, reasons: String)? {
+        for (i, port) in metricsPorts.enumerated() {
+            let out = "\(directory)/health-\(port).json"
+            let curl = try? ChildProcess.spawn("/usr/bin/env", ["curl", "-s", "-o", out, "-w", "%{http_code}", "http://127.0.0.1:\(port)/health"],
+                                               environment: ProcessInfo.processInfo.environment, stdin: nil,
+                                               stdout: out + ".status", stderr: nil)
+            guard curl?.wait(timeoutSeconds: 10) == 0,
+                  (try? String(contentsOfFile: out + ".status", encoding: .utf8)) == "503",
+                  let body = try? Data(contentsOf: URL(fileURLWithPath: out)) else { continue }
+            let reasons = ((try? JSONSerialization.jsonObject(with: body)) as? [String: Any])?["reasons"] as? [String]
+            return (i + 1, reasons?.joined(separator: "; ") ?? String(decoding: body, as: UTF8.self))
+        }
+        return nil
+    }
+
+    /// `waitFor`, giving up as soon as a node says on `/health` (twice, 2 s apart) that it cannot make progress: a run
+    /// that cannot finish (a receiver behind a small stream's start with snapshots off) stops with the node's words
+    /// instead of timing out minutes later without saying why.
+    func waitWhileHealthy(seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
+        var lastCheck = Date(), unhealthy: Int?
+        try waitFor(seconds: seconds, what) {
+            if try condition() { return true }
+            guard Date().timeIntervalSince(lastCheck) >= 2 else { return false }
+            lastCheck = Date()
+            guard let (node, reasons) = unhealthyNode() else { unhealthy = nil; return false }
+            if unhealthy == node {
+                keep = true
+                throw ValidationError("gave up waiting for \(what): node \(node) cannot make progress; its /health says: \(reasons) (its log: \(directory)/node\(node).log)")
+            }
+            unhealthy = node
+            return false
+        }
+    }
+
     /// Messages every shard's stream holds.
     func storedMessages() throws -> Double {
         let connection = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(nats.port)"], name: "harmonybench"))

@@ -45,11 +45,9 @@ struct LiveBench: ParsableCommand {
     /// Runs the benchmark; prints and writes the report unless `quiet`.
     func measure(quiet: Bool = false) throws -> Figures {
         let say: (String) -> Void = { if !quiet { print($0) } }
-        let metricsPort = EmbeddedNATSServer.freePort()
         let cluster = try BenchCluster(nodes: 3, shards: shards,
                                        schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value REAL, at INTEGER)",
-                                       binary: binary, hints: !noHints, compress: compress, maxEntries: maxEntries,
-                                       extra: { $0 == 2 ? "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(metricsPort)\"" : "" })
+                                       binary: binary, hints: !noHints, compress: compress, maxEntries: maxEntries, metrics: true)
         defer { cluster.stop() }
         let dir = cluster.directory
         let dbs = try (1...3).map { try SQLiteOpener().open(path: cluster.dbPath($0)) }
@@ -125,7 +123,7 @@ struct LiveBench: ParsableCommand {
         var loaded = try latenciesUnderLoad(dbs, count: samples, nextID: &nextID, watch: watch, commitWaits: &commitWaits, stopWhen: {
             !nodeDone.withLock { $0.contains(nil) } || Date().timeIntervalSince(start) > 300
         })
-        try waitFor(seconds: 300, "every node to have the bulk rows") { !nodeDone.withLock { $0.contains(nil) } }
+        try cluster.waitWhileHealthy(seconds: 300, "every node to have the bulk rows") { !nodeDone.withLock { $0.contains(nil) } }
         let done = nodeDone.withLock { $0.compactMap { $0 } }
         // CPU per bulk row of each process (the probes' share is a few hundred rows against the load's).
         let cpuPerRow = zip(try cluster.cpuSeconds(), cpuBefore).map { ($0 - $1) / Double(rows) * 1e6 }
@@ -167,7 +165,7 @@ struct LiveBench: ParsableCommand {
         }
         say("  of which commit to stored on the log: \(toLog.isEmpty ? "n/a (\(storedTimesMissing))" : "p50 \(msText(percentile(toLog, 50))) ms, p99 \(msText(percentile(toLog, 99))) ms (\(toLog.count))"); to sent as a hint: p50 \(msText(percentile(toHint, 50))) ms, p99 \(msText(percentile(toHint, 99))) ms (\(toHint.count))")
         say("probe INSERT under load (the application's own commit, waiting for the write lock): p50 \(msText(percentile(commitWaits, 50))) ms, p99 \(msText(percentile(commitWaits, 99))) ms, max \(msText(commitWaits.max() ?? .nan)) ms")
-        let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: metricsPort))
+        let hintsApplied = Int(try Calibrate.metric("harmonylite_hints_applied_total", directory: dir, port: cluster.metricsPorts[1]))
         say("hints applied on node 2: \(hintsApplied)\(noHints ? " (hints off)" : "")")
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores"
         let rss = cluster.peakRSSMegabytes()
