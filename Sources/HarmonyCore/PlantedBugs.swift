@@ -192,6 +192,12 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Merge a snapshot's schema state in id order alone: an index made on a table before a rename comes before the
     /// table's new name, and the restoring node refuses it for good.
     public static let snapshotDependentsBeforeTables = PlantedBugs(rawValue: 1 << 74)
+    /// Send nothing when the renaming node's definition of a renamed table loses to one made here with a column added
+    /// to the old name meanwhile: the renaming node keeps the default where it left the column out of rows.
+    public static let renameRaceValuesLeftOut = PlantedBugs(rawValue: 1 << 75)
+    /// Apply other nodes' DDL with `legacy_alter_table` on only: a trigger naming its own table keeps the old name in
+    /// its body after a rename applied here, and that text, recorded later, wins everywhere.
+    public static let appliedRenameKeepsBodies = PlantedBugs(rawValue: 1 << 76)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -269,6 +275,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("dependent-follows-to-remade-table", .dependentFollowsToRemadeTable),
         ("row-follows-to-remade-table", .rowFollowsToRemadeTable),
         ("snapshot-dependents-before-tables", .snapshotDependentsBeforeTables),
+        ("rename-race-values-left-out", .renameRaceValuesLeftOut),
+        ("applied-rename-keeps-bodies", .appliedRenameKeepsBodies),
     ]
 }
 

@@ -87,6 +87,20 @@ extension ReplicationNode {
                     try update(db, target, to: moved)
                 }
             }
+            if let local, local.object.type == "table", let winner = local.object.sql, let loser = incoming.sql,
+               local.object.generation == incoming.generation, let from = incoming.renamed, local.object.renamed == from,
+               let table = captured[incoming.name], !config.plantedBugs.contains(.renameRaceValuesLeftOut) {
+                // Both are the table a RENAME TO made, and the one that wins here has columns the loser lacks: a column
+                // this node added to the old name while another node renamed it, kept when SQLite renamed the table
+                // here before the renaming node's definition came. The renaming node took rows written with that
+                // column for rows of a losing definition and left the value out; it makes the column, at its default,
+                // when this definition reaches it, and skips the rows at the versions it has. So rows written before
+                // this definition that hold a value there are sent again as this node's writes (harmonysim swarm seed
+                // 4066: one row kept its value on three nodes and had the default on the renaming one).
+                let theirs = Set(SchemaObjects.columnNames(loser))
+                try SchemaObjects.sendAddedValues(db, table, columns: SchemaObjects.columnNames(winner).filter { !theirs.contains($0) },
+                                                  writtenBefore: local.object.version)
+            }
             if let local, local.object.isDependent, local.object.version < incoming.version,
                local.object.tableName != incoming.tableName, !config.plantedBugs.contains(.movedDependentNeverSent) {
                 // A later text for another table that loses to the state this node holds was written without it. An
@@ -466,10 +480,28 @@ extension ReplicationNode {
 
     /// Makes this database's object match `o`'s definition exactly (`sqlite_schema` text included).
     ///
-    /// With `legacy_alter_table` on: SQLite then neither rewrites nor re-checks views and trigger bodies elsewhere in
-    /// the schema, so one view broken here (naming a table another node dropped) cannot make every later ALTER fail.
-    /// The node that ran the DDL publishes what it did to its views and triggers; those arrive as their own changes.
+    /// First as the application's connection ran it: SQLite rewrites the views and trigger bodies that name a renamed
+    /// table or column, as it did on the node that ran the DDL. A side effect this node records as its own DDL then
+    /// has the text the author sent; left as it was, a trigger that names its own table would keep the old name in
+    /// its body, and that later text would win on every node, breaking the trigger and every later rename.
+    /// If SQLite refuses (one view broken here, naming a table another node dropped, makes every ALTER fail the
+    /// schema check), again with `legacy_alter_table` on: SQLite then neither rewrites nor re-checks views and trigger
+    /// bodies elsewhere in the schema. The node that ran the DDL publishes what it did to its views and triggers;
+    /// those arrive as their own changes.
     func execute(_ db: Database, _ o: SchemaObject) throws {
+        if !config.plantedBugs.contains(.appliedRenameKeepsBodies) {
+            try db.execute("SAVEPOINT harmonylite_rewrite", [])
+            do {
+                try executeDefinition(db, o)
+                try db.execute("RELEASE harmonylite_rewrite", [])
+                return
+            } catch let error as SQLiteError where error.isTransientStorageFailure {
+                throw error
+            } catch {
+                try db.execute("ROLLBACK TO harmonylite_rewrite", [])
+                try db.execute("RELEASE harmonylite_rewrite", [])
+            }
+        }
         try db.execute("PRAGMA legacy_alter_table = ON")
         defer { try? db.execute("PRAGMA legacy_alter_table = OFF") }
         try executeDefinition(db, o)

@@ -441,7 +441,8 @@ public enum SchemaObjects {
     /// COLUMN a TO c` of two columns of one type; or a write already delivered under the old name, when a crash lost
     /// its acknowledgement and the row looked unsent). Sent with the versions it has, a row is skipped where that
     /// version is: harmonysim ddl-races seed 275 and swarm seed 464 kept a value on one node only.
-    static func sendAddedValues(_ db: Database, _ table: CapturedTable, columns: [String]) throws {
+    /// `writtenBefore`: only rows whose version is older (the rows another node may have applied without the columns).
+    static func sendAddedValues(_ db: Database, _ table: CapturedTable, columns: [String], writtenBefore: RowVersion? = nil) throws {
         let key = table.schema.primaryKey
         guard !key.isEmpty, !columns.isEmpty else { return }
         let name = table.schema.name, q = quoteIdentifier
@@ -451,10 +452,15 @@ public enum SchemaObjects {
         let holding = columns.compactMap { c in info[c].flatMap { $0.generated ? nil : "t.\(q(c)) IS NOT (\($0.declared ?? "NULL"))" } }
         guard !holding.isEmpty else { return }
         let keyValues = key.map { ", t.\(q($0))" }.joined()
+        var older = ""
+        if let writtenBefore {
+            let sameKey = key.map { "v.\(q(Bookkeeping.keyColumn($0))) IS t.\(q($0))" }.joined(separator: " AND ")
+            older = " AND EXISTS (SELECT 1 FROM \(q(Bookkeeping.versionTable(name))) AS v WHERE \(sameKey) AND v.hlc < \(writtenBefore.hlc))"
+        }
         try db.execute("""
             INSERT INTO \(ChangeCapture.queueInsertTarget(keyCount: key.count))
             SELECT ?, 'update', ?, \(ChangeCapture.nowMsSQL), total_changes()\(keyValues) FROM \(q(name)) AS t
-            WHERE \(holding.joined(separator: " OR ")) ORDER BY \(key.map { "t." + q($0) }.joined(separator: ", "))
+            WHERE (\(holding.joined(separator: " OR ")))\(older) ORDER BY \(key.map { "t." + q($0) }.joined(separator: ", "))
             """, [.text(name), .integer(table.epoch)])
     }
 

@@ -368,4 +368,31 @@ struct RenameTableRaceTests {
         }
         #expect(c.nodes.allSatisfy { $0.pausedShards.isEmpty })
     }
+
+    /// A trigger whose body names its own table, then a RENAME TO of that table: SQLite rewrites the body on the node
+    /// that renamed, and every node that applies the rename rewrites it the same way, so the text they record as
+    /// their own is the author's. The trigger keeps working everywhere, and so does the next rename
+    /// (`applied-rename-keeps-bodies`: applied with `legacy_alter_table` on, the other node's body keeps the old name,
+    /// its later text wins on both, inserts fail with "no such table: main.e1", and so does every later ALTER).
+    @Test(arguments: [PlantedBugs(), .appliedRenameKeepsBodies])
+    func aTriggerNamingItsOwnTableFollowsTheRenameInItsBody(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: "CREATE TABLE e1 (id INTEGER PRIMARY KEY, w INTEGER DEFAULT 0);") { $0.plantedBugs = bug }
+        try c.apps[0].execute("CREATE TRIGGER e1_self AFTER INSERT ON e1 BEGIN UPDATE e1 SET w = w + 1 WHERE id = NEW.id; END")
+        try c.settle()
+        try c.apps[0].execute("ALTER TABLE e1 RENAME TO e2")
+        try c.settle()
+        for i in 0...1 {
+            let body = try c.rows(i, "SELECT sql FROM sqlite_schema WHERE name = 'e1_self'").first?.first?.string ?? ""
+            #expect(body.contains(#"UPDATE "e2" SET"#) == bug.isEmpty, "node \(i + 1): \(body)")
+        }
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+        guard bug.isEmpty else { return }
+        try c.apps[1].execute("INSERT INTO e2 (id) VALUES (1)")
+        try c.apps[0].execute("INSERT INTO e2 (id) VALUES (2)")
+        try c.settle()
+        try c.apps[1].execute("ALTER TABLE e2 RENAME TO e3")
+        try c.settle()
+        for i in 0...1 { #expect(try c.rows(i, "SELECT id, w FROM e3 ORDER BY id") == [[1, 1], [2, 1]]) }
+        #expect(try userSchema(c, 0) == userSchema(c, 1))
+    }
 }

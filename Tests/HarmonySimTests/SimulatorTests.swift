@@ -1,3 +1,4 @@
+import Foundation
 import HarmonyCore
 import HarmonyCoreTesting
 @testable import HarmonySim
@@ -206,5 +207,24 @@ struct RedeliveryTests {
         #expect(!log.expireAcks(node: 2, shard: 1, nowMs: 999))
         #expect(log.expireAcks(node: 2, shard: 1, nowMs: 1_000))
         #expect(log.takeBatch(node: 2, shard: 1, nowMs: 1_000).map(\.sequence) == [1, 2, 3, 4, 5])
+    }
+}
+
+/// Swarm seeds that once failed, run again as they are in `scenarios/swarm.toml`, with and without the planted bug
+/// that brings the failure back. A seed's draws follow the code, so a later change can move one off its race: the
+/// planted-bug case then passes and this test says so.
+@Suite("Swarm seeds that found bugs")
+struct SwarmRegressionTests {
+    static let swarm = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("scenarios/swarm.toml").path
+
+    /// Seed 4066: a column added to a table while another node renamed it kept a written value on three nodes and the
+    /// default on the renaming one, until the nodes whose definition won sent those rows again as their writes.
+    @Test(arguments: [[], ["rename-race-values-left-out"]])
+    func seed4066(bugs: [String]) throws {
+        var s = try ScenarioLoader.parse(String(contentsOfFile: Self.swarm, encoding: .utf8))
+        s.plantedBugs = bugs
+        let result = try Simulation(scenario: s, seed: 4066).run()
+        #expect(result.passed == bugs.isEmpty, "\(result.correctnessFailures.prefix(2))")
     }
 }
