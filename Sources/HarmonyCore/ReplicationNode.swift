@@ -604,6 +604,10 @@ public final class ReplicationNode {
         return db
     }
 
+    /// Why a table without a primary key is left out, and what to do about it.
+    static let keylessReason = "it has no PRIMARY KEY (rowids differ from node to node, so its rows cannot be matched across nodes); "
+        + "add a PRIMARY KEY to replicate it, or list it under exclude_tables if it is meant to stay on this node"
+
     /// Installs or refreshes triggers for the current schema and forgets cached shapes.
     /// Inside the apply transaction after remote DDL, the install joins that transaction. `afterOwnDDL`: the schema
     /// changed by the sidecar's own hand (remote DDL applied, a restore), never a table the application recreated.
@@ -615,11 +619,12 @@ public final class ReplicationNode {
         // reported too, not stamped unreported by the install.
         if !db.isInTransaction { try stampLocalChangesIfQueued(all: true) }
         let install = {
-            // Refuse keyless tables loudly at start; once running, skip and report them instead of halting.
-            try ChangeCapture.install(db, nodeID: self.config.nodeID, filter: self.config.tables, refuseKeyless: !self.isRunning,
+            // Keyless tables are skipped and reported, at start as while running: refused at start, one made through
+            // the HTTP API or psql (its CREATE replicates) stopped every node at its next restart.
+            try ChangeCapture.install(db, nodeID: self.config.nodeID, filter: self.config.tables, refuseKeyless: false,
                                       replicateDDL: self.config.replicateDDL, findRecreated: !afterOwnDDL,
                                       plantedBugs: self.config.plantedBugs, sentChanges: self.inFlight.union(self.publishedUnmarked)) { skipped in
-                for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: "no primary key")) }
+                for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: Self.keylessReason)) }
             }
         }
         captured = try db.isInTransaction ? install() : writeTransaction(db, install)
