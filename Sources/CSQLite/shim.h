@@ -23,3 +23,8 @@ static inline int harmony_sqlite_no_load_extension(sqlite3 *db) {
 static inline int harmony_sqlite_dqs_ddl(sqlite3 *db, int enable, int *now) {
     return sqlite3_db_config(db, SQLITE_DBCONFIG_DQS_DDL, enable, now);
 }
+
+/* fts3_tokenizer() with two arguments takes a pointer to C code from SQL; off even if the library turned it on. */
+static inline int harmony_sqlite_no_fts3_tokenizer(sqlite3 *db) {
+    return sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, 0, (int *)0);
+}

@@ -24,6 +24,8 @@ public enum APIAuthorizer {
         public var topLevel = false
         /// The table a DROP TABLE removes: its capture triggers go with it.
         var droppedTable: String?
+        /// The statement makes a trigger, whose body SQLite authorizes only when it fires (`GuardedConnection.prepareFirst`).
+        public var createsTrigger = false
         /// The client owns the connection for its whole session (the PostgreSQL front end): transactions, temporary
         /// objects and per-connection PRAGMAs are its own business; the HTTP API's pooled connections are not.
         public var ownsConnection = false
@@ -31,6 +33,7 @@ public enum APIAuthorizer {
         public mutating func startStatement() {
             topLevel = true
             droppedTable = nil
+            createsTrigger = false
         }
     }
 
@@ -44,6 +47,10 @@ public enum APIAuthorizer {
             return "ATTACH, DETACH and VACUUM INTO are refused through the API: they open other files on the server"
         case SQLITE_FUNCTION where r.second?.lowercased() == "load_extension":
             return "load_extension() is refused through the API: it would run native code in the server"
+        case SQLITE_FUNCTION where r.second?.lowercased() == "fts3_tokenizer":
+            // Its two-argument form registers a tokenizer from a pointer the caller gives (bound parameters pass even
+            // with the library's switch off); its one-argument form tells a pointer into the server's memory.
+            return "fts3_tokenizer() is refused through the API: it reads and registers pointers into the server's memory"
         case SQLITE_TRANSACTION where topLevel && !context.ownsConnection, SQLITE_SAVEPOINT where topLevel && !context.ownsConnection:
             return "BEGIN, COMMIT, ROLLBACK and SAVEPOINT are refused: each request is its own transaction; send an array of statements to run them in one"
         case SQLITE_CREATE_TEMP_TABLE where !context.ownsConnection, SQLITE_CREATE_TEMP_INDEX where !context.ownsConnection,
@@ -58,7 +65,10 @@ public enum APIAuthorizer {
             return nil
         case SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE, SQLITE_CREATE_TABLE, SQLITE_CREATE_VIEW, SQLITE_DROP_VIEW:
             return reservedRefusal(r.first)
-        case SQLITE_CREATE_INDEX, SQLITE_DROP_INDEX, SQLITE_CREATE_TRIGGER, SQLITE_DROP_TRIGGER:
+        case SQLITE_CREATE_TRIGGER, SQLITE_CREATE_TEMP_TRIGGER:
+            if topLevel { context.createsTrigger = true }
+            return reservedRefusal(r.first) ?? reservedRefusal(r.second)
+        case SQLITE_CREATE_INDEX, SQLITE_DROP_INDEX, SQLITE_DROP_TRIGGER:
             return reservedRefusal(r.first) ?? reservedRefusal(r.second)
         case SQLITE_ALTER_TABLE:
             return reservedRefusal(r.second)
@@ -66,6 +76,9 @@ public enum APIAuthorizer {
             return nil
         }
     }
+
+    /// Thrown when a statement is refused after SQLite compiled it; the connection's `refusal` says why.
+    public struct Refused: Error {}
 
     static func isReserved(_ name: String) -> Bool { name.lowercased().hasPrefix(reservedPrefix) }
 

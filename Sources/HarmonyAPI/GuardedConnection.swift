@@ -32,6 +32,20 @@ public final class GuardedConnection: @unchecked Sendable {
         database.setProgressHandler { [unowned self] in DispatchTime.now().uptimeNanoseconds > self.deadlineNs }
     }
 
+    /// Compiles a client's first statement (`Database.prepareFirst`). A trigger whose text names harmonylite's
+    /// bookkeeping is refused here: SQLite checks the tables a trigger body writes only when it fires, and it fires on
+    /// every node the trigger replicates to, for every connection that writes there (the sqlite3 shell too), where
+    /// nothing would stop it emptying a checkpoint table.
+    public func prepareFirst(_ sql: String) throws -> (statement: Statement?, rest: String) {
+        let (statement, rest) = try database.prepareFirst(sql)
+        if authorizing.createsTrigger, String(decoding: sql.utf8.prefix(sql.utf8.count - rest.utf8.count), as: UTF8.self)
+            .lowercased().contains(APIAuthorizer.reservedPrefix) {
+            refusal = "a trigger that names harmonylite's replication bookkeeping (\(APIAuthorizer.reservedPrefix)...) is refused through the API: it would write that bookkeeping on every node it replicates to"
+            throw APIAuthorizer.Refused()
+        }
+        return (statement, rest)
+    }
+
     /// Call before compiling a client's statement: its refusals, not an earlier one's, are what it is told.
     public func startStatement() {
         authorizing.startStatement()

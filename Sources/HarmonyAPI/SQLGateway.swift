@@ -131,7 +131,7 @@ public final class SQLGateway: Sendable {
         defer { c.authorizing.topLevel = false }
         let first: Statement?
         let rest: String
-        do { (first, rest) = try c.database.prepareFirst(sql) } catch { throw failure(error, on: c, index: index) }
+        do { (first, rest) = try c.prepareFirst(sql) } catch { throw failure(error, on: c, index: index) }
         guard let first else { throw APIError(status: 400, "\(prefix(index))\"sql\" holds no statement", statement: index) }
         let more: Statement?
         do { more = try c.database.prepareFirst(rest).statement } catch { more = first }

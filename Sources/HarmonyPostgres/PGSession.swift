@@ -398,7 +398,7 @@ public final class PGSession {
             connection.startStatement()
             defer { connection.authorizing.topLevel = false }
             do {
-                let (statement, rest) = try db.prepareFirst(String(text))
+                let (statement, rest) = try connection.prepareFirst(String(text))
                 guard let statement else { return (.empty, "") }
                 return (.sqlite(statement, tag: keyword), rest)
             } catch {

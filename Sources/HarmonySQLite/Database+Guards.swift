@@ -68,12 +68,15 @@ extension Database {
         }, Unmanaged.passUnretained(box).toOpaque())
     }
 
-    /// Defensive mode and no extension loading: for connections that run SQL written by remote clients.
+    /// Defensive mode, no extension loading and no FTS3 tokenizer pointers: for connections that run SQL written by
+    /// remote clients.
     public func harden() throws {
         var rc = harmony_sqlite_defensive(handle)
         guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_DEFENSIVE") }
         rc = harmony_sqlite_no_load_extension(handle)
         guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION") }
+        rc = harmony_sqlite_no_fts3_tokenizer(handle)
+        guard rc == SQLITE_OK else { throw error(rc, sql: "SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER") }
     }
 
     /// Compiles the first statement of `sql` and returns it with the text after it, so callers can refuse or

@@ -96,6 +96,8 @@ final class GatewayFixture {
             ("ATTACH DATABASE '/tmp/x.db' AS x", "ATTACH"),
             ("VACUUM INTO '/tmp/copy.db'", "VACUUM INTO"),
             ("SELECT load_extension('/tmp/evil.so')", "load_extension"),
+            ("SELECT fts3_tokenizer('simple')", "fts3_tokenizer"),
+            ("SELECT fts3_tokenizer('evil', x'4141414141414141')", "fts3_tokenizer"),
             ("INSERT INTO __harmonylite___change_log_global(tbl) VALUES ('x')", "replication bookkeeping"),
             ("DELETE FROM __HARMONYLITE___change_log_global", "replication bookkeeping"),
             ("DROP TRIGGER __harmonylite__t_on_insert", "replication bookkeeping"),
@@ -115,8 +117,14 @@ final class GatewayFixture {
             guard case .string(let message)? = reply.json["error"] else { Issue.record("\(sql): no error"); continue }
             #expect(message.contains(reason), "\(sql): \(message)")
         }
-        // A user trigger cannot reach the bookkeeping either.
-        #expect(try f.post(#"{"sql": "CREATE TRIGGER ut AFTER UPDATE ON t BEGIN DELETE FROM __harmonylite___change_log_global; END"}"#).status == 200)
+        // A user trigger cannot reach the bookkeeping either: refused when it is made, since it would fire on every
+        // node it replicates to, for any connection that writes there; and one made otherwise (the sqlite3 shell)
+        // is refused when a client's write fires it.
+        let trigger = try f.post(#"{"sql": "CREATE TRIGGER ut AFTER UPDATE ON t BEGIN DELETE FROM __HARMONYLITE___checkpoint; END"}"#)
+        #expect(trigger.status == 403)
+        #expect("\(trigger.json)".contains("a trigger that names harmonylite"), "\(trigger.json)")
+        #expect(try f.rows("SELECT count(*) FROM sqlite_schema WHERE name = 'ut'") == [.array([.integer(0)])])
+        try SQLiteOpener().open(path: f.path).execute("CREATE TRIGGER ut AFTER UPDATE ON t BEGIN DELETE FROM __harmonylite___change_log_global; END")
         #expect(try f.post(#"{"sql": "INSERT INTO t(id) VALUES (1)"}"#).status == 200)
         #expect(try f.post(#"{"sql": "UPDATE t SET s = 'x'"}"#).status == 403)
         // Reading is fine, and so are the PRAGMAs that only read; the table keeps working after all that.
