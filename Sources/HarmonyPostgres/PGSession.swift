@@ -314,12 +314,22 @@ public final class PGSession {
                 throw PGError("08P01", "unexpected message \(message)")
             }
         } catch let error as PGError {
+            failTransactionBlock()
             emit(.error(error))
             skippingUntilSync = true
         } catch {
+            failTransactionBlock()
             emit(.error(PGError("XX000", "\(error)")))
             skippingUntilSync = true
         }
+    }
+
+    /// Any error inside a transaction block fails the block, as in PostgreSQL: a statement that would not compile,
+    /// a table that does not exist, a SELECT that fails at run time or is cancelled, not only a failed write. Until
+    /// ROLLBACK (or ROLLBACK TO a savepoint) only the block's end runs, and COMMIT rolls back; otherwise a COMMIT after
+    /// a failed statement would keep the statements around it.
+    private func failTransactionBlock() {
+        if inTransactionBlock { failed = true }
     }
 
     /// A Query message: each statement in turn (each in its own transaction unless a block is open); the first
@@ -332,6 +342,7 @@ public final class PGSession {
             do {
                 (command, rest) = try compile(rest)
             } catch {
+                failTransactionBlock()
                 emit(.error(error))
                 break
             }
@@ -349,6 +360,7 @@ public final class PGSession {
                 if !columns.isEmpty { emit(.rowDescription(columns)) }
                 try execute(portal, maxRows: 0)
             } catch {
+                failTransactionBlock()
                 emit(.error(error as? PGError ?? PGError("XX000", "\(error)")))
                 break
             }
@@ -453,11 +465,13 @@ public final class PGSession {
         }
     }
 
-    /// In a failed transaction block only its end may run.
+    /// In a failed transaction block only its end may run, or ROLLBACK TO a savepoint (which recovers the block, as
+    /// psycopg's nested transactions and psql's ON_ERROR_ROLLBACK rely on).
     private func refuseInFailedTransaction(_ command: Command) throws(PGError) {
         guard failed else { return }
         switch command {
         case .rollback, .commit: return
+        case .sqlite(_, let keyword) where keyword == "ROLLBACK": return  // ROLLBACK TO (a plain ROLLBACK is .rollback)
         default: throw PGError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
         }
     }
@@ -533,6 +547,7 @@ public final class PGSession {
                 emit(.commandComplete("DEALLOCATE"))
             case .sqlite(let s, let keyword):
                 try executeSQLite(portal, s, keyword: keyword, maxRows: maxRows)
+                if keyword == "ROLLBACK" { failed = false }  // ROLLBACK TO a savepoint: the block goes on from there
             }
         } catch {
             if wasInTransaction { failed = true }

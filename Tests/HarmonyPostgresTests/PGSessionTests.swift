@@ -176,6 +176,46 @@ final class SessionFixture {
         #expect(try Database(path: f.path).scalar("SELECT count(*) FROM t")?.int64 == 1)
     }
 
+    /// Not only a failed write fails the block: a statement that does not compile, a missing table, a SELECT that fails
+    /// as it runs. COMMIT then rolls back the write made before it (it used to commit it), on the simple protocol and
+    /// the extended one. ROLLBACK TO a savepoint recovers the block, as psycopg's nested transactions need.
+    @Test(arguments: ["SELECT * FROM nosuch", "SELEC 1", "SELECT abs(-9223372036854775808)"])
+    func anyErrorInABlockFailsItAndCommitRollsBack(failing: String) throws {
+        let f = try SessionFixture()
+        f.login()
+        #expect(f.send(.query("BEGIN; INSERT INTO t(id) VALUES (1)")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        var replies = f.send(.query(failing))
+        #expect(replies.contains { if case .error = $0 { true } else { false } }, "\(replies)")
+        #expect(replies.last == .readyForQuery(status: UInt8(ascii: "E")))
+        replies = f.send(.query("INSERT INTO t(id) VALUES (2)"))
+        #expect(replies.first.map { if case .error(let e) = $0 { e.code == "25P02" } else { false } } == true)
+        #expect(f.send(.query("COMMIT")).first == .commandComplete("ROLLBACK"))
+        #expect(try Database(path: f.path).scalar("SELECT count(*) FROM t")?.int64 == 0)
+        // The extended protocol: a Parse that fails inside a block fails it too.
+        #expect(f.send(.query("BEGIN; INSERT INTO t(id) VALUES (3)")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        replies = f.send(.parse(name: "", query: failing, parameterTypes: []), .bind(portal: "", statement: "", parameterFormats: [], parameters: [], resultFormats: []),
+                         .execute(portal: "", maxRows: 0), .sync)
+        #expect(replies.last == .readyForQuery(status: UInt8(ascii: "E")), "\(replies)")
+        #expect(f.send(.query("COMMIT")).first == .commandComplete("ROLLBACK"))
+        #expect(try Database(path: f.path).scalar("SELECT count(*) FROM t")?.int64 == 0)
+    }
+
+    @Test func rollbackToASavepointRecoversAFailedBlock() throws {
+        let f = try SessionFixture()
+        f.login()
+        _ = f.send(.query("BEGIN; INSERT INTO t(id) VALUES (1); SAVEPOINT s"))
+        #expect(f.send(.query("INSERT INTO t(id) VALUES (1)")).last == .readyForQuery(status: UInt8(ascii: "E")))
+        #expect(f.send(.query("ROLLBACK TO SAVEPOINT s")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        #expect(f.send(.query("INSERT INTO t(id) VALUES (2)")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        #expect(f.send(.query("COMMIT")).first == .commandComplete("COMMIT"))
+        #expect(try Database(path: f.path).query("SELECT id FROM t ORDER BY id") == [[1], [2]])
+        // RELEASE is not a way out of a failed block.
+        _ = f.send(.query("BEGIN; SAVEPOINT s"))
+        _ = f.send(.query("SELECT * FROM nosuch"))
+        #expect(f.send(.query("RELEASE s")).first.map { if case .error(let e) = $0 { e.code == "25P02" } else { false } } == true)
+        #expect(f.send(.query("ROLLBACK")).first == .commandComplete("ROLLBACK"))
+    }
+
     /// A block that read, then writes after another connection committed: under READ COMMITTED (PostgreSQL's
     /// default) the write runs on the newest data; a SERIALIZABLE block gets 40001.
     @Test func aWriteAfterAnotherCommitRestartsUnderReadCommittedAndFailsUnderSerializable() throws {
