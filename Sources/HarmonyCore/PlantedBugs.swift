@@ -198,6 +198,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Apply other nodes' DDL with `legacy_alter_table` on only: a trigger naming its own table keeps the old name in
     /// its body after a rename applied here, and that text, recorded later, wins everywhere.
     public static let appliedRenameKeepsBodies = PlantedBugs(rawValue: 1 << 76)
+    /// Apply other nodes' DDL to tables this node's include_tables / exclude_tables leave out, and record those tables
+    /// dropped when the filter hides them: a node excluding a table deletes it from every other node.
+    public static let filteredDefinitionsApplied = PlantedBugs(rawValue: 1 << 77)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -277,6 +280,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("snapshot-dependents-before-tables", .snapshotDependentsBeforeTables),
         ("rename-race-values-left-out", .renameRaceValuesLeftOut),
         ("applied-rename-keeps-bodies", .appliedRenameKeepsBodies),
+        ("filtered-definitions-applied", .filteredDefinitionsApplied),
     ]
 }
 

@@ -51,6 +51,14 @@ extension ReplicationNode {
             try park(db, shard: shard, message, reason: "\(error)", events: &events)
             return .consumed
         }
+        if !config.tables.admits(incoming.type == "view" ? incoming.name : incoming.tableName),
+           !config.plantedBugs.contains(.filteredDefinitionsApplied) {
+            // A table this node leaves out (include_tables / exclude_tables), or an index or trigger on one: neither
+            // made nor changed here, as its rows are not, and a local table of that name keeps its own definition.
+            // Made here, the next look would not see it through the filter and record it dropped, and that DROP would
+            // win on every node (the table and its rows gone from the node that made it).
+            return .consumed
+        }
         if try db.scalar("PRAGMA schema_version")?.int64 != schemaVersion { try refreshCapture() }
         if !config.plantedBugs.contains(.noClockAdvanceOnReceipt) {
             // The clock passes the definition's version now, not at the end of the batch: applying it can make this

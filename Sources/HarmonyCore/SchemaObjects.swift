@@ -384,6 +384,11 @@ public enum SchemaObjects {
             }
         }
         for (key, before) in known.sorted(by: { $0.value.id < $1.value.id }) where !seen.contains(key) && before.localSQL != nil {
+            // Out of sight through the filter (a table listed in exclude_tables since, or an index on one) is not
+            // dropped: recorded so, the DROP would take the table from every node that replicates it.
+            let table = before.object.type == "view" ? before.object.name : before.object.tableName
+            if !filter.admits(table), !plantedBugs.contains(.filteredDefinitionsApplied),
+               try currentSQL(db, type: before.object.type, name: before.object.name) != nil { continue }
             var object = before.object
             object.sql = nil
             object.basedOn = object.version

@@ -818,3 +818,48 @@ struct CreateTableTextTests {
         #expect(ours == moved || (ours == nil && sql.contains("'old table'")))
     }
 }
+
+/// `include_tables` / `exclude_tables` on one node with DDL replication on.
+@Suite("Table filters and replicated DDL")
+struct TableFilterDDLTests {
+    /// Node 1 excludes "cache"; node 2 makes it and writes to it. Node 1 leaves it alone (no table made, nothing
+    /// recorded), node 2 keeps its table and rows, and a table both replicate still does
+    /// (`filtered-definitions-applied`: node 1 made the table, its next look saw it through the filter as gone, and
+    /// that DROP took the table and its rows from node 2).
+    @Test(arguments: [PlantedBugs(), .filteredDefinitionsApplied])
+    func aTableOneNodeExcludesIsNotDroppedOnTheOthers(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 0, schema: "")
+        try c.addNode(schema: usersSchema) { $0.tables = TableFilter(exclude: ["cache"]); $0.plantedBugs = bug }
+        try c.addNode(schema: usersSchema) { $0.plantedBugs = bug }
+        try c.settle()
+        try c.apps[1].execute("CREATE TABLE cache (k TEXT PRIMARY KEY, v TEXT)")
+        try c.apps[1].execute("INSERT INTO cache VALUES ('a', 'kept on node 2')")
+        try c.apps[1].execute("INSERT INTO users VALUES (1, 'replicated', 1)")
+        try c.settle()
+        try c.apps[0].execute("INSERT INTO users VALUES (2, 'both ways', 1)")
+        try c.settle()
+        #expect(try (c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name = 'cache'") == [[1]]) == bug.isEmpty)
+        if bug.isEmpty { #expect(try c.rows(1, "SELECT v FROM cache") == [["kept on node 2"]]) }
+        #expect(try (c.rows(0, "SELECT count(*) FROM sqlite_schema WHERE name = 'cache'") == [[0]]) == bug.isEmpty)
+        for i in 0...1 { #expect(try c.rows(i, "SELECT name FROM users ORDER BY id") == [["replicated"], ["both ways"]]) }
+    }
+
+    /// Node 1 includes only "users" and has a local "notes" of its own; node 2 makes a "notes" of another shape. Node
+    /// 1's table keeps its definition and rows, node 2's keeps its own.
+    @Test(arguments: [PlantedBugs(), .filteredDefinitionsApplied])
+    func aLocalTableOutsideTheFilterKeepsItsOwnDefinition(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 0, schema: "")
+        try c.addNode(schema: usersSchema + "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, extra INTEGER);") {
+            $0.tables = TableFilter(include: ["users"])
+            $0.plantedBugs = bug
+        }
+        try c.addNode(schema: usersSchema) { $0.plantedBugs = bug }
+        try c.apps[0].execute("INSERT INTO notes VALUES (1, 'local', 44)")
+        try c.settle()
+        try c.apps[1].execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        try c.apps[1].execute("INSERT INTO notes VALUES (7, 'node 2')")
+        try c.settle()
+        #expect(try (c.rows(0, "SELECT * FROM notes") == [[1, "local", 44]]) == bug.isEmpty)
+        if bug.isEmpty { #expect(try c.rows(1, "SELECT * FROM notes") == [[7, "node 2"]]) }
+    }
+}
