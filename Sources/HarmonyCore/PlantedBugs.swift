@@ -201,6 +201,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Apply other nodes' DDL to tables this node's include_tables / exclude_tables leave out, and record those tables
     /// dropped when the filter hides them: a node excluding a table deletes it from every other node.
     public static let filteredDefinitionsApplied = PlantedBugs(rawValue: 1 << 77)
+    /// Take an index or trigger made again in its old text on a table rebuilt in one look for one that never changed:
+    /// the other nodes drop it with the old table, and only this node has it.
+    public static let rebuiltTableLosesDependents = PlantedBugs(rawValue: 1 << 78)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -281,6 +284,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("rename-race-values-left-out", .renameRaceValuesLeftOut),
         ("applied-rename-keeps-bodies", .appliedRenameKeepsBodies),
         ("filtered-definitions-applied", .filteredDefinitionsApplied),
+        ("rebuilt-table-loses-dependents", .rebuiltTableLosesDependents),
     ]
 }
 
