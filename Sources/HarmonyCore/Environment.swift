@@ -132,6 +132,10 @@ public enum ReplicationEvent: Sendable, Hashable {
     /// No snapshot came for `waitedMs`: the checkpoints skipped these message ranges, this node sent all its rows
     /// again and asked every other node to (`ReplicationNode.repairHoleIfDue`).
     case holeRepaired(skipped: [String], waitedMs: Int64)
+    /// A stream ends before this node's checkpoint (`lastSequence` < `checkpoint`), twice in a row: it was deleted and
+    /// made again, its sequences started over. The checkpoint moved back to before its first message, and this node
+    /// sent its rows again and asked every other node to (`ReplicationNode.streamStartedOver`).
+    case streamStartedOver(shard: Int, checkpoint: UInt64, lastSequence: UInt64)
     /// Another node repaired a hole: this node queued all its rows to be sent again.
     case repairRequested(shard: Int, sequence: UInt64, by: Int64)
     /// Rows arrived for a table this node never had, which existed on their node before its first install: this

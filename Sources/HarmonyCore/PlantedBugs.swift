@@ -204,6 +204,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Take an index or trigger made again in its old text on a table rebuilt in one look for one that never changed:
     /// the other nodes drop it with the old table, and only this node has it.
     public static let rebuiltTableLosesDependents = PlantedBugs(rawValue: 1 << 78)
+    /// Take a stream that ends before the checkpoint for one that has not caught up: a stream made again is read from
+    /// the old checkpoint, and its first messages are taken for ones already applied.
+    public static let streamStartOverUnnoticed = PlantedBugs(rawValue: 1 << 79)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -285,6 +288,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("applied-rename-keeps-bodies", .appliedRenameKeepsBodies),
         ("filtered-definitions-applied", .filteredDefinitionsApplied),
         ("rebuilt-table-loses-dependents", .rebuiltTableLosesDependents),
+        ("stream-start-over-unnoticed", .streamStartOverUnnoticed),
     ]
 }
 

@@ -61,6 +61,8 @@ extension ReplicationEvent: CustomStringConvertible {
             return "restored a snapshot: \(rows) row(s) in \(tables) table(s) replaced this node's; replaying the streams from after messages \(sequences.map(String.init).joined(separator: ", "))"
         case .holeRepaired(let skipped, let waitedMs):
             return "no snapshot could be restored for \(waitedMs / 1000) s, so the hole in the log is repaired: skipped messages \(skipped.joined(separator: ", ")), sent every row this node has again, and asked every other node to do the same"
+        case .streamStartedOver(let shard, let checkpoint, let lastSequence):
+            return "shard \(shard): the stream ends at message \(lastSequence), before this node's checkpoint (\(checkpoint)), so it was deleted and made again (a lost or wiped NATS store, `nats stream rm`, another NATS cluster); its messages would have been taken for ones already applied. Reading it from its start, sending every row this node has again and asking every other node to do the same"
         case .repairRequested(let shard, let sequence, let by):
             return "shard \(shard) message \(sequence): node \(by) repaired a hole in the log; sending every row this node has again"
         case .preExistingDefinitionsAsked(let shard, let sequence, let table):

@@ -75,6 +75,24 @@ extension ReplicationNode {
         try resumeAfterHole()
     }
 
+    /// A stream deleted and made again (its last message before this node's checkpoint): every message on it would be
+    /// taken for one already applied, and the old stream's are gone. As a hole repair does, the checkpoint moves to
+    /// just before the stream's first message, and every row this node has goes out again with a request that every
+    /// other node send its own (they may have read the old stream further, or not as far).
+    func streamStartedOver(shard: Int, checkpoint at: UInt64, state: StreamState) throws {
+        let db = requireDatabase()
+        let to = max(state.firstSequence, 1) - 1
+        try writeTransaction(db) {
+            try saveCheckpoint(db, shard: shard, sequence: to)
+            try sendEverythingAgain(db)
+            try queueRequest(db, Bookkeeping.repairRequest)
+        }
+        checkpoints[shard] = to
+        forgetStreamPositions()
+        env.events?.record(.streamStartedOver(shard: shard, checkpoint: at, lastSequence: state.lastSequence))
+        recreateConsumer(shard: shard)
+    }
+
     /// True while a repair's resend waits for this node to catch up (see `repairHole`); clears itself once it has.
     func publishingHeldForRepair() -> Bool {
         guard let until = publishHeldUntil else { return false }

@@ -108,6 +108,8 @@ public final class ReplicationNode {
     var queueRecordsWriters = false
     /// DDL may be waiting to be published (set by every capture refresh, cleared once none is pending).
     var definitionsToPublish = true
+    /// Per shard, the checkpoint at which a stream state last said the stream ends before it (`streamStateArrived`).
+    var streamBehindCheckpoint: [Int: UInt64] = [:]
     /// Local writes stamped inside the transaction now open: reported once it commits, forgotten if it rolls back.
     var stampsAwaitingCommit: [StampedChanges] = []
     /// When the pause after a batch of a large queue's stamping or of a large cleanup ends (node clock): until then
@@ -553,6 +555,21 @@ public final class ReplicationNode {
         holeRepairStateArrived(shard: shard)
         guard config.replicate, !restoreNeeded else { return }
         let at = checkpoint(shard)
+        if state.lastSequence < at, !config.plantedBugs.contains(.streamStartOverUnnoticed) {
+            // Sequences never go back on a stream: it was made again. Asked once more first, so an answer taken before
+            // this node applied its latest messages is not read as one.
+            if streamBehindCheckpoint[shard] == at {
+                streamBehindCheckpoint[shard] = nil
+                do { try streamStartedOver(shard: shard, checkpoint: at, state: state) } catch {
+                    env.events?.record(.restoreFailed(reason: "stream \(router.streamName(shard: shard)) was made again, and reading it from its start failed for now: \(error)"))
+                }
+            } else {
+                streamBehindCheckpoint[shard] = at
+                requestStreamState(shard)
+            }
+            return
+        }
+        streamBehindCheckpoint[shard] = nil
         guard state.firstSequence <= at + 1 else {
             env.events?.record(.behindLogStart(shard: shard, checkpoint: at, firstSequence: state.firstSequence))
             needRestore()

@@ -105,6 +105,13 @@ public final class MemoryJetStream {
         return s.lastSequence
     }
 
+    /// The stream deleted and made again (a wiped NATS store): empty, its sequences starting over, no ids remembered.
+    public func deleteStream(shard: Int) {
+        checkThread()
+        streams[shard] = Stream()
+        recentIDs.removeAll()
+    }
+
     /// Retention by hand: the stream forgets every message before `first` (JetStream's `max_msgs` or a purge).
     public func truncate(shard: Int, before first: UInt64) {
         checkThread()

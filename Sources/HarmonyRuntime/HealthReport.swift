@@ -98,7 +98,7 @@ struct ProgressWatch: Sendable {
         case .stampFailed(let queued, let error, _):
             if ownWritesFailingSinceMs == nil { ownWritesFailingSinceMs = nowMs }
             lastOwnWriteFailure = "stamping \(queued) queued local write(s) failed: \(error)"
-        case .restored, .holeRepaired:
+        case .restored, .holeRepaired, .streamStartedOver:
             restoreNeededSinceMs = nil
             lastRestoreFailure = nil
             for shard in lastProgressMs.keys { lastProgressMs[shard] = nowMs }

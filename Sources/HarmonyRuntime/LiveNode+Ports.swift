@@ -150,7 +150,7 @@ final class LiveEvents: ReplicationEventSink {
             if let line = repeats.admit("\(event)", key: "sending waits \(shard)", nowMs: nowMs) { log.info("\(line)", metadata: event.logMetadata) }
         case .sentBackAskedAgain(let shard, _, _):
             if let line = repeats.admit("\(event)", key: "asked again \(shard)", nowMs: nowMs) { log.info("\(line)", metadata: event.logMetadata) }
-        case .holeRepaired, .consumerLost: log.warning("\(event)", metadata: event.logMetadata)
+        case .holeRepaired, .consumerLost, .streamStartedOver: log.warning("\(event)", metadata: event.logMetadata)
         case .captureInstalled:
             log.info("\(event)", metadata: event.logMetadata)
             node?.schemaChanged()  // recorded on the node's queue, inside the core

@@ -124,7 +124,7 @@ final class NodeMetrics: Sendable {
         case .applyBatchFailed: add(.applyBatchFailures)
         case .stampFailed: add(.stampFailures)
         case .restored: add(.restores)
-        case .holeRepaired: add(.holeRepairs)
+        case .holeRepaired, .streamStartedOver: add(.holeRepairs)
         case .repairRequested: add(.repairRequests)
         case .restoreFailed: add(.restoreFailures)
         case .snapshotTaken: add(.snapshotsTaken)

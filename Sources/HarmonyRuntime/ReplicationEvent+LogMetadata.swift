@@ -43,6 +43,8 @@ extension ReplicationEvent {
         case .restoreRequested: return ["event": "restore_requested"]
         case .restoreFailed(let reason): return ["event": "restore_failed", "reason": .string(reason)]
         case .restored(_, let rows, let tables): return ["event": "restored", "rows": n(rows), "tables": n(tables)]
+        case .streamStartedOver(let shard, let checkpoint, let lastSequence):
+            return ["event": "stream_started_over", "shard": n(shard), "checkpoint": n(checkpoint), "last_sequence": n(lastSequence)]
         case .holeRepaired(let skipped, let waitedMs): return ["event": "hole_repaired", "skipped": .string(skipped.joined(separator: ", ")), "waited_ms": n(waitedMs)]
         case .repairRequested(let shard, let sequence, let by): return ["event": "repair_requested", "shard": n(shard), "seq": n(sequence), "by": n(by)]
         case .preExistingDefinitionsAsked(let shard, let sequence, let table):

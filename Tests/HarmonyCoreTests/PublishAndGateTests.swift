@@ -852,3 +852,34 @@ struct RenamedKeyTests {
         #expect(sent.map(\.primaryKey) == [[ChangeRecord.Column("user_id", .integer(1))]])
     }
 }
+
+@Suite("A stream made again")
+struct StreamStartedOverTests {
+    /// NATS lost its store (or the stream was deleted) and both nodes restart: the streams are empty, their sequences
+    /// start over below each node's checkpoint. Each node reads them from their start and sends its rows again, so the
+    /// rows written since reach the other node, and so do those the old stream held
+    /// (`stream-start-over-unnoticed`: each node took the new stream's first messages for ones it had applied, and
+    /// kept only its own writes).
+    @Test(arguments: [PlantedBugs(), .streamStartOverUnnoticed])
+    func nodesReadAStreamMadeAgainFromItsStart(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema) { $0.plantedBugs = bug }
+        for id in 1...5 { try c.apps[id % 2].execute("INSERT INTO users VALUES (\(id), 'before', 1)") }
+        try c.settle()
+        #expect(c.nodes[0].checkpoint(1) >= 2)
+        c.streams.deleteStream(shard: 1)
+        for i in 0...1 {
+            c.nodes[i].stop()
+            c.nodes[i] = ReplicationNode(config: c.nodes[i].config,
+                                         environment: NodeEnvironment(clock: c.clocks[i], log: c.ports[i], opener: SQLiteOpener(), events: c.events[i]))
+            try c.nodes[i].start()
+            c.answerStreamStates(i)
+        }
+        try c.apps[0].execute("INSERT INTO users VALUES (101, 'after, node 1', 1)")
+        try c.apps[1].execute("INSERT INTO users VALUES (102, 'after, node 2', 1)")
+        try c.settle()
+        try c.settle()
+        let all: [[DatabaseValue]] = [[1], [2], [3], [4], [5], [101], [102]]
+        for i in 0...1 { #expect(try (c.rows(i, "SELECT id FROM users ORDER BY id") == all) == bug.isEmpty) }
+        #expect(c.events[0].events.contains { if case .streamStartedOver = $0 { true } else { false } } == bug.isEmpty)
+    }
+}
