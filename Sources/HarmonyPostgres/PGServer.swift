@@ -19,11 +19,15 @@ public struct PGServerSettings: Sendable {
     /// How long a session may sit idle with SQLite's transaction open (0: forever). The replicator cannot apply
     /// other nodes' changes while a client holds the write lock, so an abandoned transaction must not hold it.
     public var idleInTransactionTimeoutMs: Int
+    /// How long a connection may take to log in. Connections that never finish would hold their place under
+    /// max_connections for good, and a few hundred idle sockets would lock every client out.
+    public var authenticationTimeoutMs: Int
     public var certFile: String?
     public var keyFile: String?
     public init(host: String, port: Int, maxConnections: Int = 100, maxMessageBytes: Int = 64 << 20, messageTimeoutMs: Int = 30_000,
-                idleInTransactionTimeoutMs: Int = 60_000, certFile: String? = nil, keyFile: String? = nil) {
+                idleInTransactionTimeoutMs: Int = 60_000, authenticationTimeoutMs: Int = 60_000, certFile: String? = nil, keyFile: String? = nil) {
         self.idleInTransactionTimeoutMs = idleInTransactionTimeoutMs
+        self.authenticationTimeoutMs = authenticationTimeoutMs
         self.host = host
         self.port = port
         self.maxConnections = maxConnections
@@ -107,6 +111,9 @@ final class PGChannelHandler: ChannelInboundHandler {
     var writer: SessionWriter?
     var stallTimer: Scheduled<Void>?
     var idleTimer: Scheduled<Void>?
+    var authenticationTimer: Scheduled<Void>?
+    /// Set by the session (on its queue) once the client has logged in.
+    let loggedIn = LoggedIn()
     var closed = false
     var key: (Int32, Int32) = (0, 0)
 
@@ -119,6 +126,13 @@ final class PGChannelHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         counted = true
         _ = server.connections.add(1, ordering: .relaxed)
+        let timeout = server.settings.authenticationTimeoutMs
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        authenticationTimer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout))) {
+            let (handler, context) = bound.value
+            guard !handler.loggedIn.value.load(ordering: .acquiring) else { return }
+            handler.refuse(context, PGError("08P01", "the connection did not log in within \(timeout) ms (authentication_timeout_ms)", severity: "FATAL"))
+        }
         context.fireChannelActive()
     }
 
@@ -128,6 +142,7 @@ final class PGChannelHandler: ChannelInboundHandler {
         closed = true
         stallTimer?.cancel()
         idleTimer?.cancel()
+        authenticationTimer?.cancel()
         // A client gone mid-statement: stop the statement so its session can close and let go of its locks.
         server.cancels.cancel(key.0, secret: key.1)
         server.cancels.remove(key.0)
@@ -211,7 +226,11 @@ final class PGChannelHandler: ChannelInboundHandler {
             let session = PGSession(config: server.session, isTLS: isTLS, processID: key.0, secret: key.1) { writer.emit($0) }
             let (pid, secret) = key
             let cancels = server.cancels
-            session.onReady = { interrupter in cancels.register(pid, secret: secret) { interrupter.interrupt() } }
+            let loggedIn = self.loggedIn
+            session.onReady = { interrupter in
+                loggedIn.value.store(true, ordering: .releasing)
+                cancels.register(pid, secret: secret) { interrupter.interrupt() }
+            }
             self.session = session
             let queue = DispatchQueue(label: "harmonylite.pg.\(pid)")
             sessionQueue = queue
@@ -285,4 +304,9 @@ final class SessionWriter: @unchecked Sendable {
         pending = nil
         channel.writeAndFlush(buffer, promise: nil)
     }
+}
+
+/// Whether a connection's client has logged in, set on its session's queue and read on the event loop.
+final class LoggedIn: Sendable {
+    let value = Atomic<Bool>(false)
 }

@@ -17,6 +17,8 @@ extension RuntimeConfig {
         public var maxConnections = 100
         /// How long a client may leave a message half sent before its session ends.
         public var messageTimeoutMs = 30_000
+        /// How long a connection may take from its first byte to a finished login (PostgreSQL's authentication_timeout).
+        public var authenticationTimeoutMs = 60_000
         /// How long a client may leave a transaction open and idle before it is rolled back (0: no limit).
         public var idleInTransactionTimeoutMs = 60_000
         public init() {}
@@ -27,7 +29,7 @@ extension RuntimeConfig {
     static func parsePostgres(_ root: TOMLReader, into c: inout RuntimeConfig) throws {
         guard let p = try root.table("postgres") else { return }
         try p.rejectUnknownKeys(allowed: ["enable", "bind", "user", "password", "auth", "cert_file", "key_file", "require_tls", "max_connections", "message_timeout_ms",
-                                         "idle_in_transaction_timeout_ms"])
+                                         "idle_in_transaction_timeout_ms", "authentication_timeout_ms"])
         var s = PostgresSettings()
         s.enable = try p.bool("enable") ?? false
         s.bind = try p.string("bind") ?? s.bind
@@ -58,6 +60,7 @@ extension RuntimeConfig {
         }
         s.maxConnections = try positive(p, "max_connections", s.maxConnections)
         s.messageTimeoutMs = try positive(p, "message_timeout_ms", s.messageTimeoutMs)
+        s.authenticationTimeoutMs = try positive(p, "authentication_timeout_ms", s.authenticationTimeoutMs)
         s.idleInTransactionTimeoutMs = try nonNegative(p, "idle_in_transaction_timeout_ms", s.idleInTransactionTimeoutMs)
         c.postgres = s
     }

@@ -238,6 +238,14 @@ extension HarmonyLiteCommand {
         if cleanup {
             try ChangeCapture.removeAll(db)
             print("removed harmonylite triggers and tables from \(path) (the one-row \(Bookkeeping.clockTable) stays, so this node's versions keep increasing if it is installed again)")
+            // What the seeds' "-cleanup, change things, restart" does not keep (operator audit): said where it is run.
+            print("""
+                note: the checkpoints went too, so at its next start the node reads every stream from its start (if a stream no longer \
+                starts at its first message, it needs a snapshot: enable [snapshot] on a node that can take one). Rows inserted under \
+                new keys before then reach every node; an UPDATE or DELETE of a row the cluster already has, made before the node \
+                runs again, loses to that row's version and is undone. Make such changes once the node runs (schema changes need no \
+                -cleanup).
+                """)
             return
         }
         let captured = try ChangeCapture.install(db, nodeID: nodeID, filter: filter)
@@ -318,6 +326,7 @@ enum Sidecar {
             let (host, port) = p.hostAndPort!
             let pg = PGServer(settings: PGServerSettings(host: host, port: port, maxConnections: p.maxConnections,
                                                          messageTimeoutMs: p.messageTimeoutMs, idleInTransactionTimeoutMs: p.idleInTransactionTimeoutMs,
+                                                         authenticationTimeoutMs: p.authenticationTimeoutMs,
                                                          certFile: p.certFile, keyFile: p.keyFile),
                               session: PGSessionConfig(databasePath: config.node.databasePath, user: p.user, password: p.password,
                                                        auth: PGAuthMethod(rawValue: p.auth) ?? .scramSHA256, requireTLS: p.requireTLS,

@@ -266,6 +266,7 @@ func startHoldingClient(port: Int, _ body: String) throws -> (ChildProcess, Stri
             max_connections = \(i == 3 ? 12 : 100)
             message_timeout_ms = 1000
             idle_in_transaction_timeout_ms = \(i == 3 ? 1500 : 60000)
+            authentication_timeout_ms = \(i == 3 ? 1500 : 60000)
             """
         }
     }
@@ -339,6 +340,14 @@ func startHoldingClient(port: Int, _ body: String) throws -> (ChildProcess, Stri
         let started = Date()
         #expect(errorResponse(stalled.readToEnd())?.contains("incomplete") == true)
         #expect(Date().timeIntervalSince(started) < 9, "a stalled client is dropped after message_timeout_ms")
+        // Connections that never log in (silent, or whole messages and then nothing at the password) hold a place under
+        // max_connections (12 on node 3): closed after authentication_timeout_ms, so real clients get in again.
+        let silent = try (0..<12).map { _ in try RawSocket(port: ports[2]) }
+        let loginStarted = Date()
+        for s in silent.prefix(6) { s.send(startupMessage(user: "app")) }
+        for s in silent { _ = s.readToEnd() }
+        #expect(Date().timeIntervalSince(loginStarted) < 9, "connections that never log in are closed after authentication_timeout_ms")
+        #expect(try psql(port: ports[2], password: Self.password, ["SELECT 1"]).out == "1\n")
 
         // Random bytes from 100 clients: each is dropped, the server stays up.
         var rng = SplitMix64(state: 2026)
