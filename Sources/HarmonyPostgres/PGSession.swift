@@ -94,6 +94,8 @@ public final class PGSession {
     var portals: [String: Portal] = [:]
     /// A statement failed inside a transaction block: everything but ROLLBACK is refused until it ends.
     var failed = false
+    /// A BEGIN READ ONLY block is open (SQLite's query_only is on until it ends).
+    var readOnlyBlock = false
     /// The client said BEGIN and SQLite's transaction starts with the next statement: IMMEDIATE (the write lock at
     /// once) when that statement writes, DEFERRED when it reads, so a reading transaction never blocks writers.
     var transactionRequested = false
@@ -522,6 +524,12 @@ public final class PGSession {
                 emit(.commandComplete("SHOW"))
             case .begin(let immediate, let serializable):
                 if !wasInTransaction { serializableRequested = serializable }
+                if !wasInTransaction, immediate == false || readOnlyBlock {
+                    // BEGIN READ ONLY: writes in the block fail with 25006, as applications that use read-only
+                    // transactions as a guard expect (psycopg's read_only = True); SQLite's query_only until its end.
+                    readOnlyBlock = immediate == false
+                    try run("PRAGMA query_only = \(readOnlyBlock ? "ON" : "OFF")")
+                }
                 if wasInTransaction {
                     emit(.notice("there is already a transaction in progress"))
                 } else if let immediate {
@@ -537,6 +545,10 @@ public final class PGSession {
                     emit(.notice("there is no transaction in progress"))
                 }
                 let tag = if case .commit = command, !failed { "COMMIT" } else { "ROLLBACK" }
+                if readOnlyBlock {
+                    readOnlyBlock = false
+                    try run("PRAGMA query_only = OFF")
+                }
                 failed = false
                 transactionRequested = false
                 transactionReadFirst = false

@@ -200,6 +200,21 @@ final class SessionFixture {
         #expect(try Database(path: f.path).scalar("SELECT count(*) FROM t")?.int64 == 0)
     }
 
+    /// BEGIN READ ONLY refuses writes with 25006 (psycopg's read_only = True sends it); the next block writes again.
+    @Test func aReadOnlyBlockRefusesWrites() throws {
+        let f = try SessionFixture()
+        f.login()
+        _ = f.send(.query("BEGIN READ ONLY"))
+        let refused = f.send(.query("INSERT INTO t(id) VALUES (1)"))
+        #expect(refused.first.map { if case .error(let e) = $0 { e.code == "25006" } else { false } } == true, "\(refused)")
+        #expect(f.send(.query("ROLLBACK")).first == .commandComplete("ROLLBACK"))
+        _ = f.send(.query("BEGIN"))
+        #expect(f.send(.query("INSERT INTO t(id) VALUES (2)")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        #expect(f.send(.query("COMMIT")).first == .commandComplete("COMMIT"))
+        #expect(f.send(.query("INSERT INTO t(id) VALUES (3)")).last == .readyForQuery(status: UInt8(ascii: "I")))
+        #expect(try Database(path: f.path).query("SELECT id FROM t ORDER BY id") == [[2], [3]])
+    }
+
     @Test func rollbackToASavepointRecoversAFailedBlock() throws {
         let f = try SessionFixture()
         f.login()
