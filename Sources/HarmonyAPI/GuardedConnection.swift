@@ -24,6 +24,11 @@ public final class GuardedConnection: @unchecked Sendable {
         authorizing = APIAuthorizer.Context(ownsConnection: ownsConnection)
         try database.setBusyTimeout(ms: Int32(clamping: busyTimeoutMs))
         try database.harden()
+        // A REPLACE (or UPSERT OR REPLACE) that removes a row through another UNIQUE constraint deletes it without
+        // firing delete triggers unless recursive triggers are on: the capture trigger never saw the delete, the
+        // other nodes kept the row, and the new row broke their UNIQUE constraint (parked there). PostgreSQL's
+        // triggers always fire so.
+        try database.execute("PRAGMA recursive_triggers = ON")
         database.setAuthorizer { [unowned self] request in
             guard let why = APIAuthorizer.refusal(request, &self.authorizing) else { return .allow }
             self.refusal = why

@@ -90,6 +90,22 @@ final class GatewayFixture {
         #expect(try f.rows("SELECT count(*) FROM __harmonylite___change_log_global") == [.array([.integer(1)])])
     }
 
+    /// A REPLACE that removes another row through a second UNIQUE constraint fires that row's delete triggers (the
+    /// capture trigger among them), so the delete replicates; with SQLite's default it did not, and other nodes kept
+    /// the row and then parked the new one for breaking their UNIQUE constraint.
+    @Test func aReplaceThatRemovesARowFiresItsDeleteTrigger() throws {
+        let f = try GatewayFixture()
+        try SQLiteOpener().open(path: f.path).execute("""
+            CREATE TABLE em (id INTEGER PRIMARY KEY, email TEXT UNIQUE, n TEXT);
+            CREATE TABLE gone (id INTEGER);
+            CREATE TRIGGER em_gone AFTER DELETE ON em BEGIN INSERT INTO gone VALUES (OLD.id); END;
+            INSERT INTO em VALUES (1, 'a@x', 'one'), (2, 'b@x', 'two');
+            """)
+        #expect(try f.post(#"{"sql": "REPLACE INTO em VALUES (3, 'a@x', 'three')"}"#).status == 200)
+        #expect(try f.rows("SELECT id FROM gone") == [.array([.integer(1)])])
+        #expect(try f.rows("SELECT id FROM em ORDER BY id") == [.array([.integer(2)]), .array([.integer(3)])])
+    }
+
     @Test func theAuthorizerRefusesWhatWouldEscapeOrBreakReplication() throws {
         let f = try GatewayFixture()
         let refused: [(String, String)] = [
