@@ -57,9 +57,19 @@ final class NodeIdentityClaim: @unchecked Sendable {
     }
 
     /// A claim left by a process on this same machine that no longer exists (killed with SIGKILL, crashed): stale
-    /// at once, so a restart need not wait for it to expire.
+    /// at once, so a restart need not wait for it to expire. A zombie (dead, not yet reaped by its parent: a slow
+    /// init after `kill -9`) counts as gone; it answers signals, so it once kept the restart refused.
     static func isGone(_ other: Holder, from me: Holder) -> Bool {
-        other.host == me.host && other.pid != me.pid && kill(other.pid, 0) != 0 && errno == ESRCH
+        guard other.host == me.host, other.pid != me.pid else { return false }
+        if kill(other.pid, 0) != 0 && errno == ESRCH { return true }
+        return isZombie(other.pid)
+    }
+
+    /// The process state in /proc/<pid>/stat (the field after the command's closing parenthesis) is Z or X.
+    static func isZombie(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+        let state = stat[stat.index(after: close)...].split(separator: " ").first
+        return state == "Z" || state == "X"
     }
 
     private func write(lastRevision: UInt64?) throws -> UInt64? {
