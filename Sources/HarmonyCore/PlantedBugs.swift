@@ -207,6 +207,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     /// Take a stream that ends before the checkpoint for one that has not caught up: a stream made again is read from
     /// the old checkpoint, and its first messages are taken for ones already applied.
     public static let streamStartOverUnnoticed = PlantedBugs(rawValue: 1 << 79)
+    /// Send a row in more parts than half of max_entries: its first parts fall off the stream before its last land.
+    public static let partsOutgrowTheStream = PlantedBugs(rawValue: 1 << 80)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -289,6 +291,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("filtered-definitions-applied", .filteredDefinitionsApplied),
         ("rebuilt-table-loses-dependents", .rebuiltTableLosesDependents),
         ("stream-start-over-unnoticed", .streamStartOverUnnoticed),
+        ("parts-outgrow-the-stream", .partsOutgrowTheStream),
     ]
 }
 

@@ -179,7 +179,7 @@ extension ReplicationNode {
             let shard = record.table == Bookkeeping.ddlTable ? router.shards.lowerBound
                 : router.shard(table: record.table, primaryKey: record.primaryKey.map(\.value))
             let size = Self.approximateBytes(record)
-            if size > config.rowBytesMax && !oversizedSent {
+            if size > sendableRowBytes && !oversizedSent {
                 oversized.append((id, record, size))
                 continue
             }
@@ -342,6 +342,16 @@ extension ReplicationNode {
     static let messageHeaderBytes = 1024
     /// The largest payload sent as one message; a larger one goes in parts.
     var partBytesMax: Int { config.messageBytesMax - Self.messageHeaderBytes }
+    /// The largest change this node sends: `max_row_bytes`, and with `max_entries` set, what half that many messages
+    /// hold. A row's parts must all be on the stream at once, and the scan's pacing (half of `max_entries` past the
+    /// checkpoint) cannot hold a single change back: a row in more parts than that pushed its own first parts out of
+    /// a short stream, and every node, the writer too, fell behind the stream's start for good (operator audit: eight
+    /// 3 MiB rows with `max_entries = 20`).
+    var sendableRowBytes: Int {
+        guard config.logMaxMessages > 0, !config.plantedBugs.contains(.partsOutgrowTheStream) else { return config.rowBytesMax }
+        return min(config.rowBytesMax, Int(max(1, config.logMaxMessages / 2)) * partBytesMax)
+    }
+
     /// Batches close before they would need splitting.
     var batchBytesMax: Int { min(config.publishBatchBytesMax, partBytesMax) }
 
@@ -357,14 +367,16 @@ extension ReplicationNode {
                 let keyOnly = ChangeRecord(originNode: change.record.originNode, table: change.record.table, operation: change.record.operation,
                                            primaryKey: change.record.primaryKey, row: change.record.operation == .delete ? [] : change.record.primaryKey,
                                            version: change.record.version, schemaHash: change.record.schemaHash)
-                let reason = "the change is \(change.bytes) bytes, above max_row_bytes (\(config.rowBytesMax)); raise max_row_bytes and run -parked-retry, or -parked-discard it"
+                let reason = sendableRowBytes < config.rowBytesMax
+                    ? "the change is \(change.bytes) bytes, more than half of replication_log.max_entries (\(config.logMaxMessages)) messages hold (\(sendableRowBytes) bytes), so its parts could not all stay on the stream; raise max_entries (on every node) and run -parked-retry, or -parked-discard it"
+                    : "the change is \(change.bytes) bytes, above max_row_bytes (\(config.rowBytesMax)); raise max_row_bytes and run -parked-retry, or -parked-discard it"
                 try db.execute("INSERT INTO \(quoteIdentifier(Bookkeeping.parkedTable)) (stream, seq, payload, error) VALUES (?, ?, ?, ?)",
                                [.text(Bookkeeping.localParkedStream), .integer(change.id), .blob(try EnvelopeCodec.encode(keyOnly)), .text(reason)])
             }
         }
         for change in changes {
             env.events?.record(.changeRefused(table: change.record.table, key: change.record.keyDescription,
-                                              bytes: change.bytes, limit: config.rowBytesMax))
+                                              bytes: change.bytes, limit: sendableRowBytes))
         }
     }
 

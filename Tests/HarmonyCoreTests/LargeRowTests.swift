@@ -132,6 +132,29 @@ struct LargeRowTests {
         #expect(try c.rows(1, "SELECT data, note FROM blobs") == [[.blob(data), "n"]])
     }
 
+    /// With `max_entries` set, a row in more parts than half the stream holds is refused like one above
+    /// `max_row_bytes`, with the reason naming max_entries; a row that fits goes out in parts as before
+    /// (`parts-outgrow-the-stream`: sent in 25 parts on a 20-message stream, its first parts fell off before its last
+    /// landed, and the receiver was left behind the stream's start).
+    @Test(arguments: [PlantedBugs(), .partsOutgrowTheStream])
+    func aRowInMorePartsThanHalfTheStreamIsRefused(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: blobsSchema, maxEntries: 20) {
+            $0.messageBytesMax = 4096
+            $0.logMaxMessages = 20
+            $0.plantedBugs = bug
+        }
+        let fits = blobBytes(30_000, seed: 2)
+        try c.apps[0].execute("INSERT INTO blobs VALUES (1, ?)", [.blob(blobBytes(100_000))])
+        try c.apps[0].execute("INSERT INTO blobs VALUES (2, ?)", [.blob(fits)])
+        try c.settle()
+        #expect(try (c.rows(1, "SELECT id FROM blobs ORDER BY id") == [[2]]) == bug.isEmpty)
+        #expect(c.nodes[1].restoreNeeded == !bug.isEmpty)
+        guard bug.isEmpty else { return }
+        #expect(try c.rows(1, "SELECT data FROM blobs WHERE id = 2") == [[.blob(fits)]])
+        let parked = try ReplicationNode.parkedMessages(c.apps[0])
+        #expect(parked.count == 1 && parked[0].key == "id=1" && parked[0].reason.contains("max_entries"), "\(parked)")
+    }
+
     /// Above `max_row_bytes` a change is parked locally, never sent, and does not hold anything else back.
     @Test func changeAboveMaxRowBytesIsRefusedAndParked() throws {
         let c = try cluster(rowBytesMax: 8 * 1024)
