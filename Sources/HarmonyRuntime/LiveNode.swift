@@ -132,6 +132,18 @@ public final class LiveNode: @unchecked Sendable {
                                     maxMessages: config.maxEntries, replicas: config.replicas, duplicateWindowMs: 120_000)
             }
         }
+        // Every node must use the same shard count. A stream past this node's last was made by a node with more
+        // shards: rows hashed to it would never reach this node, and a node going back to fewer shards would leave
+        // the rows on it unread by everyone (operator audit: 2 shards, then 1, and half the rows gone unnoticed).
+        let beyond = router.streamName(shard: router.shards.upperBound + 1)
+        if let state = try? js.streamState(name: beyond) {
+            throw ShardCountMismatch(description: """
+                stream \(beyond) exists (\(state.messages) message(s)), made by a node with more than \(router.shards.upperBound) \
+                shard(s): rows hashed to it would never reach this node. Set [replication_log] shards to the same value on \
+                every node (at least \(router.shards.upperBound + 1)); lowering it is not supported while that stream holds messages \
+                (delete the streams and seed every node from one snapshot to start over with fewer)
+                """)
+        }
         let registryBucket = try retryWhileJetStreamForms("opening the schema registry bucket", until: deadline) {
             try js.keyValue(bucket: SchemaRegistryEntry.bucket, replicas: config.replicas)
         }
@@ -325,4 +337,9 @@ public final class LiveNode: @unchecked Sendable {
         databaseLock?.release()
         log.info("node \(config.node.nodeID) stopped")
     }
+}
+
+/// This node's shard count is below another node's (`LiveNode.start`).
+struct ShardCountMismatch: Error, CustomStringConvertible {
+    let description: String
 }

@@ -153,6 +153,23 @@ struct OperationsEndToEndTests {
         #expect(try c.query(2, "SELECT count(*) FROM items;") == "30\n")
     }
 
+    /// Every node must use the same shard count: a node started with fewer shards than the streams another node made
+    /// is refused, naming the stream and the setting, instead of never reading the rows hashed to the others.
+    @Test func aNodeWithFewerShardsThanTheStreamsIsRefused() throws {
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 2)
+        for k in 1...20 { try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (\(k), 'two shards');") }
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "20\n")
+        c.stop(2)
+        let config = try String(contentsOfFile: c.configPath(2), encoding: .utf8).replacingOccurrences(of: "shards = 2", with: "shards = 1")
+        #expect(config.contains("shards = 1"))
+        try config.write(toFile: c.directory + "/one-shard.toml", atomically: true, encoding: .utf8)
+        let started = Date()
+        let run = try runHarmonylite(["-config", c.directory + "/one-shard.toml"], timeoutSeconds: 30)
+        #expect(run.code != 0)
+        #expect(run.output.contains("stream harmonylite-changes-2 exists") && run.output.contains("shards to the same value"), "\(run.output)")
+        #expect(Date().timeIntervalSince(started) < 20)
+    }
+
     /// Parked messages are an operator's to see and to deal with, from the command line beside the live node.
     @Test func parkedMessagesAreListedRetriedAndDiscardedFromTheCommandLine() throws {
         let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1)
