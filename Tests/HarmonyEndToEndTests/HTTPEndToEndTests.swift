@@ -246,6 +246,25 @@ else:
         #expect(try api.call("GET", "/").status == 405)
     }
 
+    /// A load balancer's /health answers at once while every query worker waits for an application's write lock;
+    /// it used to wait behind them (4.5 s with 55 writes queued).
+    @Test func healthAnswersWhileEveryWorkerWaitsForTheWriteLock() throws {
+        let ports = distinctFreePorts(3)
+        let c = try cluster(ports: ports, extra: "concurrent_queries = 1\nstatement_timeout_ms = 6000")
+        let api = Curl(port: ports[0], token: Self.token)
+        try api.sql(#"{"sql": "CREATE TABLE t (id INTEGER PRIMARY KEY)"}"#)
+        let holder = try holdWriteLock(c.dbPath(1), seconds: 5, writing: "INSERT INTO t VALUES (100);")
+        defer { _ = holder.wait(timeoutSeconds: 30) }
+        try waitUntilTheWriteLockIsHeld(c.dbPath(1))
+        let writers = (1...3).map { k in Thread { _ = try? api.call("POST", "/", body: #"{"sql": "INSERT INTO t VALUES (\#(k))"}"#) } }
+        writers.forEach { $0.start() }
+        Thread.sleep(forTimeInterval: 0.5)
+        let started = Date()
+        let health = try api.call("GET", "/health")
+        #expect(Date().timeIntervalSince(started) < 2, "took \(Date().timeIntervalSince(started)) s")
+        #expect([200, 503].contains(health.status) && health.body.contains("status"), "\(health.body)")
+    }
+
     @Test func theAPIServesTLSWhenGivenACertificate() throws {
         let certificate = try TestCertificate()
         let directory = certificate.directory
