@@ -279,6 +279,10 @@ public final class LiveNode: @unchecked Sendable {
                 Thread.sleep(forTimeInterval: Double(delayMs) / 1000)
                 delayMs = min(delayMs * 2, 2_000)
                 attempt += 1
+            } catch let error as NATSError where [10039, 10076].contains(error.jetStreamCode) || error.message.lowercased().contains("not enabled") {
+                // Still not enabled when the wait is over: not a cluster forming, a server started without it.
+                throw JetStreamNotEnabled(description: "\(what): \(error). JetStream is not enabled on this NATS server (or for this "
+                    + "account): start nats-server with -js (or `jetstream {}` in its config), or enable JetStream for the account")
             }
         }
     }
@@ -341,5 +345,10 @@ public final class LiveNode: @unchecked Sendable {
 
 /// This node's shard count is below another node's (`LiveNode.start`).
 struct ShardCountMismatch: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// JetStream stayed disabled for the whole start-up wait (`LiveNode.retryWhileJetStreamForms`).
+struct JetStreamNotEnabled: Error, CustomStringConvertible {
     let description: String
 }
