@@ -208,7 +208,8 @@ extension ReplicationNode {
             }
             let covered = sequences[shard] ?? 0
             if covered + 1 < state.firstSequence {
-                throw RestoreRefused(description: "snapshot covers \(router.streamName(shard: shard)) up to \(covered), but the stream starts at \(state.firstSequence)")
+                throw RestoreRefused(description: "snapshot covers \(router.streamName(shard: shard)) up to \(covered), but the stream starts at \(state.firstSequence); "
+                                     + "take a newer one on a node that is caught up (kill -USR1 <its pid>, or POST /snapshot on its HTTP API) and this node restores it at its next try")
             }
         }
         if config.replicateDDL { try mergeDefinitions(db) }
