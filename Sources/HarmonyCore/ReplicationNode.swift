@@ -556,8 +556,9 @@ public final class ReplicationNode {
         guard config.replicate, !restoreNeeded else { return }
         let at = checkpoint(shard)
         if state.lastSequence < at, !config.plantedBugs.contains(.streamStartOverUnnoticed) {
-            // Sequences never go back on a stream: it was made again. Asked once more first, so an answer taken before
-            // this node applied its latest messages is not read as one.
+            // Sequences never go back on a stream: it was made again. Taken so only when the next answer (the cleanup
+            // timer asks every few seconds) says the same with the checkpoint unmoved, so an answer taken before this
+            // node applied its latest messages is not read as one.
             if streamBehindCheckpoint[shard] == at {
                 streamBehindCheckpoint[shard] = nil
                 do { try streamStartedOver(shard: shard, checkpoint: at, state: state) } catch {
@@ -565,8 +566,8 @@ public final class ReplicationNode {
                 }
             } else {
                 streamBehindCheckpoint[shard] = at
-                requestStreamState(shard)
             }
+            stalledSince[shard] = nil  // as for any answer at or below the checkpoint: nothing to wait for
             return
         }
         streamBehindCheckpoint[shard] = nil

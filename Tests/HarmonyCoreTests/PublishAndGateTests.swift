@@ -873,6 +873,9 @@ struct StreamStartedOverTests {
                                          environment: NodeEnvironment(clock: c.clocks[i], log: c.ports[i], opener: SQLiteOpener(), events: c.events[i]))
             try c.nodes[i].start()
             c.answerStreamStates(i)
+            // The cleanup timer asks again; the second answer below the checkpoint decides.
+            try c.nodes[i].timerFired(.cleanup)
+            c.answerStreamStates(i)
         }
         try c.apps[0].execute("INSERT INTO users VALUES (101, 'after, node 1', 1)")
         try c.apps[1].execute("INSERT INTO users VALUES (102, 'after, node 2', 1)")
