@@ -24,7 +24,7 @@ extension ReplicationEvent: CustomStringConvertible {
             let columns = key.map(quoteIdentifier).joined(separator: ", ")
             return "\(rows) \(atInstall ? "row(s) found" : "write(s)") in \(quoteIdentifier(table)) with NULL in the primary key (\(columns)) \(atInstall ? "are" : "were") not replicated and stay on this node only: SQLite allows NULL in a rowid table's key, but no other node could find such a row by it. Declare the key columns NOT NULL and give these rows a key"
         case .changeRefused(let table, let key, let bytes, let limit):
-            return "a change to \(quoteIdentifier(table)) (\(key)) is \(bytes) bytes, above the largest this node sends (\(limit) bytes: max_row_bytes, and with replication_log.max_entries set, what half that many messages hold, since all of a row's parts must stay on the stream): it is not published and was parked in \(Bookkeeping.parkedTable); raise that limit and run -parked-retry, or -parked-discard it"
+            return "a change to \(quoteIdentifier(table)) (\(key)) is \(bytes) bytes, above max_row_bytes or the largest change this node sends (\(limit) bytes; with replication_log.max_entries set, what half that many messages hold, since all of a row's parts must stay on the stream): it is not published and was parked in \(Bookkeeping.parkedTable); raise that limit and run -parked-retry, or -parked-discard it"
         case .discarded(let shard, let sequence, let table):
             return "shard \(shard) message \(sequence): a change to \(quoteIdentifier(table)), which was dropped on this node, was discarded (another node still writes to it)"
         case .schemaChangeApplied(let shard, let sequence, let object, let dropped, let version):

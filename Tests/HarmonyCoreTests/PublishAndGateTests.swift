@@ -670,11 +670,7 @@ struct RuntimeDDLTests {
         #expect(try c.rows(1, "SELECT name FROM sqlite_schema WHERE name = 'audit'") == [["audit"]])
         #expect(c.events[0].events.contains(.tableSkipped(table: "audit", reason: ReplicationNode.keylessReason)))
         for i in 0...1 {
-            c.nodes[i].stop()
-            c.nodes[i] = ReplicationNode(config: c.nodes[i].config,
-                                         environment: NodeEnvironment(clock: c.clocks[i], log: c.ports[i], opener: SQLiteOpener(), events: c.events[i]))
-            try c.nodes[i].start()
-            c.answerStreamStates(i)
+            try c.restart(i)
         }
         #expect(c.events[1].events.contains(.tableSkipped(table: "audit", reason: ReplicationNode.keylessReason)))
         try c.apps[1].execute("INSERT INTO users VALUES (2, 'after the restart', 1)")
@@ -868,11 +864,7 @@ struct StreamStartedOverTests {
         #expect(c.nodes[0].checkpoint(1) >= 2)
         c.streams.deleteStream(shard: 1)
         for i in 0...1 {
-            c.nodes[i].stop()
-            c.nodes[i] = ReplicationNode(config: c.nodes[i].config,
-                                         environment: NodeEnvironment(clock: c.clocks[i], log: c.ports[i], opener: SQLiteOpener(), events: c.events[i]))
-            try c.nodes[i].start()
-            c.answerStreamStates(i)
+            try c.restart(i)
             // The cleanup timer asks again; the second answer below the checkpoint decides.
             try c.nodes[i].timerFired(.cleanup)
             c.answerStreamStates(i)

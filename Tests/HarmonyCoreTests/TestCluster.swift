@@ -124,6 +124,15 @@ final class TestCluster {
         try? FileManager.default.removeItem(at: directory)
     }
 
+    /// Stops node `i` and starts a new process of it on the same database, log port, clock and event log.
+    func restart(_ i: Int) throws {
+        nodes[i].stop()
+        nodes[i] = ReplicationNode(config: nodes[i].config,
+                                   environment: NodeEnvironment(clock: clocks[i], log: ports[i], opener: SQLiteOpener(), events: events[i]))
+        try nodes[i].start()
+        answerStreamStates(i)
+    }
+
     /// Lets node `i` see its local writes and hands its publishes to the log, acknowledging them.
     func publish(_ i: Int) throws {
         try nodes[i].databaseChanged()
