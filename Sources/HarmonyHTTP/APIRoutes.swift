@@ -36,6 +36,12 @@ public final class APIRoutes: Sendable {
             return fail(w, APIError(status: 401, "this node's HTTP API needs \"Authorization: Bearer <token>\" (http.token)"),
                         headers: [("WWW-Authenticate", "Bearer")])
         }
+        if token == nil, r.method != .GET, r.headers.first(name: "origin") != nil {
+            // Without a token, any web page the node's user opens could POST SQL to a loopback API (a text/plain body
+            // needs no CORS preflight). Browsers name the page's origin on such requests; curl, drivers and
+            // services do not.
+            return fail(w, APIError(status: 403, "requests from web pages (an Origin header) are refused while http.token is not set: any page the user opens could run SQL here; set http.token"))
+        }
         let segments = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         let resource = segments.first ?? ""
         let name = segments.count == 2 ? segments[1] : nil

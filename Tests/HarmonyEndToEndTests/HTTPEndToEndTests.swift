@@ -265,6 +265,20 @@ else:
         #expect([200, 503].contains(health.status) && health.body.contains("status"), "\(health.body)")
     }
 
+    /// Without a token, a web page's request (a browser names its Origin) cannot run SQL on a loopback API; curl
+    /// (no Origin) can, and with a token the Origin does not matter.
+    @Test func withoutATokenWebPagesCannotPostSQL() throws {
+        let port = EmbeddedNATSServer.freePort()
+        let c = try LiveCluster(nodes: 1, schema: "PRAGMA journal_mode=WAL;", shards: 1) { _ in "[http]\nenable = true\nbind = \"127.0.0.1:\(port)\"" }
+        _ = c
+        let api = Curl(port: port, token: nil)
+        let page = try api.call("POST", "/", body: #"{"sql": "CREATE TABLE stolen (id INTEGER PRIMARY KEY)"}"#,
+                                headers: ["Origin: http://evil.example", "Content-Type: text/plain"])
+        #expect(page.status == 403 && page.body.contains("Origin"), "\(page.body)")
+        #expect(try api.call("POST", "/", body: #"{"sql": "SELECT count(*) FROM sqlite_schema WHERE name = 'stolen'"}"#).body.contains("[[0]]"))
+        #expect(try api.call("GET", "/health", headers: ["Origin: http://evil.example"]).status == 200)
+    }
+
     @Test func theAPIServesTLSWhenGivenACertificate() throws {
         let certificate = try TestCertificate()
         let directory = certificate.directory
