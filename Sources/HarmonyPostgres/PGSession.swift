@@ -104,6 +104,8 @@ public final class PGSession {
     /// The block asked for SERIALIZABLE or REPEATABLE READ: a stale snapshot is then the client's 40001, where
     /// READ COMMITTED (PostgreSQL's default) lets the write restart on the newest data.
     var serializableRequested = false
+    /// The TEMP views answering SQLAlchemy's `has_table` exist on this session's connection.
+    var catalogViewsMade = false
     /// An extended-protocol message failed: the rest up to Sync is skipped.
     var skippingUntilSync = false
     let emit: (BackendMessage) -> Void
@@ -231,6 +233,7 @@ public final class PGSession {
             try db.defineConstantFunction("current_database", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
             try db.defineConstantFunction("current_schema", value: "public")
             try db.defineConstantFunction("current_user", value: config.user)
+            try db.defineConstantFunction("pg_table_is_visible", value: "1", arguments: 1)
             connection = guarded
             onReady?(db.interrupter)
         } catch {
@@ -253,7 +256,8 @@ public final class PGSession {
 
     /// SHOW answers: the parameters above plus a few drivers ask for.
     static func setting(_ name: String, user: String) -> String? {
-        let extra = ["transaction_isolation": "serializable", "default_transaction_isolation": "serializable",
+        // READ COMMITTED is what a block gets unless it asks for SERIALIZABLE (see the write-after-read restart).
+        let extra = ["transaction_isolation": "read committed", "default_transaction_isolation": "read committed",
                      "max_identifier_length": "63", "search_path": "public", "server_version_num": "150000",
                      "transaction_read_only": "off", "lc_collate": "C", "lc_ctype": "C"]
         if let v = extra[name] { return v }
@@ -390,7 +394,9 @@ public final class PGSession {
         case "SET", "RESET", "DISCARD", "LISTEN", "UNLISTEN":
             return (.utility(tag: keyword == "DISCARD" ? "DISCARD ALL" : keyword), untilSemicolon())
         case "SHOW":
-            let name = words.count > 1 ? words[1].lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ";")) : ""
+            var name = words.count > 1 ? words[1].lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ";")) : ""
+            // SHOW TRANSACTION ISOLATION LEVEL (SQLAlchemy asks it at connect) is PostgreSQL's other name for it.
+            if name == "transaction", words.count > 2, words[2].hasPrefix("ISOLATION") { name = "transaction_isolation" }
             return (.show(name), untilSemicolon())
         case "START", "BEGIN":
             let options = text.prefix { $0 != ";" }.uppercased()
@@ -412,15 +418,24 @@ public final class PGSession {
             connection.startStatement()
             defer { connection.authorizing.topLevel = false }
             do {
-                let (statement, rest) = try connection.prepareFirst(String(text))
+                let (rewritten, readsCatalog) = PGDialect.rewritten(text)
+                if readsCatalog, !catalogViewsMade {
+                    for view in PGDialect.catalogViews { try db.execute(view) }
+                    catalogViewsMade = true
+                }
+                let (statement, rest) = try connection.prepareFirst(String(rewritten))
                 guard let statement else { return (.empty, "") }
                 return (.sqlite(statement, tag: keyword), rest)
             } catch {
                 let failure = sqlError(error)
                 // psql's \d and GUI tools read PostgreSQL's catalogs, which SQLite has not: say that, not "syntax error".
                 let statementText = text.prefix { $0 != ";" }.lowercased()
-                if failure.code != "42501", statementText.contains("pg_catalog") || statementText.contains("information_schema") || statementText.contains("pg_class") {
-                    throw PGError("0A000", "PostgreSQL's catalogs (pg_catalog, information_schema) are not available: this is SQLite. "
+                if failure.code != "42501", statementText.contains("pg_catalog") || statementText.contains("information_schema") || statementText.contains("pg_class")
+                    || statementText.contains("pg_type") {
+                    // A lookup in pg_type is a driver asking for a type by name (psycopg's TypeInfo.fetch, which
+                    // SQLAlchemy runs at connect for hstore): "undefined object" is its answer for a type that does
+                    // not exist, and none of PostgreSQL's types exist here.
+                    throw PGError(statementText.contains("pg_type") ? "42704" : "0A000", "PostgreSQL's catalogs (pg_catalog, information_schema) are not available: this is SQLite. "
                                   + "List tables with SELECT name FROM sqlite_schema WHERE type = 'table', a table's columns with "
                                   + "SELECT * FROM pragma_table_info('t'); psql's \\d commands do not work", detail: failure.message)
                 }
@@ -516,7 +531,9 @@ public final class PGSession {
             case .utility(let tag):
                 emit(.commandComplete(tag))
             case .show(let name):
-                guard let value = Self.setting(name, user: config.user) else {
+                let isolation = inTransactionBlock && serializableRequested ? "serializable" : nil
+                guard let value = name == "transaction_isolation" ? isolation ?? Self.setting(name, user: config.user)
+                                                                  : Self.setting(name, user: config.user) else {
                     throw PGError("42704", "unrecognized configuration parameter \"\(name)\"")
                 }
                 _ = try describe(portal)

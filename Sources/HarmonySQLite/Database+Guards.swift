@@ -160,10 +160,10 @@ extension Database {
     /// For a CancelRequest from another connection. Valid while this connection is open.
     public var interrupter: DatabaseInterrupter { DatabaseInterrupter(handle: handle) }
 
-    /// Defines `name()` with no arguments returning `value`, for clients that call PostgreSQL's version() and the like.
-    public func defineConstantFunction(_ name: String, value: String) throws {
+    /// Defines `name(...)` (taking `arguments` arguments, ignored) returning `value`, for clients that call PostgreSQL's version() and the like.
+    public func defineConstantFunction(_ name: String, value: String, arguments: Int32 = 0) throws {
         let box = Unmanaged.passRetained(ConstantBox(value)).toOpaque()
-        let rc = sqlite3_create_function_v2(handle, name, 0, SQLITE_UTF8 | SQLITE_DETERMINISTIC, box, { context, _, _ in
+        let rc = sqlite3_create_function_v2(handle, name, arguments, SQLITE_UTF8 | SQLITE_DETERMINISTIC, box, { context, _, _ in
             let box = Unmanaged<ConstantBox>.fromOpaque(sqlite3_user_data(context)).takeUnretainedValue()
             sqlite3_result_text(context, box.value, -1, sqliteTransient)
         }, nil, nil, { pointer in

@@ -1,0 +1,247 @@
+/// PostgreSQL spellings that drivers and toolkits send on their own (SQLAlchemy's PostgreSQL dialect above all)
+/// and SQLite cannot parse, rewritten before SQLite compiles the text. Only unambiguous shapes are touched, never
+/// inside string literals, quoted identifiers or comments; everything else is SQLite's to accept or refuse.
+enum PGDialect {
+    enum Kind: Equatable { case space, comment, literal, quoted, word, punct, cast, group }
+    struct Token {
+        var kind: Kind
+        var text: Substring
+    }
+
+    /// Whether `sql` holds anything `rewritten` would change: most statements skip the tokenizer.
+    static func mayNeedRewrite(_ sql: Substring) -> Bool {
+        sql.contains("::") || sql.range(of: "pg_catalog.", options: .caseInsensitive) != nil
+            || sql.range(of: "serial", options: .caseInsensitive) != nil || sql.range(of: "values", options: .caseInsensitive) != nil
+    }
+
+    /// `sql` with, outside literals and comments:
+    /// - `pg_catalog.` dropped before a function call (`SELECT pg_catalog.version()`, SQLAlchemy's first query);
+    /// - `value::type` casts made `CAST(value AS type)` for integer, floating, numeric and text types, and dropped
+    ///   for the rest (SQLite's CAST to DATE, TIMESTAMP, BOOLEAN or BYTEA would turn '2024-01-02' into 2024; the
+    ///   column's affinity converts the value instead);
+    /// - SERIAL, BIGSERIAL and SMALLSERIAL column types made INTEGER, so the key is SQLite's rowid and numbers itself;
+    /// - `(VALUES ...) AS alias(a, b)`, a column list SQLite lacks, made `(SELECT column1 AS a, ... FROM (VALUES ...)) AS alias`.
+    /// - `pg_catalog.pg_class` and `pg_catalog.pg_namespace` made the session's own `temp.` views of them (see
+    ///   `catalogViews`; `readsCatalog` says they are needed), and `= ANY (ARRAY[a, b])` made `IN (a, b)`: what
+    ///   SQLAlchemy's `has_table` asks before `create_all` and `drop_all`.
+    static func rewritten(_ sql: Substring) -> (text: Substring, readsCatalog: Bool) {
+        guard mayNeedRewrite(sql) else { return (sql, false) }
+        var tokens = tokenize(sql)
+        let readsCatalog = catalogPrefixes(&tokens)
+        rewriteCasts(&tokens)
+        if tokens.first(where: { $0.kind == .word })?.text.uppercased() == "CREATE" { serialToInteger(&tokens) }
+        aliasValuesColumns(&tokens)
+        anyArrayToIn(&tokens)
+        return (Substring(tokens.map { String($0.text) }.joined()), readsCatalog)
+    }
+
+    /// The two catalog tables answered, as TEMP views over `sqlite_schema` (the application's tables and views,
+    /// without SQLite's and harmonylite's own), all in schema `public`.
+    static let catalogViews = [
+        "CREATE TEMP VIEW IF NOT EXISTS pg_namespace(oid, nspname) AS VALUES (11, 'pg_catalog'), (2200, 'public')",
+        #"""
+        CREATE TEMP VIEW IF NOT EXISTS pg_class(oid, relname, relnamespace, relkind) AS
+        SELECT rowid, name, 2200, CASE type WHEN 'table' THEN 'r' WHEN 'view' THEN 'v' WHEN 'index' THEN 'i' ELSE 'x' END
+        FROM main.sqlite_schema WHERE name NOT LIKE 'sqlite\_%' ESCAPE '\' AND name NOT LIKE '\_\_harmonylite%' ESCAPE '\'
+        """#,
+    ]
+
+    static func tokenize(_ sql: Substring) -> [Token] {
+        var tokens: [Token] = []
+        var i = sql.startIndex
+        func isWord(_ c: Character) -> Bool { c.isLetter || c.isNumber || c == "_" || c == "$" }
+        while i < sql.endIndex {
+            let c = sql[i]
+            let start = i
+            let next = sql.index(after: i)
+            var kind = Kind.punct
+            if c.isWhitespace {
+                i = sql[i...].firstIndex { !$0.isWhitespace } ?? sql.endIndex
+                kind = .space
+            } else if c == "-", next < sql.endIndex, sql[next] == "-" {
+                i = sql[i...].firstIndex(of: "\n") ?? sql.endIndex
+                kind = .comment
+            } else if c == "/", next < sql.endIndex, sql[next] == "*" {
+                i = sql[next...].range(of: "*/")?.upperBound ?? sql.endIndex
+                kind = .comment
+            } else if c == "'" || c == "\"" || c == "`" {
+                // Through the closing quote; a doubled quote stays inside.
+                i = next
+                while i < sql.endIndex {
+                    if sql[i] == c {
+                        let after = sql.index(after: i)
+                        if after < sql.endIndex, sql[after] == c { i = sql.index(after: after); continue }
+                        i = after
+                        break
+                    }
+                    i = sql.index(after: i)
+                }
+                kind = c == "'" ? .literal : .quoted
+            } else if c == ":", next < sql.endIndex, sql[next] == ":" {
+                i = sql.index(after: next)
+                kind = .cast
+            } else if isWord(c) {
+                i = sql[i...].firstIndex { !isWord($0) } ?? sql.endIndex
+                kind = .word
+            } else {
+                i = next
+            }
+            tokens.append(Token(kind: kind, text: sql[start..<i]))
+        }
+        return tokens
+    }
+
+    static func isBlank(_ t: Token) -> Bool { t.kind == .space || t.kind == .comment }
+
+    static func previousSolid(_ tokens: [Token], before index: Int) -> Int? {
+        var j = index - 1
+        while j >= 0, isBlank(tokens[j]) { j -= 1 }
+        return j >= 0 ? j : nil
+    }
+
+    static func nextSolid(_ tokens: [Token], after index: Int) -> Int? {
+        var j = index + 1
+        while j < tokens.count, isBlank(tokens[j]) { j += 1 }
+        return j < tokens.count ? j : nil
+    }
+
+    /// The index of the bracket that closes (forward) or opens (backward) the one at `index`.
+    static func matching(_ tokens: [Token], _ index: Int, forward: Bool) -> Int? {
+        let open: Substring = forward ? tokens[index].text : (tokens[index].text == ")" ? "(" : "[")
+        let close: Substring = forward ? (tokens[index].text == "(" ? ")" : "]") : tokens[index].text
+        var depth = 0
+        var j = index
+        while j >= 0, j < tokens.count {
+            if tokens[j].kind == .punct {
+                if tokens[j].text == (forward ? open : close) { depth += 1 }
+                if tokens[j].text == (forward ? close : open) { depth -= 1 }
+                if depth == 0 { return j }
+            }
+            j += forward ? 1 : -1
+        }
+        return nil
+    }
+
+    /// Drops `pg_catalog.` before calls, makes it `temp.` before the tables answered; whether those are read.
+    static func catalogPrefixes(_ tokens: inout [Token]) -> Bool {
+        var readsCatalog = false
+        var i = 0
+        while i < tokens.count {
+            if tokens[i].kind == .word, ["pg_class", "pg_namespace"].contains(tokens[i].text.lowercased()) { readsCatalog = true }
+            if i + 2 < tokens.count, tokens[i].kind == .word, tokens[i].text.lowercased() == "pg_catalog", tokens[i + 1].text == ".",
+               tokens[i + 2].kind == .word {
+                if let call = nextSolid(tokens, after: i + 2), tokens[call].text == "(" {
+                    tokens.removeSubrange(i...i + 1)
+                    continue
+                }
+                if ["pg_class", "pg_namespace"].contains(tokens[i + 2].text.lowercased()) { tokens[i].text = "temp" }
+            }
+            i += 1
+        }
+        return readsCatalog
+    }
+
+    static func anyArrayToIn(_ tokens: inout [Token]) {
+        var i = 0
+        while i < tokens.count {
+            defer { i += 1 }
+            guard tokens[i].kind == .word, tokens[i].text.uppercased() == "ANY", let equals = previousSolid(tokens, before: i),
+                  tokens[equals].text == "=", let open = nextSolid(tokens, after: i), tokens[open].text == "(",
+                  let array = nextSolid(tokens, after: open), tokens[array].text.uppercased() == "ARRAY",
+                  let bracket = nextSolid(tokens, after: array), tokens[bracket].text == "[",
+                  let bracketEnd = matching(tokens, bracket, forward: true), let close = nextSolid(tokens, after: bracketEnd),
+                  tokens[close].text == ")"
+            else { continue }
+            let list = tokens[(bracket + 1)..<bracketEnd].map { String($0.text) }.joined()
+            tokens.replaceSubrange(i...close, with: [Token(kind: .group, text: Substring("(\(list))"))])
+            tokens[equals].text = "IN"
+            i = equals
+        }
+    }
+
+    /// What a cast to `type` becomes: the SQLite type to CAST to, or nil to drop the cast and keep the value.
+    static func castTarget(_ type: [String]) -> String? {
+        switch type.joined(separator: " ") {
+        case "INT", "INTEGER", "INT2", "INT4", "INT8", "SMALLINT", "BIGINT", "OID": return "INTEGER"
+        case "FLOAT", "FLOAT4", "FLOAT8", "REAL", "DOUBLE PRECISION", "NUMERIC", "DECIMAL": return "REAL"
+        case "TEXT", "VARCHAR", "CHAR", "CHARACTER", "CHARACTER VARYING", "BPCHAR", "NAME", "CITEXT": return "TEXT"
+        default: return nil
+        }
+    }
+
+    static func rewriteCasts(_ tokens: inout [Token]) {
+        var i = 0
+        while i < tokens.count {
+            guard tokens[i].kind == .cast else { i += 1; continue }
+            // The value: a literal, a parameter, a (qualified) name, a call or a parenthesized expression.
+            guard let last = previousSolid(tokens, before: i) else { i += 1; continue }
+            var first = last
+            switch tokens[last].kind {
+            case .literal, .word, .quoted, .group:
+                while first >= 2, tokens[first - 1].text == ".", [.word, .quoted].contains(tokens[first - 2].kind) { first -= 2 }
+            case .punct where tokens[last].text == ")":
+                guard let open = matching(tokens, last, forward: false) else { i += 1; continue }
+                first = open
+                if open > 0, [.word, .quoted].contains(tokens[open - 1].kind) {
+                    first = open - 1
+                    while first >= 2, tokens[first - 1].text == ".", [.word, .quoted].contains(tokens[first - 2].kind) { first -= 2 }
+                }
+            default:
+                i += 1
+                continue
+            }
+            // The type: words (DOUBLE PRECISION, TIMESTAMP WITHOUT TIME ZONE), a schema before it, (n, m), [] pairs.
+            guard var end = nextSolid(tokens, after: i), tokens[end].kind == .word || tokens[end].kind == .quoted else { i += 1; continue }
+            if let dot = nextSolid(tokens, after: end), tokens[dot].text == ".", let name = nextSolid(tokens, after: dot),
+               tokens[name].kind == .word || tokens[name].kind == .quoted {
+                end = name
+            }
+            var words = [tokens[end].text.uppercased()]
+            let continuations: Set<String> = ["PRECISION", "VARYING", "WITH", "WITHOUT", "TIME", "ZONE"]
+            while let n = nextSolid(tokens, after: end), tokens[n].kind == .word, continuations.contains(tokens[n].text.uppercased()) {
+                words.append(tokens[n].text.uppercased())
+                end = n
+            }
+            var isArray = false
+            while let n = nextSolid(tokens, after: end), tokens[n].text == "(" || tokens[n].text == "[" {
+                if tokens[n].text == "[" { isArray = true }
+                guard let close = matching(tokens, n, forward: true) else { break }
+                end = close
+            }
+            let value = tokens[first...last].map { String($0.text) }.joined()
+            let target = isArray ? nil : castTarget(words)
+            let replacement = target.map { "CAST(\(value) AS \($0))" } ?? value
+            tokens.replaceSubrange(first...end, with: [Token(kind: .group, text: Substring(replacement))])
+            i = first + 1
+        }
+    }
+
+    static func serialToInteger(_ tokens: inout [Token]) {
+        for i in tokens.indices where tokens[i].kind == .word {
+            guard ["SERIAL", "SERIAL4", "SERIAL8", "BIGSERIAL", "SMALLSERIAL", "SERIAL2"].contains(tokens[i].text.uppercased()),
+                  let name = previousSolid(tokens, before: i), [.word, .quoted].contains(tokens[name].kind),
+                  let before = previousSolid(tokens, before: name), tokens[before].text == "(" || tokens[before].text == ","
+            else { continue }
+            tokens[i].text = "INTEGER"
+        }
+    }
+
+    static func aliasValuesColumns(_ tokens: inout [Token]) {
+        var i = 0
+        while i < tokens.count {
+            defer { i += 1 }
+            guard tokens[i].text == "(", let values = nextSolid(tokens, after: i), tokens[values].text.uppercased() == "VALUES",
+                  let close = matching(tokens, i, forward: true), let asWord = nextSolid(tokens, after: close),
+                  tokens[asWord].text.uppercased() == "AS", let alias = nextSolid(tokens, after: asWord),
+                  [.word, .quoted].contains(tokens[alias].kind), let open = nextSolid(tokens, after: alias), tokens[open].text == "(",
+                  let listEnd = matching(tokens, open, forward: true)
+            else { continue }
+            let names = tokens[(open + 1)..<listEnd].filter { !isBlank($0) && $0.text != "," }
+            guard names.allSatisfy({ [.word, .quoted].contains($0.kind) }), !names.isEmpty else { continue }
+            let columns = names.enumerated().map { "column\($0.offset + 1) AS \($0.element.text)" }.joined(separator: ", ")
+            let inner = tokens[values..<close].map { String($0.text) }.joined()
+            let replacement = "(SELECT \(columns) FROM (\(inner))) AS \(tokens[alias].text)"
+            tokens.replaceSubrange(i...listEnd, with: [Token(kind: .group, text: Substring(replacement))])
+        }
+    }
+}
