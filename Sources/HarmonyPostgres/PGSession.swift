@@ -108,6 +108,13 @@ public final class PGSession {
     var catalogViewsMade = false
     /// An extended-protocol message failed: the rest up to Sync is skipped.
     var skippingUntilSync = false
+    /// The statements up to Sync (or a Query message's statements) run in one implicit transaction, as in
+    /// PostgreSQL: opened by their first write outside a block, committed at Sync or the Query's end, rolled back
+    /// when any of them failed. Without it psycopg's executemany kept the rows before a failing one.
+    var implicitTransaction = false
+    /// Whether a write outside a block may open the implicit transaction: always in the extended protocol; in a
+    /// Query message, once it has more than one statement (a lone statement is atomic by itself).
+    var implicitTransactionAllowed = true
     let emit: (BackendMessage) -> Void
     /// Set when the session must end after its replies are sent.
     public private(set) var closing = false
@@ -134,6 +141,7 @@ public final class PGSession {
             if skippingUntilSync {
                 if case .sync = message {
                     skippingUntilSync = false
+                    endImplicitTransaction(commit: false)
                     emit(.readyForQuery(status: status))
                 }
                 return
@@ -310,6 +318,7 @@ public final class PGSession {
                 if kind == UInt8(ascii: "S") { statements[name] = nil } else { portals[name] = nil }
                 emit(.closeComplete)
             case .sync:
+                endImplicitTransaction(commit: true)
                 if !inTransactionBlock { portals.removeAll() }
                 emit(.readyForQuery(status: status))
             case .flush:
@@ -338,11 +347,27 @@ public final class PGSession {
         if inTransactionBlock { failed = true }
     }
 
+    /// Commits the implicit transaction (rolls it back when `commit` is false, or when its COMMIT fails, such as
+    /// on a deferred foreign key, whose error the client gets).
+    private func endImplicitTransaction(commit: Bool) {
+        guard implicitTransaction else { return }
+        implicitTransaction = false
+        guard database?.isInTransaction == true else { return }
+        do {
+            try run(commit ? "COMMIT" : "ROLLBACK")
+        } catch {
+            emit(.error(error))
+            if database?.isInTransaction == true { try? run("ROLLBACK") }
+        }
+    }
+
     /// A Query message: each statement in turn (each in its own transaction unless a block is open); the first
     /// failure ends the message.
     private func simpleQuery(_ sql: String) {
         var rest = sql
         var ranAny = false
+        var failedStatement = false
+        defer { implicitTransactionAllowed = true }
         while true {
             let command: Command
             do {
@@ -350,8 +375,10 @@ public final class PGSession {
             } catch {
                 failTransactionBlock()
                 emit(.error(error))
+                failedStatement = true
                 break
             }
+            implicitTransactionAllowed = ranAny || !Self.isBlank(rest)
             if case .empty = command {
                 if !ranAny { emit(.emptyQueryResponse) }
                 break
@@ -368,10 +395,12 @@ public final class PGSession {
             } catch {
                 failTransactionBlock()
                 emit(.error(error as? PGError ?? PGError("XX000", "\(error)")))
+                failedStatement = true
                 break
             }
             if Self.isBlank(rest) { break }
         }
+        endImplicitTransaction(commit: !failedStatement)
         portals[""] = nil
         emit(.readyForQuery(status: status))
     }
@@ -549,6 +578,9 @@ public final class PGSession {
                 }
                 if wasInTransaction {
                     emit(.notice("there is already a transaction in progress"))
+                } else if implicitTransaction {
+                    // The statements before BEGIN join the block, as PostgreSQL has them do.
+                    implicitTransaction = false
                 } else if let immediate {
                     try run(immediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED")
                 } else {
@@ -567,6 +599,7 @@ public final class PGSession {
                     try run("PRAGMA query_only = OFF")
                 }
                 failed = false
+                implicitTransaction = false
                 transactionRequested = false
                 transactionReadFirst = false
                 serializableRequested = false
@@ -589,7 +622,7 @@ public final class PGSession {
 
     /// A transaction block is open for the client: BEGIN was sent (SQLite's may not have started yet) or a
     /// SAVEPOINT started one.
-    var inTransactionBlock: Bool { transactionRequested || database?.isInTransaction == true }
+    var inTransactionBlock: Bool { transactionRequested || (database?.isInTransaction == true && !implicitTransaction) }
 
     /// Starts SQLite's transaction for a pending BEGIN, in the mode `s` needs.
     private func startRequestedTransaction(for s: Statement) throws(PGError) {
@@ -630,6 +663,13 @@ public final class PGSession {
     private func executeSQLite(_ portal: Portal, _ s: Statement, keyword: String, maxRows: Int) throws(PGError) {
         guard let db = database else { throw PGError("08003", "no database connection") }
         try startRequestedTransaction(for: s)
+        if implicitTransactionAllowed, !implicitTransaction, !s.isReadOnly, db.isInTransaction == false,
+           !["PRAGMA", "VACUUM", "SAVEPOINT", "RELEASE", "ROLLBACK"].contains(keyword) {
+            // PRAGMAs such as foreign_keys do nothing inside a transaction, VACUUM cannot run in one, and a
+            // SAVEPOINT outside a block opens one of its own.
+            try run("BEGIN IMMEDIATE")
+            implicitTransaction = true
+        }
         if s.columnCount == 0 {
             let before = db.totalChanges
             if try firstStep(s) { while try step(s) {} }

@@ -104,6 +104,15 @@ def transactions():
             c.execute("SELECT count(*) FROM typed")
             c.execute("INSERT INTO typed(id) VALUES (%s)", (base + i,))
             c.commit()
+    # executemany is one pipeline with one Sync, so one implicit transaction, as in PostgreSQL: a duplicate key in
+    # it keeps none of its rows, even in autocommit.
+    c = connect(p1, autocommit=True)
+    try:
+        c.cursor().executemany("INSERT INTO typed(id) VALUES (%s)", [(400,), (401,), (101,), (402,)])
+        raise AssertionError("a duplicate key was accepted")
+    except errors.UniqueViolation:
+        pass
+    assert c.execute("SELECT count(*) FROM typed WHERE id >= 400").fetchone() == (0,)
     # Cancel: a long query stops with 57014 and the session goes on.
     c = connect(p1, autocommit=True)
     threading.Timer(0.5, c.cancel).start()

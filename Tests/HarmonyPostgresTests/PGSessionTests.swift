@@ -230,6 +230,41 @@ final class SessionFixture {
         #expect(try Database(path: f.path).query("SELECT id FROM t ORDER BY id") == [[2], [3]])
     }
 
+    /// Statements up to Sync, and the statements of one Query message, are one implicit transaction, as in
+    /// PostgreSQL: psycopg's executemany (a pipeline with one Sync) keeps none of its rows when one fails, and
+    /// other connections see the rows at Sync, not before.
+    @Test func statementsUpToSyncAndOneQuerysStatementsCommitTogether() throws {
+        let f = try SessionFixture()
+        f.login()
+        let other = try Database(path: f.path)
+        func insert(_ id: Int64) -> [FrontendMessage] {
+            [.bind(portal: "", statement: "ins", parameterFormats: [1], parameters: [withUnsafeBytes(of: id.bigEndian, Array.init)], resultFormats: []),
+             .execute(portal: "", maxRows: 0)]
+        }
+        _ = f.send(.parse(name: "ins", query: "INSERT INTO t(id) VALUES ($1)", parameterTypes: [PGType.int8]), .sync)
+        for m in insert(1) + insert(2) { f.session.handle(m) }
+        #expect(try other.scalar("SELECT count(*) FROM t")?.int64 == 0, "the rows were visible before Sync")
+        #expect(f.send(.sync) == [.readyForQuery(status: UInt8(ascii: "I"))])
+        #expect(try other.query("SELECT id FROM t ORDER BY id") == [[1], [2]])
+        // A failure before Sync takes back the rows before it.
+        f.replies.removeAll()
+        for m in insert(3) + insert(1) + insert(4) + [FrontendMessage.sync] { f.session.handle(m) }
+        #expect(f.replies.contains { if case .error(let e) = $0 { e.code == "23505" } else { false } } && f.replies.last == .readyForQuery(status: UInt8(ascii: "I")))
+        #expect(try other.query("SELECT id FROM t ORDER BY id") == [[1], [2]])
+        // One Query message: a failing statement takes back the ones before it; BEGIN takes them into its block.
+        _ = f.send(.query("INSERT INTO t(id) VALUES (5); INSERT INTO t(id) VALUES (1)"))
+        #expect(try other.query("SELECT id FROM t ORDER BY id") == [[1], [2]])
+        #expect(f.send(.query("INSERT INTO t(id) VALUES (6); BEGIN; INSERT INTO t(id) VALUES (7)")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        #expect(try other.query("SELECT id FROM t ORDER BY id") == [[1], [2]])
+        #expect(f.send(.query("COMMIT")).first == .commandComplete("COMMIT"))
+        #expect(try other.query("SELECT id FROM t ORDER BY id") == [[1], [2], [6], [7]])
+        // A lone statement and PRAGMAs run as before (foreign_keys would do nothing inside a transaction).
+        _ = f.send(.query("PRAGMA foreign_keys = ON"))
+        #expect(f.send(.query("PRAGMA foreign_keys")).contains(.dataRow([SessionFixture.text("1")])))
+        #expect(f.send(.query("INSERT INTO t(id) VALUES (8)")).last == .readyForQuery(status: UInt8(ascii: "I")))
+        #expect(f.session.holdsTransaction == false)
+    }
+
     @Test func rollbackToASavepointRecoversAFailedBlock() throws {
         let f = try SessionFixture()
         f.login()
