@@ -552,6 +552,8 @@ public final class PGSession {
     private func execute(_ portal: Portal, maxRows: Int) throws(PGError) {
         let command = portal.prepared.command
         let wasInTransaction = inTransactionBlock
+        /// A COMMIT that failed ended the block (rolled back), so the error does not leave it failed.
+        var endedBlock = false
         try refuseInFailedTransaction(command)
         do {
             switch command {
@@ -588,8 +590,20 @@ public final class PGSession {
                 }
                 emit(.commandComplete("BEGIN"))
             case .commit, .rollback:
+                var commitError: PGError?
                 if database?.isInTransaction == true {
-                    if case .commit = command, !failed { try run("COMMIT") } else { try run("ROLLBACK") }
+                    if case .commit = command, !failed {
+                        do {
+                            try run("COMMIT")
+                        } catch {
+                            // A deferred foreign key fails at COMMIT and SQLite keeps the transaction open; PostgreSQL
+                            // ends the block rolled back. Left open, the session held the write lock in state E.
+                            commitError = error
+                            if database?.isInTransaction == true { try? run("ROLLBACK") }
+                        }
+                    } else {
+                        try run("ROLLBACK")
+                    }
                 } else if !wasInTransaction {
                     emit(.notice("there is no transaction in progress"))
                 }
@@ -603,6 +617,10 @@ public final class PGSession {
                 transactionRequested = false
                 transactionReadFirst = false
                 serializableRequested = false
+                if let commitError {
+                    endedBlock = true
+                    throw commitError
+                }
                 emit(.commandComplete(tag))
             case .deallocate(let name):
                 if let name { statements[name] = nil } else { statements = statements.filter { $0.key.isEmpty } }
@@ -612,7 +630,7 @@ public final class PGSession {
                 if keyword == "ROLLBACK" { failed = false }  // ROLLBACK TO a savepoint: the block goes on from there
             }
         } catch {
-            if wasInTransaction { failed = true }
+            if wasInTransaction, !endedBlock { failed = true }
             throw error as? PGError ?? PGError("XX000", "\(error)")
         }
     }

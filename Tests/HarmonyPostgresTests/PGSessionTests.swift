@@ -299,6 +299,24 @@ final class SessionFixture {
         #expect(try other.scalar("SELECT count(*) FROM t WHERE v = 'from the session'")?.int64 == 1)
     }
 
+    /// A deferred foreign key fails at COMMIT: the block ends rolled back (ReadyForQuery I), as in PostgreSQL,
+    /// instead of staying failed and holding SQLite's write lock until the client thinks to roll back.
+    @Test func aCommitRefusedByADeferredForeignKeyEndsTheBlock() throws {
+        let f = try SessionFixture()
+        f.login()
+        _ = f.send(.query("PRAGMA foreign_keys = ON"))
+        _ = f.send(.query("CREATE TABLE child(id INTEGER PRIMARY KEY, parent INTEGER REFERENCES t(id) DEFERRABLE INITIALLY DEFERRED)"))
+        _ = f.send(.query("BEGIN"))
+        #expect(f.send(.query("INSERT INTO child VALUES (1, 42)")).last == .readyForQuery(status: UInt8(ascii: "T")))
+        let replies = f.send(.query("COMMIT"))
+        #expect(replies.contains { if case .error(let e) = $0 { e.code == "23503" } else { false } }, "\(replies)")
+        #expect(replies.last == .readyForQuery(status: UInt8(ascii: "I")) && !f.session.holdsTransaction)
+        let other = try Database(path: f.path)
+        try other.execute("INSERT INTO t(id) VALUES (42)")
+        #expect(try other.scalar("SELECT count(*) FROM child")?.int64 == 0)
+        #expect(f.send(.query("INSERT INTO child VALUES (1, 42)")).last == .readyForQuery(status: UInt8(ascii: "I")))
+    }
+
     @Test func sqlstatesFollowSQLitesErrors() throws {
         let f = try SessionFixture()
         f.login()
