@@ -39,6 +39,10 @@ extension LiveNode {
             report.healthy = false
             report.reasons.append(busy + "; this report is from before it")
         }
+        if let mismatch = shardCountMismatch.withLock({ $0 }) {
+            report.healthy = false
+            report.reasons.append(mismatch)
+        }
         return report
     }
 

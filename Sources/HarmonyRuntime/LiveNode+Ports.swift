@@ -84,6 +84,13 @@ extension LiveNode {
             guard let self else { return }
             let state = self.streamState(shard: shard)
             self.queue.async { self.withCore("checking the range of shard \(shard)") { $0.streamStateArrived(shard: shard, state) } }
+            // The cleanup timer asks every shard's range: with the last one, look for a stream past it, made by a node
+            // started since with more shards (checked at start too, but this node may run for months).
+            if shard == self.router.shards.upperBound, self.shardCountMismatch.withLock({ $0 == nil }), let js = self.jetStream,
+               let mismatch = self.streamBeyondLastShard(js) {
+                self.shardCountMismatch.withLock { $0 = mismatch }
+                self.log.error("\(mismatch); restart this node with the cluster's shard count")
+            }
         }
     }
 

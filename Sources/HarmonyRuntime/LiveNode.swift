@@ -76,6 +76,9 @@ public final class LiveNode: @unchecked Sendable {
     typealias CoreLook = (readings: NodeReadings, watch: ProgressWatch)
     /// A `/health` look waits on the queue: checkers polling a blocked queue do not pile more up behind it.
     let healthLookQueued = Atomic<Bool>(false)
+    /// Set once a stream past this node's last shard appears while it runs (`streamBeyondLastShard`): `/health`
+    /// says it until the node restarts with the cluster's shard count.
+    let shardCountMismatch = Mutex<String?>(nil)
     /// Requests the core must not wait for (stream ranges) run here and answer on `queue`.
     let requests = DispatchQueue(label: "harmonylite.requests")
 
@@ -135,15 +138,7 @@ public final class LiveNode: @unchecked Sendable {
         // Every node must use the same shard count. A stream past this node's last was made by a node with more
         // shards: rows hashed to it would never reach this node, and a node going back to fewer shards would leave
         // the rows on it unread by everyone (operator audit: 2 shards, then 1, and half the rows gone unnoticed).
-        let beyond = router.streamName(shard: router.shards.upperBound + 1)
-        if let state = try? js.streamState(name: beyond) {
-            throw ShardCountMismatch(description: """
-                stream \(beyond) exists (\(state.messages) message(s)), made by a node with more than \(router.shards.upperBound) \
-                shard(s): rows hashed to it would never reach this node. Set [replication_log] shards to the same value on \
-                every node (at least \(router.shards.upperBound + 1)); lowering it is not supported while that stream holds messages \
-                (delete the streams and seed every node from one snapshot to start over with fewer)
-                """)
-        }
+        if let mismatch = streamBeyondLastShard(js) { throw ShardCountMismatch(description: mismatch) }
         let registryBucket = try retryWhileJetStreamForms("opening the schema registry bucket", until: deadline) {
             try js.keyValue(bucket: SchemaRegistryEntry.bucket, replicas: config.replicas)
         }
@@ -340,6 +335,21 @@ public final class LiveNode: @unchecked Sendable {
         connection?.close()
         databaseLock?.release()
         log.info("node \(config.node.nodeID) stopped")
+    }
+}
+
+extension LiveNode {
+    /// Why this node's shard count is below another node's, when the stream after its last one exists: rows
+    /// hashed to that stream never reach this node. Nil when it does not exist (or JetStream could not say).
+    func streamBeyondLastShard(_ js: JetStream) -> String? {
+        let beyond = router.streamName(shard: router.shards.upperBound + 1)
+        guard let state = try? js.streamState(name: beyond) else { return nil }
+        return """
+            stream \(beyond) exists (\(state.messages) message(s)), made by a node with more than \(router.shards.upperBound) \
+            shard(s): rows hashed to it would never reach this node. Set [replication_log] shards to the same value on \
+            every node (at least \(router.shards.upperBound + 1)); lowering it is not supported while that stream holds messages \
+            (delete the streams and seed every node from one snapshot to start over with fewer)
+            """
     }
 }
 

@@ -50,7 +50,8 @@ final class LiveCluster {
     var startsLogged: [Int: Int] = [:]
     var nodeCount: Int
     let schema: String
-    let shards: Int
+    /// Written into each config by `writeConfig`: a test may change it and write a node's config again.
+    var shards: Int
     let maxEntries: Int
     let replicas: Int
     let configure: (Int) -> String

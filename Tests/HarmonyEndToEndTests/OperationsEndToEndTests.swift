@@ -170,6 +170,30 @@ struct OperationsEndToEndTests {
         #expect(Date().timeIntervalSince(started) < 20)
     }
 
+    /// A node restarted with more shards than the running ones (an operator's slip, or half of raising the count)
+    /// makes a stream they never read: the running nodes say so on `/health` and in their log while they run,
+    /// not only at their next start, since the rows hashed to that stream never reach them.
+    @Test func runningNodesSayWhenANodeWithMoreShardsMakesAStream() throws {
+        let ports = distinctFreePorts(2)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
+            "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(ports[i - 1])\""
+        }
+        try sqlite(c.dbPath(1), "INSERT INTO items (id, name) VALUES (1, 'one shard');")
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "1\n")
+        #expect(try httpGet(port: ports[0], path: "/health").status == 200)
+        c.stop(2)
+        c.shards = 2
+        try c.writeConfig(2)
+        try c.start(2)
+        var health = (status: 0, body: "")
+        try waitUntil("node 1's /health names the stream past its shards", timeoutSeconds: 30) {
+            health = try httpGet(port: ports[0], path: "/health")
+            return health.status == 503
+        }
+        #expect(health.body.contains("stream harmonylite-changes-2 exists") && health.body.contains("shards to the same value"), "\(health.body)")
+        #expect(c.log(1).contains("restart this node with the cluster's shard count"))
+    }
+
     /// Parked messages are an operator's to see and to deal with, from the command line beside the live node.
     @Test func parkedMessagesAreListedRetriedAndDiscardedFromTheCommandLine() throws {
         let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1)
