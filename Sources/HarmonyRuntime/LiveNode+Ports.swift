@@ -73,8 +73,24 @@ extension LiveNode {
     /// A synchronous JetStream request: never from the queue (the core gets ranges through `requestStreamState`).
     func streamState(shard: Int) -> HarmonyCore.StreamState? {
         dispatchPrecondition(condition: .notOnQueue(queue))
-        guard let s = try? jetStream?.streamState(name: router.streamName(shard: shard)) else { return nil }
-        return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
+        guard let js = jetStream else { return nil }
+        let name = router.streamName(shard: shard)
+        do {
+            let s = try js.streamState(name: name)
+            return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
+        } catch let error as NATSError where error.jetStreamCode == 10059 {
+            // Gone while this node runs (`nats stream rm`, a server whose store was lost): made again as at start.
+            // Publishes then go through again, and the core finds the stream started over (before its checkpoint)
+            // and sends everything again. Before, every node said 503 until someone restarted one.
+            guard let s = try? makeStream(js, shard: shard) else { return nil }
+            log.warning("""
+                stream \(name) no longer existed (deleted, or the NATS server lost its store): made it again; this node \
+                will send its rows again once it sees the stream start over
+                """)
+            return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
+        } catch {
+            return nil
+        }
     }
 
     /// The core's request for a stream's range: asked off the queue (a JetStream request takes a round trip, up

@@ -129,10 +129,8 @@ public final class LiveNode: @unchecked Sendable {
         jetStream = js
         let deadline = Date().addingTimeInterval(jetStreamWaitSeconds)
         for shard in router.shards {
-            let name = router.streamName(shard: shard)
-            _ = try retryWhileJetStreamForms("creating stream \(name)", until: deadline) {
-                try js.ensureStream(name: name, subjects: ["\(Self.subjectPrefix).\(shard)"],
-                                    maxMessages: config.maxEntries, replicas: config.replicas, duplicateWindowMs: 120_000)
+            _ = try retryWhileJetStreamForms("creating stream \(router.streamName(shard: shard))", until: deadline) {
+                try makeStream(js, shard: shard)
             }
         }
         // Every node must use the same shard count. A stream past this node's last was made by a node with more
@@ -339,6 +337,13 @@ public final class LiveNode: @unchecked Sendable {
 }
 
 extension LiveNode {
+    /// Creates a shard's stream, or brings an existing one in line with this configuration.
+    @discardableResult
+    func makeStream(_ js: JetStream, shard: Int) throws -> HarmonyNATS.StreamState {
+        try js.ensureStream(name: router.streamName(shard: shard), subjects: ["\(Self.subjectPrefix).\(shard)"],
+                            maxMessages: config.maxEntries, replicas: config.replicas, duplicateWindowMs: 120_000)
+    }
+
     /// Why this node's shard count is below another node's, when the stream after its last one exists: rows
     /// hashed to that stream never reach this node. Nil when it does not exist (or JetStream could not say).
     func streamBeyondLastShard(_ js: JetStream) -> String? {

@@ -194,6 +194,33 @@ struct OperationsEndToEndTests {
         #expect(c.log(1).contains("restart this node with the cluster's shard count"))
     }
 
+    /// A stream deleted while the nodes run (`nats stream rm`, a server that lost its store) is made again by
+    /// them, and refilled: the nodes see it start over, send their rows again, and a node that joins afterwards
+    /// gets every row. Before, publishes failed and every node said 503 until one was restarted.
+    @Test func aStreamDeletedWhileNodesRunIsMadeAgainAndRefilled() throws {
+        let ports = distinctFreePorts(2)
+        let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1) { i in
+            i <= 2 ? "[prometheus]\nenable = true\nbind = \"127.0.0.1:\(ports[i - 1])\"" : ""
+        }
+        for k in 1...20 { try sqlite(c.dbPath(1 + k % 2), "INSERT INTO items (id, name) VALUES (\(k), 'before');") }
+        _ = try c.waitForConvergence("SELECT count(*) FROM items;", expected: "20\n")
+        let conn = try NATSConnection(NATSConnectOptions(urls: ["nats://127.0.0.1:\(c.natsPort)"]))
+        defer { conn.close() }
+        try conn.jetStream { _ in }.deleteStream(name: "harmonylite-changes-1")
+        for k in 21...30 { try sqlite(c.dbPath(1 + k % 2), "INSERT INTO items (id, name) VALUES (\(k), 'after');") }
+        #expect(try c.waitForConvergence("SELECT count(*) FROM items;", expected: "30\n", timeoutSeconds: 60) == "30\n")
+        try waitUntil("both nodes healthy again", timeoutSeconds: 30) {
+            try ports.allSatisfy { try httpGet(port: $0, path: "/health").status == 200 }
+        }
+        #expect(c.log(1).contains("no longer existed") || c.log(2).contains("no longer existed"))
+        // The new stream holds every row again: a node that joins now, with no rows, gets all 30.
+        let joined = try c.addNode()
+        try waitUntil("the joining node has every row", timeoutSeconds: 60) {
+            try c.query(joined, "SELECT count(*) FROM sqlite_schema WHERE name = 'items';") == "1\n"
+                && c.query(joined, "SELECT count(*) FROM items;") == "30\n"
+        }
+    }
+
     /// Parked messages are an operator's to see and to deal with, from the command line beside the live node.
     @Test func parkedMessagesAreListedRetriedAndDiscardedFromTheCommandLine() throws {
         let c = try LiveCluster(nodes: 2, schema: kvSchema, shards: 1)
