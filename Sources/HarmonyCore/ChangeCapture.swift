@@ -172,7 +172,7 @@ public enum ChangeCapture {
             try stampCaptured(db)
             let (schemas, keyless) = try SchemaReader.admittedSchemas(db, filter: filter)
             if refuseKeyless && !keyless.isEmpty { throw SchemaError.noPrimaryKey(keyless) }
-            if !keyless.isEmpty { skippedKeyless?(Set(keyless)) }
+            skippedKeyless?(Set(keyless))  // empty too: a table given a key since is reported again if it loses it
             var renamedTables: [String: String] = [:]
             for schema in schemas {
                 for old in try adoptRenamedTable(db, schema.name) { renamedTables[old] = schema.name }

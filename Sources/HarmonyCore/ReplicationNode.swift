@@ -36,6 +36,9 @@ public final class ReplicationNode {
     /// Tables whose pre-existing definition this node asked other nodes for and does not have yet, with when (it
     /// asks again after a while).
     var preExistingDefinitionsAskedAt: [String: Int64] = [:]
+    /// Keyless tables already reported as skipped: each capture install finds them again, and the warning
+    /// came several times a second while a schema changed. Reported again once such a table was gone or fixed.
+    var keylessTablesReported: Set<String> = []
     /// Set while a message is applied: the table whose rows wait for a definition only a request can bring.
     var preExistingTableMissing: String?
     /// The latest answer per shard to `requestStreamState`. A stream's first sequence only grows, so an old
@@ -642,7 +645,10 @@ public final class ReplicationNode {
             try ChangeCapture.install(db, nodeID: self.config.nodeID, filter: self.config.tables, refuseKeyless: false,
                                       replicateDDL: self.config.replicateDDL, findRecreated: !afterOwnDDL,
                                       plantedBugs: self.config.plantedBugs, sentChanges: self.inFlight.union(self.publishedUnmarked)) { skipped in
-                for table in skipped.sorted() { self.env.events?.record(.tableSkipped(table: table, reason: Self.keylessReason)) }
+                for table in skipped.sorted() where !self.keylessTablesReported.contains(table) {
+                    self.env.events?.record(.tableSkipped(table: table, reason: Self.keylessReason))
+                }
+                self.keylessTablesReported = Set(skipped)
             }
         }
         captured = try db.isInTransaction ? install() : writeTransaction(db, install)
