@@ -176,6 +176,9 @@ public enum ReplicationEvent: Sendable, Hashable {
     case nullKeyNotReplicated(table: String, key: [String], rows: Int, atInstall: Bool)
     case captureInstalled(tables: Int)
     case tableSkipped(table: String, reason: String)
+    /// Another node's definition of `table` won without `columns`, and making it here dropped their values in
+    /// `rows` row(s) (a node that joined with a column the cluster's table lacks, say): said, not left to an INFO line.
+    case definitionDroppedValues(table: String, columns: [String], rows: Int64)
 }
 
 /// A log that goes nowhere, for a core whose messages come from its caller rather than a stream (the simulator's

@@ -103,6 +103,10 @@ extension ReplicationEvent: CustomStringConvertible {
             return "change capture installed on \(tables) table(s)"
         case .tableSkipped(let table, let reason):
             return "table \(quoteIdentifier(table)) is not replicated: \(reason)"
+        case .definitionDroppedValues(let table, let columns, let rows):
+            return "the cluster's definition of \(quoteIdentifier(table)) has no column \(columns.map(quoteIdentifier).joined(separator: ", ")): "
+                + "making it here dropped the values this node held there in \(rows) row(s). To keep a column, add it with ALTER TABLE "
+                + "on a node in the cluster (it replicates), then write the values again"
         }
     }
 }

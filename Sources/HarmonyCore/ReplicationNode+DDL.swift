@@ -664,6 +664,12 @@ extension ReplicationNode {
             let new = columnRenames[old] ?? old
             return newColumns.contains(new) ? (old, new) : nil
         }
+        let dropped = oldColumns.filter { !newColumns.contains(columnRenames[$0] ?? $0) }
+        if !dropped.isEmpty {
+            let holding = dropped.map { "\(q($0)) IS NOT NULL" }.joined(separator: " OR ")
+            let rows = try db.scalar("SELECT count(*) FROM \(q(aside)) WHERE \(holding)")?.int64 ?? 0
+            if rows > 0 { env.events?.record(.definitionDroppedValues(table: table, columns: dropped, rows: rows)) }
+        }
         if !copied.isEmpty {
             try db.execute("INSERT INTO \(q(table)) (\(copied.map { q($0.1) }.joined(separator: ", "))) SELECT \(copied.map { q($0.0) }.joined(separator: ", ")) FROM \(q(aside))")
         }

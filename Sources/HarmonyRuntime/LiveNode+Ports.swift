@@ -144,7 +144,7 @@ final class LiveEvents: ReplicationEventSink {
         node?.metrics.record(event, nowMs: nowMs)
         node?.queueOnly.value.progress.record(event, nowMs: nowMs)
         switch event {
-        case .parked, .tableSkipped, .changeRefused, .deliveryStalled, .schemaChangeFailed:
+        case .parked, .tableSkipped, .changeRefused, .deliveryStalled, .schemaChangeFailed, .definitionDroppedValues:
             log.warning("\(event)", metadata: event.logMetadata)
         case .publishFailed:
             let reason = node?.queueOnly.value.lastPublishError ?? "no reason given"

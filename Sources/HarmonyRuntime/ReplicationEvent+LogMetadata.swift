@@ -75,6 +75,8 @@ extension ReplicationEvent {
         case .sentAheadOfStamp(let versions): return ["event": "sent_ahead_of_stamp", "changes": n(versions.count)]
         case .captureInstalled(let tables): return ["event": "capture_installed", "tables": n(tables)]
         case .tableSkipped(let table, let reason): return ["event": "table_skipped", "table": .string(table), "reason": .string(reason)]
+        case .definitionDroppedValues(let table, let columns, let rows):
+            return ["event": "definition_dropped_values", "table": .string(table), "columns": .string(columns.joined(separator: ",")), "rows": .stringConvertible(rows)]
         }
     }
 }

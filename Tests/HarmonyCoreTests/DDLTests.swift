@@ -268,6 +268,28 @@ struct DDLTests {
         #expect(c.events[1].events.allSatisfy { if case .schemaChangeApplied = $0 { return false } else { return true } })
     }
 
+    /// Two nodes change a table at once and the later definition wins without the other's new column: the losing
+    /// node's table is made again without it, and the values written there go. That loss is said, as a warning
+    /// naming the table, the column and the rows; before, only an INFO line said a schema change was applied.
+    @Test func valuesDroppedWithALosingColumnAreSaid() throws {
+        let c = try TestCluster(nodes: 2, schema: Self.schema)
+        try c.apps[0].execute("INSERT INTO kv VALUES (1, 'one')")
+        try c.settle()
+        try c.apps[1].execute("ALTER TABLE kv ADD COLUMN note TEXT; UPDATE kv SET note = 'only here' WHERE k = 1")
+        try c.nodes[1].databaseChanged()
+        let held = c.takePublishes(1)
+        _ = c.clocks[0].advance(byMs: 1000)
+        try c.apps[0].execute("ALTER TABLE kv RENAME COLUMN v TO value")
+        try c.settle()
+        try c.store(1, held)
+        try c.settle()
+        try expectSameEverywhere(c, tables: ["kv"])
+        #expect(try c.rows(1, "SELECT name FROM pragma_table_info('kv') ORDER BY cid") == [["k"], ["value"]])
+        let said = c.events[1].events.filter { if case .definitionDroppedValues = $0 { true } else { false } }
+        #expect(said == [.definitionDroppedValues(table: "kv", columns: ["note"], rows: 1)], "\(said)")
+        #expect(c.events[0].events.allSatisfy { if case .definitionDroppedValues = $0 { false } else { true } })
+    }
+
     /// Node 2's application made an empty table and an index on it before node 2's sidecar first ran. No row asks for
     /// the table, so node 1 holds the index, waiting for it. The operator creates the table on node 1 as /health
     /// advises: the index is made at once, and nothing is left waiting or diverged.
