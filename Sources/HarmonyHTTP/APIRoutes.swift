@@ -52,9 +52,10 @@ public final class APIRoutes: Sendable {
         case (.GET, "snapshot", 1): return newestSnapshot(w)
         case (.GET, "replications", 1), (.GET, "replications", 2): return replications(w, name: name)
         case (.DELETE, "replications", 2): return deleteReplication(w, name: name ?? "")
-        case (.GET, "health", 1), (.GET, "metrics", 1):
+        case (.GET, "health", 1), (.GET, "metrics", 1), (.HEAD, "health", 1), (.HEAD, "metrics", 1):
+            // HEAD too: load balancers' health checks often send HEAD /health. Its answer has the GET's headers only.
             let answer = node.respond(path)
-            w.send(status: answer.status, contentType: answer.contentType, json: Array(answer.body.utf8))
+            w.send(status: answer.status, contentType: answer.contentType, json: Array(answer.body.utf8), headOnly: r.method == .HEAD)
             return answer.status
         case (_, "", 0), (_, "download", 1), (_, "snapshot", 1), (_, "replications", 1), (_, "replications", 2),
              (_, "health", 1), (_, "metrics", 1):
@@ -62,6 +63,7 @@ public final class APIRoutes: Sendable {
             case ("", _): "POST"
             case ("snapshot", _): "GET, POST"
             case ("replications", 2): "GET, DELETE"
+            case ("health", _), ("metrics", _): "GET, HEAD"
             default: "GET"
             }
             return fail(w, APIError(status: 405, "\(r.method) is not allowed on \(path) (allowed: \(allowed))"), headers: [("Allow", allowed)])

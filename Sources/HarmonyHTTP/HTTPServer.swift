@@ -118,7 +118,7 @@ final class APIChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
             let request = APIRequest(method: h.method, path: h.uri, headers: h.headers, body: bytes,
                                      keepAlive: h.isKeepAlive, version: h.version)
             let channel = context.channel, routes = self.routes
-            if h.method == .GET, ["/health", "/metrics"].contains(h.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "") {
+            if h.method == .GET || h.method == .HEAD, ["/health", "/metrics"].contains(h.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "") {
                 // A load balancer's or a scraper's check answers within the node's own bound (half a second), not
                 // after the SQL requests queued for the workers: with every worker waiting for a client's write
                 // lock, /health took 4.5 s and a balancer would take the node out (audit).
@@ -169,10 +169,12 @@ public struct ResponseWriter: Sendable {
     }
 
     /// A whole response from memory.
-    func send(status: Int, contentType: String = "application/json", json body: [UInt8], headers: [(String, String)] = []) {
+    /// `headOnly`: the answer to a HEAD request, the headers (Content-Length included) without the body.
+    func send(status: Int, contentType: String = "application/json", json body: [UInt8], headers: [(String, String)] = [],
+              headOnly: Bool = false) {
         // Already in memory: queued in one go, flushed once; the worker does not wait for the client.
         channel.write(makeHead(status: status, headers: [("Content-Type", contentType), ("Content-Length", String(body.count))] + headers), promise: nil)
-        if !body.isEmpty { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
+        if !body.isEmpty, !headOnly { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
         end()
     }
 

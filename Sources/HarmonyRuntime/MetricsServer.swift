@@ -136,16 +136,19 @@ public final class MetricsServer: @unchecked Sendable {
         let line = String(decoding: request, as: UTF8.self).split(separator: "\r\n", maxSplits: 1).first ?? ""
         let parts = line.split(separator: " ")
         let response: Response
-        if parts.count >= 2, parts[0] == "GET" {
+        // HEAD as well as GET: load balancers' health checks often send HEAD /health (HAProxy's httpchk, say).
+        let isHead = parts.first == "HEAD"
+        if parts.count >= 2, parts[0] == "GET" || isHead {
             let path = String(parts[1].split(separator: "?", maxSplits: 1).first ?? "")
             response = handler(path)
         } else {
-            response = Response(status: 405, body: "only GET is served here\n")
+            response = Response(status: 405, body: "only GET and HEAD are served here\n")
         }
         let reason = [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"][response.status] ?? "Status"
         let body = Array(response.body.utf8)
-        let head = "HTTP/1.0 \(response.status) \(reason)\r\nContent-Type: \(response.contentType)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
-        let bytes = Array(head.utf8) + body
+        let allow = response.status == 405 ? "Allow: GET, HEAD\r\n" : ""
+        let head = "HTTP/1.0 \(response.status) \(reason)\r\nContent-Type: \(response.contentType)\r\nContent-Length: \(body.count)\r\n\(allow)Connection: close\r\n\r\n"
+        let bytes = Array(head.utf8) + (isHead ? [] : body)
         var sent = 0
         while sent < bytes.count {
             let n = bytes[sent...].withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

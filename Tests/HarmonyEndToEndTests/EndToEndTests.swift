@@ -1,6 +1,7 @@
 import Foundation
 import HarmonyNATS
 import HarmonyRuntime
+import HarmonyTestSupport
 import Testing
 
 let kvSchema = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB);"
@@ -154,6 +155,9 @@ struct EndToEndTests {
             return health.status == 503 && health.body.contains("replication stopped while")
         }
         #expect(c.log(1).contains("Restarting it in"))
+        // HEAD /health (HAProxy's httpchk and other balancers' checks): the same status, headers only.
+        let head = try runToEnd("/usr/bin/curl", ["-s", "-S", "-I", "--max-time", "10", "http://127.0.0.1:\(metricsPorts[0])/health"]).output
+        #expect(head.hasPrefix("HTTP/1.0 503") && head.lowercased().contains("content-length:"), "\(head)")
         try sqlite(c.dbPath(2), "INSERT INTO items (id, name) VALUES (2, 'from node 2');")
         try sqlite(c.dbPath(1), "UPDATE __harmonylite___schema SET columns = x'\(good)' WHERE table_name = 'items';")
         _ = try c.waitForConvergence("SELECT id, name FROM items ORDER BY id;", expected: "1|written while broken\n2|from node 2\n", timeoutSeconds: 60)

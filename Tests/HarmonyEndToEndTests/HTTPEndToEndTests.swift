@@ -27,6 +27,15 @@ struct Curl {
         return (status, String(out[..<newline]))
     }
 
+    /// A HEAD request (`curl -I`, as a load balancer's check sends): the status line and headers curl printed.
+    func head(_ path: String) throws -> String {
+        var args = ["-s", "-S", "-I", "--max-time", "10"] + extra
+        if let token { args += ["-H", "Authorization: Bearer \(token)"] }
+        let run = try runToEnd("/usr/bin/curl", args + ["\(scheme)://127.0.0.1:\(port)\(path)"])
+        guard run.status == 0 else { throw E2EError("curl -I \(path) failed (\(run.status)): \(run.errors)") }
+        return run.output
+    }
+
     /// POSTs SQL and expects 200.
     @discardableResult
     func sql(_ body: String) throws -> String {
@@ -197,6 +206,9 @@ else:
         // Operations endpoints on the API port too.
         #expect(try api[0].call("GET", "/health").status == 200)
         #expect(try api[0].call("GET", "/metrics").body.contains("harmonylite_"))
+        // HEAD, as load balancers' checks send it: the GET's status and headers, no body.
+        let head = try api[0].head("/health")
+        #expect(head.hasPrefix("HTTP/1.1 200") && head.lowercased().contains("content-length:"), "\(head)")
     }
 
     @Test func theAPIRefusesWhatItMustAndSaysWhy() throws {
