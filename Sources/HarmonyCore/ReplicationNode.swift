@@ -36,9 +36,9 @@ public final class ReplicationNode {
     /// Tables whose pre-existing definition this node asked other nodes for and does not have yet, with when (it
     /// asks again after a while).
     var preExistingDefinitionsAskedAt: [String: Int64] = [:]
-    /// Keyless tables already reported as skipped: each capture install finds them again, and the warning
-    /// came several times a second while a schema changed. Reported again once such a table was gone or fixed.
-    var keylessTablesReported: Set<String> = []
+    /// Keyless and virtual tables already reported as skipped: each capture install finds them again, and the
+    /// warning came several times a second while a schema changed. Reported again once such a table was gone or fixed.
+    var skippedTablesReported: Set<String> = []
     /// Set while a message is applied: the table whose rows wait for a definition only a request can bring.
     var preExistingTableMissing: String?
     /// The latest answer per shard to `requestStreamState`. A stream's first sequence only grows, so an old
@@ -626,6 +626,9 @@ public final class ReplicationNode {
     }
 
     /// Why a table without a primary key is left out, and what to do about it.
+    static let virtualReason = "it is a virtual table (FTS, R*Tree...): its module keeps its own storage, which is not captured, and "
+        + "its CREATE is not sent, so other nodes do not have it; make it on each node and fill it there (for FTS, from "
+        + "triggers on a replicated table, or with its 'rebuild' command for an external-content index)"
     static let keylessReason = "it has no PRIMARY KEY (rowids differ from node to node, so its rows cannot be matched across nodes); "
         + "add a PRIMARY KEY to replicate it, or list it under exclude_tables if it is meant to stay on this node"
 
@@ -639,19 +642,27 @@ public final class ReplicationNode {
         // install then runs in a write transaction of the core's, so a write committed in between is stamped and
         // reported too, not stamped unreported by the install.
         if !db.isInTransaction { try stampLocalChangesIfQueued(all: true) }
+        var keyless: Set<String> = [], virtual: [String] = []
         let install = {
             // Keyless tables are skipped and reported, at start as while running: refused at start, one made through
             // the HTTP API or psql (its CREATE replicates) stopped every node at its next restart.
-            try ChangeCapture.install(db, nodeID: self.config.nodeID, filter: self.config.tables, refuseKeyless: false,
-                                      replicateDDL: self.config.replicateDDL, findRecreated: !afterOwnDDL,
-                                      plantedBugs: self.config.plantedBugs, sentChanges: self.inFlight.union(self.publishedUnmarked)) { skipped in
-                for table in skipped.sorted() where !self.keylessTablesReported.contains(table) {
-                    self.env.events?.record(.tableSkipped(table: table, reason: Self.keylessReason))
-                }
-                self.keylessTablesReported = Set(skipped)
+            let installed = try ChangeCapture.install(db, nodeID: self.config.nodeID, filter: self.config.tables, refuseKeyless: false,
+                                                      replicateDDL: self.config.replicateDDL, findRecreated: !afterOwnDDL,
+                                                      plantedBugs: self.config.plantedBugs,
+                                                      sentChanges: self.inFlight.union(self.publishedUnmarked)) { skipped in
+                keyless = skipped
             }
+            virtual = try SchemaReader.virtualTables(db).filter(self.config.tables.admits)
+            return installed
         }
         captured = try db.isInTransaction ? install() : writeTransaction(db, install)
+        // Said once per table (see `skippedTablesReported`): keyless tables, and virtual ones (an FTS index made
+        // through the API or psql), which are neither captured nor sent as DDL, so other nodes never have them.
+        let skipped = keyless.map { ($0, Self.keylessReason) } + virtual.map { ($0, Self.virtualReason) }
+        for (table, reason) in skipped.sorted(by: { $0.0 < $1.0 }) where !skippedTablesReported.contains(table) {
+            env.events?.record(.tableSkipped(table: table, reason: reason))
+        }
+        skippedTablesReported = Set(skipped.map(\.0))
         precondition(captured.values.allSatisfy { !$0.schema.primaryKey.isEmpty }, "a keyless table was captured")
         queueRecordsWriters = true
         preExistingDefinitionsAskedAt = preExistingDefinitionsAskedAt.filter { captured[$0.key] == nil }  // answered

@@ -51,6 +51,14 @@ public enum SchemaReader {
         }.sorted()
     }
 
+    /// Virtual tables (FTS, R*Tree...), sorted by name: their modules keep their own storage, which is not captured.
+    public static func virtualTables(_ db: Database) throws -> [String] {
+        try db.query("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'virtual' ORDER BY name").compactMap { row in
+            guard case .text(let name) = row[0], !name.hasPrefix("sqlite_"), !name.hasPrefix(Bookkeeping.prefix) else { return nil }
+            return name
+        }
+    }
+
     /// What `filter` admits, read once: the tables with a primary key (the ones that can replicate), sorted by
     /// name, and the names of the keyless ones.
     public static func admittedSchemas(_ db: Database, filter: TableFilter) throws -> (keyed: [TableSchema], keyless: [String]) {

@@ -91,6 +91,21 @@ enum PGDialect {
         return tokens
     }
 
+    /// The statement a `WITH` clause leads to (SELECT, INSERT, REPLACE, UPDATE, DELETE, VALUES): the first of
+    /// those words outside the common table expressions' parentheses.
+    static func statementAfterWith(_ sql: Substring) -> String? {
+        var depth = 0
+        for t in tokenize(sql) {
+            if t.kind == .punct, t.text == "(" { depth += 1 }
+            if t.kind == .punct, t.text == ")" { depth -= 1 }
+            if t.kind == .punct, t.text == ";", depth == 0 { return nil }
+            guard depth == 0, t.kind == .word else { continue }
+            let word = t.text.uppercased()
+            if ["SELECT", "INSERT", "REPLACE", "UPDATE", "DELETE", "VALUES"].contains(word) { return word }
+        }
+        return nil
+    }
+
     static func isBlank(_ t: Token) -> Bool { t.kind == .space || t.kind == .comment }
 
     static func previousSolid(_ tokens: [Token], before index: Int) -> Int? {

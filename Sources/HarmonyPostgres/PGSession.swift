@@ -742,6 +742,11 @@ public final class PGSession {
 
     /// PostgreSQL's command tag: "INSERT 0 n", "UPDATE n", "SELECT n", "CREATE TABLE"...
     static func tag(keyword: String, sql: String, rows: Int, query: Bool = false) -> String {
+        // WITH ... INSERT/UPDATE/DELETE is tagged by its statement, as PostgreSQL does (drivers read the row count
+        // from "INSERT 0 n"; "WITH" gave psycopg's rowcount -1).
+        if keyword == "WITH", let verb = PGDialect.statementAfterWith(Substring(sql)), verb != "WITH" {
+            return tag(keyword: verb, sql: sql, rows: rows, query: query)
+        }
         switch keyword {
         case "INSERT", "REPLACE": return "INSERT 0 \(rows)"
         case "UPDATE": return "UPDATE \(rows)"

@@ -659,6 +659,21 @@ struct PublishAndGateTests {
 
 @Suite("Run-time DDL")
 struct RuntimeDDLTests {
+    /// A virtual table (an FTS index made through the API or psql) is neither captured nor sent as DDL: said once,
+    /// with what to do, and replication of the other tables goes on.
+    @Test func aVirtualTableIsSaidToStayOnItsNode() throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema)
+        try c.apps[0].execute("CREATE VIRTUAL TABLE notes USING fts5(body); INSERT INTO notes VALUES ('only here')")
+        try c.apps[0].execute("INSERT INTO users VALUES (1, 'still replicated', 1)")
+        try c.settle()
+        try c.apps[0].execute("CREATE TABLE later (id INTEGER PRIMARY KEY)")
+        try c.settle()
+        #expect(try c.rows(1, "SELECT name FROM users") == [["still replicated"]])
+        #expect(try c.rows(1, "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'notes%'") == [[0]])
+        let said = c.events[0].events.filter { if case .tableSkipped = $0 { true } else { false } }
+        #expect(said == [.tableSkipped(table: "notes", reason: ReplicationNode.virtualReason)], "\(said)")
+    }
+
     /// Creating a keyless table while the node runs is reported, and replication of other tables goes on; so it is
     /// after a restart of every node (the CREATE replicated), where it used to stop each one at start.
     @Test func keylessTableCreatedAtRunTimeIsSkippedNotFatal() throws {

@@ -74,6 +74,9 @@ final class SessionFixture {
         #expect(replies.contains(.dataRow([SessionFixture.text("2"), SessionFixture.text("c"), nil, SessionFixture.text("2")])))
         #expect(replies.last == .readyForQuery(status: UInt8(ascii: "I")))
         #expect(f.send(.query("  ")).first == .emptyQueryResponse)
+        // A WITH clause is tagged by the statement it leads to (drivers read row counts from the tag).
+        let with = f.send(.query("WITH v(x) AS (VALUES (10), (11)) INSERT INTO t(id) SELECT x FROM v; WITH d AS (SELECT 1) UPDATE t SET v = 'w' WHERE id >= 10; WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3) SELECT x FROM n"))
+        #expect(with.compactMap { if case .commandComplete(let t) = $0 { t } else { nil } } == ["INSERT 0 2", "UPDATE 2", "SELECT 3"])
         let shown = f.send(.query("SET extra_float_digits = 3; SHOW server_version; SELECT version()"))
         #expect(shown.contains(.commandComplete("SET")) && shown.contains(.dataRow([SessionFixture.text("15.0")])))
     }
