@@ -209,6 +209,9 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let streamStartOverUnnoticed = PlantedBugs(rawValue: 1 << 79)
     /// Send a row in more parts than half of max_entries: its first parts fall off the stream before its last land.
     public static let partsOutgrowTheStream = PlantedBugs(rawValue: 1 << 80)
+    /// Send everything again at once when a stream started over: on a short stream the resend pushes out the other
+    /// nodes' messages before this node reads them, and it is behind the stream's start.
+    public static let startOverResendNotHeld = PlantedBugs(rawValue: 1 << 81)
 
     public static let all: [(name: String, bug: PlantedBugs)] = [
         ("apply-in-arrival-order", .applyInArrivalOrder),
@@ -292,6 +295,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("rebuilt-table-loses-dependents", .rebuiltTableLosesDependents),
         ("stream-start-over-unnoticed", .streamStartOverUnnoticed),
         ("parts-outgrow-the-stream", .partsOutgrowTheStream),
+        ("start-over-resend-not-held", .startOverResendNotHeld),
     ]
 }
 

@@ -89,6 +89,13 @@ extension ReplicationNode {
         }
         checkpoints[shard] = to
         forgetStreamPositions()
+        // As after a hole repair: what it queued goes out once this node has read the new stream up to where it ends
+        // now, or on a short stream the resend would push out the messages it is about to read.
+        if !config.plantedBugs.contains(.startOverResendNotHeld) {
+            var until = publishHeldUntil ?? [:]
+            until[shard] = max(until[shard] ?? 0, state.lastSequence)
+            publishHeldUntil = until
+        }
         env.events?.record(.streamStartedOver(shard: shard, checkpoint: at, lastSequence: state.lastSequence))
         recreateConsumer(shard: shard)
     }

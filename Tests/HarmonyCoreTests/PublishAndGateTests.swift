@@ -897,4 +897,29 @@ struct StreamStartedOverTests {
         for i in 0...1 { #expect(try (c.rows(i, "SELECT id FROM users ORDER BY id") == all) == bug.isEmpty) }
         #expect(c.events[0].events.contains { if case .streamStartedOver = $0 { true } else { false } } == bug.isEmpty)
     }
+    /// A short stream made again that already holds another node's writes when this node finds it started over:
+    /// this node's resend waits until it has read them, as after a hole repair. Sent at once
+    /// (`start-over-resend-not-held`), it pushed them off the stream unread, and the node was behind its start.
+    @Test(arguments: [PlantedBugs(), .startOverResendNotHeld])
+    func theResendAfterAStreamStartedOverWaitsUntilTheNodeHasReadIt(bug: PlantedBugs) throws {
+        let c = try TestCluster(nodes: 2, schema: usersSchema, maxEntries: 8) { $0.plantedBugs = bug }
+        for id in 1...10 {
+            // Large rows, so the resend takes several messages (random bytes: compression does not shrink them).
+            try c.apps[0].execute("INSERT INTO users VALUES (\(id), randomblob(300000), 1)")
+            try c.settle()
+        }
+        let before = c.nodes[0].checkpoint(1)
+        c.streams.deleteStream(shard: 1)
+        for id in 101...106 { try c.apps[1].execute("INSERT INTO users VALUES (\(id), 'after, node 2', 1)"); try c.publish(1) }
+        #expect(c.streams.lastSequence(shard: 1) < before)
+        for _ in 0..<2 {
+            try c.nodes[0].timerFired(.cleanup)
+            c.answerStreamStates(0)
+        }
+        #expect(c.events[0].events.contains { if case .streamStartedOver = $0 { true } else { false } })
+        try c.publish(0)
+        try c.deliver(0)
+        #expect(c.nodes[0].restoreNeeded == !bug.isEmpty, "behind the stream's start")
+        #expect(try (c.rows(0, "SELECT count(*) FROM users WHERE id > 100") == [[6]]) == bug.isEmpty)
+    }
 }
