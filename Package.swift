@@ -99,7 +99,7 @@ let package = Package(
         ]),
         .executableTarget(name: "harmonybench", dependencies: [
             "HarmonyCore", "HarmonyCodec", "HarmonyCoreTesting", "HarmonySQLite", "HarmonyRuntime", "HarmonyAPI", "HarmonyNATS",
-            "HarmonyProcess", "HarmonyTestSupport",
+            "HarmonyProcess", "HarmonyTestSupport", "HarmonySim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

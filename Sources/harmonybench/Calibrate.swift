@@ -7,6 +7,7 @@ import HarmonyCoreTesting
 import HarmonyNATS
 import HarmonyRuntime
 import HarmonySQLite
+import HarmonySim
 import HarmonyTestSupport
 import Synchronization
 
@@ -328,8 +329,8 @@ struct Calibrate: ParsableCommand {
     func fitRuntime(_ rounds: [LiveRound]) -> [String: Double] {
         func fit(_ point: (LiveRun, [String: Double]) -> Double) -> (change: Double, message: Double) {
             let points = rounds.flatMap { r in [r.one, r.eight].map { (x: $0.messagesPerRow, y: point($0, r.core)) } }
-            let (change, message) = Self.leastSquaresLine(points)
-            return (max(0, change), max(0, message))
+            let (change, message) = CostFit.nonNegativeLine(points)
+            return (change, message)
         }
         let publish = fit { run, core in run.cpu[0] - (core["scan_change_us"] ?? 0) - (core["apply_own_change_us"] ?? 0) }
         // The applying nodes' transactions as they were counted live: a batch's commit is the core's cost, not the runtime's.
@@ -342,18 +343,6 @@ struct Calibrate: ParsableCommand {
             "runtime_apply_change_us": applying.change, "runtime_apply_message_us": applying.message,
             "server_change_us": server.change, "runtime_server_message_us": server.message,
         ]
-    }
-
-    /// The intercept and slope of the least-squares line through `points` (the slope 0 if every x is the same).
-    static func leastSquaresLine(_ points: [(x: Double, y: Double)]) -> (intercept: Double, slope: Double) {
-        let n = Double(points.count)
-        guard n > 0 else { return (0, 0) }
-        let meanX = points.reduce(0) { $0 + $1.x } / n, meanY = points.reduce(0) { $0 + $1.y } / n
-        let sxx = points.reduce(0) { $0 + ($1.x - meanX) * ($1.x - meanX) }
-        let sxy = points.reduce(0) { $0 + ($1.x - meanX) * ($1.y - meanY) }
-        guard sxx > 0 else { return (meanY, 0) }
-        let slope = sxy / sxx
-        return (meanY - slope * meanX, slope)
     }
 
     /// CPU per millisecond of `harmonybench live`'s probes and watchers, from a quiet run of that benchmark.
