@@ -11,6 +11,7 @@ enum PGDialect {
     /// Whether `sql` holds anything `rewritten` would change: most statements skip the tokenizer.
     static func mayNeedRewrite(_ sql: Substring) -> Bool {
         sql.contains("::") || sql.range(of: "pg_catalog.", options: .caseInsensitive) != nil
+            || sql.range(of: "current_", options: .caseInsensitive) != nil || sql.range(of: "session_user", options: .caseInsensitive) != nil
             || sql.range(of: "serial", options: .caseInsensitive) != nil || sql.range(of: "values", options: .caseInsensitive) != nil
     }
 
@@ -32,6 +33,7 @@ enum PGDialect {
         if tokens.first(where: { $0.kind == .word })?.text.uppercased() == "CREATE" { serialToInteger(&tokens) }
         aliasValuesColumns(&tokens)
         anyArrayToIn(&tokens)
+        callSQLValueFunctions(&tokens)
         return (Substring(tokens.map { String($0.text) }.joined()), readsCatalog)
     }
 
@@ -154,6 +156,18 @@ enum PGDialect {
             i += 1
         }
         return readsCatalog
+    }
+
+    /// PostgreSQL's SQL-standard functions called without parentheses (`SELECT current_user`), which SQLite would
+    /// take for column names; the session defines each as a function.
+    static let valueFunctions: Set<String> = ["current_user", "session_user", "current_role", "current_catalog", "current_schema"]
+
+    static func callSQLValueFunctions(_ tokens: inout [Token]) {
+        for i in tokens.indices where tokens[i].kind == .word && valueFunctions.contains(tokens[i].text.lowercased()) {
+            if let next = nextSolid(tokens, after: i), tokens[next].text == "(" { continue }
+            if let previous = previousSolid(tokens, before: i), tokens[previous].text == "." { continue }
+            tokens[i] = Token(kind: .group, text: Substring(tokens[i].text + "()"))
+        }
     }
 
     static func anyArrayToIn(_ tokens: inout [Token]) {

@@ -241,6 +241,9 @@ public final class PGSession {
             try db.defineConstantFunction("current_database", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
             try db.defineConstantFunction("current_schema", value: "public")
             try db.defineConstantFunction("current_user", value: config.user)
+            try db.defineConstantFunction("session_user", value: config.user)
+            try db.defineConstantFunction("current_role", value: config.user)
+            try db.defineConstantFunction("current_catalog", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
             try db.defineConstantFunction("pg_table_is_visible", value: "1", arguments: 1)
             connection = guarded
             onReady?(db.interrupter)

@@ -24,6 +24,7 @@ import Testing
 
     @Test func catalogCallsSerialKeysAndValuesAliasesBecomeSQLite() {
         #expect(rewrite("select pg_catalog.version()") == "select version()")
+        #expect(rewrite("SELECT current_user, session_user, current_schema(), t.current_role FROM t") == "SELECT current_user(), session_user(), current_schema(), t.current_role FROM t")
         #expect(rewrite("CREATE TABLE a (\n\tid SERIAL NOT NULL, big BIGSERIAL, serial_no TEXT, PRIMARY KEY (id)\n)")
                 == "CREATE TABLE a (\n\tid INTEGER NOT NULL, big INTEGER, serial_no TEXT, PRIMARY KEY (id)\n)")
         #expect(rewrite("INSERT INTO s VALUES ('serial')") == "INSERT INTO s VALUES ('serial')")

@@ -77,6 +77,10 @@ final class SessionFixture {
         // A WITH clause is tagged by the statement it leads to (drivers read row counts from the tag).
         let with = f.send(.query("WITH v(x) AS (VALUES (10), (11)) INSERT INTO t(id) SELECT x FROM v; WITH d AS (SELECT 1) UPDATE t SET v = 'w' WHERE id >= 10; WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3) SELECT x FROM n"))
         #expect(with.compactMap { if case .commandComplete(let t) = $0 { t } else { nil } } == ["INSERT 0 2", "UPDATE 2", "SELECT 3"])
+        // PostgreSQL's value functions without parentheses, as psql users and toolkits write them.
+        #expect(f.send(.query("SELECT current_user, session_user, current_catalog, current_schema")).contains(
+            .dataRow([SessionFixture.text("app"), SessionFixture.text("app"), SessionFixture.text("app"), SessionFixture.text("public")])))
+        #expect(f.send(.query("SHOW TRANSACTION ISOLATION LEVEL")).contains(.dataRow([SessionFixture.text("read committed")])))
         let shown = f.send(.query("SET extra_float_digits = 3; SHOW server_version; SELECT version()"))
         #expect(shown.contains(.commandComplete("SET")) && shown.contains(.dataRow([SessionFixture.text("15.0")])))
     }
