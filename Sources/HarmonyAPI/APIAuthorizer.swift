@@ -43,6 +43,10 @@ public enum APIAuthorizer {
         if let trigger = r.trigger, isReserved(trigger) { return nil }
         let topLevel = context.topLevel
         switch r.action {
+        case SQLITE_ATTACH where (r.first ?? "").isEmpty:
+            // Plain VACUUM attaches a nameless scratch database; it was refused as "ATTACH ... open other files".
+            return "VACUUM is refused through the API: it rewrites the whole database while holding its lock, so every "
+                + "writer (the replicator too) would wait until it ends; run it from the sqlite3 shell when the node is quiet"
         case SQLITE_ATTACH, SQLITE_DETACH:
             return "ATTACH, DETACH and VACUUM INTO are refused through the API: they open other files on the server"
         case SQLITE_FUNCTION where r.second?.lowercased() == "load_extension":

@@ -111,6 +111,7 @@ final class GatewayFixture {
         let refused: [(String, String)] = [
             ("ATTACH DATABASE '/tmp/x.db' AS x", "ATTACH"),
             ("VACUUM INTO '/tmp/copy.db'", "VACUUM INTO"),
+            ("VACUUM", "rewrites the whole database"),
             ("SELECT load_extension('/tmp/evil.so')", "load_extension"),
             ("SELECT fts3_tokenizer('simple')", "fts3_tokenizer"),
             ("SELECT fts3_tokenizer('evil', x'4141414141414141')", "fts3_tokenizer"),
