@@ -58,10 +58,14 @@ public struct IncomingMessage: Sendable, Hashable {
 public struct StreamState: Sendable, Hashable {
     public var firstSequence: UInt64
     public var lastSequence: UInt64
+    /// The log found the stream gone and made it again for this answer: a new stream, known at once (otherwise only
+    /// told by ending before the checkpoint twice, which a busy cluster can fill past before the second answer).
+    public var madeAgain: Bool
 
-    public init(firstSequence: UInt64, lastSequence: UInt64) {
+    public init(firstSequence: UInt64, lastSequence: UInt64, madeAgain: Bool = false) {
         self.firstSequence = firstSequence
         self.lastSequence = lastSequence
+        self.madeAgain = madeAgain
     }
 }
 

@@ -23,18 +23,20 @@ enum PGDialect {
     /// - SERIAL, BIGSERIAL and SMALLSERIAL column types made INTEGER, so the key is SQLite's rowid and numbers itself;
     /// - `(VALUES ...) AS alias(a, b)`, a column list SQLite lacks, made `(SELECT column1 AS a, ... FROM (VALUES ...)) AS alias`.
     /// - `pg_catalog.pg_class` and `pg_catalog.pg_namespace` made the session's own `temp.` views of them (see
-    ///   `catalogViews`; `readsCatalog` says they are needed), and `= ANY (ARRAY[a, b])` made `IN (a, b)`: what
-    ///   SQLAlchemy's `has_table` asks before `create_all` and `drop_all`.
-    static func rewritten(_ sql: Substring) -> (text: Substring, readsCatalog: Bool) {
-        guard mayNeedRewrite(sql) else { return (sql, false) }
+    ///   `catalogViews`), and `= ANY (ARRAY[a, b])` made `IN (a, b)`: what SQLAlchemy's `has_table` asks before
+    ///   `create_all` and `drop_all`.
+    static func rewritten(_ sql: Substring) -> Substring {
+        guard mayNeedRewrite(sql) else { return sql }
         var tokens = tokenize(sql)
-        let readsCatalog = catalogPrefixes(&tokens)
+        catalogPrefixes(&tokens)
+        callSQLValueFunctions(&tokens)
         rewriteCasts(&tokens)
-        if tokens.first(where: { $0.kind == .word })?.text.uppercased() == "CREATE" { serialToInteger(&tokens) }
+        // Column definitions of CREATE TABLE only (not CREATE TABLE ... AS SELECT, where a word after a column is its alias).
+        let words = tokens.filter { $0.kind == .word }.map { $0.text.uppercased() }
+        if words.first == "CREATE", !words.contains("SELECT") { serialToInteger(&tokens) }
         aliasValuesColumns(&tokens)
         anyArrayToIn(&tokens)
-        callSQLValueFunctions(&tokens)
-        return (Substring(tokens.map { String($0.text) }.joined()), readsCatalog)
+        return Substring(tokens.map { String($0.text) }.joined())
     }
 
     /// The two catalog tables answered, as TEMP views over `sqlite_schema` (the application's tables and views,
@@ -64,8 +66,13 @@ enum PGDialect {
                 i = sql[i...].firstIndex(of: "\n") ?? sql.endIndex
                 kind = .comment
             } else if c == "/", next < sql.endIndex, sql[next] == "*" {
-                i = sql[next...].range(of: "*/")?.upperBound ?? sql.endIndex
+                // From after the opening "/*": in "/*/ ... */" the first "*/" is not the end.
+                i = sql[sql.index(after: next)...].range(of: "*/")?.upperBound ?? sql.endIndex
                 kind = .comment
+            } else if c == "[", tokens.last(where: { !isBlank($0) })?.text.uppercased() != "ARRAY" {
+                // SQLite's [bracketed name] (PostgreSQL's ARRAY[...] aside).
+                i = sql[next...].firstIndex(of: "]").map { sql.index(after: $0) } ?? sql.endIndex
+                kind = .quoted
             } else if c == "'" || c == "\"" || c == "`" {
                 // Through the closing quote; a doubled quote stays inside.
                 i = next
@@ -139,12 +146,10 @@ enum PGDialect {
         return nil
     }
 
-    /// Drops `pg_catalog.` before calls, makes it `temp.` before the tables answered; whether those are read.
-    static func catalogPrefixes(_ tokens: inout [Token]) -> Bool {
-        var readsCatalog = false
+    /// Drops `pg_catalog.` before calls, makes it `temp.` before the tables answered.
+    static func catalogPrefixes(_ tokens: inout [Token]) {
         var i = 0
         while i < tokens.count {
-            if tokens[i].kind == .word, ["pg_class", "pg_namespace"].contains(tokens[i].text.lowercased()) { readsCatalog = true }
             if i + 2 < tokens.count, tokens[i].kind == .word, tokens[i].text.lowercased() == "pg_catalog", tokens[i + 1].text == ".",
                tokens[i + 2].kind == .word {
                 if let call = nextSolid(tokens, after: i + 2), tokens[call].text == "(" {
@@ -155,7 +160,6 @@ enum PGDialect {
             }
             i += 1
         }
-        return readsCatalog
     }
 
     /// PostgreSQL's SQL-standard functions called without parentheses (`SELECT current_user`), which SQLite would
@@ -175,7 +179,7 @@ enum PGDialect {
         while i < tokens.count {
             defer { i += 1 }
             guard tokens[i].kind == .word, tokens[i].text.uppercased() == "ANY", let equals = previousSolid(tokens, before: i),
-                  tokens[equals].text == "=", let open = nextSolid(tokens, after: i), tokens[open].text == "(",
+                  tokens[equals].text == "=", equals == 0 || !["!", "<", ">"].contains(tokens[equals - 1].text), let open = nextSolid(tokens, after: i), tokens[open].text == "(",
                   let array = nextSolid(tokens, after: open), tokens[array].text.uppercased() == "ARRAY",
                   let bracket = nextSolid(tokens, after: array), tokens[bracket].text == "[",
                   let bracketEnd = matching(tokens, bracket, forward: true), let close = nextSolid(tokens, after: bracketEnd),
@@ -206,6 +210,21 @@ enum PGDialect {
             guard let last = previousSolid(tokens, before: i) else { i += 1; continue }
             var first = last
             switch tokens[last].kind {
+            case .word where tokens[last].text.uppercased() == "END":
+                // CASE ... END::type: the value is the whole CASE expression.
+                var depth = 0
+                var j = last
+                while j >= 0 {
+                    if tokens[j].kind == .word {
+                        let word = tokens[j].text.uppercased()
+                        if word == "END" { depth += 1 }
+                        if word == "CASE" { depth -= 1 }
+                        if depth == 0 { break }
+                    }
+                    j -= 1
+                }
+                guard j >= 0 else { i += 1; continue }
+                first = j
             case .literal, .word, .quoted, .group:
                 while first >= 2, tokens[first - 1].text == ".", [.word, .quoted].contains(tokens[first - 2].kind) { first -= 2 }
             case .punct where tokens[last].text == ")":
@@ -232,8 +251,11 @@ enum PGDialect {
                 end = n
             }
             var isArray = false
-            while let n = nextSolid(tokens, after: end), tokens[n].text == "(" || tokens[n].text == "[" {
-                if tokens[n].text == "[" { isArray = true }
+            while let n = nextSolid(tokens, after: end), tokens[n].text == "(" || tokens[n].text.hasPrefix("[") {
+                if tokens[n].text.hasPrefix("[") {
+                    isArray = true
+                    if tokens[n].kind == .quoted { end = n; continue }  // "[]" read as one bracketed token
+                }
                 guard let close = matching(tokens, n, forward: true) else { break }
                 end = close
             }

@@ -60,6 +60,9 @@ public final class PGSession {
         let sql: String
         let command: Command
         let parameterTypes: [Int32]
+        /// The result types a Describe of the statement told the client: its portals keep them (a driver such as
+        /// asyncpg decodes every execution's rows by them), where a portal described alone is typed by its first row.
+        var describedTypes: [Int32]?
         init(sql: String, command: Command, parameterTypes: [Int32]) {
             self.sql = sql
             self.command = command
@@ -104,8 +107,6 @@ public final class PGSession {
     /// The block asked for SERIALIZABLE or REPEATABLE READ: a stale snapshot is then the client's 40001, where
     /// READ COMMITTED (PostgreSQL's default) lets the write restart on the newest data.
     var serializableRequested = false
-    /// The TEMP views answering SQLAlchemy's `has_table` exist on this session's connection.
-    var catalogViewsMade = false
     /// An extended-protocol message failed: the rest up to Sync is skipped.
     var skippingUntilSync = false
     /// The statements up to Sync (or a Query message's statements) run in one implicit transaction, as in
@@ -245,6 +246,8 @@ public final class PGSession {
             try db.defineConstantFunction("current_role", value: config.user)
             try db.defineConstantFunction("current_catalog", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
             try db.defineConstantFunction("pg_table_is_visible", value: "1", arguments: 1)
+            // Made once, outside any transaction, so no client ROLLBACK or read-only block takes them away.
+            for view in PGDialect.catalogViews { try db.execute(view) }
             connection = guarded
             onReady?(db.interrupter)
         } catch {
@@ -308,6 +311,7 @@ public final class PGSession {
                     guard let prepared = statements[name] else { throw PGError("26000", "prepared statement \"\(name)\" does not exist") }
                     emit(.parameterDescription(parameterTypes(prepared)))
                     let columns = try describe(prepared: prepared)
+                    prepared.describedTypes = columns.map(\.typeOID)
                     emit(columns.isEmpty ? .noData : .rowDescription(columns))
                 } else {
                     guard let portal = portals[name] else { throw PGError("34000", "portal \"\(name)\" does not exist") }
@@ -367,14 +371,16 @@ public final class PGSession {
     /// A Query message: each statement in turn (each in its own transaction unless a block is open); the first
     /// failure ends the message.
     private func simpleQuery(_ sql: String) {
-        var rest = sql
+        // Rewritten once whole: statement by statement, the rest was tokenized again for each (a seed file sent as
+        // one Query took time quadratic in its length).
+        var rest = String(PGDialect.rewritten(Substring(sql)))
         var ranAny = false
         var failedStatement = false
         defer { implicitTransactionAllowed = true }
         while true {
             let command: Command
             do {
-                (command, rest) = try compile(rest)
+                (command, rest) = try compile(rest, rewritten: true)
             } catch {
                 failTransactionBlock()
                 emit(.error(error))
@@ -412,7 +418,8 @@ public final class PGSession {
 
     /// The first statement of `sql` and the text after it. PostgreSQL commands SQLite lacks (SET, SHOW, START
     /// TRANSACTION, BEGIN with options, ABORT...) are answered here; the rest is compiled by SQLite.
-    private func compile(_ sql: String) throws(PGError) -> (Command, String) {
+    /// `rewritten`: `sql` went through `PGDialect.rewritten` already (a Query message's text, rewritten once whole).
+    private func compile(_ sql: String, rewritten: Bool = false) throws(PGError) -> (Command, String) {
         let text = SQLText.strippedLeading(sql)
         let words = text.prefix { $0 != ";" }.split(whereSeparator: { $0.isWhitespace }).prefix(3).map { $0.uppercased() }
         let keyword = String(text.prefix { $0.isLetter }).uppercased()
@@ -450,12 +457,7 @@ public final class PGSession {
             connection.startStatement()
             defer { connection.authorizing.topLevel = false }
             do {
-                let (rewritten, readsCatalog) = PGDialect.rewritten(text)
-                if readsCatalog, !catalogViewsMade {
-                    for view in PGDialect.catalogViews { try db.execute(view) }
-                    catalogViewsMade = true
-                }
-                let (statement, rest) = try connection.prepareFirst(String(rewritten))
+                let (statement, rest) = try connection.prepareFirst(String(rewritten ? text : PGDialect.rewritten(text)))
                 guard let statement else { return (.empty, "") }
                 return (.sqlite(statement, tag: keyword), rest)
             } catch {
@@ -537,7 +539,10 @@ public final class PGSession {
         // prepared again by SQLite on the step, with the new columns (read before, they did not match the rows).
         var columns = try describe(prepared: portal.prepared)
         for i in columns.indices {
-            if case .sqlite(let s, _) = portal.prepared.command {
+            if let described = portal.prepared.describedTypes, described.count == columns.count {
+                columns[i].typeOID = described[i]
+                columns[i].typeSize = PGType.size(columns[i].typeOID)
+            } else if case .sqlite(let s, _) = portal.prepared.command {
                 columns[i].typeOID = PGType.oid(declared: s.declaredType(i), sample: portal.peeked?[i])
                 columns[i].typeSize = PGType.size(columns[i].typeOID)
             }

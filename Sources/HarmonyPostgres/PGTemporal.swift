@@ -146,18 +146,25 @@ enum PGTemporal {
         }
     }
 
-    /// The text a binary date or time parameter is stored as (what PostgreSQL would print for it).
-    static func text(binary value: Int64, oid: Int32) -> String {
+    /// PostgreSQL's range for timestamps (4713 BC to 294276 AD), in microseconds after its epoch.
+    static let timestampRange: ClosedRange<Int64> = -211_813_488_000_000_000...9_223_371_331_199_999_999
+
+    /// The text a binary date or time parameter is stored as (what PostgreSQL would print for it); a value out of
+    /// PostgreSQL's range is refused, as PostgreSQL refuses it.
+    static func text(binary value: Int64, oid: Int32) throws(PGError) -> String {
         switch oid {
         case PGType.date:
             if value == Int64(Int32.max) { return "infinity" }
             if value == Int64(Int32.min) { return "-infinity" }
+            guard (-2_451_545...2_147_483_494).contains(value) else { throw PGError("22008", "date out of range in a binary parameter") }
             return dateText(days: Int(value) + postgresEpochDays)
         case PGType.time:
+            guard (0...microsPerDay).contains(value) else { throw PGError("22008", "time out of range in a binary parameter") }
             return timeText(micros: value)
         default:
             if value == Int64.max { return "infinity" }
             if value == Int64.min { return "-infinity" }
+            guard timestampRange.contains(value) else { throw PGError("22008", "timestamp out of range in a binary parameter") }
             return timestampText(micros: value, withZone: oid == PGType.timestamptz)
         }
     }

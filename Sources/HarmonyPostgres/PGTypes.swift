@@ -152,8 +152,8 @@ public enum PGType {
             case float4: return .real(Double(Float(bitPattern: try fixed(UInt32.self))))
             case bool: return .integer(try fixed(UInt8.self) != 0 ? 1 : 0)
             case numeric: return try decode(Array(try numericText(binary: bytes).utf8), oid: numeric, binary: false)
-            case date: return .text(PGTemporal.text(binary: Int64(try fixed(Int32.self)), oid: oid))
-            case time, timestamp, timestamptz: return .text(PGTemporal.text(binary: try fixed(Int64.self), oid: oid))
+            case date: return .text(try PGTemporal.text(binary: Int64(try fixed(Int32.self)), oid: oid))
+            case time, timestamp, timestamptz: return .text(try PGTemporal.text(binary: try fixed(Int64.self), oid: oid))
             case uuid:
                 guard bytes.count == 16 else { throw PGError("22P03", "a binary UUID parameter has \(bytes.count) bytes, expected 16") }
                 return .text(uuidText(bytes))
@@ -220,7 +220,7 @@ public enum PGType {
             if d.isNaN { return header(0, 0, 0xC000, 0) }
             if d.isInfinite { return header(0, 0, d < 0 ? 0xF000 : 0xD000, 0) }
             text = String(d)
-        case .text(let s) where parseReal(s)?.isFinite == true: text = s.trimmingCharacters(in: .whitespaces)
+        case .text(let s) where isPlainDecimal(s.trimmingCharacters(in: .whitespaces)): text = s.trimmingCharacters(in: .whitespaces)
         default: throw PGError("22P02", "value \(value) cannot be sent as a numeric in binary format")
         }
         // Digits and where the decimal point falls among them, from "-12.5", "1e-05" or "1.5e+20".
@@ -258,6 +258,10 @@ public enum PGType {
         var weight = intDigits.count / 4 - 1
         while all.first == 0 { all.removeFirst(); weight -= 1 }
         while all.last == 0 { all.removeLast() }
+        // PostgreSQL's own limits on a numeric's digits and scale; the header's fields are 16 bits.
+        guard all.count < 32_768, scale < 16_384, (-32_768..<32_768).contains(weight) else {
+            throw PGError("22003", "value \(value) is out of range for a numeric in binary format")
+        }
         if all.isEmpty { return header(0, 0, 0, scale) }
         return header(all.count, weight, negative ? 0x4000 : 0, scale) + all.flatMap { bigEndian(Int16($0)) }
     }
@@ -296,6 +300,22 @@ public enum PGType {
         }
         fraction = String(fraction.prefix(scale))
         return (sign == 0x4000 ? "-" : "") + whole + (fraction.isEmpty ? "" : "." + fraction)
+    }
+
+    /// `[+-]digits[.digits][e[+-]digits]`: what the binary numeric encoder reads digit by digit (Double's parser
+    /// also takes hex, "inf" and the like, which SQLite keeps as TEXT in a NUMERIC column).
+    static func isPlainDecimal(_ s: String) -> Bool {
+        var rest = Substring(s)
+        if rest.first == "+" || rest.first == "-" { rest = rest.dropFirst() }
+        let mantissa = rest.prefix { $0 != "e" && $0 != "E" }
+        let exponent = rest.dropFirst(mantissa.count)
+        let parts = mantissa.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        guard !mantissa.isEmpty, parts.allSatisfy({ $0.allSatisfy { $0.isASCII && $0.isNumber } }),
+              parts.contains(where: { !$0.isEmpty }), mantissa.filter({ $0 == "." }).count <= 1 else { return false }
+        guard !exponent.isEmpty else { return true }
+        var digits = exponent.dropFirst()
+        if digits.first == "+" || digits.first == "-" { digits = digits.dropFirst() }
+        return !digits.isEmpty && digits.count < 6 && digits.allSatisfy { $0.isASCII && $0.isNumber }
     }
 
     static func uuidText(_ b: [UInt8]) -> String {

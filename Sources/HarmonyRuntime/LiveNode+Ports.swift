@@ -87,7 +87,7 @@ extension LiveNode {
                 stream \(name) no longer existed (deleted, or the NATS server lost its store): made it again; this node \
                 will send its rows again once it sees the stream start over
                 """)
-            return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence)
+            return HarmonyCore.StreamState(firstSequence: s.firstSequence, lastSequence: s.lastSequence, madeAgain: true)
         } catch {
             return nil
         }

@@ -353,7 +353,7 @@ extension LiveNode {
             stream \(beyond) exists (\(state.messages) message(s)), made by a node with more than \(router.shards.upperBound) \
             shard(s): rows hashed to it would never reach this node. Set [replication_log] shards to the same value on \
             every node (at least \(router.shards.upperBound + 1)); lowering it is not supported while that stream holds messages \
-            (delete the streams and seed every node from one snapshot to start over with fewer)
+            (to start over with fewer: stop every node, delete the streams, and seed every node from one snapshot)
             """
     }
 }

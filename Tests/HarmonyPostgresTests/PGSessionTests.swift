@@ -113,6 +113,24 @@ final class SessionFixture {
         #expect(e.code == "42601" && replies.count == 2 && replies.last == .readyForQuery(status: UInt8(ascii: "I")))
     }
 
+    /// A statement described before it runs (asyncpg's way) keeps the types it was described with in every execution:
+    /// a DATETIME column told as timestamp whose row holds a Unix time is refused in binary (22007), not sent as int8
+    /// bytes the driver would decode as a timestamp without a word.
+    @Test func aDescribedStatementKeepsItsTypesInEveryExecution() throws {
+        let f = try SessionFixture()
+        f.login()
+        _ = f.send(.query("CREATE TABLE ev(id INTEGER PRIMARY KEY, at DATETIME); INSERT INTO ev VALUES (1, '2024-01-02 03:04:05'), (2, 1700000000)"))
+        let described = f.send(.parse(name: "q", query: "SELECT at FROM ev WHERE id = $1", parameterTypes: [PGType.int8]),
+                               .describe(kind: UInt8(ascii: "S"), name: "q"), .sync)
+        #expect(described.contains(.rowDescription([PGColumn(name: "at", typeOID: PGType.timestamp, typeSize: 8, format: 0)])), "\(described)")
+        func run(_ id: Int64) -> [BackendMessage] {
+            f.send(.bind(portal: "", statement: "q", parameterFormats: [1], parameters: [withUnsafeBytes(of: id.bigEndian, Array.init)], resultFormats: [1]),
+                   .execute(portal: "", maxRows: 0), .sync)
+        }
+        #expect(run(1).contains { if case .dataRow(let v) = $0 { v[0]?.count == 8 } else { false } })
+        #expect(run(2).contains { if case .error(let e) = $0 { e.code == "22007" } else { false } })
+    }
+
     /// A named statement prepared once and executed again (psycopg's prepared statements, JDBC's after a few runs)
     /// after another connection changed the table: SQLite prepares it again on its first step, and the row
     /// description must be the new one. It used to describe the old columns over the new rows, and a row longer
