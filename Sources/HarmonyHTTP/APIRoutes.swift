@@ -55,7 +55,7 @@ public final class APIRoutes: Sendable {
         case (.GET, "health", 1), (.GET, "metrics", 1), (.HEAD, "health", 1), (.HEAD, "metrics", 1):
             // HEAD too: load balancers' health checks often send HEAD /health. Its answer has the GET's headers only.
             let answer = node.respond(path)
-            w.send(status: answer.status, contentType: answer.contentType, json: Array(answer.body.utf8), headOnly: r.method == .HEAD)
+            w.send(status: answer.status, contentType: answer.contentType, json: Array(answer.body.utf8))
             return answer.status
         case (_, "", 0), (_, "download", 1), (_, "snapshot", 1), (_, "replications", 1), (_, "replications", 2),
              (_, "health", 1), (_, "metrics", 1):

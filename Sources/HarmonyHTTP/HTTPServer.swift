@@ -169,12 +169,11 @@ public struct ResponseWriter: Sendable {
     }
 
     /// A whole response from memory.
-    /// `headOnly`: the answer to a HEAD request, the headers (Content-Length included) without the body.
-    func send(status: Int, contentType: String = "application/json", json body: [UInt8], headers: [(String, String)] = [],
-              headOnly: Bool = false) {
+    /// The answer to a HEAD request is the headers (Content-Length included) without the body, whatever its status.
+    func send(status: Int, contentType: String = "application/json", json body: [UInt8], headers: [(String, String)] = []) {
         // Already in memory: queued in one go, flushed once; the worker does not wait for the client.
         channel.write(makeHead(status: status, headers: [("Content-Type", contentType), ("Content-Length", String(body.count))] + headers), promise: nil)
-        if !body.isEmpty, !headOnly { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
+        if !body.isEmpty, request.method != .HEAD { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
         end()
     }
 
