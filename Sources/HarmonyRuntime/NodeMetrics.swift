@@ -13,7 +13,7 @@ final class NodeMetrics: Sendable {
     enum Count: Int, CaseIterable {
         case published, publishFailures, appliedWon, appliedLost, appliedEcho, duplicates, parked, schemaPauses, gaps
         case refused, discarded, schemaChanges, schemaChangeFailures, applyBatchFailures, restores, restoreFailures, snapshotsTaken, snapshotFailures, coreRestarts
-        case holeRepairs, repairRequests, hintsApplied, stampFailures, echoesConsumed
+        case holeRepairs, repairRequests, hintsApplied, stampFailures, echoesConsumed, droppedColumnValues
 
         /// Name (after `harmonylite_`), label, help.
         var definition: (name: String, label: (String, String)?, help: String) {
@@ -43,6 +43,7 @@ final class NodeMetrics: Sendable {
             case .stampFailures: return ("stamp_failures_total", nil, "Stamps of queued local writes that failed (busy, disk full, I/O) and were retried after a pause.")
             case .echoesConsumed: return ("echo_messages_consumed_total", nil, "This node's own messages back from the log, consumed without applying them: the database already holds what they carry.")
             case .hintsApplied: return ("hints_applied_total", nil, "Small messages applied ahead of a backlog on their stream (their in-order copies then count as lost).")
+            case .droppedColumnValues: return ("dropped_column_values_total", nil, "Rows whose values in a column went with it when another node's definition of the table won without that column.")
             }
         }
     }
@@ -129,6 +130,7 @@ final class NodeMetrics: Sendable {
         case .restoreFailed: add(.restoreFailures)
         case .snapshotTaken: add(.snapshotsTaken)
         case .snapshotFailed: add(.snapshotFailures)
+        case .definitionDroppedValues(_, _, let rows): add(.droppedColumnValues, Int(rows))
         default: break
         }
     }

@@ -69,6 +69,7 @@ struct MetricsServerTests {
         m.record(.applied(shard: 1, sequence: 2, table: "t", version: RowVersion(hlc: 1 << 16, node: 2), won: false), nowMs: 2)
         m.record(.applied(shard: 1, sequence: 3, table: "t", version: RowVersion(hlc: 1 << 16, node: 1), won: false), nowMs: 2)
         m.record(.schemaPaused(shard: 2, sequence: 9, table: "t", remoteHash: "x"))
+        m.record(.definitionDroppedValues(table: "t", columns: ["note"], rows: 5))
         let text = m.render(NodeReadings(running: true, checkpoints: [1: 7], pausedShards: [2], pendingChanges: 4))
         var values: [String: Double] = [:]
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
@@ -85,6 +86,7 @@ struct MetricsServerTests {
         #expect(values["harmonylite_checkpoint{shard=\"1\"}"] == 7)
         #expect(values["harmonylite_pending_changes"] == 4)
         #expect(values["harmonylite_parked_messages_total"] == 0)
+        #expect(values["harmonylite_dropped_column_values_total"] == 5)
         // Lag: 1 s for the first change (its timestamp is 1 ms), none recorded for the echo.
         #expect(values["harmonylite_replication_lag_seconds_count"] == 2)
         #expect(values["harmonylite_replication_lag_seconds_bucket{le=\"1.0\"}"] == 2)
