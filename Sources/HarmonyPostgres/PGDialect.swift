@@ -169,7 +169,7 @@ enum PGDialect {
     static func callSQLValueFunctions(_ tokens: inout [Token]) {
         for i in tokens.indices where tokens[i].kind == .word && valueFunctions.contains(tokens[i].text.lowercased()) {
             if let next = nextSolid(tokens, after: i), tokens[next].text == "(" { continue }
-            if let previous = previousSolid(tokens, before: i), tokens[previous].text == "." { continue }
+            if let previous = previousSolid(tokens, before: i), tokens[previous].text == "." || tokens[previous].kind == .cast { continue }
             tokens[i] = Token(kind: .group, text: Substring(tokens[i].text + "()"))
         }
     }

@@ -41,6 +41,30 @@ import Testing
         #expect(rewrite("SELECT CASE WHEN a THEN 1 ELSE (CASE b WHEN 2 THEN 3 END) END::int") == "SELECT CAST(CASE WHEN a THEN 1 ELSE (CASE b WHEN 2 THEN 3 END) END AS INTEGER)")
     }
 
+    /// Any text at all, hostile or half-typed: the rewrite never traps, rewriting its output changes nothing more,
+    /// and text with nothing PostgreSQL-specific in it comes back byte for byte.
+    @Test func anyTextIsRewrittenWithoutTrappingAndOnlyOnce() {
+        let fragments = ["values", "VALUES", "(", ")", "'", "\"", "`", "[", "]", "--", "/*", "*/", "\n", " ", ";", "x", "1", "$1",
+                         "::", ":", "serial", "current_user", "ANY", "ARRAY", "=", "!", ".", "pg_catalog", "END", "CASE", ",",
+                         "int", "text", "CREATE TABLE", "SELECT", "é", "AS", "t(a, b)"]
+        var state: UInt64 = 42
+        func next() -> Int {  // SplitMix64: the same strings every run
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return Int(truncatingIfNeeded: (z ^ (z >> 31)) >> 1)
+        }
+        for _ in 0..<3000 {
+            let text = (0..<(next() % 30)).map { _ in fragments[next() % fragments.count] }.joined()
+            let once = rewrite(text)
+            #expect(rewrite(once) == once, "\(text)")
+        }
+        let plain = ["INSERT INTO t VALUES (1, 'a::b', \"c::d\") -- ::int", "CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO u VALUES (new.a); END",
+                     "SELECT x FROM t WHERE y IN (SELECT z FROM v) ORDER BY 1", "SELECT [values] FROM [t]", "SELECT 'current_user'"]
+        for text in plain { #expect(rewrite(text) == text) }
+    }
+
     /// SQLAlchemy 2.1's `has_table` (what `create_all` and `drop_all` ask first), as it arrives from psycopg.
     @Test func sqlalchemysHasTableAnswersFromTheDatabase() throws {
         let f = try SessionFixture()
