@@ -100,6 +100,152 @@ enum PGDialect {
         return tokens
     }
 
+    /// What PostgreSQL would infer for each `$n` the client left untyped, as declared types (`INTEGER`, `DATE`...):
+    /// from a cast on it (`$1::int`), from the column an INSERT's VALUES puts it in, or from the column it is
+    /// compared with (`price > $1`, `SET name = $2`, `id IN ($3, $4)`, `name LIKE $5`), and LIMIT or OFFSET.
+    /// `columns(table)` lists a table's columns and declared types in order. Drivers that encode parameters by the
+    /// types a Describe reports (asyncpg) need them; text was all this front end said before.
+    static func parameterHints(_ sql: Substring, columns: (String) -> [(name: String, type: String)]) -> [Int: String] {
+        let tokens = tokenize(sql).filter { !isBlank($0) }
+        func name(_ t: Token) -> String {
+            t.kind == .quoted ? String(t.text.dropFirst().dropLast()) : String(t.text)
+        }
+        func parameter(_ i: Int) -> Int? {
+            guard i >= 0, i < tokens.count, tokens[i].kind == .word, tokens[i].text.first == "$" else { return nil }
+            return Int(tokens[i].text.dropFirst())
+        }
+        func isName(_ i: Int) -> Bool { i >= 0 && i < tokens.count && (tokens[i].kind == .word || tokens[i].kind == .quoted) && parameter(i) == nil }
+        var tables: [String] = []
+        for i in tokens.indices.dropLast() where tokens[i].kind == .word {
+            guard ["INTO", "UPDATE", "FROM", "JOIN"].contains(tokens[i].text.uppercased()) else { continue }
+            var j = i + 1
+            while isName(j), j + 2 < tokens.count, tokens[j + 1].text == ".", isName(j + 2) { j += 2 }
+            if isName(j) { tables.append(name(tokens[j])) }
+        }
+        var known: [String: [(name: String, type: String)]] = [:]
+        func typeOf(column: String) -> String? {
+            for table in tables {
+                if known[table] == nil { known[table] = columns(table) }
+                if let c = known[table]!.first(where: { $0.name.lowercased() == column.lowercased() }) { return c.type }
+            }
+            return nil
+        }
+        var hints: [Int: String] = [:]
+        // INSERT ... INTO t [(columns)] VALUES (...), (...)
+        if let into = tokens.firstIndex(where: { $0.kind == .word && $0.text.uppercased() == "INTO" }), isName(into + 1),
+           let valuesAt = tokens.firstIndex(where: { $0.kind == .word && $0.text.uppercased() == "VALUES" }), valuesAt > into {
+            var t = into + 1
+            while isName(t), t + 2 < tokens.count, tokens[t + 1].text == ".", isName(t + 2) { t += 2 }
+            var names = columns(name(tokens[t])).map(\.name)
+            if t + 1 < valuesAt, tokens[t + 1].text == "(", let close = matching(tokens, t + 1, forward: true) {
+                names = tokens[(t + 2)..<close].filter { $0.kind == .word || $0.kind == .quoted }.map(name)
+            }
+            var i = valuesAt + 1
+            while i < tokens.count, tokens[i].text == "(" {
+                guard let close = matching(tokens, i, forward: true) else { break }
+                var position = 0, depth = 0, start = i + 1
+                for k in (i + 1)...close {
+                    let text = tokens[k].text
+                    if text == "(" { depth += 1 }
+                    if text == ")" && depth > 0 { depth -= 1; continue }
+                    if depth == 0 && (text == "," || k == close) {
+                        if k - start == 1, let n = parameter(start), position < names.count, let type = typeOf(column: names[position]) { hints[n] = hints[n] ?? type }
+                        position += 1
+                        start = k + 1
+                    }
+                }
+                i = close + 1
+                if i < tokens.count, tokens[i].text == "," { i += 1 }
+            }
+        }
+        let comparisons: Set<Substring> = ["=", "<", ">", "!"]
+        for i in tokens.indices {
+            guard let n = parameter(i), hints[n] == nil else { continue }
+            // A cast on it.
+            if i + 2 < tokens.count, tokens[i + 1].kind == .cast, tokens[i + 2].kind == .word {
+                var words = [tokens[i + 2].text.uppercased()]
+                var k = i + 3
+                while k < tokens.count, tokens[k].kind == .word, ["PRECISION", "VARYING", "WITH", "WITHOUT", "TIME", "ZONE"].contains(tokens[k].text.uppercased()) {
+                    words.append(tokens[k].text.uppercased())
+                    k += 1
+                }
+                hints[n] = words.joined(separator: " ")
+                continue
+            }
+            // LIMIT $n, OFFSET $n.
+            if i > 0, tokens[i - 1].kind == .word, ["LIMIT", "OFFSET"].contains(tokens[i - 1].text.uppercased()) { hints[n] = "INTEGER"; continue }
+            // column op $n, column LIKE $n, column IN (..., $n, ...).
+            var j = i - 1
+            if j >= 0, tokens[j].kind == .word, ["LIKE", "GLOB"].contains(tokens[j].text.uppercased()) {
+                j -= 1
+            } else if j >= 0, comparisons.contains(tokens[j].text) {
+                while j >= 0, comparisons.contains(tokens[j].text) { j -= 1 }
+            } else {
+                var k = i - 1
+                var depth = 0
+                while k >= 0 {
+                    if tokens[k].text == ")" { depth += 1 }
+                    if tokens[k].text == "(" { if depth == 0 { break }; depth -= 1 }
+                    k -= 1
+                }
+                guard k >= 1, tokens[k - 1].kind == .word, tokens[k - 1].text.uppercased() == "IN" else {
+                    // $n op column.
+                    if i + 1 < tokens.count, comparisons.contains(tokens[i + 1].text) {
+                        var m = i + 1
+                        while m < tokens.count, comparisons.contains(tokens[m].text) { m += 1 }
+                        while isName(m), m + 2 < tokens.count, tokens[m + 1].text == ".", isName(m + 2) { m += 2 }
+                        if isName(m), let type = typeOf(column: name(tokens[m])) { hints[n] = type }
+                    }
+                    continue
+                }
+                j = k - 2
+            }
+            if isName(j), let type = typeOf(column: name(tokens[j])) { hints[n] = type }
+        }
+        return hints
+    }
+
+    /// The type of each result column of a plain `SELECT a, count(*) AS n, ... FROM` that its expression shows,
+    /// for a statement described before it runs (no row to look at): count, length and the like are integers,
+    /// total and avg floating, literals their own kind; nil where the expression does not say (or the list has a `*`).
+    static func selectListTypes(_ sql: Substring) -> [Int32?]? {
+        let tokens = tokenize(sql).filter { !isBlank($0) }
+        guard let first = tokens.first, first.kind == .word, first.text.uppercased() == "SELECT" else { return nil }
+        var items: [[Token]] = [[]]
+        var depth = 0
+        for t in tokens.dropFirst() {
+            if t.kind == .punct, t.text == "(" { depth += 1 }
+            if t.kind == .punct, t.text == ")" { depth -= 1 }
+            if depth == 0, t.kind == .word, ["FROM", "WHERE", "GROUP", "ORDER", "LIMIT", "UNION", "EXCEPT", "INTERSECT", "WINDOW", "HAVING"].contains(t.text.uppercased()) { break }
+            if depth == 0, t.kind == .punct, t.text == ";" { break }
+            if depth == 0, t.kind == .punct, t.text == "," { items.append([]); continue }
+            items[items.count - 1].append(t)
+        }
+        if items.first?.first?.kind == .word, ["DISTINCT", "ALL"].contains(items[0][0].text.uppercased()) { items[0].removeFirst() }
+        guard !items.contains(where: { $0.contains { $0.text == "*" && $0.kind == .punct } && !$0.contains { $0.text == "(" } }) else { return nil }
+        return items.map { item -> Int32? in
+            guard let head = item.first else { return nil }
+            // The expression alone, without its alias.
+            let expression = item.count >= 3 && item[item.count - 2].kind == .word && item[item.count - 2].text.uppercased() == "AS" ? Array(item.dropLast(2)) : item
+            if expression.count == 1 {
+                switch head.kind {
+                case .literal: return PGType.text
+                case .word where head.text.allSatisfy(\.isNumber): return PGType.int8
+                default: return nil
+                }
+            }
+            if expression.count == 3, expression[1].text == ".", expression[0].text.allSatisfy(\.isNumber), expression[2].text.allSatisfy(\.isNumber) { return PGType.float8 }
+            guard head.kind == .word, expression.count >= 3, expression[1].text == "(", expression.last?.text == ")",
+                  matching(expression, 1, forward: true) == expression.count - 1 else { return nil }
+            switch head.text.lowercased() {
+            case "count", "length", "octet_length", "changes", "total_changes", "last_insert_rowid", "instr", "unicode", "random": return PGType.int8
+            case "total", "avg": return PGType.float8
+            case "lower", "upper", "trim", "ltrim", "rtrim", "substr", "substring", "replace", "printf", "format", "hex", "quote", "group_concat", "string_agg", "typeof", "char", "json", "json_object", "json_array": return PGType.text
+            default: return nil
+            }
+        }
+    }
+
     /// The statement a `WITH` clause leads to (SELECT, INSERT, REPLACE, UPDATE, DELETE, VALUES): the first of
     /// those words outside the common table expressions' parentheses.
     static func statementAfterWith(_ sql: Substring) -> String? {

@@ -60,13 +60,17 @@ public final class PGSession {
         let sql: String
         let command: Command
         let parameterTypes: [Int32]
+        /// What PostgreSQL would infer for parameters the client left untyped (0 where nothing says): reported by
+        /// Describe, and used to read those parameters when they come in binary.
+        let inferredTypes: [Int32]
         /// The result types a Describe of the statement told the client: its portals keep them (a driver such as
         /// asyncpg decodes every execution's rows by them), where a portal described alone is typed by its first row.
         var describedTypes: [Int32]?
-        init(sql: String, command: Command, parameterTypes: [Int32]) {
+        init(sql: String, command: Command, parameterTypes: [Int32], inferredTypes: [Int32] = []) {
             self.sql = sql
             self.command = command
             self.parameterTypes = parameterTypes
+            self.inferredTypes = inferredTypes
         }
     }
 
@@ -297,12 +301,13 @@ public final class PGSession {
                 }
                 let (command, rest) = try compile(query)
                 guard Self.isBlank(rest) else { throw PGError("42601", "cannot insert multiple commands into a prepared statement") }
-                statements[name] = Prepared(sql: query, command: command, parameterTypes: types)
+                statements[name] = Prepared(sql: query, command: command, parameterTypes: types, inferredTypes: inferredParameterTypes(query, given: types))
                 emit(.parseComplete)
             case .bind(let portalName, let statementName, let formats, let values, let resultFormats):
                 guard let prepared = statements[statementName] else {
                     throw PGError("26000", "prepared statement \"\(statementName)\" does not exist")
                 }
+                dropPortals { $0 == portalName }
                 try bind(prepared, formats: formats, values: values)
                 portals[portalName] = Portal(prepared: prepared, resultFormats: resultFormats)
                 emit(.bindComplete)
@@ -322,11 +327,11 @@ public final class PGSession {
                 guard let portal = portals[name] else { throw PGError("34000", "portal \"\(name)\" does not exist") }
                 try execute(portal, maxRows: Int(max(0, maxRows)))
             case .close(let kind, let name):
-                if kind == UInt8(ascii: "S") { statements[name] = nil } else { portals[name] = nil }
+                if kind == UInt8(ascii: "S") { statements[name] = nil } else { dropPortals { $0 == name } }
                 emit(.closeComplete)
             case .sync:
                 endImplicitTransaction(commit: true)
-                if !inTransactionBlock { portals.removeAll() }
+                if !inTransactionBlock { dropPortals { _ in true } }
                 emit(.readyForQuery(status: status))
             case .flush:
                 break
@@ -352,6 +357,18 @@ public final class PGSession {
     /// a failed statement would keep the statements around it.
     private func failTransactionBlock() {
         if inTransactionBlock { failed = true }
+    }
+
+    /// Removes portals, and resets the statement of each one no remaining portal runs: a portal suspended at its
+    /// row limit (asyncpg's fetchrow and fetchval, JDBC's fetch size) kept its SQLite statement mid-step, holding a
+    /// read snapshot after Sync; the session's next write then met a newer commit (40001), and WAL checkpoints waited.
+    private func dropPortals(where remove: (String) -> Bool) {
+        let removed = portals.filter { remove($0.key) }
+        guard !removed.isEmpty else { return }
+        portals = portals.filter { !remove($0.key) }
+        for portal in removed.values where !portals.values.contains(where: { $0.prepared === portal.prepared }) {
+            if case .sqlite(let s, _) = portal.prepared.command { s.reset() }
+        }
     }
 
     /// Commits the implicit transaction (rolls it back when `commit` is false, or when its COMMIT fails, such as
@@ -410,7 +427,7 @@ public final class PGSession {
             if Self.isBlank(rest) { break }
         }
         endImplicitTransaction(commit: !failedStatement)
-        portals[""] = nil
+        dropPortals { $0 == "" }
         emit(.readyForQuery(status: status))
     }
 
@@ -480,7 +497,27 @@ public final class PGSession {
 
     private func parameterTypes(_ p: Prepared) -> [Int32] {
         guard case .sqlite(let s, _) = p.command else { return [] }
-        return (0..<s.parameterCount).map { i in i < p.parameterTypes.count && p.parameterTypes[i] != 0 ? p.parameterTypes[i] : PGType.text }
+        return (0..<s.parameterCount).map { i in
+            if i < p.parameterTypes.count, p.parameterTypes[i] != 0 { return p.parameterTypes[i] }
+            if i < p.inferredTypes.count, p.inferredTypes[i] != 0 { return p.inferredTypes[i] }
+            return PGType.text
+        }
+    }
+
+    /// `PGDialect.parameterHints` for the parameters `given` leaves untyped, as type OIDs (0: nothing to go by).
+    private func inferredParameterTypes(_ query: String, given: [Int32]) -> [Int32] {
+        guard let db = database, query.contains("$") else { return [] }
+        let hints = PGDialect.parameterHints(Substring(query)) { table in
+            ((try? db.query("SELECT name, type FROM pragma_table_xinfo(?)", [.text(table)])) ?? []).compactMap { row in
+                guard case .text(let name) = row[0] else { return nil }
+                return (name, row[1].string ?? "")
+            }
+        }
+        guard let highest = hints.keys.max(), highest > 0 else { return [] }
+        return (1...highest).map { n in
+            guard n > given.count || given[n - 1] == 0, let declared = hints[n], !declared.isEmpty else { return 0 }
+            return PGType.oid(declared: declared, sample: nil)
+        }
     }
 
     /// Binds a Bind message's values: `$1` is the parameter named "$1" (SQLite's own syntax for it), so each
@@ -497,7 +534,10 @@ public final class PGSession {
         s.clearBindings()
         for (i, bytes) in values.enumerated() {
             let format = formats.count == 1 ? formats[0] : (i < formats.count ? formats[i] : 0)
-            let oid = i < p.parameterTypes.count ? p.parameterTypes[i] : 0
+            var oid = i < p.parameterTypes.count ? p.parameterTypes[i] : 0
+            // An untyped parameter sent in binary is in the type Describe reported for it; in text, SQLite's
+            // affinity converts it as before.
+            if oid == 0, format == 1, i < p.inferredTypes.count { oid = p.inferredTypes[i] }
             let value = try PGType.decode(bytes, oid: oid, binary: format == 1)
             let index = s.parameterIndex("$\(i + 1)") ?? (i + 1)
             do { try s.bind(value, index: index) } catch { throw sqlError(error) }
@@ -507,8 +547,11 @@ public final class PGSession {
     private func describe(prepared p: Prepared) throws(PGError) -> [PGColumn] {
         switch p.command {
         case .sqlite(let s, _):
+            // No row to look at yet: an expression column is typed by what its expression shows, if anything.
+            let shown = s.columnCount > 0 ? PGDialect.selectListTypes(Substring(p.sql)) : nil
             return (0..<s.columnCount).map { i in
-                let oid = PGType.oid(declared: s.declaredType(i), sample: nil)
+                var oid = PGType.oid(declared: s.declaredType(i), sample: nil)
+                if s.declaredType(i) == nil, let shown, shown.count == s.columnCount, let expression = shown[i] { oid = expression }
                 return PGColumn(name: s.columnName(i), typeOID: oid, typeSize: PGType.size(oid), format: 0)
             }
         case .show(let name): return [PGColumn(name: name, typeOID: PGType.text, typeSize: -1, format: 0)]
@@ -598,6 +641,7 @@ public final class PGSession {
                 }
                 emit(.commandComplete("BEGIN"))
             case .commit, .rollback:
+                dropPortals { _ in true }  // a transaction's end closes its portals, as in PostgreSQL
                 var commitError: PGError?
                 if database?.isInTransaction == true {
                     if case .commit = command, !failed {

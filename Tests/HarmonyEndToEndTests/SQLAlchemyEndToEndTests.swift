@@ -108,6 +108,57 @@ def read():
 {"write": write, "read": read}[sys.argv[4]]()
 """#
 
+/// asyncpg, the asyncio driver: it prepares every statement, encodes each parameter in binary by the type the
+/// statement's Describe reports, and reads single rows with a row limit (a suspended portal).
+let asyncpgClient = #"""
+import asyncio, datetime, decimal, sys, time, uuid
+import asyncpg
+
+password, p1, p3 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+async def connect(port):
+    return await asyncpg.connect(host="127.0.0.1", port=port, user="app", password=password, database="app", timeout=10)
+
+EXPECTED = [(1, "a", decimal.Decimal("10.5"), datetime.datetime(2024, 1, 2, 3, 4, 5), datetime.date(2024, 1, 2), True, b"\x00\x01",
+             uuid.UUID(int=5), 1.25),
+            (2, "b", decimal.Decimal("7"), None, None, None, None, None, None),
+            (3, "z", decimal.Decimal("0.1"), None, None, None, None, None, None)]
+
+async def main():
+    c = await connect(p1)
+    await c.execute("CREATE TABLE apg (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price NUMERIC(10,2), at TIMESTAMP, day DATE, "
+                    "ok BOOLEAN, data BYTEA, token UUID, score DOUBLE PRECISION)")
+    await c.execute("INSERT INTO apg VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", 1, "a", decimal.Decimal("10.50"),
+                    datetime.datetime(2024, 1, 2, 3, 4, 5), datetime.date(2024, 1, 2), True, b"\x00\x01", uuid.UUID(int=5), 1.25)
+    await c.executemany("INSERT INTO apg (id, name, price) VALUES ($1, $2, $3)", [(2, "b", decimal.Decimal("7")), (3, "c", decimal.Decimal("0.1"))])
+    n = await c.fetchval("SELECT count(*) FROM apg WHERE price > $1", decimal.Decimal("1"))
+    assert n == 2, (n, [tuple(r) for r in await c.fetch("SELECT id, price, typeof(price) FROM apg")])
+    async with c.transaction():  # after fetchval's suspended portal: the write must not meet a stale snapshot
+        await c.execute("UPDATE apg SET name = $1 WHERE id = $2", "z", 3)
+    try:
+        await c.execute("INSERT INTO apg (id, name) VALUES ($1, $2)", 1, "duplicate")
+        raise AssertionError("a duplicate key was accepted")
+    except asyncpg.UniqueViolationError as e:
+        assert e.sqlstate == "23505"
+    stmt = await c.prepare("SELECT id, at FROM apg WHERE id = $1")
+    assert tuple(await stmt.fetchrow(1)) == (1, datetime.datetime(2024, 1, 2, 3, 4, 5))
+    await c.close()
+    c3 = await connect(p3)
+    deadline = time.time() + 30
+    while True:
+        try:
+            got = [tuple(r) for r in await c3.fetch("SELECT * FROM apg ORDER BY id")]
+        except asyncpg.PostgresError as e:
+            got = repr(e)
+        if got == EXPECTED:
+            break
+        assert time.time() < deadline, f"node 3 never had node 1's rows: {got}"
+        await asyncio.sleep(0.1)
+    await c3.close()
+    print("asyncpg ok")
+
+asyncio.run(main())
+"""#
+
 @Suite(.serialized) struct SQLAlchemyEndToEndTests {
     static let password = "sa-e2e-password"
 
@@ -131,6 +182,9 @@ def read():
                                          + "12345678-9abc-def0-0123-456789abcdef|{\"theme\": \"dark\", \"n\": [1, 2]}\n").hasPrefix("10.5"))
         let read = try runPython(sqlalchemyClient, arguments + ["read"], in: c.directory, python: venvPython())
         #expect(read.contains("read ok"), "\(read)")
+        // asyncpg through node 1, read back through node 3.
+        let asyncpg = try runPython(asyncpgClient, arguments, in: c.directory, python: venvPython())
+        #expect(asyncpg.contains("asyncpg ok"), "\(asyncpg)")
         // drop_all on node 3 reaches every node.
         #expect(try c.waitForConvergence("SELECT count(*) FROM sqlite_schema WHERE name IN ('accounts', 'entries');", expected: "0\n") == "0\n")
     }

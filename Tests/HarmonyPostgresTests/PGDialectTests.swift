@@ -65,6 +65,15 @@ import Testing
         for text in plain { #expect(rewrite(text) == text) }
     }
 
+    /// A statement described before it runs has no row to type its expressions by: what the expression shows.
+    @Test func selectListExpressionsAreTypedByWhatTheyShow() {
+        #expect(PGDialect.selectListTypes("SELECT count(*), count(x) AS n, total(p), 'a', 7, 1.5, lower(name), x + 1, id FROM t WHERE a = $1")
+                == [PGType.int8, PGType.int8, PGType.float8, PGType.text, PGType.int8, PGType.float8, PGType.text, nil, nil])
+        #expect(PGDialect.selectListTypes("SELECT * FROM t") == nil)
+        #expect(PGDialect.selectListTypes("SELECT DISTINCT count(*) FROM (SELECT a, b FROM t)") == [PGType.int8])
+        #expect(PGDialect.selectListTypes("INSERT INTO t VALUES (1)") == nil)
+    }
+
     /// SQLAlchemy 2.1's `has_table` (what `create_all` and `drop_all` ask first), as it arrives from psycopg.
     @Test func sqlalchemysHasTableAnswersFromTheDatabase() throws {
         let f = try SessionFixture()

@@ -131,6 +131,51 @@ final class SessionFixture {
         #expect(run(2).contains { if case .error(let e) = $0 { e.code == "22007" } else { false } })
     }
 
+    /// asyncpg's way: Parse with untyped parameters, Describe the statement, and encode each parameter (in binary)
+    /// by the type the ParameterDescription says. The types come from the columns the parameters go into or are
+    /// compared with; before, every one was text and asyncpg refused to send an int.
+    @Test func untypedParametersAreDescribedByTheirColumnsAndReadInBinary() throws {
+        let f = try SessionFixture()
+        f.login()
+        _ = f.send(.query("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price NUMERIC, at TIMESTAMP, ok BOOLEAN)"))
+        let cases: [(String, [Int32])] = [
+            ("INSERT INTO items VALUES ($1, $2, $3, $4, $5)", [PGType.int8, PGType.text, PGType.numeric, PGType.timestamp, PGType.bool]),
+            ("INSERT INTO items (name, id) VALUES ($2, $1), ($3, $4)", [PGType.int8, PGType.text, PGType.text, PGType.int8]),
+            ("UPDATE items SET name = $1 WHERE id = $2", [PGType.text, PGType.int8]),
+            ("SELECT id FROM items WHERE price > $1 AND id IN ($2, $3) AND name LIKE $4 LIMIT $5", [PGType.numeric, PGType.int8, PGType.int8, PGType.text, PGType.int8]),
+            ("SELECT $1::date, $2 + 1", [PGType.date, PGType.text]),
+        ]
+        for (sql, types) in cases {
+            let replies = f.send(.parse(name: "", query: sql, parameterTypes: []), .describe(kind: UInt8(ascii: "S"), name: ""), .sync)
+            #expect(replies.contains(.parameterDescription(types)), "\(sql): \(replies)")
+        }
+        // An int sent in binary for an untyped parameter is read as the int8 Describe said.
+        let inserted = f.send(.parse(name: "", query: "INSERT INTO items (id, name) VALUES ($1, $2)", parameterTypes: []),
+                              .bind(portal: "", statement: "", parameterFormats: [1, 0], parameters: [withUnsafeBytes(of: Int64(7).bigEndian, Array.init), SessionFixture.text("seven")], resultFormats: []),
+                              .execute(portal: "", maxRows: 0), .sync)
+        #expect(inserted.contains(.commandComplete("INSERT 0 1")), "\(inserted)")
+        #expect(try Database(path: f.path).query("SELECT id, typeof(id), name FROM items") == [[7, "integer", "seven"]])
+    }
+
+    /// A portal suspended at its row limit (asyncpg's fetchrow, JDBC's fetch size) is closed at Sync with its
+    /// statement reset: its SQLite statement held a read snapshot, and the session's next write, after another
+    /// connection committed, failed (40001).
+    @Test func aSuspendedPortalLetsGoOfItsSnapshotAtSync() throws {
+        let f = try SessionFixture()
+        f.login()
+        _ = f.send(.query("INSERT INTO t(id) VALUES (1), (2), (3)"))
+        let suspended = f.send(.parse(name: "q", query: "SELECT id FROM t ORDER BY id", parameterTypes: []),
+                               .bind(portal: "", statement: "q", parameterFormats: [], parameters: [], resultFormats: []),
+                               .execute(portal: "", maxRows: 1), .sync)
+        #expect(suspended.contains(.portalSuspended))
+        try Database(path: f.path).execute("INSERT INTO t(id) VALUES (10)")
+        let write = f.send(.query("INSERT INTO t(id) VALUES (11)"))
+        #expect(write.contains(.commandComplete("INSERT 0 1")), "\(write)")
+        _ = f.send(.query("BEGIN"))
+        #expect(f.send(.query("UPDATE t SET v = 'x' WHERE id = 1")).contains(.commandComplete("UPDATE 1")))
+        #expect(f.send(.query("COMMIT")).first == .commandComplete("COMMIT"))
+    }
+
     /// A named statement prepared once and executed again (psycopg's prepared statements, JDBC's after a few runs)
     /// after another connection changed the table: SQLite prepares it again on its first step, and the row
     /// description must be the new one. It used to describe the old columns over the new rows, and a row longer
