@@ -115,11 +115,16 @@ enum PGDialect {
             return Int(tokens[i].text.dropFirst())
         }
         func isName(_ i: Int) -> Bool { i >= 0 && i < tokens.count && (tokens[i].kind == .word || tokens[i].kind == .quoted) && parameter(i) == nil }
+        /// The last part of a qualified name starting at `i` (`main.t`, `t.c`): the name itself.
+        func lastPart(from i: Int) -> Int {
+            var j = i
+            while isName(j), j + 2 < tokens.count, tokens[j + 1].text == ".", isName(j + 2) { j += 2 }
+            return j
+        }
         var tables: [String] = []
         for i in tokens.indices.dropLast() where tokens[i].kind == .word {
             guard ["INTO", "UPDATE", "FROM", "JOIN"].contains(tokens[i].text.uppercased()) else { continue }
-            var j = i + 1
-            while isName(j), j + 2 < tokens.count, tokens[j + 1].text == ".", isName(j + 2) { j += 2 }
+            let j = lastPart(from: i + 1)
             if isName(j) { tables.append(name(tokens[j])) }
         }
         var known: [String: [(name: String, type: String)]] = [:]
@@ -134,8 +139,7 @@ enum PGDialect {
         // INSERT ... INTO t [(columns)] VALUES (...), (...)
         if let into = tokens.firstIndex(where: { $0.kind == .word && $0.text.uppercased() == "INTO" }), isName(into + 1),
            let valuesAt = tokens.firstIndex(where: { $0.kind == .word && $0.text.uppercased() == "VALUES" }), valuesAt > into {
-            var t = into + 1
-            while isName(t), t + 2 < tokens.count, tokens[t + 1].text == ".", isName(t + 2) { t += 2 }
+            let t = lastPart(from: into + 1)
             var names = columns(name(tokens[t])).map(\.name)
             if t + 1 < valuesAt, tokens[t + 1].text == "(", let close = matching(tokens, t + 1, forward: true) {
                 names = tokens[(t + 2)..<close].filter { $0.kind == .word || $0.kind == .quoted }.map(name)
@@ -193,7 +197,7 @@ enum PGDialect {
                     if i + 1 < tokens.count, comparisons.contains(tokens[i + 1].text) {
                         var m = i + 1
                         while m < tokens.count, comparisons.contains(tokens[m].text) { m += 1 }
-                        while isName(m), m + 2 < tokens.count, tokens[m + 1].text == ".", isName(m + 2) { m += 2 }
+                        m = lastPart(from: m)
                         if isName(m), let type = typeOf(column: name(tokens[m])) { hints[n] = type }
                     }
                     continue
@@ -348,6 +352,13 @@ enum PGDialect {
         }
     }
 
+    /// The first part of the qualified name (`t.c`, `main.f`) that ends at `last`.
+    static func firstPart(_ tokens: [Token], of last: Int) -> Int {
+        var first = last
+        while first >= 2, tokens[first - 1].text == ".", [.word, .quoted].contains(tokens[first - 2].kind) { first -= 2 }
+        return first
+    }
+
     static func rewriteCasts(_ tokens: inout [Token]) {
         var i = 0
         while i < tokens.count {
@@ -372,14 +383,11 @@ enum PGDialect {
                 guard j >= 0 else { i += 1; continue }
                 first = j
             case .literal, .word, .quoted, .group:
-                while first >= 2, tokens[first - 1].text == ".", [.word, .quoted].contains(tokens[first - 2].kind) { first -= 2 }
+                first = firstPart(tokens, of: last)
             case .punct where tokens[last].text == ")":
                 guard let open = matching(tokens, last, forward: false) else { i += 1; continue }
                 first = open
-                if open > 0, [.word, .quoted].contains(tokens[open - 1].kind) {
-                    first = open - 1
-                    while first >= 2, tokens[first - 1].text == ".", [.word, .quoted].contains(tokens[first - 2].kind) { first -= 2 }
-                }
+                if open > 0, [.word, .quoted].contains(tokens[open - 1].kind) { first = firstPart(tokens, of: open - 1) }
             default:
                 i += 1
                 continue

@@ -61,16 +61,16 @@ public final class PGSession {
         let command: Command
         let parameterTypes: [Int32]
         /// What PostgreSQL would infer for parameters the client left untyped (0 where nothing says): reported by
-        /// Describe, and used to read those parameters when they come in binary.
-        let inferredTypes: [Int32]
+        /// Describe, and used to read those parameters when they come in binary. Worked out on first need
+        /// (`inferredTypes(of:)`), not at every Parse: psycopg parses each execution and needs neither.
+        var inferredTypes: [Int32]?
         /// The result types a Describe of the statement told the client: its portals keep them (a driver such as
         /// asyncpg decodes every execution's rows by them), where a portal described alone is typed by its first row.
         var describedTypes: [Int32]?
-        init(sql: String, command: Command, parameterTypes: [Int32], inferredTypes: [Int32] = []) {
+        init(sql: String, command: Command, parameterTypes: [Int32]) {
             self.sql = sql
             self.command = command
             self.parameterTypes = parameterTypes
-            self.inferredTypes = inferredTypes
         }
     }
 
@@ -243,12 +243,13 @@ public final class PGSession {
             let db = guarded.database
             let sqliteVersion = (try? db.scalar("SELECT sqlite_version()")?.string) ?? "?"
             try db.defineConstantFunction("version", value: "PostgreSQL 15.0 (harmonylite node \(config.nodeID), SQLite \(sqliteVersion))")
-            try db.defineConstantFunction("current_database", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
+            let databaseName = ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension
+            try db.defineConstantFunction("current_database", value: databaseName)
             try db.defineConstantFunction("current_schema", value: "public")
             try db.defineConstantFunction("current_user", value: config.user)
             try db.defineConstantFunction("session_user", value: config.user)
             try db.defineConstantFunction("current_role", value: config.user)
-            try db.defineConstantFunction("current_catalog", value: ((config.databasePath as NSString).lastPathComponent as NSString).deletingPathExtension)
+            try db.defineConstantFunction("current_catalog", value: databaseName)
             try db.defineConstantFunction("pg_table_is_visible", value: "1", arguments: 1)
             // Made once, outside any transaction, so no client ROLLBACK or read-only block takes them away.
             for view in PGDialect.catalogViews { try db.execute(view) }
@@ -301,7 +302,7 @@ public final class PGSession {
                 }
                 let (command, rest) = try compile(query)
                 guard Self.isBlank(rest) else { throw PGError("42601", "cannot insert multiple commands into a prepared statement") }
-                statements[name] = Prepared(sql: query, command: command, parameterTypes: types, inferredTypes: inferredParameterTypes(query, given: types))
+                statements[name] = Prepared(sql: query, command: command, parameterTypes: types)
                 emit(.parseComplete)
             case .bind(let portalName, let statementName, let formats, let values, let resultFormats):
                 guard let prepared = statements[statementName] else {
@@ -315,7 +316,7 @@ public final class PGSession {
                 if kind == UInt8(ascii: "S") {
                     guard let prepared = statements[name] else { throw PGError("26000", "prepared statement \"\(name)\" does not exist") }
                     emit(.parameterDescription(parameterTypes(prepared)))
-                    let columns = try describe(prepared: prepared)
+                    let columns = try describeBeforeItRuns(prepared)
                     prepared.describedTypes = columns.map(\.typeOID)
                     emit(columns.isEmpty ? .noData : .rowDescription(columns))
                 } else {
@@ -499,13 +500,22 @@ public final class PGSession {
         guard case .sqlite(let s, _) = p.command else { return [] }
         return (0..<s.parameterCount).map { i in
             if i < p.parameterTypes.count, p.parameterTypes[i] != 0 { return p.parameterTypes[i] }
-            if i < p.inferredTypes.count, p.inferredTypes[i] != 0 { return p.inferredTypes[i] }
+            let inferred = inferredTypes(of: p)
+            if i < inferred.count, inferred[i] != 0 { return inferred[i] }
             return PGType.text
         }
     }
 
-    /// `PGDialect.parameterHints` for the parameters `given` leaves untyped, as type OIDs (0: nothing to go by).
-    private func inferredParameterTypes(_ query: String, given: [Int32]) -> [Int32] {
+    /// `PGDialect.parameterHints` for the parameters the client left untyped, as type OIDs (0: nothing to go by),
+    /// worked out once per prepared statement.
+    private func inferredTypes(of p: Prepared) -> [Int32] {
+        if let known = p.inferredTypes { return known }
+        let inferred = inferParameterTypes(p.sql, given: p.parameterTypes)
+        p.inferredTypes = inferred
+        return inferred
+    }
+
+    private func inferParameterTypes(_ query: String, given: [Int32]) -> [Int32] {
         guard let db = database, query.contains("$") else { return [] }
         let hints = PGDialect.parameterHints(Substring(query)) { table in
             ((try? db.query("SELECT name, type FROM pragma_table_xinfo(?)", [.text(table)])) ?? []).compactMap { row in
@@ -537,7 +547,10 @@ public final class PGSession {
             var oid = i < p.parameterTypes.count ? p.parameterTypes[i] : 0
             // An untyped parameter sent in binary is in the type Describe reported for it; in text, SQLite's
             // affinity converts it as before.
-            if oid == 0, format == 1, i < p.inferredTypes.count { oid = p.inferredTypes[i] }
+            if oid == 0, format == 1 {
+                let inferred = inferredTypes(of: p)
+                if i < inferred.count { oid = inferred[i] }
+            }
             let value = try PGType.decode(bytes, oid: oid, binary: format == 1)
             let index = s.parameterIndex("$\(i + 1)") ?? (i + 1)
             do { try s.bind(value, index: index) } catch { throw sqlError(error) }
@@ -547,16 +560,28 @@ public final class PGSession {
     private func describe(prepared p: Prepared) throws(PGError) -> [PGColumn] {
         switch p.command {
         case .sqlite(let s, _):
-            // No row to look at yet: an expression column is typed by what its expression shows, if anything.
-            let shown = s.columnCount > 0 ? PGDialect.selectListTypes(Substring(p.sql)) : nil
             return (0..<s.columnCount).map { i in
-                var oid = PGType.oid(declared: s.declaredType(i), sample: nil)
-                if s.declaredType(i) == nil, let shown, shown.count == s.columnCount, let expression = shown[i] { oid = expression }
+                let oid = PGType.oid(declared: s.declaredType(i), sample: nil)
                 return PGColumn(name: s.columnName(i), typeOID: oid, typeSize: PGType.size(oid), format: 0)
             }
         case .show(let name): return [PGColumn(name: name, typeOID: PGType.text, typeSize: -1, format: 0)]
         default: return []
         }
+    }
+
+    /// A Describe of the statement: no row to look at yet, so an expression column is typed by what its expression
+    /// shows, if anything (a portal described alone is typed by its first row instead, in `describe(_ portal:)`).
+    private func describeBeforeItRuns(_ p: Prepared) throws(PGError) -> [PGColumn] {
+        var columns = try describe(prepared: p)
+        guard case .sqlite(let s, _) = p.command, !columns.isEmpty,
+              let shown = PGDialect.selectListTypes(Substring(p.sql)), shown.count == columns.count else { return columns }
+        for i in columns.indices where s.declaredType(i) == nil {
+            if let expression = shown[i] {
+                columns[i].typeOID = expression
+                columns[i].typeSize = PGType.size(expression)
+            }
+        }
+        return columns
     }
 
     /// In a failed transaction block only its end may run, or ROLLBACK TO a savepoint (which recovers the block, as
