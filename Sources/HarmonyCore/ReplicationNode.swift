@@ -558,19 +558,13 @@ public final class ReplicationNode {
         holeRepairStateArrived(shard: shard)
         guard config.replicate, !restoreNeeded else { return }
         let at = checkpoint(shard)
-        if state.madeAgain, at > max(state.firstSequence, 1) - 1, !config.plantedBugs.contains(.streamStartOverUnnoticed) {
-            streamBehindCheckpoint[shard] = nil
-            stalledSince[shard] = nil
-            do { try streamStartedOver(shard: shard, checkpoint: at, state: state) } catch {
-                env.events?.record(.restoreFailed(reason: "stream \(router.streamName(shard: shard)) was made again, and reading it from its start failed for now: \(error)"))
-            }
-            return
-        }
-        if state.lastSequence < at, !config.plantedBugs.contains(.streamStartOverUnnoticed) {
+        // A stream the log made again itself is new for certain: read from its start unless the checkpoint is there.
+        let startedOver = state.madeAgain ? at > max(state.firstSequence, 1) - 1 : state.lastSequence < at
+        if startedOver, !config.plantedBugs.contains(.streamStartOverUnnoticed) {
             // Sequences never go back on a stream: it was made again. Taken so only when the next answer (the cleanup
             // timer asks every few seconds) says the same with the checkpoint unmoved, so an answer taken before this
             // node applied its latest messages is not read as one.
-            if streamBehindCheckpoint[shard] == at {
+            if state.madeAgain || streamBehindCheckpoint[shard] == at {
                 streamBehindCheckpoint[shard] = nil
                 do { try streamStartedOver(shard: shard, checkpoint: at, state: state) } catch {
                     env.events?.record(.restoreFailed(reason: "stream \(router.streamName(shard: shard)) was made again, and reading it from its start failed for now: \(error)"))
